@@ -1,0 +1,67 @@
+# One Makefile for everything: the targets are the verbs people use.
+# Every target sets itself up on a fresh machine (venv + pinned packages + pinned CDK CLI).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+# jsii prints an end-of-life banner on Node 20; the value must name the major version.
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help install run test test-fast lint fmt typecheck synth deploy destroy schema bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(STAMP) $(NODE_STAMP)  ## create .venv and node_modules from the pinned requirements
+
+run: install  ## the main job: a real training job end to end on the embedded local cloud
+	$(PY) -m shardq.demo
+
+test: install  ## lint, type-check and the whole test suite (what CI runs)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+test-fast: install  ## the tests without lint, for the edit loop
+	$(BIN)/pytest -x -q
+
+lint: install  ## ruff lint + format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+fmt: install  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+typecheck: install  ## mypy on shardq and lambdas
+	$(BIN)/mypy
+
+synth: install  ## cdk synth with the pinned CLI (offline), cdk-nag included
+	PATH=$(abspath $(BIN)):$$PATH npx --no-install cdk synth --quiet
+
+deploy: install  ## cdk deploy to the AWS account in your environment
+	PATH=$(abspath $(BIN)):$$PATH npx --no-install cdk deploy
+
+destroy: install  ## cdk destroy
+	PATH=$(abspath $(BIN)):$$PATH npx --no-install cdk destroy
+
+schema: install  ## regenerate schemas/training-request.schema.json from the model
+	$(PY) -m shardq.core.schema > schemas/training-request.schema.json
+
+bench: install  ## run the benchmarks (figures go to BENCHMARKS.md by hand)
+	$(PY) -m benchmarks.run_all
+
+clean:  ## remove build outputs (keeps .venv and node_modules)
+	rm -rf cdk.out .pytest_cache .mypy_cache .ruff_cache .hypothesis

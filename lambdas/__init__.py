@@ -1,0 +1,1 @@
+"""Lambda handlers: thin adapters that parse the event, call ``shardq.core`` and respond."""

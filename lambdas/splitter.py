@@ -1,0 +1,58 @@
+"""Splitter Lambda: a TrainingRequest in, a job and its round-0 tasks out.
+
+Invoke it directly (``aws lambda invoke``, a console test event, ``shardq submit``)
+with the request as the payload. Answers ``{"ok": true, "job_id", "status", "shards",
+"rounds", "created"}``, or ``{"ok": false, "error", "message", "problems"}`` for a
+request it rejects (nothing is created then). A huge fan-out that would outlive the
+invocation hands itself on: ``{"shardq_continue": {"job_id": ...}}`` invoked async.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lambdas.common import deadline, engine, logger, metrics, tracer
+from shardq.core.clients import client
+from shardq.core.contracts import ValidationError
+from shardq.core.engine import EnqueueIncomplete, JobConflict
+
+CONTINUE_KEY = "shardq_continue"
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Validate, create the job, enqueue round 0 (or continue an enqueue)."""
+    return split(event, context)
+
+
+def split(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The handler's body, free of decorators so tests and benchmarks call it directly."""
+    try:
+        if isinstance(event, dict) and CONTINUE_KEY in event:
+            job_id = str(event[CONTINUE_KEY]["job_id"])
+            logger.set_correlation_id(job_id)
+            view = engine().resume(job_id, deadline=deadline(context))
+            return {"ok": True, **view, "continued": True}
+        if isinstance(event, dict) and isinstance(event.get("job_id"), str):
+            logger.set_correlation_id(event["job_id"])
+        answer = engine().submit(event if isinstance(event, dict) else {}, deadline=deadline(context))
+        logger.set_correlation_id(answer["job_id"])
+        logger.info("job submitted", extra=answer)
+        return {"ok": True, **answer}
+    except ValidationError as exc:
+        logger.warning("request rejected", extra={"problems": exc.problems})
+        return {"ok": False, "error": "ValidationError", "message": str(exc), "problems": exc.problems}
+    except JobConflict as exc:
+        return {"ok": False, "error": "JobConflict", "message": str(exc), "problems": [str(exc)]}
+    except EnqueueIncomplete as exc:
+        # Hand the rest to a fresh invocation: the cursor on the job record says where to go on.
+        logger.info("handing the fan-out on", extra={"done": exc.done, "total": exc.total})
+        client("lambda").invoke(
+            FunctionName=context.invoked_function_arn,
+            InvocationType="Event",
+            Payload=json.dumps({CONTINUE_KEY: {"job_id": exc.job_id}}).encode(),
+        )
+        return {"ok": True, "job_id": exc.job_id, "status": "RUNNING", "enqueued": exc.done, "continuing": True}

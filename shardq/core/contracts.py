@@ -1,0 +1,599 @@
+"""Message contracts: the one definition of every message shardq sends.
+
+TrainingRequest (client → splitter), ShardTask (splitter/aggregator → workers),
+ShardResult (workers / DLQ handler → aggregator) and JobView (job record → people).
+Each is a frozen dataclass with ``from_dict`` (validating, collecting *every*
+problem before raising once) and ``to_dict``/``to_json`` (deterministic, so
+content-based deduplication sees identical bodies for identical messages).
+
+Plain dataclasses instead of pydantic keep the Lambdas' cold start small
+(see BENCHMARKS.md) and let every error message name the field, the value and
+the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+
+KINDS = ("data_parallel", "sweep", "map")
+TASK_TYPES = ("train", "reduce")
+RESULT_STATUSES = ("succeeded", "failed")
+DIRECTIONS = ("minimize", "maximize")
+TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+MAX_SHARDS = 100_000
+MAX_ROUNDS = 1_000
+MAX_PARALLEL = 10_000
+DEFAULT_MAX_PARALLEL = 64
+MAX_NUM_SAMPLES = 10**13
+# A request travels in a Lambda payload and lives in one DynamoDB item (400 KB cap).
+MAX_REQUEST_BYTES = 256 * 1024
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
+DEFAULT_ENTRYPOINT = "examples.linear:train"
+
+Kind = Literal["data_parallel", "sweep", "map"]
+TaskType = Literal["train", "reduce"]
+
+
+class ValidationError(ValueError):
+    """A message failed validation; ``problems`` lists every problem with its fix."""
+
+    def __init__(self, what: str, problems: list[str]) -> None:
+        self.what = what
+        self.problems = list(problems)
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid {what} ({count} {noun}):\n{lines}")
+
+
+class _Checker:
+    """Collects problems while a dict is read, so one error can name all of them."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, msg: str) -> None:
+        self.problems.append(msg)
+
+    def unknown_keys(self, data: dict[str, Any], allowed: tuple[str, ...], prefix: str = "") -> None:
+        for key in data:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                fix = f"did you mean '{prefix}{hint[0]}'?" if hint else f"allowed: {', '.join(allowed)}"
+                self.add(f"unknown field '{prefix}{key}': {fix}")
+
+    def integer(
+        self, data: dict[str, Any], key: str, name: str, lo: int, hi: int, default: int | None = None
+    ) -> int | None:
+        value = data.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                self.add(f"{name} must be an integer between {lo} and {hi}, got {value!r}")
+                return None
+        if not lo <= value <= hi:
+            self.add(f"{name} must be between {lo} and {hi}, got {value}")
+            return None
+        return value
+
+    def string(self, data: dict[str, Any], key: str, name: str, required: bool = False) -> str | None:
+        value = data.get(key)
+        if value is None:
+            if required:
+                self.add(f"{name} is required: give a non-empty string")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.add(f"{name} must be a non-empty string, got {value!r}")
+            return None
+        return value
+
+    def obj(self, data: dict[str, Any], key: str, name: str) -> dict[str, Any] | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.add(f"{name} must be a JSON object, got {type(value).__name__} {value!r:.60}")
+            return None
+        return value
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    # Sorted keys and no whitespace: identical messages hash identically
+    # (content-based deduplication) and stay small.
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _load_object(raw: str | bytes | dict[str, Any], what: str) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(what, [f"body is not valid JSON ({exc}); send a JSON object"]) from None
+    if not isinstance(data, dict):
+        raise ValidationError(what, [f"body must be a JSON object, got {type(data).__name__}"])
+    return data
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Where the training data is: a URI plus a sample count, or an explicit file list."""
+
+    uri: str | None = None
+    num_samples: int | None = None
+    files: tuple[str, ...] | None = None
+
+    @property
+    def size(self) -> int:
+        """Number of items the dataset is split over (samples or files)."""
+        return len(self.files) if self.files is not None else int(self.num_samples or 0)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The metric a sweep optimizes."""
+
+    metric: str
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """A training job as a client submits it (schema: schemas/training-request.schema.json)."""
+
+    kind: Kind
+    dataset: Dataset
+    entrypoint: str = DEFAULT_ENTRYPOINT
+    job_id: str | None = None
+    shard_count: int | None = None
+    shard_size: int | None = None
+    rounds: int = 1
+    model: dict[str, Any] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    search_space: dict[str, list[Any]] | list[dict[str, Any]] | None = None
+    objective: Objective | None = None
+    max_parallel: int = DEFAULT_MAX_PARALLEL
+    max_failed_shards: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    FIELDS = (
+        "schema_version",
+        "job_id",
+        "kind",
+        "dataset",
+        "sharding",
+        "rounds",
+        "model",
+        "hyperparameters",
+        "search_space",
+        "objective",
+        "max_parallel",
+        "max_failed_shards",
+        "entrypoint",
+    )
+
+    @property
+    def task_count(self) -> int:
+        """Train tasks per round: shards, or trials for a sweep."""
+        if self.kind == "sweep":
+            from shardq.core.planning import count_trials  # noqa: PLC0415 - avoids an import cycle
+
+            return count_trials(self.search_space)
+        if self.shard_count is not None:
+            return self.shard_count
+        size = self.dataset.size
+        step = self.shard_size or size
+        return -(-size // step)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> TrainingRequest:
+        """Parse and validate a request; raises ValidationError naming every problem."""
+        return cls.from_dict(_load_object(raw, "TrainingRequest"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingRequest:  # noqa: C901 - one linear read of the schema
+        """Validate ``data`` against the TrainingRequest contract."""
+        c = _Checker()
+        if not isinstance(data, dict):
+            raise ValidationError("TrainingRequest", ["request must be a JSON object"])
+        c.unknown_keys(data, cls.FIELDS)
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            c.add(f"schema_version must be {SCHEMA_VERSION}, got {version!r}; upgrade the client or the stack")
+
+        job_id = data.get("job_id")
+        if job_id is not None and (not isinstance(job_id, str) or not JOB_ID_RE.match(job_id)):
+            c.add(
+                f"job_id must be 1-64 letters, digits, '-' or '_' starting with a letter or digit, "
+                f"got {job_id!r}; omit it to get a generated id"
+            )
+            job_id = None
+
+        kind = data.get("kind")
+        if kind not in KINDS:
+            c.add(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+            kind = None
+
+        dataset = cls._dataset(c, data)
+        shard_count, shard_size = cls._sharding(c, data, kind, dataset)
+
+        rounds = c.integer(data, "rounds", "rounds", 1, MAX_ROUNDS, default=1) or 1
+        if kind in ("sweep", "map") and rounds != 1:
+            c.add(f"rounds applies to kind 'data_parallel' only, got rounds={rounds} for kind '{kind}'")
+
+        model = c.obj(data, "model", "model") or {}
+        init_uri = model.get("init_uri")
+        if init_uri is not None and (not isinstance(init_uri, str) or "://" not in init_uri):
+            c.add(f"model.init_uri must be a URI such as s3://bucket/key, got {init_uri!r}")
+        hyperparameters = c.obj(data, "hyperparameters", "hyperparameters") or {}
+
+        search_space = data.get("search_space")
+        objective = None
+        if kind == "sweep":
+            search_space = cls._search_space(c, search_space)
+            objective = cls._objective(c, data.get("objective"))
+        else:
+            if search_space is not None:
+                c.add(f"search_space applies to kind 'sweep' only; remove it or set kind to 'sweep' (got {kind!r})")
+                search_space = None
+            if data.get("objective") is not None:
+                c.add(f"objective applies to kind 'sweep' only; remove it (got kind {kind!r})")
+
+        max_parallel = c.integer(
+            data, "max_parallel", "max_parallel", 1, MAX_PARALLEL, default=DEFAULT_MAX_PARALLEL
+        )
+        max_failed = c.integer(data, "max_failed_shards", "max_failed_shards", 0, MAX_SHARDS, default=0)
+
+        entrypoint = data.get("entrypoint", DEFAULT_ENTRYPOINT)
+        if not isinstance(entrypoint, str) or not ENTRYPOINT_RE.match(entrypoint):
+            c.add(f"entrypoint must look like 'package.module:function', got {entrypoint!r}")
+
+        if c.problems:
+            raise ValidationError("TrainingRequest", c.problems)
+
+        request = cls(
+            kind=kind,  # type: ignore[arg-type]
+            dataset=dataset,  # type: ignore[arg-type]
+            entrypoint=entrypoint,
+            job_id=job_id,
+            shard_count=shard_count,
+            shard_size=shard_size,
+            rounds=rounds,
+            model=model,
+            hyperparameters=hyperparameters,
+            search_space=search_space,
+            objective=objective,
+            max_parallel=max_parallel or DEFAULT_MAX_PARALLEL,
+            max_failed_shards=max_failed or 0,
+        )
+        tasks = request.task_count
+        if request.max_failed_shards > tasks:
+            raise ValidationError(
+                "TrainingRequest",
+                [
+                    f"max_failed_shards must be at most the number of tasks ({tasks}), "
+                    f"got {request.max_failed_shards}"
+                ],
+            )
+        size = len(request.to_json().encode())
+        if size > MAX_REQUEST_BYTES:
+            raise ValidationError(
+                "TrainingRequest",
+                [
+                    f"request is {size} bytes, over the {MAX_REQUEST_BYTES} byte limit; put long file "
+                    "lists or search spaces in S3 and pass dataset.uri instead"
+                ],
+            )
+        return request
+
+    @staticmethod
+    def _dataset(c: _Checker, data: dict[str, Any]) -> Dataset | None:
+        raw = data.get("dataset")
+        if raw is None:
+            c.add('dataset is required: give {"uri": ..., "num_samples": N} or {"files": [...]}')
+            return None
+        if not isinstance(raw, dict):
+            c.add(f"dataset must be a JSON object, got {raw!r:.60}")
+            return None
+        c.unknown_keys(raw, ("uri", "num_samples", "files"), prefix="dataset.")
+        uri = c.string(raw, "uri", "dataset.uri")
+        num_samples = c.integer(raw, "num_samples", "dataset.num_samples", 1, MAX_NUM_SAMPLES)
+        files = raw.get("files")
+        if files is not None:
+            if not isinstance(files, list) or not files:
+                c.add(f"dataset.files must be a non-empty list of URIs or paths, got {files!r:.60}")
+                files = None
+            else:
+                bad = [i for i, f in enumerate(files) if not isinstance(f, str) or not f]
+                if bad:
+                    c.add(f"dataset.files[{bad[0]}] must be a non-empty string, got {files[bad[0]]!r}")
+                    files = None
+        if raw.get("num_samples") is not None and raw.get("files") is not None:
+            c.add("dataset takes either num_samples or files, not both; remove one")
+        elif raw.get("num_samples") is None and raw.get("files") is None:
+            c.add("dataset needs num_samples (with uri) or files: give one")
+        return Dataset(uri=uri, num_samples=num_samples, files=tuple(files) if files else None)
+
+    @staticmethod
+    def _sharding(
+        c: _Checker, data: dict[str, Any], kind: str | None, dataset: Dataset | None
+    ) -> tuple[int | None, int | None]:
+        raw = data.get("sharding")
+        if kind == "sweep":
+            if raw is not None:
+                c.add("sharding does not apply to kind 'sweep' (one task per trial); remove it")
+            return None, None
+        if raw is None:
+            c.add('sharding is required: give {"shard_count": N} or {"shard_size": N}')
+            return None, None
+        if not isinstance(raw, dict):
+            c.add(f"sharding must be a JSON object, got {raw!r:.60}")
+            return None, None
+        c.unknown_keys(raw, ("shard_count", "shard_size"), prefix="sharding.")
+        count = c.integer(raw, "shard_count", "sharding.shard_count", 1, MAX_SHARDS)
+        size = c.integer(raw, "shard_size", "sharding.shard_size", 1, MAX_NUM_SAMPLES)
+        if "shard_count" in raw and "shard_size" in raw:
+            c.add("sharding takes either shard_count or shard_size, not both; remove one")
+            return None, None
+        if "shard_count" not in raw and "shard_size" not in raw:
+            c.add("sharding needs shard_count or shard_size: give one")
+            return None, None
+        items = dataset.size if dataset else 0
+        unit = "files" if dataset and dataset.files is not None else "num_samples"
+        if count is not None and items and count > items:
+            c.add(
+                f"sharding.shard_count ({count}) exceeds dataset.{unit} ({items}): every shard needs "
+                f"at least one item; lower shard_count to {items} or less"
+            )
+        if size is not None and items:
+            derived = -(-items // size)
+            if derived > MAX_SHARDS:
+                c.add(
+                    f"sharding.shard_size {size} gives {derived} shards, over {MAX_SHARDS}; "
+                    f"raise shard_size to at least {-(-items // MAX_SHARDS)}"
+                )
+        return count, size
+
+    @staticmethod
+    def _search_space(c: _Checker, raw: Any) -> dict[str, list[Any]] | list[dict[str, Any]] | None:
+        from shardq.core.planning import count_trials  # noqa: PLC0415 - avoids an import cycle
+
+        if raw is None:
+            c.add(
+                'search_space is required for kind \'sweep\': a grid {"lr": [0.1, 0.01]} '
+                'or a list of trials [{"lr": 0.1}, ...]'
+            )
+            return None
+        if isinstance(raw, dict):
+            if not raw:
+                c.add("search_space grid is empty: give at least one parameter with a list of values")
+                return None
+            bad = [k for k, v in raw.items() if not isinstance(v, list) or not v]
+            if bad:
+                c.add(f"search_space.{bad[0]} must be a non-empty list of values, got {raw[bad[0]]!r:.60}")
+                return None
+        elif isinstance(raw, list):
+            if not raw:
+                c.add("search_space list is empty: give at least one trial object")
+                return None
+            bad_i = [i for i, t in enumerate(raw) if not isinstance(t, dict)]
+            if bad_i:
+                c.add(f"search_space[{bad_i[0]}] must be a JSON object of hyperparameters")
+                return None
+        else:
+            c.add(f"search_space must be a grid object or a list of trial objects, got {raw!r:.60}")
+            return None
+        trials = count_trials(raw)
+        if trials > MAX_SHARDS:
+            c.add(f"search_space expands to {trials} trials, over {MAX_SHARDS}; shrink the grid")
+            return None
+        return raw
+
+    @staticmethod
+    def _objective(c: _Checker, raw: Any) -> Objective | None:
+        if raw is None:
+            c.add('objective is required for kind \'sweep\': {"metric": "val_loss", "direction": "minimize"}')
+            return None
+        if not isinstance(raw, dict):
+            c.add(f"objective must be a JSON object, got {raw!r:.60}")
+            return None
+        c.unknown_keys(raw, ("metric", "direction"), prefix="objective.")
+        metric = c.string(raw, "metric", "objective.metric", required=True)
+        direction = raw.get("direction", "minimize")
+        if direction not in DIRECTIONS:
+            c.add(f"objective.direction must be 'minimize' or 'maximize', got {direction!r}")
+            return None
+        return Objective(metric=metric, direction=direction) if metric else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The request as JSON-ready data, in the submitted shape."""
+        out: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "dataset": {k: v for k, v in asdict(self.dataset).items() if v is not None},
+            "rounds": self.rounds,
+            "model": self.model,
+            "hyperparameters": self.hyperparameters,
+            "max_parallel": self.max_parallel,
+            "max_failed_shards": self.max_failed_shards,
+            "entrypoint": self.entrypoint,
+        }
+        if self.dataset.files is not None:
+            out["dataset"]["files"] = list(self.dataset.files)
+        if self.job_id is not None:
+            out["job_id"] = self.job_id
+        if self.shard_count is not None:
+            out["sharding"] = {"shard_count": self.shard_count}
+        elif self.shard_size is not None:
+            out["sharding"] = {"shard_size": self.shard_size}
+        if self.search_space is not None:
+            out["search_space"] = self.search_space
+        if self.objective is not None:
+            out["objective"] = {"metric": self.objective.metric, "direction": self.objective.direction}
+        return out
+
+    def to_json(self) -> str:
+        """Deterministic JSON for storage and hashing."""
+        return _dumps(self.to_dict())
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of work on the task queue: train a shard/trial, or reduce a round's models."""
+
+    job_id: str
+    round: int
+    shard_id: int
+    shard_count: int
+    task_type: TaskType
+    kind: Kind
+    entrypoint: str
+    data: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    output_prefix: str
+    init_model_uri: str | None = None
+    inputs_uri: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> str:
+        """``job:round:shard:type``: the task's identity and its deduplication id."""
+        return f"{self.job_id}:{self.round}:{self.shard_id}:{self.task_type}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """Deterministic JSON body (content-based deduplication hashes it)."""
+        return _dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> ShardTask:
+        """Parse a task body; raises ValidationError naming every problem."""
+        data = _load_object(raw, "ShardTask")
+        c = _Checker()
+        c.unknown_keys(data, tuple(cls.__dataclass_fields__))
+        if data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            c.add(f"schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
+        c.string(data, "job_id", "job_id", required=True)
+        c.integer(data, "round", "round", 0, MAX_ROUNDS)
+        c.integer(data, "shard_id", "shard_id", 0, MAX_SHARDS)
+        c.integer(data, "shard_count", "shard_count", 1, MAX_SHARDS)
+        if data.get("task_type") not in TASK_TYPES:
+            c.add(f"task_type must be 'train' or 'reduce', got {data.get('task_type')!r}")
+        if data.get("kind") not in KINDS:
+            c.add(f"kind must be one of {', '.join(KINDS)}, got {data.get('kind')!r}")
+        for key in ("round", "shard_id", "shard_count", "entrypoint", "data", "output_prefix"):
+            if key not in data:
+                c.add(f"{key} is required")
+        if c.problems:
+            raise ValidationError("ShardTask", c.problems)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """A worker's report on one task (or the DLQ handler's, when the task died)."""
+
+    job_id: str
+    round: int
+    shard_id: int
+    task_type: TaskType
+    status: Literal["succeeded", "failed"]
+    metrics: dict[str, float] = field(default_factory=dict)
+    num_samples: int = 0
+    artifact_uri: str | None = None
+    duration_s: float = 0.0
+    worker_id: str | None = None
+    attempt: int = 1
+    error: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> str:
+        """``job:round:shard:type``, the identity the aggregator counts once."""
+        return f"{self.job_id}:{self.round}:{self.shard_id}:{self.task_type}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """Deterministic JSON body."""
+        return _dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> ShardResult:
+        """Parse and validate a result; raises ValidationError naming every problem."""
+        data = _load_object(raw, "ShardResult")
+        c = _Checker()
+        c.unknown_keys(data, tuple(cls.__dataclass_fields__))
+        if data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            c.add(f"schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
+        job_id = c.string(data, "job_id", "job_id", required=True)
+        if job_id is not None and not JOB_ID_RE.match(job_id):
+            c.add(f"job_id is not a shardq job id: {job_id!r}")
+        for key, hi in (("round", MAX_ROUNDS), ("shard_id", MAX_SHARDS)):
+            if key not in data:
+                c.add(f"{key} is required: an integer between 0 and {hi}")
+            else:
+                c.integer(data, key, key, 0, hi)
+        if data.get("task_type") not in TASK_TYPES:
+            c.add(f"task_type must be 'train' or 'reduce', got {data.get('task_type')!r}")
+        if data.get("status") not in RESULT_STATUSES:
+            c.add(f"status must be 'succeeded' or 'failed', got {data.get('status')!r}")
+        metrics = data.get("metrics", {})
+        if not isinstance(metrics, dict):
+            c.add(f"metrics must be an object of name → number, got {metrics!r:.60}")
+        else:
+            for name, value in metrics.items():
+                if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                    c.add(f"metrics.{name} must be a finite number, got {value!r}")
+        c.integer(data, "num_samples", "num_samples", 0, MAX_NUM_SAMPLES)
+        duration = data.get("duration_s", 0.0)
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
+            c.add(f"duration_s must be a number >= 0, got {duration!r}")
+        c.integer(data, "attempt", "attempt", 1, 10_000)
+        if data.get("status") == "succeeded" and data.get("task_type") == "reduce" and not data.get("artifact_uri"):
+            c.add("artifact_uri is required for a succeeded reduce result: the next round starts from it")
+        if c.problems:
+            raise ValidationError("ShardResult", c.problems)
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        values["metrics"] = {k: float(v) for k, v in metrics.items()}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What a person or script sees of a job (``shardq status``, the splitter's answer)."""
+
+    job_id: str
+    status: str
+    kind: str
+    round: int
+    rounds: int
+    phase: str
+    shard_count: int
+    done: int
+    failed: int
+    created_at: str
+    finished_at: str | None = None
+    result_uri: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return asdict(self)

@@ -1,0 +1,167 @@
+"""Planning: which tasks a round has, computed one index at a time.
+
+Every function here is pure and O(1) per task, so a splitter that resumes at
+cursor ``k`` of a 100,000-shard job plans task ``k`` directly instead of
+re-planning the first ``k``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from shardq.core.contracts import ShardTask, TrainingRequest
+
+
+def count_trials(search_space: dict[str, list[Any]] | list[dict[str, Any]] | None) -> int:
+    """Number of trials a search space expands to (grid product or list length)."""
+    if search_space is None:
+        return 0
+    if isinstance(search_space, list):
+        return len(search_space)
+    total = 1
+    for values in search_space.values():
+        total *= len(values)
+    return total
+
+
+def trial(search_space: dict[str, list[Any]] | list[dict[str, Any]], index: int) -> dict[str, Any]:
+    """The ``index``-th trial; grids enumerate in ``itertools.product`` order of the given keys."""
+    if isinstance(search_space, list):
+        return dict(search_space[index])
+    params: dict[str, Any] = {}
+    # Mixed-radix decode of the index: the last key varies fastest, as in itertools.product.
+    for name in reversed(list(search_space)):
+        values = search_space[name]
+        index, pos = divmod(index, len(values))
+        params[name] = values[pos]
+    return {name: params[name] for name in search_space}
+
+
+def expand_grid(search_space: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    """All trials of a grid, in order (reference implementation for ``trial``)."""
+    names = list(search_space)
+    for combo in itertools.product(*(search_space[n] for n in names)):
+        yield dict(zip(names, combo, strict=True))
+
+
+def shard_range(num_items: int, shard_count: int, shard_id: int) -> tuple[int, int]:
+    """Half-open ``[start, end)`` of shard ``shard_id`` when ``num_items`` split into ``shard_count``.
+
+    Sizes differ by at most one; the first ``num_items % shard_count`` shards get the extra item.
+    """
+    base, extra = divmod(num_items, shard_count)
+    start = shard_id * base + min(shard_id, extra)
+    return start, start + base + (1 if shard_id < extra else 0)
+
+
+def lane(shard_id: int, max_parallel: int) -> int:
+    """The FIFO lane (message group) of a shard: round-robin over ``max_parallel`` lanes."""
+    return shard_id % max_parallel
+
+
+def group_id(job_id: str, lane_no: int) -> str:
+    """``MessageGroupId``: one group per lane, so a job runs ``max_parallel`` tasks at once."""
+    return f"{job_id}:{lane_no}"
+
+
+def dedup_id(task: ShardTask, generation: int = 0) -> str:
+    """``MessageDeduplicationId``; a retry of a failed shard uses a new generation."""
+    return task.key if generation == 0 else f"{task.key}:g{generation}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a job's objects live in the artifact bucket."""
+
+    bucket: str
+    job_id: str
+
+    @property
+    def prefix(self) -> str:
+        """``s3://bucket/jobs/<job_id>/``."""
+        return f"s3://{self.bucket}/jobs/{self.job_id}/"
+
+    def key(self, *parts: str) -> str:
+        """An object key under the job's prefix."""
+        return "/".join(("jobs", self.job_id, *parts))
+
+    def uri(self, *parts: str) -> str:
+        """An ``s3://`` URI under the job's prefix."""
+        return f"s3://{self.bucket}/{self.key(*parts)}"
+
+    def shard_output(self, round_no: int, shard_id: int) -> str:
+        """Output prefix of one train task."""
+        return self.uri(f"round-{round_no:04d}", f"shard-{shard_id:06d}") + "/"
+
+    def reduce_output(self, round_no: int) -> str:
+        """Output prefix of a round's reduce task (the round's global model)."""
+        return self.uri(f"round-{round_no:04d}", "reduce") + "/"
+
+    def reduce_inputs_key(self, round_no: int) -> str:
+        """Claim check with the round's shard models and weights."""
+        return self.key(f"round-{round_no:04d}", "reduce-inputs.json")
+
+    def manifest_key(self) -> str:
+        """The job's result manifest."""
+        return self.key("result.json")
+
+
+def train_task(
+    request: TrainingRequest, job_id: str, layout: Layout, round_no: int, index: int, init_model_uri: str | None
+) -> ShardTask:
+    """Task ``index`` of round ``round_no``: a data shard, or a trial for a sweep."""
+    total = request.task_count
+    if not 0 <= index < total:
+        raise IndexError(f"task index {index} outside 0..{total - 1}")
+    ds = request.dataset
+    hyper = dict(request.hyperparameters)
+    data: dict[str, Any] = {"uri": ds.uri} if ds.uri else {}
+    if request.kind == "sweep":
+        assert request.search_space is not None
+        hyper.update(trial(request.search_space, index))
+        # A trial trains on the whole dataset.
+        if ds.files is not None:
+            data["files"] = list(ds.files)
+        else:
+            data.update(start=0, end=ds.num_samples)
+    else:
+        start, end = shard_range(ds.size, total, index)
+        if ds.files is not None:
+            data["files"] = list(ds.files[start:end])
+        else:
+            data.update(start=start, end=end)
+    return ShardTask(
+        job_id=job_id,
+        round=round_no,
+        shard_id=index,
+        shard_count=total,
+        task_type="train",
+        kind=request.kind,
+        entrypoint=request.entrypoint,
+        data=data,
+        hyperparameters=hyper,
+        output_prefix=layout.shard_output(round_no, index),
+        init_model_uri=init_model_uri,
+        model=request.model,
+    )
+
+
+def reduce_task(request: TrainingRequest, job_id: str, layout: Layout, round_no: int) -> ShardTask:
+    """The reduce task of a ``data_parallel`` round: average the shard models it lists."""
+    return ShardTask(
+        job_id=job_id,
+        round=round_no,
+        shard_id=0,
+        shard_count=1,
+        task_type="reduce",
+        kind=request.kind,
+        entrypoint=request.entrypoint,
+        data={},
+        hyperparameters=dict(request.hyperparameters),
+        output_prefix=layout.reduce_output(round_no),
+        inputs_uri=f"s3://{layout.bucket}/{layout.reduce_inputs_key(round_no)}",
+        model=request.model,
+    )

@@ -1,0 +1,67 @@
+"""Shared fixtures: the local cloud (one ministack per test session) and fresh resources per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from shardq.core.engine import Engine
+from shardq.core.settings import Settings
+from shardq.local.cloud import LocalCloud
+from shardq.local.resources import provision
+
+
+@pytest.fixture(scope="session")
+def cloud() -> Iterator[LocalCloud]:
+    """ministack on 127.0.0.1 with a free port, stopped by its PID at the end of the session."""
+    with LocalCloud() as c:
+        yield c
+
+
+@pytest.fixture
+def clients(cloud: LocalCloud) -> dict[str, object]:
+    """boto3 clients bound to the local cloud."""
+    return {name: cloud.client(name) for name in ("sqs", "dynamodb", "s3", "events", "lambda")}
+
+
+@pytest.fixture
+def settings(clients: dict[str, object]) -> Settings:
+    """A fresh, isolated set of queues, table and bucket for one test."""
+    return provision(clients["sqs"], clients["dynamodb"], clients["s3"])
+
+
+@pytest.fixture
+def engine(settings: Settings, clients: dict[str, object]) -> Engine:
+    """The engine over this test's resources."""
+    return Engine(
+        settings=settings,
+        ddb=clients["dynamodb"],
+        sqs=clients["sqs"],
+        s3=clients["s3"],
+        events=clients["events"],
+    )
+
+
+@pytest.fixture
+def lambda_env(cloud: LocalCloud, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The environment the stack gives the Lambdas, pointed at this test's resources."""
+    from lambdas import common
+    from shardq.core.clients import client
+
+    for key, value in {**cloud.env(), **settings.as_env(), "POWERTOOLS_TRACE_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "shardq")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "shardq")
+    common.engine.cache_clear()
+    client.cache_clear()
+    yield settings
+    common.engine.cache_clear()
+    client.cache_clear()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Handlers import Powertools Tracer; without X-Ray it must stay quiet and off.
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
