@@ -34,7 +34,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def aggregate(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The handler's body, free of decorators so tests and benchmarks call it directly."""
     batch = StagedBatchProcessor(
-        BatchProcessor(event_type=EventType.SQS, logger=logger),
+        BatchProcessor(event_type=EventType.SQS),
         flush=lambda outcomes: engine().ingest(outcomes, deadline=deadline(context)),
     )
     return batch.process(event, parse, context)

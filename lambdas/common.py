@@ -13,9 +13,9 @@ from shardq.core.clients import client
 from shardq.core.engine import Engine
 from shardq.core.settings import Settings
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+logger = Logger(service="shardq")
+tracer = Tracer(service="shardq")
+metrics = Metrics(namespace="shardq", service="shardq")
 
 
 def _metric(name: str, value: float, unit: str) -> None:
@@ -58,7 +58,7 @@ class StagedBatchProcessor:
 
     def process(self, event: dict[str, Any], parse: Any, context: Any) -> dict[str, Any]:
         """Run the batch; returns the ``batchItemFailures`` response."""
-        from aws_lambda_powertools.utilities.batch import process_partial_response  # noqa: PLC0415
+        from aws_lambda_powertools.utilities.batch import process_partial_response
 
         staged: list[tuple[Any, Any]] = []
 
@@ -83,6 +83,8 @@ class StagedBatchProcessor:
 
         processor._clean = clean
         try:
-            return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor))
+            return dict(
+                process_partial_response(event=event, record_handler=record_handler, processor=processor)
+            )
         finally:
             processor._clean = original_clean

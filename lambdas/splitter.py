@@ -40,7 +40,7 @@ def split(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.set_correlation_id(event["job_id"])
         answer = engine().submit(event if isinstance(event, dict) else {}, deadline=deadline(context))
         logger.set_correlation_id(answer["job_id"])
-        logger.info("job submitted", extra=answer)
+        logger.info("job submitted", extra={"job": answer})
         return {"ok": True, **answer}
     except ValidationError as exc:
         logger.warning("request rejected", extra={"problems": exc.problems})
@@ -55,4 +55,10 @@ def split(event: dict[str, Any], context: Any) -> dict[str, Any]:
             InvocationType="Event",
             Payload=json.dumps({CONTINUE_KEY: {"job_id": exc.job_id}}).encode(),
         )
-        return {"ok": True, "job_id": exc.job_id, "status": "RUNNING", "enqueued": exc.done, "continuing": True}
+        return {
+            "ok": True,
+            "job_id": exc.job_id,
+            "status": "RUNNING",
+            "enqueued": exc.done,
+            "continuing": True,
+        }

@@ -1,4 +1,4 @@
-"""Test helpers: real SQS messages turned into real Lambda event shapes, a LambdaContext, a worker stand-in."""
+"""Test helpers: real SQS messages as real Lambda event shapes, a LambdaContext, a worker stand-in."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ class LambdaContext:
         return self.remaining_ms
 
 
-def receive_all(sqs: Any, url: str, *, max_empty: int = 2, attributes: bool = True) -> list[dict[str, Any]]:
-    """Receive every visible message (they become in flight), FIFO groups included."""
+def receive_all(
+    sqs: Any, url: str, *, max_empty: int = 2, attributes: bool = True, delete: bool = True
+) -> list[dict[str, Any]]:
+    """Receive every message; deleted by default, since a FIFO group hides the rest while one is in flight."""
     out: list[dict[str, Any]] = []
     empty = 0
     while empty < max_empty:
@@ -42,6 +44,11 @@ def receive_all(sqs: Any, url: str, *, max_empty: int = 2, attributes: bool = Tr
             continue
         empty = 0
         out.extend(msgs)
+        if delete:
+            sqs.delete_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)],
+            )
     return out
 
 
@@ -75,7 +82,11 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
                     "ApproximateFirstReceiveTimestamp": attrs.get(
                         "ApproximateFirstReceiveTimestamp", str(int(time.time() * 1000))
                     ),
-                    **{k: attrs[k] for k in ("MessageGroupId", "MessageDeduplicationId", "SequenceNumber") if k in attrs},
+                    **{
+                        k: attrs[k]
+                        for k in ("MessageGroupId", "MessageDeduplicationId", "SequenceNumber")
+                        if k in attrs
+                    },
                 },
                 "messageAttributes": {},
                 "md5OfBody": m.get("MD5OfBody", ""),
@@ -87,10 +98,13 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
     return {"Records": records}
 
 
-def body_event(bodies: list[str], queue_arn: str = "arn:aws:sqs:us-east-1:000000000000:results") -> dict[str, Any]:
+def body_event(
+    bodies: list[str], queue_arn: str = "arn:aws:sqs:us-east-1:000000000000:results"
+) -> dict[str, Any]:
     """An SQS event from raw bodies (for records that never touched a queue, e.g. malformed ones)."""
     return sqs_event(
-        [{"MessageId": f"m-{i}", "ReceiptHandle": f"rh-{i}", "Body": b} for i, b in enumerate(bodies)], queue_arn
+        [{"MessageId": f"m-{i}", "ReceiptHandle": f"rh-{i}", "Body": b} for i, b in enumerate(bodies)],
+        queue_arn,
     )
 
 
@@ -137,3 +151,123 @@ def results_event(results: list[ShardResult]) -> dict[str, Any]:
 
 def json_lines(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [json.loads(m["Body"]) for m in messages]
+
+
+class FlakySQS:
+    """Fault injection in front of a real SQS client (the queue semantics stay real).
+
+    ``drop_every``: every n-th entry of a batch is not sent and is reported as a
+    retryable per-entry failure. ``throttle_calls``: the first n SendMessageBatch calls
+    raise the throttling error SQS returns over quota. ``die_after``: calls after the
+    n-th raise, as if the process was killed mid fan-out.
+    """
+
+    def __init__(
+        self, real: Any, *, drop_every: int = 0, throttle_calls: int = 0, die_after: int | None = None
+    ):
+        self.real = real
+        self.drop_every = drop_every
+        self.throttle_calls = throttle_calls
+        self.die_after = die_after
+        self.calls = 0
+        self.exceptions = real.exceptions
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
+        self.calls += 1
+        if self.die_after is not None and self.calls > self.die_after:
+            raise RuntimeError("injected crash: the splitter died here")
+        if self.calls <= self.throttle_calls:
+            raise ClientError(
+                {"Error": {"Code": "RequestThrottled", "Message": "Request is throttled."}},
+                "SendMessageBatch",
+            )
+        keep, drop = [], []
+        for i, e in enumerate(Entries):
+            (drop if self.drop_every and (self.calls + i) % self.drop_every == 0 else keep).append(e)
+        response: dict[str, Any] = {"Successful": [], "Failed": []}
+        if keep:
+            response = self.real.send_message_batch(QueueUrl=QueueUrl, Entries=keep)
+            response.setdefault("Failed", [])
+        response["Failed"] += [
+            {"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "injected"}
+            for e in drop
+        ]
+        return response
+
+
+class CountingClient:
+    """Counts API calls per operation on a real client (nothing else changes)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.exceptions = real.exceptions
+        self.counts: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.real, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.counts[name] = self.counts.get(name, 0) + 1
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def post_results(sqs: Any, url: str, results: list[ShardResult]) -> None:
+    """Send results to the (standard) results queue, as workers do."""
+    for i in range(0, len(results), 10):
+        sqs.send_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(j), "MessageBody": r.to_json()} for j, r in enumerate(results[i : i + 10])],
+        )
+
+
+def run_event_source(
+    sqs: Any, url: str, handler: Any, *, batch: int = 10, context: Any = None
+) -> list[dict[str, Any]]:
+    """Do what a Lambda event source mapping does, once: receive a batch, invoke, delete what succeeded.
+
+    Returns the handler's responses (one per non-empty batch) until the queue is empty.
+    """
+    arn = queue_arn(sqs, url)
+    responses = []
+    while True:
+        msgs: list[dict[str, Any]] = []
+        while len(msgs) < batch:  # an event source mapping gathers a batch from several receives
+            got = sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=min(10, batch - len(msgs)),
+                AttributeNames=["All"],
+                MessageSystemAttributeNames=["All"],
+            ).get("Messages", [])
+            if not got:
+                break
+            msgs.extend(got)
+        if not msgs:
+            return responses
+        response = handler(sqs_event(msgs, arn), context or LambdaContext())
+        responses.append(response)
+        failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+        done = [m for m in msgs if m["MessageId"] not in failed]
+        if done:
+            sqs.delete_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+            )
+        if failed:
+            return responses
+
+
+def work_tasks(sqs: Any, settings: Any, outcome: Any = None) -> int:
+    """A worker stand-in: take every queued task, post its result, delete the task. Returns tasks done."""
+    msgs = receive_all(sqs, settings.task_queue_url)
+    tasks = tasks_of(msgs)
+    post_results(sqs, settings.results_queue_url, [(outcome or result_for)(t) for t in tasks])
+    return len(tasks)

@@ -13,8 +13,8 @@ from typing import Any
 @functools.cache
 def client(service: str, region: str | None = None, endpoint_url: str | None = None) -> Any:
     """A boto3 client with standard retries and room for the fan-out's parallel calls."""
-    import boto3  # noqa: PLC0415 - imported on first use, off the module import path
-    from botocore.config import Config  # noqa: PLC0415
+    import boto3
+    from botocore.config import Config
 
     config = Config(
         retries={"mode": "standard", "max_attempts": 5},
@@ -23,4 +23,6 @@ def client(service: str, region: str | None = None, endpoint_url: str | None = N
         read_timeout=30,
         tcp_keepalive=True,
     )
-    return boto3.session.Session().client(service, region_name=region, endpoint_url=endpoint_url, config=config)
+    return boto3.session.Session().client(
+        service, region_name=region, endpoint_url=endpoint_url, config=config
+    )

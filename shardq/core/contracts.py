@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -187,7 +188,7 @@ class TrainingRequest:
     def task_count(self) -> int:
         """Train tasks per round: shards, or trials for a sweep."""
         if self.kind == "sweep":
-            from shardq.core.planning import count_trials  # noqa: PLC0415 - avoids an import cycle
+            from shardq.core.planning import count_trials
 
             return count_trials(self.search_space)
         if self.shard_count is not None:
@@ -202,7 +203,7 @@ class TrainingRequest:
         return cls.from_dict(_load_object(raw, "TrainingRequest"))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainingRequest:  # noqa: C901 - one linear read of the schema
+    def from_dict(cls, data: dict[str, Any]) -> TrainingRequest:
         """Validate ``data`` against the TrainingRequest contract."""
         c = _Checker()
         if not isinstance(data, dict):
@@ -210,7 +211,9 @@ class TrainingRequest:
         c.unknown_keys(data, cls.FIELDS)
         version = data.get("schema_version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
-            c.add(f"schema_version must be {SCHEMA_VERSION}, got {version!r}; upgrade the client or the stack")
+            c.add(
+                f"schema_version must be {SCHEMA_VERSION}, got {version!r}; upgrade the client or the stack"
+            )
 
         job_id = data.get("job_id")
         if job_id is not None and (not isinstance(job_id, str) or not JOB_ID_RE.match(job_id)):
@@ -245,7 +248,9 @@ class TrainingRequest:
             objective = cls._objective(c, data.get("objective"))
         else:
             if search_space is not None:
-                c.add(f"search_space applies to kind 'sweep' only; remove it or set kind to 'sweep' (got {kind!r})")
+                c.add(
+                    f"search_space applies to kind 'sweep' only; remove it or set kind 'sweep' (got {kind!r})"
+                )
                 search_space = None
             if data.get("objective") is not None:
                 c.add(f"objective applies to kind 'sweep' only; remove it (got kind {kind!r})")
@@ -367,11 +372,11 @@ class TrainingRequest:
 
     @staticmethod
     def _search_space(c: _Checker, raw: Any) -> dict[str, list[Any]] | list[dict[str, Any]] | None:
-        from shardq.core.planning import count_trials  # noqa: PLC0415 - avoids an import cycle
+        from shardq.core.planning import count_trials
 
         if raw is None:
             c.add(
-                'search_space is required for kind \'sweep\': a grid {"lr": [0.1, 0.01]} '
+                "search_space is required for kind 'sweep': a grid {\"lr\": [0.1, 0.01]} "
                 'or a list of trials [{"lr": 0.1}, ...]'
             )
             return None
@@ -560,14 +565,18 @@ class ShardResult:
             c.add(f"metrics must be an object of name → number, got {metrics!r:.60}")
         else:
             for name, value in metrics.items():
-                if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
                     c.add(f"metrics.{name} must be a finite number, got {value!r}")
         c.integer(data, "num_samples", "num_samples", 0, MAX_NUM_SAMPLES)
         duration = data.get("duration_s", 0.0)
         if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
             c.add(f"duration_s must be a number >= 0, got {duration!r}")
         c.integer(data, "attempt", "attempt", 1, 10_000)
-        if data.get("status") == "succeeded" and data.get("task_type") == "reduce" and not data.get("artifact_uri"):
+        if (
+            data.get("status") == "succeeded"
+            and data.get("task_type") == "reduce"
+            and not data.get("artifact_uri")
+        ):
             c.add("artifact_uri is required for a succeeded reduce result: the next round starts from it")
         if c.problems:
             raise ValidationError("ShardResult", c.problems)

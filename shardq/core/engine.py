@@ -50,7 +50,9 @@ class EnqueueIncomplete(RuntimeError):
     """Time ran short mid fan-out; the cursor records where to continue."""
 
     def __init__(self, job_id: str, done: int, total: int) -> None:
-        super().__init__(f"job {job_id}: enqueued {done}/{total} before the deadline; continue from the cursor")
+        super().__init__(
+            f"job {job_id}: enqueued {done}/{total} before the deadline; continue from the cursor"
+        )
         self.job_id = job_id
         self.done = done
         self.total = total
@@ -243,7 +245,9 @@ class Engine:
                     f"{job['failed_total']} shards failed, over max_failed_shards={job['max_failed_shards']}",
                 )
             expected = int(job["task_count"]) if phase == "train" else 1
-            done = int(job.get(counter("ok", round_no, phase), 0)) + int(job.get(counter("fail", round_no, phase), 0))
+            done = int(job.get(counter("ok", round_no, phase), 0)) + int(
+                job.get(counter("fail", round_no, phase), 0)
+            )
             if done < expected:
                 return str(status)
             if not self._complete_phase(job, round_no, phase, deadline):
@@ -369,7 +373,10 @@ class Engine:
             assert request.objective is not None and request.search_space is not None
             trials = [planning.trial(request.search_space, i) for i in range(request.task_count)]
             board = leaderboard(train, request.objective, trials)
-            manifest["objective"] = {"metric": request.objective.metric, "direction": request.objective.direction}
+            manifest["objective"] = {
+                "metric": request.objective.metric,
+                "direction": request.objective.direction,
+            }
             manifest["leaderboard"] = board
             manifest["best"] = board[0] if board else None
         else:
@@ -446,7 +453,9 @@ class Engine:
 
     # -- ingest (aggregator, DLQ handler) ---------------------------------------------------
 
-    def ingest(self, outcomes: list[Outcome], *, deadline: float | None = None) -> list[tuple[Outcome, Exception]]:
+    def ingest(
+        self, outcomes: list[Outcome], *, deadline: float | None = None
+    ) -> list[tuple[Outcome, Exception]]:
         """Record outcomes and advance their jobs, job by job; returns the outcomes that failed.
 
         One job's trouble (unknown job, throttling, a fan-out cut short) fails only that job's
@@ -471,4 +480,4 @@ class Engine:
         return job_view(self.store.get_job(job_id))
 
 
-__all__ = ["EnqueueIncomplete", "Engine", "JobConflict", "JobNotFound", "job_view", "request_hash"]
+__all__ = ["Engine", "EnqueueIncomplete", "JobConflict", "JobNotFound", "job_view", "request_hash"]

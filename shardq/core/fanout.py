@@ -96,7 +96,9 @@ def batches(messages: Iterable[Message], max_bytes: int = DEFAULT_MAX_BATCH_BYTE
     size = 0
     for msg in messages:
         if msg.size > max_bytes:
-            raise ValueError(f"message of {msg.size} bytes exceeds the {max_bytes} byte limit; use a claim check")
+            raise ValueError(
+                f"message of {msg.size} bytes exceeds the {max_bytes} byte limit; use a claim check"
+            )
         if batch and (len(batch) == MAX_BATCH_ENTRIES or size + msg.size > max_bytes):
             yield batch
             batch, size = [], 0

@@ -19,6 +19,7 @@ transaction, so a record and its count never part; a duplicate fails its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -82,9 +83,7 @@ def to_item(data: dict[str, Any]) -> dict[str, Any]:
     for k, v in data.items():
         if v is None:
             continue
-        if isinstance(v, float):
-            v = Decimal(repr(v))
-        out[k] = _ser.serialize(v)
+        out[k] = _ser.serialize(Decimal(repr(v)) if isinstance(v, float) else v)
     return out
 
 
@@ -221,7 +220,7 @@ class JobStore:
 
     def advance_cursor(self, job_id: str, name: str, value: int) -> None:
         """Move an enqueue cursor forward (never back: a stale writer cannot rewind it)."""
-        try:
+        with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):
             self.ddb.update_item(
                 TableName=self.table,
                 Key=job_key(job_id),
@@ -230,8 +229,6 @@ class JobStore:
                 ExpressionAttributeNames={"#c": name},
                 ExpressionAttributeValues=to_item({":v": value, ":t": now_iso()}),
             )
-        except self.ddb.exceptions.ConditionalCheckFailedException:
-            pass
 
     def list_jobs(self, status: str, limit: int = 20) -> list[dict[str, Any]]:
         """Most recent jobs with ``status`` (GSI ``by_status``)."""
@@ -337,7 +334,9 @@ class JobStore:
                 self.ddb.exceptions.InternalServerError,
             ):
                 time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
-        raise JobStoreError(f"could not record {len(chunk)} results for job {job_id} after {self.max_attempts} tries")
+        raise JobStoreError(
+            f"could not record {len(chunk)} results for job {job_id} after {self.max_attempts} tries"
+        )
 
     def _job_exists(self, job_id: str) -> bool:
         resp = self.ddb.get_item(TableName=self.table, Key=job_key(job_id), ProjectionExpression="pk")

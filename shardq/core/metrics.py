@@ -21,7 +21,9 @@ def weighted_metrics(results: Sequence[ShardResult]) -> dict[str, dict[str, floa
     out: dict[str, dict[str, float]] = {}
     names = sorted({name for r in results if r.status == "succeeded" for name in r.metrics})
     for name in names:
-        rows = [(r.metrics[name], r.num_samples) for r in results if r.status == "succeeded" and name in r.metrics]
+        rows = [
+            (r.metrics[name], r.num_samples) for r in results if r.status == "succeeded" and name in r.metrics
+        ]
         weight = sum(w for _, w in rows)
         mean = sum(v * w for v, w in rows) / weight if weight else sum(v for v, _ in rows) / len(rows)
         out[name] = {
@@ -33,7 +35,9 @@ def weighted_metrics(results: Sequence[ShardResult]) -> dict[str, dict[str, floa
     return out
 
 
-def summarize_round(round_no: int, results: Sequence[ShardResult], started_at: str | None = None) -> dict[str, Any]:
+def summarize_round(
+    round_no: int, results: Sequence[ShardResult], started_at: str | None = None
+) -> dict[str, Any]:
     """Summary of a round's train results: counts, samples, weighted metrics, durations."""
     ok = [r for r in results if r.status == "succeeded"]
     durations = [r.duration_s for r in ok]

@@ -110,7 +110,12 @@ class Layout:
 
 
 def train_task(
-    request: TrainingRequest, job_id: str, layout: Layout, round_no: int, index: int, init_model_uri: str | None
+    request: TrainingRequest,
+    job_id: str,
+    layout: Layout,
+    round_no: int,
+    index: int,
+    init_model_uri: str | None,
 ) -> ShardTask:
     """Task ``index`` of round ``round_no``: a data shard, or a trial for a sweep."""
     total = request.task_count

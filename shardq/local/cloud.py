@@ -25,7 +25,7 @@ from typing import Any
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 # ministack accepts any credentials; these keep boto3 from looking for real ones.
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}  # noqa: S105 - local dummy
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 
 
 def free_port() -> int:
@@ -138,7 +138,7 @@ class LocalCloud:
 
     def client(self, service: str) -> Any:
         """A boto3 client bound to this cloud."""
-        import boto3  # noqa: PLC0415
+        import boto3
 
         return boto3.session.Session(
             aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],

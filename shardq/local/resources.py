@@ -39,15 +39,17 @@ def provision(
         Attributes={
             **fifo,
             "VisibilityTimeout": str(task_visibility_s),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": task_dlq_arn, "maxReceiveCount": max_receive_count}),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": task_dlq_arn, "maxReceiveCount": max_receive_count}
+            ),
         },
     )["QueueUrl"]
-    results_dlq = sqs.create_queue(QueueName=f"{p}-results-dlq", Attributes={"MessageRetentionPeriod": "1209600"})[
-        "QueueUrl"
-    ]
-    results_dlq_arn = sqs.get_queue_attributes(QueueUrl=results_dlq, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
+    results_dlq = sqs.create_queue(
+        QueueName=f"{p}-results-dlq", Attributes={"MessageRetentionPeriod": "1209600"}
+    )["QueueUrl"]
+    results_dlq_arn = sqs.get_queue_attributes(QueueUrl=results_dlq, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
     results = sqs.create_queue(
         QueueName=f"{p}-results",
         Attributes={

@@ -1,0 +1,146 @@
+"""Contracts: every problem named with its field, value and fix; schema in step with the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from shardq.core.contracts import ShardResult, ShardTask, TrainingRequest, ValidationError
+from shardq.core.schema import training_request_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples" / "requests").glob("*.json"))
+VALID = {
+    "kind": "data_parallel",
+    "dataset": {"uri": "s3://b/d", "num_samples": 100},
+    "sharding": {"shard_count": 4},
+}
+
+
+def problems(payload: dict[str, object]) -> list[str]:
+    with pytest.raises(ValidationError) as info:
+        TrainingRequest.from_dict(payload)
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"sharding": {"shard_count": 0}}, "sharding.shard_count must be between 1 and 100000, got 0"),
+        ({"sharding": {"shard_count": 200}}, "sharding.shard_count (200) exceeds dataset.num_samples (100)"),
+        ({"sharding": {"shard_count": 2, "shard_size": 5}}, "either shard_count or shard_size, not both"),
+        ({"sharding": {"shard_count": "4"}}, "sharding.shard_count must be an integer"),
+        ({"sharding": {"shard_count": True}}, "sharding.shard_count must be an integer"),
+        ({"kind": "train"}, "kind must be one of data_parallel, sweep, map, got 'train'"),
+        ({"rounds": 0}, "rounds must be between 1 and 1000, got 0"),
+        ({"kind": "map", "rounds": 3}, "rounds applies to kind 'data_parallel' only"),
+        ({"job_id": "has space"}, "job_id must be 1-64 letters"),
+        ({"entrypoint": "no_colon"}, "entrypoint must look like 'package.module:function'"),
+        ({"dataset": {"uri": "s3://b/d"}}, "dataset needs num_samples (with uri) or files"),
+        ({"dataset": {"num_samples": 10, "files": ["a"]}}, "dataset takes either num_samples or files"),
+        ({"search_space": {"lr": [1]}}, "search_space applies to kind 'sweep' only"),
+        ({"max_failed_shards": 5}, "max_failed_shards must be at most the number of tasks (4), got 5"),
+        ({"model": {"init_uri": "model.pt"}}, "model.init_uri must be a URI"),
+        ({"schema_version": 2}, "schema_version must be 1, got 2"),
+    ],
+)
+def test_bad_field_is_named_with_value_and_fix(patch: dict[str, object], expected: str) -> None:
+    assert any(expected in p for p in problems({**VALID, **patch}))
+
+
+def test_unknown_field_suggests_the_close_match() -> None:
+    found = problems({**VALID, "shardng": {"shard_count": 2}})
+    assert any("unknown field 'shardng': did you mean 'sharding'?" in p for p in found)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems({"kind": "sweep", "dataset": {"num_samples": 0}, "max_parallel": 0})
+    joined = "\n".join(found)
+    assert "dataset.num_samples must be between 1" in joined
+    assert "search_space is required for kind 'sweep'" in joined
+    assert "objective is required for kind 'sweep'" in joined
+    assert "max_parallel must be between 1 and 10000, got 0" in joined
+    assert len(found) == 4
+
+
+def test_error_message_lists_problems() -> None:
+    with pytest.raises(ValidationError, match=r"invalid TrainingRequest \(1 problem\):\n  - rounds"):
+        TrainingRequest.from_dict({**VALID, "rounds": -1})
+
+
+def test_body_that_is_not_json_is_rejected_clearly() -> None:
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        TrainingRequest.from_json("{nope")
+    with pytest.raises(ValidationError, match="must be a JSON object"):
+        ShardResult.from_json("[1, 2]")
+
+
+def test_request_round_trips_through_json() -> None:
+    request = TrainingRequest.from_dict({**VALID, "job_id": "abc", "hyperparameters": {"lr": 0.1}})
+    assert TrainingRequest.from_json(request.to_json()) == request
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_requests_are_valid_for_model_and_schema(path: Path) -> None:
+    payload = json.loads(path.read_text())
+    TrainingRequest.from_dict(payload)
+    jsonschema.validate(payload, training_request_schema())
+
+
+def test_checked_in_schema_is_generated_from_the_model() -> None:
+    checked_in = json.loads((ROOT / "schemas" / "training-request.schema.json").read_text())
+    assert checked_in == training_request_schema(), "run `make schema` and commit the result"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {**VALID, "kind": "sweep"},
+        {**VALID, "sharding": {"shard_count": 0}},
+        {**VALID, "surprise": 1},
+        {"kind": "map", "dataset": {"num_samples": 5}},
+    ],
+)
+def test_schema_rejects_what_the_model_rejects(payload: dict[str, object]) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(payload, training_request_schema())
+    with pytest.raises(ValidationError):
+        TrainingRequest.from_dict(payload)
+
+
+def test_result_validation_names_fields() -> None:
+    with pytest.raises(ValidationError) as info:
+        ShardResult.from_json(
+            {
+                "job_id": "j",
+                "round": -1,
+                "shard_id": 0,
+                "task_type": "train",
+                "status": "ok",
+                "metrics": {"a": "x"},
+            }
+        )
+    joined = "\n".join(info.value.problems)
+    assert "round must be between 0 and 1000, got -1" in joined
+    assert "status must be 'succeeded' or 'failed', got 'ok'" in joined
+    assert "metrics.a must be a finite number, got 'x'" in joined
+
+
+def test_task_and_result_bodies_are_deterministic() -> None:
+    task = ShardTask(
+        job_id="j",
+        round=0,
+        shard_id=1,
+        shard_count=2,
+        task_type="train",
+        kind="map",
+        entrypoint="m:f",
+        data={"start": 0, "end": 5},
+        hyperparameters={"b": 1, "a": 2},
+        output_prefix="s3://b/p/",
+    )
+    assert task.to_json() == ShardTask.from_json(task.to_json()).to_json()
+    assert task.to_json().index('"a"') < task.to_json().index('"b"')
