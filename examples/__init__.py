@@ -1,0 +1,1 @@
+"""Real training functions the demo, the tests and the docs use."""

@@ -1,0 +1,1 @@
+"""The worker runtime: poll the task queue, run the user's training function, post results."""
