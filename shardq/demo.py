@@ -117,9 +117,8 @@ def _report(
     manifest = json.loads(s3.get_object(Bucket=b, Key=key)["Body"].read())  # type: ignore[attr-defined]
     val = [r["metrics"]["val_loss"]["mean"] for r in manifest["rounds"]]
     for r, v in zip(manifest["rounds"], val, strict=True):
-        print(
-            f"  round {r['round'] + 1}: {r['shards_succeeded']} shards, {r['num_samples']} samples, val_loss {v:.5f}"
-        )
+        shards, samples = r["shards_succeeded"], r["num_samples"]
+        print(f"  round {r['round'] + 1}: {shards} shards, {samples} samples, val_loss {v:.5f}")
     mb, mkey = split_s3(manifest["final_model_uri"])
     with np.load(io.BytesIO(s3.get_object(Bucket=mb, Key=mkey)["Body"].read())) as model:  # type: ignore[attr-defined]
         w, bias = model["w"], float(model["b"])
