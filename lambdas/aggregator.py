@@ -13,7 +13,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 
-from lambdas.common import StagedBatchProcessor, deadline, engine, logger, metrics, tracer
+from lambdas.common import StagedBatchProcessor, ingest, logger, metrics, tracer
 from shardq.core.contracts import ShardResult
 from shardq.core.jobstore import Outcome
 
@@ -35,6 +35,6 @@ def aggregate(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The handler's body, free of decorators so tests and benchmarks call it directly."""
     batch = StagedBatchProcessor(
         BatchProcessor(event_type=EventType.SQS),
-        flush=lambda outcomes: engine().ingest(outcomes, deadline=deadline(context)),
+        flush=lambda outcomes: ingest(outcomes, context),
     )
     return batch.process(event, parse, context)

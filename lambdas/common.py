@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import time
 from typing import Any
 
@@ -13,6 +14,8 @@ from shardq.core.clients import client
 from shardq.core.engine import Engine
 from shardq.core.settings import Settings
 
+# The splitter's continuation event: {"shardq_continue": {"job_id": ...}}.
+CONTINUE_KEY = "shardq_continue"
 logger = Logger(service="shardq")
 tracer = Tracer(service="shardq")
 metrics = Metrics(namespace="shardq", service="shardq")
@@ -34,6 +37,24 @@ def engine() -> Engine:
         events=client("events"),
         metric=_metric,
     )
+
+
+def continue_job(job_id: str) -> None:
+    """Hand a job's unfinished fan-out to the splitter (asynchronous self-continuation)."""
+    function = engine().settings.splitter_function
+    if not function:
+        raise RuntimeError("SHARDQ_SPLITTER_FUNCTION is not set: cannot hand the fan-out on")
+    client("lambda").invoke(
+        FunctionName=function,
+        InvocationType="Event",
+        Payload=json.dumps({CONTINUE_KEY: {"job_id": job_id}}).encode(),
+    )
+    logger.info("fan-out handed on to the splitter", extra={"continued_job": job_id})
+
+
+def ingest(outcomes: list[Any], context: Any) -> list[Any]:
+    """Record a batch's outcomes, handing cut-short fan-outs on to the splitter."""
+    return engine().ingest(outcomes, deadline=deadline(context), hand_on=continue_job)
 
 
 def deadline(context: Any) -> float | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor
 
-from lambdas.common import StagedBatchProcessor, deadline, engine, logger, metrics, tracer
+from lambdas.common import StagedBatchProcessor, engine, ingest, logger, metrics, tracer
 from shardq.core.contracts import ShardResult, ShardTask
 from shardq.core.jobstore import Outcome
 
@@ -51,6 +51,6 @@ def handle_dead_tasks(event: dict[str, Any], context: Any) -> dict[str, Any]:
     batch = StagedBatchProcessor(
         # A malformed dead task blocks only its own message group, not the whole batch.
         SqsFifoPartialProcessor(skip_group_on_error=True),
-        flush=lambda outcomes: engine().ingest(outcomes, deadline=deadline(context)),
+        flush=lambda outcomes: ingest(outcomes, context),
     )
     return batch.process(event, parse, context)

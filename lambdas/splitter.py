@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lambdas.common import deadline, engine, logger, metrics, tracer
+from lambdas.common import CONTINUE_KEY, deadline, engine, logger, metrics, tracer
 from shardq.core.clients import client
 from shardq.core.contracts import ValidationError
 from shardq.core.engine import EnqueueIncomplete, JobConflict
-
-CONTINUE_KEY = "shardq_continue"
 
 
 @logger.inject_lambda_context(log_event=False)
@@ -51,7 +49,7 @@ def split(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # Hand the rest to a fresh invocation: the cursor on the job record says where to go on.
         logger.info("handing the fan-out on", extra={"done": exc.done, "total": exc.total})
         client("lambda").invoke(
-            FunctionName=context.invoked_function_arn,
+            FunctionName=context.function_name,
             InvocationType="Event",
             Payload=json.dumps({CONTINUE_KEY: {"job_id": exc.job_id}}).encode(),
         )

@@ -34,8 +34,9 @@ from shardq.core.settings import Settings
 
 # Cursor checkpoint every this many tasks (50 SendMessageBatch calls).
 CHUNK = 500
-# Hand the rest of a fan-out to a fresh invocation when less than this is left.
-HANDOFF_MARGIN_S = 60.0
+# Hand the rest of a fan-out to a fresh invocation when less than this is left
+# (a 500-task chunk takes well under a second at the FIFO quota; throttling backoff adds seconds).
+HANDOFF_MARGIN_S = 20.0
 # A crashed event publisher's claim is taken over after this long.
 EVENT_CLAIM_LEASE_S = 60.0
 
@@ -165,10 +166,15 @@ class Engine:
         }
 
     def resume(self, job_id: str, *, deadline: float | None = None) -> dict[str, Any]:
-        """Continue the enqueue of a job's current round from its cursor."""
+        """Continue a job whose fan-out was cut short: enqueue from the cursor, then advance.
+
+        Both steps are idempotent, so the continuation serves a round-0 enqueue the splitter
+        handed on and a next-round enqueue the aggregator handed on alike.
+        """
         job = self.store.get_job(job_id)
         if job["status"] == "RUNNING":
             self.enqueue_current(job, deadline=deadline)
+            self.advance(job_id, deadline=deadline)
         return job_view(self.store.get_job(job_id)).to_dict()
 
     # -- enqueue -----------------------------------------------------------------------------
@@ -454,12 +460,19 @@ class Engine:
     # -- ingest (aggregator, DLQ handler) ---------------------------------------------------
 
     def ingest(
-        self, outcomes: list[Outcome], *, deadline: float | None = None
+        self,
+        outcomes: list[Outcome],
+        *,
+        deadline: float | None = None,
+        hand_on: Callable[[str], None] | None = None,
     ) -> list[tuple[Outcome, Exception]]:
         """Record outcomes and advance their jobs, job by job; returns the outcomes that failed.
 
-        One job's trouble (unknown job, throttling, a fan-out cut short) fails only that job's
-        outcomes: the event source redelivers them, and the redelivery drives ``advance`` again.
+        One job's trouble (unknown job, throttling) fails only that job's outcomes: the event
+        source redelivers them, and the redelivery drives ``advance`` again. A next-round
+        fan-out cut short by the deadline is handed on through ``hand_on(job_id)`` (an async
+        splitter continuation) rather than failed, so big rounds neither wait out visibility
+        timeouts nor burn the results' receive count.
         """
         by_job: dict[str, list[Outcome]] = {}
         for o in outcomes:
@@ -468,7 +481,12 @@ class Engine:
         for job_id, group in by_job.items():
             try:
                 self.record(group)
-                self.advance(job_id, deadline=deadline)
+                try:
+                    self.advance(job_id, deadline=deadline)
+                except EnqueueIncomplete:
+                    if hand_on is None:
+                        raise
+                    hand_on(job_id)
             except Exception as exc:
                 failed.extend((o, exc) for o in group)
         return failed

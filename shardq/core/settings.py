@@ -25,6 +25,7 @@ class Settings:
     event_bus_name: str = "default"
     job_ttl_days: int = 90
     max_receive_count: int = 5
+    splitter_function: str | None = None
 
     ENV = {
         "job_table": "SHARDQ_JOB_TABLE",
@@ -34,6 +35,7 @@ class Settings:
         "event_bus_name": "SHARDQ_EVENT_BUS_NAME",
         "job_ttl_days": "SHARDQ_JOB_TTL_DAYS",
         "max_receive_count": "SHARDQ_MAX_RECEIVE_COUNT",
+        "splitter_function": "SHARDQ_SPLITTER_FUNCTION",
     }
     REQUIRED = ("job_table", "task_queue_url", "results_queue_url", "artifact_bucket")
 
@@ -62,9 +64,10 @@ class Settings:
             results_queue_url=env[cls.ENV["results_queue_url"]],
             artifact_bucket=env[cls.ENV["artifact_bucket"]],
             event_bus_name=env.get(cls.ENV["event_bus_name"]) or "default",
+            splitter_function=env.get(cls.ENV["splitter_function"]) or None,
             **ints,
         )
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings."""
-        return {var: str(getattr(self, name)) for name, var in self.ENV.items()}
+        return {var: str(v) for name, var in self.ENV.items() if (v := getattr(self, name)) is not None}

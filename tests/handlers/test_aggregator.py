@@ -290,3 +290,32 @@ def test_late_results_after_finish_change_nothing(
     after = engine.store.get_job("m")
     assert after["ok_r0_train"] == before["ok_r0_train"] == 2
     assert after["status"] == "SUCCEEDED"
+
+
+def test_next_round_too_big_for_one_invocation_is_handed_on(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a 2-round job of 1,200 shards whose reduce result arrives with little time left
+    engine.submit(
+        {
+            "job_id": "big",
+            "kind": "data_parallel",
+            "dataset": {"num_samples": 1_200},
+            "sharding": {"shard_count": 1_200},
+            "rounds": 2,
+        }
+    )
+    sqs = clients["sqs"]
+    engine.ingest([Outcome(result_for(t)) for t in tasks_of(receive_all(sqs, settings.task_queue_url))])
+    reduce = tasks_of(receive_all(sqs, settings.task_queue_url))[0]
+    handed: list[str] = []
+    # WHEN the aggregator's deadline cuts the round-1 fan-out short
+    failed = engine.ingest([Outcome(result_for(reduce))], deadline=engine.clock() + 1, hand_on=handed.append)
+    # THEN the result is recorded (not failed), the job is handed on, and the continuation finishes it
+    assert failed == []
+    assert handed == ["big"]
+    assert engine.store.get_job("big")["round"] == 0
+    engine.resume("big")
+    job = engine.store.get_job("big")
+    assert (job["round"], job["phase"], job["enq_r1_train"]) == (1, "train", 1_200)
+    assert len(receive_all(sqs, settings.task_queue_url)) == 1_200

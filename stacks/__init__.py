@@ -1,0 +1,1 @@
+"""CDK stacks for shardq: stacks compose, ``stacks.components`` build one capability each."""

@@ -1,0 +1,20 @@
+"""One construct per capability; each exposes the parts other components wire to."""
+
+from stacks.components.functions import FunctionSizing, ShardqFunctions
+from stacks.components.job_store import JobStore
+from stacks.components.lambda_asset import stage_lambda_source
+from stacks.components.monitoring import Monitoring
+from stacks.components.results_queue import ResultsQueue
+from stacks.components.task_queues import TaskQueues
+from stacks.components.worker_access import WorkerAccess
+
+__all__ = [
+    "FunctionSizing",
+    "JobStore",
+    "Monitoring",
+    "ResultsQueue",
+    "ShardqFunctions",
+    "TaskQueues",
+    "WorkerAccess",
+    "stage_lambda_source",
+]

@@ -1,0 +1,233 @@
+"""ShardqFunctions: the splitter, aggregator and DLQ handler Lambdas, sharing one code asset."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from stacks.components._props import Problems
+from stacks.components._queues import DLQ_RETENTION, secure_queue
+
+RUNTIME = lambda_.Runtime.PYTHON_3_14
+ARCHITECTURE = lambda_.Architecture.ARM_64
+SPLITTER_HANDLER = "lambdas.splitter.handler"
+AGGREGATOR_HANDLER = "lambdas.aggregator.handler"
+DLQ_HANDLER_HANDLER = "lambdas.dlq_handler.handler"
+LAMBDA_MAX_TIMEOUT_SECONDS = 900
+
+
+@dataclass(frozen=True, kw_only=True)
+class FunctionSize:
+    """Memory and timeout of one function."""
+
+    memory_mb: int
+    timeout_seconds: int
+
+    @property
+    def timeout(self) -> Duration:
+        """The timeout as a CDK Duration."""
+        return Duration.seconds(self.timeout_seconds)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FunctionSizing:
+    """Sizes of the three functions; queue visibility timeouts are derived from these timeouts.
+
+    Memory also buys CPU: 512 MB keeps the splitter's concurrent SendMessageBatch calls and the
+    aggregator's JSON work quick, while none of them holds more than a batch in memory.
+    """
+
+    # Plans a round and enqueues it; continues itself asynchronously well before the timeout.
+    splitter: FunctionSize = field(default_factory=lambda: FunctionSize(memory_mb=512, timeout_seconds=120))
+    # One batch of up to 100 results: conditional writes + counter update + maybe the next round.
+    aggregator: FunctionSize = field(default_factory=lambda: FunctionSize(memory_mb=512, timeout_seconds=60))
+    # Up to 10 dead tasks: marks shards FAILED, may finish the round.
+    dlq_handler: FunctionSize = field(default_factory=lambda: FunctionSize(memory_mb=256, timeout_seconds=60))
+
+
+class ShardqFunctions(Construct):
+    """The three Lambdas: python3.14 on arm64, X-Ray, explicit log groups, one role each.
+
+    Each function gets its own role whose only inline permissions are writing to its own log group
+    (no AWSLambdaBasicExecutionRole); the stack adds data-plane grants where it wires components.
+
+    The splitter continues long plans by invoking itself asynchronously. Its permission to do so is
+    a separate ``iam.Policy`` attached to its role: the function depends on its role (and the role's
+    default policy), so a statement naming the function's own ARN in that default policy would be a
+    circular dependency; the separate policy depends on the function instead. Failed async
+    invocations (after ``splitter_async_retry_attempts`` retries, safe because the splitter is
+    idempotent on job_id) land in ``splitter_failure_queue``.
+
+    Parameters
+    ----------
+    code
+        The shared code asset (handlers + shardq core).
+    layers
+        Layers for every function (Powertools), possibly empty.
+    environment
+        Environment variables every function gets.
+    dlq_handler_environment
+        Extra variables for the DLQ handler only.
+    sizing
+        Memory and timeout per function.
+    log_retention
+        Retention of the three log groups.
+    encryption_key
+        Customer KMS key for the failure queue; ``None`` means SQS-managed SSE.
+    splitter_async_retry_attempts
+        Lambda's retries of a failed async splitter invocation (0..2).
+    aggregator_reserved_concurrency
+        Reserved concurrency of the aggregator; ``None`` leaves it unreserved (the event source's
+        MaximumConcurrency already bounds it).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        code: lambda_.Code,
+        layers: Sequence[lambda_.ILayerVersion],
+        environment: Mapping[str, str],
+        dlq_handler_environment: Mapping[str, str] | None = None,
+        sizing: FunctionSizing | None = None,
+        log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
+        encryption_key: kms.IKey | None = None,
+        splitter_async_retry_attempts: int = 2,
+        aggregator_reserved_concurrency: int | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        sizing = sizing or FunctionSizing()
+        problems = Problems("ShardqFunctions")
+        for name, size in (
+            ("splitter", sizing.splitter),
+            ("aggregator", sizing.aggregator),
+            ("dlq_handler", sizing.dlq_handler),
+        ):
+            problems.require(
+                128 <= size.memory_mb <= 10240,
+                f"sizing.{name}.memory_mb={size.memory_mb}: Lambda accepts 128..10240; "
+                "fix: pick a value in range",
+            )
+            problems.require(
+                1 <= size.timeout_seconds <= LAMBDA_MAX_TIMEOUT_SECONDS,
+                f"sizing.{name}.timeout_seconds={size.timeout_seconds}: Lambda accepts 1..900; "
+                "fix: pick a value in range",
+            )
+        problems.require(
+            0 <= splitter_async_retry_attempts <= 2,
+            f"splitter_async_retry_attempts={splitter_async_retry_attempts}: Lambda accepts 0..2; "
+            "fix: pick 0, 1 or 2",
+        )
+        problems.require(
+            aggregator_reserved_concurrency is None or aggregator_reserved_concurrency >= 1,
+            "aggregator_reserved_concurrency must be at least 1; fix: use None to leave it unreserved",
+        )
+        reserved_names = {"AWS_REGION", "AWS_LAMBDA_FUNCTION_NAME", "_HANDLER", "AWS_EXECUTION_ENV"}
+        problems.require(
+            not reserved_names.intersection(environment),
+            "environment sets a variable Lambda reserves; fix: remove "
+            + ", ".join(sorted(reserved_names.intersection(environment))),
+        )
+        problems.raise_if_any()
+
+        self._code = code
+        self._layers = list(layers)
+        self._log_retention = log_retention
+        self.log_groups: dict[str, logs.LogGroup] = {}
+
+        self.splitter_failure_queue: sqs.Queue = secure_queue(
+            self, "SplitterFailureQueue", encryption_key=encryption_key, retention=DLQ_RETENTION
+        )
+        self.splitter = self._function(
+            "Splitter",
+            handler=SPLITTER_HANDLER,
+            size=sizing.splitter,
+            environment=environment,
+            description="shardq splitter: validates a TrainingRequest, records the job, enqueues shard tasks",
+            on_failure=destinations.SqsDestination(self.splitter_failure_queue),
+            retry_attempts=splitter_async_retry_attempts,
+            max_event_age=Duration.hours(1),
+        )
+        self.splitter_self_invoke_policy = iam.Policy(
+            self,
+            "SplitterSelfInvokePolicy",
+            roles=[self.splitter.role],  # type: ignore[list-item]
+            statements=[
+                iam.PolicyStatement(
+                    sid="SelfContinuation",
+                    actions=["lambda:InvokeFunction"],
+                    # The unqualified function only: the handler must continue itself through
+                    # context.function_name (an invoked ARN carrying a qualifier would be denied).
+                    resources=[self.splitter.function_arn],
+                )
+            ],
+        )
+        self.aggregator = self._function(
+            "Aggregator",
+            handler=AGGREGATOR_HANDLER,
+            size=sizing.aggregator,
+            environment=environment,
+            description="shardq aggregator: records each shard result once, advances rounds, finishes jobs",
+            reserved_concurrent_executions=aggregator_reserved_concurrency,
+        )
+        self.dlq_handler = self._function(
+            "DlqHandler",
+            handler=DLQ_HANDLER_HANDLER,
+            size=sizing.dlq_handler,
+            environment={**environment, **(dlq_handler_environment or {})},
+            description="shardq DLQ handler: marks shards whose tasks exhausted their receives as FAILED",
+        )
+
+    @property
+    def all_functions(self) -> list[lambda_.Function]:
+        """Splitter, aggregator and DLQ handler."""
+        return [self.splitter, self.aggregator, self.dlq_handler]
+
+    def _function(
+        self,
+        name: str,
+        *,
+        handler: str,
+        size: FunctionSize,
+        environment: Mapping[str, str],
+        description: str,
+        **extra: object,
+    ) -> lambda_.Function:
+        role = iam.Role(
+            self,
+            f"{name}Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"Execution role of the shardq {name} function",
+        )
+        log_group = logs.LogGroup(
+            self, f"{name}LogGroup", retention=self._log_retention, removal_policy=RemovalPolicy.DESTROY
+        )
+        log_group.grant_write(role)
+        self.log_groups[name] = log_group
+        return lambda_.Function(
+            self,
+            name,
+            runtime=RUNTIME,
+            architecture=ARCHITECTURE,
+            handler=handler,
+            code=self._code,
+            layers=self._layers,
+            memory_size=size.memory_mb,
+            timeout=size.timeout,
+            environment=dict(environment),
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=log_group,
+            role=role,
+            description=description,
+            **extra,  # type: ignore[arg-type]
+        )

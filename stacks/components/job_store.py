@@ -1,0 +1,127 @@
+"""JobStore: the DynamoDB job table and the S3 artifact bucket (plus its access-log bucket)."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from stacks.components._props import Problems, seconds
+
+ARTIFACT_PREFIX = "jobs/"
+TTL_ATTRIBUTE = "expires_at"
+STATUS_INDEX = "by_status"
+DEFAULT_ACCESS_LOG_RETENTION = Duration.days(365)
+
+
+class JobStore(Construct):
+    """Job records (DynamoDB) and job artifacts (S3), both retained when the stack is deleted.
+
+    Table: ``pk``/``sk`` strings, on-demand, point-in-time recovery, TTL on ``expires_at`` (the
+    runtime sets it on finished jobs), GSI ``by_status`` (``status``, ``created_at``) to list jobs.
+    Bucket: public access blocked, TLS only, versioned, S3-managed encryption, server access logs to
+    a separate bucket, lifecycle that expires noncurrent versions, aborts stale multipart uploads
+    and optionally expires everything under ``jobs/``.
+
+    Parameters
+    ----------
+    noncurrent_version_expiry
+        How long overwritten or deleted artifact versions are kept.
+    artifact_expiry
+        Expire objects under ``jobs/`` after this long; ``None`` keeps them.
+    access_log_retention
+        How long server access logs are kept.
+    removal_policy
+        What happens to the table and buckets when the stack is deleted (RETAIN by default).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        noncurrent_version_expiry: Duration,
+        artifact_expiry: Duration | None = None,
+        access_log_retention: Duration = DEFAULT_ACCESS_LOG_RETENTION,
+        removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        problems = Problems("JobStore")
+        for name, duration in (
+            ("noncurrent_version_expiry", noncurrent_version_expiry),
+            ("artifact_expiry", artifact_expiry),
+            ("access_log_retention", access_log_retention),
+        ):
+            problems.require(
+                duration is None or _whole_days(duration) >= 1,
+                f"{name} must be a whole number of days, at least 1 (S3 lifecycle counts days); "
+                "fix: use Duration.days(n) with n >= 1",
+            )
+        problems.raise_if_any()
+
+        self.table = dynamodb.Table(
+            self,
+            "JobTable",
+            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="sk", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            time_to_live_attribute=TTL_ATTRIBUTE,
+            removal_policy=removal_policy,
+        )
+        self.table.add_global_secondary_index(
+            index_name=STATUS_INDEX,
+            partition_key=dynamodb.Attribute(name="status", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="created_at", type=dynamodb.AttributeType.STRING),
+            projection_type=dynamodb.ProjectionType.ALL,
+        )
+
+        self.access_log_bucket = s3.Bucket(
+            self,
+            "AccessLogBucket",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            # Server access logging can only deliver to SSE-S3 buckets.
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[s3.LifecycleRule(id="expire-access-logs", expiration=access_log_retention)],
+            removal_policy=removal_policy,
+        )
+        lifecycle = [
+            s3.LifecycleRule(
+                id="expire-noncurrent-versions", noncurrent_version_expiration=noncurrent_version_expiry
+            ),
+            s3.LifecycleRule(
+                id="abort-incomplete-multipart-uploads",
+                abort_incomplete_multipart_upload_after=Duration.days(7),
+            ),
+        ]
+        if artifact_expiry is not None:
+            lifecycle.append(
+                s3.LifecycleRule(
+                    id="expire-job-artifacts", prefix=ARTIFACT_PREFIX, expiration=artifact_expiry
+                )
+            )
+        self.artifact_bucket = s3.Bucket(
+            self,
+            "ArtifactBucket",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            versioned=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            server_access_logs_bucket=self.access_log_bucket,
+            server_access_logs_prefix="artifact-bucket/",
+            lifecycle_rules=lifecycle,
+            removal_policy=removal_policy,
+        )
+
+
+def _whole_days(duration: Duration) -> int:
+    """Whole days of a duration, or 0 if it is not a positive whole number of days."""
+    total = seconds(duration)
+    return total // 86_400 if total % 86_400 == 0 else 0

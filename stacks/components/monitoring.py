@@ -1,0 +1,280 @@
+"""Monitoring: alarms to an encrypted, TLS-only SNS topic, and the shardq CloudWatch dashboard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import Aws, Duration, Fn
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from stacks.components._props import Problems
+
+METRICS_NAMESPACE = "shardq"
+# Powertools Metrics adds the `service` dimension (POWERTOOLS_SERVICE_NAME) to every metric.
+METRICS_SERVICE = "shardq"
+CUSTOM_METRICS = ("TasksEnqueued", "ResultsRecorded", "DuplicateResults", "JobsFinished", "RoundDuration")
+_ONE_MINUTE = Duration.minutes(1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitoredQueues:
+    """The queues the monitoring watches."""
+
+    task_queue: sqs.IQueue
+    task_dlq: sqs.IQueue
+    results_queue: sqs.IQueue
+    results_dlq: sqs.IQueue
+    splitter_failure_queue: sqs.IQueue
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitoredFunctions:
+    """The functions the monitoring watches."""
+
+    splitter: lambda_.IFunction
+    aggregator: lambda_.IFunction
+    dlq_handler: lambda_.IFunction
+
+
+class Monitoring(Construct):
+    """SNS alarm topic (customer KMS key, TLS only, optional email), alarms and a dashboard.
+
+    The topic uses its own customer-managed key because CloudWatch alarms cannot publish to a topic
+    encrypted with the AWS-managed ``aws/sns`` key (its key policy cannot grant CloudWatch).
+
+    Alarms: a message in the task DLQ, results DLQ or splitter failure queue; oldest task older
+    than ``oldest_task_age``; aggregator errors or throttles; splitter or DLQ handler errors.
+
+    Parameters
+    ----------
+    queues, functions
+        What to watch.
+    oldest_task_age
+        Alarm when the oldest task waits longer than this (no worker is polling, or too few).
+    alarm_email
+        Subscribe this address to the topic (it must confirm); ``None`` for no subscription.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        queues: MonitoredQueues,
+        functions: MonitoredFunctions,
+        oldest_task_age: Duration,
+        alarm_email: str | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        problems = Problems("Monitoring")
+        problems.require(
+            oldest_task_age.to_seconds() >= 60,
+            "oldest_task_age must be at least 60 s (the metric's resolution); fix: raise it",
+        )
+        problems.require(
+            alarm_email is None or "@" in alarm_email,
+            f"alarm_email={alarm_email!r} is not an email address; fix: pass one or None",
+        )
+        problems.raise_if_any()
+
+        self.topic_key = kms.Key(
+            self,
+            "AlarmTopicKey",
+            description="Encrypts the shardq alarm topic; CloudWatch may use it to publish alarms",
+            enable_key_rotation=True,
+        )
+        self.topic_key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AllowCloudWatchAlarmsToPublish",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=["*"],  # in a key policy, "*" means this key
+                conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}},
+            )
+        )
+        self.topic = sns.Topic(
+            self, "AlarmTopic", display_name="shardq alarms", master_key=self.topic_key, enforce_ssl=True
+        )
+        if alarm_email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
+
+        self.alarms: list[cloudwatch.Alarm] = [
+            self._depth_alarm("TaskDlqNotEmpty", queues.task_dlq, "tasks exhausted their receives"),
+            self._depth_alarm("ResultsDlqNotEmpty", queues.results_dlq, "results could not be aggregated"),
+            self._depth_alarm(
+                "SplitterFailuresNotEmpty", queues.splitter_failure_queue, "async splitter invocations failed"
+            ),
+            self._alarm(
+                "OldestTaskTooOld",
+                queues.task_queue.metric_approximate_age_of_oldest_message(
+                    period=_ONE_MINUTE, statistic="Maximum"
+                ),
+                threshold=oldest_task_age.to_seconds(),
+                description=f"A task has waited more than {int(oldest_task_age.to_seconds())} s: "
+                "no or too few "
+                "workers are polling the task queue.",
+                periods=5,
+            ),
+            self._alarm(
+                "AggregatorErrors",
+                functions.aggregator.metric_errors(period=_ONE_MINUTE, statistic="Sum"),
+                description="The aggregator failed; results are retried and may reach the results DLQ.",
+            ),
+            self._alarm(
+                "AggregatorThrottles",
+                functions.aggregator.metric_throttles(period=_ONE_MINUTE, statistic="Sum"),
+                description="The aggregator is throttled: raise aggregator_reserved_concurrency or the "
+                "account's concurrency.",
+            ),
+            self._alarm(
+                "SplitterErrors",
+                functions.splitter.metric_errors(period=_ONE_MINUTE, statistic="Sum"),
+                description="The splitter failed to plan or enqueue a job.",
+            ),
+            self._alarm(
+                "DlqHandlerErrors",
+                functions.dlq_handler.metric_errors(period=_ONE_MINUTE, statistic="Sum"),
+                description="The DLQ handler failed; dead tasks are not being recorded as FAILED.",
+            ),
+        ]
+        self.dashboard = self._dashboard(queues, functions)
+        self.dashboard_url = Fn.sub(
+            "https://${AWS::Region}.console.aws.amazon.com/cloudwatch/home?region=${AWS::Region}"
+            "#dashboards:name=${Name}",
+            {"Name": self.dashboard.dashboard_name},
+        )
+
+    def _depth_alarm(self, name: str, queue: sqs.IQueue, what: str) -> cloudwatch.Alarm:
+        return self._alarm(
+            name,
+            queue.metric_approximate_number_of_messages_visible(period=_ONE_MINUTE, statistic="Maximum"),
+            description=f"Messages in a dead-letter queue: {what}. Inspect them, then redrive.",
+        )
+
+    def _alarm(
+        self,
+        name: str,
+        metric: cloudwatch.IMetric,
+        *,
+        description: str,
+        threshold: float = 0,
+        periods: int = 1,
+    ) -> cloudwatch.Alarm:
+        alarm = cloudwatch.Alarm(
+            self,
+            name,
+            metric=metric,
+            threshold=threshold,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=periods,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description=description,
+        )
+        alarm.add_alarm_action(cw_actions.SnsAction(self.topic))
+        alarm.add_ok_action(cw_actions.SnsAction(self.topic))
+        return alarm
+
+    def _dashboard(self, queues: MonitoredQueues, functions: MonitoredFunctions) -> cloudwatch.Dashboard:
+        def custom(name: str, statistic: str = "Sum") -> cloudwatch.Metric:
+            return cloudwatch.Metric(
+                namespace=METRICS_NAMESPACE,
+                metric_name=name,
+                dimensions_map={"service": METRICS_SERVICE},
+                statistic=statistic,
+                period=_ONE_MINUTE,
+            )
+
+        lambdas = [functions.splitter, functions.aggregator, functions.dlq_handler]
+        dashboard = cloudwatch.Dashboard(self, "Dashboard", default_interval=Duration.hours(3))
+        dashboard.add_widgets(
+            cloudwatch.TextWidget(
+                markdown="# shardq\nTasks flow splitter → task queue → workers → results queue → aggregator. "
+                "Any message in a DLQ fires an alarm.",
+                width=24,
+                height=2,
+            )
+        )
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Queue depth (visible)",
+                left=[
+                    q.metric_approximate_number_of_messages_visible(label=label, period=_ONE_MINUTE)
+                    for label, q in (
+                        ("tasks", queues.task_queue),
+                        ("results", queues.results_queue),
+                        ("task DLQ", queues.task_dlq),
+                        ("results DLQ", queues.results_dlq),
+                        ("splitter failures", queues.splitter_failure_queue),
+                    )
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="In flight (not visible)",
+                left=[
+                    queues.task_queue.metric_approximate_number_of_messages_not_visible(
+                        label="tasks being trained", period=_ONE_MINUTE
+                    ),
+                    queues.results_queue.metric_approximate_number_of_messages_not_visible(
+                        label="results being aggregated", period=_ONE_MINUTE
+                    ),
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Age of oldest message (s)",
+                left=[
+                    queues.task_queue.metric_approximate_age_of_oldest_message(
+                        label="task", period=_ONE_MINUTE, statistic="Maximum"
+                    ),
+                    queues.results_queue.metric_approximate_age_of_oldest_message(
+                        label="result", period=_ONE_MINUTE, statistic="Maximum"
+                    ),
+                ],
+                width=8,
+            ),
+        )
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Lambda duration p90 (ms)",
+                left=[
+                    fn.metric_duration(label=label, statistic="p90", period=_ONE_MINUTE)
+                    for label, fn in zip(("splitter", "aggregator", "DLQ handler"), lambdas, strict=True)
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Lambda errors and throttles",
+                left=[
+                    fn.metric_errors(label=f"{label} errors", period=_ONE_MINUTE)
+                    for label, fn in zip(("splitter", "aggregator", "DLQ handler"), lambdas, strict=True)
+                ],
+                right=[
+                    functions.aggregator.metric_throttles(label="aggregator throttles", period=_ONE_MINUTE)
+                ],
+                width=8,
+            ),
+            cloudwatch.AlarmStatusWidget(title="Alarms", alarms=self.alarms, width=8),
+        )
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Tasks and results (shardq metrics)",
+                left=[custom("TasksEnqueued"), custom("ResultsRecorded"), custom("DuplicateResults")],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(title="Jobs finished", left=[custom("JobsFinished")], width=8),
+            cloudwatch.GraphWidget(
+                title="Round duration (s)",
+                left=[custom("RoundDuration", "Average"), custom("RoundDuration", "p90")],
+                width=8,
+            ),
+        )
+        return dashboard

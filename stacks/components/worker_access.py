@@ -1,0 +1,118 @@
+"""WorkerAccess: the one customer-managed policy any worker fleet attaches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aws_cdk import Aws
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from stacks.components._props import Problems
+
+TASK_QUEUE_ACTIONS = (
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibility",
+    "sqs:GetQueueAttributes",
+)
+RESULTS_QUEUE_ACTIONS = ("sqs:SendMessage", "sqs:GetQueueAttributes")
+JOB_TABLE_ACTIONS = ("dynamodb:GetItem", "dynamodb:Query")
+DATASET_READ_ACTIONS = ("s3:GetObject", "s3:ListBucket")
+ARTIFACT_WRITE_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload")
+STACK_READ_ACTIONS = ("cloudformation:DescribeStacks",)
+QUEUE_KEY_ACTIONS = ("kms:Decrypt", "kms:GenerateDataKey")
+
+
+class WorkerAccess(Construct):
+    """One customer-managed IAM policy with exactly what a shardq worker needs.
+
+    Attach it to any role (EC2 instance profile, ECS task role, Batch job role, SageMaker
+    execution role): receive/delete/extend tasks, post results, read job records, read datasets,
+    write artifacts under ``jobs/`` of the artifact bucket, and read this stack's outputs.
+    Written as explicit statements rather than ``grant_*``: the grants' action sets are wider than a
+    worker needs (e.g. ``grant_consume_messages`` has no ChangeMessageVisibility-only variant).
+
+    Parameters
+    ----------
+    task_queue, results_queue, job_table, artifact_bucket
+        The resources a worker touches.
+    dataset_bucket_arns
+        Extra buckets (ARNs) workers read training data from.
+    queue_encryption_key
+        The queues' customer KMS key, if any: workers then need Decrypt/GenerateDataKey on it.
+    artifact_prefix
+        Key prefix under which workers write artifacts.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        task_queue: sqs.IQueue,
+        results_queue: sqs.IQueue,
+        job_table: dynamodb.ITable,
+        artifact_bucket: s3.IBucket,
+        dataset_bucket_arns: Sequence[str] = (),
+        queue_encryption_key: kms.IKey | None = None,
+        artifact_prefix: str = "jobs/",
+    ) -> None:
+        super().__init__(scope, construct_id)
+        problems = Problems("WorkerAccess")
+        problems.require(
+            artifact_prefix.endswith("/")
+            and not artifact_prefix.startswith("/")
+            and "*" not in artifact_prefix,
+            f"artifact_prefix={artifact_prefix!r}: must be a key prefix like 'jobs/'; fix: end it with '/', "
+            "no leading '/' or '*'",
+        )
+        problems.require(
+            all(arn.startswith("arn:") and "/" not in arn for arn in dataset_bucket_arns),
+            "dataset_bucket_arns must hold bucket ARNs (arn:aws:s3:::name), not object ARNs; "
+            "fix: drop the '/…'",
+        )
+        problems.raise_if_any()
+
+        read_buckets = [artifact_bucket.bucket_arn, *dataset_bucket_arns]
+        statements = [
+            iam.PolicyStatement(
+                sid="ConsumeTasks", actions=list(TASK_QUEUE_ACTIONS), resources=[task_queue.queue_arn]
+            ),
+            iam.PolicyStatement(
+                sid="PostResults", actions=list(RESULTS_QUEUE_ACTIONS), resources=[results_queue.queue_arn]
+            ),
+            iam.PolicyStatement(
+                sid="ReadJobRecords", actions=list(JOB_TABLE_ACTIONS), resources=[job_table.table_arn]
+            ),
+            iam.PolicyStatement(sid="ListDatasets", actions=["s3:ListBucket"], resources=read_buckets),
+            iam.PolicyStatement(
+                sid="ReadDatasets", actions=["s3:GetObject"], resources=[f"{arn}/*" for arn in read_buckets]
+            ),
+            iam.PolicyStatement(
+                sid="WriteArtifacts",
+                actions=list(ARTIFACT_WRITE_ACTIONS),
+                resources=[artifact_bucket.arn_for_objects(f"{artifact_prefix}*")],
+            ),
+            iam.PolicyStatement(
+                sid="ReadStackOutputs", actions=list(STACK_READ_ACTIONS), resources=[Aws.STACK_ID]
+            ),
+        ]
+        if queue_encryption_key is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="UseQueueKey",
+                    actions=list(QUEUE_KEY_ACTIONS),
+                    resources=[queue_encryption_key.key_arn],
+                )
+            )
+        self.policy = iam.ManagedPolicy(
+            self,
+            "Policy",
+            description="shardq worker: consume tasks, post results, read jobs and datasets, write artifacts",
+            statements=statements,
+        )

@@ -1,0 +1,117 @@
+"""Context validation: cdk.json is the documented source of truth; bad values fail with the fix."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from stacks.application import build_app
+from stacks.config import CDK_JSON, REPO_ROOT, ConfigError, ShardqConfig, load_cdk_json_context
+
+
+def test_cdk_json_context_equals_the_defaults() -> None:
+    assert ShardqConfig.from_context(load_cdk_json_context()) == ShardqConfig()
+
+
+def test_cdk_json_app_command_and_every_key_documented() -> None:
+    cdk_json = json.loads(CDK_JSON.read_text())
+    assert cdk_json["app"] == ".venv/bin/python app.py"
+    keys = {f.name for f in fields(ShardqConfig)}
+    context = cdk_json["context"]
+    assert set(context["//"]) == keys
+    assert keys <= set(context)
+    deploying = (REPO_ROOT / "docs" / "DEPLOYING.md").read_text()
+    for key in keys:
+        assert f"`{key}`" in deploying, key
+
+
+def test_unknown_key_is_named_with_the_fix() -> None:
+    with pytest.raises(ConfigError, match=r"max_recieve_count: unknown context key.*fix: remove it"):
+        ShardqConfig.from_context({"max_recieve_count": 5})
+
+
+def test_every_bad_value_is_reported_in_one_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        ShardqConfig.from_context(
+            {
+                "max_receive_count": 0,
+                "log_level": "LOUD",
+                "log_retention_days": 31,
+                "dataset_bucket_arns": ["arn:aws:s3:::datasets/train"],
+                "queue_encryption": "aes",
+                "fifo_high_throughput": "yes",
+                "stack_name": "1shardq",
+            }
+        )
+    message = str(err.value)
+    for expected in (
+        "max_receive_count: must be an integer between 1 and 1000; 5 or more is recommended (got 0)",
+        "log_level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        "log_retention_days: must be one of 1, 3, 5, 7, 14, 30",
+        "dataset_bucket_arns: must be a list of S3 bucket ARNs",
+        "queue_encryption: must be one of sqs-managed, kms",
+        "fifo_high_throughput: must be true or false",
+        "stack_name: must be a CloudFormation stack name",
+    ):
+        assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("context", "expected"),
+    [
+        (
+            {"queue_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/abcd-1234"},
+            'queue_kms_key_arn: is only used with queue_encryption "kms"; fix: set queue_encryption',
+        ),
+        (
+            {"aggregator_max_concurrency": 20, "aggregator_reserved_concurrency": 10},
+            "aggregator_reserved_concurrency: 10 is below aggregator_max_concurrency (20)",
+        ),
+        (
+            {"results_batch_window_seconds": 0},
+            "results_batch_window_seconds: must be an integer between 1 and 300",
+        ),
+        ({"bool_is_not_int": 1}, "bool_is_not_int: unknown context key"),
+        ({"job_ttl_days": True}, "job_ttl_days: must be an integer"),
+        ({"alarm_email": "ops"}, "alarm_email: must be an email address"),
+    ],
+)
+def test_rejected_values_and_combinations(context: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        ShardqConfig.from_context(context)
+    assert expected in str(err.value)
+
+
+def test_cli_strings_are_parsed() -> None:
+    """`cdk synth -c key=value` passes strings."""
+    config = ShardqConfig.from_context(
+        {
+            "max_receive_count": "7",
+            "fifo_high_throughput": "true",
+            "dataset_bucket_arns": '["arn:aws:s3:::datasets"]',
+            "alarm_email": "",
+            "tags": '{"team": "ml"}',
+        }
+    )
+    assert config.max_receive_count == 7
+    assert config.fifo_high_throughput is True
+    assert config.dataset_bucket_arns == ("arn:aws:s3:::datasets",)
+    assert config.alarm_email is None
+    assert config.tags == {"team": "ml"}
+
+
+def test_cdk_keys_and_comments_are_not_shardq_keys() -> None:
+    config = ShardqConfig.from_context(
+        {"@aws-cdk/core:checkSecretUsage": True, "aws:cdk:enable-path-metadata": True, "//": {"x": "y"}}
+    )
+    assert config == ShardqConfig()
+
+
+def test_build_app_raises_the_config_error_before_building(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"task_visibility_timeout_seconds: must be an integer between 30 and 43200"
+    ):
+        build_app({**load_cdk_json_context(), "task_visibility_timeout_seconds": 5}, outdir=str(tmp_path))

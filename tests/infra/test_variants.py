@@ -1,0 +1,135 @@
+"""The stack with every opt-in switched on: customer KMS key, high-throughput FIFO, datasets, email,
+artifact expiry, no Powertools layer, reserved concurrency, a low maxReceiveCount (synthesized once)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Annotations, Match
+
+from stacks.components.task_queues import MAX_RECEIVE_COUNT_WARNING_ID
+from tests.infra.conftest import Synth, synthesize
+
+DATASETS = "arn:aws:s3:::shardq-example-datasets"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    return synthesize(
+        tmp_path_factory.mktemp("cdk-variants"),
+        queue_encryption="kms",
+        fifo_high_throughput=True,
+        max_receive_count=3,
+        dataset_bucket_arns=[DATASETS],
+        alarm_email="ml-oncall@example.com",
+        artifact_expiry_days=30,
+        powertools_layer=False,
+        aggregator_reserved_concurrency=10,
+        log_retention_days=90,
+        stack_name="shardq-dev",
+        tags={"team": "ml"},
+    )
+
+
+def _queue_key(synth: Synth) -> str:
+    (key_id,) = [
+        k
+        for k, r in synth.of_type("AWS::KMS::Key").items()
+        if r["Properties"].get("Description", "").startswith("Encrypts the shardq queues")
+    ]
+    return key_id
+
+
+def test_every_queue_uses_the_customer_key(synth: Synth) -> None:
+    key_id = _queue_key(synth)
+    assert synth.resources[key_id]["Properties"]["EnableKeyRotation"] is True
+    for logical_id, queue in synth.of_type("AWS::SQS::Queue").items():
+        assert queue["Properties"]["KmsMasterKeyId"] == {"Fn::GetAtt": [key_id, "Arn"]}, logical_id
+        assert "SqsManagedSseEnabled" not in queue["Properties"], logical_id
+
+
+def _actions_on(synth: Synth, policy_type: str, key_id: str) -> list[set[str]]:
+    found = []
+    for resource in synth.of_type(policy_type).values():
+        actions: set[str] = set()
+        for st in resource["Properties"]["PolicyDocument"]["Statement"]:
+            resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+            if {"Fn::GetAtt": [key_id, "Arn"]} in resources:
+                actions.update(st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+        found.append(actions)
+    return found
+
+
+def test_the_key_grants_follow_the_queue_grants(synth: Synth) -> None:
+    key_id = _queue_key(synth)
+    (worker_actions,) = _actions_on(synth, "AWS::IAM::ManagedPolicy", key_id)
+    assert worker_actions == {"kms:Decrypt", "kms:GenerateDataKey"}
+    role_actions = [a for a in _actions_on(synth, "AWS::IAM::Policy", key_id) if a]
+    assert len(role_actions) == 3  # one default policy per function
+    for actions in role_actions:
+        assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= actions
+
+
+def test_high_throughput_fifo(synth: Synth) -> None:
+    props = synth.resources["TaskQueue"]["Properties"]
+    assert props["DeduplicationScope"] == "messageGroup"
+    assert props["FifoThroughputLimit"] == "perMessageGroupId"
+    assert props["RedrivePolicy"]["maxReceiveCount"] == 3
+
+
+def test_low_max_receive_count_warns_at_synth(synth: Synth) -> None:
+    Annotations.from_stack(synth.stack).has_warning(
+        "/Shardq/TaskQueues", Match.string_like_regexp("max_receive_count=3 is below 5.*crashed")
+    )
+    assert MAX_RECEIVE_COUNT_WARNING_ID.startswith("shardq:")
+
+
+def test_dataset_buckets_are_readable_by_workers(synth: Synth) -> None:
+    (policy,) = synth.of_type("AWS::IAM::ManagedPolicy").values()
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    flat: list[tuple[str, Any]] = [
+        (a, r)
+        for st in statements
+        for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+        for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])
+    ]
+    assert ("s3:ListBucket", DATASETS) in flat
+    assert ("s3:GetObject", f"{DATASETS}/*") in flat
+    assert not any(
+        r == DATASETS or r == f"{DATASETS}/*" for a, r in flat if a not in ("s3:ListBucket", "s3:GetObject")
+    )
+
+
+def test_opt_ins(synth: Synth) -> None:
+    synth.template.has_resource_properties(
+        "AWS::SNS::Subscription", {"Protocol": "email", "Endpoint": "ml-oncall@example.com"}
+    )
+    rules = synth.resources["ArtifactBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert {
+        "Id": "expire-job-artifacts",
+        "Prefix": "jobs/",
+        "ExpirationInDays": 30,
+        "Status": "Enabled",
+    } in rules
+    for fn in synth.of_type("AWS::Lambda::Function").values():
+        assert "Layers" not in fn["Properties"]
+    aggregator = synth.stack.get_logical_id(synth.stack.functions.aggregator.node.default_child)  # type: ignore[arg-type]
+    assert synth.resources[aggregator]["Properties"]["ReservedConcurrentExecutions"] == 10
+    for log_group in synth.of_type("AWS::Logs::LogGroup").values():
+        assert log_group["Properties"]["RetentionInDays"] == 90
+    assert synth.stack.stack_name == "shardq-dev"
+    assert {"Key": "team", "Value": "ml"} in synth.resources["JobTable"]["Properties"]["Tags"]
+
+
+def test_nag_passes_and_the_dataset_acknowledgment_is_used(synth: Synth) -> None:
+    open_findings = {
+        (v["ruleName"], v["severity"]) for r in synth.report["pluginReports"] for v in r["violations"]
+    }
+    # The low maxReceiveCount warning is reported, and accepted: warnings do not fail synth.
+    assert open_findings == {(f"Annotation::{MAX_RECEIVE_COUNT_WARNING_ID}", "warning")}
+    used = {
+        s["acknowledgedId"] for r in synth.report["pluginReports"] for s in r.get("suppressedViolations", [])
+    }
+    assert f"AwsSolutions::AwsSolutions-IAM5[Resource::{DATASETS}/*]" in used
+    assert {a.id for a in synth.stack.acknowledgments} == used
