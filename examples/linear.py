@@ -62,6 +62,7 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
     dim, _, seed = _params(uri)
     hp = task.hyperparameters
     lr, epochs, batch = float(hp.get("lr", 0.05)), int(hp.get("epochs", 1)), int(hp.get("batch_size", 64))
+    l2 = float(hp.get("l2", 0.0))
     x, y = load_range(uri, int(task.data["start"]), int(task.data["end"]))
     if ctx.init_model_path is not None:
         with np.load(ctx.init_model_path) as m:
@@ -74,12 +75,20 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
         for i in range(0, len(y), batch):
             idx = order[i : i + batch]
             err = x[idx] @ w + b - y[idx]
-            w -= lr * (x[idx].T @ err) / len(idx)
+            w -= lr * ((x[idx].T @ err) / len(idx) + l2 * w)
             b -= lr * float(err.mean())
         ctx.progress((epoch + 1) / epochs)
     vx, vy = _block(uri, VALIDATION_BLOCK)
     np.savez(ctx.output_dir / "model.npz", w=w, b=np.array(b))
     return {"metrics": {"loss": _mse(w, b, x, y), "val_loss": _mse(w, b, vx, vy)}, "num_samples": len(y)}
+
+
+def least_squares(uri: str | None, num_samples: int) -> tuple[np.ndarray, float]:
+    """The centralized least-squares solution over the whole dataset (what FedAvg should approach)."""
+    x, y = load_range(uri, 0, num_samples)
+    design = np.hstack([x, np.ones((len(y), 1))])
+    solution, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return solution[:-1], float(solution[-1])
 
 
 def evaluate(task: Any, ctx: Any) -> dict[str, Any]:
