@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_job(
     engine: Engine, settings: Settings, clients: dict[str, Any], request: dict[str, Any]
 ) -> dict[str, Any]:
-    """Submit, then alternate real workers and the aggregator logic until the job ends; returns the manifest."""
+    """Submit, then alternate real workers and aggregation until the job ends; return the manifest."""
     job_id = engine.submit(request)["job_id"]
     workers = [
         Worker(
