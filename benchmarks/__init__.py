@@ -1,0 +1,1 @@
+"""Reproducible benchmarks for shardq: run each with ``python -m benchmarks.<name>``."""
