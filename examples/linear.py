@@ -1,16 +1,22 @@
-"""Linear regression trained with minibatch SGD on a deterministic synthetic dataset.
+"""Linear regression trained with minibatch SGD, sharded by sample index.
 
 A real, small training job: every shard trains from the round's global model on its
 own slice of the data, saves ``model.npz``, and the rounds' FedAvg converges to the
-true weights. Deterministic for a given request, so a run can be checked exactly.
+centralized least-squares solution. Deterministic for a given request.
 
-Dataset URI: ``synthetic://linear?dim=8&noise=0.05&seed=7``. Sample ``i`` is the same
-whatever the sharding (samples are generated in fixed blocks of 1,024).
+Datasets:
+
+* ``s3://bucket/key.npz`` (or a local ``.npz`` path): arrays ``x`` (n × d) and ``y`` (n),
+  e.g. written by ``write_dataset``; the worker downloads it once per process.
+* ``synthetic://linear?dim=8&noise=0.05&seed=7``: generated on the fly; sample ``i`` is
+  the same whatever the sharding (samples come in fixed blocks of 1,024).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -40,8 +46,28 @@ def _block(uri: str | None, block: int) -> tuple[np.ndarray, np.ndarray]:
     return x, x @ w + b + noise * rng.normal(size=BLOCK)
 
 
-def load_range(uri: str | None, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-    """Samples ``[start, end)`` of the dataset."""
+_FILES: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def write_dataset(path: Path, num_samples: int, dim: int = 8, noise: float = 0.05, seed: int = 7) -> Path:
+    """Write an ``.npz`` regression dataset (the synthetic generator's samples) to ``path``."""
+    uri = f"synthetic://linear?dim={dim}&noise={noise}&seed={seed}"
+    x, y = load_range(uri, 0, num_samples)
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def load_range(
+    uri: str | None, start: int, end: int, fetch: Callable[[str], Path] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples ``[start, end)`` of the dataset; ``fetch`` turns an ``s3://`` URI into a local file."""
+    if uri and (uri.startswith("s3://") or uri.endswith(".npz")):
+        if uri not in _FILES:
+            path = fetch(uri) if fetch is not None else Path(uri.removeprefix("file://"))
+            with np.load(path) as data:
+                _FILES[uri] = (data["x"], data["y"])
+        x, y = _FILES[uri]
+        return x[start:end], y[start:end]
     xs, ys = [], []
     for block in range(start // BLOCK, (end - 1) // BLOCK + 1):
         x, y = _block(uri, block)
@@ -52,6 +78,15 @@ def load_range(uri: str | None, start: int, end: int) -> tuple[np.ndarray, np.nd
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def _validation(uri: str | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validation samples: a separately generated block for synthetic data; for a file dataset,
+    its last 1,024 samples (which the last shard also trains on: a file carries no held-out split)."""
+    if uri and uri in _FILES:
+        x, y = _FILES[uri]
+        return x[-BLOCK:], y[-BLOCK:]
+    return _block(uri, VALIDATION_BLOCK)
+
+
 def _mse(w: np.ndarray, b: float, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((x @ w + b - y) ** 2))
 
@@ -59,11 +94,12 @@ def _mse(w: np.ndarray, b: float, x: np.ndarray, y: np.ndarray) -> float:
 def train(task: Any, ctx: Any) -> dict[str, Any]:
     """Train from the round's global model on this shard; save ``model.npz``."""
     uri = task.data.get("uri")
-    dim, _, seed = _params(uri)
+    _, _, seed = _params(uri)
     hp = task.hyperparameters
     lr, epochs, batch = float(hp.get("lr", 0.05)), int(hp.get("epochs", 1)), int(hp.get("batch_size", 64))
     l2 = float(hp.get("l2", 0.0))
-    x, y = load_range(uri, int(task.data["start"]), int(task.data["end"]))
+    x, y = load_range(uri, int(task.data["start"]), int(task.data["end"]), getattr(ctx, "fetch", None))
+    dim = x.shape[1]
     if ctx.init_model_path is not None:
         with np.load(ctx.init_model_path) as m:
             w, b = m["w"].astype(np.float64), float(m["b"])
@@ -78,14 +114,16 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
             w -= lr * ((x[idx].T @ err) / len(idx) + l2 * w)
             b -= lr * float(err.mean())
         ctx.progress((epoch + 1) / epochs)
-    vx, vy = _block(uri, VALIDATION_BLOCK)
+    vx, vy = _validation(uri, dim)
     np.savez(ctx.output_dir / "model.npz", w=w, b=np.array(b))
     return {"metrics": {"loss": _mse(w, b, x, y), "val_loss": _mse(w, b, vx, vy)}, "num_samples": len(y)}
 
 
-def least_squares(uri: str | None, num_samples: int) -> tuple[np.ndarray, float]:
+def least_squares(
+    uri: str | None, num_samples: int, fetch: Callable[[str], Path] | None = None
+) -> tuple[np.ndarray, float]:
     """The centralized least-squares solution over the whole dataset (what FedAvg should approach)."""
-    x, y = load_range(uri, 0, num_samples)
+    x, y = load_range(uri, 0, num_samples, fetch)
     design = np.hstack([x, np.ones((len(y), 1))])
     solution, *_ = np.linalg.lstsq(design, y, rcond=None)
     return solution[:-1], float(solution[-1])
@@ -93,7 +131,9 @@ def least_squares(uri: str | None, num_samples: int) -> tuple[np.ndarray, float]
 
 def evaluate(task: Any, ctx: Any) -> dict[str, Any]:
     """A ``map`` job: summary statistics of each shard, written as ``stats.json``."""
-    x, y = load_range(task.data.get("uri"), int(task.data["start"]), int(task.data["end"]))
+    x, y = load_range(
+        task.data.get("uri"), int(task.data["start"]), int(task.data["end"]), getattr(ctx, "fetch", None)
+    )
     stats = {
         "y_mean": float(y.mean()),
         "y_std": float(y.std()),

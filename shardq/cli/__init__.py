@@ -13,10 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from shardq.cli import worker
+from shardq.cli import local, worker
 from shardq.cli.common import DEFAULT_STACK, CliError
 
-COMMAND_MODULES = (worker,)
+COMMAND_MODULES = (worker, local)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,7 +62,9 @@ def test_fedavg_approaches_the_centralized_least_squares_solution(
     assert manifest["status"] == "SUCCEEDED"
     val = [r["metrics"]["val_loss"]["mean"] for r in manifest["rounds"]]
     assert len(val) == request["rounds"]
-    assert all(b < a for a, b in itertools.pairwise(val))  # validation loss falls every round
+    # validation loss falls to the noise floor and stays there
+    assert val[-1] < val[0] / 10
+    assert all(b <= a * 1.01 for a, b in itertools.pairwise(val)), val
     bucket, key = split_s3(manifest["final_model_uri"])
     with np.load(io.BytesIO(clients["s3"].get_object(Bucket=bucket, Key=key)["Body"].read())) as m:
         learned = np.append(m["w"], float(m["b"]))
