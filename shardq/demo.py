@@ -169,11 +169,7 @@ def _report(s3: Any, job: dict[str, Any], exact: np.ndarray, elapsed: float) -> 
     print(f"  distance to the least-squares solution: {relative:.2e} (relative)")
     print(f"  result manifest {job['result_uri']}")
     # Loss must fall until it reaches the noise floor, then stay there (1 % slack for SGD noise).
-    ok = (
-        relative < 0.01
-        and val[-1] < val[0]
-        and all(b <= a * 1.01 for a, b in itertools.pairwise(val))
-    )
+    ok = relative < 0.01 and val[-1] < val[0] and all(b <= a * 1.01 for a, b in itertools.pairwise(val))
     print(
         "verified: loss fell to its floor; the model matches least squares to 1 %" if ok else "NOT verified"
     )

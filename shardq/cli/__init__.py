@@ -1,22 +1,30 @@
 """The ``shardq`` command line: one entry point for AWS and the local cloud.
 
-Every command finds the stack by ``--stack`` / ``SHARDQ_STACK`` (default ``shardq``),
-credentials and region by the standard AWS chain, and the endpoint by ``--endpoint-url`` /
-``AWS_ENDPOINT_URL`` (the local cloud prints it). Each command lives in its own module and
-registers itself here.
+Every command finds the stack by ``--stack`` / ``SHARDQ_STACK`` (default ``shardq``), or the
+outputs file named by ``SHARDQ_OUTPUTS_JSON``; credentials and region by the standard AWS
+chain; the endpoint by ``--endpoint-url`` / ``AWS_ENDPOINT_URL`` (the local cloud prints it).
+Each command lives in its own module and registers itself here.
+
+exit codes:
+  0  ok
+  1  the job failed or was cancelled (watch, submit/retry --wait, status --wait)
+  2  usage or validation error
+  3  not found (job, stack, output, result)
+  4  AWS or endpoint error (unreachable, refused, no credentials)
+  (an unexpected internal error also exits 1; --debug shows its traceback)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import traceback
 from collections.abc import Sequence
 
-from shardq.cli import local, worker
-from shardq.cli.common import DEFAULT_STACK, CliError
+from shardq.cli import dlq, estimate, jobs, local, outputs, worker
+from shardq.cli.common import CliError, common_options, translate_aws_error
 
-COMMAND_MODULES = (worker, local)
+COMMAND_MODULES = (jobs, dlq, estimate, outputs, worker, local)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,25 +32,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--stack", default=os.environ.get("SHARDQ_STACK", DEFAULT_STACK), help="stack name")
-    parser.add_argument("--region", default=None, help="AWS region (default: the AWS chain)")
-    parser.add_argument(
-        "--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"), help="endpoint, e.g. the local cloud's"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    common_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``shardq`` command."""
+    """Entry point of the ``shardq`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        print("shardq: interrupted", file=sys.stderr)
+        return 130
     except CliError as exc:
+        if debug:
+            traceback.print_exc()
         print(f"shardq: {exc}", file=sys.stderr)
-        return 2
+        return exc.code
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        try:
+            error = translate_aws_error(exc, args)
+        except Exception:
+            # Not an AWS error: a bug. Say so in one sentence; --debug shows where.
+            print(
+                f"shardq: unexpected error: {type(exc).__name__}: {exc} (run again with --debug for the "
+                "traceback, and report it)",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"shardq: {error}", file=sys.stderr)
+        return error.code
 
 
 if __name__ == "__main__":

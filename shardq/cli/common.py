@@ -3,16 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import shutil
 import subprocess
-from typing import Any
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO, Any
 
 DEFAULT_STACK = "shardq"
+# A JSON object with the stack's output keys (TaskQueueUrl, JobTableName, ...), read instead of
+# CloudFormation when set, e.g. one saved with ``shardq outputs --json > FILE``.
+OUTPUTS_ENV = "SHARDQ_OUTPUTS_JSON"
+
+# Exit codes (docs/CLI.md): every command returns one of these.
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_AWS = 4
 
 
 class CliError(RuntimeError):
-    """A user-facing error: printed without a traceback, exit code 2."""
+    """A user-facing error: one sentence with the fix, printed without a traceback.
+
+    ``code`` is the exit code (2, usage or validation, unless said otherwise).
+    """
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotFoundError(CliError):
+    """A job, stack, output or result that does not exist (exit 3)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_NOT_FOUND)
+
+
+class AwsError(CliError):
+    """AWS or the endpoint refused or could not be reached (exit 4)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_AWS)
 
 
 def session_client(service: str, args: argparse.Namespace) -> Any:
@@ -23,21 +59,226 @@ def session_client(service: str, args: argparse.Namespace) -> Any:
     return boto3.session.Session(region_name=args.region).client(
         service,
         endpoint_url=args.endpoint_url,
-        config=Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32),
+        # Few, short retries: a person at a terminal wants "cannot reach" in seconds, not a minute.
+        config=Config(
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=32,
+            connect_timeout=5,
+            read_timeout=60,
+        ),
     )
 
 
 def stack_outputs(args: argparse.Namespace) -> dict[str, str]:
-    """The stack's outputs by key (TaskQueueUrl, ResultsQueueUrl, JobTableName, ...)."""
+    """The stack's outputs by key (TaskQueueUrl, ResultsQueueUrl, JobTableName, ...).
+
+    Read from the file named by ``SHARDQ_OUTPUTS_JSON`` when set, else from CloudFormation.
+    """
+    path = os.environ.get(OUTPUTS_ENV)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise CliError(
+                f"cannot read outputs file {path} ({exc}); fix the file or unset {OUTPUTS_ENV}"
+            ) from exc
+        if not isinstance(data, dict):
+            raise CliError(f"outputs file {path} must hold a JSON object of output key → value")
+        return {str(k): str(v) for k, v in data.items()}
     cfn = session_client("cloudformation", args)
     try:
         stacks = cfn.describe_stacks(StackName=args.stack)["Stacks"]
     except Exception as exc:
-        raise CliError(
-            f"cannot read stack '{args.stack}': {exc}. Deploy it (make deploy, or shardq local up) or pass "
-            "--stack NAME / SHARDQ_STACK, or give the queue URLs directly"
-        ) from exc
+        if _is_client_error(exc) and "does not exist" in str(exc):
+            raise NotFoundError(
+                f"stack '{args.stack}' does not exist on {describe_endpoint(args)}; deploy it (make deploy, "
+                f"or shardq local up) or pass --stack NAME / SHARDQ_STACK, or {OUTPUTS_ENV}=FILE"
+            ) from exc
+        raise translate_aws_error(exc, args) from exc
     return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+
+
+def require_output(outputs: dict[str, str], key: str, args: argparse.Namespace) -> str:
+    """One output by key, or a NotFoundError naming the stack and the fix."""
+    value = outputs.get(key)
+    if not value:
+        source = os.environ.get(OUTPUTS_ENV) or f"stack '{args.stack}'"
+        raise NotFoundError(
+            f"{source} has no output {key}; redeploy the stack (or add {key} to the outputs file)"
+        )
+    return value
+
+
+def describe_endpoint(args: argparse.Namespace) -> str:
+    """Where requests go, for error messages."""
+    if args.endpoint_url:
+        return str(args.endpoint_url)
+    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return f"AWS ({region or 'default region'})"
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError)
+
+
+def translate_aws_error(exc: BaseException, args: argparse.Namespace) -> CliError:
+    """A botocore exception → one sentence with the fix (exit 4); other exceptions pass as they are."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+        url = getattr(exc, "kwargs", {}).get("endpoint_url") or describe_endpoint(args)
+        return AwsError(
+            f"cannot reach {url}: {exc}; start the local cloud (shardq local up) or fix --endpoint-url / "
+            "AWS_ENDPOINT_URL (unset it to use AWS)"
+        )
+    if isinstance(exc, ReadTimeoutError):
+        return AwsError(
+            f"{describe_endpoint(args)} did not answer in time ({exc}); retry, or check the endpoint"
+        )
+    if isinstance(exc, NoCredentialsError):
+        return AwsError(
+            "no AWS credentials found; set AWS_PROFILE (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), "
+            "or use the local cloud's endpoint"
+        )
+    if isinstance(exc, NoRegionError):
+        return AwsError("no AWS region configured; pass --region or set AWS_REGION")
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code, message = err.get("Code", "Error"), err.get("Message", str(exc))
+        op = getattr(exc, "operation_name", "the request")
+        return AwsError(
+            f"{describe_endpoint(args)} refused {op}: {code}: {message}; check the credentials' permissions "
+            "and the stack (shardq outputs)"
+        )
+    raise exc
+
+
+@contextmanager
+def aws_errors(args: argparse.Namespace) -> Iterator[None]:
+    """Turn botocore exceptions raised inside into CliErrors with exit code 4."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise translate_aws_error(exc, args) from exc
+
+
+def common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command takes; at the top level with defaults, on commands suppressed.
+
+    Suppressed defaults let ``shardq status JOB --endpoint-url URL`` and
+    ``shardq --endpoint-url URL status JOB`` mean the same.
+    """
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--stack", default=default(os.environ.get("SHARDQ_STACK", DEFAULT_STACK)), help="stack name"
+    )
+    parser.add_argument("--region", default=default(None), help="AWS region (default: the AWS chain)")
+    parser.add_argument(
+        "--endpoint-url",
+        default=default(os.environ.get("AWS_ENDPOINT_URL")),
+        help="endpoint, e.g. the local cloud's (default: AWS_ENDPOINT_URL)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks of errors"
+    )
+
+
+def command_parent() -> argparse.ArgumentParser:
+    """A parent parser giving a command the common options."""
+    parent = argparse.ArgumentParser(add_help=False)
+    common_options(parent, top=False)
+    return parent
+
+
+def add_command(
+    sub: argparse._SubParsersAction, name: str, *, help: str, example: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A command's parser with the common options and an example in its ``--help``."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=f"example:\n{example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[command_parent()],
+    )
+
+
+# -- output ---------------------------------------------------------------------------------
+
+COLOURS = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "dim": "2", "bold": "1"}
+STATUS_COLOURS = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "blue"}
+
+
+def use_colour(stream: IO[str] | None = None) -> bool:
+    """Colours only on a terminal, and never with NO_COLOR set (https://no-color.org) or TERM=dumb."""
+    stream = stream or sys.stdout
+    if "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def paint(text: str, colour: str, stream: IO[str] | None = None) -> str:
+    """``text`` in ``colour`` when the stream takes colours."""
+    if not use_colour(stream) or colour not in COLOURS:
+        return text
+    return f"\033[{COLOURS[colour]}m{text}\033[0m"
+
+
+def paint_status(status: str, stream: IO[str] | None = None) -> str:
+    """A job status in its colour."""
+    return paint(status, STATUS_COLOURS.get(status, "bold"), stream)
+
+
+def print_json(data: Any, stream: IO[str] | None = None) -> None:
+    """JSON for scripts: indented, keys sorted, one document."""
+    print(json.dumps(data, indent=2, sort_keys=True, default=str), file=stream or sys.stdout)
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A plain text table with left-aligned columns (no dependency, no box drawing)."""
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def fields(pairs: Sequence[tuple[str, Any]]) -> str:
+    """``key: value`` lines with aligned values, skipping empty values."""
+    shown = [(k, v) for k, v in pairs if v not in (None, "")]
+    width = max((len(k) for k, _ in shown), default=0)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in shown)
+
+
+def duration(seconds: float | None) -> str:
+    """``1h02m``, ``3m05s``, ``12.3s``; ``--`` when unknown."""
+    if seconds is None or math.isnan(seconds) or seconds < 0:
+        return "--"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def gpu_count() -> int:
@@ -53,3 +294,43 @@ def gpu_count() -> int:
         except (OSError, subprocess.SubprocessError):
             return 1
     return 1
+
+
+def settings_from_outputs(outputs: dict[str, str], args: argparse.Namespace) -> Any:
+    """Engine settings from the stack's outputs (the table, queues and bucket the Lambdas use)."""
+    from shardq.core.settings import Settings
+
+    return Settings(
+        job_table=require_output(outputs, "JobTableName", args),
+        task_queue_url=require_output(outputs, "TaskQueueUrl", args),
+        results_queue_url=require_output(outputs, "ResultsQueueUrl", args),
+        artifact_bucket=require_output(outputs, "ArtifactBucketName", args),
+        splitter_function=outputs.get("SplitterFunctionName"),
+    )
+
+
+def engine_for(args: argparse.Namespace, outputs: dict[str, str] | None = None) -> Any:
+    """The coordination engine over the stack's resources, with this command's clients."""
+    from shardq.core.engine import Engine
+
+    settings = settings_from_outputs(outputs if outputs is not None else stack_outputs(args), args)
+    return Engine(
+        settings=settings,
+        ddb=session_client("dynamodb", args),
+        sqs=session_client("sqs", args),
+        s3=session_client("s3", args),
+        events=session_client("events", args),
+    )
+
+
+def get_job(engine: Any, job_id: str) -> dict[str, Any]:
+    """The job record, or NotFoundError (exit 3) naming the table and the fix."""
+    from shardq.core.jobstore import JobNotFound
+
+    try:
+        return engine.store.get_job(job_id)
+    except JobNotFound:
+        raise NotFoundError(
+            f"no job '{job_id}' in table {engine.settings.job_table}; check the id with `shardq list` "
+            "(and --stack / --endpoint-url if it ran elsewhere)"
+        ) from None
