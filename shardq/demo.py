@@ -18,9 +18,6 @@ import argparse
 import io
 import itertools
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +30,7 @@ from shardq.core.contracts import TERMINAL_STATUSES
 from shardq.core.jobstore import JobStore
 from shardq.local.cloud import LocalCloud
 from shardq.local.deploy import deploy_stack
+from shardq.local.workers import start_workers, stop_workers
 from shardq.worker.runtime import split_s3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,58 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         job_id = answer["job_id"]
         print(f"submitted {job_id}: {answer['shards']} shards x {answer['rounds']} rounds", flush=True)
 
-        workers = _start_workers(cloud, args.workers)
+        assert cloud.state_dir is not None
+        workers = start_workers(
+            cloud.env(), args.workers, log_dir=cloud.state_dir, name="demo",
+            extra_args=["--concurrency", "1", "--wait-seconds", "2"],
+        )  # fmt: skip
+        print(f"{args.workers} workers polling the task queue", flush=True)
         try:
             job = _watch(JobStore(outputs["JobTableName"], ddb), job_id, args.timeout)
         finally:
-            _stop_workers(workers)
+            stop_workers(workers)
         return _report(s3, job, np.append(w_ls, b_ls), time.monotonic() - started)
-
-
-def _start_workers(cloud: LocalCloud, count: int) -> list[subprocess.Popen[bytes]]:
-    """``shardq worker`` processes, found the stack by its outputs, as on AWS."""
-    env = {**os.environ, **cloud.env(), "PYTHONPATH": str(ROOT)}
-    assert cloud.state_dir is not None
-    procs = []
-    for i in range(count):
-        log = (cloud.state_dir / f"worker-{i}.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "shardq.cli",
-                    "--stack",
-                    "shardq",
-                    "worker",
-                    "--concurrency",
-                    "1",
-                    "--wait-seconds",
-                    "2",
-                    "--worker-id",
-                    f"demo-{i}",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-        log.close()
-    print(f"{count} workers polling the task queue", flush=True)
-    return procs
-
-
-def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def _watch(store: JobStore, job_id: str, timeout: float) -> dict[str, Any]:

@@ -127,6 +127,25 @@ def _load_object(raw: str | bytes | dict[str, Any], what: str) -> dict[str, Any]
     return data
 
 
+def _identity(data: dict[str, Any], fields: tuple[str, ...]) -> _Checker:
+    """Check what every task and result carries: version, job id, round, shard, task type."""
+    c = _Checker()
+    c.unknown_keys(data, fields)
+    if data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        c.add(f"schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
+    job_id = c.string(data, "job_id", "job_id", required=True)
+    if job_id is not None and not JOB_ID_RE.match(job_id):
+        c.add(f"job_id is not a shardq job id: {job_id!r}")
+    for key, hi in (("round", MAX_ROUNDS), ("shard_id", MAX_SHARDS)):
+        if key not in data:
+            c.add(f"{key} is required: an integer between 0 and {hi}")
+        else:
+            c.integer(data, key, key, 0, hi)
+    if data.get("task_type") not in TASK_TYPES:
+        c.add(f"task_type must be 'train' or 'reduce', got {data.get('task_type')!r}")
+    return c
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Where the training data is: a URI plus a sample count, or an explicit file list."""
@@ -489,19 +508,11 @@ class ShardTask:
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> ShardTask:
         """Parse a task body; raises ValidationError naming every problem."""
         data = _load_object(raw, "ShardTask")
-        c = _Checker()
-        c.unknown_keys(data, tuple(cls.__dataclass_fields__))
-        if data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
-            c.add(f"schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
-        c.string(data, "job_id", "job_id", required=True)
-        c.integer(data, "round", "round", 0, MAX_ROUNDS)
-        c.integer(data, "shard_id", "shard_id", 0, MAX_SHARDS)
+        c = _identity(data, tuple(cls.__dataclass_fields__))
         c.integer(data, "shard_count", "shard_count", 1, MAX_SHARDS)
-        if data.get("task_type") not in TASK_TYPES:
-            c.add(f"task_type must be 'train' or 'reduce', got {data.get('task_type')!r}")
         if data.get("kind") not in KINDS:
             c.add(f"kind must be one of {', '.join(KINDS)}, got {data.get('kind')!r}")
-        for key in ("round", "shard_id", "shard_count", "entrypoint", "data", "output_prefix"):
+        for key in ("shard_count", "entrypoint", "data", "output_prefix"):
             if key not in data:
                 c.add(f"{key} is required")
         if c.problems:
@@ -544,20 +555,7 @@ class ShardResult:
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> ShardResult:
         """Parse and validate a result; raises ValidationError naming every problem."""
         data = _load_object(raw, "ShardResult")
-        c = _Checker()
-        c.unknown_keys(data, tuple(cls.__dataclass_fields__))
-        if data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
-            c.add(f"schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
-        job_id = c.string(data, "job_id", "job_id", required=True)
-        if job_id is not None and not JOB_ID_RE.match(job_id):
-            c.add(f"job_id is not a shardq job id: {job_id!r}")
-        for key, hi in (("round", MAX_ROUNDS), ("shard_id", MAX_SHARDS)):
-            if key not in data:
-                c.add(f"{key} is required: an integer between 0 and {hi}")
-            else:
-                c.integer(data, key, key, 0, hi)
-        if data.get("task_type") not in TASK_TYPES:
-            c.add(f"task_type must be 'train' or 'reduce', got {data.get('task_type')!r}")
+        c = _identity(data, tuple(cls.__dataclass_fields__))
         if data.get("status") not in RESULT_STATUSES:
             c.add(f"status must be 'succeeded' or 'failed', got {data.get('status')!r}")
         metrics = data.get("metrics", {})

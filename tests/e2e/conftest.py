@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +13,7 @@ import pytest
 
 from shardq.local.cloud import LocalCloud
 from shardq.local.deploy import deploy_stack
+from shardq.local.workers import start_workers, stop_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,35 +38,16 @@ def template(cloud: LocalCloud, stack: dict[str, str]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def workers(cloud: LocalCloud, stack: dict[str, str]) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Two ``shardq worker`` processes reading the stack's outputs, as on AWS."""
-    env = {**os.environ, **cloud.env(), "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "shardq.cli",
-                "--stack",
-                "shardq",
-                "worker",
-                "--concurrency",
-                "2",
-                "--wait-seconds",
-                "1",
-                "--worker-id",
-                f"e2e-{i}",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in range(2)
-    ]
+    assert cloud.state_dir is not None
+    procs = start_workers(
+        cloud.env(),
+        2,
+        log_dir=cloud.state_dir,
+        name="e2e",
+        extra_args=["--concurrency", "2", "--wait-seconds", "1"],
+    )
     yield procs
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        assert p.wait(timeout=30) == 0
+    assert stop_workers(procs) == [0, 0]
 
 
 def wait_for_status(
