@@ -337,6 +337,12 @@ class Engine:
             self._round_finished(job, int(job.get("round", 0)))
         # Winner or not, make sure the event went out (the winner may have crashed before it).
         current = self.store.get_job(job_id)
+        if not won and current["status"] != status:
+            # Lost to another ending (a cancel racing the last result): our manifest may have
+            # overwritten the winner's, so put back the one that matches the job's status.
+            self._put_json(
+                layout.manifest_key(), self.manifest(current, current["status"], current.get("error"))
+            )
         if current.get("event_pending"):
             self._publish_finished(current)
         return str(current["status"])

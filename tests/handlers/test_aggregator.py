@@ -319,3 +319,22 @@ def test_next_round_too_big_for_one_invocation_is_handed_on(
     job = engine.store.get_job("big")
     assert (job["round"], job["phase"], job["enq_r1_train"]) == (1, "train", 1_200)
     assert len(receive_all(sqs, settings.task_queue_url)) == 1_200
+
+
+def test_cancel_racing_the_last_result_leaves_a_manifest_matching_the_job(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a job cancelled while its last result was being finalized (the cancel won the transition)
+    engine.submit(
+        {"job_id": "m", "kind": "map", "dataset": {"num_samples": 4}, "sharding": {"shard_count": 2}}
+    )
+    tasks = tasks_of(receive_all(clients["sqs"], settings.task_queue_url))
+    engine.ingest([Outcome(result_for(tasks[0]))])
+    job = engine.store.get_job("m")
+    engine.finalize(job, "CANCELLED", "cancelled by test")
+    engine.store.record([Outcome(result_for(tasks[1]))])
+    # WHEN the aggregator's finalize runs late and loses the transition
+    status = engine.finalize(engine.store.get_job("m"), "SUCCEEDED")
+    # THEN the job stays CANCELLED and so does its manifest
+    assert status == "CANCELLED"
+    assert manifest(clients, settings, "m")["status"] == "CANCELLED"
