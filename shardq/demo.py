@@ -28,10 +28,10 @@ import numpy as np
 
 from shardq.core.contracts import TERMINAL_STATUSES
 from shardq.core.jobstore import JobStore
+from shardq.core.planning import split_s3
 from shardq.local.cloud import LocalCloud
 from shardq.local.deploy import deploy_stack
 from shardq.local.workers import start_workers, stop_workers
-from shardq.worker.runtime import split_s3
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET_KEY = "datasets/linear-20000x8.npz"

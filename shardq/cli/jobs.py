@@ -37,6 +37,7 @@ from shardq.cli.common import (
     table,
     use_colour,
 )
+from shardq.core.planning import split_s3
 
 STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 # Throughput is measured over this trailing window, so the ETA follows the current pace.
@@ -442,14 +443,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 # -- result ---------------------------------------------------------------------------------
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` → ``(bucket, key)``."""
-    if not uri.startswith("s3://"):
-        raise CliError(f"not an s3:// URI: {uri}")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
 
 
 def read_manifest(args: argparse.Namespace, engine: Any, job_id: str) -> dict[str, Any]:

@@ -57,6 +57,14 @@ def shard_range(num_items: int, shard_count: int, shard_id: int) -> tuple[int, i
     return start, start + base + (1 if shard_id < extra else 0)
 
 
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` → ``(bucket, key)``; ValueError for anything else."""
+    bucket, sep, key = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket or not sep:
+        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+    return bucket, key
+
+
 def lane(shard_id: int, max_parallel: int) -> int:
     """The FIFO lane (message group) of a shard: round-robin over ``max_parallel`` lanes."""
     return shard_id % max_parallel

@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from shardq.core.contracts import TERMINAL_STATUSES, ShardResult, ShardTask, ValidationError
+from shardq.core.planning import split_s3
 from shardq.worker.reduce import average_models
 
 log = logging.getLogger("shardq.worker")
@@ -43,14 +44,6 @@ DEFAULT_MAX_RECEIVE_COUNT = 5
 VISIBILITY_CEILING_S = 12 * 3600
 # Stop extending this long before the ceiling, so the failure is reported while we hold the task.
 CEILING_MARGIN_S = 120
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` → ``(bucket, key)``."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    return parsed.netloc, parsed.path.lstrip("/")
 
 
 def resolve(entrypoint: str, task_type: str) -> Callable[..., Any] | None:

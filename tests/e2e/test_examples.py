@@ -17,8 +17,9 @@ from examples import linear
 from shardq.core.contracts import TERMINAL_STATUSES, ShardResult
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
+from shardq.core.planning import split_s3
 from shardq.core.settings import Settings
-from shardq.worker.runtime import Worker, split_s3
+from shardq.worker.runtime import Worker
 from tests.helpers import receive_all
 
 ROOT = Path(__file__).resolve().parents[2]

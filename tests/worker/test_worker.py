@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from shardq.core.engine import Engine
+from shardq.core.planning import split_s3
 from shardq.core.settings import Settings
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import provision
@@ -95,7 +96,7 @@ def test_worker_runs_tasks_uploads_artifacts_and_posts_results(
         (2, "succeeded", 10),
     ]
     for r in posted:
-        bucket, key = runtime.split_s3(r["artifact_uri"])
+        bucket, key = split_s3(r["artifact_uri"])
         assert key == f"jobs/w/round-0000/shard-{r['shard_id']:06d}/model.npz"
         clients["s3"].head_object(Bucket=bucket, Key=key)
     assert visible_and_in_flight(clients["sqs"], settings.task_queue_url) == (0, 0)
@@ -208,7 +209,7 @@ def test_default_reduce_averages_shard_models_by_num_samples(
     w.run(threading.Event(), max_tasks=3)  # the reduce task
     (reduced,) = results(clients, settings)
     assert reduced["task_type"] == "reduce"
-    bucket, key = runtime.split_s3(reduced["artifact_uri"])
+    bucket, key = split_s3(reduced["artifact_uri"])
     path = Path(
         clients["s3"].download_file(bucket, key, "/tmp/shardq-reduced.npz") or "/tmp/shardq-reduced.npz"
     )
