@@ -11,7 +11,7 @@ NODE_STAMP := node_modules/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install run test test-fast lint fmt typecheck synth deploy destroy schema bench clean
+.PHONY: help install torch run test test-fast lint fmt typecheck synth deploy destroy schema bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ destroy: install  ## cdk destroy
 
 schema: install  ## regenerate schemas/training-request.schema.json from the model
 	$(PY) -m shardq.core.schema > schemas/training-request.schema.json
+
+torch: install  ## optional: PyTorch for examples/torch_mlp.py (the default install stays light)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-torch.txt
 
 bench: install  ## run the benchmarks (figures go to BENCHMARKS.md by hand)
 	$(PY) -m benchmarks.run_all
