@@ -124,15 +124,107 @@ def extra_over_floor(env: dict[str, str], top: int = 5) -> dict[str, dict[str, A
 
 
 def asset() -> dict[str, int]:
-    """The Lambda asset: zipped bytes, unzipped bytes, file count."""
-    from shardq.local.functions import asset_files, asset_zip
+    """The Lambda asset the stack packages (``stacks.components.lambda_asset``): zipped, unzipped, files."""
+    import importlib.util
+    import io
+    import zipfile
 
-    files = asset_files()
+    # Load the module by path: importing the ``stacks`` package would import the CDK.
+    spec = importlib.util.spec_from_file_location("_lambda_asset", ROOT / "stacks/components/lambda_asset.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    files = [ROOT / f for f in module.asset_files(ROOT)]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, f.relative_to(ROOT).as_posix())
     return {
-        "zipped_bytes": len(asset_zip()),
+        "zipped_bytes": len(buf.getvalue()),
         "unzipped_bytes": sum(f.stat().st_size for f in files),
         "files": len(files),
     }
+
+
+INVOKE_PROBE = """
+import json, re, resource, sys, time
+from tests.helpers import LambdaContext
+_t0 = time.perf_counter()
+import {module} as _h
+_import_s = time.perf_counter() - _t0
+_after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+_event = json.loads(sys.stdin.read())
+_t1 = time.perf_counter()
+_answer = _h.handler(_event, LambdaContext(function_name="bench"))
+_invoke_s = time.perf_counter() - _t1
+print(json.dumps({{
+    "import_s": _import_s,
+    "invoke_s": _invoke_s,
+    "maxrss_after_import_kb": _after_import,
+    "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "answer": _answer,
+}}))
+"""
+
+
+def invocation_memory(shards: int = 100) -> dict[str, dict[str, Any]]:
+    """Peak RSS of one cold invocation of each (decorated) handler against a local cloud.
+
+    Events: the splitter gets a request for ``shards`` shards; the aggregator a batch of
+    ``shards`` results of a submitted job (the stack's batch size is 100); the DLQ handler
+    10 dead tasks of that job (the FIFO source's batch). Each child imports its handler,
+    notes ``ru_maxrss``, invokes once and notes it again.
+    """
+    from benchmarks.fanout import request
+    from shardq.core.engine import Engine
+    from shardq.local.cloud import LocalCloud
+    from shardq.local.resources import dlq_urls, provision
+    from tests.helpers import body_event, receive_all, result_for, sqs_event, tasks_of
+
+    out: dict[str, dict[str, Any]] = {}
+    with LocalCloud() as cloud:
+        sqs, ddb, s3 = cloud.client("sqs"), cloud.client("dynamodb"), cloud.client("s3")
+        settings = provision(sqs, ddb, s3)
+        engine = Engine(settings=settings, ddb=ddb, sqs=sqs, s3=s3, events=cloud.client("events"))
+        engine.submit(request("bench-mem-agg", shards))
+        msgs = receive_all(sqs, settings.task_queue_url)
+        tasks = tasks_of(msgs)
+        dead = [
+            {**m, "Attributes": {**m.get("Attributes", {}), "ApproximateReceiveCount": "5"}}
+            for m in msgs[:10]
+        ]
+        events = {
+            "lambdas.splitter": request("bench-mem-split", shards),
+            "lambdas.aggregator": body_event([result_for(t).to_json() for t in tasks]),
+            "lambdas.dlq_handler": sqs_event(dead, dlq_urls(sqs, settings)["tasks"]),
+        }
+        env = {**child_env(), **cloud.env(), **settings.as_env(), "PYTHONPATH": str(ROOT)}
+        for module, event in events.items():
+            proc = subprocess.run(
+                [*SPAWN, sys.executable, "-c", INVOKE_PROBE.format(module=module)],
+                cwd=ROOT,
+                env=env,
+                input=json.dumps(event),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+            answer = got.pop("answer")
+            ok = answer.get("ok", True) and not answer.get("batchItemFailures")
+            out[module] = {
+                "event": f"{shards}-shard request"
+                if module.endswith("splitter")
+                else f"{len(event['Records'])} records",
+                "import_ms": round(got["import_s"] * 1000, 1),
+                "invoke_ms": round(got["invoke_s"] * 1000, 1),
+                "maxrss_after_import_mib": round(got["maxrss_after_import_kb"] / 1024, 1),
+                "maxrss_after_invocation_mib": round(got["maxrss_kb"] / 1024, 1),
+                "answer_ok": bool(ok),
+            }
+            if not ok:
+                raise RuntimeError(f"{module} failed its benchmark invocation: {answer}")
+    return out
 
 
 def run(runs: int) -> dict[str, Any]:
@@ -166,6 +258,7 @@ def run(runs: int) -> dict[str, Any]:
     result["handlers_within_budget"] = all(rows[h]["over_boto3_ms"] <= BUDGET_MS for h in HANDLERS)
     result["extra_modules_over_floor"] = extra_over_floor(env)
     result["asset"] = asset()
+    result["invocation"] = invocation_memory()
     return result
 
 
@@ -225,6 +318,28 @@ def report(result: dict[str, Any]) -> None:
     )
 
 
+def report_invocation(result: dict[str, Any]) -> None:
+    print()
+    print("One cold invocation per handler (fresh interpreter, local cloud), peak RSS:")
+    rows = [
+        [
+            m,
+            r["event"],
+            f"{r['import_ms']:.0f}",
+            f"{r['invoke_ms']:.0f}",
+            f"{r['maxrss_after_import_mib']:.1f}",
+            f"{r['maxrss_after_invocation_mib']:.1f}",
+        ]
+        for m, r in result["invocation"].items()
+    ]
+    print(
+        table(
+            ["handler", "event", "import ms", "first invoke ms", "peak RSS after import MiB", "peak RSS MiB"],
+            rows,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="timed runs per target (default 15)")
@@ -234,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {**run(args.runs), "machine": machine()}
     print(describe(result["machine"]))
     report(result)
+    report_invocation(result)
     emit_json("import_time", result)
     return result
 

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m benchmarks.run_all [--quick]
 
-``--quick`` shrinks them (5 import runs, 500 tasks × 1 repeat) for a smoke test; the
+``--quick`` shrinks them (5 import runs, 500 tasks × 1 repeat, 2,000/4,000 modelled
+messages, 200 results, 50 end-to-end shards, a 20 s idle window) for a smoke test; the
 figures in BENCHMARKS.md come from the defaults.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks import fanout, import_time
+from benchmarks import aggregation, e2e, fanout, idle, import_time, quota
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,6 +22,16 @@ def main(argv: list[str] | None = None) -> None:
     suites = (
         ("import_time", import_time.main, ["--runs", "5"] if args.quick else []),
         ("fanout", fanout.main, ["--tasks", "500", "--repeats", "1"] if args.quick else []),
+        (
+            "quota",
+            quota.main,
+            ["--tasks", "2000", "--ht-tasks", "4000", "--naive-tasks", "50", "--sweep", ""]
+            if args.quick
+            else [],
+        ),
+        ("aggregation", aggregation.main, ["--results", "200"] if args.quick else []),
+        ("e2e", e2e.main, ["--shards", "50"] if args.quick else []),
+        ("idle", idle.main, ["--seconds", "20", "--baseline-seconds", "2"] if args.quick else []),
     )
     for name, run, suite_args in suites:
         started = time.perf_counter()

@@ -256,10 +256,13 @@ def run_event_source(
         responses.append(response)
         failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
         done = [m for m in msgs if m["MessageId"] not in failed]
-        if done:
+        for lo in range(0, len(done), 10):  # DeleteMessageBatch takes 10 entries at most
             sqs.delete_message_batch(
                 QueueUrl=url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(done[lo : lo + 10])
+                ],
             )
         if failed:
             return responses
