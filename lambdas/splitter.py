@@ -14,7 +14,7 @@ from typing import Any
 
 from lambdas.common import CONTINUE_KEY, deadline, engine, logger, metrics, tracer
 from shardq.core.clients import client
-from shardq.core.contracts import ValidationError
+from shardq.core.contracts import JOB_ID_RE, ValidationError
 from shardq.core.engine import EnqueueIncomplete, JobConflict
 
 
@@ -30,13 +30,15 @@ def split(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The handler's body, free of decorators so tests and benchmarks call it directly."""
     try:
         if isinstance(event, dict) and CONTINUE_KEY in event:
-            job_id = str(event[CONTINUE_KEY]["job_id"])
+            job_id = continuation_job_id(event[CONTINUE_KEY])
             logger.set_correlation_id(job_id)
             view = engine().resume(job_id, deadline=deadline(context))
             return {"ok": True, **view, "continued": True}
         if isinstance(event, dict) and isinstance(event.get("job_id"), str):
             logger.set_correlation_id(event["job_id"])
-        answer = engine().submit(event if isinstance(event, dict) else {}, deadline=deadline(context))
+        # A payload that is not an object (a list, a string) is rejected by the validator with
+        # "request must be a JSON object", rather than as an empty request missing every field.
+        answer = engine().submit(event, deadline=deadline(context))
         logger.set_correlation_id(answer["job_id"])
         logger.info("job submitted", extra={"job": answer})
         return {"ok": True, **answer}
@@ -60,3 +62,13 @@ def split(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "enqueued": exc.done,
             "continuing": True,
         }
+
+
+def continuation_job_id(raw: Any) -> str:
+    """The job id of a ``{"shardq_continue": {"job_id": ...}}`` event (ValidationError if malformed)."""
+    job_id = raw.get("job_id") if isinstance(raw, dict) else None
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise ValidationError(
+            "continuation", [f"{CONTINUE_KEY}.job_id must be a shardq job id, got {job_id!r:.80}"]
+        )
+    return job_id

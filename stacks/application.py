@@ -33,7 +33,7 @@ def build_app(
     outdir
         Cloud assembly directory; ``None`` lets the CDK choose (the CLI's ``cdk.out``).
     repo_root
-        Where ``lambdas/`` and ``shardq/`` live.
+        Where ``lambdas/`` and ``shardq/`` live, and the worker ``Dockerfile`` (the fleet's image).
     env
         Account/region; ``None`` keeps the stack environment-agnostic.
 
@@ -46,7 +46,13 @@ def build_app(
     config = ShardqConfig.from_context(app.node.get_all_context())
     lambda_source = stage_lambda_source(repo_root, Path(app.outdir) / LAMBDA_STAGING_DIR)
     stack = ShardqStack(
-        app, "Shardq", stack_name=config.stack_name, config=config, lambda_source=lambda_source, env=env
+        app,
+        "Shardq",
+        stack_name=config.stack_name,
+        config=config,
+        lambda_source=lambda_source,
+        worker_image_dir=repo_root,
+        env=env,
     )
     Validations.of(app).add_plugins(AwsSolutionsChecks(), ServerlessChecks())
     return app, stack

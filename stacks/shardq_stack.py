@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aws_cdk import Acknowledgment, CfnOutput, CfnResource, Duration, Fn, Stack, Tags, Validations
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -24,7 +29,8 @@ from stacks.components import (
     WorkerAccess,
 )
 from stacks.components._props import VISIBILITY_PER_CONSUMER_TIMEOUT, ComponentPropsError, seconds
-from stacks.components.monitoring import MonitoredFunctions, MonitoredQueues
+from stacks.components.fleet import FleetSizing, WorkerFleet
+from stacks.components.monitoring import MonitoredFleet, MonitoredFunctions, MonitoredQueues
 from stacks.config import ShardqConfig
 
 STACK_DESCRIPTION = (
@@ -38,6 +44,16 @@ RESULTS_BATCH_SIZE = 100  # standard queue: one Lambda call and one counter writ
 DLQ_BATCH_SIZE = 10
 DLQ_HANDLER_MAX_CONCURRENCY = 2  # the Lambda minimum; dead tasks are rare and each one writes a job item
 EVENT_BUS_NAME = "default"
+# Base images of the worker Dockerfile (build arg BASE_IMAGE) when fleet_base_image is null.
+DEFAULT_BASE_IMAGES = {
+    "gpu": "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+    "fargate": "python:3.11-slim",
+}
+WORKER_DOCKERFILE = "Dockerfile"
+_ECR_IMAGE = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?P<cn>\.cn)?/"
+    r"(?P<repo>[a-z0-9._/-]+?)(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]*))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
 
 # Logical IDs of stateful resources: pinned so refactoring the construct tree never replaces them.
 PINNED_LOGICAL_IDS = {
@@ -72,6 +88,7 @@ class ShardqStack(Stack):
         config: ShardqConfig,
         lambda_source: Path,
         sizing: FunctionSizing | None = None,
+        worker_image_dir: Path | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(scope, construct_id, description=STACK_DESCRIPTION, **kwargs)  # type: ignore[arg-type]
@@ -112,6 +129,9 @@ class ShardqStack(Stack):
             "SHARDQ_ARTIFACT_BUCKET": self.job_store.artifact_bucket.bucket_name,
             "SHARDQ_EVENT_BUS_NAME": EVENT_BUS_NAME,
             "SHARDQ_JOB_TTL_DAYS": str(config.job_ttl_days),
+            # High-throughput FIFO spreads a queue over partitions of 300 calls/s each: keep more
+            # SendMessageBatch calls in flight to use them (BENCHMARKS.md, quota model).
+            "SHARDQ_FANOUT_IN_FLIGHT": "32" if config.fifo_high_throughput else "8",
             "POWERTOOLS_SERVICE_NAME": "shardq",
             "POWERTOOLS_METRICS_NAMESPACE": "shardq",
             "LOG_LEVEL": config.log_level,
@@ -141,6 +161,7 @@ class ShardqStack(Stack):
             dataset_bucket_arns=config.dataset_bucket_arns,
             queue_encryption_key=self.queue_key,
         )
+        self.fleet = self._fleet(config, worker_image_dir) if config.fleet_enabled else None
         self.monitoring = Monitoring(
             self,
             "Monitoring",
@@ -158,6 +179,22 @@ class ShardqStack(Stack):
             ),
             oldest_task_age=Duration.seconds(config.oldest_task_age_alarm_seconds),
             alarm_email=config.alarm_email,
+            fleet=MonitoredFleet(
+                tasks=[
+                    self.fleet.metric_tasks(name, label)
+                    for name, label in (
+                        ("DesiredTaskCount", "desired"),
+                        ("RunningTaskCount", "running"),
+                        ("PendingTaskCount", "pending"),
+                    )
+                ],
+                backlog_per_worker=self.fleet.metric_backlog_per_worker(),
+                target_backlog_per_worker=config.fleet_backlog_per_worker,
+                shortfall=self.fleet.metric_shortfall(),
+                gpu=self.fleet.metrics_gpu(),
+            )
+            if self.fleet
+            else None,
         )
 
         self._pin_logical_ids()
@@ -180,6 +217,69 @@ class ShardqStack(Stack):
             "QueueKey",
             description="Encrypts the shardq queues (SSE-KMS)",
             enable_key_rotation=True,
+        )
+
+    def _fleet(self, config: ShardqConfig, worker_image_dir: Path | None) -> WorkerFleet:
+        return WorkerFleet(
+            self,
+            "Fleet",
+            sizing=FleetSizing(
+                kind=config.fleet,
+                instance_types=config.fleet_instance_types,
+                on_demand_base_capacity=config.fleet_on_demand_base_capacity,
+                on_demand_percentage=config.fleet_on_demand_percentage,
+                max_workers=config.fleet_max_workers,
+                backlog_per_worker=config.fleet_backlog_per_worker,
+                scale_to_zero_after=Duration.minutes(config.fleet_scale_to_zero_after_minutes),
+                task_cpu=config.fleet_task_cpu,
+                task_memory_mib=config.fleet_task_memory_mib,
+                root_volume_gib=config.fleet_root_volume_gib,
+                nat_gateways=config.fleet_nat_gateways,
+            ),
+            task_queue=self.task_queues.queue,
+            worker_policy=self.worker_access.policy,
+            image=self._worker_image(config, worker_image_dir),
+            environment={
+                "SHARDQ_TASK_QUEUE_URL": self.task_queues.queue.queue_url,
+                "SHARDQ_RESULTS_QUEUE_URL": self.results.queue.queue_url,
+                "SHARDQ_JOB_TABLE": self.job_store.table.table_name,
+                "LOG_LEVEL": config.log_level,
+            },
+            log_retention=_retention(config.log_retention_days),
+        )
+
+    def _worker_image(self, config: ShardqConfig, worker_image_dir: Path | None) -> ecs.ContainerImage:
+        """The user's image (fleet_image_uri), else the repository's Dockerfile as a CDK asset.
+
+        An asset is only copied into cdk.out at synth; Docker builds and pushes it at deploy time.
+        """
+        uri = config.fleet_image_uri
+        if uri:
+            ecr_image = _ECR_IMAGE.match(uri)
+            if ecr_image is None:  # a public registry: nothing to grant
+                return ecs.ContainerImage.from_registry(uri)
+            partition = "aws-cn" if ecr_image["cn"] else "aws"
+            repository = ecr.Repository.from_repository_attributes(
+                self,
+                "WorkerImageRepository",
+                repository_name=ecr_image["repo"],
+                repository_arn=f"arn:{partition}:ecr:{ecr_image['region']}:{ecr_image['account']}:"
+                f"repository/{ecr_image['repo']}",
+            )
+            # from_ecr_repository grants the execution role the pull on this repository alone.
+            return ecs.ContainerImage.from_ecr_repository(
+                repository, ecr_image["digest"] or ecr_image["tag"] or "latest"
+            )
+        if worker_image_dir is None:
+            raise ComponentPropsError(
+                "the fleet needs an image: pass worker_image_dir (the repository with the Dockerfile) or "
+                "set fleet_image_uri"
+            )
+        return ecs.ContainerImage.from_asset(
+            str(worker_image_dir),
+            file=WORKER_DOCKERFILE,
+            build_args={"BASE_IMAGE": config.fleet_base_image or DEFAULT_BASE_IMAGES[config.fleet]},
+            platform=ecr_assets.Platform.LINUX_AMD64,
         )
 
     def _layers(self, config: ShardqConfig) -> list[lambda_.ILayerVersion]:
@@ -298,6 +398,13 @@ class ShardqStack(Stack):
             ),
             "AlarmTopicArn": (self.monitoring.topic.topic_arn, "SNS topic the shardq alarms publish to"),
         }
+        if self.fleet is not None:
+            outputs["FleetClusterName"] = (self.fleet.cluster.cluster_name, "ECS cluster of the worker fleet")
+            outputs["FleetServiceName"] = (
+                self.fleet.service.service_name,
+                "ECS service of the workers (scales on backlog per worker, down to zero)",
+            )
+            outputs["FleetLogGroupName"] = (self.fleet.log_group.log_group_name, "Worker container logs")
         for output_id, (value, description) in outputs.items():
             CfnOutput(
                 self,
@@ -421,9 +528,68 @@ class ShardqStack(Stack):
             "On-failure destination queue: it is itself the dead-letter store for async splitter "
             "invocations.",
         )
+        if self.fleet is not None:
+            self._acknowledge_fleet_findings(self.fleet, ack)
         for a in acks:
             Validations.of(a.scope).acknowledge(Acknowledgment(id=a.id, reason=a.reason))
         return acks
+
+    def _acknowledge_fleet_findings(
+        self, fleet: WorkerFleet, ack: Callable[[IConstruct, str, str], None]
+    ) -> None:
+        """The worker fleet's accepted findings (stacks/components/fleet.py)."""
+        cluster = fleet.cluster.node.default_child
+        assert isinstance(cluster, CfnResource)
+        cluster_id = self.resolve(self.get_logical_id(cluster))
+        execution_role = fleet.task_definition.execution_role
+        assert execution_role is not None
+        ack(
+            execution_role,
+            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+            "ecr:GetAuthorizationToken supports no resource-level permissions; image pulls and log writes "
+            "are scoped to the image repository and the worker log group.",
+        )
+        ack(
+            fleet.task_role,
+            "AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ecs:<AWS::Region>:"
+            f"<AWS::AccountId>:task/<{cluster_id}>/*]",
+            "A worker sets scale-in protection on its own task, whose id exists only at run time; scoped "
+            "to the tasks of the fleet's cluster.",
+        )
+        ack(
+            fleet.task_definition,
+            "AwsSolutions::AwsSolutions-ECS2",
+            "The environment holds queue URLs, the table name, the region and worker settings: "
+            "configuration, no secrets (credentials come from the task role).",
+        )
+        if fleet.auto_scaling_group is None:
+            return
+        instance_role = fleet.auto_scaling_group.role
+        ack(
+            instance_role,
+            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+            "The ECS agent's DiscoverPollEndpoint, GetAuthorizationToken and Poll (conditioned on this "
+            "cluster) and CloudWatch PutMetricData (conditioned on the shardq/Fleet namespace) support no "
+            "resource-level permissions.",
+        )
+        ack(
+            instance_role,
+            "AwsSolutions::AwsSolutions-IAM5[Action::ecs:Submit*]",
+            "ecs:Submit* is the ECS agent's state reporting, added by the CDK's capacity provider and "
+            "scoped to the fleet's cluster.",
+        )
+        ack(
+            fleet.auto_scaling_group,
+            "AwsSolutions::AwsSolutions-EC26",
+            "The rule cannot read a launch template referenced by a mixed instances policy; the template's "
+            "root volume is encrypted gp3 (asserted in tests/infra/test_fleet.py).",
+        )
+        ack(
+            fleet.auto_scaling_group,
+            "AwsSolutions::AwsSolutions-AS3",
+            "A scale-to-zero fleet launches and terminates instances all day: mailing each event would "
+            "drown the alarms; the activity history and the FleetCannotPlaceTasks alarm cover failures.",
+        )
 
 
 def _retention(days: int) -> logs.RetentionDays:

@@ -219,6 +219,12 @@ def render(e: dict[str, Any]) -> str:
         "high-throughput FIFO goes further\n"
         f"minimum wall time: {e['min_wall_seconds']:,.0f} s of training waves (GPUs not priced)"
     )
+    if "fleet" in e:
+        f = e["fleet"]
+        tail += (
+            f"\nfleet: {f['workers']} worker(s) per round at backlog per worker {f['backlog_per_worker']:g} "
+            f"(fleet_max_workers {f['max_workers']})"
+        )
     return f"{head}\n\n{table(rows, ('ITEM', 'COUNT', 'COST'))}\n\n{tail}"
 
 
@@ -234,14 +240,34 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if args.workers < 1 or args.task_seconds < 0:
         raise CliError("--workers must be at least 1 and --task-seconds at least 0")
+    workers, fleet = args.workers, None
+    if args.fleet_max_workers is not None:
+        # The ECS fleet's arithmetic (shardq.core.scaling): a round's tasks are its backlog.
+        from shardq.core.scaling import desired_workers
+
+        if args.fleet_max_workers < 1 or args.backlog_per_worker <= 0:
+            raise CliError("--fleet-max-workers must be at least 1 and --backlog-per-worker positive")
+        workers = max(
+            1,
+            desired_workers(
+                request.task_count, 0, target=args.backlog_per_worker, max_workers=args.fleet_max_workers
+            ),
+        )
+        fleet = {
+            "max_workers": args.fleet_max_workers,
+            "backlog_per_worker": args.backlog_per_worker,
+            "workers": workers,
+        }
     assumptions = Assumptions(
-        workers=args.workers,
+        workers=workers,
         task_seconds=args.task_seconds,
         reduce_seconds=args.reduce_seconds,
         visibility_seconds=args.visibility_timeout,
         artifacts_per_task=args.artifacts_per_task,
     )
     result = estimate(request, assumptions)
+    if fleet is not None:
+        result["fleet"] = fleet
     if args.json:
         print_json(result)
     else:
@@ -274,6 +300,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--artifacts-per-task", type=int, default=Assumptions.artifacts_per_task, help="S3 PUTs per task"
+    )
+    p.add_argument(
+        "--fleet-max-workers",
+        type=int,
+        default=None,
+        help="size the workers as the ECS fleet would (context fleet_max_workers); overrides --workers",
+    )
+    p.add_argument(
+        "--backlog-per-worker",
+        type=float,
+        default=1.0,
+        help="the fleet's scaling target (context fleet_backlog_per_worker), with --fleet-max-workers",
     )
     p.add_argument("--json", action="store_true", help="every count and price as JSON")
     p.set_defaults(func=cmd_estimate)

@@ -14,6 +14,7 @@ from shardq.cli.common import CliError, gpu_count, session_client, stack_outputs
 def cmd_worker(args: argparse.Namespace) -> int:
     """Poll the task queue and run the training function, one task per GPU."""
     from shardq.worker.logs import configure
+    from shardq.worker.protection import TaskProtection
     from shardq.worker.runtime import Worker
     from shardq.worker.supervisor import serve
 
@@ -34,6 +35,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ]
     )
     concurrency = args.concurrency or gpu_count()
+    # On ECS (ECS_AGENT_URI set) a busy worker protects its task from scale-in; elsewhere a no-op.
+    protection = TaskProtection.from_environment()
     base_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     workers = [
         Worker(
@@ -47,12 +50,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
             wait_s=args.wait_seconds,
             visibility_s=visibility,
             worker_id=f"{base_id}-{i}",
+            on_task_start=protection.task_started if protection.enabled else None,
+            on_task_end=protection.task_finished if protection.enabled else None,
         )
         for i in range(concurrency)
     ]
     logging.getLogger("shardq.worker").info(
         "worker started",
-        extra={"concurrency": concurrency, "task_queue_url": task_url, "entrypoint": args.entrypoint},
+        extra={
+            "concurrency": concurrency,
+            "task_queue_url": task_url,
+            "entrypoint": args.entrypoint,
+            "scale_in_protection": protection.enabled,
+        },
     )
     return serve(workers, grace_s=args.grace_seconds, max_tasks=args.max_tasks)
 

@@ -18,7 +18,8 @@ def client(service: str, region: str | None = None, endpoint_url: str | None = N
 
     config = Config(
         retries={"mode": "standard", "max_attempts": 5},
-        max_pool_connections=32,
+        # Room for the fan-out's concurrent calls (up to 32 in high-throughput mode) and the rest.
+        max_pool_connections=64,
         connect_timeout=5,
         read_timeout=30,
         tcp_keepalive=True,

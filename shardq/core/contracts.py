@@ -38,6 +38,9 @@ MAX_REQUEST_BYTES = 256 * 1024
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_ENTRYPOINT = "examples.linear:train"
+# Free-form objects (model, hyperparameters, search_space) nest at most this deep: deeper JSON
+# would overflow the encoder's recursion limit instead of being rejected with a reason.
+MAX_NESTING = 32
 
 Kind = Literal["data_parallel", "sweep", "map"]
 TaskType = Literal["train", "reduce"]
@@ -107,6 +110,19 @@ class _Checker:
             self.add(f"{name} must be a JSON object, got {type(value).__name__} {value!r:.60}")
             return None
         return value
+
+
+def _nesting(value: Any) -> int:
+    """How deep lists and objects nest in ``value`` (iterative: safe on hostile depths)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            if deepest > MAX_NESTING:
+                return deepest
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _dumps(data: dict[str, Any]) -> str:
@@ -283,6 +299,9 @@ class TrainingRequest:
         if not isinstance(entrypoint, str) or not ENTRYPOINT_RE.match(entrypoint):
             c.add(f"entrypoint must look like 'package.module:function', got {entrypoint!r}")
 
+        for name in ("model", "hyperparameters", "search_space"):
+            if _nesting(data.get(name)) > MAX_NESTING:
+                c.add(f"{name} nests more than {MAX_NESTING} levels deep; flatten it or pass a URI to it")
         if c.problems:
             raise ValidationError("TrainingRequest", c.problems)
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shardq.core import planning
-from shardq.core.contracts import TERMINAL_STATUSES, JobView, ShardResult, TrainingRequest
+from shardq.core.contracts import TERMINAL_STATUSES, JobView, ShardResult, TrainingRequest, ValidationError
 from shardq.core.fanout import FanOut, FanOutStats, Message
 from shardq.core.jobstore import JobNotFound, JobStore, Outcome, RecordOutcome, counter, job_key, now_iso
 from shardq.core.metrics import leaderboard, reduce_inputs, summarize_round, weighted_metrics
@@ -103,6 +103,8 @@ class Engine:
         boto3 clients.
     metric:
         Optional sink ``(name, value, unit)`` for business metrics (Powertools Metrics in Lambda).
+    max_in_flight:
+        SendMessageBatch calls in flight; default ``settings.fanout_in_flight``.
     clock:
         Seconds since the epoch; injectable for tests.
     """
@@ -113,14 +115,15 @@ class Engine:
     s3: Any
     events: Any
     metric: MetricSink = field(default=lambda name, value, unit: None)
-    max_in_flight: int = 8
+    max_in_flight: int | None = None
     clock: Callable[[], float] = time.time
     store: JobStore = field(init=False)
     fanout: FanOut = field(init=False)
 
     def __post_init__(self) -> None:
         self.store = JobStore(self.settings.job_table, self.ddb)
-        self.fanout = FanOut(self.sqs, self.settings.task_queue_url, max_in_flight=self.max_in_flight)
+        in_flight = self.max_in_flight or self.settings.fanout_in_flight
+        self.fanout = FanOut(self.sqs, self.settings.task_queue_url, max_in_flight=in_flight)
 
     # -- submit ------------------------------------------------------------------------------
 
@@ -485,8 +488,10 @@ class Engine:
             by_job.setdefault(o.result.job_id, []).append(o)
         failed: list[tuple[Outcome, Exception]] = []
         for job_id, group in by_job.items():
+            foreign: list[tuple[Outcome, Exception]] = []
             try:
-                self.record(group)
+                planned, foreign = self._planned(job_id, group)
+                self.record(planned)
                 try:
                     self.advance(job_id, deadline=deadline)
                 except EnqueueIncomplete:
@@ -494,8 +499,39 @@ class Engine:
                         raise
                     hand_on(job_id)
             except Exception as exc:
-                failed.extend((o, exc) for o in group)
+                rejected = {id(o) for o, _ in foreign}
+                failed.extend((o, exc) for o in group if id(o) not in rejected)
+            failed.extend(foreign)
         return failed
+
+    def _planned(
+        self, job_id: str, outcomes: list[Outcome]
+    ) -> tuple[list[Outcome], list[tuple[Outcome, Exception]]]:
+        """Split outcomes into those of tasks the job planned and those it never did.
+
+        A result for a shard, round or task type the job does not have (a foreign or forged
+        message) must never be counted: it would complete a round whose real shards are still
+        running. It is rejected with the reason and goes the way of malformed records.
+        """
+        job = self.store.get_job(job_id)
+        shards, rounds = int(job["task_count"]), int(job.get("rounds", 1))
+        reduces = job["kind"] == "data_parallel"
+        keep: list[Outcome] = []
+        foreign: list[tuple[Outcome, Exception]] = []
+        for o in outcomes:
+            r = o.result
+            problem = None
+            if r.round >= rounds:
+                problem = f"round {r.round} does not exist: job {job_id} has {rounds} round(s)"
+            elif r.task_type == "train" and r.shard_id >= shards:
+                problem = f"shard_id {r.shard_id} does not exist: job {job_id} has {shards} tasks per round"
+            elif r.task_type == "reduce" and (not reduces or r.shard_id != 0):
+                problem = f"job {job_id} ({job['kind']}) has no reduce task {r.shard_id} in round {r.round}"
+            if problem is None:
+                keep.append(o)
+            else:
+                foreign.append((o, ValidationError("ShardResult", [problem])))
+        return keep, foreign
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -189,7 +189,8 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
     """Re-enqueue the failed tasks of a job's current (round, phase); the job resumes.
 
     For a job that is FAILED because of failed shards (or a failed reduce), or RUNNING with
-    failures. In one transaction per chunk: the failed outcome items are deleted and their
+    failures. A FAILED job's tasks that never ran (dropped by workers once the job failed) are
+    sent again too. In one transaction per chunk: the failed outcome items are deleted and their
     ``fail`` counters and ``failed_total`` decremented, conditional on the job still being
     where it was; the last chunk also sets a FAILED job back to RUNNING (clearing what
     ``finalize`` set). Then the tasks go back on the queue with a fresh deduplication id
@@ -216,7 +217,7 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
         )
     rows = failed_outcomes(engine, job_id, round_no, phase)
     pending = sorted(int(s) for s in job.get(RETRY_PENDING) or [])
-    if not rows and not pending:
+    if not rows and not pending and not (status == "FAILED" and _unrun(engine, job, round_no, phase)):
         reason = f" ({job['error']})" if job.get("error") else ""
         raise OperationError(
             f"job {job_id} has no failed tasks in round {round_no} ({phase}) to retry{reason}; "
@@ -245,6 +246,12 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
     bodies: dict[int, str | None] = {int(r["result"]["shard_id"]): r.get("task") for r in rows}
     for shard in pending:
         bodies.setdefault(shard, None)
+    if status == "FAILED":
+        # A job that failed mid-phase had its other queued tasks dropped unrun by the workers
+        # (they skip finished jobs' tasks): send those again too, or the phase never completes.
+        # One still on the queue would run twice; its second result is a duplicate and dropped.
+        for shard in _unrun(engine, job, round_no, phase):
+            bodies.setdefault(shard, None)
     chunks = [rows[i : i + DELETES_PER_TRANSACTION] for i in range(0, len(rows), DELETES_PER_TRANSACTION)]
     for i, chunk in enumerate(chunks):
         _forget_failures(engine, job, chunk, reopen=(i == len(chunks) - 1 and status == "FAILED"))
@@ -284,6 +291,13 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
         retried=sorted(bodies),
         status=final,
     )
+
+
+def _unrun(engine: Engine, job: dict[str, Any], round_no: int, phase: str) -> list[int]:
+    """Tasks of (round, phase) with no recorded outcome at all."""
+    planned = range(int(job.get("task_count", 0))) if phase == "train" else range(1)
+    recorded = {int(r["result"]["shard_id"]) for r in engine.store.results(job["job_id"], round_no, phase)}
+    return [shard for shard in planned if shard not in recorded]
 
 
 def _forget_failures(

@@ -26,6 +26,9 @@ class Settings:
     job_ttl_days: int = 90
     max_receive_count: int = 5
     splitter_function: str | None = None
+    # SendMessageBatch calls in flight during a fan-out. 8 saturates a plain FIFO queue's
+    # 300 calls/s; high-throughput FIFO needs about 8 per partition (BENCHMARKS.md, quota model).
+    fanout_in_flight: int = 8
 
     ENV = {
         "job_table": "SHARDQ_JOB_TABLE",
@@ -36,6 +39,7 @@ class Settings:
         "job_ttl_days": "SHARDQ_JOB_TTL_DAYS",
         "max_receive_count": "SHARDQ_MAX_RECEIVE_COUNT",
         "splitter_function": "SHARDQ_SPLITTER_FUNCTION",
+        "fanout_in_flight": "SHARDQ_FANOUT_IN_FLIGHT",
     }
     REQUIRED = ("job_table", "task_queue_url", "results_queue_url", "artifact_bucket")
 
@@ -49,7 +53,7 @@ class Settings:
             if not env.get(cls.ENV[name])
         ]
         ints: dict[str, int] = {}
-        for name in ("job_ttl_days", "max_receive_count"):
+        for name in ("job_ttl_days", "max_receive_count", "fanout_in_flight"):
             raw = env.get(cls.ENV[name])
             if raw:
                 try:

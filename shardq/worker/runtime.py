@@ -46,15 +46,30 @@ VISIBILITY_CEILING_S = 12 * 3600
 CEILING_MARGIN_S = 120
 
 
+class EntrypointError(RuntimeError):
+    """The training function cannot be loaded here: every attempt on this worker would fail alike."""
+
+
 def resolve(entrypoint: str, task_type: str) -> Callable[..., Any] | None:
-    """The function to run: ``module:function`` for train, the module's ``reduce`` (or None) for reduce."""
+    """The function to run: ``module:function`` for train, the module's ``reduce`` (or None) for reduce.
+
+    Raises ``EntrypointError`` when the module does not import or lacks the function.
+    """
     module_name, _, func = entrypoint.partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise EntrypointError(
+            f"entrypoint {entrypoint!r} cannot be loaded on this worker: {type(exc).__name__}: {exc}. "
+            "Fix the request's entrypoint, or install the module in the worker's environment or image"
+        ) from exc
     if task_type == "reduce":
         return getattr(module, "reduce", None)
     fn = getattr(module, func, None)
     if fn is None:
-        raise AttributeError(f"entrypoint {entrypoint!r}: module {module_name} has no function {func!r}")
+        raise EntrypointError(
+            f"entrypoint {entrypoint!r}: module {module_name} has no function {func!r}; fix the entrypoint"
+        )
     return fn
 
 
@@ -135,6 +150,10 @@ class Worker:
         Overrides the task's own ``entrypoint`` (``module:function``) when set.
     visibility_s:
         The visibility the heartbeat keeps ahead of the running task.
+    on_task_start, on_task_end:
+        Called before a task runs and after its outcome is posted and the message deleted (or it
+        was released); errors are logged, never raised. ``shardq worker`` wires ECS task scale-in
+        protection here.
     """
 
     sqs: Any
@@ -150,6 +169,8 @@ class Worker:
     max_receive_count: int | None = None
     tasks_done: int = 0
     current: Lease | None = None
+    on_task_start: Callable[[], None] | None = None
+    on_task_end: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         if self.max_receive_count is None:
@@ -217,31 +238,46 @@ class Worker:
             tlog.info("job is cancelled or finished; dropping task %s unrun", task.key)
             self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
             return
-        self.current = lease
-        beat = threading.Thread(
-            target=self._heartbeat, args=(lease, task, tlog), daemon=True, name="heartbeat"
-        )
-        beat.start()
-        started = time.monotonic()
+        # Hooks around the whole lease (run, post, delete): on ECS they hold the task's scale-in
+        # protection (shardq.worker.protection), so a scale-in never stops a worker mid-shard.
+        self._hook(self.on_task_start, "on_task_start")
         try:
-            result = self._outcome(task, lease, tlog, started)
+            self.current = lease
+            beat = threading.Thread(
+                target=self._heartbeat, args=(lease, task, tlog), daemon=True, name="heartbeat"
+            )
+            beat.start()
+            started = time.monotonic()
+            try:
+                result = self._outcome(task, lease, tlog, started)
+            finally:
+                lease.done.set()
+                beat.join()
+                self.current = None
+            if result is None or lease.abandoned.is_set():
+                return
+            # Result first, then delete: a crash between the two duplicates a result, never loses one.
+            self.sqs.send_message(QueueUrl=self.results_queue_url, MessageBody=result.to_json())
+            self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
+            tlog.info(
+                "task %s %s in %.2f s (attempt %d)",
+                task.key,
+                result.status,
+                result.duration_s,
+                lease.receives,
+                extra={"status": result.status, "duration_s": result.duration_s, "attempt": lease.receives},
+            )
         finally:
-            lease.done.set()
-            beat.join()
-            self.current = None
-        if result is None or lease.abandoned.is_set():
+            self._hook(self.on_task_end, "on_task_end")
+
+    @staticmethod
+    def _hook(hook: Callable[[], None] | None, name: str) -> None:
+        if hook is None:
             return
-        # Result first, then delete: a crash between the two duplicates a result, never loses one.
-        self.sqs.send_message(QueueUrl=self.results_queue_url, MessageBody=result.to_json())
-        self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
-        tlog.info(
-            "task %s %s in %.2f s (attempt %d)",
-            task.key,
-            result.status,
-            result.duration_s,
-            lease.receives,
-            extra={"status": result.status, "duration_s": result.duration_s, "attempt": lease.receives},
-        )
+        try:
+            hook()
+        except Exception:
+            log.warning("%s hook failed; the task goes on", name, exc_info=True)
 
     def _outcome(
         self,
@@ -275,7 +311,10 @@ class Worker:
             tlog.exception(
                 "task %s failed on attempt %d of %d", task.key, lease.receives, self.max_receive_count
             )
-            if lease.receives < (self.max_receive_count or DEFAULT_MAX_RECEIVE_COUNT):
+            # A training function that cannot even be loaded fails every attempt the same way:
+            # report it now instead of cycling the task through the remaining receives.
+            permanent = isinstance(exc, EntrypointError)
+            if not permanent and lease.receives < (self.max_receive_count or DEFAULT_MAX_RECEIVE_COUNT):
                 lease.abandoned.set()
                 # Give it back at once so the retry does not wait out the visibility timeout.
                 self._release(lease.receipt)

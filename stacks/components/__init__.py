@@ -1,5 +1,6 @@
 """One construct per capability; each exposes the parts other components wire to."""
 
+from stacks.components.fleet import FleetSizing, WorkerFleet
 from stacks.components.functions import FunctionSizing, ShardqFunctions
 from stacks.components.job_store import JobStore
 from stacks.components.lambda_asset import stage_lambda_source
@@ -9,6 +10,7 @@ from stacks.components.task_queues import TaskQueues
 from stacks.components.worker_access import WorkerAccess
 
 __all__ = [
+    "FleetSizing",
     "FunctionSizing",
     "JobStore",
     "Monitoring",
@@ -16,5 +18,6 @@ __all__ = [
     "ShardqFunctions",
     "TaskQueues",
     "WorkerAccess",
+    "WorkerFleet",
     "stage_lambda_source",
 ]

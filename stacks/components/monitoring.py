@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from aws_cdk import Aws, Duration, Fn
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -44,6 +45,21 @@ class MonitoredFunctions:
     dlq_handler: lambda_.IFunction
 
 
+@dataclass(frozen=True, kw_only=True)
+class MonitoredFleet:
+    """The worker fleet's metrics (stacks/components/fleet.py), when the stack has one."""
+
+    tasks: Sequence[cloudwatch.IMetric]
+    backlog_per_worker: cloudwatch.IMetric
+    target_backlog_per_worker: float
+    shortfall: cloudwatch.IMetric
+    gpu: Sequence[cloudwatch.IMetric] = field(default_factory=list)
+
+
+# Tasks the fleet wants but cannot run for this long: Spot capacity, the vCPU quota, or a broken image.
+FLEET_SHORTFALL_MINUTES = 30
+
+
 class Monitoring(Construct):
     """SNS alarm topic (customer KMS key, TLS only, optional email), alarms and a dashboard.
 
@@ -61,6 +77,8 @@ class Monitoring(Construct):
         Alarm when the oldest task waits longer than this (no worker is polling, or too few).
     alarm_email
         Subscribe this address to the topic (it must confirm); ``None`` for no subscription.
+    fleet
+        The worker fleet, if any: its panels and the ``FleetCannotPlaceTasks`` alarm.
     """
 
     def __init__(
@@ -72,6 +90,7 @@ class Monitoring(Construct):
         functions: MonitoredFunctions,
         oldest_task_age: Duration,
         alarm_email: str | None = None,
+        fleet: MonitoredFleet | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         problems = Problems("Monitoring")
@@ -145,7 +164,20 @@ class Monitoring(Construct):
                 description="The DLQ handler failed; dead tasks are not being recorded as FAILED.",
             ),
         ]
+        if fleet is not None:
+            self.alarms.append(
+                self._alarm(
+                    "FleetCannotPlaceTasks",
+                    fleet.shortfall,
+                    description=f"The worker fleet has wanted more tasks than it runs for "
+                    f"{FLEET_SHORTFALL_MINUTES} min: no Spot/On-Demand capacity for the instance types, "
+                    "the account's G/P vCPU quota, or tasks failing to start (see docs/OPERATIONS.md).",
+                    periods=FLEET_SHORTFALL_MINUTES,
+                )
+            )
         self.dashboard = self._dashboard(queues, functions)
+        if fleet is not None:
+            self._fleet_panels(fleet)
         self.dashboard_url = Fn.sub(
             "https://${AWS::Region}.console.aws.amazon.com/cloudwatch/home?region=${AWS::Region}"
             "#dashboards:name=${Name}",
@@ -278,3 +310,35 @@ class Monitoring(Construct):
             ),
         )
         return dashboard
+
+    def _fleet_panels(self, fleet: MonitoredFleet) -> None:
+        self.dashboard.add_widgets(
+            cloudwatch.TextWidget(
+                markdown="## Worker fleet\nScales on backlog per worker (visible + in-flight tasks / "
+                "workers) to the target line; wakes from zero on the first task, returns to zero when the "
+                "queue stays empty. Workers protect their task from scale-in while they train.",
+                width=24,
+                height=2,
+            )
+        )
+        panels: list[dict[str, object]] = [
+            {"title": "Fleet tasks (desired / running / pending)", "left": list(fleet.tasks)},
+            {
+                "title": "Backlog per worker",
+                "left": [fleet.backlog_per_worker],
+                "left_annotations": [
+                    cloudwatch.HorizontalAnnotation(value=fleet.target_backlog_per_worker, label="target")
+                ],
+            },
+            {"title": "Tasks waiting for capacity", "left": [fleet.shortfall]},
+        ]
+        if fleet.gpu:
+            panels.append(
+                {
+                    "title": "GPU % (reserved; utilisation where the CloudWatch agent reports it)",
+                    "left": list(fleet.gpu),
+                    "left_y_axis": cloudwatch.YAxisProps(min=0, max=100),
+                }
+            )
+        width = 24 // len(panels)
+        self.dashboard.add_widgets(*(cloudwatch.GraphWidget(width=width, **p) for p in panels))  # type: ignore[arg-type]

@@ -205,10 +205,18 @@ def test_watch_json_lines_for_scripts(shardq: Shardq, write_request: Any, engine
 def test_submit_wait_and_status_wait_follow_the_job(
     shardq: Shardq, write_request: Any, engine: Engine
 ) -> None:
-    worker = in_background(lambda: (time.sleep(0.5), work(engine)))
+    def work_until_done() -> None:
+        # The CLI enqueues on its own schedule: keep taking tasks until all MAP's shards ran.
+        deadline, done = time.monotonic() + 30, 0
+        while done < 4 and time.monotonic() < deadline:  # MAP has 4 shards
+            done += work(engine)
+            time.sleep(0.05)
+
+    worker = in_background(work_until_done)
     run = shardq(
-        "submit", write_request(MAP), "--direct", "--job-id", "cli-wait", "--wait", "--interval", "0.05"
-    )
+        "submit", write_request(MAP), "--direct", "--job-id", "cli-wait", "--wait", "--interval", "0.05",
+        "--timeout", "60",
+    )  # fmt: skip
     worker.join()
     assert run.code == 0, run.err
     assert run.out.splitlines()[0] == "cli-wait"

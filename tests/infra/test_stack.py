@@ -35,6 +35,7 @@ ENV_VARS = {
     "SHARDQ_ARTIFACT_BUCKET",
     "SHARDQ_EVENT_BUS_NAME",
     "SHARDQ_JOB_TTL_DAYS",
+    "SHARDQ_FANOUT_IN_FLIGHT",
     "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
     "LOG_LEVEL",
@@ -301,6 +302,7 @@ def test_environment_values(synth: Synth) -> None:
     assert variables["SHARDQ_ARTIFACT_BUCKET"] == {"Ref": "ArtifactBucket"}
     assert variables["SHARDQ_EVENT_BUS_NAME"] == "default"
     assert variables["SHARDQ_JOB_TTL_DAYS"] == "90"
+    assert variables["SHARDQ_FANOUT_IN_FLIGHT"] == "8"
     assert variables["SHARDQ_MAX_RECEIVE_COUNT"] == "5"
     assert variables["POWERTOOLS_SERVICE_NAME"] == "shardq"
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "shardq"

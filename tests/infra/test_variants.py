@@ -76,6 +76,12 @@ def test_high_throughput_fifo(synth: Synth) -> None:
     assert props["DeduplicationScope"] == "messageGroup"
     assert props["FifoThroughputLimit"] == "perMessageGroupId"
     assert props["RedrivePolicy"]["maxReceiveCount"] == 3
+    # ... and the fan-out keeps enough SendMessageBatch calls in flight to use the partitions
+    fan_out = {
+        r["Properties"]["Environment"]["Variables"].get("SHARDQ_FANOUT_IN_FLIGHT")
+        for r in synth.of_type("AWS::Lambda::Function").values()
+    }
+    assert fan_out == {"32"}
 
 
 def test_low_max_receive_count_warns_at_synth(synth: Synth) -> None:

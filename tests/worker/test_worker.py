@@ -295,3 +295,29 @@ def test_sigkill_mid_task_hands_the_task_to_another_worker_after_the_timeout(
     # THEN it runs the shard (second attempt) and posts the only result
     (done,) = results(clients, short)
     assert (done["status"], done["attempt"]) == ("succeeded", 2)
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "reason"),
+    [
+        ("tests.no_such_module:train", "ModuleNotFoundError: No module named 'tests.no_such_module'"),
+        ("tests.workloads:no_such_function", "has no function 'no_such_function'"),
+    ],
+)
+def test_broken_entrypoint_fails_at_once_without_a_redelivery_loop(
+    engine: Engine, settings: Settings, clients: dict[str, Any], entrypoint: str, reason: str
+) -> None:
+    # GIVEN a job whose entrypoint cannot be loaded on this worker
+    job(engine, shards=2, entrypoint=entrypoint)
+    counting = CountingClient(clients["sqs"])
+    w = worker(settings, clients, sqs=counting)
+    # WHEN the worker takes its tasks
+    w.run(threading.Event(), max_tasks=2)
+    # THEN each is reported failed on its first attempt, with the reason and the fix, and deleted:
+    # no task went back to the queue for another doomed attempt
+    posted = results(clients, settings)
+    assert [(r["status"], r["attempt"]) for r in posted] == [("failed", 1), ("failed", 1)]
+    assert all(reason in r["error"] for r in posted)
+    assert all("fix the" in r["error"].lower() for r in posted)
+    assert counting.counts.get("change_message_visibility", 0) == 0
+    assert visible_and_in_flight(clients["sqs"], settings.task_queue_url) == (0, 0)

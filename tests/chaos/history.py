@@ -1,0 +1,236 @@
+"""The history checker: after a job, read everything it left behind and verify shardq's promises.
+
+It reads the job record, every outcome item, the round summaries, the result manifest, the
+four queues (task, results and both DLQs) and, when given, the workers' training log, and
+checks:
+
+1. every planned (round, phase, shard) has exactly one outcome item, or — for a job that did
+   not succeed — is accounted for (failed, or never reached because the job ended); no item
+   exists for a task that was never planned (a foreign or invented shard);
+2. nothing is counted twice: each ``ok_*``/``fail_*`` counter and ``failed_total`` equals
+   the number of outcome items it counts (counter and item share one transaction, so a
+   duplicate that slipped through would show up as a counter above its items);
+3. each round summary equals the num_samples-weighted mean of exactly the recorded results
+   of that round, recomputed here independently of ``shardq.core.metrics``;
+4. the manifest agrees with the table: status, failures, round summaries, final model;
+   the ``Job Finished`` event was sent (no ``event_pending`` left on the job);
+5. no message is in flight or lost: the task and results queues are empty, the results DLQ
+   is empty, and every task in the task DLQ is recorded as failed on the job;
+6. every succeeded train outcome comes from a training that ran to its end (training log).
+
+``check`` returns the list of violations; ``assert_history`` fails with all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shardq.core.contracts import ShardTask
+from shardq.core.engine import Engine
+from shardq.local.resources import dlq_urls
+from tests.chaos.harness import trainings
+from tests.helpers import count_messages
+
+
+@dataclass
+class History:
+    """Everything a job left behind."""
+
+    job: dict[str, Any]
+    outcomes: list[dict[str, Any]]
+    summaries: list[dict[str, Any]]
+    manifest: dict[str, Any] | None
+    queues: dict[str, int]
+    dead_tasks: list[ShardTask] = field(default_factory=list)
+    trainings: list[dict[str, Any]] = field(default_factory=list)
+
+    def items(self, round_no: int, phase: str) -> list[dict[str, Any]]:
+        """Outcome items of one (round, phase)."""
+        return [
+            o for o in self.outcomes if o["result"]["round"] == round_no and o["result"]["task_type"] == phase
+        ]
+
+
+def collect(engine: Engine, job_id: str, chaos_dir: Path | None = None) -> History:
+    """Read the job's whole history from the table, the bucket and the queues."""
+    sqs, s = engine.sqs, engine.settings
+    job = engine.store.get_job(job_id)
+    manifest = None
+    if job.get("result_uri"):
+        key = job["result_uri"].split("/", 3)[3]
+        manifest = json.loads(engine.s3.get_object(Bucket=s.artifact_bucket, Key=key)["Body"].read())
+    dlqs = dlq_urls(sqs, s)
+    queues = {
+        "tasks": count_messages(sqs, s.task_queue_url),
+        "results": count_messages(sqs, s.results_queue_url),
+        "tasks_dlq": count_messages(sqs, dlqs["tasks"]),
+        "results_dlq": count_messages(sqs, dlqs["results"]),
+    }
+    dead: list[ShardTask] = []
+    if queues["tasks_dlq"]:
+        # Peek (visibility 0): the messages stay where they are.
+        got = sqs.receive_message(QueueUrl=dlqs["tasks"], MaxNumberOfMessages=10, VisibilityTimeout=0)
+        dead = [ShardTask.from_json(m["Body"]) for m in got.get("Messages", [])]
+    return History(
+        job=job,
+        outcomes=engine.store.all_results(job_id),
+        summaries=engine.store.round_summaries(job_id),
+        manifest=manifest,
+        queues=queues,
+        dead_tasks=dead,
+        trainings=trainings(chaos_dir, job_id) if chaos_dir else [],
+    )
+
+
+def _phases(job: dict[str, Any]) -> list[tuple[int, str, int]]:
+    """(round, phase, tasks) of every phase the job reached, in order."""
+    last_round, last_phase = int(job["round"]), job["phase"]
+    out = []
+    for r in range(last_round + 1):
+        out.append((r, "train", int(job["task_count"])))
+        if job["kind"] == "data_parallel" and (r < last_round or last_phase == "reduce"):
+            out.append((r, "reduce", 1))
+    return out
+
+
+def _weighted(results: list[dict[str, Any]]) -> dict[str, float]:
+    ok = [r for r in results if r["status"] == "succeeded"]
+    names = sorted({n for r in ok for n in r["metrics"]})
+    out = {}
+    for n in names:
+        rows = [(r["metrics"][n], r["num_samples"]) for r in ok if n in r["metrics"]]
+        w = sum(x for _, x in rows)
+        out[n] = sum(v * x for v, x in rows) / w if w else sum(v for v, _ in rows) / len(rows)
+    return out
+
+
+def check(
+    h: History,
+    *,
+    status: str,
+    trained: bool = True,
+    allow_results_dlq: int = 0,
+) -> list[str]:
+    """Every violation of the invariants in the module docstring (empty when the history is sound)."""
+    p: list[str] = []
+    job = h.job
+    if job["status"] != status:
+        p.append(f"job status {job['status']} (error {job.get('error')!r}), expected {status}")
+    phases = _phases(job)
+    planned = {(r, ph, s) for r, ph, n in phases for s in range(n)}
+    seen: dict[tuple[int, str, int], int] = {}
+    for o in h.outcomes:
+        res = o["result"]
+        k = (res["round"], res["task_type"], res["shard_id"])
+        seen[k] = seen.get(k, 0) + 1
+        if k not in planned:
+            p.append(f"outcome for a task that was never planned: {k}")
+    p += [f"{k} recorded {n} times" for k, n in seen.items() if n > 1]
+    # 1. completeness: a finished phase has every outcome; a succeeded job finished them all
+    for r, ph, n in phases:
+        have = {s for (rr, pp, s) in seen if (rr, pp) == (r, ph)}
+        finished = status == "SUCCEEDED" or (r, ph) != (int(job["round"]), job["phase"])
+        if finished and have != set(range(n)):
+            p.append(f"round {r} {ph}: outcomes for {sorted(have)}, expected all of 0..{n - 1}")
+    if (
+        status == "SUCCEEDED"
+        and job["kind"] == "data_parallel"
+        and int(job["round"]) != int(job["rounds"]) - 1
+    ):
+        p.append(f"job SUCCEEDED in round {job['round']} of {job['rounds']}")
+    # 2. counters equal items
+    failed_train = 0
+    for r, ph, _ in phases:
+        items = h.items(r, ph)
+        ok = sum(1 for o in items if o["outcome"] == "succeeded")
+        bad = len(items) - ok
+        if ph == "train":
+            failed_train += bad
+        for name, want in ((f"ok_r{r}_{ph}", ok), (f"fail_r{r}_{ph}", bad)):
+            if int(job.get(name, 0)) != want:
+                p.append(f"counter {name}={job.get(name, 0)} but {want} outcome items: counted twice or lost")
+    if int(job.get("failed_total", 0)) != failed_train:
+        p.append(f"failed_total={job.get('failed_total')} but {failed_train} failed train items")
+    # 3. round summaries = weighted mean of exactly the recorded results
+    for summary in h.summaries:
+        r = summary["round"]
+        results = [o["result"] for o in h.items(r, "train")]
+        ok = [x for x in results if x["status"] == "succeeded"]
+        if summary["shards_succeeded"] != len(ok) or summary["shards_failed"] != len(results) - len(ok):
+            p.append(
+                f"round {r} summary counts {summary['shards_succeeded']}/{summary['shards_failed']} != items"
+            )
+        if summary["num_samples"] != sum(x["num_samples"] for x in ok):
+            p.append(f"round {r} summary num_samples {summary['num_samples']} != recorded")
+        want = _weighted(results)
+        got = {n: m["mean"] for n, m in summary["metrics"].items()}
+        if sorted(got) != sorted(want) or any(not math.isclose(got[n], want[n], rel_tol=1e-12) for n in want):
+            p.append(f"round {r} metrics {got} != weighted mean of recorded results {want}")
+    # 4. the manifest agrees with the table
+    if status in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        m = h.manifest
+        if m is None:
+            p.append("no result manifest")
+        else:
+            if m["status"] != job["status"]:
+                p.append(f"manifest status {m['status']} != job {job['status']}")
+            failed_items = sorted(
+                (o["result"]["round"], o["result"]["task_type"], o["result"]["shard_id"])
+                for o in h.outcomes
+                if o["outcome"] == "failed"
+            )
+            listed = sorted((f["round"], f["task_type"], f["shard_id"]) for f in m["failed"])
+            if listed != failed_items:
+                p.append(f"manifest lists failures {listed}, table has {failed_items}")
+            if m["rounds"] != h.summaries:
+                p.append("manifest round summaries differ from the table's")
+            if (
+                job["kind"] == "data_parallel"
+                and status == "SUCCEEDED"
+                and m["final_model_uri"] != job.get("model_uri")
+            ):
+                p.append(f"manifest model {m['final_model_uri']} != job model {job.get('model_uri')}")
+        if job.get("event_pending"):
+            p.append("the Job Finished event was never sent (event_pending still set)")
+    # 5. no message in flight or lost
+    for q in ("tasks", "results"):
+        if h.queues[q]:
+            p.append(f"{h.queues[q]} message(s) left on the {q} queue")
+    if h.queues["results_dlq"] != allow_results_dlq:
+        p.append(f"{h.queues['results_dlq']} result(s) in the results DLQ, expected {allow_results_dlq}")
+    failed_keys = {
+        k
+        for k, o in (
+            (tuple((o["result"]["round"], o["result"]["task_type"], o["result"]["shard_id"])), o)
+            for o in h.outcomes
+        )
+        if o["outcome"] == "failed"
+    }
+    for t in h.dead_tasks:
+        if t.job_id == job["job_id"] and (t.round, t.task_type, t.shard_id) not in failed_keys:
+            p.append(f"dead task {t.key} is not recorded as failed on the job")
+    # 6. every succeeded train outcome was really trained
+    if trained and h.trainings:
+        ended = {(t["round"], t["shard"]) for t in h.trainings if t["event"] == "end"}
+        for o in h.outcomes:
+            res = o["result"]
+            if (
+                res["task_type"] == "train"
+                and o["outcome"] == "succeeded"
+                and (res["round"], res["shard_id"]) not in ended
+            ):
+                p.append(
+                    f"recorded success of round {res['round']} shard {res['shard_id']} "
+                    "with no finished training"
+                )
+    return p
+
+
+def assert_history(h: History, **expect: Any) -> None:
+    """Fail with every violation at once."""
+    problems = check(h, **expect)
+    assert not problems, "history violations:\n  " + "\n  ".join(problems)
