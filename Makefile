@@ -11,7 +11,7 @@ NODE_STAMP := node_modules/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install torch run test test-fast lint fmt typecheck synth deploy destroy schema bench clean
+.PHONY: help install torch soak run test test-fast lint fmt typecheck synth deploy destroy schema bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ schema: install  ## regenerate schemas/training-request.schema.json from the mod
 
 torch: install  ## optional: PyTorch for examples/torch_mlp.py (the default install stays light)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-torch.txt
+
+soak: install  ## the chaos soak run: many jobs, random worker kills (prints a SOAK {...} line)
+	$(BIN)/pytest tests/chaos/test_soak.py -m soak -s -q
 
 bench: install  ## run the benchmarks (figures go to BENCHMARKS.md by hand)
 	$(PY) -m benchmarks.run_all
