@@ -132,6 +132,14 @@ class ShardqStack(Stack):
             # High-throughput FIFO spreads a queue over partitions of 300 calls/s each: keep more
             # SendMessageBatch calls in flight to use them (BENCHMARKS.md, quota model).
             "SHARDQ_FANOUT_IN_FLIGHT": "32" if config.fifo_high_throughput else "8",
+            # The buckets the worker policy can read: the splitter refuses s3:// data elsewhere.
+            "SHARDQ_DATA_BUCKETS": Fn.join(
+                ",",
+                [
+                    self.job_store.artifact_bucket.bucket_name,
+                    *(arn.rsplit(":", 1)[-1] for arn in config.dataset_bucket_arns),
+                ],
+            ),
             "POWERTOOLS_SERVICE_NAME": "shardq",
             "POWERTOOLS_METRICS_NAMESPACE": "shardq",
             "LOG_LEVEL": config.log_level,

@@ -134,6 +134,7 @@ class Engine:
         ``EnqueueIncomplete`` (job created, cursor saved; call ``resume``).
         """
         request = TrainingRequest.from_dict(payload)
+        self._check_buckets(request)
         job_id = request.job_id or new_job_id()
         record = {
             "job_id": job_id,
@@ -167,6 +168,26 @@ class Engine:
             "rounds": request.rounds,
             "created": created,
         }
+
+    def _check_buckets(self, request: TrainingRequest) -> None:
+        """Refuse s3:// URIs outside the buckets the workers may read (when the stack says which)."""
+        allowed = self.settings.data_buckets
+        if allowed is None:
+            return
+        uris = [("dataset.uri", request.dataset.uri), ("model.init_uri", request.model.get("init_uri"))]
+        uris += [(f"dataset.files[{i}]", f) for i, f in enumerate(request.dataset.files or ())]
+        problems = []
+        for name, uri in uris:
+            if isinstance(uri, str) and uri.startswith("s3://"):
+                bucket = uri.removeprefix("s3://").split("/", 1)[0]
+                if bucket not in allowed:
+                    problems.append(
+                        f"{name} {uri!r} is in bucket '{bucket}', which the workers cannot read "
+                        f"(readable: {', '.join(allowed)}); copy the data there, or add the bucket's ARN "
+                        "to dataset_bucket_arns in cdk.json and redeploy"
+                    )
+        if problems:
+            raise ValidationError("TrainingRequest", problems)
 
     def resume(self, job_id: str, *, deadline: float | None = None) -> dict[str, Any]:
         """Continue a job whose fan-out was cut short: enqueue from the cursor, then advance.

@@ -29,6 +29,10 @@ class Settings:
     # SendMessageBatch calls in flight during a fan-out. 8 saturates a plain FIFO queue's
     # 300 calls/s; high-throughput FIFO needs about 8 per partition (BENCHMARKS.md, quota model).
     fanout_in_flight: int = 8
+    # Buckets the workers can read (the artifact bucket and dataset_bucket_arns): a request naming
+    # an s3:// URI elsewhere is refused at submit instead of failing every task with AccessDenied.
+    # None: no check (the variable is unset).
+    data_buckets: tuple[str, ...] | None = None
 
     ENV = {
         "job_table": "SHARDQ_JOB_TABLE",
@@ -40,6 +44,7 @@ class Settings:
         "max_receive_count": "SHARDQ_MAX_RECEIVE_COUNT",
         "splitter_function": "SHARDQ_SPLITTER_FUNCTION",
         "fanout_in_flight": "SHARDQ_FANOUT_IN_FLIGHT",
+        "data_buckets": "SHARDQ_DATA_BUCKETS",
     }
     REQUIRED = ("job_table", "task_queue_url", "results_queue_url", "artifact_bucket")
 
@@ -69,9 +74,21 @@ class Settings:
             artifact_bucket=env[cls.ENV["artifact_bucket"]],
             event_bus_name=env.get(cls.ENV["event_bus_name"]) or "default",
             splitter_function=env.get(cls.ENV["splitter_function"]) or None,
+            data_buckets=_names(env.get(cls.ENV["data_buckets"])),
             **ints,
         )
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings."""
-        return {var: str(v) for name, var in self.ENV.items() if (v := getattr(self, name)) is not None}
+        out = {}
+        for name, var in self.ENV.items():
+            value = getattr(self, name)
+            if value is not None:
+                out[var] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return out
+
+
+def _names(raw: str | None) -> tuple[str, ...] | None:
+    if raw is None or not raw.strip():
+        return None
+    return tuple(name.strip() for name in raw.split(",") if name.strip())

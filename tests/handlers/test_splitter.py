@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from lambdas import splitter
+from shardq.core.contracts import ValidationError
 from shardq.core.engine import Engine, EnqueueIncomplete, JobConflict
 from shardq.core.fanout import FanOutError
 from shardq.core.jobstore import JobNotFound
@@ -155,3 +157,39 @@ def test_continuation_event_resumes_by_job_id(lambda_env: Settings, clients: dic
     answer = splitter.handler({"shardq_continue": {"job_id": "job-a"}}, LambdaContext())
     assert answer["continued"] is True
     assert count_messages(clients["sqs"], lambda_env.task_queue_url) == 3
+
+
+def test_data_outside_the_readable_buckets_is_refused_at_submit(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a stack whose workers may read the artifact bucket and one dataset bucket
+    engine.settings = replace(settings, data_buckets=(settings.artifact_bucket, "team-datasets"))
+    bad = request(
+        dataset={"files": ["s3://team-datasets/a.parquet", "s3://someone-else/b.parquet"]},
+        sharding={"shard_count": 2},
+        model={"init_uri": "s3://elsewhere/model.pt"},
+    )
+    # WHEN a request names data in other buckets
+    with pytest.raises(ValidationError) as info:
+        engine.submit(bad)
+    # THEN each such field is named with the fix, and nothing is created
+    problems = "\n".join(info.value.problems)
+    assert "dataset.files[1] 's3://someone-else/b.parquet' is in bucket 'someone-else'" in problems
+    assert "model.init_uri 's3://elsewhere/model.pt'" in problems
+    assert "dataset_bucket_arns" in problems
+    assert "dataset.files[0]" not in problems
+    assert table_items(clients, settings) == []
+    assert count_messages(clients["sqs"], settings.task_queue_url) == 0
+    # ... while data in a readable bucket, or not on S3 at all, is accepted
+    readable = {"uri": "s3://team-datasets/x", "num_samples": 10_000}
+    assert engine.submit(request(job_id="ok-1", dataset=readable))["created"] is True
+    assert (
+        engine.submit(
+            request(
+                job_id="ok-2",
+                dataset={"uri": "synthetic://linear", "num_samples": 100},
+                sharding={"shard_count": 2},
+            )
+        )["created"]
+        is True
+    )

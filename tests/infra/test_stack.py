@@ -36,6 +36,7 @@ ENV_VARS = {
     "SHARDQ_EVENT_BUS_NAME",
     "SHARDQ_JOB_TTL_DAYS",
     "SHARDQ_FANOUT_IN_FLIGHT",
+    "SHARDQ_DATA_BUCKETS",
     "POWERTOOLS_SERVICE_NAME",
     "POWERTOOLS_METRICS_NAMESPACE",
     "LOG_LEVEL",
@@ -303,6 +304,7 @@ def test_environment_values(synth: Synth) -> None:
     assert variables["SHARDQ_EVENT_BUS_NAME"] == "default"
     assert variables["SHARDQ_JOB_TTL_DAYS"] == "90"
     assert variables["SHARDQ_FANOUT_IN_FLIGHT"] == "8"
+    assert variables["SHARDQ_DATA_BUCKETS"] == {"Ref": "ArtifactBucket"}  # the joined list of one
     assert variables["SHARDQ_MAX_RECEIVE_COUNT"] == "5"
     assert variables["POWERTOOLS_SERVICE_NAME"] == "shardq"
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "shardq"
