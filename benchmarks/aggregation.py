@@ -43,13 +43,11 @@ from shardq.local.cloud import LocalCloud
 from shardq.local.resources import provision
 from tests.helpers import (
     CountingClient,
-    LambdaContext,
     count_messages,
     post_results,
-    queue_arn,
     receive_all,
     result_for,
-    sqs_event,
+    run_event_source,
     tasks_of,
 )
 
@@ -146,42 +144,8 @@ def naive_handler(engine: Engine) -> Any:
 
 
 def event_source(sqs: Any, url: str, handler: Any, batch: int) -> list[dict[str, Any]]:
-    """``tests.helpers.run_event_source``, deleting in batches of 10 (SQS's limit per DeleteMessageBatch).
-
-    The helper deletes a whole batch in one call, which fails for batches above 10; otherwise
-    this is the same loop: gather up to ``batch`` messages from several receives, build the
-    SQS event from them (``tests.helpers.sqs_event``), invoke, delete what succeeded.
-    """
-    arn = queue_arn(sqs, url)
-    responses = []
-    while True:
-        msgs: list[dict[str, Any]] = []
-        while len(msgs) < batch:
-            got = sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=min(10, batch - len(msgs)),
-                AttributeNames=["All"],
-                MessageSystemAttributeNames=["All"],
-            ).get("Messages", [])
-            if not got:
-                break
-            msgs.extend(got)
-        if not msgs:
-            return responses
-        response = handler(sqs_event(msgs, arn), LambdaContext())
-        responses.append(response)
-        failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
-        done = [m for m in msgs if m["MessageId"] not in failed]
-        for i in range(0, len(done), 10):
-            sqs.delete_message_batch(
-                QueueUrl=url,
-                Entries=[
-                    {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]}
-                    for j, m in enumerate(done[i : i + 10])
-                ],
-            )
-        if failed:
-            return responses
+    """What an event source mapping does (``tests.helpers.run_event_source``): gather, invoke, delete."""
+    return list(run_event_source(sqs, url, handler, batch=batch))
 
 
 class Bench:

@@ -229,6 +229,22 @@ def post_results(sqs: Any, url: str, results: list[ShardResult]) -> None:
         )
 
 
+def gather_batch(sqs: Any, url: str, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` messages from several receives of 10, as an event source mapping gathers them."""
+    msgs: list[dict[str, Any]] = []
+    while len(msgs) < limit:
+        got = sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=min(10, limit - len(msgs)),
+            AttributeNames=["All"],
+            MessageSystemAttributeNames=["All"],
+        ).get("Messages", [])
+        if not got:
+            break
+        msgs.extend(got)
+    return msgs
+
+
 def run_event_source(
     sqs: Any, url: str, handler: Any, *, batch: int = 10, context: Any = None
 ) -> list[dict[str, Any]]:
@@ -239,17 +255,7 @@ def run_event_source(
     arn = queue_arn(sqs, url)
     responses = []
     while True:
-        msgs: list[dict[str, Any]] = []
-        while len(msgs) < batch:  # an event source mapping gathers a batch from several receives
-            got = sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=min(10, batch - len(msgs)),
-                AttributeNames=["All"],
-                MessageSystemAttributeNames=["All"],
-            ).get("Messages", [])
-            if not got:
-                break
-            msgs.extend(got)
+        msgs = gather_batch(sqs, url, batch)
         if not msgs:
             return responses
         response = handler(sqs_event(msgs, arn), context or LambdaContext())

@@ -491,8 +491,30 @@ class TrainingRequest:
         return _dumps(self.to_dict())
 
 
+class _Message:
+    """What tasks and results share: their identity and their deterministic JSON body."""
+
+    job_id: str
+    round: int
+    shard_id: int
+    task_type: TaskType
+
+    @property
+    def key(self) -> str:
+        """``job:round:shard:type``: the deduplication id of a task, what the aggregator counts once."""
+        return f"{self.job_id}:{self.round}:{self.shard_id}:{self.task_type}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        """Deterministic JSON body (sorted keys: content-based deduplication hashes it)."""
+        return _dumps(self.to_dict())
+
+
 @dataclass(frozen=True)
-class ShardTask:
+class ShardTask(_Message):
     """One unit of work on the task queue: train a shard/trial, or reduce a round's models."""
 
     job_id: str
@@ -509,19 +531,6 @@ class ShardTask:
     inputs_uri: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
-
-    @property
-    def key(self) -> str:
-        """``job:round:shard:type``: the task's identity and its deduplication id."""
-        return f"{self.job_id}:{self.round}:{self.shard_id}:{self.task_type}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data."""
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """Deterministic JSON body (content-based deduplication hashes it)."""
-        return _dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> ShardTask:
@@ -540,7 +549,7 @@ class ShardTask:
 
 
 @dataclass(frozen=True)
-class ShardResult:
+class ShardResult(_Message):
     """A worker's report on one task (or the DLQ handler's, when the task died)."""
 
     job_id: str
@@ -556,19 +565,6 @@ class ShardResult:
     attempt: int = 1
     error: str | None = None
     schema_version: int = SCHEMA_VERSION
-
-    @property
-    def key(self) -> str:
-        """``job:round:shard:type``, the identity the aggregator counts once."""
-        return f"{self.job_id}:{self.round}:{self.shard_id}:{self.task_type}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data."""
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """Deterministic JSON body."""
-        return _dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> ShardResult:

@@ -34,7 +34,7 @@ from shardq.core.settings import Settings
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import dlq_urls, provision
 from shardq.worker.runtime import Worker, split_s3
-from tests.helpers import LambdaContext, count_messages, queue_arn, sqs_event
+from tests.helpers import LambdaContext, count_messages, gather_batch, queue_arn, sqs_event
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = "tests.chaos.workloads:train"
@@ -202,18 +202,7 @@ class Pump:
             self.arns[url] = queue_arn(self.sqs, url)
 
     def receive(self, url: str, limit: int) -> list[dict[str, Any]]:
-        msgs: list[dict[str, Any]] = []
-        while len(msgs) < limit:
-            got = self.sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=min(10, limit - len(msgs)),
-                AttributeNames=["All"],
-                MessageSystemAttributeNames=["All"],
-            ).get("Messages", [])
-            if not got:
-                break
-            msgs.extend(got)
-        return msgs
+        return gather_batch(self.sqs, url, limit)
 
     def invoke(self, url: str, msgs: list[dict[str, Any]], handler: Handler) -> None:
         """Invoke ``handler`` on ``msgs``; delete what it did not fail; nothing if it crashed."""
