@@ -23,12 +23,9 @@ def parse(record: Any) -> Outcome:
     task = ShardTask.from_json(record.body)
     receives = int(record.attributes.approximate_receive_count or 0)
     max_receives = engine().settings.max_receive_count
-    result = ShardResult(
-        job_id=task.job_id,
-        round=task.round,
-        shard_id=task.shard_id,
-        task_type=task.task_type,
-        status="failed",
+    result = ShardResult.for_task(
+        task,
+        "failed",
         attempt=max(1, receives),
         error=(
             f"task dead-lettered after reaching maxReceiveCount={max_receives} without a result "

@@ -36,7 +36,6 @@ FARGATE_MEMORY = {
     8192: (16384, 61440, 4096),
     16384: (32768, 122880, 8192),
 }
-RECOMMENDED_MIN_RECEIVE_COUNT = 5
 
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
@@ -138,11 +137,6 @@ class ShardqConfig:
                 + "\n  - ".join(problems)
             )
         return cls(**values)
-
-    @property
-    def max_receive_count_below_recommended(self) -> bool:
-        """True when redrive happens sooner than the design's minimum of 5 receives."""
-        return self.max_receive_count < RECOMMENDED_MIN_RECEIVE_COUNT
 
 
 def load_cdk_json_context(path: Path = CDK_JSON) -> dict[str, Any]:

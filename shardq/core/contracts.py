@@ -567,6 +567,18 @@ class ShardResult(_Message):
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
+    def for_task(cls, task: ShardTask, status: Literal["succeeded", "failed"], **fields: Any) -> ShardResult:
+        """The result of ``task``: its identity, ``status`` and the given fields."""
+        return cls(
+            job_id=task.job_id,
+            round=task.round,
+            shard_id=task.shard_id,
+            task_type=task.task_type,
+            status=status,
+            **fields,
+        )
+
+    @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> ShardResult:
         """Parse and validate a result; raises ValidationError naming every problem."""
         data = _load_object(raw, "ShardResult")

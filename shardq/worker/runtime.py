@@ -286,24 +286,18 @@ class Worker:
         tlog: logging.LoggerAdapter,
         started: float,
     ) -> ShardResult | None:
-        common = {
-            "job_id": task.job_id,
-            "round": task.round,
-            "shard_id": task.shard_id,
-            "task_type": task.task_type,
-            "worker_id": self.worker_id,
-            "attempt": lease.receives,
-        }
+        attempt = {"worker_id": self.worker_id, "attempt": lease.receives}
         try:
             with tempfile.TemporaryDirectory(prefix="shardq-task-") as tmp:
                 outcome = self._run(task, Path(tmp), tlog)
-            return ShardResult(
-                status="succeeded",
+            return ShardResult.for_task(
+                task,
+                "succeeded",
                 metrics={k: float(v) for k, v in outcome.get("metrics", {}).items()},
                 num_samples=int(outcome.get("num_samples", 0)),
                 artifact_uri=outcome.get("artifact_uri"),
                 duration_s=round(time.monotonic() - started, 3),
-                **common,  # type: ignore[arg-type]
+                **attempt,
             )
         except Exception as exc:
             if lease.abandoned.is_set():
@@ -319,11 +313,12 @@ class Worker:
                 # Give it back at once so the retry does not wait out the visibility timeout.
                 self._release(lease.receipt)
                 return None
-            return ShardResult(
-                status="failed",
+            return ShardResult.for_task(
+                task,
+                "failed",
                 duration_s=round(time.monotonic() - started, 3),
                 error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"[-4000:],
-                **common,  # type: ignore[arg-type]
+                **attempt,
             )
 
     def _job_finished(self, job_id: str) -> bool:
@@ -371,12 +366,9 @@ class Worker:
             "finishes well within 12 hours."
         )
         tlog.error(error)
-        result = ShardResult(
-            job_id=task.job_id,
-            round=task.round,
-            shard_id=task.shard_id,
-            task_type=task.task_type,
-            status="failed",
+        result = ShardResult.for_task(
+            task,
+            "failed",
             worker_id=self.worker_id,
             attempt=lease.receives,
             duration_s=round(held, 3),
