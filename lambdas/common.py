@@ -39,9 +39,12 @@ def engine() -> Engine:
     )
 
 
-def continue_job(job_id: str) -> None:
-    """Hand a job's unfinished fan-out to the splitter (asynchronous self-continuation)."""
-    function = engine().settings.splitter_function
+def continue_job(job_id: str, function: str | None = None) -> None:
+    """Hand a job's unfinished fan-out to the splitter (asynchronous continuation).
+
+    ``function`` defaults to ``SHARDQ_SPLITTER_FUNCTION``; the splitter passes its own name.
+    """
+    function = function or engine().settings.splitter_function
     if not function:
         raise RuntimeError("SHARDQ_SPLITTER_FUNCTION is not set: cannot hand the fan-out on")
     client("lambda").invoke(

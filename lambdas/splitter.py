@@ -9,11 +9,9 @@ invocation hands itself on: ``{"shardq_continue": {"job_id": ...}}`` invoked asy
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from lambdas.common import CONTINUE_KEY, deadline, engine, logger, metrics, tracer
-from shardq.core.clients import client
+from lambdas.common import CONTINUE_KEY, continue_job, deadline, engine, logger, metrics, tracer
 from shardq.core.contracts import JOB_ID_RE, ValidationError
 from shardq.core.engine import EnqueueIncomplete, JobConflict
 
@@ -50,11 +48,7 @@ def split(event: dict[str, Any], context: Any) -> dict[str, Any]:
     except EnqueueIncomplete as exc:
         # Hand the rest to a fresh invocation: the cursor on the job record says where to go on.
         logger.info("handing the fan-out on", extra={"done": exc.done, "total": exc.total})
-        client("lambda").invoke(
-            FunctionName=context.function_name,
-            InvocationType="Event",
-            Payload=json.dumps({CONTINUE_KEY: {"job_id": exc.job_id}}).encode(),
-        )
+        continue_job(exc.job_id, context.function_name)
         return {
             "ok": True,
             "job_id": exc.job_id,

@@ -15,7 +15,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Poll the task queue and run the training function, one task per GPU."""
     from shardq.worker.logs import configure
     from shardq.worker.protection import TaskProtection
-    from shardq.worker.runtime import Worker
+    from shardq.worker.runtime import Worker, max_receive_count_of
     from shardq.worker.supervisor import serve
 
     configure(args.log_level, json_lines=args.log_format == "json")
@@ -28,12 +28,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CliError("no task/results queue: pass --task-queue-url and --results-queue-url, or --stack")
     # Entrypoints like examples.linear:train resolve from the directory the worker runs in.
     sys.path.insert(0, os.getcwd())
-    sqs = session_client("sqs", args)
-    visibility = args.visibility_timeout or int(
-        sqs.get_queue_attributes(QueueUrl=task_url, AttributeNames=["VisibilityTimeout"])["Attributes"][
-            "VisibilityTimeout"
-        ]
-    )
+    # One look at the queue for every slot: its lease (unless given) and its maxReceiveCount.
+    attrs = session_client("sqs", args).get_queue_attributes(
+        QueueUrl=task_url, AttributeNames=["VisibilityTimeout", "RedrivePolicy"]
+    )["Attributes"]
+    visibility = args.visibility_timeout or int(attrs["VisibilityTimeout"])
+    max_receive_count = max_receive_count_of(attrs)
     concurrency = args.concurrency or gpu_count()
     # On ECS (ECS_AGENT_URI set) a busy worker protects its task from scale-in; elsewhere a no-op.
     protection = TaskProtection.from_environment()
@@ -49,6 +49,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             entrypoint=args.entrypoint,
             wait_s=args.wait_seconds,
             visibility_s=visibility,
+            max_receive_count=max_receive_count,
             worker_id=f"{base_id}-{i}",
             on_task_start=protection.task_started if protection.enabled else None,
             on_task_end=protection.task_finished if protection.enabled else None,

@@ -37,6 +37,8 @@ CHUNK = 500
 # Hand the rest of a fan-out to a fresh invocation when less than this is left
 # (a 500-task chunk takes well under a second at the FIFO quota; throttling backoff adds seconds).
 HANDOFF_MARGIN_S = 20.0
+# Jobs whose shape (task count, rounds, kind) an engine remembers before starting over.
+SHAPE_CACHE_SIZE = 1024
 # A crashed event publisher's claim is taken over after this long.
 EVENT_CLAIM_LEASE_S = 60.0
 
@@ -119,6 +121,8 @@ class Engine:
     clock: Callable[[], float] = time.time
     store: JobStore = field(init=False)
     fanout: FanOut = field(init=False)
+    # A job's task count, rounds and kind never change: read once per warm container, not per batch.
+    _shapes: dict[str, tuple[int, int, str]] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.store = JobStore(self.settings.job_table, self.ddb)
@@ -534,9 +538,13 @@ class Engine:
         message) must never be counted: it would complete a round whose real shards are still
         running. It is rejected with the reason and goes the way of malformed records.
         """
-        job = self.store.get_job(job_id)
-        shards, rounds = int(job["task_count"]), int(job.get("rounds", 1))
-        reduces = job["kind"] == "data_parallel"
+        if job_id not in self._shapes:
+            if len(self._shapes) >= SHAPE_CACHE_SIZE:
+                self._shapes.clear()
+            job = self.store.get_job(job_id)
+            self._shapes[job_id] = (int(job["task_count"]), int(job.get("rounds", 1)), str(job["kind"]))
+        shards, rounds, kind = self._shapes[job_id]
+        reduces = kind == "data_parallel"
         keep: list[Outcome] = []
         foreign: list[tuple[Outcome, Exception]] = []
         for o in outcomes:
@@ -547,7 +555,7 @@ class Engine:
             elif r.task_type == "train" and r.shard_id >= shards:
                 problem = f"shard_id {r.shard_id} does not exist: job {job_id} has {shards} tasks per round"
             elif r.task_type == "reduce" and (not reduces or r.shard_id != 0):
-                problem = f"job {job_id} ({job['kind']}) has no reduce task {r.shard_id} in round {r.round}"
+                problem = f"job {job_id} ({kind}) has no reduce task {r.shard_id} in round {r.round}"
             if problem is None:
                 keep.append(o)
             else:

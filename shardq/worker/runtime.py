@@ -46,6 +46,12 @@ VISIBILITY_CEILING_S = 12 * 3600
 CEILING_MARGIN_S = 120
 
 
+def max_receive_count_of(queue_attributes: dict[str, str]) -> int:
+    """The queue's maxReceiveCount from its attributes (5 without a redrive policy)."""
+    policy = json.loads(queue_attributes.get("RedrivePolicy") or "{}")
+    return int(policy.get("maxReceiveCount", DEFAULT_MAX_RECEIVE_COUNT))
+
+
 class EntrypointError(RuntimeError):
     """The training function cannot be loaded here: every attempt on this worker would fail alike."""
 
@@ -177,8 +183,7 @@ class Worker:
             attrs = self.sqs.get_queue_attributes(
                 QueueUrl=self.task_queue_url, AttributeNames=["RedrivePolicy"]
             )
-            policy = json.loads(attrs.get("Attributes", {}).get("RedrivePolicy", "{}") or "{}")
-            self.max_receive_count = int(policy.get("maxReceiveCount", DEFAULT_MAX_RECEIVE_COUNT))
+            self.max_receive_count = max_receive_count_of(attrs.get("Attributes", {}))
 
     def run(self, stop: threading.Event, *, max_tasks: int | None = None) -> int:
         """Poll until ``stop`` is set (or ``max_tasks`` are done); returns tasks handled."""
