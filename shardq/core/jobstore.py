@@ -167,6 +167,16 @@ class JobStore:
             raise JobNotFound(job_id)
         return from_item(resp["Item"])
 
+    def status_of(self, job_id: str) -> str | None:
+        """The job's status alone (an eventually consistent, one-attribute read); None if unknown."""
+        item = self.ddb.get_item(
+            TableName=self.table,
+            Key=job_key(job_id),
+            ProjectionExpression="#s",
+            ExpressionAttributeNames={"#s": "status"},
+        ).get("Item")
+        return None if item is None else str(item["status"]["S"])
+
     def update_job(
         self,
         job_id: str,
