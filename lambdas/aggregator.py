@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
-
-from lambdas.common import StagedBatchProcessor, ingest, logger, metrics, tracer
+from lambdas.batch import STANDARD_QUEUE, process_batch
+from lambdas.common import ingest, logger, metrics, tracer
 from shardq.core.contracts import ShardResult
 from shardq.core.jobstore import Outcome
 
@@ -33,8 +32,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def aggregate(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The handler's body, free of decorators so tests and benchmarks call it directly."""
-    batch = StagedBatchProcessor(
-        BatchProcessor(event_type=EventType.SQS),
-        flush=lambda outcomes: ingest(outcomes, context),
+    return process_batch(
+        event, parse=parse, flush=lambda outcomes: ingest(outcomes, context), source=STANDARD_QUEUE
     )
-    return batch.process(event, parse, context)

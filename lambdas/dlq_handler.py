@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor
-
-from lambdas.common import StagedBatchProcessor, engine, ingest, logger, metrics, tracer
+from lambdas.batch import SqsSource, process_batch
+from lambdas.common import engine, ingest, logger, metrics, tracer
 from shardq.core.contracts import ShardResult, ShardTask
 from shardq.core.jobstore import Outcome
+
+# The task DLQ is FIFO; a failed dead task blocks only its own message group (one job's lane).
+TASK_DLQ = SqsSource(fifo=True, skip_group_on_error=True)
 
 
 def parse(record: Any) -> Outcome:
@@ -45,9 +47,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def handle_dead_tasks(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The handler's body, free of decorators so tests and benchmarks call it directly."""
-    batch = StagedBatchProcessor(
-        # A malformed dead task blocks only its own message group, not the whole batch.
-        SqsFifoPartialProcessor(skip_group_on_error=True),
-        flush=lambda outcomes: ingest(outcomes, context),
+    return process_batch(
+        event, parse=parse, flush=lambda outcomes: ingest(outcomes, context), source=TASK_DLQ
     )
-    return batch.process(event, parse, context)
