@@ -43,7 +43,7 @@ def tracing_enabled(env: Mapping[str, str] = os.environ) -> bool:
     bool
         True where the handlers must build and apply the X-Ray tracer.
     """
-    if env.get("POWERTOOLS_TRACE_DISABLED", "").strip().lower() in _TRUTHY:
+    if env.get("POWERTOOLS_TRACE_DISABLED", "").lower() in _TRUTHY:
         return False
     if not env.get("LAMBDA_TASK_ROOT"):
         return False

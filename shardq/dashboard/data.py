@@ -1,0 +1,281 @@
+"""What the dashboard shows, read from the job table, the bucket and the queues.
+
+This is the one module that reads job records and result items: everything it returns is a
+plain JSON-ready dict, so the server and the web app never see a record's shape (and a change
+of the record's type is adapted here alone). Reads only; nothing here writes.
+
+Timing: a result item carries ``recorded_at`` (when the aggregator recorded it) and its
+ShardResult carries ``duration_s`` (the worker's own measure of the task). A timeline bar ends
+at ``recorded_at`` and starts ``duration_s`` before it, so both ends are late by the time the
+result spent on the results queue and in the aggregator's batch window (seconds at most on an
+idle stack): the durations are exact, the positions approximate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shardq.core.contracts import ShardResult, TrainingRequest
+from shardq.core.engine import job_view
+from shardq.core.jobstore import JobStore
+from shardq.core.metrics import leaderboard, summarize_round
+from shardq.core.operations import progress
+from shardq.core.planning import split_s3, trial
+
+STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+KINDS = ("data_parallel", "sweep", "map")
+# Queue name in the dashboard → the stack output that holds its URL.
+QUEUE_OUTPUTS = {
+    "tasks": "TaskQueueUrl",
+    "tasks-dlq": "TaskDlqUrl",
+    "results": "ResultsQueueUrl",
+    "results-dlq": "ResultsDlqUrl",
+}
+# A timeline of more bars than this is cut to the most recent ones (the browser stays responsive).
+TIMELINE_LIMIT = 5000
+
+
+def epoch(timestamp: str | None) -> float | None:
+    """Seconds since the epoch of an ISO timestamp (``...Z`` or with an offset); None when absent."""
+    if not timestamp:
+        return None
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def _fingerprint(job: dict[str, Any]) -> str:
+    # Every recorded outcome moves a counter on the job record, so the record's content
+    # changes exactly when its results do: a cache keyed on it is never stale.
+    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def job_row(job: dict[str, Any], now: float) -> dict[str, Any]:
+    """A job as the job list shows it: the CLI's JobView fields plus overall progress and age."""
+    rows = progress(job)
+    view = job_view(job).to_dict()
+    rounds, task_count = view["rounds"], view["shard_count"]
+    # data_parallel rounds end with one reduce task each; other kinds have one round of tasks.
+    total = rounds * (task_count + 1) if view["kind"] == "data_parallel" else task_count
+    completed = sum(p.done + p.failed for p in rows)
+    created = epoch(view["created_at"])
+    finished = epoch(view["finished_at"])
+    return {
+        **view,
+        "tasks_total": total,
+        "tasks_completed": completed,
+        "progress_pct": round(100.0 * completed / total, 1) if total else 0.0,
+        "age_s": None if created is None else round(now - created, 1),
+        "elapsed_s": None if created is None else round((finished or now) - created, 1),
+        "updated_at": job.get("updated_at"),
+    }
+
+
+def timeline_entry(row: dict[str, Any], t0: float) -> dict[str, Any]:
+    """One recorded outcome as a timeline bar: seconds since the job was created."""
+    r = row["result"]
+    end = epoch(row["recorded_at"]) or t0
+    duration = float(r.get("duration_s") or 0.0)
+    receive_count = row.get("receive_count")
+    attempt = int(r.get("attempt") or 1)
+    return {
+        "round": r["round"],
+        "shard_id": r["shard_id"],
+        "task_type": r["task_type"],
+        "status": r["status"],
+        "start_s": round(end - duration - t0, 3),
+        "end_s": round(end - t0, 3),
+        "duration_s": duration,
+        "recorded_at": row["recorded_at"],
+        "worker_id": r.get("worker_id") or row.get("source") or "unknown",
+        "attempt": attempt,
+        "receive_count": receive_count,
+        "retried": attempt > 1 or (receive_count or 1) > 1,
+        "source": row.get("source", "worker"),
+        "error": r.get("error"),
+    }
+
+
+def failure_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """A failed outcome with its error text and where it came from (worker or DLQ handler)."""
+    r = row["result"]
+    return {
+        "round": r["round"],
+        "shard_id": r["shard_id"],
+        "task_type": r["task_type"],
+        "error": r.get("error") or "(no error text)",
+        "source": row.get("source", "worker"),
+        "worker_id": r.get("worker_id"),
+        "attempt": r.get("attempt", 1),
+        "receive_count": row.get("receive_count"),
+        "recorded_at": row["recorded_at"],
+    }
+
+
+def round_rows(
+    summaries: list[dict[str, Any]], results: Iterable[ShardResult], job: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Finished rounds' stored summaries, plus the running round's summary so far (``partial``)."""
+    rows = [{**s, "partial": False} for s in summaries]
+    done = {s["round"] for s in summaries}
+    current = int(job.get("round", 0))
+    if job.get("status") == "RUNNING" and current not in done:
+        train = [r for r in results if r.round == current and r.task_type == "train"]
+        if train:
+            rows.append({**summarize_round(current, train, job.get("round_started_at")), "partial": True})
+    return sorted(rows, key=lambda s: s["round"])
+
+
+def sweep_board(job: dict[str, Any], results: Iterable[ShardResult]) -> dict[str, Any] | None:
+    """A sweep's leaderboard from its recorded trials (live: it grows as trials finish)."""
+    if job.get("kind") != "sweep":
+        return None
+    request = TrainingRequest.from_json(job["request"])
+    if request.objective is None or request.search_space is None:
+        return None
+    trials = [trial(request.search_space, i) for i in range(request.task_count)]
+    train = [r for r in results if r.task_type == "train"]
+    rows = leaderboard(train, request.objective, trials)
+    return {
+        "objective": {"metric": request.objective.metric, "direction": request.objective.direction},
+        "trials": len(trials),
+        "rows": [{"rank": i + 1, **row} for i, row in enumerate(rows)],
+    }
+
+
+@dataclass
+class DashboardData:
+    """Read access for the dashboard.
+
+    Parameters
+    ----------
+    store:
+        The job table.
+    sqs, s3:
+        boto3 clients (queue depths; result manifests).
+    queues:
+        Queue name (``tasks``, ``tasks-dlq``, ``results``, ``results-dlq``) → URL; the ones the
+        stack does not output are left out.
+    clock:
+        Seconds since the epoch; injectable for tests.
+    """
+
+    store: JobStore
+    sqs: Any
+    s3: Any
+    queues: dict[str, str]
+    clock: Callable[[], float] = time.time
+    timeline_limit: int = TIMELINE_LIMIT
+    _cache: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, str], client: Callable[[str], Any]) -> DashboardData:
+        """Over the stack's outputs (``JobTableName``, queue URLs), with ``client(service)`` clients."""
+        if not outputs.get("JobTableName"):
+            raise KeyError("JobTableName")
+        queues = {name: outputs[key] for name, key in QUEUE_OUTPUTS.items() if outputs.get(key)}
+        return cls(
+            store=JobStore(outputs["JobTableName"], client("dynamodb")),
+            sqs=client("sqs"),
+            s3=client("s3"),
+            queues=queues,
+        )
+
+    def jobs(
+        self, status: str | None = None, kind: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Most recent jobs (newest first), optionally of one status and one kind."""
+        found: list[dict[str, Any]] = []
+        for s in (status,) if status else STATUSES:
+            found.extend(self.store.list_jobs(s, limit=limit))
+        if kind:
+            found = [j for j in found if j.get("kind") == kind]
+        found.sort(key=lambda j: str(j.get("created_at", "")), reverse=True)
+        now = self.clock()
+        return [job_row(j, now) for j in found[:limit]]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """Everything the job page shows; raises ``JobNotFound``."""
+        job = self.store.get_job(job_id)
+        detail = self._from_results(job)
+        return {
+            "job": {
+                **job_row(job, self.clock()),
+                "max_failed_shards": job.get("max_failed_shards"),
+                "model_uri": job.get("model_uri"),
+                "round_started_at": job.get("round_started_at"),
+            },
+            "progress": [{**p.to_dict(), "outstanding": p.outstanding} for p in progress(job)],
+            **detail,
+        }
+
+    def _from_results(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Rounds, timeline, failures and leaderboard: cached until the job record changes."""
+        key = _fingerprint(job)
+        with self._lock:
+            cached = self._cache.get(job["job_id"])
+        if cached and cached[0] == key:
+            return cached[1]
+        rows = self.store.all_results(job["job_id"])
+        results = [ShardResult.from_json(row["result"]) for row in rows]
+        t0 = epoch(job.get("created_at")) or self.clock()
+        rounds = round_rows(self.store.round_summaries(job["job_id"]), results, job)
+        entries = sorted((timeline_entry(row, t0) for row in rows), key=lambda e: e["end_s"])
+        cut = max(0, len(entries) - self.timeline_limit)
+        detail = {
+            "rounds": rounds,
+            "metric_names": sorted({name for r in rounds for name in r.get("metrics", {})}),
+            "timeline": {
+                "t0": job.get("created_at"),
+                "entries": entries[cut:],
+                "truncated": cut,
+                "workers": sorted({e["worker_id"] for e in entries[cut:]}),
+            },
+            "failures": [failure_entry(row) for row in rows if row["result"]["status"] == "failed"],
+            "leaderboard": sweep_board(job, results),
+        }
+        with self._lock:
+            self._cache[job["job_id"]] = (key, detail)
+        return detail
+
+    def queue_depths(self) -> list[dict[str, Any]]:
+        """Approximate visible, in-flight and delayed messages of each queue the stack outputs."""
+        out = []
+        for name, url in self.queues.items():
+            attrs = self.sqs.get_queue_attributes(
+                QueueUrl=url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
+            )["Attributes"]
+            out.append(
+                {
+                    "queue": name,
+                    "dead_letter": name.endswith("-dlq"),
+                    "url": url,
+                    "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
+                    "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+                    "delayed": int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+                }
+            )
+        return out
+
+    def manifest(self, job_id: str) -> dict[str, Any] | None:
+        """The job's result manifest from the bucket; None while it has none (or it expired)."""
+        uri = self.store.get_job(job_id).get("result_uri")
+        if not uri:
+            return None
+        bucket, key = split_s3(uri)
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        return dict(json.loads(body))

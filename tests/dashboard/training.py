@@ -1,0 +1,37 @@
+"""Training functions for the dashboard tests: real training (examples.linear) and a poisoned shard.
+
+``reduce`` is the module's own FedAvg (the worker calls a module's ``reduce`` when it has one),
+so these tests depend on the training contract alone, not on the built-in reducer's internals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from examples.linear import train as linear_train
+
+
+def train(task: Any, ctx: Any) -> dict[str, Any]:
+    """Train as examples.linear does."""
+    return linear_train(task, ctx)
+
+
+def train_except_shard_2(task: Any, ctx: Any) -> dict[str, Any]:
+    """Train as examples.linear does; shard 2 fails every attempt with a recognisable error."""
+    if task.shard_id == 2:
+        raise RuntimeError(f"shard {task.shard_id} of round {task.round} hit a NaN loss")
+    return linear_train(task, ctx)
+
+
+def reduce(task: Any, ctx: Any) -> dict[str, Any]:
+    """Average the shard models weighted by their samples (FedAvg) into ``model.npz``."""
+    total = sum(n for _, n in ctx.input_models)
+    w, b = 0.0, 0.0
+    for path, n in ctx.input_models:
+        with np.load(path) as m:
+            w = w + m["w"].astype(np.float64) * (n / total)
+            b = b + float(m["b"]) * (n / total)
+    np.savez(ctx.output_dir / "model.npz", w=w, b=np.array(b))
+    return {"num_samples": total}
