@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def test_cdk_json_context_equals_the_defaults() -> None:
 
 def test_cdk_json_app_command_and_every_key_documented() -> None:
     cdk_json = json.loads(CDK_JSON.read_text())
-    assert cdk_json["app"] == ".venv/bin/python app.py"
+    # Like the CDK's Python template: any activated environment synthesizes (no .venv path baked in).
+    assert cdk_json["app"] == "python3 app.py"
     keys = {f.name for f in fields(ShardqConfig)}
     context = cdk_json["context"]
     assert set(context["//"]) == keys
@@ -26,6 +28,19 @@ def test_cdk_json_app_command_and_every_key_documented() -> None:
     deploying = (REPO_ROOT / "docs" / "DEPLOYING.md").read_text()
     for key in keys:
         assert f"`{key}`" in deploying, key
+
+
+def test_the_local_deploy_puts_the_venv_first_on_path() -> None:
+    """`python3 app.py` must find the project's venv when the real CDK CLI deploys into the local cloud."""
+    from shardq.local.deploy import cdk_env
+
+    class _Cloud:
+        def env(self) -> dict[str, str]:
+            return {"AWS_ENDPOINT_URL": "http://127.0.0.1:1"}
+
+    path = cdk_env(_Cloud(), REPO_ROOT)["PATH"].split(os.pathsep)  # type: ignore[arg-type]
+    assert path[0] == str(REPO_ROOT / ".venv" / "bin")
+    assert (REPO_ROOT / ".venv" / "bin" / "python3").exists()
 
 
 def test_unknown_key_is_named_with_the_fix() -> None:
