@@ -21,10 +21,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from shardq.cli import dlq, estimate, jobs, local, outputs, worker
+from shardq.cli import dashboard, dlq, estimate, jobs, local, outputs, worker
 from shardq.cli.common import CliError, common_options, translate_aws_error
 
-COMMAND_MODULES = (jobs, dlq, estimate, outputs, worker, local)
+COMMAND_MODULES = (jobs, dlq, estimate, outputs, worker, local, dashboard)
 
 
 def build_parser() -> argparse.ArgumentParser:

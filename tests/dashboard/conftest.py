@@ -15,11 +15,9 @@ from shardq.local.resources import dlq_urls
 from shardq.worker.runtime import Worker
 from tests.helpers import receive_all
 
-pytest.importorskip("starlette", reason="dashboard packages not installed: run `make dashboard`")
-pytest.importorskip("uvicorn", reason="dashboard packages not installed: run `make dashboard`")
-
-from shardq.dashboard.data import DashboardData  # noqa: E402
-from shardq.dashboard.server import Running, start_in_background  # noqa: E402
+# The dashboard's packages are optional (make dashboard): each test module skips without them,
+# so this file imports them inside the fixtures only.
+NEEDS = "dashboard packages not installed: run `make dashboard`"
 
 DATA_PARALLEL = {
     "job_id": "dash-fedavg",
@@ -84,8 +82,10 @@ def run_job(engine: Engine, request: dict[str, Any], *, timeout: float = 300.0) 
 
 
 @pytest.fixture
-def data(engine: Engine, clients: dict[str, Any]) -> DashboardData:
+def data(engine: Engine, clients: dict[str, Any]) -> Any:
     """The dashboard's data access over this test's table and queues."""
+    from shardq.dashboard.data import DashboardData
+
     dlqs = dlq_urls(clients["sqs"], engine.settings)
     outputs = {
         "JobTableName": engine.settings.job_table,
@@ -99,8 +99,10 @@ def data(engine: Engine, clients: dict[str, Any]) -> DashboardData:
 
 
 @pytest.fixture
-def dashboard(data: DashboardData) -> Iterator[Running]:
+def dashboard(data: Any) -> Iterator[Any]:
     """The dashboard served on a free 127.0.0.1 port, stopped after the test."""
+    from shardq.dashboard.server import start_in_background
+
     running = start_in_background(data, port=0, refresh_s=0.5, source="test")
     yield running
     running.stop()
