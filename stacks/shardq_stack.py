@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from aws_cdk import Acknowledgment, CfnOutput, CfnResource, Duration, Fn, Stack, Tags, Validations
-from aws_cdk import aws_ecr as ecr
-from aws_cdk import aws_ecr_assets as ecr_assets
-from aws_cdk import aws_ecs as ecs
+from aws_cdk import CfnOutput, CfnResource, Duration, Fn, Stack, Tags
 from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
-from aws_cdk import aws_logs as logs
-from constructs import Construct, IConstruct
+from constructs import Construct
 
 from stacks.components import (
     FunctionSizing,
@@ -28,10 +21,12 @@ from stacks.components import (
     TaskQueues,
     WorkerAccess,
 )
-from stacks.components._props import VISIBILITY_PER_CONSUMER_TIMEOUT, ComponentPropsError, seconds
+from stacks.components._props import VISIBILITY_PER_CONSUMER_TIMEOUT, ComponentPropsError, retention, seconds
 from stacks.components.fleet import FleetSizing, WorkerFleet
 from stacks.components.monitoring import MonitoredFleet, MonitoredFunctions, MonitoredQueues
+from stacks.components.worker_image import worker_image
 from stacks.config import ShardqConfig
+from stacks.nag import acknowledge_findings
 
 STACK_DESCRIPTION = (
     "shardq: coordinates distributed ML training through Amazon SQS "
@@ -44,17 +39,6 @@ RESULTS_BATCH_SIZE = 100  # standard queue: one Lambda call and one counter writ
 DLQ_BATCH_SIZE = 10
 DLQ_HANDLER_MAX_CONCURRENCY = 2  # the Lambda minimum; dead tasks are rare and each one writes a job item
 EVENT_BUS_NAME = "default"
-# Base images of the worker Dockerfile (build arg BASE_IMAGE) when fleet_base_image is null.
-DEFAULT_BASE_IMAGES = {
-    "gpu": "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
-    "fargate": "python:3.11-slim",
-}
-WORKER_DOCKERFILE = "Dockerfile"
-_ECR_IMAGE = re.compile(
-    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?P<cn>\.cn)?/"
-    r"(?P<repo>[a-z0-9._/-]+?)(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]*))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
-)
-
 # Logical IDs of stateful resources: pinned so refactoring the construct tree never replaces them.
 PINNED_LOGICAL_IDS = {
     "JobTable": ("job_store", "table"),
@@ -66,15 +50,6 @@ PINNED_LOGICAL_IDS = {
     "ResultsDlq": ("results", "dead_letter_queue"),
     "SplitterFailureQueue": ("functions", "splitter_failure_queue"),
 }
-
-
-@dataclass(frozen=True)
-class NagAcknowledgment:
-    """One cdk-nag finding acknowledged at one scope, with the reason (read by the tests)."""
-
-    scope: IConstruct
-    id: str
-    reason: str
 
 
 class ShardqStack(Stack):
@@ -152,7 +127,7 @@ class ShardqStack(Stack):
             environment=environment,
             dlq_handler_environment={"SHARDQ_MAX_RECEIVE_COUNT": str(config.max_receive_count)},
             sizing=sizing,
-            log_retention=_retention(config.log_retention_days),
+            log_retention=retention(config.log_retention_days),
             encryption_key=self.queue_key,
             aggregator_reserved_concurrency=config.aggregator_reserved_concurrency,
         )
@@ -211,7 +186,7 @@ class ShardqStack(Stack):
         Tags.of(self).add("component", "coordination-plane")
         for key, value in config.tags.items():
             Tags.of(self).add(key, value)
-        self.acknowledgments = self._acknowledge_nag_findings()
+        self.acknowledgments = acknowledge_findings(self)
 
     # -- building blocks -------------------------------------------------------------------------
 
@@ -246,48 +221,20 @@ class ShardqStack(Stack):
             ),
             task_queue=self.task_queues.queue,
             worker_policy=self.worker_access.policy,
-            image=self._worker_image(config, worker_image_dir),
+            image=worker_image(
+                self,
+                kind=config.fleet,
+                image_uri=config.fleet_image_uri,
+                base_image=config.fleet_base_image,
+                dockerfile_dir=worker_image_dir,
+            ),
             environment={
                 "SHARDQ_TASK_QUEUE_URL": self.task_queues.queue.queue_url,
                 "SHARDQ_RESULTS_QUEUE_URL": self.results.queue.queue_url,
                 "SHARDQ_JOB_TABLE": self.job_store.table.table_name,
                 "LOG_LEVEL": config.log_level,
             },
-            log_retention=_retention(config.log_retention_days),
-        )
-
-    def _worker_image(self, config: ShardqConfig, worker_image_dir: Path | None) -> ecs.ContainerImage:
-        """The user's image (fleet_image_uri), else the repository's Dockerfile as a CDK asset.
-
-        An asset is only copied into cdk.out at synth; Docker builds and pushes it at deploy time.
-        """
-        uri = config.fleet_image_uri
-        if uri:
-            ecr_image = _ECR_IMAGE.match(uri)
-            if ecr_image is None:  # a public registry: nothing to grant
-                return ecs.ContainerImage.from_registry(uri)
-            partition = "aws-cn" if ecr_image["cn"] else "aws"
-            repository = ecr.Repository.from_repository_attributes(
-                self,
-                "WorkerImageRepository",
-                repository_name=ecr_image["repo"],
-                repository_arn=f"arn:{partition}:ecr:{ecr_image['region']}:{ecr_image['account']}:"
-                f"repository/{ecr_image['repo']}",
-            )
-            # from_ecr_repository grants the execution role the pull on this repository alone.
-            return ecs.ContainerImage.from_ecr_repository(
-                repository, ecr_image["digest"] or ecr_image["tag"] or "latest"
-            )
-        if worker_image_dir is None:
-            raise ComponentPropsError(
-                "the fleet needs an image: pass worker_image_dir (the repository with the Dockerfile) or "
-                "set fleet_image_uri"
-            )
-        return ecs.ContainerImage.from_asset(
-            str(worker_image_dir),
-            file=WORKER_DOCKERFILE,
-            build_args={"BASE_IMAGE": config.fleet_base_image or DEFAULT_BASE_IMAGES[config.fleet]},
-            platform=ecr_assets.Platform.LINUX_AMD64,
+            log_retention=retention(config.log_retention_days),
         )
 
     def _layers(self, config: ShardqConfig) -> list[lambda_.ILayerVersion]:
@@ -423,202 +370,3 @@ class ShardqStack(Stack):
                 if output_id == "WorkerPolicyArn"
                 else None,
             )
-
-    def _acknowledge_nag_findings(self) -> list[NagAcknowledgment]:
-        """Every cdk-nag finding shardq accepts, at the narrowest scope, with its reason.
-
-        Finding ids carry the pack prefix and the finding detail (a bare rule id matches nothing when
-        the rule reports details); tests/infra checks each one is actually used.
-        """
-        fns, worker = self.functions, self.worker_access
-        bucket_objects = "Resource::<ArtifactBucket.Arn>/*"  # logical ids pinned in _pin_logical_ids
-        acks: list[NagAcknowledgment] = []
-
-        def ack(scope: IConstruct, finding: str, reason: str) -> None:
-            acks.append(NagAcknowledgment(scope, finding, reason))
-
-        for fn in fns.all_functions:
-            role = fn.role
-            assert role is not None
-            ack(
-                role,
-                "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-                "X-Ray PutTraceSegments/PutTelemetryRecords support no resource-level permissions; "
-                "CDK adds them for active tracing.",
-            )
-            ack(
-                role,
-                "AwsSolutions::AwsSolutions-IAM5[Resource::<JobTable.Arn>/index/*]",
-                "grant_read_write_data covers the job table's indexes: the runtime queries the "
-                "by_status GSI.",
-            )
-            ack(
-                role,
-                f"AwsSolutions::AwsSolutions-IAM5[{bucket_objects}]",
-                "Job artifacts have runtime-generated keys (jobs/<job_id>/...); object access is scoped to "
-                "this one bucket.",
-            )
-            for action in ("s3:GetObject*", "s3:GetBucket*", "s3:List*", "s3:Abort*"):
-                ack(
-                    role,
-                    f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
-                    f"{action} comes from Bucket.grant_read/grant_put on the artifact bucket alone "
-                    "(read objects and versions, abort own multipart uploads).",
-                )
-            if self.queue_key is not None:
-                for action in ("kms:ReEncrypt*", "kms:GenerateDataKey*"):
-                    ack(
-                        role,
-                        f"AwsSolutions::AwsSolutions-IAM5[Action::{action}]",
-                        f"{action} comes from Queue.grant_send_messages/consume on queues encrypted with the "
-                        "one shardq queue key, and is scoped to that key.",
-                    )
-        for fn in (fns.aggregator, fns.dlq_handler):
-            ack(
-                fn,
-                "Serverless::Serverless-LambdaDLQ",
-                "Invoked only synchronously by an SQS event source mapping, never asynchronously: failed "
-                "messages go to the source queue's DLQ through its redrive policy.",
-            )
-        ack(
-            fns.splitter,
-            "Serverless::Serverless-LambdaDLQ",
-            "Async failures go to an on-failure destination (SplitterFailureQueue), which supersedes the "
-            "legacy DeadLetterConfig and records the request and the error.",
-        )
-        ack(
-            self,
-            "Serverless::Serverless-LambdaEventSourceMappingDestination",
-            "SQS event source mappings support no on-failure destination (only streams and Kafka do); "
-            "each source queue's redrive policy sends failures to its DLQ.",
-        )
-        ack(
-            worker.policy,
-            f"AwsSolutions::AwsSolutions-IAM5[{bucket_objects}]",
-            "Workers read dataset and model objects of any job in the artifact bucket; keys are generated "
-            "per job at runtime.",
-        )
-        ack(
-            worker.policy,
-            "AwsSolutions::AwsSolutions-IAM5[Resource::<ArtifactBucket.Arn>/jobs/*]",
-            "Workers write artifacts under jobs/<job_id>/ whose ids exist only at runtime; scoped to "
-            "the prefix.",
-        )
-        for arn in self.config.dataset_bucket_arns:
-            ack(
-                worker.policy,
-                f"AwsSolutions::AwsSolutions-IAM5[Resource::{arn}/*]",
-                "Read-only access to the objects of a dataset bucket named in dataset_bucket_arns.",
-            )
-        if self.config.alarm_email:
-            ack(
-                self.monitoring.topic,
-                "Serverless::Serverless-SNSRedrivePolicy",
-                "The only subscription is the optional alarm email; the alarm state stays in "
-                "CloudWatch and on "
-                "the dashboard, so an undelivered email loses nothing a DLQ would keep.",
-            )
-        for dlq in (self.task_queues.dead_letter_queue, self.results.dead_letter_queue):
-            ack(
-                dlq,
-                "Serverless::Serverless-SQSRedrivePolicy",
-                "This queue is a dead-letter queue; a DLQ of a DLQ would only move the problem.",
-            )
-        ack(
-            fns.splitter_failure_queue,
-            "AwsSolutions::AwsSolutions-SQS3",
-            "This queue is the splitter's on-failure destination, the end of the line like a DLQ; an alarm "
-            "fires on its first message.",
-        )
-        ack(
-            fns.splitter_failure_queue,
-            "Serverless::Serverless-SQSRedrivePolicy",
-            "On-failure destination queue: it is itself the dead-letter store for async splitter "
-            "invocations.",
-        )
-        if self.fleet is not None:
-            self._acknowledge_fleet_findings(self.fleet, ack)
-        for a in acks:
-            Validations.of(a.scope).acknowledge(Acknowledgment(id=a.id, reason=a.reason))
-        return acks
-
-    def _acknowledge_fleet_findings(
-        self, fleet: WorkerFleet, ack: Callable[[IConstruct, str, str], None]
-    ) -> None:
-        """The worker fleet's accepted findings (stacks/components/fleet.py)."""
-        cluster = fleet.cluster.node.default_child
-        assert isinstance(cluster, CfnResource)
-        cluster_id = self.resolve(self.get_logical_id(cluster))
-        execution_role = fleet.task_definition.execution_role
-        assert execution_role is not None
-        ack(
-            execution_role,
-            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-            "ecr:GetAuthorizationToken supports no resource-level permissions; image pulls and log writes "
-            "are scoped to the image repository and the worker log group.",
-        )
-        ack(
-            fleet.task_role,
-            "AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ecs:<AWS::Region>:"
-            f"<AWS::AccountId>:task/<{cluster_id}>/*]",
-            "A worker sets scale-in protection on its own task, whose id exists only at run time; scoped "
-            "to the tasks of the fleet's cluster.",
-        )
-        ack(
-            fleet.task_definition,
-            "AwsSolutions::AwsSolutions-ECS2",
-            "The environment holds queue URLs, the table name, the region and worker settings: "
-            "configuration, no secrets (credentials come from the task role).",
-        )
-        if fleet.auto_scaling_group is None:
-            return
-        instance_role = fleet.auto_scaling_group.role
-        ack(
-            instance_role,
-            "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
-            "The ECS agent's DiscoverPollEndpoint, GetAuthorizationToken and Poll (conditioned on this "
-            "cluster) and CloudWatch PutMetricData (conditioned on the shardq/Fleet namespace) support no "
-            "resource-level permissions.",
-        )
-        ack(
-            instance_role,
-            "AwsSolutions::AwsSolutions-IAM5[Action::ecs:Submit*]",
-            "ecs:Submit* is the ECS agent's state reporting, added by the CDK's capacity provider and "
-            "scoped to the fleet's cluster.",
-        )
-        ack(
-            fleet.auto_scaling_group,
-            "AwsSolutions::AwsSolutions-EC26",
-            "The rule cannot read a launch template referenced by a mixed instances policy; the template's "
-            "root volume is encrypted gp3 (asserted in tests/infra/test_fleet.py).",
-        )
-        ack(
-            fleet.auto_scaling_group,
-            "AwsSolutions::AwsSolutions-AS3",
-            "A scale-to-zero fleet launches and terminates instances all day: mailing each event would "
-            "drown the alarms; the activity history and the FleetCannotPlaceTasks alarm cover failures.",
-        )
-
-
-def _retention(days: int) -> logs.RetentionDays:
-    by_days = {
-        1: "ONE_DAY",
-        3: "THREE_DAYS",
-        5: "FIVE_DAYS",
-        7: "ONE_WEEK",
-        14: "TWO_WEEKS",
-        30: "ONE_MONTH",
-        60: "TWO_MONTHS",
-        90: "THREE_MONTHS",
-        120: "FOUR_MONTHS",
-        150: "FIVE_MONTHS",
-        180: "SIX_MONTHS",
-        365: "ONE_YEAR",
-        400: "THIRTEEN_MONTHS",
-        545: "EIGHTEEN_MONTHS",
-        731: "TWO_YEARS",
-        1096: "THREE_YEARS",
-        1827: "FIVE_YEARS",
-        3653: "TEN_YEARS",
-    }
-    return logs.RetentionDays[by_days[days]]

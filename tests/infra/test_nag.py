@@ -49,3 +49,12 @@ def test_every_acknowledgment_names_the_pack_and_gives_a_reason(synth: Synth) ->
         assert pack in ("AwsSolutions", "Serverless"), ack.id
         assert rule.startswith(f"{pack}-"), ack.id
         assert len(ack.reason) >= 40, ack.id
+
+
+def test_acknowledgments_are_data_with_a_known_scope_each() -> None:
+    """stacks/nag.py is a table: each row names a scope selector the module defines, and no row repeats."""
+    from stacks.nag import RULES, SCOPES
+
+    assert {rule.where for rule in RULES} <= set(SCOPES)
+    assert len({(rule.finding, rule.where) for rule in RULES}) == len(RULES)
+    assert set(SCOPES) <= {rule.where for rule in RULES}, "a selector no rule uses"
