@@ -267,9 +267,10 @@ function renderTimeline(timeline) {
     state.timeline.update("none");
   }
   const failed = entries.filter((e) => e.status === "failed").length;
-  const retried = entries.filter((e) => e.retried).length;
+  const retried = entries.filter((e) => e.retried && e.status !== "failed").length;
   document.getElementById("timeline-note").textContent =
-    `${entries.length} outcomes on ${workers.length} worker lane(s); ${failed} failed (red), ${retried} retried (orange), reduce in purple` +
+    `${entries.length} outcomes on ${workers.length} worker lane(s): ${failed} failed (red), ` +
+    `${retried} succeeded after a retry (orange), reduce tasks in purple` +
     (timeline.truncated ? `; the ${timeline.truncated} oldest are not drawn` : "");
   document.querySelector("#timeline-table tbody").replaceChildren(
     ...entries.map((e) =>
@@ -408,6 +409,7 @@ async function start() {
     const config = await api("/api/config");
     state.refreshMs = Math.max(500, 1000 * config.refresh_s);
     document.getElementById("source").textContent = config.source ? `· ${config.source}` : "";
+    document.getElementById("source").title = "where the job table and queues are read";
   } catch (error) {
     showError(error);
   }
