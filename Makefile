@@ -64,6 +64,26 @@ schema: install  ## regenerate schemas/training-request.schema.json from the mod
 torch: install  ## optional: PyTorch for examples/torch_mlp.py (the default install stays light)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-torch.txt
 
+.PHONY: dashboard dashboard-vendor
+CHARTJS_VERSION := 4.6.1
+CHARTJS := shardq/dashboard/static/vendor/chart.umd.min.js
+
+dashboard: install  ## optional: shardq dashboard, result --plot; Chromium for the browser test
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dashboard.txt
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver for the dashboard's browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "no chromium here: the browser test skips; install chromium + chromium-driver (apt) to run it"; fi
+	@echo "dashboard ready: $(BIN)/shardq dashboard --open (make run prints its address too)"
+
+dashboard-vendor:  ## re-vendor the pinned Chart.js from its npm tarball (committed; no CDN at run time)
+	rm -rf .vendor-tmp && mkdir .vendor-tmp
+	cd .vendor-tmp && npm pack --silent chart.js@$(CHARTJS_VERSION) && tar xzf chart.js-$(CHARTJS_VERSION).tgz
+	cp .vendor-tmp/package/dist/chart.umd.min.js $(CHARTJS)
+	cp .vendor-tmp/package/LICENSE.md $(dir $(CHARTJS))chart.js.LICENSE.md
+	rm -rf .vendor-tmp
+
 soak: install  ## the chaos soak run: many jobs, random worker kills (prints a SOAK {...} line)
 	$(BIN)/pytest tests/chaos/test_soak.py -m soak -s -q
 
