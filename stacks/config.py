@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,96 +52,6 @@ _DOCKER_IMAGE = re.compile(r"^[a-z0-9][a-z0-9./_:@-]*$")
 
 class ConfigError(ValueError):
     """One or more context values are unknown or invalid; the message lists each with its fix."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ShardqConfig:
-    """Every shardq context key with its default. docs/DEPLOYING.md documents each one."""
-
-    stack_name: str = "shardq"
-    max_receive_count: int = 5
-    task_visibility_timeout_seconds: int = 300
-    fifo_high_throughput: bool = False
-    queue_encryption: str = "sqs-managed"
-    queue_kms_key_arn: str | None = None
-    results_batch_window_seconds: int = 5
-    aggregator_max_concurrency: int = 5
-    aggregator_reserved_concurrency: int | None = None
-    job_ttl_days: int = 90
-    log_level: str = "INFO"
-    log_retention_days: int = 30
-    artifact_expiry_days: int | None = None
-    noncurrent_version_expiry_days: int = 30
-    access_log_retention_days: int = 365
-    dataset_bucket_arns: tuple[str, ...] = ()
-    alarm_email: str | None = None
-    oldest_task_age_alarm_seconds: int = 3600
-    powertools_layer: bool = True
-    powertools_layer_version: int = 38
-    tags: Mapping[str, str] = field(default_factory=dict)
-    # -- optional worker fleet (stacks/components/fleet.py; docs/OPERATIONS.md) --------------------
-    fleet: str = "off"
-    fleet_instance_types: tuple[str, ...] = ("g5.xlarge", "g6.xlarge")
-    fleet_on_demand_base_capacity: int = 0
-    fleet_on_demand_percentage: int = 0
-    fleet_max_workers: int = 8
-    fleet_backlog_per_worker: int = 1
-    fleet_scale_to_zero_after_minutes: int = 15
-    fleet_task_cpu: int = 2048
-    fleet_task_memory_mib: int = 12288
-    fleet_root_volume_gib: int = 100
-    fleet_nat_gateways: int = 0
-    fleet_image_uri: str | None = None
-    fleet_base_image: str | None = None
-
-    @property
-    def fleet_enabled(self) -> bool:
-        """True when the context asks for a worker fleet (``fleet`` is "gpu" or "fargate")."""
-        return self.fleet != "off"
-
-    @classmethod
-    def from_context(cls, context: Mapping[str, Any]) -> ShardqConfig:
-        """Build the config from a context mapping, validating every key.
-
-        Keys that belong to the CDK itself (feature flags ``@aws-cdk/...``, ``aws:cdk:...``, lookups
-        cached in cdk.context.json, which all contain ``:``) and comment keys (``//``) are ignored.
-
-        Raises
-        ------
-        ConfigError
-            Listing every unknown key and every bad value, each with its fix.
-        """
-        known = {f.name for f in fields(cls)}
-        problems: list[str] = []
-        values: dict[str, Any] = {}
-        for key, raw in context.items():
-            if key.startswith("//") or ":" in key or key.startswith("@"):
-                continue
-            if key not in known:
-                close = [k for k in sorted(known) if k.split("_")[0] == key.split("_")[0]]
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                problems.append(
-                    f"{key}: unknown context key{hint}; fix: remove it or use one of the keys listed "
-                    "in docs/DEPLOYING.md"
-                )
-                continue
-            try:
-                values[key] = _PARSERS[key](raw)
-            except _BadValue as err:
-                problems.append(f"{key}: {err} (got {raw!r})")
-        if not problems:
-            problems.extend(_combination_problems(values))
-        if problems:
-            raise ConfigError(
-                "shardq context is invalid (cdk.json 'context' or -c key=value):\n  - "
-                + "\n  - ".join(problems)
-            )
-        return cls(**values)
-
-
-def load_cdk_json_context(path: Path = CDK_JSON) -> dict[str, Any]:
-    """Return the ``context`` object of cdk.json (what the CDK CLI passes to the app)."""
-    return dict(json.loads(path.read_text(encoding="utf-8"))["context"])
 
 
 class _BadValue(ValueError):
@@ -242,60 +152,315 @@ def _instance_types(raw: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(raw))
 
 
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "stack_name": _matching(_STACK_NAME, "a CloudFormation stack name: a letter, then letters, digits or -"),
-    "max_receive_count": _as_int(1, 1000, "; 5 or more is recommended"),
-    "task_visibility_timeout_seconds": _as_int(
-        30, 43200, "; workers extend it while they train, so it only needs to cover one heartbeat interval"
-    ),
-    "fifo_high_throughput": _as_bool,
-    "queue_encryption": _one_of(QUEUE_ENCRYPTIONS),
-    "queue_kms_key_arn": _optional(
-        _matching(_KMS_KEY_ARN, "a KMS key ARN like arn:aws:kms:eu-west-1:123456789012:key/<id>")
-    ),
-    "results_batch_window_seconds": _as_int(
-        1, 300, "; Lambda needs a window of at least 1 s for batches above 10"
-    ),
-    "aggregator_max_concurrency": _as_int(2, 1000, " (Lambda's MaximumConcurrency range)"),
-    "aggregator_reserved_concurrency": _optional(_as_int(1, 1000)),
-    "job_ttl_days": _as_int(1, 3650),
-    "log_level": _one_of(LOG_LEVELS),
-    "log_retention_days": _one_of(LOG_RETENTION_DAYS, " (the periods CloudWatch Logs accepts)"),
-    "artifact_expiry_days": _optional(_as_int(1, 3650)),
-    "noncurrent_version_expiry_days": _as_int(1, 3650),
-    "access_log_retention_days": _as_int(1, 3650),
-    "dataset_bucket_arns": _bucket_arns,
-    "alarm_email": _optional(_matching(_EMAIL, "an email address")),
-    "oldest_task_age_alarm_seconds": _as_int(60, 1_209_600),
-    "powertools_layer": _as_bool,
-    "powertools_layer_version": _as_int(1, 10_000),
-    "tags": _tags,
-    "fleet": _one_of(FLEET_KINDS, ' ("gpu": ECS on EC2 GPU instances; "fargate": CPU only)'),
-    "fleet_instance_types": _instance_types,
-    "fleet_on_demand_base_capacity": _as_int(
-        0, 1000, " (workers always on On-Demand before the percentage applies)"
-    ),
-    "fleet_on_demand_percentage": _as_int(0, 100, " (percent On-Demand above the base; the rest is Spot)"),
-    "fleet_max_workers": _as_int(1, 1000),
-    "fleet_backlog_per_worker": _as_int(
-        1, 1000, " (tasks queued or in flight per worker the fleet aims for)"
-    ),
-    "fleet_scale_to_zero_after_minutes": _as_int(1, 1440),
-    "fleet_task_cpu": _as_int(256, 196_608, " (CPU units; 1024 = 1 vCPU)"),
-    "fleet_task_memory_mib": _as_int(512, 2_000_000),
-    "fleet_root_volume_gib": _as_int(30, 16_384, " (the GPU AMI needs 30; CUDA images need room)"),
-    "fleet_nat_gateways": _as_int(0, 3, " (0: public subnets, no inbound; 1-3: private subnets behind NAT)"),
-    "fleet_image_uri": _optional(
-        _matching(
-            _IMAGE_REF, "an image reference like 123456789012.dkr.ecr.eu-west-1.amazonaws.com/worker:1.0"
+def _key(
+    *, parse: Callable[[Any], Any], doc: str, default: Any = MISSING, default_factory: Any = MISSING
+) -> Any:
+    """Declare one context key: its default, the parser that validates a raw value, and its doc.
+
+    The field name is the context key. cdk.json's ``context["//"]`` and docs/DEPLOYING.md document
+    the same keys (tests/infra/test_config.py checks they match this definition).
+    """
+    return field(default=default, default_factory=default_factory, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardqConfig:
+    """Every shardq context key with its default. docs/DEPLOYING.md documents each one."""
+
+    stack_name: str = _key(
+        default="shardq",
+        parse=_matching(_STACK_NAME, "a CloudFormation stack name: a letter, then letters, digits or -"),
+        doc='CloudFormation stack name. Default "shardq".',
+    )
+    max_receive_count: int = _key(
+        default=5,
+        parse=_as_int(1, 1000, "; 5 or more is recommended"),
+        doc=(
+            "Receives before a task or result moves to its DLQ (1..1000). Default 5; below 5 "
+            "synthesizes with a warning."
+        ),
+    )
+    task_visibility_timeout_seconds: int = _key(
+        default=300,
+        parse=_as_int(
+            30,
+            43200,
+            "; workers extend it while they train, so it only needs to cover one heartbeat interval",
+        ),
+        doc=(
+            "Worker lease on a task per receive, in seconds (30..43200); workers heartbeat to extend "
+            "it. Default 300."
+        ),
+    )
+    fifo_high_throughput: bool = _key(
+        default=False,
+        parse=_as_bool,
+        doc=(
+            "High-throughput FIFO on the task queue (DeduplicationScope=messageGroup, "
+            "FifoThroughputLimit=perMessageGroupId). Default false."
+        ),
+    )
+    queue_encryption: str = _key(
+        default="sqs-managed",
+        parse=_one_of(QUEUE_ENCRYPTIONS),
+        doc=(
+            '"sqs-managed" (SSE-SQS) or "kms" (SSE-KMS with a customer key; grants follow). Default '
+            '"sqs-managed".'
+        ),
+    )
+    queue_kms_key_arn: str | None = _key(
+        default=None,
+        parse=_optional(
+            _matching(_KMS_KEY_ARN, "a KMS key ARN like arn:aws:kms:eu-west-1:123456789012:key/<id>")
+        ),
+        doc='With queue_encryption "kms": use this existing key instead of creating one. Default null.',
+    )
+    results_batch_window_seconds: int = _key(
+        default=5,
+        parse=_as_int(1, 300, "; Lambda needs a window of at least 1 s for batches above 10"),
+        doc="Aggregator event source MaximumBatchingWindow, seconds (1..300). Default 5.",
+    )
+    aggregator_max_concurrency: int = _key(
+        default=5,
+        parse=_as_int(2, 1000, " (Lambda's MaximumConcurrency range)"),
+        doc=(
+            "Aggregator event source MaximumConcurrency (2..1000): caps DynamoDB write pressure. Default 5."
+        ),
+    )
+    aggregator_reserved_concurrency: int | None = _key(
+        default=None,
+        parse=_optional(_as_int(1, 1000)),
+        doc="Reserved concurrency of the aggregator (>= aggregator_max_concurrency) or null. Default null.",
+    )
+    job_ttl_days: int = _key(
+        default=90,
+        parse=_as_int(1, 3650),
+        doc=(
+            "Days a finished job record is kept before DynamoDB TTL deletes it (SHARDQ_JOB_TTL_DAYS)."
+            " Default 90."
+        ),
+    )
+    log_level: str = _key(
+        default="INFO",
+        parse=_one_of(LOG_LEVELS),
+        doc="LOG_LEVEL of the Lambdas: DEBUG, INFO, WARNING, ERROR, CRITICAL. Default INFO.",
+    )
+    log_retention_days: int = _key(
+        default=30,
+        parse=_one_of(LOG_RETENTION_DAYS, " (the periods CloudWatch Logs accepts)"),
+        doc=(
+            "Retention of the Lambda log groups, a CloudWatch Logs period (1, 3, 5, 7, 14, 30, 60, "
+            "90, ...). Default 30."
+        ),
+    )
+    artifact_expiry_days: int | None = _key(
+        default=None,
+        parse=_optional(_as_int(1, 3650)),
+        doc=(
+            "Expire objects under jobs/ in the artifact bucket after N days, or null to keep them. "
+            "Default null."
+        ),
+    )
+    noncurrent_version_expiry_days: int = _key(
+        default=30,
+        parse=_as_int(1, 3650),
+        doc="Days overwritten/deleted artifact versions are kept. Default 30.",
+    )
+    access_log_retention_days: int = _key(
+        default=365,
+        parse=_as_int(1, 3650),
+        doc="Days S3 server access logs are kept. Default 365.",
+    )
+    dataset_bucket_arns: tuple[str, ...] = _key(
+        default=(),
+        parse=_bucket_arns,
+        doc=(
+            "S3 bucket ARNs workers may read datasets from (the artifact bucket is always readable); "
+            "the splitter refuses s3:// data elsewhere. Default []."
+        ),
+    )
+    alarm_email: str | None = _key(
+        default=None,
+        parse=_optional(_matching(_EMAIL, "an email address")),
+        doc="Email address subscribed to the alarm topic (must confirm), or null. Default null.",
+    )
+    oldest_task_age_alarm_seconds: int = _key(
+        default=3600,
+        parse=_as_int(60, 1_209_600),
+        doc="Alarm when the oldest task has waited longer than this many seconds. Default 3600.",
+    )
+    powertools_layer: bool = _key(
+        default=True,
+        parse=_as_bool,
+        doc="Attach the public Powertools for AWS Lambda layer. Default true.",
+    )
+    powertools_layer_version: int = _key(
+        default=38,
+        parse=_as_int(1, 10_000),
+        doc="Version of the layer AWSLambdaPowertoolsPythonV3-python314-arm64. Default 38.",
+    )
+    tags: Mapping[str, str] = _key(
+        default_factory=dict,
+        parse=_tags,
+        doc='Extra tags for every resource, e.g. {"team": "ml"}. Default {}.',
+    )
+    # -- optional worker fleet (stacks/components/fleet/; docs/OPERATIONS.md) ---------------------
+    fleet: str = _key(
+        default="off",
+        parse=_one_of(FLEET_KINDS, ' ("gpu": ECS on EC2 GPU instances; "fargate": CPU only)'),
+        doc=(
+            'Optional ECS worker fleet: "off", "gpu" (EC2 GPU instances, one GPU per task) or '
+            '"fargate" (CPU only). Default "off".'
+        ),
+    )
+    fleet_instance_types: tuple[str, ...] = _key(
+        default=("g5.xlarge", "g6.xlarge"),
+        parse=_instance_types,
+        doc=(
+            "GPU fleet: EC2 instance types of the Auto Scaling group (NVIDIA families g4dn, g5, g6, "
+            'g6e, p4d, p5, ...). Default ["g5.xlarge", "g6.xlarge"].'
+        ),
+    )
+    fleet_on_demand_base_capacity: int = _key(
+        default=0,
+        parse=_as_int(0, 1000, " (workers always on On-Demand before the percentage applies)"),
+        doc=(
+            "Workers (GPU: instances; Fargate: tasks) always On-Demand before the percentage applies."
+            " Default 0."
+        ),
+    )
+    fleet_on_demand_percentage: int = _key(
+        default=0,
+        parse=_as_int(0, 100, " (percent On-Demand above the base; the rest is Spot)"),
+        doc="Percent On-Demand above the base, 0..100; the rest is Spot. Default 0 (all Spot).",
+    )
+    fleet_max_workers: int = _key(
+        default=8,
+        parse=_as_int(1, 1000),
+        doc="Most worker tasks (and GPU instances) the fleet scales to, 1..1000. Default 8.",
+    )
+    fleet_backlog_per_worker: int = _key(
+        default=1,
+        parse=_as_int(1, 1000, " (tasks queued or in flight per worker the fleet aims for)"),
+        doc="Scaling target: (visible + in-flight tasks) / workers, 1..1000. Default 1.",
+    )
+    fleet_scale_to_zero_after_minutes: int = _key(
+        default=15,
+        parse=_as_int(1, 1440),
+        doc=(
+            "Minutes with no task queued or in flight before the fleet scales to zero, 1..1440. Default 15."
+        ),
+    )
+    fleet_task_cpu: int = _key(
+        default=2048,
+        parse=_as_int(256, 196_608, " (CPU units; 1024 = 1 vCPU)"),
+        doc="CPU units per worker task (1024 = 1 vCPU); on Fargate a Fargate size. Default 2048.",
+    )
+    fleet_task_memory_mib: int = _key(
+        default=12288,
+        parse=_as_int(512, 2_000_000),
+        doc=(
+            "Memory per worker task, MiB (EC2: soft reservation; Fargate: must fit the CPU size). "
+            "Default 12288."
+        ),
+    )
+    fleet_root_volume_gib: int = _key(
+        default=100,
+        parse=_as_int(30, 16_384, " (the GPU AMI needs 30; CUDA images need room)"),
+        doc="GPU fleet: encrypted gp3 root volume per instance, GiB (30..16384). Default 100.",
+    )
+    fleet_nat_gateways: int = _key(
+        default=0,
+        parse=_as_int(0, 3, " (0: public subnets, no inbound; 1-3: private subnets behind NAT)"),
+        doc=(
+            "0: workers in public subnets (public IP, no inbound rule, no idle cost); 1..3: private "
+            "subnets behind NAT gateways. Default 0."
+        ),
+    )
+    fleet_image_uri: str | None = _key(
+        default=None,
+        parse=_optional(
+            _matching(
+                _IMAGE_REF, "an image reference like 123456789012.dkr.ecr.eu-west-1.amazonaws.com/worker:1.0"
+            )
+        ),
+        doc=(
+            "Run this image instead of building the repository's Dockerfile (ECR URIs get pull "
+            "permission). Default null."
+        ),
+    )
+    fleet_base_image: str | None = _key(
+        default=None,
+        parse=_optional(
+            _matching(
+                _DOCKER_IMAGE, "a Docker image reference like pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+            )
+        ),
+        doc=(
+            "BASE_IMAGE build arg of the repository's Dockerfile; null picks a CUDA/PyTorch image "
+            "(gpu) or python:3.11-slim (fargate). Default null."
+        ),
+    )
+
+    @property
+    def fleet_enabled(self) -> bool:
+        """True when the context asks for a worker fleet (``fleet`` is "gpu" or "fargate")."""
+        return self.fleet != "off"
+
+    @classmethod
+    def from_context(cls, context: Mapping[str, Any]) -> ShardqConfig:
+        """Build the config from a context mapping, validating every key.
+
+        Keys that belong to the CDK itself (feature flags ``@aws-cdk/...``, ``aws:cdk:...``, lookups
+        cached in cdk.context.json, which all contain ``:``) and comment keys (``//``) are ignored.
+
+        Raises
+        ------
+        ConfigError
+            Listing every unknown key and every bad value, each with its fix.
+        """
+        parsers = {f.name: f.metadata["parse"] for f in fields(cls)}
+        known = set(parsers)
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        failed: set[str] = set()
+        for key, raw in context.items():
+            if key.startswith("//") or ":" in key or key.startswith("@"):
+                continue
+            if key not in known:
+                close = [k for k in sorted(known) if k.split("_")[0] == key.split("_")[0]]
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                problems.append(
+                    f"{key}: unknown context key{hint}; fix: remove it or use one of the keys listed "
+                    "in docs/DEPLOYING.md"
+                )
+                continue
+            try:
+                values[key] = parsers[key](raw)
+            except _BadValue as err:
+                problems.append(f"{key}: {err} (got {raw!r})")
+                failed.add(key)
+        # Checks across keys run on the keys that parsed; one naming a key that failed would only
+        # repeat that key's problem with a default standing in for its value.
+        problems.extend(
+            p for p in _combination_problems(values) if not any(re.search(rf"\b{k}\b", p) for k in failed)
         )
-    ),
-    "fleet_base_image": _optional(
-        _matching(
-            _DOCKER_IMAGE, "a Docker image reference like pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
-        )
-    ),
-}
+        if problems:
+            raise ConfigError(
+                "shardq context is invalid (cdk.json 'context' or -c key=value):\n  - "
+                + "\n  - ".join(problems)
+            )
+        return cls(**values)
+
+
+def context_docs() -> dict[str, str]:
+    """Each context key with its one-line doc (what cdk.json's ``context["//"]`` must say)."""
+    return {f.name: f.metadata["doc"] for f in fields(ShardqConfig)}
+
+
+def load_cdk_json_context(path: Path = CDK_JSON) -> dict[str, Any]:
+    """Return the ``context`` object of cdk.json (what the CDK CLI passes to the app)."""
+    return dict(json.loads(path.read_text(encoding="utf-8"))["context"])
 
 
 def _fargate_size_problem(cpu: int, memory: int) -> str | None:

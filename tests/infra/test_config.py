@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from stacks.application import build_app
-from stacks.config import CDK_JSON, REPO_ROOT, ConfigError, ShardqConfig, load_cdk_json_context
+from stacks.config import (
+    CDK_JSON,
+    REPO_ROOT,
+    ConfigError,
+    ShardqConfig,
+    context_docs,
+    load_cdk_json_context,
+)
 
 
 def test_cdk_json_context_equals_the_defaults() -> None:
@@ -23,7 +30,7 @@ def test_cdk_json_app_command_and_every_key_documented() -> None:
     assert cdk_json["app"] == "python3 app.py"
     keys = {f.name for f in fields(ShardqConfig)}
     context = cdk_json["context"]
-    assert set(context["//"]) == keys
+    assert context["//"] == context_docs(), "cdk.json's comments must say what stacks/config.py says"
     assert keys <= set(context)
     deploying = (REPO_ROOT / "docs" / "DEPLOYING.md").read_text()
     for key in keys:
@@ -130,3 +137,33 @@ def test_build_app_raises_the_config_error_before_building(tmp_path: Path) -> No
         ConfigError, match=r"task_visibility_timeout_seconds: must be an integer between 30 and 43200"
     ):
         build_app({**load_cdk_json_context(), "task_visibility_timeout_seconds": 5}, outdir=str(tmp_path))
+
+
+def test_each_key_is_declared_once_with_its_parser_doc_and_default() -> None:
+    """One definition per key: the dataclass field carries the parser and the doc."""
+    for f in fields(ShardqConfig):
+        assert callable(f.metadata["parse"]), f.name
+        assert f.metadata["doc"].rstrip().endswith("."), f.name
+        default = getattr(ShardqConfig(), f.name)
+        # The documented default parses to itself: the parser accepts what the field defaults to.
+        if default is not None and not isinstance(default, tuple | dict):
+            assert f.metadata["parse"](default) == default, f.name
+
+
+def test_combination_checks_run_with_per_key_problems_in_the_same_error() -> None:
+    """A bad value and a bad combination elsewhere are both named, so one synth shows every fix."""
+    with pytest.raises(ConfigError) as err:
+        ShardqConfig.from_context(
+            {"log_level": "LOUD", "aggregator_max_concurrency": 20, "aggregator_reserved_concurrency": 10}
+        )
+    message = str(err.value)
+    assert "log_level: must be one of" in message
+    assert "aggregator_reserved_concurrency: 10 is below aggregator_max_concurrency (20)" in message
+
+
+def test_a_bad_key_is_not_blamed_again_by_a_combination_check() -> None:
+    with pytest.raises(ConfigError) as err:
+        ShardqConfig.from_context({"fleet_max_workers": "many", "fleet_on_demand_base_capacity": 20})
+    message = str(err.value)
+    assert "fleet_max_workers: must be an integer between 1 and 1000" in message
+    assert "is above fleet_max_workers" not in message
