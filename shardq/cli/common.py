@@ -297,16 +297,19 @@ def gpu_count() -> int:
 
 
 def settings_from_outputs(outputs: dict[str, str], args: argparse.Namespace) -> Any:
-    """Engine settings from the stack's outputs (the table, queues and bucket the Lambdas use)."""
-    from shardq.core.settings import Settings
+    """The Lambdas' settings, read from the stack's outputs (``Settings.from_outputs``).
 
-    return Settings(
-        job_table=require_output(outputs, "JobTableName", args),
-        task_queue_url=require_output(outputs, "TaskQueueUrl", args),
-        results_queue_url=require_output(outputs, "ResultsQueueUrl", args),
-        artifact_bucket=require_output(outputs, "ArtifactBucketName", args),
-        splitter_function=outputs.get("SplitterFunctionName"),
-    )
+    Every field the Lambdas get from their environment (the job TTL, the readable buckets,
+    maxReceiveCount, ...) comes from the outputs too, so the CLI's engine finalizes, retries and
+    validates as the Lambdas do. A missing or malformed output is a NotFoundError (exit 3).
+    """
+    from shardq.core.settings import Settings, SettingsError
+
+    try:
+        return Settings.from_outputs(outputs)
+    except SettingsError as exc:
+        source = os.environ.get(OUTPUTS_ENV) or f"stack '{args.stack}'"
+        raise NotFoundError(f"{source}: {exc}") from None
 
 
 def engine_for(args: argparse.Namespace, outputs: dict[str, str] | None = None) -> Any:

@@ -1,21 +1,29 @@
-"""Settings read once from the environment the stack gives each Lambda."""
+"""Settings: what the Lambdas and the CLI need to know about the deployed stack, in one place.
+
+The Lambdas read them from the environment the stack gives each function (``Settings.from_env``);
+the CLI reads the same fields from the stack's outputs (``Settings.from_outputs``). Every field
+has a name in both maps (``ENV`` and ``OUTPUTS``), so a field added to one cannot be dropped by
+the other: ``tests/unit/test_settings.py`` round-trips every field through both.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 
 class SettingsError(RuntimeError):
-    """A required environment variable is missing or malformed."""
+    """A required setting is missing or malformed."""
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What the handlers need to know about the deployed stack.
+    """What the handlers and the CLI need to know about the deployed stack.
 
-    Each field comes from the environment variable named in ``ENV``.
+    Each field comes from the environment variable named in ``ENV`` (Lambdas) or the stack
+    output named in ``OUTPUTS`` (CLI).
     """
 
     job_table: str
@@ -34,7 +42,7 @@ class Settings:
     # None: no check (the variable is unset).
     data_buckets: tuple[str, ...] | None = None
 
-    ENV = {
+    ENV: ClassVar[dict[str, str]] = {
         "job_table": "SHARDQ_JOB_TABLE",
         "task_queue_url": "SHARDQ_TASK_QUEUE_URL",
         "results_queue_url": "SHARDQ_RESULTS_QUEUE_URL",
@@ -46,45 +54,94 @@ class Settings:
         "fanout_in_flight": "SHARDQ_FANOUT_IN_FLIGHT",
         "data_buckets": "SHARDQ_DATA_BUCKETS",
     }
-    REQUIRED = ("job_table", "task_queue_url", "results_queue_url", "artifact_bucket")
+    # The stack's CfnOutput ids. Outputs a stack deployed before they existed lacks fall back to
+    # the field's default (the optional fields only), as the Lambdas' environment does.
+    OUTPUTS: ClassVar[dict[str, str]] = {
+        "job_table": "JobTableName",
+        "task_queue_url": "TaskQueueUrl",
+        "results_queue_url": "ResultsQueueUrl",
+        "artifact_bucket": "ArtifactBucketName",
+        "event_bus_name": "EventBusName",
+        "job_ttl_days": "JobTtlDays",
+        "max_receive_count": "MaxReceiveCount",
+        "splitter_function": "SplitterFunctionName",
+        "fanout_in_flight": "FanoutInFlight",
+        "data_buckets": "DataBuckets",
+    }
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "job_table",
+        "task_queue_url",
+        "results_queue_url",
+        "artifact_bucket",
+    )
+    INTEGERS: ClassVar[tuple[str, ...]] = ("job_ttl_days", "max_receive_count", "fanout_in_flight")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Parse the environment; one error names every missing or bad variable."""
-        env = os.environ if env is None else env
-        problems = [
-            f"{cls.ENV[name]} is not set (the stack sets it; set it by hand to run outside Lambda)"
-            for name in cls.REQUIRED
-            if not env.get(cls.ENV[name])
-        ]
-        ints: dict[str, int] = {}
-        for name in ("job_ttl_days", "max_receive_count", "fanout_in_flight"):
-            raw = env.get(cls.ENV[name])
+        """Parse the environment; one error names every missing or bad variable.
+
+        Parameters
+        ----------
+        env:
+            The environment (``os.environ`` by default).
+        """
+        return cls._parse(
+            os.environ if env is None else env,
+            cls.ENV,
+            "{key} is not set (the stack sets it; set it by hand to run outside Lambda)",
+            "{key} must be an integer, got {raw!r}",
+        )
+
+    @classmethod
+    def from_outputs(cls, outputs: Mapping[str, str]) -> Settings:
+        """Parse the stack's outputs (``shardq outputs --json``); one error names every problem.
+
+        Parameters
+        ----------
+        outputs:
+            Output key → value, as CloudFormation's DescribeStacks or an outputs file gives them.
+        """
+        return cls._parse(
+            outputs,
+            cls.OUTPUTS,
+            "output {key} is missing; redeploy the stack (or add {key} to the outputs file)",
+            "output {key} must be an integer, got {raw!r}; redeploy the stack",
+        )
+
+    @classmethod
+    def _parse(cls, source: Mapping[str, str], names: dict[str, str], missing: str, bad_int: str) -> Settings:
+        problems = [missing.format(key=names[name]) for name in cls.REQUIRED if not source.get(names[name])]
+        values: dict[str, Any] = {}
+        for name in cls.INTEGERS:
+            raw = source.get(names[name])
             if raw:
                 try:
-                    ints[name] = int(raw)
+                    values[name] = int(raw)
                 except ValueError:
-                    problems.append(f"{cls.ENV[name]} must be an integer, got {raw!r}")
+                    problems.append(bad_int.format(key=names[name], raw=raw))
         if problems:
             raise SettingsError("shardq settings: " + "; ".join(problems))
-        return cls(
-            job_table=env[cls.ENV["job_table"]],
-            task_queue_url=env[cls.ENV["task_queue_url"]],
-            results_queue_url=env[cls.ENV["results_queue_url"]],
-            artifact_bucket=env[cls.ENV["artifact_bucket"]],
-            event_bus_name=env.get(cls.ENV["event_bus_name"]) or "default",
-            splitter_function=env.get(cls.ENV["splitter_function"]) or None,
-            data_buckets=_names(env.get(cls.ENV["data_buckets"])),
-            **ints,
-        )
+        for name in cls.REQUIRED:
+            values[name] = source[names[name]]
+        values["event_bus_name"] = source.get(names["event_bus_name"]) or "default"
+        values["splitter_function"] = source.get(names["splitter_function"]) or None
+        values["data_buckets"] = _names(source.get(names["data_buckets"]))
+        return cls(**values)
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings."""
+        return self._render(self.ENV)
+
+    def as_outputs(self) -> dict[str, str]:
+        """The stack outputs that reproduce these settings."""
+        return self._render(self.OUTPUTS)
+
+    def _render(self, names: dict[str, str]) -> dict[str, str]:
         out = {}
-        for name, var in self.ENV.items():
-            value = getattr(self, name)
+        for f in fields(self):
+            value = getattr(self, f.name)
             if value is not None:
-                out[var] = ",".join(value) if isinstance(value, tuple) else str(value)
+                out[names[f.name]] = ",".join(value) if isinstance(value, tuple) else str(value)
         return out
 
 

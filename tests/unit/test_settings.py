@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from shardq.core.settings import Settings, SettingsError
@@ -36,3 +38,50 @@ def test_every_problem_named_at_once() -> None:
     for name in ("SHARDQ_TASK_QUEUE_URL", "SHARDQ_RESULTS_QUEUE_URL", "SHARDQ_ARTIFACT_BUCKET"):
         assert f"{name} is not set" in message
     assert "SHARDQ_MAX_RECEIVE_COUNT must be an integer, got 'five'" in message
+
+
+# Every field at a value other than its default, so a round trip that drops one shows.
+EVERY_FIELD = Settings(
+    job_table="jobs",
+    task_queue_url="https://sqs/tasks.fifo",
+    results_queue_url="https://sqs/results",
+    artifact_bucket="artifacts",
+    event_bus_name="bus",
+    job_ttl_days=7,
+    max_receive_count=9,
+    splitter_function="splitter",
+    fanout_in_flight=32,
+    data_buckets=("artifacts", "datasets"),
+)
+
+
+def test_every_field_has_an_environment_variable_and_a_stack_output() -> None:
+    names = {f.name for f in fields(Settings)}
+    assert set(Settings.ENV) == names
+    assert set(Settings.OUTPUTS) == names
+    defaults = Settings(job_table="t", task_queue_url="q", results_queue_url="r", artifact_bucket="b")
+    assert [
+        f.name for f in fields(Settings) if getattr(EVERY_FIELD, f.name) == getattr(defaults, f.name)
+    ] == []
+
+
+def test_every_field_round_trips_through_the_environment_and_the_outputs() -> None:
+    assert Settings.from_env(EVERY_FIELD.as_env()) == EVERY_FIELD
+    assert Settings.from_outputs(EVERY_FIELD.as_outputs()) == EVERY_FIELD
+    # the CLI (outputs) and the Lambdas (environment) see the same settings
+    assert Settings.from_outputs(EVERY_FIELD.as_outputs()) == Settings.from_env(EVERY_FIELD.as_env())
+
+
+def test_outputs_of_an_older_stack_fall_back_to_the_defaults() -> None:
+    old = {"JobTableName": "t", "TaskQueueUrl": "q", "ResultsQueueUrl": "r", "ArtifactBucketName": "b"}
+    s = Settings.from_outputs(old)
+    assert (s.job_ttl_days, s.max_receive_count, s.event_bus_name, s.data_buckets) == (90, 5, "default", None)
+
+
+def test_missing_or_bad_outputs_are_named_with_the_fix() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_outputs({"JobTableName": "t", "JobTtlDays": "ninety"})
+    message = str(info.value)
+    for key in ("TaskQueueUrl", "ResultsQueueUrl", "ArtifactBucketName"):
+        assert f"output {key} is missing; redeploy the stack" in message
+    assert "output JobTtlDays must be an integer, got 'ninety'" in message
