@@ -157,17 +157,14 @@ class FlakySQS:
     """Fault injection in front of a real SQS client (the queue semantics stay real).
 
     ``drop_every``: every n-th entry of a batch is not sent and is reported as a
-    retryable per-entry failure. ``throttle_calls``: the first n SendMessageBatch calls
-    raise the throttling error SQS returns over quota. ``die_after``: calls after the
-    n-th raise, as if the process was killed mid fan-out.
+    retryable per-entry failure. ``die_after``: calls after the n-th raise, as if the
+    process was killed mid fan-out. (Whole-call throttling is injected below the client's
+    retry layer instead: ``HttpFaults``.)
     """
 
-    def __init__(
-        self, real: Any, *, drop_every: int = 0, throttle_calls: int = 0, die_after: int | None = None
-    ):
+    def __init__(self, real: Any, *, drop_every: int = 0, die_after: int | None = None):
         self.real = real
         self.drop_every = drop_every
-        self.throttle_calls = throttle_calls
         self.die_after = die_after
         self.calls = 0
         self.exceptions = real.exceptions
@@ -181,11 +178,6 @@ class FlakySQS:
         self.calls += 1
         if self.die_after is not None and self.calls > self.die_after:
             raise RuntimeError("injected crash: the splitter died here")
-        if self.calls <= self.throttle_calls:
-            raise ClientError(
-                {"Error": {"Code": "RequestThrottled", "Message": "Request is throttled."}},
-                "SendMessageBatch",
-            )
         keep, drop = [], []
         for i, e in enumerate(Entries):
             (drop if self.drop_every and (self.calls + i) % self.drop_every == 0 else keep).append(e)
@@ -198,6 +190,66 @@ class FlakySQS:
             for e in drop
         ]
         return response
+
+
+class HttpFaults:
+    """Answers chosen calls of a real client with an AWS error at the HTTP layer.
+
+    The fault is injected *below* botocore's retry handler (a ``before-send`` hook), so the
+    client's real retry mode sees it exactly as it would see AWS's answer: this is how the
+    tests prove botocore is the retry layer for whole-call failures.
+
+    ``HttpFaults(sqs).fail("SendMessageBatch", times=2)`` answers the next two calls with
+    SQS's throttling error; ``times=None`` fails every call.
+    """
+
+    THROTTLED = (400, "RequestThrottled", "Request is throttled.")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.plan: dict[str, list[Any]] = {}
+        self.injected: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        client.meta.events.register_first("before-send", self._before_send)
+
+    def fail(self, operation: str, *, times: int | None = 1, error: tuple[int, str, str] = THROTTLED) -> None:
+        """Fail the next ``times`` calls of ``operation`` (every call when None)."""
+        self.plan[operation] = [times, error]
+
+    def close(self) -> None:
+        """Stop injecting."""
+        self.client.meta.events.unregister("before-send", self._before_send)
+
+    def _before_send(self, request: Any, **kwargs: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        target = dict(request.headers).get("X-Amz-Target", b"")
+        operation = (target.decode() if isinstance(target, bytes) else str(target)).rpartition(".")[2]
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+        plan = self.plan.get(operation)
+        if not plan or plan[0] == 0:
+            return None
+        if plan[0] is not None:
+            plan[0] -= 1
+        status, code, message = plan[1]
+        self.injected[operation] = self.injected.get(operation, 0) + 1
+        headers = {
+            "Content-Type": "application/x-amz-json-1.0",
+            "x-amzn-query-error": f"{code};Sender",
+            "x-amzn-RequestId": "injected",
+        }
+        body = json.dumps({"__type": f"com.amazonaws.sqs#{code}", "message": message}).encode()
+        return AWSResponse(request.url, status, headers, _RawBody(body))
+
+
+class _RawBody:
+    """The raw stream botocore reads an HTTP answer from."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **kwargs: Any) -> Any:
+        yield self.data
 
 
 class CountingClient:

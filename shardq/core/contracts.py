@@ -46,6 +46,18 @@ Kind = Literal["data_parallel", "sweep", "map"]
 TaskType = Literal["train", "reduce"]
 
 
+def count_trials(search_space: dict[str, list[Any]] | list[dict[str, Any]] | None) -> int:
+    """Number of trials a search space expands to (grid product or list length)."""
+    if search_space is None:
+        return 0
+    if isinstance(search_space, list):
+        return len(search_space)
+    total = 1
+    for values in search_space.values():
+        total *= len(values)
+    return total
+
+
 class ValidationError(ValueError):
     """A message failed validation; ``problems`` lists every problem with its fix."""
 
@@ -223,8 +235,6 @@ class TrainingRequest:
     def task_count(self) -> int:
         """Train tasks per round: shards, or trials for a sweep."""
         if self.kind == "sweep":
-            from shardq.core.planning import count_trials
-
             return count_trials(self.search_space)
         if self.shard_count is not None:
             return self.shard_count
@@ -410,8 +420,6 @@ class TrainingRequest:
 
     @staticmethod
     def _search_space(c: _Checker, raw: Any) -> dict[str, list[Any]] | list[dict[str, Any]] | None:
-        from shardq.core.planning import count_trials
-
         if raw is None:
             c.add(
                 "search_space is required for kind 'sweep': a grid {\"lr\": [0.1, 0.01]} "
@@ -530,6 +538,8 @@ class ShardTask(_Message):
     init_model_uri: str | None = None
     inputs_uri: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
+    # Set on a claim-check envelope: the full task body is this S3 object (shardq.core.enqueue).
+    payload_uri: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -565,6 +575,15 @@ class ShardResult(_Message):
     attempt: int = 1
     error: str | None = None
     schema_version: int = SCHEMA_VERSION
+    # The model file alone (``artifact_uri`` may be the prefix of several outputs). Added after
+    # schema 1 shipped: optional, so results without it still parse; readers fall back to
+    # ``artifact_uri`` (see ``model``).
+    model_uri: str | None = None
+
+    @property
+    def model(self) -> str | None:
+        """The shard's model file: ``model_uri``, or ``artifact_uri`` in results that predate it."""
+        return self.model_uri or self.artifact_uri
 
     @classmethod
     def for_task(cls, task: ShardTask, status: Literal["succeeded", "failed"], **fields: Any) -> ShardResult:
@@ -597,6 +616,9 @@ class ShardResult(_Message):
         if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
             c.add(f"duration_s must be a number >= 0, got {duration!r}")
         c.integer(data, "attempt", "attempt", 1, 10_000)
+        model_uri = data.get("model_uri")
+        if model_uri is not None and not (isinstance(model_uri, str) and model_uri.startswith("s3://")):
+            c.add(f"model_uri must be an s3:// URI of the model file, got {model_uri!r:.80}")
         if (
             data.get("status") == "succeeded"
             and data.get("task_type") == "reduce"

@@ -2,9 +2,14 @@
 
 SendMessageBatch carries up to 10 entries (and a byte limit), several batches
 are in flight at once, and entries SQS reports as failed are retried with
-exponential backoff and full jitter. Throttling (the FIFO quota is 300 calls/s
-per action) backs off the same way. Deduplication ids make retries safe: an
+exponential backoff and full jitter. Deduplication ids make retries safe: an
 entry that SQS accepted but whose answer was lost is dropped by the queue.
+
+One retry layer per kind of failure: a call that fails as a whole (throttling — the
+FIFO quota is 300 calls/s per action —, 5xx, a lost connection) is retried by the
+client's botocore retry mode, and what reaches us after that is final; botocore cannot
+see entries a successful call reports as failed, so those are retried here, within the
+attempts and the caller's deadline.
 """
 
 from __future__ import annotations
@@ -84,11 +89,6 @@ class FanOutStats:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
 
-    @property
-    def calls_per_message(self) -> float:
-        """SQS API calls per message sent."""
-        return self.api_calls / self.sent if self.sent else 0.0
-
 
 def batches(messages: Iterable[Message], max_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> Iterable[list[Message]]:
     """Group messages into batches of at most 10 entries and ``max_bytes`` together, in order."""
@@ -119,7 +119,7 @@ class FanOut:
     Parameters
     ----------
     sqs:
-        A boto3 SQS client (its own retry mode handles connection errors).
+        A boto3 SQS client (its botocore retry mode retries throttled and failed calls).
     queue_url:
         The destination queue.
     max_in_flight:
@@ -128,8 +128,8 @@ class FanOut:
         Attempts per entry before the fan-out gives up with ``FanOutError``.
     base_delay, max_delay:
         Exponential backoff with full jitter between attempts, in seconds.
-    sleep:
-        Injected for tests and the quota model; ``time.sleep`` by default.
+    sleep, clock:
+        Injected for tests and the quota model; ``time.sleep`` and ``time.time`` by default.
     """
 
     def __init__(
@@ -143,6 +143,7 @@ class FanOut:
         max_delay: float = 5.0,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
@@ -152,25 +153,32 @@ class FanOut:
         self.max_delay = max_delay
         self.max_batch_bytes = max_batch_bytes
         self.sleep = sleep
+        self.clock = clock
 
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
 
-    def _send_batch(self, batch: list[Message], stats: FanOutStats) -> None:
-        """Send one batch until every entry is accepted or attempts run out."""
+    def _send_batch(self, batch: list[Message], stats: FanOutStats, deadline: float | None) -> None:
+        """Send one batch until every entry is accepted, or attempts or time run out."""
         pending = {str(i): m for i, m in enumerate(batch)}
+        tries = 0
         for attempt in range(self.max_attempts):
             if attempt:
-                self.sleep(self._backoff(attempt))
+                pause = self._backoff(attempt)
+                if deadline is not None and self.clock() + pause > deadline:
+                    break
+                self.sleep(pause)
             try:
+                tries += 1
                 stats.add(api_calls=1)
                 response = self.sqs.send_message_batch(
                     QueueUrl=self.queue_url, Entries=[m.entry(i) for i, m in pending.items()]
                 )
             except Exception as exc:
+                # botocore already retried what a retry can fix (its retry mode is the one layer
+                # for whole-call failures); count throttling for the stats and give up.
                 if _error_code(exc) in THROTTLE_CODES:
-                    stats.add(throttled_calls=1, retried_entries=len(pending))
-                    continue
+                    stats.add(throttled_calls=1)
                 raise FanOutError(f"SendMessageBatch failed: {exc}", list(pending.values())) from exc
             accepted = [ok["Id"] for ok in response.get("Successful", []) if ok["Id"] in pending]
             for entry_id in accepted:
@@ -190,7 +198,7 @@ class FanOut:
             batch = list(pending.values())
             pending = {str(i): m for i, m in enumerate(batch)}
         raise FanOutError(
-            f"{len(pending)} messages still unsent after {self.max_attempts} attempts", list(pending.values())
+            f"{len(pending)} messages still unsent after {tries} attempts", list(pending.values())
         )
 
     def send(
@@ -198,8 +206,12 @@ class FanOut:
         messages: Iterable[Message],
         *,
         stats: FanOutStats | None = None,
+        deadline: float | None = None,
     ) -> FanOutStats:
-        """Send every message; raises ``FanOutError`` (after the in-flight batches settle) if any fail."""
+        """Send every message; raises ``FanOutError`` (after the in-flight batches settle) if any fail.
+
+        ``deadline`` (seconds since the epoch): no entry retry starts after it.
+        """
         stats = stats or FanOutStats()
         started = time.perf_counter()
         errors: list[BaseException] = []
@@ -213,7 +225,7 @@ class FanOut:
                     errors.extend(e for f in done if (e := f.exception()) is not None)
                     if errors:
                         break
-                in_flight.add(pool.submit(self._send_batch, batch, stats))
+                in_flight.add(pool.submit(self._send_batch, batch, stats, deadline))
             done, _ = wait(in_flight)
             errors.extend(e for f in done if (e := f.exception()) is not None)
         stats.elapsed_s += time.perf_counter() - started

@@ -1,42 +1,57 @@
-"""The job store: one DynamoDB table holds each job's record, its results and round summaries.
+"""The job store: the one module that knows the job table's schema.
 
 Items (partition ``pk = JOB#<job_id>``):
 
 ========================  ===========================================================
 ``sk``                    what
 ========================  ===========================================================
-``JOB``                   the job record: status, request, current round and phase,
-                          per-(round, phase) counters ``ok_*``/``fail_*``, the enqueue
-                          cursor ``enq_*``, result URI; GSI ``by_status`` lists jobs
-``RES#r0003#train#000042`` one recorded outcome of a task (written once, conditionally)
+``JOB``                   the job record (``JobRecord``): status, request, current round
+                          and phase, per-(round, phase) counters ``ok_*``/``fail_*``, the
+                          enqueue cursor ``enq_*``, result URI; GSI ``by_status`` lists jobs
+``RES#r0003#train#000042`` one recorded outcome of a task (``ResultRecord``, written once)
 ``ROUND#0003``            a finished round's metrics summary
 ========================  ===========================================================
 
-A result item and the counter increment that counts it are written in one
-transaction, so a record and its count never part; a duplicate fails its
+Everything else in shardq reads typed records (``JobRecord``, ``ResultRecord``) and changes
+the table through the named methods below; no other module builds a key, an attribute name
+or an update expression. A result item and the counter increment that counts it are written
+in one transaction, so a record and its count never part; a duplicate fails its
 ``attribute_not_exists`` condition and is dropped.
+
+Retries: the client's botocore retry mode (standard) is the one layer for throttling, 5xx and
+connection errors. ``record`` retries only what botocore cannot see — a transaction cancelled
+for a conflict or for duplicates in it — and only while the caller's deadline allows.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import random
+import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from shardq.core.contracts import ShardResult
+from shardq.core.contracts import TERMINAL_STATUSES, JobView, ShardResult, TrainingRequest
 
-# TransactWriteItems takes up to 100 actions: 99 result puts + the job's counter update.
+# TransactWriteItems takes up to 100 actions: 99 result puts (or deletes) + the job's update.
 MAX_PUTS_PER_TRANSACTION = 99
+# Attempts of one recording transaction that was cancelled for a conflict (no deadline given).
+MAX_RECORD_ATTEMPTS = 8
+# Stop retrying this long before the caller's deadline, so its answer still goes out.
+DEADLINE_MARGIN_S = 2.0
 _ser = TypeSerializer()
 _de = TypeDeserializer()
+_COUNTER_RE = re.compile(r"^(ok|fail|enq)_r(\d+)_(train|reduce)$")
+# What ``finish`` sets and ``reopen`` removes.
+_FINISH_ATTRIBUTES = ("finished_at", "result_uri", "error", "event_pending", "event_claim", "expires_at")
 
 
 class JobNotFound(LookupError):
@@ -44,7 +59,11 @@ class JobNotFound(LookupError):
 
 
 class JobStoreError(RuntimeError):
-    """A write could not complete after its retries."""
+    """A write could not complete within its attempts or its deadline."""
+
+
+class JobChanged(RuntimeError):
+    """A conditional write found the job no longer where the caller saw it."""
 
 
 def now_iso() -> str:
@@ -52,18 +71,19 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def job_key(job_id: str) -> dict[str, Any]:
-    """Primary key of a job record."""
-    return {"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "JOB"}}
+def _pk(job_id: str) -> dict[str, Any]:
+    return {"S": f"JOB#{job_id}"}
 
 
-def result_sk(round_no: int, task_type: str, shard_id: int) -> str:
-    """Sort key of a result item; sorts by round, type, shard."""
-    return f"RES#r{round_no:04d}#{task_type}#{shard_id:06d}"
+def _job_key(job_id: str) -> dict[str, Any]:
+    return {"pk": _pk(job_id), "sk": {"S": "JOB"}}
 
 
-def counter(kind: str, round_no: int, phase: str) -> str:
-    """Name of a per-(round, phase) counter attribute: ``ok``, ``fail`` or ``enq``."""
+def _result_key(job_id: str, round_no: int, task_type: str, shard_id: int) -> dict[str, Any]:
+    return {"pk": _pk(job_id), "sk": {"S": f"RES#r{round_no:04d}#{task_type}#{shard_id:06d}"}}
+
+
+def _counter(kind: str, round_no: int, phase: str) -> str:
     return f"{kind}_r{round_no}_{phase}"
 
 
@@ -77,8 +97,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def to_item(data: dict[str, Any]) -> dict[str, Any]:
-    """Python values → DynamoDB attribute values (floats go through Decimal)."""
+def _to_item(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Python values → DynamoDB attribute values (floats go through Decimal; None is left out)."""
     out = {}
     for k, v in data.items():
         if v is None:
@@ -87,9 +107,200 @@ def to_item(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def from_item(item: dict[str, Any]) -> dict[str, Any]:
+def _from_item(item: Mapping[str, Any]) -> dict[str, Any]:
     """DynamoDB attribute values → plain Python values (ints stay ints)."""
     return {k: _plain(_de.deserialize(v)) for k, v in item.items()}
+
+
+# -- typed records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as the table holds it: read-only; the store's named methods change it.
+
+    ``counters`` maps ``(kind, round, phase)`` — kind ``ok``, ``fail`` or ``enq`` — to its count;
+    read them through ``ok``, ``failed``, ``enqueued`` and ``done``.
+    """
+
+    job_id: str
+    kind: str
+    status: str
+    request_json: str
+    request_hash: str
+    rounds: int
+    task_count: int
+    max_failed_shards: int
+    created_at: str
+    round: int = 0
+    phase: str = "train"
+    round_started_at: str | None = None
+    updated_at: str | None = None
+    failed_total: int = 0
+    model_uri: str | None = None
+    finished_at: str | None = None
+    result_uri: str | None = None
+    error: str | None = None
+    event_pending: bool = False
+    expires_at: int | None = None
+    retry_generation: int = 0
+    retry_pending: frozenset[int] = frozenset()
+    counters: Mapping[tuple[str, int, str], int] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def new(cls, request: TrainingRequest, job_id: str, request_hash: str) -> JobRecord:
+        """The record of a job just submitted: RUNNING, round 0, training."""
+        now = now_iso()
+        return cls(
+            job_id=job_id,
+            kind=request.kind,
+            status="RUNNING",
+            request_json=request.to_json(),
+            request_hash=request_hash,
+            rounds=request.rounds,
+            task_count=request.task_count,
+            max_failed_shards=request.max_failed_shards,
+            created_at=now,
+            round_started_at=now,
+            model_uri=request.model.get("init_uri"),
+        )
+
+    @functools.cached_property
+    def request(self) -> TrainingRequest:
+        """The request the job was submitted with (parsed once per record)."""
+        return TrainingRequest.from_json(self.request_json)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job SUCCEEDED, FAILED or was CANCELLED."""
+        return self.status in TERMINAL_STATUSES
+
+    def expected(self, phase: str) -> int:
+        """Tasks a phase has: every shard (or trial) to train, one reduce."""
+        return self.task_count if phase == "train" else 1
+
+    def ok(self, round_no: int, phase: str) -> int:
+        """Recorded successful outcomes of (round, phase)."""
+        return self.counters.get(("ok", round_no, phase), 0)
+
+    def failed(self, round_no: int, phase: str) -> int:
+        """Recorded failed outcomes of (round, phase)."""
+        return self.counters.get(("fail", round_no, phase), 0)
+
+    def done(self, round_no: int, phase: str) -> int:
+        """Recorded outcomes of (round, phase), successful or not."""
+        return self.ok(round_no, phase) + self.failed(round_no, phase)
+
+    def enqueued(self, round_no: int, phase: str) -> int:
+        """The enqueue cursor of (round, phase): tasks sent so far."""
+        return self.counters.get(("enq", round_no, phase), 0)
+
+    def view(self) -> JobView:
+        """The people-facing view (``shardq status``, the splitter's answer)."""
+        return JobView(
+            job_id=self.job_id,
+            status=self.status,
+            kind=self.kind,
+            round=self.round,
+            rounds=self.rounds,
+            phase=self.phase,
+            shard_count=self.task_count,
+            done=self.ok(self.round, "train"),
+            failed=self.failed_total,
+            created_at=self.created_at,
+            finished_at=self.finished_at,
+            result_uri=self.result_uri,
+            error=self.error,
+        )
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> JobRecord:
+        """The record of a table item (attributes this version does not know are ignored)."""
+        raw = _from_item(item)
+        counters: dict[tuple[str, int, str], int] = {}
+        for name, value in raw.items():
+            m = _COUNTER_RE.match(name)
+            if m:
+                counters[(m.group(1), int(m.group(2)), m.group(3))] = int(value)
+        return cls(
+            job_id=raw["job_id"],
+            kind=raw["kind"],
+            status=raw["status"],
+            request_json=raw["request"],
+            request_hash=raw.get("request_hash", ""),
+            rounds=int(raw.get("rounds", 1)),
+            task_count=int(raw.get("task_count", 0)),
+            max_failed_shards=int(raw.get("max_failed_shards", 0)),
+            created_at=raw.get("created_at", ""),
+            round=int(raw.get("round", 0)),
+            phase=raw.get("phase", "train"),
+            round_started_at=raw.get("round_started_at"),
+            updated_at=raw.get("updated_at"),
+            failed_total=int(raw.get("failed_total", 0)),
+            model_uri=raw.get("model_uri"),
+            finished_at=raw.get("finished_at"),
+            result_uri=raw.get("result_uri"),
+            error=raw.get("error"),
+            event_pending=bool(raw.get("event_pending", False)),
+            expires_at=raw.get("expires_at"),
+            retry_generation=int(raw.get("retry_generation", 0)),
+            retry_pending=frozenset(int(s) for s in raw.get("retry_pending") or ()),
+            counters=MappingProxyType(counters),
+        )
+
+    def item(self) -> dict[str, Any]:
+        """The table item of this record."""
+        data: dict[str, Any] = {
+            "pk": f"JOB#{self.job_id}",
+            "sk": "JOB",
+            "job_id": self.job_id,
+            "kind": self.kind,
+            "status": self.status,
+            "request": self.request_json,
+            "request_hash": self.request_hash,
+            "rounds": self.rounds,
+            "task_count": self.task_count,
+            "max_failed_shards": self.max_failed_shards,
+            "created_at": self.created_at,
+            "round": self.round,
+            "phase": self.phase,
+            "round_started_at": self.round_started_at,
+            "updated_at": self.updated_at,
+            "failed_total": self.failed_total,
+            "model_uri": self.model_uri,
+            "finished_at": self.finished_at,
+            "result_uri": self.result_uri,
+            "error": self.error,
+            "event_pending": True if self.event_pending else None,
+            "expires_at": self.expires_at,
+            "retry_generation": self.retry_generation or None,
+            "retry_pending": set(self.retry_pending) or None,
+        }
+        data.update({_counter(*key): value for key, value in self.counters.items()})
+        return _to_item(data)
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One recorded outcome of a task, as the table holds it."""
+
+    result: ShardResult
+    recorded_at: str
+    source: str = "worker"
+    task_body: str | None = None
+    receive_count: int | None = None
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> ResultRecord:
+        """The record of a result item."""
+        raw = _from_item(item)
+        return cls(
+            result=ShardResult.from_json(raw["result"]),
+            recorded_at=raw.get("recorded_at", ""),
+            source=raw.get("source", "worker"),
+            task_body=raw.get("task"),
+            receive_count=raw.get("receive_count"),
+        )
 
 
 @dataclass(frozen=True)
@@ -103,25 +314,31 @@ class Outcome:
 
     @property
     def phase_counter(self) -> str:
-        """The counter this outcome increments."""
+        """The counter attribute this outcome increments."""
         kind = "ok" if self.result.status == "succeeded" else "fail"
-        return counter(kind, self.result.round, self.result.task_type)
+        return _counter(kind, self.result.round, self.result.task_type)
+
+    def key(self) -> dict[str, Any]:
+        """The key of its result item."""
+        r = self.result
+        return _result_key(r.job_id, r.round, r.task_type, r.shard_id)
 
     def item(self, recorded_at: str) -> dict[str, Any]:
         """The result item."""
         r = self.result
-        return to_item(
-            {
-                "pk": f"JOB#{r.job_id}",
-                "sk": result_sk(r.round, r.task_type, r.shard_id),
-                "outcome": r.status,
-                "result": r.to_json(),
-                "source": self.source,
-                "task": self.task_body,
-                "receive_count": self.receive_count,
-                "recorded_at": recorded_at,
-            }
-        )
+        return {
+            **self.key(),
+            **_to_item(
+                {
+                    "outcome": r.status,
+                    "result": r.to_json(),
+                    "source": self.source,
+                    "task": self.task_body,
+                    "receive_count": self.receive_count,
+                    "recorded_at": recorded_at,
+                }
+            ),
+        }
 
 
 @dataclass
@@ -130,117 +347,130 @@ class RecordOutcome:
 
     recorded: list[Outcome]
     duplicates: list[Outcome]
-    transactions: int = 0
+
+
+class _Update:
+    """Builds one UpdateExpression with its names and values (SET, ADD, REMOVE, DELETE)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.values: dict[str, Any] = {}
+        self.clauses: dict[str, list[str]] = {"SET": [], "ADD": [], "REMOVE": [], "DELETE": []}
+        self.conditions: list[str] = ["attribute_exists(pk)"]
+
+    def _name(self, attr: str) -> str:
+        ref = f"#n{len(self.names)}"
+        self.names[ref] = attr
+        return ref
+
+    def _value(self, value: Any) -> str:
+        ref = f":v{len(self.values)}"
+        self.values[ref] = value
+        return ref
+
+    def set(self, **attrs: Any) -> _Update:
+        for attr, value in attrs.items():
+            if value is None:
+                self.remove(attr)
+            else:
+                self.clauses["SET"].append(f"{self._name(attr)} = {self._value(value)}")
+        return self
+
+    def add(self, attr: str, value: Any) -> _Update:
+        self.clauses["ADD"].append(f"{self._name(attr)} {self._value(value)}")
+        return self
+
+    def remove(self, *attrs: str) -> _Update:
+        self.clauses["REMOVE"].extend(self._name(a) for a in attrs)
+        return self
+
+    def delete(self, attr: str, value: Any) -> _Update:
+        self.clauses["DELETE"].append(f"{self._name(attr)} {self._value(value)}")
+        return self
+
+    def expect(self, **attrs: Any) -> _Update:
+        for attr, value in attrs.items():
+            self.conditions.append(f"{self._name(attr)} = {self._value(value)}")
+        return self
+
+    def condition(self, expression: str, **values: Any) -> _Update:
+        """A raw condition over ``#name`` placeholders already named, with ``:name`` values."""
+        self.conditions.append(expression)
+        self.values.update({f":{k}": v for k, v in values.items()})
+        return self
+
+    def request(self, table: str, job_id: str, *, stamp: bool = True) -> dict[str, Any]:
+        if stamp:
+            self.set(updated_at=now_iso())
+        expression = " ".join(f"{verb} {', '.join(parts)}" for verb, parts in self.clauses.items() if parts)
+        out: dict[str, Any] = {
+            "TableName": table,
+            "Key": _job_key(job_id),
+            "UpdateExpression": expression,
+            "ConditionExpression": " AND ".join(self.conditions),
+            "ExpressionAttributeNames": self.names,
+        }
+        if self.values:
+            out["ExpressionAttributeValues"] = _to_item(self.values)
+        return out
 
 
 class JobStore:
-    """Typed access to the job table.
+    """Typed access to the job table: records out, named writes in.
 
     Parameters
     ----------
     table:
         Table name.
     client:
-        A boto3 DynamoDB client.
+        A boto3 DynamoDB client (its botocore retry mode retries throttling and 5xx).
+    clock:
+        Seconds since the epoch, for deadlines; injectable for tests.
     """
 
-    def __init__(self, table: str, client: Any, *, max_attempts: int = 8) -> None:
+    def __init__(self, table: str, client: Any, *, clock: Any = time.time) -> None:
         self.table = table
         self.ddb = client
-        self.max_attempts = max_attempts
+        self.clock = clock
 
-    # -- jobs ---------------------------------------------------------------------------------
-
-    def create_job(self, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create the job record unless one exists; returns ``(record, created)``."""
-        item = to_item({"pk": f"JOB#{record['job_id']}", "sk": "JOB", **record})
+    def _update(self, job_id: str, update: _Update, *, stamp: bool = True) -> bool:
+        """Apply a conditional update; False when its condition did not hold."""
         try:
-            self.ddb.put_item(TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+            self.ddb.update_item(**update.request(self.table, job_id, stamp=stamp))
+            return True
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+
+    # -- jobs: reads ----------------------------------------------------------------------------
+
+    def create_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        """Create the job record unless one exists; returns ``(record, created)``."""
+        try:
+            self.ddb.put_item(
+                TableName=self.table, Item=record.item(), ConditionExpression="attribute_not_exists(pk)"
+            )
             return record, True
         except self.ddb.exceptions.ConditionalCheckFailedException:
-            return self.get_job(record["job_id"]), False
+            return self.get_job(record.job_id), False
 
-    def get_job(self, job_id: str, *, consistent: bool = True) -> dict[str, Any]:
-        """The job record as plain values; raises JobNotFound."""
-        resp = self.ddb.get_item(TableName=self.table, Key=job_key(job_id), ConsistentRead=consistent)
+    def get_job(self, job_id: str, *, consistent: bool = True) -> JobRecord:
+        """The job record; raises JobNotFound."""
+        resp = self.ddb.get_item(TableName=self.table, Key=_job_key(job_id), ConsistentRead=consistent)
         if "Item" not in resp:
             raise JobNotFound(job_id)
-        return from_item(resp["Item"])
+        return JobRecord.from_item(resp["Item"])
 
     def status_of(self, job_id: str) -> str | None:
         """The job's status alone (an eventually consistent, one-attribute read); None if unknown."""
         item = self.ddb.get_item(
             TableName=self.table,
-            Key=job_key(job_id),
+            Key=_job_key(job_id),
             ProjectionExpression="#s",
             ExpressionAttributeNames={"#s": "status"},
         ).get("Item")
         return None if item is None else str(item["status"]["S"])
 
-    def update_job(
-        self,
-        job_id: str,
-        *,
-        set_values: dict[str, Any] | None = None,
-        remove: Sequence[str] = (),
-        expect: dict[str, Any] | None = None,
-        expect_absent: Sequence[str] = (),
-    ) -> bool:
-        """Conditionally update the job record; False when ``expect`` did not hold.
-
-        ``expect`` maps attribute → required current value; the job must exist.
-        """
-        names: dict[str, str] = {}
-        values: dict[str, Any] = {}
-        sets = []
-        for i, (k, v) in enumerate({**(set_values or {}), "updated_at": now_iso()}.items()):
-            if v is None:
-                remove = (*remove, k)
-                continue
-            names[f"#s{i}"] = k
-            values[f":s{i}"] = v
-            sets.append(f"#s{i} = :s{i}")
-        conds = ["attribute_exists(pk)"]
-        for i, (k, v) in enumerate((expect or {}).items()):
-            names[f"#c{i}"] = k
-            values[f":c{i}"] = v
-            conds.append(f"#c{i} = :c{i}")
-        for i, k in enumerate(expect_absent):
-            names[f"#a{i}"] = k
-            conds.append(f"attribute_not_exists(#a{i})")
-        removes = []
-        for i, k in enumerate(remove):
-            names[f"#r{i}"] = k
-            removes.append(f"#r{i}")
-        expr = "SET " + ", ".join(sets)
-        if removes:
-            expr += " REMOVE " + ", ".join(removes)
-        try:
-            self.ddb.update_item(
-                TableName=self.table,
-                Key=job_key(job_id),
-                UpdateExpression=expr,
-                ConditionExpression=" AND ".join(conds),
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=to_item(values),
-            )
-            return True
-        except self.ddb.exceptions.ConditionalCheckFailedException:
-            return False
-
-    def advance_cursor(self, job_id: str, name: str, value: int) -> None:
-        """Move an enqueue cursor forward (never back: a stale writer cannot rewind it)."""
-        with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):
-            self.ddb.update_item(
-                TableName=self.table,
-                Key=job_key(job_id),
-                UpdateExpression="SET #c = :v, updated_at = :t",
-                ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(#c) OR #c < :v)",
-                ExpressionAttributeNames={"#c": name},
-                ExpressionAttributeValues=to_item({":v": value, ":t": now_iso()}),
-            )
-
-    def list_jobs(self, status: str, limit: int = 20) -> list[dict[str, Any]]:
+    def list_jobs(self, status: str, limit: int = 20) -> list[JobRecord]:
         """Most recent jobs with ``status`` (GSI ``by_status``)."""
         resp = self.ddb.query(
             TableName=self.table,
@@ -251,15 +481,137 @@ class JobStore:
             ScanIndexForward=False,
             Limit=limit,
         )
-        return [from_item(i) for i in resp.get("Items", [])]
+        return [JobRecord.from_item(i) for i in resp.get("Items", [])]
 
-    # -- results ------------------------------------------------------------------------------
+    # -- jobs: named writes ---------------------------------------------------------------------
 
-    def record(self, outcomes: Iterable[Outcome]) -> RecordOutcome:
+    def advance_cursor(self, job_id: str, round_no: int, phase: str, value: int) -> None:
+        """Move the enqueue cursor of (round, phase) forward (never back: a stale writer cannot rewind it)."""
+        name = _counter("enq", round_no, phase)
+        update = _Update().set(**{name: value})
+        update.condition(
+            f"(attribute_not_exists({_ref(update, name)}) OR {_ref(update, name)} < :cur)", cur=value
+        )
+        self._update(job_id, update)
+
+    def start_reduce(self, job_id: str, round_no: int) -> bool:
+        """Round ``round_no`` trained: move the job to its reduce phase (once)."""
+        update = _Update().set(phase="reduce").expect(status="RUNNING", round=round_no, phase="train")
+        return self._update(job_id, update)
+
+    def start_round(self, job_id: str, round_no: int, model_uri: str | None) -> bool:
+        """Round ``round_no - 1`` reduced: move the job to train round ``round_no`` from ``model_uri``."""
+        update = _Update().set(round=round_no, phase="train", model_uri=model_uri, round_started_at=now_iso())
+        update.expect(status="RUNNING", round=round_no - 1, phase="reduce")
+        return self._update(job_id, update)
+
+    def set_final_model(self, job_id: str, round_no: int, model_uri: str | None) -> bool:
+        """The last round reduced: keep its model on the job before it finishes."""
+        update = _Update().set(model_uri=model_uri).expect(status="RUNNING", round=round_no, phase="reduce")
+        return self._update(job_id, update)
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        finished_at: str,
+        result_uri: str,
+        error: str | None,
+        expires_at: int,
+    ) -> bool:
+        """RUNNING → ``status`` (once), with the event marked pending; False if it had finished."""
+        update = _Update().set(
+            status=status,
+            finished_at=finished_at,
+            result_uri=result_uri,
+            error=error,
+            event_pending=True,
+            expires_at=expires_at,
+        )
+        return self._update(job_id, update.expect(status="RUNNING"))
+
+    def reopen(self, job_id: str) -> bool:
+        """FAILED → RUNNING for a retry, clearing what ``finish`` set; False if it was not FAILED."""
+        update = _Update().set(status="RUNNING").remove(*_FINISH_ATTRIBUTES).expect(status="FAILED")
+        return self._update(job_id, update)
+
+    def claim_event(self, job_id: str, now: float, lease_s: float) -> bool:
+        """Claim the pending ``Job Finished`` event; False if none is pending or a live claim holds it."""
+        update = _Update().set(event_claim=now)
+        pending, claim = _ref(update, "event_pending"), _ref(update, "event_claim")
+        update.condition(
+            f"attribute_exists({pending}) AND (attribute_not_exists({claim}) OR {claim} < :stale)",
+            stale=now - lease_s,
+        )
+        return self._update(job_id, update, stamp=False)
+
+    def release_event_claim(self, job_id: str) -> None:
+        """Give a claim back (the event could not be sent) so the next try sends it at once."""
+        self._update(job_id, _Update().remove("event_claim"))
+
+    def event_sent(self, job_id: str) -> None:
+        """The ``Job Finished`` event went out: clear the pending flag and the claim."""
+        self._update(job_id, _Update().remove("event_pending", "event_claim"))
+
+    def next_retry_generation(self, job_id: str, status: str) -> int:
+        """A fresh retry generation (its tasks' deduplication ids differ from every earlier send)."""
+        update = _Update().add("retry_generation", 1).expect(status=status)
+        try:
+            resp = self.ddb.update_item(
+                **update.request(self.table, job_id, stamp=False), ReturnValues="UPDATED_NEW"
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException as exc:
+            raise JobChanged(f"job {job_id} is no longer {status}") from exc
+        return int(resp["Attributes"]["retry_generation"]["N"])
+
+    def forget_failures(self, job: JobRecord, shards: Sequence[int]) -> None:
+        """Delete failed outcomes of the job's current (round, phase) and un-count them, in one
+        transaction; the shards wait in ``retry_pending`` until ``retry_sent``.
+
+        Raises ``JobChanged`` when the job moved (status, round or phase) or an outcome changed.
+        """
+        round_no, phase = job.round, job.phase
+        update = _Update().expect(status=job.status, round=round_no, phase=phase)
+        if shards:
+            update.add(_counter("fail", round_no, phase), -len(shards))
+            if phase == "train":
+                update.add("failed_total", -len(shards))
+            update.add("retry_pending", set(shards))
+        deletes = [
+            {
+                "Delete": {
+                    "TableName": self.table,
+                    "Key": _result_key(job.job_id, round_no, phase, shard),
+                    "ConditionExpression": "outcome = :failed",
+                    "ExpressionAttributeValues": {":failed": {"S": "failed"}},
+                }
+            }
+            for shard in shards
+        ]
+        try:
+            self.ddb.transact_write_items(
+                TransactItems=[*deletes, {"Update": update.request(self.table, job.job_id)}]
+            )
+        except self.ddb.exceptions.TransactionCanceledException as exc:
+            raise JobChanged(
+                f"job {job.job_id} changed while retrying (status, round or an outcome moved on)"
+            ) from exc
+
+    def retry_sent(self, job_id: str, shards: Iterable[int]) -> None:
+        """The retried shards' tasks are on the queue: drop them from ``retry_pending``."""
+        shards = set(shards)
+        if shards:
+            self._update(job_id, _Update().delete("retry_pending", shards), stamp=False)
+
+    # -- results --------------------------------------------------------------------------------
+
+    def record(self, outcomes: Iterable[Outcome], *, deadline: float | None = None) -> RecordOutcome:
         """Record outcomes exactly once and count them, one transaction per job and chunk.
 
         Duplicates (already recorded, or twice in this call) are returned, not raised.
-        Raises JobNotFound for an unknown job and JobStoreError when retries run out.
+        Raises JobNotFound for an unknown job and JobStoreError when a conflict outlasts the
+        attempts or the ``deadline`` (seconds since the epoch) comes too close.
         """
         by_job: dict[str, dict[str, Outcome]] = {}
         duplicates: list[Outcome] = []
@@ -273,38 +625,33 @@ class JobStore:
         for job_id, unique in by_job.items():
             pending = list(unique.values())
             for i in range(0, len(pending), MAX_PUTS_PER_TRANSACTION):
-                chunk = pending[i : i + MAX_PUTS_PER_TRANSACTION]
-                recorded, dups, calls = self._record_chunk(job_id, chunk)
+                recorded, dups = self._record_chunk(
+                    job_id, pending[i : i + MAX_PUTS_PER_TRANSACTION], deadline
+                )
                 total.recorded.extend(recorded)
                 total.duplicates.extend(dups)
-                total.transactions += calls
         return total
 
-    def _record_chunk(self, job_id: str, chunk: list[Outcome]) -> tuple[list[Outcome], list[Outcome], int]:
+    def _counting_update(self, job_id: str, chunk: list[Outcome]) -> dict[str, Any]:
+        update = _Update()
+        counts: dict[str, int] = {}
+        for o in chunk:
+            counts[o.phase_counter] = counts.get(o.phase_counter, 0) + 1
+        failed = sum(1 for o in chunk if o.result.status == "failed" and o.result.task_type == "train")
+        if failed:
+            counts["failed_total"] = failed
+        for name, value in counts.items():
+            update.add(name, value)
+        return update.request(self.table, job_id, stamp=False)
+
+    def _record_chunk(
+        self, job_id: str, chunk: list[Outcome], deadline: float | None
+    ) -> tuple[list[Outcome], list[Outcome]]:
         duplicates: list[Outcome] = []
-        calls = 0
-        for attempt in range(self.max_attempts):
+        for attempt in range(MAX_RECORD_ATTEMPTS):
             if not chunk:
-                return [], duplicates, calls
+                return [], duplicates
             recorded_at = now_iso()
-            counts: dict[str, int] = {}
-            for o in chunk:
-                counts[o.phase_counter] = counts.get(o.phase_counter, 0) + 1
-            failed = sum(1 for o in chunk if o.result.status == "failed" and o.result.task_type == "train")
-            if failed:
-                counts["failed_total"] = failed
-            names = {f"#k{i}": k for i, k in enumerate(counts)}
-            values = {f":v{i}": v for i, v in enumerate(counts.values())}
-            update = {
-                "Update": {
-                    "TableName": self.table,
-                    "Key": job_key(job_id),
-                    "UpdateExpression": "ADD " + ", ".join(f"#k{i} :v{i}" for i in range(len(counts))),
-                    "ConditionExpression": "attribute_exists(pk)",
-                    "ExpressionAttributeNames": names,
-                    "ExpressionAttributeValues": to_item(values),
-                }
-            }
             puts = [
                 {
                     "Put": {
@@ -316,50 +663,44 @@ class JobStore:
                 for o in chunk
             ]
             try:
-                calls += 1
-                self.ddb.transact_write_items(TransactItems=[*puts, update])
-                return chunk, duplicates, calls
+                self.ddb.transact_write_items(
+                    TransactItems=[*puts, {"Update": self._counting_update(job_id, chunk)}]
+                )
+                return chunk, duplicates
             except self.ddb.exceptions.TransactionCanceledException as exc:
-                reasons = exc.response.get("CancellationReasons") or []
-                codes = [r.get("Code", "None") for r in reasons]
-                if len(codes) == len(chunk) + 1 and codes[-1] == "ConditionalCheckFailed":
-                    raise JobNotFound(job_id) from exc
-                if len(codes) == len(chunk) + 1 and "ConditionalCheckFailed" in codes[:-1]:
-                    dup_idx = {i for i, c in enumerate(codes[:-1]) if c == "ConditionalCheckFailed"}
-                else:
-                    # No per-item reasons (conflict, throttling, or an endpoint that omits them):
-                    # ask the table which ones exist.
-                    dup_idx = self._existing(chunk)
-                    if not dup_idx and not self._job_exists(job_id):
-                        raise JobNotFound(job_id) from exc
-                duplicates.extend(o for i, o in enumerate(chunk) if i in dup_idx)
-                chunk = [o for i, o in enumerate(chunk) if i not in dup_idx]
-                if not dup_idx:
-                    time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
-            except (
-                self.ddb.exceptions.ProvisionedThroughputExceededException,
-                self.ddb.exceptions.ThrottlingException,
-                self.ddb.exceptions.RequestLimitExceeded,
-                self.ddb.exceptions.TransactionConflictException,
-                self.ddb.exceptions.InternalServerError,
-            ):
-                time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+                dup_idx = self._duplicates_in(job_id, chunk, exc)
+            duplicates.extend(o for i, o in enumerate(chunk) if i in dup_idx)
+            chunk = [o for i, o in enumerate(chunk) if i not in dup_idx]
+            if not dup_idx:
+                # A conflict (another writer on the same item): back off, within the deadline.
+                pause = random.uniform(0, min(2.0, 0.05 * 2**attempt))
+                if deadline is not None and self.clock() + pause > deadline - DEADLINE_MARGIN_S:
+                    break
+                time.sleep(pause)
         raise JobStoreError(
-            f"could not record {len(chunk)} results for job {job_id} after {self.max_attempts} tries"
+            f"could not record {len(chunk)} results for job {job_id}: transactions kept conflicting"
         )
 
+    def _duplicates_in(self, job_id: str, chunk: list[Outcome], exc: Exception) -> set[int]:
+        """Indexes of the chunk's already-recorded outcomes, from the cancellation or the table."""
+        reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
+        codes = [r.get("Code", "None") for r in reasons]
+        if len(codes) == len(chunk) + 1 and codes[-1] == "ConditionalCheckFailed":
+            raise JobNotFound(job_id) from exc
+        if len(codes) == len(chunk) + 1 and "ConditionalCheckFailed" in codes[:-1]:
+            return {i for i, c in enumerate(codes[:-1]) if c == "ConditionalCheckFailed"}
+        # No per-item reasons (conflict, or an endpoint that omits them): ask the table.
+        found = self._existing(chunk)
+        if not found and not self._job_exists(job_id):
+            raise JobNotFound(job_id) from exc
+        return found
+
     def _job_exists(self, job_id: str) -> bool:
-        resp = self.ddb.get_item(TableName=self.table, Key=job_key(job_id), ProjectionExpression="pk")
+        resp = self.ddb.get_item(TableName=self.table, Key=_job_key(job_id), ProjectionExpression="pk")
         return "Item" in resp
 
     def _existing(self, chunk: list[Outcome]) -> set[int]:
-        keys = [
-            {
-                "pk": {"S": f"JOB#{o.result.job_id}"},
-                "sk": {"S": result_sk(o.result.round, o.result.task_type, o.result.shard_id)},
-            }
-            for o in chunk
-        ]
+        keys = [o.key() for o in chunk]
         found: set[tuple[str, str]] = set()
         request: dict[str, Any] = {self.table: {"Keys": keys, "ProjectionExpression": "pk, sk"}}
         while request:
@@ -369,46 +710,73 @@ class JobStore:
             request = resp.get("UnprocessedKeys") or {}
         return {i for i, k in enumerate(keys) if (k["pk"]["S"], k["sk"]["S"]) in found}
 
-    def results(self, job_id: str, round_no: int, task_type: str = "train") -> list[dict[str, Any]]:
+    def results(self, job_id: str, round_no: int, task_type: str = "train") -> list[ResultRecord]:
         """Recorded outcomes of one round and task type, ordered by shard."""
-        return list(self._query(job_id, f"RES#r{round_no:04d}#{task_type}#"))
+        return [ResultRecord.from_item(i) for i in self._query(job_id, f"RES#r{round_no:04d}#{task_type}#")]
 
-    def all_results(self, job_id: str) -> list[dict[str, Any]]:
-        """Every recorded outcome of a job."""
-        return list(self._query(job_id, "RES#"))
+    def all_results(self, job_id: str) -> list[ResultRecord]:
+        """Every recorded outcome of a job, in (round, type, shard) order."""
+        return [ResultRecord.from_item(i) for i in self._query(job_id, "RES#")]
 
-    def _query(self, job_id: str, prefix: str) -> Iterator[dict[str, Any]]:
+    def failed_results(
+        self, job_id: str, round_no: int | None = None, task_type: str | None = None
+    ) -> list[ResultRecord]:
+        """Recorded failed outcomes of a job (optionally of one round and task type), in key order."""
+        prefix = "RES#"
+        if round_no is not None:
+            prefix += f"r{round_no:04d}#"
+            if task_type is not None:
+                prefix += f"{task_type}#"
+        items = self._query(job_id, prefix, only_failed=True)
+        return [ResultRecord.from_item(i) for i in items]
+
+    def _query(self, job_id: str, prefix: str, *, only_failed: bool = False) -> Iterator[dict[str, Any]]:
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
-            "ExpressionAttributeValues": {":pk": {"S": f"JOB#{job_id}"}, ":p": {"S": prefix}},
+            "ExpressionAttributeValues": {":pk": _pk(job_id), ":p": {"S": prefix}},
             "ConsistentRead": True,
         }
+        if only_failed:
+            kwargs["FilterExpression"] = "outcome = :failed"
+            kwargs["ExpressionAttributeValues"][":failed"] = {"S": "failed"}
         while True:
             resp = self.ddb.query(**kwargs)
-            for item in resp.get("Items", []):
-                row = from_item(item)
-                row["result"] = json.loads(row["result"])
-                yield row
+            yield from resp.get("Items", [])
             if "LastEvaluatedKey" not in resp:
                 return
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
     def put_round_summary(self, job_id: str, round_no: int, summary: dict[str, Any]) -> None:
         """Store a finished round's summary (idempotent overwrite)."""
-        self.ddb.put_item(
-            TableName=self.table,
-            Item=to_item(
-                {"pk": f"JOB#{job_id}", "sk": f"ROUND#{round_no:04d}", "summary": json.dumps(summary)}
-            ),
-        )
+        item = {
+            "pk": _pk(job_id),
+            "sk": {"S": f"ROUND#{round_no:04d}"},
+            **_to_item({"summary": json.dumps(summary)}),
+        }
+        self.ddb.put_item(TableName=self.table, Item=item)
 
     def round_summaries(self, job_id: str) -> list[dict[str, Any]]:
         """All stored round summaries, in round order."""
-        resp = self.ddb.query(
-            TableName=self.table,
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :p)",
-            ExpressionAttributeValues={":pk": {"S": f"JOB#{job_id}"}, ":p": {"S": "ROUND#"}},
-            ConsistentRead=True,
-        )
-        return [json.loads(from_item(i)["summary"]) for i in resp.get("Items", [])]
+        return [json.loads(_from_item(i)["summary"]) for i in self._query(job_id, "ROUND#")]
+
+
+def _ref(update: _Update, attr: str) -> str:
+    """The ``#name`` placeholder of ``attr`` in ``update`` (named once)."""
+    for ref, name in update.names.items():
+        if name == attr:
+            return ref
+    return update._name(attr)
+
+
+__all__ = [
+    "JobChanged",
+    "JobNotFound",
+    "JobRecord",
+    "JobStore",
+    "JobStoreError",
+    "Outcome",
+    "RecordOutcome",
+    "ResultRecord",
+    "now_iso",
+]

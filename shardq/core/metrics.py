@@ -84,10 +84,14 @@ def leaderboard(
 
 
 def reduce_inputs(results: Sequence[ShardResult]) -> dict[str, Any]:
-    """The claim check a reduce task reads: each succeeded shard's model and weight."""
+    """The claim check a reduce task reads: each succeeded shard's model file and weight.
+
+    ``model_uri`` is the model alone (``ShardResult.model``); ``artifact_uri`` repeats it for
+    workers that predate ``model_uri`` and read that key.
+    """
     models = [
-        {"shard_id": r.shard_id, "artifact_uri": r.artifact_uri, "num_samples": r.num_samples}
+        {"shard_id": r.shard_id, "model_uri": r.model, "artifact_uri": r.model, "num_samples": r.num_samples}
         for r in sorted(results, key=lambda r: r.shard_id)
-        if r.status == "succeeded" and r.artifact_uri
+        if r.status == "succeeded" and r.model
     ]
     return {"models": models, "total_samples": sum(m["num_samples"] for m in models)}

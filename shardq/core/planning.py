@@ -15,18 +15,6 @@ from typing import Any
 from shardq.core.contracts import ShardTask, TrainingRequest
 
 
-def count_trials(search_space: dict[str, list[Any]] | list[dict[str, Any]] | None) -> int:
-    """Number of trials a search space expands to (grid product or list length)."""
-    if search_space is None:
-        return 0
-    if isinstance(search_space, list):
-        return len(search_space)
-    total = 1
-    for values in search_space.values():
-        total *= len(values)
-    return total
-
-
 def trial(search_space: dict[str, list[Any]] | list[dict[str, Any]], index: int) -> dict[str, Any]:
     """The ``index``-th trial; grids enumerate in ``itertools.product`` order of the given keys."""
     if isinstance(search_space, list):
@@ -111,6 +99,10 @@ class Layout:
     def reduce_inputs_key(self, round_no: int) -> str:
         """Claim check with the round's shard models and weights."""
         return self.key(f"round-{round_no:04d}", "reduce-inputs.json")
+
+    def task_payload_key(self, round_no: int, task_type: str, shard_id: int) -> str:
+        """Claim check holding a task body too big to travel in its message."""
+        return self.key(f"round-{round_no:04d}", "tasks", f"{task_type}-{shard_id:06d}.json")
 
     def manifest_key(self) -> str:
         """The job's result manifest."""
