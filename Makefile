@@ -28,8 +28,8 @@ $(NODE_STAMP): package.json package-lock.json
 
 install: $(STAMP) $(NODE_STAMP)  ## create .venv and node_modules from the pinned requirements
 
-run: install  ## the main job: a real training job end to end on the embedded local cloud
-	$(PY) -m shardq.demo
+run: install  ## the main job: a real training job end to end on the embedded local cloud (prints the dashboard address; RUN_ARGS=--keep-open)
+	$(PY) -m shardq.demo $(RUN_ARGS)
 
 test: install  ## lint, type-check and the whole test suite (what CI runs)
 	$(BIN)/ruff check .

@@ -29,6 +29,7 @@ import numpy as np
 from shardq.core.contracts import TERMINAL_STATUSES
 from shardq.core.jobstore import JobStore
 from shardq.core.planning import split_s3
+from shardq.dashboard.launch import try_start, wait_until_interrupted
 from shardq.local.cloud import LocalCloud
 from shardq.local.deploy import deploy_stack
 from shardq.local.workers import start_workers, stop_workers
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request", type=Path, default=ROOT / "examples" / "requests" / "data_parallel.json")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--dashboard-port", type=int, default=0, help="dashboard port (default: a free one)")
+    parser.add_argument(
+        "--keep-open", action="store_true", help="keep the dashboard up after the job, until Ctrl-C"
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from examples.linear import least_squares, write_dataset
@@ -82,26 +87,33 @@ def main(argv: list[str] | None = None) -> int:
             extra_args=["--concurrency", "1", "--wait-seconds", "2"],
         )  # fmt: skip
         print(f"{args.workers} workers polling the task queue", flush=True)
+        board, line = try_start(
+            outputs, cloud.client, port=args.dashboard_port, source=cloud.endpoint_url, job_id=job_id
+        )
+        print(line, flush=True)
         try:
             job = _watch(JobStore(outputs["JobTableName"], ddb), job_id, args.timeout)
         finally:
             stop_workers(workers)
-        return _report(s3, job, np.append(w_ls, b_ls), time.monotonic() - started)
+        code = _report(s3, job, np.append(w_ls, b_ls), time.monotonic() - started)
+        if board is not None and args.keep_open:
+            wait_until_interrupted(board)
+        elif board is not None:
+            board.stop()
+        return code
 
 
-def _watch(store: JobStore, job_id: str, timeout: float) -> dict[str, Any]:
+def _watch(store: JobStore, job_id: str, timeout: float) -> JobRecord:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         job = store.get_job(job_id)
-        r, phase = int(job["round"]), job["phase"]
-        done = int(job.get(f"ok_r{r}_{phase}", 0))
-        expected = job["task_count"] if phase == "train" else 1
-        line = f"  round {r + 1}/{job['rounds']} {phase:<6} {done}/{expected}"
+        r, phase = job.round, job.phase
+        line = f"  round {r + 1}/{job.rounds} {phase:<6} {job.ok(r, phase)}/{job.expected(phase)}"
         if line != last:
             print(line, flush=True)
             last = line
-        if job["status"] in TERMINAL_STATUSES:
+        if job.terminal:
             return job
         time.sleep(0.25)
     raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f} s")
