@@ -103,17 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
 
-def _watch(store: JobStore, job_id: str, timeout: float) -> JobRecord:
+def _watch(store: JobStore, job_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         job = store.get_job(job_id)
-        r, phase = job.round, job.phase
-        line = f"  round {r + 1}/{job.rounds} {phase:<6} {job.ok(r, phase)}/{job.expected(phase)}"
+        r, phase = int(job["round"]), job["phase"]
+        done = int(job.get(f"ok_r{r}_{phase}", 0))
+        expected = job["task_count"] if phase == "train" else 1
+        line = f"  round {r + 1}/{job['rounds']} {phase:<6} {done}/{expected}"
         if line != last:
             print(line, flush=True)
             last = line
-        if job.terminal:
+        if job["status"] in TERMINAL_STATUSES:
             return job
         time.sleep(0.25)
     raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f} s")
