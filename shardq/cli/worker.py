@@ -1,4 +1,4 @@
-"""``shardq worker``: poll the task queue and run the training function, one task per GPU."""
+"""``shardq worker``: poll the task queue and run the training function, one slot per GPU."""
 
 from __future__ import annotations
 
@@ -7,18 +7,23 @@ import logging
 import os
 import socket
 import sys
+from typing import Any
 
-from shardq.cli.common import CliError, gpu_count, session_client, stack_outputs
+from shardq.cli.common import CliError, add_command, stack_outputs
+from shardq.worker.aws import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_MODE
+
+EXAMPLE = """\
+  shardq worker --stack shardq                       # one slot per visible GPU, polls forever
+  shardq worker --idle-exit 300 --max-tasks 50       # a Batch/SageMaker job: exits 0 when idle
+  shardq worker --job-id run-42 --concurrency 4      # exits 0 once job run-42 is finished
+
+exit codes: 0 stopped (signal, --max-tasks, --idle-exit, --job-id finished); 1 a slot died of an
+unexpected error; 2 usage; 4 a fatal AWS error (access denied, missing queue/table/bucket, bad
+credentials); 130 a second signal. Transient AWS errors are retried and never end the worker."""
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    """Poll the task queue and run the training function, one task per GPU."""
-    from shardq.worker.logs import configure
-    from shardq.worker.protection import TaskProtection
-    from shardq.worker.runtime import Worker, max_receive_count_of
-    from shardq.worker.supervisor import serve
-
-    configure(args.log_level, json_lines=args.log_format == "json")
+def _resources(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    """The task queue, results queue and job table: flags first, else the stack's outputs."""
     needed = (args.task_queue_url, args.results_queue_url, args.job_table)
     outputs = stack_outputs(args) if not all(needed) else {}
     task_url = args.task_queue_url or outputs.get("TaskQueueUrl")
@@ -26,52 +31,119 @@ def cmd_worker(args: argparse.Namespace) -> int:
     table = args.job_table or outputs.get("JobTableName")
     if not task_url or not results_url:
         raise CliError("no task/results queue: pass --task-queue-url and --results-queue-url, or --stack")
-    # Entrypoints like examples.linear:train resolve from the directory the worker runs in.
-    sys.path.insert(0, os.getcwd())
+    if args.job_id and not table:
+        raise CliError("--job-id needs the job table: pass --job-table or --stack")
+    return task_url, results_url, table
+
+
+def _validate(args: argparse.Namespace) -> None:
+    problems = []
+    if args.idle_exit is not None and args.idle_exit <= 0:
+        problems.append(f"--idle-exit must be > 0 seconds, got {args.idle_exit}")
+    if args.max_tasks is not None and args.max_tasks < 1:
+        problems.append(f"--max-tasks must be >= 1, got {args.max_tasks}")
+    if args.concurrency < 0:
+        problems.append(f"--concurrency must be >= 0 (0: one slot per GPU), got {args.concurrency}")
+    if not 0 <= args.wait_seconds <= 20:
+        problems.append(f"--wait-seconds must be 0..20 (SQS's long-poll limit), got {args.wait_seconds}")
+    if args.aws_max_attempts < 1:
+        problems.append(f"--aws-max-attempts must be >= 1, got {args.aws_max_attempts}")
+    if problems:
+        raise CliError("; ".join(problems))
+
+
+def build_workers(args: argparse.Namespace, task_url: str, results_url: str, table: str | None) -> list[Any]:
+    """One ``Worker`` per slot, each with its own clients and its own device, sharing one Activity."""
+    from shardq.worker.aws import worker_client
+    from shardq.worker.devices import assign, visible_devices
+    from shardq.worker.protection import TaskProtection
+    from shardq.worker.runtime import Activity, Worker, max_receive_count_of
+
+    def client(service: str) -> Any:
+        return worker_client(
+            service,
+            region=args.region,
+            endpoint_url=args.endpoint_url,
+            retry_mode=args.aws_retry_mode,
+            max_attempts=args.aws_max_attempts,
+        )
+
     # One look at the queue for every slot: its lease (unless given) and its maxReceiveCount.
-    attrs = session_client("sqs", args).get_queue_attributes(
+    attrs = client("sqs").get_queue_attributes(
         QueueUrl=task_url, AttributeNames=["VisibilityTimeout", "RedrivePolicy"]
     )["Attributes"]
-    visibility = args.visibility_timeout or int(attrs["VisibilityTimeout"])
-    max_receive_count = max_receive_count_of(attrs)
-    concurrency = args.concurrency or gpu_count()
+    devices = visible_devices()
+    concurrency = args.concurrency or max(1, len(devices))
+    if devices and concurrency > len(devices):
+        logging.getLogger("shardq.worker").warning(
+            "%d slots on %d GPU(s): slots share GPUs round robin", concurrency, len(devices)
+        )
     # On ECS (ECS_AGENT_URI set) a busy worker protects its task from scale-in; elsewhere a no-op.
     protection = TaskProtection.from_environment()
     base_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    workers = [
+    activity = Activity()
+    return [
         Worker(
-            sqs=session_client("sqs", args),
-            s3=session_client("s3", args),
-            ddb=session_client("dynamodb", args) if table else None,
+            sqs=client("sqs"),
+            s3=client("s3"),
+            ddb=client("dynamodb") if table else None,
             job_table=table,
             task_queue_url=task_url,
             results_queue_url=results_url,
             entrypoint=args.entrypoint,
             wait_s=args.wait_seconds,
-            visibility_s=visibility,
-            max_receive_count=max_receive_count,
+            visibility_s=args.visibility_timeout or int(attrs["VisibilityTimeout"]),
+            max_receive_count=max_receive_count_of(attrs),
             worker_id=f"{base_id}-{i}",
             on_task_start=protection.task_started if protection.enabled else None,
             on_task_end=protection.task_finished if protection.enabled else None,
+            device=device,
+            activity=activity,
         )
-        for i in range(concurrency)
+        for i, device in enumerate(assign(concurrency, devices))
     ]
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Poll the task queue and run the training function, one slot per GPU."""
+    from shardq.core.jobstore import JobStore
+    from shardq.worker.logs import configure
+    from shardq.worker.supervisor import JobWatch, serve
+
+    configure(args.log_level, json_lines=args.log_format == "json")
+    _validate(args)
+    task_url, results_url, table = _resources(args)
+    # Entrypoints like examples.linear:train resolve from the directory the worker runs in.
+    sys.path.insert(0, os.getcwd())
+    workers = build_workers(args, task_url, results_url, table)
+    watch = JobWatch(JobStore(table, workers[0].ddb), args.job_id) if args.job_id and table else None
     logging.getLogger("shardq.worker").info(
         "worker started",
         extra={
-            "concurrency": concurrency,
+            "concurrency": len(workers),
+            "devices": [w.device.device for w in workers],
             "task_queue_url": task_url,
             "entrypoint": args.entrypoint,
-            "scale_in_protection": protection.enabled,
+            "idle_exit_s": args.idle_exit,
+            "job_ids": args.job_id,
+            "scale_in_protection": workers[0].on_task_start is not None,
         },
     )
-    return serve(workers, grace_s=args.grace_seconds, max_tasks=args.max_tasks)
+    return serve(
+        workers, grace_s=args.grace_seconds, max_tasks=args.max_tasks, idle_exit_s=args.idle_exit, watch=watch
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``worker`` command."""
     env = os.environ.get
-    w = sub.add_parser("worker", help="poll the task queue and train")
+    w = add_command(
+        sub,
+        "worker",
+        help="poll the task queue and train",
+        example=EXAMPLE,
+        description="Poll the task queue and run the training function, one slot per GPU.",
+    )
     w.add_argument("--task-queue-url", default=env("SHARDQ_TASK_QUEUE_URL"))
     w.add_argument("--results-queue-url", default=env("SHARDQ_RESULTS_QUEUE_URL"))
     w.add_argument("--job-table", default=env("SHARDQ_JOB_TABLE"), help="for skipping cancelled jobs' tasks")
@@ -82,14 +154,42 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--concurrency",
         type=int,
         default=int(env("SHARDQ_CONCURRENCY", "0")),
-        help="tasks at once (default: GPUs)",
+        help="slots (tasks at once); default: one per visible GPU (CUDA_VISIBLE_DEVICES / nvidia-smi), "
+        "each slot pinned to its own GPU (ctx.device)",
     )
     w.add_argument(
         "--visibility-timeout", type=int, default=0, help="heartbeat lease, s (default: the queue's)"
     )
-    w.add_argument("--wait-seconds", type=int, default=20, help="long-poll wait (1..20)")
+    w.add_argument("--wait-seconds", type=int, default=20, help="long-poll wait (0..20)")
     w.add_argument("--grace-seconds", type=float, default=20.0, help="time running tasks get on SIGTERM")
-    w.add_argument("--max-tasks", type=int, default=None, help="exit after this many tasks per slot")
+    w.add_argument("--max-tasks", type=int, default=None, help="exit 0 after this many tasks per slot")
+    w.add_argument(
+        "--idle-exit",
+        type=float,
+        default=float(env("SHARDQ_IDLE_EXIT") or 0) or None,
+        metavar="SECONDS",
+        help="exit 0 after this long with no task on any slot (polls that fail do not count as idle)",
+    )
+    w.add_argument(
+        "--job-id",
+        action="append",
+        default=None,
+        metavar="JOB_ID",
+        help="a job this worker was started for (repeatable): exit 0 once all are finished. The "
+        "worker still runs any job's task meanwhile (a FIFO queue cannot be filtered by job)",
+    )
+    w.add_argument(
+        "--aws-retry-mode",
+        choices=("standard", "adaptive"),
+        default=env("AWS_RETRY_MODE", DEFAULT_RETRY_MODE),
+        help="botocore retry mode of every AWS call (default: standard)",
+    )
+    w.add_argument(
+        "--aws-max-attempts",
+        type=int,
+        default=int(env("AWS_MAX_ATTEMPTS", str(DEFAULT_MAX_ATTEMPTS))),
+        help=f"attempts per AWS call, the first included, before the slot backs off ({DEFAULT_MAX_ATTEMPTS})",
+    )
     w.add_argument("--worker-id", default=env("SHARDQ_WORKER_ID"))
     w.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
     w.add_argument("--log-format", choices=("json", "text"), default="json")

@@ -15,6 +15,14 @@ Guarantees, in the order a task meets them:
   posted and the task deleted, so the job learns why.
 * **Shutdown** (SIGTERM/SIGINT, see ``Supervisor``): stop polling, let running tasks finish
   within a grace period, then release their visibility so other workers take them at once.
+* **AWS errors** (``shardq.worker.aws``): botocore retries every call (standard/adaptive mode);
+  an error that outlives those retries is logged, the slot backs off and polls again, and the
+  task it held is left to its visibility timeout — no slot dies of it. Only a fatal error
+  (access denied, a missing queue/table/bucket, bad credentials) stops the slot, and then the
+  worker (``serve`` exits non-zero).
+* **Model artifact**: the file named by ``ctx.model_path`` (else the one ``model.*`` file, else the
+  only file) in ``ctx.output_dir`` travels as the result's ``model_uri``; the rest of the outputs
+  are uploaded beside it. The default reduce streams the shard models into a running average.
 """
 
 from __future__ import annotations
@@ -28,15 +36,20 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from shardq.core.contracts import TERMINAL_STATUSES, ShardResult, ShardTask, ValidationError
+from shardq.core.jobstore import JobStore
 from shardq.core.planning import split_s3
-from shardq.worker.reduce import average_models
+from shardq.worker.aws import Backoff, FatalAwsError, describe, is_fatal
+from shardq.worker.devices import CPU, SlotDevice
+from shardq.worker.reduce import MODEL_SUFFIXES, ModelError, average_stream
 
 log = logging.getLogger("shardq.worker")
 DEFAULT_MAX_RECEIVE_COUNT = 5
@@ -44,6 +57,8 @@ DEFAULT_MAX_RECEIVE_COUNT = 5
 VISIBILITY_CEILING_S = 12 * 3600
 # Stop extending this long before the ceiling, so the failure is reported while we hold the task.
 CEILING_MARGIN_S = 120
+# AWS errors are logged as one line; anything else (a bug) with its traceback.
+BotoErrors = (BotoCoreError, ClientError)
 
 
 def max_receive_count_of(queue_attributes: dict[str, str]) -> int:
@@ -102,9 +117,15 @@ class TaskContext:
     init_model_path:
         The round's global model, downloaded (None in round 0 without ``model.init_uri``).
     input_models:
-        For reduce tasks: ``(path, num_samples)`` of each shard model.
+        For a module's own ``reduce``: ``(path, num_samples)`` of each shard model, all downloaded.
     logger:
         A logger whose lines carry job_id, round and shard_id.
+    device:
+        The accelerator this slot owns: ``cuda:K`` (one GPU per slot) or ``cpu``. Put the model there.
+    model_path:
+        The model file among the outputs. Set it when ``output_dir`` holds more than the model
+        (metrics, logs, plots) and the model is not named ``model.<ext>``; it travels as the
+        result's ``model_uri``, which the reduce averages.
     """
 
     data: dict[str, Any]
@@ -115,6 +136,8 @@ class TaskContext:
     fetch: Callable[[str], Path]
     progress_sink: Callable[[float], None] = lambda fraction: None
     input_models: list[tuple[Path, int]] = field(default_factory=list)
+    device: str = CPU
+    model_path: Path | None = None
 
     def progress(self, fraction: float) -> None:
         """Report progress in [0, 1] (logged at most every 10 %)."""
@@ -123,6 +146,28 @@ class TaskContext:
     def files(self) -> list[Path]:
         """The shard's files as local paths (``s3://`` ones downloaded into the work dir)."""
         return [self.fetch(f) for f in self.data.get("files", [])]
+
+
+def model_file(output_dir: Path, chosen: Path | None) -> Path | None:
+    """The model among a task's outputs: ``chosen`` (``ctx.model_path``), else the one top-level
+    ``model.<ext>`` file, else the only file; None when there is no file or no way to tell.
+
+    Raises ``ModelError`` when ``chosen`` is not a file under ``output_dir``.
+    """
+    if chosen is not None:
+        path = Path(chosen) if Path(chosen).is_absolute() else output_dir / chosen
+        if not path.is_file() or output_dir.resolve() not in path.resolve().parents:
+            raise ModelError(
+                f"ctx.model_path {chosen} is not a file under ctx.output_dir; save the model there first"
+            )
+        return path
+    named = [p for p in output_dir.iterdir() if p.is_file() and p.stem == "model"]
+    known = [p for p in named if p.suffix in MODEL_SUFFIXES]
+    for candidates in (known, named):
+        if len(candidates) == 1:
+            return candidates[0]
+    files = [p for p in output_dir.rglob("*") if p.is_file()]
+    return files[0] if len(files) == 1 else None
 
 
 class TaskAbandoned(RuntimeError):
@@ -140,22 +185,62 @@ class Lease:
     abandoned: threading.Event = field(default_factory=threading.Event)
 
 
+class Activity:
+    """When the worker's slots last had work, for ``--idle-exit``; shared by every slot.
+
+    Idle time counts only while no slot holds a task *and* the polls succeed: a poll that failed
+    says nothing about the queue, so an unreachable endpoint never reads as "nothing to do".
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._since = time.monotonic()
+
+    def task_started(self) -> None:
+        """A slot took a task."""
+        with self._lock:
+            self._busy += 1
+            self._since = time.monotonic()
+
+    def task_ended(self) -> None:
+        """A slot is done with its task."""
+        with self._lock:
+            self._busy -= 1
+            self._since = time.monotonic()
+
+    def unsure(self) -> None:
+        """A poll failed: restart the idle clock."""
+        with self._lock:
+            self._since = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds every slot has been without a task (0 while one runs)."""
+        with self._lock:
+            return 0.0 if self._busy else time.monotonic() - self._since
+
+
 @dataclass
 class Worker:
-    """Polls one task queue and posts to one results queue; run several for several GPUs.
+    """Polls one task queue and posts to one results queue; one per slot (GPU).
 
     Parameters
     ----------
     sqs, s3:
-        boto3 clients.
+        boto3 clients (``shardq.worker.aws.worker_client`` gives them botocore's retry modes).
     task_queue_url, results_queue_url:
         The stack's queues.
     ddb, job_table:
-        For the cancellation check (optional: without them every task runs).
+        For the cancellation check, through ``JobStore.status_of`` (optional: without them every
+        task runs).
     entrypoint:
         Overrides the task's own ``entrypoint`` (``module:function``) when set.
     visibility_s:
         The visibility the heartbeat keeps ahead of the running task.
+    device:
+        The slot's accelerator, handed to the training function as ``ctx.device``.
+    activity:
+        Shared by the slots of one worker to tell when all are idle (``--idle-exit``).
     on_task_start, on_task_end:
         Called before a task runs and after its outcome is posted and the message deleted (or it
         was released); errors are logged, never raised. ``shardq worker`` wires ECS task scale-in
@@ -177,8 +262,14 @@ class Worker:
     current: Lease | None = None
     on_task_start: Callable[[], None] | None = None
     on_task_end: Callable[[], None] | None = None
+    device: SlotDevice = field(default_factory=lambda: SlotDevice(CPU))
+    activity: Activity = field(default_factory=Activity)
+    backoff: Backoff = field(default_factory=Backoff)
+    fatal: BaseException | None = None
+    errors: int = 0
 
     def __post_init__(self) -> None:
+        self.store = JobStore(self.job_table, self.ddb) if self.ddb is not None and self.job_table else None
         if self.max_receive_count is None:
             attrs = self.sqs.get_queue_attributes(
                 QueueUrl=self.task_queue_url, AttributeNames=["RedrivePolicy"]
@@ -186,13 +277,45 @@ class Worker:
             self.max_receive_count = max_receive_count_of(attrs.get("Attributes", {}))
 
     def run(self, stop: threading.Event, *, max_tasks: int | None = None) -> int:
-        """Poll until ``stop`` is set (or ``max_tasks`` are done); returns tasks handled."""
+        """Poll until ``stop`` is set, ``max_tasks`` are done or a fatal error; returns tasks handled.
+
+        An error that botocore's retries did not absorb is logged and backed off from; the slot
+        goes on polling. A fatal one (``shardq.worker.aws.is_fatal``) is kept in ``self.fatal``
+        and ends the loop.
+        """
         while not stop.is_set() and (max_tasks is None or self.tasks_done < max_tasks):
-            self.poll_once(stop)
+            try:
+                self.poll_once(stop)
+            except Exception as exc:
+                if is_fatal(exc):
+                    self.fatal = exc
+                    log.error(
+                        "fatal AWS error, the worker stops: %s; fix the permissions, credentials or "
+                        "resource, then restart it",
+                        describe(exc),
+                        extra={"worker_id": self.worker_id, "error": describe(exc)},
+                    )
+                    return self.tasks_done
+                self.errors += 1
+                self.activity.unsure()
+                delay = self.backoff.wait(stop)
+                log.warning(
+                    "poll failed after botocore's retries (%s); backed off %.1f s, polling again",
+                    describe(exc),
+                    delay,
+                    exc_info=not isinstance(exc, BotoErrors),
+                    extra={"worker_id": self.worker_id, "error": describe(exc), "backoff_s": delay},
+                )
+            else:
+                self.backoff.reset()
         return self.tasks_done
 
     def poll_once(self, stop: threading.Event | None = None) -> bool:
-        """One long poll; handles the task it gets. True when a task was handled."""
+        """One long poll; handles the task it gets. True when a task was handled.
+
+        AWS errors propagate (``run`` decides what they mean); a task held when one is raised is
+        left to its visibility timeout.
+        """
         resp = self.sqs.receive_message(
             QueueUrl=self.task_queue_url,
             MaxNumberOfMessages=1,
@@ -204,7 +327,11 @@ class Worker:
                 # Shutting down: give it straight back rather than start it.
                 self._release(message["ReceiptHandle"])
                 return False
-            self.handle(message)
+            self.activity.task_started()
+            try:
+                self.handle(message)
+            finally:
+                self.activity.task_ended()
             self.tasks_done += 1
             return True
         return False
@@ -239,7 +366,7 @@ class Worker:
             log.exception("malformed task body; leaving it for the DLQ")
             return
         tlog = TaskLogAdapter(log, {"job_id": task.job_id, "round": task.round, "shard_id": task.shard_id})
-        if self._job_finished(task.job_id):
+        if self._job_finished(task.job_id, tlog):
             tlog.info("job is cancelled or finished; dropping task %s unrun", task.key)
             self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
             return
@@ -247,21 +374,12 @@ class Worker:
         # protection (shardq.worker.protection), so a scale-in never stops a worker mid-shard.
         self._hook(self.on_task_start, "on_task_start")
         try:
-            self.current = lease
-            beat = threading.Thread(
-                target=self._heartbeat, args=(lease, task, tlog), daemon=True, name="heartbeat"
-            )
-            beat.start()
-            started = time.monotonic()
-            try:
-                result = self._outcome(task, lease, tlog, started)
-            finally:
-                lease.done.set()
-                beat.join()
-                self.current = None
-            if result is None or lease.abandoned.is_set():
+            result = self._run_leased(task, lease, tlog)
+            if result is None:
                 return
-            # Result first, then delete: a crash between the two duplicates a result, never loses one.
+            # Result first, then delete: a crash (or an AWS error) between the two duplicates a
+            # result, which the aggregator drops, never loses one. An error in either leaves the
+            # task to its visibility timeout.
             self.sqs.send_message(QueueUrl=self.results_queue_url, MessageBody=result.to_json())
             self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
             tlog.info(
@@ -274,6 +392,22 @@ class Worker:
             )
         finally:
             self._hook(self.on_task_end, "on_task_end")
+
+    def _run_leased(self, task: ShardTask, lease: Lease, tlog: logging.LoggerAdapter) -> ShardResult | None:
+        """Run the task while the heartbeat holds it; the result to post, or None when given up."""
+        self.current = lease
+        beat = threading.Thread(
+            target=self._heartbeat, args=(lease, task, tlog), daemon=True, name="heartbeat"
+        )
+        beat.start()
+        started = time.monotonic()
+        try:
+            result = self._outcome(task, lease, tlog, started)
+        finally:
+            lease.done.set()
+            beat.join()
+            self.current = None
+        return None if result is None or lease.abandoned.is_set() else result
 
     @staticmethod
     def _hook(hook: Callable[[], None] | None, name: str) -> None:
@@ -301,18 +435,24 @@ class Worker:
                 metrics={k: float(v) for k, v in outcome.get("metrics", {}).items()},
                 num_samples=int(outcome.get("num_samples", 0)),
                 artifact_uri=outcome.get("artifact_uri"),
+                model_uri=outcome.get("model_uri"),
                 duration_s=round(time.monotonic() - started, 3),
                 **attempt,
             )
+        except FatalAwsError:
+            # The worker's own bucket refused it: hand the task to a healthy worker and stop.
+            lease.abandoned.set()
+            self._release(lease.receipt)
+            raise
         except Exception as exc:
             if lease.abandoned.is_set():
                 return None
             tlog.exception(
                 "task %s failed on attempt %d of %d", task.key, lease.receives, self.max_receive_count
             )
-            # A training function that cannot even be loaded fails every attempt the same way:
-            # report it now instead of cycling the task through the remaining receives.
-            permanent = isinstance(exc, EntrypointError)
+            # A training function that cannot even be loaded, or a model the reduce cannot read,
+            # fails every attempt the same way: report it now instead of cycling through receives.
+            permanent = isinstance(exc, EntrypointError | ModelError)
             if not permanent and lease.receives < (self.max_receive_count or DEFAULT_MAX_RECEIVE_COUNT):
                 lease.abandoned.set()
                 # Give it back at once so the retry does not wait out the visibility timeout.
@@ -326,16 +466,19 @@ class Worker:
                 **attempt,
             )
 
-    def _job_finished(self, job_id: str) -> bool:
-        if self.ddb is None or not self.job_table:
+    def _job_finished(self, job_id: str, tlog: logging.LoggerAdapter) -> bool:
+        """True when the job is cancelled or finished. Unknown after a transient error: run the task
+        (the aggregator ignores results of a finished job), rather than drop or stall it."""
+        if self.store is None:
             return False
-        item = self.ddb.get_item(
-            TableName=self.job_table,
-            Key={"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "JOB"}},
-            ProjectionExpression="#s",
-            ExpressionAttributeNames={"#s": "status"},
-        ).get("Item")
-        return item is not None and item["status"]["S"] in TERMINAL_STATUSES
+        try:
+            status = self.store.status_of(job_id)
+        except Exception as exc:
+            if is_fatal(exc):
+                raise
+            tlog.warning("job status unknown (%s); running the task", describe(exc))
+            return False
+        return status in TERMINAL_STATUSES
 
     def _heartbeat(self, lease: Lease, task: ShardTask, tlog: logging.LoggerAdapter) -> None:
         """Extend visibility every third of it; at the 12-hour ceiling, fail the task cleanly."""
@@ -379,25 +522,43 @@ class Worker:
             duration_s=round(held, 3),
             error=error,
         )
-        self.sqs.send_message(QueueUrl=self.results_queue_url, MessageBody=result.to_json())
-        self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
+        try:
+            self.sqs.send_message(QueueUrl=self.results_queue_url, MessageBody=result.to_json())
+            self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
+        except Exception:
+            tlog.warning("could not report the ceiling; SQS redelivers the task", exc_info=True)
+
+    # -- S3 ----------------------------------------------------------------------------------
+
+    def _s3(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A call on the worker's own bucket: a fatal error becomes ``FatalAwsError`` (the worker
+        stops); errors from the training function's own data (``ctx.fetch``) stay task failures."""
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if is_fatal(exc):
+                raise FatalAwsError(f"{what}: {describe(exc)}") from exc
+            raise
 
     def _download(self, uri: str, dest: Path) -> Path:
         bucket, key = split_s3(uri)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self.s3.download_file(bucket, key, str(dest))
+        self._s3(f"download {uri}", self.s3.download_file, bucket, key, str(dest))
         return dest
 
     def _fetcher(self, tmp: Path) -> Callable[[str], Path]:
         def fetch(uri: str) -> Path:
             if uri.startswith("s3://"):
                 bucket, key = split_s3(uri)
-                return self._download(uri, tmp / "data" / bucket / key)
+                dest = tmp / "data" / bucket / key
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self.s3.download_file(bucket, key, str(dest))
+                return dest
             return Path(uri.removeprefix("file://"))
 
         return fetch
 
-    def _run(self, task: ShardTask, tmp: Path, tlog: logging.LoggerAdapter) -> dict[str, Any]:
+    def _context(self, task: ShardTask, tmp: Path, tlog: logging.LoggerAdapter) -> TaskContext:
         out_dir = tmp / "output"
         out_dir.mkdir()
         init = None
@@ -412,7 +573,7 @@ class Worker:
                 last[0] = fraction
                 tlog.info("progress %.0f%%", fraction * 100, extra={"progress": fraction})
 
-        ctx = TaskContext(
+        return TaskContext(
             data=dict(task.data),
             work_dir=tmp,
             output_dir=out_dir,
@@ -420,38 +581,91 @@ class Worker:
             logger=tlog,
             fetch=self._fetcher(tmp),
             progress_sink=progress,
+            device=self.device.device,
         )
+
+    def _run(self, task: ShardTask, tmp: Path, tlog: logging.LoggerAdapter) -> dict[str, Any]:
+        ctx = self._context(task, tmp, tlog)
         fn = resolve(self.entrypoint or task.entrypoint, task.task_type)
         if task.task_type == "reduce":
-            if task.inputs_uri is None:
-                raise ValueError(f"reduce task {task.key} has no inputs_uri")
-            bucket, key = split_s3(task.inputs_uri)
-            inputs = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            for i, m in enumerate(inputs["models"]):
-                name = Path(urlparse(m["artifact_uri"]).path).name
-                path = self._download(m["artifact_uri"], tmp / "inputs" / str(i) / name)
-                ctx.input_models.append((path, int(m["num_samples"])))
-            if fn is None:
-                average_models([p for p, _ in ctx.input_models], [w for _, w in ctx.input_models], out_dir)
-                outcome: dict[str, Any] = {"num_samples": inputs["total_samples"]}
-            else:
-                outcome = dict(fn(task, ctx) or {})
+            outcome = self._reduce(task, ctx, fn, tmp)
         else:
             if fn is None:
                 raise AttributeError(f"entrypoint {task.entrypoint!r} has no train function")
             outcome = dict(fn(task, ctx) or {})
-        if task.task_type == "train" and task.kind != "map" and not any(out_dir.iterdir()):
+        return self._publish(task, ctx, outcome, tlog)
+
+    def _reduce(
+        self, task: ShardTask, ctx: TaskContext, fn: Callable[..., Any] | None, tmp: Path
+    ) -> dict[str, Any]:
+        """The module's own ``reduce`` on every downloaded model, else the streamed FedAvg."""
+        if task.inputs_uri is None:
+            raise ValueError(f"reduce task {task.key} has no inputs_uri")
+        bucket, key = split_s3(task.inputs_uri)
+        body = self._s3(f"read {task.inputs_uri}", self.s3.get_object, Bucket=bucket, Key=key)["Body"]
+        inputs = json.loads(body.read())
+        # model_uri since the model became explicit; artifact_uri in inputs written before.
+        models = [
+            (str(m.get("model_uri") or m["artifact_uri"]), int(m["num_samples"])) for m in inputs["models"]
+        ]
+        if fn is not None:
+            for i, (uri, weight) in enumerate(models):
+                ctx.input_models.append((self._download(uri, tmp / "inputs" / str(i) / _name(uri)), weight))
+            return dict(fn(task, ctx) or {})
+        ctx.model_path = average_stream(
+            self._one_at_a_time(models, tmp / "inputs"),
+            [w for _, w in models],
+            ctx.output_dir,
+            name=_name(models[0][0]) if models else None,
+        )
+        return {"num_samples": inputs["total_samples"]}
+
+    def _one_at_a_time(self, models: list[tuple[str, int]], where: Path) -> Iterator[Path]:
+        """Each shard model downloaded when asked for, deleted once the next is asked for."""
+        for i, (uri, _) in enumerate(models):
+            if uri.endswith("/") or not Path(urlparse(uri).path).suffix:
+                raise ModelError(
+                    f"shard model {i} is {uri}, a prefix, not a model file: its worker saved several files "
+                    "and none named model.<ext>; set ctx.model_path in the training function"
+                )
+            path = self._download(uri, where / f"{i:06d}-{_name(uri)}")
+            yield path
+            path.unlink(missing_ok=True)
+
+    def _publish(
+        self, task: ShardTask, ctx: TaskContext, outcome: dict[str, Any], tlog: logging.LoggerAdapter
+    ) -> dict[str, Any]:
+        """Upload ``ctx.output_dir``; name the model (``model_uri``) and the artifact in ``outcome``."""
+        model = model_file(ctx.output_dir, ctx.model_path)
+        files = sorted(p for p in ctx.output_dir.rglob("*") if p.is_file())
+        if model is None and files and (task.task_type == "reduce" or task.kind == "data_parallel"):
+            names = ", ".join(p.relative_to(ctx.output_dir).as_posix() for p in files[:6])
+            raise ModelError(
+                f"ctx.output_dir holds {len(files)} files ({names}) and none is the model: name it "
+                "model.npz / model.pt, or set ctx.model_path to it"
+            )
+        if not files and task.task_type == "train" and task.kind != "map":
             tlog.warning("the training function saved nothing under ctx.output_dir; no model to reduce")
-        uploaded = self._upload(out_dir, task.output_prefix)
+        uploaded = {p: self._upload(p, ctx.output_dir, task.output_prefix) for p in files}
+        if model is not None:
+            outcome.setdefault("model_uri", uploaded[model])
         if "artifact_uri" not in outcome and uploaded:
-            outcome["artifact_uri"] = uploaded[0] if len(uploaded) == 1 else task.output_prefix
+            if len(uploaded) == 1:
+                outcome["artifact_uri"] = next(iter(uploaded.values()))
+            elif task.task_type == "reduce":
+                # A reduce's artifact is its model: the next round starts from artifact_uri.
+                outcome["artifact_uri"] = outcome["model_uri"]
+            else:
+                outcome["artifact_uri"] = task.output_prefix
         return outcome
 
-    def _upload(self, out_dir: Path, prefix: str) -> list[str]:
+    def _upload(self, path: Path, out_dir: Path, prefix: str) -> str:
         bucket, key_prefix = split_s3(prefix)
-        uris = []
-        for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
-            key = key_prefix + path.relative_to(out_dir).as_posix()
-            self.s3.upload_file(str(path), bucket, key)  # boto3 switches to multipart above 8 MiB
-            uris.append(f"s3://{bucket}/{key}")
-        return uris
+        key = key_prefix + path.relative_to(out_dir).as_posix()
+        # boto3 switches to multipart above 8 MiB
+        self._s3(f"upload {path.name}", self.s3.upload_file, str(path), bucket, key)
+        return f"s3://{bucket}/{key}"
+
+
+def _name(uri: str) -> str:
+    return Path(urlparse(uri).path).name

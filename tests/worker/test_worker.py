@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from shardq.core import operations
 from shardq.core.engine import Engine
 from shardq.core.planning import split_s3
 from shardq.core.settings import Settings
@@ -166,7 +167,7 @@ def test_cancelled_jobs_task_is_dropped_unrun(
     engine: Engine, settings: Settings, clients: dict[str, Any]
 ) -> None:
     job(engine, shards=2, entrypoint="tests.workloads:boom")
-    engine.store.update_job("w", set_values={"status": "CANCELLED"})
+    assert operations.cancel(engine, "w").cancelled
     w = worker(settings, clients)
     w.poll_once()
     w.poll_once()
