@@ -5,10 +5,10 @@ records each dead task as a failed shard, so messages wait here only when that h
 not) and ``results`` (results the aggregator rejected or could not record).
 
 Redrive uses SQS's StartMessageMoveTask where the endpoint supports it; otherwise it
-receives, re-sends (FIFO: same message group, a fresh deduplication id, so the queue does
-not drop the message as a duplicate of its first send) and deletes from the DLQ only the
-messages whose send succeeded. A crash in between can duplicate a message, never lose one;
-every consumer is idempotent.
+receives, re-sends through the core fan-out (FIFO: same message group, a fresh deduplication
+id, so the queue does not drop the message as a duplicate of its first send) and deletes from
+the DLQ only the messages whose send succeeded. A crash in between can duplicate a message,
+never lose one; every consumer is idempotent. The logic lives in ``shardq.core.redrive``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import argparse
 import json
 import sys
 import time
-import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from shardq.cli.common import (
@@ -33,43 +31,11 @@ from shardq.cli.common import (
     stack_outputs,
     table,
 )
+from shardq.core.redrive import MoveTaskUnsupported, counts, redrive, release
 
 # queue name → (DLQ output, source queue output)
 QUEUES = {"tasks": ("TaskDlqUrl", "TaskQueueUrl"), "results": ("ResultsDlqUrl", "ResultsQueueUrl")}
-# Error codes of endpoints without the message-move API (ministack answers InvalidAction).
-UNSUPPORTED_CODES = frozenset(
-    {
-        "InvalidAction",
-        "UnsupportedOperation",
-        "UnknownOperation",
-        "UnknownOperationException",
-        "NotImplemented",
-    }
-)
 PEEK_VISIBILITY_S = 30
-REDRIVE_VISIBILITY_S = 120
-
-
-def counts(sqs: Any, url: str) -> dict[str, int]:
-    """Approximate visible, in-flight and delayed messages of a queue."""
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=[
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-        ],
-    )["Attributes"]
-    return {
-        "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
-        "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
-        "delayed": int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
-    }
-
-
-def queue_arn(sqs: Any, url: str) -> str:
-    """A queue's ARN."""
-    return str(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
 
 
 def selected(args: argparse.Namespace) -> list[str]:
@@ -122,14 +88,7 @@ def peek(sqs: Any, url: str, limit: int) -> list[dict[str, Any]]:
             got.extend(msgs)
     finally:
         # Hold them until all are read (a FIFO group hides its later messages meanwhile), then give them back.
-        for i in range(0, len(got), 10):
-            sqs.change_message_visibility_batch(
-                QueueUrl=url,
-                Entries=[
-                    {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                    for j, m in enumerate(got[i : i + 10])
-                ],
-            )
+        release(sqs, url, got)
     return got
 
 
@@ -202,164 +161,6 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@dataclass
-class RedriveReport:
-    """What a redrive moved, how, and what it could not."""
-
-    queue: str
-    method: str
-    before: int
-    moved: int = 0
-    failed: int = 0
-    after: int | None = None
-    task_handle: str | None = None
-    errors: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data."""
-        return dict(self.__dict__)
-
-
-def start_move_task(sqs: Any, dlq_url: str, dest_url: str) -> str | None:
-    """StartMessageMoveTask from the DLQ to the queue; None when the endpoint lacks the API."""
-    from botocore.exceptions import ClientError
-
-    try:
-        resp = sqs.start_message_move_task(
-            SourceArn=queue_arn(sqs, dlq_url), DestinationArn=queue_arn(sqs, dest_url)
-        )
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in UNSUPPORTED_CODES:
-            return None
-        raise
-    return str(resp["TaskHandle"])
-
-
-def wait_move_task(sqs: Any, dlq_url: str, report: RedriveReport, timeout: float, out: Any) -> None:
-    """Poll ListMessageMoveTasks until the task ends (or ``timeout``)."""
-    arn = queue_arn(sqs, dlq_url)
-    deadline = time.monotonic() + timeout
-    while True:
-        tasks = sqs.list_message_move_tasks(SourceArn=arn, MaxResults=1).get("Results", [])
-        task = tasks[0] if tasks else {}
-        report.moved = int(task.get("ApproximateNumberOfMessagesMoved", 0))
-        status = task.get("Status", "UNKNOWN")
-        print(
-            f"move task {status}: {report.moved}/{task.get('ApproximateNumberOfMessagesToMove', '?')} moved",
-            file=out,
-        )
-        if status in ("COMPLETED", "FAILED", "CANCELLED"):
-            if status != "COMPLETED":
-                report.errors.append(f"move task {status}: {task.get('FailureReason', '')}")
-            return
-        if time.monotonic() > deadline:
-            report.errors.append("still moving when the wait ended; check with `shardq dlq list`")
-            return
-        time.sleep(2)
-
-
-def resend(sqs: Any, dlq_url: str, dest_url: str, report: RedriveReport, limit: int | None = None) -> None:
-    """Receive → send → delete, batch by batch; a message leaves the DLQ only after its send succeeded."""
-    fifo = dest_url.endswith(".fifo")
-    run = uuid.uuid4().hex
-    empty = 0
-    while limit is None or report.moved < limit:
-        want = 10 if limit is None else min(10, limit - report.moved)
-        msgs = sqs.receive_message(
-            QueueUrl=dlq_url,
-            MaxNumberOfMessages=want,
-            VisibilityTimeout=REDRIVE_VISIBILITY_S,
-            WaitTimeSeconds=0 if empty == 0 else 1,
-            AttributeNames=["All"],
-            MessageSystemAttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        ).get("Messages", [])
-        if not msgs:
-            empty += 1
-            if empty >= 2:
-                return
-            continue
-        empty = 0
-        entries = []
-        for i, m in enumerate(msgs):
-            entry: dict[str, Any] = {"Id": str(i), "MessageBody": m["Body"]}
-            if m.get("MessageAttributes"):
-                entry["MessageAttributes"] = m["MessageAttributes"]
-            if fifo:
-                entry["MessageGroupId"] = m.get("Attributes", {}).get("MessageGroupId") or "redrive"
-                # Fresh per redrive run: the first send's id would make the queue drop this one.
-                entry["MessageDeduplicationId"] = f"{m['MessageId']}:redrive:{run}"[:128]
-            entries.append(entry)
-        try:
-            resp = sqs.send_message_batch(QueueUrl=dest_url, Entries=entries)
-        except Exception:
-            _release(sqs, dlq_url, msgs)
-            raise
-        sent = {s["Id"] for s in resp.get("Successful", [])}
-        for f in resp.get("Failed", []):
-            report.errors.append(f"{msgs[int(f['Id'])]['MessageId']}: {f.get('Code')}: {f.get('Message')}")
-        done = [m for i, m in enumerate(msgs) if str(i) in sent]
-        kept = [m for i, m in enumerate(msgs) if str(i) not in sent]
-        if done:
-            deleted = sqs.delete_message_batch(
-                QueueUrl=dlq_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
-            )
-            for f in deleted.get("Failed", []):
-                # Sent but still in the DLQ: it will show up again (a duplicate, never a loss).
-                report.errors.append(
-                    f"sent but not deleted from the DLQ: {f.get('Code')}: {f.get('Message')}"
-                )
-        report.moved += len(done)
-        if kept:
-            report.failed += len(kept)
-            _release(sqs, dlq_url, kept)
-            return  # stop rather than spin on a message the queue refuses
-
-
-def _release(sqs: Any, url: str, msgs: list[dict[str, Any]]) -> None:
-    if msgs:
-        sqs.change_message_visibility_batch(
-            QueueUrl=url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                for i, m in enumerate(msgs)
-            ],
-        )
-
-
-def redrive(
-    sqs: Any,
-    name: str,
-    dlq_url: str,
-    dest_url: str,
-    *,
-    method: str = "auto",
-    limit: int | None = None,
-    wait_s: float = 300.0,
-    out: Any = sys.stderr,
-) -> RedriveReport:
-    """Move a DLQ's messages back to their queue; see the module docstring for how."""
-    before = counts(sqs, dlq_url)
-    report = RedriveReport(queue=name, method=method, before=before["visible"] + before["in_flight"])
-    handle = None
-    if method in ("auto", "move-task") and limit is None:
-        handle = start_move_task(sqs, dlq_url, dest_url)
-        if handle is None and method == "move-task":
-            raise CliError(
-                "this endpoint does not support StartMessageMoveTask; use --method resend (or auto)"
-            )
-    if handle is not None:
-        report.method, report.task_handle = "move-task", handle
-        wait_move_task(sqs, dlq_url, report, wait_s, out)
-    else:
-        report.method = "resend"
-        resend(sqs, dlq_url, dest_url, report, limit)
-    after = counts(sqs, dlq_url)
-    report.after = after["visible"] + after["in_flight"]
-    return report
-
-
 def cmd_redrive(args: argparse.Namespace) -> int:
     """Move dead letters back to their queue."""
     outputs = stack_outputs(args)
@@ -368,8 +169,8 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     with aws_errors(args):
         for name in selected(args):
             dlq_key, dest_key = QUEUES[name]
-            reports.append(
-                redrive(
+            try:
+                report = redrive(
                     sqs,
                     name,
                     require_output(outputs, dlq_key, args),
@@ -377,8 +178,11 @@ def cmd_redrive(args: argparse.Namespace) -> int:
                     method=args.method,
                     limit=args.max,
                     wait_s=args.wait_seconds,
+                    progress=lambda line: print(line, file=sys.stderr),
                 )
-            )
+            except MoveTaskUnsupported as exc:
+                raise CliError(str(exc)) from None
+            reports.append(report)
     if args.json:
         print_json([r.to_dict() for r in reports])
     else:
