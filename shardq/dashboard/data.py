@@ -1,8 +1,9 @@
 """What the dashboard shows, read from the job table, the bucket and the queues.
 
-This is the one module that reads job records and result items: everything it returns is a
-plain JSON-ready dict, so the server and the web app never see a record's shape (and a change
-of the record's type is adapted here alone). Reads only; nothing here writes.
+This is the one module that reads job records (``JobRecord``) and result items
+(``ResultRecord``): everything it returns is a plain JSON-ready dict, so the server and the web
+app never see a record's shape (a change of the records is adapted here alone). Reads only;
+nothing here writes.
 
 Timing: a result item carries ``recorded_at`` (when the aggregator recorded it) and its
 ShardResult carries ``duration_s`` (the worker's own measure of the task). A timeline bar ends
@@ -17,14 +18,13 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shardq.core.contracts import ShardResult, TrainingRequest
-from shardq.core.engine import job_view
-from shardq.core.jobstore import JobStore
+from shardq.core.contracts import ShardResult
+from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
 from shardq.core.metrics import leaderboard, summarize_round
 from shardq.core.operations import progress
 from shardq.core.planning import split_s3, trial
@@ -49,16 +49,16 @@ def epoch(timestamp: str | None) -> float | None:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
-def _fingerprint(job: dict[str, Any]) -> str:
-    # Every recorded outcome moves a counter on the job record, so the record's content
-    # changes exactly when its results do: a cache keyed on it is never stale.
-    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()
+def _fingerprint(job: JobRecord) -> str:
+    # Every recorded outcome moves a counter on the job record, so the record's fields (whose
+    # repr includes the counters) change exactly when its results do: the cache is never stale.
+    return hashlib.sha256(repr(job).encode()).hexdigest()
 
 
-def job_row(job: dict[str, Any], now: float) -> dict[str, Any]:
+def job_row(job: JobRecord, now: float) -> dict[str, Any]:
     """A job as the job list shows it: the CLI's JobView fields plus overall progress and age."""
     rows = progress(job)
-    view = job_view(job).to_dict()
+    view = job.view().to_dict()
     rounds, task_count = view["rounds"], view["shard_count"]
     # data_parallel rounds end with one reduce task each; other kinds have one round of tasks.
     total = rounds * (task_count + 1) if view["kind"] == "data_parallel" else task_count
@@ -72,70 +72,66 @@ def job_row(job: dict[str, Any], now: float) -> dict[str, Any]:
         "progress_pct": round(100.0 * completed / total, 1) if total else 0.0,
         "age_s": None if created is None else round(now - created, 1),
         "elapsed_s": None if created is None else round((finished or now) - created, 1),
-        "updated_at": job.get("updated_at"),
+        "updated_at": job.updated_at,
     }
 
 
-def timeline_entry(row: dict[str, Any], t0: float) -> dict[str, Any]:
+def timeline_entry(row: ResultRecord, t0: float) -> dict[str, Any]:
     """One recorded outcome as a timeline bar: seconds since the job was created."""
-    r = row["result"]
-    end = epoch(row["recorded_at"]) or t0
-    duration = float(r.get("duration_s") or 0.0)
-    receive_count = row.get("receive_count")
-    attempt = int(r.get("attempt") or 1)
+    r = row.result
+    end = epoch(row.recorded_at) or t0
     return {
-        "round": r["round"],
-        "shard_id": r["shard_id"],
-        "task_type": r["task_type"],
-        "status": r["status"],
-        "start_s": round(end - duration - t0, 3),
+        "round": r.round,
+        "shard_id": r.shard_id,
+        "task_type": r.task_type,
+        "status": r.status,
+        "start_s": round(end - r.duration_s - t0, 3),
         "end_s": round(end - t0, 3),
-        "duration_s": duration,
-        "recorded_at": row["recorded_at"],
-        "worker_id": r.get("worker_id") or row.get("source") or "unknown",
-        "attempt": attempt,
-        "receive_count": receive_count,
-        "retried": attempt > 1 or (receive_count or 1) > 1,
-        "source": row.get("source", "worker"),
-        "error": r.get("error"),
+        "duration_s": r.duration_s,
+        "recorded_at": row.recorded_at,
+        "worker_id": r.worker_id or row.source,
+        "attempt": r.attempt,
+        "receive_count": row.receive_count,
+        "retried": r.attempt > 1 or (row.receive_count or 1) > 1,
+        "source": row.source,
+        "error": r.error,
     }
 
 
-def failure_entry(row: dict[str, Any]) -> dict[str, Any]:
+def failure_entry(row: ResultRecord) -> dict[str, Any]:
     """A failed outcome with its error text and where it came from (worker or DLQ handler)."""
-    r = row["result"]
+    r = row.result
     return {
-        "round": r["round"],
-        "shard_id": r["shard_id"],
-        "task_type": r["task_type"],
-        "error": r.get("error") or "(no error text)",
-        "source": row.get("source", "worker"),
-        "worker_id": r.get("worker_id"),
-        "attempt": r.get("attempt", 1),
-        "receive_count": row.get("receive_count"),
-        "recorded_at": row["recorded_at"],
+        "round": r.round,
+        "shard_id": r.shard_id,
+        "task_type": r.task_type,
+        "error": r.error or "(no error text)",
+        "source": row.source,
+        "worker_id": r.worker_id,
+        "attempt": r.attempt,
+        "receive_count": row.receive_count,
+        "recorded_at": row.recorded_at,
     }
 
 
 def round_rows(
-    summaries: list[dict[str, Any]], results: Iterable[ShardResult], job: dict[str, Any]
+    summaries: list[dict[str, Any]], results: Sequence[ShardResult], job: JobRecord
 ) -> list[dict[str, Any]]:
     """Finished rounds' stored summaries, plus the running round's summary so far (``partial``)."""
     rows = [{**s, "partial": False} for s in summaries]
     done = {s["round"] for s in summaries}
-    current = int(job.get("round", 0))
-    if job.get("status") == "RUNNING" and current not in done:
-        train = [r for r in results if r.round == current and r.task_type == "train"]
+    if job.status == "RUNNING" and job.round not in done:
+        train = [r for r in results if r.round == job.round and r.task_type == "train"]
         if train:
-            rows.append({**summarize_round(current, train, job.get("round_started_at")), "partial": True})
+            rows.append({**summarize_round(job.round, train, job.round_started_at), "partial": True})
     return sorted(rows, key=lambda s: s["round"])
 
 
-def sweep_board(job: dict[str, Any], results: Iterable[ShardResult]) -> dict[str, Any] | None:
+def sweep_board(job: JobRecord, results: Sequence[ShardResult]) -> dict[str, Any] | None:
     """A sweep's leaderboard from its recorded trials (live: it grows as trials finish)."""
-    if job.get("kind") != "sweep":
+    if job.kind != "sweep":
         return None
-    request = TrainingRequest.from_json(job["request"])
+    request = job.request
     if request.objective is None or request.search_space is None:
         return None
     trials = [trial(request.search_space, i) for i in range(request.task_count)]
@@ -191,12 +187,12 @@ class DashboardData:
         self, status: str | None = None, kind: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
         """Most recent jobs (newest first), optionally of one status and one kind."""
-        found: list[dict[str, Any]] = []
+        found: list[JobRecord] = []
         for s in (status,) if status else STATUSES:
             found.extend(self.store.list_jobs(s, limit=limit))
         if kind:
-            found = [j for j in found if j.get("kind") == kind]
-        found.sort(key=lambda j: str(j.get("created_at", "")), reverse=True)
+            found = [j for j in found if j.kind == kind]
+        found.sort(key=lambda j: j.created_at, reverse=True)
         now = self.clock()
         return [job_row(j, now) for j in found[:limit]]
 
@@ -207,41 +203,41 @@ class DashboardData:
         return {
             "job": {
                 **job_row(job, self.clock()),
-                "max_failed_shards": job.get("max_failed_shards"),
-                "model_uri": job.get("model_uri"),
-                "round_started_at": job.get("round_started_at"),
+                "max_failed_shards": job.max_failed_shards,
+                "model_uri": job.model_uri,
+                "round_started_at": job.round_started_at,
             },
             "progress": [{**p.to_dict(), "outstanding": p.outstanding} for p in progress(job)],
             **detail,
         }
 
-    def _from_results(self, job: dict[str, Any]) -> dict[str, Any]:
+    def _from_results(self, job: JobRecord) -> dict[str, Any]:
         """Rounds, timeline, failures and leaderboard: cached until the job record changes."""
         key = _fingerprint(job)
         with self._lock:
-            cached = self._cache.get(job["job_id"])
+            cached = self._cache.get(job.job_id)
         if cached and cached[0] == key:
             return cached[1]
-        rows = self.store.all_results(job["job_id"])
-        results = [ShardResult.from_json(row["result"]) for row in rows]
-        t0 = epoch(job.get("created_at")) or self.clock()
-        rounds = round_rows(self.store.round_summaries(job["job_id"]), results, job)
+        rows = self.store.all_results(job.job_id)
+        results = [row.result for row in rows]
+        t0 = epoch(job.created_at) or self.clock()
+        rounds = round_rows(self.store.round_summaries(job.job_id), results, job)
         entries = sorted((timeline_entry(row, t0) for row in rows), key=lambda e: e["end_s"])
         cut = max(0, len(entries) - self.timeline_limit)
         detail = {
             "rounds": rounds,
             "metric_names": sorted({name for r in rounds for name in r.get("metrics", {})}),
             "timeline": {
-                "t0": job.get("created_at"),
+                "t0": job.created_at,
                 "entries": entries[cut:],
                 "truncated": cut,
                 "workers": sorted({e["worker_id"] for e in entries[cut:]}),
             },
-            "failures": [failure_entry(row) for row in rows if row["result"]["status"] == "failed"],
+            "failures": [failure_entry(row) for row in rows if row.result.status == "failed"],
             "leaderboard": sweep_board(job, results),
         }
         with self._lock:
-            self._cache[job["job_id"]] = (key, detail)
+            self._cache[job.job_id] = (key, detail)
         return detail
 
     def queue_depths(self) -> list[dict[str, Any]]:
@@ -270,7 +266,7 @@ class DashboardData:
 
     def manifest(self, job_id: str) -> dict[str, Any] | None:
         """The job's result manifest from the bucket; None while it has none (or it expired)."""
-        uri = self.store.get_job(job_id).get("result_uri")
+        uri = self.store.get_job(job_id).result_uri
         if not uri:
             return None
         bucket, key = split_s3(uri)

@@ -10,7 +10,7 @@ import pytest
 
 from shardq.core.contracts import ShardResult
 from shardq.core.engine import Engine
-from shardq.core.jobstore import Outcome
+from shardq.core.jobstore import JobRecord, Outcome
 from shardq.local.resources import dlq_urls
 from shardq.worker.runtime import Worker
 from tests.helpers import receive_all
@@ -66,7 +66,7 @@ def aggregate(engine: Engine) -> int:
     return len(outcomes)
 
 
-def run_job(engine: Engine, request: dict[str, Any], *, timeout: float = 300.0) -> dict[str, Any]:
+def run_job(engine: Engine, request: dict[str, Any], *, timeout: float = 300.0) -> JobRecord:
     """Submit ``request`` and drive it to its end with two real workers; the final job record."""
     job_id = engine.submit(request)["job_id"]
     crew = workers(engine)
@@ -76,7 +76,7 @@ def run_job(engine: Engine, request: dict[str, Any], *, timeout: float = 300.0) 
             w.poll_once()
         aggregate(engine)
         job = engine.store.get_job(job_id)
-        if job["status"] != "RUNNING":
+        if job.status != "RUNNING":
             return job
     raise TimeoutError(f"{job_id} did not finish within {timeout:.0f} s")
 

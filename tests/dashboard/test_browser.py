@@ -156,14 +156,14 @@ def test_job_list_curves_and_timeline_show_the_jobs_real_numbers(
     assert all(n > 1000 for n in page["curvePixels"]), page["curvePixels"]
     # AND the timeline has one bar per recorded outcome, of the recorded duration, on its worker's lane
     assert len(page["bars"]) == len(page["timelineRows"]) == len(results) == 15
-    recorded = {(r["result"]["round"], r["result"]["task_type"], r["result"]["shard_id"]): r for r in results}
+    recorded = {(r.result.round, r.result.task_type, r.result.shard_id): r.result for r in results}
     for bar in page["bars"]:
-        row = recorded[(bar["round"], bar["type"], bar["shard"])]
+        result = recorded[(bar["round"], bar["type"], bar["shard"])]
         start, end = bar["x"]
-        assert end - start == pytest.approx(row["result"]["duration_s"], abs=0.002)
-        assert bar["y"] == row["result"]["worker_id"] and bar["status"] == "succeeded"
+        assert end - start == pytest.approx(result.duration_s, abs=0.002)
+        assert bar["y"] == result.worker_id and bar["status"] == "succeeded"
     assert {(r["round"], r["type"], r["shard"]): r["duration"] for r in page["timelineRows"]} == {
-        k: r["result"]["duration_s"] for k, r in recorded.items()
+        k: r.duration_s for k, r in recorded.items()
     }
     assert set(page["lanes"]) <= {"worker-0", "worker-1"}
     assert page["timelinePixels"] > 1000

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.local_cloud
 def test_a_finished_fedavg_job_shows_its_rounds_curves_and_timeline(engine: Engine, data: Any) -> None:
     # GIVEN a data_parallel job of 4 shards x 3 rounds trained to the end by two real workers
     job = run_job(engine, DATA_PARALLEL)
-    assert job["status"] == "SUCCEEDED"
+    assert job.status == "SUCCEEDED"
     # WHEN the dashboard reads it
     detail = data.job("dash-fedavg")
     # THEN the curves are the stored round summaries, and validation loss falls
@@ -35,16 +35,14 @@ def test_a_finished_fedavg_job_shows_its_rounds_curves_and_timeline(engine: Engi
     entries = detail["timeline"]["entries"]
     rows = engine.store.all_results("dash-fedavg")
     assert len(entries) == len(rows) == 15
-    assert sorted((e["round"], e["task_type"], e["shard_id"]) for e in entries) == sorted(
-        (r["result"]["round"], r["result"]["task_type"], r["result"]["shard_id"]) for r in rows
-    )
-    by_key = {(r["result"]["round"], r["result"]["task_type"], r["result"]["shard_id"]): r for r in rows}
+    by_key = {(r.result.round, r.result.task_type, r.result.shard_id): r for r in rows}
+    assert sorted((e["round"], e["task_type"], e["shard_id"]) for e in entries) == sorted(by_key)
     for e in entries:
         row = by_key[(e["round"], e["task_type"], e["shard_id"])]
-        assert e["duration_s"] == row["result"]["duration_s"]
-        assert e["recorded_at"] == row["recorded_at"]
+        assert e["duration_s"] == row.result.duration_s
+        assert e["recorded_at"] == row.recorded_at
         assert e["end_s"] - e["start_s"] == pytest.approx(e["duration_s"], abs=0.002)
-        assert e["end_s"] >= 0 and e["worker_id"] == row["result"]["worker_id"]
+        assert e["end_s"] >= 0 and e["worker_id"] == row.result.worker_id
     assert set(detail["timeline"]["workers"]) <= {"worker-0", "worker-1"}
     assert detail["timeline"]["truncated"] == 0
     # AND progress is complete, nothing failed, no leaderboard for this kind
@@ -58,7 +56,7 @@ def test_a_finished_fedavg_job_shows_its_rounds_curves_and_timeline(engine: Engi
 def test_a_sweep_shows_its_leaderboard_and_the_failed_trial_with_its_error(engine: Engine, data: Any) -> None:
     # GIVEN a sweep of 6 trials whose trial 2 fails on every attempt (within max_failed_shards=1)
     job = run_job(engine, SWEEP)
-    assert job["status"] == "SUCCEEDED"
+    assert job.status == "SUCCEEDED"
     # WHEN the dashboard reads it
     detail = data.job("dash-sweep")
     # THEN the leaderboard ranks the 5 trials that finished by val_loss, lowest first
@@ -152,5 +150,5 @@ def test_unknown_job_raises_and_a_running_job_has_no_manifest(engine: Engine, da
 def test_manifest_of_a_finished_job_is_the_stored_one(engine: Engine, data: Any) -> None:
     job = run_job(engine, SWEEP)
     manifest = data.manifest("dash-sweep")
-    assert manifest is not None and manifest["status"] == job["status"] == "SUCCEEDED"
+    assert manifest is not None and manifest["status"] == job.status == "SUCCEEDED"
     assert manifest["best"]["trial"] == data.job("dash-sweep")["leaderboard"]["rows"][0]["trial"]
