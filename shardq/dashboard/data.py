@@ -18,6 +18,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,8 @@ QUEUE_OUTPUTS = {
 }
 # A timeline of more bars than this is cut to the most recent ones (the browser stays responsive).
 TIMELINE_LIMIT = 5000
+# Jobs whose derived data and finished rounds' outcomes stay cached (least recently read go first).
+CACHED_JOBS = 64
 
 
 def epoch(timestamp: str | None) -> float | None:
@@ -167,7 +170,8 @@ class DashboardData:
     queues: dict[str, str]
     clock: Callable[[], float] = time.time
     timeline_limit: int = TIMELINE_LIMIT
-    _cache: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict, repr=False)
+    _cache: OrderedDict[str, tuple[str, dict[str, Any]]] = field(default_factory=OrderedDict, repr=False)
+    _rounds: OrderedDict[tuple[str, int], list[ResultRecord]] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -218,7 +222,7 @@ class DashboardData:
             cached = self._cache.get(job.job_id)
         if cached and cached[0] == key:
             return cached[1]
-        rows = self.store.all_results(job.job_id)
+        rows = self._records(job)
         results = [row.result for row in rows]
         t0 = epoch(job.created_at) or self.clock()
         rounds = round_rows(self.store.round_summaries(job.job_id), results, job)
@@ -238,7 +242,33 @@ class DashboardData:
         }
         with self._lock:
             self._cache[job.job_id] = (key, detail)
+            self._cache.move_to_end(job.job_id)
+            while len(self._cache) > CACHED_JOBS:
+                self._cache.popitem(last=False)
         return detail
+
+    def _records(self, job: JobRecord) -> list[ResultRecord]:
+        """Every recorded outcome of the job; a finished round's are read once.
+
+        A round before the job's current one is complete and never changes again (a retry
+        re-runs failures of the current round only), so a running job costs a read of its
+        current round per refresh, not of its whole history.
+        """
+        phases = ("train", "reduce") if job.kind == "data_parallel" else ("train",)
+        rows: list[ResultRecord] = []
+        for r in range(job.round + 1):
+            key = (job.job_id, r)
+            with self._lock:
+                cached = self._rounds.get(key)
+            if cached is None:
+                cached = [row for phase in phases for row in self.store.results(job.job_id, r, phase)]
+                if r < job.round:
+                    with self._lock:
+                        self._rounds[key] = cached
+                        while len(self._rounds) > CACHED_JOBS * 16:
+                            self._rounds.popitem(last=False)
+            rows.extend(cached)
+        return rows
 
     def queue_depths(self) -> list[dict[str, Any]]:
         """Approximate visible, in-flight and delayed messages of each queue the stack outputs."""

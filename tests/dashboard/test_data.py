@@ -110,6 +110,29 @@ def test_cached_results_are_reread_exactly_when_the_job_changes(engine: Engine, 
     assert counting.counts["query"] > queries
 
 
+def test_a_finished_round_is_read_once_and_the_current_round_at_each_change(
+    engine: Engine, data: Any
+) -> None:
+    # GIVEN a FedAvg job in round 2 (round 1 and its reduce recorded), read once by the dashboard
+    engine.submit(DATA_PARALLEL)
+    crew = workers(engine)
+    while engine.store.get_job("dash-fedavg").round == 0:
+        for w in crew:
+            w.poll_once()
+        aggregate(engine)
+    first = data.job("dash-fedavg")
+    counting = CountingClient(data.store.ddb)
+    data.store.ddb = counting
+    # WHEN one result of round 2 is recorded and the page is read again
+    crew[0].poll_once()
+    assert aggregate(engine) == 1
+    detail = data.job("dash-fedavg")
+    # THEN only round 2 (train, reduce) and the round summaries were queried, and nothing is lost
+    assert counting.counts["query"] == 3
+    assert len(detail["timeline"]["entries"]) == len(first["timeline"]["entries"]) + 1 == 6
+    assert [r["round"] for r in detail["rounds"]] == [0, 1] and detail["rounds"][1]["partial"]
+
+
 def test_job_list_is_newest_first_and_filters_by_status_and_kind(engine: Engine, data: Any) -> None:
     # GIVEN a finished sweep and a running data_parallel job submitted after it
     run_job(engine, SWEEP)
