@@ -174,6 +174,12 @@ def test_job_list_curves_and_timeline_show_the_jobs_real_numbers(
     assert sorted(page["queues"]) == ["results", "results-dlq", "tasks", "tasks-dlq"]
     assert not page["leaderboardShown"] and page["failures"] == []
     assert shot.stat().st_size > 10_000
+    # AND the log-scale switch turns every curve's y axis logarithmic
+    browser.find_element("id", "log-scale").click()
+    axes = browser.execute_script(
+        "return [...document.querySelectorAll('.curve canvas')].map((c) => Chart.getChart(c).scales.y.type)"
+    )
+    assert axes == ["logarithmic", "logarithmic"]
 
 
 def test_sweep_page_ranks_trials_and_shows_the_failure_text(

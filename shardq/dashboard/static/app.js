@@ -147,6 +147,10 @@ function curveData(rounds, name) {
   };
 }
 
+function yScale() {
+  return document.getElementById("log-scale").checked ? "logarithmic" : "linear";
+}
+
 function curveCard(name) {
   const canvas = el("canvas", { class: "curve-canvas", dataset: { metric: name }, "aria-label": `${name} per round` });
   const table = el("table", { class: "grid small curve-values" }, el("thead", {}, el("tr", {}, el("th", {}, "round"), el("th", {}, "mean"), el("th", {}, "min"), el("th", {}, "max"), el("th", {}, "shards"))), el("tbody"));
@@ -165,7 +169,10 @@ function curveCard(name) {
       animation: false,
       maintainAspectRatio: false,
       interaction: { mode: "index", intersect: false },
-      scales: { x: { title: { display: true, text: "round (* = running)" } }, y: { title: { display: true, text: name } } },
+      scales: {
+        x: { title: { display: true, text: "round (* = running)" } },
+        y: { type: yScale(), title: { display: true, text: name } },
+      },
       plugins: { legend: { display: false } },
     },
   });
@@ -417,6 +424,12 @@ async function start() {
   form.addEventListener("change", () => tick());
   form.addEventListener("input", () => tick());
   form.addEventListener("submit", (event) => event.preventDefault());
+  document.getElementById("log-scale").addEventListener("change", () => {
+    for (const { chart } of Object.values(state.charts)) {
+      chart.options.scales.y.type = yScale();
+      chart.update("none");
+    }
+  });
   window.addEventListener("hashchange", route);
   route();
 }
