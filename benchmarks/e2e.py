@@ -157,7 +157,7 @@ def run(shards: int, workers: int, timeout: float) -> dict[str, Any]:
             end_by = time.monotonic() + timeout
             while True:
                 job = store.get_job(job_id)
-                if job["status"] in TERMINAL_STATUSES:
+                if job.status in TERMINAL_STATUSES:
                     break
                 if time.monotonic() > end_by:
                     raise TimeoutError(f"job {job_id} not finished after {timeout:.0f} s: {job}")
@@ -167,17 +167,17 @@ def run(shards: int, workers: int, timeout: float) -> dict[str, Any]:
             stop_workers(procs)
         results = store.results(job_id, 0)
         ends = task_ends(logs)
-    created = ts(job["created_at"])
+    created = ts(job.created_at)
     # finished_at is the latest recording time (deterministic, see docs/ARCHITECTURE.md), not the
     # moment of the transition: the transition is observed by polling every 0.2 s.
     finished = observed_done
-    ids = [r["result"]["shard_id"] for r in results]
-    if job["status"] != "SUCCEEDED" or sorted(ids) != list(range(shards)):
+    ids = [r.result.shard_id for r in results]
+    if job.status != "SUCCEEDED" or sorted(ids) != list(range(shards)):
         raise RuntimeError(f"job {job['status']}: {len(set(ids))} distinct shards recorded of {shards}")
-    starts = {r["result"]["shard_id"]: float(r["result"]["metrics"]["started_at"]) for r in results}
+    starts = {r.result.shard_id: float(r.result.metrics["started_at"]) for r in results}
     by_worker: dict[str, list[int]] = {}
     for r in results:
-        by_worker.setdefault(r["result"]["worker_id"], []).append(r["result"]["shard_id"])
+        by_worker.setdefault(r.result.worker_id, []).append(r.result.shard_id)
     pickup = [starts[s] - created for s in range(shards)]
     gaps: list[float] = []
     busy = 0.0
@@ -211,7 +211,7 @@ def run(shards: int, workers: int, timeout: float) -> dict[str, Any]:
         "submit_to_finished_s": round(finished - submitted, 2),
         "tasks_per_worker": sorted(len(v) for v in by_worker.values()),
         "worker_busy_share": round(busy / (makespan * workers), 3),
-        "job_status": job["status"],
+        "job_status": job.status,
     }
 
 

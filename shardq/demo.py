@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from shardq.core.contracts import TERMINAL_STATUSES
-from shardq.core.jobstore import JobStore
+from shardq.core.jobstore import JobRecord, JobStore
 from shardq.core.planning import split_s3
 from shardq.dashboard.launch import try_start, wait_until_interrupted
 from shardq.local.cloud import LocalCloud
@@ -103,30 +102,28 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
 
-def _watch(store: JobStore, job_id: str, timeout: float) -> dict[str, Any]:
+def _watch(store: JobStore, job_id: str, timeout: float) -> JobRecord:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         job = store.get_job(job_id)
-        r, phase = int(job["round"]), job["phase"]
-        done = int(job.get(f"ok_r{r}_{phase}", 0))
-        expected = job["task_count"] if phase == "train" else 1
-        line = f"  round {r + 1}/{job['rounds']} {phase:<6} {done}/{expected}"
+        r, phase = job.round, job.phase
+        line = f"  round {r + 1}/{job.rounds} {phase:<6} {job.ok(r, phase)}/{job.expected(phase)}"
         if line != last:
             print(line, flush=True)
             last = line
-        if job["status"] in TERMINAL_STATUSES:
+        if job.terminal:
             return job
         time.sleep(0.25)
     raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f} s")
 
 
-def _report(s3: Any, job: dict[str, Any], exact: np.ndarray, elapsed: float) -> int:
-    print(f"job {job['job_id']}: {job['status']} after {elapsed:.1f} s (start-up and deploy included)")
-    if job["status"] != "SUCCEEDED":
-        print(f"error: {job.get('error')}", file=sys.stderr)
+def _report(s3: Any, job: JobRecord, exact: np.ndarray, elapsed: float) -> int:
+    print(f"job {job.job_id}: {job.status} after {elapsed:.1f} s (start-up and deploy included)")
+    if job.status != "SUCCEEDED" or job.result_uri is None:
+        print(f"error: {job.error}", file=sys.stderr)
         return 1
-    b, key = split_s3(job["result_uri"])
+    b, key = split_s3(job.result_uri)
     manifest = json.loads(s3.get_object(Bucket=b, Key=key)["Body"].read())
     val = [r["metrics"]["val_loss"]["mean"] for r in manifest["rounds"]]
     for r, v in zip(manifest["rounds"], val, strict=True):
@@ -138,7 +135,7 @@ def _report(s3: Any, job: dict[str, Any], exact: np.ndarray, elapsed: float) -> 
     relative = float(np.linalg.norm(learned - exact) / np.linalg.norm(exact))
     print(f"  final model {manifest['final_model_uri']}")
     print(f"  distance to the least-squares solution: {relative:.2e} (relative)")
-    print(f"  result manifest {job['result_uri']}")
+    print(f"  result manifest {job.result_uri}")
     # Loss must fall until it reaches the noise floor, then stay there (1 % slack for SGD noise).
     ok = relative < 0.01 and val[-1] < val[0] and all(b <= a * 1.01 for a, b in itertools.pairwise(val))
     print(

@@ -173,7 +173,6 @@ class FlakySQS:
         return getattr(self.real, name)
 
     def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
 
         self.calls += 1
         if self.die_after is not None and self.calls > self.die_after:

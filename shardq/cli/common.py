@@ -326,7 +326,7 @@ def engine_for(args: argparse.Namespace, outputs: dict[str, str] | None = None) 
     )
 
 
-def get_job(engine: Any, job_id: str) -> dict[str, Any]:
+def get_job(engine: Any, job_id: str) -> Any:
     """The job record, or NotFoundError (exit 3) naming the table and the fix."""
     from shardq.core.jobstore import JobNotFound
 

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from shardq.cli.common import (
     EXIT_JOB_FAILED,
@@ -38,6 +38,9 @@ from shardq.cli.common import (
     use_colour,
 )
 from shardq.core.planning import split_s3
+
+if TYPE_CHECKING:
+    from shardq.core.jobstore import JobRecord
 
 STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 # Throughput is measured over this trailing window, so the ETA follows the current pace.
@@ -151,12 +154,11 @@ def _submit_direct(
 # -- status and list ------------------------------------------------------------------------
 
 
-def status_data(job: dict[str, Any]) -> dict[str, Any]:
+def status_data(job: JobRecord) -> dict[str, Any]:
     """``JobView`` fields plus per-(round, phase) progress: what ``status --json`` prints."""
-    from shardq.core.engine import job_view
     from shardq.core.operations import progress
 
-    return {**job_view(job).to_dict(), "progress": [p.to_dict() for p in progress(job)]}
+    return {**job.view().to_dict(), "progress": [p.to_dict() for p in progress(job)]}
 
 
 def render_status(data: dict[str, Any], out: IO[str]) -> str:
@@ -186,32 +188,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     engine = engine_for(args)
     with aws_errors(args):
         job = get_job(engine, args.job)
-    if args.wait and job["status"] == "RUNNING":
+    if args.wait and job.status == "RUNNING":
         return watch(args, args.job, out=sys.stderr if args.json else sys.stdout, quiet=True, engine=engine)
     if args.json:
         print_json(status_data(job))
     else:
         print(render_status(status_data(job), sys.stdout))
-    return EXIT_OK if not args.wait or job["status"] == "SUCCEEDED" else EXIT_JOB_FAILED
+    return EXIT_OK if not args.wait or job.status == "SUCCEEDED" else EXIT_JOB_FAILED
 
 
-def list_jobs(engine: Any, statuses: tuple[str, ...], limit: int) -> list[dict[str, Any]]:
+def list_jobs(engine: Any, statuses: tuple[str, ...], limit: int) -> list[JobRecord]:
     """Most recent jobs over ``statuses``, newest first."""
-    jobs: list[dict[str, Any]] = []
+    jobs: list[JobRecord] = []
     for status in statuses:
         jobs.extend(engine.store.list_jobs(status, limit=limit))
-    jobs.sort(key=lambda j: j.get("created_at", ""), reverse=True)
+    jobs.sort(key=lambda j: j.created_at, reverse=True)
     return jobs[:limit]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List recent jobs, newest first."""
-    from shardq.core.engine import job_view
-
     engine = engine_for(args)
     statuses = (args.status,) if args.status else STATUSES
     with aws_errors(args):
-        views = [job_view(j).to_dict() for j in list_jobs(engine, statuses, args.limit)]
+        views = [j.view().to_dict() for j in list_jobs(engine, statuses, args.limit)]
     if args.json:
         print_json(views)
         return EXIT_OK
@@ -289,7 +289,7 @@ class Watch:
     def __post_init__(self) -> None:
         self.live = use_colour(self.out) and not self.json_lines and not self.quiet
 
-    def snapshot(self, job: dict[str, Any]) -> Snapshot:
+    def snapshot(self, job: JobRecord) -> Snapshot:
         """Counters of the current phase, the throughput over the window and the job's ETA."""
         from shardq.core.operations import progress
 
@@ -304,17 +304,17 @@ class Watch:
         t0, c0 = self.samples[0]
         if now > t0 and completed > c0:
             rate = (completed - c0) / (now - t0)
-            rounds, task_count = int(job.get("rounds", 1)), int(job.get("task_count", 0))
+            rounds, task_count = job.rounds, job.task_count
             left = current.total - current.done - current.failed
-            if job.get("kind") == "data_parallel":
+            if job.kind == "data_parallel":
                 left += (1 if current.phase == "train" else 0) + (rounds - current.round - 1) * (
                     task_count + 1
                 )
             eta = left / rate
         return Snapshot(
-            status=str(job["status"]),
+            status=job.status,
             round=current.round,
-            rounds=int(job.get("rounds", 1)),
+            rounds=job.rounds,
             phase=current.phase,
             total=current.total,
             done=current.done,
@@ -348,24 +348,24 @@ class Watch:
                 self.emit(text)
             self.last_line = text
 
-    def failures(self, job: dict[str, Any]) -> None:
+    def failures(self, job: JobRecord) -> None:
         """Print failed outcomes not printed yet (queried only when a fail counter moved)."""
         from shardq.core.operations import failed_outcomes, progress
 
         if sum(p.failed for p in progress(job)) <= len(self.seen_failures):
             return
         for row in failed_outcomes(self.engine, self.job_id):
-            if row["sk"] in self.seen_failures:
+            r = row.result
+            if r.key in self.seen_failures:
                 continue
-            self.seen_failures.add(row["sk"])
-            r = row["result"]
+            self.seen_failures.add(r.key)
             if self.json_lines:
-                print(json.dumps({"event": "failure", **r, "source": row.get("source")}), file=self.out)
+                print(json.dumps({"event": "failure", **r.to_dict(), "source": row.source}), file=self.out)
             elif not self.quiet:
                 self.emit(
                     paint(
-                        f"  failed: round {r['round'] + 1} shard {r['shard_id']} ({r['task_type']}): "
-                        f"{r.get('error')} [{row.get('source', 'worker')}, attempt {r.get('attempt', 1)}]",
+                        f"  failed: round {r.round + 1} shard {r.shard_id} ({r.task_type}): "
+                        f"{r.error} [{row.source}, attempt {r.attempt}]",
                         "red",
                         self.out,
                     )
@@ -377,8 +377,8 @@ class Watch:
         job = get_job(self.engine, self.job_id)
         if not self.json_lines and not self.quiet:
             self.emit(
-                f"watching {self.job_id} ({job['kind']}, {job.get('task_count')} tasks per round, "
-                f"{job.get('rounds', 1)} round(s))"
+                f"watching {self.job_id} ({job.kind}, {job.task_count} tasks per round, "
+                f"{job.rounds} round(s))"
             )
         while True:
             snap = self.snapshot(job)
@@ -389,7 +389,7 @@ class Watch:
                 self.out.flush()
             self.progress_line(snap)
             self.failures(job)
-            if job["status"] != "RUNNING":
+            if job.status != "RUNNING":
                 return self.finish(job, self.clock() - started)
             if timeout is not None and self.clock() - started > timeout:
                 self.emit(
@@ -399,18 +399,18 @@ class Watch:
             time.sleep(self.interval)
             job = get_job(self.engine, self.job_id)
 
-    def finish(self, job: dict[str, Any], elapsed: float) -> int:
+    def finish(self, job: JobRecord, elapsed: float) -> int:
         """The closing line; the exit code follows the status."""
-        status = str(job["status"])
+        status = job.status
         if self.json_lines:
             print(json.dumps({"event": "finished", **status_data(job)}, default=str), file=self.out)
         else:
             text = f"{self.job_id} {paint_status(status, self.out)} (watched {duration(elapsed)})"
-            if job.get("error"):
-                text += f": {job['error']}"
+            if job.error:
+                text += f": {job.error}"
             self.emit(text)
-            if job.get("result_uri"):
-                self.emit(f"result: {job['result_uri']}  (shardq result {self.job_id})")
+            if job.result_uri:
+                self.emit(f"result: {job.result_uri}  (shardq result {self.job_id})")
         self.out.flush()
         return EXIT_OK if status == "SUCCEEDED" else EXIT_JOB_FAILED
 
@@ -448,10 +448,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def read_manifest(args: argparse.Namespace, engine: Any, job_id: str) -> dict[str, Any]:
     """The job's result manifest; NotFoundError while it has none."""
     job = get_job(engine, job_id)
-    uri = job.get("result_uri")
+    uri = job.result_uri
     if not uri:
         raise NotFoundError(
-            f"job {job_id} is {job['status']} and has no result yet; follow it with `shardq watch {job_id}`"
+            f"job {job_id} is {job.status} and has no result yet; follow it with `shardq watch {job_id}`"
         )
     bucket, key = split_s3(uri)
     try:

@@ -259,7 +259,7 @@ def run_until(
         if not pump.step():
             time.sleep(0.1)
         job = engine.store.get_job(job_id)
-        if job["status"] in statuses:
+        if job.status in statuses:
             return job
     raise AssertionError(
         f"job {job_id} did not reach {statuses} in {timeout} s: {engine.store.get_job(job_id)}"
@@ -403,8 +403,8 @@ def reference_model(clients: dict[str, Any], payload: dict[str, Any]) -> dict[st
         if engine.status("reference").status in TERMINAL_STATUSES:
             break
     job = engine.store.get_job("reference")
-    assert job["status"] == "SUCCEEDED", job
-    _REFERENCE[key] = load_model(clients["s3"], job["model_uri"])
+    assert job.status == "SUCCEEDED", job
+    _REFERENCE[key] = load_model(clients["s3"], job.model_uri)
     return _REFERENCE[key]
 
 

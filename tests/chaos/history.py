@@ -31,6 +31,7 @@ from typing import Any
 
 from shardq.core.contracts import ShardTask
 from shardq.core.engine import Engine
+from shardq.core.jobstore import JobRecord, ResultRecord
 from shardq.local.resources import dlq_urls
 from tests.chaos.harness import trainings
 from tests.helpers import count_messages
@@ -40,19 +41,17 @@ from tests.helpers import count_messages
 class History:
     """Everything a job left behind."""
 
-    job: dict[str, Any]
-    outcomes: list[dict[str, Any]]
+    job: JobRecord
+    outcomes: list[ResultRecord]
     summaries: list[dict[str, Any]]
     manifest: dict[str, Any] | None
     queues: dict[str, int]
     dead_tasks: list[ShardTask] = field(default_factory=list)
     trainings: list[dict[str, Any]] = field(default_factory=list)
 
-    def items(self, round_no: int, phase: str) -> list[dict[str, Any]]:
+    def items(self, round_no: int, phase: str) -> list[ResultRecord]:
         """Outcome items of one (round, phase)."""
-        return [
-            o for o in self.outcomes if o["result"]["round"] == round_no and o["result"]["task_type"] == phase
-        ]
+        return [o for o in self.outcomes if o.result.round == round_no and o.result.task_type == phase]
 
 
 def collect(engine: Engine, job_id: str, chaos_dir: Path | None = None) -> History:
@@ -60,8 +59,8 @@ def collect(engine: Engine, job_id: str, chaos_dir: Path | None = None) -> Histo
     sqs, s = engine.sqs, engine.settings
     job = engine.store.get_job(job_id)
     manifest = None
-    if job.get("result_uri"):
-        key = job["result_uri"].split("/", 3)[3]
+    if job.result_uri:
+        key = job.result_uri.split("/", 3)[3]
         manifest = json.loads(engine.s3.get_object(Bucket=s.artifact_bucket, Key=key)["Body"].read())
     dlqs = dlq_urls(sqs, s)
     queues = {
@@ -86,13 +85,13 @@ def collect(engine: Engine, job_id: str, chaos_dir: Path | None = None) -> Histo
     )
 
 
-def _phases(job: dict[str, Any]) -> list[tuple[int, str, int]]:
+def _phases(job: JobRecord) -> list[tuple[int, str, int]]:
     """(round, phase, tasks) of every phase the job reached, in order."""
-    last_round, last_phase = int(job["round"]), job["phase"]
+    last_round, last_phase = int(job.round), job.phase
     out = []
     for r in range(last_round + 1):
-        out.append((r, "train", int(job["task_count"])))
-        if job["kind"] == "data_parallel" and (r < last_round or last_phase == "reduce"):
+        out.append((r, "train", int(job.task_count)))
+        if job.kind == "data_parallel" and (r < last_round or last_phase == "reduce"):
             out.append((r, "reduce", 1))
     return out
 
@@ -118,13 +117,13 @@ def check(
     """Every violation of the invariants in the module docstring (empty when the history is sound)."""
     p: list[str] = []
     job = h.job
-    if job["status"] != status:
-        p.append(f"job status {job['status']} (error {job.get('error')!r}), expected {status}")
+    if job.status != status:
+        p.append(f"job status {job.status} (error {job.error!r}), expected {status}")
     phases = _phases(job)
     planned = {(r, ph, s) for r, ph, n in phases for s in range(n)}
     seen: dict[tuple[int, str, int], int] = {}
     for o in h.outcomes:
-        res = o["result"]
+        res = o.result.to_dict()
         k = (res["round"], res["task_type"], res["shard_id"])
         seen[k] = seen.get(k, 0) + 1
         if k not in planned:
@@ -133,32 +132,28 @@ def check(
     # 1. completeness: a finished phase has every outcome; a succeeded job finished them all
     for r, ph, n in phases:
         have = {s for (rr, pp, s) in seen if (rr, pp) == (r, ph)}
-        finished = status == "SUCCEEDED" or (r, ph) != (int(job["round"]), job["phase"])
+        finished = status == "SUCCEEDED" or (r, ph) != (int(job.round), job.phase)
         if finished and have != set(range(n)):
             p.append(f"round {r} {ph}: outcomes for {sorted(have)}, expected all of 0..{n - 1}")
-    if (
-        status == "SUCCEEDED"
-        and job["kind"] == "data_parallel"
-        and int(job["round"]) != int(job["rounds"]) - 1
-    ):
-        p.append(f"job SUCCEEDED in round {job['round']} of {job['rounds']}")
+    if status == "SUCCEEDED" and job.kind == "data_parallel" and int(job.round) != int(job.rounds) - 1:
+        p.append(f"job SUCCEEDED in round {job.round} of {job.rounds}")
     # 2. counters equal items
     failed_train = 0
     for r, ph, _ in phases:
         items = h.items(r, ph)
-        ok = sum(1 for o in items if o["outcome"] == "succeeded")
+        ok = sum(1 for o in items if o.result.status == "succeeded")
         bad = len(items) - ok
         if ph == "train":
             failed_train += bad
-        for name, want in ((f"ok_r{r}_{ph}", ok), (f"fail_r{r}_{ph}", bad)):
-            if int(job.get(name, 0)) != want:
-                p.append(f"counter {name}={job.get(name, 0)} but {want} outcome items: counted twice or lost")
-    if int(job.get("failed_total", 0)) != failed_train:
-        p.append(f"failed_total={job.get('failed_total')} but {failed_train} failed train items")
+        for name, have, want in (("ok", job.ok(r, ph), ok), ("fail", job.failed(r, ph), bad)):
+            if have != want:
+                p.append(f"counter {name} r{r} {ph}={have} but {want} outcome items: counted twice or lost")
+    if int(job.failed_total) != failed_train:
+        p.append(f"failed_total={job.failed_total} but {failed_train} failed train items")
     # 3. round summaries = weighted mean of exactly the recorded results
     for summary in h.summaries:
         r = summary["round"]
-        results = [o["result"] for o in h.items(r, "train")]
+        results = [o.result.to_dict() for o in h.items(r, "train")]
         ok = [x for x in results if x["status"] == "succeeded"]
         if summary["shards_succeeded"] != len(ok) or summary["shards_failed"] != len(results) - len(ok):
             p.append(
@@ -176,12 +171,12 @@ def check(
         if m is None:
             p.append("no result manifest")
         else:
-            if m["status"] != job["status"]:
-                p.append(f"manifest status {m['status']} != job {job['status']}")
+            if m["status"] != job.status:
+                p.append(f"manifest status {m['status']} != job {job.status}")
             failed_items = sorted(
-                (o["result"]["round"], o["result"]["task_type"], o["result"]["shard_id"])
+                (o.result.round, o.result.task_type, o.result.shard_id)
                 for o in h.outcomes
-                if o["outcome"] == "failed"
+                if o.result.status == "failed"
             )
             listed = sorted((f["round"], f["task_type"], f["shard_id"]) for f in m["failed"])
             if listed != failed_items:
@@ -189,12 +184,12 @@ def check(
             if m["rounds"] != h.summaries:
                 p.append("manifest round summaries differ from the table's")
             if (
-                job["kind"] == "data_parallel"
+                job.kind == "data_parallel"
                 and status == "SUCCEEDED"
-                and m["final_model_uri"] != job.get("model_uri")
+                and m["final_model_uri"] != job.model_uri
             ):
-                p.append(f"manifest model {m['final_model_uri']} != job model {job.get('model_uri')}")
-        if job.get("event_pending"):
+                p.append(f"manifest model {m['final_model_uri']} != job model {job.model_uri}")
+        if job.event_pending:
             p.append("the Job Finished event was never sent (event_pending still set)")
     # 5. no message in flight or lost
     for q in ("tasks", "results"):
@@ -204,23 +199,20 @@ def check(
         p.append(f"{h.queues['results_dlq']} result(s) in the results DLQ, expected {allow_results_dlq}")
     failed_keys = {
         k
-        for k, o in (
-            (tuple((o["result"]["round"], o["result"]["task_type"], o["result"]["shard_id"])), o)
-            for o in h.outcomes
-        )
-        if o["outcome"] == "failed"
+        for k, o in ((tuple((o.result.round, o.result.task_type, o.result.shard_id)), o) for o in h.outcomes)
+        if o.result.status == "failed"
     }
     for t in h.dead_tasks:
-        if t.job_id == job["job_id"] and (t.round, t.task_type, t.shard_id) not in failed_keys:
+        if t.job_id == job.job_id and (t.round, t.task_type, t.shard_id) not in failed_keys:
             p.append(f"dead task {t.key} is not recorded as failed on the job")
     # 6. every succeeded train outcome was really trained
     if trained and h.trainings:
         ended = {(t["round"], t["shard"]) for t in h.trainings if t["event"] == "end"}
         for o in h.outcomes:
-            res = o["result"]
+            res = o.result.to_dict()
             if (
                 res["task_type"] == "train"
-                and o["outcome"] == "succeeded"
+                and o.result.status == "succeeded"
                 and (res["round"], res["shard_id"]) not in ended
             ):
                 p.append(

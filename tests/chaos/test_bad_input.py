@@ -280,13 +280,13 @@ def test_malformed_and_foreign_results_are_rejected_and_the_good_ones_counted(
     failed = sorted(int(f["itemIdentifier"].removeprefix("m-")) for f in answer["batchItemFailures"])
     assert failed == list(range(1, len(bodies)))
     job = r.engine.store.get_job("m")
-    assert (job["ok_r0_train"], job.get("fail_r0_train", 0), job["status"]) == (1, 0, "RUNNING")
-    assert [o["result"]["shard_id"] for o in r.engine.store.all_results("m")] == [0]
+    assert (job.ok(0, "train"), job.failed(0, "train"), job.status) == (1, 0, "RUNNING")
+    assert [o.result.shard_id for o in r.engine.store.all_results("m")] == [0]
     # AND the round completes only when its real last shard arrives
     assert aggregator.aggregate(body_event([result_for(tasks[1]).to_json()]), LambdaContext()) == {
         "batchItemFailures": []
     }
-    assert r.engine.store.get_job("m")["status"] == "SUCCEEDED"
+    assert r.engine.store.get_job("m").status == "SUCCEEDED"
 
 
 @pytest.mark.local_cloud
@@ -301,8 +301,8 @@ def test_result_for_a_finished_job_changes_neither_its_status_nor_its_manifest(
     late = [result_for(tasks[0]).to_json(), result_for(tasks[0]).to_json()]
     assert aggregator.aggregate(body_event(late), LambdaContext()) == {"batchItemFailures": []}
     job = r.engine.store.get_job("m")
-    assert job["status"] == "CANCELLED"
-    assert job["ok_r0_train"] == 1  # the shard that was running is on record, once
+    assert job.status == "CANCELLED"
+    assert job.ok(0, "train") == 1  # the shard that was running is on record, once
     assert r.clients["s3"].get_object(Bucket=r.settings.artifact_bucket, Key=key)["Body"].read() == before
 
 

@@ -116,7 +116,7 @@ def test_two_aggregators_racing_on_the_last_shards_of_each_round(rig: Callable[.
     sqs, s = r.clients["sqs"], r.settings
     races = 0
     deadline = time.monotonic() + 90
-    while r.engine.store.get_job("race")["status"] == "RUNNING":
+    while r.engine.store.get_job("race").status == "RUNNING":
         assert time.monotonic() < deadline
         r.pool.tick()
         if count_messages(sqs, s.task_queue_url) or not count_messages(sqs, s.results_queue_url):
@@ -208,7 +208,7 @@ def test_splitter_killed_half_way_reinvoked_and_the_request_sent_twice(
     r.engine.fanout.sqs = FlakySQS(real, die_after=1)
     with pytest.raises(FanOutError):
         splitter.split(payload, LambdaContext())
-    assert r.engine.store.get_job(job_id)["enq_r0_train"] == 3
+    assert r.engine.store.get_job(job_id).enqueued(0, "train") == 3
     # ... is re-invoked and dies between sending the second chunk and saving its cursor ...
     r.engine.fanout.sqs = real
     save = r.engine.store.advance_cursor
@@ -223,7 +223,7 @@ def test_splitter_killed_half_way_reinvoked_and_the_request_sent_twice(
     monkeypatch.setattr(r.engine.store, "advance_cursor", crash_before_checkpoint)
     with pytest.raises(InjectedCrash):
         splitter.split(payload, LambdaContext())
-    assert r.engine.store.get_job(job_id)["enq_r0_train"] == 3
+    assert r.engine.store.get_job(job_id).enqueued(0, "train") == 3
     assert count_messages(real, r.settings.task_queue_url) == 6
     # ... and the same request is sent twice more, within the dedup window or after it
     r.engine.fanout.sqs = real if window == "inside" else ForgetfulSQS(real)
@@ -234,7 +234,7 @@ def test_splitter_killed_half_way_reinvoked_and_the_request_sent_twice(
     # THEN inside the window: exactly 8 tasks. Beyond it: only the chunk in flight at the crash
     # is sent again (3 extra), never anything before the cursor, and the second resend adds nothing
     assert queued == (8 if window == "inside" else 8 + 3)
-    assert r.engine.store.get_job(job_id)["enq_r0_train"] == 8
+    assert r.engine.store.get_job(job_id).enqueued(0, "train") == 8
     r.pool.start()
     run_until(r.engine, job_id, r.pump, pool=r.pool, timeout=90)
     trained = starts(r, job_id)

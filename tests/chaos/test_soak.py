@@ -80,7 +80,7 @@ def test_soak_many_jobs_with_random_worker_kills_and_duplicate_results(rig: Call
             next_fault = time.monotonic() + rng.uniform(0.5, 1.5)
         if not r.pump.step():
             time.sleep(0.1)
-        statuses = [r.engine.store.get_job(j)["status"] for j in payloads]
+        statuses = [r.engine.store.get_job(j).status for j in payloads]
         if all(s in TERMINAL_STATUSES for s in statuses):
             break
     elapsed = time.monotonic() - started
@@ -98,8 +98,8 @@ def test_soak_many_jobs_with_random_worker_kills_and_duplicate_results(rig: Call
         double += sum(1 for p in problems if " times" in p or p.startswith("counter "))
         if problems:
             violations[job_id] = problems
-        elif h.job["status"] == "SUCCEEDED":
-            assert_same_model(load_model(r.clients["s3"], h.job["model_uri"]), reference)
+        elif h.job.status == "SUCCEEDED":
+            assert_same_model(load_model(r.clients["s3"], h.job.model_uri), reference)
     shards = sum(p["sharding"]["shard_count"] * p["rounds"] for p in payloads.values())
     report = {
         "jobs": jobs_n,

@@ -39,9 +39,9 @@ def finish(r: Rig, job_id: str, payload: dict[str, Any], **expect: Any) -> None:
     settle(r.pump, pool=r.pool)
     h = collect(r.engine, job_id, r.dir)
     assert_history(h, **{"status": "SUCCEEDED", **expect})
-    if h.job["status"] == "SUCCEEDED":
+    if h.job.status == "SUCCEEDED":
         assert_same_model(
-            load_model(r.clients["s3"], h.job["model_uri"]), reference_model(r.clients, payload)
+            load_model(r.clients["s3"], h.job.model_uri), reference_model(r.clients, payload)
         )
 
 
@@ -144,7 +144,7 @@ def test_shard_longer_than_the_visibility_timeout_runs_once_kept_alive_by_heartb
     # THEN no shard was redelivered: each trained exactly once, on its first attempt
     assert starts(r, "long") == {(0, s): 1 for s in range(3)}
     h = collect(r.engine, "long")
-    assert {o["result"]["attempt"] for o in h.outcomes if o["result"]["task_type"] == "train"} == {1}
+    assert {o.result.attempt for o in h.outcomes if o.result.task_type == "train"} == {1}
     finish(r, "long", payload)
 
 
@@ -208,17 +208,17 @@ def test_poison_task_dead_letters_then_budget_decides_and_retry_completes(
     # THEN it moved to the DLQ, the DLQ handler failed the shard, and the budget decided the job
     h = collect(r.engine, "poison", r.dir)
     (dead,) = [o for o in h.outcomes if o["outcome"] == "failed"]
-    assert (dead["result"]["shard_id"], dead["source"]) == (2, "dlq")
-    assert dead["receive_count"] >= 3  # the DLQ's own receive may add one
+    assert (dead.result.shard_id, dead.source) == (2, "dlq")
+    assert dead.receive_count >= 3  # the DLQ's own receive may add one
     assert starts(r, "poison")[(0, 2)] == 3
     if budget:
         # within budget: SUCCEEDED with the failure listed and the survivors reduced
         assert_history(h, status="SUCCEEDED")
         assert [f["shard_id"] for f in h.manifest["failed"]] == [2] if h.manifest else False
-        assert job["status"] == "SUCCEEDED"
+        assert job.status == "SUCCEEDED"
         return
     assert_history(h, status="FAILED")
-    assert "over max_failed_shards=0" in job["error"]
+    assert "over max_failed_shards=0" in job.error
     # WHEN the cause is fixed and an operator retries the job
     (r.dir / "poison").write_text("[]")
     report = operations.retry_failed(r.engine, "poison")
@@ -239,7 +239,7 @@ def test_cancel_mid_run_stops_training_and_leaves_no_task_stuck(rig: Callable[..
     r.pool.start()
     # WHEN an operator cancels it after the first results are recorded
     deadline = time.monotonic() + 60
-    while int(r.engine.store.get_job("cancel").get("ok_r0_train", 0)) < 2:
+    while int(r.engine.store.get_job("cancel").ok(0, "train")) < 2:
         assert time.monotonic() < deadline
         r.pump.step()
         time.sleep(0.1)
@@ -254,4 +254,4 @@ def test_cancel_mid_run_stops_training_and_leaves_no_task_stuck(rig: Callable[..
     late = [t for t in h.trainings if t["event"] == "start" and t["t"] > cancelled_at]
     assert len(late) <= r.pool.size, late
     assert len({(t["round"], t["shard"]) for t in h.trainings if t["event"] == "start"}) < 8
-    assert h.job["round"] == 0
+    assert h.job.round == 0

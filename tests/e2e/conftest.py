@@ -61,7 +61,7 @@ def wait_for_status(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = store.get_job(job_id)
-        if job["status"] in TERMINAL_STATUSES:
+        if job.status in TERMINAL_STATUSES:
             return job
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")

@@ -49,8 +49,8 @@ def run_job(
         posted = receive_all(clients["sqs"], settings.results_queue_url)
         engine.ingest([Outcome(ShardResult.from_json(m["Body"])) for m in posted])
         job = engine.store.get_job(job_id)
-        if job["status"] in TERMINAL_STATUSES:
-            bucket, key = split_s3(job["result_uri"])
+        if job.status in TERMINAL_STATUSES:
+            bucket, key = split_s3(job.result_uri)
             return dict(json.loads(clients["s3"].get_object(Bucket=bucket, Key=key)["Body"].read()))
     raise AssertionError("job did not finish")
 

@@ -27,7 +27,7 @@ def invoke(cloud: LocalCloud, stack: dict[str, str], payload: dict[str, Any]) ->
 
 
 def manifest(cloud: LocalCloud, job: dict[str, Any]) -> dict[str, Any]:
-    bucket, key = job["result_uri"].removeprefix("s3://").split("/", 1)
+    bucket, key = job.result_uri.removeprefix("s3://").split("/", 1)
     return dict(json.loads(cloud.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()))
 
 
@@ -69,7 +69,7 @@ def test_every_job_kind_end_to_end_through_the_deployed_stack(
     assert all(a["ok"] for a in answers.values()), answers
     jobs = {kind: wait_for_status(cloud, stack, request["job_id"]) for kind, request in JOBS.items()}
     # THEN each succeeds with the result its kind promises
-    assert {kind: job["status"] for kind, job in jobs.items()} == dict.fromkeys(JOBS, "SUCCEEDED")
+    assert {kind: job.status for kind, job in jobs.items()} == dict.fromkeys(JOBS, "SUCCEEDED")
     dp = manifest(cloud, jobs["data_parallel"])
     assert [r["round"] for r in dp["rounds"]] == [0, 1]
     assert dp["final_model_uri"].endswith("round-0001/reduce/model.npz")

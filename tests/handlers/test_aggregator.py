@@ -108,7 +108,7 @@ def test_duplicate_results_are_counted_once(
     assert first == {"batchItemFailures": []}
     assert second == {"batchItemFailures": []}
     job = engine.store.get_job("dp")
-    assert job["ok_r0_train"] == 1
+    assert job.ok(0, "train") == 1
     assert len(engine.store.results("dp", 0)) == 1
 
 
@@ -131,7 +131,7 @@ def test_malformed_result_alone_is_reported_failed(
     event = body_event([good[0], '{"job_id": "dp", "round": "zero"}', "not json", good[1]])
     response = aggregator.handler(event, LambdaContext())
     assert response == {"batchItemFailures": [{"itemIdentifier": "m-1"}, {"itemIdentifier": "m-2"}]}
-    assert engine.store.get_job("dp")["ok_r0_train"] == 2
+    assert engine.store.get_job("dp").ok(0, "train") == 2
 
 
 def test_result_for_unknown_job_is_kept_for_retry_and_dlq(
@@ -184,8 +184,8 @@ def test_two_aggregators_racing_on_last_shards_finalize_once(
     # THEN the job finished once and exactly one Job Finished event went out
     assert errors == []
     job = engine.store.get_job("race")
-    assert job["status"] == "SUCCEEDED"
-    assert "event_pending" not in job
+    assert job.status == "SUCCEEDED"
+    assert not job.event_pending
     assert events.counts.get("put_events", 0) == 1
 
 
@@ -288,8 +288,8 @@ def test_late_results_after_finish_change_nothing(
     before = engine.store.get_job("m")
     assert engine.ingest([Outcome(result_for(tasks[0], loss=9.9))]) == []
     after = engine.store.get_job("m")
-    assert after["ok_r0_train"] == before["ok_r0_train"] == 2
-    assert after["status"] == "SUCCEEDED"
+    assert after.ok(0, "train") == before.ok(0, "train") == 2
+    assert after.status == "SUCCEEDED"
 
 
 def test_next_round_too_big_for_one_invocation_is_handed_on(
@@ -314,10 +314,10 @@ def test_next_round_too_big_for_one_invocation_is_handed_on(
     # THEN the result is recorded (not failed), the job is handed on, and the continuation finishes it
     assert failed == []
     assert handed == ["big"]
-    assert engine.store.get_job("big")["round"] == 0
+    assert engine.store.get_job("big").round == 0
     engine.resume("big")
     job = engine.store.get_job("big")
-    assert (job["round"], job["phase"], job["enq_r1_train"]) == (1, "train", 1_200)
+    assert (job.round, job.phase, job.enqueued(1, "train")) == (1, "train", 1_200)
     assert len(receive_all(sqs, settings.task_queue_url)) == 1_200
 
 

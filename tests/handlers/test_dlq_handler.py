@@ -60,22 +60,21 @@ def test_dead_task_fails_its_shard_and_the_budget_decides(
     # THEN shard 1 is recorded failed with its receive count and body, and the budget decides the job
     assert responses == [{"batchItemFailures": []}]
     rows = engine.store.results("poison", 0)
-    dead = next(r for r in rows if r["result"]["shard_id"] == 1)
-    assert dead["source"] == "dlq"
-    assert dead["result"]["status"] == "failed"
-    assert dead["receive_count"] >= lambda_env.max_receive_count
-    assert json.loads(dead["task"])["shard_id"] == 1
-    assert "maxReceiveCount=5" in dead["result"]["error"]
+    dead = next(r for r in rows if r.result.shard_id == 1)
+    assert dead.source == "dlq"
+    assert dead.result.status == "failed"
+    assert dead.receive_count >= lambda_env.max_receive_count
+    assert json.loads(dead.task_body or "{}")["shard_id"] == 1
+    assert "maxReceiveCount=5" in dead.result.error
     assert engine.status("poison").status == status
     assert receive_all(sqs, dlq) == []
 
 
 def _planned(engine: Engine, job_id: str) -> list[Any]:
     from shardq.core import planning
-    from shardq.core.contracts import TrainingRequest
 
     job = engine.store.get_job(job_id)
-    request = TrainingRequest.from_json(job["request"])
+    request = job.request
     layout = planning.Layout(engine.settings.artifact_bucket, job_id)
     return [planning.train_task(request, job_id, layout, 0, i, None) for i in range(request.task_count)]
 
@@ -92,4 +91,4 @@ def test_malformed_dead_task_blocks_only_its_group(
     event["Records"][1]["attributes"]["MessageGroupId"] = "j:0"
     response = dlq_handler.handler(event, LambdaContext())
     assert response == {"batchItemFailures": [{"itemIdentifier": "m-0"}]}
-    assert engine.store.get_job("j")["fail_r0_train"] == 1
+    assert engine.store.get_job("j").failed(0, "train") == 1

@@ -95,7 +95,7 @@ def test_splitter_killed_half_way_and_reinvoked_enqueues_exactly_n(
     engine.fanout.sqs = FlakySQS(clients["sqs"], die_after=65)
     with pytest.raises(FanOutError):
         engine.submit(request(shards=n))
-    cursor = engine.store.get_job("job-a")["enq_r0_train"]
+    cursor = engine.store.get_job("job-a").enqueued(0, "train")
     assert 0 < cursor < n
     # WHEN the same request is submitted again (a retry) with a healthy client
     engine.fanout.sqs = clients["sqs"]
@@ -105,7 +105,7 @@ def test_splitter_killed_half_way_and_reinvoked_enqueues_exactly_n(
     msgs = receive_all(clients["sqs"], settings.task_queue_url)
     assert len(msgs) == n
     assert sorted(t.shard_id for t in tasks_of(msgs)) == list(range(n))
-    assert engine.store.get_job("job-a")["enq_r0_train"] == n
+    assert engine.store.get_job("job-a").enqueued(0, "train") == n
 
 
 def test_deadline_hands_the_rest_on_and_resume_finishes(
