@@ -1,0 +1,111 @@
+"""The cost model (``shardq.core.cost``): lanes, the plane's timing, the alternatives, the price book."""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from shardq.core import cost
+from shardq.core.cost import Assumptions, JobShape, compare, estimate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def assigned(path: Path, name: str) -> object:
+    """The literal a module assigns to ``name`` at top level or as a class field default."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name and node.value:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{name} not found in {path}")
+
+
+def test_copied_constants_agree_with_the_stack_and_the_worker() -> None:
+    # The core may import neither the stack nor the worker: these copies are checked instead.
+    assert assigned(ROOT / "stacks" / "shardq_stack.py", "RESULTS_BATCH_SIZE") == cost.AGGREGATOR_BATCH
+    assert assigned(ROOT / "shardq" / "worker" / "runtime.py", "wait_s") == cost.LONG_POLL_S
+    stack = (ROOT / "stacks" / "shardq_stack.py").read_text()
+    assert (
+        f'"SHARDQ_FANOUT_IN_FLIGHT": "{cost.FANOUT_IN_FLIGHT_HIGH_THROUGHPUT}" if config.fifo_high_throughput'
+        in stack
+    )
+
+
+def test_the_price_book_names_a_source_for_every_figure_and_no_url() -> None:
+    book = cost.price_book()
+    assert book["region"] == "us-east-1" and re.fullmatch(r"\d{4}-\d{2}-\d{2}", book["checked"])
+    for section in ("prices", "limits"):
+        for name, entry in book[section].items():
+            assert isinstance(entry["value"], int | float) and entry["value"] >= 0, name
+            assert entry["source"] and "http" not in entry["source"] and "www." not in entry["source"], name
+
+
+def test_workers_beyond_max_parallel_only_poll_and_are_warned_about() -> None:
+    # GIVEN 640 tasks of 100 s in 64 lanes
+    job = JobShape(kind="map", tasks_per_round=640, max_parallel=64)
+    fits = estimate(job, Assumptions(workers=64, task_seconds=100, visibility_seconds=900))
+    # WHEN twice the workers poll
+    over = estimate(job, Assumptions(workers=128, task_seconds=100, visibility_seconds=900))
+    # THEN the wall time is the same 10 waves of 64 (a lane runs one task at a time) ...
+    assert fits["min_wall_seconds"] == over["min_wall_seconds"] == 10 * 100
+    assert fits["parallel_tasks"] == over["parallel_tasks"] == 64
+    # ... the extra 64 workers long-poll the whole 1,000 s (20 s each): 64 x 50 empty receives
+    assert over["sqs"]["worker_idle_polls"] - fits["sqs"]["worker_idle_polls"] == 64 * 1000 // 20
+    assert fits["warnings"] == []
+    assert len(over["warnings"]) == 1 and "max_parallel 64" in over["warnings"][0]
+    # AND fewer workers than lanes are the limit themselves
+    under = estimate(job, Assumptions(workers=32, task_seconds=100))
+    assert under["min_wall_seconds"] == 20 * 100 and under["parallel_tasks"] == 32
+
+
+def test_aggregator_batches_are_recorded_in_transactions_of_99() -> None:
+    # GIVEN one wave of 100 results: one aggregator batch of 100 = 2 transactions (99 + 1)
+    job = JobShape(kind="map", tasks_per_round=100, max_parallel=100, request_bytes=200)
+    e = estimate(job, Assumptions(workers=100, task_seconds=10))
+    assert e["lambda"]["aggregator_invocations"] == 1
+    assert cost.dynamodb_units(job, cost.aggregator_batches(job, Assumptions(workers=100)))[
+        "counter_transactions"
+    ] == math.ceil(100 / 99)
+
+
+def test_enqueue_time_follows_the_queue_mode() -> None:
+    job = JobShape(kind="map", tasks_per_round=1_000_000, max_parallel=10_000)
+    plain = cost.plane_timing(job, Assumptions())
+    high = cost.plane_timing(job, Assumptions(high_throughput=True))
+    # plain FIFO: the quota, 300 SendMessageBatch calls/s = 3,000 msg/s
+    assert plain["enqueue_seconds_per_round"] == pytest.approx(1_000_000 / 3_000)
+    # high-throughput FIFO: the regional ceiling (70,000 calls/s) is far above what one
+    # splitter's 32 calls in flight offer at 20 ms each (1,600 calls/s): that is the bound
+    assert high["enqueue_messages_per_second"] == pytest.approx(32 / 0.020 * 10)
+    # counting: 5 aggregators x 100 results per 200 ms, under the counter item's 99 per 25 ms
+    assert plain["count_results_per_second"] == pytest.approx(min(5 * 100 / 0.2, 99 / 0.025))
+    # a fan-out past one splitter invocation (120 s, handing off 20 s early) continues in new ones
+    lam = cost.lambda_usage(job, Assumptions(), batches=1)
+    assert lam["splitter_invocations"] == math.ceil((1_000_000 / 3_000) / 100)
+
+
+def test_compare_counts_transitions_array_jobs_and_overheads_by_hand() -> None:
+    # GIVEN 25,000 shards of 600 s, one round, 1,000 workers in 1,000 lanes
+    job = JobShape(kind="map", tasks_per_round=25_000, max_parallel=1_000)
+    c = compare(job, Assumptions(workers=1_000, task_seconds=600, batch_child_overhead_s=30))
+    shardq, sfn, batch = c["options"]
+    # Step Functions: per shard one transition to start the child + one Task state; + Map + start
+    transitions = 25_000 * 2 + 2
+    assert sfn["lines"][0]["count"] == transitions
+    assert sfn["coordination_usd"] == pytest.approx(transitions * 0.025 / 1000)
+    assert sfn["wall_seconds"] == 25 * 600
+    assert any("300 s" in n for n in sfn["notes"])  # Express children cannot hold a 600 s shard
+    # Batch: 3 array jobs (10,000 children at most), no fee, a 30 s container start per shard
+    assert batch["lines"][0]["count"] == 3 and batch["coordination_usd"] == 0
+    assert batch["overhead_gpu_hours"] == pytest.approx(25_000 * 30 / 3600)
+    assert batch["wall_seconds"] == 25 * (600 + 30)
+    # shardq: its own estimate without the artifacts, which every option pays alike
+    e = estimate(job, Assumptions(workers=1_000, task_seconds=600))
+    s3 = sum(line["usd"] for line in e["lines"] if line["item"].startswith("S3 "))
+    assert shardq["coordination_usd"] == pytest.approx(e["total_usd"] - s3)
+    assert [o["total_usd"] - o["coordination_usd"] for o in c["options"]] == [pytest.approx(s3)] * 3
