@@ -29,3 +29,9 @@ def slow(task: Any, ctx: Any) -> dict[str, Any]:
         time.sleep(seconds / steps)
         ctx.progress((i + 1) / steps)
     return ok(task, ctx)
+
+
+def count_files(task: Any, ctx: Any) -> dict[str, Any]:
+    """Report how many files the shard's data slice lists (no model: for ``map`` jobs)."""
+    files = task.data.get("files", [])
+    return {"metrics": {"files": float(len(files))}, "num_samples": len(files)}
