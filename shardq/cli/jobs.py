@@ -139,16 +139,7 @@ def _submit_direct(
     args: argparse.Namespace, outputs: dict[str, str], payload: dict[str, Any]
 ) -> dict[str, Any]:
     """The splitter's logic in this process, for endpoints without the splitter deployed."""
-    from shardq.core.contracts import ValidationError
-    from shardq.core.engine import JobConflict
-
-    engine = engine_for(args, outputs)
-    try:
-        return {"ok": True, **engine.submit(payload)}
-    except ValidationError as exc:
-        return {"ok": False, "error": "ValidationError", "message": str(exc), "problems": exc.problems}
-    except JobConflict as exc:
-        return {"ok": False, "error": "JobConflict", "message": str(exc), "problems": [str(exc)]}
+    return dict(engine_for(args, outputs).answer(payload))
 
 
 # -- status and list ------------------------------------------------------------------------
