@@ -345,21 +345,27 @@ def run(runs: int, baseline: str | None) -> dict[str, Any]:
         rows[t.name] = {**summarize(samples[t.name]), "handler": t.handler, "mode": t.mode}
         rows[t.name]["baseline"] = t.baseline
         by_key[(t.handler, t.mode, t.baseline)] = rows[t.name]
-    boto = rows["boto3"]["median_ms"]
+    boto, boto_min = rows["boto3"]["median_ms"], rows["boto3"]["min_ms"]
     for t in all_targets:
         row = rows[t.name]
+        # The median is the usual figure; the fastest run is the one least disturbed by other
+        # processes on a loaded machine, so both are kept.
         row["over_boto3_ms"] = round(row["median_ms"] - boto, 1)
+        row["min_over_boto3_ms"] = round(row["min_ms"] - boto_min, 1)
         base = by_key.get((t.handler, t.mode, True))
         if t.handler and not t.baseline and base:
             row["vs_baseline_ms"] = round(row["median_ms"] - base["median_ms"], 1)
+            row["min_vs_baseline_ms"] = round(row["min_ms"] - base["min_ms"], 1)
     budgeted = [r for r in rows.values() if r["handler"] and not MODES[r["mode"]][1] and not r["baseline"]]
     return {
         "runs": runs,
         "warmup_runs": 1,
         "budget_ms_over_boto3": BUDGET_MS,
         "baseline": baseline if base_dir else None,
+        "load_average": os.getloadavg(),
         "targets": rows,
         "handlers_within_budget": all(r["over_boto3_ms"] <= BUDGET_MS for r in budgeted),
+        "handlers_within_budget_by_min": all(r["min_over_boto3_ms"] <= BUDGET_MS for r in budgeted),
         "extra_modules_over_floor": extra_over_floor(child_env()),
         "asset": asset(),
         "invocation": invocation_memory(),
@@ -367,31 +373,37 @@ def run(runs: int, baseline: str | None) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> None:
+    def pair(a: float | None, b: float | None) -> str:
+        return "" if a is None or b is None else f"{a:+.1f} / {b:+.1f}"
+
     rows = []
     for name, r in result["targets"].items():
         verdict = ""
         if r["handler"] and not MODES[r["mode"]][1] and not r["baseline"]:
-            verdict = "ok" if r["over_boto3_ms"] <= BUDGET_MS else "OVER"
-        vs_base = r.get("vs_baseline_ms")
+            verdict = " / ".join(
+                "ok" if d <= BUDGET_MS else "OVER" for d in (r["over_boto3_ms"], r["min_over_boto3_ms"])
+            )
         rows.append(
             [
                 name,
                 f"{r['median_ms']:.1f}",
                 f"{r['p25_ms']:.1f}–{r['p75_ms']:.1f}",
                 f"{r['min_ms']:.1f}–{r['max_ms']:.1f}",
-                f"{r['over_boto3_ms']:+.1f}",
-                "" if vs_base is None else f"{vs_base:+.1f}",
+                pair(r["over_boto3_ms"], r["min_over_boto3_ms"]),
+                pair(r.get("vs_baseline_ms"), r.get("min_vs_baseline_ms")),
                 f"{r['maxrss_mib']:.1f}",
                 verdict,
             ]
         )
-    base = result["baseline"]
+    load = ", ".join(f"{x:.1f}" for x in result["load_average"])
     print(
-        f"Import time in a fresh interpreter: median of {result['runs']} runs "
-        f"(after {result['warmup_runs']} warm-up run; .pyc caches on); baseline: {base or 'none'}"
+        f"Import time in a fresh interpreter: {result['runs']} runs per target after "
+        f"{result['warmup_runs']} warm-up run (.pyc caches on); baseline {result['baseline'] or 'none'}; "
+        f"load average at the end {load}"
     )
-    headers = ["target", "median ms", "p25–p75 ms", "min–max ms", "vs boto3 ms", "vs baseline ms"]
-    print(table([*headers, "peak RSS MiB", f"≤ boto3+{BUDGET_MS:.0f} ms"], rows))
+    headers = ["target", "median ms", "p25–p75 ms", "min–max ms", "vs boto3 ms (median / min)"]
+    headers += ["vs baseline ms (median / min)", "peak RSS MiB", f"≤ boto3+{BUDGET_MS:.0f} ms (median / min)"]
+    print(table(headers, rows))
     print()
     print("Modules a handler imports beyond boto3 + Powertools without Tracer (one -X importtime run):")
     extra_rows = [
