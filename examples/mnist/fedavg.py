@@ -1,0 +1,137 @@
+"""shardq entrypoint for the handwritten-digit example: ``examples.mnist.fedavg:train`` (and ``reduce``).
+
+A ``data_parallel`` request trains the model with FedAvg: each shard is one client. The
+request picks everything; no code edits:
+
+* ``dataset.uri``: the ``.npz`` written by ``examples.mnist.data.write_dataset``, uploaded to the
+  stack's bucket; ``dataset.num_samples`` must equal its number of training samples (each task
+  reads its own index range of the partition).
+* ``sharding.shard_count``: the number of clients.
+* ``model.arch``: ``"2nn"`` or ``"cnn"`` (default ``cnn``); ``model.init_uri`` optionally seeds round 0.
+* ``hyperparameters``: ``partition`` (``"iid"`` | ``"noniid"``, default ``iid``), ``lr`` (0.05),
+  ``epochs`` (local epochs E, 1), ``batch_size`` (B, 10), ``seed`` (0: initial weights, partition,
+  batch order) and ``test_uri`` (required: the ``.npz`` whose held-out test set the reduce scores,
+  normally the same as ``dataset.uri``; a reduce task carries no dataset of its own).
+
+Each train task saves exactly one file, ``model.pt`` (a ``state_dict``), and reports ``train_loss``.
+The round's ``reduce`` averages the shard models weighted by ``num_samples`` (FedAvg) into
+``model.pt`` and reports ``test_accuracy`` and ``test_loss`` of the new global model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from examples.mnist import models
+from examples.mnist.data import PARTITIONS, client_ranges, partition_order
+
+_ARRAYS: dict[str, dict[str, np.ndarray]] = {}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The example's settings, read from a task's ``model`` and ``hyperparameters``."""
+
+    arch: str = "cnn"
+    partition: str = "iid"
+    lr: float = 0.05
+    epochs: int = 1
+    batch_size: int = 10
+    seed: int = 0
+    test_uri: str | None = None
+
+    @classmethod
+    def of(cls, task: Any) -> Config:
+        """Parse and check; raises ValueError naming every bad field and its fix."""
+        hp, model = dict(task.hyperparameters), dict(task.model or {})
+        problems = []
+        cfg = cls(
+            arch=str(model.get("arch", cls.arch)),
+            partition=str(hp.get("partition", cls.partition)),
+            lr=float(hp.get("lr", cls.lr)),
+            epochs=int(hp.get("epochs", cls.epochs)),
+            batch_size=int(hp.get("batch_size", cls.batch_size)),
+            seed=int(hp.get("seed", cls.seed)),
+            test_uri=hp.get("test_uri"),
+        )
+        if cfg.arch not in models.ARCHS:
+            problems.append(f"model.arch must be one of {', '.join(models.ARCHS)}, got {cfg.arch!r}")
+        if cfg.partition not in PARTITIONS:
+            problems.append(
+                f"hyperparameters.partition must be one of {', '.join(PARTITIONS)}, got {cfg.partition!r}"
+            )
+        if cfg.lr <= 0 or cfg.epochs < 1 or cfg.batch_size < 1:
+            problems.append("hyperparameters.lr must be > 0, epochs and batch_size >= 1")
+        if not cfg.test_uri:
+            problems.append(
+                "hyperparameters.test_uri is required: the dataset .npz whose test set the reduce scores"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return cfg
+
+
+def load_arrays(uri: str, fetch: Callable[[str], Path] | None) -> dict[str, np.ndarray]:
+    """The dataset arrays, read once per worker process (``fetch`` downloads an ``s3://`` URI)."""
+    if uri not in _ARRAYS:
+        path = fetch(uri) if fetch is not None else Path(uri.removeprefix("file://"))
+        with np.load(path) as data:
+            _ARRAYS[uri] = {k: data[k] for k in data.files}
+    return _ARRAYS[uri]
+
+
+def shard_samples(task: Any, cfg: Config, y_train: np.ndarray) -> np.ndarray:
+    """This client's sample indices: its ``[start, end)`` range of the partition order."""
+    start, end = int(task.data["start"]), int(task.data["end"])
+    expected = client_ranges(len(y_train), task.shard_count)[task.shard_id]
+    if (start, end) != expected:
+        raise ValueError(
+            f"shard {task.shard_id} has samples [{start}, {end}) but the partition of {len(y_train)} "
+            f"training samples into {task.shard_count} clients gives {list(expected)}: set "
+            f"dataset.num_samples to {len(y_train)} (its training samples) and use sharding.shard_count"
+        )
+    return partition_order(y_train, cfg.partition, task.shard_count, cfg.seed)[start:end]
+
+
+def train(task: Any, ctx: Any) -> dict[str, Any]:
+    """Local SGD from the round's global model on this client's samples; saves ``model.pt``."""
+    cfg = Config.of(task)
+    data = load_arrays(task.data["uri"], getattr(ctx, "fetch", None))
+    idx = shard_samples(task, cfg, data["y_train"])
+    model = models.build(cfg.arch, cfg.seed)
+    if ctx.init_model_path is not None:
+        model.load_state_dict(models.load_state(ctx.init_model_path))
+    loss = models.local_train(
+        model,
+        data["x_train"][idx],
+        data["y_train"][idx],
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        generator=models.batch_generator(cfg.seed, task.round, task.shard_id),
+    )
+    ctx.progress(1.0)
+    torch.save(model.state_dict(), ctx.output_dir / "model.pt")
+    classes = len(np.unique(data["y_train"][idx]))
+    return {"metrics": {"train_loss": loss, "classes": float(classes)}, "num_samples": len(idx)}
+
+
+def reduce(task: Any, ctx: Any) -> dict[str, Any]:
+    """FedAvg of the round's shard models (weighted by ``num_samples``), scored on the held-out test set."""
+    cfg = Config.of(task)
+    paths = [path for path, _ in ctx.input_models]
+    weights = [float(n) for _, n in ctx.input_models]
+    state = models.fedavg([models.load_state(p) for p in paths], weights)
+    torch.save(state, ctx.output_dir / "model.pt")
+    model = models.build(cfg.arch, cfg.seed)
+    model.load_state_dict(state)
+    assert cfg.test_uri is not None  # Config.of refuses a task without it
+    data = load_arrays(cfg.test_uri, getattr(ctx, "fetch", None))
+    accuracy, loss = models.evaluate(model, data["x_test"], data["y_test"])
+    return {"metrics": {"test_accuracy": accuracy, "test_loss": loss}, "num_samples": int(sum(weights))}
