@@ -5,10 +5,11 @@ SQS's StartMessageMoveTask does it server-side where the endpoint has it. Where 
 batch at a time:
 
 1. receive up to 10 messages from the DLQ (hidden for ``REDRIVE_VISIBILITY_S``);
-2. send them to the source queue through ``shardq.core.fanout.FanOut`` (its retries and
-   backoff on throttles and per-entry failures) — on a FIFO queue in the same message group,
-   with a fresh deduplication id, so the queue does not drop the copy as a duplicate of the
-   message's first send;
+2. send them to the source queue through ``shardq.core.fanout.FanOut``, which retries the
+   entries a successful call reports failed, with backoff (a call that fails as a whole —
+   throttling, 5xx — is retried by the client's botocore retry mode) — on a FIFO queue in the
+   same message group, with a fresh deduplication id, so the queue does not drop the copy as a
+   duplicate of the message's first send;
 3. delete from the DLQ only the messages whose send succeeded; the others are handed back
    (visibility 0) at once.
 
