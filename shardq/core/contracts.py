@@ -249,72 +249,22 @@ class TrainingRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingRequest:
-        """Validate ``data`` against the TrainingRequest contract."""
-        c = _Checker()
+        """Validate ``data`` against the TrainingRequest contract; one error names every problem."""
         if not isinstance(data, dict):
             raise ValidationError("TrainingRequest", ["request must be a JSON object"])
+        c = _Checker()
         c.unknown_keys(data, cls.FIELDS)
-        version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            c.add(
-                f"schema_version must be {SCHEMA_VERSION}, got {version!r}; upgrade the client or the stack"
-            )
-
-        job_id = data.get("job_id")
-        if job_id is not None and (not isinstance(job_id, str) or not JOB_ID_RE.match(job_id)):
-            c.add(
-                f"job_id must be 1-64 letters, digits, '-' or '_' starting with a letter or digit, "
-                f"got {job_id!r}; omit it to get a generated id"
-            )
-            job_id = None
-
-        kind = data.get("kind")
-        if kind not in KINDS:
-            c.add(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-            kind = None
-
+        job_id, kind = cls._identity(c, data)
         dataset = cls._dataset(c, data)
         shard_count, shard_size = cls._sharding(c, data, kind, dataset)
-
-        rounds = c.integer(data, "rounds", "rounds", 1, MAX_ROUNDS, default=1) or 1
-        if kind in ("sweep", "map") and rounds != 1:
-            c.add(f"rounds applies to kind 'data_parallel' only, got rounds={rounds} for kind '{kind}'")
-
-        model = c.obj(data, "model", "model") or {}
-        init_uri = model.get("init_uri")
-        if init_uri is not None and (not isinstance(init_uri, str) or "://" not in init_uri):
-            c.add(f"model.init_uri must be a URI such as s3://bucket/key, got {init_uri!r}")
-        hyperparameters = c.obj(data, "hyperparameters", "hyperparameters") or {}
-
-        search_space = data.get("search_space")
-        objective = None
-        if kind == "sweep":
-            search_space = cls._search_space(c, search_space)
-            objective = cls._objective(c, data.get("objective"))
-        else:
-            if search_space is not None:
-                c.add(
-                    f"search_space applies to kind 'sweep' only; remove it or set kind 'sweep' (got {kind!r})"
-                )
-                search_space = None
-            if data.get("objective") is not None:
-                c.add(f"objective applies to kind 'sweep' only; remove it (got kind {kind!r})")
-
-        max_parallel = c.integer(
-            data, "max_parallel", "max_parallel", 1, MAX_PARALLEL, default=DEFAULT_MAX_PARALLEL
-        )
-        max_failed = c.integer(data, "max_failed_shards", "max_failed_shards", 0, MAX_SHARDS, default=0)
-
-        entrypoint = data.get("entrypoint", DEFAULT_ENTRYPOINT)
-        if not isinstance(entrypoint, str) or not ENTRYPOINT_RE.match(entrypoint):
-            c.add(f"entrypoint must look like 'package.module:function', got {entrypoint!r}")
-
+        rounds, model, hyperparameters = cls._training(c, data, kind)
+        search_space, objective = cls._sweep(c, data, kind)
+        max_parallel, max_failed, entrypoint = cls._execution(c, data)
         for name in ("model", "hyperparameters", "search_space"):
             if _nesting(data.get(name)) > MAX_NESTING:
                 c.add(f"{name} nests more than {MAX_NESTING} levels deep; flatten it or pass a URI to it")
         if c.problems:
             raise ValidationError("TrainingRequest", c.problems)
-
         request = cls(
             kind=kind,  # type: ignore[arg-type]
             dataset=dataset,  # type: ignore[arg-type]
@@ -327,19 +277,86 @@ class TrainingRequest:
             hyperparameters=hyperparameters,
             search_space=search_space,
             objective=objective,
-            max_parallel=max_parallel or DEFAULT_MAX_PARALLEL,
-            max_failed_shards=max_failed or 0,
+            max_parallel=max_parallel,
+            max_failed_shards=max_failed,
         )
-        tasks = request.task_count
-        if request.max_failed_shards > tasks:
+        request._check_totals()
+        return request
+
+    @staticmethod
+    def _identity(c: _Checker, data: dict[str, Any]) -> tuple[str | None, str | None]:
+        """``schema_version``, ``job_id`` and ``kind``."""
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            c.add(
+                f"schema_version must be {SCHEMA_VERSION}, got {version!r}; upgrade the client or the stack"
+            )
+        job_id = data.get("job_id")
+        if job_id is not None and (not isinstance(job_id, str) or not JOB_ID_RE.match(job_id)):
+            c.add(
+                f"job_id must be 1-64 letters, digits, '-' or '_' starting with a letter or digit, "
+                f"got {job_id!r}; omit it to get a generated id"
+            )
+            job_id = None
+        kind = data.get("kind")
+        if kind not in KINDS:
+            c.add(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+            kind = None
+        return job_id, kind
+
+    @staticmethod
+    def _training(
+        c: _Checker, data: dict[str, Any], kind: str | None
+    ) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        """``rounds``, ``model`` and ``hyperparameters``."""
+        rounds = c.integer(data, "rounds", "rounds", 1, MAX_ROUNDS, default=1) or 1
+        if kind in ("sweep", "map") and rounds != 1:
+            c.add(f"rounds applies to kind 'data_parallel' only, got rounds={rounds} for kind '{kind}'")
+        model = c.obj(data, "model", "model") or {}
+        init_uri = model.get("init_uri")
+        if init_uri is not None and (not isinstance(init_uri, str) or "://" not in init_uri):
+            c.add(f"model.init_uri must be a URI such as s3://bucket/key, got {init_uri!r}")
+        hyperparameters = c.obj(data, "hyperparameters", "hyperparameters") or {}
+        return rounds, model, hyperparameters
+
+    @classmethod
+    def _sweep(
+        cls, c: _Checker, data: dict[str, Any], kind: str | None
+    ) -> tuple[dict[str, list[Any]] | list[dict[str, Any]] | None, Objective | None]:
+        """``search_space`` and ``objective``: required for a sweep, refused otherwise."""
+        search_space = data.get("search_space")
+        if kind == "sweep":
+            return cls._search_space(c, search_space), cls._objective(c, data.get("objective"))
+        if search_space is not None:
+            c.add(f"search_space applies to kind 'sweep' only; remove it or set kind 'sweep' (got {kind!r})")
+        if data.get("objective") is not None:
+            c.add(f"objective applies to kind 'sweep' only; remove it (got kind {kind!r})")
+        return None, None
+
+    @staticmethod
+    def _execution(c: _Checker, data: dict[str, Any]) -> tuple[int, int, str]:
+        """``max_parallel``, ``max_failed_shards`` and ``entrypoint``."""
+        max_parallel = c.integer(
+            data, "max_parallel", "max_parallel", 1, MAX_PARALLEL, default=DEFAULT_MAX_PARALLEL
+        )
+        max_failed = c.integer(data, "max_failed_shards", "max_failed_shards", 0, MAX_SHARDS, default=0)
+        entrypoint = data.get("entrypoint", DEFAULT_ENTRYPOINT)
+        if not isinstance(entrypoint, str) or not ENTRYPOINT_RE.match(entrypoint):
+            c.add(f"entrypoint must look like 'package.module:function', got {entrypoint!r}")
+        return max_parallel or DEFAULT_MAX_PARALLEL, max_failed or 0, entrypoint
+
+    def _check_totals(self) -> None:
+        """What only the whole request tells: the failure budget against the tasks, and its size."""
+        tasks = self.task_count
+        if self.max_failed_shards > tasks:
             raise ValidationError(
                 "TrainingRequest",
                 [
                     f"max_failed_shards must be at most the number of tasks ({tasks}), "
-                    f"got {request.max_failed_shards}"
+                    f"got {self.max_failed_shards}"
                 ],
             )
-        size = len(request.to_json().encode())
+        size = len(self.to_json().encode())
         if size > MAX_REQUEST_BYTES:
             raise ValidationError(
                 "TrainingRequest",
@@ -348,7 +365,6 @@ class TrainingRequest:
                     "lists or search spaces in S3 and pass dataset.uri instead"
                 ],
             )
-        return request
 
     @staticmethod
     def _dataset(c: _Checker, data: dict[str, Any]) -> Dataset | None:
