@@ -126,6 +126,9 @@ SCOPES: dict[str, Selector] = {
     "fleet execution role": _fleet_execution_role,
     "fleet task role": _fleet_task_role,
     "fleet task definition": _one(lambda s: s.fleet.task_definition if s.fleet else None),
+    "fleet lanes role": _one(lambda s: s.fleet.lanes.function.role if s.fleet else None),
+    "fleet lanes function": _one(lambda s: s.fleet.lanes.function if s.fleet else None),
+    "fleet lanes schedule": _one(lambda s: s.fleet.lanes.rule if s.fleet else None),
     "GPU instance role": _gpu(lambda asg: asg.role),
     "GPU auto scaling group": _gpu(lambda asg: asg),
 }
@@ -244,6 +247,25 @@ RULES: tuple[NagRule, ...] = (
         "fleet task definition",
         "The environment holds queue URLs, the table name, the region and worker settings: "
         "configuration, no secrets (credentials come from the task role).",
+    ),
+    NagRule(
+        f"{_IAM5}[Resource::*]",
+        "fleet lanes role",
+        "cloudwatch:PutMetricData supports no resource-level permissions; the statement is conditioned on "
+        "the shardq/Fleet namespace.",
+    ),
+    NagRule(
+        "Serverless::Serverless-LambdaDLQ",
+        "fleet lanes function",
+        "Invoked by a one-minute schedule without retries: a failed run leaves one gauge datapoint "
+        "missing (the scaling rule then caps at fleet_max_workers) and the next run publishes afresh; a "
+        "DLQ would keep stale events nobody replays.",
+    ),
+    NagRule(
+        "Serverless::Serverless-EventBusDLQ",
+        "fleet lanes schedule",
+        "A schedule's event is only worth its minute: an undelivered one is superseded by the next, so a "
+        "DLQ of them would hold nothing to act on.",
     ),
     NagRule(
         f"{_IAM5}[Resource::*]",

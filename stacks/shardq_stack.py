@@ -119,10 +119,12 @@ class ShardqStack(Stack):
             "POWERTOOLS_METRICS_NAMESPACE": "shardq",
             "LOG_LEVEL": config.log_level,
         }
+        # One code asset for every function (the fleet's lanes publisher too).
+        self.lambda_code = lambda_.Code.from_asset(str(lambda_source))
         self.functions = ShardqFunctions(
             self,
             "Functions",
-            code=lambda_.Code.from_asset(str(lambda_source)),
+            code=self.lambda_code,
             layers=self._layers(config),
             environment=environment,
             dlq_handler_environment={"SHARDQ_MAX_RECEIVE_COUNT": str(config.max_receive_count)},
@@ -171,6 +173,7 @@ class ShardqStack(Stack):
                         ("PendingTaskCount", "pending"),
                     )
                 ],
+                work=[self.fleet.metric_backlog(), self.fleet.metric_runnable(), self.fleet.metric_lanes()],
                 backlog_per_worker=self.fleet.metric_backlog_per_worker(),
                 target_backlog_per_worker=config.fleet_backlog_per_worker,
                 shortfall=self.fleet.metric_shortfall(),
@@ -220,6 +223,8 @@ class ShardqStack(Stack):
                 nat_gateways=config.fleet_nat_gateways,
             ),
             task_queue=self.task_queues.queue,
+            job_table=self.job_store.table,
+            lanes_code=self.lambda_code,
             worker_policy=self.worker_access.policy,
             image=worker_image(
                 self,

@@ -155,6 +155,8 @@ class _Parser:
         return None if value is None else float(value)
 
     def _call(self, name: str) -> float | None:
+        if name not in ("MIN", "MAX", "FILL", "IF"):
+            raise MetricMathError(f"function {name} is not in the subset shardq uses")
         self._take("(")
         if name in ("MIN", "MAX"):
             self._take("[")
@@ -172,9 +174,7 @@ class _Parser:
             fill = self.comparison()
             self._take(")")
             return fill if first is None else first
-        if name == "IF":
-            return self._if(first)
-        raise MetricMathError(f"function {name} is not in the subset shardq uses")
+        return self._if(first)  # IF
 
     def _if(self, condition: float | None) -> float | None:
         # Both branches are parsed; only the chosen one is kept (a skipped x / 0 must not count).

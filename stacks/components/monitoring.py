@@ -47,9 +47,11 @@ class MonitoredFunctions:
 
 @dataclass(frozen=True, kw_only=True)
 class MonitoredFleet:
-    """The worker fleet's metrics (stacks/components/fleet.py), when the stack has one."""
+    """The worker fleet's metrics (stacks/components/fleet/), when the stack has one."""
 
     tasks: Sequence[cloudwatch.IMetric]
+    # Backlog, runnable tasks and the RunnableLanes gauge: what the fleet scales on, and why.
+    work: Sequence[cloudwatch.IMetric]
     backlog_per_worker: cloudwatch.IMetric
     target_backlog_per_worker: float
     shortfall: cloudwatch.IMetric
@@ -104,13 +106,33 @@ class Monitoring(Construct):
         )
         problems.raise_if_any()
 
-        self.topic_key = kms.Key(
+        self.topic_key, self.topic = self._alarm_topic(alarm_email)
+        self.alarms: list[cloudwatch.Alarm] = [
+            *self._queue_alarms(queues, oldest_task_age),
+            *self._function_alarms(functions),
+        ]
+        if fleet is not None:
+            self.alarms.append(self._fleet_alarm(fleet))
+        self.dashboard = self._dashboard(queues, functions)
+        if fleet is not None:
+            self._fleet_panels(fleet)
+        self.dashboard_url = Fn.sub(
+            "https://${AWS::Region}.console.aws.amazon.com/cloudwatch/home?region=${AWS::Region}"
+            "#dashboards:name=${Name}",
+            {"Name": self.dashboard.dashboard_name},
+        )
+
+    # -- alarms ----------------------------------------------------------------------------------
+
+    def _alarm_topic(self, alarm_email: str | None) -> tuple[kms.Key, sns.Topic]:
+        """The topic and its customer key (CloudWatch alarms cannot publish with ``aws/sns``)."""
+        key = kms.Key(
             self,
             "AlarmTopicKey",
             description="Encrypts the shardq alarm topic; CloudWatch may use it to publish alarms",
             enable_key_rotation=True,
         )
-        self.topic_key.add_to_resource_policy(
+        key.add_to_resource_policy(
             iam.PolicyStatement(
                 sid="AllowCloudWatchAlarmsToPublish",
                 principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
@@ -119,13 +141,14 @@ class Monitoring(Construct):
                 conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}},
             )
         )
-        self.topic = sns.Topic(
-            self, "AlarmTopic", display_name="shardq alarms", master_key=self.topic_key, enforce_ssl=True
-        )
+        topic = sns.Topic(self, "AlarmTopic", display_name="shardq alarms", master_key=key, enforce_ssl=True)
         if alarm_email:
-            self.topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
+            topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
+        return key, topic
 
-        self.alarms: list[cloudwatch.Alarm] = [
+    def _queue_alarms(self, queues: MonitoredQueues, oldest_task_age: Duration) -> list[cloudwatch.Alarm]:
+        """A message in any dead-letter store; a task waiting longer than ``oldest_task_age``."""
+        return [
             self._depth_alarm("TaskDlqNotEmpty", queues.task_dlq, "tasks exhausted their receives"),
             self._depth_alarm("ResultsDlqNotEmpty", queues.results_dlq, "results could not be aggregated"),
             self._depth_alarm(
@@ -142,6 +165,11 @@ class Monitoring(Construct):
                 "workers are polling the task queue.",
                 periods=5,
             ),
+        ]
+
+    def _function_alarms(self, functions: MonitoredFunctions) -> list[cloudwatch.Alarm]:
+        """Errors of each function; throttles of the aggregator (its concurrency is capped)."""
+        return [
             self._alarm(
                 "AggregatorErrors",
                 functions.aggregator.metric_errors(period=_ONE_MINUTE, statistic="Sum"),
@@ -164,24 +192,16 @@ class Monitoring(Construct):
                 description="The DLQ handler failed; dead tasks are not being recorded as FAILED.",
             ),
         ]
-        if fleet is not None:
-            self.alarms.append(
-                self._alarm(
-                    "FleetCannotPlaceTasks",
-                    fleet.shortfall,
-                    description=f"The worker fleet has wanted more tasks than it runs for "
-                    f"{FLEET_SHORTFALL_MINUTES} min: no Spot/On-Demand capacity for the instance types, "
-                    "the account's G/P vCPU quota, or tasks failing to start (see docs/OPERATIONS.md).",
-                    periods=FLEET_SHORTFALL_MINUTES,
-                )
-            )
-        self.dashboard = self._dashboard(queues, functions)
-        if fleet is not None:
-            self._fleet_panels(fleet)
-        self.dashboard_url = Fn.sub(
-            "https://${AWS::Region}.console.aws.amazon.com/cloudwatch/home?region=${AWS::Region}"
-            "#dashboards:name=${Name}",
-            {"Name": self.dashboard.dashboard_name},
+
+    def _fleet_alarm(self, fleet: MonitoredFleet) -> cloudwatch.Alarm:
+        """The fleet has wanted more tasks than it runs for FLEET_SHORTFALL_MINUTES."""
+        return self._alarm(
+            "FleetCannotPlaceTasks",
+            fleet.shortfall,
+            description=f"The worker fleet has wanted more tasks than it runs for "
+            f"{FLEET_SHORTFALL_MINUTES} min: no Spot/On-Demand capacity for the instance types, "
+            "the account's G/P vCPU quota, or tasks failing to start (see docs/OPERATIONS.md).",
+            periods=FLEET_SHORTFALL_MINUTES,
         )
 
     def _depth_alarm(self, name: str, queue: sqs.IQueue, what: str) -> cloudwatch.Alarm:
@@ -214,17 +234,10 @@ class Monitoring(Construct):
         alarm.add_ok_action(cw_actions.SnsAction(self.topic))
         return alarm
 
-    def _dashboard(self, queues: MonitoredQueues, functions: MonitoredFunctions) -> cloudwatch.Dashboard:
-        def custom(name: str, statistic: str = "Sum") -> cloudwatch.Metric:
-            return cloudwatch.Metric(
-                namespace=METRICS_NAMESPACE,
-                metric_name=name,
-                dimensions_map={"service": METRICS_SERVICE},
-                statistic=statistic,
-                period=_ONE_MINUTE,
-            )
+    # -- dashboard -------------------------------------------------------------------------------
 
-        lambdas = [functions.splitter, functions.aggregator, functions.dlq_handler]
+    def _dashboard(self, queues: MonitoredQueues, functions: MonitoredFunctions) -> cloudwatch.Dashboard:
+        """Rows top to bottom: a header, the queues, the Lambdas (and alarms), shardq's own metrics."""
         dashboard = cloudwatch.Dashboard(self, "Dashboard", default_interval=Duration.hours(3))
         dashboard.add_widgets(
             cloudwatch.TextWidget(
@@ -234,97 +247,31 @@ class Monitoring(Construct):
                 height=2,
             )
         )
+        dashboard.add_widgets(*_queue_row(queues))
         dashboard.add_widgets(
-            cloudwatch.GraphWidget(
-                title="Queue depth (visible)",
-                left=[
-                    q.metric_approximate_number_of_messages_visible(label=label, period=_ONE_MINUTE)
-                    for label, q in (
-                        ("tasks", queues.task_queue),
-                        ("results", queues.results_queue),
-                        ("task DLQ", queues.task_dlq),
-                        ("results DLQ", queues.results_dlq),
-                        ("splitter failures", queues.splitter_failure_queue),
-                    )
-                ],
-                width=8,
-            ),
-            cloudwatch.GraphWidget(
-                title="In flight (not visible)",
-                left=[
-                    queues.task_queue.metric_approximate_number_of_messages_not_visible(
-                        label="tasks being trained", period=_ONE_MINUTE
-                    ),
-                    queues.results_queue.metric_approximate_number_of_messages_not_visible(
-                        label="results being aggregated", period=_ONE_MINUTE
-                    ),
-                ],
-                width=8,
-            ),
-            cloudwatch.GraphWidget(
-                title="Age of oldest message (s)",
-                left=[
-                    queues.task_queue.metric_approximate_age_of_oldest_message(
-                        label="task", period=_ONE_MINUTE, statistic="Maximum"
-                    ),
-                    queues.results_queue.metric_approximate_age_of_oldest_message(
-                        label="result", period=_ONE_MINUTE, statistic="Maximum"
-                    ),
-                ],
-                width=8,
-            ),
-        )
-        dashboard.add_widgets(
-            cloudwatch.GraphWidget(
-                title="Lambda duration p90 (ms)",
-                left=[
-                    fn.metric_duration(label=label, statistic="p90", period=_ONE_MINUTE)
-                    for label, fn in zip(("splitter", "aggregator", "DLQ handler"), lambdas, strict=True)
-                ],
-                width=8,
-            ),
-            cloudwatch.GraphWidget(
-                title="Lambda errors and throttles",
-                left=[
-                    fn.metric_errors(label=f"{label} errors", period=_ONE_MINUTE)
-                    for label, fn in zip(("splitter", "aggregator", "DLQ handler"), lambdas, strict=True)
-                ],
-                right=[
-                    functions.aggregator.metric_throttles(label="aggregator throttles", period=_ONE_MINUTE)
-                ],
-                width=8,
-            ),
+            *_function_row(functions),
             cloudwatch.AlarmStatusWidget(title="Alarms", alarms=self.alarms, width=8),
         )
-        dashboard.add_widgets(
-            cloudwatch.GraphWidget(
-                title="Tasks and results (shardq metrics)",
-                left=[custom("TasksEnqueued"), custom("ResultsRecorded"), custom("DuplicateResults")],
-                width=8,
-            ),
-            cloudwatch.GraphWidget(title="Jobs finished", left=[custom("JobsFinished")], width=8),
-            cloudwatch.GraphWidget(
-                title="Round duration (s)",
-                left=[custom("RoundDuration", "Average"), custom("RoundDuration", "p90")],
-                width=8,
-            ),
-        )
+        dashboard.add_widgets(*_shardq_metrics_row())
         return dashboard
 
     def _fleet_panels(self, fleet: MonitoredFleet) -> None:
         self.dashboard.add_widgets(
             cloudwatch.TextWidget(
-                markdown="## Worker fleet\nScales on backlog per worker (visible + in-flight tasks / "
-                "workers) to the target line; wakes from zero on the first task, returns to zero when the "
-                "queue stays empty. Workers protect their task from scale-in while they train.",
+                markdown="## Worker fleet\nScales on runnable tasks per worker to the target line: the "
+                "backlog (visible + in-flight tasks) capped at the lanes RUNNING jobs can keep busy "
+                "(tasks behind a busy FIFO lane cannot run). Wakes from zero on the first runnable task, "
+                "returns to zero when the queue stays empty. Workers protect their task from scale-in "
+                "while they train.",
                 width=24,
                 height=2,
             )
         )
         panels: list[dict[str, object]] = [
             {"title": "Fleet tasks (desired / running / pending)", "left": list(fleet.tasks)},
+            {"title": "Backlog, runnable tasks and lanes", "left": list(fleet.work)},
             {
-                "title": "Backlog per worker",
+                "title": "Runnable tasks per worker",
                 "left": [fleet.backlog_per_worker],
                 "left_annotations": [
                     cloudwatch.HorizontalAnnotation(value=fleet.target_backlog_per_worker, label="target")
@@ -342,3 +289,101 @@ class Monitoring(Construct):
             )
         width = 24 // len(panels)
         self.dashboard.add_widgets(*(cloudwatch.GraphWidget(width=width, **p) for p in panels))  # type: ignore[arg-type]
+
+
+def _custom(name: str, statistic: str = "Sum") -> cloudwatch.Metric:
+    """A metric the Lambdas publish through Powertools (namespace shardq, dimension service)."""
+    return cloudwatch.Metric(
+        namespace=METRICS_NAMESPACE,
+        metric_name=name,
+        dimensions_map={"service": METRICS_SERVICE},
+        statistic=statistic,
+        period=_ONE_MINUTE,
+    )
+
+
+def _queue_row(queues: MonitoredQueues) -> list[cloudwatch.IWidget]:
+    """Queue depth, messages in flight, and the age of the oldest task and result."""
+    return [
+        cloudwatch.GraphWidget(
+            title="Queue depth (visible)",
+            left=[
+                q.metric_approximate_number_of_messages_visible(label=label, period=_ONE_MINUTE)
+                for label, q in (
+                    ("tasks", queues.task_queue),
+                    ("results", queues.results_queue),
+                    ("task DLQ", queues.task_dlq),
+                    ("results DLQ", queues.results_dlq),
+                    ("splitter failures", queues.splitter_failure_queue),
+                )
+            ],
+            width=8,
+        ),
+        cloudwatch.GraphWidget(
+            title="In flight (not visible)",
+            left=[
+                queues.task_queue.metric_approximate_number_of_messages_not_visible(
+                    label="tasks being trained", period=_ONE_MINUTE
+                ),
+                queues.results_queue.metric_approximate_number_of_messages_not_visible(
+                    label="results being aggregated", period=_ONE_MINUTE
+                ),
+            ],
+            width=8,
+        ),
+        cloudwatch.GraphWidget(
+            title="Age of oldest message (s)",
+            left=[
+                queues.task_queue.metric_approximate_age_of_oldest_message(
+                    label="task", period=_ONE_MINUTE, statistic="Maximum"
+                ),
+                queues.results_queue.metric_approximate_age_of_oldest_message(
+                    label="result", period=_ONE_MINUTE, statistic="Maximum"
+                ),
+            ],
+            width=8,
+        ),
+    ]
+
+
+def _function_row(functions: MonitoredFunctions) -> list[cloudwatch.IWidget]:
+    """Duration p90, errors and the aggregator's throttles of the three Lambdas."""
+    labelled = list(
+        zip(
+            ("splitter", "aggregator", "DLQ handler"),
+            (functions.splitter, functions.aggregator, functions.dlq_handler),
+            strict=True,
+        )
+    )
+    return [
+        cloudwatch.GraphWidget(
+            title="Lambda duration p90 (ms)",
+            left=[
+                fn.metric_duration(label=label, statistic="p90", period=_ONE_MINUTE) for label, fn in labelled
+            ],
+            width=8,
+        ),
+        cloudwatch.GraphWidget(
+            title="Lambda errors and throttles",
+            left=[fn.metric_errors(label=f"{label} errors", period=_ONE_MINUTE) for label, fn in labelled],
+            right=[functions.aggregator.metric_throttles(label="aggregator throttles", period=_ONE_MINUTE)],
+            width=8,
+        ),
+    ]
+
+
+def _shardq_metrics_row() -> list[cloudwatch.IWidget]:
+    """What the Lambdas count: tasks, results, duplicates, finished jobs, round durations."""
+    return [
+        cloudwatch.GraphWidget(
+            title="Tasks and results (shardq metrics)",
+            left=[_custom("TasksEnqueued"), _custom("ResultsRecorded"), _custom("DuplicateResults")],
+            width=8,
+        ),
+        cloudwatch.GraphWidget(title="Jobs finished", left=[_custom("JobsFinished")], width=8),
+        cloudwatch.GraphWidget(
+            title="Round duration (s)",
+            left=[_custom("RoundDuration", "Average"), _custom("RoundDuration", "p90")],
+            width=8,
+        ),
+    ]

@@ -1,21 +1,18 @@
-"""The optional worker fleet (stacks/components/fleet.py): GPU on EC2 and Fargate, each synthesized
+"""The optional worker fleet (stacks/components/fleet/): GPU on EC2 and Fargate, each synthesized
 once per module; off by default; its context keys validated."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
 from aws_cdk.assertions import Match
 
-from stacks.components.fleet import (
-    BACKLOG_EXPRESSION,
-    BACKLOG_PER_WORKER_EXPRESSION,
-    STOP_TIMEOUT_SECONDS,
-    WAKE_EXPRESSION,
-    WORKERS_EXPRESSION,
-)
+from shardq.core.scaling import evaluate, next_desired
+from stacks.components.fleet import STOP_TIMEOUT_SECONDS
+from stacks.components.fleet.scaling import closure, scaling_rule
 from stacks.config import ConfigError, ShardqConfig
 from tests.infra.conftest import Synth, synthesize
 
@@ -63,6 +60,11 @@ def fargate(tmp_path_factory: pytest.TempPathFactory) -> Synth:
 
 def _one(synth: Synth, cfn_type: str) -> tuple[str, dict[str, Any]]:
     (item,) = synth.of_type(cfn_type).items()
+    return item
+
+
+def _one_matching(synth: Synth, cfn_type: str, fragment: str) -> tuple[str, dict[str, Any]]:
+    (item,) = [(k, r) for k, r in synth.of_type(cfn_type).items() if fragment in k]
     return item
 
 
@@ -255,12 +257,14 @@ def test_scalable_target_goes_from_zero_to_max_workers(gpu: Synth) -> None:
         assert policy["ScalingTargetId"] == {"Ref": target_id}
 
 
-def test_target_tracking_on_backlog_per_worker_metric_math(gpu: Synth) -> None:
+def test_target_tracking_on_runnable_tasks_per_worker_metric_math(gpu: Synth) -> None:
     (tracking,) = [p for k, p in _policies(gpu).items() if k.startswith("TargetTrackingScaling:")]
     config = tracking["TargetTrackingScalingPolicyConfiguration"]
     assert config["TargetValue"] == 2
     queries = {q["Id"]: q for q in config["CustomizedMetricSpecification"]["Metrics"]}
-    assert set(queries) == {"visible", "inflight", "running", "desired", "backlog", "workers", "perworker"}
+    assert set(queries) == {
+        "visible", "inflight", "running", "desired", "lanes", "backlog", "workers", "runnable", "perworker"
+    }  # fmt: skip
 
     def metric(query_id: str) -> dict[str, Any]:
         return queries[query_id]["MetricStat"]["Metric"]
@@ -277,11 +281,60 @@ def test_target_tracking_on_backlog_per_worker_metric_math(gpu: Synth) -> None:
     assert metric("running")["MetricName"] == "RunningTaskCount"
     assert [d["Name"] for d in metric("running")["Dimensions"]] == ["ClusterName", "ServiceName"]
     assert metric("desired")["MetricName"] == "DesiredTaskCount"
-    assert queries["backlog"]["Expression"] == BACKLOG_EXPRESSION == "FILL(visible, 0) + FILL(inflight, 0)"
-    assert queries["workers"]["Expression"] == WORKERS_EXPRESSION
-    assert queries["perworker"]["Expression"] == BACKLOG_PER_WORKER_EXPRESSION
+    # The lanes gauge of this stack's job table (two stacks in one region never mix gauges).
+    assert metric("lanes") == {
+        "Namespace": "shardq/Fleet",
+        "MetricName": "RunnableLanes",
+        "Dimensions": [{"Name": "JobTable", "Value": {"Ref": "JobTable"}}],
+    }
+    # The expressions are shardq/core/fleet_scaling.json's, with target 2 and max_workers 12 filled in.
+    assert queries["backlog"]["Expression"] == "FILL(visible, 0) + FILL(inflight, 0)"
+    assert queries["workers"]["Expression"] == scaling_rule()["expressions"]["workers"]
+    assert queries["runnable"]["Expression"] == "MIN([backlog, FILL(lanes, 12) * 2])"
+    assert queries["perworker"]["Expression"] == "IF(workers > 0, runnable / workers, runnable)"
     # Exactly one query is the policy's metric: the ratio.
     assert [q["Id"] for q in queries.values() if q["ReturnData"]] == ["perworker"]
+
+
+def _deployed_step(queries: list[dict[str, Any]], target: float, inputs: dict[str, float | None]) -> int:
+    """What Application Auto Scaling does with the synthesized queries: evaluate them in order (with
+    the core's metric-math evaluator), then ceil(current × metric / target), bounded by max_workers."""
+    values: dict[str, float | None] = dict(inputs)
+    for q in queries:
+        if "Expression" in q:
+            values[q["Id"]] = evaluate(q["Expression"], values)
+    current = inputs["desired"] or 0
+    return min(12, math.ceil(round(current * (values["perworker"] or 0.0) / target, 9)))
+
+
+@pytest.mark.parametrize(
+    ("current", "visible", "in_flight", "lanes", "expected"),
+    [
+        (4, 100, 4, 4.0, 4),  # one job, 4 lanes, 100 tasks queued: 4 workers, not 12
+        (12, 96, 8, 4.0, 4),  # a fleet larger than the lanes shrinks to them
+        (2, 100, 2, 10.0, 10),  # two jobs with 10 lanes between them: 10 workers
+        (4, 100, 4, None, 12),  # no gauge datapoint: max_workers caps, as before the gauge
+        (6, 3, 3, 64.0, 3),  # few tasks left: the backlog caps (ceil(6 / 2))
+        (3, 0, 0, 4.0, 0),  # empty queue: zero
+    ],
+)
+def test_the_deployed_rule_is_the_rule_the_core_evaluates(
+    gpu: Synth, current: int, visible: float, in_flight: float, lanes: float | None, expected: int
+) -> None:
+    """GIVEN the synthesized target tracking queries WHEN evaluated on a datapoint THEN they take the
+    step shardq/core/scaling.py takes from the same definition (what the tests and estimate use)."""
+    (tracking,) = [p for k, p in _policies(gpu).items() if k.startswith("TargetTrackingScaling:")]
+    queries = tracking["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]["Metrics"]
+    inputs = {
+        "visible": visible,
+        "inflight": in_flight,
+        "running": current,
+        "desired": current,
+        "lanes": lanes,
+    }
+    deployed = _deployed_step(queries, 2, inputs)
+    core = next_desired(current, visible, in_flight, target=2, max_workers=12, lanes=lanes)
+    assert deployed == core == expected
 
 
 def _alarm_for(synth: Synth, policy_logical_id: str) -> dict[str, Any]:
@@ -293,12 +346,12 @@ def _alarm_for(synth: Synth, policy_logical_id: str) -> dict[str, Any]:
     return alarm
 
 
-def test_wakes_from_zero_to_ceil_backlog_over_target(gpu: Synth) -> None:
+def test_wakes_from_zero_to_ceil_runnable_over_target(gpu: Synth) -> None:
     ((key, wake),) = [(k, p) for k, p in _policies(gpu).items() if "WakeFromZero" in k]
     steps = wake["StepScalingPolicyConfiguration"]
     assert steps["AdjustmentType"] == "ExactCapacity"
     adjustments = steps["StepAdjustments"]
-    # target 2: backlog 1-2 → 1 worker, 3-4 → 2, ... (bounds relative to the threshold of 1 task)
+    # target 2: runnable 1-2 → 1 worker, 3-4 → 2, ... (bounds relative to the threshold of 1 task)
     assert adjustments[0] == {
         "MetricIntervalLowerBound": 0,
         "MetricIntervalUpperBound": 2,
@@ -313,8 +366,15 @@ def test_wakes_from_zero_to_ceil_backlog_over_target(gpu: Synth) -> None:
     alarm = _alarm_for(gpu, key.split(":", 1)[1])
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert alarm["Threshold"] == 1
-    expressions = [m["Expression"] for m in alarm["Metrics"] if "Expression" in m]
-    assert expressions == [WAKE_EXPRESSION]
+    by_id = {m["Id"]: m for m in alarm["Metrics"]}
+    # The wake expression and everything it uses, with the lanes cap: a fleet at zero wakes only
+    # as many workers as the lanes can feed.
+    assert set(by_id) == set(closure("wake")) - {"wake"} | {"expr_1"}  # CDK names the watched one
+    assert sum("Expression" in m for m in by_id.values()) <= 10  # CloudWatch's limits per alarm
+    assert sum("MetricStat" in m for m in by_id.values()) <= 10
+    (watched,) = [m for m in alarm["Metrics"] if m.get("ReturnData", True)]
+    assert watched["Expression"] == "IF(workers < 1, runnable, 0)"
+    assert by_id["runnable"]["Expression"] == "MIN([backlog, FILL(lanes, 12) * 2])"
 
 
 def test_scales_to_zero_after_the_queue_stays_empty(gpu: Synth) -> None:
@@ -327,7 +387,9 @@ def test_scales_to_zero_after_the_queue_stays_empty(gpu: Synth) -> None:
     assert alarm["ComparisonOperator"] == "LessThanOrEqualToThreshold"
     assert alarm["Threshold"] == 0
     assert alarm["EvaluationPeriods"] == alarm["DatapointsToAlarm"] == 20
-    assert [m["Expression"] for m in alarm["Metrics"] if "Expression" in m] == [BACKLOG_EXPRESSION]
+    assert [m["Expression"] for m in alarm["Metrics"] if "Expression" in m] == [
+        "FILL(visible, 0) + FILL(inflight, 0)"
+    ]
 
 
 # -- monitoring --------------------------------------------------------------------------------------
@@ -341,7 +403,9 @@ def test_dashboard_has_fleet_panels(gpu: Synth) -> None:
         "DesiredTaskCount",
         "RunningTaskCount",
         "PendingTaskCount",
-        "Backlog per worker",
+        "Runnable tasks per worker",
+        "Backlog, runnable tasks and lanes",
+        "RunnableLanes",
         "GPUReservation",
         "nvidia_smi_utilization_gpu",
         "Tasks waiting for capacity",
@@ -367,6 +431,46 @@ def test_fleet_outputs(gpu: Synth) -> None:
         assert outputs[name]["Description"], name
 
 
+# -- the lanes publisher -----------------------------------------------------------------------------
+
+
+def test_lanes_publisher_runs_every_minute_with_query_and_put_metric_data_only(gpu: Synth) -> None:
+    fn_id, fn = _one_matching(gpu, "AWS::Lambda::Function", "Lanes")
+    props = fn["Properties"]
+    assert props["Handler"] == "lambdas.fleet_lanes.handler"
+    assert (props["Runtime"], props["Architectures"]) == ("python3.14", ["arm64"])
+    assert props["Environment"]["Variables"] == {"SHARDQ_JOB_TABLE": {"Ref": "JobTable"}}
+    (rule,) = gpu.of_type("AWS::Events::Rule").values()
+    assert rule["Properties"]["ScheduleExpression"] == "rate(1 minute)"
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": [fn_id, "Arn"]}
+    assert target["RetryPolicy"] == {"MaximumEventAgeInSeconds": 60, "MaximumRetryAttempts": 0}
+    role_id = props["Role"]["Fn::GetAtt"][0]
+    statements = [
+        st
+        for policy in gpu.of_type("AWS::IAM::Policy").values()
+        if {"Ref": role_id} in policy["Properties"]["Roles"]
+        for st in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    by_action = {json.dumps(st["Action"]): st for st in statements}
+    query = by_action['"dynamodb:Query"']
+    assert query["Resource"] == {"Fn::Join": ["", [{"Fn::GetAtt": ["JobTable", "Arn"]}, "/index/by_status"]]}
+    put = by_action['"cloudwatch:PutMetricData"']
+    assert put["Condition"] == {"StringEquals": {"cloudwatch:namespace": "shardq/Fleet"}}
+    assert set(by_action) == {
+        '"dynamodb:Query"',
+        '"cloudwatch:PutMetricData"',
+        '["logs:CreateLogStream", "logs:PutLogEvents"]',  # its own log group
+        '["xray:PutTelemetryRecords", "xray:PutTraceSegments"]',  # active tracing
+    }
+
+
+def test_no_lanes_publisher_without_a_fleet(default_synth: Synth) -> None:
+    assert not default_synth.of_type("AWS::Events::Rule")
+    handlers = {f["Properties"]["Handler"] for f in default_synth.of_type("AWS::Lambda::Function").values()}
+    assert "lambdas.fleet_lanes.handler" not in handlers
+
+
 # -- cdk-nag -----------------------------------------------------------------------------------------
 
 
@@ -390,7 +494,7 @@ def test_nag_clean_and_every_fleet_acknowledgment_used(flavour: str, request: py
     fleet_acks = [a for a in synth.stack.acknowledgments if "/Fleet/" in a.scope.node.path + "/"]
     assert fleet_acks
     for ack in fleet_acks:
-        assert ack.id.startswith("AwsSolutions::AwsSolutions-"), ack.id
+        assert ack.id.startswith(("AwsSolutions::AwsSolutions-", "Serverless::Serverless-")), ack.id
         assert len(ack.reason) >= 40, ack.id
 
 
