@@ -342,7 +342,10 @@ class ShardqConfig:
     fleet_backlog_per_worker: int = _key(
         default=1,
         parse=_as_int(1, 1000, " (tasks queued or in flight per worker the fleet aims for)"),
-        doc="Scaling target: (visible + in-flight tasks) / workers, 1..1000. Default 1.",
+        doc=(
+            "Scaling target: runnable tasks per worker, where runnable = visible + in-flight tasks capped "
+            "at the lanes RUNNING jobs can keep busy; 1..1000. Default 1."
+        ),
     )
     fleet_scale_to_zero_after_minutes: int = _key(
         default=15,
