@@ -598,6 +598,13 @@ def cmd_result(args: argparse.Namespace) -> int:
             saved = download(engine.s3, uri, target) if uri else []
             what = f"{len(saved)} model file(s) from {uri}" if uri else "no model (this job has none)"
             print(f"saved result.json and {what} to {target}", file=sys.stderr)
+        if args.plot:
+            from shardq.dashboard.plot import PlotError, plot_manifest
+
+            try:
+                print(f"wrote the metric curves to {plot_manifest(manifest, args.plot)}", file=sys.stderr)
+            except PlotError as exc:
+                raise CliError(str(exc)) from None
     return EXIT_OK
 
 
@@ -737,6 +744,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job", help="job id")
     p.add_argument("--json", action="store_true", help="the manifest as stored (result.json)")
     p.add_argument("--download", metavar="DIR", help="save result.json and the final / best model here")
+    p.add_argument(
+        "--plot", metavar="FILE.png", help="draw the metric curves per round into an image (make dashboard)"
+    )
     p.set_defaults(func=cmd_result)
 
     p = add_command(
