@@ -31,7 +31,22 @@ lanes), built before the timer starts; how fast they can be built is reported be
 Every variant is verified by id: every deduplication id stored once, nothing else.
 "Sustained" is the rate between the 10 % and the 90 % mark of the accepted messages.
 
+Beyond what the model can run here (a million shards; high-throughput FIFO at its regional
+ceiling, 70,000 calls/s per action in us-east-1, i.e. 700,000 msgs/s), the run ends with a
+**projection**: the wall time the plane needs to dispatch and to count 1,000, 100,000 and
+1,000,000 shards, from
+
+* the quotas (``shardq/core/prices.json``) and the share of them the fan-out sustained above;
+* what the fan-out's calls in flight offer (in flight / call latency);
+* the splitter's CPU: the client-side CPU of one SendMessageBatch call through the production
+  client (serialise, sign, parse; answered at the HTTP layer, no network) and of building one
+  message, both measured here, against the vCPU share of a 512 MB Lambda (1,769 MB = 1 vCPU;
+  one Python process uses at most one core for this work);
+* counting: ``shardq.core.cost.plane_timing`` (aggregator concurrency × 100 results per
+  invocation, bounded by the job's counter item).
+
     .venv/bin/python -m benchmarks.quota [--tasks 20000] [--partitions 4] [--ht-tasks 40000]
+    .venv/bin/python -m benchmarks.quota --project-only     # the projection alone (≈ 10 s)
 """
 
 from __future__ import annotations
@@ -45,13 +60,14 @@ import threading
 import time
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from benchmarks._common import describe, emit_json, machine, table
 from benchmarks.fanout import request, task_messages
+from shardq.core import cost
 from shardq.core.fanout import FanOut, FanOutError, FanOutStats, Message
 from shardq.core.settings import Settings
 
@@ -197,15 +213,22 @@ class _Raw:
         yield self._body.read()
 
 
-def boto3_client(model: QuotaModel) -> Any:
-    """The production SQS client, answered by the model at the HTTP layer (no network)."""
+def boto3_client(model: QuotaModel, retry_mode: str | None = None) -> Any:
+    """The production SQS client, answered by the model at the HTTP layer (no network).
+
+    ``retry_mode`` overrides the production client's botocore retry mode (for comparison).
+    """
     from botocore.awsrequest import AWSResponse
 
-    from shardq.core.clients import client
+    from shardq.core.clients import client, new_client
 
     for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
         os.environ.setdefault(k, v)
-    sqs = client.__wrapped__("sqs", "us-east-1", "https://sqs.us-east-1.amazonaws.com")
+    endpoint = "https://sqs.us-east-1.amazonaws.com"
+    if retry_mode is None:
+        sqs = client.__wrapped__("sqs", "us-east-1", endpoint)
+    else:
+        sqs = new_client("sqs", region="us-east-1", endpoint_url=endpoint, retry_mode=retry_mode)
 
     def before_send(request: Any, **kwargs: Any) -> Any:
         target = dict(request.headers).get("X-Amz-Target", b"")
@@ -243,6 +266,7 @@ class Variant:
     client: str  # "model" | "boto3" | "naive-model"
     max_in_flight: int = 8
     base_delay: float = 0.05
+    retry_mode: str | None = None  # None: the production client's
 
 
 def messages_for(tasks: int, max_parallel: int) -> tuple[list[Message], float]:
@@ -260,7 +284,7 @@ def run_variant(v: Variant, msgs: list[Message], partitions: int, args: argparse
         burst_s=args.burst_s,
         latency_s=(args.latency_ms[0] / 1000, args.latency_ms[1] / 1000),
     )
-    sqs: Any = boto3_client(model) if v.client == "boto3" else ModelClient(model)
+    sqs: Any = boto3_client(model, v.retry_mode) if v.client == "boto3" else ModelClient(model)
     stats = FanOutStats()
     error = None
     started = time.perf_counter()
@@ -320,26 +344,21 @@ def run_variant(v: Variant, msgs: list[Message], partitions: int, args: argparse
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
+    """The fan-out through the production client (botocore retries throttles: shardq's one retry
+    layer for whole-call failures since the fan-out stopped retrying them itself)."""
     # What the splitter uses: Settings.fanout_in_flight, 8 by default; the stack sets 32 when
     # fifo_high_throughput is on (SHARDQ_FANOUT_IN_FLIGHT).
-    d = Settings.__dataclass_fields__["fanout_in_flight"].default
-    base = FanOut.__init__.__kwdefaults__["base_delay"]
+    d = int(Settings.__dataclass_fields__["fanout_in_flight"].default)  # type: ignore[call-overload]
+    base = FanOut.__init__.__kwdefaults__["base_delay"]  # type: ignore[index]
     out = [
-        Variant(f"FIFO, FanOut defaults ({d} in flight), model client", "fifo", "model", d, base),
         Variant(f"FIFO, FanOut defaults ({d} in flight), boto3 client", "fifo", "boto3", d, base),
+        Variant(f"FIFO, {d} in flight, boto3 standard retry mode", "fifo", "boto3", d, base, "standard"),
     ]
     for k in args.sweep:
         if k != d:
-            out.append(Variant(f"FIFO, {k} in flight, model client", "fifo", "model", k, base))
+            out.append(Variant(f"FIFO, {k} in flight, boto3 client", "fifo", "boto3", k, base))
     out += [
-        Variant(f"HT, FanOut defaults ({d} in flight), model client", "ht", "model", d, base),
-        Variant(
-            f"HT, stack setting ({args.ht_in_flight} in flight), model client",
-            "ht",
-            "model",
-            args.ht_in_flight,
-            base,
-        ),
+        Variant(f"HT, FanOut defaults ({d} in flight), boto3 client", "ht", "boto3", d, base),
         Variant(
             f"HT, stack setting ({args.ht_in_flight} in flight), boto3 client",
             "ht",
@@ -437,6 +456,133 @@ def report(result: dict[str, Any]) -> None:
     print(f"every message stored exactly once, nothing else: {result['verified']}")
 
 
+# -- projection: a million shards, high-throughput FIFO at its regional ceiling ----------------
+
+PROJECT_SHARDS = (1_000, 100_000, 1_000_000)
+SPLITTER_MB = 512  # the stack's splitter (stacks/components/functions.py)
+
+
+def measure_client_cpu(calls: int, msgs: list[Message]) -> float:
+    """CPU seconds per SendMessageBatch call through the production client, answered at once."""
+    from botocore.awsrequest import AWSResponse
+
+    from shardq.core.clients import new_client
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
+        os.environ.setdefault(k, v)
+    sqs = new_client("sqs", region="us-east-1", endpoint_url="https://sqs.us-east-1.amazonaws.com")
+
+    def answer(request: Any, **kwargs: Any) -> Any:
+        entries = json.loads(request.body)["Entries"]
+        ok = [{"Id": e["Id"], "MessageId": "m", "MD5OfMessageBody": "0" * 32} for e in entries]
+        body = json.dumps({"Successful": ok, "Failed": []}).encode()
+        return AWSResponse(request.url, 200, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body))
+
+    sqs.meta.events.register_first("before-send.sqs", answer)
+    batches = [msgs[i : i + ENTRIES_PER_CALL] for i in range(0, min(len(msgs), calls * 10), ENTRIES_PER_CALL)]
+    sqs.send_message_batch(QueueUrl="q", Entries=[m.entry(str(i)) for i, m in enumerate(batches[0])])  # warm
+    started = time.process_time()
+    for batch in batches:
+        sqs.send_message_batch(QueueUrl="q", Entries=[m.entry(str(i)) for i, m in enumerate(batch)])
+    return (time.process_time() - started) / len(batches)
+
+
+def project(
+    result: dict[str, Any], cpu_per_call: float, build_per_msg: float, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Wall time to dispatch and count 1k / 100k / 1M shards, per queue mode (see the docstring).
+
+    The bounds are ``shardq.core.cost``'s (``dispatch_bounds``, ``plane_timing``), fed with the
+    CPU figures measured here; the quota bound is scaled by the share of it the fan-out sustained
+    in the modelled runs above (when they ran).
+    """
+    # The shipped settings' rows: FIFO with FanOut's defaults, HT with the stack's in-flight setting.
+    shipped = {"FIFO, FanOut defaults": "fifo", "HT, stack setting": "ht"}
+    shares = {
+        mode: r["share_of_ceiling"]
+        for r in result.get("rows", [])
+        for prefix, mode in shipped.items()
+        if r["variant"].startswith(prefix)
+    }
+    latency_ms = sum(args.latency_ms) / 2
+    cpu_ms = (cpu_per_call + ENTRIES_PER_CALL * build_per_msg) * 1000
+    fifo_calls = cost.limit("sqs_fifo_calls_per_second")
+    modes = [
+        ("FIFO (300 calls/s)", False, None, SPLITTER_MB, shares.get("fifo", 1.0)),
+        (f"HT, {args.partitions} partitions (modelled above)", True, fifo_calls * args.partitions,
+         SPLITTER_MB, shares.get("ht", 1.0)),
+        ("HT, us-east-1 ceiling (70,000 calls/s)", True, None, SPLITTER_MB, 1.0),
+        ("HT, us-east-1 ceiling, 1,769 MB splitter", True, None, 1769, 1.0),
+    ]  # fmt: skip
+    rows = []
+    for mode, high, quota, mb, share in modes:
+        a = cost.Assumptions(
+            high_throughput=high,
+            quota_calls_per_second=quota,
+            splitter_mb=mb,
+            sqs_call_ms=latency_ms,
+            splitter_cpu_ms_per_call=cpu_ms,
+        )
+        bounds = cost.dispatch_bounds(a)
+        if min(bounds, key=lambda k: bounds[k]) == "queue quota" and share < 1.0:
+            a = replace(a, quota_calls_per_second=bounds["queue quota"] * share)  # as sustained above
+        for shards in PROJECT_SHARDS:
+            job = cost.JobShape(kind="map", tasks_per_round=shards, max_parallel=min(shards, 10_000))
+            plane = cost.plane_timing(job, a)
+            rows.append(
+                {
+                    "mode": mode,
+                    "splitter_mb": mb,
+                    "shards": shards,
+                    "msgs_per_s": round(plane["enqueue_messages_per_second"]),
+                    "bound_by": plane["enqueue_bound"],
+                    "dispatch_s": round(plane["enqueue_seconds_per_round"], 2),
+                    "splitter_invocations": cost.lambda_usage(job, a, batches=0)["splitter_invocations"],
+                    "count_results_per_s": round(plane["count_results_per_second"]),
+                    "count_s": round(plane["count_seconds_per_round"], 2),
+                }
+            )
+    return rows
+
+
+def report_projection(rows: list[dict[str, Any]], cpu_per_call: float, build_per_msg: float) -> None:
+    print()
+    print(
+        f"Projection: client CPU {cpu_per_call * 1000:.2f} ms per SendMessageBatch call + "
+        f"{build_per_msg * 1e6:.0f} µs per message built (CPU time, this machine); counting by "
+        "shardq.core.cost.plane_timing (5 aggregators, counter item)"
+    )
+    print(
+        table(
+            [
+                "mode",
+                "splitter MB",
+                "shards",
+                "msgs/s",
+                "bound by",
+                "dispatch",
+                "invocations",
+                "count/s",
+                "count",
+            ],
+            [
+                [
+                    r["mode"],
+                    r["splitter_mb"],
+                    f"{r['shards']:,}",
+                    f"{r['msgs_per_s']:,}",
+                    r["bound_by"],
+                    f"{r['dispatch_s']:,.1f} s",
+                    r["splitter_invocations"],
+                    f"{r['count_results_per_s']:,}",
+                    f"{r['count_s']:,.1f} s",
+                ]
+                for r in rows
+            ],
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=20000, help="messages per FIFO fan-out (default 20000)")
@@ -456,10 +602,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="per-call latency range, ms (default 15,25)",
     )  # fmt: skip
     parser.add_argument("--burst-s", type=float, default=0.1, help="token bucket size, seconds of quota")
+    parser.add_argument("--project-only", action="store_true", help="skip the modelled runs; project only")
+    parser.add_argument("--cpu-calls", type=int, default=2000, help="calls timed for the client CPU figure")
     args = parser.parse_args(argv)
-    result = {**run(args), "machine": machine()}
+    result: dict[str, Any] = {"verified": True} if args.project_only else run(args)
+    result["machine"] = machine()
     print(describe(result["machine"]))
-    report(result)
+    if not args.project_only:
+        report(result)
+    cpu_started = time.process_time()  # CPU, not wall time: other processes share the machine
+    msgs, _ = messages_for(args.cpu_calls * ENTRIES_PER_CALL, 64)
+    build_per_msg = (time.process_time() - cpu_started) / len(msgs)
+    cpu_per_call = measure_client_cpu(args.cpu_calls, msgs)
+    result["client_cpu_s_per_call"] = cpu_per_call
+    result["build_cpu_s_per_message"] = build_per_msg
+    result["projection"] = project(result, cpu_per_call, build_per_msg, args)
+    report_projection(result["projection"], cpu_per_call, build_per_msg)
     emit_json("quota", result)
     if not result["verified"]:
         raise SystemExit("quota: messages lost, unexpected or a fan-out failed (see the JSON)")

@@ -148,6 +148,11 @@ class Assumptions:
     # (DynamoDB rejects a concurrent one with TransactionConflict), so this paces the counting.
     counter_transaction_ms: float = 25.0
     splitter_timeout_s: float = 120.0
+    # Client CPU of one SendMessageBatch call, message building included (benchmarks/quota.py
+    # measures it); 0: the splitter's CPU is not counted as a bound.
+    splitter_cpu_ms_per_call: float = 0.0
+    # The queue's SendMessageBatch quota, calls/s; None: the published one for the queue mode.
+    quota_calls_per_second: float | None = None
     # Alternatives: states in a Distributed Map child workflow, and a Batch child's start overhead.
     sfn_states_per_child: int = 1
     batch_child_overhead_s: float = 30.0
@@ -219,18 +224,28 @@ def aggregator_batches(job: JobShape, a: Assumptions) -> list[int]:
     return per_round * job.rounds + [1] * job.reduces
 
 
-def enqueue_seconds(tasks: int, a: Assumptions) -> float:
-    """Lower bound on the time to put ``tasks`` on the task queue from one splitter invocation.
+def dispatch_bounds(a: Assumptions) -> dict[str, float]:
+    """SendMessageBatch calls/s one splitter invocation could sustain, under each bound.
 
-    The fan-out is bounded by the queue's quota (300 SendMessageBatch calls/s, or the regional
-    ceiling of high-throughput FIFO) and by what its calls in flight offer (in flight / latency).
+    The queue's quota (300 calls/s, or the regional ceiling of high-throughput FIFO), what the
+    fan-out's calls in flight offer (in flight / latency) and, when ``splitter_cpu_ms_per_call``
+    is given, the splitter's CPU: its vCPU share (1,769 MB = 1 vCPU; one Python process uses at
+    most one core) over the CPU one call takes.
     """
-    quota = limit(
+    quota = a.quota_calls_per_second or limit(
         "sqs_fifo_high_throughput_calls_per_second" if a.high_throughput else "sqs_fifo_calls_per_second"
     )
     in_flight = FANOUT_IN_FLIGHT_HIGH_THROUGHPUT if a.high_throughput else FANOUT_IN_FLIGHT
-    offered = in_flight / (a.sqs_call_ms / 1000)
-    return math.ceil(tasks / MAX_BATCH_ENTRIES) / min(quota, offered)
+    bounds = {"queue quota": quota, f"{in_flight} calls in flight": in_flight / (a.sqs_call_ms / 1000)}
+    if a.splitter_cpu_ms_per_call > 0:
+        vcpu = min(1.0, a.splitter_mb / limit("lambda_mb_per_vcpu"))
+        bounds[f"splitter CPU ({vcpu:.2f} vCPU)"] = vcpu / (a.splitter_cpu_ms_per_call / 1000)
+    return bounds
+
+
+def enqueue_seconds(tasks: int, a: Assumptions) -> float:
+    """Lower bound on the time to put ``tasks`` on the task queue (``dispatch_bounds``' tightest)."""
+    return math.ceil(tasks / MAX_BATCH_ENTRIES) / min(dispatch_bounds(a).values())
 
 
 def lambda_usage(job: JobShape, a: Assumptions, batches: int) -> dict[str, float]:
@@ -325,7 +340,9 @@ def plane_timing(job: JobShape, a: Assumptions) -> dict[str, float]:
     per_counter = MAX_PUTS_PER_TRANSACTION / (a.counter_transaction_ms / 1000)
     count_rate = min(a.aggregator_concurrency * per_invocation, per_counter)
     enqueue_s = enqueue_seconds(job.tasks_per_round, a)
+    bounds = dispatch_bounds(a)
     return {
+        "enqueue_bound": min(bounds, key=lambda name: bounds[name]),
         "enqueue_seconds_per_round": enqueue_s,
         "enqueue_messages_per_second": job.tasks_per_round / enqueue_s if enqueue_s else 0.0,
         "count_results_per_second": count_rate,

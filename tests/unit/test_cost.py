@@ -109,3 +109,19 @@ def test_compare_counts_transitions_array_jobs_and_overheads_by_hand() -> None:
     s3 = sum(line["usd"] for line in e["lines"] if line["item"].startswith("S3 "))
     assert shardq["coordination_usd"] == pytest.approx(e["total_usd"] - s3)
     assert [o["total_usd"] - o["coordination_usd"] for o in c["options"]] == [pytest.approx(s3)] * 3
+
+
+def test_a_cpu_bound_splitter_is_named_as_the_bound() -> None:
+    # GIVEN a splitter whose calls take 1 ms of CPU each, at the stack's 512 MB (0.29 vCPU)
+    a = Assumptions(splitter_cpu_ms_per_call=1.0, high_throughput=True)
+    bounds = cost.dispatch_bounds(a)
+    # THEN it, not the queue's 70,000 calls/s nor 32 in flight (1,600 calls/s), paces the fan-out
+    assert bounds["splitter CPU (0.29 vCPU)"] == pytest.approx(512 / 1769 / 0.001)
+    job = JobShape(kind="map", tasks_per_round=100_000, max_parallel=1000)
+    plane = cost.plane_timing(job, a)
+    assert plane["enqueue_bound"] == "splitter CPU (0.29 vCPU)"
+    # AND one vCPU (1,769 MB) is as far as more memory goes: one Python process, one core
+    big = cost.dispatch_bounds(
+        Assumptions(splitter_cpu_ms_per_call=1.0, high_throughput=True, splitter_mb=10240)
+    )
+    assert big["splitter CPU (1.00 vCPU)"] == pytest.approx(1000)
