@@ -84,6 +84,16 @@ dashboard-vendor:  ## re-vendor the pinned Chart.js from its npm tarball (commit
 	cp .vendor-tmp/package/LICENSE.md $(dir $(CHARTJS))chart.js.LICENSE.md
 	rm -rf .vendor-tmp
 
+.PHONY: flower bench-flower
+FLOWER_VENV := $(VENV)/flower
+
+flower: torch  ## optional: Flower (flwr + Ray) in its own venv, .venv/flower, for make bench-flower
+	test -x $(FLOWER_VENV)/bin/python || $(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-flower.txt
+
+bench-flower: flower  ## FedAvg on MNIST: shardq vs Flower vs centralized; table to BENCHMARKS.md (BENCH_ARGS=--arch cnn)
+	$(PY) -m benchmarks.flower_compare --write $(BENCH_ARGS)
+
 soak: install  ## the chaos soak run: many jobs, random worker kills (prints a SOAK {...} line)
 	$(BIN)/pytest tests/chaos/test_soak.py -m soak -s -q
 

