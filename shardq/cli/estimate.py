@@ -202,6 +202,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  shardq estimate req.json --workers 64 --task-seconds 600 --compare"
         ),
     )
+    _job_options(p)
+    _model_options(p)
+    p.add_argument("--json", action="store_true", help="every count and price as JSON")
+    p.set_defaults(func=cmd_estimate)
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    """The job: the request, what-ifs over it, the workers and the durations."""
     p.add_argument("request", help="TrainingRequest JSON file ('-' for stdin)")
     p.add_argument(
         "--shards",
@@ -233,6 +241,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--artifacts-per-task", type=int, default=Assumptions.artifacts_per_task, help="S3 PUTs per task"
     )
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """The queue mode, the fleet sizing and the comparison."""
     p.add_argument(
         "--high-throughput",
         action="store_true",
@@ -261,5 +273,3 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=Assumptions.batch_child_overhead_s,
         help="with --compare: seconds an AWS Batch child spends starting its container (default 30)",
     )
-    p.add_argument("--json", action="store_true", help="every count and price as JSON")
-    p.set_defaults(func=cmd_estimate)
