@@ -32,7 +32,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from shardq.core.contracts import DEFAULT_MAX_PARALLEL
+from shardq.core.contracts import DEFAULT_MAX_PARALLEL, MAX_SHARDS
 from shardq.core.enqueue import CHUNK as CURSOR_CHUNK
 from shardq.core.enqueue import HANDOFF_MARGIN_S
 from shardq.core.fanout import MAX_BATCH_ENTRIES
@@ -433,8 +433,8 @@ def _shardq_option(job: JobShape, a: Assumptions, e: dict[str, Any]) -> dict[str
     notes = [
         f"at most {e['parallel_tasks']} tasks at once (workers, capped by max_parallel {job.max_parallel})"
     ]
-    if job.tasks_per_round > 100_000:
-        notes.append("a request is validated up to 100,000 shards per round (contracts.MAX_SHARDS)")
+    if job.tasks_per_round > MAX_SHARDS:
+        notes.append(f"a request is validated up to {MAX_SHARDS:,} shards per round (contracts.MAX_SHARDS)")
     return _option(
         "shardq",
         lines,

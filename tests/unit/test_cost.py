@@ -36,6 +36,24 @@ def test_copied_constants_agree_with_the_stack_and_the_worker() -> None:
     )
 
 
+def test_assumed_function_sizes_and_concurrency_are_the_stacks_defaults() -> None:
+    functions = (ROOT / "stacks" / "components" / "functions.py").read_text()
+    a = Assumptions()
+    for name, mb, seconds in (
+        ("splitter", a.splitter_mb, a.splitter_timeout_s),
+        ("aggregator", a.aggregator_mb, None),
+    ):
+        m = re.search(
+            rf"{name}: FunctionSize = .*?FunctionSize\(memory_mb=(\d+), timeout_seconds=(\d+)\)", functions
+        )
+        assert m, name
+        assert int(m.group(1)) == mb
+        assert seconds is None or int(m.group(2)) == seconds
+    config = (ROOT / "stacks" / "config.py").read_text()
+    m = re.search(r"aggregator_max_concurrency: int = _key\(\s*default=(\d+)", config)
+    assert m and int(m.group(1)) == a.aggregator_concurrency
+
+
 def test_the_price_book_names_a_source_for_every_figure_and_no_url() -> None:
     book = cost.price_book()
     assert book["region"] == "us-east-1" and re.fullmatch(r"\d{4}-\d{2}-\d{2}", book["checked"])
