@@ -329,7 +329,7 @@ def priced_lines(
     ]
 
 
-def plane_timing(job: JobShape, a: Assumptions) -> dict[str, float]:
+def plane_timing(job: JobShape, a: Assumptions) -> dict[str, Any]:
     """Lower bounds on the plane's own time: enqueue a round, count a round's results.
 
     Counting is paced by the slower of the aggregator's concurrency (``aggregator_concurrency``
