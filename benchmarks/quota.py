@@ -249,11 +249,12 @@ def boto3_client(model: QuotaModel, retry_mode: str | None = None) -> Any:
             else:
                 body = {"__type": "ThrottlingException", "message": "Rate exceeded"}
             return AWSResponse(request.url, 400, headers, _Raw(json.dumps(body).encode()))
-        if action == "SendMessage":
-            body = {"MessageId": out[0]["MessageId"], "MD5OfMessageBody": out[0]["MD5OfMessageBody"]}
-        else:
-            body = {"Successful": out, "Failed": []}
-        return AWSResponse(request.url, 200, headers, _Raw(json.dumps(body).encode()))
+        answer: dict[str, Any] = (
+            {"MessageId": out[0]["MessageId"], "MD5OfMessageBody": out[0]["MD5OfMessageBody"]}
+            if action == "SendMessage"
+            else {"Successful": out, "Failed": []}
+        )
+        return AWSResponse(request.url, 200, headers, _Raw(json.dumps(answer).encode()))
 
     sqs.meta.events.register_first("before-send.sqs", before_send)
     return sqs
@@ -348,7 +349,7 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     layer for whole-call failures since the fan-out stopped retrying them itself)."""
     # What the splitter uses: Settings.fanout_in_flight, 8 by default; the stack sets 32 when
     # fifo_high_throughput is on (SHARDQ_FANOUT_IN_FLIGHT).
-    d = int(Settings.__dataclass_fields__["fanout_in_flight"].default)  # type: ignore[call-overload]
+    d = cost.FANOUT_IN_FLIGHT
     base = FanOut.__init__.__kwdefaults__["base_delay"]  # type: ignore[index]
     out = [
         Variant(f"FIFO, FanOut defaults ({d} in flight), boto3 client", "fifo", "boto3", d, base),
