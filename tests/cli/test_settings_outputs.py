@@ -32,7 +32,8 @@ def test_submit_direct_refuses_a_bucket_the_workers_cannot_read(
     run = shardq("submit", write_request(MAP), "--direct", "--job-id", "elsewhere")
     # THEN it is refused before anything is created, as the splitter Lambda refuses it
     assert run.code == 2, run.out + run.err
-    assert "data" in run.err and "datasets" in run.err
+    assert "dataset.uri 's3://data/set' is in bucket 'data', which the workers cannot read" in run.err
+    assert "datasets" in run.err
     with pytest.raises(JobNotFound):
         engine.store.get_job("elsewhere")
     # AND a bucket the workers can read is accepted
