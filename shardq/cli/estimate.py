@@ -47,7 +47,7 @@ def render(e: dict[str, Any]) -> str:
     plane = e["plane"]
     tail = (
         f"minimum enqueue time per round: {e['min_enqueue_seconds_per_round']:.2f} s at {quota}; "
-        "high-throughput FIFO goes further\n"
+        "high-throughput FIFO goes further, as far as the splitter's CPU allows\n"
         f"minimum wall time: {e['min_wall_seconds']:,.0f} s of training waves, {e['parallel_tasks']} task(s) "
         f"at once (max_parallel {req['max_parallel']}; GPUs not priced)\n"
         f"the plane: enqueue {plane['enqueue_messages_per_second']:,.0f} msg/s"

@@ -148,9 +148,10 @@ class Assumptions:
     # (DynamoDB rejects a concurrent one with TransactionConflict), so this paces the counting.
     counter_transaction_ms: float = 25.0
     splitter_timeout_s: float = 120.0
-    # Client CPU of one SendMessageBatch call, message building included (benchmarks/quota.py
-    # measures it); 0: the splitter's CPU is not counted as a bound.
-    splitter_cpu_ms_per_call: float = 0.0
+    # Client CPU of one SendMessageBatch call, message building included: benchmarks/quota.py
+    # measured 0.55 ms per call + 10 x 36 µs per message (BENCHMARKS.md, section 3; an x86 core;
+    # a Lambda arm64 vCPU differs). 0: the splitter's CPU is not counted as a bound.
+    splitter_cpu_ms_per_call: float = 0.9
     # The queue's SendMessageBatch quota, calls/s; None: the published one for the queue mode.
     quota_calls_per_second: float | None = None
     # Alternatives: states in a Distributed Map child workflow, and a Batch child's start overhead.

@@ -94,12 +94,16 @@ def test_aggregator_batches_are_recorded_in_transactions_of_99() -> None:
 def test_enqueue_time_follows_the_queue_mode() -> None:
     job = JobShape(kind="map", tasks_per_round=1_000_000, max_parallel=10_000)
     plain = cost.plane_timing(job, Assumptions())
-    high = cost.plane_timing(job, Assumptions(high_throughput=True))
+    high = cost.plane_timing(job, Assumptions(high_throughput=True, splitter_cpu_ms_per_call=0))
     # plain FIFO: the quota, 300 SendMessageBatch calls/s = 3,000 msg/s
     assert plain["enqueue_seconds_per_round"] == pytest.approx(1_000_000 / 3_000)
     # high-throughput FIFO: the regional ceiling (70,000 calls/s) is far above what one
-    # splitter's 32 calls in flight offer at 20 ms each (1,600 calls/s): that is the bound
+    # splitter's 32 calls in flight offer at 20 ms each (1,600 calls/s) ...
     assert high["enqueue_messages_per_second"] == pytest.approx(32 / 0.020 * 10)
+    # ... and by default the 512 MB splitter's CPU (0.9 ms a call on 0.29 vCPU) binds before that
+    default = cost.plane_timing(job, Assumptions(high_throughput=True))
+    assert default["enqueue_bound"] == "splitter CPU (0.29 vCPU)"
+    assert default["enqueue_messages_per_second"] == pytest.approx(512 / 1769 / 0.0009 * 10)
     # counting: 5 aggregators x 100 results per 200 ms, under the counter item's 99 per 25 ms
     assert plain["count_results_per_second"] == pytest.approx(min(5 * 100 / 0.2, 99 / 0.025))
     # a fan-out past one splitter invocation (120 s, handing off 20 s early) continues in new ones
