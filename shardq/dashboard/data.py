@@ -98,6 +98,7 @@ def timeline_entry(row: ResultRecord, t0: float) -> dict[str, Any]:
         "retried": r.attempt > 1 or (row.receive_count or 1) > 1,
         "source": row.source,
         "error": r.error,
+        "metrics": r.metrics,
     }
 
 

@@ -85,9 +85,11 @@ READ_JOB_PAGE = """
 const curves = {};
 for (const card of document.querySelectorAll('.curve')) {
   const chart = Chart.getChart(card.querySelector('canvas'));
+  const sets = chart.data.datasets;  // the round mean is the last dataset; a per-shard chart has one
   curves[card.dataset.metric] = {
-    table: [...card.querySelectorAll('td.mean')].map((td) => Number(td.dataset.value)),
-    chart: chart.data.datasets[2].data,
+    perShard: card.classList.contains('per-shard'),
+    table: [...card.querySelectorAll('td.mean, td.value')].map((td) => Number(td.dataset.value)),
+    chart: sets[sets.length - 1].data,
     labels: chart.data.labels,
   };
 }
@@ -149,6 +151,7 @@ def test_job_list_curves_and_timeline_show_the_jobs_real_numbers(
     assert page["error"] is None and page["title"] == "SUCCEEDED"
     assert sorted(page["curves"]) == ["loss", "val_loss"]
     for metric, curve in page["curves"].items():
+        assert not curve["perShard"]
         expected = [s["metrics"][metric]["mean"] for s in summaries]
         assert curve["chart"] == pytest.approx(expected, rel=1e-12)
         assert curve["table"] == pytest.approx(expected, rel=1e-12)
@@ -203,6 +206,15 @@ def test_sweep_page_ranks_trials_and_shows_the_failure_text(
     ]
     [failure] = page["failures"]
     assert "RuntimeError: shard 2 of round 0 hit a NaN loss" in failure
+    # AND, one round only, each metric is charted per trial with the trial's own recorded value
+    trials = sorted(
+        (r.result.shard_id, r.result.metrics)
+        for r in engine.store.all_results("dash-sweep")
+        if r.result.status == "succeeded"
+    )
+    curve = page["curves"]["val_loss"]
+    assert curve["perShard"] and curve["labels"] == [f"trial {t}" for t, _ in trials]
+    assert curve["chart"] == curve["table"] == [m["val_loss"] for _, m in trials]
     assert any(b["status"] == "failed" and b["shard"] == 2 for b in page["bars"])
 
 

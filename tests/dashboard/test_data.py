@@ -39,7 +39,7 @@ def test_a_finished_fedavg_job_shows_its_rounds_curves_and_timeline(engine: Engi
     assert sorted((e["round"], e["task_type"], e["shard_id"]) for e in entries) == sorted(by_key)
     for e in entries:
         row = by_key[(e["round"], e["task_type"], e["shard_id"])]
-        assert e["duration_s"] == row.result.duration_s
+        assert e["duration_s"] == row.result.duration_s and e["metrics"] == row.result.metrics
         assert e["recorded_at"] == row.recorded_at
         assert e["end_s"] - e["start_s"] == pytest.approx(e["duration_s"], abs=0.002)
         assert e["end_s"] >= 0 and e["worker_id"] == row.result.worker_id

@@ -4,6 +4,9 @@
 
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
 const COLORS = { ok: "#2e9d57", fail: "#d1453b", retry: "#e69b23", reduce: "#7b4fc9", line: "#2f6fdb" };
+const ROUND_NOTE =
+  "Mean over the round's shards weighted by samples; the band spans the shards' min to max. " +
+  "A running round's point covers the shards recorded so far.";
 const state = { refreshMs: 2000, timer: null, charts: {}, timeline: null, view: null, jobId: null };
 
 function el(tag, attrs, ...children) {
@@ -179,9 +182,45 @@ function curveCard(name) {
   return { card, chart, table };
 }
 
+// A one-round job (sweep, map) has one point per metric: show each shard's (trial's) value instead.
+function perShard(detail) {
+  return detail.job.kind !== "data_parallel" && detail.job.rounds === 1;
+}
+
+function shardCard(name, what) {
+  const canvas = el("canvas", { class: "curve-canvas", dataset: { metric: name }, "aria-label": `${name} per ${what}` });
+  const table = el("table", { class: "grid small curve-values" }, el("thead", {}, el("tr", {}, el("th", {}, what), el("th", {}, name))), el("tbody"));
+  const card = el("div", { class: "card curve per-shard", dataset: { metric: name } }, el("h3", {}, `${name} per ${what}`), el("div", { class: "chart-box" }, canvas), el("details", {}, el("summary", {}, "values"), table));
+  const chart = new Chart(canvas, {
+    type: "bar",
+    data: { labels: [], datasets: [{ label: name, data: [], backgroundColor: COLORS.line }] },
+    options: {
+      animation: false,
+      maintainAspectRatio: false,
+      scales: { x: { title: { display: true, text: what } }, y: { type: yScale(), title: { display: true, text: name } } },
+      plugins: { legend: { display: false } },
+    },
+  });
+  return { card, chart, table, perShard: true };
+}
+
+function renderShardValues(name, entry, detail) {
+  const what = detail.job.kind === "sweep" ? "trial" : "shard";
+  const rows = detail.timeline.entries
+    .filter((e) => e.task_type === "train" && e.status === "succeeded" && e.metrics && name in e.metrics)
+    .sort((a, b) => a.shard_id - b.shard_id);
+  entry.chart.data.labels = rows.map((e) => `${what} ${e.shard_id}`);
+  entry.chart.data.datasets[0].data = rows.map((e) => e.metrics[name]);
+  entry.chart.update("none");
+  entry.table.tBodies[0].replaceChildren(
+    ...rows.map((e) => el("tr", { dataset: { shard: e.shard_id } }, el("td", { class: "num" }, e.shard_id), el("td", { class: "num value", dataset: { value: e.metrics[name] } }, num(e.metrics[name])))),
+  );
+}
+
 function renderCurves(detail) {
   const box = document.getElementById("curves");
   const names = detail.metric_names;
+  const shards = perShard(detail);
   for (const [name, entry] of Object.entries(state.charts)) {
     if (!names.includes(name)) {
       entry.chart.destroy();
@@ -191,8 +230,12 @@ function renderCurves(detail) {
   }
   for (const name of names) {
     if (!state.charts[name]) {
-      state.charts[name] = curveCard(name);
+      state.charts[name] = shards ? shardCard(name, detail.job.kind === "sweep" ? "trial" : "shard") : curveCard(name);
       box.append(state.charts[name].card);
+    }
+    if (shards) {
+      renderShardValues(name, state.charts[name], detail);
+      continue;
     }
     const { chart, table } = state.charts[name];
     const d = curveData(detail.rounds, name);
@@ -216,6 +259,11 @@ function renderCurves(detail) {
     );
   }
   document.getElementById("curves-empty").hidden = names.length > 0;
+  const what = detail.job.kind === "sweep" ? "trial" : "shard";
+  document.getElementById("metrics-title").textContent = shards ? `Metrics per ${what}` : "Metrics per round";
+  document.getElementById("metrics-note").textContent = shards
+    ? `A one-round job: each chart shows every ${what}'s own recorded value (the weighted mean over them is in the result).`
+    : ROUND_NOTE;
 }
 
 function barColor(entry) {
