@@ -13,13 +13,15 @@ from typing import Any
 
 from lambdas.batch import STANDARD_QUEUE, process_batch
 from lambdas.common import ingest, logger, metrics, tracer
-from shardq.core.contracts import ShardResult
+from shardq.core.advance import results_message
 from shardq.core.jobstore import Outcome
+from shardq.core.rounds import Tick
 
 
-def parse(record: Any) -> Outcome:
-    """A results-queue record → the outcome it reports (raises ValidationError if malformed)."""
-    return Outcome(result=ShardResult.from_json(record.body))
+def parse(record: Any) -> Outcome | Tick:
+    """A results-queue record → the outcome it reports, or a round deadline's tick (raises
+    ValidationError if malformed)."""
+    return results_message(record.body)
 
 
 @logger.inject_lambda_context(log_event=False)

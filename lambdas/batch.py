@@ -48,10 +48,11 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from lambdas.common import logger
-from shardq.core.jobstore import Outcome
 
-Parse = Callable[[SQSRecord], Outcome]
-Flush = Callable[[list[Outcome]], list[tuple[Outcome, Exception]]]
+# A staged item is an ``Outcome`` (or, on the results queue, a round deadline's ``Tick``): the
+# batch adapter never looks inside it, it only hands the flush what the parser made.
+Parse = Callable[[SQSRecord], Any]
+Flush = Callable[[list[Any]], list[tuple[Any, Exception]]]
 
 
 class NotProcessed(Exception):
@@ -131,13 +132,13 @@ def process_batch(event: dict[str, Any], *, parse: Parse, flush: Flush, source: 
 
 def stage(
     records: list[dict[str, Any]], parse: Parse, source: SqsSource
-) -> tuple[list[tuple[str, Outcome]], dict[str, Exception]]:
+) -> tuple[list[tuple[str, Any]], dict[str, Exception]]:
     """Parse records in order: (message id, outcome) staged, and message id → error for the failed.
 
     On a FIFO source, records after a parse failure (in its group, with ``skip_group_on_error``)
     are left out of both: the FIFO processor reports them failed without handling them.
     """
-    staged: list[tuple[str, Outcome]] = []
+    staged: list[tuple[str, Any]] = []
     failed: dict[str, Exception] = {}
     stop_batch = False
     stopped_groups: set[str] = set()

@@ -108,7 +108,7 @@ def _watch(store: JobStore, job_id: str, timeout: float) -> JobRecord:
     while time.monotonic() < deadline:
         job = store.get_job(job_id)
         r, phase = job.round, job.phase
-        line = f"  round {r + 1}/{job.rounds} {phase:<6} {job.ok(r, phase)}/{job.expected(phase)}"
+        line = f"  round {r + 1}/{job.rounds} {phase:<6} {job.ok(r, phase)}/{job.expected(r, phase)}"
         if line != last:
             print(line, flush=True)
             last = line

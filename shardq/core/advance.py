@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from shardq.core import planning
+from shardq.core import planning, rounds
 from shardq.core.artifacts import put_json
-from shardq.core.contracts import ValidationError
+from shardq.core.contracts import ShardResult, TrainingRequest, ValidationError
 from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
 from shardq.core.finalize import Finisher
 from shardq.core.jobstore import JobRecord, JobStore, Outcome, RecordOutcome
@@ -43,6 +44,18 @@ def foreign_outcome(shape: tuple[int, int, str], job_id: str, outcome: Outcome) 
     return None
 
 
+def results_message(body: str) -> Outcome | rounds.Tick:
+    """A results-queue message → the outcome it reports, or a round deadline's tick.
+
+    Raises ValidationError for anything else (malformed JSON, a result missing fields).
+    """
+    if rounds.TICK_KEY in body:
+        data = json.loads(body)
+        if isinstance(data, dict) and rounds.TICK_KEY in data:
+            return rounds.Tick.parse(data)
+    return Outcome(result=ShardResult.from_json(body))
+
+
 @dataclass
 class Advancer:
     """Records outcomes and moves jobs through their rounds and phases.
@@ -51,6 +64,8 @@ class Advancer:
     ----------
     store, enqueuer, finisher:
         The job store, the task sender and the job finisher.
+    ticker, clock:
+        The round deadlines' clock (``shardq.core.rounds``) and the wall clock.
     bucket:
         The artifact bucket (a round's reduce inputs go there by claim check).
     metric:
@@ -62,8 +77,11 @@ class Advancer:
     finisher: Finisher
     bucket: str
     metric: MetricSink
-    # A job's task count, rounds and kind never change: read once per warm container, not per batch.
-    _shapes: dict[str, tuple[int, int, str]] = field(init=False, default_factory=dict, repr=False)
+    ticker: rounds.Ticker
+    clock: Callable[[], float]
+    # A job's request never changes: read once per warm container, not per batch.
+    _requests: dict[str, TrainingRequest] = field(init=False, default_factory=dict, repr=False)
+    _participants: dict[tuple[str, int], frozenset[int]] = field(init=False, default_factory=dict, repr=False)
 
     def record(self, outcomes: list[Outcome], *, deadline: float | None = None) -> RecordOutcome:
         """Record outcomes exactly once; see ``JobStore.record``."""
@@ -71,10 +89,12 @@ class Advancer:
         self.metric("ResultsRecorded", len(result.recorded), "Count")
         if result.duplicates:
             self.metric("DuplicateResults", len(result.duplicates), "Count")
+        if result.late:
+            self.metric("LateResults", len(result.late), "Count")
         return result
 
     def advance(self, job_id: str, *, deadline: float | None = None) -> str:
-        """Move a job as far as its recorded results allow; returns its status.
+        """Move a job as far as its recorded results and its round policy allow; returns its status.
 
         Safe to call any number of times from any number of invocations.
         """
@@ -90,7 +110,10 @@ class Advancer:
                     "FAILED",
                     f"{job.failed_total} shards failed, over max_failed_shards={job.max_failed_shards}",
                 )
-            if job.done(job.round, job.phase) < job.expected(job.phase):
+            decision = rounds.verdict(job, self.clock())
+            if isinstance(decision, rounds.RoundFailed):
+                return self.finisher.finalize(job, "FAILED", decision.message)
+            if decision == rounds.WAIT:
                 return job.status
             moved = (
                 self._train_done(job, deadline) if job.phase == "train" else self._reduce_done(job, deadline)
@@ -99,8 +122,14 @@ class Advancer:
                 return self.store.get_job(job_id).status
 
     def _train_done(self, job: JobRecord, deadline: float | None) -> bool:
-        """Every train task of the round has an outcome: summarize; finish, or enqueue the reduce."""
+        """The round's training closed: summarize; finish, or enqueue the reduce.
+
+        The round is frozen first (``close_round``), so the outcomes read here are all it will
+        ever count; a result that arrives later is recorded as late.
+        """
         round_no = job.round
+        if job.closed_round != round_no and not self.store.close_round(job.job_id, round_no):
+            return True  # the job moved meanwhile: look again
         results = [row.result for row in self.store.results(job.job_id, round_no)]
         self.store.put_round_summary(
             job.job_id, round_no, summarize_round(round_no, results, job.round_started_at)
@@ -114,7 +143,7 @@ class Advancer:
             return False
         layout = planning.Layout(self.bucket, job.job_id)
         put_json(self.enqueuer.s3, self.bucket, layout.reduce_inputs_key(round_no), inputs)
-        self.enqueuer.enqueue(job, round_no, "reduce", None, deadline=deadline)
+        self.enqueuer.enqueue(job, round_no, "reduce", job.model_uri, deadline=deadline)
         self.store.start_reduce(job.job_id, round_no)
         return True
 
@@ -133,32 +162,37 @@ class Advancer:
             self.finisher.finalize(self.store.get_job(job.job_id), "SUCCEEDED")
             return False
         self.enqueuer.enqueue(job, round_no + 1, "train", model_uri, deadline=deadline)
-        self.store.start_round(job.job_id, round_no + 1, model_uri)
+        if self.store.start_round(job.job_id, round_no + 1, model_uri):
+            self.ticker.arm_round(self.store.get_job(job.job_id))
         return True
 
     def ingest(
         self,
-        outcomes: list[Outcome],
+        items: Sequence[Outcome | rounds.Tick],
         *,
         deadline: float | None = None,
         hand_on: Callable[[str], None] | None = None,
-    ) -> list[tuple[Outcome, Exception]]:
-        """Record outcomes and advance their jobs, job by job; returns the outcomes that failed.
+    ) -> list[tuple[Outcome | rounds.Tick, Exception]]:
+        """Record outcomes and advance their jobs, job by job; returns the items that failed.
 
-        One job's trouble (unknown job, throttling) fails only that job's outcomes: the event
+        One job's trouble (unknown job, throttling) fails only that job's items: the event
         source redelivers them, and the redelivery drives ``advance`` again. A next-round
         fan-out cut short by the deadline is handed on through ``hand_on(job_id)`` (an async
         splitter continuation) rather than failed, so big rounds neither wait out visibility
-        timeouts nor burn the results' receive count.
+        timeouts nor burn the results' receive count. A ``Tick`` (a round's deadline) advances
+        its job even when no result arrives.
         """
-        by_job: dict[str, list[Outcome]] = {}
-        for o in outcomes:
-            by_job.setdefault(o.result.job_id, []).append(o)
-        failed: list[tuple[Outcome, Exception]] = []
+        by_job: dict[str, list[Outcome | rounds.Tick]] = {}
+        for item in items:
+            job_id = item.job_id if isinstance(item, rounds.Tick) else item.result.job_id
+            by_job.setdefault(job_id, []).append(item)
+        failed: list[tuple[Outcome | rounds.Tick, Exception]] = []
         for job_id, group in by_job.items():
+            outcomes = [o for o in group if isinstance(o, Outcome)]
+            ticks = [t for t in group if isinstance(t, rounds.Tick)]
             foreign: list[tuple[Outcome, Exception]] = []
             try:
-                planned, foreign = self._planned(job_id, group)
+                planned, foreign = self._planned(job_id, outcomes)
                 self.record(planned, deadline=deadline)
                 try:
                     self.advance(job_id, deadline=deadline)
@@ -166,11 +200,19 @@ class Advancer:
                     if hand_on is None:
                         raise
                     hand_on(job_id)
+                for tick in ticks:
+                    self.rearm(tick)
             except Exception as exc:
                 rejected = {id(o) for o, _ in foreign}
                 failed.extend((o, exc) for o in group if id(o) not in rejected)
             failed.extend(foreign)
         return failed
+
+    def rearm(self, tick: rounds.Tick) -> None:
+        """After ``advance``: send the tick again while its round still waits for its deadline."""
+        job = self.store.get_job(tick.job_id)
+        if not job.terminal and job.round == tick.round and job.phase == "train" and tick.due > self.clock():
+            self.ticker.arm(tick)
 
     def _planned(
         self, job_id: str, outcomes: list[Outcome]
@@ -178,20 +220,33 @@ class Advancer:
         """Split outcomes into those of tasks the job planned and those it never did.
 
         A result for a shard, round or task type the job does not have (a foreign or forged
-        message) must never be counted: it would complete a round whose real shards are still
-        running. It is rejected with the reason and goes the way of malformed records.
+        message, or a shard that does not take part in that round) must never be counted: it
+        would complete a round whose real shards are still running. It is rejected with the
+        reason and goes the way of malformed records.
         """
-        if job_id not in self._shapes:
-            if len(self._shapes) >= SHAPE_CACHE_SIZE:
-                self._shapes.clear()
-            job = self.store.get_job(job_id)
-            self._shapes[job_id] = (job.task_count, job.rounds, job.kind)
+        if outcomes and job_id not in self._requests:
+            if len(self._requests) >= SHAPE_CACHE_SIZE:
+                self._requests.clear()
+                self._participants.clear()
+            self._requests[job_id] = self.store.get_job(job_id).request
         keep: list[Outcome] = []
         foreign: list[tuple[Outcome, Exception]] = []
         for o in outcomes:
-            problem = foreign_outcome(self._shapes[job_id], job_id, o)
+            problem = self._foreign(job_id, o)
             if problem is None:
                 keep.append(o)
             else:
                 foreign.append((o, ValidationError("ShardResult", [problem])))
         return keep, foreign
+
+    def _foreign(self, job_id: str, outcome: Outcome) -> str | None:
+        request = self._requests[job_id]
+        problem = foreign_outcome((request.task_count, request.rounds, request.kind), job_id, outcome)
+        r = outcome.result
+        if problem is None and r.task_type == "train" and request.participation is not None:
+            key = (job_id, r.round)
+            if key not in self._participants:
+                self._participants[key] = frozenset(planning.participants(request, r.round))
+            if r.shard_id not in self._participants[key]:
+                problem = f"shard {r.shard_id} does not take part in round {r.round} of job {job_id}"
+        return problem

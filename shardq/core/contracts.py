@@ -103,6 +103,29 @@ class _Checker:
             return None
         return value
 
+    def number(
+        self,
+        data: dict[str, Any],
+        key: str,
+        name: str,
+        lo: float,
+        hi: float,
+        default: float,
+        *,
+        lo_open: bool = False,
+        hi_open: bool = False,
+    ) -> float:
+        """A finite number in ``[lo, hi]`` (ends open where asked); ``default`` when absent or bad."""
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            self.add(f"{name} must be a number, got {value!r:.60}")
+            return default
+        if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+            self.add(f"{name} must be in {left}{lo:g}, {hi:g}{right}, got {value!r}")
+            return default
+        return float(value)
+
     def string(self, data: dict[str, Any], key: str, name: str, required: bool = False) -> str | None:
         value = data.get(key)
         if value is None:
@@ -197,6 +220,68 @@ class Objective:
 
 
 @dataclass(frozen=True)
+class Participation:
+    """Which shards train in a round (``data_parallel``): a seeded sample, the same on every retry."""
+
+    fraction: float = 1.0
+    min_shards: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Quorum:
+    """When a round closes before every participant reported (``data_parallel``).
+
+    ``fraction``: the round closes once this share of its participants succeeded.
+    ``deadline_seconds``: after this long it closes with what it has, if at least
+    ``participation.min_shards`` succeeded, else the job fails. Results that arrive after the
+    round closed are recorded as late and never counted.
+    """
+
+    fraction: float = 1.0
+    deadline_seconds: int | None = None
+
+
+# Server strategies of the reduce step and their parameters' defaults (Flower's names in comments).
+STRATEGIES: dict[str, dict[str, float]] = {
+    "fedavg": {},
+    # FedAvgM: server_learning_rate, server_momentum.
+    "fedavgm": {"server_lr": 1.0, "momentum": 0.9},
+    # FedAdam / FedYogi: eta, beta_1, beta_2, tau.
+    "fedadam": {"server_lr": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-9},
+    "fedyogi": {"server_lr": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-9},
+    # FedProx: proximal_mu, applied by the worker's training function; the reduce is FedAvg.
+    "fedprox": {"mu": 0.01},
+}
+# Each parameter's allowed range: (low, high, low end open, high end open).
+_STRATEGY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "server_lr": (0.0, 1e3, True, False),
+    "momentum": (0.0, 1.0, False, True),
+    "beta1": (0.0, 1.0, False, True),
+    "beta2": (0.0, 1.0, False, True),
+    "tau": (0.0, 1.0, True, False),
+    "mu": (0.0, 1e3, False, False),
+}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """The server strategy of a ``data_parallel`` job's reduce step, with every parameter filled in."""
+
+    name: str = "fedavg"
+    params: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name": ..., **params}``, as requests and tasks carry it."""
+        return {"name": self.name, **self.params}
+
+
+# A task may hold its lease at most SQS's 12-hour visibility ceiling.
+MAX_TASK_TIMEOUT_S = 12 * 3600
+MAX_ROUND_DEADLINE_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
 class TrainingRequest:
     """A training job as a client submits it (schema: schemas/training-request.schema.json)."""
 
@@ -213,6 +298,10 @@ class TrainingRequest:
     objective: Objective | None = None
     max_parallel: int = DEFAULT_MAX_PARALLEL
     max_failed_shards: int = 0
+    participation: Participation | None = None
+    quorum: Quorum | None = None
+    strategy: Strategy | None = None
+    task_timeout_seconds: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     FIELDS = (
@@ -229,6 +318,10 @@ class TrainingRequest:
         "max_parallel",
         "max_failed_shards",
         "entrypoint",
+        "participation",
+        "quorum",
+        "strategy",
+        "task_timeout_seconds",
     )
 
     @property
@@ -260,6 +353,8 @@ class TrainingRequest:
         rounds, model, hyperparameters = cls._training(c, data, kind)
         search_space, objective = cls._sweep(c, data, kind)
         max_parallel, max_failed, entrypoint = cls._execution(c, data)
+        participation, quorum, strategy = cls._rounds_policy(c, data, kind, shard_count)
+        timeout = c.integer(data, "task_timeout_seconds", "task_timeout_seconds", 1, MAX_TASK_TIMEOUT_S)
         for name in ("model", "hyperparameters", "search_space"):
             if _nesting(data.get(name)) > MAX_NESTING:
                 c.add(f"{name} nests more than {MAX_NESTING} levels deep; flatten it or pass a URI to it")
@@ -279,6 +374,10 @@ class TrainingRequest:
             objective=objective,
             max_parallel=max_parallel,
             max_failed_shards=max_failed,
+            participation=participation,
+            quorum=quorum,
+            strategy=strategy,
+            task_timeout_seconds=timeout,
         )
         request._check_totals()
         return request
@@ -345,6 +444,52 @@ class TrainingRequest:
             c.add(f"entrypoint must look like 'package.module:function', got {entrypoint!r}")
         return max_parallel or DEFAULT_MAX_PARALLEL, max_failed or 0, entrypoint
 
+    @classmethod
+    def _rounds_policy(
+        cls, c: _Checker, data: dict[str, Any], kind: str | None, shard_count: int | None
+    ) -> tuple[Participation | None, Quorum | None, Strategy | None]:
+        """``participation``, ``quorum`` and ``strategy``: how a ``data_parallel`` round runs."""
+        given = [k for k in ("participation", "quorum", "strategy") if data.get(k) is not None]
+        if kind != "data_parallel":
+            for key in given:
+                c.add(f"{key} applies to kind 'data_parallel' only; remove it (got kind {kind!r})")
+            return None, None, None
+        participation = quorum = strategy = None
+        raw = c.obj(data, "participation", "participation")
+        if raw is not None:
+            c.unknown_keys(raw, ("fraction", "min_shards", "seed"), prefix="participation.")
+            fraction = c.number(raw, "fraction", "participation.fraction", 0, 1, 1.0, lo_open=True)
+            most = shard_count or MAX_SHARDS
+            min_shards = c.integer(raw, "min_shards", "participation.min_shards", 1, most, default=1) or 1
+            seed = c.integer(raw, "seed", "participation.seed", 0, 2**63 - 1, default=0) or 0
+            participation = Participation(fraction=fraction, min_shards=min_shards, seed=seed)
+        raw = c.obj(data, "quorum", "quorum")
+        if raw is not None:
+            c.unknown_keys(raw, ("fraction", "deadline_seconds"), prefix="quorum.")
+            fraction = c.number(raw, "fraction", "quorum.fraction", 0, 1, 1.0, lo_open=True)
+            deadline = c.integer(raw, "deadline_seconds", "quorum.deadline_seconds", 1, MAX_ROUND_DEADLINE_S)
+            quorum = Quorum(fraction=fraction, deadline_seconds=deadline)
+        raw = c.obj(data, "strategy", "strategy")
+        if raw is not None:
+            strategy = cls._strategy(c, raw)
+        return participation, quorum, strategy
+
+    @staticmethod
+    def _strategy(c: _Checker, raw: dict[str, Any]) -> Strategy | None:
+        name = raw.get("name", "fedavg")
+        if name not in STRATEGIES:
+            c.add(f"strategy.name must be one of {', '.join(STRATEGIES)}, got {name!r}")
+            return None
+        defaults = STRATEGIES[name]
+        c.unknown_keys(raw, ("name", *defaults), prefix="strategy.")
+        params = {}
+        for key, default in defaults.items():
+            lo, hi, lo_open, hi_open = _STRATEGY_RANGES[key]
+            params[key] = c.number(
+                raw, key, f"strategy.{key}", lo, hi, default, lo_open=lo_open, hi_open=hi_open
+            )
+        return Strategy(name=name, params=params)
+
     def _check_totals(self) -> None:
         """What only the whole request tells: the failure budget against the tasks, and its size."""
         tasks = self.task_count
@@ -354,6 +499,14 @@ class TrainingRequest:
                 [
                     f"max_failed_shards must be at most the number of tasks ({tasks}), "
                     f"got {self.max_failed_shards}"
+                ],
+            )
+        if self.participation is not None and self.participation.min_shards > tasks:
+            raise ValidationError(
+                "TrainingRequest",
+                [
+                    f"participation.min_shards must be at most the number of shards ({tasks}), "
+                    f"got {self.participation.min_shards}"
                 ],
             )
         size = len(self.to_json().encode())
@@ -508,6 +661,15 @@ class TrainingRequest:
             out["search_space"] = self.search_space
         if self.objective is not None:
             out["objective"] = {"metric": self.objective.metric, "direction": self.objective.direction}
+        # The round policy appears only when given, so earlier requests keep their hash.
+        if self.participation is not None:
+            out["participation"] = asdict(self.participation)
+        if self.quorum is not None:
+            out["quorum"] = {k: v for k, v in asdict(self.quorum).items() if v is not None}
+        if self.strategy is not None:
+            out["strategy"] = self.strategy.to_dict()
+        if self.task_timeout_seconds is not None:
+            out["task_timeout_seconds"] = self.task_timeout_seconds
         return out
 
     def to_json(self) -> str:
@@ -556,6 +718,11 @@ class ShardTask(_Message):
     model: dict[str, Any] = field(default_factory=dict)
     # Set on a claim-check envelope: the full task body is this S3 object (shardq.core.enqueue).
     payload_uri: str | None = None
+    # The worker stops the task after this long and reports it failed (request.task_timeout_seconds).
+    timeout_s: int | None = None
+    # The job's server strategy (``Strategy.to_dict()``): the reduce applies it; FedProx's ``mu``
+    # is for the training function. Empty for FedAvg.
+    strategy: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @classmethod

@@ -18,7 +18,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +29,7 @@ from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
 from shardq.core.fanout import FanOut, FanOutStats
 from shardq.core.finalize import Finisher
 from shardq.core.jobstore import JobNotFound, JobRecord, JobStore, Outcome, RecordOutcome
+from shardq.core.rounds import Tick, Ticker
 from shardq.core.settings import Settings
 
 MetricSink = Callable[[str, float, str], None]
@@ -87,6 +88,7 @@ class Engine:
     enqueuer: Enqueuer = field(init=False)
     finisher: Finisher = field(init=False)
     advancer: Advancer = field(init=False)
+    ticker: Ticker = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -105,7 +107,10 @@ class Engine:
             self.metric,
             self.clock,
         )
-        self.advancer = Advancer(self.store, self.enqueuer, self.finisher, s.artifact_bucket, self.metric)
+        self.ticker = Ticker(self.sqs, s.results_queue_url, self.clock)
+        self.advancer = Advancer(
+            self.store, self.enqueuer, self.finisher, s.artifact_bucket, self.metric, self.ticker, self.clock
+        )
 
     # -- submit ------------------------------------------------------------------------------
 
@@ -126,6 +131,8 @@ class Engine:
             )
         if job.status == "RUNNING":
             self.enqueue_current(job, deadline=deadline)
+            if created:
+                self.ticker.arm_round(job)
         status = job.status if created else self.store.get_job(job.job_id).status
         return {
             "job_id": job.job_id,
@@ -193,13 +200,13 @@ class Engine:
 
     def ingest(
         self,
-        outcomes: list[Outcome],
+        items: Sequence[Outcome | Tick],
         *,
         deadline: float | None = None,
         hand_on: Callable[[str], None] | None = None,
-    ) -> list[tuple[Outcome, Exception]]:
-        """Record outcomes and advance their jobs; see ``Advancer.ingest``."""
-        return self.advancer.ingest(outcomes, deadline=deadline, hand_on=hand_on)
+    ) -> list[tuple[Outcome | Tick, Exception]]:
+        """Record outcomes (and round deadlines' ticks) and advance their jobs; see ``Advancer.ingest``."""
+        return self.advancer.ingest(items, deadline=deadline, hand_on=hand_on)
 
     def finalize(self, job: JobRecord, status: str, error: str | None = None) -> str:
         """End a RUNNING job with ``status`` (once); see ``Finisher.finalize``."""

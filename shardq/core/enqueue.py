@@ -99,32 +99,37 @@ class Enqueuer:
         self.metric("TasksClaimChecked", 1, "Count")
         return task_message(envelope, max_parallel, generation)
 
-    def plan(
-        self, job: JobRecord, round_no: int, phase: str, index: int, init_model_uri: str | None
-    ) -> ShardTask:
-        """Task ``index`` of (round, phase), planned from the job's request."""
+    def plan(self, job: JobRecord, round_no: int, phase: str, shard: int, model_uri: str | None) -> ShardTask:
+        """The task of ``shard`` in (round, phase), planned from the job's request.
+
+        ``model_uri`` is the round's global model: where training starts, and where a server
+        strategy's reduce steps from.
+        """
         layout = planning.Layout(self.bucket, job.job_id)
         if phase == "train":
-            return planning.train_task(job.request, job.job_id, layout, round_no, index, init_model_uri)
-        return planning.reduce_task(job.request, job.job_id, layout, round_no)
+            return planning.train_task(job.request, job.job_id, layout, round_no, shard, model_uri)
+        return planning.reduce_task(job.request, job.job_id, layout, round_no, model_uri)
 
     def enqueue(
         self,
         job: JobRecord,
         round_no: int,
         phase: str,
-        init_model_uri: str | None,
+        model_uri: str | None,
         *,
         deadline: float | None = None,
     ) -> FanOutStats:
         """Send the tasks of (round, phase) from the job's cursor on, checkpointing as it goes."""
         lanes = job.request.max_parallel
-        total = job.expected(phase)
+        # The cursor counts tasks sent, in the order of the round's planned shards.
+        shards = job.planned(round_no, phase)
+        total = len(shards)
         stats = FanOutStats()
         for lo in range(job.enqueued(round_no, phase), total, CHUNK):
             hi = min(total, lo + CHUNK)
             messages = (
-                self.message(self.plan(job, round_no, phase, i, init_model_uri), lanes) for i in range(lo, hi)
+                self.message(self.plan(job, round_no, phase, shards[i], model_uri), lanes)
+                for i in range(lo, hi)
             )
             self.fanout.send(messages, stats=stats, deadline=deadline)
             self.store.advance_cursor(job.job_id, round_no, phase, hi)

@@ -25,6 +25,7 @@ for a conflict or for duplicates in it — and only while the caller's deadline 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import random
@@ -40,6 +41,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from shardq.core.contracts import TERMINAL_STATUSES, JobView, ShardResult, TrainingRequest
+from shardq.core.planning import participant_count, participants
 
 # TransactWriteItems takes up to 100 actions: 99 result puts (or deletes) + the job's update.
 MAX_PUTS_PER_TRANSACTION = 99
@@ -145,6 +147,8 @@ class JobRecord:
     expires_at: int | None = None
     retry_generation: int = 0
     retry_pending: frozenset[int] = frozenset()
+    # The last round whose training closed (quorum or deadline): its later results are late.
+    closed_round: int | None = None
     counters: Mapping[tuple[str, int, str], int] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
@@ -175,9 +179,13 @@ class JobRecord:
         """True once the job SUCCEEDED, FAILED or was CANCELLED."""
         return self.status in TERMINAL_STATUSES
 
-    def expected(self, phase: str) -> int:
-        """Tasks a phase has: every shard (or trial) to train, one reduce."""
-        return self.task_count if phase == "train" else 1
+    def expected(self, round_no: int, phase: str) -> int:
+        """Tasks (round, phase) has: its participating shards (or trials) to train, one reduce."""
+        return participant_count(self.request, round_no) if phase == "train" else 1
+
+    def planned(self, round_no: int, phase: str) -> Sequence[int]:
+        """The shard ids (round, phase) runs, ascending."""
+        return participants(self.request, round_no) if phase == "train" else range(1)
 
     def ok(self, round_no: int, phase: str) -> int:
         """Recorded successful outcomes of (round, phase)."""
@@ -245,6 +253,7 @@ class JobRecord:
             expires_at=raw.get("expires_at"),
             retry_generation=int(raw.get("retry_generation", 0)),
             retry_pending=frozenset(int(s) for s in raw.get("retry_pending") or ()),
+            closed_round=raw.get("closed_round"),
             counters=MappingProxyType(counters),
         )
 
@@ -275,6 +284,7 @@ class JobRecord:
             "expires_at": self.expires_at,
             "retry_generation": self.retry_generation or None,
             "retry_pending": set(self.retry_pending) or None,
+            "closed_round": self.closed_round,
         }
         data.update({_counter(*key): value for key, value in self.counters.items()})
         return _to_item(data)
@@ -343,10 +353,12 @@ class Outcome:
 
 @dataclass
 class RecordOutcome:
-    """Which outcomes were newly recorded, and which were duplicates of recorded ones."""
+    """Which outcomes were newly recorded and counted, which were duplicates of recorded ones, and
+    which were late (their round or phase had closed: recorded apart, never counted)."""
 
     recorded: list[Outcome]
     duplicates: list[Outcome]
+    late: list[Outcome] = field(default_factory=list)
 
 
 class _Update:
@@ -494,6 +506,12 @@ class JobStore:
         )
         self._update(job_id, update)
 
+    def close_round(self, job_id: str, round_no: int) -> bool:
+        """Freeze round ``round_no``'s training: from now on its results are late. False if the job
+        is no longer training that round."""
+        update = _Update().set(closed_round=round_no).expect(status="RUNNING", round=round_no, phase="train")
+        return self._update(job_id, update)
+
     def start_reduce(self, job_id: str, round_no: int) -> bool:
         """Round ``round_no`` trained: move the job to its reduce phase (once)."""
         update = _Update().set(phase="reduce").expect(status="RUNNING", round=round_no, phase="train")
@@ -607,33 +625,43 @@ class JobStore:
     # -- results --------------------------------------------------------------------------------
 
     def record(self, outcomes: Iterable[Outcome], *, deadline: float | None = None) -> RecordOutcome:
-        """Record outcomes exactly once and count them, one transaction per job and chunk.
+        """Record outcomes exactly once and count them, one transaction per (job, round, type) chunk.
 
+        Each transaction counts only while the job is still at that (round, phase) and the round
+        has not closed; outcomes of a closed round or phase are recorded as late, uncounted.
         Duplicates (already recorded, or twice in this call) are returned, not raised.
         Raises JobNotFound for an unknown job and JobStoreError when a conflict outlasts the
         attempts or the ``deadline`` (seconds since the epoch) comes too close.
         """
-        by_job: dict[str, dict[str, Outcome]] = {}
+        groups: dict[tuple[str, int, str], dict[str, Outcome]] = {}
         duplicates: list[Outcome] = []
         for o in outcomes:
-            seen = by_job.setdefault(o.result.job_id, {})
-            if o.result.key in seen:
+            r = o.result
+            seen = groups.setdefault((r.job_id, r.round, r.task_type), {})
+            if r.key in seen:
                 duplicates.append(o)
             else:
-                seen[o.result.key] = o
+                seen[r.key] = o
         total = RecordOutcome(recorded=[], duplicates=duplicates)
-        for job_id, unique in by_job.items():
+        for (job_id, _, _), unique in groups.items():
             pending = list(unique.values())
             for i in range(0, len(pending), MAX_PUTS_PER_TRANSACTION):
-                recorded, dups = self._record_chunk(
-                    job_id, pending[i : i + MAX_PUTS_PER_TRANSACTION], deadline
-                )
+                chunk = pending[i : i + MAX_PUTS_PER_TRANSACTION]
+                recorded, dups, late = self._record_chunk(job_id, chunk, deadline)
                 total.recorded.extend(recorded)
                 total.duplicates.extend(dups)
+                total.late.extend(late)
         return total
 
     def _counting_update(self, job_id: str, chunk: list[Outcome]) -> dict[str, Any]:
-        update = _Update()
+        """The counter increments of a chunk of one (round, type), conditional on it being open."""
+        first = chunk[0].result
+        update = _Update().expect(round=first.round, phase=first.task_type)
+        if first.task_type == "train":
+            closed = _ref(update, "closed_round")
+            update.condition(
+                f"(attribute_not_exists({closed}) OR {closed} <> :open_round)", open_round=first.round
+            )
         counts: dict[str, int] = {}
         for o in chunk:
             counts[o.phase_counter] = counts.get(o.phase_counter, 0) + 1
@@ -646,11 +674,11 @@ class JobStore:
 
     def _record_chunk(
         self, job_id: str, chunk: list[Outcome], deadline: float | None
-    ) -> tuple[list[Outcome], list[Outcome]]:
+    ) -> tuple[list[Outcome], list[Outcome], list[Outcome]]:
         duplicates: list[Outcome] = []
         for attempt in range(MAX_RECORD_ATTEMPTS):
             if not chunk:
-                return [], duplicates
+                return [], duplicates, []
             recorded_at = now_iso()
             puts = [
                 {
@@ -666,9 +694,11 @@ class JobStore:
                 self.ddb.transact_write_items(
                     TransactItems=[*puts, {"Update": self._counting_update(job_id, chunk)}]
                 )
-                return chunk, duplicates
+                return chunk, duplicates, []
             except self.ddb.exceptions.TransactionCanceledException as exc:
-                dup_idx = self._duplicates_in(job_id, chunk, exc)
+                dup_idx, late = self._cancelled(job_id, chunk, exc)
+            if late:
+                return [], duplicates, self._record_late(chunk)
             duplicates.extend(o for i, o in enumerate(chunk) if i in dup_idx)
             chunk = [o for i, o in enumerate(chunk) if i not in dup_idx]
             if not dup_idx:
@@ -681,23 +711,53 @@ class JobStore:
             f"could not record {len(chunk)} results for job {job_id}: transactions kept conflicting"
         )
 
-    def _duplicates_in(self, job_id: str, chunk: list[Outcome], exc: Exception) -> set[int]:
-        """Indexes of the chunk's already-recorded outcomes, from the cancellation or the table."""
+    def _cancelled(self, job_id: str, chunk: list[Outcome], exc: Exception) -> tuple[set[int], bool]:
+        """Why a recording transaction was cancelled: ``(duplicate indexes, late)``.
+
+        Duplicates first (they are dropped and the rest retried); with none, the job's own
+        condition: a missing job raises JobNotFound, a closed (round, phase) makes the chunk late;
+        otherwise it was a conflict, to retry.
+        """
         reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
         codes = [r.get("Code", "None") for r in reasons]
-        if len(codes) == len(chunk) + 1 and codes[-1] == "ConditionalCheckFailed":
+        if len(codes) == len(chunk) + 1:
+            dup_idx = {i for i, c in enumerate(codes[:-1]) if c == "ConditionalCheckFailed"}
+        else:
+            # No per-item reasons (an endpoint that omits them): ask the table.
+            dup_idx = self._existing(chunk)
+        if dup_idx:
+            return dup_idx, False
+        state = self._job_state(job_id)
+        if state is None:
             raise JobNotFound(job_id) from exc
-        if len(codes) == len(chunk) + 1 and "ConditionalCheckFailed" in codes[:-1]:
-            return {i for i, c in enumerate(codes[:-1]) if c == "ConditionalCheckFailed"}
-        # No per-item reasons (conflict, or an endpoint that omits them): ask the table.
-        found = self._existing(chunk)
-        if not found and not self._job_exists(job_id):
-            raise JobNotFound(job_id) from exc
-        return found
+        r = chunk[0].result
+        is_open = state.get("round") == r.round and state.get("phase") == r.task_type
+        if r.task_type == "train" and state.get("closed_round") == r.round:
+            is_open = False
+        return set(), not is_open
 
-    def _job_exists(self, job_id: str) -> bool:
-        resp = self.ddb.get_item(TableName=self.table, Key=_job_key(job_id), ProjectionExpression="pk")
-        return "Item" in resp
+    def _job_state(self, job_id: str) -> dict[str, Any] | None:
+        """The job's round, phase and closed round (None when there is no job)."""
+        resp = self.ddb.get_item(
+            TableName=self.table,
+            Key=_job_key(job_id),
+            ProjectionExpression="#r, #p, closed_round",
+            ExpressionAttributeNames={"#r": "round", "#p": "phase"},
+            ConsistentRead=True,
+        )
+        return _from_item(resp["Item"]) if "Item" in resp else None
+
+    def _record_late(self, chunk: list[Outcome]) -> list[Outcome]:
+        """Keep outcomes of a closed round or phase apart (``LATE#``), uncounted; idempotent."""
+        recorded_at = now_iso()
+        for o in chunk:
+            item = o.item(recorded_at)
+            item["sk"] = {"S": "LATE#" + item["sk"]["S"].removeprefix("RES#")}
+            with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):
+                self.ddb.put_item(
+                    TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+                )
+        return chunk
 
     def _existing(self, chunk: list[Outcome]) -> set[int]:
         keys = [o.key() for o in chunk]
@@ -755,6 +815,10 @@ class JobStore:
             **_to_item({"summary": json.dumps(summary)}),
         }
         self.ddb.put_item(TableName=self.table, Item=item)
+
+    def late_results(self, job_id: str) -> list[ResultRecord]:
+        """Outcomes that arrived after their round or phase closed, never counted."""
+        return [ResultRecord.from_item(i) for i in self._query(job_id, "LATE#")]
 
     def round_summaries(self, job_id: str) -> list[dict[str, Any]]:
         """All stored round summaries, in round order."""

@@ -60,7 +60,7 @@ def progress(job: JobRecord) -> list[PhaseProgress]:
             PhaseProgress(
                 round=r,
                 phase=phase,
-                total=job.expected(phase),
+                total=job.expected(r, phase),
                 enqueued=job.enqueued(r, phase),
                 done=job.ok(r, phase),
                 failed=job.failed(r, phase),
@@ -241,7 +241,7 @@ def _retry_bodies(engine: Engine, job: JobRecord, rows: list[ResultRecord]) -> d
 def _unrun(engine: Engine, job: JobRecord) -> list[int]:
     """Tasks of the job's current (round, phase) with no recorded outcome at all."""
     recorded = {r.result.shard_id for r in engine.store.results(job.job_id, job.round, job.phase)}
-    return [shard for shard in range(job.expected(job.phase)) if shard not in recorded]
+    return [shard for shard in job.planned(job.round, job.phase) if shard not in recorded]
 
 
 __all__ = [

@@ -7,8 +7,11 @@ re-planning the first ``k``.
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import itertools
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +54,35 @@ def split_s3(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://") or not bucket or not sep:
         raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
     return bucket, key
+
+
+def participant_count(request: TrainingRequest, round_no: int) -> int:
+    """How many shards train in round ``round_no``: all, or ``participation``'s sample size."""
+    n = request.task_count
+    p = request.participation
+    if p is None:
+        return n
+    return min(n, max(p.min_shards, math.ceil(p.fraction * n - 1e-9)))
+
+
+def participants(request: TrainingRequest, round_no: int) -> Sequence[int]:
+    """The shards that train in round ``round_no``, ascending.
+
+    Without ``participation``, every shard. With it, the ``participant_count`` shards whose
+    SHA-256 of ``seed:round:shard`` ranks lowest: deterministic on every interpreter and platform
+    (unlike ``random``'s algorithms), so a retried or resumed round picks the same set.
+    """
+    n = request.task_count
+    k = participant_count(request, round_no)
+    if k == n:
+        return range(n)
+    assert request.participation is not None
+    seed = request.participation.seed
+
+    def rank(shard: int) -> bytes:
+        return hashlib.sha256(f"{seed}:{round_no}:{shard}".encode()).digest()
+
+    return sorted(heapq.nsmallest(k, range(n), key=rank))
 
 
 def lane(shard_id: int, max_parallel: int) -> int:
@@ -151,11 +183,20 @@ def train_task(
         output_prefix=layout.shard_output(round_no, index),
         init_model_uri=init_model_uri,
         model=request.model,
+        timeout_s=request.task_timeout_seconds,
+        strategy=request.strategy.to_dict() if request.strategy else {},
     )
 
 
-def reduce_task(request: TrainingRequest, job_id: str, layout: Layout, round_no: int) -> ShardTask:
-    """The reduce task of a ``data_parallel`` round: average the shard models it lists."""
+def reduce_task(
+    request: TrainingRequest, job_id: str, layout: Layout, round_no: int, global_model_uri: str | None = None
+) -> ShardTask:
+    """The reduce task of a ``data_parallel`` round: combine the shard models it lists.
+
+    It starts from the round's global model (``init_model_uri``; a server strategy steps from it)
+    and, after round 0, from the server state the previous reduce kept (``data.server_state_uri``).
+    """
+    data = {"server_state_uri": layout.reduce_output(round_no - 1) + "server_state.npz"} if round_no else {}
     return ShardTask(
         job_id=job_id,
         round=round_no,
@@ -164,9 +205,12 @@ def reduce_task(request: TrainingRequest, job_id: str, layout: Layout, round_no:
         task_type="reduce",
         kind=request.kind,
         entrypoint=request.entrypoint,
-        data={},
+        data=data if request.strategy else {},
         hyperparameters=dict(request.hyperparameters),
         output_prefix=layout.reduce_output(round_no),
+        init_model_uri=global_model_uri if request.strategy else None,
         inputs_uri=f"s3://{layout.bucket}/{layout.reduce_inputs_key(round_no)}",
         model=request.model,
+        timeout_s=request.task_timeout_seconds,
+        strategy=request.strategy.to_dict() if request.strategy else {},
     )

@@ -282,9 +282,12 @@ class RunningJob(Protocol):
     """What :func:`job_lanes` reads of a job record (``shardq.core.jobstore.JobRecord``)."""
 
     @property
+    def round(self) -> int: ...
+
+    @property
     def phase(self) -> str: ...
 
-    def expected(self, phase: str) -> int: ...
+    def expected(self, round_no: int, phase: str) -> int: ...
 
 
 def job_lanes(job: RunningJob, max_parallel: int) -> int:
@@ -293,7 +296,7 @@ def job_lanes(job: RunningJob, max_parallel: int) -> int:
     An upper bound on purpose: a job's lane count never drops to 0 while it runs (a retried shard
     must still find a worker), and the backlog caps the rest.
     """
-    return max(1, min(max_parallel, job.expected(job.phase)))
+    return max(1, min(max_parallel, job.expected(job.round, job.phase)))
 
 
 def runnable_lanes(jobs: Iterable[tuple[RunningJob, int]]) -> int:

@@ -183,9 +183,9 @@ def test_bad_targets_are_refused() -> None:
 
 class _Job:
     def __init__(self, phase: str, tasks: int) -> None:
-        self.phase, self.tasks = phase, tasks
+        self.round, self.phase, self.tasks = 0, phase, tasks
 
-    def expected(self, phase: str) -> int:
+    def expected(self, round_no: int, phase: str) -> int:
         return self.tasks if phase == "train" else 1
 
 
