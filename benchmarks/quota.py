@@ -367,6 +367,14 @@ def variants(args: argparse.Namespace) -> list[Variant]:
             args.ht_in_flight,
             base,
         ),
+        Variant(
+            f"HT, {args.ht_in_flight} in flight, boto3 standard retry mode",
+            "ht",
+            "boto3",
+            args.ht_in_flight,
+            base,
+            "standard",
+        ),
     ]
     return out
 
