@@ -16,14 +16,13 @@ client. Per SendMessageBatch call the model
   accepted and dropped, as SQS does). The model stands in for the rate limit, not for
   SQS's semantics.
 
-Two ways in, both measured in the same run:
-
-* ``model client``: the model *is* the client object handed to ``FanOut``, so only
-  ``shardq.core.fanout``'s concurrency, backoff and retry act on throttles.
-* ``boto3 client``: the production client (``shardq.core.clients.client``: standard retry
-  mode, 5 attempts, 32 connections) with the model answering at the HTTP layer
-  (botocore ``before-send``): request serialisation, signing, error parsing and botocore's
-  own throttle retries (1 s base, full jitter) all run as they would against AWS.
+The fan-out runs through the production client (``shardq.core.clients``) with the model
+answering at the HTTP layer (botocore ``before-send``): request serialisation, signing, error
+parsing and botocore's throttle retries all run as they would against AWS. (``FanOut`` no
+longer retries a throttled call itself: botocore's retry mode is the one layer for calls that
+fail as a whole, so handing the model to ``FanOut`` directly would measure nothing real.) The
+production client's retry mode is ``adaptive``; one FIFO and one HT variant run botocore's
+``standard`` mode beside it. The naive baseline calls the model object directly.
 
 Messages are the ones the splitter builds (``Engine.enqueue``'s bodies, group ids and
 deduplication ids for a data-parallel job of ``--tasks`` shards over ``max_parallel``
