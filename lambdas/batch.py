@@ -144,7 +144,7 @@ def stage(
     stopped_groups: set[str] = set()
     for raw in records:
         record = SQSRecord(raw)
-        group = record.attributes.message_group_id
+        group = raw.get("attributes", {}).get("MessageGroupId")  # read as the FIFO processor reads it
         if source.fifo and (stop_batch or group in stopped_groups):
             continue
         try:
