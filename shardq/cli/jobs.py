@@ -37,12 +37,13 @@ from shardq.cli.common import (
     table,
     use_colour,
 )
+from shardq.core.contracts import JOB_STATUSES
 from shardq.core.planning import split_s3
 
 if TYPE_CHECKING:
     from shardq.core.jobstore import JobRecord
 
-STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+STATUSES = JOB_STATUSES
 # Throughput is measured over this trailing window, so the ETA follows the current pace.
 RATE_WINDOW_S = 30.0
 

@@ -27,6 +27,7 @@ TASK_TYPES = ("train", "reduce")
 RESULT_STATUSES = ("succeeded", "failed")
 DIRECTIONS = ("minimize", "maximize")
 TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "CANCELLED")
+JOB_STATUSES = ("RUNNING", *TERMINAL_STATUSES)
 
 MAX_SHARDS = 100_000
 MAX_ROUNDS = 1_000

@@ -354,7 +354,7 @@ class Outcome:
 @dataclass
 class RecordOutcome:
     """Which outcomes were newly recorded and counted, which were duplicates of recorded ones, and
-    which were late (their round or phase had closed: recorded apart, never counted)."""
+    which were late (their round had closed: recorded apart, never counted)."""
 
     recorded: list[Outcome]
     duplicates: list[Outcome]
@@ -627,8 +627,8 @@ class JobStore:
     def record(self, outcomes: Iterable[Outcome], *, deadline: float | None = None) -> RecordOutcome:
         """Record outcomes exactly once and count them, one transaction per (job, round, type) chunk.
 
-        Each transaction counts only while the job is still at that (round, phase) and the round
-        has not closed; outcomes of a closed round or phase are recorded as late, uncounted.
+        A train outcome counts only while its round is open; outcomes of a round whose training
+        closed (quorum, deadline) are recorded as late, uncounted.
         Duplicates (already recorded, or twice in this call) are returned, not raised.
         Raises JobNotFound for an unknown job and JobStoreError when a conflict outlasts the
         attempts or the ``deadline`` (seconds since the epoch) comes too close.
@@ -654,13 +654,18 @@ class JobStore:
         return total
 
     def _counting_update(self, job_id: str, chunk: list[Outcome]) -> dict[str, Any]:
-        """The counter increments of a chunk of one (round, type), conditional on it being open."""
+        """The counter increments of a chunk of one (round, type); training counts only while its
+        round is open (``closed_round`` below it).
+
+        Not "the job is at this round": the next round's tasks go on the queue *before* the job
+        moves to it (action before transition), so their results may arrive first and count.
+        """
         first = chunk[0].result
-        update = _Update().expect(round=first.round, phase=first.task_type)
+        update = _Update()
         if first.task_type == "train":
             closed = _ref(update, "closed_round")
             update.condition(
-                f"(attribute_not_exists({closed}) OR {closed} <> :open_round)", open_round=first.round
+                f"(attribute_not_exists({closed}) OR {closed} < :open_round)", open_round=first.round
             )
         counts: dict[str, int] = {}
         for o in chunk:
@@ -715,7 +720,7 @@ class JobStore:
         """Why a recording transaction was cancelled: ``(duplicate indexes, late)``.
 
         Duplicates first (they are dropped and the rest retried); with none, the job's own
-        condition: a missing job raises JobNotFound, a closed (round, phase) makes the chunk late;
+        condition: a missing job raises JobNotFound, a closed round makes the chunk late;
         otherwise it was a conflict, to retry.
         """
         reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
@@ -731,24 +736,22 @@ class JobStore:
         if state is None:
             raise JobNotFound(job_id) from exc
         r = chunk[0].result
-        is_open = state.get("round") == r.round and state.get("phase") == r.task_type
-        if r.task_type == "train" and state.get("closed_round") == r.round:
-            is_open = False
-        return set(), not is_open
+        closed = state.get("closed_round")
+        late = r.task_type == "train" and closed is not None and closed >= r.round
+        return set(), late
 
     def _job_state(self, job_id: str) -> dict[str, Any] | None:
-        """The job's round, phase and closed round (None when there is no job)."""
+        """The job's closed round, if any (None when there is no job)."""
         resp = self.ddb.get_item(
             TableName=self.table,
             Key=_job_key(job_id),
-            ProjectionExpression="#r, #p, closed_round",
-            ExpressionAttributeNames={"#r": "round", "#p": "phase"},
+            ProjectionExpression="pk, closed_round",
             ConsistentRead=True,
         )
         return _from_item(resp["Item"]) if "Item" in resp else None
 
     def _record_late(self, chunk: list[Outcome]) -> list[Outcome]:
-        """Keep outcomes of a closed round or phase apart (``LATE#``), uncounted; idempotent."""
+        """Keep outcomes of a closed round apart (``LATE#``), uncounted; idempotent."""
         recorded_at = now_iso()
         for o in chunk:
             item = o.item(recorded_at)

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shardq.core.contracts import ShardResult
+from shardq.core.contracts import JOB_STATUSES, ShardResult
 from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
 from shardq.core.metrics import leaderboard, summarize_round
 from shardq.core.operations import progress
 from shardq.core.planning import split_s3, trial
 
-STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+STATUSES = JOB_STATUSES
 KINDS = ("data_parallel", "sweep", "map")
 # Queue name in the dashboard → the stack output that holds its URL.
 QUEUE_OUTPUTS = {

@@ -137,14 +137,10 @@ class LocalCloud:
             self._owned_state = False
 
     def client(self, service: str) -> Any:
-        """A boto3 client bound to this cloud."""
-        import boto3
+        """A boto3 client bound to this cloud (shardq's one client factory, with its retry mode)."""
+        from shardq.core.clients import new_client
 
-        return boto3.session.Session(
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            region_name=REGION,
-        ).client(service, endpoint_url=self.endpoint_url)
+        return new_client(service, region=REGION, endpoint_url=self.endpoint_url, credentials=CREDENTIALS)
 
     def __enter__(self) -> LocalCloud:
         return self.start()

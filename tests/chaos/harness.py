@@ -34,7 +34,7 @@ from shardq.core.settings import Settings
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import dlq_urls, provision
 from shardq.worker.runtime import Worker, split_s3
-from tests.helpers import LambdaContext, count_messages, gather_batch, queue_arn, sqs_event
+from tests.helpers import HttpFaults, LambdaContext, count_messages, gather_batch, queue_arn, sqs_event
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = "tests.chaos.workloads:train"
@@ -291,7 +291,8 @@ def settle(pump: Pump, *, pool: WorkerPool | None = None, timeout: float = 30) -
 class SeededFlakySQS:
     """SendMessageBatch faults with a seeded RNG: throttled calls, dropped entries, lost answers.
 
-    ``p_throttle``: the call raises SQS's throttling error (nothing sent). ``p_drop``: an
+    ``p_throttle``: SQS answers the call's first attempt with its throttling error (botocore's
+    retry sends it again). ``p_drop``: an
     entry is not sent and reported as a retryable failure. ``p_lost``: an entry *is* sent but
     reported failed, as when SQS accepted it and the answer was lost; the retry must be
     absorbed by the deduplication id.
@@ -307,13 +308,14 @@ class SeededFlakySQS:
         self.injected = {"throttled": 0, "dropped": 0, "lost": 0}
         self.script = self.rng.sample(["throttle", "drop", "lost"], 3)
         self.exceptions = real.exceptions
+        # A throttle is SQS's answer at the HTTP layer, below the client's botocore retry mode
+        # (shardq's one retry layer for whole-call failures), which must absorb it.
+        self.http = HttpFaults(real)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
     def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
-
         with self.lock:
             # The first three calls each carry one fault of every kind (in seeded order), so
             # every seed injects all three whatever the batching; later calls are random.
@@ -332,10 +334,9 @@ class SeededFlakySQS:
             else:
                 self.injected["dropped"] += fates.count("drop")
                 self.injected["lost"] += fates.count("lost")
-        if throttle:
-            raise ClientError(
-                {"Error": {"Code": "RequestThrottled", "Message": "injected"}}, "SendMessageBatch"
-            )
+            if throttle:
+                self.http.fail("SendMessageBatch", times=1)
+                fates = ["ok"] * len(Entries)
         send = [e for e, f in zip(Entries, fates, strict=True) if f != "drop"]
         response: dict[str, Any] = {"Successful": [], "Failed": []}
         if send:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from lambdas import aggregator, splitter
-from shardq.core import engine as engine_module
+from shardq.core import enqueue as enqueue_module
+from shardq.core.enqueue import Enqueuer
 from shardq.core.fanout import FanOutError
 from shardq.core.jobstore import JobStore
 from tests.chaos.conftest import BASE_SEED, Rig
@@ -67,12 +68,12 @@ def test_aggregator_crash_is_repaired_by_redelivery(
     job_id = payload["job_id"]
     r.engine.submit(payload)
     crash = Injector(BASE_SEED + 50 + len(point))
-    record, enqueue = JobStore.record, engine_module.Engine.enqueue
+    record, enqueue = JobStore.record, Enqueuer.enqueue
 
-    def record_hook(self: JobStore, outcomes: Any) -> Any:
+    def record_hook(self: JobStore, outcomes: Any, **kwargs: Any) -> Any:
         if point == "before_write" and crash.roll():
             raise InjectedCrash(point)
-        out = record(self, outcomes)
+        out = record(self, outcomes, **kwargs)
         if point == "after_write" and crash.roll():
             raise InjectedCrash(point)
         return out
@@ -90,7 +91,7 @@ def test_aggregator_crash_is_repaired_by_redelivery(
         return out
 
     monkeypatch.setattr(JobStore, "record", record_hook)
-    monkeypatch.setattr(engine_module.Engine, "enqueue", enqueue_hook)
+    monkeypatch.setattr(Enqueuer, "enqueue", enqueue_hook)
     r.pump.aggregator = handler
     r.pool.start()
     run_until(r.engine, job_id, r.pump, pool=r.pool, timeout=90)
@@ -111,7 +112,7 @@ def test_two_aggregators_racing_on_the_last_shards_of_each_round(rig: Callable[.
     payload = request("race", shards=4, rounds=2)
     r.engine.submit(payload)
     events = CountingClient(r.engine.events)
-    r.engine.events = events
+    r.engine.events = r.engine.finisher.events = events
     r.pool.start()
     sqs, s = r.clients["sqs"], r.settings
     races = 0
@@ -199,7 +200,7 @@ def test_splitter_killed_half_way_reinvoked_and_the_request_sent_twice(
     rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch, window: str
 ) -> None:
     # GIVEN an 8-shard job checkpointed every 3 tasks
-    monkeypatch.setattr(engine_module, "CHUNK", 3)
+    monkeypatch.setattr(enqueue_module, "CHUNK", 3)
     r = rig(task_visibility_s=2)
     job_id = f"split-{window}"
     payload = request(job_id, shards=8, rounds=2)
@@ -214,11 +215,11 @@ def test_splitter_killed_half_way_reinvoked_and_the_request_sent_twice(
     save = r.engine.store.advance_cursor
     died = []
 
-    def crash_before_checkpoint(job: str, name: str, value: int) -> None:
+    def crash_before_checkpoint(job: str, round_no: int, phase: str, value: int) -> None:
         if value == 6 and not died:
             died.append(value)
             raise InjectedCrash("killed before the checkpoint")
-        save(job, name, value)
+        save(job, round_no, phase, value)
 
     monkeypatch.setattr(r.engine.store, "advance_cursor", crash_before_checkpoint)
     with pytest.raises(InjectedCrash):
