@@ -73,12 +73,23 @@ def error_code(exc: BaseException) -> str | None:
 
 
 def is_fatal(exc: BaseException) -> bool:
-    """True for an error that ends the worker: bad permissions, credentials or resources."""
+    """True for an error that ends the worker: bad permissions, credentials or resources.
+
+    Looks through the exception's causes too: boto3's ``upload_file`` re-raises an S3
+    ``AccessDenied`` as ``S3UploadFailedError`` with the ``ClientError`` as its context.
+    """
     from botocore.exceptions import NoCredentialsError, NoRegionError, PartialCredentialsError
 
-    if isinstance(exc, FatalAwsError | NoCredentialsError | PartialCredentialsError | NoRegionError):
-        return True
-    return error_code(exc) in FATAL_ERROR_CODES
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, FatalAwsError | NoCredentialsError | PartialCredentialsError | NoRegionError):
+            return True
+        if error_code(current) in FATAL_ERROR_CODES:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def describe(exc: BaseException) -> str:

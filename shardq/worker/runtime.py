@@ -45,6 +45,7 @@ from urllib.parse import urlparse
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shardq.core.contracts import TERMINAL_STATUSES, ShardResult, ShardTask, ValidationError
+from shardq.core.enqueue import load_task
 from shardq.core.jobstore import JobStore
 from shardq.core.planning import split_s3
 from shardq.worker.aws import Backoff, FatalAwsError, describe, is_fatal
@@ -186,38 +187,43 @@ class Lease:
 
 
 class Activity:
-    """When the worker's slots last had work, for ``--idle-exit``; shared by every slot.
+    """How long the worker's slots have had nothing to do, for ``--idle-exit``; shared by every slot.
 
-    Idle time counts only while no slot holds a task *and* the polls succeed: a poll that failed
-    says nothing about the queue, so an unreachable endpoint never reads as "nothing to do".
+    Idle time is the time *covered by polls that answered empty* since the last task (or the
+    start): a poll in progress or one that failed proves nothing about the queue, so a failed poll
+    restarts the count, and an unreachable endpoint never reads as "nothing to do".
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._busy = 0
-        self._since = time.monotonic()
+        self._since = self._confirmed = time.monotonic()
 
     def task_started(self) -> None:
         """A slot took a task."""
         with self._lock:
             self._busy += 1
-            self._since = time.monotonic()
 
     def task_ended(self) -> None:
-        """A slot is done with its task."""
+        """A slot is done with its task: the idle count starts again."""
         with self._lock:
             self._busy -= 1
-            self._since = time.monotonic()
+            self._since = self._confirmed = time.monotonic()
+
+    def polled_empty(self) -> None:
+        """A poll answered with no task: the queue had nothing up to now."""
+        with self._lock:
+            self._confirmed = time.monotonic()
 
     def unsure(self) -> None:
-        """A poll failed: restart the idle clock."""
+        """A poll failed: restart the idle count."""
         with self._lock:
-            self._since = time.monotonic()
+            self._since = self._confirmed = time.monotonic()
 
     def idle_for(self) -> float:
-        """Seconds every slot has been without a task (0 while one runs)."""
+        """Seconds of confirmed idleness of every slot (0 while one runs a task)."""
         with self._lock:
-            return 0.0 if self._busy else time.monotonic() - self._since
+            return 0.0 if self._busy else self._confirmed - self._since
 
 
 @dataclass
@@ -334,6 +340,7 @@ class Worker:
                 self.activity.task_ended()
             self.tasks_done += 1
             return True
+        self.activity.polled_empty()
         return False
 
     def release_current(self) -> bool:
@@ -585,6 +592,9 @@ class Worker:
         )
 
     def _run(self, task: ShardTask, tmp: Path, tlog: logging.LoggerAdapter) -> dict[str, Any]:
+        # A task too big for its message travels by claim check (shardq.core.enqueue): fetch the
+        # body inside the attempt, so an S3 error counts as one failed attempt like any other.
+        task = load_task(task, self.s3)
         ctx = self._context(task, tmp, tlog)
         fn = resolve(self.entrypoint or task.entrypoint, task.task_type)
         if task.task_type == "reduce":
