@@ -134,3 +134,21 @@ def client_indices(
     """The training-sample indices of ``client`` (0-based) among ``num_clients``."""
     start, end = client_ranges(len(labels), num_clients)[client]
     return partition_order(labels, partition, num_clients, seed)[start:end]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m examples.mnist.data mnist.npz``: write the dataset file to upload to the bucket."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--num-train", type=int, default=None)
+    args = parser.parse_args(argv)
+    write_dataset(args.out, num_train=args.num_train)
+    with np.load(args.out) as data:
+        print(f"{args.out}: {len(data['y_train'])} training and {len(data['y_test'])} test digits")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -62,9 +62,12 @@ def train(msg: Message, context: Context) -> Message:
         # Flower counts rounds from 1, shardq from 0: the same round draws the same batch order.
         generator=models.batch_generator(int(cfg["seed"]), int(cfg["server-round"]) - 1, client),
     )
+    # float64 on the wire (lossless widening of the float32 weights) makes Flower's FedAvg sum in
+    # float64 like shardq's reduce, so both round one nearly exact average once to float32.
+    wire = torch.float64 if cfg["wire_dtype"] == "float64" else torch.float32
     content = RecordDict(
         {
-            "arrays": ArrayRecord(model.state_dict()),
+            "arrays": ArrayRecord({k: v.to(wire) for k, v in model.state_dict().items()}),
             "metrics": MetricRecord(
                 {"train_loss": loss, "train_s": time.perf_counter() - began, "num-examples": len(idx)}
             ),
@@ -82,13 +85,13 @@ def server_app(args: argparse.Namespace) -> ServerApp:
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         began = time.perf_counter()
-        state = arrays.to_torch_state_dict()
         model = models.build(args.arch, args.seed)
-        model.load_state_dict(state)
+        model.load_state_dict(arrays.to_torch_state_dict())
         data = _arrays(args.data)
         accuracy, loss = models.evaluate(model, data["x_test"], data["y_test"])
         if server_round > 0:
-            torch.save(dict(state), out / f"round-{server_round - 1:04d}.pt")
+            # The model the clients train next: the average rounded to the model's float32.
+            torch.save(model.state_dict(), out / f"round-{server_round - 1:04d}.pt")
             history.append(
                 {"round": server_round - 1, "test_accuracy": accuracy, "test_loss": loss,
                  "round_s": began - marks["last"]}
@@ -109,6 +112,7 @@ def server_app(args: argparse.Namespace) -> ServerApp:
             {
                 "data": args.data, "partition": args.partition, "arch": args.arch, "seed": args.seed,
                 "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                "wire_dtype": args.wire_dtype,
             }
         )  # fmt: skip
         initial = ArrayRecord(models.load_state(Path(args.init)))
@@ -139,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--wire-dtype", default="float64", choices=("float64", "float32"),
+        help="dtype of the client updates FedAvg sums (float32: Flower's usual order-dependent float32 sums)",
+    )  # fmt: skip
     parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs (one client per CPU at a time)")
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -66,3 +68,14 @@ def test_test_split_is_stratified_and_disjoint_from_training() -> None:
     assert len(y_train) == 4000
     assert not set(x_train[:, 0]) & set(x_test[:, 0])
     assert np.array_equal(y[x_train[:, 0]], y_train)
+
+
+def test_the_example_request_is_valid_and_picks_a_known_partition() -> None:
+    from examples.mnist.data import PARTITIONS
+    from shardq.core.contracts import TrainingRequest
+
+    raw = (Path(__file__).resolve().parents[2] / "examples" / "mnist" / "request.json").read_text()
+    request = TrainingRequest.from_json(raw)
+    assert request.kind == "data_parallel" and request.entrypoint == "examples.mnist.fedavg:train"
+    assert request.hyperparameters["partition"] in PARTITIONS
+    assert request.dataset.num_samples == 4000  # the file's training digits, as each task checks
