@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from shardq.core import planning, rounds
+from shardq.core import planning, rounds, search
 from shardq.core.artifacts import put_json
 from shardq.core.contracts import ShardResult, TrainingRequest, ValidationError
 from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
@@ -134,6 +134,8 @@ class Advancer:
         self.store.put_round_summary(
             job.job_id, round_no, summarize_round(round_no, results, job.round_started_at)
         )
+        if job.kind == "sweep" and round_no + 1 < job.rounds:
+            return self._next_rung(job, results, deadline)
         if job.kind != "data_parallel":
             self.finisher.finalize(job, "SUCCEEDED")
             return False
@@ -145,6 +147,22 @@ class Advancer:
         put_json(self.enqueuer.s3, self.bucket, layout.reduce_inputs_key(round_no), inputs)
         self.enqueuer.enqueue(job, round_no, "reduce", job.model_uri, deadline=deadline)
         self.store.start_reduce(job.job_id, round_no)
+        return True
+
+    def _next_rung(self, job: JobRecord, results: list[ShardResult], deadline: float | None) -> bool:
+        """A successive-halving rung closed: promote its best trials to the next rung, or fail."""
+        round_no = job.round
+        promoted = search.promote(job.request, results)
+        if not promoted:
+            self.finisher.finalize(
+                job, "FAILED", f"no trial of rung {round_no} succeeded with the objective's metric"
+            )
+            return False
+        if not job.has_plan(round_no + 1):
+            self.store.put_round_plan(job, round_no + 1, promoted)
+            job = self.store.get_job(job.job_id)
+        self.enqueuer.enqueue(job, round_no + 1, "train", None, deadline=deadline)
+        self.store.start_round(job.job_id, round_no + 1, None, after="train")
         return True
 
     def _reduce_done(self, job: JobRecord, deadline: float | None) -> bool:
@@ -241,12 +259,21 @@ class Advancer:
 
     def _foreign(self, job_id: str, outcome: Outcome) -> str | None:
         request = self._requests[job_id]
-        problem = foreign_outcome((request.task_count, request.rounds, request.kind), job_id, outcome)
+        problem = foreign_outcome((request.task_count, request.round_count, request.kind), job_id, outcome)
         r = outcome.result
-        if problem is None and r.task_type == "train" and request.participation is not None:
+        sampled = request.participation is not None or (request.early_stopping is not None and r.round > 0)
+        if problem is None and r.task_type == "train" and sampled:
             key = (job_id, r.round)
-            if key not in self._participants:
-                self._participants[key] = frozenset(planning.participants(request, r.round))
-            if r.shard_id not in self._participants[key]:
+            takers = self._participants.get(key) or self._takers(job_id, request, r.round)
+            if takers:  # an empty set (a rung not planned yet) is not remembered
+                self._participants[key] = takers
+            if r.shard_id not in takers:
                 problem = f"shard {r.shard_id} does not take part in round {r.round} of job {job_id}"
         return problem
+
+    def _takers(self, job_id: str, request: TrainingRequest, round_no: int) -> frozenset[int]:
+        """The shards (or promoted trials) that train in ``round_no``."""
+        if request.early_stopping is not None:
+            # A rung not yet planned has no takers yet: its results cannot be real.
+            return frozenset(shard for shard, _ in self.store.round_plan(job_id, round_no))
+        return frozenset(planning.participants(request, round_no))

@@ -47,8 +47,35 @@ Kind = Literal["data_parallel", "sweep", "map"]
 TaskType = Literal["train", "reduce"]
 
 
-def count_trials(search_space: dict[str, list[Any]] | list[dict[str, Any]] | None) -> int:
-    """Number of trials a search space expands to (grid product or list length)."""
+def _dimension_problem(name: str, value: Any, random: bool) -> str | None:
+    """What is wrong with one search-space parameter (None when it is fine)."""
+    if isinstance(value, list):
+        return None if value else f"search_space.{name} must be a non-empty list of values"
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS:
+        ((dist, bounds),) = value.items()
+        if not random:
+            return (
+                f'search_space.{name} is a distribution ({dist}): set search.method "random" '
+                "with search.num_trials, or give a list of values"
+            )
+        ok = isinstance(bounds, list) and len(bounds) == 2
+        ok = ok and all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
+        if not ok or not bounds[0] < bounds[1]:
+            return f"search_space.{name}.{dist} must be [low, high] with low < high, got {bounds!r:.60}"
+        if dist == "log_uniform" and bounds[0] <= 0:
+            return f"search_space.{name}.log_uniform needs low > 0, got {bounds[0]}"
+        if dist == "int_uniform" and not all(float(b).is_integer() for b in bounds):
+            return f"search_space.{name}.int_uniform needs integer bounds, got {bounds}"
+        return None
+    return (
+        f"search_space.{name} must be a non-empty list of values or one of "
+        f'{{"uniform": [lo, hi]}}, {{"log_uniform": [lo, hi]}}, {{"int_uniform": [lo, hi]}}; '
+        f"got {value!r:.60}"
+    )
+
+
+def count_trials(search_space: dict[str, Any] | list[dict[str, Any]] | None) -> int:
+    """Number of trials a grid or list search space expands to (grid product or list length)."""
     if search_space is None:
         return 0
     if isinstance(search_space, list):
@@ -220,6 +247,50 @@ class Objective:
     direction: Literal["minimize", "maximize"] = "minimize"
 
 
+DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform")
+SEARCH_METHODS = ("grid", "random")
+EARLY_STOPPING_METHODS = ("successive_halving",)
+
+
+@dataclass(frozen=True)
+class Search:
+    """How a sweep's trials are chosen: every grid point / listed trial, or a seeded random sample."""
+
+    method: str = "grid"
+    num_trials: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Successive halving over rungs: every trial trains ``min_budget``; the best 1/``eta`` of each
+    rung go on with ``eta`` times the budget, up to ``max_budget``; the rest stop.
+
+    The rung's budget reaches the training function as ``hyperparameters[budget_param]`` (the
+    total, e.g. epochs), and a promoted trial starts from its previous rung's model
+    (``init_model_uri``), so it trains only the difference.
+    """
+
+    method: str = "successive_halving"
+    eta: int = 3
+    min_budget: int = 1
+    max_budget: int = 9
+    budget_param: str = "epochs"
+
+    @property
+    def budgets(self) -> list[int]:
+        """Each rung's budget: ``min_budget · eta^k`` up to ``max_budget``."""
+        out, budget = [], self.min_budget
+        while budget <= self.max_budget:
+            out.append(budget)
+            budget *= self.eta
+        return out
+
+    def survivors(self, entered: int) -> int:
+        """How many of ``entered`` trials a rung promotes (at least one)."""
+        return max(1, entered // self.eta)
+
+
 @dataclass(frozen=True)
 class Participation:
     """Which shards train in a round (``data_parallel``): a seeded sample, the same on every retry."""
@@ -295,7 +366,7 @@ class TrainingRequest:
     rounds: int = 1
     model: dict[str, Any] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
-    search_space: dict[str, list[Any]] | list[dict[str, Any]] | None = None
+    search_space: dict[str, Any] | list[dict[str, Any]] | None = None
     objective: Objective | None = None
     max_parallel: int = DEFAULT_MAX_PARALLEL
     max_failed_shards: int = 0
@@ -303,6 +374,8 @@ class TrainingRequest:
     quorum: Quorum | None = None
     strategy: Strategy | None = None
     task_timeout_seconds: int | None = None
+    search: Search | None = None
+    early_stopping: EarlyStopping | None = None
     schema_version: int = SCHEMA_VERSION
 
     FIELDS = (
@@ -323,18 +396,29 @@ class TrainingRequest:
         "quorum",
         "strategy",
         "task_timeout_seconds",
+        "search",
+        "early_stopping",
     )
 
     @property
     def task_count(self) -> int:
         """Train tasks per round: shards, or trials for a sweep."""
         if self.kind == "sweep":
+            if self.search is not None and self.search.method == "random":
+                return self.search.num_trials or 0
             return count_trials(self.search_space)
         if self.shard_count is not None:
             return self.shard_count
         size = self.dataset.size
         step = self.shard_size or size
         return -(-size // step)
+
+    @property
+    def round_count(self) -> int:
+        """Rounds the job runs: ``rounds``, or a successive-halving sweep's rungs."""
+        if self.early_stopping is not None:
+            return len(self.early_stopping.budgets)
+        return self.rounds
 
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> TrainingRequest:
@@ -352,7 +436,7 @@ class TrainingRequest:
         dataset = cls._dataset(c, data)
         shard_count, shard_size = cls._sharding(c, data, kind, dataset)
         rounds, model, hyperparameters = cls._training(c, data, kind)
-        search_space, objective = cls._sweep(c, data, kind)
+        search_space, objective, search, early_stopping = cls._sweep(c, data, kind)
         max_parallel, max_failed, entrypoint = cls._execution(c, data)
         participation, quorum, strategy = cls._rounds_policy(c, data, kind, shard_count)
         timeout = c.integer(data, "task_timeout_seconds", "task_timeout_seconds", 1, MAX_TASK_TIMEOUT_S)
@@ -379,6 +463,8 @@ class TrainingRequest:
             quorum=quorum,
             strategy=strategy,
             task_timeout_seconds=timeout,
+            search=search,
+            early_stopping=early_stopping,
         )
         request._check_totals()
         return request
@@ -422,16 +508,60 @@ class TrainingRequest:
     @classmethod
     def _sweep(
         cls, c: _Checker, data: dict[str, Any], kind: str | None
-    ) -> tuple[dict[str, list[Any]] | list[dict[str, Any]] | None, Objective | None]:
-        """``search_space`` and ``objective``: required for a sweep, refused otherwise."""
-        search_space = data.get("search_space")
-        if kind == "sweep":
-            return cls._search_space(c, search_space), cls._objective(c, data.get("objective"))
-        if search_space is not None:
-            c.add(f"search_space applies to kind 'sweep' only; remove it or set kind 'sweep' (got {kind!r})")
-        if data.get("objective") is not None:
-            c.add(f"objective applies to kind 'sweep' only; remove it (got kind {kind!r})")
-        return None, None
+    ) -> tuple[
+        dict[str, Any] | list[dict[str, Any]] | None, Objective | None, Search | None, EarlyStopping | None
+    ]:
+        """``search_space``, ``objective``, ``search`` and ``early_stopping``: for sweeps only."""
+        if kind != "sweep":
+            for key in ("search_space", "objective", "search", "early_stopping"):
+                if data.get(key) is not None:
+                    fix = " or set kind 'sweep'" if key == "search_space" else ""
+                    c.add(f"{key} applies to kind 'sweep' only; remove it{fix} (got kind {kind!r})")
+            return None, None, None, None
+        search = cls._search(c, data)
+        space = cls._search_space(c, data.get("search_space"), search)
+        objective = cls._objective(c, data.get("objective"))
+        return space, objective, search, cls._early_stopping(c, data)
+
+    @staticmethod
+    def _search(c: _Checker, data: dict[str, Any]) -> Search | None:
+        raw = c.obj(data, "search", "search")
+        if raw is None:
+            return None
+        c.unknown_keys(raw, ("method", "num_trials", "seed"), prefix="search.")
+        method = raw.get("method", "grid")
+        if method not in SEARCH_METHODS:
+            c.add(f"search.method must be one of {', '.join(SEARCH_METHODS)}, got {method!r}")
+            return None
+        num_trials = c.integer(raw, "num_trials", "search.num_trials", 1, MAX_SHARDS)
+        if method == "random" and num_trials is None and "num_trials" not in raw:
+            c.add('search.num_trials is required for method "random": how many trials to sample')
+        if method == "grid" and "num_trials" in raw:
+            c.add('search.num_trials applies to method "random" only; remove it')
+        seed = c.integer(raw, "seed", "search.seed", 0, 2**63 - 1, default=0) or 0
+        return Search(method=method, num_trials=num_trials, seed=seed)
+
+    @staticmethod
+    def _early_stopping(c: _Checker, data: dict[str, Any]) -> EarlyStopping | None:
+        raw = c.obj(data, "early_stopping", "early_stopping")
+        if raw is None:
+            return None
+        c.unknown_keys(
+            raw, ("method", "eta", "min_budget", "max_budget", "budget_param"), prefix="early_stopping."
+        )
+        method = raw.get("method", "successive_halving")
+        if method not in EARLY_STOPPING_METHODS:
+            c.add(f"early_stopping.method must be one of {', '.join(EARLY_STOPPING_METHODS)}, got {method!r}")
+        eta = c.integer(raw, "eta", "early_stopping.eta", 2, 100, default=3) or 3
+        low = c.integer(raw, "min_budget", "early_stopping.min_budget", 1, 10**6, default=1) or 1
+        high = c.integer(raw, "max_budget", "early_stopping.max_budget", 1, 10**6, default=9) or 9
+        if high < low * eta:
+            c.add(
+                f"early_stopping.max_budget ({high}) must be at least min_budget × eta ({low * eta}) "
+                "for a second rung; raise max_budget or lower eta"
+            )
+        param = c.string(raw, "budget_param", "early_stopping.budget_param") or "epochs"
+        return EarlyStopping(method=method, eta=eta, min_budget=low, max_budget=high, budget_param=param)
 
     @staticmethod
     def _execution(c: _Checker, data: dict[str, Any]) -> tuple[int, int, str]:
@@ -589,22 +719,31 @@ class TrainingRequest:
         return count, size
 
     @staticmethod
-    def _search_space(c: _Checker, raw: Any) -> dict[str, list[Any]] | list[dict[str, Any]] | None:
+    def _search_space(
+        c: _Checker, raw: Any, search: Search | None
+    ) -> dict[str, Any] | list[dict[str, Any]] | None:
         if raw is None:
             c.add(
                 "search_space is required for kind 'sweep': a grid {\"lr\": [0.1, 0.01]} "
                 'or a list of trials [{"lr": 0.1}, ...]'
             )
             return None
+        random = search is not None and search.method == "random"
         if isinstance(raw, dict):
             if not raw:
                 c.add("search_space grid is empty: give at least one parameter with a list of values")
                 return None
-            bad = [k for k, v in raw.items() if not isinstance(v, list) or not v]
-            if bad:
-                c.add(f"search_space.{bad[0]} must be a non-empty list of values, got {raw[bad[0]]!r:.60}")
+            problems = [p for name, value in raw.items() if (p := _dimension_problem(name, value, random))]
+            for problem in problems:
+                c.add(problem)
+            if problems:
                 return None
         elif isinstance(raw, list):
+            if random:
+                c.add(
+                    'search.method "random" needs a search_space object of parameters, not a list of trials'
+                )
+                return None
             if not raw:
                 c.add("search_space list is empty: give at least one trial object")
                 return None
@@ -615,7 +754,7 @@ class TrainingRequest:
         else:
             c.add(f"search_space must be a grid object or a list of trial objects, got {raw!r:.60}")
             return None
-        trials = count_trials(raw)
+        trials = search.num_trials or 0 if random and search is not None else count_trials(raw)
         if trials > MAX_SHARDS:
             c.add(f"search_space expands to {trials} trials, over {MAX_SHARDS}; shrink the grid")
             return None
@@ -671,6 +810,10 @@ class TrainingRequest:
             out["strategy"] = self.strategy.to_dict()
         if self.task_timeout_seconds is not None:
             out["task_timeout_seconds"] = self.task_timeout_seconds
+        if self.search is not None:
+            out["search"] = {k: v for k, v in asdict(self.search).items() if v is not None}
+        if self.early_stopping is not None:
+            out["early_stopping"] = asdict(self.early_stopping)
         return out
 
     def to_json(self) -> str:

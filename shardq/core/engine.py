@@ -138,7 +138,7 @@ class Engine:
             "job_id": job.job_id,
             "status": status,
             "shards": request.task_count,
-            "rounds": request.rounds,
+            "rounds": request.round_count,
             "created": created,
         }
 

@@ -121,15 +121,16 @@ class Enqueuer:
     ) -> FanOutStats:
         """Send the tasks of (round, phase) from the job's cursor on, checkpointing as it goes."""
         lanes = job.request.max_parallel
-        # The cursor counts tasks sent, in the order of the round's planned shards.
-        shards = job.planned(round_no, phase)
-        total = len(shards)
+        # The cursor counts tasks sent, in the order of the round's planned tasks; a promoted
+        # trial starts from its own model instead of the round's.
+        planned = self.store.planned_tasks(job, round_no, phase)
+        total = len(planned)
         stats = FanOutStats()
         for lo in range(job.enqueued(round_no, phase), total, CHUNK):
             hi = min(total, lo + CHUNK)
             messages = (
-                self.message(self.plan(job, round_no, phase, shards[i], model_uri), lanes)
-                for i in range(lo, hi)
+                self.message(self.plan(job, round_no, phase, shard, own or model_uri), lanes)
+                for shard, own in planned[lo:hi]
             )
             self.fanout.send(messages, stats=stats, deadline=deadline)
             self.store.advance_cursor(job.job_id, round_no, phase, hi)

@@ -17,7 +17,8 @@ from typing import Any
 from shardq.core import planning
 from shardq.core.artifacts import put_json
 from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
-from shardq.core.metrics import leaderboard, weighted_metrics
+from shardq.core.metrics import weighted_metrics
+from shardq.core.search import sweep_section
 
 # A crashed event publisher's claim is taken over after this long.
 EVENT_CLAIM_LEASE_S = 60.0
@@ -56,14 +57,7 @@ def _kind_section(job: JobRecord, status: str, rows: list[ResultRecord]) -> dict
     if request.kind == "data_parallel":
         return {"final_model_uri": job.model_uri if status == "SUCCEEDED" else None}
     if request.kind == "sweep":
-        assert request.objective is not None and request.search_space is not None
-        trials = [planning.trial(request.search_space, i) for i in range(request.task_count)]
-        board = leaderboard(train, request.objective, trials)
-        return {
-            "objective": {"metric": request.objective.metric, "direction": request.objective.direction},
-            "leaderboard": board,
-            "best": board[0] if board else None,
-        }
+        return sweep_section(request, train)
     outputs = [
         {
             "shard_id": r.shard_id,

@@ -51,7 +51,9 @@ MAX_RECORD_ATTEMPTS = 8
 DEADLINE_MARGIN_S = 2.0
 _ser = TypeSerializer()
 _de = TypeDeserializer()
-_COUNTER_RE = re.compile(r"^(ok|fail|enq)_r(\d+)_(train|reduce)$")
+# Counters per (round, phase): ok, fail, enq (the enqueue cursor), and plan (tasks a
+# successive-halving rung planned, when a closed rung decided them).
+_COUNTER_RE = re.compile(r"^(ok|fail|enq|plan)_r(\d+)_(train|reduce)$")
 # What ``finish`` sets and ``reopen`` removes.
 _FINISH_ATTRIBUTES = ("finished_at", "result_uri", "error", "event_pending", "event_claim", "expires_at")
 
@@ -161,7 +163,7 @@ class JobRecord:
             status="RUNNING",
             request_json=request.to_json(),
             request_hash=request_hash,
-            rounds=request.rounds,
+            rounds=request.round_count,
             task_count=request.task_count,
             max_failed_shards=request.max_failed_shards,
             created_at=now,
@@ -180,12 +182,19 @@ class JobRecord:
         return self.status in TERMINAL_STATUSES
 
     def expected(self, round_no: int, phase: str) -> int:
-        """Tasks (round, phase) has: its participating shards (or trials) to train, one reduce."""
-        return participant_count(self.request, round_no) if phase == "train" else 1
+        """Tasks (round, phase) has: its participating shards (or promoted trials) to train, one reduce."""
+        if phase != "train":
+            return 1
+        return self.counters.get(("plan", round_no, phase), participant_count(self.request, round_no))
 
     def planned(self, round_no: int, phase: str) -> Sequence[int]:
-        """The shard ids (round, phase) runs, ascending."""
+        """The shard ids (round, phase) runs, ascending, when the request decides them (a rung that
+        a closed rung decided has a stored plan instead: ``JobStore.planned_tasks``)."""
         return participants(self.request, round_no) if phase == "train" else range(1)
+
+    def has_plan(self, round_no: int) -> bool:
+        """True when a closed rung decided round ``round_no``'s trials (``JobStore.round_plan``)."""
+        return ("plan", round_no, "train") in self.counters
 
     def ok(self, round_no: int, phase: str) -> int:
         """Recorded successful outcomes of (round, phase)."""
@@ -517,11 +526,52 @@ class JobStore:
         update = _Update().set(phase="reduce").expect(status="RUNNING", round=round_no, phase="train")
         return self._update(job_id, update)
 
-    def start_round(self, job_id: str, round_no: int, model_uri: str | None) -> bool:
-        """Round ``round_no - 1`` reduced: move the job to train round ``round_no`` from ``model_uri``."""
+    def start_round(
+        self, job_id: str, round_no: int, model_uri: str | None, *, after: str = "reduce"
+    ) -> bool:
+        """Round ``round_no - 1`` ended its ``after`` phase (a reduce, or a sweep rung's training):
+        move the job to train round ``round_no`` from ``model_uri``."""
         update = _Update().set(round=round_no, phase="train", model_uri=model_uri, round_started_at=now_iso())
-        update.expect(status="RUNNING", round=round_no - 1, phase="reduce")
+        update.expect(status="RUNNING", round=round_no - 1, phase=after)
         return self._update(job_id, update)
+
+    def put_round_plan(self, job: JobRecord, round_no: int, plan: Sequence[tuple[int, str | None]]) -> None:
+        """Store the trials (and each one's model) a closed rung promoted to ``round_no``, with their
+        count on the job, in one transaction; idempotent (a closed rung always promotes the same)."""
+        item = {
+            "pk": _pk(job.job_id),
+            "sk": {"S": f"PLAN#{round_no:04d}"},
+            **_to_item({"plan": json.dumps([[shard, uri] for shard, uri in plan])}),
+        }
+        count = _Update().set(**{_counter("plan", round_no, "train"): len(plan)})
+        count.expect(status="RUNNING", round=round_no - 1)
+        try:
+            self.ddb.transact_write_items(
+                TransactItems=[
+                    {"Put": {"TableName": self.table, "Item": item}},
+                    {"Update": count.request(self.table, job.job_id)},
+                ]
+            )
+        except self.ddb.exceptions.TransactionCanceledException as exc:
+            raise JobChanged(f"job {job.job_id} moved on before round {round_no} was planned") from exc
+
+    def round_plan(self, job_id: str, round_no: int) -> list[tuple[int, str | None]]:
+        """The trials a closed rung promoted to ``round_no`` and their models (empty if none)."""
+        resp = self.ddb.get_item(
+            TableName=self.table,
+            Key={"pk": _pk(job_id), "sk": {"S": f"PLAN#{round_no:04d}"}},
+            ConsistentRead=True,
+        )
+        if "Item" not in resp:
+            return []
+        return [(int(shard), uri) for shard, uri in json.loads(_from_item(resp["Item"])["plan"])]
+
+    def planned_tasks(self, job: JobRecord, round_no: int, phase: str) -> list[tuple[int, str | None]]:
+        """``(shard, model to start from)`` of every task of (round, phase), in send order; the
+        model is None where the round's global model applies."""
+        if phase == "train" and job.has_plan(round_no):
+            return self.round_plan(job.job_id, round_no)
+        return [(shard, None) for shard in job.planned(round_no, phase)]
 
     def set_final_model(self, job_id: str, round_no: int, model_uri: str | None) -> bool:
         """The last round reduced: keep its model on the job before it finishes."""

@@ -16,19 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shardq.core.contracts import ShardTask, TrainingRequest
-
-
-def trial(search_space: dict[str, list[Any]] | list[dict[str, Any]], index: int) -> dict[str, Any]:
-    """The ``index``-th trial; grids enumerate in ``itertools.product`` order of the given keys."""
-    if isinstance(search_space, list):
-        return dict(search_space[index])
-    params: dict[str, Any] = {}
-    # Mixed-radix decode of the index: the last key varies fastest, as in itertools.product.
-    for name in reversed(list(search_space)):
-        values = search_space[name]
-        index, pos = divmod(index, len(values))
-        params[name] = values[pos]
-    return {name: params[name] for name in search_space}
+from shardq.core.search import trial_params
 
 
 def expand_grid(search_space: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
@@ -157,8 +145,10 @@ def train_task(
     hyper = dict(request.hyperparameters)
     data: dict[str, Any] = {"uri": ds.uri} if ds.uri else {}
     if request.kind == "sweep":
-        assert request.search_space is not None
-        hyper.update(trial(request.search_space, index))
+        hyper.update(trial_params(request, index))
+        if request.early_stopping is not None:
+            # The rung's total budget; a promoted trial resumes from its model (init_model_uri).
+            hyper[request.early_stopping.budget_param] = request.early_stopping.budgets[round_no]
         # A trial trains on the whole dataset.
         if ds.files is not None:
             data["files"] = list(ds.files)

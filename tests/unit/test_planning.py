@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from shardq.core import planning
 from shardq.core.contracts import TrainingRequest, count_trials
+from shardq.core.search import trial
 
 
 @given(num_items=st.integers(1, 5_000_000), data=st.data())
@@ -80,7 +81,7 @@ def test_file_shards_partition_the_file_list_with_lanes_and_unique_dedup_ids(
 def test_grid_expands_to_exact_product_in_itertools_order(grid: dict[str, list[object]]) -> None:
     # GIVEN any grid WHEN trials are decoded one index at a time
     n = count_trials(grid)
-    decoded = [planning.trial(grid, i) for i in range(n)]
+    decoded = [trial(grid, i) for i in range(n)]
     # THEN they equal itertools.product's expansion, in order, and their count is the product
     assert decoded == list(planning.expand_grid(grid))
     expected = 1
