@@ -266,9 +266,9 @@ class EarlyStopping:
     """Successive halving over rungs: every trial trains ``min_budget``; the best 1/``eta`` of each
     rung go on with ``eta`` times the budget, up to ``max_budget``; the rest stop.
 
-    The rung's budget reaches the training function as ``hyperparameters[budget_param]`` (the
-    total, e.g. epochs), and a promoted trial starts from its previous rung's model
-    (``init_model_uri``), so it trains only the difference.
+    A promoted trial starts from its previous rung's model (``init_model_uri``), and
+    ``hyperparameters[budget_param]`` (e.g. epochs) is what the rung adds to it: the rung's
+    budget minus the previous rung's, so the trial reaches the rung's total.
     """
 
     method: str = "successive_halving"
@@ -326,7 +326,7 @@ STRATEGIES: dict[str, dict[str, float]] = {
     "fedprox": {"mu": 0.01},
 }
 # Each parameter's allowed range: (low, high, low end open, high end open).
-_STRATEGY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+STRATEGY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "server_lr": (0.0, 1e3, True, False),
     "momentum": (0.0, 1.0, False, True),
     "beta1": (0.0, 1.0, False, True),
@@ -615,7 +615,7 @@ class TrainingRequest:
         c.unknown_keys(raw, ("name", *defaults), prefix="strategy.")
         params = {}
         for key, default in defaults.items():
-            lo, hi, lo_open, hi_open = _STRATEGY_RANGES[key]
+            lo, hi, lo_open, hi_open = STRATEGY_RANGES[key]
             params[key] = c.number(
                 raw, key, f"strategy.{key}", lo, hi, default, lo_open=lo_open, hi_open=hi_open
             )

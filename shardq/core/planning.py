@@ -147,8 +147,12 @@ def train_task(
     if request.kind == "sweep":
         hyper.update(trial_params(request, index))
         if request.early_stopping is not None:
-            # The rung's total budget; a promoted trial resumes from its model (init_model_uri).
-            hyper[request.early_stopping.budget_param] = request.early_stopping.budgets[round_no]
+            # What this rung adds: a promoted trial resumes from its model (init_model_uri), so
+            # training the increment brings it to the rung's total budget.
+            budgets = request.early_stopping.budgets
+            hyper[request.early_stopping.budget_param] = budgets[round_no] - (
+                budgets[round_no - 1] if round_no else 0
+            )
         # A trial trains on the whole dataset.
         if ds.files is not None:
             data["files"] = list(ds.files)

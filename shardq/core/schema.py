@@ -15,6 +15,33 @@ from typing import Any
 from shardq.core import contracts as c
 
 
+def _distributions() -> list[dict[str, Any]]:
+    pair = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+    return [
+        {"type": "object", "additionalProperties": False, "required": [d], "properties": {d: pair}}
+        for d in c.DISTRIBUTIONS
+    ]
+
+
+def _strategy_schema() -> dict[str, Any]:
+    """One branch per server strategy, each with its parameters and their defaults."""
+    branches = []
+    for name, params in c.STRATEGIES.items():
+        properties: dict[str, Any] = {"name": {"const": name}}
+        for key, default in params.items():
+            low, high, low_open, high_open = c.STRATEGY_RANGES[key]
+            properties[key] = {
+                "type": "number",
+                "exclusiveMinimum" if low_open else "minimum": low,
+                "exclusiveMaximum" if high_open else "maximum": high,
+                "default": default,
+            }
+        branches.append(
+            {"type": "object", "additionalProperties": False, "required": ["name"], "properties": properties}
+        )
+    return {"description": "data_parallel: the reduce step's server strategy.", "oneOf": branches}
+
+
 def training_request_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a TrainingRequest."""
     positive = {"type": "integer", "minimum": 1}
@@ -64,11 +91,57 @@ def training_request_schema() -> dict[str, Any]:
                     {
                         "type": "object",
                         "minProperties": 1,
-                        "additionalProperties": {"type": "array", "minItems": 1},
+                        "additionalProperties": {
+                            "oneOf": [{"type": "array", "minItems": 1}, *_distributions()],
+                        },
                     },
                     {"type": "array", "minItems": 1, "items": {"type": "object"}},
-                ]
+                ],
+                "description": "A grid (name → list of values; with search.method 'random' also "
+                "name → {uniform|log_uniform|int_uniform: [low, high]}) or a list of trials.",
             },
+            "search": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "method": {"enum": list(c.SEARCH_METHODS), "default": "grid"},
+                    "num_trials": {**positive, "maximum": c.MAX_SHARDS},
+                    "seed": {"type": "integer", "minimum": 0, "default": 0},
+                },
+            },
+            "early_stopping": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "Successive halving: rung k trains min_budget·eta^k; the best 1/eta go on.",
+                "properties": {
+                    "method": {"enum": list(c.EARLY_STOPPING_METHODS), "default": "successive_halving"},
+                    "eta": {"type": "integer", "minimum": 2, "maximum": 100, "default": 3},
+                    "min_budget": {**positive, "default": 1},
+                    "max_budget": {**positive, "default": 9},
+                    "budget_param": {"type": "string", "minLength": 1, "default": "epochs"},
+                },
+            },
+            "participation": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "data_parallel: a seeded sample of shards trains each round.",
+                "properties": {
+                    "fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1},
+                    "min_shards": {**positive, "default": 1},
+                    "seed": {"type": "integer", "minimum": 0, "default": 0},
+                },
+            },
+            "quorum": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "data_parallel: a round closes at this share of successes or its deadline.",
+                "properties": {
+                    "fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1},
+                    "deadline_seconds": {**positive, "maximum": c.MAX_ROUND_DEADLINE_S},
+                },
+            },
+            "strategy": _strategy_schema(),
+            "task_timeout_seconds": {**positive, "maximum": c.MAX_TASK_TIMEOUT_S},
             "objective": {
                 "type": "object",
                 "additionalProperties": False,
@@ -92,7 +165,18 @@ def training_request_schema() -> dict[str, Any]:
                 "then": {"required": ["search_space", "objective"], "not": {"required": ["sharding"]}},
                 "else": {
                     "required": ["sharding"],
-                    "not": {"anyOf": [{"required": ["search_space"]}, {"required": ["objective"]}]},
+                    "not": {
+                        "anyOf": [
+                            {"required": [key]}
+                            for key in ("search_space", "objective", "search", "early_stopping")
+                        ]
+                    },
+                },
+            },
+            {
+                "if": {"properties": {"kind": {"const": "data_parallel"}}},
+                "else": {
+                    "not": {"anyOf": [{"required": [key]} for key in ("participation", "quorum", "strategy")]}
                 },
             },
         ],

@@ -97,7 +97,14 @@ def test_successive_halving_budgets_and_survivors() -> None:
     assert es is not None and es.budgets == [1, 3, 9] and request.round_count == 3
     assert [es.survivors(n) for n in (9, 3, 2, 1)] == [3, 1, 1, 1]
     layout = planning.Layout("b", "b")
-    assert planning.train_task(request, "b", layout, 2, 4, None).hyperparameters["epochs"] == 9
+    # a rung trains the increment over the previous rung's budget, from the trial's model
+    assert [
+        planning.train_task(request, "b", layout, r, 4, None).hyperparameters["epochs"] for r in range(3)
+    ] == [
+        1,
+        2,
+        6,
+    ]
 
 
 def run_rung(
@@ -131,7 +138,7 @@ def test_successive_halving_promotes_the_best_third_and_stops_the_rest(
     assert (job.round, job.expected(1, "train")) == (1, 3)
     rung1 = run_rung(engine, clients, {5: 0.4, 6: 0.3, 3: 0.2})
     assert sorted(t.shard_id for t in rung1) == [3, 5, 6]
-    assert {t.hyperparameters["epochs"] for t in rung1} == {3}
+    assert {t.hyperparameters["epochs"] for t in rung1} == {2}  # 3 epochs in all
     assert all(
         t.init_model_uri
         == f"{rung0[0].output_prefix.rsplit('/shard-', 1)[0]}/shard-{t.shard_id:06d}/model.npz"
@@ -139,7 +146,7 @@ def test_successive_halving_promotes_the_best_third_and_stops_the_rest(
     )
     # ... and the best of rung 1 trains the full budget
     rung2 = run_rung(engine, clients, {3: 0.1})
-    assert [(t.shard_id, t.hyperparameters["epochs"]) for t in rung2] == [(3, 9)]
+    assert [(t.shard_id, t.hyperparameters["epochs"]) for t in rung2] == [(3, 6)]  # 9 in all
     # THEN the job succeeded; the leaderboard ranks by the furthest rung, with each rung's history
     job = engine.store.get_job("sh")
     assert job.status == "SUCCEEDED"
