@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from shardq.cli.common import (
     AwsError,
     CliError,
     NotFoundError,
+    Painted,
     add_command,
     aws_errors,
     duration,
@@ -34,6 +36,7 @@ from shardq.cli.common import (
     require_output,
     session_client,
     stack_outputs,
+    status_cell,
     table,
     use_colour,
 )
@@ -42,6 +45,7 @@ from shardq.core.planning import split_s3
 
 if TYPE_CHECKING:
     from shardq.core.jobstore import JobRecord
+    from shardq.core.operations import PhaseProgress
 
 STATUSES = JOB_STATUSES
 # Throughput is measured over this trailing window, so the ETA follows the current pace.
@@ -153,8 +157,62 @@ def status_data(job: JobRecord) -> dict[str, Any]:
     return {**job.view().to_dict(), "progress": [p.to_dict() for p in progress(job)]}
 
 
-def render_status(data: dict[str, Any], out: IO[str]) -> str:
-    """The human view of ``status_data``."""
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.4g}%"
+
+
+def policy_fields(request: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """How a ``data_parallel`` round runs, from a request as ``TrainingRequest.to_dict`` gives it.
+
+    One ``(name, text)`` pair per policy field; the text is None when the request leaves the
+    field unset (the default: every shard trains, a round waits for all, FedAvg, the stack's
+    visibility timeout), so ``fields`` skips it.
+    """
+    part, quorum, strategy = request.get("participation"), request.get("quorum"), request.get("strategy")
+    timeout = request.get("task_timeout_seconds")
+    if part:
+        part = (
+            f"{_percent(part.get('fraction', 1.0))} of the shards per round "
+            f"(at least {part.get('min_shards', 1)}, seed {part.get('seed', 0)})"
+        )
+    if quorum:
+        deadline = quorum.get("deadline_seconds")
+        quorum = f"closes at {_percent(quorum.get('fraction', 1.0))} succeeded" + (
+            f", or at its deadline {duration(deadline)} after it starts" if deadline else ""
+        )
+    if strategy:
+        params = ", ".join(f"{k}={v:g}" for k, v in strategy.items() if k != "name")
+        strategy = strategy.get("name", "fedavg") + (f" ({params})" if params else "")
+    return [
+        ("participation", part),
+        ("quorum", quorum),
+        ("strategy", strategy),
+        ("task timeout", duration(timeout) if timeout else None),
+    ]
+
+
+def policy_line(request: dict[str, Any]) -> str | None:
+    """The round policy on one line (``watch``), or None when the request sets none."""
+    shown = [f"{name} {text}" for name, text in policy_fields(request) if text]
+    return "policy: " + "; ".join(shown) if shown else None
+
+
+def late_count(engine: Any, job: JobRecord) -> int:
+    """Results recorded after their round closed; only a job with a closed round can have any."""
+    return 0 if job.closed_round is None else len(engine.store.late_results(job.job_id))
+
+
+def late_text(count: int) -> str | None:
+    """The human line for ``count`` late results (None for none)."""
+    if not count:
+        return None
+    return f"{count} result(s) arrived after their round closed (kept apart, never counted)"
+
+
+def render_status(
+    data: dict[str, Any], out: IO[str], *, request: dict[str, Any] | None = None, late: int = 0
+) -> str:
+    """The human view of ``status_data``, with the request's round policy and the late results."""
     head = fields(
         [
             ("job", data["job_id"]),
@@ -162,17 +220,27 @@ def render_status(data: dict[str, Any], out: IO[str]) -> str:
             ("kind", data["kind"]),
             ("round", f"{data['round'] + 1}/{data['rounds']} ({data['phase']})"),
             ("tasks", f"{data['shard_count']} per round, {data['failed']} failed in all"),
+            *policy_fields(request or {}),
+            ("late", paint(late_text(late) or "", "yellow", out)),
             ("started", data["created_at"]),
             ("finished", data.get("finished_at")),
             ("result", data.get("result_uri")),
             ("error", paint(data["error"], "red", out) if data.get("error") else None),
-        ]
+        ],
+        out,
     )
     rows = [
-        (p["round"] + 1, p["phase"], p["done"], p["failed"], p["total"], f"{p['enqueued']}/{p['total']}")
+        (
+            p["round"] + 1,
+            p["phase"],
+            p["done"],
+            Painted(str(p["failed"]), "red") if p["failed"] else p["failed"],
+            p["total"],
+            f"{p['enqueued']}/{p['total']}",
+        )
         for p in data["progress"]
     ]
-    return head + "\n\n" + table(rows, ("ROUND", "PHASE", "DONE", "FAILED", "TOTAL", "ENQUEUED"))
+    return head + "\n\n" + table(rows, ("ROUND", "PHASE", "DONE", "FAILED", "TOTAL", "ENQUEUED"), out)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -180,12 +248,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     engine = engine_for(args)
     with aws_errors(args):
         job = get_job(engine, args.job)
-    if args.wait and job.status == "RUNNING":
-        return watch(args, args.job, out=sys.stderr if args.json else sys.stdout, quiet=True, engine=engine)
-    if args.json:
-        print_json(status_data(job))
-    else:
-        print(render_status(status_data(job), sys.stdout))
+        if args.wait and job.status == "RUNNING":
+            return watch(
+                args, args.job, out=sys.stderr if args.json else sys.stdout, quiet=True, engine=engine
+            )
+        if args.json:
+            print_json(status_data(job))
+        else:
+            late = late_count(engine, job)
+            print(render_status(status_data(job), sys.stdout, request=job.request.to_dict(), late=late))
     return EXIT_OK if not args.wait or job.status == "SUCCEEDED" else EXIT_JOB_FAILED
 
 
@@ -217,7 +288,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = [
         (
             v["job_id"],
-            paint_status(v["status"]),
+            status_cell(v["status"]),
             v["kind"],
             f"{v['round'] + 1}/{v['rounds']}",
             f"{v['done']}/{v['shard_count']}",
@@ -226,7 +297,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
         for v in views
     ]
-    print(table(rows, ("JOB", "STATUS", "KIND", "ROUND", "DONE", "FAILED", "CREATED")))
+    print(table(rows, ("JOB", "STATUS", "KIND", "ROUND", "DONE", "FAILED", "CREATED"), sys.stdout))
     return EXIT_OK
 
 
@@ -235,7 +306,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @dataclass
 class Snapshot:
-    """One observation of a job, as watch renders it."""
+    """One observation of a job, as watch renders it (its fields are the ``progress`` JSON event)."""
 
     status: str
     round: int
@@ -258,12 +329,34 @@ class Snapshot:
         return text
 
 
+def needed(job: JobRecord, round_no: int, phase: str) -> int:
+    """Outcomes that close (round, phase): every task, or the quorum's share of a round's training."""
+    expected = job.expected(round_no, phase)
+    quorum = job.request.quorum
+    if phase == "train" and quorum is not None:
+        return min(expected, math.ceil(quorum.fraction * expected - 1e-9))
+    return expected
+
+
+def tasks_left(job: JobRecord, current: PhaseProgress) -> int:
+    """Outcomes still to come before the job ends: the current phase's and every later phase's."""
+    if job.terminal:
+        return 0
+    left = max(0, needed(job, current.round, current.phase) - current.done - current.failed)
+    if job.kind == "data_parallel":
+        left += 1 if current.phase == "train" else 0
+        left += sum(needed(job, r, "train") + 1 for r in range(current.round + 1, job.rounds))
+    return left
+
+
 @dataclass
 class Watch:
-    """Follows a job to its end: a progress line per change (or a live bar on a terminal).
+    """Follows a job to its end: a progress line per change, or a live view on a terminal.
 
     Failures are printed as they are recorded, with their error; throughput is measured over
     the last ``RATE_WINDOW_S`` seconds of completed tasks and the ETA covers the rest of the job.
+    On a terminal, ``shardq.cli.live.LiveView`` draws a bar per round and phase and the job's
+    bar with its ETA, redrawn in place; everywhere else the lines are plain text (no ANSI codes).
     """
 
     engine: Any
@@ -277,6 +370,8 @@ class Watch:
     seen_failures: set[str] = field(default_factory=set)
     last_line: str = ""
     live: bool = False
+    late: int = 0
+    view: Any = None
 
     def __post_init__(self) -> None:
         self.live = use_colour(self.out) and not self.json_lines and not self.quiet
@@ -296,13 +391,7 @@ class Watch:
         t0, c0 = self.samples[0]
         if now > t0 and completed > c0:
             rate = (completed - c0) / (now - t0)
-            rounds, task_count = job.rounds, job.task_count
-            left = current.total - current.done - current.failed
-            if job.kind == "data_parallel":
-                left += (1 if current.phase == "train" else 0) + (rounds - current.round - 1) * (
-                    task_count + 1
-                )
-            eta = left / rate
+            eta = tasks_left(job, current) / rate
         return Snapshot(
             status=job.status,
             round=current.round,
@@ -315,30 +404,32 @@ class Watch:
             eta_s=eta,
         )
 
-    def emit(self, text: str) -> None:
-        """A whole line (ends a live bar first)."""
-        if self.live and self.last_line:
-            self.out.write("\n")
-            self.last_line = ""
-        self.out.write(text + "\n")
+    def emit(self, text: str, colour: str | None = None) -> None:
+        """A whole line: above the live view on a terminal, else plain."""
+        if self.view is not None:
+            self.view.log(text, colour)
+            return
+        self.out.write((paint(text, colour, self.out) if colour else text) + "\n")
         self.out.flush()
 
     def progress_line(self, snap: Snapshot) -> None:
-        """A line per change; on a terminal, one bar redrawn in place."""
-        if self.json_lines:
+        """A line per change of the current phase's counters (not on a terminal: the view shows them)."""
+        if self.json_lines or self.live:
             return
         text = snap.line()
-        if self.live:
-            width = 24
-            filled = int(width * (snap.done + snap.failed) / snap.total) if snap.total else width
-            bar = paint("#" * filled, "green", self.out) + "." * (width - filled)
-            self.out.write(f"\r\033[K[{bar}] {text}")
-            self.out.flush()
-            self.last_line = text
-        elif text.split(" · ")[0] != self.last_line.split(" · ")[0]:
+        if text.split(" · ")[0] != self.last_line.split(" · ")[0]:
             if not self.quiet:
                 self.emit(text)
             self.last_line = text
+
+    def late_results(self, job: JobRecord) -> None:
+        """Count the results that arrived after their round closed; a line when the count grows."""
+        if self.json_lines or self.quiet:
+            return
+        count = late_count(self.engine, job)
+        if count > self.late:
+            self.emit(f"  late: {late_text(count)}", "yellow")
+        self.late = count
 
     def failures(self, job: JobRecord) -> None:
         """Print failed outcomes not printed yet (queried only when a fail counter moved)."""
@@ -354,46 +445,74 @@ class Watch:
             if self.json_lines:
                 print(json.dumps({"event": "failure", **r.to_dict(), "source": row.source}), file=self.out)
             elif not self.quiet:
-                self.emit(
-                    paint(
-                        f"  failed: round {r.round + 1} shard {r.shard_id} ({r.task_type}): "
-                        f"{r.error} [{row.source}, attempt {r.attempt}]",
-                        "red",
-                        self.out,
-                    )
+                text = (
+                    f"  failed: round {r.round + 1} shard {r.shard_id} ({r.task_type}): "
+                    f"{r.error} [{row.source}, attempt {r.attempt}]"
                 )
+                self.emit(text, "red")
+
+    def start(self, job: JobRecord) -> None:
+        """The header (and the round policy, when the request sets one); the live view on a terminal."""
+        if self.json_lines or self.quiet:
+            return
+        self.emit(
+            f"watching {self.job_id} ({job.kind}, {job.task_count} tasks per round, {job.rounds} round(s))"
+        )
+        policy = policy_line(job.request.to_dict())
+        if policy:
+            self.emit(policy)
+        if self.live:
+            from shardq.cli.live import LiveView
+
+            self.view = LiveView(self.out, clock=self.clock)
+            self.view.start()
+
+    def observe(self, job: JobRecord) -> None:
+        """One poll's output: the progress event or line, the live view, failures, late results."""
+        snap = self.snapshot(job)
+        if self.json_lines:
+            print(json.dumps({"event": "progress", "job_id": self.job_id, **snap.__dict__}), file=self.out)
+            self.out.flush()
+        self.progress_line(snap)
+        self.failures(job)
+        self.late_results(job)
+        if self.view is not None:
+            from shardq.core.operations import progress
+
+            rows = progress(job)
+            self.view.update(job, rows, snap, left=tasks_left(job, rows[-1]), late=self.late)
 
     def run(self, timeout: float | None = None) -> int:
         """Poll until the job ends (or ``timeout``); 0 when it SUCCEEDED, 1 otherwise."""
         started = self.clock()
         job = get_job(self.engine, self.job_id)
-        if not self.json_lines and not self.quiet:
-            self.emit(
-                f"watching {self.job_id} ({job.kind}, {job.task_count} tasks per round, "
-                f"{job.rounds} round(s))"
-            )
-        while True:
-            snap = self.snapshot(job)
-            if self.json_lines:
-                print(
-                    json.dumps({"event": "progress", "job_id": self.job_id, **snap.__dict__}), file=self.out
-                )
-                self.out.flush()
-            self.progress_line(snap)
-            self.failures(job)
-            if job.status != "RUNNING":
-                return self.finish(job, self.clock() - started)
-            if timeout is not None and self.clock() - started > timeout:
-                self.emit(
-                    f"{self.job_id} is still RUNNING after {duration(timeout)}; watch again to follow it"
-                )
-                return EXIT_JOB_FAILED
-            time.sleep(self.interval)
-            job = get_job(self.engine, self.job_id)
+        self.start(job)
+        try:
+            while True:
+                self.observe(job)
+                if job.status != "RUNNING":
+                    return self.finish(job, self.clock() - started)
+                if timeout is not None and self.clock() - started > timeout:
+                    self.stop_view()
+                    self.emit(
+                        f"{self.job_id} is still RUNNING after {duration(timeout)}; watch again to follow it"
+                    )
+                    return EXIT_JOB_FAILED
+                time.sleep(self.interval)
+                job = get_job(self.engine, self.job_id)
+        finally:
+            self.stop_view()
+
+    def stop_view(self) -> None:
+        """End the live view (its last frame stays on screen); later lines print below it."""
+        if self.view is not None:
+            self.view.stop()
+            self.view = None
 
     def finish(self, job: JobRecord, elapsed: float) -> int:
         """The closing line; the exit code follows the status."""
         status = job.status
+        self.stop_view()
         if self.json_lines:
             print(json.dumps({"event": "finished", **status_data(job)}, default=str), file=self.out)
         else:
@@ -456,18 +575,20 @@ def read_manifest(args: argparse.Namespace, engine: Any, job_id: str) -> dict[st
 
 
 def render_manifest(m: dict[str, Any], out: IO[str]) -> str:
-    """The human view of a manifest: status, per-round metrics, best/leaderboard or outputs, failures."""
+    """The human view of a manifest: status, round policy, per-round metrics, the kind's section, failures."""
     parts = [
         fields(
             [
                 ("job", m["job_id"]),
                 ("status", paint_status(m["status"], out)),
                 ("kind", m["kind"]),
+                *policy_fields(m.get("request") or {}),
                 ("created", m.get("created_at")),
                 ("finished", m.get("finished_at")),
                 ("error", m.get("error")),
                 ("final model", m.get("final_model_uri")),
-            ]
+            ],
+            out,
         )
     ]
     rounds = m.get("rounds") or []
@@ -483,72 +604,76 @@ def render_manifest(m: dict[str, Any], out: IO[str]) -> str:
             )
             for r in rounds
         ]
-        parts.append(table(rows, ("ROUND", "OK", "FAILED", "SAMPLES", *names)))
+        parts.append(table(rows, ("ROUND", "OK", "FAILED", "SAMPLES", *names), out))
     if m["kind"] == "sweep":
-        objective = m.get("objective", {})
-        board = m.get("leaderboard") or []
-        if m.get("best"):
-            best = m["best"]
-            parts.append(
-                f"best trial {best['trial']}: {objective.get('metric')} = {best['objective']} "
-                f"({objective.get('direction')}) with {json.dumps(best['hyperparameters'], sort_keys=True)}\n"
-                f"  artifact: {best.get('artifact_uri')}"
-            )
-        if board:
-            rows = [
-                (
-                    i + 1,
-                    b["trial"],
-                    b["objective"],
-                    json.dumps(b["hyperparameters"], sort_keys=True),
-                    b.get("artifact_uri"),
-                )
-                for i, b in enumerate(board[:10])
-            ]
-            title = f"leaderboard (top {min(10, len(board))} of {len(board)})"
-            parts.append(
-                title
-                + "\n"
-                + table(
-                    rows,
-                    (
-                        "RANK",
-                        "TRIAL",
-                        objective.get("metric", "objective").upper(),
-                        "HYPERPARAMETERS",
-                        "ARTIFACT",
-                    ),
-                )
-            )
+        parts.extend(_sweep_section(m, out))
     elif m["kind"] == "map":
-        outputs = m.get("outputs") or []
-        metrics = m.get("metrics") or {}
-        if metrics:
-            parts.append(
-                table(
-                    [
-                        (n, f"{v['mean']:.6g}", f"{v['min']:.6g}", f"{v['max']:.6g}")
-                        for n, v in metrics.items()
-                    ],
-                    ("METRIC", "MEAN", "MIN", "MAX"),
-                )
-            )
-        rows = [(o["shard_id"], o.get("num_samples"), o.get("artifact_uri")) for o in outputs[:20]]
-        if rows:
-            more = f" (first 20 of {len(outputs)}; --json for all)" if len(outputs) > 20 else ""
-            parts.append(f"outputs{more}\n" + table(rows, ("SHARD", "SAMPLES", "ARTIFACT")))
+        parts.extend(_map_section(m, out))
     failed = m.get("failed") or []
     if failed:
         rows = [
-            (f["round"] + 1, f["shard_id"], f["task_type"], f.get("source"), f.get("error"))
+            (
+                f["round"] + 1,
+                f["shard_id"],
+                f["task_type"],
+                f.get("source"),
+                Painted(str(f.get("error")), "red"),
+            )
             for f in failed[:20]
         ]
-        parts.append(
-            paint(f"failed tasks ({len(failed)})", "red", out)
-            + "\n"
-            + table(rows, ("ROUND", "SHARD", "TYPE", "SOURCE", "ERROR"))
-        )
+        title = f"failed tasks ({len(failed)})"
+        parts.append(table(rows, ("ROUND", "SHARD", "TYPE", "SOURCE", "ERROR"), out, title=title))
     return "\n\n".join(parts)
+
+
+def _sweep_section(m: dict[str, Any], out: IO[str]) -> list[str]:
+    """A sweep's best trial and leaderboard (top 10)."""
+    objective = m.get("objective", {})
+    board = m.get("leaderboard") or []
+    parts = []
+    if m.get("best"):
+        best = m["best"]
+        parts.append(
+            f"best trial {best['trial']}: {objective.get('metric')} = {best['objective']} "
+            f"({objective.get('direction')}) with {json.dumps(best['hyperparameters'], sort_keys=True)}\n"
+            f"  artifact: {best.get('artifact_uri')}"
+        )
+    if board:
+        rows = [
+            (
+                i + 1,
+                b["trial"],
+                b["objective"],
+                json.dumps(b["hyperparameters"], sort_keys=True),
+                b.get("artifact_uri"),
+            )
+            for i, b in enumerate(board[:10])
+        ]
+        headers = (
+            "RANK",
+            "TRIAL",
+            objective.get("metric", "objective").upper(),
+            "HYPERPARAMETERS",
+            "ARTIFACT",
+        )
+        title = f"leaderboard (top {min(10, len(board))} of {len(board)})"
+        parts.append(table(rows, headers, out, title=title))
+    return parts
+
+
+def _map_section(m: dict[str, Any], out: IO[str]) -> list[str]:
+    """A map job's metrics over its shards and its outputs (first 20)."""
+    outputs = m.get("outputs") or []
+    metrics = m.get("metrics") or {}
+    parts = []
+    if metrics:
+        summary = [(n, f"{v['mean']:.6g}", f"{v['min']:.6g}", f"{v['max']:.6g}") for n, v in metrics.items()]
+        parts.append(table(summary, ("METRIC", "MEAN", "MIN", "MAX"), out))
+    rows = [(o["shard_id"], o.get("num_samples"), o.get("artifact_uri")) for o in outputs[:20]]
+    if rows:
+        more = f" (first 20 of {len(outputs)}; --json for all)" if len(outputs) > 20 else ""
+        parts.append(table(rows, ("SHARD", "SAMPLES", "ARTIFACT"), out, title=f"outputs{more}"))
+    return parts
 
 
 def model_uri(manifest: dict[str, Any]) -> str | None:
@@ -686,7 +811,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub,
         "submit",
         help="validate a training request, start the job, print its id",
-        example="  shardq submit examples/requests/linear.json --wait\n"
+        example="  shardq submit examples/requests/data_parallel.json --wait\n"
         "  JOB=$(shardq submit req.json --job-id nightly-2026-01-31)",
     )
     p.add_argument("request", help="TrainingRequest JSON file ('-' for stdin)")
