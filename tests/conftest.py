@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from shardq.core.engine import Engine
 from shardq.core.settings import Settings
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import provision
+from tests import requests
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +20,12 @@ def cloud() -> Iterator[LocalCloud]:
     """ministack on 127.0.0.1 with a free port, stopped by its PID at the end of the session."""
     with LocalCloud() as c:
         yield c
+
+
+@pytest.fixture
+def make_request() -> Callable[..., dict[str, Any]]:
+    """The one request builder (``tests.requests.make_request``): ``make_request("sweep", job_id=...)``."""
+    return requests.make_request
 
 
 @pytest.fixture

@@ -17,18 +17,12 @@ from shardq.core.jobstore import Outcome
 from shardq.core.planning import split_s3
 from shardq.core.settings import Settings
 from tests.helpers import receive_all, result_for, tasks_of
+from tests.requests import make_request
 
 
-def dp(job_id: str, shards: int = 4, rounds_: int = 2, **extra: Any) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "kind": "data_parallel",
-        "dataset": {"uri": "s3://data/set", "num_samples": 100 * shards},
-        "sharding": {"shard_count": shards},
-        "rounds": rounds_,
-        "max_parallel": shards,
-        **extra,
-    }
+def dp(job_id: str, shards: int = 4, **extra: Any) -> dict[str, Any]:
+    """A 2-round data_parallel request with a lane per shard."""
+    return make_request(job_id=job_id, shards=shards, rounds=2, max_parallel=shards, **extra)
 
 
 def take(engine: Engine, clients: dict[str, Any]) -> dict[int, Any]:

@@ -14,17 +14,12 @@ from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
 from shardq.core.settings import Settings
 from tests.helpers import receive_all, result_for, tasks_of
+from tests.requests import make_request
 
 
 def sweep(job_id: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "kind": "sweep",
-        "dataset": {"uri": "s3://data/set", "num_samples": 100},
-        "search_space": {"lr": [0.3, 0.1, 0.03], "l2": [0.0, 0.01, 0.1]},
-        "objective": {"metric": "loss", "direction": "minimize"},
-        **extra,
-    }
+    """A 3×3 grid sweep minimizing ``loss``."""
+    return make_request("sweep", job_id=job_id, **extra)
 
 
 SPACE = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Any
 
@@ -14,17 +15,10 @@ from shardq.core.fanout import FanOutError
 from shardq.core.jobstore import JobNotFound
 from shardq.core.settings import Settings
 from tests.helpers import CountingClient, FlakySQS, LambdaContext, count_messages, receive_all, tasks_of
+from tests.requests import make_request
 
-
-def request(job_id: str = "job-a", shards: int = 25, **extra: Any) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "kind": "data_parallel",
-        "dataset": {"uri": "s3://data/set", "num_samples": 10_000},
-        "sharding": {"shard_count": shards},
-        "max_parallel": 4,
-        **extra,
-    }
+# The shared builder with this module's defaults: 25 shards of 10,000 samples in 4 lanes.
+request = functools.partial(make_request, job_id="job-a", shards=25, num_samples=10_000, max_parallel=4)
 
 
 def table_items(clients: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from shardq.core import planning
 from shardq.core.contracts import TrainingRequest, count_trials
 from shardq.core.search import trial
+from tests.requests import make_request
 
 
 @given(num_items=st.integers(1, 5_000_000), data=st.data())
@@ -29,16 +31,11 @@ def test_shards_cover_dataset_exactly_once(num_items: int, data: st.DataObject) 
     assert sum(sizes) == num_items
 
 
-def _request(**overrides: object) -> TrainingRequest:
-    base: dict[str, object] = {
-        "job_id": "job-1",
-        "kind": "data_parallel",
-        "dataset": {"uri": "s3://bucket/data", "num_samples": 1000},
-        "sharding": {"shard_count": 10},
-    }
-    base.update(overrides)
-    base = {k: v for k, v in base.items() if v is not None}
-    return TrainingRequest.from_dict(base)
+def _request(**overrides: Any) -> TrainingRequest:
+    fields: dict[str, Any] = {"job_id": "job-1", "shards": 10, "num_samples": 1000, "uri": "s3://bucket/data"}
+    return TrainingRequest.from_dict(
+        make_request(overrides.pop("kind", "data_parallel"), **{**fields, **overrides})
+    )
 
 
 @given(
