@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any
 
 DEFAULT_STACK = "shardq"
@@ -227,6 +228,17 @@ COLOURS = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "dim": "2",
 STATUS_COLOURS = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "blue"}
 
 
+@dataclass(frozen=True)
+class Painted:
+    """A table cell shown in ``colour`` on a terminal and as plain ``text`` everywhere else."""
+
+    text: str
+    colour: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
 def use_colour(stream: IO[str] | None = None) -> bool:
     """Colours only on a terminal, and never with NO_COLOR set (https://no-color.org) or TERM=dumb."""
     stream = stream or sys.stdout
@@ -248,24 +260,85 @@ def paint_status(status: str, stream: IO[str] | None = None) -> str:
     return paint(status, STATUS_COLOURS.get(status, "bold"), stream)
 
 
+def status_cell(status: str) -> Painted:
+    """A job status as a table cell, coloured on a terminal."""
+    return Painted(status, STATUS_COLOURS.get(status, "bold"))
+
+
 def print_json(data: Any, stream: IO[str] | None = None) -> None:
     """JSON for scripts: indented, keys sorted, one document."""
     print(json.dumps(data, indent=2, sort_keys=True, default=str), file=stream or sys.stdout)
 
 
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    """A plain text table with left-aligned columns (no dependency, no box drawing)."""
+def terminal_console(stream: IO[str]) -> Any:
+    """A ``rich`` console writing to ``stream``, a terminal (callers check ``use_colour`` first).
+
+    Highlighting and emoji codes are off: job ids, URIs and error text are shown as they are.
+    """
+    from rich.console import Console
+
+    return Console(file=stream, force_terminal=True, highlight=False, emoji=False)
+
+
+def rich_text(value: Any) -> Any:
+    """A cell or value as ``rich`` text: never parsed as markup (error text holds brackets)."""
+    from rich.text import Text
+
+    if isinstance(value, Painted):
+        return Text(value.text, style=value.colour)
+    text = "" if value is None else str(value)
+    return Text.from_ansi(text) if "\033[" in text else Text(text)
+
+
+def render(renderable: Any, stream: IO[str]) -> str:
+    """What ``rich`` draws for ``renderable`` on the terminal ``stream``, as a string to print."""
+    console = terminal_console(stream)
+    with console.capture() as captured:
+        console.print(renderable)
+    return captured.get().rstrip("\n")
+
+
+def table(
+    rows: Sequence[Sequence[Any]],
+    headers: Sequence[str],
+    stream: IO[str] | None = None,
+    *,
+    title: str | None = None,
+) -> str:
+    """A table: drawn by ``rich`` when ``stream`` is a terminal, else plain text.
+
+    The plain form (pipes, files, scripts) has left-aligned columns two spaces apart and no
+    box drawing, the title on the line above; it does not change with ``rich``'s version.
+    """
+    if stream is not None and use_colour(stream):
+        return render(_rich_table(rows, headers, title), stream)
     cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join(lines)
+    return "\n".join([title, *lines] if title else lines)
 
 
-def fields(pairs: Sequence[tuple[str, Any]]) -> str:
-    """``key: value`` lines with aligned values, skipping empty values."""
+def _rich_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], title: str | None) -> Any:
+    """A ``rich.table.Table`` of the rows; columns holding only numbers are right-aligned."""
+    from rich import box
+    from rich.table import Table
+
+    grid = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", title_style="bold", pad_edge=False)
+    for i, header in enumerate(headers):
+        values = [row[i] for row in rows if row[i] not in (None, "")]
+        numeric = bool(values) and all(isinstance(v, int | float) for v in values)
+        grid.add_column(str(header), justify="right" if numeric else "left", header_style="bold")
+    for row in rows:
+        grid.add_row(*(rich_text(c) for c in row))
+    return grid
+
+
+def fields(pairs: Sequence[tuple[str, Any]], stream: IO[str] | None = None) -> str:
+    """``key: value`` lines with aligned values, skipping empty values; keys bold on a terminal."""
     shown = [(k, v) for k, v in pairs if v not in (None, "")]
     width = max((len(k) for k, _ in shown), default=0)
-    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in shown)
+    keys = [paint((k + ":").ljust(width + 1), "bold", stream) for k, _ in shown]
+    return "\n".join(f"{key} {v}" for key, (_, v) in zip(keys, shown, strict=True))
 
 
 def duration(seconds: float | None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from shardq.core.contracts import JobView, ShardResult, ShardTask
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
 from shardq.local.cloud import free_port
-from tests.cli.conftest import Shardq
+from tests.cli.conftest import Background, Shardq, Transcript
 from tests.helpers import count_messages, receive_all, result_for
 
 MAP = {"kind": "map", "dataset": {"uri": "s3://data/set", "num_samples": 40}, "sharding": {"shard_count": 4}}
@@ -32,14 +31,13 @@ def take_tasks(engine: Engine) -> list[tuple[ShardTask, dict[str, Any]]]:
     return [(ShardTask.from_json(m["Body"]), m) for m in msgs]
 
 
-def work(engine: Engine, *, fail: set[int] = frozenset(), pause: float = 0.0) -> int:  # type: ignore[assignment]
+def work(engine: Engine, *, fail: set[int] = frozenset()) -> int:  # type: ignore[assignment]
     """A worker stand-in: run every queued task and record its result (as the aggregator would)."""
     done = 0
     for task, _ in take_tasks(engine):
         status = "failed" if task.shard_id in fail else "succeeded"
         engine.ingest([Outcome(result_for(task, status=status))])
         done += 1
-        time.sleep(pause)
     return done
 
 
@@ -150,42 +148,50 @@ def test_missing_stack_exits_3(shardq: Shardq, monkeypatch: pytest.MonkeyPatch) 
 # -- watch --------------------------------------------------------------------------------
 
 
-def in_background(target: Any) -> threading.Thread:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_watch_prints_a_line_per_change_and_exits_0_on_success(
-    shardq: Shardq, write_request: Any, engine: Engine
+    shardq: Shardq, shardq_into: Any, write_request: Any, engine: Engine
 ) -> None:
-    # GIVEN a map job whose tasks a worker completes one by one while it is watched
+    # GIVEN a map job whose tasks a worker completes one by one, each once watch has shown the last
     job_id = submit(shardq, write_request, MAP, "--job-id", "cli-watch")
-    worker = in_background(lambda: (time.sleep(1.0), work(engine, pause=0.15)))
+    out = Transcript()
+
+    def worker() -> None:
+        out.wait_for("round 1/1 train: 0/4 done")
+        for n, (task, _) in enumerate(take_tasks(engine), start=1):
+            engine.ingest([Outcome(result_for(task))])
+            out.wait_for(f"round 1/1 train: {n}/4 done")
+
+    working = Background(worker)
     # WHEN it is watched without a TTY
-    run = shardq("watch", job_id, "--interval", "0.05", "--timeout", "30")
-    worker.join()
+    run = shardq_into(out, "watch", job_id, "--interval", "0.05", "--timeout", "60")
+    working.join()
     # THEN plain lines, one per change, then the outcome and the result; exit 0
     assert run.code == 0, run.out + run.err
     lines = run.out.splitlines()
     assert lines[0] == "watching cli-watch (map, 4 tasks per round, 1 round(s))"
     progress = [ln for ln in lines if ln.startswith("round ")]
-    assert progress[0].startswith("round 1/1 train: 0/4 done, 0 failed")
-    assert progress[-1].startswith("round 1/1 train: 4/4 done, 0 failed")
-    assert len(progress) == len({p.split(" · ")[0] for p in progress})  # no repeated state
-    assert any("tasks/s · ETA" in p for p in progress[1:])
+    assert [p.split(" · ")[0] for p in progress] == [
+        f"round 1/1 train: {n}/4 done, 0 failed" for n in range(5)
+    ]
+    assert all("tasks/s · ETA" in p for p in progress[1:])
     assert "cli-watch SUCCEEDED" in run.out
     assert "result: s3://" in run.out
     assert "\r" not in run.out and "\033[" not in run.out
 
 
 def test_watch_reports_failures_as_they_happen_and_exits_1(
-    shardq: Shardq, write_request: Any, engine: Engine
+    shardq: Shardq, shardq_into: Any, write_request: Any, engine: Engine
 ) -> None:
     job_id = submit(shardq, write_request, MAP, "--job-id", "cli-watch-fail")
-    worker = in_background(lambda: (time.sleep(0.2), work(engine, fail={2}, pause=0.1)))
-    run = shardq("watch", job_id, "--interval", "0.05", "--timeout", "30")
-    worker.join()
+    out = Transcript()
+
+    def worker() -> None:
+        out.wait_for("round 1/1 train: 0/4 done")  # watch follows the job before any result
+        work(engine, fail={2})
+
+    working = Background(worker)
+    run = shardq_into(out, "watch", job_id, "--interval", "0.05", "--timeout", "60")
+    working.join()
     assert run.code == 1
     assert "failed: round 1 shard 2 (train): CUDA out of memory [worker, attempt 1]" in run.out
     assert "cli-watch-fail FAILED" in run.out and "over max_failed_shards=0" in run.out
@@ -212,7 +218,7 @@ def test_submit_wait_and_status_wait_follow_the_job(
             done += work(engine)
             time.sleep(0.05)
 
-    worker = in_background(work_until_done)
+    worker = Background(work_until_done)
     run = shardq(
         "submit", write_request(MAP), "--direct", "--job-id", "cli-wait", "--wait", "--interval", "0.05",
         "--timeout", "60",

@@ -1,0 +1,166 @@
+"""The live terminal view of ``shardq watch``: a bar per round and phase, and the job's bar with its ETA.
+
+Only imported when the output is a terminal (``Watch`` decides), so a pipe, a script or a
+worker host never loads ``rich``. The view is a ``rich.live.Live`` over a ``rich.progress.Progress``:
+lines printed with ``log`` (failures, late results) scroll above it, and its last frame stays
+on screen when it stops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
+from rich.spinner import Spinner
+from rich.text import Text
+
+from shardq.cli.common import duration, terminal_console
+
+if TYPE_CHECKING:
+    from shardq.cli.jobs import Snapshot
+    from shardq.core.jobstore import JobRecord
+    from shardq.core.operations import PhaseProgress
+
+# The most recent (round, phase) rows shown; earlier ones fold into one line, so a 100-round job
+# fits a terminal.
+ROWS_SHOWN = 6
+JOB_ROW = ("job", -1, "")
+
+
+class MarkColumn(ProgressColumn):
+    """A spinner on the phase that runs; ✓ or ✗ on a closed one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spinner = Spinner("dots", style="blue")
+
+    def render(self, task: Task) -> RenderableType:
+        """The task's mark, or the spinner's frame while it runs."""
+        mark = task.fields.get("mark", "")
+        return Text.from_markup(mark) if mark else self.spinner.render(task.get_time())
+
+
+class LiveView:
+    """Redraws a watched job in place: one bar per recent (round, phase) and the whole job's bar.
+
+    Parameters
+    ----------
+    out:
+        The terminal stream.
+    clock:
+        Monotonic seconds (the same clock ``Watch`` measures the elapsed time with).
+    """
+
+    def __init__(self, out: IO[str], clock: Callable[[], float] = time.monotonic) -> None:
+        self.console = terminal_console(out)
+        self.clock = clock
+        self.started = clock()
+        self.progress = Progress(
+            MarkColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=32),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=self.console,
+            auto_refresh=False,
+        )
+        self.rows: dict[tuple[str, int, str], TaskID] = {}
+        self.folded = Text()
+        self.footer: list[Text] = []
+        self.deadline: float | None = None
+        self.live = Live(
+            console=self.console,
+            get_renderable=self.renderable,
+            refresh_per_second=4,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+
+    def start(self) -> None:
+        """Show the view (hides the cursor until ``stop``)."""
+        self.live.start()
+
+    def stop(self) -> None:
+        """Draw the last frame and leave it on screen."""
+        self.live.stop()
+
+    def log(self, text: str, colour: str | None = None) -> None:
+        """A line above the view (it scrolls; the view stays at the bottom)."""
+        self.console.print(Text(text, style=colour or ""))
+
+    def renderable(self) -> RenderableType:
+        """The current frame: folded rows, the bars, the late results and the round's deadline."""
+        lines: list[RenderableType] = [self.folded] if self.folded else []
+        lines.append(self.progress.get_renderable())
+        lines.extend(self.footer)
+        if self.deadline is not None:
+            left = self.deadline - time.time()
+            lines.append(Text(f"round closes at its deadline in {duration(max(0.0, left))}", style="dim"))
+        return Group(*lines)
+
+    def update(
+        self, job: JobRecord, rows: Sequence[PhaseProgress], snap: Snapshot, *, left: int, late: int
+    ) -> None:
+        """Show one poll: each recent phase's counters, the job's, its rate and ETA, late results."""
+        from shardq.core import rounds
+
+        shown = rows[-ROWS_SHOWN:]
+        hidden = len(rows) - len(shown)
+        self.folded = (
+            Text(f"  rounds 1-{shown[0].round} closed ({hidden} phases)", style="dim") if hidden else Text()
+        )
+        keep = {("phase", p.round, p.phase) for p in shown} | {JOB_ROW}
+        for key in [k for k in self.rows if k not in keep]:
+            self.progress.remove_task(self.rows.pop(key))
+        for p in shown:
+            self._phase_row(job, p, closed=job.terminal or p is not rows[-1])
+        self._job_row(job, rows, snap, left)
+        self.footer = (
+            [Text(f"late: {late} result(s) arrived after their round closed (not counted)", style="yellow")]
+            if late
+            else []
+        )
+        due = rounds.due_at(job) if job.phase == "train" and not job.terminal else None
+        self.deadline = due
+        self.live.refresh()
+
+    def _phase_row(self, job: JobRecord, p: PhaseProgress, *, closed: bool) -> None:
+        key = ("phase", p.round, p.phase)
+        finished = p.done + p.failed
+        mark = ""
+        if closed:
+            mark = "[red]✗[/]" if p.failed else "[green]✓[/]"
+        detail = f"[red]{p.failed} failed[/]" if p.failed else ""
+        if closed and finished < p.total and p.phase == "train":
+            detail = (detail + " " if detail else "") + "[dim]closed early (quorum or deadline)[/]"
+        description = f"round {p.round + 1}/{job.rounds} {p.phase}"
+        if key not in self.rows:
+            # Rows are added in (round, phase) order, so the job's row must move to the end.
+            self._drop(JOB_ROW)
+            self.rows[key] = self.progress.add_task(description, total=p.total, detail="", mark="")
+        self.progress.update(self.rows[key], completed=finished, total=p.total, detail=detail, mark=mark)
+
+    def _job_row(self, job: JobRecord, rows: Sequence[PhaseProgress], snap: Snapshot, left: int) -> None:
+        finished = sum(p.done + p.failed for p in rows)
+        parts = [f"{snap.rate:.1f} tasks/s" if snap.rate is not None else "-- tasks/s"]
+        parts.append(f"ETA {duration(snap.eta_s)}" if not job.terminal else job.status.lower())
+        parts.append(f"elapsed {duration(self.clock() - self.started)}")
+        style = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow"}.get(job.status, "bold")
+        fields: dict[str, Any] = {
+            "total": finished + left,
+            "completed": finished,
+            "detail": " · ".join(parts),
+            "mark": "[green]✓[/]" if job.status == "SUCCEEDED" else ("[red]✗[/]" if job.terminal else ""),
+        }
+        if JOB_ROW not in self.rows:
+            self.rows[JOB_ROW] = self.progress.add_task(f"[{style}]job[/]", **fields)
+        else:
+            self.progress.update(self.rows[JOB_ROW], description=f"[{style}]job[/]", **fields)
+
+    def _drop(self, key: tuple[str, int, str]) -> None:
+        if key in self.rows:
+            self.progress.remove_task(self.rows.pop(key))
