@@ -71,7 +71,28 @@ class ShardqStack(Stack):
         sizing = sizing or FunctionSizing()
 
         self.queue_key = self._queue_key(config)
-        self.task_queues = TaskQueues(
+        self.task_queues = self._task_queues(config, sizing)
+        self.results = self._results_queue(config, sizing)
+        self.job_store = self._job_store(config)
+        # One code asset for every function (the fleet's lanes publisher too).
+        self.lambda_code = lambda_.Code.from_asset(str(lambda_source))
+        self.functions = self._functions(config, sizing)
+        self._wire_data_plane()
+        self._wire_event_sources(sizing)
+        self.worker_access = self._worker_access(config)
+        self.fleet = self._fleet(config, worker_image_dir) if config.fleet_enabled else None
+        self.monitoring = self._monitoring(config)
+
+        self._pin_logical_ids()
+        self._outputs()
+        self._tag(config)
+        self.acknowledgments = acknowledge_findings(self)
+
+    # -- components ------------------------------------------------------------------------------
+
+    def _task_queues(self, config: ShardqConfig, sizing: FunctionSizing) -> TaskQueues:
+        """The FIFO task queue and its FIFO DLQ (consumed by the DLQ handler)."""
+        return TaskQueues(
             self,
             "TaskQueues",
             max_receive_count=config.max_receive_count,
@@ -80,14 +101,20 @@ class ShardqStack(Stack):
             encryption_key=self.queue_key,
             high_throughput=config.fifo_high_throughput,
         )
-        self.results = ResultsQueue(
+
+    def _results_queue(self, config: ShardqConfig, sizing: FunctionSizing) -> ResultsQueue:
+        """The results queue and its DLQ (consumed by the aggregator)."""
+        return ResultsQueue(
             self,
             "Results",
             consumer_timeout=sizing.aggregator.timeout,
             max_receive_count=config.max_receive_count,
             encryption_key=self.queue_key,
         )
-        self.job_store = JobStore(
+
+    def _job_store(self, config: ShardqConfig) -> JobStore:
+        """The job table, the artifact bucket and its access-log bucket."""
+        return JobStore(
             self,
             "JobStore",
             noncurrent_version_expiry=Duration.days(config.noncurrent_version_expiry_days),
@@ -97,7 +124,9 @@ class ShardqStack(Stack):
             access_log_retention=Duration.days(config.access_log_retention_days),
         )
 
-        environment = {
+    def _environment(self, config: ShardqConfig) -> dict[str, str]:
+        """What every function finds in its environment (shardq.core.settings reads it)."""
+        return {
             "SHARDQ_JOB_TABLE": self.job_store.table.table_name,
             "SHARDQ_TASK_QUEUE_URL": self.task_queues.queue.queue_url,
             "SHARDQ_RESULTS_QUEUE_URL": self.results.queue.queue_url,
@@ -119,24 +148,25 @@ class ShardqStack(Stack):
             "POWERTOOLS_METRICS_NAMESPACE": "shardq",
             "LOG_LEVEL": config.log_level,
         }
-        # One code asset for every function (the fleet's lanes publisher too).
-        self.lambda_code = lambda_.Code.from_asset(str(lambda_source))
-        self.functions = ShardqFunctions(
+
+    def _functions(self, config: ShardqConfig, sizing: FunctionSizing) -> ShardqFunctions:
+        """The splitter, aggregator and DLQ handler on the shared code asset."""
+        return ShardqFunctions(
             self,
             "Functions",
             code=self.lambda_code,
             layers=self._layers(config),
-            environment=environment,
+            environment=self._environment(config),
             dlq_handler_environment={"SHARDQ_MAX_RECEIVE_COUNT": str(config.max_receive_count)},
             sizing=sizing,
             log_retention=retention(config.log_retention_days),
             encryption_key=self.queue_key,
             aggregator_reserved_concurrency=config.aggregator_reserved_concurrency,
         )
-        self._wire_data_plane()
-        self._wire_event_sources(sizing)
 
-        self.worker_access = WorkerAccess(
+    def _worker_access(self, config: ShardqConfig) -> WorkerAccess:
+        """The exported managed policy any worker fleet attaches."""
+        return WorkerAccess(
             self,
             "WorkerAccess",
             task_queue=self.task_queues.queue,
@@ -146,8 +176,10 @@ class ShardqStack(Stack):
             dataset_bucket_arns=config.dataset_bucket_arns,
             queue_encryption_key=self.queue_key,
         )
-        self.fleet = self._fleet(config, worker_image_dir) if config.fleet_enabled else None
-        self.monitoring = Monitoring(
+
+    def _monitoring(self, config: ShardqConfig) -> Monitoring:
+        """Alarms to the SNS topic and the dashboard (with the fleet's panels when there is one)."""
+        return Monitoring(
             self,
             "Monitoring",
             queues=MonitoredQueues(
@@ -183,13 +215,12 @@ class ShardqStack(Stack):
             else None,
         )
 
-        self._pin_logical_ids()
-        self._outputs()
+    def _tag(self, config: ShardqConfig) -> None:
+        """shardq's own tags on every resource, then the user's (context ``tags``)."""
         Tags.of(self).add("project", "shardq")
         Tags.of(self).add("component", "coordination-plane")
         for key, value in config.tags.items():
             Tags.of(self).add(key, value)
-        self.acknowledgments = acknowledge_findings(self)
 
     # -- building blocks -------------------------------------------------------------------------
 
@@ -309,7 +340,8 @@ class ShardqStack(Stack):
             assert isinstance(child, CfnResource)
             child.override_logical_id(logical_id)
 
-    def _outputs(self) -> None:
+    def _output_table(self) -> dict[str, tuple[str, str]]:
+        """Output name → (value, description), named for people reading the CloudFormation console."""
         tq, res, store, fns = self.task_queues, self.results, self.job_store, self.functions
         outputs = {
             "TaskQueueUrl": (
@@ -359,13 +391,24 @@ class ShardqStack(Stack):
             "AlarmTopicArn": (self.monitoring.topic.topic_arn, "SNS topic the shardq alarms publish to"),
         }
         if self.fleet is not None:
-            outputs["FleetClusterName"] = (self.fleet.cluster.cluster_name, "ECS cluster of the worker fleet")
-            outputs["FleetServiceName"] = (
-                self.fleet.service.service_name,
-                "ECS service of the workers (scales on backlog per worker, down to zero)",
-            )
-            outputs["FleetLogGroupName"] = (self.fleet.log_group.log_group_name, "Worker container logs")
-        for output_id, (value, description) in outputs.items():
+            outputs.update(self._fleet_output_table(self.fleet))
+        return outputs
+
+    @staticmethod
+    def _fleet_output_table(fleet: WorkerFleet) -> dict[str, tuple[str, str]]:
+        """The worker fleet's outputs."""
+        return {
+            "FleetClusterName": (fleet.cluster.cluster_name, "ECS cluster of the worker fleet"),
+            "FleetServiceName": (
+                fleet.service.service_name,
+                "ECS service of the workers (scales on runnable tasks per worker, down to zero)",
+            ),
+            "FleetLogGroupName": (fleet.log_group.log_group_name, "Worker container logs"),
+        }
+
+    def _outputs(self) -> None:
+        """One CfnOutput per table row; the worker policy ARN is also exported."""
+        for output_id, (value, description) in self._output_table().items():
             CfnOutput(
                 self,
                 output_id,

@@ -1,18 +1,200 @@
-"""Create shardq's queues, table and bucket directly (no CloudFormation) on an endpoint.
+"""Create shardq's queues, table and bucket directly (no CloudFormation), from the stack's own template.
 
-Mirrors the stack's stateful resources and their SQS semantics (FIFO task queue with
-content-based deduplication and a FIFO DLQ, standard results queue with a DLQ, the job
-table with its ``by_status`` index and TTL, the artifact bucket). Tests use it to get a
-fresh, isolated set per test in milliseconds; the deployed stack is the source of truth.
+Most tests want a fresh, isolated set of stateful resources per test, in milliseconds, which a
+CloudFormation deploy cannot give. So this module provisions them with plain API calls, but it
+does not restate them: it reads their properties (queue attributes and redrive policies, the
+table's key schema, GSI and TTL) from the CloudFormation template the CDK app synthesizes, so the
+stack is the one definition and a change there reaches every test.
+
+The template is synthesized once per change of the app (``stacks/**``, ``app.py``, ``cdk.json``)
+and cached under ``.shardq/template-cache/`` keyed by a hash of those files: a test session pays a
+synth (seconds) only after the stack changed, and at most once. The synth runs the app in a
+subprocess exactly as the CDK CLI would (``CDK_CONTEXT_JSON`` from cdk.json, ``CDK_OUTDIR``), so the
+local cloud imports no stack code.
+
+What is not copied: names (each set gets a fresh prefix), encryption keys, tags, bucket policies,
+versioning and lifecycle rules — deploy-time concerns that the e2e tests cover on the deployed
+stack (tests/e2e).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import uuid
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from shardq.core.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE_DIR = ROOT / ".shardq" / "template-cache"
+# What the template depends on (the Lambda code only changes asset hashes, which nothing here reads).
+TEMPLATE_SOURCES = ("app.py", "cdk.json", "stacks")
+# Logical ids of the stateful resources: pinned by the stack (PINNED_LOGICAL_IDS), stable by test.
+TASK_QUEUE, TASK_DLQ, RESULTS_QUEUE, RESULTS_DLQ = "TaskQueue", "TaskDlq", "ResultsQueue", "ResultsDlq"
+JOB_TABLE, ARTIFACT_BUCKET = "JobTable", "ArtifactBucket"
+# CloudFormation AWS::SQS::Queue properties that are queue attributes of the same name.
+_QUEUE_ATTRIBUTES = (
+    "FifoQueue",
+    "ContentBasedDeduplication",
+    "DeduplicationScope",
+    "FifoThroughputLimit",
+    "VisibilityTimeout",
+    "MessageRetentionPeriod",
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "ReceiveMessageWaitTimeSeconds",
+)
+SYNTH_TIMEOUT_S = 300
+
+
+class TemplateError(RuntimeError):
+    """The stack's template could not be synthesized (and no earlier one is cached)."""
+
+
+def _sources_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for name in TEMPLATE_SOURCES:
+        path = root / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
+        for file in files:
+            if "__pycache__" in file.parts:
+                continue
+            digest.update(str(file.relative_to(root)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _synthesize(root: Path) -> dict[str, Any]:
+    context = json.loads((root / "cdk.json").read_text(encoding="utf-8"))["context"]
+    with tempfile.TemporaryDirectory(prefix="shardq-synth-") as outdir:
+        env = {
+            **os.environ,
+            "CDK_CONTEXT_JSON": json.dumps(context),
+            "CDK_OUTDIR": outdir,
+            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+        }
+        proc = subprocess.run(
+            [sys.executable, "app.py"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=SYNTH_TIMEOUT_S,
+            check=False,
+        )
+        templates = sorted(Path(outdir).glob("*.template.json"))
+        if proc.returncode != 0 or len(templates) != 1:
+            raise TemplateError(
+                f"synth of {root / 'app.py'} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
+        template: dict[str, Any] = json.loads(templates[0].read_text(encoding="utf-8"))
+        return template
+
+
+@functools.cache
+def stack_template(root: Path = ROOT) -> dict[str, Any]:
+    """The synthesized CloudFormation template of the app in ``root`` (cached per source change).
+
+    Raises
+    ------
+    TemplateError
+        When the app does not synthesize and no template of an earlier version is cached; with an
+        earlier one cached, that one is used (a stack mid-edit must not stop every test).
+    """
+    cache = CACHE_DIR if root == ROOT else root / ".shardq" / "template-cache"
+    path = cache / f"template-{_sources_digest(root)}.json"
+    if path.is_file():
+        cached: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return cached
+    try:
+        template = _synthesize(root)
+    except (TemplateError, subprocess.TimeoutExpired) as err:
+        earlier = sorted(cache.glob("template-*.json"), key=lambda p: p.stat().st_mtime)
+        if not earlier:
+            raise TemplateError(str(err)) from err
+        warnings.warn(f"{err}\nusing the last synthesized template instead", stacklevel=2)
+        fallback: dict[str, Any] = json.loads(earlier[-1].read_text(encoding="utf-8"))
+        return fallback
+    cache.mkdir(parents=True, exist_ok=True)
+    staged = path.with_suffix(f".{os.getpid()}.tmp")
+    staged.write_text(json.dumps(template), encoding="utf-8")
+    os.replace(staged, path)  # atomic: concurrent sessions never read half a file
+    return template
+
+
+def _properties(template: Mapping[str, Any], logical_id: str) -> dict[str, Any]:
+    try:
+        props: dict[str, Any] = template["Resources"][logical_id]["Properties"]
+    except KeyError as err:
+        raise TemplateError(f"the stack's template has no {logical_id} (its logical id is pinned)") from err
+    return props
+
+
+def _cfn_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def queue_attributes(
+    template: Mapping[str, Any], logical_id: str, dlq_arns: Mapping[str, str]
+) -> dict[str, str]:
+    """CreateQueue attributes of a queue in ``template``; its DLQ (a ``Fn::GetAtt``) resolved by
+    ``dlq_arns`` (logical id → ARN of the queue created for it)."""
+    props = _properties(template, logical_id)
+    attributes = {name: _cfn_value(props[name]) for name in _QUEUE_ATTRIBUTES if name in props}
+    redrive = props.get("RedrivePolicy")
+    if redrive:
+        target = redrive["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        attributes["RedrivePolicy"] = json.dumps(
+            {"deadLetterTargetArn": dlq_arns[target], "maxReceiveCount": int(redrive["maxReceiveCount"])}
+        )
+    return attributes
+
+
+def table_definition(template: Mapping[str, Any], logical_id: str = JOB_TABLE) -> dict[str, Any]:
+    """CreateTable arguments (keys, attribute definitions, GSIs, billing) of the job table."""
+    props = _properties(template, logical_id)
+    definition: dict[str, Any] = {
+        "KeySchema": props["KeySchema"],
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "BillingMode": props.get("BillingMode", "PROVISIONED"),
+    }
+    indexes = [
+        {
+            k: v
+            for k, v in gsi.items()
+            if k in ("IndexName", "KeySchema", "Projection", "ProvisionedThroughput")
+        }
+        for gsi in props.get("GlobalSecondaryIndexes", [])
+    ]
+    if indexes:
+        definition["GlobalSecondaryIndexes"] = indexes
+    return definition
+
+
+def _create_queue(sqs: Any, name: str, attributes: Mapping[str, str]) -> tuple[str, str]:
+    url = sqs.create_queue(QueueName=name, Attributes=dict(attributes))["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return url, arn
+
+
+def _queue_overrides(
+    attributes: dict[str, str], *, visibility_s: int | None, max_receive_count: int | None
+) -> dict[str, str]:
+    if visibility_s is not None:
+        attributes["VisibilityTimeout"] = str(visibility_s)
+    if max_receive_count is not None and "RedrivePolicy" in attributes:
+        policy = json.loads(attributes["RedrivePolicy"])
+        attributes["RedrivePolicy"] = json.dumps({**policy, "maxReceiveCount": max_receive_count})
+    return attributes
 
 
 def provision(
@@ -21,77 +203,59 @@ def provision(
     s3: Any,
     *,
     prefix: str | None = None,
-    max_receive_count: int = 5,
-    task_visibility_s: int = 300,
-    results_visibility_s: int = 720,
+    max_receive_count: int | None = None,
+    task_visibility_s: int | None = None,
+    results_visibility_s: int | None = None,
+    template: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Create one isolated set of resources; returns the settings that point at them."""
+    """Create one isolated set of the stack's stateful resources; returns the settings that point at them.
+
+    Parameters
+    ----------
+    sqs, ddb, s3
+        boto3 clients of the target endpoint (the local cloud).
+    prefix
+        Name prefix of this set; a fresh random one by default.
+    max_receive_count, task_visibility_s, results_visibility_s
+        Deliberate deviations from the stack for a test (``None``: the stack's value).
+    template
+        The template to copy; the cached synth of this repository's app by default.
+    """
+    t = template if template is not None else stack_template()
     p = prefix or f"sq{uuid.uuid4().hex[:10]}"
-    fifo = {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
-    task_dlq = sqs.create_queue(
-        QueueName=f"{p}-tasks-dlq.fifo", Attributes={**fifo, "MessageRetentionPeriod": "1209600"}
-    )["QueueUrl"]
-    task_dlq_arn = sqs.get_queue_attributes(QueueUrl=task_dlq, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    tasks = sqs.create_queue(
-        QueueName=f"{p}-tasks.fifo",
-        Attributes={
-            **fifo,
-            "VisibilityTimeout": str(task_visibility_s),
-            "RedrivePolicy": json.dumps(
-                {"deadLetterTargetArn": task_dlq_arn, "maxReceiveCount": max_receive_count}
-            ),
-        },
-    )["QueueUrl"]
-    results_dlq = sqs.create_queue(
-        QueueName=f"{p}-results-dlq", Attributes={"MessageRetentionPeriod": "1209600"}
-    )["QueueUrl"]
-    results_dlq_arn = sqs.get_queue_attributes(QueueUrl=results_dlq, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    results = sqs.create_queue(
-        QueueName=f"{p}-results",
-        Attributes={
-            "VisibilityTimeout": str(results_visibility_s),
-            "RedrivePolicy": json.dumps(
-                {"deadLetterTargetArn": results_dlq_arn, "maxReceiveCount": max_receive_count}
-            ),
-        },
-    )["QueueUrl"]
+    arns: dict[str, str] = {}
+    urls: dict[str, str] = {}
+    names = {
+        TASK_DLQ: f"{p}-tasks-dlq.fifo",
+        TASK_QUEUE: f"{p}-tasks.fifo",
+        RESULTS_DLQ: f"{p}-results-dlq",
+        RESULTS_QUEUE: f"{p}-results",
+    }
+    visibility = {TASK_QUEUE: task_visibility_s, RESULTS_QUEUE: results_visibility_s}
+    for logical_id, name in names.items():  # DLQs first: their ARNs go into the redrive policies
+        attributes = _queue_overrides(
+            queue_attributes(t, logical_id, arns),
+            visibility_s=visibility.get(logical_id),
+            max_receive_count=max_receive_count,
+        )
+        urls[logical_id], arns[logical_id] = _create_queue(sqs, name, attributes)
     table = f"{p}-jobs"
-    ddb.create_table(
-        TableName=table,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-            {"AttributeName": "status", "AttributeType": "S"},
-            {"AttributeName": "created_at", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "by_status",
-                "KeySchema": [
-                    {"AttributeName": "status", "KeyType": "HASH"},
-                    {"AttributeName": "created_at", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
-    ddb.update_time_to_live(
-        TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
-    )
+    ddb.create_table(TableName=table, **table_definition(t))
+    ttl = _properties(t, JOB_TABLE).get("TimeToLiveSpecification")
+    if ttl and ttl.get("Enabled"):
+        ddb.update_time_to_live(
+            TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]}
+        )
+    _properties(t, ARTIFACT_BUCKET)  # the stack has one; its policies are deploy-time concerns
     bucket = f"{p}-artifacts"
     s3.create_bucket(Bucket=bucket)
+    redrive = json.loads(queue_attributes(t, TASK_QUEUE, arns)["RedrivePolicy"])
     return Settings(
         job_table=table,
-        task_queue_url=tasks,
-        results_queue_url=results,
+        task_queue_url=urls[TASK_QUEUE],
+        results_queue_url=urls[RESULTS_QUEUE],
         artifact_bucket=bucket,
-        max_receive_count=max_receive_count,
+        max_receive_count=max_receive_count if max_receive_count is not None else redrive["maxReceiveCount"],
     )
 
 
