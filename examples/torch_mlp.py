@@ -1,7 +1,7 @@
 """A PyTorch example: a small MLP regressor trained data-parallel with FedAvg.
 
-Optional (``make torch`` installs PyTorch); runs on the GPU when one is visible, else on the
-CPU. Uses the same datasets as ``examples.linear`` and saves a ``state_dict`` as
+Optional (``make torch`` installs PyTorch); runs on the slot's GPU (``ctx.device``) when one is
+visible, else on the CPU. Uses the same datasets as ``examples.linear`` and saves a ``state_dict`` as
 ``model.pt``, which the worker's default reduce averages weighted by ``num_samples``.
 """
 
@@ -25,7 +25,10 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
     """Train the MLP from the round's global ``state_dict`` on this shard; save ``model.pt``."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The slot's own GPU (one per slot, shardq worker pins it); "cuda" alone would put every slot on GPU 0.
+    device = getattr(ctx, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        device = "cpu"
     uri = task.data.get("uri")
     x_np, y_np = load_range(uri, int(task.data["start"]), int(task.data["end"]), getattr(ctx, "fetch", None))
     model = _model(x_np.shape[1])

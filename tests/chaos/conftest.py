@@ -2,7 +2,8 @@
 
 ``rig(**opts)`` provisions an isolated set of resources (``task_visibility_s``,
 ``max_receive_count``; the results queue gets a 2-second visibility timeout so a crashed
-aggregator's batch comes back quickly), points the Lambda environment at it, and returns a
+aggregator's batch comes back quickly) and a pool of ``workers`` (with their ``faults`` and
+extra ``worker_args``, see ``WorkerPool``), points the Lambda environment at it, and returns a
 ``Rig``: the engine the handlers use, a ``Pump`` standing in for the event source mappings,
 and a ``WorkerPool`` (started on demand). Everything is torn down after the test.
 """
@@ -49,7 +50,14 @@ def rig(
 
     pools: list[WorkerPool] = []
 
-    def make(*, task_visibility_s: int = 2, max_receive_count: int = 5, workers: int = 2) -> Rig:
+    def make(
+        *,
+        task_visibility_s: int = 2,
+        max_receive_count: int = 5,
+        workers: int = 2,
+        faults: Callable[[int], dict[str, Any] | None] | None = None,
+        worker_args: tuple[str, ...] = (),
+    ) -> Rig:
         settings = provision(
             clients["sqs"],
             clients["dynamodb"],
@@ -66,7 +74,7 @@ def rig(
         client.cache_clear()
         engine = common.engine()
         pump = Pump(clients["sqs"], settings, aggregator.aggregate, dlq_handler.handle_dead_tasks)
-        pool = WorkerPool(cloud, settings, tmp_path, size=workers)
+        pool = WorkerPool(cloud, settings, tmp_path, size=workers, faults=faults, extra_args=worker_args)
         pools.append(pool)
         return Rig(cloud, settings, engine, pump, pool, tmp_path, clients)
 

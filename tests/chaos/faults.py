@@ -13,7 +13,8 @@ AWS:
 
 Which calls fail: each with probability ``p`` (seeded), plus, per operation, one **burst** of
 ``n`` consecutive failures after its first ``burst_after`` calls — with ``n`` at least the client's
-``max_attempts``, a burst outlives botocore's retries and reaches the worker's code. ``fatal``
+``max_attempts``, a burst outlives botocore's retries and reaches the worker's code. Each
+operation in ``lost_once`` loses one answer (after its first ``burst_after`` calls). ``fatal``
 maps an operation to an error code no retry fixes (e.g. ``AccessDenied``), answered to every
 call of it after the first ``fatal_after``. Every injection is appended to ``log_path`` (one
 JSON line, O_APPEND) when given.
@@ -71,6 +72,7 @@ class FaultInjector:
     kinds: tuple[str, ...] = ("connect", "5xx", "throttle")
     bursts: dict[str, int] = field(default_factory=dict)
     burst_after: int = 1
+    lost_once: tuple[str, ...] = ()
     fatal: dict[str, str] = field(default_factory=dict)
     fatal_after: int = 0
     log_path: str | None = None
@@ -81,6 +83,7 @@ class FaultInjector:
         self.rng = random.Random(self.seed)
         self.lock = threading.Lock()
         self.burst_left = dict(self.bursts)
+        self.lost_left = set(self.lost_once)
 
     def attach(self, client: Any) -> Any:
         """Wire this injector into a real boto3 client; returns the client."""
@@ -103,6 +106,9 @@ class FaultInjector:
                 return "fatal"
             if op not in self.operations:
                 return None
+            if n > self.burst_after and op in self.lost_left:
+                self.lost_left.discard(op)
+                return "lost"
             if n > self.burst_after and self.burst_left.get(op, 0) > 0:
                 self.burst_left[op] -= 1
                 return self.rng.choice(tuple(k for k in self.kinds if k != "lost") or ("5xx",))

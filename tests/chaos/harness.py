@@ -65,9 +65,24 @@ def request(
 
 
 class WorkerPool:
-    """``size`` worker processes; dead ones are replaced (``respawn``) by ``tick``."""
+    """``size`` worker processes; dead ones are replaced (``respawn``) by ``tick``.
 
-    def __init__(self, cloud: LocalCloud, settings: Settings, chaos_dir: Path, *, size: int = 2) -> None:
+    ``faults(n)`` gives the n-th process (1-based) a faulty network: a ``FaultInjector`` spec
+    (tests/chaos/faults.py) wired into every client it makes, or None for a healthy one.
+    ``extra_args`` are appended to every ``shardq worker`` command line. Every exit code, of
+    processes reaped by ``tick`` or stopped by ``stop``/``wait_exit``, lands in ``exit_codes``.
+    """
+
+    def __init__(
+        self,
+        cloud: LocalCloud,
+        settings: Settings,
+        chaos_dir: Path,
+        *,
+        size: int = 2,
+        faults: Callable[[int], dict[str, Any] | None] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.cloud = cloud
         self.settings = settings
         self.chaos_dir = chaos_dir
@@ -76,6 +91,8 @@ class WorkerPool:
         self.spawned = 0
         self.respawn = True
         self.exit_codes: list[int] = []
+        self.faults = faults
+        self.extra_args = extra_args
 
     def spawn(self) -> subprocess.Popen[bytes]:
         env = {
@@ -86,12 +103,17 @@ class WorkerPool:
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         self.spawned += 1
+        spec = self.faults(self.spawned) if self.faults else None
+        # A faulty worker is the same CLI, started through the injector's entry point.
+        program = ["tests.chaos.faults", "--"] if spec is not None else ["shardq.cli"]
+        if spec is not None:
+            env["SHARDQ_FAULTS"] = json.dumps(spec)
         log = (self.chaos_dir / f"worker-{self.spawned}.log").open("wb")
         proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "shardq.cli",
+                *program,
                 "worker",
                 "--task-queue-url",
                 self.settings.task_queue_url,
@@ -109,6 +131,7 @@ class WorkerPool:
                 f"chaos-{self.spawned}",
                 "--log-format",
                 "text",
+                *self.extra_args,
             ],
             cwd=ROOT,
             env=env,
@@ -118,6 +141,24 @@ class WorkerPool:
         log.close()
         self.procs.append(proc)
         return proc
+
+    def logs(self) -> str:
+        """Every worker's log, concatenated in spawn order."""
+        return "".join(
+            (self.chaos_dir / f"worker-{n}.log").read_text(errors="replace")
+            for n in range(1, self.spawned + 1)
+        )
+
+    def wait_exit(self, timeout: float) -> list[int]:
+        """Wait (no respawn) for every process to exit on its own; their exit codes."""
+        self.respawn = False
+        deadline = time.monotonic() + timeout
+        codes = []
+        for p in list(self.procs):
+            codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
+            self.procs.remove(p)
+        self.exit_codes += codes
+        return codes
 
     def start(self) -> WorkerPool:
         for _ in range(self.size):
@@ -150,6 +191,7 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+            self.exit_codes.append(int(p.returncode))
         self.procs.clear()
 
 

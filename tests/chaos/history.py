@@ -16,7 +16,12 @@ checks:
    the ``Job Finished`` event was sent (no ``event_pending`` left on the job);
 5. no message is in flight or lost: the task and results queues are empty, the results DLQ
    is empty, and every task in the task DLQ is recorded as failed on the job;
-6. every succeeded train outcome comes from a training that ran to its end (training log).
+6. every succeeded train outcome comes from a training that ran to its end (training log);
+7. every worker process ended with an exit code the scenario allows (when the exit codes are
+   given; by default only 0): a transient AWS error never ends a worker, a fatal one says so
+   (4), and no worker exits 0 while its slots are dead;
+8. every succeeded outcome of a data_parallel job names its model file (``model_uri``, or the
+   ``artifact_uri`` of a result that predates it), and a reduce's artifact is its model.
 
 ``check`` returns the list of violations; ``assert_history`` fails with all of them.
 """
@@ -48,14 +53,18 @@ class History:
     queues: dict[str, int]
     dead_tasks: list[ShardTask] = field(default_factory=list)
     trainings: list[dict[str, Any]] = field(default_factory=list)
+    exit_codes: list[int] | None = None
 
     def items(self, round_no: int, phase: str) -> list[ResultRecord]:
         """Outcome items of one (round, phase)."""
         return [o for o in self.outcomes if o.result.round == round_no and o.result.task_type == phase]
 
 
-def collect(engine: Engine, job_id: str, chaos_dir: Path | None = None) -> History:
-    """Read the job's whole history from the table, the bucket and the queues."""
+def collect(
+    engine: Engine, job_id: str, chaos_dir: Path | None = None, exit_codes: list[int] | None = None
+) -> History:
+    """Read the job's whole history from the table, the bucket and the queues (and, when given,
+    the workers' training log and exit codes)."""
     sqs, s = engine.sqs, engine.settings
     job = engine.store.get_job(job_id)
     manifest = None
@@ -82,6 +91,7 @@ def collect(engine: Engine, job_id: str, chaos_dir: Path | None = None) -> Histo
         queues=queues,
         dead_tasks=dead,
         trainings=trainings(chaos_dir, job_id) if chaos_dir else [],
+        exit_codes=None if exit_codes is None else list(exit_codes),
     )
 
 
@@ -113,6 +123,7 @@ def check(
     status: str,
     trained: bool = True,
     allow_results_dlq: int = 0,
+    exits: tuple[int, ...] = (0,),
 ) -> list[str]:
     """Every violation of the invariants in the module docstring (empty when the history is sound)."""
     p: list[str] = []
@@ -219,6 +230,24 @@ def check(
                     f"recorded success of round {res['round']} shard {res['shard_id']} "
                     "with no finished training"
                 )
+    # 7. the workers' exit codes tell the truth
+    if h.exit_codes is not None:
+        wrong = [c for c in h.exit_codes if c not in exits]
+        if wrong:
+            p.append(f"worker exit codes {wrong} (all: {h.exit_codes}), expected only {list(exits)}")
+    # 8. the model of each succeeded data_parallel outcome is explicit
+    if job.kind == "data_parallel":
+        for o in h.outcomes:
+            r = o.result
+            if r.status != "succeeded":
+                continue
+            if not r.model or r.model.endswith("/"):
+                p.append(
+                    f"{r.key} succeeded with no model file "
+                    f"(model_uri {r.model_uri}, artifact {r.artifact_uri})"
+                )
+            elif r.task_type == "reduce" and r.artifact_uri != r.model:
+                p.append(f"{r.key}: the reduce's artifact {r.artifact_uri} is not its model {r.model}")
     return p
 
 

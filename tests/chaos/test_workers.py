@@ -1,4 +1,5 @@
-"""Chaos scenarios about workers: kills, spot interruptions, long shards, duplicates, poison, cancel.
+"""Chaos scenarios about workers: kills, spot interruptions, long shards, duplicates, poison, cancel,
+transient and fatal AWS errors on every call a worker makes, idle exit.
 
 Each runs a deterministic data_parallel job through real ``shardq worker`` processes and the
 real aggregator and DLQ handler, injects its faults at seeded moments, then checks the whole
@@ -11,13 +12,18 @@ import json
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shardq.core import operations
 from tests.chaos.conftest import BASE_SEED, Rig
+from tests.chaos.faults import KINDS, WORKER_OPERATIONS
+from tests.chaos.faults import injections as faults_injected
 from tests.chaos.harness import (
     assert_same_model,
     load_model,
@@ -34,15 +40,16 @@ from tests.helpers import receive_all
 pytestmark = pytest.mark.local_cloud
 
 
-def finish(r: Rig, job_id: str, payload: dict[str, Any], **expect: Any) -> None:
-    """Drain the queues, check the history, and compare the model with a fault-free run's."""
+def finish(
+    r: Rig, job_id: str, payload: dict[str, Any], exit_codes: list[int] | None = None, **expect: Any
+) -> None:
+    """Drain the queues, check the history (and the workers' exit codes, when given), and compare
+    the model with a fault-free run's."""
     settle(r.pump, pool=r.pool)
-    h = collect(r.engine, job_id, r.dir)
+    h = collect(r.engine, job_id, r.dir, exit_codes=exit_codes)
     assert_history(h, **{"status": "SUCCEEDED", **expect})
     if h.job.status == "SUCCEEDED":
-        assert_same_model(
-            load_model(r.clients["s3"], h.job.model_uri), reference_model(r.clients, payload)
-        )
+        assert_same_model(load_model(r.clients["s3"], h.job.model_uri), reference_model(r.clients, payload))
 
 
 def starts(r: Rig, job_id: str) -> dict[tuple[int, int], int]:
@@ -207,9 +214,9 @@ def test_poison_task_dead_letters_then_budget_decides_and_retry_completes(
     settle(r.pump, pool=r.pool)
     # THEN it moved to the DLQ, the DLQ handler failed the shard, and the budget decided the job
     h = collect(r.engine, "poison", r.dir)
-    (dead,) = [o for o in h.outcomes if o["outcome"] == "failed"]
+    (dead,) = [o for o in h.outcomes if o.result.status == "failed"]
     assert (dead.result.shard_id, dead.source) == (2, "dlq")
-    assert dead.receive_count >= 3  # the DLQ's own receive may add one
+    assert (dead.receive_count or 0) >= 3  # the DLQ's own receive may add one
     assert starts(r, "poison")[(0, 2)] == 3
     if budget:
         # within budget: SUCCEEDED with the failure listed and the survivors reduced
@@ -255,3 +262,134 @@ def test_cancel_mid_run_stops_training_and_leaves_no_task_stuck(rig: Callable[..
     assert len(late) <= r.pool.size, late
     assert len({(t["round"], t["shard"]) for t in h.trainings if t["event"] == "start"}) < 8
     assert h.job.round == 0
+
+
+# 13 ---------------------------------------------------------------------------------------
+
+
+def _faulty(seed: int, chaos_dir: Path, **spec: Any) -> Callable[[int], dict[str, Any]]:
+    """Worker n's fault spec: seeded per process, logged to ``faults.log``."""
+
+    def spec_for(n: int) -> dict[str, Any]:
+        return {"seed": seed * 1000 + n, "log_path": str(chaos_dir / "faults.log"), **spec}
+
+    return spec_for
+
+
+def _stamps(log: str, needle: str) -> list[float]:
+    """Times of the text-format worker log lines containing ``needle``."""
+    out = []
+    for line in log.splitlines():
+        if needle in line:
+            try:
+                out.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+            except ValueError:  # a traceback line, not a log line
+                continue
+    return out
+
+
+def test_transient_aws_errors_on_every_worker_call_lose_and_double_count_nothing(
+    rig: Callable[..., Rig], tmp_path: Path
+) -> None:
+    # GIVEN 2 workers (botocore: 2 attempts per call, --idle-exit 6) on networks that fail every
+    # AWS call a worker makes now and then (p = 0.04: dropped connections, 503s, throttling, lost
+    # answers), each operation once for 3 attempts in a row (past botocore's retries, into the
+    # worker's code), and that lose one answer of every write after it was done
+    writes = ("SendMessage", "DeleteMessage", "ChangeMessageVisibility", "PutObject")
+    faults = _faulty(
+        BASE_SEED + 130,
+        tmp_path,
+        p=0.04,
+        kinds=list(KINDS),
+        bursts=dict.fromkeys(WORKER_OPERATIONS, 3),
+        burst_after=2,
+        lost_once=list(writes),
+    )
+    r = rig(
+        task_visibility_s=2,
+        max_receive_count=10,
+        faults=faults,
+        worker_args=("--aws-max-attempts", "2", "--idle-exit", "6"),
+    )
+    payload = request("flaky", shards=4, rounds=2, sleep=1.0)
+    r.engine.submit(payload)
+    r.pool.start()
+    # WHEN the job runs to its end
+    run_until(r.engine, "flaky", r.pump, pool=r.pool, timeout=180)
+    settle(r.pump, pool=r.pool, timeout=60)
+    # THEN with no respawn every worker goes idle and exits 0 by itself, no sooner than 6 s after
+    # its last task; none ever exited otherwise
+    codes = r.pool.wait_exit(timeout=90)
+    assert codes and set(codes) == {0}, r.pool.logs()[-3000:]
+    for n in range(1, r.pool.spawned + 1):
+        log = (r.dir / f"worker-{n}.log").read_text()
+        tasks, exits = _stamps(log, "attempt "), _stamps(log, "exiting 0 (idle)")
+        if tasks and exits:
+            assert exits[-1] - tasks[-1] >= 6.0
+    # AND every operation had faults, some outlived botocore's retries, and the worker rode them out
+    injected = faults_injected(tmp_path / "faults.log")
+    assert set(WORKER_OPERATIONS) <= {i["op"] for i in injected}
+    assert {("SendMessage", "lost"), ("DeleteMessage", "lost")} <= {(i["op"], i["kind"]) for i in injected}
+    logs = r.pool.logs()
+    assert "poll failed after botocore's retries" in logs
+    # (the figures of docs/RELIABILITY.md; shown with -s)
+    ran = [t for t in trainings(r.dir, "flaky") if t["event"] == "start"]
+    print(
+        "\nchaos 13:",
+        json.dumps(
+            {
+                "faults": dict(Counter(i["op"] for i in injected)),
+                "by_kind": dict(Counter(i["kind"] for i in injected)),
+                "errors_past_botocore": logs.count("poll failed after botocore's retries"),
+                "trainings": len(ran),
+                "planned_trainings": 8,
+                "workers": r.pool.spawned,
+                "exit_codes": r.pool.exit_codes,
+            },
+            sort_keys=True,
+        ),
+    )
+    # AND the job's history is sound: every shard once, nothing lost or counted twice, all exits
+    # 0, and the model is the fault-free one
+    finish(r, "flaky", payload, exit_codes=r.pool.exit_codes)
+
+
+# 14 ---------------------------------------------------------------------------------------
+
+
+def test_a_worker_whose_access_is_revoked_exits_4_and_hands_its_shard_to_the_others(
+    rig: Callable[..., Rig], tmp_path: Path
+) -> None:
+    # GIVEN a worker whose role may no longer write to the artifact bucket (its model uploads are
+    # denied), alone on a 3-shard job; the queue's visibility timeout is 30 s
+    def faults(n: int) -> dict[str, Any] | None:
+        denied = {"fatal": {"PutObject": "AccessDenied"}, "log_path": str(tmp_path / "faults.log")}
+        return denied if n == 1 else None
+
+    r = rig(task_visibility_s=30, faults=faults)
+    payload = request("revoked", shards=3, rounds=1, sleep=0.5)
+    r.engine.submit(payload)
+    r.pool.respawn = False
+    denied = r.pool.spawn()
+    # WHEN it trains a shard and cannot upload the model
+    code = denied.wait(timeout=60)
+    r.pool.tick()
+    # THEN it exits 4 naming the error (not 0, not a crash) and has handed the shard back at once:
+    # all 3 tasks are visible, none waits out the 30 s
+    assert code == 4, (r.dir / "worker-1.log").read_text()
+    log = (r.dir / "worker-1.log").read_text()
+    assert "AccessDenied" in log and "exiting 4" in log
+    assert [i["op"] for i in faults_injected(tmp_path / "faults.log")] == ["PutObject"]
+    attrs = r.clients["sqs"].get_queue_attributes(
+        QueueUrl=r.settings.task_queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert (attrs["ApproximateNumberOfMessages"], attrs["ApproximateNumberOfMessagesNotVisible"]) == (
+        "3",
+        "0",
+    )
+    # AND healthy replacements finish the job: every shard once, the fault-free model
+    r.pool.respawn = True
+    run_until(r.engine, "revoked", r.pump, pool=r.pool, timeout=120)
+    r.pool.stop()
+    finish(r, "revoked", payload, exit_codes=r.pool.exit_codes, exits=(0, 4))
