@@ -107,38 +107,7 @@ class ShardqFunctions(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         sizing = sizing or FunctionSizing()
-        problems = Problems("ShardqFunctions")
-        for name, size in (
-            ("splitter", sizing.splitter),
-            ("aggregator", sizing.aggregator),
-            ("dlq_handler", sizing.dlq_handler),
-        ):
-            problems.require(
-                128 <= size.memory_mb <= 10240,
-                f"sizing.{name}.memory_mb={size.memory_mb}: Lambda accepts 128..10240; "
-                "fix: pick a value in range",
-            )
-            problems.require(
-                1 <= size.timeout_seconds <= LAMBDA_MAX_TIMEOUT_SECONDS,
-                f"sizing.{name}.timeout_seconds={size.timeout_seconds}: Lambda accepts 1..900; "
-                "fix: pick a value in range",
-            )
-        problems.require(
-            0 <= splitter_async_retry_attempts <= 2,
-            f"splitter_async_retry_attempts={splitter_async_retry_attempts}: Lambda accepts 0..2; "
-            "fix: pick 0, 1 or 2",
-        )
-        problems.require(
-            aggregator_reserved_concurrency is None or aggregator_reserved_concurrency >= 1,
-            "aggregator_reserved_concurrency must be at least 1; fix: use None to leave it unreserved",
-        )
-        reserved_names = {"AWS_REGION", "AWS_LAMBDA_FUNCTION_NAME", "_HANDLER", "AWS_EXECUTION_ENV"}
-        problems.require(
-            not reserved_names.intersection(environment),
-            "environment sets a variable Lambda reserves; fix: remove "
-            + ", ".join(sorted(reserved_names.intersection(environment))),
-        )
-        problems.raise_if_any()
+        _validate(sizing, environment, splitter_async_retry_attempts, aggregator_reserved_concurrency)
 
         self._code = code
         self._layers = list(layers)
@@ -148,29 +117,8 @@ class ShardqFunctions(Construct):
         self.splitter_failure_queue: sqs.Queue = secure_queue(
             self, "SplitterFailureQueue", encryption_key=encryption_key, retention=DLQ_RETENTION
         )
-        self.splitter = self._function(
-            "Splitter",
-            handler=SPLITTER_HANDLER,
-            size=sizing.splitter,
-            environment=environment,
-            description="shardq splitter: validates a TrainingRequest, records the job, enqueues shard tasks",
-            on_failure=destinations.SqsDestination(self.splitter_failure_queue),
-            retry_attempts=splitter_async_retry_attempts,
-            max_event_age=Duration.hours(1),
-        )
-        self.splitter_self_invoke_policy = iam.Policy(
-            self,
-            "SplitterSelfInvokePolicy",
-            roles=[self.splitter.role],  # type: ignore[list-item]
-            statements=[
-                iam.PolicyStatement(
-                    sid="SelfContinuation",
-                    actions=["lambda:InvokeFunction"],
-                    # The unqualified function only: the handler must continue itself through
-                    # context.function_name (an invoked ARN carrying a qualifier would be denied).
-                    resources=[self.splitter.function_arn],
-                )
-            ],
+        self.splitter, self.splitter_self_invoke_policy = self._splitter(
+            sizing.splitter, environment, splitter_async_retry_attempts
         )
         self.aggregator = self._function(
             "Aggregator",
@@ -187,6 +135,36 @@ class ShardqFunctions(Construct):
             environment={**environment, **(dlq_handler_environment or {})},
             description="shardq DLQ handler: marks shards whose tasks exhausted their receives as FAILED",
         )
+
+    def _splitter(
+        self, size: FunctionSize, environment: Mapping[str, str], retry_attempts: int
+    ) -> tuple[lambda_.Function, iam.Policy]:
+        """The splitter, with its failure destination and the separate policy to invoke itself."""
+        splitter = self._function(
+            "Splitter",
+            handler=SPLITTER_HANDLER,
+            size=size,
+            environment=environment,
+            description="shardq splitter: validates a TrainingRequest, records the job, enqueues shard tasks",
+            on_failure=destinations.SqsDestination(self.splitter_failure_queue),
+            retry_attempts=retry_attempts,
+            max_event_age=Duration.hours(1),
+        )
+        policy = iam.Policy(
+            self,
+            "SplitterSelfInvokePolicy",
+            roles=[splitter.role],  # type: ignore[list-item]
+            statements=[
+                iam.PolicyStatement(
+                    sid="SelfContinuation",
+                    actions=["lambda:InvokeFunction"],
+                    # The unqualified function only: the handler must continue itself through
+                    # context.function_name (an invoked ARN carrying a qualifier would be denied).
+                    resources=[splitter.function_arn],
+                )
+            ],
+        )
+        return splitter, policy
 
     @property
     def all_functions(self) -> list[lambda_.Function]:
@@ -231,3 +209,44 @@ class ShardqFunctions(Construct):
             description=description,
             **extra,  # type: ignore[arg-type]
         )
+
+
+def _validate(
+    sizing: FunctionSizing,
+    environment: Mapping[str, str],
+    splitter_async_retry_attempts: int,
+    aggregator_reserved_concurrency: int | None,
+) -> None:
+    """Sizes within Lambda's limits, retries 0..2, no reserved variable (all named in one error)."""
+    problems = Problems("ShardqFunctions")
+    for name, size in (
+        ("splitter", sizing.splitter),
+        ("aggregator", sizing.aggregator),
+        ("dlq_handler", sizing.dlq_handler),
+    ):
+        problems.require(
+            128 <= size.memory_mb <= 10240,
+            f"sizing.{name}.memory_mb={size.memory_mb}: Lambda accepts 128..10240; "
+            "fix: pick a value in range",
+        )
+        problems.require(
+            1 <= size.timeout_seconds <= LAMBDA_MAX_TIMEOUT_SECONDS,
+            f"sizing.{name}.timeout_seconds={size.timeout_seconds}: Lambda accepts 1..900; "
+            "fix: pick a value in range",
+        )
+    problems.require(
+        0 <= splitter_async_retry_attempts <= 2,
+        f"splitter_async_retry_attempts={splitter_async_retry_attempts}: Lambda accepts 0..2; "
+        "fix: pick 0, 1 or 2",
+    )
+    problems.require(
+        aggregator_reserved_concurrency is None or aggregator_reserved_concurrency >= 1,
+        "aggregator_reserved_concurrency must be at least 1; fix: use None to leave it unreserved",
+    )
+    reserved_names = {"AWS_REGION", "AWS_LAMBDA_FUNCTION_NAME", "_HANDLER", "AWS_EXECUTION_ENV"}
+    problems.require(
+        not reserved_names.intersection(environment),
+        "environment sets a variable Lambda reserves; fix: remove "
+        + ", ".join(sorted(reserved_names.intersection(environment))),
+    )
+    problems.raise_if_any()

@@ -47,20 +47,16 @@ class JobStore(Construct):
         removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, construct_id)
-        problems = Problems("JobStore")
-        for name, duration in (
-            ("noncurrent_version_expiry", noncurrent_version_expiry),
-            ("artifact_expiry", artifact_expiry),
-            ("access_log_retention", access_log_retention),
-        ):
-            problems.require(
-                duration is None or _whole_days(duration) >= 1,
-                f"{name} must be a whole number of days, at least 1 (S3 lifecycle counts days); "
-                "fix: use Duration.days(n) with n >= 1",
-            )
-        problems.raise_if_any()
+        _validate(noncurrent_version_expiry, artifact_expiry, access_log_retention)
+        self.table = self._job_table(removal_policy)
+        self.access_log_bucket = self._access_log_bucket(access_log_retention, removal_policy)
+        self.artifact_bucket = self._artifact_bucket(
+            noncurrent_version_expiry, artifact_expiry, removal_policy
+        )
 
-        self.table = dynamodb.Table(
+    def _job_table(self, removal_policy: RemovalPolicy) -> dynamodb.Table:
+        """The job table with its ``by_status`` index."""
+        table = dynamodb.Table(
             self,
             "JobTable",
             partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
@@ -73,14 +69,17 @@ class JobStore(Construct):
             time_to_live_attribute=TTL_ATTRIBUTE,
             removal_policy=removal_policy,
         )
-        self.table.add_global_secondary_index(
+        table.add_global_secondary_index(
             index_name=STATUS_INDEX,
             partition_key=dynamodb.Attribute(name="status", type=dynamodb.AttributeType.STRING),
             sort_key=dynamodb.Attribute(name="created_at", type=dynamodb.AttributeType.STRING),
             projection_type=dynamodb.ProjectionType.ALL,
         )
+        return table
 
-        self.access_log_bucket = s3.Bucket(
+    def _access_log_bucket(self, retention: Duration, removal_policy: RemovalPolicy) -> s3.Bucket:
+        """Where the artifact bucket's server access logs go (SSE-S3: logging requires it)."""
+        return s3.Bucket(
             self,
             "AccessLogBucket",
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
@@ -88,9 +87,17 @@ class JobStore(Construct):
             encryption=s3.BucketEncryption.S3_MANAGED,
             enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            lifecycle_rules=[s3.LifecycleRule(id="expire-access-logs", expiration=access_log_retention)],
+            lifecycle_rules=[s3.LifecycleRule(id="expire-access-logs", expiration=retention)],
             removal_policy=removal_policy,
         )
+
+    def _artifact_bucket(
+        self,
+        noncurrent_version_expiry: Duration,
+        artifact_expiry: Duration | None,
+        removal_policy: RemovalPolicy,
+    ) -> s3.Bucket:
+        """Versioned, TLS-only artifact bucket with its lifecycle rules and access logging."""
         lifecycle = [
             s3.LifecycleRule(
                 id="expire-noncurrent-versions", noncurrent_version_expiration=noncurrent_version_expiry
@@ -106,7 +113,7 @@ class JobStore(Construct):
                     id="expire-job-artifacts", prefix=ARTIFACT_PREFIX, expiration=artifact_expiry
                 )
             )
-        self.artifact_bucket = s3.Bucket(
+        return s3.Bucket(
             self,
             "ArtifactBucket",
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
@@ -119,6 +126,24 @@ class JobStore(Construct):
             lifecycle_rules=lifecycle,
             removal_policy=removal_policy,
         )
+
+
+def _validate(
+    noncurrent_version_expiry: Duration, artifact_expiry: Duration | None, access_log_retention: Duration
+) -> None:
+    """Every lifecycle duration must be a whole number of days, at least one (all named at once)."""
+    problems = Problems("JobStore")
+    for name, duration in (
+        ("noncurrent_version_expiry", noncurrent_version_expiry),
+        ("artifact_expiry", artifact_expiry),
+        ("access_log_retention", access_log_retention),
+    ):
+        problems.require(
+            duration is None or _whole_days(duration) >= 1,
+            f"{name} must be a whole number of days, at least 1 (S3 lifecycle counts days); "
+            "fix: use Duration.days(n) with n >= 1",
+        )
+    problems.raise_if_any()
 
 
 def _whole_days(duration: Duration) -> int:

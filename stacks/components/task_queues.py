@@ -59,31 +59,7 @@ class TaskQueues(Construct):
         retention: Duration = DEFAULT_QUEUE_RETENTION,
     ) -> None:
         super().__init__(scope, construct_id)
-        problems = Problems("TaskQueues")
-        problems.require(
-            1 <= max_receive_count <= 1000,
-            f"max_receive_count={max_receive_count}: SQS accepts 1..1000; fix: use 5 or more",
-        )
-        problems.require(
-            0 < seconds(visibility_timeout) <= SQS_MAX_VISIBILITY_SECONDS,
-            f"visibility_timeout={seconds(visibility_timeout)}s: SQS accepts 1..43200 s; fix: use the "
-            "worker heartbeat interval times 2 or more, at most 43200",
-        )
-        problems.require(
-            VISIBILITY_PER_CONSUMER_TIMEOUT * seconds(dlq_consumer_timeout) <= SQS_MAX_VISIBILITY_SECONDS,
-            f"dlq_consumer_timeout={seconds(dlq_consumer_timeout)}s: the DLQ visibility must be 6 x the "
-            "consumer timeout and SQS caps visibility at 43200 s; fix: use a timeout of at most 7200 s",
-        )
-        problems.require(
-            dead_letter_queue is None or dead_letter_queue.fifo,
-            "dead_letter_queue is a standard queue: a FIFO source queue can only redrive to a FIFO "
-            "queue; fix: pass a FIFO queue or omit dead_letter_queue to create one",
-        )
-        problems.require(
-            seconds(retention) <= seconds(DLQ_RETENTION),
-            f"retention={seconds(retention)}s exceeds the DLQ retention (14 days); fix: use at most 14 days",
-        )
-        problems.raise_if_any()
+        _validate(max_receive_count, visibility_timeout, dlq_consumer_timeout, dead_letter_queue, retention)
         if max_receive_count < RECOMMENDED_MIN_RECEIVE_COUNT:
             Annotations.of(self).add_warning_v2(
                 MAX_RECEIVE_COUNT_WARNING_ID,
@@ -112,3 +88,38 @@ class TaskQueues(Construct):
                 queue=self.dead_letter_queue, max_receive_count=max_receive_count
             ),
         )
+
+
+def _validate(
+    max_receive_count: int,
+    visibility_timeout: Duration,
+    dlq_consumer_timeout: Duration,
+    dead_letter_queue: sqs.IQueue | None,
+    retention: Duration,
+) -> None:
+    """SQS's ranges, a FIFO DLQ, retention within the DLQ's (every problem in one error)."""
+    problems = Problems("TaskQueues")
+    problems.require(
+        1 <= max_receive_count <= 1000,
+        f"max_receive_count={max_receive_count}: SQS accepts 1..1000; fix: use 5 or more",
+    )
+    problems.require(
+        0 < seconds(visibility_timeout) <= SQS_MAX_VISIBILITY_SECONDS,
+        f"visibility_timeout={seconds(visibility_timeout)}s: SQS accepts 1..43200 s; fix: use the "
+        "worker heartbeat interval times 2 or more, at most 43200",
+    )
+    problems.require(
+        VISIBILITY_PER_CONSUMER_TIMEOUT * seconds(dlq_consumer_timeout) <= SQS_MAX_VISIBILITY_SECONDS,
+        f"dlq_consumer_timeout={seconds(dlq_consumer_timeout)}s: the DLQ visibility must be 6 x the "
+        "consumer timeout and SQS caps visibility at 43200 s; fix: use a timeout of at most 7200 s",
+    )
+    problems.require(
+        dead_letter_queue is None or dead_letter_queue.fifo,
+        "dead_letter_queue is a standard queue: a FIFO source queue can only redrive to a FIFO "
+        "queue; fix: pass a FIFO queue or omit dead_letter_queue to create one",
+    )
+    problems.require(
+        seconds(retention) <= seconds(DLQ_RETENTION),
+        f"retention={seconds(retention)}s exceeds the DLQ retention (14 days); fix: use at most 14 days",
+    )
+    problems.raise_if_any()

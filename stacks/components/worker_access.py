@@ -63,56 +63,81 @@ class WorkerAccess(Construct):
         artifact_prefix: str = "jobs/",
     ) -> None:
         super().__init__(scope, construct_id)
-        problems = Problems("WorkerAccess")
-        problems.require(
-            artifact_prefix.endswith("/")
-            and not artifact_prefix.startswith("/")
-            and "*" not in artifact_prefix,
-            f"artifact_prefix={artifact_prefix!r}: must be a key prefix like 'jobs/'; fix: end it with '/', "
-            "no leading '/' or '*'",
-        )
-        problems.require(
-            all(arn.startswith("arn:") and "/" not in arn for arn in dataset_bucket_arns),
-            "dataset_bucket_arns must hold bucket ARNs (arn:aws:s3:::name), not object ARNs; "
-            "fix: drop the '/…'",
-        )
-        problems.raise_if_any()
+        _validate(artifact_prefix, dataset_bucket_arns)
 
-        read_buckets = [artifact_bucket.bucket_arn, *dataset_bucket_arns]
-        statements = [
-            iam.PolicyStatement(
-                sid="ConsumeTasks", actions=list(TASK_QUEUE_ACTIONS), resources=[task_queue.queue_arn]
-            ),
-            iam.PolicyStatement(
-                sid="PostResults", actions=list(RESULTS_QUEUE_ACTIONS), resources=[results_queue.queue_arn]
-            ),
-            iam.PolicyStatement(
-                sid="ReadJobRecords", actions=list(JOB_TABLE_ACTIONS), resources=[job_table.table_arn]
-            ),
-            iam.PolicyStatement(sid="ListDatasets", actions=["s3:ListBucket"], resources=read_buckets),
-            iam.PolicyStatement(
-                sid="ReadDatasets", actions=["s3:GetObject"], resources=[f"{arn}/*" for arn in read_buckets]
-            ),
-            iam.PolicyStatement(
-                sid="WriteArtifacts",
-                actions=list(ARTIFACT_WRITE_ACTIONS),
-                resources=[artifact_bucket.arn_for_objects(f"{artifact_prefix}*")],
-            ),
-            iam.PolicyStatement(
-                sid="ReadStackOutputs", actions=list(STACK_READ_ACTIONS), resources=[Aws.STACK_ID]
-            ),
-        ]
-        if queue_encryption_key is not None:
-            statements.append(
-                iam.PolicyStatement(
-                    sid="UseQueueKey",
-                    actions=list(QUEUE_KEY_ACTIONS),
-                    resources=[queue_encryption_key.key_arn],
-                )
-            )
+        statements = _statements(
+            task_queue=task_queue,
+            results_queue=results_queue,
+            job_table=job_table,
+            artifact_bucket=artifact_bucket,
+            dataset_bucket_arns=dataset_bucket_arns,
+            queue_encryption_key=queue_encryption_key,
+            artifact_prefix=artifact_prefix,
+        )
         self.policy = iam.ManagedPolicy(
             self,
             "Policy",
             description="shardq worker: consume tasks, post results, read jobs and datasets, write artifacts",
             statements=statements,
         )
+
+
+def _validate(artifact_prefix: str, dataset_bucket_arns: Sequence[str]) -> None:
+    """A plain key prefix and bucket (not object) ARNs (both named in one error)."""
+    problems = Problems("WorkerAccess")
+    problems.require(
+        artifact_prefix.endswith("/") and not artifact_prefix.startswith("/") and "*" not in artifact_prefix,
+        f"artifact_prefix={artifact_prefix!r}: must be a key prefix like 'jobs/'; fix: end it with '/', "
+        "no leading '/' or '*'",
+    )
+    problems.require(
+        all(arn.startswith("arn:") and "/" not in arn for arn in dataset_bucket_arns),
+        "dataset_bucket_arns must hold bucket ARNs (arn:aws:s3:::name), not object ARNs; fix: drop the '/…'",
+    )
+    problems.raise_if_any()
+
+
+def _statements(
+    *,
+    task_queue: sqs.IQueue,
+    results_queue: sqs.IQueue,
+    job_table: dynamodb.ITable,
+    artifact_bucket: s3.IBucket,
+    dataset_bucket_arns: Sequence[str],
+    queue_encryption_key: kms.IKey | None,
+    artifact_prefix: str,
+) -> list[iam.PolicyStatement]:
+    """The worker policy's statements, one per thing a worker does."""
+    read_buckets = [artifact_bucket.bucket_arn, *dataset_bucket_arns]
+    statements = [
+        iam.PolicyStatement(
+            sid="ConsumeTasks", actions=list(TASK_QUEUE_ACTIONS), resources=[task_queue.queue_arn]
+        ),
+        iam.PolicyStatement(
+            sid="PostResults", actions=list(RESULTS_QUEUE_ACTIONS), resources=[results_queue.queue_arn]
+        ),
+        iam.PolicyStatement(
+            sid="ReadJobRecords", actions=list(JOB_TABLE_ACTIONS), resources=[job_table.table_arn]
+        ),
+        iam.PolicyStatement(sid="ListDatasets", actions=["s3:ListBucket"], resources=read_buckets),
+        iam.PolicyStatement(
+            sid="ReadDatasets", actions=["s3:GetObject"], resources=[f"{arn}/*" for arn in read_buckets]
+        ),
+        iam.PolicyStatement(
+            sid="WriteArtifacts",
+            actions=list(ARTIFACT_WRITE_ACTIONS),
+            resources=[artifact_bucket.arn_for_objects(f"{artifact_prefix}*")],
+        ),
+        iam.PolicyStatement(
+            sid="ReadStackOutputs", actions=list(STACK_READ_ACTIONS), resources=[Aws.STACK_ID]
+        ),
+    ]
+    if queue_encryption_key is not None:
+        statements.append(
+            iam.PolicyStatement(
+                sid="UseQueueKey",
+                actions=list(QUEUE_KEY_ACTIONS),
+                resources=[queue_encryption_key.key_arn],
+            )
+        )
+    return statements
