@@ -252,3 +252,12 @@ def test_estimate_sizes_workers_like_the_fleet(capsys: pytest.CaptureFixture[str
     # AND the table says so
     assert main(["estimate", str(request), "--fleet-max-workers", "4"]) == 0
     assert "fleet: " in capsys.readouterr().out
+
+
+def test_estimate_caps_the_fleet_at_the_jobs_lanes(capsys: pytest.CaptureFixture[str]) -> None:
+    """GIVEN map.json's 8 tasks in 2 lanes WHEN estimated for a fleet of up to 8 THEN 2 workers run."""
+    request = ROOT / "examples" / "requests" / "map.json"
+    code = main(["estimate", str(request), "--max-parallel", "2", "--fleet-max-workers", "8", "--json"])
+    e = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert e["fleet"]["workers"] == desired_workers(8, 0, target=1, max_workers=8, lanes=2) == 2
