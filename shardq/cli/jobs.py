@@ -339,9 +339,11 @@ def needed(job: JobRecord, round_no: int, phase: str) -> int:
 
 
 def tasks_left(job: JobRecord, current: PhaseProgress) -> int:
-    """Outcomes still to come before the job ends: the current phase's and every later phase's."""
-    if job.terminal:
-        return 0
+    """Outcomes still to come before the job ends: the current phase's and every later phase's.
+
+    A round's training needs its quorum's share of its participants (all of them without a
+    quorum); a ``data_parallel`` round adds its reduce. Zero once the last phase has them all.
+    """
     left = max(0, needed(job, current.round, current.phase) - current.done - current.failed)
     if job.kind == "data_parallel":
         left += 1 if current.phase == "train" else 0
@@ -427,7 +429,7 @@ class Watch:
         if self.json_lines or self.quiet:
             return
         count = late_count(self.engine, job)
-        if count > self.late:
+        if count > self.late and not self.live:  # the live view shows the count itself
             self.emit(f"  late: {late_text(count)}", "yellow")
         self.late = count
 

@@ -110,14 +110,16 @@ class LiveView:
 
         shown = rows[-ROWS_SHOWN:]
         hidden = len(rows) - len(shown)
-        self.folded = (
-            Text(f"  rounds 1-{shown[0].round} closed ({hidden} phases)", style="dim") if hidden else Text()
-        )
+        self.folded = Text()
+        if hidden:
+            last = rows[hidden - 1].round + 1
+            which = "round 1" if last == 1 else f"rounds 1-{last}"
+            self.folded = Text(f"  {which}: {hidden} earlier phase(s) closed", style="dim")
         keep = {("phase", p.round, p.phase) for p in shown} | {JOB_ROW}
         for key in [k for k in self.rows if k not in keep]:
             self.progress.remove_task(self.rows.pop(key))
         for p in shown:
-            self._phase_row(job, p, closed=job.terminal or p is not rows[-1])
+            self._phase_row(job, p, running=p is rows[-1] and not job.terminal, current=p is rows[-1])
         self._job_row(job, rows, snap, left)
         self.footer = (
             [Text(f"late: {late} result(s) arrived after their round closed (not counted)", style="yellow")]
@@ -128,15 +130,15 @@ class LiveView:
         self.deadline = due
         self.live.refresh()
 
-    def _phase_row(self, job: JobRecord, p: PhaseProgress, *, closed: bool) -> None:
+    def _phase_row(self, job: JobRecord, p: PhaseProgress, *, running: bool, current: bool) -> None:
         key = ("phase", p.round, p.phase)
         finished = p.done + p.failed
-        mark = ""
-        if closed:
-            mark = "[red]✗[/]" if p.failed else "[green]✓[/]"
+        mark = "" if running else ("[red]✗[/]" if p.failed else "[green]✓[/]")
         detail = f"[red]{p.failed} failed[/]" if p.failed else ""
-        if closed and finished < p.total and p.phase == "train":
-            detail = (detail + " " if detail else "") + "[dim]closed early (quorum or deadline)[/]"
+        if not current and finished < p.total and p.phase == "train":
+            # The job moved on before every participant reported: the round closed at its quorum
+            # or its deadline (the results still to come are late).
+            detail = (detail + " · " if detail else "") + "[dim]closed early (quorum or deadline)[/]"
         description = f"round {p.round + 1}/{job.rounds} {p.phase}"
         if key not in self.rows:
             # Rows are added in (round, phase) order, so the job's row must move to the end.

@@ -1,0 +1,198 @@
+"""The CLI on a real terminal (a pseudo-terminal) and in a pipe, against the local cloud.
+
+``shardq`` runs as its own process with a pseudo-terminal as stdin, stdout and stderr, as in a
+person's shell; the test reads what it draws. In a pipe (the in-process runs) the same commands
+print plain text without a single ANSI code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shardq.core.engine import Engine
+from shardq.core.jobstore import Outcome
+from tests.cli.conftest import Background, Shardq
+from tests.cli.test_jobs import MAP, submit, take_tasks, work
+from tests.helpers import result_for
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# A data_parallel job whose rounds close at 2 of their 4 shards: the others' results come late.
+QUORUM = {
+    "kind": "data_parallel",
+    "dataset": {"uri": "s3://data/set", "num_samples": 400},
+    "sharding": {"shard_count": 4},
+    "rounds": 2,
+    "max_parallel": 4,
+    "quorum": {"fraction": 0.5, "deadline_seconds": 600},
+    "strategy": {"name": "fedavgm"},
+}
+
+
+class Terminal:
+    """``python -m shardq ARGS`` on a pseudo-terminal of ``cols`` x ``rows``; its output as it comes."""
+
+    def __init__(self, *argv: str, cols: int = 110, rows: int = 30) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        env = {**os.environ, "TERM": "xterm-256color"}
+        for name in ("NO_COLOR", "COLUMNS", "LINES", "FORCE_COLOR"):
+            env.pop(name, None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shardq", *argv],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            cwd=ROOT,
+        )
+        os.close(slave)
+        self.master = master
+        self.raw = b""
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: the process closed its end
+                chunk = b""
+            with self.changed:
+                self.raw += chunk
+                self.changed.notify_all()
+            if not chunk:
+                return
+
+    @property
+    def text(self) -> str:
+        """Everything drawn so far, escape codes included."""
+        return self.raw.decode(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        """Block until ``text`` was drawn (escape codes removed); AssertionError after ``timeout``."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: text in ANSI.sub("", self.text), timeout):
+                raise AssertionError(f"never drew {text!r}; drawn so far:\n{self.text}")
+
+    def finish(self, timeout: float = 90.0) -> int:
+        """The exit code, once the process ended and its output was read to the end."""
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.reader.join(10)
+            os.close(self.master)
+        return code
+
+
+def test_watch_draws_a_live_view_on_a_terminal_and_exits_0(
+    shardq: Shardq, write_request: Any, engine: Engine
+) -> None:
+    # GIVEN a data_parallel job with a quorum of 2 of 4 shards, watched on a terminal
+    job_id = submit(shardq, write_request, QUORUM, "--job-id", "tty-watch")
+    term = Terminal("watch", job_id, "--interval", "0.1", "--timeout", "120")
+
+    def worker() -> None:
+        term.wait_for("round 1/2 train")
+        for round_no in range(2):
+            tasks = {t.shard_id: t for t, _ in take_tasks(engine)}
+            # two shards close the round; a third reports after the close and is kept as late
+            engine.ingest([Outcome(result_for(tasks[0])), Outcome(result_for(tasks[1]))])
+            engine.ingest([Outcome(result_for(tasks[3]))])
+            term.wait_for(f"late: {round_no + 1} result(s)")
+            (reduce,) = (t for t, _ in take_tasks(engine))
+            engine.ingest([Outcome(result_for(reduce))])
+
+    working = Background(worker)
+    # WHEN the worker has run both rounds
+    code = term.finish()
+    working.join()
+    # THEN watch drew the live view with colours and exited 0 with the job's outcome
+    assert code == 0, term.text
+    plain = ANSI.sub("", term.text)
+    assert "watching tty-watch (data_parallel, 4 tasks per round, 2 round(s))" in plain
+    assert "policy: quorum closes at 50% succeeded" in plain and "strategy fedavgm" in plain
+    for row in ("round 1/2 train", "round 1/2 reduce", "round 2/2 train", "round 2/2 reduce", "job"):
+        assert row in plain, row
+    assert "closed early (quorum or deadline)" in plain
+    assert "round closes at its deadline in" in plain
+    assert re.search(r"tasks/s · ETA \S+ · elapsed", plain)
+    assert "━" in plain  # rich's bars
+    assert "\x1b[?25l" in term.text and "\x1b[?25h" in term.text  # cursor hidden while live, then shown
+    assert "\x1b[32m" in term.text  # green: the finished bars and the SUCCEEDED status
+    assert re.search(r"tty-watch .*SUCCEEDED.* \(watched", plain)
+    assert "result: s3://" in plain
+
+
+def test_watch_on_a_terminal_shows_failures_and_exits_1(
+    shardq: Shardq, write_request: Any, engine: Engine
+) -> None:
+    job_id = submit(shardq, write_request, MAP, "--job-id", "tty-fail")
+    term = Terminal("watch", job_id, "--interval", "0.1", "--timeout", "120")
+    working = Background(lambda: (term.wait_for("round 1/1 train"), work(engine, fail={2})))
+    code = term.finish()
+    working.join()
+    assert code == 1, term.text
+    plain = ANSI.sub("", term.text)
+    assert "failed: round 1 shard 2 (train): CUDA out of memory [worker, attempt 1]" in plain
+    assert "tty-fail FAILED" in plain and "over max_failed_shards=0" in plain
+    assert "\x1b[31m" in term.text  # the failure in red
+
+
+def test_status_list_and_result_draw_tables_on_a_terminal_and_plain_text_in_a_pipe(
+    shardq: Shardq, write_request: Any, engine: Engine
+) -> None:
+    # GIVEN a finished quorum job with a late result
+    job_id = submit(shardq, write_request, {**QUORUM, "rounds": 1}, "--job-id", "tty-tables")
+    tasks = {t.shard_id: t for t, _ in take_tasks(engine)}
+    engine.ingest([Outcome(result_for(tasks[0])), Outcome(result_for(tasks[1]))])
+    engine.ingest([Outcome(result_for(tasks[2]))])
+    work(engine)
+    assert engine.status(job_id).status == "SUCCEEDED"
+    for argv in (("status", job_id), ("list",), ("result", job_id)):
+        # WHEN each is read on a terminal and in a pipe
+        term = Terminal(*argv)
+        assert term.finish() == 0, term.text
+        piped = shardq(*argv)
+        assert piped.code == 0, piped.err
+        # THEN the terminal gets rich's tables in colour, the pipe the same facts in plain text
+        assert ANSI.search(term.text), argv
+        assert not ANSI.search(piped.out), argv
+        drawn = ANSI.sub("", term.text)
+        for fact in ("tty-tables", "SUCCEEDED"):
+            assert fact in drawn and fact in piped.out, (argv, fact)
+    status = shardq("status", job_id).out
+    assert re.search(
+        r"\nquorum: +closes at 50% succeeded, or at its deadline 10m00s after it starts\n", status
+    )
+    assert re.search(r"\nstrategy: +fedavgm \(server_lr=1, momentum=0.9\)\n", status)
+    assert re.search(
+        r"\nlate: +1 result\(s\) arrived after their round closed \(kept apart, never counted\)", status
+    )
+    assert "quorum:" in shardq("result", job_id).out  # from the manifest's request
+
+
+@pytest.mark.parametrize("command", ["status", "result"])
+def test_plain_output_of_a_job_without_a_round_policy_is_unchanged(
+    shardq: Shardq, write_request: Any, engine: Engine, command: str
+) -> None:
+    job_id = submit(shardq, write_request, MAP, "--job-id", f"plain-{command}")
+    work(engine)
+    out = shardq(command, job_id).out
+    assert not {"participation:", "quorum:", "strategy:", "task timeout:", "late:"} & set(out.split())
+    assert "\033[" not in out
