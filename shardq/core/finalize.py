@@ -4,27 +4,42 @@ Two finishers may race (the last result and a cancel, or two aggregator invocati
 transition is a conditional write, so one wins; the manifest is deterministic for a given set
 of recorded outcomes, and a loser that overwrote the winner's manifest puts back the one that
 matches the job's final status.
+
+The manifest does not grow with the shard count: the recorded outcomes are read in one pass
+(page by page once the store offers ``iter_results``), and the lists that grow with the job
+— a map job's outputs and every job's failures — go to JSON Lines part files next to the manifest
+(``jobs/<job>/manifest/<list>-00000.jsonl``, ``PART_LINES`` lines each, written one at a
+time); the manifest keeps the first ``INLINE_MAX`` entries of each list inline, their count,
+and the parts' URIs (schema version 2). A million map outputs are ≈ 20 parts of ≈ 7 MB and a
+manifest of a few KB, instead of one JSON document of ≈ 200 MB built in memory.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from shardq.core import planning
 from shardq.core.artifacts import put_json
+from shardq.core.contracts import ShardResult
 from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
-from shardq.core.metrics import weighted_metrics
+from shardq.core.metrics import MetricsAccumulator
 from shardq.core.search import sweep_section
 
 # A crashed event publisher's claim is taken over after this long.
 EVENT_CLAIM_LEASE_S = 60.0
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 2
+# Entries of a growing list (outputs, failures) the manifest holds inline; all are in the parts.
+INLINE_MAX = 1_000
+# Lines per JSON Lines part file: ≈ 7 MB of map outputs, the most the finalizer holds at once.
+PART_LINES = 50_000
 
 MetricSink = Callable[[str, float, str], None]
+# Writes one part file: (key, body) → its s3:// URI.
+PartPut = Callable[[str, bytes], str]
 
 
 def round_seconds(job: JobRecord, now: float) -> float | None:
@@ -35,46 +50,146 @@ def round_seconds(job: JobRecord, now: float) -> float | None:
     return max(0.0, now - begun)
 
 
-def _failures(rows: list[ResultRecord]) -> list[dict[str, Any]]:
-    return [
-        {
-            "round": row.result.round,
-            "shard_id": row.result.shard_id,
-            "task_type": row.result.task_type,
-            "error": row.result.error,
-            "source": row.source,
-            "receive_count": row.receive_count,
-        }
-        for row in rows
-        if row.result.status == "failed"
-    ]
+def iter_results(store: JobStore, job_id: str) -> Iterable[ResultRecord]:
+    """Every recorded outcome of a job in (round, type, shard) order, for one pass.
+
+    Through the store's ``iter_results`` (one query page, ≤ 1 MB, in memory at a time) when it
+    has one; else ``all_results``, a list of every outcome (≈ 1–2 KB of Python objects each:
+    gigabytes at a million). The paging iterator belongs in ``JobStore`` (the one module that
+    knows the table's keys); it is requested from the store's owner, and used here as soon as
+    it exists.
+    """
+    paged = getattr(store, "iter_results", None)
+    if callable(paged):
+        return cast(Iterable[ResultRecord], paged(job_id))
+    return store.all_results(job_id)
 
 
-def _kind_section(job: JobRecord, status: str, rows: list[ResultRecord]) -> dict[str, Any]:
-    """What the manifest says about the job's output, by kind."""
-    request = job.request
-    train = [row.result for row in rows if row.result.task_type == "train"]
-    if request.kind == "data_parallel":
-        return {"final_model_uri": job.model_uri if status == "SUCCEEDED" else None}
-    if request.kind == "sweep":
-        return sweep_section(request, train)
-    outputs = [
-        {
-            "shard_id": r.shard_id,
-            "artifact_uri": r.artifact_uri,
-            "num_samples": r.num_samples,
-            "metrics": r.metrics,
-        }
-        for r in sorted(train, key=lambda r: r.shard_id)
-        if r.status == "succeeded"
-    ]
-    return {"outputs": outputs, "metrics": weighted_metrics(train)}
+class PartWriter:
+    """One growing list of the manifest: its first ``inline_max`` entries, its count, its parts.
+
+    Entries are written as JSON Lines (sorted keys, compact) into part files of ``part_lines``
+    lines, each put as soon as it is full, so memory is one part however long the list.
+
+    Parameters
+    ----------
+    name:
+        The list's name in the manifest (``outputs``, ``failed``).
+    put:
+        Writes a part: ``(key, body) → uri``.
+    layout:
+        The job's artifact layout (parts go under ``jobs/<job>/manifest/``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        put: PartPut,
+        layout: planning.Layout,
+        *,
+        inline_max: int | None = None,
+        part_lines: int | None = None,
+    ) -> None:
+        self.name, self.put, self.layout = name, put, layout
+        # Read at run time (not bound as defaults) so the module's limits can be changed.
+        self.inline_max = INLINE_MAX if inline_max is None else inline_max
+        self.part_lines = PART_LINES if part_lines is None else part_lines
+        self.inline: list[dict[str, Any]] = []
+        self.parts: list[dict[str, Any]] = []
+        self.count = 0
+        self._lines: list[str] = []
+        self._first: int | None = None
+        self._last: int | None = None
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Append one entry (it has a ``shard_id``)."""
+        self.count += 1
+        if len(self.inline) < self.inline_max:
+            self.inline.append(entry)
+        self._lines.append(json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str))
+        self._first = entry["shard_id"] if self._first is None else self._first
+        self._last = entry["shard_id"]
+        if len(self._lines) >= self.part_lines:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._lines:
+            return
+        body = ("\n".join(self._lines) + "\n").encode()
+        key = self.layout.key("manifest", f"{self.name}-{len(self.parts):05d}.jsonl")
+        uri = self.put(key, body)
+        self.parts.append(
+            {"uri": uri, "count": len(self._lines), "bytes": len(body), "first_shard": self._first,
+             "last_shard": self._last}
+        )  # fmt: skip
+        self._lines, self._first, self._last = [], None, None
+
+    def section(self) -> dict[str, Any]:
+        """The manifest's keys for this list (the last, partly filled part is written first)."""
+        self._flush()
+        return {self.name: self.inline, f"{self.name}_count": self.count, f"{self.name}_parts": self.parts}
+
+
+def _failure(row: ResultRecord) -> dict[str, Any]:
+    return {
+        "round": row.result.round,
+        "shard_id": row.result.shard_id,
+        "task_type": row.result.task_type,
+        "error": row.result.error,
+        "source": row.source,
+        "receive_count": row.receive_count,
+    }
+
+
+def _output(r: ShardResult) -> dict[str, Any]:
+    return {
+        "shard_id": r.shard_id,
+        "artifact_uri": r.artifact_uri,
+        "num_samples": r.num_samples,
+        "metrics": r.metrics,
+    }
 
 
 def render_manifest(
-    job: JobRecord, status: str, error: str | None, rows: list[ResultRecord], rounds: list[dict[str, Any]]
+    job: JobRecord,
+    status: str,
+    error: str | None,
+    rows: Iterable[ResultRecord],
+    rounds: list[dict[str, Any]],
+    put: PartPut,
+    layout: planning.Layout,
 ) -> dict[str, Any]:
-    """The result manifest: deterministic for a given set of recorded outcomes."""
+    """The result manifest, in one pass over ``rows``: deterministic for a given set of outcomes.
+
+    ``rows`` come in (round, type, shard) order, as the table returns them, so a map job's
+    outputs (one round) are in shard order. Growing lists go to part files through ``put``.
+    """
+    request = job.request
+    failed = PartWriter("failed", put, layout)
+    outputs = PartWriter("outputs", put, layout) if request.kind == "map" else None
+    metrics = MetricsAccumulator()
+    trials: list[ShardResult] = []  # a sweep's ranking needs every trial (≤ MAX_SHARDS of them)
+    last_recorded: str | None = None
+    for row in rows:
+        r = row.result
+        last_recorded = row.recorded_at if last_recorded is None else max(last_recorded, row.recorded_at)
+        if r.status == "failed":
+            failed.add(_failure(row))
+        if r.task_type != "train":
+            continue
+        if request.kind == "sweep":
+            trials.append(r)
+        elif outputs is not None:
+            metrics.add(r)
+            if r.status == "succeeded":
+                outputs.add(_output(r))
+    if request.kind == "data_parallel":
+        section: dict[str, Any] = {"final_model_uri": job.model_uri if status == "SUCCEEDED" else None}
+    elif request.kind == "sweep":
+        section = sweep_section(request, trials)
+    else:
+        assert outputs is not None
+        section = {**outputs.section(), "metrics": metrics.result()}
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "job_id": job.job_id,
@@ -83,11 +198,11 @@ def render_manifest(
         "error": error,
         "created_at": job.created_at,
         # Latest recording time, not "now": two racing finalizers write the same manifest.
-        "finished_at": max((row.recorded_at for row in rows), default=job.created_at),
+        "finished_at": job.created_at if last_recorded is None else last_recorded,
         "rounds": rounds,
-        "failed": _failures(rows),
-        "request": job.request.to_dict(),
-        **_kind_section(job, status, rows),
+        **failed.section(),
+        "request": request.to_dict(),
+        **section,
     }
 
 
@@ -115,9 +230,18 @@ class Finisher:
     clock: Callable[[], float]
 
     def manifest(self, job: JobRecord, status: str, error: str | None) -> dict[str, Any]:
-        """The job's manifest as of its recorded outcomes."""
-        rows = self.store.all_results(job.job_id)
-        return render_manifest(job, status, error, rows, self.store.round_summaries(job.job_id))
+        """The job's manifest as of its recorded outcomes; writes its part files on the way.
+
+        The outcomes are streamed (one query page in memory); see ``render_manifest``.
+        """
+        rows = iter_results(self.store, job.job_id)
+        summaries = self.store.round_summaries(job.job_id)
+        layout = planning.Layout(self.bucket, job.job_id)
+        return render_manifest(job, status, error, rows, summaries, self._put_part, layout)
+
+    def _put_part(self, key: str, body: bytes) -> str:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/x-ndjson")
+        return f"s3://{self.bucket}/{key}"
 
     def finalize(self, job: JobRecord, status: str, error: str | None = None) -> str:
         """Write the result manifest, move the job to ``status`` once, publish the event once."""

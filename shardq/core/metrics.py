@@ -2,59 +2,153 @@
 
 No AWS here: these functions take recorded results and return JSON-ready data,
 so they are tested (and reasoned about) without a network.
+
+Everything that summarizes a round or a job folds the results in one pass with O(1) memory
+(``MetricsAccumulator``, ``RoundAccumulator``): a round of a million shards is read page by
+page, never held. Lists that would grow with the shard count (a round's failed shards) keep
+their first ``LISTED_MAX`` entries and say how many there were.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from shardq.core.contracts import Objective, ShardResult
 
+# A round summary lists at most this many failed shard ids (the lowest ones): the summary is a
+# DynamoDB item (400 KB) and part of the manifest; ``shards_failed`` has the count.
+LISTED_MAX = 1_000
 
-def weighted_metrics(results: Sequence[ShardResult]) -> dict[str, dict[str, float]]:
+
+@dataclass
+class _Moments:
+    """Running sums of one metric: weighted sum, weight, plain sum, min, max, count."""
+
+    weighted: float = 0.0
+    weight: float = 0.0
+    plain: float = 0.0
+    low: float = float("inf")
+    high: float = float("-inf")
+    count: int = 0
+
+
+@dataclass
+class MetricsAccumulator:
+    """``weighted_metrics`` folded one result at a time (memory: one entry per metric name).
+
+    The sums run in the order the results arrive, as ``sum`` over a list would, so the figures
+    equal the list-based ones exactly.
+    """
+
+    _metrics: dict[str, _Moments] = field(default_factory=dict)
+
+    def add(self, result: ShardResult) -> None:
+        """Fold one result in (failed results are ignored)."""
+        if result.status != "succeeded":
+            return
+        for name, value in result.metrics.items():
+            m = self._metrics.setdefault(name, _Moments())
+            m.weighted += value * result.num_samples
+            m.weight += result.num_samples
+            m.plain += value
+            m.low = min(m.low, value)
+            m.high = max(m.high, value)
+            m.count += 1
+
+    def result(self) -> dict[str, dict[str, float]]:
+        """Per metric (sorted by name): weighted mean, min, max, count."""
+        out: dict[str, dict[str, float]] = {}
+        for name in sorted(self._metrics):
+            m = self._metrics[name]
+            out[name] = {
+                "mean": m.weighted / m.weight if m.weight else m.plain / m.count,
+                "min": m.low,
+                "max": m.high,
+                "count": float(m.count),
+            }
+        return out
+
+
+def weighted_metrics(results: Iterable[ShardResult]) -> dict[str, dict[str, float]]:
     """Per metric: mean weighted by ``num_samples``, plus min and max, over succeeded results.
 
     A metric missing from some results is averaged over the results that have it.
-    When every weight is 0 the plain mean is used.
+    When every weight is 0 the plain mean is used. One pass, O(metric names) memory.
     """
-    out: dict[str, dict[str, float]] = {}
-    names = sorted({name for r in results if r.status == "succeeded" for name in r.metrics})
-    for name in names:
-        rows = [
-            (r.metrics[name], r.num_samples) for r in results if r.status == "succeeded" and name in r.metrics
-        ]
-        weight = sum(w for _, w in rows)
-        mean = sum(v * w for v, w in rows) / weight if weight else sum(v for v, _ in rows) / len(rows)
-        out[name] = {
-            "mean": mean,
-            "min": min(v for v, _ in rows),
-            "max": max(v for v, _ in rows),
-            "count": float(len(rows)),
+    acc = MetricsAccumulator()
+    for r in results:
+        acc.add(r)
+    return acc.result()
+
+
+@dataclass
+class RoundAccumulator:
+    """``summarize_round`` folded one result at a time: O(1) memory in the round's size.
+
+    Failed shard ids are kept up to ``listed_max`` (the lowest, in a bounded heap).
+    """
+
+    listed_max: int = LISTED_MAX
+    succeeded: int = 0
+    failed: int = 0
+    num_samples: int = 0
+    duration_sum: float = 0.0
+    duration_max: float = 0.0
+    metrics: MetricsAccumulator = field(default_factory=MetricsAccumulator)
+    # Max-heap (negated ids) of the lowest failed shard ids seen.
+    _failed_ids: list[int] = field(default_factory=list)
+
+    def add(self, result: ShardResult) -> None:
+        """Fold one train result in."""
+        if result.status != "succeeded":
+            self.failed += 1
+            if len(self._failed_ids) < self.listed_max:
+                heapq.heappush(self._failed_ids, -result.shard_id)
+            elif self._failed_ids and -self._failed_ids[0] > result.shard_id:
+                heapq.heapreplace(self._failed_ids, -result.shard_id)
+            return
+        self.succeeded += 1
+        self.num_samples += result.num_samples
+        self.duration_sum += result.duration_s
+        self.duration_max = max(self.duration_max, result.duration_s)
+        self.metrics.add(result)
+
+    def summary(self, round_no: int, started_at: str | None = None) -> dict[str, Any]:
+        """The round's summary (``summarize_round``'s shape)."""
+        out: dict[str, Any] = {
+            "round": round_no,
+            "shards_succeeded": self.succeeded,
+            "shards_failed": self.failed,
+            "failed_shards": sorted(-i for i in self._failed_ids),
+            "num_samples": self.num_samples,
+            "metrics": self.metrics.result(),
+            "duration_s": {
+                "sum": self.duration_sum,
+                "max": self.duration_max,
+                "mean": self.duration_sum / self.succeeded if self.succeeded else 0.0,
+            },
+            "started_at": started_at,
         }
-    return out
+        if self.failed > len(self._failed_ids):
+            out["failed_shards_truncated"] = True
+        return out
 
 
 def summarize_round(
-    round_no: int, results: Sequence[ShardResult], started_at: str | None = None
+    round_no: int, results: Iterable[ShardResult], started_at: str | None = None
 ) -> dict[str, Any]:
-    """Summary of a round's train results: counts, samples, weighted metrics, durations."""
-    ok = [r for r in results if r.status == "succeeded"]
-    durations = [r.duration_s for r in ok]
-    return {
-        "round": round_no,
-        "shards_succeeded": len(ok),
-        "shards_failed": len(results) - len(ok),
-        "failed_shards": sorted(r.shard_id for r in results if r.status != "succeeded"),
-        "num_samples": sum(r.num_samples for r in ok),
-        "metrics": weighted_metrics(ok),
-        "duration_s": {
-            "sum": sum(durations),
-            "max": max(durations, default=0.0),
-            "mean": sum(durations) / len(durations) if durations else 0.0,
-        },
-        "started_at": started_at,
-    }
+    """Summary of a round's train results: counts, samples, weighted metrics, durations.
+
+    One pass over ``results`` (a list, or a generator paging through the table); lists at most
+    ``LISTED_MAX`` failed shard ids (``failed_shards_truncated`` when there were more).
+    """
+    acc = RoundAccumulator()
+    for r in results:
+        acc.add(r)
+    return acc.summary(round_no, started_at)
 
 
 def leaderboard(
