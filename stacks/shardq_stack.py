@@ -68,7 +68,7 @@ class ShardqStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, description=STACK_DESCRIPTION, **kwargs)  # type: ignore[arg-type]
         self.config = config
-        sizing = sizing or FunctionSizing()
+        sizing = sizing or FunctionSizing.for_queue(high_throughput=config.fifo_high_throughput)
 
         self.queue_key = self._queue_key(config)
         self.task_queues = self._task_queues(config, sizing)
@@ -151,6 +151,11 @@ class ShardqStack(Stack):
 
     def _functions(self, config: ShardqConfig, sizing: FunctionSizing) -> ShardqFunctions:
         """The splitter, aggregator and DLQ handler on the shared code asset."""
+        # Kept for the outputs: the CLI builds the same Settings from them as the Lambdas from this.
+        self.settings_environment = {
+            **self._environment(config),
+            "SHARDQ_MAX_RECEIVE_COUNT": str(config.max_receive_count),
+        }
         return ShardqFunctions(
             self,
             "Functions",
@@ -390,6 +395,19 @@ class ShardqStack(Stack):
             ),
             "AlarmTopicArn": (self.monitoring.topic.topic_arn, "SNS topic the shardq alarms publish to"),
         }
+        env = self.settings_environment
+        outputs.update(
+            {
+                "EventBusName": (env["SHARDQ_EVENT_BUS_NAME"], "Bus the Job Finished events go to"),
+                "JobTtlDays": (env["SHARDQ_JOB_TTL_DAYS"], "Days a finished job's record is kept"),
+                "MaxReceiveCount": (
+                    env["SHARDQ_MAX_RECEIVE_COUNT"],
+                    "Receives before a task is dead-lettered",
+                ),
+                "FanoutInFlight": (env["SHARDQ_FANOUT_IN_FLIGHT"], "SendMessageBatch calls in flight"),
+                "DataBuckets": (env["SHARDQ_DATA_BUCKETS"], "Buckets workers can read; requests are checked"),
+            }
+        )
         if self.fleet is not None:
             outputs.update(self._fleet_output_table(self.fleet))
         return outputs

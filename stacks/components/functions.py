@@ -53,6 +53,18 @@ class FunctionSizing:
     # Up to 10 dead tasks: marks shards FAILED, may finish the round.
     dlq_handler: FunctionSize = field(default_factory=lambda: FunctionSize(memory_mb=256, timeout_seconds=60))
 
+    @classmethod
+    def for_queue(cls, *, high_throughput: bool) -> FunctionSizing:
+        """The defaults, with a splitter that can feed a high-throughput FIFO queue.
+
+        At 512 MB (a third of a vCPU) the splitter is CPU-bound near 3,000 messages/s, which a
+        plain FIFO queue's quota already caps; high-throughput FIFO takes far more, and 1,769 MB is
+        one full vCPU (BENCHMARKS.md, quota model: 1M tasks in 96 s instead of 330 s).
+        """
+        if not high_throughput:
+            return cls()
+        return cls(splitter=FunctionSize(memory_mb=1769, timeout_seconds=120))
+
 
 class ShardqFunctions(Construct):
     """The three Lambdas: python3.14 on arm64, X-Ray, explicit log groups, one role each.

@@ -568,3 +568,19 @@ def test_stack_name_description_and_tags(synth: Synth) -> None:
     assert synth.template.to_json()["Description"].startswith("shardq:")
     tags = synth.resources["TaskQueue"]["Properties"]["Tags"]
     assert {"Key": "project", "Value": "shardq"} in tags
+
+
+def test_the_outputs_carry_every_setting_the_lambdas_get(synth: Synth) -> None:
+    # The CLI builds its Settings from the outputs (Settings.from_outputs), the Lambdas from their
+    # environment (Settings.from_env): the two must name the same values, so cancel/retry from a
+    # terminal finalize with cdk.json's TTL and check the same buckets as the splitter.
+    from shardq.core.settings import Settings
+
+    outputs = synth.template.to_json()["Outputs"]
+    splitter_env = synth.stack.settings_environment
+    for name, output_id in Settings.OUTPUTS.items():
+        assert output_id in outputs, f"Settings.{name} has no stack output {output_id}"
+        variable = Settings.ENV[name]
+        if variable in splitter_env:
+            resolved = synth.stack.resolve(splitter_env[variable])
+            assert outputs[output_id]["Value"] == resolved, name

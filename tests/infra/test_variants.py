@@ -82,6 +82,14 @@ def test_high_throughput_fifo(synth: Synth) -> None:
         for r in synth.of_type("AWS::Lambda::Function").values()
     }
     assert fan_out == {"32"}
+    # ... and a splitter with a full vCPU to feed them (512 MB is CPU-bound near 3,000 msgs/s)
+    memory = {
+        r["Properties"]["Handler"]: r["Properties"]["MemorySize"]
+        for r in synth.of_type("AWS::Lambda::Function").values()
+        if r["Properties"].get("Handler", "").startswith("lambdas.")
+    }
+    assert memory["lambdas.splitter.handler"] == 1769
+    assert memory["lambdas.aggregator.handler"] == 512
 
 
 def test_low_max_receive_count_warns_at_synth(synth: Synth) -> None:
