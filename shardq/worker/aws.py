@@ -106,7 +106,8 @@ def worker_client(
     retry_mode: str = DEFAULT_RETRY_MODE,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> Any:
-    """A boto3 client for a worker slot, with botocore's retry mode and a read timeout above the long poll.
+    """A boto3 client for a worker slot (shardq's one client factory, ``shardq.core.clients``), with
+    botocore's retry mode and a read timeout above the 20 s long poll.
 
     Parameters
     ----------
@@ -119,22 +120,22 @@ def worker_client(
     max_attempts:
         Attempts per call, the first included (>= 1).
     """
-    import boto3
-    from botocore.config import Config
+    from shardq.core.clients import new_client
 
     if retry_mode not in ("standard", "adaptive"):
         raise ValueError(f"retry_mode must be 'standard' or 'adaptive', got {retry_mode!r}")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-    config = Config(
-        # total_max_attempts counts the first attempt (botocore's max_attempts counts only retries).
-        retries={"mode": retry_mode, "total_max_attempts": max_attempts},
+    return new_client(
+        service,
+        region=region,
+        endpoint_url=endpoint_url,
+        retry_mode=retry_mode,
+        max_attempts=max_attempts,
         # A 20 s long poll must not look like a dead connection.
-        connect_timeout=5,
         read_timeout=60,
-        tcp_keepalive=True,
+        max_pool_connections=10,
     )
-    return boto3.session.Session(region_name=region).client(service, endpoint_url=endpoint_url, config=config)
 
 
 @dataclass

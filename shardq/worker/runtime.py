@@ -366,6 +366,15 @@ class Worker:
             receipt=message["ReceiptHandle"],
             receives=int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
         )
+        # Held from the moment it is received, so a shutdown during the checks releases it too.
+        self.current = lease
+        try:
+            self._handle(message, lease)
+        finally:
+            lease.done.set()
+            self.current = None
+
+    def _handle(self, message: dict[str, Any], lease: Lease) -> None:
         try:
             task = ShardTask.from_json(message["Body"])
         except ValidationError:
@@ -402,7 +411,8 @@ class Worker:
 
     def _run_leased(self, task: ShardTask, lease: Lease, tlog: logging.LoggerAdapter) -> ShardResult | None:
         """Run the task while the heartbeat holds it; the result to post, or None when given up."""
-        self.current = lease
+        if lease.abandoned.is_set():  # released by a shutdown before it started
+            return None
         beat = threading.Thread(
             target=self._heartbeat, args=(lease, task, tlog), daemon=True, name="heartbeat"
         )
@@ -413,7 +423,6 @@ class Worker:
         finally:
             lease.done.set()
             beat.join()
-            self.current = None
         return None if result is None or lease.abandoned.is_set() else result
 
     @staticmethod
