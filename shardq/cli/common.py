@@ -319,18 +319,33 @@ def table(
 
 
 def _rich_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], title: str | None) -> Any:
-    """A ``rich.table.Table`` of the rows; columns holding only numbers are right-aligned."""
+    """A ``rich.table.Table`` of the rows (its title above); columns of numbers are right-aligned."""
     from rich import box
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    grid = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", title_style="bold", pad_edge=False)
+    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for i, header in enumerate(headers):
         values = [row[i] for row in rows if row[i] not in (None, "")]
-        numeric = bool(values) and all(isinstance(v, int | float) for v in values)
+        numeric = bool(values) and all(_is_number(v) for v in values)
         grid.add_column(str(header), justify="right" if numeric else "left", header_style="bold")
     for row in rows:
         grid.add_row(*(rich_text(c) for c in row))
-    return grid
+    # The title on its own line, as in the plain form: a table's own title wraps to its width.
+    return Group(Text(title, style="bold"), grid) if title else grid
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, Painted):
+        value = value.text
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def fields(pairs: Sequence[tuple[str, Any]], stream: IO[str] | None = None) -> str:

@@ -181,7 +181,7 @@ def policy_fields(request: dict[str, Any]) -> list[tuple[str, str | None]]:
             f", or at its deadline {duration(deadline)} after it starts" if deadline else ""
         )
     if strategy:
-        params = ", ".join(f"{k}={v:g}" for k, v in strategy.items() if k != "name")
+        params = ", ".join(f"{k}={v:g}" for k, v in sorted(strategy.items()) if k != "name")
         strategy = strategy.get("name", "fedavg") + (f" ({params})" if params else "")
     return [
         ("participation", part),

@@ -180,7 +180,7 @@ def test_status_list_and_result_draw_tables_on_a_terminal_and_plain_text_in_a_pi
     assert re.search(
         r"\nquorum: +closes at 50% succeeded, or at its deadline 10m00s after it starts\n", status
     )
-    assert re.search(r"\nstrategy: +fedavgm \(server_lr=1, momentum=0.9\)\n", status)
+    assert re.search(r"\nstrategy: +fedavgm \(momentum=0.9, server_lr=1\)\n", status)
     assert re.search(
         r"\nlate: +1 result\(s\) arrived after their round closed \(kept apart, never counted\)", status
     )
