@@ -23,6 +23,7 @@ from shardq.local.cloud import LocalCloud
 from shardq.local.resources import provision
 from shardq.worker import runtime
 from shardq.worker.runtime import Worker
+from shardq.worker.supervisor import serve
 from tests.helpers import CountingClient, receive_all
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,15 +177,11 @@ def test_cancelled_jobs_task_is_dropped_unrun(
 
 
 def test_idle_worker_long_polls_instead_of_spinning(settings: Settings, clients: dict[str, Any]) -> None:
+    # GIVEN an idle worker with a 2 s long poll, stopped by its own idle exit after 4 s of empty polls
     counting = CountingClient(clients["sqs"])
     w = worker(settings, clients, sqs=counting, wait_s=2)
-    stop = threading.Event()
-    t = threading.Thread(target=w.run, args=(stop,))
-    t.start()
-    time.sleep(5)
-    stop.set()
-    t.join()
-    # 5 s idle with a 2 s long poll: at most 3 receives (at 20 s, the default: 3 a minute)
+    assert serve([w], idle_exit_s=4) == 0
+    # THEN it made a handful of receives in those seconds, not a spin (at 20 s, the default: 3 a minute)
     assert 2 <= counting.counts["receive_message"] <= 4
     assert Worker.__dataclass_fields__["wait_s"].default == 20
 
