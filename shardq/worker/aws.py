@@ -15,7 +15,6 @@ those retries, and is sorted here into two kinds:
 from __future__ import annotations
 
 import random
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,7 +141,7 @@ def worker_client(
 class Backoff:
     """Full-jitter exponential backoff between failed polls: ``uniform(0, min(cap, base * 2^n))``.
 
-    ``wait`` sleeps on ``stop`` so a SIGTERM during a backoff is honoured at once.
+    The slot waits the delay on its stop event, so a SIGTERM during a backoff is honoured at once.
     """
 
     base_s: float = 1.0
@@ -154,15 +153,6 @@ class Backoff:
         """Count one more failure; the delay to wait before the next try."""
         self.failures += 1
         return self.rng.uniform(0, min(self.cap_s, self.base_s * 2 ** min(self.failures, 16)))
-
-    def wait(self, stop: threading.Event | None) -> float:
-        """Wait the next delay (or until ``stop`` is set); returns the delay chosen."""
-        delay = self.next_delay()
-        if stop is None:
-            threading.Event().wait(delay)
-        else:
-            stop.wait(delay)
-        return delay
 
     def reset(self) -> None:
         """A call succeeded: start again from the base delay."""

@@ -304,14 +304,17 @@ class Worker:
                     return self.tasks_done
                 self.errors += 1
                 self.activity.unsure()
-                delay = self.backoff.wait(stop)
+                delay = self.backoff.next_delay()
+                aws = isinstance(exc, BotoErrors)
                 log.warning(
-                    "poll failed after botocore's retries (%s); backed off %.1f s, polling again",
+                    "poll failed %s (%s); backing off %.1f s, then polling again",
+                    "after botocore's retries" if aws else "with an unexpected error",
                     describe(exc),
                     delay,
-                    exc_info=not isinstance(exc, BotoErrors),
+                    exc_info=not aws,
                     extra={"worker_id": self.worker_id, "error": describe(exc), "backoff_s": delay},
                 )
+                stop.wait(delay)
             else:
                 self.backoff.reset()
         return self.tasks_done

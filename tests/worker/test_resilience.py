@@ -181,7 +181,7 @@ def test_a_fatal_error_hands_the_task_back_and_exits_4(
 class BrokenBackoff(Backoff):
     """A bug in the error path itself: the one way left for a slot to die."""
 
-    def wait(self, stop: threading.Event | None) -> float:
+    def next_delay(self) -> float:
         raise RuntimeError("bug in the backoff")
 
 
