@@ -330,7 +330,7 @@ class Snapshot:
 
 
 def needed(job: JobRecord, round_no: int, phase: str) -> int:
-    """Outcomes that close (round, phase): every task, or the quorum's share of a round's training."""
+    """Successes that close (round, phase): every task, or the quorum's share of a round's training."""
     expected = job.expected(round_no, phase)
     quorum = job.request.quorum
     if phase == "train" and quorum is not None:
@@ -341,10 +341,13 @@ def needed(job: JobRecord, round_no: int, phase: str) -> int:
 def tasks_left(job: JobRecord, current: PhaseProgress) -> int:
     """Outcomes still to come before the job ends: the current phase's and every later phase's.
 
-    A round's training needs its quorum's share of its participants (all of them without a
-    quorum); a ``data_parallel`` round adds its reduce. Zero once the last phase has them all.
+    A phase closes once each of its tasks has an outcome, or a round's training once its
+    quorum's share of the participants succeeded (whichever comes first); a ``data_parallel``
+    round adds its reduce. Zero once the last phase closed.
     """
-    left = max(0, needed(job, current.round, current.phase) - current.done - current.failed)
+    outstanding = current.total - current.done - current.failed
+    to_quorum = needed(job, current.round, current.phase) - current.done
+    left = max(0, min(outstanding, to_quorum))
     if job.kind == "data_parallel":
         left += 1 if current.phase == "train" else 0
         left += sum(needed(job, r, "train") + 1 for r in range(current.round + 1, job.rounds))

@@ -133,7 +133,9 @@ class LiveView:
     def _phase_row(self, job: JobRecord, p: PhaseProgress, *, running: bool, current: bool) -> None:
         key = ("phase", p.round, p.phase)
         finished = p.done + p.failed
-        mark = "" if running else ("[red]✗[/]" if p.failed else "[green]✓[/]")
+        # A phase the job ended in without succeeding (failed, cancelled) is marked as failed too.
+        ended_badly = current and job.terminal and job.status != "SUCCEEDED"
+        mark = "" if running else ("[red]✗[/]" if p.failed or ended_badly else "[green]✓[/]")
         detail = f"[red]{p.failed} failed[/]" if p.failed else ""
         if not current and finished < p.total and p.phase == "train":
             # The job moved on before every participant reported: the round closed at its quorum

@@ -7,6 +7,7 @@ print plain text without a single ANSI code.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import pty
@@ -21,8 +22,11 @@ from typing import Any
 
 import pytest
 
+from shardq.cli.jobs import needed, tasks_left
+from shardq.core.contracts import TrainingRequest
 from shardq.core.engine import Engine
-from shardq.core.jobstore import Outcome
+from shardq.core.jobstore import JobRecord, Outcome
+from shardq.core.operations import progress
 from tests.cli.conftest import Background, Shardq
 from tests.cli.test_jobs import MAP, submit, take_tasks, work
 from tests.helpers import result_for
@@ -196,3 +200,37 @@ def test_plain_output_of_a_job_without_a_round_policy_is_unchanged(
     out = shardq(command, job_id).out
     assert not {"participation:", "quorum:", "strategy:", "task timeout:", "late:"} & set(out.split())
     assert "\033[" not in out
+
+
+# -- what the ETA counts (no cloud: the job record alone) ------------------------------------
+
+
+def record(request: dict[str, Any], **state: Any) -> JobRecord:
+    """A job record of ``request`` at ``state`` (round, phase, counters), as the store would read it."""
+    parsed = TrainingRequest.from_dict(request)
+    return dataclasses.replace(JobRecord.new(parsed, "eta", "hash"), **state)
+
+
+def test_tasks_left_counts_the_quorum_share_of_each_rounds_participants(make_request: Any) -> None:
+    # GIVEN 12 shards, 75 % of them per round (9), a round closing at 80 % of those (8), 4 rounds
+    request = make_request(
+        shards=12, rounds=4, participation={"fraction": 0.75, "seed": 7}, quorum={"fraction": 0.8}
+    )
+    # WHEN round 1's training has 3 outcomes
+    job = record(request, counters={("ok", 0, "train"): 2, ("fail", 0, "train"): 1})
+    (current,) = progress(job)
+    # THEN 6 more successes close it (the failure does not count), then its reduce, then 3 rounds
+    # of 8 + 1
+    assert needed(job, 0, "train") == 8 and needed(job, 0, "reduce") == 1
+    assert tasks_left(job, current) == 6 + 1 + 3 * (8 + 1)
+    # AND after 3 failures only 4 outcomes can still come: the round closes once all reported
+    many_failed = record(request, counters={("ok", 0, "train"): 2, ("fail", 0, "train"): 1 + 2})
+    assert tasks_left(many_failed, progress(many_failed)[-1]) == 4 + 1 + 3 * (8 + 1)
+    # AND in the last round's reduce nothing is left once it reported
+    last = record(request, round=3, phase="reduce", counters={("ok", 3, "reduce"): 1})
+    assert tasks_left(last, progress(last)[-1]) == 0
+
+
+def test_tasks_left_of_a_map_job_is_its_tasks_without_an_outcome(make_request: Any) -> None:
+    job = record(make_request("map", shards=4), counters={("ok", 0, "train"): 1})
+    assert tasks_left(job, progress(job)[-1]) == 3
