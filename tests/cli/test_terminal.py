@@ -33,6 +33,7 @@ from tests.helpers import result_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+WATCHED = re.compile(r"\(watched [^)]*\)")
 # A data_parallel job whose rounds close at 2 of their 4 shards: the others' results come late.
 QUORUM = {
     "kind": "data_parallel",
@@ -48,12 +49,13 @@ QUORUM = {
 class Terminal:
     """``python -m shardq ARGS`` on a pseudo-terminal of ``cols`` x ``rows``; its output as it comes."""
 
-    def __init__(self, *argv: str, cols: int = 110, rows: int = 30) -> None:
+    def __init__(self, *argv: str, cols: int = 110, rows: int = 30, **extra_env: str) -> None:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         env = {**os.environ, "TERM": "xterm-256color"}
         for name in ("NO_COLOR", "COLUMNS", "LINES", "FORCE_COLOR"):
             env.pop(name, None)
+        env.update(extra_env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shardq", *argv],
             stdin=slave,
@@ -189,6 +191,22 @@ def test_status_list_and_result_draw_tables_on_a_terminal_and_plain_text_in_a_pi
         r"\nlate: +1 result\(s\) arrived after their round closed \(kept apart, never counted\)", status
     )
     assert "quorum:" in shardq("result", job_id).out  # from the manifest's request
+
+
+@pytest.mark.parametrize("env", [{"NO_COLOR": "1"}, {"TERM": "dumb"}])
+def test_no_color_or_a_dumb_terminal_gets_the_plain_text(
+    shardq: Shardq, write_request: Any, engine: Engine, env: dict[str, str]
+) -> None:
+    # GIVEN a finished job, read on a terminal that asks for no colours
+    job_id = submit(shardq, write_request, MAP, "--job-id", "tty-plain")
+    work(engine)
+    for argv in (("status", job_id), ("watch", job_id, "--interval", "0.1")):
+        term = Terminal(*argv, **env)
+        assert term.finish() == 0, term.text
+        # THEN it prints what a pipe gets (the terminal's line ends aside), without an escape code
+        assert not ANSI.search(term.text), (argv, term.text)
+        drawn, piped = term.text.replace("\r\n", "\n"), shardq(*argv).out
+        assert WATCHED.sub("(watched)", drawn) == WATCHED.sub("(watched)", piped)
 
 
 @pytest.mark.parametrize("command", ["status", "result"])
