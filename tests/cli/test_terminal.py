@@ -7,6 +7,7 @@ print plain text without a single ANSI code.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import fcntl
 import os
@@ -252,3 +253,26 @@ def test_tasks_left_counts_the_quorum_share_of_each_rounds_participants(make_req
 def test_tasks_left_of_a_map_job_is_its_tasks_without_an_outcome(make_request: Any) -> None:
     job = record(make_request("map", shards=4), counters={("ok", 0, "train"): 1})
     assert tasks_left(job, progress(job)[-1]) == 3
+
+
+# -- where rich may be imported ---------------------------------------------------------------
+
+
+def test_rich_stays_out_of_the_lambda_asset_and_of_plain_runs() -> None:
+    # The Lambda asset (lambdas/ and shardq/core/) never imports rich ...
+    for path in [*(ROOT / "lambdas").rglob("*.py"), *(ROOT / "shardq" / "core").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not [n for n in names if n.split(".")[0] == "rich"], path
+    # ... and the CLI loads it only to draw on a terminal: importing every command does not.
+    probe = "import sys, shardq.cli; print('rich' in sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert loaded.stdout.strip() == "False"
