@@ -94,6 +94,11 @@ flower: torch  ## optional: Flower (flwr + Ray) in its own venv, .venv/flower, f
 bench-flower: flower  ## FedAvg on MNIST: shardq vs Flower vs centralized; table to BENCHMARKS.md (BENCH_ARGS=--arch cnn)
 	$(PY) -m benchmarks.flower_compare --write $(BENCH_ARGS)
 
+.PHONY: bench-rounds
+bench-rounds: install  ## rounds and sweeps: one straggler vs quorum, halving vs full budget vs Optuna's pruner (BENCH_ARGS=...)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-optuna.txt
+	$(PY) -m benchmarks.rounds $(BENCH_ARGS)
+
 soak: install  ## the chaos soak run: many jobs, random worker kills (prints a SOAK {...} line)
 	$(BIN)/pytest tests/chaos/test_soak.py -m soak -s -q
 
