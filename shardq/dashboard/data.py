@@ -26,9 +26,10 @@ from typing import Any
 
 from shardq.core.contracts import JOB_STATUSES, ShardResult
 from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
-from shardq.core.metrics import leaderboard, summarize_round
+from shardq.core.metrics import summarize_round
 from shardq.core.operations import progress
-from shardq.core.planning import split_s3, trial
+from shardq.core.planning import split_s3
+from shardq.core.search import sweep_section
 
 STATUSES = JOB_STATUSES
 KINDS = ("data_parallel", "sweep", "map")
@@ -138,13 +139,13 @@ def sweep_board(job: JobRecord, results: Sequence[ShardResult]) -> dict[str, Any
     request = job.request
     if request.objective is None or request.search_space is None:
         return None
-    trials = [trial(request.search_space, i) for i in range(request.task_count)]
-    train = [r for r in results if r.task_type == "train"]
-    rows = leaderboard(train, request.objective, trials)
+    # The manifest's own ranking: grid, list or random trials; with successive halving, the
+    # furthest rung first and each trial's rung history.
+    section = sweep_section(request, [r for r in results if r.task_type == "train"])
     return {
-        "objective": {"metric": request.objective.metric, "direction": request.objective.direction},
-        "trials": len(trials),
-        "rows": [{"rank": i + 1, **row} for i, row in enumerate(rows)],
+        "objective": section["objective"],
+        "trials": request.task_count,
+        "rows": [{"rank": i + 1, **row} for i, row in enumerate(section["leaderboard"])],
     }
 
 

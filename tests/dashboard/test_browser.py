@@ -74,7 +74,9 @@ def open_page(driver: Any, url: str) -> None:
 
 def screenshot(driver: Any, request: pytest.FixtureRequest, name: str) -> Path:
     """Save a screenshot as a test artifact and print where."""
-    folder = request.config.cache.mkdir("dashboard")
+    cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
+    folder = cache.mkdir("dashboard") if cache is not None else request.config.rootpath / ".screenshots"
+    Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / f"{name}.png"
     assert driver.save_screenshot(str(path)), path
     print(f"screenshot: {path}")
