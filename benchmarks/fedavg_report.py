@@ -64,32 +64,50 @@ def _accuracy_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _timing_row(result: dict[str, Any], system: str, p: str) -> list[str]:
+    """Medians over rounds 2.. (round 1 includes worker / Ray actor start-up and first reads)."""
+    cfg, rows = result["config"], result[system][p]["rounds"]
+    steady = rows[1:] or rows
+    wall = statistics.median(row["round_s"] for row in steady)
+    if system == "shardq":
+        slowest = statistics.median(row["slowest_train_s"] for row in steady)
+        over = statistics.median(row["overhead_s"] for row in steady)
+        busy = [row.get("busy_train_s") for row in steady]
+    else:
+        slowest, over = None, None
+        busy = [row["mean_train_s"] * cfg["clients"] / cfg["workers"] if "mean_train_s" in row else None
+                for row in steady]  # fmt: skip
+    gaps = [r["round_s"] - b for r, b in zip(steady, busy, strict=True) if b is not None]
+    known = [b for b in busy if b is not None]
+    busy_s = statistics.median(known) if known else None
+    cells = [wall, slowest, over, busy_s, statistics.median(gaps) if gaps else None]
+    return ["—" if c is None else f"{c:.2f}" for c in cells]
+
+
 def _timing_table(result: dict[str, Any], targets: Sequence[float]) -> list[str]:
     head = [
-        "run", "final acc %", *(f"rounds to {100 * t:.0f} %" for t in targets), "round wall s (median)",
-        "slowest shard train s (median)", "coordination overhead s/round (median; max)", "run s",
+        "run", "final acc %", *(f"rounds to {100 * t:.0f} %" for t in targets), "round wall s",
+        "slowest shard's training s", "round − slowest shard s", "Σ training / workers s",
+        "round − Σ training / workers s", "run s",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for system in ("shardq", "flower"):
         if "skipped" in result[system]:
             continue
         for p in ("iid", "noniid"):
-            run, acc = result[system][p], _acc(result[system][p])
-            walls = [row["round_s"] for row in run["rounds"]]
-            steady = walls[1:] or walls  # round 1 includes worker / Ray actor start-up
-            if system == "shardq":
-                over = [row["overhead_s"] for row in run["rounds"]]
-                slow = f"{statistics.median(row['slowest_train_s'] for row in run['rounds']):.2f}"
-                overhead = f"{statistics.median(over):.2f}; {max(over):.2f}"
-            else:
-                slow, overhead = "—", "—"
+            acc = _acc(result[system][p])
             reach = [str(rounds_to(acc, t) or f"> {len(acc)}") for t in targets]
-            tail = f" | {statistics.median(steady):.2f} | {slow} | {overhead} | {run['total_s']:.0f} |"
-            lines.append(f"| {system} {p} | {_pct(acc[-1])} | " + " | ".join(reach) + tail)
+            cells = [
+                f"{_pct(acc[-1])}",
+                *reach,
+                *_timing_row(result, system, p),
+                f"{result[system][p]['total_s']:.0f}",
+            ]
+            lines.append(f"| {system} {p} | " + " | ".join(cells) + " |")
     central = result["centralized"]
     reach = [str(rounds_to(central["accuracy"], t) or "—") for t in targets]
     lines.append(f"| centralized | {_pct(central['final'])} | " + " | ".join(reach)
-                 + f" | — | — | — | {central['seconds']:.0f} |")  # fmt: skip
+                 + f" | — | — | — | — | — | {central['seconds']:.0f} |")  # fmt: skip
     return lines
 
 
