@@ -61,6 +61,7 @@ class LocalRun:
         )
         self.stop = threading.Event()
         self.ready = threading.Semaphore(0)
+        self.log_level = logging.NOTSET
         self.threads = [
             threading.Thread(target=self._work, args=(i, wait_s), name=f"bench-worker-{i}", daemon=True)
             for i in range(workers)
@@ -79,7 +80,9 @@ class LocalRun:
         worker.run(self.stop)
 
     def __enter__(self) -> LocalRun:
-        # The workers log a line per task; the benchmark prints its own summary instead.
+        # The workers log a line per task; the benchmark prints its own summary instead (the
+        # level is put back on close: in a test session other tests read those lines).
+        self.log_level = logging.getLogger("shardq").level
         logging.getLogger("shardq").setLevel(logging.WARNING)
         for t in self.threads:
             t.start()
@@ -102,6 +105,7 @@ class LocalRun:
         end = time.monotonic() + timeout
         for t in self.threads:
             t.join(timeout=max(0.1, end - time.monotonic()))
+        logging.getLogger("shardq").setLevel(self.log_level)
 
     def run(self, payload: dict[str, Any], *, timeout: float, train_results: int = 0) -> Timeline:
         """Submit ``payload`` and pump its results until it ends and ``train_results`` results of

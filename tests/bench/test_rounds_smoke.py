@@ -58,7 +58,9 @@ def test_halving_spends_the_budget_its_manifest_reports(sweeps: dict[str, Any]) 
 
 
 def test_optuna_trains_the_same_models_and_counts_its_epochs(sweeps: dict[str, Any]) -> None:
-    pytest.importorskip("optuna", reason="optuna is optional: make bench-rounds installs it")
+    pytest.importorskip(
+        "optuna", reason="optuna is optional: make bench-rounds installs it", exc_type=ImportError
+    )
     args = rounds.parse(["--trials", "3"])
     same, own = rounds.peer_rows(sweeps, args)
     assert same["sampler"] == "shardq's points, enqueued" and own["sampler"] == "RandomSampler(seed=7)"
