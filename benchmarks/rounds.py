@@ -8,8 +8,10 @@ real job table and bucket (``benchmarks.rounds_local``), and worker threads that
 1. **Straggler vs quorum.** One ``data_parallel`` round of ``--shards`` shards, one worker per
    shard; every shard sleeps ``--delay`` s before it trains, shard ``--straggler`` ``--slow-factor``
    times longer. The same request (same seeds) runs with no quorum, with ``quorum.fraction``
-   ``--quorum`` and with ``quorum.deadline_seconds`` ``--deadline``. Figures: when the round's
-   training closed and when the job ended (reduce included), seconds after submission.
+   ``--quorum`` and with ``quorum.deadline_seconds`` ``--deadline``; then the fraction again with
+   the slow shard on shard 0 (the reduce task's FIFO lane). Figures: when each round's training
+   closed, when the job ended (reduce included), when the slow shard's tasks started, seconds
+   after submission. ``--rounds 2`` shows the next round's task in the slow shard's lane waiting.
 2. **Successive halving vs the full budget.** ``examples/requests/sweep_halving.json`` (random
    search, ``--trials`` trials, eta 3, budgets 1 → 3 → 9 epochs of ``examples.linear.train``) run
    as it is and without ``early_stopping`` (every trial trains 9 epochs). Figures: trial-epochs
@@ -52,7 +54,7 @@ def straggler_payload(
         "kind": "data_parallel",
         "dataset": {"uri": "synthetic://linear?dim=8&noise=0.05&seed=7", "num_samples": 512 * args.shards},
         "sharding": {"shard_count": args.shards},
-        "rounds": 1,
+        "rounds": args.rounds,
         "hyperparameters": {
             "lr": 0.05, "epochs": 2, "batch_size": 64,
             "delay_s": args.delay, "straggler": straggler, "slow_factor": args.slow_factor,
@@ -83,7 +85,7 @@ def straggler_rows(cloud: LocalCloud, args: argparse.Namespace) -> tuple[list[di
     for n, (label, straggler, quorum) in enumerate(straggler_variants(args)):
         payload = straggler_payload(str(n), args, straggler, quorum)
         with LocalRun(cloud, workers=args.shards) as run:
-            line = run.run(payload, timeout=args.timeout, train_results=args.shards)
+            line = run.run(payload, timeout=args.timeout, train_results=args.shards * args.rounds)
         row = straggler_row(label, line, straggler)
         rows.append(row)
         problems += straggler_problems(row, line, quorum is not None)
@@ -93,7 +95,7 @@ def straggler_rows(cloud: LocalCloud, args: argparse.Namespace) -> tuple[list[di
 def straggler_row(label: str, line: Timeline, straggler: int) -> dict[str, Any]:
     """The figures of one straggler run."""
     train = [r for r in line.results if r["task_type"] == "train"]
-    slow = [r["duration_s"] for r in train if r["shard_id"] == straggler]
+    slow = sorted((r for r in train if r["shard_id"] == straggler), key=lambda r: r["round"])
     fast = [r["duration_s"] for r in train if r["shard_id"] != straggler]
     rounds = line.manifest.get("rounds") or [{}]
     return {
@@ -101,10 +103,14 @@ def straggler_row(label: str, line: Timeline, straggler: int) -> dict[str, Any]:
         "straggler": straggler,
         "status": line.status,
         "round_closed_s": line.round_closed_s.get(0),
+        "rounds_closed_s": [line.round_closed_s.get(r) for r in sorted(line.round_closed_s)],
         "job_done_s": line.finished_s,
         "fast_shard_s_max": round(max(fast), 3) if fast else None,
-        "straggler_s": round(slow[0], 3) if slow else None,
-        "counted": rounds[0].get("shards_succeeded"),
+        "straggler_s": round(slow[0]["duration_s"], 3) if slow else None,
+        # When each of the slow shard's tasks started (its result's arrival less its duration:
+        # late by the result's trip through the queue, a few hundredths of a second here).
+        "slow_started_s": [round(r["ingested_s"] - r["duration_s"], 2) for r in slow],
+        "counted": [r.get("shards_succeeded") for r in rounds],
         "late": line.late,
         "val_loss": (rounds[0].get("metrics", {}).get("val_loss") or {}).get("mean"),
         "results": line.results,
@@ -227,18 +233,19 @@ def sweep_line(name: str, run: dict[str, Any], full_epochs: int) -> list[Any]:
 
 def report(rows: list[dict[str, Any]], sweeps: dict[str, Any], peers: list[dict[str, Any]]) -> None:
     """Print the straggler table and the sweep table."""
-    print("\nStraggler vs quorum (one round, seconds after submission)")
-    keys = (
-        "quorum",
-        "straggler",
-        "status",
-        "round_closed_s",
-        "job_done_s",
-        "fast_shard_s_max",
-        "straggler_s",
-    )
-    headers = ["quorum", "slow shard", "status", "round closed", "job done", "slowest other", "slow shard's"]
-    print(table([*headers, "counted", "late"], [[r[k] for k in (*keys, "counted", "late")] for r in rows]))
+    print("\nStraggler vs quorum (seconds after submission; lists: one entry per round)")
+
+    def joined(values: list[Any]) -> str:
+        return " / ".join(str(v) for v in values)
+
+    headers = ["quorum", "slow shard", "status", "round closed", "job done", "slowest other"]
+    headers += ["slow shard's", "slow shard started", "counted", "late"]
+    print(table(headers, [
+        [r["quorum"], r["straggler"], r["status"], joined(r["rounds_closed_s"]), r["job_done_s"],
+         r["fast_shard_s_max"], r["straggler_s"], joined(r["slow_started_s"]), joined(r["counted"]),
+         r["late"]]
+        for r in rows
+    ]))  # fmt: skip
     full_epochs = sweeps["full"]["trial_epochs"]
     lines = [
         sweep_line("shardq, full budget", sweeps["full"], full_epochs),
@@ -269,6 +276,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slow-factor", type=float, default=10.0)
     parser.add_argument("--straggler", type=int, default=None, help="the slow shard (default: the last)")
     parser.add_argument("--quorum", type=float, default=0.75)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the straggler job")
     parser.add_argument("--deadline", type=int, default=3, help="quorum.deadline_seconds of the third run")
     parser.add_argument("--trials", type=int, default=27)
     parser.add_argument("--sweep-workers", type=int, default=4)

@@ -108,8 +108,8 @@ class LocalRun:
         logging.getLogger("shardq").setLevel(self.log_level)
 
     def run(self, payload: dict[str, Any], *, timeout: float, train_results: int = 0) -> Timeline:
-        """Submit ``payload`` and pump its results until it ends and ``train_results`` results of
-        round 0's training arrived (so a straggler's late result is seen, not left running).
+        """Submit ``payload`` and pump its results until it ends and ``train_results`` training
+        results arrived (so a straggler's late result is seen, not left running).
 
         Raises ``TimeoutError`` when the job is still running after ``timeout`` seconds, and
         ``RuntimeError`` when the engine refuses a result (a miscount is a failed benchmark).
@@ -123,13 +123,13 @@ class LocalRun:
             job = self.engine.store.get_job(line.job_id)
             self._note(line, job, time.monotonic() - started)
             line.late = len(self.engine.store.late_results(line.job_id))
-            arrived = sum(1 for r in line.results if r["round"] == 0 and r["task_type"] == "train")
+            arrived = sum(1 for r in line.results if r["task_type"] == "train")
             if job.status in TERMINAL_STATUSES and arrived >= train_results:
                 line.status, line.error = job.status, job.error
                 line.manifest = self._manifest(job)
                 return line
         raise TimeoutError(
-            f"job {line.job_id} did not end (with {train_results} round-0 results) within {timeout} s"
+            f"job {line.job_id} did not end (with {train_results} training results) within {timeout} s"
         )
 
     def _pump(self, line: Timeline, started: float) -> None:
