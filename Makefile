@@ -105,5 +105,11 @@ soak: install  ## the chaos soak run: many jobs, random worker kills (prints a S
 bench: install  ## run the benchmarks (figures go to BENCHMARKS.md by hand)
 	$(PY) -m benchmarks.run_all
 
+.PHONY: bench-scale
+SCALE_SHARDS ?= 100000
+bench-scale: install  ## one job of SCALE_SHARDS (100,000) no-op shards on the deployed local stack, then its manifest
+	$(PY) -m benchmarks.scale --shards $(SCALE_SHARDS) $(BENCH_ARGS)
+	$(PY) -m benchmarks.scale_manifest --shards $(SCALE_SHARDS)
+
 clean:  ## remove build outputs (keeps .venv and node_modules)
 	rm -rf cdk.out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,11 +137,17 @@ def submit(cloud: LocalCloud, outputs: dict[str, str], shards: int, max_parallel
 
 
 def watch(
-    cloud: LocalCloud, store: JobStore, job_id: str, shards: int, events_url: str, timeout: float
+    cloud: LocalCloud, store: JobStore, job_id: str, shards: int, events_url: str, limits: tuple[float, float]
 ) -> dict[str, Any]:
-    """Poll the job record (and the event queue) until the job ends and its event arrived."""
+    """Poll the job record (and the event queue) until the job ends and its event arrived.
+
+    ``limits`` = (timeout, stall): give up after ``timeout`` seconds, or ``stall`` seconds after
+    every result was counted without the job ending (the round's close keeps failing).
+    """
+    timeout, stall = limits
     sqs = cloud.client("sqs")
     marks: dict[str, Any] = {"enqueued_at": None, "terminal_seen_at": None, "event_at": None, "event": None}
+    marks.update(counted_at=None, stalled=False)
     end_by = time.monotonic() + timeout
     last_print = 0.0
     job: JobRecord | None = None
@@ -151,6 +158,11 @@ def watch(
             marks["enqueued_at"] = now
         if marks["terminal_seen_at"] is None and job.status in TERMINAL_STATUSES:
             marks["terminal_seen_at"] = now
+        if marks["counted_at"] is None and job.done(0, "train") >= shards:
+            marks["counted_at"] = now
+        if marks["counted_at"] and not marks["terminal_seen_at"] and now - marks["counted_at"] > stall:
+            marks["stalled"] = True
+            break
         if marks["event_at"] is None:
             got = sqs.receive_message(QueueUrl=events_url, MaxNumberOfMessages=1, WaitTimeSeconds=0)
             for m in got.get("Messages", []):
@@ -283,17 +295,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             sub = submit(cloud, outputs, args.shards, args.max_parallel)
             job_id = sub["answer"]["job_id"]
-            marks = watch(cloud, store, job_id, args.shards, events_url, args.timeout)
+            marks = watch(cloud, store, job_id, args.shards, events_url, (args.timeout, args.stall))
         finally:
             codes = stop_workers(procs, work)
         time.sleep(2.5)  # one more probe dump (every 2 s) after the last invocation
         workers = [json.loads((work / f"worker-{i}.json").read_text()) for i in range(args.workers)]
         job: JobRecord = marks["job"]
+        assert cloud.state_dir is not None
+        log = (cloud.state_dir / "ministack.log").read_text(errors="replace")
         figures = {
+            "lambda_timeouts": log.count("errorType=Sandbox.Timedout"),
             "invocations_metric": invocations(cloud, functions, sub["submitted_at"]),
             "lambdas": probes(probe_out, functions),
             **table_items(cloud, outputs["JobTableName"], job_id),
             **(manifest_figures(cloud, job.result_uri, args.shards) if job.result_uri else {}),
+            "counted_to_terminal_s": round(marks["terminal_seen_at"] - marks["counted_at"], 2)
+            if marks["terminal_seen_at"] and marks["counted_at"]
+            else None,
+            "stalled": marks["stalled"],
         }
     return summarize(args, deploy_s, sub, marks, workers, codes, figures)
 
@@ -340,14 +359,23 @@ def summarize(
         "ddb_write_requests_per_shard": round(writes / n, 3),
         "ddb_items_per_shard": round(sum(figures["items"].values()) / n, 4),
         "last_result_to_event_s": round(marks["event_at"] - last_result, 2) if marks["event_at"] else None,
-        "last_result_to_terminal_seen_s": round(marks["terminal_seen_at"] - last_result, 2),
+        "last_result_to_terminal_seen_s": round(marks["terminal_seen_at"] - last_result, 2)
+        if marks["terminal_seen_at"]
+        else None,
         "worker_tasks": sum(w["tasks"] for w in workers),
+        "max_task_message_bytes": max(w.get("max_task_bytes", 0) for w in workers),
+        "max_result_message_bytes": max(w.get("max_result_bytes", 0) for w in workers),
         "worker_exit_codes": codes,
         "workers_detail": workers,
         **figures,
     }
     problems = []
-    if job.status != "SUCCEEDED":
+    if marks["stalled"]:
+        problems.append(
+            f"every result was counted but the job did not end within {args.stall:.0f} s "
+            f"({figures['lambda_timeouts']} Lambda invocations timed out): the round's close keeps failing"
+        )
+    elif job.status != "SUCCEEDED":
         problems.append(f"job ended {job.status}: {job.error}")
     if figures["items"]["RES"] != n:
         problems.append(f"{figures['items']['RES']} result items for {n} shards")
@@ -379,8 +407,12 @@ def report(r: dict[str, Any]) -> None:
         ["manifest (schema version)",
          f"{r.get('manifest_bytes', 0):,} B (v{r.get('manifest_schema_version')})"],
         ["manifest part files", f"{r.get('manifest_parts')} ({r.get('manifest_parts_bytes', 0):,} B)"],
+        ["largest task / result message",
+         f"{r['max_task_message_bytes']} B / {r['max_result_message_bytes']} B"],
         ["last result sent → Job Finished event", f"{r['last_result_to_event_s']} s"],
         ["last result sent → job seen SUCCEEDED", f"{r['last_result_to_terminal_seen_s']} s"],
+        ["every result counted → job seen SUCCEEDED", f"{r['counted_to_terminal_s']} s"],
+        ["Lambda invocations timed out", r["lambda_timeouts"]],
     ]  # fmt: skip
     print(table(["figure", "value"], rows))
     lam_rows = []
@@ -400,8 +432,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, default=4, help="no-op worker processes")
     parser.add_argument("--max-parallel", type=int, default=64, help="the job's FIFO lanes")
     parser.add_argument("--timeout", type=float, default=1500.0, help="seconds the job may take")
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=420.0,
+        help="give up this long after every result was counted without the job ending",
+    )
     parser.add_argument("--tracemalloc", action="store_true", help="also trace Python allocations")
     args = parser.parse_args(argv)
+    # A background run ignores SIGINT: let SIGTERM unwind, so the local cloud and workers stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = {**run(args), "machine": machine()}
     print(describe(result["machine"]))
     report(result)

@@ -59,7 +59,8 @@ def work(args: argparse.Namespace) -> dict[str, Any]:
     """Poll, answer and delete until the deadline or the stop file; returns the counts."""
     sqs = client("sqs")
     stats: dict[str, Any] = {"worker_id": args.worker_id, "tasks": 0, "receives": 0, "empty_receives": 0}
-    stats.update(sends=0, deletes=0, first_result_at=None, last_result_at=None)
+    stats.update(sends=0, deletes=0, first_result_at=None, last_result_at=None, max_task_bytes=0)
+    stats["max_result_bytes"] = 0
     stop = Path(args.stop_file)
     while time.time() < args.deadline and not stop.exists():
         resp = sqs.receive_message(QueueUrl=args.tasks, MaxNumberOfMessages=10, WaitTimeSeconds=WAIT_S)
@@ -72,6 +73,8 @@ def work(args: argparse.Namespace) -> dict[str, Any]:
             {"Id": str(i), "MessageBody": answer(m["Body"], args.worker_id).to_json()}
             for i, m in enumerate(messages)
         ]
+        stats["max_task_bytes"] = max(stats["max_task_bytes"], *(len(m["Body"].encode()) for m in messages))
+        stats["max_result_bytes"] = max(stats["max_result_bytes"], *(len(e["MessageBody"]) for e in entries))
         stats["sends"] += send_all(sqs, args.results, entries)
         now = time.time()
         stats["first_result_at"] = stats["first_result_at"] or now

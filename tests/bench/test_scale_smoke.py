@@ -1,0 +1,48 @@
+"""The scale benchmarks at a tiny size, so they do not rot (figures are not asserted, only correctness).
+
+``benchmarks.scale`` deploys the stack into its own local cloud and runs a 40-shard map job
+through it; it exits non-zero when the job does not succeed, a result item is missing, or the
+manifest's parts do not list every shard exactly once. ``benchmarks.scale_manifest`` reads 300
+recorded results every way it measures and checks each round summary counted them all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(module: str, *args: str) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_JSON ")]
+    assert lines, proc.stdout[-2000:]
+    return dict(json.loads(lines[-1].removeprefix("BENCH_JSON ")))
+
+
+def test_scale_benchmark_runs_a_small_job_through_the_deployed_stack() -> None:
+    r = run("benchmarks.scale", "--shards", "40", "--workers", "2", "--timeout", "300")
+    # The run checked itself; here: the figures it reports exist and add up.
+    assert r["problems"] == [] and r["job_status"] == "SUCCEEDED"
+    assert r["items"]["RES"] == 40 and r["worker_tasks"] >= 40
+    assert r["manifest_outputs_complete"] is True and r["manifest_schema_version"] == 2
+    lambdas = r["lambdas"]
+    assert lambdas["splitter"]["invocations"] >= 1 and lambdas["aggregator"]["invocations"] >= 1
+    assert lambdas["aggregator"]["peak_rss_mib"] > 0 and r["ddb_write_requests"] >= 40
+
+
+def test_scale_manifest_benchmark_reads_every_result_each_way() -> None:
+    r = run("benchmarks.scale_manifest", "--shards", "300")
+    names = [v["variant"] for v in r["variants"]]
+    assert len(names) == 5 and names[0] == "manifest, schema 1 (list)"
+    assert len(r["parts"]) == 1
