@@ -147,6 +147,11 @@ def run(shards: int) -> dict[str, Any]:
             "inline_max": INLINE_MAX, "part_lines": PART_LINES}  # fmt: skip
 
 
+def linear_mib(variant: dict[str, Any], n: int) -> str | int:
+    """A list variant's peak memory scaled to 1M results; a paged one's does not grow."""
+    return "bounded" if "paged" in variant["variant"] else round(variant["peak_mib"] * MILLION / n)
+
+
 def report(r: dict[str, Any]) -> None:
     """The variants side by side, with per-result figures and their linear extrapolation to 1M.
 
@@ -160,8 +165,7 @@ def report(r: dict[str, Any]) -> None:
         size = f"{v['out']:,}" if isinstance(v["out"], int) else "—"
         per_result_us = v["cpu_s"] * 1e6 / n
         rows.append([v["variant"], v["seconds"], v["cpu_s"], round(per_result_us), v["peak_mib"], size,
-                     round(v["cpu_s"] * MILLION / n),
-                     "bounded" if "paged" in v["variant"] else round(v["peak_mib"] * MILLION / n)])  # fmt: skip
+                     round(v["cpu_s"] * MILLION / n), linear_mib(v, n)])  # fmt: skip
     heads = ["variant", "wall s", "client CPU s", "CPU µs/result", "peak MiB (tracemalloc)", "manifest bytes"]
     heads += ["CPU s at 1M (linear)", "MiB at 1M (linear)"]
     print(table(heads, rows))
