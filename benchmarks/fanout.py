@@ -31,6 +31,7 @@ from benchmarks._common import describe, emit_json, machine, median, table
 from shardq.core import planning
 from shardq.core.contracts import TrainingRequest
 from shardq.core.engine import Engine
+from shardq.core.enqueue import task_message
 from shardq.core.fanout import FanOut, Message
 from shardq.core.settings import Settings
 from shardq.local.cloud import LocalCloud
@@ -65,12 +66,7 @@ def task_messages(payload: dict[str, Any], settings: Settings) -> Iterator[Messa
     job_id = payload["job_id"]
     layout = planning.Layout(settings.artifact_bucket, job_id)
     for i in range(req.task_count):
-        task = planning.train_task(req, job_id, layout, 0, i, None)
-        yield Message(
-            body=task.to_json(),
-            group_id=planning.group_id(job_id, planning.lane(i, req.max_parallel)),
-            dedup_id=planning.dedup_id(task),
-        )
+        yield task_message(planning.train_task(req, job_id, layout, 0, i, None), req.max_parallel)
 
 
 class Timeline:

@@ -48,7 +48,7 @@ def task_message(task: ShardTask, max_parallel: int, generation: int = 0) -> Mes
     """The queue message of a task: its lane's group and its deduplication id (one definition)."""
     return Message(
         body=task.to_json(),
-        group_id=planning.group_id(task.job_id, planning.lane(task.shard_id, max_parallel)),
+        group_id=planning.group_id(task, max_parallel),
         dedup_id=planning.dedup_id(task, generation),
     )
 

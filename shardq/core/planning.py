@@ -78,9 +78,17 @@ def lane(shard_id: int, max_parallel: int) -> int:
     return shard_id % max_parallel
 
 
-def group_id(job_id: str, lane_no: int) -> str:
-    """``MessageGroupId``: one group per lane, so a job runs ``max_parallel`` tasks at once."""
-    return f"{job_id}:{lane_no}"
+def group_id(task: ShardTask, max_parallel: int) -> str:
+    """``MessageGroupId`` of a task: ``job:r<round>:<lane>``, or ``job:r<round>:reduce``.
+
+    One group per lane, so a job runs ``max_parallel`` train tasks at once. The round is part
+    of the group because a FIFO group hands out nothing while a message of it is in flight: a
+    straggler still running after its round closed (quorum, deadline) would otherwise hold its
+    lane in every later round, and the reduce would queue behind whichever shard shares its lane.
+    """
+    if task.task_type == "reduce":
+        return f"{task.job_id}:r{task.round}:reduce"
+    return f"{task.job_id}:r{task.round}:{lane(task.shard_id, max_parallel)}"
 
 
 def dedup_id(task: ShardTask, generation: int = 0) -> str:

@@ -252,3 +252,25 @@ def wait_for_tick(sqs: Any, url: str, timeout: float) -> rounds.Tick:
             if isinstance(item, rounds.Tick):
                 return item
     raise AssertionError(f"no tick within {timeout} s")
+
+
+def test_a_straggler_holds_no_lane_of_a_later_round_nor_the_reduce(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a quorum round whose shard 0 is still running (in flight) when the round closes
+    engine.submit(dp("lanes", quorum={"fraction": 0.5}))
+    sqs, url = clients["sqs"], settings.task_queue_url
+    held = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])["Messages"]
+    straggler = next(m for m in held if tasks_of([m])[0].shard_id == 0)
+    others = [m for m in held if m is not straggler]
+    for m in others:
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    engine.ingest([Outcome(result_for(t)) for t in tasks_of(others)[:2]])
+    # WHEN the round closes, THEN its reduce is receivable at once, though the straggler (lane 0,
+    # where the reduce's shard 0 would fall) still holds its message: the reduce has its own group
+    (reduce,) = tasks_of(receive_all(sqs, url))
+    assert reduce.task_type == "reduce"
+    engine.ingest([Outcome(result_for(reduce))])
+    # ... and round 1's lane-0 task is not stuck behind it either
+    assert sorted(t.shard_id for t in tasks_of(receive_all(sqs, url))) == [0, 1, 2, 3]
+    assert straggler["Attributes"]["MessageGroupId"] == "lanes:r0:0"

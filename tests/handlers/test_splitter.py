@@ -44,7 +44,7 @@ def test_request_becomes_one_task_per_shard_across_lanes(
     tasks = tasks_of(msgs)
     assert sorted(t.shard_id for t in tasks) == list(range(25))
     assert len({m["Body"] for m in msgs}) == 25
-    assert {m["Attributes"]["MessageGroupId"] for m in msgs} == {f"job-a:{lane}" for lane in range(4)}
+    assert {m["Attributes"]["MessageGroupId"] for m in msgs} == {f"job-a:r0:{lane}" for lane in range(4)}
     assert {m["Attributes"]["MessageDeduplicationId"] for m in msgs} == {
         f"job-a:0:{i}:train" for i in range(25)
     }
