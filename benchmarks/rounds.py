@@ -9,9 +9,9 @@ real job table and bucket (``benchmarks.rounds_local``), and worker threads that
    shard; every shard sleeps ``--delay`` s before it trains, shard ``--straggler`` ``--slow-factor``
    times longer. The same request (same seeds) runs with no quorum, with ``quorum.fraction``
    ``--quorum`` and with ``quorum.deadline_seconds`` ``--deadline``; then the fraction again with
-   the slow shard on shard 0 (the reduce task's FIFO lane). Figures: when each round's training
-   closed, when the job ended (reduce included), when the slow shard's tasks started, seconds
-   after submission. ``--rounds 2`` shows the next round's task in the slow shard's lane waiting.
+   the slow shard on shard 0 (until 4b20432 the reduce's FIFO message group). Figures: when each
+   round's training closed, when the job ended (reduce included), when the slow shard's tasks
+   started, seconds after submission. ``--rounds 2``: two rounds, a later round's tasks too.
 2. **Successive halving vs the full budget.** ``examples/requests/sweep_halving.json`` (random
    search, ``--trials`` trials, eta 3, budgets 1 → 3 → 9 epochs of ``examples.linear.train``) run
    as it is and without ``early_stopping`` (every trial trains 9 epochs). Figures: trial-epochs
@@ -69,7 +69,8 @@ def straggler_payload(
 
 def straggler_variants(args: argparse.Namespace) -> list[tuple[str, int, dict[str, Any] | None]]:
     """(label, straggler shard, quorum) of each run: no quorum, a fraction, a deadline; then the
-    fraction again with the straggler on shard 0, whose FIFO lane the round's reduce task shares."""
+    fraction again with the straggler on shard 0, whose FIFO message group the round's reduce task
+    shared until 4b20432 (the reduce then waited for the straggler)."""
     fraction = {"fraction": args.quorum}
     return [
         ("off", args.straggler, None),
