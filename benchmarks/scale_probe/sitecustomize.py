@@ -29,6 +29,7 @@ if _DIR and _FUNCTION:
     import sys
     import threading
     import time
+    from typing import Any
 
     _calls: dict[str, int] = {}
     _writes = {"requests": 0}
@@ -71,7 +72,7 @@ if _DIR and _FUNCTION:
                 "tracemalloc_peak_bytes": tracemalloc.get_traced_memory()[1] if _tracing else None,
                 "at": time.time(),
             }
-        path = os.path.join(_DIR, f"{_FUNCTION}-{os.getpid()}.json")
+        path = os.path.join(str(_DIR), f"{_FUNCTION}-{os.getpid()}.json")
         with open(path + ".tmp", "w") as f:
             json.dump(data, f)
         os.replace(path + ".tmp", path)
@@ -89,7 +90,7 @@ if _DIR and _FUNCTION:
 
         original = BaseClient._make_api_call
 
-        def counted(self, operation_name, api_params):  # type: ignore[no-untyped-def]
+        def counted(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
             service = self.meta.service_model.service_name
             with _lock:
                 key = f"{service}.{operation_name}"
@@ -98,26 +99,26 @@ if _DIR and _FUNCTION:
                     _writes["requests"] += _write_requests(operation_name, api_params)
             return original(self, operation_name, api_params)
 
-        BaseClient._make_api_call = counted  # type: ignore[method-assign]
+        setattr(BaseClient, "_make_api_call", counted)  # noqa: B010 (patching a method on purpose)
 
     class _CountingStdin:
         """``sys.stdin`` that counts the lines read (the runtime's init line and each event)."""
 
-        def __init__(self, inner):  # type: ignore[no-untyped-def]
+        def __init__(self, inner: Any) -> None:
             self._inner = inner
 
-        def readline(self, *args):  # type: ignore[no-untyped-def]
+        def readline(self, *args: Any) -> Any:
             line = self._inner.readline(*args)
             if line:
                 with _lock:
                     _lines["read"] += 1
             return line
 
-        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+        def __getattr__(self, name: str) -> Any:
             return getattr(self._inner, name)
 
     with contextlib.suppress(ImportError):
         _install()
-    sys.stdin = _CountingStdin(sys.stdin)  # type: ignore[assignment]
+    setattr(sys, "stdin", _CountingStdin(sys.stdin))  # noqa: B010 (a proxy, not a TextIO)
     atexit.register(_dump)
     threading.Thread(target=_loop, name="shardq-scale-probe", daemon=True).start()
