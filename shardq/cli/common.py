@@ -6,8 +6,6 @@ import argparse
 import json
 import math
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -367,21 +365,6 @@ def duration(seconds: float | None) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
-
-
-def gpu_count() -> int:
-    """GPUs this machine offers (CUDA_VISIBLE_DEVICES, else nvidia-smi), at least 1 slot."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return max(1, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
-            return max(1, sum(1 for line in out.splitlines() if line.startswith("GPU ")))
-        except (OSError, subprocess.SubprocessError):
-            return 1
-    return 1
 
 
 def settings_from_outputs(outputs: dict[str, str], args: argparse.Namespace) -> Any:

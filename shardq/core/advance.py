@@ -24,6 +24,9 @@ from shardq.core.metrics import reduce_inputs, summarize_round
 
 # Jobs whose shape (task count, rounds, kind) an advancer remembers before starting over.
 SHAPE_CACHE_SIZE = 1024
+# A round's close (summary, reduce inputs, next fan-out) is one aggregator's work for this long;
+# then a redelivered batch takes a dead holder's claim over. Longer than the aggregator's 60 s.
+CLOSE_LEASE_S = 120.0
 
 MetricSink = Callable[[str, float, str], None]
 
@@ -128,8 +131,19 @@ class Advancer:
         ever count; a result that arrives later is recorded as late.
         """
         round_no = job.round
+        if not self.store.claim_close(job.job_id, round_no, self.clock(), CLOSE_LEASE_S):
+            # Another invocation is closing it (or the job moved): its work, not ours. If it dies,
+            # a redelivered batch finds the lease stale and takes over.
+            return False
         if job.closed_round != round_no and not self.store.close_round(job.job_id, round_no):
             return True  # the job moved meanwhile: look again
+        if job.kind == "map":
+            # One pass over the round, one query page in memory at a time.
+            rows = self.store.iter_results(job.job_id, round_no, "train")
+            summary = summarize_round(round_no, (row.result for row in rows), job.round_started_at)
+            self.store.put_round_summary(job.job_id, round_no, summary)
+            self.finisher.finalize(job, "SUCCEEDED")
+            return False
         results = [row.result for row in self.store.results(job.job_id, round_no)]
         self.store.put_round_summary(
             job.job_id, round_no, summarize_round(round_no, results, job.round_started_at)
@@ -173,7 +187,7 @@ class Advancer:
             error = reduced[0].error if reduced else "no reduce result"
             self.finisher.finalize(job, "FAILED", f"reduce of round {round_no} failed: {error}")
             return False
-        model_uri = reduced[0].artifact_uri
+        model_uri = reduced[0].model
         self.finisher.round_finished(job)
         if round_no + 1 >= job.rounds:
             self.store.set_final_model(job.job_id, round_no, model_uri)

@@ -44,7 +44,8 @@ def new_client(
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": retry_mode, "max_attempts": max_attempts},
+        # total_max_attempts counts the first call; botocore's max_attempts counts retries only.
+        retries={"mode": retry_mode, "total_max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
         connect_timeout=5,
         read_timeout=read_timeout,

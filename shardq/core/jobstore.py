@@ -515,6 +515,15 @@ class JobStore:
         )
         self._update(job_id, update)
 
+    def claim_close(self, job_id: str, round_no: int, now: float, lease_s: float) -> bool:
+        """Claim the work of closing round ``round_no`` (summary, reduce inputs, next fan-out): one
+        aggregator does it while the lease is live; a dead holder's claim is taken over after it."""
+        name = f"close_claim_r{round_no}"
+        update = _Update().set(**{name: now}).expect(status="RUNNING", round=round_no, phase="train")
+        claim = _ref(update, name)
+        update.condition(f"(attribute_not_exists({claim}) OR {claim} < :stale)", stale=now - lease_s)
+        return self._update(job_id, update, stamp=False)
+
     def close_round(self, job_id: str, round_no: int) -> bool:
         """Freeze round ``round_no``'s training: from now on its results are late. False if the job
         is no longer training that round."""
@@ -823,13 +832,23 @@ class JobStore:
             request = resp.get("UnprocessedKeys") or {}
         return {i for i, k in enumerate(keys) if (k["pk"]["S"], k["sk"]["S"]) in found}
 
+    def iter_results(
+        self, job_id: str, round_no: int | None = None, task_type: str | None = None
+    ) -> Iterator[ResultRecord]:
+        """Recorded outcomes (of one round, and type) in key order, one query page in memory at a time."""
+        prefix = "RES#"
+        if round_no is not None:
+            prefix += f"r{round_no:04d}#" + (f"{task_type}#" if task_type else "")
+        for item in self._query(job_id, prefix):
+            yield ResultRecord.from_item(item)
+
     def results(self, job_id: str, round_no: int, task_type: str = "train") -> list[ResultRecord]:
         """Recorded outcomes of one round and task type, ordered by shard."""
-        return [ResultRecord.from_item(i) for i in self._query(job_id, f"RES#r{round_no:04d}#{task_type}#")]
+        return list(self.iter_results(job_id, round_no, task_type))
 
     def all_results(self, job_id: str) -> list[ResultRecord]:
         """Every recorded outcome of a job, in (round, type, shard) order."""
-        return [ResultRecord.from_item(i) for i in self._query(job_id, "RES#")]
+        return list(self.iter_results(job_id))
 
     def failed_results(
         self, job_id: str, round_no: int | None = None, task_type: str | None = None
@@ -855,10 +874,13 @@ class JobStore:
             kwargs["ExpressionAttributeValues"][":failed"] = {"S": "failed"}
         while True:
             resp = self.ddb.query(**kwargs)
-            yield from resp.get("Items", [])
-            if "LastEvaluatedKey" not in resp:
+            after = resp.get("LastEvaluatedKey")
+            items = resp.get("Items", [])
+            del resp  # one page in memory, not two
+            yield from items
+            if after is None:
                 return
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+            kwargs["ExclusiveStartKey"] = after
 
     def put_round_summary(self, job_id: str, round_no: int, summary: dict[str, Any]) -> None:
         """Store a finished round's summary (idempotent overwrite)."""
