@@ -675,9 +675,13 @@ def _map_section(m: dict[str, Any], out: IO[str]) -> list[str]:
         summary = [(n, f"{v['mean']:.6g}", f"{v['min']:.6g}", f"{v['max']:.6g}") for n, v in metrics.items()]
         parts.append(table(summary, ("METRIC", "MEAN", "MIN", "MAX"), out))
     rows = [(o["shard_id"], o.get("num_samples"), o.get("artifact_uri")) for o in outputs[:20]]
+    # Manifest schema 2 keeps the first entries inline and the whole list in JSON Lines parts.
+    total = int(m.get("outputs_count", len(outputs)))
     if rows:
-        more = f" (first 20 of {len(outputs)}; --json for all)" if len(outputs) > 20 else ""
+        more = f" (first 20 of {total}; --json for the manifest)" if total > 20 else ""
         parts.append(table(rows, ("SHARD", "SAMPLES", "ARTIFACT"), out, title=f"outputs{more}"))
+    if m.get("outputs_parts"):
+        parts.append("all outputs, as JSON Lines: " + " ".join(m["outputs_parts"]))
     return parts
 
 
