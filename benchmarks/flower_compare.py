@@ -39,6 +39,7 @@ import numpy as np
 from benchmarks._common import ROOT, machine
 from benchmarks.fedavg_report import render, write_outputs
 from shardq.core.jobstore import JobStore
+from shardq.core.planning import split_s3
 from shardq.local.cloud import LocalCloud
 from shardq.local.deploy import deploy_stack
 from shardq.local.workers import start_workers, stop_workers
@@ -145,7 +146,11 @@ def shardq_rounds(store: JobStore, job: Any, s3: Any, out: Path, workers: int) -
         train = [rec.result for rec in store.results(job.job_id, r, "train")]
         (reduce_rec,) = store.results(job.job_id, r, "reduce")
         end = ts(reduce_rec.recorded_at)
-        bucket, key = reduce_rec.result.artifact_uri.removeprefix("s3://").split("/", 1)
+        # The round's global model: model_uri where the worker names it, else the reduce's artifact.
+        model_uri = getattr(reduce_rec.result, "model_uri", None) or reduce_rec.result.artifact_uri
+        if not model_uri:
+            raise RuntimeError(f"round {r} of {job.job_id}: the reduce result names no model")
+        bucket, key = split_s3(model_uri)
         s3.download_file(bucket, key, str(out / f"round-{r:04d}.pt"))
         slowest = max(t.metrics["train_s"] for t in train)
         busy = sum(t.metrics["train_s"] for t in train) / workers
@@ -329,6 +334,7 @@ def equivalence(
 def main(argv: list[str] | None = None) -> int:
     """Run everything; print the table; exit 1 when a claim does not hold."""
     args = parse(argv)
+    result: dict[str, Any]
     if args.from_json is not None:
         result = json.loads(args.from_json.read_text())
         report, ok = render(result, args.targets)
@@ -349,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(models.build(args.arch, args.seed).state_dict(), init)
         with np.load(dataset) as f:
             data = {k: f[k] for k in f.files}
-        result: dict[str, Any] = {"config": vars(args), "machine": machine()}
+        result = {"config": vars(args), "machine": machine()}
         result["centralized"] = centralized(args, data)
         print(f"centralized: final {result['centralized']['final']:.3f}", flush=True)
         result["shardq"] = run_shardq(args, dataset, init, work)

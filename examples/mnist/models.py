@@ -12,6 +12,7 @@ Flower's clients call the same ``local_train``, so their client updates are iden
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,22 @@ ARCHS = ("2nn", "cnn")
 CENTRALIZED_CLIENT = 2**16
 
 
+# Layer constructors draw their initial weights from torch's one global generator. A worker with
+# --concurrency 2 builds two models at once in two threads; without the lock their seeds and draws
+# interleave and the shards start round 0 from different, mixed weights.
+_INIT_LOCK = threading.Lock()
+
+
 def build(arch: str, seed: int) -> nn.Module:
     """A freshly initialised model; the same ``seed`` gives the same initial weights everywhere."""
-    torch.manual_seed(seed)
+    if arch not in ARCHS:
+        raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    with _INIT_LOCK:
+        torch.manual_seed(seed)
+        return _layers(arch)
+
+
+def _layers(arch: str) -> nn.Module:
     if arch == "2nn":
         return nn.Sequential(
             nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 10)
@@ -38,7 +52,7 @@ def build(arch: str, seed: int) -> nn.Module:
             nn.Conv2d(8, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 10),
         )  # fmt: skip
-    raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    raise AssertionError(arch)
 
 
 def images(x: np.ndarray) -> torch.Tensor:

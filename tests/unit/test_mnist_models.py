@@ -61,3 +61,23 @@ def test_config_names_every_bad_field_and_its_fix() -> None:
         SimpleNamespace(model={}, hyperparameters={"test_uri": "s3://b/k.npz", "partition": "noniid"})
     )
     assert (ok.arch, ok.partition, ok.batch_size) == ("cnn", "noniid", 10)
+
+
+def test_models_built_in_concurrent_threads_start_from_the_same_weights() -> None:
+    # a worker with --concurrency 2 builds two models at once; both must get the seed's weights
+    import threading
+
+    expected = models.state_arrays(models.build("cnn", seed=7))
+    built: list[dict[str, np.ndarray]] = []
+
+    def build_many() -> None:
+        for _ in range(20):
+            built.append(models.state_arrays(models.build("cnn", seed=7)))
+
+    threads = [threading.Thread(target=build_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 80
+    assert all(all(np.array_equal(b[k], expected[k]) for k in expected) for b in built)
