@@ -368,8 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         result["equivalence"] = equivalence(args, data, init, work, flower="skipped" not in result["flower"])
     report, ok = render(result, args.targets)
     print(report)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1, default=str))
+    # A smoke run never overwrites the figures BENCHMARKS.md quotes (nor leaves a file in the tree).
+    out = Path(tempfile.gettempdir()) / "flower_compare-quick.json" if args.quick else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
     if args.write:
         write_outputs(result, report)
     return 0 if ok else 1
