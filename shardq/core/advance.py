@@ -188,6 +188,11 @@ class Advancer:
             self.finisher.finalize(job, "FAILED", f"reduce of round {round_no} failed: {error}")
             return False
         model_uri = reduced[0].model
+        # What the reduce reported (e.g. the global model's held-out accuracy) joins the round's
+        # summary, so the manifest and the dashboard show it per round. Idempotent.
+        self.store.add_to_round_summary(
+            job.job_id, round_no, {"reduce": {"metrics": reduced[0].metrics, "model_uri": model_uri}}
+        )
         self.finisher.round_finished(job)
         if round_no + 1 >= job.rounds:
             self.store.set_final_model(job.job_id, round_no, model_uri)

@@ -895,6 +895,15 @@ class JobStore:
         """Outcomes that arrived after their round or phase closed, never counted."""
         return [ResultRecord.from_item(i) for i in self._query(job_id, "LATE#")]
 
+    def add_to_round_summary(self, job_id: str, round_no: int, fields: dict[str, Any]) -> None:
+        """Merge ``fields`` into a stored round summary (no-op when the round has none)."""
+        key = {"pk": _pk(job_id), "sk": {"S": f"ROUND#{round_no:04d}"}}
+        item = self.ddb.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
+        if item is None:
+            return
+        summary = {**json.loads(_from_item(item)["summary"]), **fields}
+        self.put_round_summary(job_id, round_no, summary)
+
     def round_summaries(self, job_id: str) -> list[dict[str, Any]]:
         """All stored round summaries, in round order."""
         return [json.loads(_from_item(i)["summary"]) for i in self._query(job_id, "ROUND#")]

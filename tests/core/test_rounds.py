@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from tests.requests import make_request
 
 def dp(job_id: str, shards: int = 4, **extra: Any) -> dict[str, Any]:
     """A 2-round data_parallel request with a lane per shard."""
-    return make_request(job_id=job_id, shards=shards, rounds=2, max_parallel=shards, **extra)
+    return make_request(job_id=job_id, shards=shards, **{"rounds": 2, "max_parallel": shards, **extra})
 
 
 def take(engine: Engine, clients: dict[str, Any]) -> dict[int, Any]:
@@ -274,3 +275,19 @@ def test_a_straggler_holds_no_lane_of_a_later_round_nor_the_reduce(
     # ... and round 1's lane-0 task is not stuck behind it either
     assert sorted(t.shard_id for t in tasks_of(receive_all(sqs, url))) == [0, 1, 2, 3]
     assert straggler["Attributes"]["MessageGroupId"] == "lanes:r0:0"
+
+
+def test_the_reduce_metrics_join_the_round_summary(engine: Engine, clients: dict[str, Any]) -> None:
+    # GIVEN a round trained; WHEN its reduce reports the global model's held-out accuracy
+    engine.submit(dp("rm", rounds=1))
+    tasks = take(engine, clients)
+    engine.ingest([Outcome(result_for(t)) for t in tasks.values()])
+    (reduce,) = take(engine, clients).values()
+    engine.ingest([Outcome(replace(result_for(reduce), metrics={"test_accuracy": 0.91}))])
+    # THEN the round's summary (and so the manifest's "rounds") carries it
+    (summary,) = engine.store.round_summaries("rm")
+    assert summary["reduce"]["metrics"] == {"test_accuracy": 0.91}
+    assert summary["shards_succeeded"] == 4
+    bucket, key = split_s3(engine.store.get_job("rm").result_uri or "")
+    manifest = json.loads(clients["s3"].get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert manifest["rounds"][0]["reduce"]["metrics"] == {"test_accuracy": 0.91}
