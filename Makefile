@@ -31,7 +31,7 @@ install: $(STAMP) $(NODE_STAMP)  ## create .venv and node_modules from the pinne
 run: install  ## the main job: a real training job end to end on the embedded local cloud (prints the dashboard address; RUN_ARGS=--keep-open)
 	$(PY) -m shardq.demo $(RUN_ARGS)
 
-test: install  ## lint, type-check and the whole test suite (what CI runs)
+test: install torch dashboard  ## lint, type-check and the whole test suite, PyTorch and browser tests included (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
