@@ -3,7 +3,11 @@
 Guarantees, in the order a task meets them:
 
 * **Long polling** (20 s): an idle worker makes at most 3 ReceiveMessage calls a minute.
-* **Cancellation**: a task whose job is CANCELLED or already finished is deleted unrun.
+* **Cancellation**: a task whose job is CANCELLED or already finished is deleted unrun, and so is
+  a ``data_parallel`` train task whose round already closed (quorum, deadline) or was passed.
+* **Time limit**: a task with ``timeout_s`` runs its function in a child process
+  (``shardq.worker.isolation``); past the limit the process is killed and the task reported
+  failed at once (no retry), naming ``task_timeout_seconds``; the slot goes on.
 * **Heartbeat**: while the function runs, a thread keeps the task invisible
   (ChangeMessageVisibility ahead of expiry), up to SQS's 12-hour ceiling. A task that
   would outlive the ceiling is reported failed with a clear message and deleted, rather
@@ -46,11 +50,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shardq.core.contracts import TERMINAL_STATUSES, ShardResult, ShardTask, ValidationError
 from shardq.core.enqueue import load_task
-from shardq.core.jobstore import JobStore
+from shardq.core.jobstore import JobNotFound, JobStore
 from shardq.core.planning import split_s3
-from shardq.worker.aws import Backoff, FatalAwsError, describe, is_fatal
+from shardq.worker.aws import Backoff, FatalAwsError, describe, error_code, is_fatal
 from shardq.worker.devices import CPU, SlotDevice
+from shardq.worker.isolation import IsolatedTaskError, TaskAbandonedInChild, TaskTimeout, run_isolated
 from shardq.worker.reduce import MODEL_SUFFIXES, ModelError, average_stream
+from shardq.worker.strategies import SERVER_STATE_NAME, apply_strategy, needs_server_step
 
 log = logging.getLogger("shardq.worker")
 DEFAULT_MAX_RECEIVE_COUNT = 5
@@ -127,6 +133,11 @@ class TaskContext:
         The model file among the outputs. Set it when ``output_dir`` holds more than the model
         (metrics, logs, plots) and the model is not named ``model.<ext>``; it travels as the
         result's ``model_uri``, which the reduce averages.
+    proximal_mu:
+        FedProx's μ (the task's ``strategy.mu``; 0 otherwise): add μ/2·‖w − w_global‖² to the local
+        loss, i.e. μ·(w − w_global) to its gradient, with w_global the model at ``init_model_path``.
+    strategy:
+        The job's server strategy as the task carries it (``{"name", **params}``; empty for FedAvg).
     """
 
     data: dict[str, Any]
@@ -139,6 +150,8 @@ class TaskContext:
     input_models: list[tuple[Path, int]] = field(default_factory=list)
     device: str = CPU
     model_path: Path | None = None
+    proximal_mu: float = 0.0
+    strategy: dict[str, Any] = field(default_factory=dict)
 
     def progress(self, fraction: float) -> None:
         """Report progress in [0, 1] (logged at most every 10 %)."""
@@ -237,8 +250,8 @@ class Worker:
     task_queue_url, results_queue_url:
         The stack's queues.
     ddb, job_table:
-        For the cancellation check, through ``JobStore.status_of`` (optional: without them every
-        task runs).
+        For the cancellation and closed-round checks, through ``JobStore.get_job`` (optional:
+        without them every task runs).
     entrypoint:
         Overrides the task's own ``entrypoint`` (``module:function``) when set.
     visibility_s:
@@ -385,8 +398,9 @@ class Worker:
             log.exception("malformed task body; leaving it for the DLQ")
             return
         tlog = TaskLogAdapter(log, {"job_id": task.job_id, "round": task.round, "shard_id": task.shard_id})
-        if self._job_finished(task.job_id, tlog):
-            tlog.info("job is cancelled or finished; dropping task %s unrun", task.key)
+        reason = self._drop_reason(task, tlog)
+        if reason is not None:
+            tlog.info("%s; dropping task %s unrun", reason, task.key)
             self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
             return
         # Hooks around the whole lease (run, post, delete): on ECS they hold the task's scale-in
@@ -447,7 +461,7 @@ class Worker:
         attempt = {"worker_id": self.worker_id, "attempt": lease.receives}
         try:
             with tempfile.TemporaryDirectory(prefix="shardq-task-") as tmp:
-                outcome = self._run(task, Path(tmp), tlog)
+                outcome = self._run(task, Path(tmp), tlog, lease.abandoned)
             return ShardResult.for_task(
                 task,
                 "succeeded",
@@ -464,14 +478,16 @@ class Worker:
             self._release(lease.receipt)
             raise
         except Exception as exc:
-            if lease.abandoned.is_set():
+            if lease.abandoned.is_set() or isinstance(exc, TaskAbandonedInChild):
                 return None
             tlog.exception(
                 "task %s failed on attempt %d of %d", task.key, lease.receives, self.max_receive_count
             )
             # A training function that cannot even be loaded, or a model the reduce cannot read,
             # fails every attempt the same way: report it now instead of cycling through receives.
-            permanent = isinstance(exc, EntrypointError | ModelError)
+            permanent = isinstance(exc, EntrypointError | ModelError | TaskTimeout) or (
+                isinstance(exc, IsolatedTaskError) and exc.permanent
+            )
             if not permanent and lease.receives < (self.max_receive_count or DEFAULT_MAX_RECEIVE_COUNT):
                 lease.abandoned.set()
                 # Give it back at once so the retry does not wait out the visibility timeout.
@@ -485,19 +501,34 @@ class Worker:
                 **attempt,
             )
 
-    def _job_finished(self, job_id: str, tlog: logging.LoggerAdapter) -> bool:
-        """True when the job is cancelled or finished. Unknown after a transient error: run the task
-        (the aggregator ignores results of a finished job), rather than drop or stall it."""
+    def _drop_reason(self, task: ShardTask, tlog: logging.LoggerAdapter) -> str | None:
+        """Why the task need not run, or None: its job is cancelled or finished, or (a
+        ``data_parallel`` train task) its round already closed, so its result would only be late.
+
+        Unknown after a transient error: run the task (the aggregator ignores results of a finished
+        job and records late ones), rather than drop or stall it.
+        """
         if self.store is None:
-            return False
+            return None
         try:
-            status = self.store.status_of(job_id)
+            # Eventually consistent: a stale read only runs a task the aggregator then ignores.
+            job = self.store.get_job(task.job_id, consistent=False)
+        except JobNotFound:
+            return None
         except Exception as exc:
             if is_fatal(exc):
                 raise
             tlog.warning("job status unknown (%s); running the task", describe(exc))
-            return False
-        return status in TERMINAL_STATUSES
+            return None
+        if job.status in TERMINAL_STATUSES:
+            return f"job is {job.status}"
+        if task.task_type != "train" or task.kind != "data_parallel":
+            return None
+        if job.round > task.round:
+            return f"job moved on to round {job.round}"
+        if job.closed_round is not None and job.closed_round >= task.round:
+            return f"round {task.round} already closed"
+        return None
 
     def _heartbeat(self, lease: Lease, task: ShardTask, tlog: logging.LoggerAdapter) -> None:
         """Extend visibility every third of it; at the 12-hour ceiling, fail the task cleanly."""
@@ -601,28 +632,63 @@ class Worker:
             fetch=self._fetcher(tmp),
             progress_sink=progress,
             device=self.device.device,
+            proximal_mu=float(task.strategy.get("mu", 0.0) or 0.0),
+            strategy=dict(task.strategy),
         )
 
-    def _run(self, task: ShardTask, tmp: Path, tlog: logging.LoggerAdapter) -> dict[str, Any]:
+    def _run(
+        self,
+        task: ShardTask,
+        tmp: Path,
+        tlog: logging.LoggerAdapter,
+        abandoned: threading.Event | None = None,
+    ) -> dict[str, Any]:
         # A task too big for its message travels by claim check (shardq.core.enqueue): fetch the
         # body inside the attempt, so an S3 error counts as one failed attempt like any other.
         task = load_task(task, self.s3)
         ctx = self._context(task, tmp, tlog)
-        fn = resolve(self.entrypoint or task.entrypoint, task.task_type)
+        entrypoint = self.entrypoint or task.entrypoint
+        fn = resolve(entrypoint, task.task_type)
         if task.task_type == "reduce":
-            outcome = self._reduce(task, ctx, fn, tmp)
+            outcome = self._reduce(task, ctx, fn, tmp, abandoned)
         else:
             if fn is None:
                 raise AttributeError(f"entrypoint {task.entrypoint!r} has no train function")
-            outcome = dict(fn(task, ctx) or {})
+            outcome = self._call(entrypoint, fn, task, ctx, abandoned)
         return self._publish(task, ctx, outcome, tlog)
 
-    def _reduce(
-        self, task: ShardTask, ctx: TaskContext, fn: Callable[..., Any] | None, tmp: Path
+    @staticmethod
+    def _call(
+        entrypoint: str,
+        fn: Callable[..., Any],
+        task: ShardTask,
+        ctx: TaskContext,
+        abandoned: threading.Event | None,
     ) -> dict[str, Any]:
-        """The module's own ``reduce`` on every downloaded model, else the streamed FedAvg."""
+        """The user's function: in this thread, or in a child process it can be stopped in when
+        the task has a time limit (``shardq.worker.isolation``)."""
+        if task.timeout_s:
+            return run_isolated(entrypoint, task, ctx, task.timeout_s, abandoned)
+        return dict(fn(task, ctx) or {})
+
+    def _reduce(
+        self,
+        task: ShardTask,
+        ctx: TaskContext,
+        fn: Callable[..., Any] | None,
+        tmp: Path,
+        abandoned: threading.Event | None = None,
+    ) -> dict[str, Any]:
+        """The module's own ``reduce`` on every downloaded model, else the streamed FedAvg (then the
+        job's server strategy, if it has one)."""
         if task.inputs_uri is None:
             raise ValueError(f"reduce task {task.key} has no inputs_uri")
+        stepping = needs_server_step(task.strategy) and fn is None
+        if stepping and ctx.init_model_path is None:
+            raise ModelError(
+                f"strategy {task.strategy.get('name')} steps from the round's global model, but reduce task "
+                f"{task.key} has no init_model_uri: give the job a starting model (model.init_uri)"
+            )
         bucket, key = split_s3(task.inputs_uri)
         body = self._s3(f"read {task.inputs_uri}", self.s3.get_object, Bucket=bucket, Key=key)["Body"]
         inputs = json.loads(body.read())
@@ -633,14 +699,38 @@ class Worker:
         if fn is not None:
             for i, (uri, weight) in enumerate(models):
                 ctx.input_models.append((self._download(uri, tmp / "inputs" / str(i) / _name(uri)), weight))
-            return dict(fn(task, ctx) or {})
+            return self._call(self.entrypoint or task.entrypoint, fn, task, ctx, abandoned)
         ctx.model_path = average_stream(
             self._one_at_a_time(models, tmp / "inputs"),
             [w for _, w in models],
             ctx.output_dir,
             name=_name(models[0][0]) if models else None,
         )
+        if stepping and ctx.init_model_path is not None:
+            apply_strategy(task.strategy, ctx.model_path, ctx.init_model_path, self._server_state(task, tmp))
         return {"num_samples": inputs["total_samples"]}
+
+    def _server_state(self, task: ShardTask, tmp: Path) -> Path | None:
+        """The previous round's server state, downloaded; None in the first round (state at zero).
+
+        A missing object where one is named (the previous reduce's output deleted, e.g. by a
+        lifecycle rule) also starts at zero, with a warning: failing would end a job whose
+        rounds can still go on.
+        """
+        uri = task.data.get("server_state_uri")
+        if not uri:
+            return None
+        try:
+            return self._download(str(uri), tmp / "state" / SERVER_STATE_NAME)
+        except ClientError as exc:
+            if error_code(exc) not in ("404", "NoSuchKey"):
+                raise
+            log.warning(
+                "server state %s is missing; the strategy's state starts at zero this round",
+                uri,
+                extra={"job_id": task.job_id, "round": task.round},
+            )
+            return None
 
     def _one_at_a_time(self, models: list[tuple[str, int]], where: Path) -> Iterator[Path]:
         """Each shard model downloaded when asked for, deleted once the next is asked for."""
