@@ -172,9 +172,9 @@ def test_pt_models_without_pytorch_fail_the_reduce_at_once_saying_how_to_install
         bucket, key = split_s3(r.artifact_uri or "")
         clients["s3"].put_object(Bucket=bucket, Key=key.replace(".npz", ".pt"), Body=b"not read")
     as_pt = [
-        ShardResult.from_json({**r.to_dict(), "model_uri": r.artifact_uri.replace(".npz", ".pt")})
+        ShardResult.from_json({**r.to_dict(), "model_uri": (r.artifact_uri or "").replace(".npz", ".pt")})
         for r in trained
-    ]  # type: ignore[union-attr]
+    ]
     assert engine.ingest([Outcome(r) for r in as_pt]) == []
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError, as when absent
     # WHEN the reduce runs
@@ -262,7 +262,7 @@ def test_streamed_average_matches_the_all_at_once_average_bit_for_bit(tmp_path: 
     ],
 )
 def test_shard_models_that_do_not_match_are_refused(
-    tmp_path: Path, second: dict[str, np.ndarray], message: str
+    tmp_path: Path, second: dict[str, Any], message: str
 ) -> None:
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     np.savez(a, w=np.zeros(3))
