@@ -51,20 +51,17 @@ class AwsError(CliError):
 
 
 def session_client(service: str, args: argparse.Namespace) -> Any:
-    """A boto3 client for ``service`` honouring --region and --endpoint-url."""
-    import boto3
-    from botocore.config import Config
+    """A boto3 client for ``service`` honouring --region and --endpoint-url (the core's factory)."""
+    from shardq.core.clients import new_client
 
-    return boto3.session.Session(region_name=args.region).client(
+    # Few, short retries: a person at a terminal wants "cannot reach" in seconds, not a minute.
+    return new_client(
         service,
+        region=args.region,
         endpoint_url=args.endpoint_url,
-        # Few, short retries: a person at a terminal wants "cannot reach" in seconds, not a minute.
-        config=Config(
-            retries={"mode": "standard", "max_attempts": 3},
-            max_pool_connections=32,
-            connect_timeout=5,
-            read_timeout=60,
-        ),
+        max_attempts=3,
+        read_timeout=60,
+        max_pool_connections=32,
     )
 
 
