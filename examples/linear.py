@@ -105,14 +105,18 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
             w, b = m["w"].astype(np.float64), float(m["b"])
     else:
         w, b = np.zeros(dim), 0.0
+    # FedProx (strategy fedprox): the loss gains mu/2 * ||(w, b) - (w_global, b_global)||^2, so the
+    # gradient gains mu * (w - w_global): local steps stay near the round's global model.
+    mu = float(getattr(ctx, "proximal_mu", 0.0) or 0.0)
+    w_global, b_global = w.copy(), b
     rng = np.random.default_rng([seed, task.round, task.shard_id])
     for epoch in range(epochs):
         order = rng.permutation(len(y))
         for i in range(0, len(y), batch):
             idx = order[i : i + batch]
             err = x[idx] @ w + b - y[idx]
-            w -= lr * ((x[idx].T @ err) / len(idx) + l2 * w)
-            b -= lr * float(err.mean())
+            w -= lr * ((x[idx].T @ err) / len(idx) + l2 * w + mu * (w - w_global))
+            b -= lr * (float(err.mean()) + mu * (b - b_global))
         ctx.progress((epoch + 1) / epochs)
     vx, vy = _validation(uri, dim)
     np.savez(ctx.output_dir / "model.npz", w=w, b=np.array(b))

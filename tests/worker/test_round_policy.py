@@ -1,0 +1,135 @@
+"""The worker's side of a round's policy, on the local cloud: the per-task time limit, train tasks of
+a closed round dropped unrun, and FedProx's proximal term handed to the training function."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import threading
+from typing import Any
+
+import numpy as np
+
+from shardq.core.engine import Engine
+from shardq.core.jobstore import Outcome
+from shardq.core.settings import Settings
+from tests.helpers import count_messages
+from tests.worker.test_models import npz, posted, worker
+
+
+def submit(engine: Engine, job_id: str, entrypoint: str, shards: int = 1, **extra: Any) -> None:
+    engine.submit(
+        {
+            "job_id": job_id,
+            "kind": "data_parallel",
+            "dataset": {"num_samples": 15 * shards},
+            "sharding": {"shard_count": shards},
+            "max_parallel": shards,
+            "entrypoint": entrypoint,
+            **extra,
+        }
+    )
+
+
+# -- the per-task time limit --------------------------------------------------------------------
+
+
+def test_a_task_past_its_time_limit_is_stopped_reported_failed_and_deleted_and_the_slot_goes_on(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a task that would sleep 60 s, with a 2 s limit
+    submit(engine, "late", "tests.workloads:slow", hyperparameters={"sleep": 60}, task_timeout_seconds=2)
+    w = worker(settings, clients)
+    # WHEN the worker runs it
+    assert w.run(threading.Event(), max_tasks=1) == 1
+    # THEN its process was stopped, and it is reported failed on its first attempt, naming the limit
+    assert multiprocessing.active_children() == []
+    (failed,) = posted(clients, settings)
+    assert (failed.status, failed.attempt) == ("failed", 1)
+    assert "TaskTimeout" in (failed.error or "") and "task_timeout_seconds=2" in (failed.error or "")
+    # AND the task is gone from the queue (not retried, no lease held)
+    assert count_messages(clients["sqs"], settings.task_queue_url) == 0
+    # AND it counts against max_failed_shards (0 here): the job fails saying why
+    assert engine.ingest([Outcome(failed)]) == []
+    job = engine.store.get_job("late")
+    assert (job.status, job.error) == ("FAILED", "1 shards failed, over max_failed_shards=0")
+    # AND the same slot runs the next task, isolated too, to success: its model chosen in the child
+    submit(engine, "next", "tests.worker.workloads:explicit_model", task_timeout_seconds=60)
+    assert w.run(threading.Event(), max_tasks=2) == 2
+    (ok,) = posted(clients, settings)
+    assert ok.status == "succeeded", ok.error
+    assert (ok.model_uri or "").endswith("shard-000000/weights.npz")
+    assert ok.num_samples == 15 and ok.metrics == {"loss": 1.0}
+
+
+def test_an_error_in_the_isolated_function_is_reported_with_its_own_type(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    submit(engine, "boom", "tests.workloads:boom", task_timeout_seconds=60)
+    w = worker(settings, clients)
+    w.max_receive_count = 1  # its last attempt: report it
+    w.run(threading.Event(), max_tasks=1)
+    (failed,) = posted(clients, settings)
+    assert failed.status == "failed"
+    assert "ValueError: shard 0 is poisoned" in (failed.error or "")
+    assert "TaskTimeout" not in (failed.error or "")
+
+
+# -- tasks of a closed round ------------------------------------------------------------------
+
+
+def test_train_tasks_of_a_round_closed_by_quorum_are_dropped_unrun(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN 4 shards and a 50 % quorum
+    submit(engine, "q", "tests.workloads:ok", shards=4, quorum={"fraction": 0.5})
+    w = worker(settings, clients)
+    # WHEN 2 shards train and report, the round closes
+    w.run(threading.Event(), max_tasks=2)
+    first = posted(clients, settings)
+    assert engine.ingest([Outcome(r) for r in first]) == []
+    job = engine.store.get_job("q")
+    assert (job.closed_round, job.phase) == (0, "reduce")
+    # THEN the worker deletes the other 2 train tasks unrun, and runs the reduce
+    w.run(threading.Event(), max_tasks=5)
+    (reduced,) = posted(clients, settings)
+    assert (reduced.task_type, reduced.status) == ("reduce", "succeeded")
+    assert count_messages(clients["sqs"], settings.task_queue_url) == 0
+    assert engine.store.late_results("q") == []  # nothing ran late: nothing was trained for nothing
+    assert engine.ingest([Outcome(reduced)]) == []
+    assert engine.store.get_job("q").status == "SUCCEEDED"
+
+
+# -- FedProx ------------------------------------------------------------------------------------
+
+
+def test_fedprox_mu_keeps_the_local_model_near_the_global_one(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a global model at zero and the linear example, trained with FedAvg and with FedProx
+    buf = io.BytesIO()
+    np.savez(buf, w=np.zeros(4), b=np.array(0.0))
+    clients["s3"].put_object(Bucket=settings.artifact_bucket, Key="init/model.npz", Body=buf.getvalue())
+    init = f"s3://{settings.artifact_bucket}/init/model.npz"
+    distances = {}
+    for job_id, strategy in (("plain", {"name": "fedavg"}), ("prox", {"name": "fedprox", "mu": 5.0})):
+        engine.submit(
+            {
+                "job_id": job_id,
+                "kind": "data_parallel",
+                "dataset": {"uri": "synthetic://linear?dim=4&seed=3", "num_samples": 512},
+                "sharding": {"shard_count": 1},
+                "entrypoint": "examples.linear:train",
+                "hyperparameters": {"lr": 0.05, "epochs": 2},
+                "model": {"init_uri": init},
+                "strategy": strategy,
+            }
+        )
+        worker(settings, clients).run(threading.Event(), max_tasks=1)
+        (trained,) = posted(clients, settings)
+        assert trained.status == "succeeded", trained.error
+        model = npz(clients["s3"], trained.model_uri or "")
+        distances[job_id] = float(np.sqrt(np.sum(model["w"] ** 2) + float(model["b"]) ** 2))
+    # THEN the proximal term pulled the local model toward the global one (zero)
+    assert distances["plain"] > 0.5
+    assert distances["prox"] < 0.5 * distances["plain"]
