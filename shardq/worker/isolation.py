@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import signal
 import threading
 import time
 import traceback
@@ -84,6 +85,8 @@ def _child_main(conn: Connection, entrypoint: str, task_json: str, fields: Child
     from shardq.worker.reduce import ModelError
     from shardq.worker.runtime import EntrypointError, TaskContext, resolve
 
+    # Ctrl-C reaches the whole process group: the worker decides when its tasks stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     task = ShardTask.from_json(task_json)
     child_log = logging.getLogger("shardq.task")
     child_log.handlers[:] = [_PipeHandler(conn)]

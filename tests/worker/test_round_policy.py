@@ -75,6 +75,28 @@ def test_an_error_in_the_isolated_function_is_reported_with_its_own_type(
     assert "TaskTimeout" not in (failed.error or "")
 
 
+def test_a_shutdown_stops_the_isolated_task_and_gives_it_back(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a worker running a long task under a time limit (so in a child process)
+    submit(engine, "shut", "tests.workloads:slow", hyperparameters={"sleep": 60}, task_timeout_seconds=600)
+    w = worker(settings, clients)
+    slot = threading.Thread(target=w.run, args=(threading.Event(),), kwargs={"max_tasks": 1})
+    slot.start()
+    for _ in range(1200):  # until its child process started (bounded: a broken start fails the test)
+        if multiprocessing.active_children():
+            break
+        threading.Event().wait(0.05)
+    assert multiprocessing.active_children()
+    # WHEN the worker shuts down and releases it
+    assert w.release_current()
+    slot.join()
+    # THEN its process is stopped, nothing is posted, and the task is back in the queue for another
+    assert multiprocessing.active_children() == []
+    assert posted(clients, settings) == []
+    assert count_messages(clients["sqs"], settings.task_queue_url) == 1
+
+
 # -- tasks of a closed round ------------------------------------------------------------------
 
 
