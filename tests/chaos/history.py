@@ -21,7 +21,12 @@ checks:
    given; by default only 0): a transient AWS error never ends a worker, a fatal one says so
    (4), and no worker exits 0 while its slots are dead;
 8. every succeeded outcome of a data_parallel job names its model file (``model_uri``, or the
-   ``artifact_uri`` of a result that predates it), and a reduce's artifact is its model.
+   ``artifact_uri`` of a result that predates it), and a reduce's artifact is its model;
+9. rounds that do not wait for everyone: a round plans its participants (``participation``) or
+   a rung its promoted trials, and outcomes exist for planned tasks only; a round that closed
+   early (``quorum``) counted at least its quorum (or, at its deadline, ``min_shards``), and
+   every result that came after the close is a late item — never also counted, never for a
+   task the round did not plan.
 
 ``check`` returns the list of violations; ``assert_history`` fails with all of them.
 """
@@ -51,6 +56,9 @@ class History:
     summaries: list[dict[str, Any]]
     manifest: dict[str, Any] | None
     queues: dict[str, int]
+    late: list[ResultRecord] = field(default_factory=list)
+    # round → the train tasks it planned (participants, or a rung's promoted trials)
+    plans: dict[int, list[int]] = field(default_factory=dict)
     dead_tasks: list[ShardTask] = field(default_factory=list)
     trainings: list[dict[str, Any]] = field(default_factory=list)
     exit_codes: list[int] | None = None
@@ -86,6 +94,11 @@ def collect(
     return History(
         job=job,
         outcomes=engine.store.all_results(job_id),
+        late=engine.store.late_results(job_id),
+        plans={
+            r: [shard for shard, _ in engine.store.planned_tasks(job, r, "train")]
+            for r in range(job.round + 1)
+        },
         summaries=engine.store.round_summaries(job_id),
         manifest=manifest,
         queues=queues,
@@ -95,15 +108,50 @@ def collect(
     )
 
 
-def _phases(job: JobRecord) -> list[tuple[int, str, int]]:
-    """(round, phase, tasks) of every phase the job reached, in order."""
+def _phases(h: History) -> list[tuple[int, str, list[int]]]:
+    """(round, phase, planned shards) of every phase the job reached, in order."""
+    job = h.job
     last_round, last_phase = int(job.round), job.phase
     out = []
     for r in range(last_round + 1):
-        out.append((r, "train", int(job.task_count)))
+        out.append((r, "train", h.plans.get(r, list(range(job.task_count)))))
         if job.kind == "data_parallel" and (r < last_round or last_phase == "reduce"):
-            out.append((r, "reduce", 1))
+            out.append((r, "reduce", [0]))
     return out
+
+
+def _closed_early(h: History, r: int) -> bool:
+    """True when round ``r``'s training may have closed before every participant reported."""
+    return h.job.request.quorum is not None and h.job.closed_round is not None and h.job.closed_round >= r
+
+
+def _quorum_problems(h: History, phases: list[tuple[int, str, list[int]]]) -> list[str]:
+    """Invariant 9 for rounds that closed early, and for every late item."""
+    p: list[str] = []
+    request = h.job.request
+    counted = {(o.result.round, o.result.task_type, o.result.shard_id) for o in h.outcomes}
+    planned = {(r, ph, s) for r, ph, shards in phases for s in shards}
+    for o in h.late:
+        k = (o.result.round, o.result.task_type, o.result.shard_id)
+        if k in counted:
+            p.append(f"{k} is both counted and late")
+        if k not in planned:
+            p.append(f"late item for a task that was never planned: {k}")
+    for r, ph, shards in phases:
+        if ph != "train" or not _closed_early(h, r):
+            continue
+        items = h.items(r, ph)
+        if len(items) == len(shards):
+            continue  # everyone reported: the round closed the ordinary way
+        ok = sum(1 for o in items if o.result.status == "succeeded")
+        quorum = request.quorum
+        assert quorum is not None
+        need = math.ceil(quorum.fraction * len(shards) - 1e-9)
+        if quorum.deadline_seconds is not None:  # or it closed at its deadline with min_shards
+            need = min(need, request.participation.min_shards if request.participation else 1)
+        if ok < need:
+            p.append(f"round {r} closed with {ok} successes, below its quorum/minimum {need}")
+    return p
 
 
 def _weighted(results: list[dict[str, Any]]) -> dict[str, float]:
@@ -130,8 +178,8 @@ def check(
     job = h.job
     if job.status != status:
         p.append(f"job status {job.status} (error {job.error!r}), expected {status}")
-    phases = _phases(job)
-    planned = {(r, ph, s) for r, ph, n in phases for s in range(n)}
+    phases = _phases(h)
+    planned = {(r, ph, s) for r, ph, shards in phases for s in shards}
     seen: dict[tuple[int, str, int], int] = {}
     for o in h.outcomes:
         res = o.result.to_dict()
@@ -141,15 +189,18 @@ def check(
             p.append(f"outcome for a task that was never planned: {k}")
     p += [f"{k} recorded {n} times" for k, n in seen.items() if n > 1]
     # 1. completeness: a finished phase has every outcome; a succeeded job finished them all
-    for r, ph, n in phases:
+    for r, ph, shards in phases:
         have = {s for (rr, pp, s) in seen if (rr, pp) == (r, ph)}
         finished = status == "SUCCEEDED" or (r, ph) != (int(job.round), job.phase)
-        if finished and have != set(range(n)):
-            p.append(f"round {r} {ph}: outcomes for {sorted(have)}, expected all of 0..{n - 1}")
+        if ph == "train" and _closed_early(h, r):
+            continue  # invariant 9 checks a round that closed at its quorum
+        if finished and have != set(shards):
+            p.append(f"round {r} {ph}: outcomes for {sorted(have)}, expected all of {sorted(shards)}")
     if status == "SUCCEEDED" and job.kind == "data_parallel" and int(job.round) != int(job.rounds) - 1:
         p.append(f"job SUCCEEDED in round {job.round} of {job.rounds}")
     # 2. counters equal items
     failed_train = 0
+    p += _quorum_problems(h, phases)
     for r, ph, _ in phases:
         items = h.items(r, ph)
         ok = sum(1 for o in items if o.result.status == "succeeded")

@@ -62,6 +62,8 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
     if poisoned(task.shard_id):
         os._exit(137)  # the container was OOM-killed: no result, no release, no delete
     seconds = float(task.hyperparameters.get("sleep", 0))
+    if task.shard_id in task.hyperparameters.get("slow_shards", ()):
+        seconds *= 10  # a straggler: ten times slower than the others
     steps = 10
     for i in range(steps):
         time.sleep(seconds / steps)
