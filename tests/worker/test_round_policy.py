@@ -4,14 +4,18 @@ a closed round dropped unrun, and FedProx's proximal term handed to the training
 from __future__ import annotations
 
 import io
+import json
+import logging
 import multiprocessing
 import threading
 from typing import Any
 
 import numpy as np
+import pytest
 
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
+from shardq.core.planning import split_s3
 from shardq.core.settings import Settings
 from tests.helpers import count_messages
 from tests.worker.test_models import npz, posted, worker
@@ -95,6 +99,38 @@ def test_a_shutdown_stops_the_isolated_task_and_gives_it_back(
     assert multiprocessing.active_children() == []
     assert posted(clients, settings) == []
     assert count_messages(clients["sqs"], settings.task_queue_url) == 1
+
+
+def test_an_isolated_function_fetches_its_files_logs_and_reports_through_the_worker(
+    engine: Engine, settings: Settings, clients: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a map task over two S3 files, under a time limit (so in a child process)
+    for name, body in (("a.txt", b"abc"), ("b.txt", b"hello")):
+        clients["s3"].put_object(Bucket=settings.artifact_bucket, Key=f"data/{name}", Body=body)
+    files = [f"s3://{settings.artifact_bucket}/data/{n}" for n in ("a.txt", "b.txt")]
+    engine.submit(
+        {
+            "job_id": "files",
+            "kind": "map",
+            "dataset": {"files": files},
+            "sharding": {"shard_count": 1},
+            "entrypoint": "tests.worker.workloads:read_files",
+            "task_timeout_seconds": 60,
+        }
+    )
+    # WHEN the worker runs it
+    with caplog.at_level(logging.INFO, logger="shardq.worker"):
+        worker(settings, clients).run(threading.Event(), max_tasks=1)
+    # THEN the child's fetches were served by the worker, and its outcome and outputs came back
+    (done,) = posted(clients, settings)
+    assert done.status == "succeeded", done.error
+    assert (done.metrics, done.num_samples) == ({"bytes": 8.0}, 2)
+    bucket, key = split_s3(done.artifact_uri or "")
+    assert json.loads(clients["s3"].get_object(Bucket=bucket, Key=key)["Body"].read()) == [3, 5]
+    # AND its log line and progress reached the worker's log, with the task's identity
+    lines = [r for r in caplog.records if r.getMessage() == "read 2 files, 8 bytes"]
+    assert [getattr(r, "job_id", None) for r in lines] == ["files"]
+    assert any(r.getMessage() == "progress 100%" for r in caplog.records)
 
 
 # -- tasks of a closed round ------------------------------------------------------------------

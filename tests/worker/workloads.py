@@ -51,3 +51,12 @@ def device(task: Any, ctx: Any) -> dict[str, Any]:
     np.savez(ctx.output_dir / "model.npz", w=np.zeros(3), b=np.array(0.0))
     (ctx.output_dir / "device.txt").write_text(ctx.device)
     return {"num_samples": _span(task)}
+
+
+def read_files(task: Any, ctx: Any) -> dict[str, Any]:
+    """Fetch the shard's files (``ctx.files()``), log and save their total size (``sizes.json``)."""
+    sizes = [p.stat().st_size for p in ctx.files()]
+    ctx.logger.info("read %d files, %d bytes", len(sizes), sum(sizes))
+    ctx.progress(1.0)
+    (ctx.output_dir / "sizes.json").write_text(json.dumps(sizes))
+    return {"metrics": {"bytes": float(sum(sizes))}, "num_samples": len(sizes)}
