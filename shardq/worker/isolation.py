@@ -3,10 +3,12 @@
 A Python thread cannot be stopped from outside, and a training function may sit in native code
 (a CUDA kernel, a blocking read) where no cooperative check runs. A process can always be killed,
 and killing it frees what it held (GPU memory, file handles). So a task with ``timeout_s`` runs
-its function in a child process started with ``spawn`` (a fresh interpreter: no fork of the
-worker's threads, locks or boto3 connections; the start method CUDA requires). The worker's
-slot thread stays in the parent: it keeps the heartbeat, serves the child's requests over a pipe,
-and kills the child at the deadline or on shutdown.
+its function in a child process: a fresh interpreter (``python -m shardq.worker.isolation``), not
+a fork of the worker's threads, locks and boto3 connections (CUDA cannot run in a forked child
+either), and not ``multiprocessing``'s ``spawn``, which re-runs the parent's main script (a script
+that embeds a ``Worker`` without an ``if __name__ == "__main__"`` guard would start over). The
+worker's slot thread stays in the parent: it keeps the heartbeat, serves the child's requests over
+a private socket pair, and stops the child at the deadline or on shutdown.
 
 Over the pipe the child sends progress, log lines and ``ctx.fetch`` requests (the parent
 downloads with the worker's own clients and answers with the local path), then its outcome or
@@ -17,12 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -162,16 +167,20 @@ def run_isolated(
         proximal_mu=ctx.proximal_mu,
         strategy=dict(ctx.strategy),
     )
-    mp = multiprocessing.get_context("spawn")
-    parent, child = mp.Pipe()
-    process = mp.Process(
-        target=_child_main, args=(child, entrypoint, task.to_json(), fields), daemon=True, name="shardq-task"
+    # A private socket pair (no listener to wait on if the child dies early); the child gets its end
+    # as an inherited file descriptor.
+    ours, theirs = socket.socketpair()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shardq.worker.isolation", str(theirs.fileno())],
+        pass_fds=(theirs.fileno(),),
+        env={**os.environ, "PYTHONPATH": _child_path()},
     )
-    process.start()
-    child.close()  # the parent's copy: EOF on ``parent`` then means the child is gone
+    theirs.close()  # the parent's copy: EOF on ``conn`` then means the child is gone
+    conn = Connection(ours.detach())
     answered = False
     try:
-        outcome = _serve(process, parent, ctx, time.monotonic() + timeout_s, timeout_s, abandoned)
+        conn.send((entrypoint, task.to_json(), asdict(fields)))
+        outcome = _serve(process, conn, ctx, time.monotonic() + timeout_s, timeout_s, abandoned)
         answered = True
         return outcome
     except IsolatedTaskError:
@@ -179,11 +188,16 @@ def run_isolated(
         raise
     finally:
         _stop(process, answered)
-        parent.close()
+        conn.close()
+
+
+def _child_path() -> str:
+    """The worker's import path for the child (the entrypoint imports there as it would here)."""
+    return os.pathsep.join(p or os.getcwd() for p in sys.path)
 
 
 def _serve(
-    process: Any,
+    process: subprocess.Popen[bytes],
     conn: Connection,
     ctx: Any,
     deadline: float,
@@ -205,9 +219,10 @@ def _serve(
             ready = conn.poll(min(left, POLL_S))
             message = conn.recv() if ready else None
         except (EOFError, OSError):
-            process.join(EXIT_GRACE_S)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(EXIT_GRACE_S)
             raise IsolatedTaskError(
-                f"the training process died without a result (exit code {process.exitcode}): killed "
+                f"the training process died without a result (exit code {process.poll()}): killed "
                 "by the system (out of memory?) or crashed in native code",
                 permanent=False,
             ) from None
@@ -231,13 +246,26 @@ def _serve(
             raise IsolatedTaskError(message[1], permanent=bool(message[2]))
 
 
-def _stop(process: Any, answered: bool) -> None:
+def _stop(process: subprocess.Popen[bytes], answered: bool) -> None:
     """Let a child that answered exit; stop one that did not (or did not exit in time) at once."""
     if answered:
-        process.join(EXIT_GRACE_S)
-    if process.is_alive():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(EXIT_GRACE_S)
+    if process.poll() is None:
         process.terminate()
-        process.join(EXIT_GRACE_S)
-    if process.is_alive():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(EXIT_GRACE_S)
+    if process.poll() is None:
         process.kill()
-        process.join()
+        process.wait()
+
+
+def _main(fd: int) -> None:
+    """The child's entry (``python -m shardq.worker.isolation FD``): take the task, run it."""
+    conn = Connection(fd)
+    entrypoint, task_json, fields = conn.recv()
+    _child_main(conn, entrypoint, task_json, ChildContext(**fields))
+
+
+if __name__ == "__main__":
+    _main(int(sys.argv[1]))
