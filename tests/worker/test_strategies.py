@@ -59,8 +59,11 @@ def start(
     )
 
 
-def run_rounds(engine: Engine, settings: Settings, clients: dict[str, Any], rounds: int) -> list[ShardResult]:
-    """Train and reduce ``rounds`` rounds with one worker; the reduce results, in order."""
+def run_rounds(
+    engine: Engine, settings: Settings, clients: dict[str, Any], rounds: int, *, last: bool = True
+) -> list[ShardResult]:
+    """Train and reduce ``rounds`` rounds with one worker; the reduce results, in order (``last``:
+    the job's final rounds, so it ends SUCCEEDED with the last reduce's model)."""
     w = worker(settings, clients)
     done, reduces = 0, []
     for _ in range(rounds):
@@ -75,6 +78,8 @@ def run_rounds(engine: Engine, settings: Settings, clients: dict[str, Any], roun
         assert reduced.status == "succeeded", reduced.error
         assert engine.ingest([Outcome(reduced)]) == []
         reduces.append(reduced)
+    if not last:
+        return reduces
     job = engine.store.get_job("s")
     assert (job.status, job.model_uri) == ("SUCCEEDED", reduces[-1].model_uri)
     return reduces
@@ -142,6 +147,20 @@ def test_adaptive_strategies_step_and_keep_their_state_between_rounds(
     step_w = 0.1 * M2_W[2] / (np.sqrt(v2_w) + 0.5)
     expected_w = [X1_W[0] - step_w, 0.5, X1_W[2] + step_w]
     close(npz(clients["s3"], r1.model_uri or ""), expected_w, X1_B + 0.1 * M2_B / (np.sqrt(v2_b) + 0.5))
+
+
+def test_a_lost_server_state_restarts_at_zero_instead_of_failing_the_job(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    start(engine, settings, clients, {"name": "fedadam", **ADAPTIVE}, rounds=2)
+    (r0,) = run_rounds(engine, settings, clients, 1, last=False)
+    bucket, key = split_s3((r0.model_uri or "").rsplit("/", 1)[0] + "/server_state.npz")
+    clients["s3"].delete_object(Bucket=bucket, Key=key)  # e.g. a lifecycle rule took it
+    (r1,) = run_rounds(engine, settings, clients, 1)
+    # round 1 as a first round from x1: m = 0.5 Δ1, v = 0.25 Δ1² (Δ1 = w [-7/15, 0, 7/15], b 0.95)
+    s1 = state_of(clients, r1)
+    close({"w": s1["m/w"], "b": s1["m/b"]}, [-7 / 30, 0, 7 / 30], 0.475)
+    close({"w": s1["v/w"], "b": s1["v/b"]}, [0.25 * 49 / 225, 0, 0.25 * 49 / 225], 0.25 * 0.9025)
 
 
 @pytest.mark.parametrize("name", ["fedavg", "fedprox"])
