@@ -24,8 +24,8 @@ from shardq.core.metrics import reduce_inputs, summarize_round
 
 # Jobs whose shape (task count, rounds, kind) an advancer remembers before starting over.
 SHAPE_CACHE_SIZE = 1024
-# A round's close (summary, reduce inputs, next fan-out) is one aggregator's work for this long;
-# then a redelivered batch takes a dead holder's claim over. Longer than the aggregator's 60 s.
+# How long a round's close is claimed by a caller without a deadline (the CLI); a Lambda claims it
+# until its own deadline, after which it is surely dead.
 CLOSE_LEASE_S = 120.0
 
 MetricSink = Callable[[str, float, str], None]
@@ -127,14 +127,23 @@ class Advancer:
     def _train_done(self, job: JobRecord, deadline: float | None) -> bool:
         """The round's training closed: summarize; finish, or enqueue the reduce.
 
-        The round is frozen first (``close_round``), so the outcomes read here are all it will
-        ever count; a result that arrives later is recorded as late.
+        One invocation does this work, under a claim that lasts until its own deadline (a claim
+        past its time is taken over; an invocation that fails gives it back at once). The round
+        is frozen first (``close_round``), so the outcomes read here are all it will ever count;
+        a result that arrives later is recorded as late.
         """
+        now = self.clock()
+        until = deadline if deadline is not None else now + CLOSE_LEASE_S
+        if not self.store.claim_close(job.job_id, job.round, now, until):
+            return False  # another invocation is closing it (or the job moved): its work, not ours
+        try:
+            return self._close(job, deadline)
+        except BaseException:
+            self.store.release_close(job.job_id, job.round)
+            raise
+
+    def _close(self, job: JobRecord, deadline: float | None) -> bool:
         round_no = job.round
-        if not self.store.claim_close(job.job_id, round_no, self.clock(), CLOSE_LEASE_S):
-            # Another invocation is closing it (or the job moved): its work, not ours. If it dies,
-            # a redelivered batch finds the lease stale and takes over.
-            return False
         if job.closed_round != round_no and not self.store.close_round(job.job_id, round_no):
             return True  # the job moved meanwhile: look again
         if job.kind == "map":

@@ -515,14 +515,19 @@ class JobStore:
         )
         self._update(job_id, update)
 
-    def claim_close(self, job_id: str, round_no: int, now: float, lease_s: float) -> bool:
-        """Claim the work of closing round ``round_no`` (summary, reduce inputs, next fan-out): one
-        aggregator does it while the lease is live; a dead holder's claim is taken over after it."""
+    def claim_close(self, job_id: str, round_no: int, now: float, until: float) -> bool:
+        """Claim the work of closing round ``round_no`` (summary, reduce inputs, next fan-out) until
+        ``until`` — the claimant's own deadline, after which it is surely dead. One invocation does
+        the work while the claim holds; a claim past its time is taken over."""
         name = f"close_claim_r{round_no}"
-        update = _Update().set(**{name: now}).expect(status="RUNNING", round=round_no, phase="train")
+        update = _Update().set(**{name: until}).expect(status="RUNNING", round=round_no, phase="train")
         claim = _ref(update, name)
-        update.condition(f"(attribute_not_exists({claim}) OR {claim} < :stale)", stale=now - lease_s)
+        update.condition(f"(attribute_not_exists({claim}) OR {claim} < :now)", now=now)
         return self._update(job_id, update, stamp=False)
+
+    def release_close(self, job_id: str, round_no: int) -> None:
+        """Give a close claim back (its holder failed), so the next delivery closes at once."""
+        self._update(job_id, _Update().remove(f"close_claim_r{round_no}"), stamp=False)
 
     def close_round(self, job_id: str, round_no: int) -> bool:
         """Freeze round ``round_no``'s training: from now on its results are late. False if the job
@@ -532,8 +537,8 @@ class JobStore:
 
     def start_reduce(self, job_id: str, round_no: int) -> bool:
         """Round ``round_no`` trained: move the job to its reduce phase (once)."""
-        update = _Update().set(phase="reduce").expect(status="RUNNING", round=round_no, phase="train")
-        return self._update(job_id, update)
+        update = _Update().set(phase="reduce").remove(f"close_claim_r{round_no}")
+        return self._update(job_id, update.expect(status="RUNNING", round=round_no, phase="train"))
 
     def start_round(
         self, job_id: str, round_no: int, model_uri: str | None, *, after: str = "reduce"
@@ -541,7 +546,9 @@ class JobStore:
         """Round ``round_no - 1`` ended its ``after`` phase (a reduce, or a sweep rung's training):
         move the job to train round ``round_no`` from ``model_uri``."""
         update = _Update().set(round=round_no, phase="train", model_uri=model_uri, round_started_at=now_iso())
-        update.expect(status="RUNNING", round=round_no - 1, phase=after)
+        update.remove(f"close_claim_r{round_no - 1}").expect(
+            status="RUNNING", round=round_no - 1, phase=after
+        )
         return self._update(job_id, update)
 
     def put_round_plan(self, job: JobRecord, round_no: int, plan: Sequence[tuple[int, str | None]]) -> None:
