@@ -130,14 +130,13 @@ def test_an_unreachable_endpoint_is_backed_off_from_never_mistaken_for_idle(
 ) -> None:
     # GIVEN a worker whose endpoint refuses connections (nothing listens there), --idle-exit 0.5 s
     w = faulty_worker(settings, None, endpoint=f"http://127.0.0.1:{free_port()}")
+
     # WHEN it has failed to poll many times over, for longer than the idle limit
-    threading.Thread(
-        target=lambda: (
-            wait_for(lambda: w.errors >= 15, "failed polls"),
-            os.kill(os.getpid(), signal.SIGTERM),
-        ),
-        daemon=True,
-    ).start()
+    def stop_after_failures() -> None:
+        wait_for(lambda: w.errors >= 15, "failed polls")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_after_failures, daemon=True).start()
     with caplog.at_level(logging.INFO, logger="shardq.worker"):
         code = serve([w], grace_s=0, idle_exit_s=0.5)
     # THEN it kept polling (backing off) until told to stop, and did not call itself idle
