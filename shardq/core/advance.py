@@ -108,11 +108,7 @@ class Advancer:
                     self.finisher.publish_finished(job)
                 return job.status
             if job.failed_total > job.max_failed_shards:
-                return self.finisher.finalize(
-                    job,
-                    "FAILED",
-                    f"{job.failed_total} shards failed, over max_failed_shards={job.max_failed_shards}",
-                )
+                return self.finisher.finalize(job, "FAILED", self._over_budget(job))
             decision = rounds.verdict(job, self.clock())
             if isinstance(decision, rounds.RoundFailed):
                 return self.finisher.finalize(job, "FAILED", decision.message)
@@ -123,6 +119,15 @@ class Advancer:
             )
             if not moved:
                 return self.store.get_job(job_id).status
+
+    def _over_budget(self, job: JobRecord) -> str:
+        """Why the job failed: its failure count, and the first failure's own words."""
+        message = f"{job.failed_total} shards failed, over max_failed_shards={job.max_failed_shards}"
+        first = next(iter(self.store.failed_results(job.job_id, job.round, "train")), None)
+        if first is not None and first.result.error:
+            reason = first.result.error.strip().splitlines()[0][:300]
+            message += f"; first: round {first.result.round} shard {first.result.shard_id}: {reason}"
+        return message
 
     def _train_done(self, job: JobRecord, deadline: float | None) -> bool:
         """The round's training closed: summarize; finish, or enqueue the reduce.

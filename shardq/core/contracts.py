@@ -325,6 +325,8 @@ STRATEGIES: dict[str, dict[str, float]] = {
     # FedProx: proximal_mu, applied by the worker's training function; the reduce is FedAvg.
     "fedprox": {"mu": 0.01},
 }
+# Strategies whose reduce steps from the round's global model (so round 0 needs model.init_uri).
+SERVER_STEP_STRATEGIES = ("fedavgm", "fedadam", "fedyogi")
 # Each parameter's allowed range: (low, high, low end open, high end open).
 STRATEGY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "server_lr": (0.0, 1e3, True, False),
@@ -630,6 +632,19 @@ class TrainingRequest:
                 [
                     f"max_failed_shards must be at most the number of tasks ({tasks}), "
                     f"got {self.max_failed_shards}"
+                ],
+            )
+        if (
+            self.strategy is not None
+            and self.strategy.name in SERVER_STEP_STRATEGIES
+            and not self.model.get("init_uri")
+        ):
+            raise ValidationError(
+                "TrainingRequest",
+                [
+                    f"strategy.name {self.strategy.name!r} steps the server model from the round's global "
+                    "model, so round 0 needs one: give model.init_uri (Flower's initial_parameters), or "
+                    "use strategy fedavg or fedprox"
                 ],
             )
         if self.participation is not None and self.participation.min_shards > tasks:

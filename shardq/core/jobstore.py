@@ -300,6 +300,21 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class JobState:
+    """Where a job is, without its request: what a worker needs to know before it runs a task."""
+
+    status: str
+    round: int
+    phase: str
+    closed_round: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job SUCCEEDED, FAILED or was CANCELLED."""
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
 class ResultRecord:
     """One recorded outcome of a task, as the table holds it."""
 
@@ -490,6 +505,25 @@ class JobStore:
             ExpressionAttributeNames={"#s": "status"},
         ).get("Item")
         return None if item is None else str(item["status"]["S"])
+
+    def state_of(self, job_id: str) -> JobState | None:
+        """The job's status, round, phase and closed round alone (a projected, eventually consistent
+        read: what a worker checks before each task); None if unknown."""
+        item = self.ddb.get_item(
+            TableName=self.table,
+            Key=_job_key(job_id),
+            ProjectionExpression="#s, #r, #p, closed_round",
+            ExpressionAttributeNames={"#s": "status", "#r": "round", "#p": "phase"},
+        ).get("Item")
+        if item is None:
+            return None
+        raw = _from_item(item)
+        return JobState(
+            status=raw["status"],
+            round=int(raw.get("round", 0)),
+            phase=raw.get("phase", "train"),
+            closed_round=raw.get("closed_round"),
+        )
 
     def list_jobs(self, status: str, limit: int = 20) -> list[JobRecord]:
         """Most recent jobs with ``status`` (GSI ``by_status``)."""
@@ -928,6 +962,7 @@ __all__ = [
     "JobChanged",
     "JobNotFound",
     "JobRecord",
+    "JobState",
     "JobStore",
     "JobStoreError",
     "Outcome",

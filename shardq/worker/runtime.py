@@ -48,9 +48,9 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shardq.core.contracts import TERMINAL_STATUSES, ShardResult, ShardTask, ValidationError
+from shardq.core.contracts import ShardResult, ShardTask, ValidationError
 from shardq.core.enqueue import load_task
-from shardq.core.jobstore import JobNotFound, JobStore
+from shardq.core.jobstore import JobStore
 from shardq.core.planning import split_s3
 from shardq.worker.aws import Backoff, FatalAwsError, describe, error_code, is_fatal
 from shardq.worker.devices import CPU, SlotDevice
@@ -512,15 +512,15 @@ class Worker:
             return None
         try:
             # Eventually consistent: a stale read only runs a task the aggregator then ignores.
-            job = self.store.get_job(task.job_id, consistent=False)
-        except JobNotFound:
-            return None
+            job = self.store.state_of(task.job_id)
         except Exception as exc:
             if is_fatal(exc):
                 raise
             tlog.warning("job status unknown (%s); running the task", describe(exc))
             return None
-        if job.status in TERMINAL_STATUSES:
+        if job is None:
+            return None
+        if job.terminal:
             return f"job is {job.status}"
         if task.task_type != "train" or task.kind != "data_parallel":
             return None

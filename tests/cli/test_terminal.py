@@ -44,6 +44,8 @@ QUORUM = {
     "max_parallel": 4,
     "quorum": {"fraction": 0.5, "deadline_seconds": 600},
     "strategy": {"name": "fedavgm"},
+    # FedAvgM steps from the global model, so round 0 needs one (results here are simulated)
+    "model": {"init_uri": "s3://models/init.npz"},
 }
 
 

@@ -43,6 +43,7 @@ def test_round_policy_fields_round_trip_and_leave_plain_requests_unchanged() -> 
             participation={"fraction": 0.5, "min_shards": 2, "seed": 7},
             quorum={"fraction": 0.75, "deadline_seconds": 60},
             strategy={"name": "fedadam", "server_lr": 0.05},
+            model={"init_uri": "s3://models/init.npz"},
             task_timeout_seconds=600,
         )
     )
@@ -78,6 +79,17 @@ def test_bad_round_policy_names_every_problem_at_once() -> None:
         "task_timeout_seconds must be between 1 and 43200",
     ):
         assert fragment in text
+
+
+def test_a_server_step_strategy_needs_a_global_model_for_round_0() -> None:
+    # Flower's FedAdam/FedYogi/FedAvgM take initial_parameters for the same reason
+    with pytest.raises(ValidationError, match=r"strategy.name 'fedadam' steps .* give model.init_uri"):
+        TrainingRequest.from_dict(dp("s", strategy={"name": "fedadam"}))
+    ok = TrainingRequest.from_dict(
+        dp("s", strategy={"name": "fedadam"}, model={"init_uri": "s3://b/init.npz"})
+    )
+    assert ok.strategy is not None and ok.strategy.name == "fedadam"
+    assert TrainingRequest.from_dict(dp("p", strategy={"name": "fedprox", "mu": 0.1})).strategy is not None
 
 
 def test_round_policy_is_refused_for_other_kinds() -> None:
