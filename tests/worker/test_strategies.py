@@ -9,6 +9,7 @@ model. The job starts from x0 = (w = [1.0, 0.5, 0.0], b = 0.0): Δ0 = x̄ − x0
 from __future__ import annotations
 
 import io
+import json
 import threading
 from typing import Any
 
@@ -178,10 +179,22 @@ def test_fedavg_and_fedprox_reduce_as_the_plain_average(
 def test_a_server_strategy_without_a_global_model_fails_the_reduce_naming_the_fix(
     engine: Engine, settings: Settings, clients: dict[str, Any]
 ) -> None:
-    start(engine, settings, clients, {"name": "fedadam"}, rounds=1, with_init=False)
+    # The splitter refuses such a request up front (tests/core/test_rounds.py); the worker is the
+    # second line, for a reduce task that reaches it without the global model all the same.
+    start(engine, settings, clients, {"name": "fedadam"}, rounds=1)
     w = worker(settings, clients)
     w.run(threading.Event(), max_tasks=2)
     assert engine.ingest([Outcome(r) for r in posted(clients, settings)]) == []
+    sqs, url = clients["sqs"], settings.task_queue_url
+    (message,) = sqs.receive_message(QueueUrl=url, AttributeNames=["All"])["Messages"]
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    body = {**json.loads(message["Body"]), "init_model_uri": None}
+    sqs.send_message(
+        QueueUrl=url,
+        MessageBody=json.dumps(body),
+        MessageGroupId=message["Attributes"]["MessageGroupId"],
+        MessageDeduplicationId="no-global-model",
+    )
     w.run(threading.Event(), max_tasks=3)
     (failed,) = posted(clients, settings)
     # at once: every attempt would lack it alike
