@@ -29,6 +29,7 @@ from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
 from shardq.core.metrics import summarize_round
 from shardq.core.operations import progress
 from shardq.core.planning import split_s3
+from shardq.core.redrive import counts as queue_counts
 from shardq.core.search import sweep_section
 
 STATUSES = JOB_STATUSES
@@ -274,27 +275,10 @@ class DashboardData:
 
     def queue_depths(self) -> list[dict[str, Any]]:
         """Approximate visible, in-flight and delayed messages of each queue the stack outputs."""
-        out = []
-        for name, url in self.queues.items():
-            attrs = self.sqs.get_queue_attributes(
-                QueueUrl=url,
-                AttributeNames=[
-                    "ApproximateNumberOfMessages",
-                    "ApproximateNumberOfMessagesNotVisible",
-                    "ApproximateNumberOfMessagesDelayed",
-                ],
-            )["Attributes"]
-            out.append(
-                {
-                    "queue": name,
-                    "dead_letter": name.endswith("-dlq"),
-                    "url": url,
-                    "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
-                    "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
-                    "delayed": int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
-                }
-            )
-        return out
+        return [
+            {"queue": name, "dead_letter": name.endswith("-dlq"), "url": url, **queue_counts(self.sqs, url)}
+            for name, url in self.queues.items()
+        ]
 
     def manifest(self, job_id: str) -> dict[str, Any] | None:
         """The job's result manifest from the bucket; None while it has none (or it expired)."""
