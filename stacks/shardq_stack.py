@@ -292,6 +292,9 @@ class ShardqStack(Stack):
         for fn in fns.all_functions:
             store.table.grant_read_write_data(fn)
             self.task_queues.queue.grant_send_messages(fn)  # splitter: round 0; others: next round
+            # A round with a deadline arms its tick: a delayed message to the results queue
+            # (shardq.core.rounds), sent by whichever function starts the round.
+            self.results.queue.grant_send_messages(fn)
             store.artifact_bucket.grant_read(fn)
             store.artifact_bucket.grant_put(fn)  # manifests and results; nothing deletes artifacts
         for fn in (fns.aggregator, fns.dlq_handler):

@@ -382,6 +382,22 @@ def test_data_plane_grants(synth: Synth) -> None:
     assert "events:PutEvents" not in actions_of(fns.splitter)
 
 
+def test_every_function_may_arm_a_round_deadline_on_the_results_queue(synth: Synth) -> None:
+    # Whichever function starts a round with a deadline sends its tick to the results queue.
+    results_arn = synth.stack.resolve(synth.stack.results.queue.queue_arn)
+    for fn in synth.stack.functions.all_functions:
+        role = synth.stack.get_logical_id(fn.role.node.default_child)
+        targets = [
+            target
+            for resource in synth.of_type("AWS::IAM::Policy").values()
+            if {"Ref": role} in resource["Properties"]["Roles"]
+            for st in resource["Properties"]["PolicyDocument"]["Statement"]
+            if "sqs:SendMessage" in _as_list(st["Action"])
+            for target in _as_list(st["Resource"])
+        ]
+        assert results_arn in targets, fn.node.id
+
+
 def test_put_events_is_scoped_to_the_default_bus(synth: Synth) -> None:
     for _, _, st in _statements(synth):
         if "events:PutEvents" in _as_list(st["Action"]):
