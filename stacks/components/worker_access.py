@@ -22,7 +22,6 @@ TASK_QUEUE_ACTIONS = (
 )
 RESULTS_QUEUE_ACTIONS = ("sqs:SendMessage", "sqs:GetQueueAttributes")
 JOB_TABLE_ACTIONS = ("dynamodb:GetItem", "dynamodb:Query")
-DATASET_READ_ACTIONS = ("s3:GetObject", "s3:ListBucket")
 ARTIFACT_WRITE_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload")
 STACK_READ_ACTIONS = ("cloudformation:DescribeStacks",)
 QUEUE_KEY_ACTIONS = ("kms:Decrypt", "kms:GenerateDataKey")
