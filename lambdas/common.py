@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ from shardq.core.settings import Settings
 
 # The splitter's continuation event: {"shardq_continue": {"job_id": ...}}.
 CONTINUE_KEY = "shardq_continue"
+# One range of a big round's close, run by the splitter: {"shardq_close": {"job_id", "round", "range"}}.
+CLOSE_KEY = "shardq_close"
 logger = Logger(service="shardq")
 # Built (and X-Ray imported) only where tracing is on: lambdas/tracing.py says why.
 tracer = LazyTracer(service="shardq")
@@ -38,6 +41,7 @@ def engine() -> Engine:
         s3=client("s3"),
         events=client("events"),
         metric=_metric,
+        dispatch_ranges=dispatch_close_ranges,
     )
 
 
@@ -55,6 +59,26 @@ def continue_job(job_id: str, function: str | None = None) -> None:
         Payload=json.dumps({CONTINUE_KEY: {"job_id": job_id}}).encode(),
     )
     logger.info("fan-out handed on to the splitter", extra={"continued_job": job_id})
+
+
+def _splitter_function() -> str:
+    """The splitter's name: configured on the other functions; the splitter is itself."""
+    function = engine().settings.splitter_function or os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    if not function:
+        raise RuntimeError("SHARDQ_SPLITTER_FUNCTION is not set: cannot hand work to the splitter")
+    return function
+
+
+def dispatch_close_ranges(job_id: str, round_no: int, indexes: list[int]) -> None:
+    """Hand each range of a big round's close to its own splitter invocation (asynchronous, so
+    they run in parallel; Lambda retries a failed one twice, the close's watchdog tick after that)."""
+    lam, function = client("lambda"), _splitter_function()
+    for index in indexes:
+        payload = {CLOSE_KEY: {"job_id": job_id, "round": round_no, "range": index}}
+        lam.invoke(FunctionName=function, InvocationType="Event", Payload=json.dumps(payload).encode())
+    logger.info(
+        "close ranges handed out", extra={"closing_job": job_id, "round": round_no, "ranges": len(indexes)}
+    )
 
 
 def ingest(outcomes: list[Any], context: Any) -> list[Any]:

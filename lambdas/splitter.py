@@ -5,13 +5,15 @@ with the request as the payload. Answers ``{"ok": true, "job_id", "status", "sha
 "rounds", "created"}``, or ``{"ok": false, "error", "message", "problems"}`` for a
 request it rejects (nothing is created then). A huge fan-out that would outlive the
 invocation hands itself on: ``{"shardq_continue": {"job_id": ...}}`` invoked async.
+The close of a big map round comes here in ranges, one async invocation each:
+``{"shardq_close": {"job_id": ..., "round": ..., "range": ...}}``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lambdas.common import CONTINUE_KEY, continue_job, deadline, engine, logger, metrics, tracer
+from lambdas.common import CLOSE_KEY, CONTINUE_KEY, continue_job, deadline, engine, logger, metrics, tracer
 from shardq.core.contracts import JOB_ID_RE, ValidationError
 from shardq.core.engine import EnqueueIncomplete, JobConflict
 
@@ -32,6 +34,11 @@ def split(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.set_correlation_id(job_id)
             view = engine().resume(job_id, deadline=deadline(context))
             return {"ok": True, **view, "continued": True}
+        if isinstance(event, dict) and CLOSE_KEY in event:
+            job_id, round_no, index = close_range_event(event[CLOSE_KEY])
+            logger.set_correlation_id(job_id)
+            status = engine().close_range(job_id, round_no, index, deadline=deadline(context))
+            return {"ok": True, "job_id": job_id, "round": round_no, "range": index, "status": status}
         if isinstance(event, dict) and isinstance(event.get("job_id"), str):
             logger.set_correlation_id(event["job_id"])
         # A payload that is not an object (a list, a string) is rejected by the validator with
@@ -56,6 +63,21 @@ def split(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "enqueued": exc.done,
             "continuing": True,
         }
+
+
+def close_range_event(raw: Any) -> tuple[str, int, int]:
+    """(job id, round, range) of a ``{"shardq_close": {...}}`` event (ValidationError if malformed)."""
+    job_id = raw.get("job_id") if isinstance(raw, dict) else None
+    numbers: list[Any] = [raw.get(k) if isinstance(raw, dict) else None for k in ("round", "range")]
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise ValidationError(
+            "close range", [f"{CLOSE_KEY}.job_id must be a shardq job id, got {job_id!r:.80}"]
+        )
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        raise ValidationError(
+            "close range", [f"{CLOSE_KEY}.round and .range must be integers >= 0, got {numbers!r:.80}"]
+        )
+    return job_id, int(numbers[0]), int(numbers[1])
 
 
 def continuation_job_id(raw: Any) -> str:

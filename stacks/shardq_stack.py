@@ -297,8 +297,10 @@ class ShardqStack(Stack):
             self.results.queue.grant_send_messages(fn)
             store.artifact_bucket.grant_read(fn)
             store.artifact_bucket.grant_put(fn)  # manifests and results; nothing deletes artifacts
-        for fn in (fns.aggregator, fns.dlq_handler):
+        # The splitter too: it runs the ranges of a big round's close, and the last one ends the job.
+        for fn in fns.all_functions:
             default_bus.grant_put_events_to(fn)
+        for fn in (fns.aggregator, fns.dlq_handler):
             # A next round too big for one invocation is handed to the splitter's continuation.
             fn.add_environment("SHARDQ_SPLITTER_FUNCTION", fns.splitter.function_name)
             # The unqualified function only (grant_invoke would add a ":*" qualifier wildcard).

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from shardq.core import planning, rounds, search
 from shardq.core.artifacts import put_json
 from shardq.core.contracts import ShardResult, TrainingRequest, ValidationError
 from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
-from shardq.core.finalize import Finisher
+from shardq.core.finalize import Finisher, merge_ranges
 from shardq.core.jobstore import JobRecord, JobStore, Outcome, RecordOutcome
 from shardq.core.metrics import reduce_inputs, summarize_round
 
@@ -27,8 +28,17 @@ SHAPE_CACHE_SIZE = 1024
 # How long a round's close is claimed by a caller without a deadline (the CLI); a Lambda claims it
 # until its own deadline, after which it is surely dead.
 CLOSE_LEASE_S = 120.0
+# A map round of more shards than this is closed in ranges of this many, each in its own
+# invocation (≈ 10 s of one 512 MB Lambda per range on AWS; DynamoDB reads a range as one key
+# range). One invocation reading every result holds the close to ≈ 40,000 shards (BENCHMARKS §10).
+CLOSE_RANGE_SHARDS = 10_000
+# Ranges handed out but not all stored after this long are handed out again (the watchdog tick):
+# longer than a range takes plus Lambda's async retries of a failed one.
+CLOSE_RANGE_LEASE_S = 300.0
 
 MetricSink = Callable[[str, float, str], None]
+# Hands ranges of a round's close out: (job_id, round, range indexes). Inline when None.
+RangeDispatch = Callable[[str, int, list[int]], None]
 
 
 def foreign_outcome(shape: tuple[int, int, str], job_id: str, outcome: Outcome) -> str | None:
@@ -73,6 +83,11 @@ class Advancer:
         The artifact bucket (a round's reduce inputs go there by claim check).
     metric:
         Business-metric sink.
+    dispatch_ranges:
+        Hands a big map round's close ranges to other invocations (the Lambdas: an async
+        invocation of the splitter per range); None runs them here, one after another.
+    range_shards:
+        Shards per close range (``CLOSE_RANGE_SHARDS``); a round of at most this many closes at once.
     """
 
     store: JobStore
@@ -82,6 +97,8 @@ class Advancer:
     metric: MetricSink
     ticker: rounds.Ticker
     clock: Callable[[], float]
+    dispatch_ranges: RangeDispatch | None = None
+    range_shards: int = CLOSE_RANGE_SHARDS
     # A job's request never changes: read once per warm container, not per batch.
     _requests: dict[str, TrainingRequest] = field(init=False, default_factory=dict, repr=False)
     _participants: dict[tuple[str, int], frozenset[int]] = field(init=False, default_factory=dict, repr=False)
@@ -151,6 +168,8 @@ class Advancer:
         round_no = job.round
         if job.closed_round != round_no and not self.store.close_round(job.job_id, round_no):
             return True  # the job moved meanwhile: look again
+        if job.kind == "map" and job.task_count > self.range_shards:
+            return self._close_in_ranges(job, deadline)
         if job.kind == "map":
             # One pass over the round, one query page in memory at a time.
             rows = self.store.iter_results(job.job_id, round_no, "train")
@@ -176,6 +195,60 @@ class Advancer:
         self.enqueuer.enqueue(job, round_no, "reduce", job.model_uri, deadline=deadline)
         self.store.start_reduce(job.job_id, round_no)
         return True
+
+    def _close_in_ranges(self, job: JobRecord, deadline: float | None) -> bool:
+        """Close a big map round in ranges: hand them out, or put their digests together.
+
+        Each range (``close_range``) reads its shards once, writes its manifest part files and
+        stores a digest of a few KB, counted once on the job. The close claim is given back once
+        the ranges are out, so whichever invocation stores the last digest (or any later one)
+        sums the digests into the round's summary and finishes the job. A watchdog tick (a
+        delayed results-queue message) comes back after ``CLOSE_RANGE_LEASE_S``: ranges still
+        missing then (a lost or failed invocation) are handed out again.
+        """
+        round_no, count = job.round, math.ceil(job.task_count / self.range_shards)
+        if job.ranges_done(round_no) >= count:
+            digests = self.store.close_parts(job.job_id, round_no)
+            acc, _ = merge_ranges(digests)
+            self.store.put_round_summary(job.job_id, round_no, acc.summary(round_no, job.round_started_at))
+            self.finisher.finalize(job, "SUCCEEDED", digests=digests)
+            return False
+        now = self.clock()
+        fresh = job.ranges_round == round_no and job.ranges_sent_at is not None
+        if fresh and now - float(job.ranges_sent_at or 0) < CLOSE_RANGE_LEASE_S:
+            self.store.release_close(job.job_id, round_no)
+            return False  # handed out, not all back yet: the last one finishes the job
+        stored = {int(d["range"]) for d in self.store.close_parts(job.job_id, round_no)}
+        missing = [k for k in range(count) if k not in stored]
+        if not self.store.ranges_sent(job.job_id, round_no, now):
+            return True  # the job moved meanwhile: look again
+        self.ticker.arm(rounds.Tick(job.job_id, round_no, now + CLOSE_RANGE_LEASE_S))
+        if self.dispatch_ranges is None:
+            for index in missing:
+                self.close_range(job.job_id, round_no, index)
+        else:
+            self.dispatch_ranges(job.job_id, round_no, missing)
+        self.metric("CloseRangesDispatched", len(missing), "Count")
+        self.store.release_close(job.job_id, round_no)
+        return True
+
+    def close_range(self, job_id: str, round_no: int, index: int) -> bool:
+        """Range ``index`` of round ``round_no``'s close: digest its shards and store it, once.
+
+        Returns False when there is nothing to do: the job is no longer closing that round, or
+        the range is stored already (a redelivered or re-dispatched range).
+        """
+        job = self.store.get_job(job_id)
+        if job.terminal or job.round != round_no or job.closed_round != round_no:
+            return False
+        first = index * self.range_shards
+        last = min(first + self.range_shards, job.task_count) - 1
+        if first > last:
+            raise ValidationError(
+                "close range", [f"range {index} is past job {job_id}'s {job.task_count} shards"]
+            )
+        digest = self.finisher.digest_range(job, round_no, index, first, last)
+        return self.store.put_close_part(job_id, round_no, index, digest)
 
     def _next_rung(self, job: JobRecord, results: list[ShardResult], deadline: float | None) -> bool:
         """A successive-halving rung closed: promote its best trials to the next rung, or fail."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shardq.core.advance import Advancer
+from shardq.core.advance import Advancer, RangeDispatch
 from shardq.core.contracts import JobView, TrainingRequest, ValidationError
 from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
 from shardq.core.fanout import FanOut, FanOutStats
@@ -83,6 +83,8 @@ class Engine:
     metric: MetricSink = field(default=lambda name, value, unit: None)
     max_in_flight: int | None = None
     clock: Callable[[], float] = time.time
+    # How a big map round's close ranges reach other invocations (None: run here, in turn).
+    dispatch_ranges: RangeDispatch | None = None
     store: JobStore = field(init=False)
     fanout: FanOut = field(init=False)
     enqueuer: Enqueuer = field(init=False)
@@ -109,7 +111,14 @@ class Engine:
         )
         self.ticker = Ticker(self.sqs, s.results_queue_url, self.clock)
         self.advancer = Advancer(
-            self.store, self.enqueuer, self.finisher, s.artifact_bucket, self.metric, self.ticker, self.clock
+            self.store,
+            self.enqueuer,
+            self.finisher,
+            s.artifact_bucket,
+            self.metric,
+            self.ticker,
+            self.clock,
+            dispatch_ranges=self.dispatch_ranges,
         )
 
     # -- submit ------------------------------------------------------------------------------
@@ -196,6 +205,12 @@ class Engine:
 
     def advance(self, job_id: str, *, deadline: float | None = None) -> str:
         """Move a job as far as its recorded results allow; returns its status."""
+        return self.advancer.advance(job_id, deadline=deadline)
+
+    def close_range(self, job_id: str, round_no: int, index: int, *, deadline: float | None = None) -> str:
+        """Run one range of a big round's close (``Advancer.close_range``), then advance the job:
+        the invocation that stores the last range finishes it. Returns the job's status."""
+        self.advancer.close_range(job_id, round_no, index)
         return self.advancer.advance(job_id, deadline=deadline)
 
     def ingest(

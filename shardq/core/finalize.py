@@ -26,7 +26,7 @@ from shardq.core import planning
 from shardq.core.artifacts import put_json
 from shardq.core.contracts import ShardResult
 from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
-from shardq.core.metrics import MetricsAccumulator
+from shardq.core.metrics import MetricsAccumulator, RoundAccumulator
 from shardq.core.search import sweep_section
 
 # A crashed event publisher's claim is taken over after this long.
@@ -89,8 +89,11 @@ class PartWriter:
         *,
         inline_max: int | None = None,
         part_lines: int | None = None,
+        stem: str | None = None,
     ) -> None:
         self.name, self.put, self.layout = name, put, layout
+        # Part files are ``<stem>-00000.jsonl``…; a range of a round's close writes its own stem.
+        self.stem = stem or name
         # Read at run time (not bound as defaults) so the module's limits can be changed.
         self.inline_max = INLINE_MAX if inline_max is None else inline_max
         self.part_lines = PART_LINES if part_lines is None else part_lines
@@ -116,7 +119,7 @@ class PartWriter:
         if not self._lines:
             return
         body = ("\n".join(self._lines) + "\n").encode()
-        key = self.layout.key("manifest", f"{self.name}-{len(self.parts):05d}.jsonl")
+        key = self.layout.key("manifest", f"{self.stem}-{len(self.parts):05d}.jsonl")
         uri = self.put(key, body)
         self.parts.append(
             {"uri": uri, "count": len(self._lines), "bytes": len(body), "first_shard": self._first,
@@ -128,6 +131,11 @@ class PartWriter:
         """The manifest's keys for this list (the last, partly filled part is written first)."""
         self._flush()
         return {self.name: self.inline, f"{self.name}_count": self.count, f"{self.name}_parts": self.parts}
+
+    def written(self) -> dict[str, Any]:
+        """The list's count and parts, all written (a range's share of the list; no inline entries)."""
+        self._flush()
+        return {"count": self.count, "parts": self.parts}
 
 
 def _failure(row: ResultRecord) -> dict[str, Any]:
@@ -190,6 +198,18 @@ def render_manifest(
     else:
         assert outputs is not None
         section = {**outputs.section(), "metrics": metrics.result()}
+    return _assemble(job, status, error, last_recorded, rounds, failed.section(), section)
+
+
+def _assemble(
+    job: JobRecord,
+    status: str,
+    error: str | None,
+    last_recorded: str | None,
+    rounds: list[dict[str, Any]],
+    failed: dict[str, Any],
+    section: dict[str, Any],
+) -> dict[str, Any]:
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "job_id": job.job_id,
@@ -200,10 +220,21 @@ def render_manifest(
         # Latest recording time, not "now": two racing finalizers write the same manifest.
         "finished_at": job.created_at if last_recorded is None else last_recorded,
         "rounds": rounds,
-        **failed.section(),
-        "request": request.to_dict(),
+        **failed,
+        "request": job.request.to_dict(),
         **section,
     }
+
+
+def merge_ranges(digests: list[dict[str, Any]]) -> tuple[RoundAccumulator, str | None]:
+    """The round's accumulator and latest recording time over its ranges' digests (range order)."""
+    acc = RoundAccumulator()
+    last: str | None = None
+    for d in sorted(digests, key=lambda d: int(d["range"])):
+        acc.merge(RoundAccumulator.from_state(d["round"]))
+        if d["last_recorded"] is not None:
+            last = d["last_recorded"] if last is None else max(last, d["last_recorded"])
+    return acc, last
 
 
 @dataclass
@@ -229,24 +260,112 @@ class Finisher:
     metric: MetricSink
     clock: Callable[[], float]
 
-    def manifest(self, job: JobRecord, status: str, error: str | None) -> dict[str, Any]:
+    def manifest(
+        self, job: JobRecord, status: str, error: str | None, digests: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         """The job's manifest as of its recorded outcomes; writes its part files on the way.
 
-        The outcomes are streamed (one query page in memory); see ``render_manifest``.
+        The outcomes are streamed (one query page in memory); see ``render_manifest``. A map job
+        whose round was closed in ranges passes the ranges' ``digests`` instead: the manifest is
+        then put together from them (their part files are already written) without reading a
+        single outcome again.
         """
-        rows = iter_results(self.store, job.job_id)
         summaries = self.store.round_summaries(job.job_id)
+        if digests is not None:
+            return self._ranged_manifest(job, status, error, digests, summaries)
+        rows = iter_results(self.store, job.job_id)
         layout = planning.Layout(self.bucket, job.job_id)
         return render_manifest(job, status, error, rows, summaries, self._put_part, layout)
+
+    def digest_range(
+        self, job: JobRecord, round_no: int, index: int, first: int, last: int
+    ) -> dict[str, Any]:
+        """One range of a map round's close: shards ``first``…``last``, read once.
+
+        Writes the range's JSON Lines part files (``outputs-<index>-00000.jsonl``, ``failed-…``)
+        and returns what the round's summary and the manifest need of it: its accumulator state,
+        its lists' counts and parts, its latest recording time. Bounded: one query page and one
+        part file in memory; the digest itself is a few KB (``RoundAccumulator.state``).
+        Deterministic for a frozen round, so a range run twice writes the same files.
+        """
+        layout = planning.Layout(self.bucket, job.job_id)
+        outputs = PartWriter("outputs", self._put_part, layout, inline_max=0, stem=f"outputs-{index:05d}")
+        failed = PartWriter("failed", self._put_part, layout, inline_max=0, stem=f"failed-{index:05d}")
+        acc = RoundAccumulator()
+        last_recorded: str | None = None
+        for row in self.store.iter_results(job.job_id, round_no, "train", shards=(first, last)):
+            r = row.result
+            last_recorded = row.recorded_at if last_recorded is None else max(last_recorded, row.recorded_at)
+            acc.add(r)
+            if r.status == "failed":
+                failed.add(_failure(row))
+            elif r.status == "succeeded":
+                outputs.add(_output(r))
+        return {
+            "range": index,
+            "first_shard": first,
+            "last_shard": last,
+            "round": acc.state(),
+            "outputs": outputs.written(),
+            "failed": failed.written(),
+            "last_recorded": last_recorded,
+        }
+
+    def _ranged_manifest(
+        self,
+        job: JobRecord,
+        status: str,
+        error: str | None,
+        digests: list[dict[str, Any]],
+        summaries: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        ordered = sorted(digests, key=lambda d: int(d["range"]))
+        acc, last_recorded = merge_ranges(ordered)
+        lists: dict[str, dict[str, Any]] = {}
+        for name in ("failed", "outputs"):
+            parts = [part for d in ordered for part in d[name]["parts"]]
+            lists[name] = {
+                name: self._head(parts, INLINE_MAX),
+                f"{name}_count": sum(int(d[name]["count"]) for d in ordered),
+                f"{name}_parts": parts,
+            }
+        section = {**lists["outputs"], "metrics": acc.metrics.result()}
+        return _assemble(job, status, error, last_recorded, summaries, lists["failed"], section)
+
+    def _head(self, parts: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+        """The first ``limit`` entries of a list written as part files (read only as far as needed)."""
+        head: list[dict[str, Any]] = []
+        for part in parts:
+            if len(head) >= limit:
+                break
+            key = part["uri"].split("/", 3)[3]
+            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+            for line in body.iter_lines():
+                if len(head) >= limit:
+                    break
+                if line:
+                    head.append(json.loads(line))
+            body.close()
+        return head
 
     def _put_part(self, key: str, body: bytes) -> str:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/x-ndjson")
         return f"s3://{self.bucket}/{key}"
 
-    def finalize(self, job: JobRecord, status: str, error: str | None = None) -> str:
-        """Write the result manifest, move the job to ``status`` once, publish the event once."""
+    def finalize(
+        self,
+        job: JobRecord,
+        status: str,
+        error: str | None = None,
+        *,
+        digests: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """Write the result manifest, move the job to ``status`` once, publish the event once.
+
+        ``digests``: a round closed in ranges (``digest_range``) builds the manifest from them.
+        """
         layout = planning.Layout(self.bucket, job.job_id)
-        manifest = self.manifest(job, status, error)
+        manifest = self.manifest(job, status, error, digests)
         put_json(self.s3, self.bucket, layout.manifest_key(), manifest)
         expires = datetime.now(UTC) + timedelta(days=self.job_ttl_days)
         won = self.store.finish(
@@ -269,7 +388,7 @@ class Finisher:
                 self.s3,
                 self.bucket,
                 layout.manifest_key(),
-                self.manifest(current, current.status, current.error),
+                self.manifest(current, current.status, current.error, digests),
             )
         if current.event_pending:
             self.publish_finished(current)

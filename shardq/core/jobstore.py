@@ -53,7 +53,7 @@ _ser = TypeSerializer()
 _de = TypeDeserializer()
 # Counters per (round, phase): ok, fail, enq (the enqueue cursor), and plan (tasks a
 # successive-halving rung planned, when a closed rung decided them).
-_COUNTER_RE = re.compile(r"^(ok|fail|enq|plan)_r(\d+)_(train|reduce)$")
+_COUNTER_RE = re.compile(r"^(ok|fail|enq|plan|part)_r(\d+)_(train|reduce)$")
 # What ``finish`` sets and ``reopen`` removes.
 _FINISH_ATTRIBUTES = ("finished_at", "result_uri", "error", "event_pending", "event_claim", "expires_at")
 
@@ -151,6 +151,9 @@ class JobRecord:
     retry_pending: frozenset[int] = frozenset()
     # The last round whose training closed (quorum or deadline): its later results are late.
     closed_round: int | None = None
+    # A round closed in ranges: which round, and when its ranges were last handed out.
+    ranges_round: int | None = None
+    ranges_sent_at: float | None = None
     counters: Mapping[tuple[str, int, str], int] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
@@ -208,6 +211,10 @@ class JobRecord:
         """Recorded outcomes of (round, phase), successful or not."""
         return self.ok(round_no, phase) + self.failed(round_no, phase)
 
+    def ranges_done(self, round_no: int) -> int:
+        """Ranges of round ``round_no``'s close whose digest is stored (``JobStore.put_close_part``)."""
+        return self.counters.get(("part", round_no, "train"), 0)
+
     def enqueued(self, round_no: int, phase: str) -> int:
         """The enqueue cursor of (round, phase): tasks sent so far."""
         return self.counters.get(("enq", round_no, phase), 0)
@@ -263,6 +270,8 @@ class JobRecord:
             retry_generation=int(raw.get("retry_generation", 0)),
             retry_pending=frozenset(int(s) for s in raw.get("retry_pending") or ()),
             closed_round=raw.get("closed_round"),
+            ranges_round=raw.get("ranges_round"),
+            ranges_sent_at=raw.get("ranges_sent_at"),
             counters=MappingProxyType(counters),
         )
 
@@ -294,6 +303,8 @@ class JobRecord:
             "retry_generation": self.retry_generation or None,
             "retry_pending": set(self.retry_pending) or None,
             "closed_round": self.closed_round,
+            "ranges_round": self.ranges_round,
+            "ranges_sent_at": self.ranges_sent_at,
         }
         data.update({_counter(*key): value for key, value in self.counters.items()})
         return _to_item(data)
@@ -568,6 +579,43 @@ class JobStore:
         is no longer training that round."""
         update = _Update().set(closed_round=round_no).expect(status="RUNNING", round=round_no, phase="train")
         return self._update(job_id, update)
+
+    def ranges_sent(self, job_id: str, round_no: int, now: float) -> bool:
+        """Note that the ranges of round ``round_no``'s close were handed out at ``now`` (its lease
+        starts); False if the round is no longer the job's closed, running round."""
+        update = _Update().set(ranges_round=round_no, ranges_sent_at=now)
+        return self._update(job_id, update.expect(status="RUNNING", round=round_no, closed_round=round_no))
+
+    def put_close_part(self, job_id: str, round_no: int, index: int, digest: dict[str, Any]) -> bool:
+        """Store range ``index``'s digest of round ``round_no``'s close and count it, once (one
+        transaction). False when it was stored already or the job moved on (nothing changes)."""
+        item = {
+            "pk": _pk(job_id),
+            "sk": {"S": f"CLOSE#r{round_no:04d}#{index:05d}"},
+            **_to_item({"digest": json.dumps(digest)}),
+        }
+        count = _Update().add(_counter("part", round_no, "train"), 1)
+        count.expect(status="RUNNING", round=round_no, closed_round=round_no)
+        try:
+            self.ddb.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table,
+                            "Item": item,
+                            "ConditionExpression": "attribute_not_exists(sk)",
+                        }
+                    },
+                    {"Update": count.request(self.table, job_id)},
+                ]
+            )
+            return True
+        except self.ddb.exceptions.TransactionCanceledException:
+            return False
+
+    def close_parts(self, job_id: str, round_no: int) -> list[dict[str, Any]]:
+        """The stored digests of round ``round_no``'s close ranges, in range order."""
+        return [json.loads(_from_item(i)["digest"]) for i in self._query(job_id, f"CLOSE#r{round_no:04d}#")]
 
     def start_reduce(self, job_id: str, round_no: int) -> bool:
         """Round ``round_no`` trained: move the job to its reduce phase (once)."""
@@ -874,13 +922,27 @@ class JobStore:
         return {i for i, k in enumerate(keys) if (k["pk"]["S"], k["sk"]["S"]) in found}
 
     def iter_results(
-        self, job_id: str, round_no: int | None = None, task_type: str | None = None
+        self,
+        job_id: str,
+        round_no: int | None = None,
+        task_type: str | None = None,
+        *,
+        shards: tuple[int, int] | None = None,
     ) -> Iterator[ResultRecord]:
-        """Recorded outcomes (of one round, and type) in key order, one query page in memory at a time."""
+        """Recorded outcomes (of one round, and type) in key order, one query page in memory at a time.
+
+        ``shards=(first, last)`` (with a round and a type) reads shards ``first``…``last`` alone:
+        a key range, so a range of a million-shard round costs what it returns.
+        """
         prefix = "RES#"
         if round_no is not None:
             prefix += f"r{round_no:04d}#" + (f"{task_type}#" if task_type else "")
-        for item in self._query(job_id, prefix):
+        between = None
+        if shards is not None:
+            if round_no is None or task_type is None:
+                raise ValueError("iter_results: shards=(first, last) needs round_no and task_type")
+            between = (f"{prefix}{shards[0]:06d}", f"{prefix}{shards[1]:06d}")
+        for item in self._query(job_id, prefix, between=between):
             yield ResultRecord.from_item(item)
 
     def results(self, job_id: str, round_no: int, task_type: str = "train") -> list[ResultRecord]:
@@ -903,13 +965,25 @@ class JobStore:
         items = self._query(job_id, prefix, only_failed=True)
         return [ResultRecord.from_item(i) for i in items]
 
-    def _query(self, job_id: str, prefix: str, *, only_failed: bool = False) -> Iterator[dict[str, Any]]:
+    def _query(
+        self,
+        job_id: str,
+        prefix: str,
+        *,
+        only_failed: bool = False,
+        between: tuple[str, str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
             "ExpressionAttributeValues": {":pk": _pk(job_id), ":p": {"S": prefix}},
             "ConsistentRead": True,
         }
+        if between is not None:
+            kwargs["KeyConditionExpression"] = "pk = :pk AND sk BETWEEN :a AND :b"
+            kwargs["ExpressionAttributeValues"] = {
+                ":pk": _pk(job_id), ":a": {"S": between[0]}, ":b": {"S": between[1]}
+            }  # fmt: skip
         if only_failed:
             kwargs["FilterExpression"] = "outcome = :failed"
             kwargs["ExpressionAttributeValues"][":failed"] = {"S": "failed"}

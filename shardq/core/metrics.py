@@ -58,6 +58,29 @@ class MetricsAccumulator:
             m.high = max(m.high, value)
             m.count += 1
 
+    def merge(self, other: MetricsAccumulator) -> None:
+        """Fold in another accumulator's sums (a later range of the same round)."""
+        for name, o in other._metrics.items():
+            m = self._metrics.setdefault(name, _Moments())
+            m.weighted += o.weighted
+            m.weight += o.weight
+            m.plain += o.plain
+            m.low = min(m.low, o.low)
+            m.high = max(m.high, o.high)
+            m.count += o.count
+
+    def state(self) -> dict[str, list[float]]:
+        """JSON-ready running sums (per metric: weighted, weight, plain, min, max, count)."""
+        return {n: [m.weighted, m.weight, m.plain, m.low, m.high, m.count] for n, m in self._metrics.items()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, list[float]]) -> MetricsAccumulator:
+        """The accumulator ``state()`` describes."""
+        acc = cls()
+        for name, (weighted, weight, plain, low, high, count) in state.items():
+            acc._metrics[name] = _Moments(weighted, weight, plain, low, high, int(count))
+        return acc
+
     def result(self) -> dict[str, dict[str, float]]:
         """Per metric (sorted by name): weighted mean, min, max, count."""
         out: dict[str, dict[str, float]] = {}
@@ -115,6 +138,46 @@ class RoundAccumulator:
         self.duration_sum += result.duration_s
         self.duration_max = max(self.duration_max, result.duration_s)
         self.metrics.add(result)
+
+    def merge(self, other: RoundAccumulator) -> None:
+        """Fold in another range of the same round (shard ranges are disjoint)."""
+        self.succeeded += other.succeeded
+        self.failed += other.failed
+        self.num_samples += other.num_samples
+        self.duration_sum += other.duration_sum
+        self.duration_max = max(self.duration_max, other.duration_max)
+        self.metrics.merge(other.metrics)
+        lowest = heapq.nsmallest(self.listed_max, [-i for i in self._failed_ids + other._failed_ids])
+        self._failed_ids = [-i for i in lowest]
+        heapq.heapify(self._failed_ids)
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready state: what a range of a round leaves for the round's summary (bounded:
+        ``listed_max`` failed ids at most, one entry per metric name)."""
+        return {
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "num_samples": self.num_samples,
+            "duration_sum": self.duration_sum,
+            "duration_max": self.duration_max,
+            "metrics": self.metrics.state(),
+            "failed_ids": sorted(-i for i in self._failed_ids),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RoundAccumulator:
+        """The accumulator ``state()`` describes."""
+        acc = cls(
+            succeeded=int(state["succeeded"]),
+            failed=int(state["failed"]),
+            num_samples=int(state["num_samples"]),
+            duration_sum=float(state["duration_sum"]),
+            duration_max=float(state["duration_max"]),
+            metrics=MetricsAccumulator.from_state(state["metrics"]),
+        )
+        acc._failed_ids = [-int(i) for i in state["failed_ids"]]
+        heapq.heapify(acc._failed_ids)
+        return acc
 
     def summary(self, round_no: int, started_at: str | None = None) -> dict[str, Any]:
         """The round's summary (``summarize_round``'s shape)."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import random
 import tracemalloc
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import pytest
+
 from shardq.core.contracts import ShardResult
-from shardq.core.metrics import LISTED_MAX, summarize_round, weighted_metrics
+from shardq.core.metrics import LISTED_MAX, RoundAccumulator, summarize_round, weighted_metrics
 
 
 def res(shard: int, rng: random.Random) -> ShardResult:
@@ -77,6 +80,31 @@ def test_failed_shard_list_is_capped_at_the_lowest_ids() -> None:
     assert summary["failed_shards"] == list(range(0, 2 * LISTED_MAX, 2))
     assert summary["failed_shards_truncated"] is True
     assert "failed_shards_truncated" not in summarize_round(0, results[:10])
+
+
+def test_ranges_merged_from_their_stored_state_equal_one_pass() -> None:
+    # GIVEN 5,000 results in shard order (a fifth failed: more than LISTED_MAX failures)
+    rng = random.Random(11)
+    results = [res(i, rng) for i in range(5_000)]
+    # WHEN folded in ranges of 700 shards, each range's state stored as JSON and merged in order
+    merged = RoundAccumulator()
+    for start in range(0, len(results), 700):
+        part = RoundAccumulator()
+        for r in results[start : start + 700]:
+            part.add(r)
+        merged.merge(RoundAccumulator.from_state(json.loads(json.dumps(part.state()))))
+    # THEN the summary equals the one-pass summary: counts, lowest failed ids and truncation
+    # exactly; sums to rounding (ranges are added in another order)
+    one_pass = summarize_round(0, results)
+    got = merged.summary(0)
+    assert got["failed_shards_truncated"] is True and len(got["failed_shards"]) == LISTED_MAX
+    assert {k: v for k, v in got.items() if k not in ("metrics", "duration_s")} == {
+        k: v for k, v in one_pass.items() if k not in ("metrics", "duration_s")
+    }
+    assert got["duration_s"] == pytest.approx(one_pass["duration_s"], rel=1e-12)
+    assert got["metrics"].keys() == one_pass["metrics"].keys()
+    for name, figures in got["metrics"].items():
+        assert figures == pytest.approx(one_pass["metrics"][name], rel=1e-12)
 
 
 def peak_bytes(n: int) -> int:

@@ -1,0 +1,197 @@
+"""A big map round closes in ranges: each range digested once, in any order, anywhere; nothing lost.
+
+On the local cloud with the range size lowered to 5 shards, so a 23-shard map job closes in 5
+ranges (5 + 5 + 5 + 5 + 3). What must hold: the manifest and the round summary put together
+from the ranges equal the ones a single pass over every result gives; a range run twice counts
+once; ranges handed to other invocations finish the job when the last one is stored, whatever
+their order; a range that never runs is handed out again by the close's watchdog tick.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+from lambdas.splitter import split
+from shardq.core import finalize
+from shardq.core.advance import CLOSE_RANGE_LEASE_S
+from shardq.core.engine import Engine
+from shardq.core.jobstore import Outcome
+from shardq.core.metrics import summarize_round
+from shardq.core.rounds import Tick
+from shardq.core.settings import Settings
+from tests.core.test_manifest_parts import FAILED, SHARDS, read_manifest, read_parts
+from tests.helpers import receive_all, result_for, tasks_of
+
+RANGE = 5
+RANGES = 5  # ceil(23 / 5)
+
+
+def close(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> bool:
+    """Per-metric figures equal to rounding (range sums are added in another order)."""
+    return a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-12) for k in a)
+
+
+class Clock:
+    """A wall clock the test moves (the watchdog's lease)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ranged_engine(settings: Settings, clients: dict[str, Any], **kwargs: Any) -> Engine:
+    engine = Engine(
+        settings=settings,
+        ddb=clients["dynamodb"],
+        sqs=clients["sqs"],
+        s3=clients["s3"],
+        events=clients["events"],
+        **kwargs,
+    )
+    engine.advancer.range_shards = RANGE
+    return engine
+
+
+def submit_and_report(engine: Engine, settings: Settings, sqs: Any, job_id: str) -> list[Any]:
+    """A 23-shard map job, every result reported (out of order, in two batches)."""
+    engine.submit(
+        {
+            "job_id": job_id,
+            "kind": "map",
+            "dataset": {"num_samples": SHARDS * 10},
+            "sharding": {"shard_count": SHARDS},
+            "max_failed_shards": len(FAILED),
+        }
+    )
+    tasks = tasks_of(receive_all(sqs, settings.task_queue_url))
+    results = [result_for(t, status="failed" if t.shard_id in FAILED else "succeeded") for t in tasks]
+    engine.ingest([Outcome(r) for r in results[1::2]])
+    engine.ingest([Outcome(r) for r in results[::2]])
+    return results
+
+
+def test_ranges_give_the_manifest_and_summary_of_one_pass(
+    settings: Settings, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN ranges of 5 shards run inline, and 4 entries of each list inline in the manifest
+    monkeypatch.setattr(finalize, "INLINE_MAX", 4)
+    engine = ranged_engine(settings, clients)
+    # WHEN a 23-shard map job with 4 failed shards finishes
+    results = submit_and_report(engine, settings, clients["sqs"], "ranged")
+    job = engine.store.get_job("ranged")
+    assert job.status == "SUCCEEDED"
+    ranged = read_manifest(clients["s3"], settings, "ranged")
+    # THEN each range was digested once
+    digests = engine.store.close_parts("ranged", 0)
+    assert [d["range"] for d in digests] == list(range(RANGES)) and job.ranges_done(0) == RANGES
+    assert [(d["first_shard"], d["last_shard"]) for d in digests][-1] == (20, 22)
+    # AND the manifest equals the one a single pass writes, but for where the parts are
+    single = engine.finisher.manifest(job, "SUCCEEDED", None)
+    for name in ("outputs", "failed"):
+        assert read_parts(clients["s3"], ranged[f"{name}_parts"]) == read_parts(
+            clients["s3"], single[f"{name}_parts"]
+        )
+        assert len(ranged[f"{name}_parts"]) == (RANGES if name == "outputs" else 3)  # failures: 3 ranges
+        assert ranged[f"{name}_count"] == single[f"{name}_count"]
+        assert ranged[name] == json.loads(json.dumps(single[name])) and len(ranged[name]) == 4
+    ok = sorted(s for s in range(SHARDS) if s not in FAILED)
+    assert [o["shard_id"] for o in ranged["outputs"]] == ok[:4]
+    assert close(ranged["metrics"], single["metrics"])
+    plain = {"outputs", "failed", "outputs_parts", "failed_parts", "metrics", "rounds"}
+    assert {k: v for k, v in ranged.items() if k not in plain} == json.loads(
+        json.dumps({k: v for k, v in single.items() if k not in plain})
+    )
+    # AND the round summary equals the one-pass summary (sums merged per range: equal to rounding)
+    summary = ranged["rounds"][0]
+    expected = summarize_round(0, sorted(results, key=lambda r: r.shard_id), job.round_started_at)
+    assert {k: v for k, v in summary.items() if k != "metrics"} == {
+        k: v for k, v in expected.items() if k != "metrics"
+    }
+    assert close(summary["metrics"], expected["metrics"])
+    assert summary["shards_succeeded"] == 19 and summary["failed_shards"] == sorted(FAILED)
+
+
+def test_ranges_run_elsewhere_in_any_order_and_the_last_one_finishes(
+    settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN ranges handed to "other invocations" (collected here, run below)
+    handed: list[tuple[str, int, list[int]]] = []
+    engine = ranged_engine(settings, clients, dispatch_ranges=lambda j, r, ks: handed.append((j, r, ks)))
+    # WHEN every result is in
+    submit_and_report(engine, settings, clients["sqs"], "elsewhere")
+    # THEN the round is frozen and its ranges are out, once, and the job waits for them
+    job = engine.store.get_job("elsewhere")
+    assert handed == [("elsewhere", 0, list(range(RANGES)))]
+    assert (job.status, job.closed_round, job.ranges_done(0)) == ("RUNNING", 0, 0)
+    assert engine.advance("elsewhere") == "RUNNING" and len(handed) == 1  # no second hand-out
+    # WHEN they run in a shuffled order, one of them twice (a redelivered invocation)
+    order = list(range(RANGES))
+    random.Random(7).shuffle(order)
+    statuses = [engine.close_range("elsewhere", 0, k) for k in [*order[:2], order[0], *order[2:]]]
+    # THEN the job finishes with the last range, and each range counted once
+    assert statuses == ["RUNNING"] * RANGES + ["SUCCEEDED"]
+    job = engine.store.get_job("elsewhere")
+    assert job.ranges_done(0) == RANGES and len(engine.store.close_parts("elsewhere", 0)) == RANGES
+    manifest = read_manifest(clients["s3"], settings, "elsewhere")
+    assert manifest["outputs_count"] == SHARDS - len(FAILED) and manifest["failed_count"] == len(FAILED)
+    assert engine.close_range("elsewhere", 0, 1) == "SUCCEEDED"  # a late duplicate changes nothing
+    assert engine.store.get_job("elsewhere").ranges_done(0) == RANGES
+
+
+def test_a_lost_range_is_handed_out_again_by_the_watchdog(
+    settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a hand-out that loses range 2 (its invocation failed for good) and runs the rest
+    clock = Clock(1_900_000_000.0)
+    handed: list[list[int]] = []
+
+    def dispatch(job_id: str, round_no: int, indexes: list[int]) -> None:
+        handed.append(indexes)
+        for k in indexes:
+            if k != 2 or len(handed) > 1:
+                engine.close_range(job_id, round_no, k)
+
+    engine = ranged_engine(settings, clients, dispatch_ranges=dispatch, clock=clock)
+    submit_and_report(engine, settings, clients["sqs"], "lost")
+    assert engine.status("lost").status == "RUNNING" and handed == [list(range(RANGES))]
+    # THEN the close armed its watchdog: a tick on the results queue, delayed by the lease
+    attrs = clients["sqs"].get_queue_attributes(
+        QueueUrl=settings.results_queue_url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )["Attributes"]
+    assert int(attrs["ApproximateNumberOfMessagesDelayed"]) == 1
+    # WHEN the tick comes back before the lease is out, nothing is handed out again
+    engine.ingest([Tick("lost", 0, clock.now + CLOSE_RANGE_LEASE_S)])
+    assert handed == [list(range(RANGES))]
+    # WHEN it comes back after the lease
+    clock.now += CLOSE_RANGE_LEASE_S + 1
+    engine.ingest([Tick("lost", 0, clock.now)])
+    # THEN only the missing range is handed out, and the job finishes with it
+    assert handed == [list(range(RANGES)), [2]]
+    assert engine.status("lost").status == "SUCCEEDED"
+    assert engine.store.get_job("lost").ranges_done(0) == RANGES
+
+
+def test_the_splitter_runs_a_range_and_rejects_a_malformed_one(
+    lambda_env: Settings, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a job whose close ranges were handed out (the Lambdas hand them to the splitter)
+    from lambdas import common
+
+    handed: list[int] = []
+    engine = ranged_engine(lambda_env, clients, dispatch_ranges=lambda j, r, ks: handed.extend(ks))
+    submit_and_report(engine, lambda_env, clients["sqs"], "viasplit")
+    monkeypatch.setattr(common.engine(), "advancer", engine.advancer)
+    # WHEN the splitter gets each range's event
+    answers = [split({"shardq_close": {"job_id": "viasplit", "round": 0, "range": k}}, None) for k in handed]
+    # THEN each answer names its range, and the last one finished the job
+    assert [a["range"] for a in answers] == list(range(RANGES)) and all(a["ok"] for a in answers)
+    assert answers[-1]["status"] == "SUCCEEDED"
+    # AND a malformed event is refused with the field named, changing nothing
+    bad = split({"shardq_close": {"job_id": "viasplit", "round": -1, "range": "x"}}, None)
+    assert bad["ok"] is False and "shardq_close.round and .range" in bad["message"]
