@@ -230,7 +230,7 @@ def table_items(cloud: LocalCloud, table_name: str, job_id: str) -> dict[str, An
     """The job's items by kind, the job record's size and one result item's size."""
     ddb = cloud.client("dynamodb")
     counts: dict[str, int] = {}
-    for prefix in ("JOB", "RES#", "ROUND#", "LATE#"):
+    for prefix in ("JOB", "RES#", "ROUND#", "LATE#", "CLOSE#"):
         kwargs: dict[str, Any] = {
             "TableName": table_name,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
@@ -249,7 +249,9 @@ def table_items(cloud: LocalCloud, table_name: str, job_id: str) -> dict[str, An
     job_item = ddb.get_item(TableName=table_name, Key={**key, "sk": {"S": "JOB"}})["Item"]
     res_item = ddb.get_item(TableName=table_name, Key={**key, "sk": {"S": "RES#r0000#train#000000"}})
     round_item = ddb.get_item(TableName=table_name, Key={**key, "sk": {"S": "ROUND#0000"}})
+    close_item = ddb.get_item(TableName=table_name, Key={**key, "sk": {"S": "CLOSE#r0000#00000"}})
     return {
+        "close_digest_bytes": ddb_item_size(close_item["Item"]) if "Item" in close_item else None,
         "items": counts,
         "job_record_bytes": ddb_item_size(job_item),
         "result_item_bytes": ddb_item_size(res_item["Item"]) if "Item" in res_item else None,
@@ -345,7 +347,9 @@ def summarize(
         "first_splitter_call_s": round(sub["answered_at"] - sub["submitted_at"], 2),
         "first_splitter_answer": sub["answer"],
         "splitter_invocations": splitter_calls,
-        "continuations": max(0, splitter_calls - 1),
+        # The splitter also runs each range of the round's close (one CLOSE# digest per range).
+        "close_ranges": figures["items"]["CLOSE"],
+        "continuations": max(0, splitter_calls - 1 - figures["items"]["CLOSE"]),
         "fanout_s": round(marks["enqueued_at"] - created, 1) if marks["enqueued_at"] else None,
         "fanout_tasks_per_s": round(n / (marks["enqueued_at"] - created), 1)
         if marks["enqueued_at"]
@@ -391,7 +395,9 @@ def report(r: dict[str, Any]) -> None:
           f"{r['workers']} batch no-op workers, deployed stack on the local cloud")  # fmt: skip
     rows = [
         ["deploy (cdk bootstrap + deploy)", f"{r['deploy_s']} s"],
-        ["splitter invocations (continuations)", f"{r['splitter_invocations']} ({r['continuations']})"],
+        ["splitter invocations (continuations; close ranges)",
+         f"{r['splitter_invocations']} ({r['continuations']}; {r['close_ranges']})"],
+        ["close range digest item", f"{r['close_digest_bytes'] or '—'} B"],
         ["first splitter invocation (submit → answer)", f"{r['first_splitter_call_s']} s"],
         ["fan-out (created_at → cursor at N)", f"{r['fanout_s']} s ({r['fanout_tasks_per_s']} tasks/s)"],
         ["first → last result sent", f"{r['first_to_last_result_s']} s"],

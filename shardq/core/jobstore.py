@@ -45,6 +45,9 @@ from shardq.core.planning import participant_count, participants
 
 # TransactWriteItems takes up to 100 actions: 99 result puts (or deletes) + the job's update.
 MAX_PUTS_PER_TRANSACTION = 99
+# Failed outcomes a retry forgets per transaction: their deletes, the chunk's pending item and the
+# job's counters fill DynamoDB's 100 items.
+MAX_RETRY_CHUNK = MAX_PUTS_PER_TRANSACTION - 1
 # Attempts of one recording transaction that was cancelled for a conflict (no deadline given).
 MAX_RECORD_ATTEMPTS = 8
 # Stop retrying this long before the caller's deadline, so its answer still goes out.
@@ -148,7 +151,6 @@ class JobRecord:
     event_pending: bool = False
     expires_at: int | None = None
     retry_generation: int = 0
-    retry_pending: frozenset[int] = frozenset()
     # The last round whose training closed (quorum or deadline): its later results are late.
     closed_round: int | None = None
     # A round closed in ranges: which round, and when its ranges were last handed out.
@@ -268,7 +270,6 @@ class JobRecord:
             event_pending=bool(raw.get("event_pending", False)),
             expires_at=raw.get("expires_at"),
             retry_generation=int(raw.get("retry_generation", 0)),
-            retry_pending=frozenset(int(s) for s in raw.get("retry_pending") or ()),
             closed_round=raw.get("closed_round"),
             ranges_round=raw.get("ranges_round"),
             ranges_sent_at=raw.get("ranges_sent_at"),
@@ -301,7 +302,6 @@ class JobRecord:
             "event_pending": True if self.event_pending else None,
             "expires_at": self.expires_at,
             "retry_generation": self.retry_generation or None,
-            "retry_pending": set(self.retry_pending) or None,
             "closed_round": self.closed_round,
             "ranges_round": self.ranges_round,
             "ranges_sent_at": self.ranges_sent_at,
@@ -731,19 +731,31 @@ class JobStore:
             raise JobChanged(f"job {job_id} is no longer {status}") from exc
         return int(resp["Attributes"]["retry_generation"]["N"])
 
-    def forget_failures(self, job: JobRecord, shards: Sequence[int]) -> None:
+    def forget_failures(self, job: JobRecord, shards: Sequence[int], generation: int) -> None:
         """Delete failed outcomes of the job's current (round, phase) and un-count them, in one
-        transaction; the shards wait in ``retry_pending`` until ``retry_sent``.
+        transaction (at most ``MAX_RETRY_CHUNK`` shards); the shards wait in a pending item of
+        retry ``generation`` until ``retry_sent``.
+
+        One pending item per chunk, not one set on the job record: a retry of 100,000 failed
+        shards would overflow the record's 400 KB at ≈ 95,000 ids.
 
         Raises ``JobChanged`` when the job moved (status, round or phase) or an outcome changed.
         """
+        if len(shards) > MAX_RETRY_CHUNK:
+            raise ValueError(f"forget_failures: at most {MAX_RETRY_CHUNK} shards a call, got {len(shards)}")
         round_no, phase = job.round, job.phase
         update = _Update().expect(status=job.status, round=round_no, phase=phase)
+        pending: list[dict[str, Any]] = []
         if shards:
             update.add(_counter("fail", round_no, phase), -len(shards))
             if phase == "train":
                 update.add("failed_total", -len(shards))
-            update.add("retry_pending", set(shards))
+            item = {
+                "pk": _pk(job.job_id),
+                "sk": {"S": f"RETRY#g{generation:06d}#{min(shards):06d}"},
+                "shards": {"NS": [str(s) for s in sorted(set(shards))]},
+            }
+            pending.append({"Put": {"TableName": self.table, "Item": item}})
         deletes = [
             {
                 "Delete": {
@@ -757,18 +769,29 @@ class JobStore:
         ]
         try:
             self.ddb.transact_write_items(
-                TransactItems=[*deletes, {"Update": update.request(self.table, job.job_id)}]
+                TransactItems=[*deletes, *pending, {"Update": update.request(self.table, job.job_id)}]
             )
         except self.ddb.exceptions.TransactionCanceledException as exc:
             raise JobChanged(
                 f"job {job.job_id} changed while retrying (status, round or an outcome moved on)"
             ) from exc
 
+    def retry_pending(self, job_id: str) -> frozenset[int]:
+        """Shards whose failure a retry forgot but whose task it has not sent yet (a crashed retry)."""
+        return frozenset(int(s) for _, shards in self._pending(job_id) for s in shards)
+
+    def _pending(self, job_id: str) -> Iterator[tuple[dict[str, Any], list[str]]]:
+        for item in self._query(job_id, "RETRY#"):
+            yield {"pk": item["pk"], "sk": item["sk"]}, item["shards"]["NS"]
+
     def retry_sent(self, job_id: str, shards: Iterable[int]) -> None:
-        """The retried shards' tasks are on the queue: drop them from ``retry_pending``."""
-        shards = set(shards)
-        if shards:
-            self._update(job_id, _Update().delete("retry_pending", shards), stamp=False)
+        """The retried shards' tasks are on the queue: drop the pending items they cover."""
+        sent = {str(s) for s in shards}
+        done = [key for key, pending in self._pending(job_id) if sent.issuperset(pending)]
+        for i in range(0, len(done), 25):  # BatchWriteItem's limit
+            request = {self.table: [{"DeleteRequest": {"Key": key}} for key in done[i : i + 25]]}
+            while request:
+                request = self.ddb.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
 
     # -- results --------------------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardq.core.engine import Engine
-from shardq.core.jobstore import MAX_PUTS_PER_TRANSACTION, JobChanged, JobRecord, ResultRecord
+from shardq.core.jobstore import MAX_RETRY_CHUNK, JobChanged, JobRecord, ResultRecord
 
 # Failed outcomes forgotten per transaction (TransactWriteItems: 99 deletes + the job's update).
-RETRY_CHUNK = MAX_PUTS_PER_TRANSACTION
+RETRY_CHUNK = MAX_RETRY_CHUNK
 
 
 class OperationError(ValueError):
@@ -159,15 +159,15 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
 
     1. ``JobStore.forget_failures``, one transaction per chunk: the failed outcome items are
        deleted and their ``fail`` counters and ``failed_total`` decremented, conditional on the
-       job still being where it was; the shard ids wait in ``retry_pending``.
+       job still being where it was; each chunk's shard ids wait in a pending item.
     2. ``Engine.reopen``: a FAILED job goes back to RUNNING (clearing what ``finalize`` set).
     3. The tasks go back on the queue with a fresh deduplication id (generation
        ``retry_generation``), from the task body kept on the outcome item when there is one,
-       else re-planned; ``retry_pending`` is cleared; then the job is advanced.
+       else re-planned; the pending items are deleted; then the job is advanced.
 
     Order matters: outcomes are deleted *before* the tasks are sent, so a fast worker's new
     result is never taken for a duplicate of the old failure; a crash between the steps is
-    repaired by running the retry again (the shards still wait in ``retry_pending``).
+    repaired by running the retry again (the shards still wait in their pending items).
 
     Failures of rounds that already finished stay counted (their rounds moved on); when they
     alone exceed ``max_failed_shards`` the retry is refused, since the job would fail again.
@@ -180,7 +180,7 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
         generation = engine.store.next_retry_generation(job_id, job.status)
         shards = [r.result.shard_id for r in rows]
         for i in range(0, len(shards), RETRY_CHUNK):
-            engine.store.forget_failures(job, shards[i : i + RETRY_CHUNK])
+            engine.store.forget_failures(job, shards[i : i + RETRY_CHUNK], generation)
     except JobChanged as exc:
         raise OperationError(f"{exc}; run `shardq status` and retry again") from exc
     if job.status == "FAILED":
@@ -207,7 +207,11 @@ def _check_retryable(engine: Engine, job: JobRecord) -> list[ResultRecord]:
             "be retried; submit the request again under a new job_id instead"
         )
     rows = failed_outcomes(engine, job.job_id, job.round, job.phase)
-    if not rows and not job.retry_pending and not (job.status == "FAILED" and _unrun(engine, job)):
+    if (
+        not rows
+        and not engine.store.retry_pending(job.job_id)
+        and not (job.status == "FAILED" and _unrun(engine, job))
+    ):
         reason = f" ({job.error})" if job.error else ""
         raise OperationError(
             f"job {job.job_id} has no failed tasks in round {job.round} ({job.phase}) to retry{reason}; "
@@ -227,7 +231,7 @@ def _check_retryable(engine: Engine, job: JobRecord) -> list[ResultRecord]:
 def _retry_bodies(engine: Engine, job: JobRecord, rows: list[ResultRecord]) -> dict[int, str | None]:
     """Shard → the task body to send again (None: plan it anew)."""
     bodies: dict[int, str | None] = {r.result.shard_id: r.task_body for r in rows}
-    for shard in sorted(job.retry_pending):
+    for shard in sorted(engine.store.retry_pending(job.job_id)):
         bodies.setdefault(shard, None)
     if job.status == "FAILED":
         # A job that failed mid-phase had its other queued tasks dropped unrun by the workers

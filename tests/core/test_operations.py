@@ -6,7 +6,7 @@ from typing import Any
 
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
-from shardq.core.operations import retry_failed
+from shardq.core.operations import RETRY_CHUNK, retry_failed
 from shardq.core.settings import Settings
 from tests.helpers import receive_all, result_for, tasks_of
 
@@ -32,3 +32,47 @@ def test_retry_of_a_job_failed_mid_round_resends_failed_and_unrun_shards(
     engine.ingest([Outcome(result_for(t)) for t in again])
     view = engine.status("f")
     assert (view.status, view.done, view.failed) == ("SUCCEEDED", 4, 0)
+
+
+def test_a_retry_that_crashed_after_forgetting_is_finished_by_the_next_one(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a 250-shard map job whose 230 failures made it FAILED (more than two retry chunks)
+    engine.submit(
+        {
+            "job_id": "big",
+            "kind": "map",
+            "dataset": {"num_samples": 2500},
+            "sharding": {"shard_count": 250},
+            "max_failed_shards": 200,
+        }
+    )
+    tasks = tasks_of(receive_all(clients["sqs"], settings.task_queue_url))
+    engine.ingest(
+        [Outcome(result_for(t, status="failed" if t.shard_id < 230 else "succeeded")) for t in tasks]
+    )
+    assert engine.status("big").status == "FAILED"
+    # WHEN a retry crashes after forgetting the failures, before sending a task (its first steps alone)
+    generation = engine.store.next_retry_generation("big", "FAILED")
+    job = engine.store.get_job("big")
+    for first in range(0, 230, RETRY_CHUNK):
+        engine.store.forget_failures(job, list(range(first, min(first + RETRY_CHUNK, 230))), generation)
+    # THEN the forgotten shards wait in pending items (one per chunk), none on the job record
+    assert engine.store.retry_pending("big") == frozenset(range(230))
+    assert (
+        "retry_pending"
+        not in clients["dynamodb"].get_item(
+            TableName=settings.job_table, Key={"pk": {"S": "JOB#big"}, "sk": {"S": "JOB"}}
+        )["Item"]
+    )
+    assert receive_all(clients["sqs"], settings.task_queue_url) == []
+    # WHEN the operator runs the retry again
+    report = retry_failed(engine, "big")
+    # THEN every forgotten shard goes back on the queue once, the pending items are gone, and the
+    # job finishes when they succeed
+    assert report.retried == list(range(230)) and engine.store.retry_pending("big") == frozenset()
+    again = tasks_of(receive_all(clients["sqs"], settings.task_queue_url))
+    assert sorted(t.shard_id for t in again) == list(range(230))
+    engine.ingest([Outcome(result_for(t)) for t in again])
+    view = engine.status("big")
+    assert (view.status, view.done, view.failed) == ("SUCCEEDED", 250, 0)
