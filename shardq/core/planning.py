@@ -12,8 +12,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from shardq.core.contracts import ShardTask, TrainingRequest
 from shardq.core.search import trial_params
@@ -96,9 +95,12 @@ def dedup_id(task: ShardTask, generation: int = 0) -> str:
     return task.key if generation == 0 else f"{task.key}:g{generation}"
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where a job's objects live in the artifact bucket."""
+class Layout(NamedTuple):
+    """Where a job's objects live in the artifact bucket.
+
+    A named tuple rather than a frozen dataclass: as immutable, and defined ≈ 0.4 ms faster at
+    every Lambda's cold start (a dataclass compiles six generated methods; BENCHMARKS.md, section 1).
+    """
 
     bucket: str
     job_id: str
