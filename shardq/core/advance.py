@@ -125,7 +125,13 @@ class Advancer:
                     self.finisher.publish_finished(job)
                 return job.status
             if job.failed_total > job.max_failed_shards:
-                return self.finisher.finalize(job, "FAILED", self._over_budget(job))
+                message = self._over_budget(job)
+                if not self._ranged(job):
+                    return self.finisher.finalize(job, "FAILED", message)
+                # A big map job's manifest needs its ranges too: freeze the round, close it failed.
+                if not self._train_done(job, deadline, ("FAILED", message)):
+                    return self.store.get_job(job_id).status
+                continue
             decision = rounds.verdict(job, self.clock())
             if isinstance(decision, rounds.RoundFailed):
                 return self.finisher.finalize(job, "FAILED", decision.message)
@@ -140,13 +146,19 @@ class Advancer:
     def _over_budget(self, job: JobRecord) -> str:
         """Why the job failed: its failure count, and the first failure's own words."""
         message = f"{job.failed_total} shards failed, over max_failed_shards={job.max_failed_shards}"
-        first = next(iter(self.store.failed_results(job.job_id, job.round, "train")), None)
+        first = self.store.first_failure(job.job_id, job.round, "train")
         if first is not None and first.result.error:
             reason = first.result.error.strip().splitlines()[0][:300]
             message += f"; first: round {first.result.round} shard {first.result.shard_id}: {reason}"
         return message
 
-    def _train_done(self, job: JobRecord, deadline: float | None) -> bool:
+    def _ranged(self, job: JobRecord) -> bool:
+        """True when the job's round closes in ranges (a map round of more than ``range_shards``)."""
+        return job.kind == "map" and job.task_count > self.range_shards
+
+    def _train_done(
+        self, job: JobRecord, deadline: float | None, ending: tuple[str, str | None] = ("SUCCEEDED", None)
+    ) -> bool:
         """The round's training closed: summarize; finish, or enqueue the reduce.
 
         One invocation does this work, under a claim that lasts until its own deadline (a claim
@@ -159,17 +171,17 @@ class Advancer:
         if not self.store.claim_close(job.job_id, job.round, now, until):
             return False  # another invocation is closing it (or the job moved): its work, not ours
         try:
-            return self._close(job, deadline)
+            return self._close(job, deadline, ending)
         except BaseException:
             self.store.release_close(job.job_id, job.round)
             raise
 
-    def _close(self, job: JobRecord, deadline: float | None) -> bool:
+    def _close(self, job: JobRecord, deadline: float | None, ending: tuple[str, str | None]) -> bool:
         round_no = job.round
         if job.closed_round != round_no and not self.store.close_round(job.job_id, round_no):
             return True  # the job moved meanwhile: look again
-        if job.kind == "map" and job.task_count > self.range_shards:
-            return self._close_in_ranges(job, deadline)
+        if self._ranged(job):
+            return self._close_in_ranges(job, ending)
         if job.kind == "map":
             # One pass over the round, one query page in memory at a time.
             rows = self.store.iter_results(job.job_id, round_no, "train")
@@ -196,8 +208,9 @@ class Advancer:
         self.store.start_reduce(job.job_id, round_no)
         return True
 
-    def _close_in_ranges(self, job: JobRecord, deadline: float | None) -> bool:
-        """Close a big map round in ranges: hand them out, or put their digests together.
+    def _close_in_ranges(self, job: JobRecord, ending: tuple[str, str | None]) -> bool:
+        """Close a big map round in ranges: hand them out, or put their digests together and end
+        the job with ``ending`` (status, error): SUCCEEDED, or FAILED over its failure budget.
 
         Each range (``close_range``) reads its shards once, writes its manifest part files and
         stores a digest of a few KB, counted once on the job. The close claim is given back once
@@ -211,7 +224,7 @@ class Advancer:
             digests = self.store.close_parts(job.job_id, round_no)
             acc, _ = merge_ranges(digests)
             self.store.put_round_summary(job.job_id, round_no, acc.summary(round_no, job.round_started_at))
-            self.finisher.finalize(job, "SUCCEEDED", digests=digests)
+            self.finisher.finalize(job, ending[0], ending[1], digests=digests)
             return False
         now = self.clock()
         fresh = job.ranges_round == round_no and job.ranges_sent_at is not None

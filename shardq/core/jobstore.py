@@ -988,6 +988,12 @@ class JobStore:
         items = self._query(job_id, prefix, only_failed=True)
         return [ResultRecord.from_item(i) for i in items]
 
+    def first_failure(self, job_id: str, round_no: int, task_type: str) -> ResultRecord | None:
+        """The lowest shard's failed outcome of (round, type): reads only as far as the first one."""
+        prefix = f"RES#r{round_no:04d}#{task_type}#"
+        item = next(self._query(job_id, prefix, only_failed=True), None)
+        return None if item is None else ResultRecord.from_item(item)
+
     def _query(
         self,
         job_id: str,

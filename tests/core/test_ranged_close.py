@@ -195,3 +195,37 @@ def test_the_splitter_runs_a_range_and_rejects_a_malformed_one(
     # AND a malformed event is refused with the field named, changing nothing
     bad = split({"shardq_close": {"job_id": "viasplit", "round": -1, "range": "x"}}, None)
     assert bad["ok"] is False and "shardq_close.round and .range" in bad["message"]
+
+
+def test_a_big_map_job_over_its_failure_budget_fails_through_its_ranges(
+    settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN ranges of 5 shards and a job that tolerates 1 failed shard
+    engine = ranged_engine(settings, clients)
+    engine.submit(
+        {
+            "job_id": "overbudget",
+            "kind": "map",
+            "dataset": {"num_samples": SHARDS * 10},
+            "sharding": {"shard_count": SHARDS},
+            "max_failed_shards": 1,
+        }
+    )
+    tasks = tasks_of(receive_all(clients["sqs"], settings.task_queue_url))
+    results = [result_for(t, status="failed" if t.shard_id in FAILED else "succeeded") for t in tasks]
+    # WHEN the first 10 shards report (3 failures: over budget), then the rest
+    engine.ingest([Outcome(r) for r in results[:10]])
+    engine.ingest([Outcome(r) for r in results[10:]])
+    # THEN the job FAILED with the count and the first failure's words, its round frozen at the
+    # first 10 (the rest recorded as late, never counted), and its manifest put together from ranges
+    job = engine.store.get_job("overbudget")
+    assert job.status == "FAILED" and job.closed_round == 0
+    assert job.error == (
+        "3 shards failed, over max_failed_shards=1; first: round 0 shard 2: CUDA out of memory"
+    )
+    assert len(engine.store.late_results("overbudget")) == SHARDS - 10
+    m = read_manifest(clients["s3"], settings, "overbudget")
+    assert (m["status"], m["error"], m["failed_count"], m["outputs_count"]) == ("FAILED", job.error, 3, 7)
+    assert [f["shard_id"] for f in read_parts(clients["s3"], m["failed_parts"])] == [2, 7, 8]
+    assert len(engine.store.close_parts("overbudget", 0)) == RANGES
+    assert m["rounds"][0]["shards_failed"] == 3 and m["rounds"][0]["shards_succeeded"] == 7
