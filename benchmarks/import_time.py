@@ -56,8 +56,18 @@ PARTS = {
         'Logger(service="bench"); Metrics(namespace="bench", service="bench")'
     ),
     "boto3 + Powertools batch utility": "import boto3\nimport aws_lambda_powertools.utilities.batch",
+    # The two pieces of it lambdas/deferred.py defers, and the utility as the handlers import it.
+    "boto3 + asyncio": "import boto3\nimport asyncio",
+    "boto3 + Powertools SQSRecord (every event data class)": (
+        "import boto3\nfrom aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord"
+    ),
+    "boto3 + Powertools batch utility, deferred": (
+        "import boto3\nfrom lambdas.deferred import import_powertools_batch\nimport_powertools_batch()"
+    ),
     "boto3 + shardq core (engine)": "import boto3\nimport shardq.core.engine",
 }
+# Modules lambdas/deferred.py defers; each probe reports which of them are still unrun after its import.
+DEFERRABLE = ("asyncio", "aws_lambda_powertools.utilities.data_classes")
 
 
 # mode -> (in a Lambda container: LAMBDA_TASK_ROOT set, tracing on: no POWERTOOLS_TRACE_DISABLED).
@@ -115,13 +125,14 @@ def baseline_tree(rev: str, into: Path) -> Path | None:
 
 
 PROBE = """
-import json, re, resource, time
+import json, re, resource, sys, time
 _t0 = time.perf_counter()
 exec(compile({stmt!r}, "<bench>", "exec"))
 _dt = time.perf_counter() - _t0
 _hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())
 print(json.dumps({{
     "s": _dt,
+    "deferred": [m for m in {deferrable!r} if type(sys.modules.get(m)).__name__ == "_Deferred"],
     "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     "vmhwm_kb": int(_hwm.group(1)) if _hwm else None,
 }}))
@@ -154,10 +165,10 @@ def child_env(mode: str = "tracing off") -> dict[str, str]:
     return env
 
 
-def measure_once(stmt: str, env: dict[str, str], cwd: Path = ROOT) -> dict[str, float]:
-    """One fresh interpreter: seconds spent in ``stmt`` and peak RSS in KiB."""
+def measure_once(stmt: str, env: dict[str, str], cwd: Path = ROOT) -> dict[str, Any]:
+    """One fresh interpreter: seconds spent in ``stmt``, peak RSS in KiB, modules left deferred."""
     out = subprocess.run(
-        [*SPAWN, sys.executable, "-c", PROBE.format(stmt=stmt)],
+        [*SPAWN, sys.executable, "-c", PROBE.format(stmt=stmt, deferrable=DEFERRABLE)],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -198,6 +209,54 @@ def extra_over_floor(env: dict[str, str], top: int = 5) -> dict[str, dict[str, A
             "modules": len(extra),
             "self_ms": round(sum(extra.values()) / 1000, 1),
             "top": [[m, round(us / 1000, 1)] for m, us in ranked[:top]],
+        }
+    return out
+
+
+DATACLASS_PROBE = """
+import collections, dataclasses, json, time
+import boto3
+# Instrumentation only: dataclasses' private class builder, timed per class (CPython 3.11-3.13).
+_build = dataclasses._process_class
+_took = collections.defaultdict(lambda: [0, 0.0])
+def _timed(cls, *args, **kwargs):
+    t0 = time.perf_counter()
+    try:
+        return _build(cls, *args, **kwargs)
+    finally:
+        _took[cls.__module__.split(".")[0]][0] += 1
+        _took[cls.__module__.split(".")[0]][1] += time.perf_counter() - t0
+dataclasses._process_class = _timed
+t0 = time.perf_counter()
+import {module}
+print(json.dumps({{"import_s": time.perf_counter() - t0, "by_package": _took}}))
+"""
+
+
+def dataclass_definitions(env: dict[str, str], runs: int = 5) -> dict[str, dict[str, Any]]:
+    """Per handler, after ``import boto3``: how many dataclasses its import defines, and how long
+    defining them takes (median of ``runs`` fresh interpreters), by top-level package."""
+    out: dict[str, dict[str, Any]] = {}
+    for h in HANDLERS:
+        got = []
+        for _ in range(runs):
+            proc = subprocess.run(
+                [sys.executable, "-c", DATACLASS_PROBE.format(module=h)],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            got.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        packages = sorted({p for g in got for p in g["by_package"]})
+        out[h] = {
+            "import_ms": round(median([g["import_s"] * 1000 for g in got]), 1),
+            "classes": {p: got[0]["by_package"].get(p, [0, 0])[0] for p in packages},
+            "ms": {
+                p: round(median([g["by_package"].get(p, [0, 0.0])[1] * 1000 for g in got]), 1)
+                for p in packages
+            },
         }
     return out
 
@@ -306,12 +365,12 @@ def invocation_memory(shards: int = 100) -> dict[str, dict[str, Any]]:
     return out
 
 
-def sample(all_targets: list[Target], runs: int) -> dict[str, list[dict[str, float]]]:
+def sample(all_targets: list[Target], runs: int) -> dict[str, list[dict[str, Any]]]:
     """``runs`` fresh-interpreter samples per target, interleaved, after one discarded warm-up round."""
     envs = {mode: child_env(mode) for mode in MODES}
     for t in all_targets:  # warm-up: compiles every .pyc the imports need; discarded
         measure_once(t.stmt, envs[t.mode], t.cwd)
-    samples: dict[str, list[dict[str, float]]] = {t.name: [] for t in all_targets}
+    samples: dict[str, list[dict[str, Any]]] = {t.name: [] for t in all_targets}
     for i in range(runs):
         order = all_targets if i % 2 == 0 else all_targets[::-1]  # so drift favours no target
         for t in order:
@@ -319,8 +378,8 @@ def sample(all_targets: list[Target], runs: int) -> dict[str, list[dict[str, flo
     return samples
 
 
-def summarize(got: list[dict[str, float]]) -> dict[str, float]:
-    """Median, quartiles and range of the import times; median peak memory."""
+def summarize(got: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median, quartiles and range of the import times; median peak memory; modules left deferred."""
     ms = sorted(s["s"] * 1000 for s in got)
     q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else (ms[0],) * 3
     return {
@@ -331,6 +390,8 @@ def summarize(got: list[dict[str, float]]) -> dict[str, float]:
         "max_ms": round(ms[-1], 1),
         "maxrss_mib": round(median([s["maxrss_kb"] for s in got]) / 1024, 1),
         "vmhwm_mib": round(median([s["vmhwm_kb"] or 0 for s in got]) / 1024, 1),
+        # Deferred in every run (lambdas/deferred.py), so a lost deferral shows in the figures' JSON.
+        "deferred": sorted(set.intersection(*(set(s["deferred"]) for s in got))),
     }
 
 
@@ -367,6 +428,7 @@ def run(runs: int, baseline: str | None) -> dict[str, Any]:
         "handlers_within_budget": all(r["over_boto3_ms"] <= BUDGET_MS for r in budgeted),
         "handlers_within_budget_by_min": all(r["min_over_boto3_ms"] <= BUDGET_MS for r in budgeted),
         "extra_modules_over_floor": extra_over_floor(child_env()),
+        "dataclass_definitions": dataclass_definitions(child_env()),
         "asset": asset(),
         "invocation": invocation_memory(),
     }
@@ -411,6 +473,20 @@ def report(result: dict[str, Any]) -> None:
         for h, e in result["extra_modules_over_floor"].items()
     ]
     print(table(["handler", "modules", "self ms", "largest (ms)"], extra_rows))
+    print()
+    print(
+        "Dataclasses a handler's import defines after boto3, and the time defining them takes (median of 5):"
+    )
+    dc_rows = [
+        [h, f"{d['import_ms']:.1f}", ", ".join(f"{p} {n}: {d['ms'][p]:.1f}" for p, n in d["classes"].items())]
+        for h, d in result["dataclass_definitions"].items()
+    ]
+    print(table(["handler", "import ms", "package: classes, ms"], dc_rows))
+    print()
+    deferred = sorted({m for r in result["targets"].values() for m in r["deferred"]})
+    print(
+        f"Left deferred by lambdas/deferred.py in every run (where imported): {', '.join(deferred) or 'none'}"
+    )
     print()
     a = result["asset"]
     print(

@@ -38,18 +38,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from lambdas.deferred import defer_import, import_deferring
+from lambdas.deferred import import_powertools_batch
 
-# Before Powertools' batch utility is imported, two things it imports but the synchronous
-# processors never use are deferred (≈ 13 ms of the cold start; lambdas/deferred.py says how):
-# asyncio, for AsyncBatchProcessor only, and the data-classes package's __init__, which imports
-# every event class Powertools has while SQSRecord's module takes only S3Event from it.
-defer_import("asyncio")
-import_deferring(
-    "aws_lambda_powertools.utilities.batch",
-    package="aws_lambda_powertools.utilities.data_classes",
-    provides={"S3Event": ".s3_event"},
-)
+# First, so that what Powertools' batch utility imports but its synchronous processors never run
+# (asyncio, and every event class of the data-classes package) is deferred: lambdas/deferred.py.
+import_powertools_batch()
 
 from aws_lambda_powertools.utilities.batch import (  # noqa: E402
     BatchProcessor,

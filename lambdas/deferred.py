@@ -142,6 +142,25 @@ def import_deferring(module: str, package: str, provides: Mapping[str, str]) -> 
         return importlib.import_module(module)
 
 
+def import_powertools_batch() -> types.ModuleType:
+    """Powertools' batch utility, with what its synchronous processors never run deferred.
+
+    ``asyncio`` (for ``AsyncBatchProcessor`` only) and the body of the package
+    ``utilities.data_classes``, of which ``SQSRecord``'s module takes only ``S3Event``.
+
+    Returns
+    -------
+    types.ModuleType
+        ``aws_lambda_powertools.utilities.batch``.
+    """
+    defer_import("asyncio")
+    return import_deferring(
+        "aws_lambda_powertools.utilities.batch",
+        package="aws_lambda_powertools.utilities.data_classes",
+        provides={"S3Event": ".s3_event"},
+    )
+
+
 def _forget(name: str) -> None:
     """Drop a deferred module that never ran, so the next import of ``name`` runs it afresh."""
     with _LOCK:
