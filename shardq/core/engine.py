@@ -233,7 +233,10 @@ class Engine:
 
     def reopen(self, job_id: str) -> bool:
         """Bring a FAILED job back to RUNNING for a retry; False when it was not FAILED."""
-        reopened = self.store.reopen(job_id)
+        job = self.store.get_job(job_id)
+        if job.phase == "train" and job.closed_round == job.round:
+            self.store.forget_close(job_id, job.round)  # before the round opens: no stale digest
+        reopened = self.store.reopen(job)
         if reopened:
             self.metric("JobsReopened", 1, "Count")
         return reopened

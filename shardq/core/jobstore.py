@@ -697,10 +697,34 @@ class JobStore:
         )
         return self._update(job_id, update.expect(status="RUNNING"))
 
-    def reopen(self, job_id: str) -> bool:
-        """FAILED → RUNNING for a retry, clearing what ``finish`` set; False if it was not FAILED."""
+    def reopen(self, job: JobRecord) -> bool:
+        """FAILED → RUNNING for a retry, clearing what ``finish`` set; False if it was not FAILED.
+
+        A job that failed with its training round frozen (a big map round closed in ranges over
+        its failure budget) has the round opened again: its late shards must run and count now,
+        and the round closes anew (``forget_close`` drops the old ranges' digests first).
+        """
         update = _Update().set(status="RUNNING").remove(*_FINISH_ATTRIBUTES).expect(status="FAILED")
-        return self._update(job_id, update)
+        if job.phase == "train" and job.closed_round == job.round:
+            update.remove(
+                "closed_round",
+                "ranges_round",
+                "ranges_sent_at",
+                f"close_claim_r{job.round}",
+                _counter("part", job.round, "train"),
+            )
+        return self._update(job.job_id, update)
+
+    def forget_close(self, job_id: str, round_no: int) -> None:
+        """Delete the digests of round ``round_no``'s close ranges (before the round opens again)."""
+        keys = [{"pk": i["pk"], "sk": i["sk"]} for i in self._query(job_id, f"CLOSE#r{round_no:04d}#")]
+        self._delete(keys)
+
+    def _delete(self, keys: list[dict[str, Any]]) -> None:
+        for i in range(0, len(keys), 25):  # BatchWriteItem's limit
+            request = {self.table: [{"DeleteRequest": {"Key": key}} for key in keys[i : i + 25]]}
+            while request:
+                request = self.ddb.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
 
     def claim_event(self, job_id: str, now: float, lease_s: float) -> bool:
         """Claim the pending ``Job Finished`` event; False if none is pending or a live claim holds it."""
@@ -787,11 +811,7 @@ class JobStore:
     def retry_sent(self, job_id: str, shards: Iterable[int]) -> None:
         """The retried shards' tasks are on the queue: drop the pending items they cover."""
         sent = {str(s) for s in shards}
-        done = [key for key, pending in self._pending(job_id) if sent.issuperset(pending)]
-        for i in range(0, len(done), 25):  # BatchWriteItem's limit
-            request = {self.table: [{"DeleteRequest": {"Key": key}} for key in done[i : i + 25]]}
-            while request:
-                request = self.ddb.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+        self._delete([key for key, pending in self._pending(job_id) if sent.issuperset(pending)])
 
     # -- results --------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from shardq.core.advance import CLOSE_RANGE_LEASE_S
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
 from shardq.core.metrics import summarize_round
+from shardq.core.operations import retry_failed
 from shardq.core.rounds import Tick
 from shardq.core.settings import Settings
 from tests.core.test_manifest_parts import FAILED, SHARDS, read_manifest, read_parts
@@ -229,3 +230,16 @@ def test_a_big_map_job_over_its_failure_budget_fails_through_its_ranges(
     assert [f["shard_id"] for f in read_parts(clients["s3"], m["failed_parts"])] == [2, 7, 8]
     assert len(engine.store.close_parts("overbudget", 0)) == RANGES
     assert m["rounds"][0]["shards_failed"] == 3 and m["rounds"][0]["shards_succeeded"] == 7
+    # WHEN the operator retries it: the round opens again, its failed and late shards run
+    report = retry_failed(engine, "overbudget")
+    assert report.retried == [2, 7, 8, *range(10, SHARDS)]
+    job = engine.store.get_job("overbudget")
+    assert (job.status, job.closed_round, job.ranges_done(0)) == ("RUNNING", None, 0)
+    assert engine.store.close_parts("overbudget", 0) == []
+    again = tasks_of(receive_all(clients["sqs"], settings.task_queue_url))
+    engine.ingest([Outcome(result_for(t)) for t in again])
+    # THEN it closes in ranges anew and succeeds, every shard listed once
+    assert engine.status("overbudget").status == "SUCCEEDED"
+    m = read_manifest(clients["s3"], settings, "overbudget")
+    outputs = read_parts(clients["s3"], m["outputs_parts"])
+    assert [o["shard_id"] for o in outputs] == list(range(SHARDS)) and m["failed_count"] == 0
