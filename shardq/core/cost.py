@@ -32,6 +32,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from shardq.core.advance import CLOSE_RANGE_SHARDS
 from shardq.core.contracts import DEFAULT_MAX_PARALLEL, MAX_SHARDS
 from shardq.core.enqueue import CHUNK as CURSOR_CHUNK
 from shardq.core.enqueue import HANDOFF_MARGIN_S
@@ -152,6 +153,9 @@ class Assumptions:
     # measured 0.55 ms per call + 10 x 36 µs per message (BENCHMARKS.md, section 3; an x86 core;
     # a Lambda arm64 vCPU differs). 0: the splitter's CPU is not counted as a bound.
     splitter_cpu_ms_per_call: float = 0.9
+    # Client CPU to read one result and write its manifest line when a round closes (paged query,
+    # parse, JSON): BENCHMARKS.md, section 10 (231 µs on an x86 core).
+    close_us_per_result: float = 231.0
     # The queue's SendMessageBatch quota, calls/s; None: the published one for the queue mode.
     quota_calls_per_second: float | None = None
     # Alternatives: states in a Distributed Map child workflow, and a Batch child's start overhead.
@@ -257,11 +261,18 @@ def lambda_usage(job: JobShape, a: Assumptions, batches: int) -> dict[str, float
     splitter_s = a.splitter_ms / 1000 + enqueue_s
     # A fan-out longer than one invocation allows continues in a fresh one (HANDOFF_MARGIN_S left).
     continuations = max(0, math.ceil(enqueue_s / max(1.0, a.splitter_timeout_s - HANDOFF_MARGIN_S)) - 1)
+    # A map round over CLOSE_RANGE_SHARDS closes in ranges, one splitter invocation each, reading
+    # its results once; a smaller round's close is in the aggregator's time per batch.
+    ranges = math.ceil(job.tasks_per_round / CLOSE_RANGE_SHARDS) if job.kind == "map" else 0
+    ranges = ranges if ranges > 1 else 0
+    vcpu = min(1.0, a.splitter_mb / limit("lambda_mb_per_vcpu"))
+    close_s = job.tasks_per_round * a.close_us_per_result / 1e6 / vcpu if ranges else 0.0
     return {
         "splitter_invocations": 1 + continuations,
+        "close_range_invocations": ranges,
         "aggregator_invocations": batches,
-        "invocations": 1 + continuations + batches,
-        "gb_seconds": splitter_s * a.splitter_mb / 1024 + aggregator_s * a.aggregator_mb / 1024,
+        "invocations": 1 + continuations + ranges + batches,
+        "gb_seconds": (splitter_s + close_s) * a.splitter_mb / 1024 + aggregator_s * a.aggregator_mb / 1024,
     }
 
 

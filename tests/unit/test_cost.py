@@ -111,6 +111,24 @@ def test_enqueue_time_follows_the_queue_mode() -> None:
     assert lam["splitter_invocations"] == math.ceil((1_000_000 / 3_000) / 100)
 
 
+def test_a_big_map_round_pays_for_its_close_in_ranges() -> None:
+    # GIVEN map rounds below, at and above one close range (10,000 shards), and a data_parallel one
+    a = Assumptions()
+    usage = {
+        n: cost.lambda_usage(JobShape(kind="map", tasks_per_round=n), a, batches=0) for n in (10_000, 100_000)
+    }
+    dp = cost.lambda_usage(JobShape(kind="data_parallel", tasks_per_round=100_000), a, batches=0)
+    # THEN only the big map round has range invocations: one per 10,000 shards, in the total
+    assert usage[10_000]["close_range_invocations"] == 0 and dp["close_range_invocations"] == 0
+    big = usage[100_000]
+    assert big["close_range_invocations"] == 10
+    assert big["invocations"] == big["splitter_invocations"] + 10
+    # AND their GB-seconds: every result read once at 231 µs on the 512 MB splitter's 0.29 vCPU
+    close_gb_s = 100_000 * 231e-6 / (512 / 1769) * 0.5
+    fanout_only = cost.lambda_usage(JobShape(kind="data_parallel", tasks_per_round=100_000, rounds=1), a, 0)
+    assert big["gb_seconds"] - fanout_only["gb_seconds"] == pytest.approx(close_gb_s)
+
+
 def test_compare_counts_transitions_array_jobs_and_overheads_by_hand() -> None:
     # GIVEN 25,000 shards of 600 s, one round, 1,000 workers in 1,000 lanes
     job = JobShape(kind="map", tasks_per_round=25_000, max_parallel=1_000)
