@@ -106,7 +106,8 @@ def targets(baseline_dir: Path | None) -> list[Target]:
         for mode in MODES:
             for h in HANDLERS:
                 name = f"{h}{' @baseline' if is_baseline else ''}, {mode}"
-                out.append(Target(name, f"import {h}", mode, cwd, h, is_baseline))
+                # boto3 first, as every handler imports it: the same work, timed in two parts (PROBE).
+                out.append(Target(name, f"import boto3\nimport {h}", mode, cwd, h, is_baseline))
     return out
 
 
@@ -124,14 +125,22 @@ def baseline_tree(rev: str, into: Path) -> Path | None:
     return into
 
 
+# A statement that starts with ``import boto3`` is timed in two parts in the same interpreter, so
+# its cost over boto3 is also measured within one process ("after boto3"): a difference between
+# two processes' times carries both processes' noise, a difference within one carries less.
 PROBE = """
 import json, re, resource, sys, time
+_stmt = {stmt!r}.lstrip("\\n")
+_pre = "import boto3" if _stmt.startswith("import boto3\\n") else ""
 _t0 = time.perf_counter()
-exec(compile({stmt!r}, "<bench>", "exec"))
-_dt = time.perf_counter() - _t0
+exec(compile(_pre, "<pre>", "exec"))
+_t1 = time.perf_counter()
+exec(compile(_stmt[len(_pre):], "<bench>", "exec"))
+_t2 = time.perf_counter()
 _hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())
 print(json.dumps({{
-    "s": _dt,
+    "s": _t2 - _t0,
+    "after_boto3_s": _t2 - _t1 if _pre else None,
     "deferred": [m for m in {deferrable!r} if type(sys.modules.get(m)).__name__ == "_Deferred"],
     "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     "vmhwm_kb": int(_hwm.group(1)) if _hwm else None,
@@ -392,7 +401,16 @@ def summarize(got: list[dict[str, Any]]) -> dict[str, Any]:
         "vmhwm_mib": round(median([s["vmhwm_kb"] or 0 for s in got]) / 1024, 1),
         # Deferred in every run (lambdas/deferred.py), so a lost deferral shows in the figures' JSON.
         "deferred": sorted(set.intersection(*(set(s["deferred"]) for s in got))),
+        **after_boto3(got),
     }
+
+
+def after_boto3(got: list[dict[str, Any]]) -> dict[str, float]:
+    """Median and fastest time over ``import boto3`` in the same interpreter, where measured."""
+    ms = sorted(s["after_boto3_s"] * 1000 for s in got if s.get("after_boto3_s") is not None)
+    if len(ms) != len(got):
+        return {}
+    return {"after_boto3_median_ms": round(median(ms), 1), "after_boto3_min_ms": round(ms[0], 1)}
 
 
 def run(runs: int, baseline: str | None) -> dict[str, Any]:
@@ -427,6 +445,10 @@ def run(runs: int, baseline: str | None) -> dict[str, Any]:
         "targets": rows,
         "handlers_within_budget": all(r["over_boto3_ms"] <= BUDGET_MS for r in budgeted),
         "handlers_within_budget_by_min": all(r["min_over_boto3_ms"] <= BUDGET_MS for r in budgeted),
+        "handlers_within_budget_after_boto3": all(r["after_boto3_median_ms"] <= BUDGET_MS for r in budgeted),
+        "handlers_within_budget_after_boto3_by_min": all(
+            r["after_boto3_min_ms"] <= BUDGET_MS for r in budgeted
+        ),
         "extra_modules_over_floor": extra_over_floor(child_env()),
         "dataclass_definitions": dataclass_definitions(child_env()),
         "asset": asset(),
@@ -443,7 +465,8 @@ def report(result: dict[str, Any]) -> None:
         verdict = ""
         if r["handler"] and not MODES[r["mode"]][1] and not r["baseline"]:
             verdict = " / ".join(
-                "ok" if d <= BUDGET_MS else "OVER" for d in (r["over_boto3_ms"], r["min_over_boto3_ms"])
+                "ok" if d <= BUDGET_MS else "OVER"
+                for d in (r["after_boto3_median_ms"], r["after_boto3_min_ms"])
             )
         rows.append(
             [
@@ -452,6 +475,7 @@ def report(result: dict[str, Any]) -> None:
                 f"{r['p25_ms']:.1f}–{r['p75_ms']:.1f}",
                 f"{r['min_ms']:.1f}–{r['max_ms']:.1f}",
                 pair(r["over_boto3_ms"], r["min_over_boto3_ms"]),
+                pair(r.get("after_boto3_median_ms"), r.get("after_boto3_min_ms")),
                 pair(r.get("vs_baseline_ms"), r.get("min_vs_baseline_ms")),
                 f"{r['maxrss_mib']:.1f}",
                 verdict,
@@ -464,7 +488,8 @@ def report(result: dict[str, Any]) -> None:
         f"load average at the end {load}"
     )
     headers = ["target", "median ms", "p25–p75 ms", "min–max ms", "vs boto3 ms (median / min)"]
-    headers += ["vs baseline ms (median / min)", "peak RSS MiB", f"≤ boto3+{BUDGET_MS:.0f} ms (median / min)"]
+    headers += ["after boto3, same process ms (median / min)", "vs baseline ms (median / min)"]
+    headers += ["peak RSS MiB", f"after boto3 ≤ {BUDGET_MS:.0f} ms (median / min)"]
     print(table(headers, rows))
     print()
     print("Modules a handler imports beyond boto3 + Powertools without Tracer (one -X importtime run):")
