@@ -14,7 +14,12 @@ the wall time taken:
 * ``manifest, schema 2 (paged)``: the same over a store with the paging ``iter_results`` the
   finalizer asks for (``PagingStore`` below: the exact method proposed for ``JobStore``);
 * ``round summary (list)``: ``summarize_round`` over ``store.results(...)`` as a list, as
-  ``advance.py`` does today; ``round summary (paged)``: the same fold over the paging iterator.
+  ``advance.py`` did before paging; ``round summary (paged)``: the same fold over the paging iterator;
+* ``close range (paged)``: what one splitter invocation does for a big map round closed in
+  ranges — ``Finisher.digest_range`` over the first ``CLOSE_RANGE_SHARDS`` shards (one key range,
+  its manifest part written, a digest returned); ``close merge``: the manifest put together from
+  every range's digest (the other digests are computed first, unmeasured), as the invocation that
+  stores the last range does.
 
 Figures are per run; per-result figures extrapolate linearly to 1,000,000 (labelled so).
 
@@ -32,6 +37,7 @@ from dataclasses import replace
 from typing import Any
 
 from benchmarks._common import describe, emit_json, machine, table
+from shardq.core.advance import CLOSE_RANGE_SHARDS
 from shardq.core.contracts import ShardResult, TrainingRequest
 from shardq.core.engine import Engine
 from shardq.core.finalize import INLINE_MAX, PART_LINES
@@ -137,6 +143,7 @@ def run(shards: int) -> dict[str, Any]:
             measure("round summary (paged)",
                     lambda: summarize_round(0, (r.result for r in paging.iter_results(job.job_id, train0)))),
         ]  # fmt: skip
+        rows += close_in_ranges(engine, job, shards)
         listing = clients["s3"].list_objects_v2(Bucket=bucket, Prefix=f"jobs/{job.job_id}/manifest/")
         parts = [(o["Key"], o["Size"]) for o in listing.get("Contents", [])]
     for row in rows:
@@ -145,6 +152,28 @@ def run(shards: int) -> dict[str, Any]:
             row["out"] = None
     return {"shards": shards, "fill_s": round(fill_s, 1), "variants": rows, "parts": parts,
             "inline_max": INLINE_MAX, "part_lines": PART_LINES}  # fmt: skip
+
+
+def close_in_ranges(engine: Engine, job: JobRecord, shards: int) -> list[dict[str, Any]]:
+    """One range's digest (measured), every other range's (not), then the merge (measured)."""
+    size = min(CLOSE_RANGE_SHARDS, shards)
+    ranges = [(k, k * size, min((k + 1) * size, shards) - 1) for k in range((shards + size - 1) // size)]
+    digests: list[dict[str, Any]] = []
+
+    def one_range() -> int:
+        digests.append(engine.finisher.digest_range(job, 0, *ranges[0]))
+        return len(json.dumps(digests[0]).encode())
+
+    first = {**measure("close range (paged), one of " + str(len(ranges)), one_range), "results": size}
+    digests += [engine.finisher.digest_range(job, 0, *r) for r in ranges[1:]]
+    assert sum(d["round"]["succeeded"] for d in digests) == shards
+
+    def merge() -> int:
+        manifest = engine.finisher.manifest(job, "SUCCEEDED", None, digests)
+        assert manifest["outputs_count"] == shards
+        return len(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+
+    return [first, {**measure(f"close merge of {len(digests)} digests (paged)", merge), "results": None}]
 
 
 def linear_mib(variant: dict[str, Any], n: int) -> str | int:
@@ -163,9 +192,11 @@ def report(r: dict[str, Any]) -> None:
     rows = []
     for v in r["variants"]:
         size = f"{v['out']:,}" if isinstance(v["out"], int) else "—"
-        per_result_us = v["cpu_s"] * 1e6 / n
-        rows.append([v["variant"], v["seconds"], v["cpu_s"], round(per_result_us), v["peak_mib"], size,
-                     round(v["cpu_s"] * MILLION / n), linear_mib(v, n)])  # fmt: skip
+        read = v.get("results", n)  # a close range reads its own shards; a merge reads none
+        per_result = round(v["cpu_s"] * 1e6 / read) if read else "—"
+        at_million = round(v["cpu_s"] * MILLION / read) if read else "—"
+        rows.append([v["variant"], v["seconds"], v["cpu_s"], per_result, v["peak_mib"], size,
+                     at_million, linear_mib(v, n)])  # fmt: skip
     heads = ["variant", "wall s", "client CPU s", "CPU µs/result", "peak MiB (tracemalloc)", "manifest bytes"]
     heads += ["CPU s at 1M (linear)", "MiB at 1M (linear)"]
     print(table(heads, rows))
