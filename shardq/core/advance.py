@@ -229,8 +229,10 @@ class Advancer:
         now = self.clock()
         fresh = job.ranges_round == round_no and job.ranges_sent_at is not None
         if fresh and now - float(job.ranges_sent_at or 0) < CLOSE_RANGE_LEASE_S:
+            # Handed out, not all back yet: the last one finishes the job. Unless it came back
+            # while this call held the claim (it could not take it): then look again, at once.
             self.store.release_close(job.job_id, round_no)
-            return False  # handed out, not all back yet: the last one finishes the job
+            return self.store.get_job(job.job_id).ranges_done(round_no) >= count
         stored = {int(d["range"]) for d in self.store.close_parts(job.job_id, round_no)}
         missing = [k for k in range(count) if k not in stored]
         if not self.store.ranges_sent(job.job_id, round_no, now):

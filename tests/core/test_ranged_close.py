@@ -243,3 +243,23 @@ def test_a_big_map_job_over_its_failure_budget_fails_through_its_ranges(
     m = read_manifest(clients["s3"], settings, "overbudget")
     outputs = read_parts(clients["s3"], m["outputs_parts"])
     assert [o["shard_id"] for o in outputs] == list(range(SHARDS)) and m["failed_count"] == 0
+
+
+def test_the_last_range_stored_while_another_call_holds_the_claim_still_finishes_the_job(
+    settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN ranges handed out, all but the last stored
+    handed: list[int] = []
+    engine = ranged_engine(settings, clients, dispatch_ranges=lambda j, r, ks: handed.extend(ks))
+    submit_and_report(engine, settings, clients["sqs"], "race")
+    for k in handed[:-1]:
+        engine.close_range("race", 0, k)
+    # AND another call (a redelivered batch) that read the job and then took the close claim
+    stale = engine.store.get_job("race")
+    now = engine.clock()
+    assert engine.store.claim_close("race", 0, now, now + 60)
+    # WHEN the last range is stored meanwhile: its own advance cannot take the claim
+    assert engine.close_range("race", 0, handed[-1]) == "RUNNING"
+    # THEN the claim holder, deciding on what it read before, gives the claim back and looks again
+    assert engine.advancer._close_in_ranges(stale, ("SUCCEEDED", None)) is True
+    assert engine.advance("race") == "SUCCEEDED"
