@@ -212,7 +212,7 @@ def test_a_big_map_job_over_its_failure_budget_fails_through_its_ranges(
             "max_failed_shards": 1,
         }
     )
-    tasks = tasks_of(receive_all(clients["sqs"], settings.task_queue_url))
+    tasks = sorted(tasks_of(receive_all(clients["sqs"], settings.task_queue_url)), key=lambda t: t.shard_id)
     results = [result_for(t, status="failed" if t.shard_id in FAILED else "succeeded") for t in tasks]
     # WHEN the first 10 shards report (3 failures: over budget), then the rest
     engine.ingest([Outcome(r) for r in results[:10]])
