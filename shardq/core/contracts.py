@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 SCHEMA_VERSION = 1
@@ -83,6 +83,48 @@ def count_trials(search_space: dict[str, Any] | list[dict[str, Any]] | None) -> 
     for values in search_space.values():
         total *= len(values)
     return total
+
+
+class _Value:
+    """Equality, hash and repr for this module's frozen dataclasses, written once for all of them.
+
+    ``@dataclass`` compiles six methods for every frozen class; for this module's eleven that is
+    ≈ 6 ms of every Lambda's cold start (BENCHMARKS.md, section 1). With ``eq=False,
+    repr=False`` it generates only the three that differ per class (``__init__``,
+    ``__setattr__``, ``__delattr__``) and these three stand in for the rest, with the same
+    behaviour: equal only to an instance of the same class whose compared fields are equal, a
+    hash of the hashed fields, ``Name(field=value, ...)``.
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        names = _field_names(type(self), "compare")
+        return tuple(getattr(self, n) for n in names) == tuple(getattr(other, n) for n in names)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in _field_names(type(self), "hash")))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in _field_names(type(self), "repr"))
+        return f"{type(self).__qualname__}({shown})"
+
+
+_FIELD_NAMES: dict[tuple[type, str], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type, role: str) -> tuple[str, ...]:
+    """The fields of a dataclass that take part in its ``compare``, ``hash`` or ``repr``, in order."""
+    names = _FIELD_NAMES.get((cls, role))
+    if names is None:
+        if role == "hash":  # as dataclasses decides: ``hash`` if given, else ``compare``
+            names = tuple(f.name for f in fields(cls) if (f.compare if f.hash is None else f.hash))
+        else:
+            names = tuple(f.name for f in fields(cls) if getattr(f, role))
+        _FIELD_NAMES[(cls, role)] = names
+    return names
 
 
 class ValidationError(ValueError):
@@ -228,8 +270,8 @@ def _identity(data: dict[str, Any], fields: tuple[str, ...]) -> _Checker:
     return c
 
 
-@dataclass(frozen=True)
-class Dataset:
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class Dataset(_Value):
     """Where the training data is: a URI plus a sample count, or an explicit file list."""
 
     uri: str | None = None
@@ -242,8 +284,8 @@ class Dataset:
         return len(self.files) if self.files is not None else int(self.num_samples or 0)
 
 
-@dataclass(frozen=True)
-class Objective:
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class Objective(_Value):
     """The metric a sweep optimizes."""
 
     metric: str
@@ -255,8 +297,8 @@ SEARCH_METHODS = ("grid", "random")
 EARLY_STOPPING_METHODS = ("successive_halving",)
 
 
-@dataclass(frozen=True)
-class Search:
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class Search(_Value):
     """How a sweep's trials are chosen: every grid point / listed trial, or a seeded random sample."""
 
     method: str = "grid"
@@ -264,8 +306,8 @@ class Search:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class EarlyStopping:
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class EarlyStopping(_Value):
     """Successive halving over rungs: every trial trains ``min_budget``; the best 1/``eta`` of each
     rung go on with ``eta`` times the budget, up to ``max_budget``; the rest stop.
 
@@ -294,8 +336,8 @@ class EarlyStopping:
         return max(1, entered // self.eta)
 
 
-@dataclass(frozen=True)
-class Participation:
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class Participation(_Value):
     """Which shards train in a round (``data_parallel``): a seeded sample, the same on every retry."""
 
     fraction: float = 1.0
@@ -303,8 +345,8 @@ class Participation:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class Quorum:
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class Quorum(_Value):
     """When a round closes before every participant reported (``data_parallel``).
 
     ``fraction``: the round closes once this share of its participants succeeded.
@@ -341,8 +383,8 @@ STRATEGY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
 }
 
 
-@dataclass(frozen=True)
-class Strategy:
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class Strategy(_Value):
     """The server strategy of a ``data_parallel`` job's reduce step, with every parameter filled in."""
 
     name: str = "fedavg"
@@ -358,8 +400,8 @@ MAX_TASK_TIMEOUT_S = 12 * 3600
 MAX_ROUND_DEADLINE_S = 7 * 24 * 3600
 
 
-@dataclass(frozen=True)
-class TrainingRequest:
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class TrainingRequest(_Value):
     """A training job as a client submits it (schema: schemas/training-request.schema.json)."""
 
     kind: Kind
@@ -839,7 +881,7 @@ class TrainingRequest:
         return _dumps(self.to_dict())
 
 
-class _Message:
+class _Message(_Value):
     """What tasks and results share: their identity and their deterministic JSON body."""
 
     job_id: str
@@ -861,7 +903,7 @@ class _Message:
         return _dumps(self.to_dict())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
 class ShardTask(_Message):
     """One unit of work on the task queue: train a shard/trial, or reduce a round's models."""
 
@@ -903,7 +945,7 @@ class ShardTask(_Message):
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
 class ShardResult(_Message):
     """A worker's report on one task (or the DLQ handler's, when the task died)."""
 
@@ -977,8 +1019,8 @@ class ShardResult(_Message):
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class JobView:
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class JobView(_Value):
     """What a person or script sees of a job (``shardq status``, the splitter's answer)."""
 
     job_id: str
