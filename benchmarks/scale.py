@@ -99,6 +99,14 @@ def start_workers(
     return procs
 
 
+def worker_figures(path: Path) -> dict[str, Any]:
+    """A worker's figures; a worker killed before it wrote them reports nothing (and says so)."""
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    return {"worker_id": path.stem, "missing": True, "tasks": 0, "receives": 0, "sends": 0, "deletes": 0,
+            "empty_receives": 0, "first_result_at": None, "last_result_at": None}  # fmt: skip
+
+
 def stop_workers(procs: list[subprocess.Popen[bytes]], work: Path) -> list[int | None]:
     """Touch the stop file; wait (bounded) for every worker; kill a straggler by its PID."""
     (work / "stop").touch()
@@ -301,7 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             codes = stop_workers(procs, work)
         time.sleep(2.5)  # one more probe dump (every 2 s) after the last invocation
-        workers = [json.loads((work / f"worker-{i}.json").read_text()) for i in range(args.workers)]
+        workers = [worker_figures(work / f"worker-{i}.json") for i in range(args.workers)]
         job: JobRecord = marks["job"]
         assert cloud.state_dir is not None
         log = (cloud.state_dir / "ministack.log").read_text(errors="replace")

@@ -13,9 +13,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from lambdas.common import CLOSE_KEY, CONTINUE_KEY, continue_job, deadline, engine, logger, metrics, tracer
+from lambdas.common import (
+    CLOSE_KEY,
+    CONTINUE_KEY,
+    continue_job,
+    deadline,
+    dispatch_close_ranges,
+    engine,
+    logger,
+    metrics,
+    tracer,
+)
 from shardq.core.contracts import JOB_ID_RE, ValidationError
-from shardq.core.engine import EnqueueIncomplete, JobConflict
+from shardq.core.engine import CloseRangeIncomplete, EnqueueIncomplete, JobConflict
 
 
 @logger.inject_lambda_context(log_event=False)
@@ -37,8 +47,16 @@ def split(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if isinstance(event, dict) and CLOSE_KEY in event:
             job_id, round_no, index = close_range_event(event[CLOSE_KEY])
             logger.set_correlation_id(job_id)
-            status = engine().close_range(job_id, round_no, index, deadline=deadline(context))
-            return {"ok": True, "job_id": job_id, "round": round_no, "range": index, "status": status}
+            answer: dict[str, Any] = {"ok": True, "job_id": job_id, "round": round_no, "range": index}
+            try:
+                return {
+                    **answer,
+                    "status": engine().close_range(job_id, round_no, index, deadline=deadline(context)),
+                }
+            except CloseRangeIncomplete:
+                # Its checkpoint is stored: a fresh invocation goes on from there.
+                dispatch_close_ranges(job_id, round_no, [index])
+                return {**answer, "status": "RUNNING", "continuing": True}
         if isinstance(event, dict) and isinstance(event.get("job_id"), str):
             logger.set_correlation_id(event["job_id"])
         # A payload that is not an object (a list, a string) is rejected by the validator with

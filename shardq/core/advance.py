@@ -35,8 +35,23 @@ CLOSE_RANGE_SHARDS = 10_000
 # Ranges handed out but not all stored after this long are handed out again (the watchdog tick):
 # longer than a range takes plus Lambda's async retries of a failed one.
 CLOSE_RANGE_LEASE_S = 300.0
+# A close range stops this long before its invocation's deadline and hands the rest of its shards
+# on: a slow read (throttling, a busy local cloud) then makes progress instead of timing out.
+CLOSE_RANGE_MARGIN_S = 30.0
 
 MetricSink = Callable[[str, float, str], None]
+
+
+class CloseRangeIncomplete(RuntimeError):
+    """A close range stopped near its invocation's deadline; its checkpoint says where it goes on."""
+
+    def __init__(self, job_id: str, round_no: int, index: int) -> None:
+        super().__init__(
+            f"close range {index} of job {job_id} round {round_no} continues in a new invocation"
+        )
+        self.job_id, self.round, self.index = job_id, round_no, index
+
+
 # Hands ranges of a round's close out: (job_id, round, range indexes). Inline when None.
 RangeDispatch = Callable[[str, int, list[int]], None]
 
@@ -247,11 +262,14 @@ class Advancer:
         self.store.release_close(job.job_id, round_no)
         return True
 
-    def close_range(self, job_id: str, round_no: int, index: int) -> bool:
+    def close_range(self, job_id: str, round_no: int, index: int, *, deadline: float | None = None) -> bool:
         """Range ``index`` of round ``round_no``'s close: digest its shards and store it, once.
 
-        Returns False when there is nothing to do: the job is no longer closing that round, or
-        the range is stored already (a redelivered or re-dispatched range).
+        Returns False when there is nothing to do: the job is no longer closing that round, the
+        range is stored already (a redelivered or re-dispatched range), or a duplicate
+        invocation of it checkpointed further first. With a ``deadline``, the range stops
+        ``CLOSE_RANGE_MARGIN_S`` before it, stores a checkpoint and raises
+        ``CloseRangeIncomplete`` (its caller hands the range on); the next invocation resumes.
         """
         job = self.store.get_job(job_id)
         if job.terminal or job.round != round_no or job.closed_round != round_no:
@@ -262,7 +280,16 @@ class Advancer:
             raise ValidationError(
                 "close range", [f"range {index} is past job {job_id}'s {job.task_count} shards"]
             )
-        digest = self.finisher.digest_range(job, round_no, index, first, last)
+        partial = self.store.close_checkpoint(job_id, round_no, index)
+        stop = None if deadline is None else (lambda: self.clock() > deadline - CLOSE_RANGE_MARGIN_S)
+        digest = self.finisher.digest_range(job, round_no, index, first, last, partial=partial, stop=stop)
+        if "next_shard" in digest:
+            if not self.store.put_close_checkpoint(
+                job_id, round_no, index, digest, (partial or {}).get("seq", 0)
+            ):
+                return False
+            raise CloseRangeIncomplete(job_id, round_no, index)
+        digest.pop("seq", None)
         return self.store.put_close_part(job_id, round_no, index, digest)
 
     def _next_rung(self, job: JobRecord, results: list[ShardResult], deadline: float | None) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shardq.core.advance import Advancer, RangeDispatch
+from shardq.core.advance import Advancer, CloseRangeIncomplete, RangeDispatch
 from shardq.core.contracts import JobView, TrainingRequest, ValidationError
 from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
 from shardq.core.fanout import FanOut, FanOutStats
@@ -209,8 +209,10 @@ class Engine:
 
     def close_range(self, job_id: str, round_no: int, index: int, *, deadline: float | None = None) -> str:
         """Run one range of a big round's close (``Advancer.close_range``), then advance the job:
-        the invocation that stores the last range finishes it. Returns the job's status."""
-        self.advancer.close_range(job_id, round_no, index)
+        the invocation that stores the last range finishes it. Returns the job's status.
+
+        Raises ``CloseRangeIncomplete`` when the range stopped near ``deadline``: hand it on."""
+        self.advancer.close_range(job_id, round_no, index, deadline=deadline)
         return self.advancer.advance(job_id, deadline=deadline)
 
     def ingest(
@@ -246,4 +248,12 @@ class Engine:
         return self.store.get_job(job_id).view()
 
 
-__all__ = ["Engine", "EnqueueIncomplete", "JobConflict", "JobNotFound", "rejection", "request_hash"]
+__all__ = [
+    "CloseRangeIncomplete",
+    "Engine",
+    "EnqueueIncomplete",
+    "JobConflict",
+    "JobNotFound",
+    "rejection",
+    "request_hash",
+]

@@ -36,6 +36,8 @@ MANIFEST_SCHEMA_VERSION = 2
 INLINE_MAX = 1_000
 # Lines per JSON Lines part file: ≈ 7 MB of map outputs, the most the finalizer holds at once.
 PART_LINES = 50_000
+# A close range asks whether to stop (its invocation's time is nearly up) every this many rows.
+STOP_CHECK_ROWS = 500
 
 MetricSink = Callable[[str, float, str], None]
 # Writes one part file: (key, body) → its s3:// URI.
@@ -89,17 +91,22 @@ class PartWriter:
         *,
         inline_max: int | None = None,
         part_lines: int | None = None,
-        stem: str | None = None,
+        by_span: bool = False,
+        written: dict[str, Any] | None = None,
     ) -> None:
         self.name, self.put, self.layout = name, put, layout
-        # Part files are ``<stem>-00000.jsonl``…; a range of a round's close writes its own stem.
-        self.stem = stem or name
+        # Part files are ``<name>-00000.jsonl``…; with ``by_span`` (a close range) they are named
+        # by their first and last shard, so a name always means the same content, whoever
+        # writes it: two invocations of one range that stop at different shards never
+        # overwrite each other's part with other lines.
+        self.by_span = by_span
         # Read at run time (not bound as defaults) so the module's limits can be changed.
         self.inline_max = INLINE_MAX if inline_max is None else inline_max
         self.part_lines = PART_LINES if part_lines is None else part_lines
         self.inline: list[dict[str, Any]] = []
-        self.parts: list[dict[str, Any]] = []
-        self.count = 0
+        # ``written``: the count and parts of an earlier segment (a resumed close range).
+        self.parts: list[dict[str, Any]] = list((written or {}).get("parts", []))
+        self.count = int((written or {}).get("count", 0))
         self._lines: list[str] = []
         self._first: int | None = None
         self._last: int | None = None
@@ -119,7 +126,12 @@ class PartWriter:
         if not self._lines:
             return
         body = ("\n".join(self._lines) + "\n").encode()
-        key = self.layout.key("manifest", f"{self.stem}-{len(self.parts):05d}.jsonl")
+        name = (
+            f"{self.name}-{self._first:06d}-{self._last:06d}.jsonl"
+            if self.by_span
+            else f"{self.name}-{len(self.parts):05d}.jsonl"
+        )
+        key = self.layout.key("manifest", name)
         uri = self.put(key, body)
         self.parts.append(
             {"uri": uri, "count": len(self._lines), "bytes": len(body), "first_shard": self._first,
@@ -278,22 +290,41 @@ class Finisher:
         return render_manifest(job, status, error, rows, summaries, self._put_part, layout)
 
     def digest_range(
-        self, job: JobRecord, round_no: int, index: int, first: int, last: int
+        self,
+        job: JobRecord,
+        round_no: int,
+        index: int,
+        first: int,
+        last: int,
+        *,
+        partial: dict[str, Any] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         """One range of a map round's close: shards ``first``…``last``, read once.
 
-        Writes the range's JSON Lines part files (``outputs-<index>-00000.jsonl``, ``failed-…``)
-        and returns what the round's summary and the manifest need of it: its accumulator state,
-        its lists' counts and parts, its latest recording time. Bounded: one query page and one
-        part file in memory; the digest itself is a few KB (``RoundAccumulator.state``).
-        Deterministic for a frozen round, so a range run twice writes the same files.
+        Writes the range's JSON Lines part files (``outputs-<first>-<last>.jsonl``, ``failed-…``,
+        named by the shards they hold) and returns what the round's summary and the manifest
+        need of it: its accumulator state, its lists' counts and parts, its latest recording
+        time. Bounded: one query page and one part file in memory; the digest is a few KB.
+        Deterministic for a frozen round.
+
+        Resumable: ``partial`` (a digest this returned earlier, with ``next_shard``) goes on from
+        where it stopped; ``stop()``, asked every ``STOP_CHECK_ROWS`` rows, ends the segment early
+        (parts written, ``next_shard`` set) so an invocation near its timeout hands the rest on.
         """
         layout = planning.Layout(self.bucket, job.job_id)
-        outputs = PartWriter("outputs", self._put_part, layout, inline_max=0, stem=f"outputs-{index:05d}")
-        failed = PartWriter("failed", self._put_part, layout, inline_max=0, stem=f"failed-{index:05d}")
-        acc = RoundAccumulator()
-        last_recorded: str | None = None
-        for row in self.store.iter_results(job.job_id, round_no, "train", shards=(first, last)):
+        before = partial or {}
+        outputs = PartWriter(
+            "outputs", self._put_part, layout, inline_max=0, by_span=True, written=before.get("outputs")
+        )
+        failed = PartWriter(
+            "failed", self._put_part, layout, inline_max=0, by_span=True, written=before.get("failed")
+        )
+        acc = RoundAccumulator.from_state(before["round"]) if partial else RoundAccumulator()
+        last_recorded: str | None = before.get("last_recorded")
+        start, next_shard = int(before.get("next_shard", first)), None
+        rows = self.store.iter_results(job.job_id, round_no, "train", shards=(start, last))
+        for read, row in enumerate(rows, start=1):
             r = row.result
             last_recorded = row.recorded_at if last_recorded is None else max(last_recorded, row.recorded_at)
             acc.add(r)
@@ -301,7 +332,10 @@ class Finisher:
                 failed.add(_failure(row))
             elif r.status == "succeeded":
                 outputs.add(_output(r))
-        return {
+            if stop is not None and read % STOP_CHECK_ROWS == 0 and r.shard_id < last and stop():
+                next_shard = r.shard_id + 1
+                break
+        digest = {
             "range": index,
             "first_shard": first,
             "last_shard": last,
@@ -310,6 +344,7 @@ class Finisher:
             "failed": failed.written(),
             "last_recorded": last_recorded,
         }
+        return digest if next_shard is None else {**digest, "next_shard": next_shard}
 
     def _ranged_manifest(
         self,

@@ -90,6 +90,10 @@ def _result_key(job_id: str, round_no: int, task_type: str, shard_id: int) -> di
     return {"pk": _pk(job_id), "sk": {"S": f"RES#r{round_no:04d}#{task_type}#{shard_id:06d}"}}
 
 
+def _checkpoint_key(job_id: str, round_no: int, index: int) -> dict[str, Any]:
+    return {"pk": _pk(job_id), "sk": {"S": f"CLOSECK#r{round_no:04d}#{index:05d}"}}
+
+
 def _counter(kind: str, round_no: int, phase: str) -> str:
     return f"{kind}_r{round_no}_{phase}"
 
@@ -613,6 +617,34 @@ class JobStore:
         except self.ddb.exceptions.TransactionCanceledException:
             return False
 
+    def close_checkpoint(self, job_id: str, round_no: int, index: int) -> dict[str, Any] | None:
+        """Where range ``index`` of round ``round_no``'s close stopped last (its partial digest
+        with ``next_shard`` and ``seq``), or None when it never stopped half-way."""
+        resp = self.ddb.get_item(
+            TableName=self.table, Key=_checkpoint_key(job_id, round_no, index), ConsistentRead=True
+        )
+        return json.loads(_from_item(resp["Item"])["digest"]) if "Item" in resp else None
+
+    def put_close_checkpoint(
+        self, job_id: str, round_no: int, index: int, partial: dict[str, Any], after: int
+    ) -> bool:
+        """Store a close range's partial digest as checkpoint ``after + 1``, only if the stored one
+        is still ``after`` (0: none). False when another invocation of the range got there first
+        (a duplicate delivery): its checkpoint stands, and its hand-on carries the range."""
+        item = {
+            **_checkpoint_key(job_id, round_no, index),
+            **_to_item({"digest": json.dumps({**partial, "seq": after + 1}), "seq": after + 1}),
+        }
+        condition = "attribute_not_exists(sk)" if after == 0 else "seq = :after"
+        kwargs: dict[str, Any] = {"TableName": self.table, "Item": item, "ConditionExpression": condition}
+        if after:
+            kwargs["ExpressionAttributeValues"] = {":after": {"N": str(after)}}
+        try:
+            self.ddb.put_item(**kwargs)
+            return True
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+
     def close_parts(self, job_id: str, round_no: int) -> list[dict[str, Any]]:
         """The stored digests of round ``round_no``'s close ranges, in range order."""
         return [json.loads(_from_item(i)["digest"]) for i in self._query(job_id, f"CLOSE#r{round_no:04d}#")]
@@ -716,8 +748,13 @@ class JobStore:
         return self._update(job.job_id, update)
 
     def forget_close(self, job_id: str, round_no: int) -> None:
-        """Delete the digests of round ``round_no``'s close ranges (before the round opens again)."""
-        keys = [{"pk": i["pk"], "sk": i["sk"]} for i in self._query(job_id, f"CLOSE#r{round_no:04d}#")]
+        """Delete the digests and checkpoints of round ``round_no``'s close ranges (before the round
+        opens again)."""
+        keys = [
+            {"pk": i["pk"], "sk": i["sk"]}
+            for prefix in (f"CLOSE#r{round_no:04d}#", f"CLOSECK#r{round_no:04d}#")
+            for i in self._query(job_id, prefix)
+        ]
         self._delete(keys)
 
     def _delete(self, keys: list[dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from lambdas.splitter import split
 from shardq.core import finalize
-from shardq.core.advance import CLOSE_RANGE_LEASE_S
+from shardq.core.advance import CLOSE_RANGE_LEASE_S, CloseRangeIncomplete
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
 from shardq.core.metrics import summarize_round
@@ -263,3 +263,52 @@ def test_the_last_range_stored_while_another_call_holds_the_claim_still_finishes
     # THEN the claim holder, deciding on what it read before, gives the claim back and looks again
     assert engine.advancer._close_in_ranges(stale, ("SUCCEEDED", None)) is True
     assert engine.advance("race") == "SUCCEEDED"
+
+
+def test_a_range_near_its_deadline_checkpoints_and_the_next_invocation_resumes(
+    settings: Settings, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN ranges handed out, and invocations whose deadline is already near (they may stop
+    # after every 2 rows read)
+    monkeypatch.setattr(finalize, "STOP_CHECK_ROWS", 2)
+    handed: list[int] = []
+    engine = ranged_engine(settings, clients, dispatch_ranges=lambda j, r, ks: handed.extend(ks))
+    submit_and_report(engine, settings, clients["sqs"], "slow")
+    near = engine.clock() + 1.0
+    # WHEN range 0 (shards 0-4) runs: it stops after 2 rows, then after 2 more, then finishes
+    stops = 0
+    while True:
+        try:
+            engine.close_range("slow", 0, 0, deadline=near)
+            break
+        except CloseRangeIncomplete as exc:
+            stops += 1
+            assert (exc.job_id, exc.round, exc.index) == ("slow", 0, 0)
+            assert engine.store.close_checkpoint("slow", 0, 0)["next_shard"] == 2 * stops
+    # THEN it checkpointed twice and stored one digest covering all 5 shards, its parts named by
+    # the shards they hold, no shard twice
+    assert stops == 2 and engine.store.get_job("slow").ranges_done(0) == 1
+    (digest,) = engine.store.close_parts("slow", 0)
+    assert digest["round"]["succeeded"] + digest["round"]["failed"] == 5
+    assert [p["uri"].rsplit("/", 1)[1] for p in digest["outputs"]["parts"]] == [
+        "outputs-000000-000001.jsonl",
+        "outputs-000003-000003.jsonl",
+        "outputs-000004-000004.jsonl",
+    ]  # shard 2 failed
+    assert [f["shard_id"] for f in read_parts(clients["s3"], digest["failed"]["parts"])] == [2]
+    # WHEN a duplicate invocation resumes from a checkpoint another one already moved past
+    assert engine.store.close_checkpoint("slow", 0, 1) is None
+    with pytest.raises(CloseRangeIncomplete):
+        engine.close_range("slow", 0, 1, deadline=near)  # checkpoint 1 at shard 7
+    stale = engine.store.close_checkpoint("slow", 0, 1)
+    with pytest.raises(CloseRangeIncomplete):
+        engine.close_range("slow", 0, 1, deadline=near)  # checkpoint 2 at shard 9
+    assert engine.store.put_close_checkpoint("slow", 0, 1, stale, stale["seq"] - 1) is False
+    # THEN its checkpoint is refused; the rest finish the job with every shard listed once
+    for k in handed:
+        engine.close_range("slow", 0, k)
+    assert engine.advance("slow") == "SUCCEEDED"
+    m = read_manifest(clients["s3"], settings, "slow")
+    ok = [s for s in range(SHARDS) if s not in FAILED]
+    assert [o["shard_id"] for o in read_parts(clients["s3"], m["outputs_parts"])] == ok
+    assert [f["shard_id"] for f in read_parts(clients["s3"], m["failed_parts"])] == sorted(FAILED)
