@@ -44,5 +44,10 @@ def test_scale_benchmark_runs_a_small_job_through_the_deployed_stack() -> None:
 def test_scale_manifest_benchmark_reads_every_result_each_way() -> None:
     r = run("benchmarks.scale_manifest", "--shards", "300")
     names = [v["variant"] for v in r["variants"]]
-    assert len(names) == 5 and names[0] == "manifest, schema 1 (list)"
-    assert len(r["parts"]) == 1
+    assert len(names) == 7 and names[0] == "manifest, schema 1 (list)"
+    assert names[5:] == ["close range (paged), one of 1", "close merge of 1 digests (paged)"]
+    # the one-pass manifest's part, and the close range's (named by the shards it holds)
+    assert sorted(key.rsplit("/", 1)[1] for key, _ in r["parts"]) == [
+        "outputs-00000.jsonl",
+        "outputs-000000-000299.jsonl",
+    ]
