@@ -41,15 +41,26 @@ def settings(clients: dict[str, object]) -> Settings:
 
 
 @pytest.fixture
-def engine(settings: Settings, clients: dict[str, object]) -> Engine:
+def make_engine(settings: Settings, clients: dict[str, object]) -> Callable[..., Engine]:
+    """Engines over this test's resources, with ``Engine`` options (``clock``, ``dispatch_ranges``…)."""
+
+    def make(**options: Any) -> Engine:
+        return Engine(
+            settings=settings,
+            ddb=clients["dynamodb"],
+            sqs=clients["sqs"],
+            s3=clients["s3"],
+            events=clients["events"],
+            **options,
+        )
+
+    return make
+
+
+@pytest.fixture
+def engine(make_engine: Callable[..., Engine]) -> Engine:
     """The engine over this test's resources."""
-    return Engine(
-        settings=settings,
-        ddb=clients["dynamodb"],
-        sqs=clients["sqs"],
-        s3=clients["s3"],
-        events=clients["events"],
-    )
+    return make_engine()
 
 
 @pytest.fixture

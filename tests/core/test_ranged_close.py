@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from shardq.core.metrics import summarize_round
 from shardq.core.operations import retry_failed
 from shardq.core.rounds import Tick
 from shardq.core.settings import Settings
-from tests.core.test_manifest_parts import FAILED, SHARDS, read_manifest, read_parts
+from tests.core.test_manifest_parts import FAILED, SHARDS, read_manifest, read_parts, report_map_job
 from tests.helpers import receive_all, result_for, tasks_of
 
 RANGE = 5
@@ -46,45 +47,29 @@ class Clock:
         return self.now
 
 
-def ranged_engine(settings: Settings, clients: dict[str, Any], **kwargs: Any) -> Engine:
-    engine = Engine(
-        settings=settings,
-        ddb=clients["dynamodb"],
-        sqs=clients["sqs"],
-        s3=clients["s3"],
-        events=clients["events"],
-        **kwargs,
-    )
-    engine.advancer.range_shards = RANGE
-    return engine
+@pytest.fixture
+def ranged(make_engine: Callable[..., Engine]) -> Callable[..., Engine]:
+    """Engines over this test's resources whose big rounds close in ranges of ``RANGE`` shards."""
 
+    def make(**options: Any) -> Engine:
+        engine = make_engine(**options)
+        engine.advancer.range_shards = RANGE
+        return engine
 
-def submit_and_report(engine: Engine, settings: Settings, sqs: Any, job_id: str) -> list[Any]:
-    """A 23-shard map job, every result reported (out of order, in two batches)."""
-    engine.submit(
-        {
-            "job_id": job_id,
-            "kind": "map",
-            "dataset": {"num_samples": SHARDS * 10},
-            "sharding": {"shard_count": SHARDS},
-            "max_failed_shards": len(FAILED),
-        }
-    )
-    tasks = tasks_of(receive_all(sqs, settings.task_queue_url))
-    results = [result_for(t, status="failed" if t.shard_id in FAILED else "succeeded") for t in tasks]
-    engine.ingest([Outcome(r) for r in results[1::2]])
-    engine.ingest([Outcome(r) for r in results[::2]])
-    return results
+    return make
 
 
 def test_ranges_give_the_manifest_and_summary_of_one_pass(
-    settings: Settings, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    ranged: Callable[..., Engine],
+    settings: Settings,
+    clients: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # GIVEN ranges of 5 shards run inline, and 4 entries of each list inline in the manifest
     monkeypatch.setattr(finalize, "INLINE_MAX", 4)
-    engine = ranged_engine(settings, clients)
+    engine = ranged()
     # WHEN a 23-shard map job with 4 failed shards finishes
-    results = submit_and_report(engine, settings, clients["sqs"], "ranged")
+    results = report_map_job(engine, settings, clients["sqs"], "ranged")
     job = engine.store.get_job("ranged")
     assert job.status == "SUCCEEDED"
     ranged = read_manifest(clients["s3"], settings, "ranged")
@@ -119,13 +104,13 @@ def test_ranges_give_the_manifest_and_summary_of_one_pass(
 
 
 def test_ranges_run_elsewhere_in_any_order_and_the_last_one_finishes(
-    settings: Settings, clients: dict[str, Any]
+    ranged: Callable[..., Engine], settings: Settings, clients: dict[str, Any]
 ) -> None:
     # GIVEN ranges handed to "other invocations" (collected here, run below)
     handed: list[tuple[str, int, list[int]]] = []
-    engine = ranged_engine(settings, clients, dispatch_ranges=lambda j, r, ks: handed.append((j, r, ks)))
+    engine = ranged(dispatch_ranges=lambda j, r, ks: handed.append((j, r, ks)))
     # WHEN every result is in
-    submit_and_report(engine, settings, clients["sqs"], "elsewhere")
+    report_map_job(engine, settings, clients["sqs"], "elsewhere")
     # THEN the round is frozen and its ranges are out, once, and the job waits for them
     job = engine.store.get_job("elsewhere")
     assert handed == [("elsewhere", 0, list(range(RANGES)))]
@@ -146,7 +131,7 @@ def test_ranges_run_elsewhere_in_any_order_and_the_last_one_finishes(
 
 
 def test_a_lost_range_is_handed_out_again_by_the_watchdog(
-    settings: Settings, clients: dict[str, Any]
+    ranged: Callable[..., Engine], settings: Settings, clients: dict[str, Any]
 ) -> None:
     # GIVEN a hand-out that loses range 2 (its invocation failed for good) and runs the rest
     clock = Clock(1_900_000_000.0)
@@ -158,8 +143,8 @@ def test_a_lost_range_is_handed_out_again_by_the_watchdog(
             if k != 2 or len(handed) > 1:
                 engine.close_range(job_id, round_no, k)
 
-    engine = ranged_engine(settings, clients, dispatch_ranges=dispatch, clock=clock)
-    submit_and_report(engine, settings, clients["sqs"], "lost")
+    engine = ranged(dispatch_ranges=dispatch, clock=clock)
+    report_map_job(engine, settings, clients["sqs"], "lost")
     assert engine.status("lost").status == "RUNNING" and handed == [list(range(RANGES))]
     # THEN the close armed its watchdog: a tick on the results queue, delayed by the lease
     attrs = clients["sqs"].get_queue_attributes(
@@ -179,14 +164,17 @@ def test_a_lost_range_is_handed_out_again_by_the_watchdog(
 
 
 def test_the_splitter_runs_a_range_and_rejects_a_malformed_one(
-    lambda_env: Settings, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    ranged: Callable[..., Engine],
+    lambda_env: Settings,
+    clients: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # GIVEN a job whose close ranges were handed out (the Lambdas hand them to the splitter)
     from lambdas import common
 
     handed: list[int] = []
-    engine = ranged_engine(lambda_env, clients, dispatch_ranges=lambda j, r, ks: handed.extend(ks))
-    submit_and_report(engine, lambda_env, clients["sqs"], "viasplit")
+    engine = ranged(dispatch_ranges=lambda j, r, ks: handed.extend(ks))
+    report_map_job(engine, lambda_env, clients["sqs"], "viasplit")
     monkeypatch.setattr(common.engine(), "advancer", engine.advancer)
     # WHEN the splitter gets each range's event
     answers = [split({"shardq_close": {"job_id": "viasplit", "round": 0, "range": k}}, None) for k in handed]
@@ -199,10 +187,10 @@ def test_the_splitter_runs_a_range_and_rejects_a_malformed_one(
 
 
 def test_a_big_map_job_over_its_failure_budget_fails_through_its_ranges(
-    settings: Settings, clients: dict[str, Any]
+    ranged: Callable[..., Engine], settings: Settings, clients: dict[str, Any]
 ) -> None:
     # GIVEN ranges of 5 shards and a job that tolerates 1 failed shard
-    engine = ranged_engine(settings, clients)
+    engine = ranged()
     engine.submit(
         {
             "job_id": "overbudget",
@@ -246,12 +234,12 @@ def test_a_big_map_job_over_its_failure_budget_fails_through_its_ranges(
 
 
 def test_the_last_range_stored_while_another_call_holds_the_claim_still_finishes_the_job(
-    settings: Settings, clients: dict[str, Any]
+    ranged: Callable[..., Engine], settings: Settings, clients: dict[str, Any]
 ) -> None:
     # GIVEN ranges handed out, all but the last stored
     handed: list[int] = []
-    engine = ranged_engine(settings, clients, dispatch_ranges=lambda j, r, ks: handed.extend(ks))
-    submit_and_report(engine, settings, clients["sqs"], "race")
+    engine = ranged(dispatch_ranges=lambda j, r, ks: handed.extend(ks))
+    report_map_job(engine, settings, clients["sqs"], "race")
     for k in handed[:-1]:
         engine.close_range("race", 0, k)
     # AND another call (a redelivered batch) that read the job and then took the close claim
@@ -266,14 +254,17 @@ def test_the_last_range_stored_while_another_call_holds_the_claim_still_finishes
 
 
 def test_a_range_near_its_deadline_checkpoints_and_the_next_invocation_resumes(
-    settings: Settings, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    ranged: Callable[..., Engine],
+    settings: Settings,
+    clients: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # GIVEN ranges handed out, and invocations whose deadline is already near (they may stop
     # after every 2 rows read)
     monkeypatch.setattr(finalize, "STOP_CHECK_ROWS", 2)
     handed: list[int] = []
-    engine = ranged_engine(settings, clients, dispatch_ranges=lambda j, r, ks: handed.extend(ks))
-    submit_and_report(engine, settings, clients["sqs"], "slow")
+    engine = ranged(dispatch_ranges=lambda j, r, ks: handed.extend(ks))
+    report_map_job(engine, settings, clients["sqs"], "slow")
     near = engine.clock() + 1.0
     # WHEN range 0 (shards 0-4) runs: it stops after 2 rows, then after 2 more, then finishes
     stops = 0
