@@ -87,6 +87,11 @@ def assembly_key(context: list[str], root: Path = ROOT) -> str:
     return digest.hexdigest()[:20]
 
 
+def context_args(stack_name: str = "shardq", context: dict[str, Any] | None = None) -> list[str]:
+    """The CLI's ``--context`` arguments for a deploy (part of the assembly's cache key)."""
+    return [f"--context=stack_name={stack_name}"] + [f"--context={k}={v}" for k, v in (context or {}).items()]
+
+
 def synthesize(env: dict[str, str], context: list[str], root: Path, timeout: float) -> Path:
     """The cloud assembly for this content and context: synthesized now, or kept from before."""
     cache = Path(os.environ.get(CACHE_ENV) or tempfile.gettempdir())
@@ -117,9 +122,7 @@ def deploy_stack(
     ``output_dir``: synthesize there (every time) instead of into the content-addressed cache.
     """
     env = cdk_env(cloud, root)
-    ctx = [f"--context=stack_name={stack_name}"]
-    for key, value in (context or {}).items():
-        ctx.append(f"--context={key}={value}")
+    ctx = context_args(stack_name, context)
     started = time.monotonic()
     if output_dir is None:
         app = synthesize(env, ctx, root, timeout)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shardq.local.cloud import LocalCloud
-from shardq.local.deploy import deploy_stack
+from shardq.local.deploy import cdk_env, context_args, deploy_stack, synthesize
 from shardq.local.workers import start_workers, stop_workers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,9 +28,8 @@ def stack(cloud: LocalCloud) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def template(cloud: LocalCloud, stack: dict[str, str]) -> dict[str, Any]:
-    """The synthesized template that was deployed."""
-    assert cloud.state_dir is not None
-    out = cloud.state_dir / "cdk.out"
+    """The synthesized template that was deployed (its assembly is kept by content: no new synth)."""
+    out = synthesize(cdk_env(cloud), context_args(), ROOT, 600)
     (path,) = [p for p in out.glob("*.template.json") if "Bootstrap" not in p.name]
     return dict(json.loads(path.read_text()))
 
