@@ -280,6 +280,8 @@ class Advancer:
             raise ValidationError(
                 "close range", [f"range {index} is past job {job_id}'s {job.task_count} shards"]
             )
+        if self.store.close_part_stored(job_id, round_no, index):
+            return False  # a duplicate of a range that finished: do not read its shards again
         partial = self.store.close_checkpoint(job_id, round_no, index)
         stop = None if deadline is None else (lambda: self.clock() > deadline - CLOSE_RANGE_MARGIN_S)
         digest = self.finisher.digest_range(job, round_no, index, first, last, partial=partial, stop=stop)

@@ -90,6 +90,10 @@ def _result_key(job_id: str, round_no: int, task_type: str, shard_id: int) -> di
     return {"pk": _pk(job_id), "sk": {"S": f"RES#r{round_no:04d}#{task_type}#{shard_id:06d}"}}
 
 
+def _close_key(job_id: str, round_no: int, index: int) -> dict[str, Any]:
+    return {"pk": _pk(job_id), "sk": {"S": f"CLOSE#r{round_no:04d}#{index:05d}"}}
+
+
 def _checkpoint_key(job_id: str, round_no: int, index: int) -> dict[str, Any]:
     return {"pk": _pk(job_id), "sk": {"S": f"CLOSECK#r{round_no:04d}#{index:05d}"}}
 
@@ -594,8 +598,7 @@ class JobStore:
         """Store range ``index``'s digest of round ``round_no``'s close and count it, once (one
         transaction). False when it was stored already or the job moved on (nothing changes)."""
         item = {
-            "pk": _pk(job_id),
-            "sk": {"S": f"CLOSE#r{round_no:04d}#{index:05d}"},
+            **_close_key(job_id, round_no, index),
             **_to_item({"digest": json.dumps(digest)}),
         }
         count = _Update().add(_counter("part", round_no, "train"), 1)
@@ -616,6 +619,14 @@ class JobStore:
             return True
         except self.ddb.exceptions.TransactionCanceledException:
             return False
+
+    def close_part_stored(self, job_id: str, round_no: int, index: int) -> bool:
+        """True when range ``index`` of round ``round_no``'s close has its digest stored."""
+        key = _close_key(job_id, round_no, index)
+        resp = self.ddb.get_item(
+            TableName=self.table, Key=key, ProjectionExpression="sk", ConsistentRead=True
+        )
+        return "Item" in resp
 
     def close_checkpoint(self, job_id: str, round_no: int, index: int) -> dict[str, Any] | None:
         """Where range ``index`` of round ``round_no``'s close stopped last (its partial digest
