@@ -5,8 +5,8 @@ transition is a conditional write, so one wins; the manifest is deterministic fo
 of recorded outcomes, and a loser that overwrote the winner's manifest puts back the one that
 matches the job's final status.
 
-The manifest does not grow with the shard count: the recorded outcomes are read in one pass
-(page by page once the store offers ``iter_results``), and the lists that grow with the job
+The manifest does not grow with the shard count: the recorded outcomes are read in one pass,
+page by page, and the lists that grow with the job
 — a map job's outputs and every job's failures — go to JSON Lines part files next to the manifest
 (``jobs/<job>/manifest/<list>-00000.jsonl``, ``PART_LINES`` lines each, written one at a
 time); the manifest keeps the first ``INLINE_MAX`` entries of each list inline, their count,
@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from shardq.core import planning
 from shardq.core.artifacts import put_json
@@ -53,18 +53,9 @@ def round_seconds(job: JobRecord, now: float) -> float | None:
 
 
 def iter_results(store: JobStore, job_id: str) -> Iterable[ResultRecord]:
-    """Every recorded outcome of a job in (round, type, shard) order, for one pass.
-
-    Through the store's ``iter_results`` (one query page, ≤ 1 MB, in memory at a time) when it
-    has one; else ``all_results``, a list of every outcome (≈ 1–2 KB of Python objects each:
-    gigabytes at a million). The paging iterator belongs in ``JobStore`` (the one module that
-    knows the table's keys); it is requested from the store's owner, and used here as soon as
-    it exists.
-    """
-    paged = getattr(store, "iter_results", None)
-    if callable(paged):
-        return cast(Iterable[ResultRecord], paged(job_id))
-    return store.all_results(job_id)
+    """Every recorded outcome of a job in (round, type, shard) order, one query page (≤ 1 MB) in
+    memory at a time (``JobStore.iter_results``)."""
+    return store.iter_results(job_id)
 
 
 class PartWriter:
