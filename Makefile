@@ -35,7 +35,7 @@ test: install torch dashboard  ## lint, type-check and the whole test suite, PyT
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 3 --dist loadfile
 
 test-fast: install  ## the tests without lint, for the edit loop
 	$(BIN)/pytest -x -q
