@@ -32,6 +32,14 @@ CLOSE_LEASE_S = 120.0
 # invocation (≈ 10 s of one 512 MB Lambda per range on AWS; DynamoDB reads a range as one key
 # range). One invocation reading every result holds the close to ≈ 40,000 shards (BENCHMARKS §10).
 CLOSE_RANGE_SHARDS = 10_000
+
+
+def close_ranges(kind: str, tasks: int, range_shards: int = CLOSE_RANGE_SHARDS) -> int:
+    """How many ranges a round of ``tasks`` closes in: 0 (one invocation closes it) unless it is a
+    map round of more than ``range_shards``."""
+    return math.ceil(tasks / range_shards) if kind == "map" and tasks > range_shards else 0
+
+
 # Ranges handed out but not all stored after this long are handed out again (the watchdog tick):
 # longer than a range takes plus Lambda's async retries of a failed one.
 CLOSE_RANGE_LEASE_S = 300.0
@@ -169,7 +177,7 @@ class Advancer:
 
     def _ranged(self, job: JobRecord) -> bool:
         """True when the job's round closes in ranges (a map round of more than ``range_shards``)."""
-        return job.kind == "map" and job.task_count > self.range_shards
+        return close_ranges(job.kind, job.task_count, self.range_shards) > 0
 
     def _train_done(
         self, job: JobRecord, deadline: float | None, ending: tuple[str, str | None] = ("SUCCEEDED", None)
@@ -234,7 +242,7 @@ class Advancer:
         delayed results-queue message) comes back after ``CLOSE_RANGE_LEASE_S``: ranges still
         missing then (a lost or failed invocation) are handed out again.
         """
-        round_no, count = job.round, math.ceil(job.task_count / self.range_shards)
+        round_no, count = job.round, close_ranges(job.kind, job.task_count, self.range_shards)
         if job.ranges_done(round_no) >= count:
             digests = self.store.close_parts(job.job_id, round_no)
             acc, _ = merge_ranges(digests)
@@ -242,8 +250,7 @@ class Advancer:
             self.finisher.finalize(job, ending[0], ending[1], digests=digests)
             return False
         now = self.clock()
-        fresh = job.ranges_round == round_no and job.ranges_sent_at is not None
-        if fresh and now - float(job.ranges_sent_at or 0) < CLOSE_RANGE_LEASE_S:
+        if job.ranges_sent_at is not None and now - job.ranges_sent_at < CLOSE_RANGE_LEASE_S:
             # Handed out, not all back yet: the last one finishes the job. Unless it came back
             # while this call held the claim (it could not take it): then look again, at once.
             self.store.release_close(job.job_id, round_no)
@@ -291,7 +298,6 @@ class Advancer:
             ):
                 return False
             raise CloseRangeIncomplete(job_id, round_no, index)
-        digest.pop("seq", None)
         return self.store.put_close_part(job_id, round_no, index, digest)
 
     def _next_rung(self, job: JobRecord, results: list[ShardResult], deadline: float | None) -> bool:

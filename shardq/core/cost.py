@@ -32,7 +32,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from shardq.core.advance import CLOSE_RANGE_SHARDS
+from shardq.core.advance import close_ranges
 from shardq.core.contracts import DEFAULT_MAX_PARALLEL, MAX_SHARDS
 from shardq.core.enqueue import CHUNK as CURSOR_CHUNK
 from shardq.core.enqueue import HANDOFF_MARGIN_S
@@ -263,8 +263,7 @@ def lambda_usage(job: JobShape, a: Assumptions, batches: int) -> dict[str, float
     continuations = max(0, math.ceil(enqueue_s / max(1.0, a.splitter_timeout_s - HANDOFF_MARGIN_S)) - 1)
     # A map round over CLOSE_RANGE_SHARDS closes in ranges, one splitter invocation each, reading
     # its results once; a smaller round's close is in the aggregator's time per batch.
-    ranges = math.ceil(job.tasks_per_round / CLOSE_RANGE_SHARDS) if job.kind == "map" else 0
-    ranges = ranges if ranges > 1 else 0
+    ranges = close_ranges(job.kind, job.tasks_per_round)
     vcpu = min(1.0, a.splitter_mb / limit("lambda_mb_per_vcpu"))
     close_s = job.tasks_per_round * a.close_us_per_result / 1e6 / vcpu if ranges else 0.0
     return {

@@ -161,8 +161,7 @@ class JobRecord:
     retry_generation: int = 0
     # The last round whose training closed (quorum or deadline): its later results are late.
     closed_round: int | None = None
-    # A round closed in ranges: which round, and when its ranges were last handed out.
-    ranges_round: int | None = None
+    # When the ranges of the closed round's close were last handed out (their lease).
     ranges_sent_at: float | None = None
     counters: Mapping[tuple[str, int, str], int] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -279,7 +278,6 @@ class JobRecord:
             expires_at=raw.get("expires_at"),
             retry_generation=int(raw.get("retry_generation", 0)),
             closed_round=raw.get("closed_round"),
-            ranges_round=raw.get("ranges_round"),
             ranges_sent_at=raw.get("ranges_sent_at"),
             counters=MappingProxyType(counters),
         )
@@ -311,7 +309,6 @@ class JobRecord:
             "expires_at": self.expires_at,
             "retry_generation": self.retry_generation or None,
             "closed_round": self.closed_round,
-            "ranges_round": self.ranges_round,
             "ranges_sent_at": self.ranges_sent_at,
         }
         data.update({_counter(*key): value for key, value in self.counters.items()})
@@ -591,7 +588,7 @@ class JobStore:
     def ranges_sent(self, job_id: str, round_no: int, now: float) -> bool:
         """Note that the ranges of round ``round_no``'s close were handed out at ``now`` (its lease
         starts); False if the round is no longer the job's closed, running round."""
-        update = _Update().set(ranges_round=round_no, ranges_sent_at=now)
+        update = _Update().set(ranges_sent_at=now)
         return self._update(job_id, update.expect(status="RUNNING", round=round_no, closed_round=round_no))
 
     def put_close_part(self, job_id: str, round_no: int, index: int, digest: dict[str, Any]) -> bool:
@@ -634,7 +631,10 @@ class JobStore:
         resp = self.ddb.get_item(
             TableName=self.table, Key=_checkpoint_key(job_id, round_no, index), ConsistentRead=True
         )
-        return json.loads(_from_item(resp["Item"])["digest"]) if "Item" in resp else None
+        if "Item" not in resp:
+            return None
+        item = _from_item(resp["Item"])
+        return {**json.loads(item["digest"]), "seq": int(item["seq"])}
 
     def put_close_checkpoint(
         self, job_id: str, round_no: int, index: int, partial: dict[str, Any], after: int
@@ -644,7 +644,7 @@ class JobStore:
         (a duplicate delivery): its checkpoint stands, and its hand-on carries the range."""
         item = {
             **_checkpoint_key(job_id, round_no, index),
-            **_to_item({"digest": json.dumps({**partial, "seq": after + 1}), "seq": after + 1}),
+            **_to_item({"digest": json.dumps(partial), "seq": after + 1}),
         }
         condition = "attribute_not_exists(sk)" if after == 0 else "seq = :after"
         kwargs: dict[str, Any] = {"TableName": self.table, "Item": item, "ConditionExpression": condition}
@@ -751,7 +751,6 @@ class JobStore:
         if job.phase == "train" and job.closed_round == job.round:
             update.remove(
                 "closed_round",
-                "ranges_round",
                 "ranges_sent_at",
                 f"close_claim_r{job.round}",
                 _counter("part", job.round, "train"),

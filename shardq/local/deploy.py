@@ -112,23 +112,15 @@ def deploy_stack(
     cloud: LocalCloud,
     *,
     stack_name: str = "shardq",
-    output_dir: Path | None = None,
     context: dict[str, Any] | None = None,
     root: Path = ROOT,
     timeout: float = 600.0,
 ) -> dict[str, str]:
-    """Bootstrap the local account and deploy the stack; returns its outputs by key.
-
-    ``output_dir``: synthesize there (every time) instead of into the content-addressed cache.
-    """
+    """Bootstrap the local account and deploy the stack; returns its outputs by key."""
     env = cdk_env(cloud, root)
     ctx = context_args(stack_name, context)
     started = time.monotonic()
-    if output_dir is None:
-        app = synthesize(env, ctx, root, timeout)
-    else:
-        _cdk(["synth", "--quiet", "--output", str(output_dir), *ctx], env, root, timeout)
-        app = output_dir
+    app = synthesize(env, ctx, root, timeout)
     _cdk(["bootstrap", f"aws://{ACCOUNT}/{REGION}", "--app", str(app)], env, root, timeout)
     _cdk(
         ["deploy", "--all", "--require-approval", "never", "--app", str(app), "--progress", "events"],
