@@ -9,6 +9,7 @@ from shardq.core.jobstore import Outcome
 from shardq.core.operations import RETRY_CHUNK, retry_failed
 from shardq.core.settings import Settings
 from tests.helpers import receive_all, result_for, tasks_of
+from tests.requests import make_request
 
 
 def test_retry_of_a_job_failed_mid_round_resends_failed_and_unrun_shards(
@@ -38,15 +39,7 @@ def test_a_retry_that_crashed_after_forgetting_is_finished_by_the_next_one(
     engine: Engine, settings: Settings, clients: dict[str, Any]
 ) -> None:
     # GIVEN a 250-shard map job whose 230 failures made it FAILED (more than two retry chunks)
-    engine.submit(
-        {
-            "job_id": "big",
-            "kind": "map",
-            "dataset": {"num_samples": 2500},
-            "sharding": {"shard_count": 250},
-            "max_failed_shards": 200,
-        }
-    )
+    engine.submit(make_request("map", job_id="big", shards=250, num_samples=2500, max_failed_shards=200))
     tasks = tasks_of(receive_all(clients["sqs"], settings.task_queue_url))
     engine.ingest(
         [Outcome(result_for(t, status="failed" if t.shard_id < 230 else "succeeded")) for t in tasks]

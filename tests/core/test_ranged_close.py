@@ -27,6 +27,7 @@ from shardq.core.rounds import Tick
 from shardq.core.settings import Settings
 from tests.core.test_manifest_parts import FAILED, SHARDS, read_manifest, read_parts, report_map_job
 from tests.helpers import receive_all, result_for, tasks_of
+from tests.requests import make_request
 
 RANGE = 5
 RANGES = 5  # ceil(23 / 5)
@@ -191,15 +192,7 @@ def test_a_big_map_job_over_its_failure_budget_fails_through_its_ranges(
 ) -> None:
     # GIVEN ranges of 5 shards and a job that tolerates 1 failed shard
     engine = ranged()
-    engine.submit(
-        {
-            "job_id": "overbudget",
-            "kind": "map",
-            "dataset": {"num_samples": SHARDS * 10},
-            "sharding": {"shard_count": SHARDS},
-            "max_failed_shards": 1,
-        }
-    )
+    engine.submit(make_request("map", job_id="overbudget", shards=SHARDS, max_failed_shards=1))
     tasks = sorted(tasks_of(receive_all(clients["sqs"], settings.task_queue_url)), key=lambda t: t.shard_id)
     results = [result_for(t, status="failed" if t.shard_id in FAILED else "succeeded") for t in tasks]
     # WHEN the first 10 shards report (3 failures: over budget), then the rest
