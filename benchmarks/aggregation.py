@@ -163,7 +163,7 @@ class Bench:
         settings = provision(self.sqs, self.ddb, self.s3)
         engine = Engine(settings=settings, ddb=self.ddb, sqs=self.sqs, s3=self.s3, events=self.events)
         job_id = f"agg-{uuid.uuid4().hex[:8]}"
-        engine.submit(request(job_id, results))
+        engine.submit(request(job_id, results, "data_parallel"))
         tasks = tasks_of(receive_all(self.sqs, settings.task_queue_url, attributes=False))
         assert len(tasks) == results, len(tasks)
         post_results(self.sqs, settings.results_queue_url, [result_for(t) for t in tasks])

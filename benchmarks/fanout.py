@@ -44,14 +44,16 @@ SPEEDUP_TARGET = 6.0
 VARIANTS = ("engine", "naive", "batched, 1 in flight")
 
 
-def request(job_id: str, tasks: int) -> dict[str, Any]:
-    """A data-parallel request with ``tasks`` shards, shaped like examples/requests/data_parallel.json."""
+def request(job_id: str, tasks: int, kind: str = "map") -> dict[str, Any]:
+    """A request of ``tasks`` shards shaped like examples/requests/data_parallel.json: kind ``map``
+    (up to a million shards; a round fans out the same way for every kind) or ``data_parallel``
+    (one round, up to 10,000 shards: what the aggregator then does is a reduce)."""
     return {
         "job_id": job_id,
-        "kind": "data_parallel",
+        "kind": kind,
+        **({"rounds": 1} if kind == "data_parallel" else {}),
         "dataset": {"uri": "synthetic://linear?dim=8&noise=0.05&seed=7", "num_samples": tasks * 10},
         "sharding": {"shard_count": tasks},
-        "rounds": 1,
         "model": {"name": "linear-regression"},
         "hyperparameters": {"lr": 0.03, "epochs": 1, "batch_size": 64},
         "max_parallel": 64,

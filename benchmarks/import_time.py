@@ -9,7 +9,8 @@ the earlier figures were taken), tracing off in a Lambda container (the budget a
 both), and tracing on in a Lambda container (active tracing); and so are the handlers of
 a baseline commit (``--baseline``, by default the last one that built Powertools' ``Tracer``
 eagerly), extracted with ``git archive`` and run against this tree's core, side by side.
-One warm-up round runs first (discarded) so every ``.pyc`` exists before timing.
+One warm-up round runs first (discarded) so every ``.pyc`` exists before timing (``--no-warmup``
+skips it: the test suite's smoke run).
 
     .venv/bin/python -m benchmarks.import_time [--runs 15] [--baseline REV | --baseline none]
 """
@@ -333,7 +334,7 @@ def invocation_memory(shards: int = 100) -> dict[str, dict[str, Any]]:
         sqs, ddb, s3 = cloud.client("sqs"), cloud.client("dynamodb"), cloud.client("s3")
         settings = provision(sqs, ddb, s3)
         engine = Engine(settings=settings, ddb=ddb, sqs=sqs, s3=s3, events=cloud.client("events"))
-        engine.submit(request("bench-mem-agg", shards))
+        engine.submit(request("bench-mem-agg", shards, "data_parallel"))
         msgs = receive_all(sqs, settings.task_queue_url)
         tasks = tasks_of(msgs)
         dead = [
@@ -341,7 +342,7 @@ def invocation_memory(shards: int = 100) -> dict[str, dict[str, Any]]:
             for m in msgs[:10]
         ]
         events = {
-            "lambdas.splitter": request("bench-mem-split", shards),
+            "lambdas.splitter": request("bench-mem-split", shards, "data_parallel"),
             "lambdas.aggregator": body_event([result_for(t).to_json() for t in tasks]),
             "lambdas.dlq_handler": sqs_event(dead, dlq_urls(sqs, settings)["tasks"]),
         }
@@ -374,10 +375,10 @@ def invocation_memory(shards: int = 100) -> dict[str, dict[str, Any]]:
     return out
 
 
-def sample(all_targets: list[Target], runs: int) -> dict[str, list[dict[str, Any]]]:
+def sample(all_targets: list[Target], runs: int, warmup: bool = True) -> dict[str, list[dict[str, Any]]]:
     """``runs`` fresh-interpreter samples per target, interleaved, after one discarded warm-up round."""
     envs = {mode: child_env(mode) for mode in MODES}
-    for t in all_targets:  # warm-up: compiles every .pyc the imports need; discarded
+    for t in all_targets if warmup else ():  # warm-up: compiles every .pyc the imports need; discarded
         measure_once(t.stmt, envs[t.mode], t.cwd)
     samples: dict[str, list[dict[str, Any]]] = {t.name: [] for t in all_targets}
     for i in range(runs):
@@ -413,11 +414,11 @@ def after_boto3(got: list[dict[str, Any]]) -> dict[str, float]:
     return {"after_boto3_median_ms": round(median(ms), 1), "after_boto3_min_ms": round(ms[0], 1)}
 
 
-def run(runs: int, baseline: str | None) -> dict[str, Any]:
+def run(runs: int, baseline: str | None, warmup: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="shardq-baseline-") as tmp:
         base_dir = baseline_tree(baseline, Path(tmp)) if baseline else None
         all_targets = targets(base_dir)
-        samples = sample(all_targets, runs)
+        samples = sample(all_targets, runs, warmup)
     rows: dict[str, dict[str, Any]] = {}
     by_key: dict[tuple[str | None, str, bool], dict[str, Any]] = {}
     for t in all_targets:
@@ -438,7 +439,7 @@ def run(runs: int, baseline: str | None) -> dict[str, Any]:
     budgeted = [r for r in rows.values() if r["handler"] and not MODES[r["mode"]][1] and not r["baseline"]]
     return {
         "runs": runs,
-        "warmup_runs": 1,
+        "warmup_runs": int(warmup),
         "budget_ms_over_boto3": BUDGET_MS,
         "baseline": baseline if base_dir else None,
         "load_average": os.getloadavg(),
@@ -450,7 +451,7 @@ def run(runs: int, baseline: str | None) -> dict[str, Any]:
             r["after_boto3_min_ms"] <= BUDGET_MS for r in budgeted
         ),
         "extra_modules_over_floor": extra_over_floor(child_env()),
-        "dataclass_definitions": dataclass_definitions(child_env()),
+        "dataclass_definitions": dataclass_definitions(child_env(), runs=min(runs, 5)),
         "asset": asset(),
         "invocation": invocation_memory(),
     }
@@ -556,11 +557,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=DEFAULT_BASELINE,
         help=f"git revision whose handlers run beside this tree's, or 'none' (default {DEFAULT_BASELINE})",
     )
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the discarded warm-up round (the test suite's smoke run; .pyc writes then count)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     baseline = None if args.baseline.lower() == "none" else args.baseline
-    result = {**run(args.runs, baseline), "machine": machine()}
+    result = {**run(args.runs, baseline, warmup=not args.no_warmup), "machine": machine()}
     print(describe(result["machine"]))
     report(result)
     report_invocation(result)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from shardq.core import planning, rounds, search
 from shardq.core.artifacts import put_json
-from shardq.core.contracts import ShardResult, TrainingRequest, ValidationError
+from shardq.core.contracts import MAX_GATHERED_TASKS, ShardResult, TrainingRequest, ValidationError
 from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
 from shardq.core.finalize import Finisher, merge_ranges
 from shardq.core.jobstore import JobRecord, JobStore, Outcome, RecordOutcome
@@ -30,8 +30,9 @@ SHAPE_CACHE_SIZE = 1024
 CLOSE_LEASE_S = 120.0
 # A map round of more shards than this is closed in ranges of this many, each in its own
 # invocation (≈ 10 s of one 512 MB Lambda per range on AWS; DynamoDB reads a range as one key
-# range). One invocation reading every result holds the close to ≈ 40,000 shards (BENCHMARKS §10).
-CLOSE_RANGE_SHARDS = 10_000
+# range). One invocation reading every result holds the close to ≈ 40,000 shards (BENCHMARKS §10);
+# the rounds that must close at once (data_parallel, sweep) are held to the same size as a range.
+CLOSE_RANGE_SHARDS = MAX_GATHERED_TASKS
 
 
 def close_ranges(kind: str, tasks: int, range_shards: int = CLOSE_RANGE_SHARDS) -> int:

@@ -28,7 +28,14 @@ DIRECTIONS = ("minimize", "maximize")
 TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "CANCELLED")
 JOB_STATUSES = ("RUNNING", *TERMINAL_STATUSES)
 
-MAX_SHARDS = 100_000
+# Tasks per round of a map job. A round of more than advance.CLOSE_RANGE_SHARDS closes in ranges, so
+# no item, payload or manifest grows past a service limit up to here (BENCHMARKS.md section 10).
+MAX_SHARDS = 1_000_000
+# Tasks per round of a job whose round closes in one invocation that gathers every result: a
+# data_parallel round (its reduce averages every shard's model) and a sweep (its ranking needs
+# every trial). At ≈ 1.5 ms of a 512 MB Lambda per result that is ≈ 15 s against the
+# aggregator's 60 s (BENCHMARKS.md section 10); a bigger round wants a hierarchical reduce.
+MAX_GATHERED_TASKS = 10_000
 MAX_ROUNDS = 1_000
 MAX_PARALLEL = 10_000
 DEFAULT_MAX_PARALLEL = 64
@@ -71,6 +78,12 @@ def _dimension_problem(name: str, value: Any, random: bool) -> str | None:
         f'{{"uniform": [lo, hi]}}, {{"log_uniform": [lo, hi]}}, {{"int_uniform": [lo, hi]}}; '
         f"got {value!r:.60}"
     )
+
+
+def max_round_tasks(kind: str | None) -> int:
+    """The most tasks a round of ``kind`` may have: ``MAX_SHARDS`` for a map job (its round closes in
+    ranges), ``MAX_GATHERED_TASKS`` for the kinds whose round one invocation gathers."""
+    return MAX_SHARDS if kind == "map" else MAX_GATHERED_TASKS
 
 
 def count_trials(search_space: dict[str, Any] | list[dict[str, Any]] | None) -> int:
@@ -580,7 +593,7 @@ class TrainingRequest(_Value):
         if method not in SEARCH_METHODS:
             c.add(f"search.method must be one of {', '.join(SEARCH_METHODS)}, got {method!r}")
             return None
-        num_trials = c.integer(raw, "num_trials", "search.num_trials", 1, MAX_SHARDS)
+        num_trials = c.integer(raw, "num_trials", "search.num_trials", 1, MAX_GATHERED_TASKS)
         if method == "random" and num_trials is None and "num_trials" not in raw:
             c.add('search.num_trials is required for method "random": how many trials to sample')
         if method == "grid" and "num_trials" in raw:
@@ -754,7 +767,13 @@ class TrainingRequest(_Value):
             c.add(f"sharding must be a JSON object, got {raw!r:.60}")
             return None, None
         c.unknown_keys(raw, ("shard_count", "shard_size"), prefix="sharding.")
+        most = max_round_tasks(kind) if kind in KINDS else MAX_SHARDS
         count = c.integer(raw, "shard_count", "sharding.shard_count", 1, MAX_SHARDS)
+        if count is not None and count > most:
+            c.add(
+                f"sharding.shard_count {count} is over {most:,} for kind {kind!r}: one reduce averages every "
+                f"shard's model each round; give at most {most:,} (larger) shards, or use kind 'map'"
+            )
         size = c.integer(raw, "shard_size", "sharding.shard_size", 1, MAX_NUM_SAMPLES)
         if "shard_count" in raw and "shard_size" in raw:
             c.add("sharding takes either shard_count or shard_size, not both; remove one")
@@ -771,10 +790,10 @@ class TrainingRequest(_Value):
             )
         if size is not None and items:
             derived = -(-items // size)
-            if derived > MAX_SHARDS:
+            if derived > most:
                 c.add(
-                    f"sharding.shard_size {size} gives {derived} shards, over {MAX_SHARDS}; "
-                    f"raise shard_size to at least {-(-items // MAX_SHARDS)}"
+                    f"sharding.shard_size {size} gives {derived} shards, over {most:,} for kind {kind!r}; "
+                    f"raise shard_size to at least {-(-items // most)}"
                 )
         return count, size
 
@@ -815,8 +834,8 @@ class TrainingRequest(_Value):
             c.add(f"search_space must be a grid object or a list of trial objects, got {raw!r:.60}")
             return None
         trials = search.num_trials or 0 if random and search is not None else count_trials(raw)
-        if trials > MAX_SHARDS:
-            c.add(f"search_space expands to {trials} trials, over {MAX_SHARDS}; shrink the grid")
+        if trials > MAX_GATHERED_TASKS:
+            c.add(f"search_space expands to {trials} trials, over {MAX_GATHERED_TASKS:,}; shrink the grid")
             return None
         return raw
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from shardq.core.advance import close_ranges
-from shardq.core.contracts import DEFAULT_MAX_PARALLEL, MAX_SHARDS
+from shardq.core.contracts import DEFAULT_MAX_PARALLEL, max_round_tasks
 from shardq.core.enqueue import CHUNK as CURSOR_CHUNK
 from shardq.core.enqueue import HANDOFF_MARGIN_S
 from shardq.core.fanout import MAX_BATCH_ENTRIES
@@ -444,8 +444,11 @@ def _shardq_option(job: JobShape, a: Assumptions, e: dict[str, Any]) -> dict[str
     notes = [
         f"at most {e['parallel_tasks']} tasks at once (workers, capped by max_parallel {job.max_parallel})"
     ]
-    if job.tasks_per_round > MAX_SHARDS:
-        notes.append(f"a request is validated up to {MAX_SHARDS:,} shards per round (contracts.MAX_SHARDS)")
+    most = max_round_tasks(job.kind)
+    if job.tasks_per_round > most:
+        notes.append(
+            f"a {job.kind} request is validated up to {most:,} tasks per round (contracts.max_round_tasks)"
+        )
     return _option(
         "shardq",
         lines,

@@ -179,7 +179,7 @@ def render_manifest(
     failed = PartWriter("failed", put, layout)
     outputs = PartWriter("outputs", put, layout) if request.kind == "map" else None
     metrics = MetricsAccumulator()
-    trials: list[ShardResult] = []  # a sweep's ranking needs every trial (≤ MAX_SHARDS of them)
+    trials: list[ShardResult] = []  # a sweep's ranking needs every trial (≤ MAX_GATHERED_TASKS of them)
     last_recorded: str | None = None
     for row in rows:
         r = row.result

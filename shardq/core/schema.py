@@ -105,7 +105,7 @@ def training_request_schema() -> dict[str, Any]:
                 "additionalProperties": False,
                 "properties": {
                     "method": {"enum": list(c.SEARCH_METHODS), "default": "grid"},
-                    "num_trials": {**positive, "maximum": c.MAX_SHARDS},
+                    "num_trials": {**positive, "maximum": c.MAX_GATHERED_TASKS},
                     "seed": {"type": "integer", "minimum": 0, "default": 0},
                 },
             },
@@ -175,6 +175,12 @@ def training_request_schema() -> dict[str, Any]:
             },
             {
                 "if": {"properties": {"kind": {"const": "data_parallel"}}},
+                # One reduce gathers every shard's model each round (contracts.MAX_GATHERED_TASKS).
+                "then": {
+                    "properties": {
+                        "sharding": {"properties": {"shard_count": {"maximum": c.MAX_GATHERED_TASKS}}}
+                    }
+                },
                 "else": {
                     "not": {"anyOf": [{"required": [key]} for key in ("participation", "quorum", "strategy")]}
                 },

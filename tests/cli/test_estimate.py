@@ -79,7 +79,7 @@ def test_compare_prints_the_three_options_and_their_limits(
 
 
 def test_what_if_past_the_request_cap(capsys: pytest.CaptureFixture[str], request_file: str) -> None:
-    # GIVEN a million shards (a real request is capped at 100,000): estimated, never submitted
+    # GIVEN a million shards (a map request's cap): estimated, never submitted
     code, out, _ = run(
         capsys,
         "estimate",

@@ -75,7 +75,7 @@ def test_invalid_request_creates_nothing(lambda_env: Settings, clients: dict[str
     answer = splitter.handler(request(shards=0, rounds=0), LambdaContext())
     assert answer["ok"] is False
     assert answer["error"] == "ValidationError"
-    assert "sharding.shard_count must be between 1 and 100000, got 0" in answer["problems"]
+    assert "sharding.shard_count must be between 1 and 1000000, got 0" in answer["problems"]
     assert "rounds must be between 1 and 1000, got 0" in answer["problems"]
     assert table_items(clients, lambda_env) == []
     assert count_messages(clients["sqs"], lambda_env.task_queue_url) == 0

@@ -19,6 +19,14 @@ VALID = {
     "sharding": {"shard_count": 4},
 }
 
+SWEEP = {
+    "kind": "sweep",
+    "dataset": {"uri": "s3://b/d", "num_samples": 100},
+    "search_space": {"lr": {"log_uniform": [1e-4, 1e-1]}},
+    "search": {"method": "random", "num_trials": 8},
+    "objective": {"metric": "val_loss"},
+}
+
 
 def problems(payload: dict[str, object]) -> list[str]:
     with pytest.raises(ValidationError) as info:
@@ -29,7 +37,7 @@ def problems(payload: dict[str, object]) -> list[str]:
 @pytest.mark.parametrize(
     ("patch", "expected"),
     [
-        ({"sharding": {"shard_count": 0}}, "sharding.shard_count must be between 1 and 100000, got 0"),
+        ({"sharding": {"shard_count": 0}}, "sharding.shard_count must be between 1 and 1000000, got 0"),
         ({"sharding": {"shard_count": 200}}, "sharding.shard_count (200) exceeds dataset.num_samples (100)"),
         ({"sharding": {"shard_count": 2, "shard_size": 5}}, "either shard_count or shard_size, not both"),
         ({"sharding": {"shard_count": "4"}}, "sharding.shard_count must be an integer"),
@@ -78,6 +86,43 @@ def test_body_that_is_not_json_is_rejected_clearly() -> None:
         ShardResult.from_json("[1, 2]")
 
 
+def test_a_map_round_takes_a_million_shards_a_gathered_round_ten_thousand() -> None:
+    # GIVEN the per-kind caps: a map round closes in ranges, a data_parallel or sweep round at once
+    big = {"uri": "s3://b/d", "num_samples": 10**7}
+    # THEN a map job of 1,000,000 shards is valid (model and schema) and 1,000,001 is not
+    million = {"kind": "map", "dataset": big, "sharding": {"shard_count": 1_000_000}}
+    assert TrainingRequest.from_dict(million).task_count == 1_000_000
+    jsonschema.validate(million, training_request_schema())
+    assert any(
+        "sharding.shard_count must be between 1 and 1000000, got 1000001" in p
+        for p in problems({**million, "sharding": {"shard_count": 1_000_001}})
+    )
+    # AND a data_parallel job stops at 10,000 shards, by count or by size, naming the fix
+    dp = {**VALID, "dataset": big, "sharding": {"shard_count": 10_000}}
+    assert TrainingRequest.from_dict(dp).task_count == 10_000
+    jsonschema.validate(dp, training_request_schema())
+    (found,) = problems({**dp, "sharding": {"shard_count": 10_001}})
+    assert "sharding.shard_count 10001 is over 10,000 for kind 'data_parallel'" in found
+    assert "give at most 10,000 (larger) shards, or use kind 'map'" in found
+    (found,) = problems({**dp, "sharding": {"shard_size": 999}})
+    assert found == (
+        "sharding.shard_size 999 gives 10011 shards, over 10,000 for kind 'data_parallel'; "
+        "raise shard_size to at least 1000"
+    )
+    assert TrainingRequest.from_dict({**dp, "sharding": {"shard_size": 1000}}).task_count == 10_000
+    # AND a sweep stops at 10,000 trials, sampled or from a grid
+    assert TrainingRequest.from_dict({**SWEEP, "search": {"method": "random", "num_trials": 10_000}})
+    assert any(
+        "search.num_trials must be between 1 and 10000, got 10001" in p
+        for p in problems({**SWEEP, "search": {"method": "random", "num_trials": 10_001}})
+    )
+    grid = {**SWEEP, "search_space": {"a": list(range(101)), "b": list(range(100))}}
+    del grid["search"]
+    assert any(
+        "search_space expands to 10100 trials, over 10,000; shrink the grid" in p for p in problems(grid)
+    )
+
+
 def test_request_round_trips_through_json() -> None:
     request = TrainingRequest.from_dict({**VALID, "job_id": "abc", "hyperparameters": {"lr": 0.1}})
     assert TrainingRequest.from_json(request.to_json()) == request
@@ -102,6 +147,8 @@ def test_checked_in_schema_is_generated_from_the_model() -> None:
         {**VALID, "sharding": {"shard_count": 0}},
         {**VALID, "surprise": 1},
         {"kind": "map", "dataset": {"num_samples": 5}},
+        {**VALID, "dataset": {"uri": "s3://b/d", "num_samples": 10**6}, "sharding": {"shard_count": 10_001}},
+        {**SWEEP, "search": {"method": "random", "num_trials": 10_001}},
     ],
 )
 def test_schema_rejects_what_the_model_rejects(payload: dict[str, object]) -> None:

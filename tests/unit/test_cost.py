@@ -151,6 +151,21 @@ def test_compare_counts_transitions_array_jobs_and_overheads_by_hand() -> None:
     assert [o["total_usd"] - o["coordination_usd"] for o in c["options"]] == [pytest.approx(s3)] * 3
 
 
+def test_compare_notes_a_round_past_its_kinds_request_cap() -> None:
+    # GIVEN what-if shapes at and past the caps a request is validated against
+    def notes(kind: str, tasks: int) -> list[str]:
+        return compare(JobShape(kind=kind, tasks_per_round=tasks), Assumptions())["options"][0]["notes"]
+
+    # THEN a map round of a million is within its cap; one more, or a data_parallel round past
+    # 10,000, is named with the cap that a real request would hit
+    assert not any("validated up to" in n for n in notes("map", 1_000_000))
+    assert any(
+        "a map request is validated up to 1,000,000 tasks per round" in n for n in notes("map", 1_000_001)
+    )
+    assert not any("validated up to" in n for n in notes("data_parallel", 10_000))
+    assert any("data_parallel request is validated up to 10,000" in n for n in notes("data_parallel", 10_001))
+
+
 def test_a_cpu_bound_splitter_is_named_as_the_bound() -> None:
     # GIVEN a splitter whose calls take 1 ms of CPU each, at the stack's 512 MB (0.29 vCPU)
     a = Assumptions(splitter_cpu_ms_per_call=1.0, high_throughput=True)
