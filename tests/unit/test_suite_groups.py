@@ -1,0 +1,31 @@
+"""How `make test` groups the suite over its workers (tests/conftest.py, ``suite_group``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEPLOYED, SPREAD, suite_group
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_modules_share_a_worker_only_where_they_share_a_cost(request: pytest.FixtureRequest) -> None:
+    # GIVEN the tests this session collected (every worker collects them all)
+    modules = {item.nodeid.split("::", 1)[0]: item for item in request.session.items}
+    # THEN every module that uses the deployed stack is in the one group that deploys it
+    deploying = {
+        item.nodeid.split("::", 1)[0]
+        for item in request.session.items
+        if item.nodeid.startswith("tests/e2e/") and "stack" in getattr(item, "fixturenames", ())
+    }
+    assert deploying <= set(DEPLOYED), "add the module to tests/conftest.py's DEPLOYED"
+    assert all((ROOT / m).is_file() for m in (*DEPLOYED, *SPREAD))
+    # AND the infra modules are one group, a benchmark smoke run is its own, any other module whole
+    assert suite_group("tests/infra/test_nag.py::test_x") == suite_group("tests/infra/test_stack.py::t")
+    smoke = "tests/bench/test_smoke.py::test_benchmark_runs_and_reports"
+    assert suite_group(f"{smoke}[e2e]") != suite_group(f"{smoke}[idle]")
+    assert suite_group("tests/unit/test_cost.py::a") == suite_group("tests/unit/test_cost.py::b")
+    assert suite_group("tests/unit/test_cost.py::a") != suite_group("tests/unit/test_docs.py::a")
+    assert modules  # the session collected something to check
