@@ -58,6 +58,22 @@ def iter_results(store: JobStore, job_id: str) -> Iterable[ResultRecord]:
     return store.iter_results(job_id)
 
 
+def data_parallel_rows(store: JobStore, job: JobRecord) -> tuple[Iterable[ResultRecord], str | None]:
+    """What a data-parallel manifest reads: its failed outcomes (every round, in key order), and the
+    latest recording time among the outcomes that can hold it.
+
+    The manifest lists failures and the job's ``finished_at`` (its latest recorded outcome), nothing
+    per successful shard; reading every outcome would cost shards × rounds in the invocation that
+    ends the job. A round's train outcomes are all recorded before its reduce is sent (the round is
+    closed first; later ones are kept apart as late), so the latest time is among the reduces and
+    the job's current round. Reads: a filtered query (DynamoDB drops the successes), one
+    ``BatchGetItem`` per 100 rounds and the current round's ≤ ``MAX_GATHERED_TASKS`` outcomes.
+    """
+    latest = [r.recorded_at for r in store.reduce_results(job.job_id, job.round + 1)]
+    latest += [r.recorded_at for r in store.iter_results(job.job_id, job.round)]
+    return store.iter_results(job.job_id, only_failed=True), max(latest, default=None)
+
+
 class PartWriter:
     """One growing list of the manifest: its first ``inline_max`` entries, its count, its parts.
 
@@ -169,18 +185,20 @@ def render_manifest(
     rounds: list[dict[str, Any]],
     put: PartPut,
     layout: planning.Layout,
+    last_recorded: str | None = None,
 ) -> dict[str, Any]:
     """The result manifest, in one pass over ``rows``: deterministic for a given set of outcomes.
 
     ``rows`` come in (round, type, shard) order, as the table returns them, so a map job's
     outputs (one round) are in shard order. Growing lists go to part files through ``put``.
+    ``last_recorded``: the latest recording time of outcomes not among ``rows`` (a data-parallel
+    job's rows are its failures alone: ``data_parallel_rows``).
     """
     request = job.request
     failed = PartWriter("failed", put, layout)
     outputs = PartWriter("outputs", put, layout) if request.kind == "map" else None
     metrics = MetricsAccumulator()
     trials: list[ShardResult] = []  # a sweep's ranking needs every trial (≤ MAX_GATHERED_TASKS of them)
-    last_recorded: str | None = None
     for row in rows:
         r = row.result
         last_recorded = row.recorded_at if last_recorded is None else max(last_recorded, row.recorded_at)
@@ -276,8 +294,11 @@ class Finisher:
         summaries = self.store.round_summaries(job.job_id)
         if digests is not None:
             return self._ranged_manifest(job, status, error, digests, summaries)
-        rows = iter_results(self.store, job.job_id)
         layout = planning.Layout(self.bucket, job.job_id)
+        if job.kind == "data_parallel":
+            rows, last = data_parallel_rows(self.store, job)
+            return render_manifest(job, status, error, rows, summaries, self._put_part, layout, last)
+        rows = iter_results(self.store, job.job_id)
         return render_manifest(job, status, error, rows, summaries, self._put_part, layout)
 
     def digest_range(

@@ -52,6 +52,8 @@ MAX_RETRY_CHUNK = MAX_PUTS_PER_TRANSACTION - 1
 MAX_RECORD_ATTEMPTS = 8
 # Stop retrying this long before the caller's deadline, so its answer still goes out.
 DEADLINE_MARGIN_S = 2.0
+# BatchGetItem takes up to 100 keys.
+BATCH_GET_KEYS = 100
 _ser = TypeSerializer()
 _de = TypeDeserializer()
 # Counters per (round, phase): ok, fail, enq (the enqueue cursor), and plan (tasks a
@@ -1002,14 +1004,22 @@ class JobStore:
 
     def _existing(self, chunk: list[Outcome]) -> set[int]:
         keys = [o.key() for o in chunk]
-        found: set[tuple[str, str]] = set()
-        request: dict[str, Any] = {self.table: {"Keys": keys, "ProjectionExpression": "pk, sk"}}
-        while request:
-            resp = self.ddb.batch_get_item(RequestItems=request)
-            for item in resp.get("Responses", {}).get(self.table, []):
-                found.add((item["pk"]["S"], item["sk"]["S"]))
-            request = resp.get("UnprocessedKeys") or {}
+        found = {(item["pk"]["S"], item["sk"]["S"]) for item in self._batch_get(keys, "pk, sk")}
         return {i for i, k in enumerate(keys) if (k["pk"]["S"], k["sk"]["S"]) in found}
+
+    def _batch_get(
+        self, keys: list[dict[str, Any]], projection: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The items of ``keys`` that exist (consistent reads, 100 keys a call, unprocessed ones again)."""
+        for i in range(0, len(keys), BATCH_GET_KEYS):
+            spec: dict[str, Any] = {"Keys": keys[i : i + BATCH_GET_KEYS], "ConsistentRead": True}
+            if projection:
+                spec["ProjectionExpression"] = projection
+            request: dict[str, Any] = {self.table: spec}
+            while request:
+                resp = self.ddb.batch_get_item(RequestItems=request)
+                yield from resp.get("Responses", {}).get(self.table, [])
+                request = resp.get("UnprocessedKeys") or {}
 
     def iter_results(
         self,
@@ -1018,11 +1028,13 @@ class JobStore:
         task_type: str | None = None,
         *,
         shards: tuple[int, int] | None = None,
+        only_failed: bool = False,
     ) -> Iterator[ResultRecord]:
         """Recorded outcomes (of one round, and type) in key order, one query page in memory at a time.
 
         ``shards=(first, last)`` (with a round and a type) reads shards ``first``…``last`` alone:
-        a key range, so a range of a million-shard round costs what it returns.
+        a key range, so a range of a million-shard round costs what it returns. ``only_failed``:
+        the failed ones alone, filtered by DynamoDB (the others are read there, never sent).
         """
         prefix = "RES#"
         if round_no is not None:
@@ -1032,8 +1044,15 @@ class JobStore:
             if round_no is None or task_type is None:
                 raise ValueError("iter_results: shards=(first, last) needs round_no and task_type")
             between = (f"{prefix}{shards[0]:06d}", f"{prefix}{shards[1]:06d}")
-        for item in self._query(job_id, prefix, between=between):
+        for item in self._query(job_id, prefix, between=between, only_failed=only_failed):
             yield ResultRecord.from_item(item)
+
+    def reduce_results(self, job_id: str, rounds: int) -> list[ResultRecord]:
+        """The recorded reduce outcomes of rounds ``0 … rounds - 1``, in round order: one
+        ``BatchGetItem`` per 100 rounds, whatever each round's shard count."""
+        keys = [_result_key(job_id, r, "reduce", 0) for r in range(rounds)]
+        found = {item["sk"]["S"]: item for item in self._batch_get(keys)}
+        return [ResultRecord.from_item(found[k["sk"]["S"]]) for k in keys if k["sk"]["S"] in found]
 
     def results(self, job_id: str, round_no: int, task_type: str = "train") -> list[ResultRecord]:
         """Recorded outcomes of one round and task type, ordered by shard."""

@@ -22,7 +22,7 @@ from shardq.core.jobstore import JobStore, Outcome, ResultRecord
 from shardq.core.metrics import weighted_metrics
 from shardq.core.planning import split_s3
 from shardq.core.settings import Settings
-from tests.helpers import receive_all, result_for, tasks_of
+from tests.helpers import CountingClient, receive_all, result_for, tasks_of
 
 SHARDS = 23
 FAILED = {2, 7, 8, 19}
@@ -152,3 +152,70 @@ def test_a_paging_store_gives_the_same_manifest(
     # THEN the iterator was used and the manifest is the same
     assert PagingStore.calls == 1
     assert read_manifest(clients["s3"], settings, "paged") == listed
+
+
+class ItemCounter(CountingClient):
+    """Counts the result items DynamoDB sends back to reads (query pages and batch gets)."""
+
+    def __init__(self, real: Any) -> None:
+        super().__init__(real)
+        self.items = 0
+
+    def query(self, **kwargs: Any) -> Any:
+        resp = self.real.query(**kwargs)
+        self.items += sum(1 for i in resp.get("Items", []) if i["sk"]["S"].startswith("RES#"))
+        return resp
+
+    def batch_get_item(self, **kwargs: Any) -> Any:
+        resp = self.real.batch_get_item(**kwargs)
+        self.items += sum(len(v) for v in resp.get("Responses", {}).values())
+        return resp
+
+
+def test_a_data_parallel_manifest_reads_failures_reduces_and_the_last_round_only(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a data-parallel job of 4 rounds × 12 shards, one shard failing in rounds 0 and 2
+    rounds, shards, failing = 4, 12, {(0, 5), (2, 9)}
+    engine.submit(
+        {
+            "job_id": "dp-manifest",
+            "kind": "data_parallel",
+            "dataset": {"num_samples": shards * 10},
+            "sharding": {"shard_count": shards},
+            "rounds": rounds,
+            "max_failed_shards": len(failing),
+        }
+    )
+    while engine.status("dp-manifest").status == "RUNNING":
+        tasks = tasks_of(receive_all(clients["sqs"], settings.task_queue_url))
+        assert tasks, "the job stalled"
+        fails = [t.task_type == "train" and (t.round, t.shard_id) in failing for t in tasks]
+        engine.ingest(
+            [
+                Outcome(result_for(t, status="failed" if f else "succeeded"))
+                for t, f in zip(tasks, fails, strict=True)
+            ]
+        )
+    job = engine.store.get_job("dp-manifest")
+    assert job.status == "SUCCEEDED"
+    # WHEN its manifest is put together again, the reads counted
+    counter = ItemCounter(clients["dynamodb"])
+    store = JobStore(settings.job_table, counter)
+    finisher = replace(engine.finisher, store=store)
+    manifest = finisher.manifest(job, job.status, None)
+    # THEN it is the manifest a read of every outcome gives
+    everything = finalize.render_manifest(
+        job,
+        job.status,
+        None,
+        engine.store.iter_results("dp-manifest"),
+        engine.store.round_summaries("dp-manifest"),
+        engine.finisher._put_part,
+        finalize.planning.Layout(settings.artifact_bucket, "dp-manifest"),
+    )
+    assert manifest == everything == read_manifest(clients["s3"], settings, "dp-manifest")
+    assert [(f["round"], f["shard_id"]) for f in manifest["failed"]] == sorted(failing)
+    # AND it read the failures, the reduces and the last round, not the earlier rounds' successes
+    recorded = rounds * (shards + 1)
+    assert counter.items == len(failing) + rounds + (shards + 1) < recorded
