@@ -207,6 +207,41 @@ def importtime_modules(stmt: str, env: dict[str, str]) -> dict[str, int]:
     return mods
 
 
+# A Lambda's init builds its engine's clients: the time that takes in a fresh interpreter (boto3
+# imported first, outside the timer), through the one factory the handlers use.
+CLIENTS_PROBE = """
+import json, time
+import boto3
+from shardq.core.clients import client
+t0, c0 = time.perf_counter(), time.process_time()
+for service in ("sqs", "dynamodb", "s3", "events"):
+    client(service, "us-east-1")
+print(json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}))
+"""
+
+
+def probe_runs(code: str, env: dict[str, str], runs: int) -> list[dict[str, Any]]:
+    """``code`` run in ``runs`` fresh interpreters: the JSON each printed last."""
+    got = []
+    for _ in range(runs):
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        )
+        got.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return got
+
+
+def client_setup(env: dict[str, str], runs: int) -> dict[str, float]:
+    """Median wall and CPU time to build the four clients of a handler's engine (``runs`` fresh
+    interpreters): one boto3 session shares botocore's loaded models between them."""
+    got = probe_runs(CLIENTS_PROBE, env, runs)
+    return {
+        "clients": 4,
+        "wall_ms": round(median([g["wall_s"] * 1000 for g in got]), 1),
+        "cpu_ms": round(median([g["cpu_s"] * 1000 for g in got]), 1),
+    }
+
+
 def extra_over_floor(env: dict[str, str], top: int = 5) -> dict[str, dict[str, Any]]:
     """Per handler: modules it imports that boto3 + Powertools (no Tracer) does not, and their self time."""
     floor = importtime_modules(NO_TRACER_FLOOR, env)
@@ -248,17 +283,7 @@ def dataclass_definitions(env: dict[str, str], runs: int = 5) -> dict[str, dict[
     defining them takes (median of ``runs`` fresh interpreters), by top-level package."""
     out: dict[str, dict[str, Any]] = {}
     for h in HANDLERS:
-        got = []
-        for _ in range(runs):
-            proc = subprocess.run(
-                [sys.executable, "-c", DATACLASS_PROBE.format(module=h)],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            got.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        got = probe_runs(DATACLASS_PROBE.format(module=h), env, runs)
         packages = sorted({p for g in got for p in g["by_package"]})
         out[h] = {
             "import_ms": round(median([g["import_s"] * 1000 for g in got]), 1),
@@ -454,6 +479,7 @@ def run(runs: int, baseline: str | None, warmup: bool = True) -> dict[str, Any]:
         "dataclass_definitions": dataclass_definitions(child_env(), runs=min(runs, 5)),
         "asset": asset(),
         "invocation": invocation_memory(),
+        "client_setup": client_setup(child_env(), runs),
     }
 
 
@@ -528,6 +554,12 @@ def report(result: dict[str, Any]) -> None:
 
 
 def report_invocation(result: dict[str, Any]) -> None:
+    setup = result["client_setup"]
+    print()
+    print(
+        f"Building a handler's {setup['clients']} clients in a fresh interpreter (median): "
+        f"{setup['wall_ms']:.0f} ms wall, {setup['cpu_ms']:.0f} ms CPU"
+    )
     print()
     print("One cold invocation per handler (fresh interpreter, local cloud), peak RSS:")
     rows = [

@@ -23,6 +23,7 @@ from shardq.core.metrics import weighted_metrics
 from shardq.core.planning import split_s3
 from shardq.core.settings import Settings
 from tests.helpers import CountingClient, receive_all, result_for, tasks_of
+from tests.requests import make_request
 
 SHARDS = 23
 FAILED = {2, 7, 8, 19}
@@ -178,14 +179,7 @@ def test_a_data_parallel_manifest_reads_failures_reduces_and_the_last_round_only
     # GIVEN a data-parallel job of 4 rounds × 12 shards, one shard failing in rounds 0 and 2
     rounds, shards, failing = 4, 12, {(0, 5), (2, 9)}
     engine.submit(
-        {
-            "job_id": "dp-manifest",
-            "kind": "data_parallel",
-            "dataset": {"num_samples": shards * 10},
-            "sharding": {"shard_count": shards},
-            "rounds": rounds,
-            "max_failed_shards": len(failing),
-        }
+        make_request("data_parallel", job_id="dp-manifest", shards=shards, rounds=rounds, max_failed_shards=2)
     )
     while engine.status("dp-manifest").status == "RUNNING":
         tasks = tasks_of(receive_all(clients["sqs"], settings.task_queue_url))
