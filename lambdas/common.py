@@ -12,14 +12,13 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from lambdas.tracing import LazyTracer
+from shardq.core.advance import lambda_range_dispatch
 from shardq.core.clients import client
 from shardq.core.engine import Engine
 from shardq.core.settings import Settings
 
 # The splitter's continuation event: {"shardq_continue": {"job_id": ...}}.
 CONTINUE_KEY = "shardq_continue"
-# One range of a big round's close, run by the splitter: {"shardq_close": {"job_id", "round", "range"}}.
-CLOSE_KEY = "shardq_close"
 logger = Logger(service="shardq")
 # Built (and X-Ray imported) only where tracing is on: lambdas/tracing.py says why.
 tracer = LazyTracer(service="shardq")
@@ -72,10 +71,7 @@ def _splitter_function() -> str:
 def dispatch_close_ranges(job_id: str, round_no: int, indexes: list[int]) -> None:
     """Hand each range of a big round's close to its own splitter invocation (asynchronous, so
     they run in parallel; Lambda retries a failed one twice, the close's watchdog tick after that)."""
-    lam, function = client("lambda"), _splitter_function()
-    for index in indexes:
-        payload = {CLOSE_KEY: {"job_id": job_id, "round": round_no, "range": index}}
-        lam.invoke(FunctionName=function, InvocationType="Event", Payload=json.dumps(payload).encode())
+    lambda_range_dispatch(client("lambda"), _splitter_function())(job_id, round_no, indexes)
     logger.info(
         "close ranges handed out", extra={"closing_job": job_id, "round": round_no, "ranges": len(indexes)}
     )

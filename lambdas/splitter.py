@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from lambdas.common import (
-    CLOSE_KEY,
     CONTINUE_KEY,
     continue_job,
     deadline,
@@ -24,6 +23,7 @@ from lambdas.common import (
     metrics,
     tracer,
 )
+from shardq.core.advance import CLOSE_KEY
 from shardq.core.contracts import JOB_ID_RE, ValidationError
 from shardq.core.engine import CloseRangeIncomplete, EnqueueIncomplete, JobConflict
 

@@ -381,16 +381,26 @@ def settings_from_outputs(outputs: dict[str, str], args: argparse.Namespace) -> 
 
 
 def engine_for(args: argparse.Namespace, outputs: dict[str, str] | None = None) -> Any:
-    """The coordination engine over the stack's resources, with this command's clients."""
+    """The coordination engine over the stack's resources, with this command's clients.
+
+    A big map round's close (a cancel's) is handed to the stack's splitter, one asynchronous
+    invocation per range, as the aggregator does; without a splitter (resources made by hand) the
+    ranges run here, one after another.
+    """
+    from shardq.core.advance import lambda_range_dispatch
     from shardq.core.engine import Engine
 
     settings = settings_from_outputs(outputs if outputs is not None else stack_outputs(args), args)
+    dispatch = None
+    if settings.splitter_function:
+        dispatch = lambda_range_dispatch(session_client("lambda", args), settings.splitter_function)
     return Engine(
         settings=settings,
         ddb=session_client("dynamodb", args),
         sqs=session_client("sqs", args),
         s3=session_client("s3", args),
         events=session_client("events", args),
+        dispatch_ranges=dispatch,
     )
 
 

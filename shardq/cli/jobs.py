@@ -760,6 +760,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             raise
     if args.json:
         print_json(report.to_dict())
+    elif report.cancelled and report.closing_ranges:
+        print(
+            f"{args.job} is being cancelled: workers drop its queued tasks unrun, and its round closes in "
+            f"{report.closing_ranges} ranges; it is {paint_status('CANCELLED')} when the last is stored "
+            f"(`shardq status {args.job}`)."
+        )
     elif report.cancelled:
         print(f"{args.job} {paint_status('CANCELLED')}: workers drop its queued tasks unrun.")
         if report.outstanding:

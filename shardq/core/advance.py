@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from shardq.core import planning, rounds, search
 from shardq.core.artifacts import put_json
@@ -49,6 +50,8 @@ CLOSE_RANGE_LEASE_S = 300.0
 CLOSE_RANGE_MARGIN_S = 30.0
 
 MetricSink = Callable[[str, float, str], None]
+# The error a job cancelled by ``JobStore.request_cancel`` ends with.
+CANCELLED_BY_OPERATOR = "cancelled by an operator (shardq cancel)"
 
 
 class CloseRangeIncomplete(RuntimeError):
@@ -63,6 +66,20 @@ class CloseRangeIncomplete(RuntimeError):
 
 # Hands ranges of a round's close out: (job_id, round, range indexes). Inline when None.
 RangeDispatch = Callable[[str, int, list[int]], None]
+# The splitter's event for one range of a big round's close: {"shardq_close": {"job_id", "round", "range"}}.
+CLOSE_KEY = "shardq_close"
+
+
+def lambda_range_dispatch(lam: Any, function: str) -> RangeDispatch:
+    """Hand each range to its own asynchronous invocation of ``function`` (the splitter), so they
+    run side by side; Lambda retries a failed one twice, the close's watchdog tick after that."""
+
+    def dispatch(job_id: str, round_no: int, indexes: list[int]) -> None:
+        for index in indexes:
+            payload = {CLOSE_KEY: {"job_id": job_id, "round": round_no, "range": index}}
+            lam.invoke(FunctionName=function, InvocationType="Event", Payload=json.dumps(payload).encode())
+
+    return dispatch
 
 
 def foreign_outcome(shape: tuple[int, int, str], job_id: str, outcome: Outcome) -> str | None:
@@ -148,6 +165,14 @@ class Advancer:
                 if job.event_pending:
                     self.finisher.publish_finished(job)
                 return job.status
+            if job.cancel_requested_at is not None:
+                ending = ("CANCELLED", CANCELLED_BY_OPERATOR)
+                if not self._ranged(job):
+                    return self.finisher.finalize(job, *ending)
+                # A big map round's manifest needs its ranges: freeze the round, close it cancelled.
+                if not self._train_done(job, deadline, ending):
+                    return self.store.get_job(job_id).status
+                continue
             if job.failed_total > job.max_failed_shards:
                 message = self._over_budget(job)
                 if not self._ranged(job):

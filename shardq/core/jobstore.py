@@ -165,6 +165,9 @@ class JobRecord:
     closed_round: int | None = None
     # When the ranges of the closed round's close were last handed out (their lease).
     ranges_sent_at: float | None = None
+    # When an operator asked to cancel the job (``request_cancel``): workers stop taking its tasks
+    # and the next ``advance`` ends it CANCELLED (a big map round closes in ranges first).
+    cancel_requested_at: str | None = None
     counters: Mapping[tuple[str, int, str], int] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
@@ -281,6 +284,7 @@ class JobRecord:
             retry_generation=int(raw.get("retry_generation", 0)),
             closed_round=raw.get("closed_round"),
             ranges_sent_at=raw.get("ranges_sent_at"),
+            cancel_requested_at=raw.get("cancel_requested_at"),
             counters=MappingProxyType(counters),
         )
 
@@ -325,6 +329,7 @@ class JobState:
     round: int
     phase: str
     closed_round: int | None = None
+    cancelling: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -530,7 +535,7 @@ class JobStore:
         item = self.ddb.get_item(
             TableName=self.table,
             Key=_job_key(job_id),
-            ProjectionExpression="#s, #r, #p, closed_round",
+            ProjectionExpression="#s, #r, #p, closed_round, cancel_requested_at",
             ExpressionAttributeNames={"#s": "status", "#r": "round", "#p": "phase"},
         ).get("Item")
         if item is None:
@@ -541,6 +546,7 @@ class JobStore:
             round=int(raw.get("round", 0)),
             phase=raw.get("phase", "train"),
             closed_round=raw.get("closed_round"),
+            cancelling=raw.get("cancel_requested_at") is not None,
         )
 
     def list_jobs(self, status: str, limit: int = 20) -> list[JobRecord]:
@@ -580,6 +586,13 @@ class JobStore:
     def release_close(self, job_id: str, round_no: int) -> None:
         """Give a close claim back (its holder failed), so the next delivery closes at once."""
         self._update(job_id, _Update().remove(f"close_claim_r{round_no}"), stamp=False)
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Mark a RUNNING job to be cancelled (once: the first request's time stays); False if it
+        is not running. ``advance`` then ends it CANCELLED."""
+        update = _Update().set(cancel_requested_at=now_iso()).expect(status="RUNNING")
+        update.condition("attribute_not_exists(cancel_requested_at)")
+        return self._update(job_id, update)
 
     def close_round(self, job_id: str, round_no: int) -> bool:
         """Freeze round ``round_no``'s training: from now on its results are late. False if the job

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shardq.core.advance import close_ranges
 from shardq.core.engine import Engine
 from shardq.core.jobstore import MAX_RETRY_CHUNK, JobChanged, JobRecord, ResultRecord
 
@@ -91,6 +92,8 @@ class CancelReport:
     phase: str
     outstanding: int
     queue_in_flight: int | None = None
+    # A big map round still closing in ranges: the job ends CANCELLED when the last is stored.
+    closing_ranges: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
@@ -98,19 +101,28 @@ class CancelReport:
 
 
 def cancel(engine: Engine, job_id: str) -> CancelReport:
-    """Move a RUNNING job to CANCELLED (conditionally), and say what is still in flight.
+    """Move a RUNNING job to CANCELLED, and say what is still in flight.
 
-    The transition goes through ``Engine.finalize``: the manifest of what finished is written
-    and the ``Job Finished`` event goes out once. Workers drop the job's queued tasks unrun;
-    tasks a worker already holds run to the end and their results are recorded without moving
-    the job. Raises ``JobNotFound``; a job that already finished is reported, not changed.
+    ``JobStore.request_cancel`` marks the job first: workers drop its queued tasks unrun from
+    then on (tasks a worker already holds run to the end; their results are recorded without
+    moving the job). Then ``Engine.advance`` ends it: the manifest of what finished is written
+    and the ``Job Finished`` event goes out once. A map round too big for one invocation closes
+    in ranges first (the splitter's, where the engine hands them out): the job is CANCELLED
+    when the last range is stored, and ``closing_ranges`` says how many. Any later ``advance``
+    (an aggregator's, a second ``cancel``) finishes a cancel that was cut short. Raises
+    ``JobNotFound``; a job that already finished is reported, not changed.
     """
     job = engine.store.get_job(job_id)
     cancelled = False
+    closing = 0
     if job.status == "RUNNING":
-        status = engine.finalize(job, "CANCELLED", "cancelled by an operator (shardq cancel)")
-        cancelled = status == "CANCELLED"
+        engine.store.request_cancel(job_id)
+        status = engine.advance(job_id)
         job = engine.store.get_job(job_id)
+        cancelled = status == "CANCELLED" or (status == "RUNNING" and job.cancel_requested_at is not None)
+        if status == "RUNNING" and job.closed_round == job.round:
+            ranges = close_ranges(job.kind, job.task_count, engine.advancer.range_shards)
+            closing = ranges - job.ranges_done(job.round)
     current = [p for p in progress(job) if p.round == job.round and p.phase == job.phase]
     outstanding = current[0].outstanding if current and cancelled else 0
     in_flight = None
@@ -128,6 +140,7 @@ def cancel(engine: Engine, job_id: str) -> CancelReport:
         phase=job.phase,
         outstanding=outstanding,
         queue_in_flight=in_flight,
+        closing_ranges=closing,
     )
 
 

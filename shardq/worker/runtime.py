@@ -502,7 +502,7 @@ class Worker:
             )
 
     def _drop_reason(self, task: ShardTask, tlog: logging.LoggerAdapter) -> str | None:
-        """Why the task need not run, or None: its job is cancelled or finished, or (a
+        """Why the task need not run, or None: its job is cancelled (or being cancelled) or finished, or (a
         ``data_parallel`` train task) its round already closed, so its result would only be late.
 
         Unknown after a transient error: run the task (the aggregator ignores results of a finished
@@ -522,6 +522,8 @@ class Worker:
             return None
         if job.terminal:
             return f"job is {job.status}"
+        if job.cancelling:
+            return "job is being cancelled"
         if task.task_type != "train" or task.kind != "data_parallel":
             return None
         if job.round > task.round:

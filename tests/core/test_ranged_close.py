@@ -22,7 +22,7 @@ from shardq.core.advance import CLOSE_RANGE_LEASE_S, CloseRangeIncomplete
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
 from shardq.core.metrics import summarize_round
-from shardq.core.operations import retry_failed
+from shardq.core.operations import cancel, retry_failed
 from shardq.core.rounds import Tick
 from shardq.core.settings import Settings
 from tests.core.test_manifest_parts import FAILED, SHARDS, read_manifest, read_parts, report_map_job
@@ -224,6 +224,39 @@ def test_a_big_map_job_over_its_failure_budget_fails_through_its_ranges(
     m = read_manifest(clients["s3"], settings, "overbudget")
     outputs = read_parts(clients["s3"], m["outputs_parts"])
     assert [o["shard_id"] for o in outputs] == list(range(SHARDS)) and m["failed_count"] == 0
+
+
+def test_a_big_map_job_cancelled_mid_run_stops_its_workers_and_closes_through_its_ranges(
+    ranged: Callable[..., Engine], settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a 23-shard map job in ranges of 5 whose first 12 shards reported, ranges handed to
+    # "other invocations" (collected here, run below)
+    handed: list[int] = []
+    engine = ranged(dispatch_ranges=lambda j, r, ks: handed.extend(ks))
+    engine.submit(make_request("map", job_id="stop", shards=SHARDS))
+    tasks = sorted(tasks_of(receive_all(clients["sqs"], settings.task_queue_url)), key=lambda t: t.shard_id)
+    engine.ingest([Outcome(result_for(t)) for t in tasks[:12]])
+    # WHEN an operator cancels it
+    report = cancel(engine, "stop")
+    # THEN workers see it cancelling at once, its round is frozen and its 5 ranges are out; the
+    # job is not CANCELLED before its manifest can be put together
+    assert (report.cancelled, report.status, report.closing_ranges) == (True, "RUNNING", RANGES)
+    state = engine.store.state_of("stop")
+    assert state is not None and state.cancelling and state.closed_round == 0
+    assert handed == list(range(RANGES))
+    # AND a result that arrives now is late, never counted
+    engine.ingest([Outcome(result_for(tasks[12]))])
+    assert [r.result.shard_id for r in engine.store.late_results("stop")] == [12]
+    # WHEN the ranges run: the last one ends the job CANCELLED, its manifest listing the 12
+    assert [engine.close_range("stop", 0, k) for k in handed] == ["RUNNING"] * (RANGES - 1) + ["CANCELLED"]
+    job = engine.store.get_job("stop")
+    assert (job.status, job.error) == ("CANCELLED", "cancelled by an operator (shardq cancel)")
+    m = read_manifest(clients["s3"], settings, "stop")
+    assert m["status"] == "CANCELLED" and m["outputs_count"] == 12
+    assert [o["shard_id"] for o in read_parts(clients["s3"], m["outputs_parts"])] == list(range(12))
+    # AND a second cancel changes nothing
+    again = cancel(engine, "stop")
+    assert (again.cancelled, again.status, again.closing_ranges) == (False, "CANCELLED", 0)
 
 
 def test_the_last_range_stored_while_another_call_holds_the_claim_still_finishes_the_job(

@@ -176,6 +176,21 @@ def test_cancelled_jobs_task_is_dropped_unrun(
     assert visible_and_in_flight(clients["sqs"], settings.task_queue_url) == (0, 0)
 
 
+def test_a_job_being_cancelled_has_its_tasks_dropped_before_it_is_cancelled(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a job an operator asked to cancel, still RUNNING (a big round's close not done yet)
+    job(engine, shards=2, entrypoint="tests.workloads:boom")
+    assert engine.store.request_cancel("w") and not engine.store.request_cancel("w")
+    assert engine.store.get_job("w").status == "RUNNING"
+    # THEN a worker drops its queued tasks unrun, as for a CANCELLED job
+    w = worker(settings, clients)
+    w.poll_once()
+    w.poll_once()
+    assert results(clients, settings) == []
+    assert visible_and_in_flight(clients["sqs"], settings.task_queue_url) == (0, 0)
+
+
 def test_idle_worker_long_polls_instead_of_spinning(settings: Settings, clients: dict[str, Any]) -> None:
     # GIVEN an idle worker with a 2 s long poll, stopped by its own idle exit after 4 s of empty polls
     counting = CountingClient(clients["sqs"])
