@@ -762,7 +762,9 @@ class JobStore:
         its failure budget) has the round opened again: its late shards must run and count now,
         and the round closes anew (``forget_close`` drops the old ranges' digests first).
         """
-        update = _Update().set(status="RUNNING").remove(*_FINISH_ATTRIBUTES).expect(status="FAILED")
+        # A cancel asked for while the job was failing is undone by the retry asked for after it.
+        update = _Update().set(status="RUNNING").remove(*_FINISH_ATTRIBUTES, "cancel_requested_at")
+        update.expect(status="FAILED")
         if job.phase == "train" and job.closed_round == job.round:
             update.remove(
                 "closed_round",

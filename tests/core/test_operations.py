@@ -69,3 +69,25 @@ def test_a_retry_that_crashed_after_forgetting_is_finished_by_the_next_one(
     engine.ingest([Outcome(result_for(t)) for t in again])
     view = engine.status("big")
     assert (view.status, view.done, view.failed) == ("SUCCEEDED", 250, 0)
+
+
+def test_a_retry_after_a_cancel_that_lost_to_a_failure_is_not_cancelled_again(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a job an operator asked to cancel just as its failure ended it FAILED (the failing
+    # aggregator had read the job before the mark)
+    engine.submit(make_request("map", job_id="raced", shards=2))
+    tasks = {t.shard_id: t for t in tasks_of(receive_all(clients["sqs"], settings.task_queue_url))}
+    engine.store.record([Outcome(result_for(tasks[0], status="failed"))])
+    job = engine.store.get_job("raced")
+    assert engine.store.request_cancel("raced")
+    assert engine.finalize(job, "FAILED", "1 shards failed") == "FAILED"
+    # WHEN the operator then retries it
+    retry_failed(engine, "raced")
+    # THEN the retry, asked for last, wins: the job runs again, unmarked, and finishes
+    job = engine.store.get_job("raced")
+    assert (job.status, job.cancel_requested_at) == ("RUNNING", None)
+    engine.ingest(
+        [Outcome(result_for(t)) for t in tasks_of(receive_all(clients["sqs"], settings.task_queue_url))]
+    )
+    assert engine.status("raced").status == "SUCCEEDED"
