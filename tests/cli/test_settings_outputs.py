@@ -57,3 +57,19 @@ def test_cancel_finalizes_with_the_stacks_job_ttl(
     # a typed JobRecord (the store's record; a dict before the store was typed)
     expires = int(job.expires_at or 0)
     assert abs(expires - (time.time() + 7 * 86400)) < 3600
+
+
+def test_the_cli_engine_hands_a_big_close_to_the_stacks_splitter(outputs: dict[str, str]) -> None:
+    import argparse
+
+    from shardq.cli.common import engine_for
+
+    args = argparse.Namespace(region=None, endpoint_url=None, stack="shardq")
+    # GIVEN outputs without a splitter (resources made by hand): a cancel's ranges run in the CLI
+    assert (
+        engine_for(args, {k: v for k, v in outputs.items() if k != "SplitterFunctionName"}).dispatch_ranges
+        is None
+    )
+    # AND with the stack's splitter: they go to it, one asynchronous invocation each
+    engine = engine_for(args, {**outputs, "SplitterFunctionName": "shardq-Splitter"})
+    assert engine.dispatch_ranges is not None and engine.advancer.dispatch_ranges is engine.dispatch_ranges

@@ -18,7 +18,7 @@ import pytest
 
 from lambdas.splitter import split
 from shardq.core import finalize
-from shardq.core.advance import CLOSE_RANGE_LEASE_S, CloseRangeIncomplete
+from shardq.core.advance import CLOSE_RANGE_LEASE_S, CloseRangeIncomplete, lambda_range_dispatch
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
 from shardq.core.metrics import summarize_round
@@ -170,15 +170,24 @@ def test_the_splitter_runs_a_range_and_rejects_a_malformed_one(
     clients: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # GIVEN a job whose close ranges were handed out (the Lambdas hand them to the splitter)
+    # GIVEN a job whose close ranges were handed out as the Lambdas and the CLI hand them out: one
+    # asynchronous splitter invocation each (their events kept here, the splitter run below)
     from lambdas import common
 
-    handed: list[int] = []
-    engine = ranged(dispatch_ranges=lambda j, r, ks: handed.extend(ks))
+    class AsyncInvokes:
+        def __init__(self) -> None:
+            self.events: list[dict[str, Any]] = []
+
+        def invoke(self, *, FunctionName: str, InvocationType: str, Payload: bytes) -> None:
+            assert (FunctionName, InvocationType) == ("the-splitter", "Event")
+            self.events.append(json.loads(Payload))
+
+    lam = AsyncInvokes()
+    engine = ranged(dispatch_ranges=lambda_range_dispatch(lam, "the-splitter"))
     report_map_job(engine, lambda_env, clients["sqs"], "viasplit")
     monkeypatch.setattr(common.engine(), "advancer", engine.advancer)
     # WHEN the splitter gets each range's event
-    answers = [split({"shardq_close": {"job_id": "viasplit", "round": 0, "range": k}}, None) for k in handed]
+    answers = [split(event, None) for event in lam.events]
     # THEN each answer names its range, and the last one finished the job
     assert [a["range"] for a in answers] == list(range(RANGES)) and all(a["ok"] for a in answers)
     assert answers[-1]["status"] == "SUCCEEDED"
