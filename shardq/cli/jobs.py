@@ -223,6 +223,7 @@ def render_status(
             *policy_fields(request or {}),
             ("late", paint(late_text(late) or "", "yellow", out)),
             ("started", data["created_at"]),
+            ("cancelling", data.get("cancel_requested_at") and f"since {data['cancel_requested_at']}"),
             ("finished", data.get("finished_at")),
             ("result", data.get("result_uri")),
             ("error", paint(data["error"], "red", out) if data.get("error") else None),

@@ -1055,6 +1055,8 @@ class JobView(_Value):
     finished_at: str | None = None
     result_uri: str | None = None
     error: str | None = None
+    # Set while an operator's cancel is under way (a big map round closing in ranges).
+    cancel_requested_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""

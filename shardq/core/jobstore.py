@@ -249,6 +249,7 @@ class JobRecord:
             finished_at=self.finished_at,
             result_uri=self.result_uri,
             error=self.error,
+            cancel_requested_at=self.cancel_requested_at,
         )
 
     @classmethod

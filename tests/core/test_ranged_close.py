@@ -252,6 +252,7 @@ def test_a_big_map_job_cancelled_mid_run_stops_its_workers_and_closes_through_it
     assert (report.cancelled, report.status, report.closing_ranges) == (True, "RUNNING", RANGES)
     state = engine.store.state_of("stop")
     assert state is not None and state.cancelling and state.closed_round == 0
+    assert engine.status("stop").cancel_requested_at is not None  # `shardq status` shows it
     assert handed == list(range(RANGES))
     # AND a result that arrives now is late, never counted
     engine.ingest([Outcome(result_for(tasks[12]))])
