@@ -48,7 +48,8 @@ MAX_PUTS_PER_TRANSACTION = 99
 # Failed outcomes a retry forgets per transaction: their deletes, the chunk's pending item and the
 # job's counters fill DynamoDB's 100 items.
 MAX_RETRY_CHUNK = MAX_PUTS_PER_TRANSACTION - 1
-# Attempts of one recording transaction that was cancelled for a conflict (no deadline given).
+# Attempts of one recording transaction that was cancelled for a conflict (no deadline given), and
+# of a BatchGetItem that left keys unprocessed.
 MAX_RECORD_ATTEMPTS = 8
 # Stop retrying this long before the caller's deadline, so its answer still goes out.
 DEADLINE_MARGIN_S = 2.0
@@ -1026,16 +1027,29 @@ class JobStore:
     def _batch_get(
         self, keys: list[dict[str, Any]], projection: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        """The items of ``keys`` that exist (consistent reads, 100 keys a call, unprocessed ones again)."""
+        """The items of ``keys`` that exist (consistent reads, 100 keys a call).
+
+        Keys DynamoDB leaves unprocessed (throttling, the 16 MB response cap) are asked for again
+        after a growing pause with jitter, as DynamoDB advises; ``JobStoreError`` after
+        ``MAX_RECORD_ATTEMPTS`` calls that all left some.
+        """
         for i in range(0, len(keys), BATCH_GET_KEYS):
             spec: dict[str, Any] = {"Keys": keys[i : i + BATCH_GET_KEYS], "ConsistentRead": True}
             if projection:
                 spec["ProjectionExpression"] = projection
             request: dict[str, Any] = {self.table: spec}
-            while request:
+            for attempt in range(MAX_RECORD_ATTEMPTS):
                 resp = self.ddb.batch_get_item(RequestItems=request)
                 yield from resp.get("Responses", {}).get(self.table, [])
                 request = resp.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+            else:
+                raise JobStoreError(
+                    f"table {self.table}: {len(request[self.table]['Keys'])} keys still unprocessed after "
+                    f"{MAX_RECORD_ATTEMPTS} BatchGetItem calls"
+                )
 
     def iter_results(
         self,

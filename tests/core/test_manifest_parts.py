@@ -18,7 +18,7 @@ import pytest
 from shardq.core import finalize
 from shardq.core.artifacts import put_json
 from shardq.core.engine import Engine
-from shardq.core.jobstore import JobStore, Outcome, ResultRecord
+from shardq.core.jobstore import JobStore, JobStoreError, Outcome, ResultRecord
 from shardq.core.metrics import weighted_metrics
 from shardq.core.planning import split_s3
 from shardq.core.settings import Settings
@@ -213,3 +213,45 @@ def test_a_data_parallel_manifest_reads_failures_reduces_and_the_last_round_only
     # AND it read the failures, the reduces and the last round, not the earlier rounds' successes
     recorded = rounds * (shards + 1)
     assert counter.items == len(failing) + rounds + (shards + 1) < recorded
+
+
+class Unprocessing(CountingClient):
+    """DynamoDB answering a BatchGetItem's last key as unprocessed ``times`` times (as it does
+    when throttled), the other keys read for real."""
+
+    def __init__(self, real: Any, times: int) -> None:
+        super().__init__(real)
+        self.times = times
+
+    def batch_get_item(self, *, RequestItems: dict[str, Any]) -> Any:
+        self.counts["batch_get_item"] = self.counts.get("batch_get_item", 0) + 1
+        ((table, spec),) = RequestItems.items()
+        if self.times <= 0 or len(spec["Keys"]) == 0:
+            return self.real.batch_get_item(RequestItems=RequestItems)
+        self.times -= 1
+        *asked, held = spec["Keys"]
+        resp = self.real.batch_get_item(RequestItems={table: {**spec, "Keys": asked}}) if asked else {}
+        return {
+            "Responses": resp.get("Responses", {table: []}),
+            "UnprocessedKeys": {table: {**spec, "Keys": [held]}},
+        }
+
+
+def test_reduce_reads_ask_again_for_unprocessed_keys_and_give_up_after_their_attempts(
+    engine: Engine, settings: Settings, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a data-parallel job of 3 rounds run to its end (3 reduce outcomes recorded)
+    engine.submit(make_request("data_parallel", job_id="batch", shards=2, rounds=3))
+    while engine.status("batch").status == "RUNNING":
+        engine.ingest(
+            [Outcome(result_for(t)) for t in tasks_of(receive_all(clients["sqs"], settings.task_queue_url))]
+        )
+    monkeypatch.setattr("shardq.core.jobstore.time.sleep", lambda s: None)
+    # WHEN DynamoDB leaves a key unprocessed twice
+    flaky = Unprocessing(clients["dynamodb"], times=2)
+    rows = JobStore(settings.job_table, flaky).reduce_results("batch", 3)
+    # THEN it is asked for again until read: every round's reduce, in round order, in 3 calls
+    assert [r.result.round for r in rows] == [0, 1, 2] and flaky.counts["batch_get_item"] == 3
+    # AND a key never processed is an error after the attempts, not a silent gap or a spin
+    with pytest.raises(JobStoreError, match="1 keys still unprocessed after 8 BatchGetItem calls"):
+        JobStore(settings.job_table, Unprocessing(clients["dynamodb"], times=99)).reduce_results("batch", 3)
