@@ -3,7 +3,8 @@ continuations, its items as small as a 10-shard job's, its shard keys in order t
 
 Running it to the end takes hours on the local cloud (BENCHMARKS.md section 10 runs 100,000);
 what is checked here is everything that could grow with the shard count before a single result:
-the request, the job record, the continuation, the close plan, the result keys.
+the request, the job record, the continuation, the close plan, the result keys, and a cancel
+through its 100 close ranges.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from shardq.core.engine import Engine, EnqueueIncomplete
 from shardq.core.jobstore import Outcome
 from shardq.core.operations import cancel
 from shardq.core.settings import Settings
+from tests.core.test_manifest_parts import read_manifest
 from tests.helpers import count_messages, result_for
 from tests.requests import make_request
 
@@ -80,7 +82,11 @@ def test_result_keys_of_a_million_shards_sort_to_the_last_one(engine: Engine) ->
     assert foreign_outcome((MILLION, 1, "map"), "keys", outsider) == (
         "shard_id 1000000 does not exist: job keys has 1000000 tasks per round"
     )
-    # AND an operator's cancel ends it at once (its manifest reads the five outcomes, not a million)
+    # AND an operator's cancel closes it through its 100 ranges (here one after another, on the
+    # AWS stack one splitter invocation each): CANCELLED, its manifest listing the five outcomes
     report = cancel(engine, "keys")
     assert report.cancelled and report.status == "CANCELLED"
-    assert engine.store.get_job("keys").status == "CANCELLED"
+    assert len(engine.store.close_parts("keys", 0)) == 100
+    manifest = read_manifest(engine.s3, engine.settings, "keys")
+    assert (manifest["status"], manifest["outputs_count"]) == ("CANCELLED", len(shards))
+    assert [o["shard_id"] for o in manifest["outputs"]] == sorted(shards)
