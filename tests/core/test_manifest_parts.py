@@ -155,6 +155,28 @@ def test_a_paging_store_gives_the_same_manifest(
     assert read_manifest(clients["s3"], settings, "paged") == listed
 
 
+def run_to_end(
+    engine: Engine,
+    settings: Settings,
+    sqs: Any,
+    request: dict[str, Any],
+    failing: frozenset[tuple[int, int]] = frozenset(),
+) -> None:
+    """Submit ``request`` and report every task it sends until the job ends; the train tasks of
+    ``failing`` (round, shard) fail."""
+    engine.submit(request)
+    while engine.status(request["job_id"]).status == "RUNNING":
+        tasks = tasks_of(receive_all(sqs, settings.task_queue_url))
+        assert tasks, "the job stalled"
+        fails = [t.task_type == "train" and (t.round, t.shard_id) in failing for t in tasks]
+        engine.ingest(
+            [
+                Outcome(result_for(t, status="failed" if f else "succeeded"))
+                for t, f in zip(tasks, fails, strict=True)
+            ]
+        )
+
+
 class ItemCounter(CountingClient):
     """Counts the result items DynamoDB sends back to reads (query pages and batch gets)."""
 
@@ -177,20 +199,11 @@ def test_a_data_parallel_manifest_reads_failures_reduces_and_the_last_round_only
     engine: Engine, settings: Settings, clients: dict[str, Any]
 ) -> None:
     # GIVEN a data-parallel job of 4 rounds × 12 shards, one shard failing in rounds 0 and 2
-    rounds, shards, failing = 4, 12, {(0, 5), (2, 9)}
-    engine.submit(
-        make_request("data_parallel", job_id="dp-manifest", shards=shards, rounds=rounds, max_failed_shards=2)
+    rounds, shards, failing = 4, 12, frozenset({(0, 5), (2, 9)})
+    request = make_request(
+        "data_parallel", job_id="dp-manifest", shards=shards, rounds=rounds, max_failed_shards=len(failing)
     )
-    while engine.status("dp-manifest").status == "RUNNING":
-        tasks = tasks_of(receive_all(clients["sqs"], settings.task_queue_url))
-        assert tasks, "the job stalled"
-        fails = [t.task_type == "train" and (t.round, t.shard_id) in failing for t in tasks]
-        engine.ingest(
-            [
-                Outcome(result_for(t, status="failed" if f else "succeeded"))
-                for t, f in zip(tasks, fails, strict=True)
-            ]
-        )
+    run_to_end(engine, settings, clients["sqs"], request, failing)
     job = engine.store.get_job("dp-manifest")
     assert job.status == "SUCCEEDED"
     # WHEN its manifest is put together again, the reads counted
@@ -241,11 +254,9 @@ def test_reduce_reads_ask_again_for_unprocessed_keys_and_give_up_after_their_att
     engine: Engine, settings: Settings, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a data-parallel job of 3 rounds run to its end (3 reduce outcomes recorded)
-    engine.submit(make_request("data_parallel", job_id="batch", shards=2, rounds=3))
-    while engine.status("batch").status == "RUNNING":
-        engine.ingest(
-            [Outcome(result_for(t)) for t in tasks_of(receive_all(clients["sqs"], settings.task_queue_url))]
-        )
+    run_to_end(
+        engine, settings, clients["sqs"], make_request("data_parallel", job_id="batch", shards=2, rounds=3)
+    )
     monkeypatch.setattr("shardq.core.jobstore.time.sleep", lambda s: None)
     # WHEN DynamoDB leaves a key unprocessed twice
     flaky = Unprocessing(clients["dynamodb"], times=2)
