@@ -165,20 +165,12 @@ class Advancer:
                 if job.event_pending:
                     self.finisher.publish_finished(job)
                 return job.status
-            if job.cancel_requested_at is not None:
-                ending = ("CANCELLED", CANCELLED_BY_OPERATOR)
+            ending = self._cut_short(job)
+            if ending is not None:
                 if not self._ranged(job):
                     return self.finisher.finalize(job, *ending)
-                # A big map round's manifest needs its ranges: freeze the round, close it cancelled.
+                # A big map round's manifest needs its ranges: freeze the round, close it so.
                 if not self._train_done(job, deadline, ending):
-                    return self.store.get_job(job_id).status
-                continue
-            if job.failed_total > job.max_failed_shards:
-                message = self._over_budget(job)
-                if not self._ranged(job):
-                    return self.finisher.finalize(job, "FAILED", message)
-                # A big map job's manifest needs its ranges too: freeze the round, close it failed.
-                if not self._train_done(job, deadline, ("FAILED", message)):
                     return self.store.get_job(job_id).status
                 continue
             decision = rounds.verdict(job, self.clock())
@@ -191,6 +183,15 @@ class Advancer:
             )
             if not moved:
                 return self.store.get_job(job_id).status
+
+    def _cut_short(self, job: JobRecord) -> tuple[str, str] | None:
+        """How a running job ends before its rounds do, if it does: cancelled by an operator, or
+        failed over its failure budget (None: it goes on)."""
+        if job.cancel_requested_at is not None:
+            return "CANCELLED", CANCELLED_BY_OPERATOR
+        if job.failed_total > job.max_failed_shards:
+            return "FAILED", self._over_budget(job)
+        return None
 
     def _over_budget(self, job: JobRecord) -> str:
         """Why the job failed: its failure count, and the first failure's own words."""

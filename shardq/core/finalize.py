@@ -52,12 +52,6 @@ def round_seconds(job: JobRecord, now: float) -> float | None:
     return max(0.0, now - begun)
 
 
-def iter_results(store: JobStore, job_id: str) -> Iterable[ResultRecord]:
-    """Every recorded outcome of a job in (round, type, shard) order, one query page (≤ 1 MB) in
-    memory at a time (``JobStore.iter_results``)."""
-    return store.iter_results(job_id)
-
-
 def data_parallel_rows(store: JobStore, job: JobRecord) -> tuple[Iterable[ResultRecord], str | None]:
     """What a data-parallel manifest reads: its failed outcomes (every round, in key order), and the
     latest recording time among the outcomes that can hold it.
@@ -298,7 +292,7 @@ class Finisher:
         if job.kind == "data_parallel":
             rows, last = data_parallel_rows(self.store, job)
             return render_manifest(job, status, error, rows, summaries, self._put_part, layout, last)
-        rows = iter_results(self.store, job.job_id)
+        rows = self.store.iter_results(job.job_id)  # one query page (≤ 1 MB) in memory at a time
         return render_manifest(job, status, error, rows, summaries, self._put_part, layout)
 
     def digest_range(

@@ -93,6 +93,12 @@ def _result_key(job_id: str, round_no: int, task_type: str, shard_id: int) -> di
     return {"pk": _pk(job_id), "sk": {"S": f"RES#r{round_no:04d}#{task_type}#{shard_id:06d}"}}
 
 
+def _pause(attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt + 1`` of a call DynamoDB refused in part (a
+    conflict, keys left unprocessed): growing, with full jitter, at most 2 s."""
+    return random.uniform(0, min(2.0, 0.05 * 2**attempt))
+
+
 def _close_key(job_id: str, round_no: int, index: int) -> dict[str, Any]:
     return {"pk": _pk(job_id), "sk": {"S": f"CLOSE#r{round_no:04d}#{index:05d}"}}
 
@@ -965,7 +971,7 @@ class JobStore:
             chunk = [o for i, o in enumerate(chunk) if i not in dup_idx]
             if not dup_idx:
                 # A conflict (another writer on the same item): back off, within the deadline.
-                pause = random.uniform(0, min(2.0, 0.05 * 2**attempt))
+                pause = _pause(attempt)
                 if deadline is not None and self.clock() + pause > deadline - DEADLINE_MARGIN_S:
                     break
                 time.sleep(pause)
@@ -1044,7 +1050,7 @@ class JobStore:
                 request = resp.get("UnprocessedKeys") or {}
                 if not request:
                     break
-                time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+                time.sleep(_pause(attempt))
             else:
                 raise JobStoreError(
                     f"table {self.table}: {len(request[self.table]['Keys'])} keys still unprocessed after "
@@ -1096,13 +1102,7 @@ class JobStore:
         self, job_id: str, round_no: int | None = None, task_type: str | None = None
     ) -> list[ResultRecord]:
         """Recorded failed outcomes of a job (optionally of one round and task type), in key order."""
-        prefix = "RES#"
-        if round_no is not None:
-            prefix += f"r{round_no:04d}#"
-            if task_type is not None:
-                prefix += f"{task_type}#"
-        items = self._query(job_id, prefix, only_failed=True)
-        return [ResultRecord.from_item(i) for i in items]
+        return list(self.iter_results(job_id, round_no, task_type, only_failed=True))
 
     def first_failure(self, job_id: str, round_no: int, task_type: str) -> ResultRecord | None:
         """The lowest shard's failed outcome of (round, type): reads only as far as the first one."""

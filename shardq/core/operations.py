@@ -119,7 +119,8 @@ def cancel(engine: Engine, job_id: str) -> CancelReport:
         engine.store.request_cancel(job_id)
         status = engine.advance(job_id)
         job = engine.store.get_job(job_id)
-        cancelled = status == "CANCELLED" or (status == "RUNNING" and job.cancel_requested_at is not None)
+        # RUNNING: marked, its round still closing in ranges; another status: it ended otherwise first.
+        cancelled = status in ("CANCELLED", "RUNNING")
         if status == "RUNNING" and job.closed_round == job.round:
             ranges = close_ranges(job.kind, job.task_count, engine.advancer.range_shards)
             closing = ranges - job.ranges_done(job.round)

@@ -123,8 +123,7 @@ def test_small_map_manifest_lists_everything_inline_as_before(
 
 
 class PagingStore(JobStore):
-    """The job store with the paging iterator ``finalize.iter_results`` asks for (proposed to the
-    store's owner): one query page in memory at a time."""
+    """The job store, counting the calls of the paging iterator the finisher reads outcomes with."""
 
     calls = 0
 
