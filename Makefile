@@ -31,7 +31,7 @@ install: $(STAMP) $(NODE_STAMP)  ## create .venv and node_modules from the pinne
 run: install  ## the main job: a real training job end to end on the embedded local cloud (prints the dashboard address; RUN_ARGS=--keep-open)
 	$(PY) -m shardq.demo $(RUN_ARGS)
 
-test: install torch dashboard  ## lint, type-check and the whole test suite, PyTorch and browser tests included (what CI runs)
+test: install torch dashboard rulepacks  ## lint, type-check and the whole test suite, PyTorch and browser tests included (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -84,6 +84,17 @@ dashboard-vendor:  ## re-vendor the pinned Chart.js from its npm tarball (commit
 	cp .vendor-tmp/package/LICENSE.md $(dir $(CHARTJS))chart.js.LICENSE.md
 	rm -rf .vendor-tmp
 
+.PHONY: rulepacks
+RULEPACKS_VENV := $(VENV)/rulepacks
+RULEPACKS_STAMP := $(RULEPACKS_VENV)/.installed
+
+$(RULEPACKS_STAMP): requirements-rulepacks.txt
+	test -x $(RULEPACKS_VENV)/bin/python || $(PYTHON) -m venv $(RULEPACKS_VENV)
+	$(RULEPACKS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-rulepacks.txt
+	touch $@
+
+rulepacks: $(RULEPACKS_STAMP)  ## checkov in its own venv (.venv/rulepacks: its boto3 pins clash with ours) for tests/infra
+
 .PHONY: flower bench-flower
 FLOWER_VENV := $(VENV)/flower
 
@@ -99,8 +110,8 @@ bench-rounds: install  ## rounds and sweeps: one straggler vs quorum, halving vs
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-optuna.txt
 	$(PY) -m benchmarks.rounds $(BENCH_ARGS)
 
-soak: install  ## the chaos soak run: many jobs, random worker kills (prints a SOAK {...} line)
-	$(BIN)/pytest tests/chaos/test_soak.py -m soak -s -q
+soak: install  ## the chaos soak runs: many jobs with random worker kills (a SOAK {...} line), and the long model-based run (a MODEL {...} line; MODEL_EXAMPLES, MODEL_STEPS)
+	$(BIN)/pytest tests/chaos/test_soak.py tests/chaos/test_model.py -m soak -s -q
 
 bench: install  ## run the benchmarks (figures go to BENCHMARKS.md by hand)
 	$(PY) -m benchmarks.run_all

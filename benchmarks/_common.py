@@ -86,3 +86,54 @@ def describe(m: dict[str, Any]) -> str:
     v = ", ".join(f"{k} {val}" for k, val in m["versions"].items() if val)
     state = f"commit {m['commit']}{' + local changes' if m['dirty'] else ''}" if m.get("commit") else ""
     return f"machine: {m['cpus']} cores, Python {m['python']}; {v}; {state}".rstrip("; ")
+
+
+# Start-up bound for worker processes: a worker imports boto3 and its training module, makes
+# clients and reads queue attributes — ≈ 2 s idle, but 20+ s each when several start at once
+# on two cores busy with the local cloud and other test runs. The bound only ends a hung run.
+WORKER_START_TIMEOUT_S = 300.0
+
+
+def load() -> str:
+    """The machine's load averages (1, 5, 15 min) and core count, for a failure message."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return f"{os.cpu_count()} cores"
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores"
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log file, indented, for a failure message."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"    ({path}: {exc.strerror or exc})"
+    tail = text.splitlines()[-lines:] or ["(empty)"]
+    return "\n".join(f"    {line}" for line in tail)
+
+
+def wait_for_workers(procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path], timeout: float) -> float:
+    """Wait until every worker process logged ``worker started``; the seconds it took.
+
+    Fails at once when a worker exits, and after ``timeout`` seconds otherwise, naming each worker
+    that is not up with its state and its log's tail, and the machine's load.
+    """
+    import time
+
+    t0 = time.monotonic()
+    while True:
+        started = ["worker started" in p.read_text(errors="replace") if p.exists() else False for p in logs]
+        if all(started):
+            return time.monotonic() - t0
+        exited = [i for i, proc in enumerate(procs) if proc.poll() is not None and not started[i]]
+        late = time.monotonic() - t0 > timeout
+        if exited or late:
+            why = "exited before starting" if exited else f"did not start within {timeout:.0f} s ({load()})"
+            shown = exited or [i for i, ok in enumerate(started) if not ok]
+            states = {
+                i: "running" if procs[i].poll() is None else f"exit code {procs[i].returncode}" for i in shown
+            }
+            parts = [f"worker {i} ({states[i]}), {logs[i]}:\n{log_tail(logs[i])}" for i in shown]
+            raise RuntimeError(f"{len(shown)} of {len(procs)} workers {why}:\n" + "\n".join(parts))
+        time.sleep(0.2)

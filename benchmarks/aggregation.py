@@ -39,8 +39,9 @@ from shardq.core.contracts import ShardResult
 from shardq.core.engine import Engine
 
 # The naive baseline writes the table itself, on purpose: it needs the store's private key builder.
-from shardq.core.jobstore import Outcome, _job_key, now_iso
+from shardq.core.jobstore import Outcome, now_iso
 from shardq.core.settings import Settings
+from shardq.core.store.keys import _job_key
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import provision
 from tests.helpers import (

@@ -38,7 +38,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, describe, emit_json, machine, median, table
+from benchmarks._common import (
+    ROOT,
+    WORKER_START_TIMEOUT_S,
+    describe,
+    emit_json,
+    load,
+    log_tail,
+    machine,
+    median,
+    table,
+    wait_for_workers,
+)
 from shardq.core.contracts import TERMINAL_STATUSES
 from shardq.core.jobstore import JobStore
 from shardq.local.cloud import LocalCloud
@@ -78,6 +89,8 @@ def start_workers(cloud: LocalCloud, count: int, logs: Path) -> list[subprocess.
                         "1",
                         "--worker-id",
                         f"bench-{i}",
+                        "--allow",
+                        "benchmarks.e2e",
                     ],
                     cwd=ROOT,
                     env=env,
@@ -118,7 +131,9 @@ def task_ends(logs: Path) -> dict[int, float]:
     return out
 
 
-def run(shards: int, workers: int, timeout: float) -> dict[str, Any]:
+def run(
+    shards: int, workers: int, timeout: float, start_timeout: float = WORKER_START_TIMEOUT_S
+) -> dict[str, Any]:
     with LocalCloud() as cloud:
         assert cloud.state_dir is not None
         t0 = time.monotonic()
@@ -128,11 +143,9 @@ def run(shards: int, workers: int, timeout: float) -> dict[str, Any]:
         logs.mkdir()
         procs = start_workers(cloud, workers, logs)
         try:
-            deadline = time.monotonic() + 60
-            while sum("worker started" in p.read_text() for p in logs.glob("*.log")) < workers:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("workers did not start")
-                time.sleep(0.2)
+            worker_start_s = wait_for_workers(
+                procs, [logs / f"worker-{i}.log" for i in range(workers)], start_timeout
+            )
             time.sleep(2.0)  # every worker inside its first long poll
             request = {
                 "job_id": f"e2e-{int(time.time())}",
@@ -160,7 +173,11 @@ def run(shards: int, workers: int, timeout: float) -> dict[str, Any]:
                 if job.status in TERMINAL_STATUSES:
                     break
                 if time.monotonic() > end_by:
-                    raise TimeoutError(f"job {job_id} not finished after {timeout:.0f} s: {job}")
+                    tails = "\n".join(f"{p.name}:\n{log_tail(p, 5)}" for p in sorted(logs.glob("*.log")))
+                    raise TimeoutError(
+                        f"job {job_id} not finished after {timeout:.0f} s ({load()}): {job.status}, "
+                        f"{job.done(0, 'train')}/{shards} done; the workers' logs end:\n{tails}"
+                    )
                 time.sleep(0.2)
             observed_done = time.time()
         finally:
@@ -173,7 +190,7 @@ def run(shards: int, workers: int, timeout: float) -> dict[str, Any]:
     finished = observed_done
     ids = [r.result.shard_id for r in results]
     if job.status != "SUCCEEDED" or sorted(ids) != list(range(shards)):
-        raise RuntimeError(f"job {job['status']}: {len(set(ids))} distinct shards recorded of {shards}")
+        raise RuntimeError(f"job {job.status}: {len(set(ids))} distinct shards recorded of {shards}")
     starts = {r.result.shard_id: float(r.result.metrics["started_at"]) for r in results}
     by_worker: dict[str, list[int]] = {}
     for r in results:
@@ -196,6 +213,7 @@ def run(shards: int, workers: int, timeout: float) -> dict[str, Any]:
         "shards": shards,
         "workers": workers,
         "deploy_s": round(deploy_s, 1),
+        "worker_start_s": round(worker_start_s, 1),
         "splitter_invoke_s": round(invoke_s, 3),
         "submit_to_created_s": round(created - submitted, 3),
         "first_pickup_s": round(first_start - created, 3),
@@ -220,6 +238,7 @@ def report(r: dict[str, Any]) -> None:
     print(f"{r['shards']} no-op shards, {r['workers']} worker processes, deployed stack on the local cloud")
     rows = [
         ["deploy (cdk bootstrap + deploy)", f"{r['deploy_s']:.1f} s"],
+        ["worker processes started (all logged 'worker started')", f"{r['worker_start_s']:.1f} s"],
         ["splitter invoke (submit → answer)", f"{r['splitter_invoke_s'] * 1000:.0f} ms"],
         ["first pickup (created_at → first start)", f"{r['first_pickup_s'] * 1000:.0f} ms"],
         ["pickup latency (created_at → start), median", f"{r['pickup_median_s']:.2f} s"],
@@ -240,9 +259,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=500)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds for the job to finish")
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=WORKER_START_TIMEOUT_S,
+        help="seconds for the worker processes to start (a bound for a hung run, not a target)",
+    )
     args = parser.parse_args(argv)
-    result = {**run(args.shards, args.workers, args.timeout), "machine": machine()}
+    result = {**run(args.shards, args.workers, args.timeout, args.start_timeout), "machine": machine()}
     print(describe(result["machine"]))
     report(result)
     emit_json("e2e", result)

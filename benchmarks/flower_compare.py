@@ -118,8 +118,9 @@ def shardq_request(args: argparse.Namespace, partition: str, uri: str, init_uri:
         "model": {"arch": args.arch, "init_uri": init_uri},
         "hyperparameters": {
             "partition": partition, "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
-            "seed": args.seed, "test_uri": uri,
+            "seed": args.seed,
         },
+        "evaluation": {"uri": uri},
         "entrypoint": "examples.mnist.fedavg:train",
     }  # fmt: skip
 

@@ -30,6 +30,7 @@ from benchmarks._common import describe, emit_json, machine, median, table
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import provision
 from shardq.worker.runtime import Worker
+from shardq.worker.trust import AllowList
 from tests.helpers import CountingClient
 
 TARGET_PER_MINUTE = 3.0
@@ -68,6 +69,7 @@ def measure(cloud: LocalCloud, seconds: float, workers: int, wait_s: int) -> lis
         timed = Timed(cloud.client("sqs"))
         counting = CountingClient(timed)
         worker = Worker(
+            allow=AllowList.parse("benchmarks.*"),
             sqs=counting,
             s3=s3,
             task_queue_url=settings.task_queue_url,

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks._common import WORKER_START_TIMEOUT_S, load
 from shardq.core.advance import results_message
 from shardq.core.contracts import TERMINAL_STATUSES
 from shardq.core.engine import Engine
@@ -29,6 +30,7 @@ from shardq.core.settings import Settings
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import provision
 from shardq.worker.runtime import Worker
+from shardq.worker.trust import AllowList
 
 
 @dataclass
@@ -69,6 +71,7 @@ class LocalRun:
 
     def _work(self, index: int, wait_s: int) -> None:
         worker = Worker(
+            allow=AllowList.parse("benchmarks.*"),
             sqs=self.cloud.client("sqs"),
             s3=self.cloud.client("s3"),
             task_queue_url=self.settings.task_queue_url,
@@ -88,11 +91,15 @@ class LocalRun:
             t.start()
         # Submit only once every worker is built (clients made, queue attributes read) and polling:
         # the figures are then the round's, not the threads' start-up.
-        end = time.monotonic() + 60
-        for _ in self.threads:
+        end = time.monotonic() + WORKER_START_TIMEOUT_S
+        for n in range(len(self.threads)):
             if not self.ready.acquire(timeout=max(0.1, end - time.monotonic())):
                 self.close(timeout=10)
-                raise TimeoutError("the worker threads did not start within 60 s")
+                dead = sum(not t.is_alive() for t in self.threads)
+                raise TimeoutError(
+                    f"{len(self.threads) - n} of {len(self.threads)} worker threads did not start within "
+                    f"{WORKER_START_TIMEOUT_S:.0f} s ({load()}; {dead} ended, see the log above)"
+                )
         time.sleep(0.5)
         return self
 

@@ -1,8 +1,10 @@
 """A PyTorch example: a small MLP regressor trained data-parallel with FedAvg.
 
-Optional (``make torch`` installs PyTorch); runs on the slot's GPU (``ctx.device``) when one is
-visible, else on the CPU. Uses the same datasets as ``examples.linear`` and saves a ``state_dict`` as
-``model.pt``, which the worker's default reduce averages weighted by ``num_samples``.
+Optional (``make torch`` installs PyTorch); runs on the slot's device (``ctx.device``: its own GPU on
+a GPU worker, else the CPU). A slot given a GPU that this PyTorch build cannot see fails the task
+naming the fix, as ``examples.mnist`` does, rather than train a GPU fleet at CPU speed. Uses the
+same datasets as ``examples.linear`` and saves a ``state_dict`` as ``model.pt``, which the worker's
+default reduce averages weighted by ``num_samples``.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
     """Train the MLP from the round's global ``state_dict`` on this shard; save ``model.pt``."""
     import torch
 
-    # The slot's own GPU (one per slot, shardq worker pins it); "cuda" alone would put every slot on GPU 0.
-    device = getattr(ctx, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        device = "cpu"
+    from examples.mnist.models import device_for
+
+    # The slot's own device (one GPU per slot, pinned by the worker; "cuda" alone would put every slot
+    # on GPU 0). A GPU PyTorch cannot see raises, naming the fix.
+    device = device_for(ctx.device)
     uri = task.data.get("uri")
     x_np, y_np = load_range(uri, int(task.data["start"]), int(task.data["end"]), getattr(ctx, "fetch", None))
     model = _model(x_np.shape[1])

@@ -14,6 +14,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from shardq.worker.trust import AllowList, AllowListError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CDK_JSON = REPO_ROOT / "cdk.json"
 
@@ -48,6 +50,8 @@ _IMAGE_REF = re.compile(
     r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9._-]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
 )
 _DOCKER_IMAGE = re.compile(r"^[a-z0-9][a-z0-9./_:@-]*$")
+# The code the repository's Dockerfile ships and allows (its ENV SHARDQ_ALLOW; a test pins the two).
+BUNDLED_IMAGE_ALLOW = "examples.*"
 
 
 class ConfigError(ValueError):
@@ -150,6 +154,42 @@ def _instance_types(raw: Any) -> tuple[str, ...]:
     if bad:
         raise _BadValue(f"{', '.join(bad)} is not an EC2 instance type; fix: use names{fix}")
     return tuple(dict.fromkeys(raw))
+
+
+def _is_pattern(pattern: str) -> bool:
+    try:
+        AllowList.parse(pattern)
+    except AllowListError:
+        return False
+    return True
+
+
+def _allow_list(raw: Any) -> str | None:
+    """``fleet_allow``: module patterns as one comma-separated string or a list, normalized to the
+    SHARDQ_ALLOW value; null keeps the default. Unlike other keys, "" is an error, not null: an
+    empty allow-list is a worker that may run nothing, which refuses to start."""
+    if raw is None or raw == "null":
+        return None
+    if isinstance(raw, str) and raw.strip().startswith("["):  # -c fleet_allow='["examples.*"]'
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise _BadValue('must be a JSON list of module patterns like ["mypkg.*"]') from err
+    items = [raw] if isinstance(raw, str) else raw
+    fix = '; fix: list the packages the image ships, like "mypkg.*" or "examples.*,mypkg.train"'
+    if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
+        raise _BadValue(f"must be module patterns, comma-separated or a list{fix}")
+    # The worker's own parser (shardq.worker.trust), one pattern at a time so the error names each.
+    bad = [p for p in (q.strip() for v in items for q in v.split(",")) if p and not _is_pattern(p)]
+    if bad:
+        raise _BadValue(
+            f"{', '.join(repr(p) for p in bad)} is not a module pattern: 'pkg.*' (a package and "
+            f"everything under it), 'pkg.mod' (one module) or '*' (any module), no spaces{fix}"
+        )
+    allow = AllowList.parse(*items)
+    if not allow.patterns:
+        raise _BadValue(f"must name at least one module pattern (with none, workers run nothing){fix}")
+    return str(allow)
 
 
 def _key(
@@ -404,11 +444,25 @@ class ShardqConfig:
             "(gpu) or python:3.11-slim (fargate). Default null."
         ),
     )
+    fleet_allow: str | None = _key(
+        default=None,
+        parse=_allow_list,
+        doc=(
+            'Modules the fleet\'s workers may run (SHARDQ_ALLOW): patterns like "mypkg.*", '
+            'comma-separated or a list; "*" runs any module a task names. null: "examples.*" '
+            "(the repository's image); required with fleet_image_uri. Default null."
+        ),
+    )
 
     @property
     def fleet_enabled(self) -> bool:
         """True when the context asks for a worker fleet (``fleet`` is "gpu" or "fargate")."""
         return self.fleet != "off"
+
+    @property
+    def fleet_worker_allow(self) -> str:
+        """The fleet workers' SHARDQ_ALLOW: ``fleet_allow``, else what the bundled image ships."""
+        return self.fleet_allow or BUNDLED_IMAGE_ALLOW
 
     @classmethod
     def from_context(cls, context: Mapping[str, Any]) -> ShardqConfig:
@@ -514,6 +568,13 @@ def _fleet_problems(merged: Mapping[str, Any]) -> list[str]:
         problems.append(
             "fleet_base_image: only applies when the fleet builds the repository's Dockerfile, but "
             "fleet_image_uri names a ready image; fix: remove one of them"
+        )
+    if merged["fleet_image_uri"] and not merged["fleet_allow"]:
+        # The task definition's SHARDQ_ALLOW overrides the image's own, and the stack cannot see
+        # what a user's image ships: the template states whose code the fleet runs.
+        problems.append(
+            "fleet_allow: fleet_image_uri names your own image, so the stack cannot know which code "
+            'its workers may run; fix: set fleet_allow to the packages the image ships, like "mypkg.*"'
         )
     if kind == "gpu":
         not_gpu = [t for t in merged["fleet_instance_types"] if t.split(".")[0] not in GPU_INSTANCE_FAMILIES]

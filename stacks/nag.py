@@ -60,6 +60,7 @@ def _function_roles_with_queue_key(stack: Any) -> Iterator[tuple[IConstruct, Map
 def _event_source_consumers(stack: Any) -> Iterator[tuple[IConstruct, Mapping[str, str]]]:
     yield stack.functions.aggregator, {}
     yield stack.functions.dlq_handler, {}
+    yield stack.functions.results_dlq_handler, {}
 
 
 def _dataset_buckets(stack: Any) -> Iterator[tuple[IConstruct, Mapping[str, str]]]:

@@ -103,11 +103,12 @@ class ShardqStack(Stack):
         )
 
     def _results_queue(self, config: ShardqConfig, sizing: FunctionSizing) -> ResultsQueue:
-        """The results queue and its DLQ (consumed by the aggregator)."""
+        """The results queue (consumed by the aggregator) and its DLQ (by the results DLQ handler)."""
         return ResultsQueue(
             self,
             "Results",
             consumer_timeout=sizing.aggregator.timeout,
+            dlq_consumer_timeout=sizing.results_dlq_handler.timeout,
             max_receive_count=config.max_receive_count,
             encryption_key=self.queue_key,
         )
@@ -198,6 +199,7 @@ class ShardqStack(Stack):
                 splitter=self.functions.splitter,
                 aggregator=self.functions.aggregator,
                 dlq_handler=self.functions.dlq_handler,
+                results_dlq_handler=self.functions.results_dlq_handler,
             ),
             oldest_task_age=Duration.seconds(config.oldest_task_age_alarm_seconds),
             alarm_email=config.alarm_email,
@@ -275,6 +277,7 @@ class ShardqStack(Stack):
                 "SHARDQ_JOB_TABLE": self.job_store.table.table_name,
                 "LOG_LEVEL": config.log_level,
             },
+            allow=config.fleet_worker_allow,
             log_retention=retention(config.log_retention_days),
         )
 
@@ -300,7 +303,7 @@ class ShardqStack(Stack):
         # The splitter too: it runs the ranges of a big round's close, and the last one ends the job.
         for fn in fns.all_functions:
             default_bus.grant_put_events_to(fn)
-        for fn in (fns.aggregator, fns.dlq_handler):
+        for fn in (fns.aggregator, fns.dlq_handler, fns.results_dlq_handler):
             # A next round too big for one invocation is handed to the splitter's continuation.
             fn.add_environment("SHARDQ_SPLITTER_FUNCTION", fns.splitter.function_name)
             # The unqualified function only (grant_invoke would add a ":*" qualifier wildcard).
@@ -330,6 +333,20 @@ class ShardqStack(Stack):
             ),
             queue_visibility=Duration.seconds(
                 VISIBILITY_PER_CONSUMER_TIMEOUT * sizing.dlq_handler.timeout_seconds
+            ),
+        )
+        # Dead results: recorded (or a rejected one as its shard's failure); what names no planned
+        # task is reported failed and stays in the DLQ, where its depth alarm sees it (issue #22).
+        self._consume(
+            self.functions.results_dlq_handler,
+            sources.SqsEventSource(
+                self.results.dead_letter_queue,
+                batch_size=DLQ_BATCH_SIZE,
+                report_batch_item_failures=True,
+                max_concurrency=DLQ_HANDLER_MAX_CONCURRENCY,
+            ),
+            queue_visibility=Duration.seconds(
+                VISIBILITY_PER_CONSUMER_TIMEOUT * sizing.results_dlq_handler.timeout_seconds
             ),
         )
 
@@ -370,7 +387,8 @@ class ShardqStack(Stack):
             ),
             "ResultsDlqUrl": (
                 res.dead_letter_queue.queue_url,
-                "Dead-letter queue of results the aggregator rejected",
+                "Dead-letter queue of results the aggregator could not record (consumed by the results "
+                "DLQ handler; what stays names no planned task)",
             ),
             "SplitterFailureQueueUrl": (
                 fns.splitter_failure_queue.queue_url,
@@ -385,6 +403,10 @@ class ShardqStack(Stack):
                 "Aggregates results from the results queue",
             ),
             "DlqHandlerFunctionName": (fns.dlq_handler.function_name, "Marks shards of dead tasks FAILED"),
+            "ResultsDlqHandlerFunctionName": (
+                fns.results_dlq_handler.function_name,
+                "Records dead results, or a rejected one as its shard's failure",
+            ),
             "JobTableName": (store.table.table_name, "DynamoDB table of job records (SHARDQ_JOB_TABLE)"),
             "ArtifactBucketName": (
                 store.artifact_bucket.bucket_name,

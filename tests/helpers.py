@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from shardq.core.contracts import ShardResult, ShardTask
+from shardq.worker.trust import AllowList
+
+# What the suite's in-process workers may run: the repository's examples and the tests' workloads.
+TRUSTED = AllowList.parse("examples.*,tests.*")
 
 
 @dataclass
@@ -252,12 +256,14 @@ class _RawBody:
 
 
 class CountingClient:
-    """Counts API calls per operation on a real client (nothing else changes)."""
+    """Counts API calls per operation on a real client (nothing else changes); ``calls`` keeps
+    each call's operation, arguments and answer."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
         self.exceptions = real.exceptions
         self.counts: dict[str, int] = {}
+        self.calls: list[tuple[str, dict[str, Any], Any]] = []
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.real, name)
@@ -266,9 +272,31 @@ class CountingClient:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self.counts[name] = self.counts.get(name, 0) + 1
-            return attr(*args, **kwargs)
+            answer = attr(*args, **kwargs)
+            self.calls.append((name, kwargs, answer))
+            return answer
 
         return call
+
+
+def result_body(task: ShardTask, **fields: Any) -> str:
+    """The JSON body ``result_for(task)`` posts, with ``fields`` replaced, written as an older worker
+    (or a hand-rolled poster) would: ``json.dumps`` with its non-standard ``NaN``/``Infinity``.
+
+    ``result_body(task, metrics={"loss": float("nan")})`` is a diverged trial (or, outside a sweep,
+    a failed shard); ``result_body(task, num_samples=-1)`` a body the parser rejects, which the
+    aggregator records as the task's failure (issue #22, ``shardq.core.verdicts``).
+    """
+    return json.dumps({**result_for(task).to_dict(), **fields})
+
+
+def post_bodies(sqs: Any, url: str, bodies: list[str]) -> None:
+    """Send raw bodies to a (standard) queue: the results queue, or its DLQ as a redrive left them."""
+    for i in range(0, len(bodies), 10):
+        sqs.send_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(j), "MessageBody": b} for j, b in enumerate(bodies[i : i + 10])],
+        )
 
 
 def post_results(sqs: Any, url: str, results: list[ShardResult]) -> None:

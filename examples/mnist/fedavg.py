@@ -1,22 +1,32 @@
-"""shardq entrypoint for the handwritten-digit example: ``examples.mnist.fedavg:train`` (and ``reduce``).
+"""shardq entrypoint for the handwritten-digit example: ``examples.mnist.fedavg:train``, ``evaluate_global``.
 
-A ``data_parallel`` request trains the model with FedAvg: each shard is one client. The
-request picks everything; no code edits:
+A ``data_parallel`` request trains the model federated: each shard is one client. The request
+picks everything; no code edits:
 
 * ``dataset.uri``: the ``.npz`` written by ``examples.mnist.data.write_dataset``, uploaded to the
   stack's bucket; ``dataset.num_samples`` must equal its number of training samples (each task
   reads its own index range of the partition).
 * ``sharding.shard_count``: the number of clients.
-* ``model.arch``: ``"2nn"`` or ``"cnn"`` (default ``cnn``); ``model.init_uri`` optionally seeds round 0.
+* ``model.arch``: ``"2nn"`` or ``"cnn"`` (default ``cnn``); ``model.init_uri`` optionally seeds round 0
+  (the server strategies FedAvgM / FedAdam / FedYogi need it: they step from the global model).
+* ``strategy``: FedAvg by default; ``{"name": "fedprox", "mu": 0.01}`` adds FedProx's proximal
+  term μ/2·‖w − w_global‖² to each client's loss (``ctx.proximal_mu``); ``fedavgm``, ``fedadam``
+  and ``fedyogi`` step on the server after the average, as Flower computes them.
 * ``hyperparameters``: ``partition`` (``"iid"`` | ``"noniid"``, default ``iid``), ``lr`` (0.05),
-  ``epochs`` (local epochs E, 1), ``batch_size`` (B, 10), ``seed`` (0: initial weights, partition,
-  batch order) and ``test_uri`` (required: the ``.npz`` whose held-out test set the reduce scores,
-  normally the same as ``dataset.uri``; a reduce task carries no dataset of its own).
+  ``epochs`` (local epochs E, 1), ``batch_size`` (B, 10) and ``seed`` (0: initial weights, partition,
+  batch order).
+* ``evaluation.uri`` (required): the ``.npz`` whose held-out test set ``evaluate_global`` scores,
+  normally the same as ``dataset.uri``; it reaches the hook as ``ctx.eval_dataset``. (Requests
+  written before the field name it ``hyperparameters.test_uri``: deprecated, still read.)
 
-Each train task saves exactly one file, ``model.pt`` (a ``state_dict``), and reports ``train_loss``,
+Each train task trains on the slot's device (``ctx.device``: its own GPU on a GPU worker), saves
+exactly one file, ``model.pt`` (a ``state_dict``), and reports ``train_loss`` (the cross-entropy),
 ``classes`` (digits among its samples) and ``train_s`` (seconds in local SGD alone).
-The round's ``reduce`` averages the shard models weighted by ``num_samples`` (FedAvg) into
-``model.pt`` and reports ``test_accuracy`` and ``test_loss`` of the new global model.
+
+The module defines no ``reduce``: the worker's built-in reduce averages the shard models weighted
+by ``num_samples`` one at a time (FedAvg, O(one model) memory), applies the job's server strategy,
+then calls ``evaluate_global``, whose ``test_accuracy`` and ``test_loss`` of the new global model become
+the round's reduce metrics.
 """
 
 from __future__ import annotations
@@ -46,7 +56,6 @@ class Config:
     epochs: int = 1
     batch_size: int = 10
     seed: int = 0
-    test_uri: str | None = None
 
     @classmethod
     def of(cls, task: Any) -> Config:
@@ -60,7 +69,6 @@ class Config:
             epochs=int(hp.get("epochs", cls.epochs)),
             batch_size=int(hp.get("batch_size", cls.batch_size)),
             seed=int(hp.get("seed", cls.seed)),
-            test_uri=hp.get("test_uri"),
         )
         if cfg.arch not in models.ARCHS:
             problems.append(f"model.arch must be one of {', '.join(models.ARCHS)}, got {cfg.arch!r}")
@@ -70,10 +78,6 @@ class Config:
             )
         if cfg.lr <= 0 or cfg.epochs < 1 or cfg.batch_size < 1:
             problems.append("hyperparameters.lr must be > 0, epochs and batch_size >= 1")
-        if not cfg.test_uri:
-            problems.append(
-                "hyperparameters.test_uri is required: the dataset .npz whose test set the reduce scores"
-            )
         if problems:
             raise ValueError("; ".join(problems))
         return cfg
@@ -102,9 +106,11 @@ def shard_samples(task: Any, cfg: Config, y_train: np.ndarray) -> np.ndarray:
 
 
 def train(task: Any, ctx: Any) -> dict[str, Any]:
-    """Local SGD from the round's global model on this client's samples; saves ``model.pt``."""
+    """Local SGD (FedProx's when ``ctx.proximal_mu`` > 0) from the round's global model on this
+    client's samples, on ``ctx.device``; saves ``model.pt``."""
     cfg = Config.of(task)
-    data = load_arrays(task.data["uri"], getattr(ctx, "fetch", None))
+    device = models.device_for(ctx.device)
+    data = load_arrays(task.data["uri"], ctx.fetch)
     idx = shard_samples(task, cfg, data["y_train"])
     model = models.build(cfg.arch, cfg.seed)
     if ctx.init_model_path is not None:
@@ -118,25 +124,39 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         generator=models.batch_generator(cfg.seed, task.round, task.shard_id),
+        device=device,
+        proximal_mu=ctx.proximal_mu,
     )
     train_s = time.perf_counter() - began
     ctx.progress(1.0)
-    torch.save(model.state_dict(), ctx.output_dir / "model.pt")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ctx.output_dir / "model.pt")
     classes = len(np.unique(data["y_train"][idx]))
     metrics = {"train_loss": loss, "classes": float(classes), "train_s": train_s}
     return {"metrics": metrics, "num_samples": len(idx)}
 
 
-def reduce(task: Any, ctx: Any) -> dict[str, Any]:
-    """FedAvg of the round's shard models (weighted by ``num_samples``), scored on the held-out test set."""
+def evaluate_global(task: Any, model_path: Path, ctx: Any) -> dict[str, float]:
+    """The reduce hook: the new global model's accuracy and loss on the held-out test set.
+
+    The worker calls it after it averaged the shard models and applied the job's server strategy;
+    it reads the test set from the job's evaluation dataset (``ctx.eval_dataset``, the request's
+    ``evaluation``) and computes on ``ctx.device``.
+
+    Raises
+    ------
+    ValueError
+        The job names no evaluation dataset.
+    """
     cfg = Config.of(task)
-    paths = [path for path, _ in ctx.input_models]
-    weights = [float(n) for _, n in ctx.input_models]
-    state = models.fedavg([models.load_state(p) for p in paths], weights)
-    torch.save(state, ctx.output_dir / "model.pt")
+    if not ctx.eval_dataset:
+        raise ValueError(
+            'the job has no evaluation dataset: give the request "evaluation": {"uri": ...}, the .npz '
+            "whose test set evaluate_global() scores (normally the same as dataset.uri)"
+        )
     model = models.build(cfg.arch, cfg.seed)
-    model.load_state_dict(state)
-    assert cfg.test_uri is not None  # Config.of refuses a task without it
-    data = load_arrays(cfg.test_uri, getattr(ctx, "fetch", None))
-    accuracy, loss = models.evaluate(model, data["x_test"], data["y_test"])
-    return {"metrics": {"test_accuracy": accuracy, "test_loss": loss}, "num_samples": int(sum(weights))}
+    model.load_state_dict(models.load_state(model_path))
+    data = load_arrays(str(ctx.eval_dataset["uri"]), ctx.fetch)
+    accuracy, loss = models.evaluate(
+        model, data["x_test"], data["y_test"], device=models.device_for(ctx.device)
+    )
+    return {"test_accuracy": accuracy, "test_loss": loss}

@@ -1,12 +1,14 @@
-"""The 2NN and CNN of McMahan et al. (2017), deterministic local SGD, evaluation and FedAvg (PyTorch).
+"""The 2NN and CNN of McMahan et al. (2017), deterministic local SGD (with FedProx's proximal term),
+evaluation, and a plain reference FedAvg to compare shardq's reduce against (PyTorch).
 
 Scaled for 2 CPU cores: the 2NN is the paper's (784-200-200-10, ReLU); the CNN keeps its
 shape (two 5 × 5 convolutions, each followed by 2 × 2 max pooling, a fully connected layer,
 softmax) with 8 and 16 channels and 64 units instead of 32, 64 and 512.
 
-Everything here is bit-for-bit reproducible on one machine: one intra-op thread (the
+Everything here is bit-for-bit reproducible on one machine's CPU: one intra-op thread (the
 reduction order of a multi-threaded kernel depends on the thread count), a batch order drawn
-from a generator seeded by ``(seed, round, client)``, and plain SGD. shardq's workers and
+from a generator seeded by ``(seed, round, client)``, and plain SGD. On a GPU (``device``) the
+batch order is the same but cuDNN's kernels may round differently from run to run. shardq's workers and
 Flower's clients call the same ``local_train``, so their client updates are identical.
 """
 
@@ -66,6 +68,24 @@ def batch_generator(seed: int, round_no: int, client: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
+def device_for(name: str) -> torch.device:
+    """The torch device for a slot's ``ctx.device`` (``cpu`` or ``cuda:K``).
+
+    Raises
+    ------
+    RuntimeError
+        ``name`` is a GPU but this PyTorch build sees none: training on the CPU instead would
+        silently run a GPU fleet at CPU speed.
+    """
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"ctx.device is {name} but PyTorch {torch.__version__} sees no CUDA device: install the CUDA "
+            "build of PyTorch in the worker's image, or start the worker with CUDA_VISIBLE_DEVICES= "
+            "to train on the CPU"
+        )
+    return torch.device(name)
+
+
 def local_train(
     model: nn.Module,
     x: np.ndarray,
@@ -75,38 +95,64 @@ def local_train(
     batch_size: int,
     lr: float,
     generator: torch.Generator,
+    device: str | torch.device = "cpu",
+    proximal_mu: float = 0.0,
 ) -> float:
-    """Minibatch SGD on ``(x, y)`` in place; returns the mean training loss of the last epoch."""
+    """Minibatch SGD on ``(x, y)`` in place, on ``device``; returns the mean training loss of the last epoch.
+
+    ``proximal_mu`` > 0 trains FedProx's local objective (Li et al., 2020): the cross-entropy plus
+    μ/2·‖w − w_global‖², w_global being the weights the model has when the call starts (the
+    round's global model). The returned loss is the cross-entropy alone, comparable across μ.
+    With μ = 0 the loop is plain SGD, bit for bit what it was before FedProx existed here.
+    """
     torch.set_num_threads(1)
-    inputs, targets = images(x), torch.from_numpy(y.astype(np.int64))
+    dev = torch.device(device)
+    model.to(dev)
+    inputs, targets = images(x).to(dev), torch.from_numpy(y.astype(np.int64)).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     model.train()
     loss_sum = 0.0
     for _ in range(epochs):
         loss_sum = 0.0
-        for idx in torch.randperm(len(targets), generator=generator).split(batch_size):
+        # The batch order is drawn on the CPU generator whatever the device: the same on every machine.
+        for cpu_idx in torch.randperm(len(targets), generator=generator).split(batch_size):
+            idx = cpu_idx.to(dev)
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(inputs[idx]), targets[idx])
-            loss.backward()
+            objective = loss
+            if anchor:
+                drift = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), anchor, strict=True))
+                objective = loss + proximal_mu / 2 * drift
+            objective.backward()
             opt.step()
             loss_sum += float(loss.detach()) * len(idx)
     return loss_sum / max(1, len(targets))
 
 
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """``(accuracy, mean cross-entropy)`` of ``model`` on ``(x, y)``."""
+def evaluate(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, device: str | torch.device = "cpu"
+) -> tuple[float, float]:
+    """``(accuracy, mean cross-entropy)`` of ``model`` on ``(x, y)``, computed on ``device``."""
     torch.set_num_threads(1)
+    dev = torch.device(device)
+    model.to(dev)
     model.eval()
     with torch.no_grad():
-        logits = model(images(x))
-        targets = torch.from_numpy(y.astype(np.int64))
+        logits = model(images(x).to(dev))
+        targets = torch.from_numpy(y.astype(np.int64)).to(dev)
         loss = float(nn.functional.cross_entropy(logits, targets))
         accuracy = float((logits.argmax(dim=1) == targets).float().mean())
     return accuracy, loss
 
 
 def fedavg(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """The ``weights``-weighted average of ``state_dict``s (FedAvg), summed in float64, stored as float32."""
+    """A plain reference FedAvg, for the tests and the benchmark to compare shardq's reduce against.
+
+    The ``weights``-weighted average of ``state_dict``s, summed in float64, stored as float32. The
+    example itself does not call it: its rounds reduce with the worker's built-in streamed average
+    (``shardq.worker.reduce``), which is what lets the job's server strategy step after it.
+    """
     total = float(sum(weights))
     if not states or total <= 0:
         raise ValueError("FedAvg needs at least one model with a positive number of samples")

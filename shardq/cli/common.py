@@ -110,8 +110,43 @@ def describe_endpoint(args: argparse.Namespace) -> str:
     """Where requests go, for error messages."""
     if args.endpoint_url:
         return str(args.endpoint_url)
-    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    # boto3 reads AWS_DEFAULT_REGION (botocore 1.43 ignores AWS_REGION): name the region it uses.
+    region = args.region or os.environ.get("AWS_DEFAULT_REGION")
     return f"AWS ({region or 'default region'})"
+
+
+def _local_endpoint(args: argparse.Namespace) -> bool:
+    """True when the endpoint is on this machine: the local cloud (or something standing in for it)."""
+    from urllib.parse import urlparse
+
+    url = getattr(args, "endpoint_url", None)
+    return bool(url) and (urlparse(str(url)).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def _local_env_hint(*names: str) -> str:
+    """``NAME=value`` for the local cloud's region and dummy credentials (shardq.local.cloud's values)."""
+    # The values, not an import: the local cloud's module must stay out of the CLI's AWS path.
+    values = {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    return " ".join(f"{n}={values[n]}" for n in names)
+
+
+def region_hint(args: argparse.Namespace) -> str:
+    """The no-region message: boto3 (botocore 1.43) reads AWS_DEFAULT_REGION, not AWS_REGION."""
+    also = (
+        f" (AWS_REGION={os.environ['AWS_REGION']} is set, but boto3 reads AWS_DEFAULT_REGION)"
+        if os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION")
+        else ""
+    )
+    if _local_endpoint(args):
+        return (
+            f"no AWS region configured{also}; the local cloud at {args.endpoint_url} serves us-east-1: "
+            f"export {_local_env_hint('AWS_DEFAULT_REGION')} or pass --region us-east-1 "
+            '(or eval "$(shardq local env)", which sets all it needs)'
+        )
+    return (
+        f"no AWS region configured{also}; pass --region or set AWS_DEFAULT_REGION "
+        "(or region in ~/.aws/config)"
+    )
 
 
 def _is_client_error(exc: BaseException) -> bool:
@@ -144,12 +179,18 @@ def translate_aws_error(exc: BaseException, args: argparse.Namespace) -> CliErro
             f"{describe_endpoint(args)} did not answer in time ({exc}); retry, or check the endpoint"
         )
     if isinstance(exc, NoCredentialsError):
+        if _local_endpoint(args):
+            return AwsError(
+                f"no AWS credentials found; the local cloud at {args.endpoint_url} accepts any: "
+                f"export {_local_env_hint('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY')} "
+                '(or eval "$(shardq local env)", which sets all it needs)'
+            )
         return AwsError(
-            "no AWS credentials found; set AWS_PROFILE (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), "
-            "or use the local cloud's endpoint"
+            "no AWS credentials found; set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
+            "or point --endpoint-url / AWS_ENDPOINT_URL at the local cloud"
         )
     if isinstance(exc, NoRegionError):
-        return AwsError("no AWS region configured; pass --region or set AWS_REGION")
+        return AwsError(region_hint(args))
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code, message = err.get("Code", "Error"), err.get("Message", str(exc))
@@ -261,8 +302,11 @@ def status_cell(status: str) -> Painted:
 
 
 def print_json(data: Any, stream: IO[str] | None = None) -> None:
-    """JSON for scripts: indented, keys sorted, one document."""
-    print(json.dumps(data, indent=2, sort_keys=True, default=str), file=stream or sys.stdout)
+    """JSON for scripts: indented, keys sorted, one document, standard JSON (a non-finite number is
+    written as the string "nan", "inf" or "-inf": ``shardq.core.artifacts.standard``)."""
+    from shardq.core.artifacts import dumps_standard
+
+    print(dumps_standard(data, indent=2, sort_keys=True, default=str), file=stream or sys.stdout)
 
 
 def terminal_console(stream: IO[str]) -> Any:

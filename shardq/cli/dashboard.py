@@ -21,6 +21,7 @@ from shardq.cli.common import (
     session_client,
     stack_outputs,
 )
+from shardq.core.stall import DEFAULT_STALL_AFTER_S
 
 DEFAULT_PORT = 8321
 MISSING = (
@@ -38,9 +39,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise CliError(MISSING.format(missing=exc.name or exc)) from None
     if args.refresh <= 0:
         raise CliError(f"--refresh must be a number of seconds > 0, got {args.refresh}")
+    if args.stall_after <= 0:
+        raise CliError(f"--stall-after must be a number of seconds > 0, got {args.stall_after:g}")
     outputs = stack_outputs(args)
     require_output(outputs, "JobTableName", args)
     data = DashboardData.from_outputs(outputs, lambda name: session_client(name, args))
+    data.stall_after_s = args.stall_after
     with aws_errors(args):
         # Fail now, with the CLI's message and exit code, if the table cannot be read.
         data.store.list_jobs("RUNNING", limit=1)
@@ -85,4 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--refresh", type=float, default=2.0, help="seconds between page refreshes (default 2)")
     p.add_argument("--open", action="store_true", help="open the dashboard in the default browser")
+    p.add_argument(
+        "--stall-after",
+        type=float,
+        default=DEFAULT_STALL_AFTER_S,
+        metavar="SECONDS",
+        help="flag a running job with no result for this long while tasks are in flight or results "
+        f"sit in a DLQ (default {DEFAULT_STALL_AFTER_S:g})",
+    )
     p.set_defaults(func=cmd_dashboard)

@@ -2,7 +2,10 @@
 
 Two dead-letter queues: ``tasks`` (FIFO; in a deployed stack the DLQ handler consumes it and
 records each dead task as a failed shard, so messages wait here only when that handler could
-not) and ``results`` (results the aggregator rejected or could not record).
+not) and ``results`` (results the aggregator could not record; the results DLQ handler records
+them, or a rejected one as its shard's failure, so what waits here names no planned task).
+``show --queue results`` says why each one was not recorded: it parses the body again and
+looks its job up (``shardq.core.verdicts.explain``).
 
 Redrive uses SQS's StartMessageMoveTask where the endpoint supports it; otherwise it
 receives, re-sends through the core fan-out (FIFO: same message group, a fresh deduplication
@@ -17,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from shardq.cli.common import (
@@ -25,13 +29,18 @@ from shardq.cli.common import (
     CliError,
     add_command,
     aws_errors,
+    engine_for,
     print_json,
     require_output,
     session_client,
     stack_outputs,
     table,
 )
+from shardq.core.advance import foreign_outcome
+from shardq.core.contracts import ShardResult
+from shardq.core.jobstore import JobNotFound, Outcome
 from shardq.core.redrive import MoveTaskUnsupported, counts, redrive, release
+from shardq.core.verdicts import explain
 
 # queue name → (DLQ output, source queue output)
 QUEUES = {"tasks": ("TaskDlqUrl", "TaskQueueUrl"), "results": ("ResultsDlqUrl", "ResultsQueueUrl")}
@@ -108,6 +117,20 @@ def describe(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def job_problem(store: Any) -> Callable[[ShardResult], str | None]:
+    """Why the job store cannot take a result: its job is unknown, or it names a task the job never
+    planned (None when it could take it)."""
+
+    def problem(result: ShardResult) -> str | None:
+        try:
+            job = store.get_job(result.job_id)
+        except JobNotFound:
+            return f"job {result.job_id} does not exist (in table {store.table})"
+        return foreign_outcome((job.task_count, job.rounds, job.kind), job.job_id, Outcome(result=result))
+
+    return problem
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     """The first messages of the dead-letter queues, without removing them."""
     outputs = stack_outputs(args)
@@ -115,9 +138,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     shown: dict[str, list[dict[str, Any]]] = {}
     with aws_errors(args):
         for name in selected(args):
-            shown[name] = [
-                describe(m) for m in peek(sqs, require_output(outputs, QUEUES[name][0], args), args.max)
-            ]
+            messages = peek(sqs, require_output(outputs, QUEUES[name][0], args), args.max)
+            shown[name] = [describe(m) for m in messages]
+            if name == "results" and messages:
+                # Why each dead result was not recorded: its body parsed again, its job looked up.
+                problem = job_problem(engine_for(args, outputs).store)
+                for d, m in zip(shown[name], messages, strict=True):
+                    d["reason"] = explain(m["Body"], problem)
     if args.json:
         print_json(shown if not args.queue else shown[args.queue])
         return EXIT_OK
@@ -128,7 +155,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             b = d["body"] if isinstance(d["body"], dict) else {}
             sent = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d["sent_at"])) if d["sent_at"] else ""
             what = b.get("task_type", "") if name == "tasks" else b.get("status", "")
-            detail = b.get("error") or ("" if b else str(d["body"])[:60])
+            detail = d.get("reason") or b.get("error") or ("" if b else str(d["body"])[:60])
             rows.append(
                 (
                     d["message_id"],
@@ -153,7 +180,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                         "TYPE" if name == "tasks" else "STATUS",
                         "RECEIVES",
                         "SENT (UTC)",
-                        "DETAIL",
+                        "DETAIL" if name == "tasks" else "WHY NOT RECORDED",
                     ),
                 )
             )

@@ -37,11 +37,21 @@ def render(e: dict[str, Any]) -> str:
     req, a = e["request"], e["assumptions"]
     rows = [(line["item"], _count(line["count"]), f"${line['usd']:.6f}") for line in e["lines"]]
     rows.append(("total", "", f"${e['total_usd']:.6f}"))
-    head = (
-        f"{req['kind']}: {req['tasks_per_round']} tasks per round x {req['rounds']} round(s) = "
-        f"{req['tasks']} tasks on {a['workers']} workers at {a['task_seconds']:g} s per task "
-        "(us-east-1 list prices, no free tier)"
-    )
+    if req.get("rungs"):
+        rungs = req["rungs"]
+        head = (
+            f"{req['kind']}: successive halving, {' + '.join(str(r['trials']) for r in rungs)} trials over "
+            f"{len(rungs)} rungs ({req['budget_param']} {', '.join(str(r['budget']) for r in rungs)}) = "
+            f"{req['tasks']} tasks on {a['workers']} workers at {a['task_seconds']:g} s per first-rung task, "
+            f"longer as the budget grows; budget {req['budget_spent']} of {req['budget_without_stopping']} "
+            f"{req['budget_param']} without stopping (us-east-1 list prices, no free tier)"
+        )
+    else:
+        head = (
+            f"{req['kind']}: {req['tasks_per_round']} tasks per round x {req['rounds']} round(s) = "
+            f"{req['tasks']} tasks on {a['workers']} workers at {a['task_seconds']:g} s per task "
+            "(us-east-1 list prices, no free tier)"
+        )
     calls = int(limit("sqs_fifo_calls_per_second"))
     quota = f"{calls} SendMessageBatch calls/s ({calls * 10:,} msg/s)"
     plane = e["plane"]
@@ -105,7 +115,7 @@ def render_compare(c: dict[str, Any]) -> str:
 
 
 def _request(args: argparse.Namespace) -> Any:
-    from shardq.cli.jobs import load_request
+    from shardq.cli.submit import load_request
     from shardq.core.contracts import TrainingRequest, ValidationError
 
     payload = load_request(args.request)
@@ -113,6 +123,85 @@ def _request(args: argparse.Namespace) -> Any:
         return TrainingRequest.from_dict(payload)
     except ValidationError as exc:
         raise CliError(str(exc)) from None
+
+
+def _shape(request: Any) -> JobShape:
+    """The request's shape; a ``data_parallel`` round trains its ``participation`` sample only."""
+    from shardq.core.planning import participant_count
+
+    job = JobShape.from_request(request)
+    if request.kind == "data_parallel":
+        job = replace(job, tasks_per_round=participant_count(request, 0))
+    return job
+
+
+# Keys of an estimate that add up over a halving sweep's rungs (each rung priced as a one-round
+# job of its trials); the rest are rates, bounds or inputs, taken as the largest or the first.
+_ADDITIVE = ("sqs", "lambda", "s3", "costs_usd", "total_usd", "min_wall_seconds")
+
+
+def _add(a: Any, b: Any) -> Any:
+    if isinstance(a, dict):
+        return {k: _add(v, b[k]) for k, v in a.items()}
+    return a + b
+
+
+def _rung_estimate(request: Any, job: JobShape, assumptions: Assumptions) -> dict[str, Any]:
+    """A successive-halving sweep: each rung priced for its trials and its budget, then summed.
+
+    ``--task-seconds`` is a first-rung task (``min_budget``); a later rung's task trains its
+    budget increment over the rung before (a promoted trial resumes from its model), so it
+    takes proportionally longer. Per-job requests (the splitter's call, the manifest) are
+    counted once per rung: an upper bound by a few requests.
+    """
+    from shardq.core.tally import rung_sizes
+
+    es = request.early_stopping
+    sizes, budgets = rung_sizes(request, job.tasks_per_round), es.budgets
+    parts, rungs = [], []
+    for k, (trials, budget) in enumerate(zip(sizes, budgets, strict=True)):
+        increment = budget - (budgets[k - 1] if k else 0)
+        seconds = assumptions.task_seconds * increment / budgets[0]
+        parts.append(
+            estimate(
+                replace(job, tasks_per_round=trials, rounds=1), replace(assumptions, task_seconds=seconds)
+            )
+        )
+        rungs.append({"rung": k, "trials": trials, "budget": budget, "task_seconds": seconds})
+    total = dict(parts[0])
+    for part in parts[1:]:
+        for key in _ADDITIVE:
+            total[key] = _add(total[key], part[key])
+        units = ("write_request_units", "read_request_units")
+        total["dynamodb"] = {
+            k: v + (part["dynamodb"][k] if k in units else 0) for k, v in total["dynamodb"].items()
+        }
+        total["plane"] = {
+            **total["plane"],
+            "dispatch_and_count_seconds": total["plane"]["dispatch_and_count_seconds"]
+            + part["plane"]["dispatch_and_count_seconds"],
+        }
+    total["lines"] = [{**line, "usd": total["costs_usd"][line["item"]]} for line in parts[0]["lines"]]
+    counts: dict[str, float] = {}
+    for part in parts:
+        for line in part["lines"]:
+            counts[line["item"]] = counts.get(line["item"], 0) + line["count"]
+    total["lines"] = [{**line, "count": counts[line["item"]]} for line in total["lines"]]
+    total["warnings"] = list(dict.fromkeys(w for part in parts for w in part["warnings"]))
+    total["request"] = {
+        **parts[0]["request"],
+        "tasks_per_round": sizes[0],
+        "rounds": len(sizes),
+        "tasks": sum(sizes),
+        "rungs": rungs,
+        "budget_param": es.budget_param,
+        "budget_spent": sum(
+            n * (b - (budgets[k - 1] if k else 0))
+            for k, (n, b) in enumerate(zip(sizes, budgets, strict=True))
+        ),
+        "budget_without_stopping": sizes[0] * budgets[-1],
+    }
+    return total
 
 
 def _what_if(args: argparse.Namespace, job: JobShape) -> JobShape:
@@ -175,10 +264,22 @@ def _assumptions(args: argparse.Namespace, workers: int) -> Assumptions:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Estimate a request's coordination cost (or compare it with the alternatives); nothing is created."""
-    job = _what_if(args, JobShape.from_request(_request(args)))
+    request = _request(args)
+    job = _what_if(args, _shape(request))
     workers, fleet = _fleet_workers(args, job)
     assumptions = _assumptions(args, workers)
-    result = compare(job, assumptions) if args.compare else estimate(job, assumptions)
+    halving = request.early_stopping is not None and not args.rounds
+    if halving and args.compare:
+        raise CliError(
+            "--compare prices rounds of equal size; a successive-halving sweep's rungs shrink. "
+            "Estimate it without --compare, or compare one rung with --rounds 1"
+        )
+    if args.compare:
+        result = compare(job, assumptions)
+    elif halving:
+        result = _rung_estimate(request, job, assumptions)
+    else:
+        result = estimate(job, assumptions)
     if fleet is not None:
         result["fleet"] = fleet
     if args.json:

@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.spinner import Spinner
 from rich.text import Text
@@ -21,7 +22,7 @@ from rich.text import Text
 from shardq.cli.common import duration, terminal_console
 
 if TYPE_CHECKING:
-    from shardq.cli.jobs import Snapshot
+    from shardq.cli.watch import Snapshot
     from shardq.core.jobstore import JobRecord
     from shardq.core.operations import PhaseProgress
 
@@ -103,9 +104,22 @@ class LiveView:
         return Group(*lines)
 
     def update(
-        self, job: JobRecord, rows: Sequence[PhaseProgress], snap: Snapshot, *, left: int, late: int
+        self,
+        job: JobRecord,
+        rows: Sequence[PhaseProgress],
+        snap: Snapshot,
+        *,
+        left: int,
+        late: int,
+        stall: str | None = None,
+        global_text: dict[int, str] | None = None,
     ) -> None:
-        """Show one poll: each recent phase's counters, the job's, its rate and ETA, late results."""
+        """Show one poll: each recent phase's counters, the job's, its rate and ETA, late results,
+        and why the job stands still when it does (``stall``: the ETA is withheld meanwhile).
+
+        ``global_text``: round → what its reduce reported of the global model, in words; shown on
+        the round's reduce row, the round's headline (the shards' means are training metrics).
+        """
         from shardq.core import rounds
 
         shown = rows[-ROWS_SHOWN:]
@@ -119,24 +133,37 @@ class LiveView:
         for key in [k for k in self.rows if k not in keep]:
             self.progress.remove_task(self.rows.pop(key))
         for p in shown:
-            self._phase_row(job, p, running=p is rows[-1] and not job.terminal, current=p is rows[-1])
+            model = (global_text or {}).get(p.round) if p.phase == "reduce" else None
+            self._phase_row(
+                job, p, running=p is rows[-1] and not job.terminal, current=p is rows[-1], model=model
+            )
         self._job_row(job, rows, snap, left)
         self.footer = (
             [Text(f"late: {late} result(s) arrived after their round closed (not counted)", style="yellow")]
             if late
             else []
         )
+        if stall is not None:
+            self.footer.append(Text(f"stalled: {stall}", style="yellow"))
         due = rounds.due_at(job) if job.phase == "train" and not job.terminal else None
         self.deadline = due
         self.live.refresh()
 
-    def _phase_row(self, job: JobRecord, p: PhaseProgress, *, running: bool, current: bool) -> None:
+    def _phase_row(
+        self, job: JobRecord, p: PhaseProgress, *, running: bool, current: bool, model: str | None = None
+    ) -> None:
         key = ("phase", p.round, p.phase)
         finished = p.done + p.failed
         # A phase the job ended in without succeeding (failed, cancelled) is marked as failed too.
         ended_badly = current and job.terminal and job.status != "SUCCEEDED"
         mark = "" if running else ("[red]✗[/]" if p.failed or ended_badly else "[green]✓[/]")
-        detail = f"[red]{p.failed} failed[/]" if p.failed else ""
+        notes = [
+            f"[red]{p.failed} failed[/]" if p.failed else "",
+            f"[yellow]{p.diverged} diverged[/]" if p.diverged else "",
+        ]
+        # The global model's metrics (rich markup escaped: a metric name is the user's).
+        notes.append(f"[bold]global[/] {escape(model)}" if model else "")
+        detail = " · ".join(n for n in notes if n)
         if not current and finished < p.total and p.phase == "train":
             # The job moved on before every participant reported: the round closed at its quorum
             # or its deadline (the results still to come are late).
@@ -150,9 +177,13 @@ class LiveView:
 
     def _job_row(self, job: JobRecord, rows: Sequence[PhaseProgress], snap: Snapshot, left: int) -> None:
         finished = sum(p.done + p.failed for p in rows)
+        diverged = sum(p.diverged for p in rows)
         parts = [f"{snap.rate:.1f} tasks/s" if snap.rate is not None else "-- tasks/s"]
-        parts.append(f"ETA {duration(snap.eta_s)}" if not job.terminal else job.status.lower())
+        eta = "ETA —" if snap.stall is not None else f"ETA {duration(snap.eta_s)}"
+        parts.append(eta if not job.terminal else job.status.lower())
         parts.append(f"elapsed {duration(self.clock() - self.started)}")
+        if diverged:
+            parts.append(f"[yellow]{diverged} diverged[/]")
         style = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow"}.get(job.status, "bold")
         fields: dict[str, Any] = {
             "total": finished + left,

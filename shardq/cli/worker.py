@@ -11,15 +11,22 @@ from typing import Any
 
 from shardq.cli.common import CliError, add_command, stack_outputs
 from shardq.worker.aws import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_MODE
+from shardq.worker.trust import ENV as ALLOW_ENV
+from shardq.worker.trust import AllowList, AllowListError, allow_list
 
 EXAMPLE = """\
-  shardq worker --stack shardq                       # one slot per visible GPU, polls forever
+  shardq worker --stack shardq --allow 'examples.*'  # one slot per GPU; runs examples.* only
+  shardq worker --entrypoint mypkg.train:fit         # every task runs mypkg.train:fit (allow: mypkg.*)
   shardq worker --idle-exit 300 --max-tasks 50       # a Batch/SageMaker job: exits 0 when idle
   shardq worker --job-id run-42 --concurrency 4      # exits 0 once job run-42 is finished
 
 exit codes: 0 stopped (signal, --max-tasks, --idle-exit, --job-id finished); 1 a slot died of an
 unexpected error; 2 usage; 4 a fatal AWS error (access denied, missing queue/table/bucket, bad
-credentials); 130 a second signal. Transient AWS errors are retried and never end the worker."""
+credentials); 130 a second signal. Transient AWS errors are retried and never end the worker.
+
+trust: a task names its function (module:function); the worker imports only modules --allow
+names (default: --entrypoint's package) and reports any other task failed, importing nothing.
+See docs/SECURITY.md."""
 
 
 def _resources(args: argparse.Namespace) -> tuple[str, str, str | None]:
@@ -36,6 +43,14 @@ def _resources(args: argparse.Namespace) -> tuple[str, str, str | None]:
     return task_url, results_url, table
 
 
+def _allow(args: argparse.Namespace) -> AllowList:
+    """The worker's allow-list: ``--allow`` (replacing ``$SHARDQ_ALLOW``), else ``--entrypoint``'s package.
+
+    Raises ``AllowListError`` when there is none or a pattern is malformed.
+    """
+    return allow_list(args.allow or [os.environ.get(ALLOW_ENV, "")], args.entrypoint)
+
+
 def _validate(args: argparse.Namespace) -> None:
     problems = []
     if args.idle_exit is not None and args.idle_exit <= 0:
@@ -48,6 +63,10 @@ def _validate(args: argparse.Namespace) -> None:
         problems.append(f"--wait-seconds must be 0..20 (SQS's long-poll limit), got {args.wait_seconds}")
     if args.aws_max_attempts < 1:
         problems.append(f"--aws-max-attempts must be >= 1, got {args.aws_max_attempts}")
+    try:
+        _allow(args)
+    except AllowListError as exc:
+        problems.append(str(exc))
     if problems:
         raise CliError("; ".join(problems))
 
@@ -81,6 +100,7 @@ def build_workers(args: argparse.Namespace, task_url: str, results_url: str, tab
     # On ECS (ECS_AGENT_URI set) a busy worker protects its task from scale-in; elsewhere a no-op.
     protection = TaskProtection.from_environment()
     base_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    allow = _allow(args)
     activity = Activity()
     return [
         Worker(
@@ -91,6 +111,7 @@ def build_workers(args: argparse.Namespace, task_url: str, results_url: str, tab
             task_queue_url=task_url,
             results_queue_url=results_url,
             entrypoint=args.entrypoint,
+            allow=allow,
             wait_s=args.wait_seconds,
             visibility_s=args.visibility_timeout or int(attrs["VisibilityTimeout"]),
             max_receive_count=max_receive_count_of(attrs),
@@ -124,6 +145,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "devices": [w.device.device for w in workers],
             "task_queue_url": task_url,
             "entrypoint": args.entrypoint,
+            "allow": str(workers[0].allow),
             "idle_exit_s": args.idle_exit,
             "job_ids": args.job_id,
             "scale_in_protection": workers[0].on_task_start is not None,
@@ -149,6 +171,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--job-table", default=env("SHARDQ_JOB_TABLE"), help="for skipping cancelled jobs' tasks")
     w.add_argument(
         "--entrypoint", default=env("SHARDQ_ENTRYPOINT"), help="module:function, overriding each task's own"
+    )
+    w.add_argument(
+        "--allow",
+        action="append",
+        default=None,
+        metavar="PATTERNS",
+        help="modules whose functions tasks may run, comma-separated, repeatable: 'pkg.*' (a package "
+        "and all under it), 'pkg.mod' (one module), '*' (anything importable). A task naming another "
+        f"is reported failed, nothing imported. Default: ${ALLOW_ENV}, else --entrypoint's package",
     )
     w.add_argument(
         "--concurrency",

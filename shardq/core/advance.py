@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shardq.core import planning, rounds, search
+from shardq.core import planning, rounds, search, verdicts
 from shardq.core.artifacts import put_json
 from shardq.core.contracts import MAX_GATHERED_TASKS, ShardResult, TrainingRequest, ValidationError
 from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
@@ -101,13 +101,22 @@ def foreign_outcome(shape: tuple[int, int, str], job_id: str, outcome: Outcome) 
 def results_message(body: str) -> Outcome | rounds.Tick:
     """A results-queue message → the outcome it reports, or a round deadline's tick.
 
-    Raises ValidationError for anything else (malformed JSON, a result missing fields).
+    Raises ValidationError for anything else (malformed JSON, a body that names no task).
+    A result the parser rejects but that names a task (job, round, shard, type) is that task's
+    failed outcome, with the parser's reasons (``verdicts.rejected``): redelivering it could
+    only be rejected again, while its job waited for the shard.
     """
     if rounds.TICK_KEY in body:
         data = json.loads(body)
         if isinstance(data, dict) and rounds.TICK_KEY in data:
             return rounds.Tick.parse(data)
-    return Outcome(result=ShardResult.from_json(body))
+    try:
+        return Outcome(result=ShardResult.from_json(body))
+    except ValidationError as exc:
+        failed = verdicts.rejected(body, exc)
+        if failed is None:
+            raise
+        return Outcome(result=failed, source=verdicts.REJECTED_SOURCE)
 
 
 @dataclass
@@ -435,7 +444,9 @@ class Advancer:
         for o in outcomes:
             problem = self._foreign(job_id, o)
             if problem is None:
-                keep.append(o)
+                # A non-finite metric: a sweep trial diverged, any other task failed (verdicts.vet).
+                vetted = verdicts.vet(o.result, self._requests[job_id].kind)
+                keep.append(o if vetted is o.result else replace(o, result=vetted))
             else:
                 foreign.append((o, ValidationError("ShardResult", [problem])))
         return keep, foreign

@@ -127,7 +127,10 @@ class Engine:
         """Validate a request, create its job (idempotent on job_id) and enqueue round 0.
 
         Raises ``ValidationError`` (nothing created), ``JobConflict`` (nothing changed) or
-        ``EnqueueIncomplete`` (job created, cursor saved; call ``resume``).
+        ``EnqueueIncomplete`` (job created, cursor saved; call ``resume``). A fan-out that failed
+        midway (``FanOutError``: the job exists, its status shows ``ENQUEUING n/N sent``) is
+        finished by submitting the same request under the same job id again: it sends from the
+        cursor, and deduplication ids drop what the failed call had sent past it.
         """
         request = TrainingRequest.from_dict(payload)
         self._check_buckets(request)
@@ -139,9 +142,8 @@ class Engine:
                 "choose a new job_id (or omit it) to start another job"
             )
         if job.status == "RUNNING":
-            self.enqueue_current(job, deadline=deadline)
-            if created:
-                self.ticker.arm_round(job)
+            # A resubmit of a job whose fan-out died midway finishes it from the cursor.
+            self._enqueue_and_arm(job, deadline)
         status = job.status if created else self.store.get_job(job.job_id).status
         return {
             "job_id": job.job_id,
@@ -189,9 +191,17 @@ class Engine:
         """
         job = self.store.get_job(job_id)
         if job.status == "RUNNING":
-            self.enqueue_current(job, deadline=deadline)
+            self._enqueue_and_arm(job, deadline)
             self.advance(job_id, deadline=deadline)
         return self.status(job_id).to_dict()
+
+    def _enqueue_and_arm(self, job: JobRecord, deadline: float | None) -> None:
+        """Enqueue the job's current (round, phase) from its cursor; the call that completes the
+        fan-out arms the round's deadline (a fan-out cut short armed none)."""
+        unsent = job.enqueued(job.round, job.phase) < job.expected(job.round, job.phase)
+        self.enqueue_current(job, deadline=deadline)
+        if unsent:
+            self.ticker.arm_round(job)
 
     # -- the steps, composed ------------------------------------------------------------------
 
@@ -234,13 +244,17 @@ class Engine:
         return self.finisher.manifest(job, status, error)
 
     def reopen(self, job_id: str) -> bool:
-        """Bring a FAILED job back to RUNNING for a retry; False when it was not FAILED."""
+        """Bring a FAILED job back to RUNNING for a retry; False when it was not FAILED.
+
+        A training round reopens with a fresh deadline (``JobStore.reopen``) and its tick armed."""
         job = self.store.get_job(job_id)
         if job.phase == "train" and job.closed_round == job.round:
             self.store.forget_close(job_id, job.round)  # before the round opens: no stale digest
         reopened = self.store.reopen(job)
         if reopened:
             self.metric("JobsReopened", 1, "Count")
+            # The round's clock restarted: arm its new deadline (the old tick chain ended with the job).
+            self.ticker.arm_round(self.store.get_job(job_id))
         return reopened
 
     def status(self, job_id: str) -> JobView:

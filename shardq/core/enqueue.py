@@ -143,10 +143,16 @@ class Enqueuer:
         """Send tasks of the job's current (round, phase) again under a fresh ``generation``.
 
         A shard's kept task body (from its failed outcome) is sent as it was; the others are
-        planned anew.
+        planned anew, each from the model it started from the first time: a promoted trial's own
+        (the rung's stored plan), else the round's global model.
         """
+        own: dict[int, str | None] = {}
+        if any(body is None for body in bodies.values()):
+            own = dict(self.store.planned_tasks(job, job.round, job.phase))
         tasks: Iterable[ShardTask] = (
-            ShardTask.from_json(body) if body else self.plan(job, job.round, job.phase, shard, job.model_uri)
+            ShardTask.from_json(body)
+            if body
+            else self.plan(job, job.round, job.phase, shard, own.get(shard) or job.model_uri)
             for shard, body in sorted(bodies.items())
         )
         self.fanout.send(self.message(t, job.request.max_parallel, generation) for t in tasks)

@@ -168,6 +168,7 @@ def _output(r: ShardResult) -> dict[str, Any]:
         "artifact_uri": r.artifact_uri,
         "num_samples": r.num_samples,
         "metrics": r.metrics,
+        **({"code_version": r.code_version} if r.code_version else {}),
     }
 
 
@@ -193,9 +194,12 @@ def render_manifest(
     outputs = PartWriter("outputs", put, layout) if request.kind == "map" else None
     metrics = MetricsAccumulator()
     trials: list[ShardResult] = []  # a sweep's ranking needs every trial (≤ MAX_GATHERED_TASKS of them)
+    code_versions: set[str] = set()  # which training code produced the outcomes (shardq.worker.code)
     for row in rows:
         r = row.result
         last_recorded = row.recorded_at if last_recorded is None else max(last_recorded, row.recorded_at)
+        if r.code_version:
+            code_versions.add(r.code_version)
         if r.status == "failed":
             failed.add(_failure(row))
         if r.task_type != "train":
@@ -213,7 +217,23 @@ def render_manifest(
     else:
         assert outputs is not None
         section = {**outputs.section(), "metrics": metrics.result()}
+    if code_versions:
+        section["code_versions"] = sorted(code_versions)
     return _assemble(job, status, error, last_recorded, rounds, failed.section(), section)
+
+
+def finished_at(job: JobRecord, status: str, last_recorded: str | None) -> str:
+    """When the job ended: its latest recorded outcome, or for a cancel the cancel if later.
+
+    Never "now": two racing finalizers write the same manifest. A cancel's request time is
+    recorded once (``JobStore.request_cancel``), so it is as deterministic as the outcomes; the
+    results of tasks that were running at the cancel may still come later, and then they end it.
+    """
+    # ISO 8601 UTC strings of one format compare in time order.
+    ended = job.created_at if last_recorded is None else last_recorded
+    if status == "CANCELLED" and job.cancel_requested_at:
+        return max(ended, job.cancel_requested_at)
+    return ended
 
 
 def _assemble(
@@ -232,8 +252,7 @@ def _assemble(
         "status": status,
         "error": error,
         "created_at": job.created_at,
-        # Latest recording time, not "now": two racing finalizers write the same manifest.
-        "finished_at": job.created_at if last_recorded is None else last_recorded,
+        "finished_at": finished_at(job, status, last_recorded),
         "rounds": rounds,
         **failed,
         "request": job.request.to_dict(),

@@ -12,11 +12,12 @@ their first ``LISTED_MAX`` entries and say how many there were.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardq.core.contracts import Objective, ShardResult
+from shardq.core.contracts import Objective, ShardResult, finite_or_name
 
 # A round summary lists at most this many failed shard ids (the lowest ones): the summary is a
 # DynamoDB item (400 KB) and part of the manifest; ``shards_failed`` has the count.
@@ -117,6 +118,8 @@ class RoundAccumulator:
     listed_max: int = LISTED_MAX
     succeeded: int = 0
     failed: int = 0
+    # Sweep trials with a non-finite metric: done, neither succeeded nor failed (shardq.core.verdicts).
+    diverged: int = 0
     num_samples: int = 0
     duration_sum: float = 0.0
     duration_max: float = 0.0
@@ -126,6 +129,9 @@ class RoundAccumulator:
 
     def add(self, result: ShardResult) -> None:
         """Fold one train result in."""
+        if result.status == "diverged":
+            self.diverged += 1
+            return
         if result.status != "succeeded":
             self.failed += 1
             if len(self._failed_ids) < self.listed_max:
@@ -143,6 +149,7 @@ class RoundAccumulator:
         """Fold in another range of the same round (shard ranges are disjoint)."""
         self.succeeded += other.succeeded
         self.failed += other.failed
+        self.diverged += other.diverged
         self.num_samples += other.num_samples
         self.duration_sum += other.duration_sum
         self.duration_max = max(self.duration_max, other.duration_max)
@@ -157,6 +164,7 @@ class RoundAccumulator:
         return {
             "succeeded": self.succeeded,
             "failed": self.failed,
+            "diverged": self.diverged,
             "num_samples": self.num_samples,
             "duration_sum": self.duration_sum,
             "duration_max": self.duration_max,
@@ -170,6 +178,7 @@ class RoundAccumulator:
         acc = cls(
             succeeded=int(state["succeeded"]),
             failed=int(state["failed"]),
+            diverged=int(state.get("diverged", 0)),  # absent from digests written before it
             num_samples=int(state["num_samples"]),
             duration_sum=float(state["duration_sum"]),
             duration_max=float(state["duration_max"]),
@@ -195,6 +204,8 @@ class RoundAccumulator:
             },
             "started_at": started_at,
         }
+        if self.diverged:  # only a sweep's trials can diverge: other summaries keep their shape
+            out["shards_diverged"] = self.diverged
         if self.failed > len(self._failed_ids):
             out["failed_shards_truncated"] = True
         return out
@@ -217,17 +228,24 @@ def summarize_round(
 def leaderboard(
     results: Sequence[ShardResult], objective: Objective, trials: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Succeeded trials ranked by the objective; trials without the metric rank last."""
+    """Succeeded trials ranked by the objective, then trials without the metric, then diverged trials.
+
+    A diverged trial (a non-finite metric, ``shardq.core.verdicts``) has ``objective`` null and
+    its metrics as standard JSON can hold them (``"nan"``, ``"inf"``, ``"-inf"``); ``outcome``
+    says which it is.
+    """
     rows = []
     for r in results:
-        if r.status != "succeeded":
+        if r.status not in ("succeeded", "diverged"):
             continue
+        value = r.metrics.get(objective.metric)
         rows.append(
             {
                 "trial": r.shard_id,
+                "outcome": r.status,
                 "hyperparameters": trials[r.shard_id] if r.shard_id < len(trials) else {},
-                "objective": r.metrics.get(objective.metric),
-                "metrics": r.metrics,
+                "objective": value if value is not None and math.isfinite(value) else None,
+                "metrics": {k: finite_or_name(v) for k, v in r.metrics.items()},
                 "artifact_uri": r.artifact_uri,
             }
         )
@@ -235,6 +253,8 @@ def leaderboard(
 
     def rank(row: dict[str, Any]) -> tuple[int, float, int]:
         value = row["objective"]
+        if row["outcome"] == "diverged":
+            return (2, 0.0, row["trial"])
         return (1, 0.0, row["trial"]) if value is None else (0, sign * value, row["trial"])
 
     return sorted(rows, key=rank)

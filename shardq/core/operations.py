@@ -24,7 +24,12 @@ class OperationError(ValueError):
 
 @dataclass(frozen=True)
 class PhaseProgress:
-    """Counters of one (round, phase) as the job record holds them."""
+    """Counters of one (round, phase) as the job record holds them.
+
+    ``done`` counts every final outcome that is not a failure: succeeded tasks and the sweep
+    trials that ``diverged`` (a non-finite objective, ``shardq.core.verdicts``), which are also
+    counted apart, as ``JobView`` does; ``done + failed`` is every recorded outcome.
+    """
 
     round: int
     phase: str
@@ -32,6 +37,7 @@ class PhaseProgress:
     enqueued: int
     done: int
     failed: int
+    diverged: int = 0
 
     @property
     def outstanding(self) -> int:
@@ -47,6 +53,7 @@ class PhaseProgress:
             "enqueued": self.enqueued,
             "done": self.done,
             "failed": self.failed,
+            "diverged": self.diverged,
         }
 
 
@@ -63,8 +70,9 @@ def progress(job: JobRecord) -> list[PhaseProgress]:
                 phase=phase,
                 total=job.expected(r, phase),
                 enqueued=job.enqueued(r, phase),
-                done=job.ok(r, phase),
+                done=job.ok(r, phase) + job.diverged(r, phase),
                 failed=job.failed(r, phase),
+                diverged=job.diverged(r, phase),
             )
             for phase in phases
         )
@@ -257,9 +265,11 @@ def _retry_bodies(engine: Engine, job: JobRecord, rows: list[ResultRecord]) -> d
 
 
 def _unrun(engine: Engine, job: JobRecord) -> list[int]:
-    """Tasks of the job's current (round, phase) with no recorded outcome at all."""
+    """Tasks of the job's current (round, phase) with no recorded outcome at all: of a rung, the
+    trials the closed rung before promoted (its stored plan), not every trial of the sweep."""
     recorded = {r.result.shard_id for r in engine.store.results(job.job_id, job.round, job.phase)}
-    return [shard for shard in job.planned(job.round, job.phase) if shard not in recorded]
+    planned = engine.store.planned_tasks(job, job.round, job.phase)
+    return [shard for shard, _ in planned if shard not in recorded]
 
 
 __all__ = [

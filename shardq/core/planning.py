@@ -199,6 +199,8 @@ def reduce_task(
 
     It starts from the round's global model (``init_model_uri``; a server strategy steps from it)
     and, after round 0, from the server state the previous reduce kept (``data.server_state_uri``).
+    It carries the job's evaluation dataset (``request.evaluation``), which the reduce's
+    ``evaluate_global`` hook scores the new global model on.
     """
     data = {"server_state_uri": layout.reduce_output(round_no - 1) + "server_state.npz"} if round_no else {}
     return ShardTask(
@@ -217,4 +219,5 @@ def reduce_task(
         model=request.model,
         timeout_s=request.task_timeout_seconds,
         strategy=request.strategy.to_dict() if request.strategy else {},
+        eval_dataset=request.evaluation.to_dict() if request.evaluation else None,
     )

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from shardq.core import contracts as c
+from shardq.core import evaluation
 
 
 def _distributions() -> list[dict[str, Any]]:
@@ -141,6 +142,7 @@ def training_request_schema() -> dict[str, Any]:
                 },
             },
             "strategy": _strategy_schema(),
+            "evaluation": evaluation.schema(c.MAX_NUM_SAMPLES),
             "task_timeout_seconds": {**positive, "maximum": c.MAX_TASK_TIMEOUT_S},
             "objective": {
                 "type": "object",
@@ -182,7 +184,12 @@ def training_request_schema() -> dict[str, Any]:
                     }
                 },
                 "else": {
-                    "not": {"anyOf": [{"required": [key]} for key in ("participation", "quorum", "strategy")]}
+                    "not": {
+                        "anyOf": [
+                            {"required": [key]}
+                            for key in ("participation", "quorum", "strategy", "evaluation")
+                        ]
+                    }
                 },
             },
         ],

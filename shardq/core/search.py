@@ -84,10 +84,15 @@ def rung_history(results: Sequence[ShardResult], request: TrainingRequest) -> di
                 "rung": r.round,
                 "budget": rung_budget(request, r.round),
                 "status": r.status,
-                "objective": r.metrics.get(request.objective.metric),
+                "objective": _finite(r.metrics.get(request.objective.metric)),
             }
         )
     return history
+
+
+def _finite(value: float | None) -> float | None:
+    """A finite objective; None for a missing or non-finite one (a diverged trial: JSON has no NaN)."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def budget_spent(request: TrainingRequest, results: Sequence[ShardResult]) -> int:
@@ -128,14 +133,15 @@ def sweep_section(request: TrainingRequest, results: Sequence[ShardResult]) -> d
     """The manifest's sweep part: each trial's furthest rung, ranked; best; rung histories; budget.
 
     A trial that reached a later rung ranks above every trial stopped earlier (it beat them at
-    the rung where they stopped); within a rung, by the objective.
+    the rung where they stopped); within a rung, by the objective. A trial that diverged (at any
+    rung) ranks after every finite trial, and is never ``best``.
     """
     from shardq.core.metrics import leaderboard
 
     assert request.objective is not None
     last: dict[int, ShardResult] = {}
     for r in sorted(results, key=lambda r: r.round):
-        if r.status == "succeeded" or r.shard_id not in last:
+        if r.status != "failed" or r.shard_id not in last:
             last[r.shard_id] = r
     trials = [trial_params(request, i) for i in range(request.task_count)]
     history = rung_history(results, request)
@@ -143,13 +149,18 @@ def sweep_section(request: TrainingRequest, results: Sequence[ShardResult]) -> d
     for r in last.values():
         by_rung.setdefault(r.round, []).append(r)
     board: list[dict[str, Any]] = []
+    diverged: list[dict[str, Any]] = []
     for rung in sorted(by_rung, reverse=True):
-        for row in leaderboard(by_rung[rung], request.objective, trials):
-            board.append({**row, "rung": rung, "rungs": history.get(row["trial"], [])})
+        for ranked in leaderboard(by_rung[rung], request.objective, trials):
+            row = {**ranked, "rung": rung, "rungs": history.get(ranked["trial"], [])}
+            (diverged if row["outcome"] == "diverged" else board).append(row)
+    best = board[0] if board else None
+    board.extend(sorted(diverged, key=lambda row: row["trial"]))
     section: dict[str, Any] = {
         "objective": {"metric": request.objective.metric, "direction": request.objective.direction},
         "leaderboard": board,
-        "best": board[0] if board else None,
+        "best": best,
+        "diverged_count": len(diverged),
     }
     if request.early_stopping is not None:
         es = request.early_stopping

@@ -29,8 +29,11 @@ from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
 from shardq.core.metrics import summarize_round
 from shardq.core.operations import progress
 from shardq.core.planning import split_s3
+from shardq.core.progress_reads import JobOutcomes
 from shardq.core.redrive import counts as queue_counts
-from shardq.core.search import sweep_section
+from shardq.core.search import rung_history, sweep_section
+from shardq.core.stall import DEFAULT_STALL_AFTER_S, StallWatch
+from shardq.core.tally import plan_text, tally
 
 STATUSES = JOB_STATUSES
 KINDS = ("data_parallel", "sweep", "map")
@@ -43,8 +46,24 @@ QUEUE_OUTPUTS = {
 }
 # A timeline of more bars than this is cut to the most recent ones (the browser stays responsive).
 TIMELINE_LIMIT = 5000
-# Jobs whose derived data and finished rounds' outcomes stay cached (least recently read go first).
+# Jobs whose derived data stays cached (least recently read go first).
 CACHED_JOBS = 64
+# Jobs whose outcomes stay in memory, brought up to date from the job table's ``by_recorded`` index
+# (a 100,000-shard job's outcomes are a few hundred MB of Python objects: keep few).
+FOLLOWED_JOBS = 8
+
+
+def _lru(
+    cache: OrderedDict[str, Any], key: str, size: int, lock: threading.Lock, make: Callable[[], Any]
+) -> Any:
+    """``cache[key]``, made by ``make()`` when absent; the least recently used go past ``size``."""
+    with lock:
+        if key not in cache:
+            cache[key] = make()
+        cache.move_to_end(key)
+        while len(cache) > size:
+            cache.popitem(last=False)
+        return cache[key]
 
 
 def epoch(timestamp: str | None) -> float | None:
@@ -62,19 +81,14 @@ def _fingerprint(job: JobRecord) -> str:
 
 def job_row(job: JobRecord, now: float) -> dict[str, Any]:
     """A job as the job list shows it: the CLI's JobView fields plus overall progress and age."""
-    rows = progress(job)
     view = job.view().to_dict()
-    rounds, task_count = view["rounds"], view["shard_count"]
-    # data_parallel rounds end with one reduce task each; other kinds have one round of tasks.
-    total = rounds * (task_count + 1) if view["kind"] == "data_parallel" else task_count
-    completed = sum(p.done + p.failed for p in rows)
     created = epoch(view["created_at"])
     finished = epoch(view["finished_at"])
     return {
         **view,
-        "tasks_total": total,
-        "tasks_completed": completed,
-        "progress_pct": round(100.0 * completed / total, 1) if total else 0.0,
+        # Every round, rung and reduce the job runs (shardq.core.tally, as the CLI counts them).
+        **tally(job).to_dict(),
+        "plan": plan_text(job),
         "age_s": None if created is None else round(now - created, 1),
         "elapsed_s": None if created is None else round((finished or now) - created, 1),
         "updated_at": job.updated_at,
@@ -150,6 +164,26 @@ def sweep_board(job: JobRecord, results: Sequence[ShardResult]) -> dict[str, Any
     }
 
 
+def trial_curves(job: JobRecord, results: Sequence[ShardResult]) -> dict[str, Any] | None:
+    """A successive-halving sweep charted per trial over its budget: each trial's objective at
+    every rung it ran (x = the rung's budget, e.g. epochs), not rung means over the survivors."""
+    request = job.request
+    es, objective = request.early_stopping, request.objective
+    if job.kind != "sweep" or es is None or objective is None:
+        return None
+    history = rung_history([r for r in results if r.task_type == "train"], request)
+    return {
+        "metric": objective.metric,
+        "direction": objective.direction,
+        "budget_param": es.budget_param,
+        "x": es.budgets,
+        "trials": [
+            {"trial": trial, "rung": max(p["rung"] for p in points), "points": points}
+            for trial, points in sorted(history.items())
+        ],
+    }
+
+
 @dataclass
 class DashboardData:
     """Read access for the dashboard.
@@ -165,6 +199,13 @@ class DashboardData:
         stack does not output are left out.
     clock:
         Seconds since the epoch; injectable for tests.
+    stall_after_s:
+        Seconds without a recorded outcome before a running job's queues are read to explain a
+        stall (the job API's ``stall`` field; ``shardq.core.stall``).
+
+    A refresh of a running job reads its record, the outcomes recorded since the previous refresh
+    (``shardq.core.progress_reads.JobOutcomes``) and, when its status or phase changed, its round
+    summaries: what it costs does not grow with the job.
     """
 
     store: JobStore
@@ -173,8 +214,13 @@ class DashboardData:
     queues: dict[str, str]
     clock: Callable[[], float] = time.time
     timeline_limit: int = TIMELINE_LIMIT
+    stall_after_s: float = DEFAULT_STALL_AFTER_S
     _cache: OrderedDict[str, tuple[str, dict[str, Any]]] = field(default_factory=OrderedDict, repr=False)
-    _rounds: OrderedDict[tuple[str, int], list[ResultRecord]] = field(default_factory=OrderedDict, repr=False)
+    _outcomes: OrderedDict[str, JobOutcomes] = field(default_factory=OrderedDict, repr=False)
+    _stalls: OrderedDict[str, StallWatch] = field(default_factory=OrderedDict, repr=False)
+    _summaries: OrderedDict[str, tuple[Any, list[dict[str, Any]]]] = field(
+        default_factory=OrderedDict, repr=False
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -207,6 +253,7 @@ class DashboardData:
         """Everything the job page shows; raises ``JobNotFound``."""
         job = self.store.get_job(job_id)
         detail = self._from_results(job)
+        stall = self._stall_watch(job_id).observe(job)
         return {
             "job": {
                 **job_row(job, self.clock()),
@@ -214,6 +261,8 @@ class DashboardData:
                 "model_uri": job.model_uri,
                 "round_started_at": job.round_started_at,
             },
+            # Why a running job stands still, or null: the page shows it and withholds its ETA.
+            "stall": stall.to_dict() if stall is not None else None,
             "progress": [{**p.to_dict(), "outstanding": p.outstanding} for p in progress(job)],
             **detail,
         }
@@ -228,12 +277,17 @@ class DashboardData:
         rows = self._records(job)
         results = [row.result for row in rows]
         t0 = epoch(job.created_at) or self.clock()
-        rounds = round_rows(self.store.round_summaries(job.job_id), results, job)
+        rounds = round_rows(self._round_summaries(job), results, job)
         entries = sorted((timeline_entry(row, t0) for row in rows), key=lambda e: e["end_s"])
         cut = max(0, len(entries) - self.timeline_limit)
         detail = {
             "rounds": rounds,
             "metric_names": sorted({name for r in rounds for name in r.get("metrics", {})}),
+            # What each round's reduce reported of the global model: the round's headline.
+            "global_metric_names": sorted(
+                {name for r in rounds for name in ((r.get("reduce") or {}).get("metrics") or {})}
+            ),
+            "trial_curves": trial_curves(job, results),
             "timeline": {
                 "t0": job.created_at,
                 "entries": entries[cut:],
@@ -251,27 +305,37 @@ class DashboardData:
         return detail
 
     def _records(self, job: JobRecord) -> list[ResultRecord]:
-        """Every recorded outcome of the job; a finished round's are read once.
+        """Every counted outcome of the job: read in full the first time, then only what was
+        recorded since the previous refresh (``JobOutcomes``)."""
+        return _lru(
+            self._outcomes, job.job_id, FOLLOWED_JOBS, self._lock, lambda: JobOutcomes(self.store, job.job_id)
+        ).rows(job)
 
-        A round before the job's current one is complete and never changes again (a retry
-        re-runs failures of the current round only), so a running job costs a read of its
-        current round per refresh, not of its whole history.
-        """
-        phases = ("train", "reduce") if job.kind == "data_parallel" else ("train",)
-        rows: list[ResultRecord] = []
-        for r in range(job.round + 1):
-            key = (job.job_id, r)
-            with self._lock:
-                cached = self._rounds.get(key)
-            if cached is None:
-                cached = [row for phase in phases for row in self.store.results(job.job_id, r, phase)]
-                if r < job.round:
-                    with self._lock:
-                        self._rounds[key] = cached
-                        while len(self._rounds) > CACHED_JOBS * 16:
-                            self._rounds.popitem(last=False)
-            rows.extend(cached)
-        return rows
+    def _round_summaries(self, job: JobRecord) -> list[dict[str, Any]]:
+        """The job's stored round summaries, read again only when a round or phase closed, not on
+        every refresh of a running round: each summary write is followed by a move of the job's
+        status, round or phase (action before transition), which a refresh sees."""
+        moment = (job.status, job.round, job.phase, job.closed_round, job.retry_generation)
+        with self._lock:
+            cached = self._summaries.get(job.job_id)
+        if cached is not None and cached[0] == moment:
+            return list(cached[1])
+        summaries = self.store.round_summaries(job.job_id)
+        with self._lock:
+            self._summaries[job.job_id] = (moment, summaries)
+            self._summaries.move_to_end(job.job_id)
+            while len(self._summaries) > CACHED_JOBS:
+                self._summaries.popitem(last=False)
+        return list(summaries)
+
+    def _stall_watch(self, job_id: str) -> StallWatch:
+        return _lru(
+            self._stalls,
+            job_id,
+            CACHED_JOBS,
+            self._lock,
+            lambda: StallWatch(self.sqs, self.queues, stall_after_s=self.stall_after_s, clock=self.clock),
+        )
 
     def queue_depths(self) -> list[dict[str, Any]]:
         """Approximate visible, in-flight and delayed messages of each queue the stack outputs."""

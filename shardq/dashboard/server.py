@@ -24,10 +24,12 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from shardq.core.artifacts import dumps_standard
 from shardq.core.jobstore import JobNotFound
 from shardq.dashboard.data import KINDS, STATUSES, DashboardData
 
@@ -40,6 +42,15 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """Starlette's JSON response, with non-finite numbers as "nan"/"inf"/"-inf": its own encoder
+    refuses NaN (a diverged trial's metrics made the job page answer 500)."""
+
+    def render(self, content: Any) -> bytes:
+        """Standard JSON of ``content`` (``shardq.core.artifacts.standard``)."""
+        return dumps_standard(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def is_loopback(host: str) -> bool:

@@ -19,9 +19,13 @@ def start_workers(
     log_dir: Path,
     stack: str = "shardq",
     name: str = "worker",
+    allow: str = "examples.*",
     extra_args: Sequence[str] = (),
 ) -> list[subprocess.Popen[bytes]]:
-    """``count`` worker processes finding the stack by its outputs; logs in ``log_dir/<name>-<i>.log``."""
+    """``count`` worker processes finding the stack by its outputs; logs in ``log_dir/<name>-<i>.log``.
+
+    ``allow`` is their ``--allow`` (docs/SECURITY.md): by default the repository's examples only.
+    """
     full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     procs = []
     for i in range(count):
@@ -29,7 +33,7 @@ def start_workers(
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "shardq.cli", "--stack", stack, "worker",
-                     "--worker-id", f"{name}-{i}", *extra_args],
+                     "--worker-id", f"{name}-{i}", "--allow", allow, *extra_args],
                     cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                 )
             )  # fmt: skip

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from shardq.core.contracts import ShardTask
+from shardq.worker.trust import AllowList
 
 # How long a finished child may take to exit before it is killed.
 EXIT_GRACE_S = 5.0
@@ -71,6 +72,9 @@ class ChildContext:
     device: str
     proximal_mu: float
     strategy: dict[str, Any]
+    eval_dataset: dict[str, Any] | None = None
+    # The worker's allow-list: the child checks it again before it imports the entrypoint.
+    allow: tuple[str, ...] = ()
 
 
 class _PipeHandler(logging.Handler):
@@ -87,7 +91,7 @@ class _PipeHandler(logging.Handler):
 def _child_main(conn: Connection, entrypoint: str, task_json: str, fields: ChildContext) -> None:
     """The child process: rebuild the context, run the function, send its outcome or its error."""
     # Imported here: the parent imports this module from the runtime.
-    from shardq.worker.reduce import ModelError
+    from shardq.worker.reduce import InputModel, ModelError
     from shardq.worker.runtime import EntrypointError, TaskContext, resolve
 
     # Ctrl-C reaches the whole process group: the worker decides when its tasks stop.
@@ -113,13 +117,14 @@ def _child_main(conn: Connection, entrypoint: str, task_json: str, fields: Child
         logger=logging.LoggerAdapter(child_log, {}),
         fetch=fetch,
         progress_sink=lambda fraction: conn.send(("progress", fraction)),
-        input_models=[(Path(p), n) for p, n in fields.input_models],
+        input_models=[InputModel(Path(p), n) for p, n in fields.input_models],
         device=fields.device,
         proximal_mu=fields.proximal_mu,
         strategy=fields.strategy,
+        eval_dataset=fields.eval_dataset,
     )
     try:
-        fn = resolve(entrypoint, task.task_type)
+        fn = resolve(entrypoint, task.task_type, AllowList(tuple(fields.allow)))
         if fn is None:
             raise AttributeError(f"entrypoint {entrypoint!r} has no {task.task_type} function")
         outcome = dict(fn(task, ctx) or {})
@@ -137,8 +142,12 @@ def run_isolated(
     ctx: Any,
     timeout_s: float,
     abandoned: threading.Event | None = None,
+    *,
+    allow: AllowList,
 ) -> dict[str, Any]:
     """Run ``entrypoint``'s function for ``task`` in a child process, stopped after ``timeout_s``.
+
+    ``allow`` is the worker's allow-list (``shardq.worker.trust``); the child imports nothing outside it.
 
     ``ctx`` is the parent's ``TaskContext``: the child's fetches, progress and log lines go
     through it, and ``ctx.model_path`` takes the child's choice.
@@ -166,6 +175,8 @@ def run_isolated(
         device=ctx.device,
         proximal_mu=ctx.proximal_mu,
         strategy=dict(ctx.strategy),
+        eval_dataset=ctx.eval_dataset,
+        allow=allow.patterns,
     )
     # A private socket pair (no listener to wait on if the child dies early); the child gets its end
     # as an inherited file descriptor.

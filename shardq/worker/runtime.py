@@ -31,7 +31,6 @@ Guarantees, in the order a task meets them:
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -48,15 +47,29 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from shardq.core import verdicts
 from shardq.core.contracts import ShardResult, ShardTask, ValidationError
 from shardq.core.enqueue import load_task
+from shardq.core.evaluation import DEPRECATION as EVAL_DEPRECATION
+from shardq.core.evaluation import eval_dataset_of
 from shardq.core.jobstore import JobStore
 from shardq.core.planning import split_s3
 from shardq.worker.aws import Backoff, FatalAwsError, describe, error_code, is_fatal
+from shardq.worker.code import fingerprint as code_fingerprint
+from shardq.worker.code import load_module
 from shardq.worker.devices import CPU, SlotDevice
 from shardq.worker.isolation import IsolatedTaskError, TaskAbandonedInChild, TaskTimeout, run_isolated
-from shardq.worker.reduce import MODEL_SUFFIXES, ModelError, average_stream
+from shardq.worker.reduce import (
+    MODEL_SUFFIXES,
+    InputModel,
+    ModelError,
+    average_stream,
+    custom_reduce_conflict,
+    evaluate_model,
+    nonfinite_array,
+)
 from shardq.worker.strategies import SERVER_STATE_NAME, apply_strategy, needs_server_step
+from shardq.worker.trust import AllowList
 
 log = logging.getLogger("shardq.worker")
 DEFAULT_MAX_RECEIVE_COUNT = 5
@@ -78,21 +91,28 @@ class EntrypointError(RuntimeError):
     """The training function cannot be loaded here: every attempt on this worker would fail alike."""
 
 
-def resolve(entrypoint: str, task_type: str) -> Callable[..., Any] | None:
-    """The function to run: ``module:function`` for train, the module's ``reduce`` (or None) for reduce.
+def resolve(entrypoint: str, task_type: str, allow: AllowList) -> Callable[..., Any] | None:
+    """The function to run: ``module:function`` for train, the module's ``reduce`` (or None) for reduce,
+    its ``evaluate_global`` hook (or None) for ``"evaluate_global"``.
 
-    Raises ``EntrypointError`` when the module does not import or lacks the function.
+    ``allow`` is the worker's trust boundary (``shardq.worker.trust``): a module outside it is not
+    imported at all. Every user function a worker loads comes through here.
+
+    Raises ``EntrypointError`` when the module is not allowed, does not import or lacks the function.
     """
     module_name, _, func = entrypoint.partition(":")
+    if (refusal := allow.refusal(entrypoint)) is not None:
+        raise EntrypointError(refusal)
     try:
-        module = importlib.import_module(module_name)
+        # An edited module file is reloaded between tasks (shardq.worker.code).
+        module = load_module(module_name)
     except Exception as exc:
         raise EntrypointError(
             f"entrypoint {entrypoint!r} cannot be loaded on this worker: {type(exc).__name__}: {exc}. "
             "Fix the request's entrypoint, or install the module in the worker's environment or image"
         ) from exc
-    if task_type == "reduce":
-        return getattr(module, "reduce", None)
+    if task_type in ("reduce", "evaluate_global"):  # optional hooks: None when the module has none
+        return getattr(module, task_type, None)
     fn = getattr(module, func, None)
     if fn is None:
         raise EntrypointError(
@@ -124,7 +144,8 @@ class TaskContext:
     init_model_path:
         The round's global model, downloaded (None in round 0 without ``model.init_uri``).
     input_models:
-        For a module's own ``reduce``: ``(path, num_samples)`` of each shard model, all downloaded.
+        For a module's own ``reduce``: each shard model, downloaded (``InputModel(path, num_samples)``,
+        which unpacks as a ``(path, num_samples)`` pair).
     logger:
         A logger whose lines carry job_id, round and shard_id.
     device:
@@ -138,6 +159,11 @@ class TaskContext:
         loss, i.e. μ·(w − w_global) to its gradient, with w_global the model at ``init_model_path``.
     strategy:
         The job's server strategy as the task carries it (``{"name", **params}``; empty for FedAvg).
+    eval_dataset:
+        A reduce's evaluation dataset, the request's ``evaluation`` (``{"uri", "num_samples"?}``),
+        which ``evaluate_global`` scores the new global model on; None on train tasks and for a job
+        without one (``shardq.core.evaluation``; ``hyperparameters.test_uri`` is its deprecated
+        fallback).
     """
 
     data: dict[str, Any]
@@ -147,11 +173,12 @@ class TaskContext:
     logger: logging.LoggerAdapter
     fetch: Callable[[str], Path]
     progress_sink: Callable[[float], None] = lambda fraction: None
-    input_models: list[tuple[Path, int]] = field(default_factory=list)
+    input_models: list[InputModel] = field(default_factory=list)
     device: str = CPU
     model_path: Path | None = None
     proximal_mu: float = 0.0
     strategy: dict[str, Any] = field(default_factory=dict)
+    eval_dataset: dict[str, Any] | None = None
 
     def progress(self, fraction: float) -> None:
         """Report progress in [0, 1] (logged at most every 10 %)."""
@@ -254,6 +281,10 @@ class Worker:
         without them every task runs).
     entrypoint:
         Overrides the task's own ``entrypoint`` (``module:function``) when set.
+    allow:
+        The modules whose functions this worker may import and run (``shardq worker --allow``);
+        default: ``entrypoint``'s top-level package. Without either the worker refuses to start: a
+        task would otherwise choose the code it runs.
     visibility_s:
         The visibility the heartbeat keeps ahead of the running task.
     device:
@@ -273,6 +304,7 @@ class Worker:
     ddb: Any = None
     job_table: str | None = None
     entrypoint: str | None = None
+    allow: AllowList | None = None
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     wait_s: int = 20
     visibility_s: int = 300
@@ -288,6 +320,12 @@ class Worker:
     errors: int = 0
 
     def __post_init__(self) -> None:
+        if self.allow is None:
+            if not self.entrypoint:
+                raise ValueError(
+                    "Worker: pass allow=AllowList.parse('pkg.*') (the modules it may run) or entrypoint="
+                )
+            self.allow = AllowList.for_entrypoint(self.entrypoint)
         self.store = JobStore(self.job_table, self.ddb) if self.ddb is not None and self.job_table else None
         if self.max_receive_count is None:
             attrs = self.sqs.get_queue_attributes(
@@ -410,6 +448,10 @@ class Worker:
             result = self._run_leased(task, lease, tlog)
             if result is None:
                 return
+            # The aggregator's own parser and verdict first (issue #22): a body it would reject
+            # becomes this shard's failure naming why, a non-finite metric a diverged trial or a
+            # failed shard, instead of a result thrown away while the job waits for it.
+            result = verdicts.checked(result, task.kind)
             # Result first, then delete: a crash (or an AWS error) between the two duplicates a
             # result, which the aggregator drops, never loses one. An error in either leaves the
             # task to its visibility timeout.
@@ -458,7 +500,11 @@ class Worker:
         tlog: logging.LoggerAdapter,
         started: float,
     ) -> ShardResult | None:
-        attempt = {"worker_id": self.worker_id, "attempt": lease.receives}
+        attempt = {
+            "worker_id": self.worker_id,
+            "attempt": lease.receives,
+            "code_version": code_fingerprint(self.entrypoint or task.entrypoint),
+        }
         try:
             with tempfile.TemporaryDirectory(prefix="shardq-task-") as tmp:
                 outcome = self._run(task, Path(tmp), tlog, lease.abandoned)
@@ -636,7 +682,19 @@ class Worker:
             device=self.device.device,
             proximal_mu=float(task.strategy.get("mu", 0.0) or 0.0),
             strategy=dict(task.strategy),
+            eval_dataset=self._eval_dataset(task, tlog),
         )
+
+    @staticmethod
+    def _eval_dataset(task: ShardTask, tlog: logging.LoggerAdapter) -> dict[str, Any] | None:
+        """A reduce task's evaluation dataset (None for a train task): its ``eval_dataset``, else the
+        deprecated ``hyperparameters.test_uri``, with a warning naming the field that replaces it."""
+        if task.task_type != "reduce":
+            return None
+        dataset, deprecated = eval_dataset_of(task.eval_dataset, task.hyperparameters)
+        if deprecated:
+            tlog.warning(EVAL_DEPRECATION)
+        return dataset
 
     def _run(
         self,
@@ -648,9 +706,13 @@ class Worker:
         # A task too big for its message travels by claim check (shardq.core.enqueue): fetch the
         # body inside the attempt, so an S3 error counts as one failed attempt like any other.
         task = load_task(task, self.s3)
-        ctx = self._context(task, tmp, tlog)
         entrypoint = self.entrypoint or task.entrypoint
-        fn = resolve(entrypoint, task.task_type)
+        # Before anything is downloaded: a task naming code this worker may not run fails at once,
+        # and so does a module's own reduce on a job whose server strategy it would silently drop.
+        fn = resolve(entrypoint, task.task_type, self.trusted)
+        if task.task_type == "reduce" and fn is not None and needs_server_step(task.strategy):
+            raise EntrypointError(custom_reduce_conflict(entrypoint, task.strategy))
+        ctx = self._context(task, tmp, tlog)
         if task.task_type == "reduce":
             outcome = self._reduce(task, ctx, fn, tmp, abandoned)
         else:
@@ -659,8 +721,14 @@ class Worker:
             outcome = self._call(entrypoint, fn, task, ctx, abandoned)
         return self._publish(task, ctx, outcome, tlog)
 
-    @staticmethod
+    @property
+    def trusted(self) -> AllowList:
+        """The allow-list in force (set by ``__post_init__``)."""
+        assert self.allow is not None
+        return self.allow
+
     def _call(
+        self,
         entrypoint: str,
         fn: Callable[..., Any],
         task: ShardTask,
@@ -670,7 +738,7 @@ class Worker:
         """The user's function: in this thread, or in a child process it can be stopped in when
         the task has a time limit (``shardq.worker.isolation``)."""
         if task.timeout_s:
-            return run_isolated(entrypoint, task, ctx, task.timeout_s, abandoned)
+            return run_isolated(entrypoint, task, ctx, task.timeout_s, abandoned, allow=self.trusted)
         return dict(fn(task, ctx) or {})
 
     def _reduce(
@@ -700,7 +768,8 @@ class Worker:
         ]
         if fn is not None:
             for i, (uri, weight) in enumerate(models):
-                ctx.input_models.append((self._download(uri, tmp / "inputs" / str(i) / _name(uri)), weight))
+                path = self._download(uri, tmp / "inputs" / str(i) / _name(uri))
+                ctx.input_models.append(InputModel(path, weight))
             return self._call(self.entrypoint or task.entrypoint, fn, task, ctx, abandoned)
         ctx.model_path = average_stream(
             self._one_at_a_time(models, tmp / "inputs"),
@@ -709,8 +778,13 @@ class Worker:
             name=_name(models[0][0]) if models else None,
         )
         if stepping and ctx.init_model_path is not None:
-            apply_strategy(task.strategy, ctx.model_path, ctx.init_model_path, self._server_state(task, tmp))
-        return {"num_samples": inputs["total_samples"]}
+            state = self._server_state(task, tmp)
+            apply_strategy(task.strategy, ctx.model_path, ctx.init_model_path, state, round_no=task.round)
+        outcome: dict[str, Any] = {"num_samples": inputs["total_samples"]}
+        evaluate = resolve(self.entrypoint or task.entrypoint, "evaluate_global", self.trusted)
+        if evaluate is not None:  # the module's hook scores the new global model
+            outcome["metrics"] = evaluate_model(evaluate, task, ctx.model_path, ctx)
+        return outcome
 
     def _server_state(self, task: ShardTask, tmp: Path) -> Path | None:
         """The previous round's server state, downloaded; None in the first round (state at zero).
@@ -751,6 +825,14 @@ class Worker:
     ) -> dict[str, Any]:
         """Upload ``ctx.output_dir``; name the model (``model_uri``) and the artifact in ``outcome``."""
         model = model_file(ctx.output_dir, ctx.model_path)
+        if model is not None and task.kind == "data_parallel":
+            bad = nonfinite_array(model)
+            if bad is not None:
+                raise ModelError(
+                    f"array {bad!r} of the model {model.name} holds NaN or inf: the training diverged; "
+                    "the shard fails so its model never enters the average (lower the learning rate, "
+                    "clip gradients)"
+                )
         files = sorted(p for p in ctx.output_dir.rglob("*") if p.is_file())
         if model is None and files and (task.task_type == "reduce" or task.kind == "data_parallel"):
             names = ", ".join(p.relative_to(ctx.output_dir).as_posix() for p in files[:6])

@@ -2,21 +2,33 @@
 
 The reduce first averages the shard models (FedAvg, ``shardq.worker.reduce``) into x̄, then steps
 from the round's global model x (the reduce task's ``init_model_uri``) with Flower's formulas
-(``flwr.server.strategy.fedavgm / fedadam / fedyogi``, ``aggregate_fit``):
+(``flwr.serverapp.strategy.FedAvgM / FedAdam / FedYogi``, ``aggregate_train``; the same arithmetic
+as the older ``flwr.server.strategy`` classes' ``aggregate_fit``):
 
 * **FedAvgM**: g = x − x̄ (the pseudo-gradient, "updates are the opposite of gradients");
   v ← momentum·v + g (v = g in the first round); x ← x − server_lr·v.
 * **FedAdam**: Δ = x̄ − x; m ← β1·m + (1 − β1)·Δ; v ← β2·v + (1 − β2)·Δ²;
-  x ← x + server_lr·m / (√v + τ). No bias correction, τ outside the square root.
-* **FedYogi**: as FedAdam but v ← v − (1 − β2)·Δ²·sign(v − Δ²).
+  x ← x + η_t·m / (√v + τ), τ outside the square root, with Flower's bias-corrected rate
+  (since Flower 1.13) η_t = server_lr·√(1 − β2^t) / (1 − β1^t). Flower raises β to
+  ``server_round + 1`` and counts rounds from 1, so shardq's round r (counted from 0) steps with
+  t = r + 2, as Flower's run of the same round does (Kingma & Ba's t would be r + 1; shardq
+  follows Flower, step for step).
+* **FedYogi**: as FedAdam but v ← v − (1 − β2)·Δ²·sign(v − Δ²), and no bias correction: Flower's
+  FedYogi steps with server_lr itself.
+
+``tests/worker/test_strategies.py`` checks each step against vectors computed by hand from these
+formulas and, where Flower is installed (``make flower``), against Flower's own strategy classes
+run on the same arrays.
 
 The server state (v, or m and v) lives in ``server_state.npz`` beside the reduced model, one
-array per model entry (``momentum/<name>``, ``m/<name>``, ``v/<name>``), in float64. A reduce
-reads the previous round's state and writes its own under its own prefix, so a retried reduce
-recomputes the same step. ``fedavg`` and ``fedprox`` reduce as plain FedAvg.
+array per floating model entry (``momentum/<name>``, ``m/<name>``, ``v/<name>``), in float64.
+A reduce reads the previous round's state and writes its own under its own prefix, so a retried
+reduce recomputes the same step. ``fedavg`` and ``fedprox`` reduce as plain FedAvg (FedProx's μ
+acts in the clients' local loss: ``ctx.proximal_mu``).
 
-Works on ``.npz`` archives (every array) and PyTorch ``state_dict`` files (floating tensors;
-other entries, such as step counters, are taken from the average).
+Works on ``.npz`` archives and PyTorch ``state_dict`` files alike: floating entries step (in
+float64, saved in their own dtype); the others (integer step counters, boolean masks) are taken
+from the average, which takes them from the first shard model.
 """
 
 from __future__ import annotations
@@ -47,8 +59,24 @@ def needs_server_step(strategy: Mapping[str, Any]) -> bool:
     return strategy.get("name") in SERVER_OPTIMIZERS
 
 
+def adam_rate(server_lr: float, beta1: float, beta2: float, round_no: int) -> float:
+    """FedAdam's bias-corrected server rate for shardq round ``round_no`` (counted from 0).
+
+    Flower's ``eta_norm = eta·√(1 − β2^(server_round + 1)) / (1 − β1^(server_round + 1))`` with
+    ``server_round = round_no + 1`` (Flower counts rounds from 1): the exponent is ``round_no + 2``.
+    """
+    t = round_no + 2.0
+    return server_lr * float(np.sqrt(1.0 - np.power(beta2, t))) / (1.0 - float(np.power(beta1, t)))
+
+
 def server_step(
-    name: str, params: Mapping[str, float], x_global: Arrays, x_avg: Arrays, state: Arrays
+    name: str,
+    params: Mapping[str, float],
+    x_global: Arrays,
+    x_avg: Arrays,
+    state: Arrays,
+    *,
+    round_no: int,
 ) -> tuple[Arrays, Arrays]:
     """One server optimizer step, Flower's formulas; returns (new global model, new state).
 
@@ -63,7 +91,16 @@ def server_step(
     state:
         The previous round's state (``momentum/<name>`` or ``m/<name>``, ``v/<name>``); a missing
         entry starts at zero (the first round).
+    round_no:
+        The round being reduced, counted from 0 (FedAdam's bias correction depends on it).
+
+    Raises
+    ------
+    ModelError
+        ``name`` is not a server optimizer.
     """
+    if name not in SERVER_OPTIMIZERS:
+        raise ModelError(f"strategy.name {name!r} has no server step; use one of {SERVER_OPTIMIZERS}")
     lr = float(params["server_lr"])
     new_model: Arrays = {}
     new_state: Arrays = {}
@@ -83,11 +120,11 @@ def server_step(
         squared = delta * delta
         if name == "fedadam":
             v = beta2 * v + (1 - beta2) * squared
-        elif name == "fedyogi":
+            rate = adam_rate(lr, beta1, beta2, round_no)
+        else:  # fedyogi
             v = v - (1.0 - beta2) * squared * np.sign(v - squared)
-        else:
-            raise ModelError(f"strategy.name {name!r} has no server step; use one of {SERVER_OPTIMIZERS}")
-        new_model[key] = x + lr * m / (np.sqrt(v) + tau)
+            rate = lr
+        new_model[key] = x + rate * m / (np.sqrt(v) + tau)
         new_state[f"m/{key}"], new_state[f"v/{key}"] = m, v
     return new_model, new_state
 
@@ -115,7 +152,8 @@ def _read(path: Path) -> tuple[Arrays, dict[str, Any]]:
     if path.suffix in NPZ_SUFFIXES:
         with np.load(path) as data:
             raw = {k: data[k] for k in data.files}
-        return {k: v.astype(np.float64) for k, v in raw.items()}, raw
+        floats = {k: v.astype(np.float64) for k, v in raw.items() if np.issubdtype(v.dtype, np.floating)}
+        return floats, raw
     if path.suffix in TORCH_SUFFIXES:
         torch = _torch()
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -126,7 +164,9 @@ def _read(path: Path) -> tuple[Arrays, dict[str, Any]]:
 
 def _write(path: Path, floats: Arrays, raw: dict[str, Any]) -> None:
     if path.suffix in NPZ_SUFFIXES:
-        np.savez(path, **{k: floats.get(k, v) for k, v in raw.items()})
+        # Each array back in its own dtype: a float32 model stays float32, counters stay integers.
+        arrays: dict[str, Any] = {k: floats[k].astype(v.dtype) if k in floats else v for k, v in raw.items()}
+        np.savez(path, **arrays)  # (np.savez's stubs type **kwds loosely)
         return
     torch = _torch()
     out = {k: torch.from_numpy(floats[k]).to(v.dtype) if k in floats else v for k, v in raw.items()}
@@ -134,11 +174,17 @@ def _write(path: Path, floats: Arrays, raw: dict[str, Any]) -> None:
 
 
 def apply_strategy(
-    strategy: Mapping[str, Any], average: Path, global_model: Path, state_path: Path | None
+    strategy: Mapping[str, Any],
+    average: Path,
+    global_model: Path,
+    state_path: Path | None,
+    *,
+    round_no: int,
 ) -> Path:
     """Replace the FedAvg ``average`` by the server step from ``global_model``; write the new state.
 
-    Returns the new state's file (``server_state.npz`` beside ``average``).
+    ``round_no`` is the round being reduced (from 0). Returns the new state's file
+    (``server_state.npz`` beside ``average``).
 
     Raises
     ------
@@ -161,7 +207,8 @@ def apply_strategy(
             f"{ {k: v.shape for k, v in x_avg.items()} }: a server strategy needs the same entries"
         )
     params = {k: float(v) for k, v in strategy.items() if k != "name"}
-    model, state = server_step(name, params, x_global, x_avg, load_state(state_path, name, sorted(x_avg)))
+    previous = load_state(state_path, name, sorted(x_avg))
+    model, state = server_step(name, params, x_global, x_avg, previous, round_no=round_no)
     _write(average, model, raw)
     out = average.parent / SERVER_STATE_NAME
     arrays: dict[str, Any] = dict(state)  # np.savez's stubs type **kwds loosely

@@ -1,4 +1,4 @@
-"""ShardqFunctions: the splitter, aggregator and DLQ handler Lambdas, sharing one code asset."""
+"""ShardqFunctions: the splitter, aggregator and the two DLQ handler Lambdas, sharing one code asset."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ ARCHITECTURE = lambda_.Architecture.ARM_64
 SPLITTER_HANDLER = "lambdas.splitter.handler"
 AGGREGATOR_HANDLER = "lambdas.aggregator.handler"
 DLQ_HANDLER_HANDLER = "lambdas.dlq_handler.handler"
+RESULTS_DLQ_HANDLER_HANDLER = "lambdas.results_dlq_handler.handler"
 LAMBDA_MAX_TIMEOUT_SECONDS = 900
 
 
@@ -40,7 +41,7 @@ class FunctionSize:
 
 @dataclass(frozen=True, kw_only=True)
 class FunctionSizing:
-    """Sizes of the three functions; queue visibility timeouts are derived from these timeouts.
+    """Sizes of the four functions; queue visibility timeouts are derived from these timeouts.
 
     Memory also buys CPU: 512 MB keeps the splitter's concurrent SendMessageBatch calls and the
     aggregator's JSON work quick, while none of them holds more than a batch in memory.
@@ -52,6 +53,11 @@ class FunctionSizing:
     aggregator: FunctionSize = field(default_factory=lambda: FunctionSize(memory_mb=512, timeout_seconds=60))
     # Up to 10 dead tasks: marks shards FAILED, may finish the round.
     dlq_handler: FunctionSize = field(default_factory=lambda: FunctionSize(memory_mb=256, timeout_seconds=60))
+    # Up to 10 dead results: records them (or the failure a rejected one stands for), may finish
+    # the round; sized as the aggregator, whose work it redoes, for the memory (CPU) of a round close.
+    results_dlq_handler: FunctionSize = field(
+        default_factory=lambda: FunctionSize(memory_mb=512, timeout_seconds=60)
+    )
 
     @classmethod
     def for_queue(cls, *, high_throughput: bool) -> FunctionSizing:
@@ -67,7 +73,7 @@ class FunctionSizing:
 
 
 class ShardqFunctions(Construct):
-    """The three Lambdas: python3.14 on arm64, X-Ray, explicit log groups, one role each.
+    """The four Lambdas: python3.14 on arm64, X-Ray, explicit log groups, one role each.
 
     Each function gets its own role whose only inline permissions are writing to its own log group
     (no AWSLambdaBasicExecutionRole); the stack adds data-plane grants where it wires components.
@@ -88,11 +94,11 @@ class ShardqFunctions(Construct):
     environment
         Environment variables every function gets.
     dlq_handler_environment
-        Extra variables for the DLQ handler only.
+        Extra variables for the task DLQ handler only.
     sizing
         Memory and timeout per function.
     log_retention
-        Retention of the three log groups.
+        Retention of the log groups.
     encryption_key
         Customer KMS key for the failure queue; ``None`` means SQS-managed SSE.
     splitter_async_retry_attempts
@@ -147,6 +153,13 @@ class ShardqFunctions(Construct):
             environment={**environment, **(dlq_handler_environment or {})},
             description="shardq DLQ handler: marks shards whose tasks exhausted their receives as FAILED",
         )
+        self.results_dlq_handler = self._function(
+            "ResultsDlqHandler",
+            handler=RESULTS_DLQ_HANDLER_HANDLER,
+            size=sizing.results_dlq_handler,
+            environment=environment,
+            description="shardq results DLQ handler: records dead results (a rejected one as a failure)",
+        )
 
     def _splitter(
         self, size: FunctionSize, environment: Mapping[str, str], retry_attempts: int
@@ -180,8 +193,8 @@ class ShardqFunctions(Construct):
 
     @property
     def all_functions(self) -> list[lambda_.Function]:
-        """Splitter, aggregator and DLQ handler."""
-        return [self.splitter, self.aggregator, self.dlq_handler]
+        """Splitter, aggregator and the two DLQ handlers."""
+        return [self.splitter, self.aggregator, self.dlq_handler, self.results_dlq_handler]
 
     def _function(
         self,
@@ -235,6 +248,7 @@ def _validate(
         ("splitter", sizing.splitter),
         ("aggregator", sizing.aggregator),
         ("dlq_handler", sizing.dlq_handler),
+        ("results_dlq_handler", sizing.results_dlq_handler),
     ):
         problems.require(
             128 <= size.memory_mb <= 10240,

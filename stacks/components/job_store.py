@@ -12,6 +12,12 @@ from stacks.components._props import Problems, seconds
 ARTIFACT_PREFIX = "jobs/"
 TTL_ATTRIBUTE = "expires_at"
 STATUS_INDEX = "by_status"
+# Each job's outcomes in the order they were recorded: ``watch`` and the dashboard read only what
+# was recorded since their last read (shardq.core.progress_reads), whatever the job's size.
+RECORDED_INDEX = "by_recorded"
+# What a reader of ``by_recorded`` needs of a result item (the dead task's body stays out: it can
+# be kilobytes, and every byte projected is written again and read again).
+RECORDED_ATTRIBUTES = ["outcome", "result", "source", "receive_count"]
 DEFAULT_ACCESS_LOG_RETENTION = Duration.days(365)
 
 
@@ -19,7 +25,9 @@ class JobStore(Construct):
     """Job records (DynamoDB) and job artifacts (S3), both retained when the stack is deleted.
 
     Table: ``pk``/``sk`` strings, on-demand, point-in-time recovery, TTL on ``expires_at`` (the
-    runtime sets it on finished jobs), GSI ``by_status`` (``status``, ``created_at``) to list jobs.
+    runtime sets it on finished jobs), GSI ``by_status`` (``status``, ``created_at``) to list jobs,
+    GSI ``by_recorded`` (``pk``, ``recorded_at``; sparse: result items alone carry ``recorded_at``)
+    to read a job's outcomes recorded since a moment.
     Bucket: public access blocked, TLS only, versioned, S3-managed encryption, server access logs to
     a separate bucket, lifecycle that expires noncurrent versions, aborts stale multipart uploads
     and optionally expires everything under ``jobs/``.
@@ -55,7 +63,7 @@ class JobStore(Construct):
         )
 
     def _job_table(self, removal_policy: RemovalPolicy) -> dynamodb.Table:
-        """The job table with its ``by_status`` index."""
+        """The job table with its ``by_status`` and ``by_recorded`` indexes."""
         table = dynamodb.Table(
             self,
             "JobTable",
@@ -74,6 +82,13 @@ class JobStore(Construct):
             partition_key=dynamodb.Attribute(name="status", type=dynamodb.AttributeType.STRING),
             sort_key=dynamodb.Attribute(name="created_at", type=dynamodb.AttributeType.STRING),
             projection_type=dynamodb.ProjectionType.ALL,
+        )
+        table.add_global_secondary_index(
+            index_name=RECORDED_INDEX,
+            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
+            sort_key=dynamodb.Attribute(name="recorded_at", type=dynamodb.AttributeType.STRING),
+            projection_type=dynamodb.ProjectionType.INCLUDE,
+            non_key_attributes=RECORDED_ATTRIBUTES,
         )
         return table
 

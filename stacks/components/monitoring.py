@@ -43,6 +43,8 @@ class MonitoredFunctions:
     splitter: lambda_.IFunction
     aggregator: lambda_.IFunction
     dlq_handler: lambda_.IFunction
+    # The results DLQ's consumer (issue #22); None in stacks built before it.
+    results_dlq_handler: lambda_.IFunction | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,6 +192,18 @@ class Monitoring(Construct):
                 "DlqHandlerErrors",
                 functions.dlq_handler.metric_errors(period=_ONE_MINUTE, statistic="Sum"),
                 description="The DLQ handler failed; dead tasks are not being recorded as FAILED.",
+            ),
+            *(
+                [
+                    self._alarm(
+                        "ResultsDlqHandlerErrors",
+                        functions.results_dlq_handler.metric_errors(period=_ONE_MINUTE, statistic="Sum"),
+                        description="The results DLQ handler failed, or a whole batch of dead results "
+                        "named no planned task (see `shardq dlq show --queue results`).",
+                    )
+                ]
+                if functions.results_dlq_handler is not None
+                else []
             ),
         ]
 
@@ -355,6 +369,8 @@ def _function_row(functions: MonitoredFunctions) -> list[cloudwatch.IWidget]:
             strict=True,
         )
     )
+    if functions.results_dlq_handler is not None:
+        labelled.append(("results DLQ handler", functions.results_dlq_handler))
     return [
         cloudwatch.GraphWidget(
             title="Lambda duration p90 (ms)",

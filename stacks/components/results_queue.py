@@ -27,6 +27,8 @@ class ResultsQueue(Construct):
     ----------
     consumer_timeout
         Timeout of the consuming (aggregator) function; visibility is 6 x this, computed here.
+    dlq_consumer_timeout
+        Timeout of the DLQ's consumer (the results DLQ handler); the DLQ's visibility is 6 x this.
     max_receive_count
         Receives before a result moves to the DLQ.
     encryption_key
@@ -42,6 +44,7 @@ class ResultsQueue(Construct):
         *,
         consumer_timeout: Duration,
         max_receive_count: int,
+        dlq_consumer_timeout: Duration | None = None,
         encryption_key: kms.IKey | None = None,
         retention: Duration = DEFAULT_QUEUE_RETENTION,
     ) -> None:
@@ -51,6 +54,13 @@ class ResultsQueue(Construct):
             VISIBILITY_PER_CONSUMER_TIMEOUT * seconds(consumer_timeout) <= SQS_MAX_VISIBILITY_SECONDS,
             f"consumer_timeout={seconds(consumer_timeout)}s: visibility must be 6 x the consumer timeout "
             "and SQS caps visibility at 43200 s; fix: use a timeout of at most 7200 s",
+        )
+        problems.require(
+            dlq_consumer_timeout is None
+            or VISIBILITY_PER_CONSUMER_TIMEOUT * seconds(dlq_consumer_timeout) <= SQS_MAX_VISIBILITY_SECONDS,
+            f"dlq_consumer_timeout={seconds(dlq_consumer_timeout or consumer_timeout)}s: the DLQ visibility "
+            "must be 6 x the consumer timeout and SQS caps visibility at 43200 s; fix: use a timeout of "
+            "at most 7200 s",
         )
         problems.require(
             1 <= max_receive_count <= 1000,
@@ -64,7 +74,11 @@ class ResultsQueue(Construct):
 
         self.visibility_timeout = consumer_visibility(consumer_timeout)
         self.dead_letter_queue = secure_queue(
-            self, "DeadLetterQueue", encryption_key=encryption_key, retention=DLQ_RETENTION
+            self,
+            "DeadLetterQueue",
+            encryption_key=encryption_key,
+            retention=DLQ_RETENTION,
+            visibility_timeout=consumer_visibility(dlq_consumer_timeout) if dlq_consumer_timeout else None,
         )
         self.queue = secure_queue(
             self,

@@ -14,16 +14,26 @@ from constructs import Construct
 
 from stacks.components._props import Problems
 
+# Each right is one a worker (shardq/worker/*, shardq worker) uses; docs/SECURITY.md says which call
+# needs it, and tests/infra/test_worker_policy.py pins the set per resource.
+# Task queue: poll, delete when done, heartbeat/release, and read the lease and maxReceiveCount at
+# start. No SendMessage: workers never enqueue (the aggregator Lambda sends reduce and next-round tasks).
 TASK_QUEUE_ACTIONS = (
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
 )
-RESULTS_QUEUE_ACTIONS = ("sqs:SendMessage", "sqs:GetQueueAttributes")
-JOB_TABLE_ACTIONS = ("dynamodb:GetItem", "dynamodb:Query")
-ARTIFACT_WRITE_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload")
+# Results queue: post outcomes only (its attributes are never read).
+RESULTS_QUEUE_ACTIONS = ("sqs:SendMessage",)
+# Job table: the cancellation/closed-round check and --job-id read one item by key; nothing queries.
+JOB_TABLE_ACTIONS = ("dynamodb:GetItem",)
+# Artifacts: PutObject covers single and multipart uploads; a failed multipart upload is aborted.
+# Reading them back is ReadDatasets' s3:GetObject on the whole bucket.
+ARTIFACT_WRITE_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload")
+# ``shardq worker --stack``: the queue URLs and table name from the stack's outputs.
 STACK_READ_ACTIONS = ("cloudformation:DescribeStacks",)
+# With queue_encryption="kms": Decrypt to receive tasks, GenerateDataKey to send results.
 QUEUE_KEY_ACTIONS = ("kms:Decrypt", "kms:GenerateDataKey")
 
 
@@ -118,6 +128,8 @@ def _statements(
         iam.PolicyStatement(
             sid="ReadJobRecords", actions=list(JOB_TABLE_ACTIONS), resources=[job_table.table_arn]
         ),
+        # ListBucket makes a missing key a 404 (NoSuchKey), not a 403: the reduce treats a missing
+        # server state as "start at zero", and a 403 would read as a fatal AccessDenied.
         iam.PolicyStatement(sid="ListDatasets", actions=["s3:ListBucket"], resources=read_buckets),
         iam.PolicyStatement(
             sid="ReadDatasets", actions=["s3:GetObject"], resources=[f"{arn}/*" for arn in read_buckets]

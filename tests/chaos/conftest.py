@@ -45,7 +45,7 @@ class Rig:
 def rig(
     cloud: LocalCloud, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[Callable[..., Rig]]:
-    from lambdas import aggregator, common, dlq_handler
+    from lambdas import aggregator, common, dlq_handler, results_dlq_handler
     from shardq.core.clients import client
 
     pools: list[WorkerPool] = []
@@ -73,7 +73,13 @@ def rig(
         common.engine.cache_clear()
         client.cache_clear()
         engine = common.engine()
-        pump = Pump(clients["sqs"], settings, aggregator.aggregate, dlq_handler.handle_dead_tasks)
+        pump = Pump(
+            clients["sqs"],
+            settings,
+            aggregator.aggregate,
+            dlq_handler.handle_dead_tasks,
+            results_dlq_handler=results_dlq_handler.handle_dead_results,
+        )
         pool = WorkerPool(cloud, settings, tmp_path, size=workers, faults=faults, extra_args=worker_args)
         pools.append(pool)
         return Rig(cloud, settings, engine, pump, pool, tmp_path, clients)

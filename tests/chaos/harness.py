@@ -2,8 +2,9 @@
 
 * ``WorkerPool`` runs ``shardq worker`` processes (the CLI, as on a GPU box) and, like an
   auto-scaling group, replaces any that die. Tests SIGKILL or SIGTERM them.
-* ``Pump`` does what the two event source mappings do: receive a batch from the results
-  queue (aggregator) or the task DLQ (DLQ handler), invoke the real handler, delete the
+* ``Pump`` does what the event source mappings do: receive a batch from the results
+  queue (aggregator), the task DLQ (DLQ handler) or the results DLQ (results DLQ handler),
+  invoke the real handler, delete the
   records it did not report as failed. When the handler *crashes* (any exception,
   including the ``InjectedCrash`` the tests throw), nothing is deleted: the batch comes back
   after the queue's visibility timeout, as it does from a Lambda that died.
@@ -131,6 +132,8 @@ class WorkerPool:
                 f"chaos-{self.spawned}",
                 "--log-format",
                 "text",
+                "--allow",
+                "examples.*,tests.*",
                 *self.extra_args,
             ],
             cwd=ROOT,
@@ -235,12 +238,16 @@ class Pump:
     invocations: int = 0
     crashes: int = 0
     on_receive: Callable[[list[dict[str, Any]]], None] | None = None
+    # The results DLQ's consumer (lambdas.results_dlq_handler); None leaves that queue unread.
+    results_dlq_handler: Handler | None = None
     task_dlq_url: str = field(init=False)
+    results_dlq_url: str = field(init=False)
     arns: dict[str, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.task_dlq_url = dlq_urls(self.sqs, self.settings)["tasks"]
-        for url in (self.settings.results_queue_url, self.task_dlq_url):
+        dlqs = dlq_urls(self.sqs, self.settings)
+        self.task_dlq_url, self.results_dlq_url = dlqs["tasks"], dlqs["results"]
+        for url in (self.settings.results_queue_url, self.task_dlq_url, self.results_dlq_url):
             self.arns[url] = queue_arn(self.sqs, url)
 
     def receive(self, url: str, limit: int) -> list[dict[str, Any]]:
@@ -278,6 +285,11 @@ class Pump:
         if dead:
             self.invoke(self.task_dlq_url, dead, self.dlq_handler)
             handled += len(dead)
+        if self.results_dlq_handler is not None:
+            dead = self.receive(self.results_dlq_url, 10)
+            if dead:
+                self.invoke(self.results_dlq_url, dead, self.results_dlq_handler)
+                handled += len(dead)
         return handled
 
 

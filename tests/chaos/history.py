@@ -204,10 +204,16 @@ def check(
     for r, ph, _ in phases:
         items = h.items(r, ph)
         ok = sum(1 for o in items if o.result.status == "succeeded")
-        bad = len(items) - ok
+        # A diverged sweep trial ended (it counts as neither a success nor a failure).
+        div = sum(1 for o in items if o.result.status == "diverged")
+        bad = len(items) - ok - div
         if ph == "train":
             failed_train += bad
-        for name, have, want in (("ok", job.ok(r, ph), ok), ("fail", job.failed(r, ph), bad)):
+        for name, have, want in (
+            ("ok", job.ok(r, ph), ok),
+            ("fail", job.failed(r, ph), bad),
+            ("diverged", job.diverged(r, ph), div),
+        ):
             if have != want:
                 p.append(f"counter {name} r{r} {ph}={have} but {want} outcome items: counted twice or lost")
     if int(job.failed_total) != failed_train:
@@ -217,7 +223,12 @@ def check(
         r = summary["round"]
         results = [o.result.to_dict() for o in h.items(r, "train")]
         ok = [x for x in results if x["status"] == "succeeded"]
-        if summary["shards_succeeded"] != len(ok) or summary["shards_failed"] != len(results) - len(ok):
+        div = sum(1 for x in results if x["status"] == "diverged")
+        if (
+            summary["shards_succeeded"] != len(ok)
+            or summary["shards_failed"] != len(results) - len(ok) - div
+            or summary.get("shards_diverged", 0) != div
+        ):
             p.append(
                 f"round {r} summary counts {summary['shards_succeeded']}/{summary['shards_failed']} != items"
             )

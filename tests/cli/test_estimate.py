@@ -98,3 +98,25 @@ def test_what_if_past_the_request_cap(capsys: pytest.CaptureFixture[str], reques
     assert e["lambda"]["splitter_invocations"] == 4
     code, _, err = run(capsys, "estimate", request_file, "--shards", "0")
     assert code == 2 and "--shards must be at least 1" in err
+
+
+def test_halving_counts_every_rung_at_its_budget_and_participation_its_sample(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # GIVEN the project's halving sweep: 27 random trials, eta 3, epochs 1 → 3 → 9
+    argv = ("--workers", "8", "--task-seconds", "60", "--json")
+    code, out, _ = run(capsys, "estimate", "examples/requests/sweep_halving.json", *argv)
+    e = json.loads(out)
+    # THEN its rungs run 27 + 9 + 3 tasks, each rung's task training its budget increment
+    assert code == 0 and e["request"]["tasks"] == 39 and e["request"]["rounds"] == 3
+    assert [(r["trials"], r["budget"], r["task_seconds"]) for r in e["request"]["rungs"]] == [
+        (27, 1, 60), (9, 3, 120), (3, 9, 360),
+    ]  # fmt: skip
+    # AND the wall time is 4 waves of 60 s, 2 of 120 s and 1 of 360 s on 8 lanes
+    assert e["min_wall_seconds"] == 4 * 60 + 2 * 120 + 360
+    assert e["request"]["budget_spent"] == 27 * 1 + 9 * 2 + 3 * 6 == 63
+    assert e["total_usd"] == pytest.approx(sum(line["usd"] for line in e["lines"]))
+    # AND a data_parallel round with participation trains its sample: 8 of 16 shards, + a reduce
+    code, out, _ = run(capsys, "estimate", "examples/requests/data_parallel_quorum.json", *argv)
+    e = json.loads(out)
+    assert e["request"]["tasks_per_round"] == 8 and e["request"]["tasks"] == 5 * (8 + 1)

@@ -90,7 +90,7 @@ def test_submit_prints_the_job_id_and_status_json_matches_the_model(
     assert view == engine.status(job_id)
     assert view.status == "RUNNING" and view.done == 1 and view.shard_count == 4
     assert data["progress"] == [
-        {"round": 0, "phase": "train", "total": 4, "enqueued": 4, "done": 1, "failed": 0}
+        {"round": 0, "phase": "train", "total": 4, "enqueued": 4, "done": 1, "failed": 0, "diverged": 0}
     ]
     # AND the human view says the same
     human = shardq("status", job_id)
@@ -108,7 +108,10 @@ def test_list_shows_recent_jobs_by_status(shardq: Shardq, write_request: Any, en
     second = submit(shardq, write_request, {**MAP, "job_id": "cli-list-b"})
     listed = shardq("list", "--json").json()
     assert [v["job_id"] for v in listed] == [second, first]
-    assert [JobView(**v).status for v in listed] == ["RUNNING", "SUCCEEDED"]
+    # Each entry is a JobView plus the job's task totals (shardq.core.tally)
+    views = [JobView(**{k: v[k] for k in JobView.__dataclass_fields__}) for v in listed]
+    assert [v.status for v in views] == ["RUNNING", "SUCCEEDED"]
+    assert listed[1]["tasks_completed"] == listed[1]["tasks_total"] == 4
     assert [v["job_id"] for v in shardq("list", "--status", "SUCCEEDED", "--json").json()] == [first]
     table = shardq("list", "--limit", "1")
     assert table.code == 0 and second in table.out and first not in table.out
@@ -168,7 +171,7 @@ def test_watch_prints_a_line_per_change_and_exits_0_on_success(
     # THEN plain lines, one per change, then the outcome and the result; exit 0
     assert run.code == 0, run.out + run.err
     lines = run.out.splitlines()
-    assert lines[0] == "watching cli-watch (map, 4 tasks per round, 1 round(s))"
+    assert lines[0] == "watching cli-watch (map, 4 shard(s))"
     progress = [ln for ln in lines if ln.startswith("round ")]
     assert [p.split(" · ")[0] for p in progress] == [
         f"round 1/1 train: {n}/4 done, 0 failed" for n in range(5)

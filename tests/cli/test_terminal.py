@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from shardq.cli.jobs import needed, tasks_left
 from shardq.core.contracts import TrainingRequest
 from shardq.core.engine import Engine
 from shardq.core.jobstore import JobRecord, Outcome
 from shardq.core.operations import progress
+from shardq.core.tally import needed, tasks_left
 from tests.cli.conftest import Background, Shardq
 from tests.cli.test_jobs import MAP, submit, take_tasks, work
 from tests.helpers import result_for
@@ -134,7 +134,7 @@ def test_watch_draws_a_live_view_on_a_terminal_and_exits_0(
     # THEN watch drew the live view with colours and exited 0 with the job's outcome
     assert code == 0, term.text
     plain = ANSI.sub("", term.text)
-    assert "watching tty-watch (data_parallel, 4 tasks per round, 2 round(s))" in plain
+    assert "watching tty-watch (data_parallel, 4 shard(s), 2 round(s))" in plain
     assert "policy: quorum closes at 50% succeeded" in plain and "strategy fedavgm" in plain
     for row in ("round 1/2 train", "round 1/2 reduce", "round 2/2 train", "round 2/2 reduce", "job"):
         assert row in plain, row
@@ -189,7 +189,7 @@ def test_status_list_and_result_draw_tables_on_a_terminal_and_plain_text_in_a_pi
     assert re.search(
         r"\nquorum: +closes at 50% succeeded, or at its deadline 10m00s after it starts\n", status
     )
-    assert re.search(r"\nstrategy: +fedavgm \(momentum=0.9, server_lr=1\)\n", status)
+    assert re.search(r"\nstrategy: +fedavgm \(momentum=0, server_lr=1\)\n", status)
     assert re.search(
         r"\nlate: +1 result\(s\) arrived after their round closed \(kept apart, never counted\)", status
     )

@@ -12,7 +12,7 @@ from shardq.core.enqueue import INLINE_TASK_MAX_BYTES, load_task
 from shardq.core.jobstore import Outcome
 from shardq.core.settings import Settings
 from shardq.worker.runtime import Worker
-from tests.helpers import receive_all
+from tests.helpers import TRUSTED, receive_all
 
 FILES_PER_SHARD = 1_200
 
@@ -61,6 +61,7 @@ def test_a_worker_runs_a_claim_checked_task_and_the_job_finishes(
     # GIVEN a job of claim-checked tasks
     engine.submit(big_request("big-run"))
     worker = Worker(
+        allow=TRUSTED,
         sqs=clients["sqs"],
         s3=clients["s3"],
         ddb=clients["dynamodb"],

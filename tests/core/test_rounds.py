@@ -53,7 +53,7 @@ def test_round_policy_fields_round_trip_and_leave_plain_requests_unchanged() -> 
         "server_lr": 0.05,
         "beta1": 0.9,
         "beta2": 0.99,
-        "tau": 1e-9,
+        "tau": 1e-3,
     }
 
 

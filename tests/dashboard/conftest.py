@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from shardq.core.contracts import ShardResult
 from shardq.core.engine import Engine
-from shardq.core.jobstore import JobRecord, Outcome
 from shardq.local.resources import dlq_urls
-from shardq.worker.runtime import Worker
-from tests.helpers import receive_all
+from tests.finished import aggregate, run_job, workers
+
+__all__ = ["aggregate", "run_job", "workers"]
 
 # The dashboard's packages are optional (make dashboard): each test module skips without them,
 # so this file imports them inside the fixtures only.
@@ -38,47 +36,6 @@ SWEEP = {
     "max_failed_shards": 1,
     "entrypoint": "tests.dashboard.training:train_except_shard_2",
 }
-
-
-def workers(engine: Engine, count: int = 2) -> list[Worker]:
-    """Real shardq workers (in this process, one lane each) on this test's queues."""
-    return [
-        Worker(
-            sqs=engine.sqs,
-            s3=engine.s3,
-            task_queue_url=engine.settings.task_queue_url,
-            results_queue_url=engine.settings.results_queue_url,
-            ddb=engine.ddb,
-            job_table=engine.settings.job_table,
-            worker_id=f"worker-{i}",
-            wait_s=0,
-        )
-        for i in range(count)
-    ]
-
-
-def aggregate(engine: Engine) -> int:
-    """What the aggregator Lambda does behind its event source: record every queued result."""
-    messages = receive_all(engine.sqs, engine.settings.results_queue_url)
-    outcomes = [Outcome(ShardResult.from_json(m["Body"])) for m in messages]
-    failed = engine.ingest(outcomes)
-    assert not failed, failed
-    return len(outcomes)
-
-
-def run_job(engine: Engine, request: dict[str, Any], *, timeout: float = 300.0) -> JobRecord:
-    """Submit ``request`` and drive it to its end with two real workers; the final job record."""
-    job_id = engine.submit(request)["job_id"]
-    crew = workers(engine)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for w in crew:
-            w.poll_once()
-        aggregate(engine)
-        job = engine.store.get_job(job_id)
-        if job.status != "RUNNING":
-            return job
-    raise TimeoutError(f"{job_id} did not finish within {timeout:.0f} s")
 
 
 @pytest.fixture

@@ -87,11 +87,12 @@ READ_JOB_PAGE = """
 const curves = {};
 for (const card of document.querySelectorAll('.curve')) {
   const chart = Chart.getChart(card.querySelector('canvas'));
-  const sets = chart.data.datasets;  // the round mean is the last dataset; a per-shard chart has one
+  const sets = chart.data.datasets;  // a per-shard chart has one; a round chart its shards' mean
+  const mean = sets.find((d) => d.label.includes("weighted mean")) || sets[sets.length - 1];
   curves[card.dataset.metric] = {
     perShard: card.classList.contains('per-shard'),
     table: [...card.querySelectorAll('td.mean, td.value')].map((td) => Number(td.dataset.value)),
-    chart: sets[sets.length - 1].data,
+    chart: mean.data,
     labels: chart.data.labels,
   };
 }

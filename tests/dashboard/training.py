@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from examples import linear
 from examples.linear import train as linear_train
 
 
@@ -34,4 +35,10 @@ def reduce(task: Any, ctx: Any) -> dict[str, Any]:
             w = w + m["w"].astype(np.float64) * (n / total)
             b = b + float(m["b"]) * (n / total)
     np.savez(ctx.output_dir / "model.npz", w=w, b=np.array(b))
-    return {"num_samples": total}
+    # The global model's own score, as a reduce (or an evaluation hook) reports it: on the
+    # dataset's held-out block, when the request names one (``evaluation``: ctx.eval_dataset).
+    if not ctx.eval_dataset:
+        return {"num_samples": total}
+    vx, vy = linear._validation(ctx.eval_dataset["uri"], len(w))
+    val_loss = float(np.mean((vx @ w + b - vy) ** 2))
+    return {"metrics": {"val_loss": val_loss}, "num_samples": total}

@@ -43,6 +43,7 @@ def workers(cloud: LocalCloud, stack: dict[str, str]) -> Iterator[list[subproces
         2,
         log_dir=cloud.state_dir,
         name="e2e",
+        allow="examples.*,tests.*",
         extra_args=["--concurrency", "2", "--wait-seconds", "1"],
     )
     yield procs

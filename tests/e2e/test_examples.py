@@ -20,7 +20,7 @@ from shardq.core.jobstore import Outcome
 from shardq.core.planning import split_s3
 from shardq.core.settings import Settings
 from shardq.worker.runtime import Worker
-from tests.helpers import receive_all
+from tests.helpers import TRUSTED, receive_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +32,7 @@ def run_job(
     job_id = engine.submit(request)["job_id"]
     workers = [
         Worker(
+            allow=TRUSTED,
             sqs=clients["sqs"],
             s3=clients["s3"],
             task_queue_url=settings.task_queue_url,

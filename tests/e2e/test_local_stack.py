@@ -178,7 +178,7 @@ def test_local_up_serves_until_sigterm_and_leaves_nothing_behind(tmp_path: Path)
     # GIVEN `shardq local up` with its own local cloud
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shardq.cli", "local", "up"],
+        [sys.executable, "-m", "shardq.cli", "local", "up", "--run-file", str(tmp_path / "local.json")],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

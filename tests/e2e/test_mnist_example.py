@@ -97,8 +97,9 @@ def test_digits_fedavg_through_the_deployed_stack_beats_chance(
             "rounds": ROUNDS,
             "model": {"arch": "2nn"},
             "hyperparameters": {
-                "partition": partition, "lr": 0.05, "epochs": 2, "batch_size": 10, "seed": 0, "test_uri": uri,
+                "partition": partition, "lr": 0.05, "epochs": 2, "batch_size": 10, "seed": 0,
             },
+            "evaluation": {"uri": uri},
             "entrypoint": "examples.mnist.fedavg:train",
         },
     )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -46,3 +47,23 @@ def test_torch_mlp_trains_data_parallel_and_loss_falls(
     assert val[-1] < val[0]
     assert all(b <= a * 1.05 for a, b in itertools.pairwise(val))
     assert np.isfinite(val).all()
+
+
+def test_torch_mlp_fails_naming_the_fix_when_its_slots_gpu_is_not_visible(tmp_path: Path) -> None:
+    # GIVEN a slot handed cuda:0 on a PyTorch build that sees no GPU (this CPU machine)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here: cuda:0 would train")
+    from examples import torch_mlp
+
+    task = SimpleNamespace(
+        data={"uri": "synthetic://linear?dim=4", "start": 0, "end": 100}, hyperparameters={}
+    )
+    ctx = SimpleNamespace(device="cuda:0", output_dir=tmp_path, init_model_path=None, fetch=None)
+    # WHEN it trains, THEN it refuses rather than fall back to the CPU, naming both fixes
+    with pytest.raises(
+        RuntimeError, match=r"ctx\.device is cuda:0 but PyTorch .* sees no CUDA device"
+    ) as info:
+        torch_mlp.train(task, ctx)
+    assert "install the CUDA build of PyTorch" in str(info.value)
+    assert "CUDA_VISIBLE_DEVICES=" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # refused before it trained or saved anything

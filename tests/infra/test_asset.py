@@ -11,7 +11,12 @@ from stacks.components.lambda_asset import asset_files, stage_lambda_source
 from stacks.config import REPO_ROOT
 from tests.infra.conftest import Synth
 
-HANDLER_MODULES = ("lambdas/splitter.py", "lambdas/aggregator.py", "lambdas/dlq_handler.py")
+HANDLER_MODULES = (
+    "lambdas/splitter.py",
+    "lambdas/aggregator.py",
+    "lambdas/dlq_handler.py",
+    "lambdas/results_dlq_handler.py",
+)
 
 
 def _allowed(rel: str) -> bool:

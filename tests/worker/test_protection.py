@@ -15,6 +15,7 @@ import pytest
 from shardq.core.contracts import ShardTask
 from shardq.worker.protection import ENDPOINT_PATH, TaskProtection
 from shardq.worker.runtime import TaskContext, Worker
+from tests.helpers import TRUSTED
 
 TASK_ARN = "arn:aws:ecs:eu-west-1:123456789012:task/shardq-fleet/0123456789abcdef"
 # ECS_AGENT_URI is http://169.254.170.2/api/<task id>; the endpoint hangs below it.
@@ -210,6 +211,7 @@ def test_worker_holds_protection_from_receive_to_delete(agent: FakeAgent) -> Non
     CURRENT_AGENT[:] = [agent]
     PROTECTED_DURING_TRAINING.clear()
     worker = Worker(
+        allow=TRUSTED,
         sqs=sqs,
         s3=None,
         task_queue_url="https://sqs.local/q.fifo",
@@ -247,6 +249,7 @@ def test_a_failing_hook_does_not_fail_the_task(agent: FakeAgent) -> None:
     sqs = RecordingSqs(task.to_json(), agent)
     CURRENT_AGENT[:] = [agent]
     worker = Worker(
+        allow=TRUSTED,
         sqs=sqs,
         s3=None,
         task_queue_url="https://sqs.local/q.fifo",

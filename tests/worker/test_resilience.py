@@ -29,7 +29,7 @@ from shardq.worker.aws import Backoff, worker_client
 from shardq.worker.runtime import Worker
 from shardq.worker.supervisor import EXIT_FATAL, EXIT_OK, EXIT_SLOT_DIED, serve
 from tests.chaos.faults import WORKER_OPERATIONS, FaultInjector
-from tests.helpers import receive_all
+from tests.helpers import TRUSTED, receive_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,6 +52,7 @@ def faulty_worker(
         return injector.attach(c) if injector else c
 
     return Worker(
+        allow=TRUSTED,
         sqs=client("sqs"),
         s3=client("s3"),
         ddb=client("dynamodb"),
@@ -205,7 +206,7 @@ def test_a_queue_deleted_under_a_running_worker_process_ends_it_with_exit_4(
                 "--task-queue-url", settings.task_queue_url,
                 "--results-queue-url", settings.results_queue_url,
                 "--job-table", settings.job_table,
-                "--wait-seconds", "1", "--concurrency", "2", "--log-format", "text",
+                "--wait-seconds", "1", "--concurrency", "2", "--log-format", "text", "--allow", "tests.*",
             ],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip

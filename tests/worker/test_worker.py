@@ -24,7 +24,7 @@ from shardq.local.resources import provision
 from shardq.worker import runtime
 from shardq.worker.runtime import Worker
 from shardq.worker.supervisor import serve
-from tests.helpers import CountingClient, receive_all
+from tests.helpers import TRUSTED, CountingClient, receive_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +44,7 @@ def job(engine: Engine, shards: int = 3, entrypoint: str = "tests.workloads:ok",
 
 def worker(settings: Settings, clients: dict[str, Any], **kw: Any) -> Worker:
     return Worker(
+        allow=TRUSTED,
         sqs=kw.pop("sqs", clients["sqs"]),
         s3=clients["s3"],
         ddb=clients["dynamodb"],
@@ -250,6 +251,8 @@ def _spawn_worker(cloud: LocalCloud, settings: Settings, *extra: str) -> subproc
             "1",
             "--wait-seconds",
             "1",
+            "--allow",
+            "tests.*",
             *extra,
         ],
         cwd=ROOT,

@@ -3,7 +3,7 @@
 "use strict";
 
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
-const COLORS = { ok: "#2e9d57", fail: "#d1453b", retry: "#e69b23", reduce: "#7b4fc9", line: "#2f6fdb" };
+const COLORS = { ok: "#2e9d57", fail: "#d1453b", retry: "#e69b23", reduce: "#7b4fc9", line: "#2f6fdb", diverged: "#b8a200" };
 const ROUND_NOTE =
   "Mean over the round's shards weighted by samples; the band spans the shards' min to max. " +
   "A running round's point covers the shards recorded so far.";
@@ -27,6 +27,8 @@ function el(tag, attrs, ...children) {
 }
 
 function num(value, digits = 6) {
+  // A non-finite metric travels as its name ("nan", "inf", "-inf": standard JSON has no NaN).
+  if (typeof value === "string" && !Number.isFinite(Number(value))) return value;
   if (value === undefined || value === null || Number.isNaN(value)) return "";
   return String(Number(Number(value).toPrecision(digits)));
 }
@@ -44,11 +46,21 @@ function badge(status) {
   return el("span", { class: `badge ${status}` }, status);
 }
 
-function bar(done, failed, total) {
+// "2 failed", and ", 1 diverged" once a sweep trial diverged (among done: it trained, its objective
+// is not finite, it ranks last): the same words as the CLI's status, list and watch.
+function outcomes(failed, diverged) {
+  return `${failed} failed` + (diverged ? `, ${diverged} diverged` : "");
+}
+
+function failedCell(failed, diverged) {
+  return diverged ? [String(failed), " ", el("span", { class: "diverged" }, `(${diverged} diverged)`)] : failed;
+}
+
+function bar(done, failed, total, diverged = 0) {
   const pct = (n) => (total ? `${Math.min(100, (100 * n) / total)}%` : "0%");
   return el(
     "span",
-    { class: "bar", title: `${done} done, ${failed} failed of ${total}` },
+    { class: "bar", title: `${done} done, ${outcomes(failed, diverged)} of ${total}` },
     el("span", { class: "done", style: { width: pct(done) } }),
     el("span", { class: "failed", style: { left: pct(done), width: pct(failed) } }),
   );
@@ -90,8 +102,8 @@ async function renderList() {
         el("td", {}, badge(j.status)),
         el("td", {}, j.kind),
         el("td", { class: "num" }, `${j.round + 1}/${j.rounds} ${j.phase}`),
-        el("td", { class: "progress", dataset: { pct: j.progress_pct } }, bar(j.tasks_completed - j.failed, j.failed, j.tasks_total), el("span", { class: "pct" }, `${j.progress_pct}%`)),
-        el("td", { class: "num" }, j.failed),
+        el("td", { class: "progress", dataset: { pct: j.progress_pct } }, bar(j.tasks_completed - j.failed, j.failed, j.tasks_total, j.tasks_diverged), el("span", { class: "pct" }, `${j.progress_pct}%`)),
+        el("td", { class: "num", dataset: { diverged: j.tasks_diverged } }, failedCell(j.failed, j.tasks_diverged)),
         el("td", { class: "num", title: j.created_at }, ago(j.age_s)),
         el("td", { class: "muted" }, j.created_at),
       ),
@@ -103,12 +115,14 @@ async function renderList() {
 
 // -- one job -----------------------------------------------------------------------------------
 
-function renderFields(job) {
+function renderFields(job, stall) {
   const pairs = [
     ["status", badge(job.status)],
+    // Why a running job stands still (no result for a while): the queue that holds it.
+    ["stalled", stall ? el("span", { class: "error", dataset: { reason: stall.reason } }, stall.message) : null],
     ["kind", job.kind],
     ["round", `${job.round + 1}/${job.rounds} (${job.phase})`],
-    ["tasks", `${job.shard_count} per round; ${job.tasks_completed}/${job.tasks_total} recorded (${job.progress_pct}%), ${job.failed} failed (budget ${job.max_failed_shards})`],
+    ["tasks", `${job.shard_count} per round; ${job.tasks_completed}/${job.tasks_total} recorded (${job.progress_pct}%), ${outcomes(job.failed, job.tasks_diverged)} (failure budget ${job.max_failed_shards})`],
     ["created", `${job.created_at} (${ago(job.age_s)} ago)`],
     ["finished", job.finished_at ? `${job.finished_at} (took ${ago(job.elapsed_s)})` : null],
     ["model", job.model_uri],
@@ -128,9 +142,9 @@ function renderProgress(rows) {
         { dataset: { round: p.round, phase: p.phase } },
         el("td", { class: "num" }, p.round + 1),
         el("td", {}, p.phase),
-        el("td", {}, bar(p.done, p.failed, p.total)),
+        el("td", {}, bar(p.done, p.failed, p.total, p.diverged)),
         el("td", { class: "num done" }, p.done),
-        el("td", { class: "num failed" }, p.failed),
+        el("td", { class: "num failed", dataset: { diverged: p.diverged } }, failedCell(p.failed, p.diverged)),
         el("td", { class: "num" }, p.outstanding),
         el("td", { class: "num" }, p.enqueued),
         el("td", { class: "num" }, p.total),
@@ -139,13 +153,21 @@ function renderProgress(rows) {
   );
 }
 
+// What a round's reduce reported of the global model it made (the round's headline), if anything.
+function globalValue(r, name) {
+  const m = r.reduce && r.reduce.metrics;
+  return m && name in m ? m[name] : null;
+}
+
 function curveData(rounds, name) {
-  const rows = rounds.filter((r) => r.metrics && r.metrics[name]);
+  const rows = rounds.filter((r) => (r.metrics && r.metrics[name]) || globalValue(r, name) !== null);
+  const shard = (r, key) => (r.metrics && r.metrics[name] ? r.metrics[name][key] : null);
   return {
     labels: rows.map((r) => `${r.round + 1}${r.partial ? "*" : ""}`),
-    mean: rows.map((r) => r.metrics[name].mean),
-    min: rows.map((r) => r.metrics[name].min),
-    max: rows.map((r) => r.metrics[name].max),
+    mean: rows.map((r) => shard(r, "mean")),
+    min: rows.map((r) => shard(r, "min")),
+    max: rows.map((r) => shard(r, "max")),
+    global: rows.map((r) => globalValue(r, name)),
     rows,
   };
 }
@@ -156,7 +178,7 @@ function yScale() {
 
 function curveCard(name) {
   const canvas = el("canvas", { class: "curve-canvas", dataset: { metric: name }, "aria-label": `${name} per round` });
-  const table = el("table", { class: "grid small curve-values" }, el("thead", {}, el("tr", {}, el("th", {}, "round"), el("th", {}, "mean"), el("th", {}, "min"), el("th", {}, "max"), el("th", {}, "shards"))), el("tbody"));
+  const table = el("table", { class: "grid small curve-values" }, el("thead", {}, el("tr", {}, el("th", {}, "round"), el("th", {}, "global model"), el("th", {}, "mean"), el("th", {}, "min"), el("th", {}, "max"), el("th", {}, "shards"))), el("tbody"));
   const card = el("div", { class: "card curve", dataset: { metric: name } }, el("h3", {}, name), el("div", { class: "chart-box" }, canvas), el("details", {}, el("summary", {}, "values"), table));
   const chart = new Chart(canvas, {
     type: "line",
@@ -165,7 +187,8 @@ function curveCard(name) {
       datasets: [
         { label: "max", data: [], borderColor: "rgba(47,111,219,.25)", backgroundColor: "rgba(47,111,219,.10)", pointRadius: 0, borderWidth: 1, fill: "+1" },
         { label: "min", data: [], borderColor: "rgba(47,111,219,.25)", pointRadius: 0, borderWidth: 1, fill: false },
-        { label: `${name} (weighted mean)`, data: [], borderColor: COLORS.line, backgroundColor: COLORS.line, pointRadius: 3, borderWidth: 2, fill: false },
+        { label: `${name} (shards' weighted mean)`, data: [], borderColor: COLORS.line, backgroundColor: COLORS.line, pointRadius: 3, borderWidth: 2, fill: false },
+        { label: `${name} (global model)`, data: [], borderColor: "#111", backgroundColor: "#111", pointRadius: 4, pointStyle: "rect", borderWidth: 3, fill: false },
       ],
     },
     options: {
@@ -217,9 +240,64 @@ function renderShardValues(name, entry, detail) {
   );
 }
 
-function renderCurves(detail) {
+// A successive-halving sweep: each trial's objective over the budget of every rung it ran (not
+// rung means over the survivors); the best trial (first on the leaderboard) drawn bold.
+function renderTrialCurves(curves, detail) {
   const box = document.getElementById("curves");
-  const names = detail.metric_names;
+  const best = detail.leaderboard && detail.leaderboard.rows.length ? detail.leaderboard.rows[0].trial : null;
+  const datasets = curves.trials.map((t) => ({
+    label: `trial ${t.trial}`,
+    data: t.points.filter((p) => p.objective !== null).map((p) => ({ x: p.budget, y: p.objective })),
+    borderColor: t.trial === best ? "#111" : "rgba(47,111,219,.45)",
+    backgroundColor: t.trial === best ? "#111" : "rgba(47,111,219,.45)",
+    borderWidth: t.trial === best ? 3 : 1,
+    pointRadius: t.trial === best ? 4 : 2,
+    fill: false,
+  }));
+  let entry = state.charts.__trials;
+  if (!entry) {
+    for (const [name, old] of Object.entries(state.charts)) {
+      old.chart.destroy();
+      old.card.remove();
+      delete state.charts[name];
+    }
+    const canvas = el("canvas", { class: "curve-canvas", dataset: { metric: curves.metric }, "aria-label": `${curves.metric} per trial over ${curves.budget_param}` });
+    const card = el("div", { class: "card curve per-trial", dataset: { metric: curves.metric } }, el("h3", {}, `${curves.metric} per trial over ${curves.budget_param}`), el("div", { class: "chart-box" }, canvas));
+    const chart = new Chart(canvas, {
+      type: "line",
+      data: { datasets },
+      options: {
+        animation: false,
+        maintainAspectRatio: false,
+        parsing: true,
+        scales: {
+          x: { type: "logarithmic", title: { display: true, text: `${curves.budget_param} (rung budget)` }, afterBuildTicks: (axis) => { axis.ticks = curves.x.map((v) => ({ value: v })); } },
+          y: { type: yScale(), title: { display: true, text: curves.metric } },
+        },
+        plugins: { legend: { display: false } },
+      },
+    });
+    entry = state.charts.__trials = { card, chart, table: null };
+    box.append(card);
+  } else {
+    entry.chart.data.datasets = datasets;
+    entry.chart.update("none");
+  }
+  document.getElementById("curves-empty").hidden = curves.trials.length > 0;
+  document.getElementById("metrics-title").textContent = `${curves.metric} per trial`;
+  document.getElementById("metrics-note").textContent =
+    `Successive halving: each line is a trial, one point per rung it ran, at that rung's ${curves.budget_param}; the best trial is drawn in black.`;
+}
+
+function renderCurves(detail) {
+  if (detail.trial_curves) {
+    renderTrialCurves(detail.trial_curves, detail);
+    return;
+  }
+  const box = document.getElementById("curves");
+  // The global model's metrics first: they are what a round produced.
+  const global = detail.global_metric_names || [];
+  const names = [...global, ...detail.metric_names.filter((n) => !global.includes(n))];
   const shards = perShard(detail);
   for (const [name, entry] of Object.entries(state.charts)) {
     if (!names.includes(name)) {
@@ -243,6 +321,7 @@ function renderCurves(detail) {
     chart.data.datasets[0].data = d.max;
     chart.data.datasets[1].data = d.min;
     chart.data.datasets[2].data = d.mean;
+    chart.data.datasets[3].data = d.global;
     chart.update("none");
     table.tBodies[0].replaceChildren(
       ...d.rows.map((r) =>
@@ -250,10 +329,15 @@ function renderCurves(detail) {
           "tr",
           { dataset: { round: r.round, partial: r.partial } },
           el("td", { class: "num" }, `${r.round + 1}${r.partial ? " (running)" : ""}`),
-          el("td", { class: "num mean", dataset: { value: r.metrics[name].mean } }, num(r.metrics[name].mean)),
-          el("td", { class: "num" }, num(r.metrics[name].min)),
-          el("td", { class: "num" }, num(r.metrics[name].max)),
-          el("td", { class: "num" }, r.metrics[name].count),
+          el("td", { class: "num global", dataset: { value: globalValue(r, name) ?? "" } }, globalValue(r, name) === null ? "" : num(globalValue(r, name))),
+          ...(r.metrics && r.metrics[name]
+            ? [
+                el("td", { class: "num mean", dataset: { value: r.metrics[name].mean } }, num(r.metrics[name].mean)),
+                el("td", { class: "num" }, num(r.metrics[name].min)),
+                el("td", { class: "num" }, num(r.metrics[name].max)),
+                el("td", { class: "num" }, r.metrics[name].count),
+              ]
+            : [el("td"), el("td"), el("td"), el("td")]),
         ),
       ),
     );
@@ -268,6 +352,7 @@ function renderCurves(detail) {
 
 function barColor(entry) {
   if (entry.status === "failed") return COLORS.fail;
+  if (entry.status === "diverged") return COLORS.diverged;
   if (entry.retried) return COLORS.retry;
   if (entry.task_type === "reduce") return COLORS.reduce;
   return COLORS.ok;
@@ -322,9 +407,11 @@ function renderTimeline(timeline) {
     state.timeline.update("none");
   }
   const failed = entries.filter((e) => e.status === "failed").length;
+  const diverged = entries.filter((e) => e.status === "diverged").length;
   const retried = entries.filter((e) => e.retried && e.status !== "failed").length;
   document.getElementById("timeline-note").textContent =
     `${entries.length} outcomes on ${workers.length} worker lane(s): ${failed} failed (red), ` +
+    (diverged ? `${diverged} diverged (olive), ` : "") +
     `${retried} succeeded after a retry (orange), reduce tasks in purple` +
     (timeline.truncated ? `; the ${timeline.truncated} oldest are not drawn` : "");
   document.querySelector("#timeline-table tbody").replaceChildren(
@@ -358,10 +445,13 @@ function renderLeaderboard(board) {
     ...board.rows.map((r) =>
       el(
         "tr",
-        { dataset: { trial: r.trial } },
+        { dataset: { trial: r.trial, outcome: r.outcome } },
         el("td", { class: "num" }, r.rank),
         el("td", { class: "num" }, r.trial),
-        el("td", { class: "num objective", dataset: { value: r.objective } }, num(r.objective)),
+        // A diverged trial has no objective (its metric is NaN or infinite): it says so, ranked last.
+        r.outcome === "diverged"
+          ? el("td", { class: "objective diverged" }, "diverged")
+          : el("td", { class: "num objective", dataset: { value: r.objective } }, num(r.objective)),
         el("td", {}, el("code", {}, JSON.stringify(r.hyperparameters))),
         el("td", { class: "muted" }, Object.entries(r.metrics).map(([k, v]) => `${k}=${num(v, 4)}`).join(" ")),
       ),
@@ -395,7 +485,7 @@ async function renderJob(jobId) {
   const title = document.getElementById("job-title");
   title.replaceChildren(job.job_id, " ", badge(job.status));
   title.dataset.status = job.status;
-  renderFields(job);
+  renderFields(job, detail.stall);
   renderProgress(detail.progress);
   renderCurves(detail);
   renderLeaderboard(detail.leaderboard);

@@ -28,6 +28,9 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from shardq.worker.trust import ENV as ALLOW_ENV
+from shardq.worker.trust import AllowList, AllowListError
+from stacks.components._props import ComponentPropsError
 from stacks.components.fleet.capacity import (
     GPU_METRICS_NAMESPACE,
     gpu_capacity,
@@ -59,6 +62,23 @@ from stacks.components.fleet.sizing import FLEET_KINDS, FleetSizing, validate_si
 __all__ = ["FLEET_KINDS", "STOP_TIMEOUT_SECONDS", "FleetSizing", "WorkerFleet"]
 
 
+def _validate_allow(allow: str) -> None:
+    """The workers' SHARDQ_ALLOW must parse as the worker parses it and name something: a worker
+    with an empty or malformed list refuses to start, which ECS would only show as a crash loop."""
+    try:
+        empty = not AllowList.parse(allow).patterns
+    except AllowListError:
+        empty = False
+    else:
+        if not empty:
+            return
+    why = "names no module, so every worker would refuse to start" if empty else "is not module patterns"
+    raise ComponentPropsError(
+        f"WorkerFleet: invalid props:\n  - allow={allow!r} {why}; fix: pass the patterns of the code "
+        "the image ships, comma-separated, like 'examples.*' or 'mypkg.*,examples.linear'"
+    )
+
+
 class WorkerFleet(Construct):
     """ECS cluster, capacity, the worker service and its runnable-tasks-per-worker scaling.
 
@@ -79,6 +99,9 @@ class WorkerFleet(Construct):
         The worker container image (the repository's Dockerfile as an asset, or a user's image).
     environment
         Container environment (queue URLs, table name); region and concurrency are added here.
+    allow
+        The workers' entry-point allow-list (``SHARDQ_ALLOW``, comma-separated module patterns):
+        the code they may import. Required: a worker refuses to start without one.
     log_retention
         Retention of the worker, lanes publisher and VPC flow log groups.
 
@@ -104,13 +127,15 @@ class WorkerFleet(Construct):
         worker_policy: iam.IManagedPolicy,
         image: ecs.ContainerImage,
         environment: Mapping[str, str],
+        allow: str,
         log_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, construct_id)
         validate_sizing(sizing)
+        _validate_allow(allow)
         self.sizing = sizing
         self.task_queue = task_queue
-        self._build_workers(sizing, worker_policy, image, environment, log_retention)
+        self._build_workers(sizing, worker_policy, image, {**environment, ALLOW_ENV: allow}, log_retention)
         self.lanes = LanesPublisher(
             self, "Lanes", code=lanes_code, job_table=job_table, log_retention=log_retention
         )

@@ -1,0 +1,237 @@
+"""What ``status`` and ``list`` print: a job's progress per round, its policy, late results, jobs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import IO, TYPE_CHECKING, Any
+
+from shardq.cli.common import (
+    EXIT_OK,
+    Painted,
+    aws_errors,
+    duration,
+    engine_for,
+    fields,
+    paint,
+    paint_status,
+    print_json,
+    status_cell,
+    table,
+)
+from shardq.core.contracts import JOB_STATUSES
+from shardq.core.tally import plan_text, tally
+
+if TYPE_CHECKING:
+    from shardq.core.jobstore import JobRecord
+
+STATUSES = JOB_STATUSES
+
+
+def status_data(job: JobRecord) -> dict[str, Any]:
+    """``JobView`` fields plus per-(round, phase) progress: what ``status --json`` prints."""
+    from shardq.core.operations import progress
+
+    return {
+        **job.view().to_dict(),
+        **tally(job).to_dict(),
+        "plan": plan_text(job),
+        "progress": [p.to_dict() for p in progress(job)],
+    }
+
+
+def tasks_cell(data: dict[str, Any]) -> str:
+    """A job's tasks recorded of its total, over every round, rung and reduce: ``39/39 (100%)``."""
+    return f"{data['tasks_completed']}/{data['tasks_total']} ({data['progress_pct']:g}%)"
+
+
+def outcome_counts(failed: int, diverged: int) -> str:
+    """``2 failed``, and ``, 1 diverged`` once a sweep trial diverged (a non-finite objective:
+    done, ranked last, never promoted; ``shardq.core.verdicts``): what every view says beside
+    its done count."""
+    return f"{failed} failed" + (f", {diverged} diverged" if diverged else "")
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.4g}%"
+
+
+def policy_fields(request: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """How a ``data_parallel`` round runs, from a request as ``TrainingRequest.to_dict`` gives it.
+
+    One ``(name, text)`` pair per policy field; the text is None when the request leaves the
+    field unset (the default: every shard trains, a round waits for all, FedAvg, the stack's
+    visibility timeout), so ``fields`` skips it.
+    """
+    part, quorum, strategy = request.get("participation"), request.get("quorum"), request.get("strategy")
+    timeout = request.get("task_timeout_seconds")
+    if part:
+        part = (
+            f"{_percent(part.get('fraction', 1.0))} of the shards per round "
+            f"(at least {part.get('min_shards', 1)}, seed {part.get('seed', 0)})"
+        )
+    if quorum:
+        deadline = quorum.get("deadline_seconds")
+        quorum = f"closes at {_percent(quorum.get('fraction', 1.0))} succeeded" + (
+            f", or at its deadline {duration(deadline)} after it starts" if deadline else ""
+        )
+    if strategy:
+        params = ", ".join(f"{k}={v:g}" for k, v in sorted(strategy.items()) if k != "name")
+        strategy = strategy.get("name", "fedavg") + (f" ({params})" if params else "")
+    return [
+        ("participation", part),
+        ("quorum", quorum),
+        ("strategy", strategy),
+        ("task timeout", duration(timeout) if timeout else None),
+    ]
+
+
+def policy_line(request: dict[str, Any]) -> str | None:
+    """The round policy on one line (``watch``), or None when the request sets none."""
+    shown = [f"{name} {text}" for name, text in policy_fields(request) if text]
+    return "policy: " + "; ".join(shown) if shown else None
+
+
+def late_count(engine: Any, job: JobRecord) -> int:
+    """Results recorded after their round closed; only a job with a closed round can have any."""
+    return 0 if job.closed_round is None else len(engine.store.late_results(job.job_id))
+
+
+def late_text(count: int) -> str | None:
+    """The human line for ``count`` late results (None for none)."""
+    if not count:
+        return None
+    return f"{count} result(s) arrived after their round closed (kept apart, never counted)"
+
+
+def metric_text(metrics: dict[str, float]) -> str:
+    """``name value`` pairs, sorted by name, each value to 6 significant digits."""
+    return ", ".join(f"{name} {float(value):.6g}" for name, value in sorted(metrics.items()))
+
+
+def global_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """What a round's reduce reported of the global model it made (e.g. held-out accuracy)."""
+    return dict((summary.get("reduce") or {}).get("metrics") or {})
+
+
+def global_fields(summaries: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    """The latest finished round's global-model metrics first, then its shards' weighted means."""
+    if not summaries:
+        return []
+    last = max(summaries, key=lambda s: int(s["round"]))
+    means = {n: v["mean"] for n, v in (last.get("metrics") or {}).items()}
+    where = f"round {int(last['round']) + 1}: "
+    model = global_metrics(last)
+    return [
+        ("global model", where + metric_text(model) if model else None),
+        ("shards' mean", where + metric_text(means) if means else None),
+    ]
+
+
+def render_status(
+    data: dict[str, Any],
+    out: IO[str],
+    *,
+    request: dict[str, Any] | None = None,
+    late: int = 0,
+    summaries: list[dict[str, Any]] | None = None,
+) -> str:
+    """The human view of ``status_data``, with the request's round policy, the late results and,
+    from the finished rounds' ``summaries``, the latest global model's metrics."""
+    diverged = int(data.get("tasks_diverged") or 0)
+    head = fields(
+        [
+            ("job", data["job_id"]),
+            ("status", paint_status(data["status"], out)),
+            # A fan-out under way, or one that died midway (the same request submitted again ends it).
+            ("enqueuing", paint(data["enqueuing"], "yellow", out) if data.get("enqueuing") else None),
+            ("kind", data["kind"]),
+            ("round", f"{data['round'] + 1}/{data['rounds']} ({data['phase']})"),
+            ("plan", data["plan"]),
+            ("tasks", f"{tasks_cell(data)} recorded, {outcome_counts(data['failed'], diverged)} in all"),
+            *global_fields(summaries or []),
+            *policy_fields(request or {}),
+            ("late", paint(late_text(late) or "", "yellow", out)),
+            ("started", data["created_at"]),
+            ("cancelling", data.get("cancel_requested_at") and f"since {data['cancel_requested_at']}"),
+            ("finished", data.get("finished_at")),
+            ("result", data.get("result_uri")),
+            ("error", paint(data["error"], "red", out) if data.get("error") else None),
+        ],
+        out,
+    )
+    # A sweep whose trials diverged gets a column for them (among DONE): no other job can have any.
+    div = [
+        (Painted(str(p["diverged"]), "yellow") if p["diverged"] else 0,) if diverged else ()
+        for p in data["progress"]
+    ]
+    rows = [
+        (
+            p["round"] + 1,
+            p["phase"],
+            p["done"],
+            Painted(str(p["failed"]), "red") if p["failed"] else p["failed"],
+            *extra,
+            p["total"],
+            f"{p['enqueued']}/{p['total']}",
+        )
+        for p, extra in zip(data["progress"], div, strict=True)
+    ]
+    headers = ("ROUND", "PHASE", "DONE", "FAILED", *(("DIVERGED",) if diverged else ()), "TOTAL", "ENQUEUED")
+    return head + "\n\n" + table(rows, headers, out)
+
+
+def list_jobs(engine: Any, statuses: tuple[str, ...], limit: int) -> list[JobRecord]:
+    """Most recent jobs over ``statuses``, newest first."""
+    jobs: list[JobRecord] = []
+    for status in statuses:
+        jobs.extend(engine.store.list_jobs(status, limit=limit))
+    jobs.sort(key=lambda j: j.created_at, reverse=True)
+    return jobs[:limit]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List recent jobs, newest first."""
+    engine = engine_for(args)
+    statuses = (args.status,) if args.status else STATUSES
+    with aws_errors(args):
+        views = [
+            {**j.view().to_dict(), **tally(j).to_dict()} for j in list_jobs(engine, statuses, args.limit)
+        ]
+    if args.json:
+        print_json(views)
+        return EXIT_OK
+    if not views:
+        print(
+            "no jobs"
+            + (f" with status {args.status}" if args.status else "")
+            + "; submit one with shardq submit"
+        )
+        return EXIT_OK
+    # A DIVERGED column once a listed sweep has a diverged trial (no other job can have one).
+    diverged = any(v["tasks_diverged"] for v in views)
+    rows = [
+        (
+            v["job_id"],
+            status_cell(v["status"]),
+            v["kind"],
+            f"{v['round'] + 1}/{v['rounds']}",
+            tasks_cell(v),
+            v["failed"],
+            *((v["tasks_diverged"],) if diverged else ()),
+            v["created_at"],
+        )
+        for v in views
+    ]
+    headers = (
+        "JOB",
+        "STATUS",
+        "KIND",
+        "ROUND",
+        "TASKS",
+        "FAILED",
+        *(("DIVERGED",) if diverged else ()),
+        "CREATED",
+    )
+    print(table(rows, headers, sys.stdout))
+    return EXIT_OK

@@ -1,0 +1,251 @@
+"""ShardTask, ShardResult and JobView: the messages after the request, and their metric values."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from shardq.core.validation import (
+    KINDS,
+    MAX_NUM_SAMPLES,
+    MAX_SHARDS,
+    RESULT_STATUSES,
+    SCHEMA_VERSION,
+    Kind,
+    TaskType,
+    ValidationError,
+    _dumps,
+    _identity,
+    _load_object,
+    _Value,
+)
+
+
+class _Message(_Value):
+    """What tasks and results share: their identity and their deterministic JSON body."""
+
+    job_id: str
+    round: int
+    shard_id: int
+    task_type: TaskType
+
+    @property
+    def key(self) -> str:
+        """``job:round:shard:type``: the deduplication id of a task, what the aggregator counts once."""
+        return f"{self.job_id}:{self.round}:{self.shard_id}:{self.task_type}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        """Deterministic JSON body (sorted keys: content-based deduplication hashes it)."""
+        return _dumps(self.to_dict())
+
+
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class ShardTask(_Message):
+    """One unit of work on the task queue: train a shard/trial, or reduce a round's models."""
+
+    job_id: str
+    round: int
+    shard_id: int
+    shard_count: int
+    task_type: TaskType
+    kind: Kind
+    entrypoint: str
+    data: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    output_prefix: str
+    init_model_uri: str | None = None
+    inputs_uri: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    # Set on a claim-check envelope: the full task body is this S3 object (shardq.core.enqueue).
+    payload_uri: str | None = None
+    # The worker stops the task after this long and reports it failed (request.task_timeout_seconds).
+    timeout_s: int | None = None
+    # The job's server strategy (``Strategy.to_dict()``): the reduce applies it; FedProx's ``mu``
+    # is for the training function. Empty for FedAvg.
+    strategy: dict[str, Any] = field(default_factory=dict)
+    # A reduce task's evaluation dataset (request.evaluation, ``shardq.core.evaluation``). Left out
+    # of the body when None, so a worker older than the field still reads every other task.
+    eval_dataset: dict[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data (without ``eval_dataset`` when the task has none)."""
+        out = asdict(self)
+        if out["eval_dataset"] is None:
+            del out["eval_dataset"]
+        return out
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> ShardTask:
+        """Parse a task body; raises ValidationError naming every problem."""
+        data = _load_object(raw, "ShardTask")
+        c = _identity(data, tuple(cls.__dataclass_fields__))
+        c.integer(data, "shard_count", "shard_count", 1, MAX_SHARDS)
+        if data.get("kind") not in KINDS:
+            c.add(f"kind must be one of {', '.join(KINDS)}, got {data.get('kind')!r}")
+        for key in ("shard_count", "entrypoint", "data", "output_prefix"):
+            if key not in data:
+                c.add(f"{key} is required")
+        if c.problems:
+            raise ValidationError("ShardTask", c.problems)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class ShardResult(_Message):
+    """A worker's report on one task (or the DLQ handler's, when the task died)."""
+
+    job_id: str
+    round: int
+    shard_id: int
+    task_type: TaskType
+    status: Literal["succeeded", "failed", "diverged"]
+    metrics: dict[str, float] = field(default_factory=dict)
+    num_samples: int = 0
+    artifact_uri: str | None = None
+    duration_s: float = 0.0
+    worker_id: str | None = None
+    attempt: int = 1
+    error: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    # The model file alone (``artifact_uri`` may be the prefix of several outputs). Added after
+    # schema 1 shipped: optional, so results without it still parse; readers fall back to
+    # ``artifact_uri`` (see ``model``).
+    model_uri: str | None = None
+    # The training code's version (``shardq.worker.code.fingerprint``): ``dist==version`` or
+    # ``sha256:<16 hex>`` of the entrypoint module's file. Optional, added after schema 1 shipped.
+    code_version: str | None = None
+
+    @property
+    def model(self) -> str | None:
+        """The shard's model file: ``model_uri``, or ``artifact_uri`` in results that predate it."""
+        return self.model_uri or self.artifact_uri
+
+    @classmethod
+    def for_task(
+        cls, task: ShardTask, status: Literal["succeeded", "failed", "diverged"], **fields: Any
+    ) -> ShardResult:
+        """The result of ``task``: its identity, ``status`` and the given fields."""
+        return cls(
+            job_id=task.job_id,
+            round=task.round,
+            shard_id=task.shard_id,
+            task_type=task.task_type,
+            status=status,
+            **fields,
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> ShardResult:
+        """Parse and validate a result; raises ValidationError naming every problem."""
+        data = _load_object(raw, "ShardResult")
+        c = _identity(data, tuple(cls.__dataclass_fields__))
+        if data.get("status") not in RESULT_STATUSES:
+            c.add(f"status must be 'succeeded', 'failed' or 'diverged', got {data.get('status')!r}")
+        metrics = data.get("metrics", {})
+        values_of: dict[str, float] = {}
+        if not isinstance(metrics, dict):
+            c.add(f"metrics must be an object of name → number, got {metrics!r:.60}")
+        else:
+            for name, value in metrics.items():
+                number = metric_value(value)
+                if number is None:
+                    c.add(
+                        f"metrics.{name} must be a number (non-finite as NaN, Infinity or the strings "
+                        f'"nan", "inf", "-inf"), got {value!r:.60}'
+                    )
+                else:
+                    values_of[name] = number
+        c.integer(data, "num_samples", "num_samples", 0, MAX_NUM_SAMPLES)
+        duration = data.get("duration_s", 0.0)
+        if (
+            isinstance(duration, bool)
+            or not isinstance(duration, int | float)
+            or not math.isfinite(duration)
+            or duration < 0
+        ):
+            c.add(f"duration_s must be a finite number >= 0, got {duration!r}")
+        c.integer(data, "attempt", "attempt", 1, 10_000)
+        model_uri = data.get("model_uri")
+        if model_uri is not None and not (isinstance(model_uri, str) and model_uri.startswith("s3://")):
+            c.add(f"model_uri must be an s3:// URI of the model file, got {model_uri!r:.80}")
+        code_version = data.get("code_version")
+        if code_version is not None and not (isinstance(code_version, str) and 0 < len(code_version) <= 200):
+            c.add(f"code_version must be a string of 1-200 characters or null, got {code_version!r:.80}")
+        if (
+            data.get("status") == "succeeded"
+            and data.get("task_type") == "reduce"
+            and not data.get("artifact_uri")
+        ):
+            c.add("artifact_uri is required for a succeeded reduce result: the next round starts from it")
+        if c.problems:
+            raise ValidationError("ShardResult", c.problems)
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        values["metrics"] = values_of
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data: a non-finite metric becomes the string ``"nan"``, ``"inf"`` or ``"-inf"``,
+        so the body is standard JSON (``from_json`` reads those strings back as floats)."""
+        data = asdict(self)
+        data["metrics"] = {k: finite_or_name(v) for k, v in self.metrics.items()}
+        return data
+
+
+# The spellings of a non-finite metric in standard JSON (what ``ShardResult.to_dict`` writes).
+NONFINITE_NAMES = ("nan", "inf", "-inf")
+
+
+def metric_value(value: Any) -> float | None:
+    """A metric as a float (NaN and ±inf included, from the non-standard JSON tokens or the strings
+    ``"nan"``/``"inf"``/``"-inf"``); None when it is no number at all."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value.strip().lower() in NONFINITE_NAMES:
+        return float(value.strip().lower())
+    return None
+
+
+def finite_or_name(value: float) -> float | str:
+    """``value`` when finite, else its name in ``NONFINITE_NAMES``: what standard JSON can hold."""
+    if math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+@dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
+class JobView(_Value):
+    """What a person or script sees of a job (``shardq status``, the splitter's answer)."""
+
+    job_id: str
+    status: str
+    kind: str
+    round: int
+    rounds: int
+    phase: str
+    shard_count: int
+    done: int
+    failed: int
+    created_at: str
+    finished_at: str | None = None
+    result_uri: str | None = None
+    error: str | None = None
+    # Set while an operator's cancel is under way (a big map round closing in ranges).
+    cancel_requested_at: str | None = None
+    # Sweep trials of the current round that diverged (a non-finite metric): among ``done``, never
+    # among ``failed`` (``shardq.core.verdicts``).
+    diverged: int = 0
+    # Set while the current phase's tasks are not all on the queue: "ENQUEUING 500/700 sent" (a
+    # fan-out under way, or one that died midway: submit the same request again to finish it).
+    enqueuing: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return asdict(self)

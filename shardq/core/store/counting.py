@@ -1,0 +1,173 @@
+"""Recording outcomes exactly once with their counters (``JobStore.record``), the aggregator's hot path."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from shardq.core.batchcalls import JobStoreError
+from shardq.core.batchcalls import pause as _pause
+from shardq.core.store.base import StoreBase
+from shardq.core.store.keys import (
+    DEADLINE_MARGIN_S,
+    MAX_PUTS_PER_TRANSACTION,
+    MAX_RECORD_ATTEMPTS,
+    _from_item,
+    _job_key,
+    now_iso,
+)
+from shardq.core.store.records import (
+    JobNotFound,
+    Outcome,
+    RecordOutcome,
+)
+from shardq.core.store.update import _ref, _Update
+
+
+class Counting(StoreBase):
+    """``record``: result items and the counter increments that count them, in one transaction."""
+
+    def record(self, outcomes: Iterable[Outcome], *, deadline: float | None = None) -> RecordOutcome:
+        """Record outcomes exactly once and count them, one transaction per (job, round, type) chunk.
+
+        A train outcome counts only while its round is open; outcomes of a round whose training
+        closed (quorum, deadline) are recorded as late, uncounted.
+        Duplicates (already recorded, or twice in this call) are returned, not raised.
+        Raises JobNotFound for an unknown job and JobStoreError when a conflict outlasts the
+        attempts or the ``deadline`` (seconds since the epoch) comes too close.
+        """
+        groups: dict[tuple[str, int, str], dict[str, Outcome]] = {}
+        duplicates: list[Outcome] = []
+        for o in outcomes:
+            r = o.result
+            seen = groups.setdefault((r.job_id, r.round, r.task_type), {})
+            if r.key in seen:
+                duplicates.append(o)
+            else:
+                seen[r.key] = o
+        total = RecordOutcome(recorded=[], duplicates=duplicates)
+        for (job_id, _, _), unique in groups.items():
+            pending = list(unique.values())
+            for i in range(0, len(pending), MAX_PUTS_PER_TRANSACTION):
+                chunk = pending[i : i + MAX_PUTS_PER_TRANSACTION]
+                recorded, dups, late = self._record_chunk(job_id, chunk, deadline)
+                total.recorded.extend(recorded)
+                total.duplicates.extend(dups)
+                total.late.extend(late)
+        return total
+
+    def _counting_update(self, job_id: str, chunk: list[Outcome]) -> dict[str, Any]:
+        """The counter increments of a chunk of one (round, type); training counts only while its
+        round is open (``closed_round`` below it).
+
+        Not "the job is at this round": the next round's tasks go on the queue *before* the job
+        moves to it (action before transition), so their results may arrive first and count.
+        """
+        first = chunk[0].result
+        update = _Update()
+        if first.task_type == "train":
+            closed = _ref(update, "closed_round")
+            update.condition(
+                f"(attribute_not_exists({closed}) OR {closed} < :open_round)", open_round=first.round
+            )
+        counts: dict[str, int] = {}
+        for o in chunk:
+            counts[o.phase_counter] = counts.get(o.phase_counter, 0) + 1
+        failed = sum(1 for o in chunk if o.result.status == "failed" and o.result.task_type == "train")
+        if failed:
+            counts["failed_total"] = failed
+        for name, value in counts.items():
+            update.add(name, value)
+        return update.request(self.table, job_id, stamp=False)
+
+    def _record_chunk(
+        self, job_id: str, chunk: list[Outcome], deadline: float | None
+    ) -> tuple[list[Outcome], list[Outcome], list[Outcome]]:
+        duplicates: list[Outcome] = []
+        for attempt in range(MAX_RECORD_ATTEMPTS):
+            if not chunk:
+                return [], duplicates, []
+            recorded_at = now_iso()
+            puts = [
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": o.item(recorded_at),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
+                for o in chunk
+            ]
+            try:
+                self.ddb.transact_write_items(
+                    TransactItems=[*puts, {"Update": self._counting_update(job_id, chunk)}]
+                )
+                return chunk, duplicates, []
+            except self.ddb.exceptions.TransactionCanceledException as exc:
+                dup_idx, late = self._cancelled(job_id, chunk, exc)
+            if late:
+                return [], duplicates, self._record_late(chunk)
+            duplicates.extend(o for i, o in enumerate(chunk) if i in dup_idx)
+            chunk = [o for i, o in enumerate(chunk) if i not in dup_idx]
+            if not dup_idx:
+                # A conflict (another writer on the same item): back off, within the deadline.
+                pause = _pause(attempt)
+                if deadline is not None and self.clock() + pause > deadline - DEADLINE_MARGIN_S:
+                    break
+                time.sleep(pause)
+        raise JobStoreError(
+            f"could not record {len(chunk)} results for job {job_id}: transactions kept conflicting"
+        )
+
+    def _cancelled(self, job_id: str, chunk: list[Outcome], exc: Exception) -> tuple[set[int], bool]:
+        """Why a recording transaction was cancelled: ``(duplicate indexes, late)``.
+
+        Duplicates first (they are dropped and the rest retried); with none, the job's own
+        condition: a missing job raises JobNotFound, a closed round makes the chunk late;
+        otherwise it was a conflict, to retry.
+        """
+        reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
+        codes = [r.get("Code", "None") for r in reasons]
+        if len(codes) == len(chunk) + 1:
+            dup_idx = {i for i, c in enumerate(codes[:-1]) if c == "ConditionalCheckFailed"}
+        else:
+            # No per-item reasons (an endpoint that omits them): ask the table.
+            dup_idx = self._existing(chunk)
+        if dup_idx:
+            return dup_idx, False
+        state = self._job_state(job_id)
+        if state is None:
+            raise JobNotFound(job_id) from exc
+        r = chunk[0].result
+        closed = state.get("closed_round")
+        late = r.task_type == "train" and closed is not None and closed >= r.round
+        return set(), late
+
+    def _job_state(self, job_id: str) -> dict[str, Any] | None:
+        """The job's closed round, if any (None when there is no job)."""
+        resp = self.ddb.get_item(
+            TableName=self.table,
+            Key=_job_key(job_id),
+            ProjectionExpression="pk, closed_round",
+            ConsistentRead=True,
+        )
+        return _from_item(resp["Item"]) if "Item" in resp else None
+
+    def _record_late(self, chunk: list[Outcome]) -> list[Outcome]:
+        """Keep outcomes of a closed round apart (``LATE#``), uncounted; idempotent."""
+        recorded_at = now_iso()
+        for o in chunk:
+            item = o.item(recorded_at)
+            item["sk"] = {"S": "LATE#" + item["sk"]["S"].removeprefix("RES#")}
+            with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):
+                self.ddb.put_item(
+                    TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+                )
+        return chunk
+
+    def _existing(self, chunk: list[Outcome]) -> set[int]:
+        keys = [o.key() for o in chunk]
+        found = {(item["pk"]["S"], item["sk"]["S"]) for item in self._batch_get(keys, "pk, sk")}
+        return {i for i, k in enumerate(keys) if (k["pk"]["S"], k["sk"]["S"]) in found}

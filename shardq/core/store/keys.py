@@ -1,0 +1,91 @@
+"""The job table's keys, counter names and item (de)serialisation: the store family's vocabulary."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+# TransactWriteItems takes up to 100 actions: 99 result puts (or deletes) + the job's update.
+MAX_PUTS_PER_TRANSACTION = 99
+# Failed outcomes a retry forgets per transaction: their deletes, the chunk's pending item and the
+# job's counters fill DynamoDB's 100 items.
+MAX_RETRY_CHUNK = MAX_PUTS_PER_TRANSACTION - 1
+# Attempts of one recording transaction that was cancelled for a conflict (no deadline given); a
+# batch call that leaves keys or items unprocessed has ``MAX_BATCH_ATTEMPTS``.
+MAX_RECORD_ATTEMPTS = 8
+# Stop retrying this long before the caller's deadline, so its answer still goes out.
+DEADLINE_MARGIN_S = 2.0
+# BatchGetItem takes up to 100 keys, BatchWriteItem 25 puts or deletes.
+BATCH_GET_KEYS = 100
+BATCH_WRITE_ITEMS = 25
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+# Counters per (round, phase): ok, fail, enq (the enqueue cursor), and plan (tasks a
+# successive-halving rung planned, when a closed rung decided them).
+_COUNTER_RE = re.compile(r"^(ok|fail|div|enq|plan|part)_r(\d+)_(train|reduce)$")
+# What ``finish`` sets and ``reopen`` removes.
+_FINISH_ATTRIBUTES = ("finished_at", "result_uri", "error", "event_pending", "event_claim", "expires_at")
+
+
+def now_iso() -> str:
+    """UTC timestamp with milliseconds, sortable as a string."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _iso(seconds: float) -> str:
+    """``now_iso``'s format for a time in seconds since the epoch (the store's clock)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _pk(job_id: str) -> dict[str, Any]:
+    return {"S": f"JOB#{job_id}"}
+
+
+def _job_key(job_id: str) -> dict[str, Any]:
+    return {"pk": _pk(job_id), "sk": {"S": "JOB"}}
+
+
+def _result_key(job_id: str, round_no: int, task_type: str, shard_id: int) -> dict[str, Any]:
+    return {"pk": _pk(job_id), "sk": {"S": f"RES#r{round_no:04d}#{task_type}#{shard_id:06d}"}}
+
+
+def _close_key(job_id: str, round_no: int, index: int) -> dict[str, Any]:
+    return {"pk": _pk(job_id), "sk": {"S": f"CLOSE#r{round_no:04d}#{index:05d}"}}
+
+
+def _checkpoint_key(job_id: str, round_no: int, index: int) -> dict[str, Any]:
+    return {"pk": _pk(job_id), "sk": {"S": f"CLOSECK#r{round_no:04d}#{index:05d}"}}
+
+
+def _counter(kind: str, round_no: int, phase: str) -> str:
+    return f"{kind}_r{round_no}_{phase}"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | set):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _to_item(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Python values → DynamoDB attribute values (floats go through Decimal; None is left out)."""
+    out = {}
+    for k, v in data.items():
+        if v is None:
+            continue
+        out[k] = _ser.serialize(Decimal(repr(v)) if isinstance(v, float) else v)
+    return out
+
+
+def _from_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """DynamoDB attribute values → plain Python values (ints stay ints)."""
+    return {k: _plain(_de.deserialize(v)) for k, v in item.items()}

@@ -1,0 +1,216 @@
+"""The promises the model-based test checks after every step, and at the end of every run.
+
+After every step (``step_problems``), over a consistent scan of the whole job table:
+
+1. **counted at most once**: each (round, phase) counter equals the outcome items it counts
+   (``ok`` the succeeded ones, every other outcome counter the rest), ``failed_total`` equals
+   the failed train items, and no task is both counted and late;
+2. **only planned tasks**: every outcome item (counted or late) names a task its round planned
+   (its participants, a rung's promoted trials, the reduce of a ``data_parallel`` round);
+3. **no item over 400 KB**, sized by DynamoDB's rules (attribute names + values).
+
+Whenever the world is quiet — no task queued, held by a worker or dead-lettered, no result or
+tick waiting on the results queue — (``quiet_problems``):
+
+4. **a job whose tasks have all ended is final or advancing**: a RUNNING job's round policy
+   says wait (``rounds.verdict``), it is not waiting for a cancel to take effect;
+5. **no RUNNING job without outstanding work**: with nothing in flight, a RUNNING job must
+   have a round deadline's tick held for its current round (the only thing still to come).
+
+A retry resumes the round that failed (``retry_problems``, checked by the retry rule). And at
+the end, when every job ran to its end, each job's whole history passes
+``tests.chaos.history.check``.
+
+``FIXES`` names the defects being fixed alongside this test; a rule or check that exercises
+one runs only once its fix has landed (each predicate looks for the fix's feature).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any
+
+from shardq.core import contracts, operations, rounds
+from shardq.core.engine import Engine
+from shardq.core.jobstore import JobRecord
+from tests.chaos.model_world import ITEM_LIMIT, World, item_size, scan_items
+
+_COUNTER = re.compile(r"^([a-z]+)_r(\d+)_(train|reduce)$")
+_RESULT = re.compile(r"^(RES|LATE)#r(\d+)#(train|reduce)#(\d+)$")
+# Counters that count something other than outcomes.
+_NOT_OUTCOMES = ("ok", "enq", "plan", "part")
+
+
+def _source(obj: Any) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def results_dlq_consumer() -> Callable[[dict[str, Any], Any], dict[str, Any]] | None:
+    """The results DLQ's consumer, once it exists (records a rejected result naming a planned
+    task as that task's failure)."""
+    try:
+        from lambdas import results_dlq_handler
+    except ImportError:
+        return None
+    handler: Callable[[dict[str, Any], Any], dict[str, Any]] | None = getattr(
+        results_dlq_handler, "handle_dead_results", None
+    )
+    return handler
+
+
+# Each predicate looks for its fix's feature; the lead enables a check by landing the fix.
+FIXES: dict[str, Callable[[], bool]] = {
+    # A train result with a non-finite objective is a "diverged" outcome, not a rejected result.
+    "diverged": lambda: "diverged" in contracts.RESULT_STATUSES,
+    # A rejected result that names a planned task is recorded as that task's failure.
+    "results_dlq": lambda: results_dlq_consumer() is not None,
+    # A retry after a round's deadline failed the job reopens the round with a fresh tick.
+    "deadline_retry": lambda: "arm_round" in _source(operations) + _source(Engine.reopen),
+    # A successive-halving retry resends only the failed rung's own (promoted) trials.
+    "halving_retry": lambda: "planned_tasks" in _source(operations),
+}
+
+
+def fixed(name: str) -> bool:
+    """True once the fix ``name`` (see ``FIXES``) is in the tree."""
+    return FIXES[name]()
+
+
+def planned(world: World, job: JobRecord, round_no: int, phase: str) -> set[int]:
+    """The tasks (round, phase) of ``job`` plans: participants, promoted trials, or the reduce."""
+    if phase == "reduce":
+        return {0} if job.kind == "data_parallel" else set()
+    if round_no >= job.rounds:
+        return set()
+    if job.request.early_stopping is not None and round_no > 0:
+        return {shard for shard, _ in world.engine.store.round_plan(job.job_id, round_no)}
+    return set(job.planned(round_no, "train"))
+
+
+def step_problems(world: World, statuses: dict[str, str] | None = None) -> list[str]:
+    """Invariants 1–3 over the whole table (see the module docstring); fills ``statuses`` (job id
+    → status) from the same scan."""
+    problems: list[str] = []
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for item in scan_items(world.clients["dynamodb"], world.settings.job_table):
+        size = item_size(item)
+        if size > ITEM_LIMIT:
+            problems.append(
+                f"item {item['pk']['S']} {item['sk']['S']} is {size} bytes, over DynamoDB's 400 KB"
+            )
+        by_job.setdefault(item["pk"]["S"].removeprefix("JOB#"), []).append(item)
+    for job_id, items in sorted(by_job.items()):
+        head = next((i for i in items if i["sk"]["S"] == "JOB"), None)
+        if head is None:
+            problems.append(f"items of job {job_id} without its job record")
+            continue
+        job = JobRecord.from_item(head)
+        if statuses is not None:
+            statuses[job_id] = job.status
+        problems += [f"{job_id}: {p}" for p in _job_problems(world, job, items)]
+    return problems
+
+
+def _job_problems(world: World, job: JobRecord, items: list[dict[str, Any]]) -> list[str]:
+    problems: list[str] = []
+    counted: dict[tuple[int, str], list[str]] = {}
+    keys: dict[str, set[tuple[int, str, int]]] = {"RES": set(), "LATE": set()}
+    for item in items:
+        m = _RESULT.match(item["sk"]["S"])
+        if not m:
+            continue
+        where, r, phase, shard = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+        keys[where].add((r, phase, shard))
+        if where == "RES":
+            counted.setdefault((r, phase), []).append(item["outcome"]["S"])
+        if shard not in planned(world, job, r, phase):
+            problems.append(
+                f"{where} item for round {r} {phase} shard {shard}, a task its round never planned"
+            )
+    for key in sorted(keys["RES"] & keys["LATE"]):
+        problems.append(f"{key} is both counted and late")
+    outcome_counters: dict[tuple[int, str], int] = {}
+    raw = next(i for i in items if i["sk"]["S"] == "JOB")
+    for name, value in raw.items():
+        m = _COUNTER.match(name)
+        if m and m.group(1) not in _NOT_OUTCOMES:
+            key = (int(m.group(2)), m.group(3))
+            outcome_counters[key] = outcome_counters.get(key, 0) + int(value["N"])
+    for key in sorted(
+        set(counted) | set(outcome_counters) | {(k[1], k[2]) for k in job.counters if k[0] == "ok"}
+    ):
+        r, phase = key
+        outcomes = counted.get(key, [])
+        ok = sum(1 for o in outcomes if o == "succeeded")
+        if job.ok(r, phase) != ok:
+            problems.append(
+                f"ok counter of round {r} {phase} is {job.ok(r, phase)}, {ok} succeeded outcome items"
+            )
+        if outcome_counters.get(key, 0) != len(outcomes) - ok:
+            problems.append(
+                f"outcome counters of round {r} {phase} add up to {outcome_counters.get(key, 0)}, "
+                f"{len(outcomes) - ok} other outcome items: counted twice or lost"
+            )
+    failed_train = sum(
+        1 for (_, phase), outs in counted.items() if phase == "train" for o in outs if o == "failed"
+    )
+    if job.failed_total != failed_train:
+        problems.append(f"failed_total is {job.failed_total}, {failed_train} failed train outcome items")
+    return problems
+
+
+def quiet_problems(world: World) -> list[str]:
+    """Invariants 4–5, for a quiet world (the caller checks ``world.quiet()``)."""
+    problems: list[str] = []
+    store = world.engine.store
+    for job_id in world_jobs(world):
+        job = store.get_job(job_id)
+        if job.terminal:
+            continue
+        if job.cancel_requested_at is not None:
+            problems.append(f"{job_id}: cancelled at {job.cancel_requested_at}, still RUNNING")
+            continue
+        verdict = rounds.verdict(job, world.clock())
+        if verdict != rounds.WAIT:
+            problems.append(
+                f"{job_id}: round {job.round} {job.phase} can move on ({verdict}) with nothing in flight, "
+                f"but the job is RUNNING: {job.done(job.round, job.phase)} of "
+                f"{job.expected(job.round, job.phase)} ended"
+            )
+            continue
+        ticks = [t for t in world.ticks.pending(job_id) if int(t.data["round"]) == job.round]
+        if not (job.phase == "train" and ticks):
+            problems.append(
+                f"{job_id}: RUNNING in round {job.round} {job.phase} with no task, result or tick in flight: "
+                f"{job.done(job.round, job.phase)} of {job.expected(job.round, job.phase)} tasks ended; "
+                "it can never end"
+            )
+    return problems
+
+
+def world_jobs(world: World) -> list[str]:
+    """Every job id in the table."""
+    return sorted(
+        i["pk"]["S"].removeprefix("JOB#")
+        for i in scan_items(world.clients["dynamodb"], world.settings.job_table)
+        if i["sk"]["S"] == "JOB"
+    )
+
+
+def retry_problems(before: JobRecord, after: JobRecord) -> list[str]:
+    """A retry of a FAILED job resumes the (round, phase) that failed: the job is RUNNING there
+    (or moved on, when the retried tasks' round could already close), not FAILED again."""
+    if after.status == "FAILED":
+        return [f"{after.job_id}: FAILED again at once after its retry ({after.error})"]
+    order = {"train": 0, "reduce": 1}
+    if (after.round, order[after.phase]) < (before.round, order[before.phase]):
+        return [
+            f"{after.job_id}: retry resumed round {after.round} {after.phase}, "
+            f"it failed in {before.round} {before.phase}"
+        ]
+    return []

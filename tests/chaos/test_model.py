@@ -1,0 +1,459 @@
+"""A model-based test of shardq's promises: every shard is trained, every outcome is counted
+exactly once, every job ends.
+
+A hypothesis ``RuleBasedStateMachine`` drives the real engine and the real aggregator and DLQ
+handler over the local cloud (``tests/chaos/model_world.py``) through random interleavings of
+what happens to jobs in the field: submits of every kind (quorum and deadline, sampled
+participation, successive halving), a splitter dying mid fan-out, workers that report ok,
+failed, diverged, twice, late or malformed, workers that die holding a task until SQS
+dead-letters it, round deadlines passing, cancels, retries and redrives. After every step it
+checks the invariants of ``tests/chaos/model_invariants.py``; at the end of every run it lets
+every job run to its end and checks each job's whole history (``tests/chaos/history.py``).
+
+The bounded run is part of the default test run (derandomized: the same interleavings on
+every machine). ``make soak`` runs it longer: ``MODEL_EXAMPLES`` and ``MODEL_STEPS`` raise the
+counts, ``MODEL_SEED`` (with ``MODEL_EXAMPLES``) explores other interleavings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from shardq.core import enqueue as enqueue_module
+from shardq.core.contracts import TERMINAL_STATUSES
+from shardq.core.fanout import FanOutError
+from shardq.core.operations import OperationError, cancel, retry_failed
+from shardq.core.redrive import redrive
+from tests.chaos.history import History, check, collect
+from tests.chaos.model_invariants import (
+    fixed,
+    planned,
+    quiet_problems,
+    results_dlq_consumer,
+    retry_problems,
+    step_problems,
+    world_jobs,
+)
+from tests.chaos.model_world import World
+from tests.helpers import FlakySQS
+from tests.requests import make_request
+
+pytestmark = pytest.mark.local_cloud
+
+# Receives before SQS dead-letters a task or a result: low, so a dying worker reaches the
+# task DLQ (and a rejected result the results DLQ) in a few steps.
+MAX_RECEIVES = 2
+OUTCOMES = ("ok", "ok", "ok", "failed", "duplicate")
+NON_FINITE = (math.nan, math.inf, -math.inf)
+
+
+class ShardqModel(RuleBasedStateMachine):
+    """Jobs, tasks and results moving through the real engine, checked after every step."""
+
+    clients: dict[str, Any] = {}
+    current: list[World] = []
+    # What the runs exercised (summed over examples): a run that never reaches a path tests nothing there.
+    seen: Counter[str] = Counter()
+
+    jobs = Bundle("jobs")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.world = World.create(self.clients, max_receive_count=MAX_RECEIVES)
+        ShardqModel.current[:] = [self.world]
+        self.count = 0
+        self.payloads: dict[str, dict[str, Any]] = {}
+        # Each job's status as of the last invariant check.
+        self.statuses: dict[str, str] = {}
+
+    # -- submit -----------------------------------------------------------------------------
+
+    def payload(self, kind: str, shards: int, policy: str, max_failed: int, seed: int) -> dict[str, Any]:
+        self.count += 1
+        job_id = f"model-{self.count}"
+        fields: dict[str, Any] = {"max_failed_shards": max_failed}
+        if kind == "data_parallel":
+            fields.update(rounds=2, max_parallel=shards)
+            if "participation" in policy:
+                fields["participation"] = {"fraction": 0.7, "min_shards": 1, "seed": seed}
+            if "quorum" in policy:
+                fields["quorum"] = {"fraction": 0.5}
+            if "deadline" in policy:
+                fields["quorum"] = {**fields.get("quorum", {}), "deadline_seconds": 60}
+        elif kind == "sweep":
+            fields["search_space"] = {"lr": [0.3, 0.1, 0.03, 0.01][:shards]}
+            fields["max_parallel"] = shards
+            if "halving" in policy:
+                fields["early_stopping"] = {"eta": 2, "min_budget": 1, "max_budget": 2}
+        return make_request(kind, job_id=job_id, shards=shards, **fields)
+
+    @rule(
+        target=jobs,
+        kind=st.sampled_from(["data_parallel", "data_parallel", "sweep", "map"]),
+        shards=st.integers(2, 4),
+        policy=st.sampled_from(
+            ["", "quorum", "deadline", "quorum+deadline", "participation+deadline", "halving"]
+        ),
+        max_failed=st.integers(0, 1),
+        seed=st.integers(0, 3),
+    )
+    def submit(self, kind: str, shards: int, policy: str, max_failed: int, seed: int) -> str:
+        payload = self.payload(kind, shards, policy, max_failed, seed)
+        answer = self.world.engine.submit(payload)
+        assert answer["created"] and answer["status"] == "RUNNING", answer
+        self.payloads[answer["job_id"]] = payload
+        self.seen[f"submitted {kind}"] += 1
+        return str(answer["job_id"])
+
+    @rule(target=jobs, shards=st.integers(3, 4), policy=st.sampled_from(["", "participation+deadline"]))
+    def submit_cut_short(self, shards: int, policy: str) -> str:
+        # The splitter dies after its first batch; the same request sent again resumes it.
+        payload = self.payload("data_parallel", shards, policy, 0, 1)
+        fanout = self.world.engine.fanout
+        real = fanout.sqs
+        fanout.sqs = FlakySQS(real, die_after=1)
+        try:
+            with pytest.raises(FanOutError):
+                self.world.engine.submit(payload)
+        finally:
+            fanout.sqs = real
+        answer = self.world.engine.submit(payload)
+        assert answer["created"] is False and answer["status"] == "RUNNING", answer
+        self.payloads[answer["job_id"]] = payload
+        return str(answer["job_id"])
+
+    # -- workers ----------------------------------------------------------------------------
+
+    @rule(limit=st.integers(1, 10))
+    def take(self, limit: int) -> None:
+        for held in self.world.take(limit):
+            t = held.task
+            job = self.world.engine.store.get_job(t.job_id)
+            halving_rung = job.request.early_stopping is not None and t.round > 0
+            if halving_rung and not fixed("halving_retry"):
+                continue  # a halving retry resends unpromoted trials until that fix lands
+            assert t.shard_id in planned(self.world, job, t.round, t.task_type), (
+                f"task {t.key} on the queue, but its round never planned it"
+            )
+
+    def pick(self, index: int) -> Any:
+        return self.world.held[index % len(self.world.held)]
+
+    @precondition(lambda self: self.world.held)
+    @rule(
+        index=st.integers(0, 99),
+        n=st.integers(1, 4),
+        outcome=st.sampled_from(OUTCOMES),
+        checks_job=st.booleans(),
+    )
+    def report(self, index: int, n: int, outcome: str, checks_job: bool) -> None:
+        # ``n`` workers finish at once; ``checks_job``: they look at the job first, as shardq
+        # worker does (False: a stale read, or a task already running when its round closed).
+        for _ in range(min(n, len(self.world.held))):
+            held = self.pick(index)
+            if checks_job and self.world.drop_reason(held.task):
+                self.world.finish(held, [])  # dropped unrun
+                continue
+            body = self.world.result_body(held.task, "ok" if outcome == "duplicate" else outcome)
+            self.world.finish(held, [body, body] if outcome == "duplicate" else [body])
+
+    @precondition(lambda self: self.world.held)
+    @rule(index=st.integers(0, 99))
+    def straggle(self, index: int) -> None:
+        # A worker that started a task before its round closed reports it now: a late result.
+        closed = [h for h in self.world.held if self.world.drop_reason(h.task) == "round closed"]
+        if closed:
+            held = closed[index % len(closed)]
+            self.world.finish(held, [self.world.result_body(held.task, "ok")])
+
+    @precondition(lambda self: self.world.held and fixed("diverged"))
+    @rule(index=st.integers(0, 99), value=st.sampled_from(NON_FINITE))
+    def diverge(self, index: int, value: float) -> None:
+        # A trial whose objective is not finite ends "diverged", like any other outcome.
+        held = self.pick(index)
+        outcome = "diverged" if held.task.task_type == "train" else "failed"
+        self.world.finish(held, [self.world.result_body(held.task, outcome, value)])
+
+    @precondition(lambda self: self.world.held and fixed("results_dlq"))
+    @rule(index=st.integers(0, 99))
+    def report_malformed(self, index: int) -> None:
+        # A result the aggregator must reject (num_samples < 0) in place of the real one: it
+        # reaches the results DLQ, whose consumer records it as the task's failure.
+        held = self.pick(index)
+        data = json.loads(self.world.result_body(held.task, "ok"))
+        data["num_samples"] = -1
+        body = json.dumps(data)
+        self.world.rejected.append(body)
+        self.world.finish(held, [body])
+
+    @precondition(lambda self: self.world.held)
+    @rule(index=st.integers(0, 99))
+    def crash(self, index: int) -> None:
+        self.world.crash(self.pick(index))
+
+    @precondition(lambda self: self.world.held)
+    @rule(index=st.integers(0, 99))
+    def poison(self, index: int) -> None:
+        assert self.world.poison(self.pick(index), MAX_RECEIVES), "SQS never dead-lettered the task"
+        self.seen["task dead-lettered"] += 1
+
+    @precondition(lambda self: self.world.posted)
+    @rule(index=st.integers(0, 999))
+    def replay(self, index: int) -> None:
+        # A result delivered again: a duplicate, or a straggler whose round has closed (late).
+        body = self.world.posted[index % len(self.world.posted)]
+        self.world.sqs.send_message(QueueUrl=self.world.settings.results_queue_url, MessageBody=body)
+
+    @rule(kind=st.sampled_from(["garbage", "no job", "foreign shard", "no round"]))
+    def noise(self, kind: str) -> None:
+        # Messages no worker of these jobs sent: rejected, never counted, parked in the DLQ.
+        jobs = list(self.payloads)
+        base = {
+            "job_id": jobs[0] if jobs else "nobody",
+            "round": 0,
+            "shard_id": 0,
+            "task_type": "train",
+            "status": "succeeded",
+            "schema_version": 1,
+        }
+        body = {
+            "garbage": "{not json",
+            "no job": json.dumps({**base, "job_id": "never-submitted"}),
+            "foreign shard": json.dumps({**base, "shard_id": 999}),
+            "no round": json.dumps({**base, "round": 99}),
+        }[kind]
+        if kind == "no job" or (not jobs and kind != "garbage"):
+            body = json.dumps({**base, "job_id": "never-submitted"})
+        self.world.rejected.append(body)
+        self.world.sqs.send_message(QueueUrl=self.world.settings.results_queue_url, MessageBody=body)
+
+    # -- event sources, time ----------------------------------------------------------------
+
+    @rule()
+    def pump(self) -> None:
+        self.world.pump.step()
+        consumer = results_dlq_consumer()
+        if consumer is not None:
+            url = self.world.dlqs["results"]
+            msgs = self.world.pump.receive(url, 10)
+            if msgs:
+                self.world.pump.arns.setdefault(url, self.world.arn(url))
+                self.world.pump.invoke(url, msgs, consumer)
+
+    @precondition(lambda self: self.world.ticks.held)
+    @rule()
+    def deadline_passes(self) -> None:
+        self.world.ticks.deliver_next()
+        self.seen["tick delivered"] += 1
+
+    # -- operators --------------------------------------------------------------------------
+
+    @rule(job_id=jobs)
+    def cancel(self, job_id: str) -> None:
+        before = self.world.engine.store.get_job(job_id)
+        report = cancel(self.world.engine, job_id)
+        if before.status == "RUNNING":
+            assert report.status in TERMINAL_STATUSES, report
+        else:
+            assert (report.cancelled, report.status) == (False, before.status), report
+
+    @precondition(lambda self: "FAILED" in self.statuses.values())
+    @rule(index=st.integers(0, 99))
+    def retry_a_failed_job(self, index: int) -> None:
+        failed = sorted(j for j, status in self.statuses.items() if status == "FAILED")
+        self.retry(failed[index % len(failed)])
+
+    @rule(job_id=jobs)
+    def retry(self, job_id: str) -> None:
+        before = self.world.engine.store.get_job(job_id)
+        try:
+            retry_failed(self.world.engine, job_id)
+        except OperationError as exc:
+            assert job_id in str(exc)  # refused, saying why
+            self.seen["retry refused"] += 1
+            return
+        self.seen[f"retried a {before.status} job"] += 1
+        after = self.world.engine.store.get_job(job_id)
+        deadline_failure = "reached its deadline" in (before.error or "")
+        if before.status == "FAILED" and (fixed("deadline_retry") or not deadline_failure):
+            problems = retry_problems(before, after)
+            assert not problems, problems
+
+    @rule(queue=st.sampled_from(["tasks", "results"]))
+    def redrive(self, queue: str) -> None:
+        s = self.world.settings
+        dest = s.task_queue_url if queue == "tasks" else s.results_queue_url
+        report = redrive(self.world.sqs, queue, self.world.dlqs[queue], dest, method="resend")
+        assert report.failed == 0, report
+
+    # -- the promises -----------------------------------------------------------------------
+
+    @invariant()
+    def promises(self) -> None:
+        problems = step_problems(self.world, self.statuses)
+        if self.world.quiet():
+            problems += self.hang_problems()
+        assert not problems, "\n".join(problems)
+
+    def hang_problems(self) -> list[str]:
+        problems = quiet_problems(self.world)
+        if not fixed("deadline_retry"):
+            # A deadline-failed round, retried, fails again at once: nothing hangs there.
+            problems = [p for p in problems if "can move on (RoundFailed" not in p]
+        return problems
+
+    def teardown(self) -> None:
+        try:
+            self.run_to_end()
+        finally:
+            ShardqModel.current[:] = []
+
+    def run_to_end(self) -> None:
+        """Every job ends: workers report ok, deadlines pass; then each history is whole."""
+        w = self.world
+        for _ in range(200):
+            while w.take(10):
+                pass
+            for held in list(w.held):
+                w.finish(held, [] if w.drop_reason(held.task) else [w.result_body(held.task, "ok")])
+            self.pump()
+            if w.quiet():
+                problems = step_problems(w) + self.hang_problems()
+                assert not problems, "\n".join(problems)
+                running = [j for j in world_jobs(w) if w.engine.store.get_job(j).status == "RUNNING"]
+                if not running:
+                    break
+                if w.ticks.deliver_next() is None:
+                    raise AssertionError(f"jobs {running} are RUNNING with nothing left to happen")
+        else:
+            raise AssertionError("the jobs did not end in 200 passes")
+        self.check_histories()
+
+    def check_histories(self) -> None:
+        w = self.world
+        dead_results = w.peek(w.dlqs["results"])
+        strays = [
+            m["Body"] for m in dead_results if m["Body"] not in w.rejected and not self.unplanned(m["Body"])
+        ]
+        assert not strays, f"valid results in the results DLQ: {strays}"
+        for job_id in world_jobs(w):
+            h = collect(w.engine, job_id)
+            self.seen[f"ended {h.job.status}"] += 1
+            self.seen["late results"] += len(h.late)
+            for o in h.outcomes:
+                self.seen[f"{o.result.status} outcome from {o.source}"] += 1
+            problems = check(h, status=h.job.status, allow_results_dlq=h.queues["results_dlq"])
+            problems = [p for p in problems if not (p.startswith("manifest lists failures") and after_end(h))]
+            assert not problems, f"{job_id}: " + "\n".join(problems)
+
+    def unplanned(self, body: str) -> bool:
+        """True for a result the halving-retry defect sent for a trial its rung never planned."""
+        if fixed("halving_retry"):
+            return False
+        data = json.loads(body)
+        job = self.world.engine.store.get_job(data["job_id"])
+        return data["shard_id"] not in planned(self.world, job, data["round"], data["task_type"])
+
+
+def after_end(h: History) -> bool:
+    """True when the manifest lists exactly the failures recorded until the job ended: a task
+    running when its job failed (or was cancelled) still reports, and its outcome is recorded
+    on the job, after the manifest was written (its ``finished_at`` is the latest outcome then)."""
+    if h.manifest is None:
+        return False
+    ended = h.manifest["finished_at"]
+    failed = sorted(
+        (o.result.round, o.result.task_type, o.result.shard_id)
+        for o in h.outcomes
+        if o.result.status == "failed" and o.recorded_at <= ended
+    )
+    return sorted((f["round"], f["task_type"], f["shard_id"]) for f in h.manifest["failed"]) == failed
+
+
+def _run(clients: dict[str, Any], examples: int, steps: int, *, derandomize: bool = True) -> None:
+    ShardqModel.clients = clients
+    run_state_machine_as_test(
+        ShardqModel,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=steps,
+            deadline=None,
+            derandomize=derandomize,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            print_blob=True,
+            # MODEL_SHRINK=0 reports a failure as found, unshrunk (each example costs seconds).
+            phases=[p for p in Phase if p != Phase.shrink or os.environ.get("MODEL_SHRINK", "1") != "0"],
+        ),
+    )
+
+
+@pytest.fixture
+def handlers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The Lambda handlers, bound to the engine of the example that runs (its model clock)."""
+    from lambdas import common, dlq_handler
+
+    def engine() -> Any:
+        return ShardqModel.current[0].engine
+
+    monkeypatch.setattr(common, "engine", engine)
+    monkeypatch.setattr(dlq_handler, "engine", engine)
+    # Small enqueue chunks: every fan-out checkpoints as it goes, so a cut one resumes midway.
+    monkeypatch.setattr(enqueue_module, "CHUNK", 2)
+    yield
+
+
+# Paths the bounded run must reach: if a change to the rules stops it reaching one, the run says so.
+MUST_SEE = (
+    "submitted data_parallel",
+    "submitted sweep",
+    "submitted map",
+    "ended SUCCEEDED",
+    "ended FAILED",
+    "ended CANCELLED",
+    "tick delivered",
+    "task dead-lettered",
+    "failed outcome from dlq",
+    "late results",
+    "retried a FAILED job",
+)
+
+
+def test_the_promises_hold_under_random_interleavings(clients: dict[str, Any], handlers: None) -> None:
+    ShardqModel.seen.clear()
+    _run(
+        clients,
+        examples=int(os.environ.get("MODEL_EXAMPLES", "8")),
+        steps=int(os.environ.get("MODEL_STEPS", "25")),
+    )
+    print("MODEL", json.dumps(dict(sorted(ShardqModel.seen.items()))))
+    assert not [p for p in MUST_SEE if not ShardqModel.seen[p]], dict(ShardqModel.seen)
+
+
+@pytest.mark.soak
+def test_the_promises_hold_in_a_long_run(clients: dict[str, Any], handlers: None) -> None:
+    ShardqModel.seen.clear()
+    _run(
+        clients,
+        examples=int(os.environ.get("MODEL_EXAMPLES", "200")),
+        steps=int(os.environ.get("MODEL_STEPS", "60")),
+        derandomize=False,
+    )
+    print("MODEL", json.dumps(dict(sorted(ShardqModel.seen.items()))))
