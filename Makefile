@@ -116,6 +116,10 @@ soak: install  ## the chaos soak runs: many jobs with random worker kills (a SOA
 bench: install  ## run the benchmarks (figures go to BENCHMARKS.md by hand)
 	$(PY) -m benchmarks.run_all
 
+.PHONY: bench-preempt
+bench-preempt: install  ## a Spot storm (SIGTERM and SIGKILL) with checkpoints, without, and calm, side by side; plot to docs/img/preempt.png (BENCH_ARGS=...)
+	$(PY) -m benchmarks.preempt --plot docs/img/preempt.png $(BENCH_ARGS)
+
 .PHONY: bench-scale
 SCALE_SHARDS ?= 100000
 bench-scale: install  ## one job of SCALE_SHARDS (100,000) no-op shards on the deployed local stack, then its manifest

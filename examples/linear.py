@@ -10,20 +10,31 @@ Datasets:
   e.g. written by ``write_dataset``; the worker downloads it once per process.
 * ``synthetic://linear?dim=8&noise=0.05&seed=7``: generated on the fly; sample ``i`` is
   the same whatever the sharding (samples come in fixed blocks of 1,024).
+
+Checkpoints (``examples.checkpointing``): every ``hyperparameters.checkpoint_every`` batches
+(1,000 by default; an epoch of a shard is often only a few batches) and whenever the worker says
+stop (``ctx.should_stop``), the weights, the epoch, the batch and the generator's state at the
+epoch's start; a resumed attempt ends with exactly the bits of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from examples import checkpointing
+from shardq.worker import Stopped
+
 BLOCK = 1024
 VALIDATION_BLOCK = 10**9
+# Batches between checkpoints (``hyperparameters.checkpoint_every`` overrides; 0: only when stopped).
+CHECKPOINT_STEPS = 1000
+CHECKPOINT = "weights.npz"
 
 
 def _params(uri: str | None) -> tuple[int, float, int]:
@@ -110,17 +121,44 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
     mu = float(getattr(ctx, "proximal_mu", 0.0) or 0.0)
     w_global, b_global = w.copy(), b
     rng = np.random.default_rng([seed, task.round, task.shard_id])
-    for epoch in range(epochs):
+    # An epoch here is milliseconds: checkpoint on a batch count (and whenever told to stop), not per epoch.
+    every = checkpointing.Every.of(hp, default_steps=CHECKPOINT_STEPS, epoch_end=False)
+    first_epoch, first_batch, step = 0, 0, 0
+    position = checkpointing.resume_position(ctx)
+    if position is not None:  # a resumed attempt: the weights, the generator and the place in the data
+        with np.load(Path(ctx.resume_path) / CHECKPOINT) as m:
+            w, b = m["w"].astype(np.float64), float(m["b"])
+        rng.bit_generator.state = position["rng"]
+        first_epoch, first_batch, step = int(position["epoch"]), int(position["batch"]), int(position["step"])
+    batches = -(-len(y) // batch)
+    for epoch in range(first_epoch, epochs):
+        # The generator as it was before this epoch's order was drawn: what a checkpoint stores, so a
+        # resumed attempt draws the same order again and skips the batches already done.
+        at_epoch_start = rng.bit_generator.state
         order = rng.permutation(len(y))
-        for i in range(0, len(y), batch):
-            idx = order[i : i + batch]
+        for k in range(first_batch if epoch == first_epoch else 0, batches):
+            if ctx.should_stop:
+                _checkpoint(ctx, step, epoch, k, at_epoch_start, w, b)
+                raise Stopped(f"checkpointed at step {step}")
+            idx = order[k * batch : (k + 1) * batch]
             err = x[idx] @ w + b - y[idx]
             w -= lr * ((x[idx].T @ err) / len(idx) + l2 * w + mu * (w - w_global))
             b -= lr * (float(err.mean()) + mu * (b - b_global))
+            step += 1
+            if every.due(step, epoch_done=k + 1 == batches):
+                _checkpoint(ctx, step, epoch, k + 1, at_epoch_start, w, b)
         ctx.progress((epoch + 1) / epochs)
     vx, vy = _validation(uri, dim)
     np.savez(ctx.output_dir / "model.npz", w=w, b=np.array(b))
     return {"metrics": {"loss": _mse(w, b, x, y), "val_loss": _mse(w, b, vx, vy)}, "num_samples": len(y)}
+
+
+def _checkpoint(
+    ctx: Any, step: int, epoch: int, batch: int, rng_state: Mapping[str, Any], w: np.ndarray, b: float
+) -> bool:
+    """Save the weights and the position (``batch`` batches of ``epoch`` done) as checkpoint ``step``."""
+    position = {"epoch": epoch, "batch": batch, "rng": rng_state}
+    return checkpointing.save(ctx, step, position, lambda d: np.savez(d / CHECKPOINT, w=w, b=np.array(b)))
 
 
 def least_squares(

@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from shardq.worker.trust import AllowList, AllowListError
+from stacks.worker_trust import trust
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CDK_JSON = REPO_ROOT / "cdk.json"
@@ -158,8 +158,8 @@ def _instance_types(raw: Any) -> tuple[str, ...]:
 
 def _is_pattern(pattern: str) -> bool:
     try:
-        AllowList.parse(pattern)
-    except AllowListError:
+        trust().AllowList.parse(pattern)
+    except trust().AllowListError:
         return False
     return True
 
@@ -179,14 +179,14 @@ def _allow_list(raw: Any) -> str | None:
     fix = '; fix: list the packages the image ships, like "mypkg.*" or "examples.*,mypkg.train"'
     if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
         raise _BadValue(f"must be module patterns, comma-separated or a list{fix}")
-    # The worker's own parser (shardq.worker.trust), one pattern at a time so the error names each.
+    # The worker's own parser (read by path), one pattern at a time so the error names each.
     bad = [p for p in (q.strip() for v in items for q in v.split(",")) if p and not _is_pattern(p)]
     if bad:
         raise _BadValue(
             f"{', '.join(repr(p) for p in bad)} is not a module pattern: 'pkg.*' (a package and "
             f"everything under it), 'pkg.mod' (one module) or '*' (any module), no spaces{fix}"
         )
-    allow = AllowList.parse(*items)
+    allow = trust().AllowList.parse(*items)
     if not allow.patterns:
         raise _BadValue(f"must name at least one module pattern (with none, workers run nothing){fix}")
     return str(allow)

@@ -124,6 +124,7 @@ SCOPES: dict[str, Selector] = {
     "alarm topic with an email": _alarm_topic_with_email,
     "dead-letter queues": _dead_letter_queues,
     "splitter failure queue": _one(lambda s: s.functions.splitter_failure_queue),
+    "parked results queue": _one(lambda s: s.results.parked_queue),
     "fleet execution role": _fleet_execution_role,
     "fleet task role": _fleet_task_role,
     "fleet task definition": _one(lambda s: s.fleet.task_definition if s.fleet else None),
@@ -203,6 +204,12 @@ RULES: tuple[NagRule, ...] = (
         "Workers write artifacts under jobs/<job_id>/ whose ids exist only at runtime; scoped to the prefix.",
     ),
     NagRule(
+        f"{_IAM5}[Resource::<ArtifactBucket.Arn>/checkpoints/*]",
+        "worker policy",
+        "Workers write and prune task checkpoints under checkpoints/<job_id>/ whose ids exist only at "
+        "runtime; scoped to the prefix.",
+    ),
+    NagRule(
         f"{_IAM5}[Resource::{{arn}}/*]",
         "worker policy, each dataset bucket",
         "Read-only access to the objects of a dataset bucket named in dataset_bucket_arns.",
@@ -229,6 +236,18 @@ RULES: tuple[NagRule, ...] = (
         "Serverless::Serverless-SQSRedrivePolicy",
         "splitter failure queue",
         "On-failure destination queue: it is itself the dead-letter store for async splitter invocations.",
+    ),
+    NagRule(
+        "AwsSolutions::AwsSolutions-SQS3",
+        "parked results queue",
+        "Dead results no job can record are parked here with the reason (shardq.core.parking): the end "
+        "of the line like a DLQ, read by people (`shardq dlq show`), alarmed on its first message.",
+    ),
+    NagRule(
+        "Serverless::Serverless-SQSRedrivePolicy",
+        "parked results queue",
+        "Nothing consumes this queue, so nothing could exhaust a receive count; it is the dead-letter "
+        "store of results no job can record.",
     ),
     # -- the optional worker fleet (stacks/components/fleet/) ------------------------------------
     NagRule(

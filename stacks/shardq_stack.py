@@ -48,6 +48,7 @@ PINNED_LOGICAL_IDS = {
     "TaskDlq": ("task_queues", "dead_letter_queue"),
     "ResultsQueue": ("results", "queue"),
     "ResultsDlq": ("results", "dead_letter_queue"),
+    "ParkedResults": ("results", "parked_queue"),
     "SplitterFailureQueue": ("functions", "splitter_failure_queue"),
 }
 
@@ -193,6 +194,7 @@ class ShardqStack(Stack):
                 task_dlq=self.task_queues.dead_letter_queue,
                 results_queue=self.results.queue,
                 results_dlq=self.results.dead_letter_queue,
+                parked_results=self.results.parked_queue,
                 splitter_failure_queue=self.functions.splitter_failure_queue,
             ),
             functions=MonitoredFunctions(
@@ -310,6 +312,12 @@ class ShardqStack(Stack):
             fn.add_to_role_policy(
                 iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[fns.splitter.function_arn])
             )
+        # Only the results DLQ handler parks dead results no job can record (shardq.core.parking);
+        # nothing consumes the parked queue: people read it with `shardq dlq show --queue results`.
+        self.results.parked_queue.grant_send_messages(fns.results_dlq_handler)
+        fns.results_dlq_handler.add_environment(
+            "SHARDQ_PARKED_RESULTS_QUEUE_URL", self.results.parked_queue.queue_url
+        )
 
     def _wire_event_sources(self, sizing: FunctionSizing) -> None:
         self._consume(
@@ -389,6 +397,11 @@ class ShardqStack(Stack):
                 res.dead_letter_queue.queue_url,
                 "Dead-letter queue of results the aggregator could not record (consumed by the results "
                 "DLQ handler; what stays names no planned task)",
+            ),
+            "ParkedResultsQueueUrl": (
+                res.parked_queue.queue_url,
+                "Dead results no job can record (no planned task), each with the reason; kept 14 days. "
+                "Read: shardq dlq show --queue results; retry: shardq dlq redrive --queue results",
             ),
             "SplitterFailureQueueUrl": (
                 fns.splitter_failure_queue.queue_url,

@@ -8,6 +8,7 @@ aggregator Lambda would behind its event source, until the job ends.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from shardq.core.contracts import ShardResult
@@ -44,8 +45,18 @@ def aggregate(engine: Engine) -> int:
     return len(outcomes)
 
 
-def run_job(engine: Engine, request: dict[str, Any], *, timeout: float = 300.0) -> JobRecord:
-    """Submit ``request`` and drive it to its end with two real workers; the final job record."""
+def run_job(
+    engine: Engine,
+    request: dict[str, Any],
+    *,
+    timeout: float = 300.0,
+    each: Callable[[JobRecord], None] | None = None,
+) -> JobRecord:
+    """Submit ``request`` and drive it to its end with two real workers; the final job record.
+
+    ``each`` sees the job record after every step (a poll by each worker, then the aggregation):
+    what a reader polling the running job, such as ``shardq watch``, would see.
+    """
     job_id = engine.submit(request)["job_id"]
     crew = workers(engine)
     deadline = time.monotonic() + timeout
@@ -54,6 +65,8 @@ def run_job(engine: Engine, request: dict[str, Any], *, timeout: float = 300.0) 
             w.poll_once()
         aggregate(engine)
         job = engine.store.get_job(job_id)
+        if each is not None:
+            each(job)
         if job.status != "RUNNING":
             return job
     raise TimeoutError(f"{job_id} did not finish within {timeout:.0f} s")

@@ -27,6 +27,12 @@ The module defines no ``reduce``: the worker's built-in reduce averages the shar
 by ``num_samples`` one at a time (FedAvg, O(one model) memory), applies the job's server strategy,
 then calls ``evaluate_global``, whose ``test_accuracy`` and ``test_loss`` of the new global model become
 the round's reduce metrics.
+
+Checkpoints (``examples.checkpointing``): at the end of every local epoch (or every
+``hyperparameters.checkpoint_every`` batches) and whenever the worker says stop
+(``ctx.should_stop``, read between batches), the model's and the optimizer's state and
+``models.Position``: epoch, batch, step, the epoch's loss so far and the batch-order generator's
+state at the epoch's start. A resumed attempt on the CPU ends with the bits of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -40,8 +46,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from examples import checkpointing
 from examples.mnist import models
 from examples.mnist.data import PARTITIONS, client_ranges, partition_order
+from shardq.worker import Stopped
+
+CHECKPOINT = "state.pt"
 
 _ARRAYS: dict[str, dict[str, np.ndarray]] = {}
 
@@ -115,6 +125,18 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
     model = models.build(cfg.arch, cfg.seed)
     if ctx.init_model_path is not None:
         model.load_state_dict(models.load_state(ctx.init_model_path))
+    every = checkpointing.Every.of(task.hyperparameters)  # each epoch's end, or every k batches
+    resume = _resume(ctx)
+    saved = [resume.position.step if resume is not None else 0]
+
+    def boundary(at: models.Position, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        stop = ctx.should_stop
+        if at.step != saved[0] and (stop or every.due(at.step, epoch_done=at.batch == 0)):
+            saved[0] = at.step
+            checkpointing.save(ctx, at.step, at.to_json(), lambda d: _save_state(net, opt, d / CHECKPOINT))
+        if stop:
+            raise Stopped(f"checkpointed at step {at.step}")
+
     began = time.perf_counter()
     loss = models.local_train(
         model,
@@ -126,6 +148,8 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
         generator=models.batch_generator(cfg.seed, task.round, task.shard_id),
         device=device,
         proximal_mu=ctx.proximal_mu,
+        resume=resume,
+        boundary=boundary,
     )
     train_s = time.perf_counter() - began
     ctx.progress(1.0)
@@ -133,6 +157,20 @@ def train(task: Any, ctx: Any) -> dict[str, Any]:
     classes = len(np.unique(data["y_train"][idx]))
     metrics = {"train_loss": loss, "classes": float(classes), "train_s": train_s}
     return {"metrics": metrics, "num_samples": len(idx)}
+
+
+def _save_state(model: torch.nn.Module, opt: torch.optim.Optimizer, path: Path) -> None:
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": weights, "optimizer": opt.state_dict()}, path)
+
+
+def _resume(ctx: Any) -> models.Resume | None:
+    """The task's latest checkpoint, loaded; None on a fresh start."""
+    position = checkpointing.resume_position(ctx)
+    if position is None:
+        return None
+    state = torch.load(Path(ctx.resume_path) / CHECKPOINT, map_location="cpu", weights_only=True)
+    return models.Resume(models.Position.from_json(position), state["model"], state["optimizer"])
 
 
 def evaluate_global(task: Any, model_path: Path, ctx: Any) -> dict[str, float]:

@@ -15,7 +15,8 @@ Flower's clients call the same ``local_train``, so their client updates are iden
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,55 @@ def device_for(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class Position:
+    """Where local SGD is: ``batch`` batches of ``epoch`` done, ``step`` batches in all, the epoch's
+    loss so far, and the batch-order generator's state at the start of ``epoch`` (from which a
+    resumed run redraws the same order)."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    generator: torch.Tensor | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The position as JSON values (the generator's state as a list of byte values)."""
+        state = [] if self.generator is None else self.generator.tolist()
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "loss_sum": self.loss_sum,
+            "generator": state,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Position:
+        """The inverse of ``to_json``."""
+        return cls(
+            epoch=int(raw["epoch"]),
+            batch=int(raw["batch"]),
+            step=int(raw["step"]),
+            loss_sum=float(raw["loss_sum"]),
+            generator=torch.tensor(raw["generator"], dtype=torch.uint8),
+        )
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A checkpoint to continue from: the position, the model's and the optimizer's state."""
+
+    position: Position
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+
+
+# Called before every batch with the position, the model and the optimizer: where a caller
+# checkpoints (and, told to stop, raises to end the loop).
+Boundary = Callable[[Position, nn.Module, torch.optim.Optimizer], None]
+
+
 def local_train(
     model: nn.Module,
     x: np.ndarray,
@@ -97,6 +147,8 @@ def local_train(
     generator: torch.Generator,
     device: str | torch.device = "cpu",
     proximal_mu: float = 0.0,
+    resume: Resume | None = None,
+    boundary: Boundary | None = None,
 ) -> float:
     """Minibatch SGD on ``(x, y)`` in place, on ``device``; returns the mean training loss of the last epoch.
 
@@ -104,6 +156,11 @@ def local_train(
     μ/2·‖w − w_global‖², w_global being the weights the model has when the call starts (the
     round's global model). The returned loss is the cross-entropy alone, comparable across μ.
     With μ = 0 the loop is plain SGD, bit for bit what it was before FedProx existed here.
+
+    ``resume`` continues a checkpointed run (``model`` still holds the round's global model, the
+    proximal anchor): it ends with the same bits as the run that was never interrupted.
+    ``boundary`` is called before every batch (see ``Boundary``); an exception it raises ends
+    the loop.
     """
     torch.set_num_threads(1)
     dev = torch.device(device)
@@ -111,13 +168,26 @@ def local_train(
     inputs, targets = images(x).to(dev), torch.from_numpy(y.astype(np.int64)).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    at = Position()
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        opt.load_state_dict(resume.optimizer)
+        assert resume.position.generator is not None
+        generator.set_state(resume.position.generator)
+        at = resume.position
     model.train()
-    loss_sum = 0.0
-    for _ in range(epochs):
-        loss_sum = 0.0
+    loss_sum, step = at.loss_sum, at.step
+    for epoch in range(at.epoch, epochs):
+        started = generator.get_state()
         # The batch order is drawn on the CPU generator whatever the device: the same on every machine.
-        for cpu_idx in torch.randperm(len(targets), generator=generator).split(batch_size):
-            idx = cpu_idx.to(dev)
+        batches = torch.randperm(len(targets), generator=generator).split(batch_size)
+        first = at.batch if epoch == at.epoch else 0
+        if first == 0:
+            loss_sum = 0.0
+        for k in range(first, len(batches)):
+            if boundary is not None:
+                boundary(Position(epoch, k, step, loss_sum, started), model, opt)
+            idx = batches[k].to(dev)
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(inputs[idx]), targets[idx])
             objective = loss
@@ -127,6 +197,7 @@ def local_train(
             objective.backward()
             opt.step()
             loss_sum += float(loss.detach()) * len(idx)
+            step += 1
     return loss_sum / max(1, len(targets))
 
 

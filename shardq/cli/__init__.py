@@ -11,12 +11,15 @@ exit codes:
   2  usage or validation error
   3  not found (job, stack, output, result)
   4  AWS or endpoint error (unreachable, refused, no credentials)
+  141  the reader of its output went away (`shardq list | head`): stopped quietly
   (an unexpected internal error also exits 1; --debug shows its traceback)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -25,6 +28,8 @@ from shardq.cli import dashboard, dlq, estimate, jobs, local, outputs, worker
 from shardq.cli.common import CliError, common_options, translate_aws_error
 
 COMMAND_MODULES = (jobs, dlq, estimate, outputs, worker, local, dashboard)
+# 128 + SIGPIPE: what a shell reports for a program whose reader closed the pipe.
+EXIT_BROKEN_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler below, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`shardq status JOB | head`): stop quietly, as `cat` would. Point
+        # stdout at /dev/null so the interpreter's own flush at exit does not raise again.
+        with contextlib.suppress(OSError, ValueError):  # no real descriptor (stdout replaced in-process)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("shardq: interrupted", file=sys.stderr)
         return 130

@@ -5,7 +5,11 @@ records each dead task as a failed shard, so messages wait here only when that h
 not) and ``results`` (results the aggregator could not record; the results DLQ handler records
 them, or a rejected one as its shard's failure, so what waits here names no planned task).
 ``show --queue results`` says why each one was not recorded: it parses the body again and
-looks its job up (``shardq.core.verdicts.explain``).
+looks its job up (``shardq.core.verdicts.explain``). A dead result no job can ever record (it
+names no planned task) does not wait in the DLQ: the results DLQ handler parks it at once, with
+the reason, in the parked-results queue (``shardq.core.parking``); ``list``, ``show`` and
+``redrive`` of ``results`` cover that queue too, so ``redrive`` gives parked results another try
+(after you created or fixed the job they name, say).
 
 Redrive uses SQS's StartMessageMoveTask where the endpoint supports it; otherwise it
 receives, re-sends through the core fan-out (FIFO: same message group, a fresh deduplication
@@ -20,7 +24,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from shardq.cli.common import (
@@ -36,14 +39,15 @@ from shardq.cli.common import (
     stack_outputs,
     table,
 )
-from shardq.core.advance import foreign_outcome
-from shardq.core.contracts import ShardResult
-from shardq.core.jobstore import JobNotFound, Outcome
-from shardq.core.redrive import MoveTaskUnsupported, counts, redrive, release
+from shardq.core.parking import job_problem, reason_of
+from shardq.core.redrive import MoveTaskUnsupported, RedriveReport, counts, redrive, release
 from shardq.core.verdicts import explain
 
 # queue name → (DLQ output, source queue output)
 QUEUES = {"tasks": ("TaskDlqUrl", "TaskQueueUrl"), "results": ("ResultsDlqUrl", "ResultsQueueUrl")}
+# Dead results no job can record, parked with the reason (a stack deployed before it lacks the output).
+PARKED_OUTPUT = "ParkedResultsQueueUrl"
+PARKED = "results (parked)"
 PEEK_VISIBILITY_S = 30
 
 
@@ -61,6 +65,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in selected(args):
             url = require_output(outputs, QUEUES[name][0], args)
             rows.append({"queue": name, "url": url, **counts(sqs, url)})
+            if name == "results" and outputs.get(PARKED_OUTPUT):
+                parked = outputs[PARKED_OUTPUT]
+                rows.append({"queue": PARKED, "url": parked, **counts(sqs, parked)})
     if args.json:
         print_json(rows)
     else:
@@ -117,20 +124,6 @@ def describe(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def job_problem(store: Any) -> Callable[[ShardResult], str | None]:
-    """Why the job store cannot take a result: its job is unknown, or it names a task the job never
-    planned (None when it could take it)."""
-
-    def problem(result: ShardResult) -> str | None:
-        try:
-            job = store.get_job(result.job_id)
-        except JobNotFound:
-            return f"job {result.job_id} does not exist (in table {store.table})"
-        return foreign_outcome((job.task_count, job.rounds, job.kind), job.job_id, Outcome(result=result))
-
-    return problem
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     """The first messages of the dead-letter queues, without removing them."""
     outputs = stack_outputs(args)
@@ -140,16 +133,24 @@ def cmd_show(args: argparse.Namespace) -> int:
         for name in selected(args):
             messages = peek(sqs, require_output(outputs, QUEUES[name][0], args), args.max)
             shown[name] = [describe(m) for m in messages]
-            if name == "results" and messages:
+            if name != "results":
+                continue
+            if messages:
                 # Why each dead result was not recorded: its body parsed again, its job looked up.
                 problem = job_problem(engine_for(args, outputs).store)
                 for d, m in zip(shown[name], messages, strict=True):
-                    d["reason"] = explain(m["Body"], problem)
+                    d.update(held_in="dlq", reason=explain(m["Body"], problem))
+            if outputs.get(PARKED_OUTPUT):
+                # Parked by the results DLQ handler: the reason it found travels with the message.
+                for m in peek(sqs, outputs[PARKED_OUTPUT], args.max):
+                    shown[name].append({**describe(m), "held_in": "parked", "reason": reason_of(m) or ""})
     if args.json:
         print_json(shown if not args.queue else shown[args.queue])
         return EXIT_OK
     for name, items in shown.items():
-        print(f"{name} DLQ: {len(items)} message(s) shown")
+        parked = sum(1 for d in items if d.get("held_in") == "parked")
+        held = f" ({len(items) - parked} in the DLQ, {parked} parked)" if name == "results" else ""
+        print(f"{name} DLQ: {len(items)} message(s) shown{held}")
         rows = []
         for d in items:
             b = d["body"] if isinstance(d["body"], dict) else {}
@@ -158,7 +159,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             detail = d.get("reason") or b.get("error") or ("" if b else str(d["body"])[:60])
             rows.append(
                 (
-                    d["message_id"],
+                    d["message_id"] + (" (parked)" if d.get("held_in") == "parked" else ""),
                     b.get("job_id", "?"),
                     b.get("round", ""),
                     b.get("shard_id", ""),
@@ -210,13 +211,16 @@ def cmd_redrive(args: argparse.Namespace) -> int:
             except MoveTaskUnsupported as exc:
                 raise CliError(str(exc)) from None
             reports.append(report)
+            if name == "results" and outputs.get(PARKED_OUTPUT):
+                dest = require_output(outputs, dest_key, args)
+                reports.append(unpark(sqs, outputs[PARKED_OUTPUT], dest, args))
     if args.json:
         print_json([r.to_dict() for r in reports])
     else:
         for r in reports:
             print(
                 f"{r.queue}: moved {r.moved} of {r.before} message(s) back ({r.method}); "
-                f"{r.after} left in the DLQ"
+                f"{r.after} left {'parked' if r.queue == PARKED else 'in the DLQ'}"
             )
             for e in r.errors[:10]:
                 print(f"  {e}")
@@ -230,6 +234,15 @@ def cmd_redrive(args: argparse.Namespace) -> int:
             "some messages could not be moved (listed above); they are still in the DLQ: run redrive again"
         )
     return EXIT_OK
+
+
+def unpark(sqs: Any, parked_url: str, results_url: str, args: argparse.Namespace) -> RedriveReport:
+    """Parked results back to the results queue for another try (a job fixed since, say).
+
+    Always by receive/resend/delete: StartMessageMoveTask moves only from a queue that is some
+    queue's DLQ, and the parked queue is not one. One that still names no planned task comes back
+    to the parked queue with its reason (through the results DLQ)."""
+    return redrive(sqs, PARKED, parked_url, results_url, method="resend", limit=args.max)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from shardq.cli.common import EXIT_OK, CliError, add_command, print_json, table
 from shardq.core.cost import Assumptions, JobShape, compare, estimate, limit, shardq_prices
+from shardq.core.preemption_cost import CheckpointPlan, checkpoint_costs, checkpoint_lines, heartbeat_at_scale
 
 # The prices shardq's requests are charged at (from shardq/core/prices.json), by name.
 PRICES_USD: dict[str, float] = shardq_prices()
@@ -65,6 +66,17 @@ def render(e: dict[str, Any]) -> str:
         f"{plane['count_results_per_second']:,.0f} results/s: at least "
         f"{plane['dispatch_and_count_seconds']:,.1f} s of the plane's own time over {req['rounds']} round(s)"
     )
+    if "heartbeats_at_scale" in e:
+        h = e["heartbeats_at_scale"]
+        tail += (
+            f"\nheartbeats: a {h['lease_seconds']} s lease renewed every third of it, "
+            f"{h['calls_per_slot_hour']:,.0f} calls per busy slot-hour: ${h['usd']:.2f} per "
+            f"{h['slot_hours']:,.0f} slot-hours; a vanished worker's task returns after "
+            f"{h['lease_seconds']} s at most"
+        )
+    if "checkpoints" in e:
+        c = e["checkpoints"]
+        tail += f"\ncheckpoints: {c['saves_per_task']} per task, {c['saves']:,} saves, ${c['total_usd']:.6f}"
     if "fleet" in e:
         f = e["fleet"]
         tail += (
@@ -262,6 +274,18 @@ def _assumptions(args: argparse.Namespace, workers: int) -> Assumptions:
     )
 
 
+def _preemption(args: argparse.Namespace, job: JobShape, a: Assumptions, result: dict[str, Any]) -> None:
+    """Add the heartbeats at fleet scale and, with ``--checkpoint-every``, the checkpoints' cost."""
+    if args.checkpoint_every < 0 or args.checkpoint_mib < 0:
+        raise CliError("--checkpoint-every and --checkpoint-mib must be at least 0 (0: no checkpoints)")
+    result["heartbeats_at_scale"] = heartbeat_at_scale(a.visibility_seconds)
+    if args.checkpoint_every > 0:
+        c = checkpoint_costs(job, a, CheckpointPlan(args.checkpoint_every, args.checkpoint_mib))
+        result["checkpoints"] = c
+        result["lines"] += checkpoint_lines(c)
+        result["total_usd"] += c["total_usd"]
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Estimate a request's coordination cost (or compare it with the alternatives); nothing is created."""
     request = _request(args)
@@ -280,6 +304,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         result = _rung_estimate(request, job, assumptions)
     else:
         result = estimate(job, assumptions)
+        _preemption(args, job, assumptions, result)
     if fleet is not None:
         result["fleet"] = fleet
     if args.json:
@@ -337,8 +362,17 @@ def _job_options(p: argparse.ArgumentParser) -> None:
         "--visibility-timeout",
         type=int,
         default=Assumptions.visibility_seconds,
-        help="the task queue's visibility timeout (heartbeat every third of it)",
+        help="the workers' task lease (shardq worker --visibility-timeout; a heartbeat every third of it)",
     )
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a train task saves a checkpoint this often (ctx.save_checkpoint): count its S3 requests "
+        "and storage (default 0: none)",
+    )
+    p.add_argument("--checkpoint-mib", type=float, default=100.0, help="size of one checkpoint, MiB (100)")
     p.add_argument(
         "--artifacts-per-task", type=int, default=Assumptions.artifacts_per_task, help="S3 PUTs per task"
     )

@@ -85,8 +85,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             )
             print(
                 f"{report.outstanding} task(s) of round {report.round + 1} ({report.phase}) have no "
-                f"result yet; {running} and will run to the end; their results are recorded but "
-                "change nothing."
+                f"result yet; {running} and will run to the end; their results arrive after the job "
+                f"ended, so they are kept apart as late and not counted (`shardq status {args.job}` "
+                "shows how many)."
             )
         else:
             print("no task is in flight.")

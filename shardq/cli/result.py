@@ -17,11 +17,12 @@ from shardq.cli.common import (
     engine_for,
     fields,
     get_job,
+    paint,
     paint_status,
     print_json,
     table,
 )
-from shardq.cli.status import global_metrics, policy_fields
+from shardq.cli.status import global_metrics, late_text, policy_fields
 from shardq.core.planning import split_s3
 
 if TYPE_CHECKING:
@@ -46,8 +47,11 @@ def read_manifest(args: argparse.Namespace, engine: Any, job_id: str) -> dict[st
     return dict(json.loads(body))
 
 
-def render_manifest(m: dict[str, Any], out: IO[str]) -> str:
-    """The human view of a manifest: status, round policy, per-round metrics, the kind's section, failures."""
+def render_manifest(m: dict[str, Any], out: IO[str], *, late: int = 0) -> str:
+    """The human view of a manifest: status, round policy, per-round metrics, the kind's section, failures.
+
+    ``late``: results kept apart after their round closed or the job ended (the manifest was
+    written before they came, so it does not list them; ``status`` reads the same count)."""
     parts = [
         fields(
             [
@@ -57,6 +61,7 @@ def render_manifest(m: dict[str, Any], out: IO[str]) -> str:
                 *policy_fields(m.get("request") or {}),
                 ("created", m.get("created_at")),
                 ("finished", m.get("finished_at")),
+                ("late", paint(late_text(late, ended=True) or "", "yellow", out)),
                 ("code", ", ".join(m.get("code_versions") or [])),
                 ("error", m.get("error")),
                 ("final model", m.get("final_model_uri")),
@@ -191,17 +196,30 @@ def _map_section(m: dict[str, Any], out: IO[str]) -> list[str]:
     if metrics:
         summary = [(n, f"{v['mean']:.6g}", f"{v['min']:.6g}", f"{v['max']:.6g}") for n, v in metrics.items()]
         parts.append(table(summary, ("METRIC", "MEAN", "MIN", "MAX"), out))
-    rows = [(o["shard_id"], o.get("num_samples"), o.get("artifact_uri")) for o in outputs[:20]]
+    # An ATTEMPTS column only where a task needed more than one (a preemption, a retry): "2, from
+    # step 1200" when its last attempt resumed from a checkpoint.
+    retried = any(o.get("attempt", 1) > 1 for o in outputs[:20])
+    rows = [
+        (o["shard_id"], o.get("num_samples"), *((attempt_cell(o),) if retried else ()), o.get("artifact_uri"))
+        for o in outputs[:20]
+    ]
     # Manifest schema 2 keeps the first entries inline and the whole list in JSON Lines parts.
     total = int(m.get("outputs_count", len(outputs)))
     if rows:
         more = f" (first 20 of {total}; --json for the manifest)" if total > 20 else ""
-        parts.append(table(rows, ("SHARD", "SAMPLES", "ARTIFACT"), out, title=f"outputs{more}"))
+        head = ("SHARD", "SAMPLES", *(("ATTEMPTS",) if retried else ()), "ARTIFACT")
+        parts.append(table(rows, head, out, title=f"outputs{more}"))
     if m.get("outputs_parts"):
         # Each part is ``{"uri", "count", "bytes", "first_shard", "last_shard"}`` (finalize.PartWriter).
         uris = [str(p["uri"]) if isinstance(p, dict) else str(p) for p in m["outputs_parts"]]
         parts.append(f"all {total} outputs, as JSON Lines in {len(uris)} part(s): " + " ".join(uris))
     return parts
+
+
+def attempt_cell(output: dict[str, Any]) -> str:
+    """``2, from step 1200``: how many attempts a task took and where its last one resumed."""
+    step = output.get("resume_step")
+    return f"{output.get('attempt', 1)}" + (f", from step {step}" if step is not None else "")
 
 
 def model_uri(manifest: dict[str, Any]) -> str | None:
@@ -241,7 +259,8 @@ def cmd_result(args: argparse.Namespace) -> int:
         if args.json:
             print_json(manifest)
         else:
-            print(render_manifest(manifest, sys.stdout))
+            late = len(engine.store.late_results(args.job))
+            print(render_manifest(manifest, sys.stdout, late=late))
         if args.download:
             target = Path(args.download)
             target.mkdir(parents=True, exist_ok=True)

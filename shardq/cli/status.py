@@ -93,15 +93,20 @@ def policy_line(request: dict[str, Any]) -> str | None:
 
 
 def late_count(engine: Any, job: JobRecord) -> int:
-    """Results recorded after their round closed; only a job with a closed round can have any."""
-    return 0 if job.closed_round is None else len(engine.store.late_results(job.job_id))
+    """Results kept apart as late: they came after their round closed or after the job ended.
+
+    Read for every job, not only one with a closed round: an outcome after its job ended (a
+    cancel, a failure) is late too (``shardq.core.store.counting``), and a retried job is
+    RUNNING again with the late results of its earlier end. One query of the ``LATE#`` items."""
+    return len(engine.store.late_results(job.job_id))
 
 
-def late_text(count: int) -> str | None:
-    """The human line for ``count`` late results (None for none)."""
+def late_text(count: int, *, ended: bool = False) -> str | None:
+    """The human line for ``count`` late results (None for none); ``ended``: the job is final."""
     if not count:
         return None
-    return f"{count} result(s) arrived after their round closed (kept apart, never counted)"
+    when = "after their round closed or the job ended" if ended else "after their round closed"
+    return f"{count} result(s) arrived {when} (kept apart, not counted)"
 
 
 def metric_text(metrics: dict[str, float]) -> str:
@@ -115,16 +120,23 @@ def global_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def global_fields(summaries: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
-    """The latest finished round's global-model metrics first, then its shards' weighted means."""
+    """The latest global model's metrics first, then the latest closed round's shards' weighted means.
+
+    Each names its round: a round whose training closed has its summary (the shards' means) while
+    its reduce is still making the global model, so the latest model can be a round behind.
+    """
     if not summaries:
         return []
-    last = max(summaries, key=lambda s: int(s["round"]))
+    ordered = sorted(summaries, key=lambda s: int(s["round"]))
+    last = ordered[-1]
     means = {n: v["mean"] for n, v in (last.get("metrics") or {}).items()}
-    where = f"round {int(last['round']) + 1}: "
-    model = global_metrics(last)
+    scored = [s for s in ordered if global_metrics(s)]
+    model = (
+        f"round {int(scored[-1]['round']) + 1}: {metric_text(global_metrics(scored[-1]))}" if scored else None
+    )
     return [
-        ("global model", where + metric_text(model) if model else None),
-        ("shards' mean", where + metric_text(means) if means else None),
+        ("global model", model),
+        ("shards' mean", f"round {int(last['round']) + 1}: {metric_text(means)}" if means else None),
     ]
 
 
@@ -151,10 +163,9 @@ def render_status(
             ("tasks", f"{tasks_cell(data)} recorded, {outcome_counts(data['failed'], diverged)} in all"),
             *global_fields(summaries or []),
             *policy_fields(request or {}),
-            ("late", paint(late_text(late) or "", "yellow", out)),
+            ("late", paint(late_text(late, ended=data["status"] != "RUNNING") or "", "yellow", out)),
             ("started", data["created_at"]),
-            ("cancelling", data.get("cancel_requested_at") and f"since {data['cancel_requested_at']}"),
-            ("finished", data.get("finished_at")),
+            *cancel_fields(data),
             ("result", data.get("result_uri")),
             ("error", paint(data["error"], "red", out) if data.get("error") else None),
         ],
@@ -179,6 +190,15 @@ def render_status(
     ]
     headers = ("ROUND", "PHASE", "DONE", "FAILED", *(("DIVERGED",) if diverged else ()), "TOTAL", "ENQUEUED")
     return head + "\n\n" + table(rows, headers, out)
+
+
+def cancel_fields(data: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """``cancelling: since …`` while a cancel is under way, ``cancelled: at …`` once it is done."""
+    requested, finished = data.get("cancel_requested_at"), data.get("finished_at")
+    if data["status"] == "CANCELLED":
+        return [("cancelled", f"at {finished or requested}")]
+    cancelling = f"since {requested}" if requested and data["status"] == "RUNNING" else None
+    return [("cancelling", cancelling), ("finished", finished)]
 
 
 def list_jobs(engine: Any, statuses: tuple[str, ...], limit: int) -> list[JobRecord]:

@@ -198,21 +198,27 @@ class Watch:
         the latest round alone)."""
         if self.json_lines or self.quiet or job.kind != "data_parallel":
             return
+        # Rounds done with their reduce: those before the current one, and the current one once the
+        # job ended. A round whose training closed has a summary before its reduce reports the
+        # global model, so counting summaries instead would mark a round in its reduce phase as
+        # headlined, and its global model would never be shown (a quorum's early close makes that
+        # window the common case).
         closed = job.round + (1 if job.terminal else 0)
         if self.headlined is not None and closed <= self.headlined:
             return
         summaries = sorted(self.engine.store.round_summaries(self.job_id), key=lambda s: int(s["round"]))
-        first = self.headlined if self.headlined is not None else max(0, len(summaries) - 1)
+        first = self.headlined if self.headlined is not None else max(0, closed - 1)
         for summary in summaries:
+            round_no = int(summary["round"])
             model = global_metrics(summary)
             if model:
-                self.global_text[int(summary["round"])] = metric_text(model)
-            if int(summary["round"]) < first or not model:
+                self.global_text[round_no] = metric_text(model)
+            if not first <= round_no < closed or not model:
                 continue
             means = {n: v["mean"] for n, v in (summary.get("metrics") or {}).items()}
-            text = f"round {int(summary['round']) + 1}/{job.rounds} global model: {metric_text(model)}"
+            text = f"round {round_no + 1}/{job.rounds} global model: {metric_text(model)}"
             self.emit(text + (f" · shards' mean: {metric_text(means)}" if means else ""))
-        self.headlined = max(closed, len(summaries))
+        self.headlined = closed
 
     def start(self, job: JobRecord) -> None:
         """The header (and the round policy, when the request sets one); the live view on a terminal."""

@@ -11,6 +11,8 @@ from typing import Any
 
 from shardq.cli.common import CliError, add_command, stack_outputs
 from shardq.worker.aws import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_MODE
+from shardq.worker.lease import DEFAULT_LEASE_S
+from shardq.worker.stop import DEFAULT_IMDS_ENDPOINT, IMDS_ENV, SpotNotice, StopSignal, imds_endpoint
 from shardq.worker.trust import ENV as ALLOW_ENV
 from shardq.worker.trust import AllowList, AllowListError, allow_list
 
@@ -102,6 +104,8 @@ def build_workers(args: argparse.Namespace, task_url: str, results_url: str, tab
     base_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     allow = _allow(args)
     activity = Activity()
+    # One stop for every slot: SIGTERM or a Spot notice reaches each running task's ctx.should_stop.
+    stop = StopSignal()
     return [
         Worker(
             sqs=client("sqs"),
@@ -113,13 +117,15 @@ def build_workers(args: argparse.Namespace, task_url: str, results_url: str, tab
             entrypoint=args.entrypoint,
             allow=allow,
             wait_s=args.wait_seconds,
-            visibility_s=args.visibility_timeout or int(attrs["VisibilityTimeout"]),
+            # The lease (shardq.worker.lease): short, so a vanished worker's task returns within a minute.
+            visibility_s=args.visibility_timeout or min(DEFAULT_LEASE_S, int(attrs["VisibilityTimeout"])),
             max_receive_count=max_receive_count_of(attrs),
             worker_id=f"{base_id}-{i}",
             on_task_start=protection.task_started if protection.enabled else None,
             on_task_end=protection.task_finished if protection.enabled else None,
             device=device,
             activity=activity,
+            stop_signal=stop,
         )
         for i, device in enumerate(assign(concurrency, devices))
     ]
@@ -151,9 +157,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "scale_in_protection": workers[0].on_task_start is not None,
         },
     )
-    return serve(
-        workers, grace_s=args.grace_seconds, max_tasks=args.max_tasks, idle_exit_s=args.idle_exit, watch=watch
-    )
+    # On EC2 a Spot interruption notice (and, if asked, a rebalance recommendation) stops the
+    # worker like SIGTERM, two minutes ahead; off EC2 the poller gives up quietly (shardq.worker.stop).
+    notice = SpotNotice(
+        workers[0].stop_signal,
+        imds_endpoint(args.imds_endpoint),
+        rebalance=args.stop_on_rebalance,
+        mode=args.spot_notice,
+    ).start()
+    try:
+        return serve(
+            workers,
+            grace_s=args.grace_seconds,
+            max_tasks=args.max_tasks,
+            idle_exit_s=args.idle_exit,
+            watch=watch,
+        )
+    finally:
+        notice.close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -189,10 +210,39 @@ def register(sub: argparse._SubParsersAction) -> None:
         "each slot pinned to its own GPU (ctx.device)",
     )
     w.add_argument(
-        "--visibility-timeout", type=int, default=0, help="heartbeat lease, s (default: the queue's)"
+        "--visibility-timeout",
+        type=int,
+        default=0,
+        help="task lease, s: the receive asks for it, a heartbeat renews it every third; a vanished "
+        f"worker's task returns after at most this long (default {DEFAULT_LEASE_S}; the queue's if shorter)",
     )
     w.add_argument("--wait-seconds", type=int, default=20, help="long-poll wait (0..20)")
-    w.add_argument("--grace-seconds", type=float, default=20.0, help="time running tasks get on SIGTERM")
+    w.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=float(env("SHARDQ_GRACE_SECONDS") or 90.0),
+        help="time running tasks get on SIGTERM or a Spot notice to checkpoint and return, before they "
+        "are released anyway (default 90: keep it under the container's stop timeout, 120 s on the "
+        "stack's fleet, and the two-minute Spot notice)",
+    )
+    w.add_argument(
+        "--spot-notice",
+        choices=("auto", "on", "off"),
+        default=env("SHARDQ_SPOT_NOTICE", "auto"),
+        help="poll the instance metadata (IMDSv2) for a Spot interruption notice every 5 s and stop "
+        "like on SIGTERM; auto: only where the metadata service answers (default)",
+    )
+    w.add_argument(
+        "--imds-endpoint",
+        default=None,
+        help=f"instance metadata address (default: ${IMDS_ENV}, else {DEFAULT_IMDS_ENDPOINT})",
+    )
+    w.add_argument(
+        "--stop-on-rebalance",
+        action="store_true",
+        default=env("SHARDQ_STOP_ON_REBALANCE", "") in ("1", "true"),
+        help="treat an EC2 rebalance recommendation (an earlier, less certain warning) as a stop too",
+    )
     w.add_argument("--max-tasks", type=int, default=None, help="exit 0 after this many tasks per slot")
     w.add_argument(
         "--idle-exit",

@@ -134,7 +134,8 @@ class Assumptions:
     workers: int = 10
     task_seconds: float = 60.0
     reduce_seconds: float = 10.0
-    visibility_seconds: int = 300
+    # The worker's task lease (shardq.worker.lease.DEFAULT_LEASE_S): a heartbeat every third of it.
+    visibility_seconds: int = 45
     artifacts_per_task: int = 1
     splitter_ms: float = 300.0
     aggregator_ms: float = 200.0

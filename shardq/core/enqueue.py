@@ -155,4 +155,9 @@ class Enqueuer:
             else self.plan(job, job.round, job.phase, shard, own.get(shard) or job.model_uri)
             for shard, body in sorted(bodies.items())
         )
-        self.fanout.send(self.message(t, job.request.max_parallel, generation) for t in tasks)
+        # The body carries its generation too: the worker keys the task's checkpoints by it, so a
+        # retried shard starts fresh instead of resuming the attempt that failed.
+        self.fanout.send(
+            self.message(replace(t, generation=generation), job.request.max_parallel, generation)
+            for t in tasks
+        )

@@ -10,7 +10,7 @@ Before the field existed the MNIST example read ``hyperparameters.test_uri``; a 
 ``eval_dataset`` still falls back to it (deprecated, with a warning), so requests written for it, and
 tasks planned before the field, keep their evaluation.
 
-This module imports nothing from ``shardq.core.contracts`` (contracts imports it): the request's
+This module imports nothing from the contracts (``shardq.core.request`` imports it): the request's
 checker reaches it as a ``Problems`` protocol.
 """
 
@@ -30,7 +30,7 @@ DEPRECATION = (
 
 
 class Problems(Protocol):
-    """What ``check_evaluation`` needs of the request's checker (``contracts._Checker``)."""
+    """What ``check_evaluation`` needs of the request's checker (``validation._Checker``)."""
 
     def add(self, msg: str) -> None: ...
 

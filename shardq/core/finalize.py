@@ -52,9 +52,12 @@ def round_seconds(job: JobRecord, now: float) -> float | None:
     return max(0.0, now - begun)
 
 
-def data_parallel_rows(store: JobStore, job: JobRecord) -> tuple[Iterable[ResultRecord], str | None]:
-    """What a data-parallel manifest reads: its failed outcomes (every round, in key order), and the
-    latest recording time among the outcomes that can hold it.
+def data_parallel_rows(
+    store: JobStore, job: JobRecord
+) -> tuple[Iterable[ResultRecord], str | None, set[str]]:
+    """What a data-parallel manifest reads: its failed outcomes (every round, in key order), the
+    latest recording time among the outcomes that can hold it, and the code versions those outcomes
+    carry (every reduce's and the current round's shards': the code that made the final model).
 
     The manifest lists failures and the job's ``finished_at`` (its latest recorded outcome), nothing
     per successful shard; reading every outcome would cost shards × rounds in the invocation that
@@ -63,9 +66,11 @@ def data_parallel_rows(store: JobStore, job: JobRecord) -> tuple[Iterable[Result
     the job's current round. Reads: a filtered query (DynamoDB drops the successes), one
     ``BatchGetItem`` per 100 rounds and the current round's ≤ ``MAX_GATHERED_TASKS`` outcomes.
     """
-    latest = [r.recorded_at for r in store.reduce_results(job.job_id, job.round + 1)]
-    latest += [r.recorded_at for r in store.iter_results(job.job_id, job.round)]
-    return store.iter_results(job.job_id, only_failed=True), max(latest, default=None)
+    read = store.reduce_results(job.job_id, job.round + 1)
+    read += store.iter_results(job.job_id, job.round)
+    latest = max((r.recorded_at for r in read), default=None)
+    versions = {r.result.code_version for r in read if r.result.code_version}
+    return store.iter_results(job.job_id, only_failed=True), latest, versions
 
 
 class PartWriter:
@@ -169,6 +174,9 @@ def _output(r: ShardResult) -> dict[str, Any]:
         "num_samples": r.num_samples,
         "metrics": r.metrics,
         **({"code_version": r.code_version} if r.code_version else {}),
+        # A task that took more than one attempt (a preemption, a retry), and where the last resumed.
+        **({"attempt": r.attempt} if r.attempt > 1 else {}),
+        **({"resume_step": r.resume_step} if r.resume_step is not None else {}),
     }
 
 
@@ -181,25 +189,27 @@ def render_manifest(
     put: PartPut,
     layout: planning.Layout,
     last_recorded: str | None = None,
+    code_versions: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The result manifest, in one pass over ``rows``: deterministic for a given set of outcomes.
 
     ``rows`` come in (round, type, shard) order, as the table returns them, so a map job's
     outputs (one round) are in shard order. Growing lists go to part files through ``put``.
     ``last_recorded``: the latest recording time of outcomes not among ``rows`` (a data-parallel
-    job's rows are its failures alone: ``data_parallel_rows``).
+    job's rows are its failures alone: ``data_parallel_rows``); ``code_versions``: those of the
+    outcomes not among ``rows`` (the same case).
     """
     request = job.request
     failed = PartWriter("failed", put, layout)
     outputs = PartWriter("outputs", put, layout) if request.kind == "map" else None
     metrics = MetricsAccumulator()
     trials: list[ShardResult] = []  # a sweep's ranking needs every trial (≤ MAX_GATHERED_TASKS of them)
-    code_versions: set[str] = set()  # which training code produced the outcomes (shardq.worker.code)
+    versions = set(code_versions)  # which training code produced the outcomes (shardq.worker.code)
     for row in rows:
         r = row.result
         last_recorded = row.recorded_at if last_recorded is None else max(last_recorded, row.recorded_at)
         if r.code_version:
-            code_versions.add(r.code_version)
+            versions.add(r.code_version)
         if r.status == "failed":
             failed.add(_failure(row))
         if r.task_type != "train":
@@ -217,8 +227,8 @@ def render_manifest(
     else:
         assert outputs is not None
         section = {**outputs.section(), "metrics": metrics.result()}
-    if code_versions:
-        section["code_versions"] = sorted(code_versions)
+    if versions:
+        section["code_versions"] = sorted(versions)
     return _assemble(job, status, error, last_recorded, rounds, failed.section(), section)
 
 
@@ -309,8 +319,10 @@ class Finisher:
             return self._ranged_manifest(job, status, error, digests, summaries)
         layout = planning.Layout(self.bucket, job.job_id)
         if job.kind == "data_parallel":
-            rows, last = data_parallel_rows(self.store, job)
-            return render_manifest(job, status, error, rows, summaries, self._put_part, layout, last)
+            rows, last, versions = data_parallel_rows(self.store, job)
+            return render_manifest(
+                job, status, error, rows, summaries, self._put_part, layout, last, code_versions=versions
+            )
         rows = self.store.iter_results(job.job_id)  # one query page (≤ 1 MB) in memory at a time
         return render_manifest(job, status, error, rows, summaries, self._put_part, layout)
 

@@ -1,6 +1,10 @@
-"""The job store: the one module that knows the job table's schema.
+"""The job store: the public face of the one family of modules that knows the job table's schema.
 
-Items (partition ``pk = JOB#<job_id>``):
+The family (named in ``tests/unit/test_layering.py``): this module (``JobStore``'s job lifecycle),
+``shardq.core.store`` (``keys``, ``records``, ``update``, ``base``, ``counting``, ``results``) and
+``shardq.core.progress_reads``. Callers import from here.
+
+Items (partition ``pk = JOB#<job_id>``, built in ``store.keys``):
 
 ========================  ===========================================================
 ``sk``                    what

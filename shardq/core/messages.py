@@ -21,6 +21,9 @@ from shardq.core.validation import (
     _Value,
 )
 
+# Earlier attempts a result carries at most (a task interrupted more often keeps the latest).
+MAX_ATTEMPT_HISTORY = 20
+
 
 class _Message(_Value):
     """What tasks and results share: their identity and their deterministic JSON body."""
@@ -72,12 +75,18 @@ class ShardTask(_Message):
     # of the body when None, so a worker older than the field still reads every other task.
     eval_dataset: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
+    # The retry generation that sent this task (``shardq retry`` bumps it): its checkpoints live
+    # under their own key, so a retried shard never resumes from the failed attempt's state.
+    # Left out of the body at 0, like ``eval_dataset``.
+    generation: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data (without ``eval_dataset`` when the task has none)."""
+        """JSON-ready data (without ``eval_dataset`` when the task has none, nor ``generation`` at 0)."""
         out = asdict(self)
         if out["eval_dataset"] is None:
             del out["eval_dataset"]
+        if not out["generation"]:
+            del out["generation"]
         return out
 
     @classmethod
@@ -86,6 +95,8 @@ class ShardTask(_Message):
         data = _load_object(raw, "ShardTask")
         c = _identity(data, tuple(cls.__dataclass_fields__))
         c.integer(data, "shard_count", "shard_count", 1, MAX_SHARDS)
+        if "generation" in data:
+            c.integer(data, "generation", "generation", 0, 1_000_000)
         if data.get("kind") not in KINDS:
             c.add(f"kind must be one of {', '.join(KINDS)}, got {data.get('kind')!r}")
         for key in ("shard_count", "entrypoint", "data", "output_prefix"):
@@ -120,6 +131,12 @@ class ShardResult(_Message):
     # The training code's version (``shardq.worker.code.fingerprint``): ``dist==version`` or
     # ``sha256:<16 hex>`` of the entrypoint module's file. Optional, added after schema 1 shipped.
     code_version: str | None = None
+    # Where this attempt started: the step of the checkpoint it resumed from (None: from scratch),
+    # and the task's earlier attempts as its checkpoints recorded them (``shardq.worker.checkpoints``:
+    # ``{"attempt", "worker_id", "resume_step", "last_step"}``). Optional; left out of the body when
+    # unset.
+    resume_step: int | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def model(self) -> str | None:
@@ -177,6 +194,13 @@ class ShardResult(_Message):
         code_version = data.get("code_version")
         if code_version is not None and not (isinstance(code_version, str) and 0 < len(code_version) <= 200):
             c.add(f"code_version must be a string of 1-200 characters or null, got {code_version!r:.80}")
+        if data.get("resume_step") is not None:
+            c.integer(data, "resume_step", "resume_step", 0, 10**15)
+        history = data.get("attempts", [])
+        if not isinstance(history, list) or len(history) > MAX_ATTEMPT_HISTORY:
+            c.add(f"attempts must be a list of at most {MAX_ATTEMPT_HISTORY} objects, got {history!r:.80}")
+        elif not all(isinstance(a, dict) for a in history):
+            c.add("attempts must hold objects ({attempt, worker_id, resume_step, last_step})")
         if (
             data.get("status") == "succeeded"
             and data.get("task_type") == "reduce"
@@ -194,6 +218,12 @@ class ShardResult(_Message):
         so the body is standard JSON (``from_json`` reads those strings back as floats)."""
         data = asdict(self)
         data["metrics"] = {k: finite_or_name(v) for k, v in self.metrics.items()}
+        # Added after schema 1 shipped: absent rather than null, so bodies without a resume stay as
+        # they were.
+        if data["resume_step"] is None:
+            del data["resume_step"]
+        if not data["attempts"]:
+            del data["attempts"]
         return data
 
 

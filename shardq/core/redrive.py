@@ -66,8 +66,8 @@ class RedriveReport:
 
 
 @dataclass(frozen=True)
-class _Copy(Message):
-    """A dead letter's copy for the fan-out, carrying its message attributes along."""
+class AttributedMessage(Message):
+    """A message for the fan-out that carries message attributes (a dead letter's copy, a parked result)."""
 
     attributes: Mapping[str, Any] | None = None
 
@@ -152,7 +152,7 @@ def copy_of(message: dict[str, Any], *, fifo: bool, run: str) -> Message:
         group = message.get("Attributes", {}).get("MessageGroupId") or "redrive"
         # Fresh per redrive run: the first send's id would make the queue drop this copy.
         dedup = f"{message['MessageId']}:redrive:{run}"[:128]
-    return _Copy(
+    return AttributedMessage(
         body=message["Body"], group_id=group, dedup_id=dedup, attributes=message.get("MessageAttributes")
     )
 

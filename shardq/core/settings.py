@@ -41,6 +41,9 @@ class Settings:
     # an s3:// URI elsewhere is refused at submit instead of failing every task with AccessDenied.
     # None: no check (the variable is unset).
     data_buckets: tuple[str, ...] | None = None
+    # Where the results DLQ handler parks dead results no job can record (shardq.core.parking);
+    # None: a stack deployed before the parked queue existed (they stay in the DLQ).
+    parked_results_queue_url: str | None = None
 
     ENV: ClassVar[dict[str, str]] = {
         "job_table": "SHARDQ_JOB_TABLE",
@@ -53,6 +56,7 @@ class Settings:
         "splitter_function": "SHARDQ_SPLITTER_FUNCTION",
         "fanout_in_flight": "SHARDQ_FANOUT_IN_FLIGHT",
         "data_buckets": "SHARDQ_DATA_BUCKETS",
+        "parked_results_queue_url": "SHARDQ_PARKED_RESULTS_QUEUE_URL",
     }
     # The stack's CfnOutput ids. Outputs a stack deployed before they existed lacks fall back to
     # the field's default (the optional fields only), as the Lambdas' environment does.
@@ -67,6 +71,7 @@ class Settings:
         "splitter_function": "SplitterFunctionName",
         "fanout_in_flight": "FanoutInFlight",
         "data_buckets": "DataBuckets",
+        "parked_results_queue_url": "ParkedResultsQueueUrl",
     }
     REQUIRED: ClassVar[tuple[str, ...]] = (
         "job_table",
@@ -126,6 +131,7 @@ class Settings:
         values["event_bus_name"] = source.get(names["event_bus_name"]) or "default"
         values["splitter_function"] = source.get(names["splitter_function"]) or None
         values["data_buckets"] = _names(source.get(names["data_buckets"]))
+        values["parked_results_queue_url"] = source.get(names["parked_results_queue_url"]) or None
         return cls(**values)
 
     def as_env(self) -> dict[str, str]:

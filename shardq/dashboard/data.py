@@ -110,6 +110,9 @@ def timeline_entry(row: ResultRecord, t0: float) -> dict[str, Any]:
         "recorded_at": row.recorded_at,
         "worker_id": r.worker_id or row.source,
         "attempt": r.attempt,
+        # Where a resumed attempt started (its checkpoint's step) and the attempts before it.
+        "resume_step": r.resume_step,
+        "earlier_attempts": r.attempts,
         "receive_count": row.receive_count,
         "retried": r.attempt > 1 or (row.receive_count or 1) > 1,
         "source": row.source,

@@ -40,6 +40,7 @@ CACHE_DIR = ROOT / ".shardq" / "template-cache"
 TEMPLATE_SOURCES = ("app.py", "cdk.json", "stacks")
 # Logical ids of the stateful resources: pinned by the stack (PINNED_LOGICAL_IDS), stable by test.
 TASK_QUEUE, TASK_DLQ, RESULTS_QUEUE, RESULTS_DLQ = "TaskQueue", "TaskDlq", "ResultsQueue", "ResultsDlq"
+PARKED_RESULTS = "ParkedResults"
 JOB_TABLE, ARTIFACT_BUCKET = "JobTable", "ArtifactBucket"
 # CloudFormation AWS::SQS::Queue properties that are queue attributes of the same name.
 _QUEUE_ATTRIBUTES = (
@@ -231,6 +232,8 @@ def provision(
         RESULTS_DLQ: f"{p}-results-dlq",
         RESULTS_QUEUE: f"{p}-results",
     }
+    if PARKED_RESULTS in t.get("Resources", {}):  # a template from before the parked queue lacks it
+        names[PARKED_RESULTS] = f"{p}-results-parked"
     visibility = {TASK_QUEUE: task_visibility_s, RESULTS_QUEUE: results_visibility_s}
     for logical_id, name in names.items():  # DLQs first: their ARNs go into the redrive policies
         attributes = _queue_overrides(
@@ -256,6 +259,7 @@ def provision(
         results_queue_url=urls[RESULTS_QUEUE],
         artifact_bucket=bucket,
         max_receive_count=max_receive_count if max_receive_count is not None else redrive["maxReceiveCount"],
+        parked_results_queue_url=urls.get(PARKED_RESULTS),
     )
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from shardq.core.contracts import ShardTask
+from shardq.worker.stop import Stopped
 from shardq.worker.trust import AllowList
 
 # How long a finished child may take to exit before it is killed.
@@ -75,6 +76,10 @@ class ChildContext:
     eval_dataset: dict[str, Any] | None = None
     # The worker's allow-list: the child checks it again before it imports the entrypoint.
     allow: tuple[str, ...] = ()
+    # The checkpoint contract (shardq.worker.checkpoints): saves and should_stop go over the pipe.
+    checkpoint_dir: str | None = None
+    resume_path: str | None = None
+    resume_step: int | None = None
 
 
 class _PipeHandler(logging.Handler):
@@ -109,6 +114,14 @@ def _child_main(conn: Connection, entrypoint: str, task_json: str, fields: Child
             raise RuntimeError(f"fetch {uri} failed in the worker: {answer}")
         return Path(answer)
 
+    def ask(question: tuple[Any, ...]) -> Any:
+        conn.send(question)
+        return conn.recv()[1]
+
+    class PipeStop:
+        def is_set(self) -> bool:
+            return bool(ask(("should_stop",)))
+
     ctx = TaskContext(
         data=fields.data,
         work_dir=Path(fields.work_dir),
@@ -122,6 +135,11 @@ def _child_main(conn: Connection, entrypoint: str, task_json: str, fields: Child
         proximal_mu=fields.proximal_mu,
         strategy=fields.strategy,
         eval_dataset=fields.eval_dataset,
+        checkpoint_dir=Path(fields.checkpoint_dir) if fields.checkpoint_dir else None,
+        resume_path=Path(fields.resume_path) if fields.resume_path else None,
+        resume_step=fields.resume_step,
+        stop_flags=PipeStop(),
+        checkpoint_sink=lambda step, src: bool(ask(("checkpoint", step, str(src)))),
     )
     try:
         fn = resolve(entrypoint, task.task_type, AllowList(tuple(fields.allow)))
@@ -129,6 +147,8 @@ def _child_main(conn: Connection, entrypoint: str, task_json: str, fields: Child
             raise AttributeError(f"entrypoint {entrypoint!r} has no {task.task_type} function")
         outcome = dict(fn(task, ctx) or {})
         conn.send(("done", outcome, str(ctx.model_path) if ctx.model_path is not None else None))
+    except Stopped:
+        conn.send(("stopped",))
     except BaseException as exc:
         permanent = isinstance(exc, EntrypointError | ModelError)
         conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}", permanent))
@@ -177,6 +197,9 @@ def run_isolated(
         strategy=dict(ctx.strategy),
         eval_dataset=ctx.eval_dataset,
         allow=allow.patterns,
+        checkpoint_dir=str(ctx.checkpoint_dir) if ctx.checkpoint_dir else None,
+        resume_path=str(ctx.resume_path) if ctx.resume_path else None,
+        resume_step=ctx.resume_step,
     )
     # A private socket pair (no listener to wait on if the child dies early); the child gets its end
     # as an inherited file descriptor.
@@ -249,6 +272,17 @@ def _serve(
                 conn.send(("path", str(ctx.fetch(message[1]))))
             except Exception as exc:
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        elif kind == "should_stop":
+            conn.send(("stop", ctx.should_stop))
+        elif kind == "checkpoint":
+            try:
+                saved = ctx.save_checkpoint(int(message[1]), Path(message[2]))
+            except Exception as exc:
+                ctx.logger.warning("checkpoint at step %s not saved: %s", message[1], exc)
+                saved = False
+            conn.send(("saved", saved))
+        elif kind == "stopped":
+            raise Stopped("the training function stopped on ctx.should_stop")
         elif kind == "done":
             if message[2] is not None:
                 ctx.model_path = Path(message[2])

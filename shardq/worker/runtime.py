@@ -8,10 +8,16 @@ Guarantees, in the order a task meets them:
 * **Time limit**: a task with ``timeout_s`` runs its function in a child process
   (``shardq.worker.isolation``); past the limit the process is killed and the task reported
   failed at once (no retry), naming ``task_timeout_seconds``; the slot goes on.
-* **Heartbeat**: while the function runs, a thread keeps the task invisible
-  (ChangeMessageVisibility ahead of expiry), up to SQS's 12-hour ceiling. A task that
+* **Lease and heartbeat** (``shardq.worker.lease``): the receive asks for a short lease (45 s) and,
+  while the function runs, a thread renews it every third (ChangeMessageVisibility), up to SQS's
+  12-hour ceiling, so a vanished worker's task returns within a minute. A lease lost to failing
+  renewals stops the task (``ctx.should_stop``) and its outcome is not posted. A task that
   would outlive the ceiling is reported failed with a clear message and deleted, rather
   than silently redelivered and run twice.
+* **Checkpoints and stops** (``shardq.worker.checkpoints``, ``.stop``): the task's latest good
+  checkpoint is restored into ``ctx.resume_path``; ``ctx.save_checkpoint`` uploads one;
+  ``ctx.should_stop`` is set by SIGTERM or a Spot notice, and a function that then returns
+  ``ctx.stopped()`` has its task released, not reported.
 * **Result before delete**: a crash between the two duplicates a result (the aggregator
   drops it), never loses one.
 * **Retries**: an exception releases the task at once (visibility 0) unless this was its
@@ -55,10 +61,13 @@ from shardq.core.evaluation import eval_dataset_of
 from shardq.core.jobstore import JobStore
 from shardq.core.planning import split_s3
 from shardq.worker.aws import Backoff, FatalAwsError, describe, error_code, is_fatal
+from shardq.worker.checkpoints import TaskCheckpoints, context_fields
 from shardq.worker.code import fingerprint as code_fingerprint
 from shardq.worker.code import load_module
+from shardq.worker.context import TaskContext, TaskLogAdapter  # re-exported: callers import them here
 from shardq.worker.devices import CPU, SlotDevice
 from shardq.worker.isolation import IsolatedTaskError, TaskAbandonedInChild, TaskTimeout, run_isolated
+from shardq.worker.lease import CEILING, DEFAULT_LEASE_S, LOST, keep_leased
 from shardq.worker.reduce import (
     MODEL_SUFFIXES,
     InputModel,
@@ -68,6 +77,7 @@ from shardq.worker.reduce import (
     evaluate_model,
     nonfinite_array,
 )
+from shardq.worker.stop import StopFlags, Stopped, StopSignal
 from shardq.worker.strategies import SERVER_STATE_NAME, apply_strategy, needs_server_step
 from shardq.worker.trust import AllowList
 
@@ -121,74 +131,6 @@ def resolve(entrypoint: str, task_type: str, allow: AllowList) -> Callable[..., 
     return fn
 
 
-class TaskLogAdapter(logging.LoggerAdapter):
-    """Puts job_id, round and shard_id on every line a task logs."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        kwargs.setdefault("extra", {}).update(self.extra or {})
-        return msg, kwargs
-
-
-@dataclass
-class TaskContext:
-    """What a training function gets besides the task.
-
-    Attributes
-    ----------
-    data:
-        The task's data slice: ``{"uri", "start", "end"}`` or ``{"uri"?, "files": [...]}``.
-    work_dir:
-        Scratch space, deleted after the task.
-    output_dir:
-        Everything saved here is uploaded under the task's ``output_prefix``.
-    init_model_path:
-        The round's global model, downloaded (None in round 0 without ``model.init_uri``).
-    input_models:
-        For a module's own ``reduce``: each shard model, downloaded (``InputModel(path, num_samples)``,
-        which unpacks as a ``(path, num_samples)`` pair).
-    logger:
-        A logger whose lines carry job_id, round and shard_id.
-    device:
-        The accelerator this slot owns: ``cuda:K`` (one GPU per slot) or ``cpu``. Put the model there.
-    model_path:
-        The model file among the outputs. Set it when ``output_dir`` holds more than the model
-        (metrics, logs, plots) and the model is not named ``model.<ext>``; it travels as the
-        result's ``model_uri``, which the reduce averages.
-    proximal_mu:
-        FedProx's μ (the task's ``strategy.mu``; 0 otherwise): add μ/2·‖w − w_global‖² to the local
-        loss, i.e. μ·(w − w_global) to its gradient, with w_global the model at ``init_model_path``.
-    strategy:
-        The job's server strategy as the task carries it (``{"name", **params}``; empty for FedAvg).
-    eval_dataset:
-        A reduce's evaluation dataset, the request's ``evaluation`` (``{"uri", "num_samples"?}``),
-        which ``evaluate_global`` scores the new global model on; None on train tasks and for a job
-        without one (``shardq.core.evaluation``; ``hyperparameters.test_uri`` is its deprecated
-        fallback).
-    """
-
-    data: dict[str, Any]
-    work_dir: Path
-    output_dir: Path
-    init_model_path: Path | None
-    logger: logging.LoggerAdapter
-    fetch: Callable[[str], Path]
-    progress_sink: Callable[[float], None] = lambda fraction: None
-    input_models: list[InputModel] = field(default_factory=list)
-    device: str = CPU
-    model_path: Path | None = None
-    proximal_mu: float = 0.0
-    strategy: dict[str, Any] = field(default_factory=dict)
-    eval_dataset: dict[str, Any] | None = None
-
-    def progress(self, fraction: float) -> None:
-        """Report progress in [0, 1] (logged at most every 10 %)."""
-        self.progress_sink(min(1.0, max(0.0, float(fraction))))
-
-    def files(self) -> list[Path]:
-        """The shard's files as local paths (``s3://`` ones downloaded into the work dir)."""
-        return [self.fetch(f) for f in self.data.get("files", [])]
-
-
 def model_file(output_dir: Path, chosen: Path | None) -> Path | None:
     """The model among a task's outputs: ``chosen`` (``ctx.model_path``), else the one top-level
     ``model.<ext>`` file, else the only file; None when there is no file or no way to tell.
@@ -224,6 +166,9 @@ class Lease:
     received_at: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     abandoned: threading.Event = field(default_factory=threading.Event)
+    # Set when heartbeats failed for longer than the lease (``shardq.worker.lease``).
+    lost: threading.Event = field(default_factory=threading.Event)
+    checkpoints: TaskCheckpoints | None = None
 
 
 class Activity:
@@ -286,7 +231,12 @@ class Worker:
         default: ``entrypoint``'s top-level package. Without either the worker refuses to start: a
         task would otherwise choose the code it runs.
     visibility_s:
-        The visibility the heartbeat keeps ahead of the running task.
+        The task lease: what the receive asks for and the heartbeat keeps ahead of the running task
+        (``shardq.worker.lease``); default the smaller of ``DEFAULT_LEASE_S`` and the queue's own
+        (read with ``max_receive_count``; when that is given and this is not, the receive leaves
+        the first lease to the queue and the heartbeat renews ``DEFAULT_LEASE_S``).
+    stop_signal:
+        The worker-wide stop (SIGTERM, a Spot notice) its tasks read as ``ctx.should_stop``.
     device:
         The slot's accelerator, handed to the training function as ``ctx.device``.
     activity:
@@ -307,7 +257,7 @@ class Worker:
     allow: AllowList | None = None
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     wait_s: int = 20
-    visibility_s: int = 300
+    visibility_s: int | None = None
     max_receive_count: int | None = None
     tasks_done: int = 0
     current: Lease | None = None
@@ -318,6 +268,7 @@ class Worker:
     backoff: Backoff = field(default_factory=Backoff)
     fatal: BaseException | None = None
     errors: int = 0
+    stop_signal: StopSignal = field(default_factory=StopSignal)
 
     def __post_init__(self) -> None:
         if self.allow is None:
@@ -329,9 +280,11 @@ class Worker:
         self.store = JobStore(self.job_table, self.ddb) if self.ddb is not None and self.job_table else None
         if self.max_receive_count is None:
             attrs = self.sqs.get_queue_attributes(
-                QueueUrl=self.task_queue_url, AttributeNames=["RedrivePolicy"]
-            )
-            self.max_receive_count = max_receive_count_of(attrs.get("Attributes", {}))
+                QueueUrl=self.task_queue_url, AttributeNames=["RedrivePolicy", "VisibilityTimeout"]
+            ).get("Attributes", {})
+            self.max_receive_count = max_receive_count_of(attrs)
+            if self.visibility_s is None:
+                self.visibility_s = min(DEFAULT_LEASE_S, int(attrs.get("VisibilityTimeout", DEFAULT_LEASE_S)))
 
     def run(self, stop: threading.Event, *, max_tasks: int | None = None) -> int:
         """Poll until ``stop`` is set, ``max_tasks`` are done or a fatal error; returns tasks handled.
@@ -380,6 +333,9 @@ class Worker:
             QueueUrl=self.task_queue_url,
             MaxNumberOfMessages=1,
             WaitTimeSeconds=self.wait_s,
+            # The first lease is the receive's: without it the queue's default (300 s) would hold a
+            # task whose worker died in its first seconds for five minutes.
+            **({"VisibilityTimeout": self.visibility_s} if self.visibility_s else {}),
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
         for message in resp.get("Messages", []):
@@ -500,14 +456,18 @@ class Worker:
         tlog: logging.LoggerAdapter,
         started: float,
     ) -> ShardResult | None:
+        entrypoint = self.entrypoint or task.entrypoint
         attempt = {
             "worker_id": self.worker_id,
             "attempt": lease.receives,
-            "code_version": code_fingerprint(self.entrypoint or task.entrypoint),
+            # Only for code this worker may run: finding a module's file imports its parent packages,
+            # and a refused module has no version worth recording.
+            "code_version": None if self.trusted.refusal(entrypoint) else code_fingerprint(entrypoint),
         }
         try:
             with tempfile.TemporaryDirectory(prefix="shardq-task-") as tmp:
                 outcome = self._run(task, Path(tmp), tlog, lease.abandoned)
+            attempt.update(self._resume_fields(lease))
             return ShardResult.for_task(
                 task,
                 "succeeded",
@@ -518,6 +478,14 @@ class Worker:
                 duration_s=round(time.monotonic() - started, 3),
                 **attempt,
             )
+        except Stopped:
+            # The function saved a checkpoint and returned on ctx.should_stop: hand the task back now
+            # (unless the lease is lost: it is no longer ours), so the next worker resumes it at once.
+            tlog.info("task %s stopped (%s); released to the queue", task.key, self._stop_reason(lease))
+            if not lease.lost.is_set():
+                lease.abandoned.set()
+                self._release(lease.receipt)
+            return None
         except FatalAwsError:
             # The worker's own bucket refused it: hand the task to a healthy worker and stop.
             lease.abandoned.set()
@@ -545,6 +513,7 @@ class Worker:
                 duration_s=round(time.monotonic() - started, 3),
                 error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"[-4000:],
                 **attempt,
+                **self._resume_fields(lease),
             )
 
     def _drop_reason(self, task: ShardTask, tlog: logging.LoggerAdapter) -> str | None:
@@ -578,26 +547,36 @@ class Worker:
             return f"round {task.round} already closed"
         return None
 
+    @property
+    def lease_s(self) -> int:
+        """The task lease in force (``visibility_s``, set by ``__post_init__``)."""
+        return int(self.visibility_s or DEFAULT_LEASE_S)
+
     def _heartbeat(self, lease: Lease, task: ShardTask, tlog: logging.LoggerAdapter) -> None:
-        """Extend visibility every third of it; at the 12-hour ceiling, fail the task cleanly."""
-        interval = max(0.5, self.visibility_s / 3)
-        while not lease.done.wait(interval):
-            if lease.abandoned.is_set():
-                return
-            held = time.monotonic() - lease.received_at
-            left = VISIBILITY_CEILING_S - held
-            if left <= CEILING_MARGIN_S:
-                lease.abandoned.set()
-                self._ceiling_reached(lease, task, tlog, held)
-                return
-            try:
-                self.sqs.change_message_visibility(
-                    QueueUrl=self.task_queue_url,
-                    ReceiptHandle=lease.receipt,
-                    VisibilityTimeout=int(min(self.visibility_s, left)),
-                )
-            except Exception:
-                tlog.warning("heartbeat failed; the task may be redelivered", exc_info=True)
+        """Keep the lease (``shardq.worker.lease``); at the 12-hour ceiling, fail the task cleanly; a
+        lost lease stops the task (``ctx.should_stop``) and keeps its outcome from being posted."""
+
+        def extend(seconds: int) -> None:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt, VisibilityTimeout=seconds
+            )
+
+        ended = keep_leased(
+            extend,
+            self.lease_s,
+            received_at=lease.received_at,
+            done=lease.done,
+            abandoned=lease.abandoned,
+            logger=tlog,
+            ceiling_s=VISIBILITY_CEILING_S,
+            margin_s=CEILING_MARGIN_S,
+        )
+        if ended == CEILING:
+            lease.abandoned.set()
+            self._ceiling_reached(lease, task, tlog, time.monotonic() - lease.received_at)
+        elif ended == LOST:
+            lease.lost.set()
+            lease.abandoned.set()
 
     def _ceiling_reached(
         self,
@@ -671,7 +650,9 @@ class Worker:
                 last[0] = fraction
                 tlog.info("progress %.0f%%", fraction * 100, extra={"progress": fraction})
 
+        resume = self._checkpoints(task, tmp, tlog)
         return TaskContext(
+            **resume,
             data=dict(task.data),
             work_dir=tmp,
             output_dir=out_dir,
@@ -684,6 +665,37 @@ class Worker:
             strategy=dict(task.strategy),
             eval_dataset=self._eval_dataset(task, tlog),
         )
+
+    def _checkpoints(self, task: ShardTask, tmp: Path, tlog: logging.LoggerAdapter) -> dict[str, Any]:
+        """The context's checkpoint and stop half (``shardq.worker.checkpoints``): the task's latest
+        good checkpoint restored, the store ``save_checkpoint`` writes to, the flags of
+        ``should_stop`` (the worker's stop and this lease's)."""
+        lease = self.current
+        store = TaskCheckpoints(
+            self.s3,
+            split_s3(task.output_prefix)[0],
+            task,
+            attempt=lease.receives if lease is not None else 1,
+            worker_id=self.worker_id,
+            logger=tlog,
+        )
+        events = (self.stop_signal.event,) if lease is None else (self.stop_signal.event, lease.lost)
+        if lease is not None:
+            lease.checkpoints = store
+        return context_fields(store, tmp, StopFlags(events))
+
+    @staticmethod
+    def _resume_fields(lease: Lease) -> dict[str, Any]:
+        """Where this attempt started and the task's earlier attempts, for its result."""
+        store = lease.checkpoints
+        if store is None:
+            return {}
+        return {"resume_step": store.resume_step, "attempts": store.earlier_attempts()}
+
+    def _stop_reason(self, lease: Lease) -> str:
+        if lease.lost.is_set():
+            return "its lease was lost"
+        return self.stop_signal.reason or "stop requested"
 
     @staticmethod
     def _eval_dataset(task: ShardTask, tlog: logging.LoggerAdapter) -> dict[str, Any] | None:

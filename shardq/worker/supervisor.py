@@ -119,6 +119,9 @@ def serve(
             log.warning("second signal: exiting now")
             os._exit(EXIT_SECOND_SIGNAL)
         log.info("%s: stopping; running tasks get %.0f s to finish", signal.Signals(signum).name, grace_s)
+        # Running training functions see it as ctx.should_stop: they checkpoint and return early.
+        for w in workers:
+            w.stop_signal.request(signal.Signals(signum).name)
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -133,7 +136,7 @@ def serve(
             slot.thread.start()
         reason = _watch(slots, stop, idle_exit_s, watch, tick_s)
         stop.set()
-        abrupt = bool(signals) or reason in ("fatal", "slot died")
+        abrupt = bool(signals) or reason in ("fatal", "slot died", "stop requested")
         if abrupt:
             _release_after_grace(workers, grace_s)
         # Otherwise slots finish the long poll they are in (a task received after the stop is
@@ -161,6 +164,8 @@ def _watch(
     while not stop.wait(tick_s):
         if any(s.worker.fatal is not None for s in slots):
             return "fatal"
+        if any(s.worker.stop_signal.is_set() for s in slots):  # a Spot notice (shardq.worker.stop)
+            return "stop requested"
         if any(s.died is not None for s in slots):
             return "slot died"
         if not any(s.thread is not None and s.thread.is_alive() for s in slots):

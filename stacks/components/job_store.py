@@ -10,6 +10,11 @@ from constructs import Construct
 from stacks.components._props import Problems, seconds
 
 ARTIFACT_PREFIX = "jobs/"
+# Task checkpoints (shardq.core.checkpoint_keys, whose ROOT and EXPIRE_DAYS these must equal; a test
+# checks). The finalize deletes a finished job's; this rule is the backstop for a job that never
+# finishes or a delete that failed. A live task rewrites its checkpoint far more often than this.
+CHECKPOINT_PREFIX = "checkpoints/"
+CHECKPOINT_EXPIRY_DAYS = 7
 TTL_ATTRIBUTE = "expires_at"
 STATUS_INDEX = "by_status"
 # Each job's outcomes in the order they were recorded: ``watch`` and the dashboard read only what
@@ -120,6 +125,14 @@ class JobStore(Construct):
             s3.LifecycleRule(
                 id="abort-incomplete-multipart-uploads",
                 abort_incomplete_multipart_upload_after=Duration.days(7),
+            ),
+            s3.LifecycleRule(
+                id="expire-task-checkpoints",
+                prefix=CHECKPOINT_PREFIX,
+                expiration=Duration.days(CHECKPOINT_EXPIRY_DAYS),
+                # The bucket is versioned: every superseded or pruned checkpoint would otherwise be
+                # kept as a noncurrent version for the bucket-wide 30 days.
+                noncurrent_version_expiration=Duration.days(1),
             ),
         ]
         if artifact_expiry is not None:

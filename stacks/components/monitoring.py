@@ -34,6 +34,8 @@ class MonitoredQueues:
     results_queue: sqs.IQueue
     results_dlq: sqs.IQueue
     splitter_failure_queue: sqs.IQueue
+    # Dead results no job can record (shardq.core.parking); None in stacks built before it.
+    parked_results: sqs.IQueue | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +157,17 @@ class Monitoring(Construct):
             self._depth_alarm("ResultsDlqNotEmpty", queues.results_dlq, "results could not be aggregated"),
             self._depth_alarm(
                 "SplitterFailuresNotEmpty", queues.splitter_failure_queue, "async splitter invocations failed"
+            ),
+            *(
+                [
+                    self._depth_alarm(
+                        "ParkedResultsNotEmpty",
+                        queues.parked_results,
+                        "results name no planned task and were parked (`shardq dlq show --queue results`)",
+                    )
+                ]
+                if queues.parked_results is not None
+                else []
             ),
             self._alarm(
                 "OldestTaskTooOld",
@@ -329,6 +342,7 @@ def _queue_row(queues: MonitoredQueues) -> list[cloudwatch.IWidget]:
                     ("task DLQ", queues.task_dlq),
                     ("results DLQ", queues.results_dlq),
                     ("splitter failures", queues.splitter_failure_queue),
+                    *([("parked results", queues.parked_results)] if queues.parked_results else []),
                 )
             ],
             width=8,

@@ -18,7 +18,11 @@ from stacks.components._queues import DEFAULT_QUEUE_RETENTION, DLQ_RETENTION, se
 
 
 class ResultsQueue(Construct):
-    """Standard results queue (SSE, TLS only) with a standard DLQ.
+    """Standard results queue (SSE, TLS only) with a standard DLQ, and the parked-results queue.
+
+    The parked-results queue holds dead results no job can record (they name no planned task),
+    each with the reason as a message attribute: no consumer reads it, so they stay visible to
+    ``shardq dlq show`` for 14 days (``shardq.core.parking`` says why a queue of its own).
 
     Standard, not FIFO: results need no order and the aggregator is idempotent, while a standard
     queue lets the event source take batches of 100 (FIFO caps them at 10).
@@ -79,6 +83,9 @@ class ResultsQueue(Construct):
             encryption_key=encryption_key,
             retention=DLQ_RETENTION,
             visibility_timeout=consumer_visibility(dlq_consumer_timeout) if dlq_consumer_timeout else None,
+        )
+        self.parked_queue = secure_queue(
+            self, "ParkedQueue", encryption_key=encryption_key, retention=DLQ_RETENTION
         )
         self.queue = secure_queue(
             self,

@@ -31,6 +31,11 @@ JOB_TABLE_ACTIONS = ("dynamodb:GetItem",)
 # Artifacts: PutObject covers single and multipart uploads; a failed multipart upload is aborted.
 # Reading them back is ReadDatasets' s3:GetObject on the whole bucket.
 ARTIFACT_WRITE_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload")
+# Task checkpoints (shardq.worker.checkpoints): written like artifacts, and the worker deletes the one
+# its pointer no longer names (it keeps the last two). Under their own prefix, so only they can be
+# deleted. Equal to shardq.core.checkpoint_keys.ROOT (tests/infra/test_worker_policy.py).
+CHECKPOINT_PREFIX = "checkpoints/"
+CHECKPOINT_WRITE_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject")
 # ``shardq worker --stack``: the queue URLs and table name from the stack's outputs.
 STACK_READ_ACTIONS = ("cloudformation:DescribeStacks",)
 # With queue_encryption="kms": Decrypt to receive tasks, GenerateDataKey to send results.
@@ -138,6 +143,11 @@ def _statements(
             sid="WriteArtifacts",
             actions=list(ARTIFACT_WRITE_ACTIONS),
             resources=[artifact_bucket.arn_for_objects(f"{artifact_prefix}*")],
+        ),
+        iam.PolicyStatement(
+            sid="WriteCheckpoints",
+            actions=list(CHECKPOINT_WRITE_ACTIONS),
+            resources=[artifact_bucket.arn_for_objects(f"{CHECKPOINT_PREFIX}*")],
         ),
         iam.PolicyStatement(
             sid="ReadStackOutputs", actions=list(STACK_READ_ACTIONS), resources=[Aws.STACK_ID]

@@ -23,7 +23,10 @@ SMOKE = {
     "aggregation": ["--results", "60"],
     "e2e": ["--shards", "8", "--workers", "2"],
     "idle": ["--seconds", "3", "--baseline-seconds", "1"],
-}
+    "preempt": ["--workers", "2", "--tasks", "4", "--task-seconds", "2", "--step-seconds", "0.25",
+                "--checkpoint-every", "0.5", "--interrupt-every", "1.5", "--interruptions", "4",
+                "--lease", "3", "--grace", "3", "--timeout", "120"],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE))

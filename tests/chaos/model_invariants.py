@@ -132,8 +132,8 @@ def _job_problems(world: World, job: JobRecord, items: list[dict[str, Any]]) -> 
             problems.append(
                 f"{where} item for round {r} {phase} shard {shard}, a task its round never planned"
             )
-    for key in sorted(keys["RES"] & keys["LATE"]):
-        problems.append(f"{key} is both counted and late")
+    for both in sorted(keys["RES"] & keys["LATE"]):
+        problems.append(f"{both} is both counted and late")
     outcome_counters: dict[tuple[int, str], int] = {}
     raw = next(i for i in items if i["sk"]["S"] == "JOB")
     for name, value in raw.items():

@@ -7,7 +7,8 @@ matters, the real worker runtime in-process, against the local cloud. Named afte
 * ``negative_num_samples_recorded_as_failure``: a body the parser rejects fails its shard now;
 * ``inf_metric_manifest_is_standard_json``: what shardq writes parses with a strict parser;
 * ``rejected_result_recorded_as_task_failure``: the results DLQ handler records a dead result;
-* ``result_for_unknown_job_stays_in_dlq_with_reason``: what names no task stays, with its reason.
+* ``result_naming_no_task_is_parked_with_reason``: what names no task is parked at once with its
+  reason, shown by ``dlq show`` and moved back by ``dlq redrive``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from lambdas import aggregator, results_dlq_handler
+from lambdas import aggregator, common, results_dlq_handler
 from shardq.cli import main
 from shardq.core.contracts import ShardResult, ShardTask, ValidationError
 from shardq.core.verdicts import REJECTED_SOURCE, RESULTS_DLQ_SOURCE, checked, vet
@@ -254,8 +255,25 @@ def test_rejected_result_recorded_as_task_failure(rig: Callable[..., Rig]) -> No
     assert count_messages(r.clients["sqs"], r.pump.results_dlq_url) == 0
 
 
+def dlq_outputs(r: Rig, path: Path, *, parked: bool = True) -> dict[str, str]:
+    """The stack outputs the `shardq dlq` verbs read, pointed at this rig's queues."""
+    outputs = {
+        "TaskQueueUrl": r.settings.task_queue_url,
+        "TaskDlqUrl": r.pump.task_dlq_url,
+        "ResultsQueueUrl": r.settings.results_queue_url,
+        "ResultsDlqUrl": r.pump.results_dlq_url,
+        "JobTableName": r.settings.job_table,
+        "ArtifactBucketName": r.settings.artifact_bucket,
+    }
+    if parked:
+        assert r.settings.parked_results_queue_url, "the stack's template has no parked-results queue"
+        outputs["ParkedResultsQueueUrl"] = r.settings.parked_results_queue_url
+    path.write_text(json.dumps(outputs))
+    return outputs
+
+
 @pytest.mark.local_cloud
-def test_result_for_unknown_job_stays_in_dlq_with_reason(
+def test_result_naming_no_task_is_parked_with_reason(
     rig: Callable[..., Rig],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -268,41 +286,61 @@ def test_result_for_unknown_job_stays_in_dlq_with_reason(
     good = result_for(task).to_dict()
     bodies = [json.dumps({**good, "job_id": "no-such-job"}), json.dumps({**good, "shard_id": 7}), "{not json"]
     sqs, dlq = r.clients["sqs"], r.pump.results_dlq_url
+    parked = r.settings.parked_results_queue_url
+    assert parked
     post_bodies(sqs, dlq, bodies)
     # WHEN the results DLQ handler gets them (as its event source mapping hands them over)
     msgs = gather_batch(sqs, dlq, 10)
-    # THEN it records none and fails them all (Powertools raises when a whole batch failed, so the
-    # invocation errs and the batch comes back): all stay in the DLQ
-    with pytest.raises(BatchProcessingError, match="All records failed"):
-        results_dlq_handler.handle_dead_results(sqs_event(msgs, queue_arn(sqs, dlq)), LambdaContext())
+    response = results_dlq_handler.handle_dead_results(sqs_event(msgs, queue_arn(sqs, dlq)), LambdaContext())
+    # THEN it records none, parks all three at once (none fails, so the DLQ deletes them), none lost
+    assert response == {"batchItemFailures": []}
+    r.pump.delete(dlq, msgs)  # what the event source mapping does with the records not failed
     assert r.engine.store.all_results("known") == []
-    assert count_messages(sqs, dlq) == 3
-    # AND once they are visible again, `shardq dlq show` says why each one was not recorded
-    for m in msgs:
-        sqs.change_message_visibility(QueueUrl=dlq, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(
-        json.dumps(
-            {
-                "TaskQueueUrl": r.settings.task_queue_url,
-                "TaskDlqUrl": r.pump.task_dlq_url,
-                "ResultsQueueUrl": r.settings.results_queue_url,
-                "ResultsDlqUrl": dlq,
-                "JobTableName": r.settings.job_table,
-                "ArtifactBucketName": r.settings.artifact_bucket,
-            }
-        )
-    )
-    monkeypatch.setenv("SHARDQ_OUTPUTS_JSON", str(outputs))
+    assert count_messages(sqs, dlq) == 0
+    assert count_messages(sqs, parked) == 3
+    # AND `shardq dlq show` lists them, each with why it was not recorded
+    monkeypatch.setenv("SHARDQ_OUTPUTS_JSON", str(tmp_path / "outputs.json"))
+    dlq_outputs(r, tmp_path / "outputs.json")
     capsys.readouterr()
     assert main(["dlq", "show", "--queue", "results", "--json"]) == 0
     shown = strict_json(capsys.readouterr().out)
+    assert len(shown) == 3, shown
+    assert {d["held_in"] for d in shown} == {"parked"}
     reasons = sorted(d["reason"] for d in shown)
-    assert len(reasons) == 3, shown
     assert any("job no-such-job does not exist" in x for x in reasons), reasons
     assert any("shard_id 7 does not exist: job known has 2 tasks per round" in x for x in reasons), reasons
     assert any(x.startswith("names no task") and "not valid JSON" in x for x in reasons), reasons
-    assert count_messages(sqs, dlq) == 3  # shown, not taken
+    assert count_messages(sqs, parked) == 3  # shown, not taken
+    assert main(["dlq", "show", "--queue", "results"]) == 0
+    human = capsys.readouterr().out
+    assert "(0 in the DLQ, 3 parked)" in human and "job no-such-job does not exist" in human
+    assert main(["dlq", "list", "--queue", "results", "--json"]) == 0
+    counted = {row["queue"]: row["visible"] for row in strict_json(capsys.readouterr().out)}
+    assert counted == {"results": 0, "results (parked)": 3}
+    # AND `shardq dlq redrive` gives them another try on the results queue, none lost
+    assert main(["dlq", "redrive", "--queue", "results", "--json"]) == 0
+    moved = {row["queue"]: row["moved"] for row in strict_json(capsys.readouterr().out)}
+    assert moved == {"results": 0, "results (parked)": 3}
+    assert count_messages(sqs, parked) == 0
+    assert sorted(m["Body"] for m in gather_batch(sqs, r.settings.results_queue_url, 10)) == sorted(bodies)
+
+
+@pytest.mark.local_cloud
+def test_without_a_parked_queue_a_dead_result_stays_in_the_dlq(
+    rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a stack deployed before the parked queue existed (its handler has no parked URL)
+    r = rig()
+    monkeypatch.delenv("SHARDQ_PARKED_RESULTS_QUEUE_URL")
+    common.engine.cache_clear()
+    sqs, dlq = r.clients["sqs"], r.pump.results_dlq_url
+    post_bodies(sqs, dlq, ["{not json"])
+    msgs = gather_batch(sqs, dlq, 10)
+    # WHEN the handler gets it, THEN it fails the record as before: it stays in the DLQ, unparked
+    with pytest.raises(BatchProcessingError, match="All records failed"):
+        results_dlq_handler.handle_dead_results(sqs_event(msgs, queue_arn(sqs, dlq)), LambdaContext())
+    assert count_messages(sqs, dlq) == 1
+    assert count_messages(sqs, r.settings.parked_results_queue_url) == 0
 
 
 def test_parser_reads_nonfinite_metrics_and_writes_standard_json() -> None:

@@ -297,6 +297,37 @@ def test_cancel_marks_the_job_and_says_what_still_runs(
     assert shardq("watch", job_id, "--interval", "0.05").code == 1
 
 
+def test_after_a_cancel_status_and_result_show_the_late_results(
+    shardq: Shardq, write_request: Any, engine: Engine
+) -> None:
+    # GIVEN a 3-trial sweep whose trials are all held by workers
+    job_id = submit(shardq, write_request, SWEEP, "--job-id", "cli-cancel-late")
+    held = take_tasks(engine)
+    assert len(held) == 3
+    # WHEN it is cancelled, and the workers post their results afterwards
+    run = shardq("cancel", job_id)
+    assert run.code == 0, run.err
+    # THEN cancel says what happens to those results: kept apart as late, not counted
+    assert "kept apart as late and not counted" in run.out and "recorded but" not in run.out
+    engine.ingest([Outcome(result_for(task)) for task, _ in held])
+    # AND status counts none of them, says so on its late line, and says when the job was cancelled
+    status = shardq("status", job_id)
+    assert status.code == 0, status.err
+    assert "0/3 (0%) recorded" in status.out
+    assert "late:" in status.out
+    assert (
+        "3 result(s) arrived after their round closed or the job ended (kept apart, not counted)"
+        in status.out
+    )
+    assert "cancelling" not in status.out
+    finished = engine.store.get_job(job_id).finished_at
+    assert f"cancelled: at {finished}" in " ".join(status.out.split())
+    # AND result says the same of the manifest, written before they came
+    result = shardq("result", job_id)
+    assert result.code == 0, result.err
+    assert "3 result(s) arrived after their round closed or the job ended" in result.out
+
+
 def test_cancel_of_a_finished_job_is_refused(shardq: Shardq, write_request: Any, engine: Engine) -> None:
     job_id = submit(shardq, write_request, MAP)
     work(engine)

@@ -27,6 +27,7 @@ from shardq.core.planning import split_s3
 from shardq.core.tally import plan_text, rung_sizes
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import dlq_urls, provision
+from shardq.worker.code import fingerprint
 from tests.cli.conftest import Run
 from tests.finished import run_job
 
@@ -362,6 +363,11 @@ def test_result_human_shows_what_matters_for_the_kind(world: World, shardq: Any,
     run = shardq("result", f.job_id)
     assert run.code == 0, run.err
     out = run.out
+    # Every kind names the code its outcomes came from (a data_parallel manifest reads no success
+    # row, so its versions come from the reduces and the last round, which made the final model).
+    version = fingerprint(f.job.request.entrypoint)
+    assert version is not None and m["code_versions"] == [version]
+    assert field(out, "code") == version
     if kind.startswith("data_parallel"):
         # The global model's metric is a column of its own, ahead of the shards' means.
         header = next(ln for ln in out.splitlines() if ln.startswith("ROUND"))

@@ -212,6 +212,21 @@ def test_no_color_or_a_dumb_terminal_gets_the_plain_text(
         assert WATCHED.sub("(watched)", drawn) == WATCHED.sub("(watched)", piped)
 
 
+def test_a_reader_that_closes_the_pipe_early_stops_the_command_quietly() -> None:
+    # GIVEN `shardq ... | head`, whose reader is gone before the output is (a new user's trial got
+    # "shardq: unexpected error: BrokenPipeError ... report it", exit 1)
+    read, write = os.pipe()
+    os.close(read)
+    # WHEN a command prints into it (estimate reads no cloud)
+    run = subprocess.run(
+        [sys.executable, "-m", "shardq", "estimate", "examples/requests/sweep_halving.json"],
+        cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    os.close(write)
+    # THEN it stops without a word, with the exit status a shell gives a program cut off by SIGPIPE
+    assert (run.returncode, run.stderr) == (141, "")
+
+
 @pytest.mark.parametrize("command", ["status", "result"])
 def test_plain_output_of_a_job_without_a_round_policy_is_unchanged(
     shardq: Shardq, write_request: Any, engine: Engine, command: str

@@ -59,3 +59,32 @@ def test_a_result_recorded_after_the_cancel_ends_the_job_later(
     # THEN the job ended with that result, the latest thing that happened to it
     rows = engine.store.results("d", 0)
     assert rows and job.finished_at == max(r.recorded_at for r in rows) > requested
+
+
+def test_an_outcome_after_the_job_ended_is_late_and_uncounted(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a 3-shard map job with no failure budget, failed by its first failed shard
+    engine.submit(
+        {
+            "job_id": "e",
+            "kind": "map",
+            "dataset": {"num_samples": 30},
+            "sharding": {"shard_count": 3},
+            "max_failed_shards": 0,
+        }
+    )
+    tasks = tasks_of(receive_all(clients["sqs"], settings.task_queue_url))
+    engine.ingest([Outcome(result_for(tasks[0], status="failed"))])
+    engine.advance("e")
+    ended = engine.store.get_job("e")
+    assert ended.status == "FAILED" and ended.result_uri is not None
+    # WHEN a task that was still running reports its own failure, and another its success
+    out = engine.ingest([Outcome(result_for(tasks[1], status="failed")), Outcome(result_for(tasks[2]))])
+    # THEN both are kept apart as late: the counters, the status and the manifest still agree
+    job = engine.store.get_job("e")
+    assert job.status == "FAILED"
+    assert job.view().failed == ended.view().failed == 1
+    assert job.view().done == ended.view().done == 0
+    assert len(manifest_of(clients["s3"], job.result_uri)["failed"]) == 1
+    assert out is not None

@@ -256,7 +256,7 @@ def test_reduce_reads_ask_again_for_unprocessed_keys_and_give_up_after_their_att
     run_to_end(
         engine, settings, clients["sqs"], make_request("data_parallel", job_id="batch", shards=2, rounds=3)
     )
-    monkeypatch.setattr("shardq.core.jobstore.time.sleep", lambda s: None)
+    monkeypatch.setattr("shardq.core.batchcalls.time.sleep", lambda s: None)
     # WHEN DynamoDB leaves a key unprocessed twice
     flaky = Unprocessing(clients["dynamodb"], times=2)
     rows = JobStore(settings.job_table, flaky).reduce_results("batch", 3)

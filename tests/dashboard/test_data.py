@@ -127,7 +127,7 @@ def test_a_refresh_reads_only_the_outcomes_recorded_since_the_last_one(engine: E
     detail = data.job("dash-fedavg")
     # THEN one query read the by_recorded index from the newest outcome seen (less the overlap):
     # not the round, not the round summaries (no round closed); and nothing is lost
-    [(name, query, _)] = [c for c in counting.calls if c[0] == "query"]
+    [(_, query, _)] = [c for c in counting.calls if c[0] == "query"]
     assert query["IndexName"] == "by_recorded" and "recorded_at >= :since" in query["KeyConditionExpression"]
     assert len(detail["timeline"]["entries"]) == len(first["timeline"]["entries"]) + 1 == 6
     assert [r["round"] for r in detail["rounds"]] == [0, 1] and detail["rounds"][1]["partial"]

@@ -20,6 +20,7 @@ from shardq.core.jobstore import Outcome
 from shardq.core.planning import split_s3
 from shardq.core.settings import Settings
 from shardq.worker.runtime import Worker
+from tests.checkpoint_ctx import FakeContext
 from tests.helpers import TRUSTED, receive_all
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,8 +102,7 @@ def test_sweep_best_trial_is_the_true_argmin(
             )
             task.shard_id = trial_index
             with tempfile.TemporaryDirectory() as tmp:
-                ctx = SimpleNamespace(init_model_path=None, output_dir=Path(tmp), progress=lambda f: None)
-                direct[(lr, l2)] = linear.train(task, ctx)["metrics"]["val_loss"]
+                direct[(lr, l2)] = linear.train(task, FakeContext(Path(tmp)))["metrics"]["val_loss"]
     best = min(direct, key=direct.get)  # type: ignore[arg-type]
     assert manifest["best"]["hyperparameters"] == {"lr": best[0], "l2": best[1]}
     assert manifest["best"]["objective"] == direct[best]

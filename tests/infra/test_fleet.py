@@ -115,6 +115,8 @@ def test_gpu_instances_mix_spot_and_on_demand_from_context(gpu: Synth) -> None:
         "OnDemandPercentageAboveBaseCapacity": 25,
         "SpotAllocationStrategy": "price-capacity-optimized",
     }
+    # A Spot instance at elevated risk gets its replacement started before it is interrupted.
+    assert props["CapacityRebalance"] is True
 
 
 def test_launch_template_uses_the_ecs_gpu_ami_imdsv2_and_an_encrypted_root(gpu: Synth) -> None:

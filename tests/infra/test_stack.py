@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Capture, Match
 
+from shardq.core import checkpoint_keys
 from tests.infra.conftest import Synth
 
 # AWS requires "Resource": "*" for these actions (no resource-level permissions). Only X-Ray here:
@@ -40,6 +41,7 @@ OUTPUTS = {
     "TaskDlqUrl",
     "ResultsQueueUrl",
     "ResultsDlqUrl",
+    "ParkedResultsQueueUrl",
     "SplitterFunctionName",
     "AggregatorFunctionName",
     "DlqHandlerFunctionName",
@@ -125,13 +127,13 @@ def test_each_redrive_policy_targets_its_own_dlq_and_the_task_dlq_is_fifo(synth:
 
 
 def test_dlqs_keep_messages_14_days(synth: Synth) -> None:
-    for dlq in ("TaskDlq", "ResultsDlq", "SplitterFailureQueue"):
+    for dlq in ("TaskDlq", "ResultsDlq", "SplitterFailureQueue", "ParkedResults"):
         assert synth.resources[dlq]["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
 
 
 def test_every_queue_is_encrypted_and_denies_non_tls_access(synth: Synth) -> None:
     queues = synth.of_type("AWS::SQS::Queue")
-    assert len(queues) == 5
+    assert len(queues) == 6
     tls_denied: set[str] = set()
     for policy in synth.of_type("AWS::SQS::QueuePolicy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
@@ -197,6 +199,39 @@ def test_results_dlq_is_consumed_by_the_results_dlq_handler(synth: Synth) -> Non
     # Its visibility covers 6 x the handler's timeout (a failed record is not redelivered mid-run).
     timeout = synth.resources[fn]["Properties"]["Timeout"]
     assert synth.resources["ResultsDlq"]["Properties"]["VisibilityTimeout"] == 6 * timeout
+
+
+def test_parked_results_queue_is_written_by_the_results_dlq_handler_alone(synth: Synth) -> None:
+    # Issue #22: a dead result no job can record is parked at once with its reason, where people
+    # read it (`shardq dlq show`), instead of going round the DLQ's consumer unseen for its life.
+    fn = synth.stack.get_logical_id(synth.stack.functions.results_dlq_handler.node.default_child)  # type: ignore[arg-type]
+    env = synth.resources[fn]["Properties"]["Environment"]["Variables"]
+    assert env["SHARDQ_PARKED_RESULTS_QUEUE_URL"] == {"Ref": "ParkedResults"}
+    # Only the results DLQ handler's role may send to it; nobody consumes it.
+    senders = set()
+    for logical_id, _, statement in _statements(synth):
+        targets = {
+            _getatt_target(r)
+            for r in _as_list(statement.get("Resource"))
+            if isinstance(r, dict) and ("Ref" in r or "Fn::GetAtt" in r)
+        }
+        if "ParkedResults" in targets and statement["Effect"] == "Allow":
+            assert set(_as_list(statement["Action"])) <= {
+                "sqs:SendMessage",
+                "sqs:GetQueueAttributes",
+                "sqs:GetQueueUrl",
+            }, statement
+            senders.add(logical_id)
+    role = _getatt_target(synth.resources[fn]["Properties"]["Role"])
+    policies = {
+        k for k, r in synth.of_type("AWS::IAM::Policy").items() if {"Ref": role} in r["Properties"]["Roles"]
+    }
+    assert senders and senders <= policies, (senders, policies)
+    parked = synth.resources["ParkedResults"]["Properties"]
+    assert "RedrivePolicy" not in parked and "FifoQueue" not in parked
+    outputs = synth.template.to_json()["Outputs"]
+    assert outputs["ParkedResultsQueueUrl"]["Value"] == {"Ref": "ParkedResults"}
+    assert "shardq dlq show" in outputs["ParkedResultsQueueUrl"]["Description"]
 
 
 def test_task_queue_has_no_lambda_consumer(synth: Synth) -> None:
@@ -271,6 +306,14 @@ def test_artifact_bucket(synth: Synth) -> None:
         "DaysAfterInitiation": 7
     }
     assert "expire-job-artifacts" not in rules  # opt-in via artifact_expiry_days
+    # Task checkpoints expire on their own: the backstop for a job whose finalize never deleted them.
+    assert rules["expire-task-checkpoints"] == {
+        "Id": "expire-task-checkpoints",
+        "Prefix": checkpoint_keys.ROOT,
+        "ExpirationInDays": checkpoint_keys.EXPIRE_DAYS,
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+        "Status": "Enabled",
+    }
 
 
 def test_every_bucket_blocks_public_access_and_requires_tls(synth: Synth) -> None:
@@ -517,6 +560,7 @@ def test_alarms_cover_dlqs_task_age_and_lambda_failures(synth: Synth) -> None:
     }  # type: ignore[arg-type]
     assert ("ApproximateNumberOfMessagesVisible", "TaskDlq") in watched
     assert ("ApproximateNumberOfMessagesVisible", "ResultsDlq") in watched
+    assert ("ApproximateNumberOfMessagesVisible", "ParkedResults") in watched
     assert ("ApproximateAgeOfOldestMessage", "TaskQueue") in watched
     assert ("Errors", fn_id["aggregator"]) in watched
     assert ("Throttles", fn_id["aggregator"]) in watched
@@ -563,6 +607,7 @@ def test_stateful_logical_ids_are_pinned(synth: Synth) -> None:
         "ResultsQueue": "AWS::SQS::Queue",
         "ResultsDlq": "AWS::SQS::Queue",
         "SplitterFailureQueue": "AWS::SQS::Queue",
+        "ParkedResults": "AWS::SQS::Queue",
     }
     assert {k: synth.resources[k]["Type"] for k in expected} == expected
     stateful = {"AWS::DynamoDB::Table", "AWS::S3::Bucket", "AWS::SQS::Queue"}

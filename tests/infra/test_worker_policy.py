@@ -25,6 +25,7 @@ JOB_TABLE = repr({"Fn::GetAtt": ["JobTable", "Arn"]})
 BUCKET = repr({"Fn::GetAtt": ["ArtifactBucket", "Arn"]})
 BUCKET_OBJECTS = repr({"Fn::Join": ["", [{"Fn::GetAtt": ["ArtifactBucket", "Arn"]}, "/*"]]})
 JOB_OBJECTS = repr({"Fn::Join": ["", [{"Fn::GetAtt": ["ArtifactBucket", "Arn"]}, "/jobs/*"]]})
+CHECKPOINT_OBJECTS = repr({"Fn::Join": ["", [{"Fn::GetAtt": ["ArtifactBucket", "Arn"]}, "/checkpoints/*"]]})
 STACK = repr({"Ref": "AWS::StackId"})
 
 WORKER_POLICY = {
@@ -40,6 +41,8 @@ WORKER_POLICY = {
     BUCKET: {"s3:ListBucket"},
     BUCKET_OBJECTS: {"s3:GetObject"},
     JOB_OBJECTS: {"s3:PutObject", "s3:AbortMultipartUpload"},
+    # task checkpoints: the worker deletes the one its pointer no longer names (it keeps two)
+    CHECKPOINT_OBJECTS: {"s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"},
     STACK: {"cloudformation:DescribeStacks"},
 }
 
@@ -55,6 +58,8 @@ CALL_ACTIONS = {
     "get_object": {"s3:GetObject"},
     "download_file": {"s3:GetObject"},
     "upload_file": {"s3:PutObject", "s3:AbortMultipartUpload"},
+    "put_object": {"s3:PutObject"},
+    "delete_objects": {"s3:DeleteObject"},
 }
 
 
@@ -85,7 +90,9 @@ def test_worker_policy_actions_per_resource(synth: Synth) -> None:
 def test_every_right_is_one_a_worker_uses_and_every_call_has_its_right(synth: Synth) -> None:
     # The worker's AWS calls: shardq/worker/* and the one JobStore read it makes (state_of/status_of
     # are GetItem), plus DescribeStacks for `shardq worker --stack`.
-    source = "\n".join(p.read_text() for p in (ROOT / "shardq" / "worker").glob("*.py"))
+    # Import lines name modules (boto3.s3.transfer), not calls.
+    lines = (line for p in (ROOT / "shardq" / "worker").glob("*.py") for line in p.read_text().splitlines())
+    source = "\n".join(line for line in lines if not line.lstrip().startswith(("from ", "import ")))
     # Called, or handed to a wrapper (self._s3(what, self.s3.upload_file, ...)).
     calls = set(re.findall(r"\b(?:sqs|s3|ddb)\.([a-z_]+)\b", source)) | {"get_item"}
     unknown = calls - set(CALL_ACTIONS)
@@ -95,6 +102,14 @@ def test_every_right_is_one_a_worker_uses_and_every_call_has_its_right(synth: Sy
     # s3:ListBucket is the one right no call names: it turns a missing key into 404, not 403.
     assert granted - needed == {"s3:ListBucket"}
     assert needed <= granted
+
+
+def test_the_checkpoint_prefix_the_policy_grants_is_the_one_workers_write() -> None:
+    from shardq.core import checkpoint_keys
+    from stacks.components import job_store, worker_access
+
+    assert worker_access.CHECKPOINT_PREFIX == job_store.CHECKPOINT_PREFIX == checkpoint_keys.ROOT
+    assert job_store.CHECKPOINT_EXPIRY_DAYS == checkpoint_keys.EXPIRE_DAYS
 
 
 def test_the_job_store_reads_a_worker_makes_are_gets(synth: Synth) -> None:

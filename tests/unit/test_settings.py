@@ -52,6 +52,7 @@ EVERY_FIELD = Settings(
     splitter_function="splitter",
     fanout_in_flight=32,
     data_buckets=("artifacts", "datasets"),
+    parked_results_queue_url="https://sqs/parked-results",
 )
 
 

@@ -174,6 +174,25 @@ def test_a_task_naming_a_module_outside_the_allow_list_fails_once_and_imports_no
     assert (view.status, view.failed) == ("FAILED", 2)
 
 
+def test_a_refused_module_in_a_package_of_its_own_imports_not_even_the_package(
+    engine: Engine, settings: Settings, clients: dict[str, Any], mark: Path
+) -> None:
+    # GIVEN a task naming pkg.sub:train where pkg is not imported yet and not allowed (a new user's
+    # trial found the worker's code fingerprint locating pkg.sub, which ran pkg/__init__.py)
+    package = "tests.worker.untrusted_pkg"
+    assert package not in sys.modules
+    engine.submit(make_request("map", job_id="evil-pkg", shards=1, entrypoint=f"{package}.sub:train"))
+    w = strict_worker(settings, clients, "examples.*")
+    # WHEN the worker takes it
+    assert w.poll_once() is True
+    # THEN it is refused, records no code version, and the package's top level never ran
+    (r,) = posted(clients, settings)
+    assert (r.status, r.attempt, r.code_version) == ("failed", 1, None)
+    assert "nothing was imported" in (r.error or "")
+    assert not mark.exists()
+    assert package not in sys.modules
+
+
 def test_a_time_limited_task_is_refused_before_its_child_process_starts(
     engine: Engine, settings: Settings, clients: dict[str, Any], mark: Path
 ) -> None:

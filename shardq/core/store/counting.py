@@ -32,8 +32,9 @@ class Counting(StoreBase):
     def record(self, outcomes: Iterable[Outcome], *, deadline: float | None = None) -> RecordOutcome:
         """Record outcomes exactly once and count them, one transaction per (job, round, type) chunk.
 
-        A train outcome counts only while its round is open; outcomes of a round whose training
-        closed (quorum, deadline) are recorded as late, uncounted.
+        An outcome counts only while its job runs, and a train outcome only while its round is
+        open; outcomes of an ended job or of a round whose training closed (quorum, deadline) are
+        recorded as late, uncounted.
         Duplicates (already recorded, or twice in this call) are returned, not raised.
         Raises JobNotFound for an unknown job and JobStoreError when a conflict outlasts the
         attempts or the ``deadline`` (seconds since the epoch) comes too close.
@@ -67,6 +68,10 @@ class Counting(StoreBase):
         """
         first = chunk[0].result
         update = _Update()
+        # An outcome that arrives after its job ended (a task still running when the failure budget
+        # ran out, or a cancel) is late: the manifest was written from the counted outcomes, and a
+        # later count would make status and manifest disagree.
+        update.condition(f"{_ref(update, 'status')} = :running", running="RUNNING")
         if first.task_type == "train":
             closed = _ref(update, "closed_round")
             update.condition(
@@ -125,7 +130,8 @@ class Counting(StoreBase):
         """Why a recording transaction was cancelled: ``(duplicate indexes, late)``.
 
         Duplicates first (they are dropped and the rest retried); with none, the job's own
-        condition: a missing job raises JobNotFound, a closed round makes the chunk late;
+        condition: a missing job raises JobNotFound, an ended job or a closed round makes the
+        chunk late;
         otherwise it was a conflict, to retry.
         """
         reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
@@ -142,15 +148,17 @@ class Counting(StoreBase):
             raise JobNotFound(job_id) from exc
         r = chunk[0].result
         closed = state.get("closed_round")
-        late = r.task_type == "train" and closed is not None and closed >= r.round
+        ended = state.get("status") != "RUNNING"
+        late = ended or (r.task_type == "train" and closed is not None and closed >= r.round)
         return set(), late
 
     def _job_state(self, job_id: str) -> dict[str, Any] | None:
-        """The job's closed round, if any (None when there is no job)."""
+        """The job's status and closed round, if any (None when there is no job)."""
         resp = self.ddb.get_item(
             TableName=self.table,
             Key=_job_key(job_id),
-            ProjectionExpression="pk, closed_round",
+            ProjectionExpression="pk, closed_round, #s",
+            ExpressionAttributeNames={"#s": "status"},
             ConsistentRead=True,
         )
         return _from_item(resp["Item"]) if "Item" in resp else None

@@ -394,7 +394,7 @@ function renderTimeline(timeline) {
               label: (ctx) => {
                 const e = ctx.raw.entry;
                 const what = `round ${e.round + 1} ${e.task_type} shard ${e.shard_id}: ${e.status}`;
-                return `${what}, ${num(e.duration_s, 3)} s, attempt ${e.attempt}${e.receive_count ? `, received ${e.receive_count}×` : ""}`;
+                return `${what}, ${num(e.duration_s, 3)} s, ${attemptText(e)}${e.receive_count ? `, received ${e.receive_count}×` : ""}`;
               },
             },
           },
@@ -427,12 +427,25 @@ function renderTimeline(timeline) {
         el("td", { class: "num" }, num(e.end_s, 4)),
         el("td", { class: "num duration", dataset: { value: e.duration_s } }, num(e.duration_s, 4)),
         el("td", {}, e.worker_id),
-        el("td", { class: "num" }, e.attempt),
+        el("td", { class: "num", title: earlierText(e) }, attemptText(e)),
         el("td", { class: "num" }, e.receive_count ?? ""),
         el("td", { class: "muted" }, e.recorded_at),
       ),
     ),
   );
+}
+
+// "attempt 3, resumed from step 1200": where a preempted task's last attempt started.
+function attemptText(e) {
+  const resumed = e.resume_step === null || e.resume_step === undefined ? "" : `, resumed from step ${e.resume_step}`;
+  return `attempt ${e.attempt}${resumed}`;
+}
+
+// The attempts before it, as their checkpoints recorded them (hover text of the attempt cell).
+function earlierText(e) {
+  return (e.earlier_attempts || [])
+    .map((a) => `attempt ${a.attempt} on ${a.worker_id}: from ${a.resume_step ?? "the start"} to step ${a.last_step}`)
+    .join("\n");
 }
 
 function renderLeaderboard(board) {

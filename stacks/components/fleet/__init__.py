@@ -28,8 +28,6 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from shardq.worker.trust import ENV as ALLOW_ENV
-from shardq.worker.trust import AllowList, AllowListError
 from stacks.components._props import ComponentPropsError
 from stacks.components.fleet.capacity import (
     GPU_METRICS_NAMESPACE,
@@ -58,6 +56,7 @@ from stacks.components.fleet.service import (
     task_role,
 )
 from stacks.components.fleet.sizing import FLEET_KINDS, FleetSizing, validate_sizing
+from stacks.worker_trust import trust
 
 __all__ = ["FLEET_KINDS", "STOP_TIMEOUT_SECONDS", "FleetSizing", "WorkerFleet"]
 
@@ -66,8 +65,8 @@ def _validate_allow(allow: str) -> None:
     """The workers' SHARDQ_ALLOW must parse as the worker parses it and name something: a worker
     with an empty or malformed list refuses to start, which ECS would only show as a crash loop."""
     try:
-        empty = not AllowList.parse(allow).patterns
-    except AllowListError:
+        empty = not trust().AllowList.parse(allow).patterns
+    except trust().AllowListError:
         empty = False
     else:
         if not empty:
@@ -135,7 +134,7 @@ class WorkerFleet(Construct):
         _validate_allow(allow)
         self.sizing = sizing
         self.task_queue = task_queue
-        self._build_workers(sizing, worker_policy, image, {**environment, ALLOW_ENV: allow}, log_retention)
+        self._build_workers(sizing, worker_policy, image, {**environment, trust().ENV: allow}, log_retention)
         self.lanes = LanesPublisher(
             self, "Lanes", code=lanes_code, job_table=job_table, log_retention=log_retention
         )

@@ -173,6 +173,10 @@ def _auto_scaling_group(
         vpc_subnets=worker_subnets(sizing),
         min_capacity=0,
         max_capacity=sizing.max_workers,
+        # On a rebalance recommendation (a Spot instance at elevated risk) the group starts a
+        # replacement before the old instance is interrupted, so a preempted shard finds a worker
+        # waiting (issue #24). Spot only: on-demand instances get no such signal.
+        capacity_rebalance=sizing.on_demand_percentage < 100 or None,
         mixed_instances_policy=autoscaling.MixedInstancesPolicy(
             launch_template=template,
             launch_template_overrides=[

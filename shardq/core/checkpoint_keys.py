@@ -1,0 +1,35 @@
+"""Where a task's checkpoints live in the artifact bucket: one definition for the worker that writes
+them, the aggregator's finalize that deletes a finished job's, and the stack's lifecycle rule.
+
+A checkpoint belongs to the *task*, not to the worker that wrote it: whichever worker receives the
+task next finds it under the task's own key. The key names everything that makes two tasks
+different (job, round, task type, shard, retry generation), so a checkpoint from another job,
+round or retry of the shard is never picked up::
+
+    checkpoints/{job_id}/r{round}/{task_type}/s{shard_id}/g{generation}/{step:012d}.tar
+    checkpoints/{job_id}/r{round}/{task_type}/s{shard_id}/g{generation}/{step:012d}.json  (manifest)
+    checkpoints/{job_id}/r{round}/{task_type}/s{shard_id}/g{generation}/latest.json        (pointer)
+"""
+
+from __future__ import annotations
+
+# The top-level prefix: outside ``jobs/`` so the stack's lifecycle rule can expire it on its own.
+ROOT = "checkpoints/"
+# Days after which the lifecycle rule deletes a checkpoint the finalize did not (a job that never
+# finished, a delete that failed). A live task rewrites its checkpoint far more often than this.
+EXPIRE_DAYS = 7
+
+
+def job_prefix(job_id: str) -> str:
+    """Every checkpoint of a job: ``checkpoints/{job_id}/`` (what the finalize deletes)."""
+    return f"{ROOT}{job_id}/"
+
+
+def task_prefix(job_id: str, round_no: int, task_type: str, shard_id: int, generation: int) -> str:
+    """One task's checkpoints: ``checkpoints/{job_id}/r{round}/{task_type}/s{shard}/g{generation}/``."""
+    return f"{job_prefix(job_id)}r{round_no}/{task_type}/s{shard_id}/g{generation}/"
+
+
+def step_name(step: int) -> str:
+    """``{step:012d}``: zero-padded, so the keys list in step order."""
+    return f"{step:012d}"
