@@ -62,12 +62,11 @@ from shardq.core.contracts import TERMINAL_STATUSES
 from shardq.core.engine import Engine
 from shardq.core.settings import Settings
 from shardq.local.cloud import LocalCloud
-from shardq.local.resources import provision, stack_template
+from shardq.local.resources import dlq_urls, provision, stack_template
 from shardq.worker.lease import DEFAULT_LEASE_S
 
 ENTRYPOINT = "benchmarks.preempt_workload:train"
 CALM, STORM, NO_CHECKPOINTS = "calm", "storm", "storm, no checkpoints"
-MAX_RECEIVES = 100
 
 
 @dataclass(frozen=True)
@@ -120,6 +119,8 @@ class Outcome:
     interruptions: list[Interruption] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    max_receive_count: int = 0
+    dead_lettered: int = 0
 
 
 class Fleet:
@@ -192,11 +193,10 @@ def run_scenario(cloud: LocalCloud, name: str, plan: Plan, where: Path, template
     out = Outcome(name)
     where.mkdir(parents=True)
     sqs, ddb, s3 = cloud.client("sqs"), cloud.client("dynamodb"), cloud.client("s3")
-    # Every receive counts toward maxReceiveCount, a release on SIGTERM included: a task of a Spot
-    # fleet may be interrupted more often than the default 5 allows before it dead-letters.
-    settings = provision(
-        sqs, ddb, s3, task_visibility_s=plan.lease_s, max_receive_count=MAX_RECEIVES, template=template
-    )
+    # The stack's own redrive policy (maxReceiveCount 5): a graceful release re-sends the task
+    # (shardq.worker.release), so only the SIGKILLs count receives; no task may dead-letter.
+    settings = provision(sqs, ddb, s3, task_visibility_s=plan.lease_s, template=template)
+    out.max_receive_count = settings.max_receive_count
     engine = Engine(settings=settings, ddb=ddb, sqs=sqs, s3=s3, events=cloud.client("events"))
     log = where / "events.log"
     fleet = Fleet(cloud, settings, where, plan, log)
@@ -227,6 +227,7 @@ def run_scenario(cloud: LocalCloud, name: str, plan: Plan, where: Path, template
             job = engine.store.get_job(job_id)
             if job.status in TERMINAL_STATUSES:
                 out.wall_s = time.monotonic() - started
+                out.dead_lettered = dead_lettered(sqs, settings)
                 break
             if time.monotonic() - started > plan.timeout_s:
                 raise TimeoutError(f"{name}: job {job_id} still {job.status} after {plan.timeout_s:.0f} s")
@@ -308,6 +309,15 @@ def costs(out: Outcome, plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
+def dead_lettered(sqs: Any, settings: Settings) -> int:
+    """Tasks in the task queue's DLQ (the redrive policy moved them: none should be there)."""
+    url = dlq_urls(sqs, settings)["tasks"]
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return sum(int(v) for v in attrs.values())
+
+
 def summary(out: Outcome, plan: Plan, calm_s: float) -> dict[str, Any]:
     """One scenario's figures."""
     rows = costs(out, plan)
@@ -326,6 +336,8 @@ def summary(out: Outcome, plan: Plan, calm_s: float) -> dict[str, Any]:
         "wall_vs_calm": round(out.wall_s / calm_s, 3) if calm_s else None,
         "interruptions": {k: sum(1 for r in rows if r["kind"] == k) for k in ("SIGTERM", "SIGKILL")},
         "missed": sum(1 for r in rows if r["missed"]),
+        "max_receive_count": out.max_receive_count,
+        "dead_lettered": out.dead_lettered,
         "lost_per_sigterm_s": stat("SIGTERM", "lost_s"),
         "lost_per_sigkill_s": stat("SIGKILL", "lost_s"),
         "delay_per_sigterm_s": stat("SIGTERM", "delay_s"),
@@ -419,6 +431,12 @@ def report(r: dict[str, Any]) -> None:
     )  # fmt: skip
     write = r["scenarios"][STORM]["checkpoint_write_median_s"]
     print(f"checkpoint write (pack + upload + pointer), median: {write} s")
+    print(
+        "maxReceiveCount "
+        + ", ".join(f"{s['scenario']} {s['max_receive_count']}" for s in r["scenarios"].values())
+        + "; tasks dead-lettered: "
+        + ", ".join(f"{s['scenario']} {s['dead_lettered']}" for s in r["scenarios"].values())
+    )
     print(
         "targets: "
         + ", ".join(

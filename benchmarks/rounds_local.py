@@ -71,7 +71,7 @@ class LocalRun:
 
     def _work(self, index: int, wait_s: int) -> None:
         worker = Worker(
-            allow=AllowList.parse("benchmarks.*"),
+            allow=AllowList.parse("benchmarks.*,examples.*"),  # the workloads and the sweeps' linear model
             sqs=self.cloud.client("sqs"),
             s3=self.cloud.client("s3"),
             task_queue_url=self.settings.task_queue_url,

@@ -48,10 +48,18 @@ def render(e: dict[str, Any]) -> str:
             f"{req['budget_param']} without stopping (us-east-1 list prices, no free tier)"
         )
     else:
+        # With a quorum, the count is what may run (every participant); a round may close early.
+        up_to = "up to " if "tasks_at_least" in req else ""
+        quorum = (
+            f" (a round may close once {req['quorum_fraction'] * 100:g}% of its training succeeded: "
+            f"at least {req['tasks_at_least']}; `shardq status` counts those)"
+            if up_to
+            else ""
+        )
         head = (
             f"{req['kind']}: {req['tasks_per_round']} tasks per round x {req['rounds']} round(s) = "
-            f"{req['tasks']} tasks on {a['workers']} workers at {a['task_seconds']:g} s per task "
-            "(us-east-1 list prices, no free tier)"
+            f"{up_to}{req['tasks']} tasks{quorum} on {a['workers']} workers at {a['task_seconds']:g} s "
+            "per task (us-east-1 list prices, no free tier)"
         )
     calls = int(limit("sqs_fifo_calls_per_second"))
     quota = f"{calls} SendMessageBatch calls/s ({calls * 10:,} msg/s)"
@@ -286,6 +294,20 @@ def _preemption(args: argparse.Namespace, job: JobShape, a: Assumptions, result:
         result["total_usd"] += c["total_usd"]
 
 
+def _quorum(request: Any, job: JobShape, result: dict[str, Any]) -> None:
+    """With a quorum: the fewest tasks the job can end with, beside the ``tasks`` that may run.
+
+    The estimate prices every participant (the upper bound); ``status`` counts what a round
+    needs, the quorum's share (``shardq.core.tally.quorum_share``, the one rule)."""
+    from shardq.core.tally import quorum_share
+
+    if request.quorum is None or request.kind != "data_parallel":
+        return
+    skipped = job.tasks_per_round - quorum_share(job.tasks_per_round, request.quorum.fraction)
+    result["request"]["tasks_at_least"] = job.tasks - job.rounds * skipped
+    result["request"]["quorum_fraction"] = request.quorum.fraction
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Estimate a request's coordination cost (or compare it with the alternatives); nothing is created."""
     request = _request(args)
@@ -305,6 +327,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     else:
         result = estimate(job, assumptions)
         _preemption(args, job, assumptions, result)
+        _quorum(request, job, result)
     if fleet is not None:
         result["fleet"] = fleet
     if args.json:

@@ -26,7 +26,7 @@ from shardq.cli.common import (
     print_json,
 )
 from shardq.cli.result import cmd_result
-from shardq.cli.status import STATUSES, cmd_list, late_count, render_status, status_data
+from shardq.cli.status import STATUSES, attempts_data, cmd_list, late_count, render_status, status_data
 from shardq.cli.submit import cmd_submit
 from shardq.cli.watch import cmd_watch, watch
 from shardq.core.stall import DEFAULT_STALL_AFTER_S
@@ -43,13 +43,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             return watch(
                 args, args.job, out=sys.stderr if args.json else sys.stdout, quiet=True, engine=engine
             )
+        # The current round's tasks that took several attempts, and where each resumed (issue #24).
+        attempts = attempts_data(engine, job)
         if args.json:
-            print_json(status_data(job))
+            print_json({**status_data(job), "attempts": attempts})
         else:
             late = late_count(engine, job)
             summaries = engine.store.round_summaries(job.job_id) if job.kind == "data_parallel" else []
             text = render_status(
-                status_data(job), sys.stdout, request=job.request.to_dict(), late=late, summaries=summaries
+                status_data(job),
+                sys.stdout,
+                request=job.request.to_dict(),
+                late=late,
+                summaries=summaries,
+                attempts=attempts,
             )
             print(text)
     return EXIT_OK if not args.wait or job.status == "SUCCEEDED" else EXIT_JOB_FAILED

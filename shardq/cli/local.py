@@ -43,6 +43,7 @@ def _announce_env(info: dict[str, Any], env_file: str | None) -> dict[str, str]:
     env = run.environment(info)
     if env_file:
         run.write_env_file(Path(env_file), env)
+        run.record_env_file(info, Path(env_file))  # so that `local down` removes it
         print(f"environment written to {env_file} (load it with: . {env_file})", file=sys.stderr)
     return env
 
@@ -200,7 +201,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"state": state, "run_file": str(run_file), **(info or {})})
     elif info is None:
-        print(f"no local cloud recorded in {run_file}; start one with `shardq local up --detach`")
+        print(
+            f"not running (no local cloud recorded in {run_file}); start one with `shardq local up --detach`"
+        )
+    elif state == "stopped":
+        print(
+            f"not running: the local cloud recorded in {run_file} ({info.get('endpoint_url')}) has stopped; "
+            "`shardq local down` removes its stale run and env files"
+        )
     else:
         print(
             fields(
@@ -217,8 +225,6 @@ def cmd_status(args: argparse.Namespace) -> int:
                 sys.stdout,
             )
         )
-        if state == "stopped":
-            print("(stale: the processes are gone; `shardq local down` removes the run file)")
     return {"running": EXIT_OK, "orphaned": EXIT_OK, "unhealthy": EXIT_AWS}.get(state, EXIT_NOT_FOUND)
 
 

@@ -45,6 +45,20 @@ def tasks_cell(data: dict[str, Any]) -> str:
     return f"{data['tasks_completed']}/{data['tasks_total']} ({data['progress_pct']:g}%)"
 
 
+def planned_text(data: dict[str, Any], request: dict[str, Any]) -> str | None:
+    """With a quorum: the tasks the plan may run, beside the ones the job needs (``tasks``).
+
+    ``shardq estimate`` prices the same upper bound (``shardq.core.tally.planned_total``)."""
+    planned = data.get("tasks_planned")
+    if planned is None:
+        return None
+    fraction = float((request.get("quorum") or {}).get("fraction") or 1.0)
+    return (
+        f"up to {planned} tasks may run (every participant and reduce); a round closes once "
+        f"{_percent(fraction)} of its training succeeded, so {data['tasks_total']} count"
+    )
+
+
 def outcome_counts(failed: int, diverged: int) -> str:
     """``2 failed``, and ``, 1 diverged`` once a sweep trial diverged (a non-finite objective:
     done, ranked last, never promoted; ``shardq.core.verdicts``): what every view says beside
@@ -101,6 +115,56 @@ def late_count(engine: Any, job: JobRecord) -> int:
     return len(engine.store.late_results(job.job_id))
 
 
+# The current round's recorded results that ``status`` reads for its attempt lines, at most: two
+# query pages or so, so status stays cheap on a million-shard round (it then says it stopped).
+ATTEMPTS_SCAN = 2000
+# Tasks with several attempts the human view names; the rest are counted (--json lists them all).
+ATTEMPTS_SHOWN = 10
+
+
+def attempts_data(engine: Any, job: JobRecord) -> dict[str, Any]:
+    """The current round's recorded tasks that took more than one attempt (issue #24: a resumed
+    task says where it started): ``{"round", "tasks": [{"shard_id", "task_type", "attempts",
+    "resume_step", "earlier"}], "scanned", "complete"}``, read from the first ``ATTEMPTS_SCAN``
+    results in key order (``complete`` False when the round has more)."""
+    tasks: list[dict[str, Any]] = []
+    scanned = 0
+    complete = True
+    for record in engine.store.iter_results(job.job_id, job.round):
+        if scanned == ATTEMPTS_SCAN:
+            complete = False
+            break
+        scanned += 1
+        r = record.result
+        if r.attempt > 1:
+            tasks.append(
+                {
+                    "shard_id": r.shard_id,
+                    "task_type": r.task_type,
+                    "attempts": r.attempt,
+                    "resume_step": r.resume_step,
+                    "earlier": list(r.attempts),
+                }
+            )
+    return {"round": job.round, "tasks": tasks, "scanned": scanned, "complete": complete}
+
+
+def attempts_text(data: dict[str, Any] | None) -> str | None:
+    """``shard 3: 3 attempts, resumed at step 1200; shard 7: 2 attempts, started over`` (None when
+    no task of the round needed more than one)."""
+    if not data or not data["tasks"]:
+        return None
+    parts = []
+    for t in data["tasks"][:ATTEMPTS_SHOWN]:
+        name = f"shard {t['shard_id']}" if t["task_type"] == "train" else t["task_type"]
+        start = "started over" if t["resume_step"] is None else f"resumed at step {t['resume_step']}"
+        parts.append(f"{name}: {t['attempts']} attempts, {start}")
+    more = len(data["tasks"]) - ATTEMPTS_SHOWN
+    tail = f"; and {more} more (--json)" if more > 0 else ""
+    scope = "" if data["complete"] else f" (of the first {data['scanned']} results)"
+    return f"round {data['round'] + 1}{scope}: " + "; ".join(parts) + tail
+
+
 def late_text(count: int, *, ended: bool = False) -> str | None:
     """The human line for ``count`` late results (None for none); ``ended``: the job is final."""
     if not count:
@@ -147,9 +211,11 @@ def render_status(
     request: dict[str, Any] | None = None,
     late: int = 0,
     summaries: list[dict[str, Any]] | None = None,
+    attempts: dict[str, Any] | None = None,
 ) -> str:
-    """The human view of ``status_data``, with the request's round policy, the late results and,
-    from the finished rounds' ``summaries``, the latest global model's metrics."""
+    """The human view of ``status_data``, with the request's round policy, the late results,
+    from the finished rounds' ``summaries`` the latest global model's metrics, and the current
+    round's tasks that took several ``attempts`` (``attempts_data``)."""
     diverged = int(data.get("tasks_diverged") or 0)
     head = fields(
         [
@@ -161,9 +227,11 @@ def render_status(
             ("round", f"{data['round'] + 1}/{data['rounds']} ({data['phase']})"),
             ("plan", data["plan"]),
             ("tasks", f"{tasks_cell(data)} recorded, {outcome_counts(data['failed'], diverged)} in all"),
+            ("planned", planned_text(data, request or {})),
             *global_fields(summaries or []),
             *policy_fields(request or {}),
             ("late", paint(late_text(late, ended=data["status"] != "RUNNING") or "", "yellow", out)),
+            ("attempts", attempts_text(attempts)),
             ("started", data["created_at"]),
             *cancel_fields(data),
             ("result", data.get("result_uri")),

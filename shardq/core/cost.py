@@ -18,7 +18,8 @@ Per job of R rounds of T train tasks on W workers, each task taking S seconds:
 * Tasks run in waves of ``min(W, L)`` that finish together, so each wave's results reach the
   aggregator as batches of up to 100 (a lower bound on invocations).
 * DynamoDB: each aggregator batch is recorded in transactions of up to 99 results plus the job's
-  counter update (2 WRU per item per KB; the update is charged on the job record's size); cursor
+  counter update (2 WRU per item per KB; the update is charged on the job record's size), and
+  one write per result to the ``by_recorded`` index that watch and the dashboard read; cursor
   checkpoints, phase transitions, round summaries, finalize; reads of the job record.
 * S3: one artifact PUT per train task, the reduce's inputs and output, the manifest; model GETs.
 """
@@ -135,7 +136,7 @@ class Assumptions:
     task_seconds: float = 60.0
     reduce_seconds: float = 10.0
     # The worker's task lease (shardq.worker.lease.DEFAULT_LEASE_S): a heartbeat every third of it.
-    visibility_seconds: int = 45
+    visibility_seconds: int = 30
     artifacts_per_task: int = 1
     splitter_ms: float = 300.0
     aggregator_ms: float = 200.0
@@ -285,6 +286,9 @@ def dynamodb_units(job: JobShape, batch_sizes: list[int]) -> dict[str, float]:
     # A batch is recorded in transactions of up to 99 results, each with the counter update.
     transactions = sum(math.ceil(n / MAX_PUTS_PER_TRANSACTION) for n in batch_sizes)
     wru_results = 2 * (tasks * RESULT_ITEM_KB + transactions * job_kb)
+    # Each result item is also written to the sparse ``by_recorded`` index (its projection is
+    # under 1 KB; an index write is a standard write, not a transactional one).
+    wru_results += tasks
     cursor_updates = r * math.ceil(t / CURSOR_CHUNK) + reduces
     transitions = (2 * r if reduces else 0) + 3  # phase/round moves; finalize + event claim + clear
     wru = job_kb + wru_results + (cursor_updates + transitions) * job_kb + r  # + round summaries

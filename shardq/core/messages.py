@@ -79,14 +79,19 @@ class ShardTask(_Message):
     # under their own key, so a retried shard never resumes from the failed attempt's state.
     # Left out of the body at 0, like ``eval_dataset``.
     generation: int = 0
+    # How often a worker handed this task back gracefully (SIGTERM, a Spot notice) by re-sending it
+    # (``shardq.worker.release``): such a release costs no receive toward the DLQ. Left out at 0.
+    releases: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data (without ``eval_dataset`` when the task has none, nor ``generation`` at 0)."""
+        """JSON-ready data (without ``eval_dataset`` when the task has none, nor ``generation`` or
+        ``releases`` at 0)."""
         out = asdict(self)
         if out["eval_dataset"] is None:
             del out["eval_dataset"]
-        if not out["generation"]:
-            del out["generation"]
+        for counter in ("generation", "releases"):
+            if not out[counter]:
+                del out[counter]
         return out
 
     @classmethod
@@ -95,8 +100,9 @@ class ShardTask(_Message):
         data = _load_object(raw, "ShardTask")
         c = _identity(data, tuple(cls.__dataclass_fields__))
         c.integer(data, "shard_count", "shard_count", 1, MAX_SHARDS)
-        if "generation" in data:
-            c.integer(data, "generation", "generation", 0, 1_000_000)
+        for counter in ("generation", "releases"):
+            if counter in data:
+                c.integer(data, counter, counter, 0, 1_000_000)
         if data.get("kind") not in KINDS:
             c.add(f"kind must be one of {', '.join(KINDS)}, got {data.get('kind')!r}")
         for key in ("shard_count", "entrypoint", "data", "output_prefix"):

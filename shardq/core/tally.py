@@ -11,6 +11,11 @@ by its quorum read the same everywhere, and never past 100 %.
   (``entered // eta``, at least one), a later round's participants and its reduce.
 * A round that closes at its quorum needs only the quorum's share of its participants: the
   tasks left count that share, and once the round closed, the outcomes it recorded are its size.
+
+So with a quorum the count is what the job needs (and records), while ``planned_total`` is what
+may run: every participant of every round (``shardq estimate`` prices that, the upper bound).
+``status`` shows both ("35/35 recorded ...; up to 45 planned"), ``estimate`` says "up to 45
+tasks ... at least 35": the same two numbers, from here (``quorum_share``).
 """
 
 from __future__ import annotations
@@ -50,13 +55,27 @@ def round_tasks(job: JobRecord, round_no: int) -> int:
     return rung_sizes(request, job.expected(job.round, "train"))[round_no - job.round]
 
 
+def quorum_share(tasks: int, fraction: float) -> int:
+    """Successes that close a round of ``tasks`` training tasks at a quorum of ``fraction``."""
+    return min(tasks, math.ceil(fraction * tasks - 1e-9))
+
+
 def needed(job: JobRecord, round_no: int, phase: str) -> int:
     """Successes that close (round, phase): every task, or the quorum's share of a round's training."""
     expected = round_tasks(job, round_no) if phase == "train" else job.expected(round_no, phase)
     quorum = job.request.quorum
     if phase == "train" and quorum is not None:
-        return min(expected, math.ceil(quorum.fraction * expected - 1e-9))
+        return quorum_share(expected, quorum.fraction)
     return expected
+
+
+def planned_total(job: JobRecord) -> int:
+    """Tasks the plan may run in all: every participant of every round or rung, and each reduce.
+
+    Equal to the tally's total without a quorum; with one, the upper bound (a round may close once
+    its quorum's share succeeded, and then records fewer)."""
+    train = sum(round_tasks(job, r) for r in range(job.rounds))
+    return train + (job.rounds if job.kind == "data_parallel" else 0)
 
 
 def tasks_left(job: JobRecord, current: PhaseProgress | None = None) -> int:
@@ -90,6 +109,8 @@ class Tally:
     failed: int
     left: int
     diverged: int = 0
+    # With a quorum: the tasks the plan may run (``planned_total``), which ``total`` may stay under.
+    planned: int | None = None
 
     @property
     def total(self) -> int:
@@ -109,6 +130,7 @@ class Tally:
             "tasks_diverged": self.diverged,
             "tasks_total": self.total,
             "progress_pct": self.percent,
+            **({"tasks_planned": self.planned} if self.planned is not None else {}),
         }
 
 
@@ -120,6 +142,7 @@ def tally(job: JobRecord) -> Tally:
         failed=sum(p.failed for p in rows),
         diverged=sum(p.diverged for p in rows),
         left=tasks_left(job, rows[-1]),
+        planned=planned_total(job) if job.request.quorum is not None else None,
     )
 
 

@@ -4,6 +4,9 @@ One panel per metric, the global model's first: what a round's reduce reported o
 made, as a bold line, beside the shards' weighted mean and their min to max as a band (the same
 numbers the dashboard's curves show, from the manifest's round summaries). A successive-halving
 sweep is drawn per trial instead: each trial's objective over the budget of every rung it ran.
+A plain sweep (one round of trials) is drawn per trial too, as the dashboard shows it: one panel
+per metric, the objective's first, a dot for each trial's value and the best trial ringed (a
+round's mean would hide the very spread a sweep is run to see).
 matplotlib is optional (requirements-dashboard.txt); without it ``PlotError`` names the fix.
 """
 
@@ -55,6 +58,22 @@ def trial_series(manifest: dict[str, Any]) -> dict[int, dict[str, list[float]]]:
     return series
 
 
+def sweep_points(manifest: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """A plain sweep's leaderboard per metric: each trial (number) and its value, finite values only.
+
+    A diverged trial's non-finite metrics (``"nan"``, ``"inf"``) have no place on an axis; the
+    objective's metric comes first."""
+    points: dict[str, dict[str, list[float]]] = {}
+    for row in sorted(manifest.get("leaderboard") or [], key=lambda r: int(r["trial"])):
+        for name, value in sorted((row.get("metrics") or {}).items()):
+            if isinstance(value, int | float) and math.isfinite(value):
+                p = points.setdefault(name, {"trial": [], "value": []})
+                p["trial"].append(int(row["trial"]))
+                p["value"].append(float(value))
+    metric = (manifest.get("objective") or {}).get("metric")
+    return dict(sorted(points.items(), key=lambda item: item[0] != metric))
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib
@@ -75,6 +94,8 @@ def plot_manifest(manifest: dict[str, Any], path: str | Path) -> Path:
     target = Path(path)
     if manifest.get("early_stopping"):
         return _plot_trials(manifest, target)
+    if manifest.get("kind") == "sweep":
+        return _plot_sweep(manifest, target)
     rounds = manifest.get("rounds") or []
     series, model = metric_series(rounds), global_series(rounds)
     # The global model's metrics first: they are what a round produced.
@@ -156,6 +177,39 @@ def _plot_trials(manifest: dict[str, Any], target: Path) -> Path:
     ax.set_title(f"{len(trials)} trials over {len(es['budgets'])} rungs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return _save(plt, fig, manifest, target)
+
+
+def _plot_sweep(manifest: dict[str, Any], target: Path) -> Path:
+    """A plain sweep: per metric, a dot for each trial's value; the best trial ringed in black."""
+    points = sweep_points(manifest)
+    if not points:
+        raise PlotError(f"job {manifest.get('job_id')} recorded no trial's metrics; there is nothing to plot")
+    plt = _pyplot_for(target)
+    best = (manifest.get("best") or {}).get("trial")
+    cols = min(3, len(points))
+    rows = math.ceil(len(points) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (name, p) in zip(axes.flat, points.items(), strict=False):
+        ax.scatter(p["trial"], p["value"], label="trials")
+        if best in p["trial"]:
+            at = p["trial"].index(best)
+            ax.scatter(
+                [best],
+                [p["value"][at]],
+                s=120,
+                facecolors="none",
+                edgecolors="black",
+                label=f"best: trial {best}",
+            )
+        objective = (manifest.get("objective") or {}).get("metric")
+        ax.set_title(f"{name} (objective)" if name == objective else name)
+        ax.set_xlabel("trial")
+        ax.set_xticks(sorted(set(p["trial"])))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(points) :]:
+        ax.set_visible(False)
     return _save(plt, fig, manifest, target)
 
 

@@ -53,10 +53,46 @@ def write_run_file(path: Path, info: dict[str, Any]) -> None:
 
 
 def remove_run_file(path: Path, owner_pid: int) -> None:
-    """Remove the run file if it still records ``owner_pid`` (a newer ``up`` may have replaced it)."""
+    """Remove the run file, and the env files written for its run, if it still records ``owner_pid``
+    (a newer ``up`` may have replaced it)."""
     info = read_run_file(path)
     if info is not None and info.get("up_pid") == owner_pid:
+        remove_env_files(info)
         path.unlink(missing_ok=True)
+
+
+def record_env_file(info: dict[str, Any], env_file: Path) -> None:
+    """Note in ``info`` (and in its run file, when that records the same run) an env file written
+    for this run, so that ``down`` removes it with the run file: left behind, it would point every
+    shell that loads it at a stopped endpoint."""
+    files = {str(f) for f in info.get("env_files") or []} | {str(env_file.resolve())}
+    info["env_files"] = sorted(files)
+    run_file = Path(str(info.get("run_file") or ""))
+    recorded = read_run_file(run_file) if info.get("run_file") else None
+    if recorded is not None and recorded.get("up_pid") == info.get("up_pid"):
+        files |= set(recorded.get("env_files") or [])
+        write_run_file(run_file, {**recorded, "env_files": sorted(files)})
+
+
+def remove_env_files(info: dict[str, Any]) -> list[Path]:
+    """Remove the env files written for this run; returns those removed.
+
+    Only a file that still exports this run's endpoint is removed: one rewritten since for another
+    local cloud (or by hand) is left alone."""
+    removed = []
+    endpoint = str(info.get("endpoint_url") or "")
+    for name in info.get("env_files") or []:
+        path = Path(name)
+        try:
+            ours = bool(endpoint) and f"AWS_ENDPOINT_URL={shlex.quote(endpoint)}\n" in path.read_text(
+                encoding="utf-8"
+            )
+        except OSError:
+            continue
+        if ours:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _cmdline(pid: int) -> str:
@@ -153,7 +189,8 @@ def _end(pid: int, marker: str, timeout: float, group: bool) -> bool:
 def stop(path: Path, info: dict[str, Any], timeout: float = 30.0) -> list[str]:
     """Stop the recorded ``local up`` (it stops its local cloud) and, if orphaned, the cloud itself.
 
-    Returns what was stopped, for the message. The run file is removed in every case.
+    Returns what was stopped and removed, for the message. The run file is removed in every
+    case, and with it the env files written for this run (``record_env_file``).
     """
     stopped = []
     if _end(int(info.get("up_pid", 0) or 0), "shardq", timeout, group=False):
@@ -165,5 +202,8 @@ def stop(path: Path, info: dict[str, Any], timeout: float = 30.0) -> list[str]:
     # The cloud runs in its own process group (start_new_session), which ``up`` created.
     if _end(int(info.get("pid", 0) or 0), "ministack", timeout, group=True):
         stopped.append(f"local cloud (pid {info['pid']})")
+    # The run file as it is now: ``local env --env-file`` may have recorded env files since.
+    for env_file in remove_env_files({**info, **(read_run_file(path) or {})}):
+        stopped.append(f"env file {env_file}")
     path.unlink(missing_ok=True)
     return stopped

@@ -96,8 +96,9 @@ class _PipeHandler(logging.Handler):
 def _child_main(conn: Connection, entrypoint: str, task_json: str, fields: ChildContext) -> None:
     """The child process: rebuild the context, run the function, send its outcome or its error."""
     # Imported here: the parent imports this module from the runtime.
+    from shardq.worker.context import TaskContext
+    from shardq.worker.entrypoints import EntrypointError, resolve
     from shardq.worker.reduce import InputModel, ModelError
-    from shardq.worker.runtime import EntrypointError, TaskContext, resolve
 
     # Ctrl-C reaches the whole process group: the worker decides when its tasks stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

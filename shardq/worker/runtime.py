@@ -3,12 +3,12 @@
 Guarantees, in the order a task meets them:
 
 * **Long polling** (20 s): an idle worker makes at most 3 ReceiveMessage calls a minute.
-* **Cancellation**: a task whose job is CANCELLED or already finished is deleted unrun, and so is
-  a ``data_parallel`` train task whose round already closed (quorum, deadline) or was passed.
+* **Cancellation** (``shardq.worker.drops``): a task whose job is CANCELLED or already finished is
+  deleted unrun, and so is a ``data_parallel`` train task whose round already closed or was passed.
 * **Time limit**: a task with ``timeout_s`` runs its function in a child process
   (``shardq.worker.isolation``); past the limit the process is killed and the task reported
   failed at once (no retry), naming ``task_timeout_seconds``; the slot goes on.
-* **Lease and heartbeat** (``shardq.worker.lease``): the receive asks for a short lease (45 s) and,
+* **Lease and heartbeat** (``shardq.worker.lease``): the receive asks for a short lease (30 s) and,
   while the function runs, a thread renews it every third (ChangeMessageVisibility), up to SQS's
   12-hour ceiling, so a vanished worker's task returns within a minute. A lease lost to failing
   renewals stops the task (``ctx.should_stop``) and its outcome is not posted. A task that
@@ -17,22 +17,29 @@ Guarantees, in the order a task meets them:
 * **Checkpoints and stops** (``shardq.worker.checkpoints``, ``.stop``): the task's latest good
   checkpoint is restored into ``ctx.resume_path``; ``ctx.save_checkpoint`` uploads one;
   ``ctx.should_stop`` is set by SIGTERM or a Spot notice, and a function that then returns
-  ``ctx.stopped()`` has its task released, not reported.
+  ``ctx.stopped()`` has its task released, not reported: re-sent, so the release costs no
+  receive toward the DLQ (``shardq.worker.release``; a crash still counts).
 * **Result before delete**: a crash between the two duplicates a result (the aggregator
   drops it), never loses one.
 * **Retries**: an exception releases the task at once (visibility 0) unless this was its
   last attempt (receive count ≥ the queue's maxReceiveCount): then a failed result is
   posted and the task deleted, so the job learns why.
 * **Shutdown** (SIGTERM/SIGINT, see ``Supervisor``): stop polling, let running tasks finish
-  within a grace period, then release their visibility so other workers take them at once.
+  within a grace period, then hand them back (re-sent, ``shardq.worker.release``) so other
+  workers take them at once.
 * **AWS errors** (``shardq.worker.aws``): botocore retries every call (standard/adaptive mode);
   an error that outlives those retries is logged, the slot backs off and polls again, and the
   task it held is left to its visibility timeout — no slot dies of it. Only a fatal error
   (access denied, a missing queue/table/bucket, bad credentials) stops the slot, and then the
   worker (``serve`` exits non-zero).
-* **Model artifact**: the file named by ``ctx.model_path`` (else the one ``model.*`` file, else the
-  only file) in ``ctx.output_dir`` travels as the result's ``model_uri``; the rest of the outputs
-  are uploaded beside it. The default reduce streams the shard models into a running average.
+* **Model artifact** (``shardq.worker.artifacts``): the file named by ``ctx.model_path`` (else the
+  one ``model.*`` file, else the only file) in ``ctx.output_dir`` travels as the result's
+  ``model_uri``; the rest of the outputs are uploaded beside it. The default reduce
+  (``shardq.worker.reduce_task``) streams the shard models into a running average.
+
+The parts live beside this loop, each owning one concern: ``entrypoints`` (which function runs),
+``artifacts`` and ``reduce_task`` (mixins of ``Worker``), ``release``, ``drops``, ``lease``,
+``activity``. The names callers import from here are re-exported (``__all__``).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,27 +66,38 @@ from shardq.core.enqueue import load_task
 from shardq.core.evaluation import DEPRECATION as EVAL_DEPRECATION
 from shardq.core.evaluation import eval_dataset_of
 from shardq.core.jobstore import JobStore
-from shardq.core.planning import split_s3
-from shardq.worker.aws import Backoff, FatalAwsError, describe, error_code, is_fatal
+from shardq.core.planning import split_s3  # re-exported: tests.chaos.harness imports it here
+from shardq.worker.activity import Activity  # re-exported, like the names below: callers import them here
+from shardq.worker.artifacts import model_file
+from shardq.worker.aws import Backoff, FatalAwsError, describe, is_fatal
 from shardq.worker.checkpoints import TaskCheckpoints, context_fields
 from shardq.worker.code import fingerprint as code_fingerprint
-from shardq.worker.code import load_module
-from shardq.worker.context import TaskContext, TaskLogAdapter  # re-exported: callers import them here
+from shardq.worker.context import TaskContext, TaskLogAdapter
 from shardq.worker.devices import CPU, SlotDevice
+from shardq.worker.drops import drop_reason
+from shardq.worker.entrypoints import EntrypointError, resolve
 from shardq.worker.isolation import IsolatedTaskError, TaskAbandonedInChild, TaskTimeout, run_isolated
-from shardq.worker.lease import CEILING, DEFAULT_LEASE_S, LOST, keep_leased
-from shardq.worker.reduce import (
-    MODEL_SUFFIXES,
-    InputModel,
-    ModelError,
-    average_stream,
-    custom_reduce_conflict,
-    evaluate_model,
-    nonfinite_array,
-)
+from shardq.worker.lease import CEILING, DEFAULT_LEASE_S, LOST, Lease, TaskAbandoned, keep_leased
+from shardq.worker.reduce import ModelError, custom_reduce_conflict
+from shardq.worker.reduce_task import ReduceTasks
+from shardq.worker.release import RECEIVE_ATTRIBUTES, TaskRelease
 from shardq.worker.stop import StopFlags, Stopped, StopSignal
-from shardq.worker.strategies import SERVER_STATE_NAME, apply_strategy, needs_server_step
+from shardq.worker.strategies import needs_server_step
 from shardq.worker.trust import AllowList
+
+__all__ = [
+    "Activity",
+    "EntrypointError",
+    "Lease",
+    "TaskAbandoned",
+    "TaskContext",
+    "TaskLogAdapter",
+    "Worker",
+    "max_receive_count_of",
+    "model_file",
+    "resolve",
+    "split_s3",
+]
 
 log = logging.getLogger("shardq.worker")
 DEFAULT_MAX_RECEIVE_COUNT = 5
@@ -97,122 +115,8 @@ def max_receive_count_of(queue_attributes: dict[str, str]) -> int:
     return int(policy.get("maxReceiveCount", DEFAULT_MAX_RECEIVE_COUNT))
 
 
-class EntrypointError(RuntimeError):
-    """The training function cannot be loaded here: every attempt on this worker would fail alike."""
-
-
-def resolve(entrypoint: str, task_type: str, allow: AllowList) -> Callable[..., Any] | None:
-    """The function to run: ``module:function`` for train, the module's ``reduce`` (or None) for reduce,
-    its ``evaluate_global`` hook (or None) for ``"evaluate_global"``.
-
-    ``allow`` is the worker's trust boundary (``shardq.worker.trust``): a module outside it is not
-    imported at all. Every user function a worker loads comes through here.
-
-    Raises ``EntrypointError`` when the module is not allowed, does not import or lacks the function.
-    """
-    module_name, _, func = entrypoint.partition(":")
-    if (refusal := allow.refusal(entrypoint)) is not None:
-        raise EntrypointError(refusal)
-    try:
-        # An edited module file is reloaded between tasks (shardq.worker.code).
-        module = load_module(module_name)
-    except Exception as exc:
-        raise EntrypointError(
-            f"entrypoint {entrypoint!r} cannot be loaded on this worker: {type(exc).__name__}: {exc}. "
-            "Fix the request's entrypoint, or install the module in the worker's environment or image"
-        ) from exc
-    if task_type in ("reduce", "evaluate_global"):  # optional hooks: None when the module has none
-        return getattr(module, task_type, None)
-    fn = getattr(module, func, None)
-    if fn is None:
-        raise EntrypointError(
-            f"entrypoint {entrypoint!r}: module {module_name} has no function {func!r}; fix the entrypoint"
-        )
-    return fn
-
-
-def model_file(output_dir: Path, chosen: Path | None) -> Path | None:
-    """The model among a task's outputs: ``chosen`` (``ctx.model_path``), else the one top-level
-    ``model.<ext>`` file, else the only file; None when there is no file or no way to tell.
-
-    Raises ``ModelError`` when ``chosen`` is not a file under ``output_dir``.
-    """
-    if chosen is not None:
-        path = Path(chosen) if Path(chosen).is_absolute() else output_dir / chosen
-        if not path.is_file() or output_dir.resolve() not in path.resolve().parents:
-            raise ModelError(
-                f"ctx.model_path {chosen} is not a file under ctx.output_dir; save the model there first"
-            )
-        return path
-    named = [p for p in output_dir.iterdir() if p.is_file() and p.stem == "model"]
-    known = [p for p in named if p.suffix in MODEL_SUFFIXES]
-    for candidates in (known, named):
-        if len(candidates) == 1:
-            return candidates[0]
-    files = [p for p in output_dir.rglob("*") if p.is_file()]
-    return files[0] if len(files) == 1 else None
-
-
-class TaskAbandoned(RuntimeError):
-    """The worker gave the task up (shutdown or ceiling); its outcome must not be posted."""
-
-
 @dataclass
-class Lease:
-    """One received task: its receipt, receive count, and the state the heartbeat keeps."""
-
-    receipt: str
-    receives: int
-    received_at: float = field(default_factory=time.monotonic)
-    done: threading.Event = field(default_factory=threading.Event)
-    abandoned: threading.Event = field(default_factory=threading.Event)
-    # Set when heartbeats failed for longer than the lease (``shardq.worker.lease``).
-    lost: threading.Event = field(default_factory=threading.Event)
-    checkpoints: TaskCheckpoints | None = None
-
-
-class Activity:
-    """How long the worker's slots have had nothing to do, for ``--idle-exit``; shared by every slot.
-
-    Idle time is the time *covered by polls that answered empty* since the last task (or the
-    start): a poll in progress or one that failed proves nothing about the queue, so a failed poll
-    restarts the count, and an unreachable endpoint never reads as "nothing to do".
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._busy = 0
-        self._since = self._confirmed = time.monotonic()
-
-    def task_started(self) -> None:
-        """A slot took a task."""
-        with self._lock:
-            self._busy += 1
-
-    def task_ended(self) -> None:
-        """A slot is done with its task: the idle count starts again."""
-        with self._lock:
-            self._busy -= 1
-            self._since = self._confirmed = time.monotonic()
-
-    def polled_empty(self) -> None:
-        """A poll answered with no task: the queue had nothing up to now."""
-        with self._lock:
-            self._confirmed = time.monotonic()
-
-    def unsure(self) -> None:
-        """A poll failed: restart the idle count."""
-        with self._lock:
-            self._since = self._confirmed = time.monotonic()
-
-    def idle_for(self) -> float:
-        """Seconds of confirmed idleness of every slot (0 while one runs a task)."""
-        with self._lock:
-            return 0.0 if self._busy else self._confirmed - self._since
-
-
-@dataclass
-class Worker:
+class Worker(ReduceTasks, TaskRelease):
     """Polls one task queue and posts to one results queue; one per slot (GPU).
 
     Parameters
@@ -336,12 +240,12 @@ class Worker:
             # The first lease is the receive's: without it the queue's default (300 s) would hold a
             # task whose worker died in its first seconds for five minutes.
             **({"VisibilityTimeout": self.visibility_s} if self.visibility_s else {}),
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageSystemAttributeNames=RECEIVE_ATTRIBUTES,
         )
         for message in resp.get("Messages", []):
             if stop is not None and stop.is_set():
-                # Shutting down: give it straight back rather than start it.
-                self._release(message["ReceiptHandle"])
+                # Shutting down: give it straight back rather than start it (a graceful release).
+                self._hand_back(Lease.of(message))
                 return False
             self.activity.task_started()
             try:
@@ -353,29 +257,9 @@ class Worker:
         self.activity.polled_empty()
         return False
 
-    def release_current(self) -> bool:
-        """Give the running task back to the queue now (shutdown). True when there was one."""
-        lease = self.current
-        if lease is None or lease.done.is_set():
-            return False
-        lease.abandoned.set()
-        self._release(lease.receipt)
-        return True
-
-    def _release(self, receipt: str) -> None:
-        try:
-            self.sqs.change_message_visibility(
-                QueueUrl=self.task_queue_url, ReceiptHandle=receipt, VisibilityTimeout=0
-            )
-        except Exception:
-            log.warning("could not release a task; it returns after its visibility timeout", exc_info=True)
-
     def handle(self, message: dict[str, Any]) -> None:
         """Run one task message to its outcome."""
-        lease = Lease(
-            receipt=message["ReceiptHandle"],
-            receives=int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
-        )
+        lease = Lease.of(message)
         # Held from the moment it is received, so a shutdown during the checks releases it too.
         self.current = lease
         try:
@@ -391,8 +275,9 @@ class Worker:
             # Not runnable by anyone: leave it to the redrive policy (the DLQ, where alarms see it).
             log.exception("malformed task body; leaving it for the DLQ")
             return
+        lease.releases = task.releases
         tlog = TaskLogAdapter(log, {"job_id": task.job_id, "round": task.round, "shard_id": task.shard_id})
-        reason = self._drop_reason(task, tlog)
+        reason = drop_reason(self.store, task, tlog)
         if reason is not None:
             tlog.info("%s; dropping task %s unrun", reason, task.key)
             self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
@@ -418,8 +303,8 @@ class Worker:
                 task.key,
                 result.status,
                 result.duration_s,
-                lease.receives,
-                extra={"status": result.status, "duration_s": result.duration_s, "attempt": lease.receives},
+                lease.attempt,
+                extra={"status": result.status, "duration_s": result.duration_s, "attempt": lease.attempt},
             )
         finally:
             self._hook(self.on_task_end, "on_task_end")
@@ -459,7 +344,7 @@ class Worker:
         entrypoint = self.entrypoint or task.entrypoint
         attempt = {
             "worker_id": self.worker_id,
-            "attempt": lease.receives,
+            "attempt": lease.attempt,
             # Only for code this worker may run: finding a module's file imports its parent packages,
             # and a refused module has no version worth recording.
             "code_version": None if self.trusted.refusal(entrypoint) else code_fingerprint(entrypoint),
@@ -480,11 +365,12 @@ class Worker:
             )
         except Stopped:
             # The function saved a checkpoint and returned on ctx.should_stop: hand the task back now
-            # (unless the lease is lost: it is no longer ours), so the next worker resumes it at once.
+            # (unless the lease is lost: it is no longer ours), so the next worker resumes it at once,
+            # by a re-send that costs no receive toward the DLQ (shardq.worker.release).
             tlog.info("task %s stopped (%s); released to the queue", task.key, self._stop_reason(lease))
             if not lease.lost.is_set():
                 lease.abandoned.set()
-                self._release(lease.receipt)
+                self._hand_back(lease)
             return None
         except FatalAwsError:
             # The worker's own bucket refused it: hand the task to a healthy worker and stop.
@@ -495,7 +381,11 @@ class Worker:
             if lease.abandoned.is_set() or isinstance(exc, TaskAbandonedInChild):
                 return None
             tlog.exception(
-                "task %s failed on attempt %d of %d", task.key, lease.receives, self.max_receive_count
+                "task %s failed on attempt %d (receive %d of %d)",
+                task.key,
+                lease.attempt,
+                lease.receives,
+                self.max_receive_count,
             )
             # A training function that cannot even be loaded, or a model the reduce cannot read,
             # fails every attempt the same way: report it now instead of cycling through receives.
@@ -515,37 +405,6 @@ class Worker:
                 **attempt,
                 **self._resume_fields(lease),
             )
-
-    def _drop_reason(self, task: ShardTask, tlog: logging.LoggerAdapter) -> str | None:
-        """Why the task need not run, or None: its job is cancelled (or being cancelled) or finished, or (a
-        ``data_parallel`` train task) its round already closed, so its result would only be late.
-
-        Unknown after a transient error: run the task (the aggregator ignores results of a finished
-        job and records late ones), rather than drop or stall it.
-        """
-        if self.store is None:
-            return None
-        try:
-            # Eventually consistent: a stale read only runs a task the aggregator then ignores.
-            job = self.store.state_of(task.job_id)
-        except Exception as exc:
-            if is_fatal(exc):
-                raise
-            tlog.warning("job status unknown (%s); running the task", describe(exc))
-            return None
-        if job is None:
-            return None
-        if job.terminal:
-            return f"job is {job.status}"
-        if job.cancelling:
-            return "job is being cancelled"
-        if task.task_type != "train" or task.kind != "data_parallel":
-            return None
-        if job.round > task.round:
-            return f"job moved on to round {job.round}"
-        if job.closed_round is not None and job.closed_round >= task.round:
-            return f"round {task.round} already closed"
-        return None
 
     @property
     def lease_s(self) -> int:
@@ -595,7 +454,7 @@ class Worker:
             task,
             "failed",
             worker_id=self.worker_id,
-            attempt=lease.receives,
+            attempt=lease.attempt,
             duration_s=round(held, 3),
             error=error,
         )
@@ -604,36 +463,6 @@ class Worker:
             self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
         except Exception:
             tlog.warning("could not report the ceiling; SQS redelivers the task", exc_info=True)
-
-    # -- S3 ----------------------------------------------------------------------------------
-
-    def _s3(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """A call on the worker's own bucket: a fatal error becomes ``FatalAwsError`` (the worker
-        stops); errors from the training function's own data (``ctx.fetch``) stay task failures."""
-        try:
-            return call(*args, **kwargs)
-        except Exception as exc:
-            if is_fatal(exc):
-                raise FatalAwsError(f"{what}: {describe(exc)}") from exc
-            raise
-
-    def _download(self, uri: str, dest: Path) -> Path:
-        bucket, key = split_s3(uri)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        self._s3(f"download {uri}", self.s3.download_file, bucket, key, str(dest))
-        return dest
-
-    def _fetcher(self, tmp: Path) -> Callable[[str], Path]:
-        def fetch(uri: str) -> Path:
-            if uri.startswith("s3://"):
-                bucket, key = split_s3(uri)
-                dest = tmp / "data" / bucket / key
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                self.s3.download_file(bucket, key, str(dest))
-                return dest
-            return Path(uri.removeprefix("file://"))
-
-        return fetch
 
     def _context(self, task: ShardTask, tmp: Path, tlog: logging.LoggerAdapter) -> TaskContext:
         out_dir = tmp / "output"
@@ -675,7 +504,7 @@ class Worker:
             self.s3,
             split_s3(task.output_prefix)[0],
             task,
-            attempt=lease.receives if lease is not None else 1,
+            attempt=lease.attempt if lease is not None else 1,
             worker_id=self.worker_id,
             logger=tlog,
         )
@@ -752,128 +581,3 @@ class Worker:
         if task.timeout_s:
             return run_isolated(entrypoint, task, ctx, task.timeout_s, abandoned, allow=self.trusted)
         return dict(fn(task, ctx) or {})
-
-    def _reduce(
-        self,
-        task: ShardTask,
-        ctx: TaskContext,
-        fn: Callable[..., Any] | None,
-        tmp: Path,
-        abandoned: threading.Event | None = None,
-    ) -> dict[str, Any]:
-        """The module's own ``reduce`` on every downloaded model, else the streamed FedAvg (then the
-        job's server strategy, if it has one)."""
-        if task.inputs_uri is None:
-            raise ValueError(f"reduce task {task.key} has no inputs_uri")
-        stepping = needs_server_step(task.strategy) and fn is None
-        if stepping and ctx.init_model_path is None:
-            raise ModelError(
-                f"strategy {task.strategy.get('name')} steps from the round's global model, but reduce task "
-                f"{task.key} has no init_model_uri: give the job a starting model (model.init_uri)"
-            )
-        bucket, key = split_s3(task.inputs_uri)
-        body = self._s3(f"read {task.inputs_uri}", self.s3.get_object, Bucket=bucket, Key=key)["Body"]
-        inputs = json.loads(body.read())
-        # model_uri since the model became explicit; artifact_uri in inputs written before.
-        models = [
-            (str(m.get("model_uri") or m["artifact_uri"]), int(m["num_samples"])) for m in inputs["models"]
-        ]
-        if fn is not None:
-            for i, (uri, weight) in enumerate(models):
-                path = self._download(uri, tmp / "inputs" / str(i) / _name(uri))
-                ctx.input_models.append(InputModel(path, weight))
-            return self._call(self.entrypoint or task.entrypoint, fn, task, ctx, abandoned)
-        ctx.model_path = average_stream(
-            self._one_at_a_time(models, tmp / "inputs"),
-            [w for _, w in models],
-            ctx.output_dir,
-            name=_name(models[0][0]) if models else None,
-        )
-        if stepping and ctx.init_model_path is not None:
-            state = self._server_state(task, tmp)
-            apply_strategy(task.strategy, ctx.model_path, ctx.init_model_path, state, round_no=task.round)
-        outcome: dict[str, Any] = {"num_samples": inputs["total_samples"]}
-        evaluate = resolve(self.entrypoint or task.entrypoint, "evaluate_global", self.trusted)
-        if evaluate is not None:  # the module's hook scores the new global model
-            outcome["metrics"] = evaluate_model(evaluate, task, ctx.model_path, ctx)
-        return outcome
-
-    def _server_state(self, task: ShardTask, tmp: Path) -> Path | None:
-        """The previous round's server state, downloaded; None in the first round (state at zero).
-
-        A missing object where one is named (the previous reduce's output deleted, e.g. by a
-        lifecycle rule) also starts at zero, with a warning: failing would end a job whose
-        rounds can still go on.
-        """
-        uri = task.data.get("server_state_uri")
-        if not uri:
-            return None
-        try:
-            return self._download(str(uri), tmp / "state" / SERVER_STATE_NAME)
-        except ClientError as exc:
-            if error_code(exc) not in ("404", "NoSuchKey"):
-                raise
-            log.warning(
-                "server state %s is missing; the strategy's state starts at zero this round",
-                uri,
-                extra={"job_id": task.job_id, "round": task.round},
-            )
-            return None
-
-    def _one_at_a_time(self, models: list[tuple[str, int]], where: Path) -> Iterator[Path]:
-        """Each shard model downloaded when asked for, deleted once the next is asked for."""
-        for i, (uri, _) in enumerate(models):
-            if uri.endswith("/") or not Path(urlparse(uri).path).suffix:
-                raise ModelError(
-                    f"shard model {i} is {uri}, a prefix, not a model file: its worker saved several files "
-                    "and none named model.<ext>; set ctx.model_path in the training function"
-                )
-            path = self._download(uri, where / f"{i:06d}-{_name(uri)}")
-            yield path
-            path.unlink(missing_ok=True)
-
-    def _publish(
-        self, task: ShardTask, ctx: TaskContext, outcome: dict[str, Any], tlog: logging.LoggerAdapter
-    ) -> dict[str, Any]:
-        """Upload ``ctx.output_dir``; name the model (``model_uri``) and the artifact in ``outcome``."""
-        model = model_file(ctx.output_dir, ctx.model_path)
-        if model is not None and task.kind == "data_parallel":
-            bad = nonfinite_array(model)
-            if bad is not None:
-                raise ModelError(
-                    f"array {bad!r} of the model {model.name} holds NaN or inf: the training diverged; "
-                    "the shard fails so its model never enters the average (lower the learning rate, "
-                    "clip gradients)"
-                )
-        files = sorted(p for p in ctx.output_dir.rglob("*") if p.is_file())
-        if model is None and files and (task.task_type == "reduce" or task.kind == "data_parallel"):
-            names = ", ".join(p.relative_to(ctx.output_dir).as_posix() for p in files[:6])
-            raise ModelError(
-                f"ctx.output_dir holds {len(files)} files ({names}) and none is the model: name it "
-                "model.npz / model.pt, or set ctx.model_path to it"
-            )
-        if not files and task.task_type == "train" and task.kind != "map":
-            tlog.warning("the training function saved nothing under ctx.output_dir; no model to reduce")
-        uploaded = {p: self._upload(p, ctx.output_dir, task.output_prefix) for p in files}
-        if model is not None:
-            outcome.setdefault("model_uri", uploaded[model])
-        if "artifact_uri" not in outcome and uploaded:
-            if len(uploaded) == 1:
-                outcome["artifact_uri"] = next(iter(uploaded.values()))
-            elif task.task_type == "reduce":
-                # A reduce's artifact is its model: the next round starts from artifact_uri.
-                outcome["artifact_uri"] = outcome["model_uri"]
-            else:
-                outcome["artifact_uri"] = task.output_prefix
-        return outcome
-
-    def _upload(self, path: Path, out_dir: Path, prefix: str) -> str:
-        bucket, key_prefix = split_s3(prefix)
-        key = key_prefix + path.relative_to(out_dir).as_posix()
-        # boto3 switches to multipart above 8 MiB
-        self._s3(f"upload {path.name}", self.s3.upload_file, str(path), bucket, key)
-        return f"s3://{bucket}/{key}"
-
-
-def _name(uri: str) -> str:
-    return Path(urlparse(uri).path).name

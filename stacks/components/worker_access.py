@@ -17,12 +17,15 @@ from stacks.components._props import Problems
 # Each right is one a worker (shardq/worker/*, shardq worker) uses; docs/SECURITY.md says which call
 # needs it, and tests/infra/test_worker_policy.py pins the set per resource.
 # Task queue: poll, delete when done, heartbeat/release, and read the lease and maxReceiveCount at
-# start. No SendMessage: workers never enqueue (the aggregator Lambda sends reduce and next-round tasks).
+# start. SendMessage re-sends a task the worker hands back gracefully (SIGTERM, a Spot notice:
+# shardq.worker.release), so an interruption costs no receive toward the DLQ; it never creates a
+# new task (the aggregator Lambda sends reduce and next-round tasks).
 TASK_QUEUE_ACTIONS = (
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
+    "sqs:SendMessage",
 )
 # Results queue: post outcomes only (its attributes are never read).
 RESULTS_QUEUE_ACTIONS = ("sqs:SendMessage",)

@@ -207,7 +207,7 @@ class World:
         self.held.remove(held)
 
     def drop_reason(self, task: ShardTask) -> str | None:
-        """Why ``shardq worker`` would drop the task unrun (``Worker._drop_reason``'s rules)."""
+        """Why ``shardq worker`` would drop the task unrun (``shardq.worker.drops.drop_reason``'s rules)."""
         job = self.engine.store.state_of(task.job_id)
         if job is None:
             return None

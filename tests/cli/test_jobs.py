@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -375,7 +376,11 @@ def test_retry_resumes_a_job_failed_by_an_over_budget_shard(
         f"{job_id}:0:1:train:g1",
         f"{job_id}:0:2:train:g1",
     }
-    assert {t.shard_id: t for t, _ in requeued} == {1: tasks[1], 2: tasks[2]}
+    # the same tasks, stamped with the retry's generation (their checkpoints are the new attempt's own)
+    assert {t.shard_id: t for t, _ in requeued} == {
+        1: dataclasses.replace(tasks[1], generation=1),
+        2: dataclasses.replace(tasks[2], generation=1),
+    }
     # AND when the worker stand-in completes them, the job SUCCEEDS with every output
     for task, _ in requeued:
         engine.ingest([Outcome(result_for(task))])
@@ -413,16 +418,13 @@ def deploy_splitter(lam: Any, engine: Engine) -> str:
     import uuid
     import zipfile
 
+    from stacks.components.lambda_asset import asset_files
+
     root = Path(__file__).resolve().parents[2]
-    files = [
-        *(root / "lambdas").glob("*.py"),
-        root / "shardq" / "__init__.py",
-        *(root / "shardq" / "core").glob("*.py"),
-    ]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        for f in files:
-            z.writestr(f.relative_to(root).as_posix(), f.read_bytes())
+        for rel in asset_files(root):  # what the stack ships, subpackages included
+            z.writestr(rel.as_posix(), (root / rel).read_bytes())
     name = f"cli-splitter-{uuid.uuid4().hex[:6]}"
     lam.create_function(
         FunctionName=name,

@@ -97,6 +97,43 @@ def test_down_with_a_stale_run_file_stops_no_process_that_reused_its_pids(
         other.wait()
 
 
+def test_down_removes_the_env_files_written_for_its_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+) -> None:
+    # GIVEN stand-ins for a detached `shardq local up` and its cloud (own sessions: down ends the
+    # cloud's process group), recorded in a run file as `up` records them
+    def stand_in(marker: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)", marker], start_new_session=True
+        )
+        request.addfinalizer(lambda: (proc.kill(), proc.wait()))
+        return proc
+
+    up, cloud = stand_in("shardq-local-up"), stand_in("ministack-stand-in")
+    run_file = tmp_path / ".shardq" / "local.json"
+    run_file.parent.mkdir()
+    endpoint = "http://127.0.0.1:9"
+    info = {"endpoint_url": endpoint, "pid": cloud.pid, "up_pid": up.pid, "run_file": str(run_file)}
+    run_file.write_text(json.dumps(info))
+    # AND two env files written for it; the second rewritten since for another endpoint
+    ours, rewritten = tmp_path / ".shardq" / "local.env", tmp_path / "other.env"
+    for env_file in (ours, rewritten):
+        assert main(["local", "env", "--run-file", str(run_file), "--env-file", str(env_file)]) == 0
+        assert f"export AWS_ENDPOINT_URL={endpoint}\n" in env_file.read_text()
+    rewritten.write_text("export AWS_ENDPOINT_URL=http://127.0.0.1:4566\n")
+    capsys.readouterr()
+    # WHEN the run is stopped
+    assert main(["local", "down", "--run-file", str(run_file), "--timeout", "5"]) == 0
+    # THEN its processes, its run file and the env file still pointing at it are gone; the other stays
+    assert up.wait(timeout=10) is not None and cloud.wait(timeout=10) is not None
+    assert not run_file.exists() and not ours.exists()
+    assert rewritten.read_text() == "export AWS_ENDPOINT_URL=http://127.0.0.1:4566\n"
+    assert f"env file {ours}" in capsys.readouterr().err
+    # AND status says, plainly, that nothing runs
+    assert main(["local", "status", "--run-file", str(run_file)]) == 3
+    assert capsys.readouterr().out.startswith("not running (no local cloud recorded in ")
+
+
 def test_status_and_env_of_a_running_local_cloud(
     cloud: LocalCloud, tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:

@@ -127,8 +127,8 @@ def test_estimate_matches_a_hand_computation(shardq: Shardq, write_request: Any)
     assert e["lambda"]["invocations"] == 11
     assert e["lambda"]["gb_seconds"] == pytest.approx((0.3 + 100 / 3000 + 2.0) * 0.5)
     # DynamoDB: create 1 + transactions 2 x (100 results + 10 counter updates x 1 KB)
-    #           + (1 cursor + 3 finalize updates) x 1 + 1 round summary
-    assert e["dynamodb"]["write_request_units"] == 1 + 2 * (100 + 10 * 1) + 4 * 1 + 1 == 226
+    #           + 100 by_recorded index writes + (1 cursor + 3 finalize updates) x 1 + 1 round summary
+    assert e["dynamodb"]["write_request_units"] == 1 + 2 * (100 + 10 * 1) + 100 + 4 * 1 + 1 == 326
     # reads: 100 worker checks x 0.5 + 11 consistent job reads + 2 queries of 100 x 1 KB / 4 KB
     assert e["dynamodb"]["read_request_units"] == 50 + 11 + 50
     # S3: one artifact per task + the manifest
@@ -138,7 +138,7 @@ def test_estimate_matches_a_hand_computation(shardq: Shardq, write_request: Any)
         + 120 * 0.40e-6
         + 11 * 0.20e-6
         + 1.1666667 * 0.0000133334
-        + 226 * 0.625e-6
+        + 326 * 0.625e-6
         + 111 * 0.125e-6
         + 101 * 0.005e-3
         + 1e-6

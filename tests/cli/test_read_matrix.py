@@ -270,6 +270,35 @@ def test_status_human_shows_the_plan_the_totals_and_the_global_model(
         assert "global model:" not in run.out
 
 
+def test_a_quorum_job_reads_alike_in_estimate_and_status(world: World, shardq: Any, tmp_path: Path) -> None:
+    # GIVEN the finished job whose rounds train a sample of 3 of 6 shards and close at a 60 % quorum
+    f = world.jobs["data_parallel_sampled"]
+    n = len(f.records)
+    # 2 rounds x (3 participants + 1 reduce) may run; a round counts at least ceil(0.6 x 3) = 2
+    assert 2 * (2 + 1) <= n <= 2 * (3 + 1)
+    # WHEN status and estimate read it
+    data = strict(shardq("status", f.job_id, "--json").out)
+    human = shardq("status", f.job_id).out
+    path = tmp_path / "quorum.json"
+    path.write_text(json.dumps(REQUESTS["data_parallel_sampled"]))
+    estimated = strict(shardq("estimate", str(path), "--json").out)["request"]
+    estimate_text = shardq("estimate", str(path)).out
+    # THEN both say what may run (the plan, every participant) and what counts (the quorum's share)
+    assert data["tasks_planned"] == estimated["tasks"] == 8
+    assert data["tasks_total"] == n and estimated["tasks_at_least"] == 6
+    assert field(human, "planned") == (
+        f"up to 8 tasks may run (every participant and reduce); a round closes once 60% of its "
+        f"training succeeded, so {n} count"
+    )
+    assert (
+        "= up to 8 tasks (a round may close once 60% of its training succeeded: at least 6;" in estimate_text
+    )
+    # AND a job without a quorum has one number: no "up to" anywhere
+    plain = strict(shardq("status", world.jobs["data_parallel"].job_id, "--json").out)
+    assert "tasks_planned" not in plain
+    assert "planned:" not in shardq("status", world.jobs["data_parallel"].job_id).out
+
+
 # -- list -----------------------------------------------------------------------------------
 
 
@@ -404,6 +433,31 @@ def test_result_plot_draws_every_kind(world: World, shardq: Any, kind: str, tmp_
     run = shardq("result", f.job_id, "--plot", str(target))
     assert run.code == 0, run.err
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kind", ["sweep_grid", "sweep_random", "sweep_diverged"])
+def test_result_plot_of_a_plain_sweep_draws_each_trial(
+    world: World, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib", reason="dashboard packages not installed: run `make dashboard`")
+    from shardq.dashboard import plot
+
+    # GIVEN a finished sweep of one round (no halving): each trial's objective, finite ones only
+    m = world.jobs[kind].manifest
+    finite = {
+        int(row["trial"]): float(row["objective"]) for row in m["leaderboard"] if row["objective"] is not None
+    }
+    drawn: list[Any] = []
+    monkeypatch.setattr(plot, "_save", lambda plt, fig, manifest, target: drawn.append(fig) or target)
+    # WHEN it is plotted
+    plot.plot_manifest(m, tmp_path / f"{kind}.png")
+    # THEN the objective's panel comes first, with one dot per trial at its own value (not a mean)
+    (fig,) = drawn
+    ax = fig.axes[0]
+    assert ax.get_title() == f"{m['objective']['metric']} (objective)"
+    dots = {(int(x), float(y)) for x, y in ax.collections[0].get_offsets()}
+    assert dots == set(finite.items())
+    assert len(dots) == (len(m["leaderboard"]) - (1 if kind == "sweep_diverged" else 0)) > 1
 
 
 # -- dashboard ------------------------------------------------------------------------------

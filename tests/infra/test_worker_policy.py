@@ -29,12 +29,14 @@ CHECKPOINT_OBJECTS = repr({"Fn::Join": ["", [{"Fn::GetAtt": ["ArtifactBucket", "
 STACK = repr({"Ref": "AWS::StackId"})
 
 WORKER_POLICY = {
-    # no SendMessage: workers never enqueue; the aggregator Lambda sends reduce and next-round tasks
+    # SendMessage: a graceful release re-sends the task (shardq.worker.release) so a Spot storm
+    # costs no receives toward the DLQ; new tasks still come from the aggregator Lambda alone
     TASK_QUEUE: {
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
         "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
+        "sqs:SendMessage",
     },
     RESULTS_QUEUE: {"sqs:SendMessage"},
     JOB_TABLE: {"dynamodb:GetItem"},

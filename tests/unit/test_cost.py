@@ -29,6 +29,8 @@ def test_copied_constants_agree_with_the_stack_and_the_worker() -> None:
     # The core may import neither the stack nor the worker: these copies are checked instead.
     assert assigned(ROOT / "stacks" / "shardq_stack.py", "RESULTS_BATCH_SIZE") == cost.AGGREGATOR_BATCH
     assert assigned(ROOT / "shardq" / "worker" / "runtime.py", "wait_s") == cost.LONG_POLL_S
+    lease = assigned(ROOT / "shardq" / "worker" / "lease.py", "DEFAULT_LEASE_S")
+    assert lease == cost.Assumptions.visibility_seconds
     stack = (ROOT / "stacks" / "shardq_stack.py").read_text()
     assert (
         f'"SHARDQ_FANOUT_IN_FLIGHT": "{cost.FANOUT_IN_FLIGHT_HIGH_THROUGHPUT}" if config.fifo_high_throughput'

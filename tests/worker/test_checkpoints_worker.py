@@ -47,8 +47,8 @@ def submit(engine: Engine, job_id: str, steps: int, pause: float, **extra: Any) 
     )
 
 
-def pointer_step(s3: Any, bucket: str, job_id: str) -> int | None:
-    key = checkpoint_keys.task_prefix(job_id, 0, "train", 0, 0) + "latest.json"
+def pointer_step(s3: Any, bucket: str, job_id: str, shard: int = 0) -> int | None:
+    key = checkpoint_keys.task_prefix(job_id, 0, "train", shard, 0) + "latest.json"
     try:
         return int(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())["step"])
     except s3.exceptions.NoSuchKey:

@@ -84,7 +84,7 @@ class ResultReads(StoreBase):
         self.ddb.put_item(TableName=self.table, Item=item)
 
     def late_results(self, job_id: str) -> list[ResultRecord]:
-        """Outcomes that arrived after their round or phase closed, never counted."""
+        """Outcomes that arrived after their round or phase closed or their job ended, never counted."""
         return [ResultRecord.from_item(i) for i in self._query(job_id, "LATE#")]
 
     def add_to_round_summary(self, job_id: str, round_no: int, fields: dict[str, Any]) -> None:

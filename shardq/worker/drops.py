@@ -1,0 +1,44 @@
+"""Tasks a worker deletes unrun: their job was cancelled or finished, or their round closed.
+
+Read through ``JobStore.state_of`` (one GetItem) before a task runs; see ``drop_reason``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shardq.core.contracts import ShardTask
+from shardq.core.jobstore import JobStore
+from shardq.worker.aws import describe, is_fatal
+
+
+def drop_reason(store: JobStore | None, task: ShardTask, tlog: logging.LoggerAdapter) -> str | None:
+    """Why the task need not run, or None: its job is cancelled (or being cancelled) or finished, or (a
+    ``data_parallel`` train task) its round already closed, so its result would only be late.
+
+    Unknown after a transient error: run the task (the aggregator ignores results of a finished
+    job and records late ones), rather than drop or stall it.
+    """
+    if store is None:
+        return None
+    try:
+        # Eventually consistent: a stale read only runs a task the aggregator then ignores.
+        job = store.state_of(task.job_id)
+    except Exception as exc:
+        if is_fatal(exc):
+            raise
+        tlog.warning("job status unknown (%s); running the task", describe(exc))
+        return None
+    if job is None:
+        return None
+    if job.terminal:
+        return f"job is {job.status}"
+    if job.cancelling:
+        return "job is being cancelled"
+    if task.task_type != "train" or task.kind != "data_parallel":
+        return None
+    if job.round > task.round:
+        return f"job moved on to round {job.round}"
+    if job.closed_round is not None and job.closed_round >= task.round:
+        return f"round {task.round} already closed"
+    return None
