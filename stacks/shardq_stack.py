@@ -344,7 +344,7 @@ class ShardqStack(Stack):
             ),
         )
         # Dead results: recorded (or a rejected one as its shard's failure); what names no planned
-        # task is reported failed and stays in the DLQ, where its depth alarm sees it (issue #22).
+        # task is parked with its reason (shardq.core.parking), where its depth alarm sees it (#22).
         self._consume(
             self.functions.results_dlq_handler,
             sources.SqsEventSource(

@@ -117,7 +117,8 @@ def queue_arn(sqs: Any, url: str) -> str:
 
 
 def result_for(task: ShardTask, *, status: str = "succeeded", loss: float | None = None) -> ShardResult:
-    """What a deterministic worker reports for a task (no training: the aggregator is under test)."""
+    """What a deterministic worker reports for a task (no training: the aggregator is under test),
+    with the task's retry generation, as ``shardq worker`` reports it."""
     if task.task_type == "reduce":
         return ShardResult(
             job_id=task.job_id,
@@ -127,6 +128,7 @@ def result_for(task: ShardTask, *, status: str = "succeeded", loss: float | None
             status=status,  # type: ignore[arg-type]
             artifact_uri=task.output_prefix + "model.npz" if status == "succeeded" else None,
             error=None if status == "succeeded" else "reduce blew up",
+            generation=task.generation,  # as a worker does (ShardResult.for_task)
         )
     n = int(task.data.get("end", 0)) - int(task.data.get("start", 0)) if "start" in task.data else 1
     value = loss if loss is not None else 1.0 / (1 + task.shard_id + task.round)
@@ -142,6 +144,7 @@ def result_for(task: ShardTask, *, status: str = "succeeded", loss: float | None
         duration_s=0.5,
         worker_id="test-worker",
         error=None if status == "succeeded" else "CUDA out of memory",
+        generation=task.generation,
     )
 
 

@@ -396,16 +396,12 @@ def fields(pairs: Sequence[tuple[str, Any]], stream: IO[str] | None = None) -> s
 
 
 def duration(seconds: float | None) -> str:
-    """``1h02m``, ``3m05s``, ``12.3s``; ``--`` when unknown."""
-    if seconds is None or math.isnan(seconds) or seconds < 0:
+    """``1h02m``, ``3m05s``, ``12.3s`` (``shardq.core.stall.span``); ``--`` when unknown."""
+    from shardq.core.stall import span
+
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "--"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+    return span(seconds)
 
 
 def settings_from_outputs(outputs: dict[str, str], args: argparse.Namespace) -> Any:

@@ -84,7 +84,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         )
     elif report.cancelled:
         print(f"{args.job} {paint_status('CANCELLED')}: workers drop its queued tasks unrun.")
-        if report.outstanding:
+        if report.outstanding and report.queue_in_flight == 0:
+            # Nothing in flight on the task queue (an approximate count): workers should drop every
+            # one unrun; "at most 0 ... will run to the end" said both at once.
+            print(
+                f"{report.outstanding} task(s) of round {report.round + 1} ({report.phase}) have no "
+                "result yet; the task queue reports none of them held by a worker right now, so workers "
+                "drop them unrun; a result that still comes is kept apart as late and not counted "
+                f"(`shardq status {args.job}` shows how many)."
+            )
+        elif report.outstanding:
             running = (
                 f"at most {report.queue_in_flight} of them are held by workers right now"
                 if report.queue_in_flight is not None

@@ -22,7 +22,7 @@ from shardq.cli.common import (
     print_json,
     table,
 )
-from shardq.cli.status import global_metrics, late_text, policy_fields
+from shardq.cli.status import global_metrics, late_text, number_text, policy_fields
 from shardq.core.planning import split_s3
 
 if TYPE_CHECKING:
@@ -127,8 +127,8 @@ def _rounds_section(m: dict[str, Any], out: IO[str]) -> list[str]:
             r.get("shards_failed"),
             *diverged(r),
             r.get("num_samples"),
-            *(f"{global_metrics(r)[n]:.6g}" if n in global_metrics(r) else "" for n in model),
-            *(f"{r['metrics'][n]['mean']:.6g}" if n in r.get("metrics", {}) else "" for n in names),
+            *(number_text(global_metrics(r)[n]) if n in global_metrics(r) else "" for n in model),
+            *(number_text(r["metrics"][n]["mean"]) if n in r.get("metrics", {}) else "" for n in names),
         )
         for r in rounds
     ]
@@ -194,7 +194,7 @@ def _map_section(m: dict[str, Any], out: IO[str]) -> list[str]:
     metrics = m.get("metrics") or {}
     parts = []
     if metrics:
-        summary = [(n, f"{v['mean']:.6g}", f"{v['min']:.6g}", f"{v['max']:.6g}") for n, v in metrics.items()]
+        summary = [(n, *(number_text(v[k]) for k in ("mean", "min", "max"))) for n, v in metrics.items()]
         parts.append(table(summary, ("METRIC", "MEAN", "MIN", "MAX"), out))
     # An ATTEMPTS column only where a task needed more than one (a preemption, a retry): "2, from
     # step 1200" when its last attempt resumed from a checkpoint.

@@ -173,9 +173,16 @@ def late_text(count: int, *, ended: bool = False) -> str | None:
     return f"{count} result(s) arrived {when} (kept apart, not counted)"
 
 
+def number_text(value: Any) -> str:
+    """A metric to 6 significant digits. A manifest writes a non-finite one (a mean that overflowed,
+    a diverged trial's metric) as its name, ``"inf"``/``"nan"``, to stay standard JSON: read back,
+    it prints as that name."""
+    return f"{float(value):.6g}"
+
+
 def metric_text(metrics: dict[str, float]) -> str:
     """``name value`` pairs, sorted by name, each value to 6 significant digits."""
-    return ", ".join(f"{name} {float(value):.6g}" for name, value in sorted(metrics.items()))
+    return ", ".join(f"{name} {number_text(value)}" for name, value in sorted(metrics.items()))
 
 
 def global_metrics(summary: dict[str, Any]) -> dict[str, float]:

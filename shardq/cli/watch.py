@@ -51,6 +51,9 @@ class Snapshot:
     stall: str | None = None
     # Of ``done``, the sweep trials that diverged (a non-finite objective, ``shardq.core.verdicts``).
     diverged: int = 0
+    # ``ENQUEUING n/N sent`` while the phase's tasks are not all on the queue (a fan-out under way,
+    # or one that died: then nothing moves until the same request is submitted again).
+    enqueuing: str | None = None
 
     def line(self) -> str:
         """The progress line without colours or bar."""
@@ -58,6 +61,8 @@ class Snapshot:
             f"round {self.round + 1}/{self.rounds} {self.phase}: "
             f"{self.done}/{self.total} done, {outcome_counts(self.failed, self.diverged)}"
         )
+        if self.enqueuing is not None:
+            text += f" · {self.enqueuing}"
         if self.stall is not None:
             text += " · ETA —"
         elif self.rate is not None:
@@ -101,6 +106,7 @@ class Watch:
     # A failure's error as recorded (with the worker's traceback), not just its first line.
     tracebacks: bool = False
     hinted: bool = False
+    enqueuing_hinted: bool = False
 
     def __post_init__(self) -> None:
         from shardq.core.progress_reads import FailureFollower
@@ -141,6 +147,7 @@ class Watch:
             eta_s=eta,
             stall=self.stall.message if self.stall is not None else None,
             diverged=current.diverged,
+            enqueuing=job.enqueuing(),
         )
 
     def emit(self, text: str, colour: str | None = None) -> None:
@@ -156,9 +163,20 @@ class Watch:
         if self.json_lines or self.live:
             return
         text = snap.line()
-        if text.split(" · ")[0] != self.last_line.split(" · ")[0]:
+        if text.split(" · ")[0] != self.last_line.split(" · ")[0] or (
+            snap.enqueuing is not None and snap.enqueuing not in self.last_line
+        ):
             if not self.quiet:
                 self.emit(text)
+                if snap.enqueuing is not None and not self.enqueuing_hinted:
+                    # Once per watch: a fan-out that died leaves the job here until it is finished.
+                    self.emit(
+                        "  not every task is on the queue yet; if the submit that started the job "
+                        "failed, submit the same request again under this id to finish it (nothing "
+                        "is sent twice)",
+                        "yellow",
+                    )
+                    self.enqueuing_hinted = True
             self.last_line = text
 
     def late_results(self, job: JobRecord) -> None:
@@ -277,9 +295,13 @@ class Watch:
                     return self.finish(job, self.clock() - started)
                 if timeout is not None and self.clock() - started > timeout:
                     self.stop_view()
-                    self.emit(
+                    note = (
                         f"{self.job_id} is still RUNNING after {duration(timeout)}; watch again to follow it"
                     )
+                    if self.json_lines:  # stdout carries JSON lines only
+                        print(note, file=sys.stderr)
+                    else:
+                        self.emit(note)
                     return EXIT_JOB_FAILED
                 time.sleep(self.interval)
                 job = get_job(self.engine, self.job_id)

@@ -119,6 +119,11 @@ def results_message(body: str) -> Outcome | rounds.Tick:
         return Outcome(result=failed, source=verdicts.REJECTED_SOURCE)
 
 
+def _all_diverged(results: Sequence[ShardResult]) -> bool:
+    """No trial succeeded and at least one diverged (the rest failed within the budget)."""
+    return not any(r.status == "succeeded" for r in results) and any(r.status == "diverged" for r in results)
+
+
 @dataclass
 class Advancer:
     """Records outcomes and moves jobs through their rounds and phases.
@@ -254,6 +259,18 @@ class Advancer:
         )
         if job.kind == "sweep" and round_no + 1 < job.rounds:
             return self._next_rung(job, results, deadline)
+        if job.kind == "sweep" and job.rounds == 1 and ending[0] == "SUCCEEDED" and _all_diverged(results):
+            # No trial has a finite objective: nothing to rank, nothing to use. FAILED says so, as a
+            # halving sweep's first rung does; retrying would diverge again, so the fix is the space.
+            objective = job.request.objective
+            metric = objective.metric if objective is not None else "the objective"
+            self.finisher.finalize(
+                job,
+                "FAILED",
+                f"every trial diverged or failed: none has a finite {metric}; narrow the search space "
+                "(e.g. lower learning rates) and submit again",
+            )
+            return False
         if job.kind != "data_parallel":
             self.finisher.finalize(job, "SUCCEEDED")
             return False
@@ -337,9 +354,17 @@ class Advancer:
         return self.store.put_close_part(job_id, round_no, index, digest)
 
     def _next_rung(self, job: JobRecord, results: list[ShardResult], deadline: float | None) -> bool:
-        """A successive-halving rung closed: promote its best trials to the next rung, or fail."""
+        """A successive-halving rung closed: promote its best trials to the next rung, or end.
+
+        With nothing to promote, a later rung whose every trial diverged ends the sweep SUCCEEDED:
+        divergence is an outcome, not a failure, and the rungs before it ranked finite trials (the
+        manifest's best). Otherwise (rung 0, or a failed trial a retry could still train) it fails.
+        """
         round_no = job.round
         promoted = search.promote(job.request, results)
+        if not promoted and round_no > 0 and all(r.status == "diverged" for r in results):
+            self.finisher.finalize(job, "SUCCEEDED")
+            return False
         if not promoted:
             self.finisher.finalize(
                 job, "FAILED", f"no trial of rung {round_no} succeeded with the objective's metric"
@@ -444,8 +469,11 @@ class Advancer:
         for o in outcomes:
             problem = self._foreign(job_id, o)
             if problem is None:
-                # A non-finite metric: a sweep trial diverged, any other task failed (verdicts.vet).
-                vetted = verdicts.vet(o.result, self._requests[job_id].kind)
+                # A non-finite objective: a sweep trial diverged; a non-finite metric in any other
+                # task: failed (verdicts.vet).
+                request = self._requests[job_id]
+                objective = request.objective.metric if request.objective is not None else None
+                vetted = verdicts.vet(o.result, request.kind, objective)
                 keep.append(o if vetted is o.result else replace(o, result=vetted))
             else:
                 foreign.append((o, ValidationError("ShardResult", [problem])))

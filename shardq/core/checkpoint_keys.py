@@ -1,5 +1,11 @@
 """Where a task's checkpoints live in the artifact bucket: one definition for the worker that writes
-them, the aggregator's finalize that deletes a finished job's, and the stack's lifecycle rule.
+them and the stack's lifecycle rule that deletes them.
+
+A finished job's checkpoints are not deleted by the aggregator: that would give the Lambdas
+ListBucket and DeleteObject on the bucket and one more call per task on the close path. The worker
+keeps only the last two of a task, and the lifecycle rule expires the prefix ``EXPIRE_DAYS`` after
+the last write, so a job's checkpoints cost at most a week of storage after it ends (``estimate``
+counts it).
 
 A checkpoint belongs to the *task*, not to the worker that wrote it: whichever worker receives the
 task next finds it under the task's own key. The key names everything that makes two tasks
@@ -15,13 +21,13 @@ from __future__ import annotations
 
 # The top-level prefix: outside ``jobs/`` so the stack's lifecycle rule can expire it on its own.
 ROOT = "checkpoints/"
-# Days after which the lifecycle rule deletes a checkpoint the finalize did not (a job that never
-# finished, a delete that failed). A live task rewrites its checkpoint far more often than this.
+# Days after which the lifecycle rule deletes a checkpoint. A live task rewrites its checkpoint far
+# more often than this, so only finished (or abandoned) tasks' checkpoints ever expire.
 EXPIRE_DAYS = 7
 
 
 def job_prefix(job_id: str) -> str:
-    """Every checkpoint of a job: ``checkpoints/{job_id}/`` (what the finalize deletes)."""
+    """Every checkpoint of a job: ``checkpoints/{job_id}/``."""
     return f"{ROOT}{job_id}/"
 
 

@@ -16,6 +16,8 @@ Items (partition ``pk = JOB#<job_id>``, built in ``store.keys``):
 ``ROUND#0003``            a finished round's metrics summary
 ``PLAN#0002#00000``       part 0 of the trials (and models) a closed rung promoted to rung 2
                           (``rungplan``: parts of ≤ 300 KB, each naming how many there are)
+``RETRIED#r0003#train#g000002#000042`` shards a retry sent again under generation 2
+                          (``store.retried``): older copies' failures of them are late
 ========================  ===========================================================
 
 Result items (``RES#``, ``LATE#``) carry ``recorded_at``: the sparse GSI ``by_recorded`` (``pk``,
@@ -67,6 +69,7 @@ from shardq.core.store.records import (
     ResultRecord,
 )
 from shardq.core.store.results import ResultReads
+from shardq.core.store.retried import retried_item
 from shardq.core.store.update import _ref, _Update
 
 
@@ -410,7 +413,8 @@ class JobStore(Counting, ResultReads):
     def forget_failures(self, job: JobRecord, shards: Sequence[int], generation: int) -> None:
         """Delete failed outcomes of the job's current (round, phase) and un-count them, in one
         transaction (at most ``MAX_RETRY_CHUNK`` shards); the shards wait in a pending item of
-        retry ``generation`` until ``retry_sent``.
+        retry ``generation`` until ``retry_sent``, and a retry mark (``store.retried``) says they
+        were sent again under ``generation``.
 
         One pending item per chunk, not one set on the job record: a retry of 100,000 failed
         shards would overflow the record's 400 KB at ≈ 95,000 ids.
@@ -432,6 +436,10 @@ class JobStore(Counting, ResultReads):
                 "shards": {"NS": [str(s) for s in sorted(set(shards))]},
             }
             pending.append({"Put": {"TableName": self.table, "Item": item}})
+            # The retry mark, in the same transaction as the deletes: from the moment a failure is
+            # forgotten, an older copy's failure of that shard is stale (``store.retried``).
+            mark = retried_item(job.job_id, round_no, phase, generation, shards)
+            pending.append({"Put": {"TableName": self.table, "Item": mark}})
         deletes = [
             {
                 "Delete": {

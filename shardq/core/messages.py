@@ -143,6 +143,10 @@ class ShardResult(_Message):
     # unset.
     resume_step: int | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    # The retry generation of the task this result answers (``ShardTask.generation``): a failure
+    # of an older generation than the shard's retry is stale, kept apart and never counted
+    # (``shardq.core.store.counting``). Optional; left out of the body at 0, like the task's.
+    generation: int = 0
 
     @property
     def model(self) -> str | None:
@@ -153,14 +157,14 @@ class ShardResult(_Message):
     def for_task(
         cls, task: ShardTask, status: Literal["succeeded", "failed", "diverged"], **fields: Any
     ) -> ShardResult:
-        """The result of ``task``: its identity, ``status`` and the given fields."""
+        """The result of ``task``: its identity, its retry generation, ``status`` and the given fields."""
         return cls(
             job_id=task.job_id,
             round=task.round,
             shard_id=task.shard_id,
             task_type=task.task_type,
             status=status,
-            **fields,
+            **{"generation": task.generation, **fields},
         )
 
     @classmethod
@@ -202,6 +206,8 @@ class ShardResult(_Message):
             c.add(f"code_version must be a string of 1-200 characters or null, got {code_version!r:.80}")
         if data.get("resume_step") is not None:
             c.integer(data, "resume_step", "resume_step", 0, 10**15)
+        if "generation" in data:
+            c.integer(data, "generation", "generation", 0, 1_000_000)
         history = data.get("attempts", [])
         if not isinstance(history, list) or len(history) > MAX_ATTEMPT_HISTORY:
             c.add(f"attempts must be a list of at most {MAX_ATTEMPT_HISTORY} objects, got {history!r:.80}")
@@ -217,6 +223,7 @@ class ShardResult(_Message):
             raise ValidationError("ShardResult", c.problems)
         values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         values["metrics"] = values_of
+        values["generation"] = int(data.get("generation") or 0)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -230,6 +237,8 @@ class ShardResult(_Message):
             del data["resume_step"]
         if not data["attempts"]:
             del data["attempts"]
+        if not data["generation"]:
+            del data["generation"]
         return data
 
 
@@ -275,7 +284,7 @@ class JobView(_Value):
     error: str | None = None
     # Set while an operator's cancel is under way (a big map round closing in ranges).
     cancel_requested_at: str | None = None
-    # Sweep trials of the current round that diverged (a non-finite metric): among ``done``, never
+    # Sweep trials of the current round that diverged (a non-finite objective): among ``done``, never
     # among ``failed`` (``shardq.core.verdicts``).
     diverged: int = 0
     # Set while the current phase's tasks are not all on the queue: "ENQUEUING 500/700 sent" (a

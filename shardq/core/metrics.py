@@ -47,10 +47,13 @@ class MetricsAccumulator:
     _metrics: dict[str, _Moments] = field(default_factory=dict)
 
     def add(self, result: ShardResult) -> None:
-        """Fold one result in (failed results are ignored)."""
+        """Fold one result in (failed results are ignored, and so is a non-finite value: a sweep
+        trial with a finite objective may carry one, and a mean must stay a number)."""
         if result.status != "succeeded":
             return
         for name, value in result.metrics.items():
+            if not math.isfinite(value):
+                continue
             m = self._metrics.setdefault(name, _Moments())
             m.weighted += value * result.num_samples
             m.weight += result.num_samples
@@ -99,7 +102,8 @@ class MetricsAccumulator:
 def weighted_metrics(results: Iterable[ShardResult]) -> dict[str, dict[str, float]]:
     """Per metric: mean weighted by ``num_samples``, plus min and max, over succeeded results.
 
-    A metric missing from some results is averaged over the results that have it.
+    A metric missing from some results (or non-finite in them) is averaged over the results that
+    have it finite.
     When every weight is 0 the plain mean is used. One pass, O(metric names) memory.
     """
     acc = MetricsAccumulator()
@@ -118,7 +122,7 @@ class RoundAccumulator:
     listed_max: int = LISTED_MAX
     succeeded: int = 0
     failed: int = 0
-    # Sweep trials with a non-finite metric: done, neither succeeded nor failed (shardq.core.verdicts).
+    # Sweep trials with a non-finite objective: done, neither succeeded nor failed (shardq.core.verdicts).
     diverged: int = 0
     num_samples: int = 0
     duration_sum: float = 0.0
@@ -230,7 +234,7 @@ def leaderboard(
 ) -> list[dict[str, Any]]:
     """Succeeded trials ranked by the objective, then trials without the metric, then diverged trials.
 
-    A diverged trial (a non-finite metric, ``shardq.core.verdicts``) has ``objective`` null and
+    A diverged trial (a non-finite objective, ``shardq.core.verdicts``) has ``objective`` null and
     its metrics as standard JSON can hold them (``"nan"``, ``"inf"``, ``"-inf"``); ``outcome``
     says which it is.
     """

@@ -189,7 +189,10 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
 
     Order matters: outcomes are deleted *before* the tasks are sent, so a fast worker's new
     result is never taken for a duplicate of the old failure; a crash between the steps is
-    repaired by running the retry again (the shards still wait in their pending items).
+    repaired by running the retry again (the shards still wait in their pending items). Each
+    shard sent again carries a retry mark of its generation from before the job runs again: an
+    older copy of its task that fails later (still on a worker, or dead-lettered) is recorded as
+    late, never as the shard's failure; an older copy's success still counts (first one wins).
 
     Failures of rounds that already finished stay counted (their rounds moved on); when they
     alone exceed ``max_failed_shards`` the retry is refused, since the job would fail again.
@@ -205,9 +208,15 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
             engine.store.forget_failures(job, shards[i : i + RETRY_CHUNK], generation)
     except JobChanged as exc:
         raise OperationError(f"{exc}; run `shardq status` and retry again") from exc
+    bodies = _retry_bodies(engine, job, rows)
+    # Every shard sent again is marked with the generation before the job runs again and before
+    # its task goes out, so an older copy's failure is late, not the shard's (``store.retried``);
+    # ``forget_failures`` marked the forgotten ones in its own transactions.
+    forgotten = {r.result.shard_id for r in rows}
+    others = [shard for shard in bodies if shard not in forgotten]
+    engine.store.mark_retried(job_id, job.round, job.phase, others, generation)
     if job.status == "FAILED":
         engine.reopen(job_id)
-    bodies = _retry_bodies(engine, job, rows)
     engine.enqueuer.resend(job, bodies, generation)
     engine.store.retry_sent(job_id, bodies)
     return RetryReport(

@@ -7,11 +7,15 @@ forever for that shard. Now every result that names a planned task ends as an ou
 * **Non-finite metrics** (NaN, ±inf; a diverging trial or a broken shard) are read by the parser
   (``ShardResult.from_json`` accepts the non-standard tokens and the strings ``"nan"``, ``"inf"``,
   ``"-inf"``, and writes the strings back, so every body stays standard JSON) and judged here,
-  by ``vet``: a sweep trial is *diverged* (a final outcome of its own: ranked after every finite
-  trial, never promoted, not counted against ``max_failed_shards``); any other task is *failed*,
-  naming the metric, so a shard model trained into NaN never enters a FedAvg average and a map
-  job's metrics stay finite. The worker applies the same verdict before it posts (``checked``),
-  and the aggregator again on what it receives (older workers, hand-posted results).
+  by ``vet``: a sweep trial whose *objective* is non-finite is *diverged* (a final outcome of its
+  own: ranked after every finite trial, never promoted, not counted against
+  ``max_failed_shards``); a trial with a finite objective and some other non-finite metric is an
+  ordinary succeeded trial (the metric kept in its row as ``"nan"``/``"inf"``, left out of every
+  mean). Any other task with a non-finite metric is *failed*, naming the metric, so a shard model
+  trained into NaN never enters a FedAvg average and a map job's metrics stay finite. The worker
+  applies the same verdict before it posts (``checked``), and the aggregator again on what it
+  receives (older workers, hand-posted results); a worker does not know a sweep's objective, so
+  it leaves a trial's verdict to the aggregator.
 * **Rejected bodies** (e.g. a negative ``num_samples``) that still name a task (job, round,
   shard, type) become that task's *failed* outcome with the parser's reasons (``rejected``):
   the aggregator records it at once, and the results DLQ handler does the same for whatever
@@ -45,12 +49,15 @@ def _listed(bad: dict[str, str]) -> str:
     return ", ".join(f"{name}={value}" for name, value in bad.items())
 
 
-def vet(result: ShardResult, kind: str) -> ShardResult:
-    """The outcome ``result`` stands for in a job of ``kind``.
+def vet(result: ShardResult, kind: str, objective: str | None = None) -> ShardResult:
+    """The outcome ``result`` stands for in a job of ``kind`` (a sweep's ``objective`` metric).
 
     A succeeded result whose metrics are all finite is kept as it is, and so is any failed one.
-    With a non-finite metric, a sweep trial is ``diverged`` (its metrics kept, shown as
-    ``"nan"``/``"inf"``); anything else is ``failed`` with an error naming the metric. A
+    A sweep trial whose ``objective`` is non-finite is ``diverged`` (its metrics kept, shown as
+    ``"nan"``/``"inf"``); only the objective decides it: a trial with a finite objective and
+    another non-finite metric stays succeeded, and so does every trial while ``objective`` is
+    None (a worker, which does not know it: the aggregator decides). In any other job a
+    non-finite metric makes the result ``failed`` with an error naming the metric. A
     ``diverged`` result outside a sweep is ``failed`` too: only a trial can diverge and still
     count as done.
     """
@@ -58,13 +65,15 @@ def vet(result: ShardResult, kind: str) -> ShardResult:
         return result
     bad = nonfinite(result.metrics)
     if kind == "sweep" and result.task_type == "train":
-        if result.status == "diverged" or not bad:
+        if result.status == "diverged" or objective is None or objective not in bad:
             return result
+        others = {k: v for k, v in bad.items() if k != objective}
+        also = f" (also non-finite: {_listed(others)})" if others else ""
         return _with(
             result,
             "diverged",
-            f"trial diverged: non-finite metric {_listed(bad)}; it ranks after every finite trial "
-            "and is never promoted",
+            f"trial diverged: non-finite objective {objective}={bad[objective]}{also}; it ranks after "
+            "every finite trial and is never promoted",
         )
     if result.status == "diverged":
         why = f"reported 'diverged', which only a sweep trial can be; {_listed(bad)}"
@@ -104,6 +113,7 @@ def checked(result: ShardResult, kind: str) -> ShardResult:
             worker_id=result.worker_id,
             attempt=max(1, min(result.attempt, 10_000)),
             error=f"the worker's result failed the aggregator's checks: {'; '.join(exc.problems)}",
+            generation=result.generation,
         )
     return vet(parsed, kind)
 
@@ -126,6 +136,10 @@ def rejected(body: str | bytes, error: ValidationError) -> ShardResult | None:
     # redriven once the aggregator reads it, rather than recorded as a failure.
     identity = {k: data.get(k) for k in ("job_id", "round", "shard_id", "task_type", "schema_version")}
     identity = {k: v for k, v in identity.items() if v is not None}
+    # Its retry generation too, when it is a valid one: a rejected body of a stale attempt is late.
+    generation = data.get("generation")
+    if isinstance(generation, int) and not isinstance(generation, bool) and 0 <= generation <= 1_000_000:
+        identity["generation"] = generation
     reasons = "; ".join(error.problems)[:3000]
     try:
         return ShardResult.from_json(

@@ -103,15 +103,33 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _pid(value: Any) -> int | None:
+    """``value`` as the PID of one process, or None.
+
+    0 and negative numbers are not one process to ``kill(2)``: 0 is the caller's own process
+    group, -1 every process it may signal. A run file (hand-edited, corrupt) holding one must
+    stop nothing, above all where /proc is missing and a command line cannot be checked.
+    """
+    if isinstance(value, bool):
+        return None
+    try:
+        pid = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return pid if pid > 0 else None
+
+
 def process_is(pid: Any, marker: str) -> bool:
     """True when ``pid`` is alive and its command line contains ``marker``.
 
     Without /proc (macOS) only liveness is checked.
     """
+    pid = _pid(pid)
+    if pid is None:
+        return False
     try:
-        pid = int(pid)
         os.kill(pid, 0)
-    except (OSError, TypeError, ValueError, OverflowError):
+    except (OSError, OverflowError):
         return False
     if not Path("/proc/self/cmdline").exists():
         return True
@@ -169,9 +187,10 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
         f.write("# shardq local cloud: `. FILE` in a POSIX shell\n" + export_lines(env))
 
 
-def _end(pid: int, marker: str, timeout: float, group: bool) -> bool:
+def _end(value: Any, marker: str, timeout: float, group: bool) -> bool:
     """SIGTERM ``pid`` (its process group when ``group``), then SIGKILL after ``timeout``."""
-    if not process_is(pid, marker):
+    pid = _pid(value)
+    if pid is None or not process_is(pid, marker):
         return False
     kill = os.killpg if group else os.kill
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -193,14 +212,14 @@ def stop(path: Path, info: dict[str, Any], timeout: float = 30.0) -> list[str]:
     case, and with it the env files written for this run (``record_env_file``).
     """
     stopped = []
-    if _end(int(info.get("up_pid", 0) or 0), "shardq", timeout, group=False):
+    if _end(info.get("up_pid"), "shardq", timeout, group=False):
         stopped.append(f"shardq local up (pid {info['up_pid']})")
         # ``up`` stops the cloud on SIGTERM; give it the time to do so before looking again.
         deadline = time.monotonic() + timeout
         while process_is(info.get("pid"), "ministack") and time.monotonic() < deadline:
             time.sleep(0.2)
     # The cloud runs in its own process group (start_new_session), which ``up`` created.
-    if _end(int(info.get("pid", 0) or 0), "ministack", timeout, group=True):
+    if _end(info.get("pid"), "ministack", timeout, group=True):
         stopped.append(f"local cloud (pid {info['pid']})")
     # The run file as it is now: ``local env --env-file`` may have recorded env files since.
     for env_file in remove_env_files({**info, **(read_run_file(path) or {})}):

@@ -11,8 +11,8 @@ from stacks.components._props import Problems, seconds
 
 ARTIFACT_PREFIX = "jobs/"
 # Task checkpoints (shardq.core.checkpoint_keys, whose ROOT and EXPIRE_DAYS these must equal; a test
-# checks). The finalize deletes a finished job's; this rule is the backstop for a job that never
-# finishes or a delete that failed. A live task rewrites its checkpoint far more often than this.
+# checks). This rule is what deletes them: the worker keeps a task's last two, and a live task
+# rewrites its checkpoint far more often than this, so only ended tasks' checkpoints expire.
 CHECKPOINT_PREFIX = "checkpoints/"
 CHECKPOINT_EXPIRY_DAYS = 7
 TTL_ATTRIBUTE = "expires_at"

@@ -26,7 +26,10 @@ checks:
    a rung its promoted trials, and outcomes exist for planned tasks only; a round that closed
    early (``quorum``) counted at least its quorum (or, at its deadline, ``min_shards``), and
    every result that came after the close is a late item — never also counted, never for a
-   task the round did not plan.
+   task the round did not plan;
+10. a retried shard is never failed by an older copy of its task: a failure whose generation is
+    below the shard's retry mark (``shardq retry``) is a late item, and only such a stale failure
+    may sit beside the shard's counted outcome.
 
 ``check`` returns the list of violations; ``assert_history`` fails with all of them.
 """
@@ -57,6 +60,8 @@ class History:
     manifest: dict[str, Any] | None
     queues: dict[str, int]
     late: list[ResultRecord] = field(default_factory=list)
+    # (round, phase) → shard → the latest retry generation that sent it again (retry marks)
+    retried: dict[tuple[int, str], dict[int, int]] = field(default_factory=dict)
     # round → the train tasks it planned (participants, or a rung's promoted trials)
     plans: dict[int, list[int]] = field(default_factory=dict)
     dead_tasks: list[ShardTask] = field(default_factory=list)
@@ -95,6 +100,11 @@ def collect(
         job=job,
         outcomes=engine.store.all_results(job_id),
         late=engine.store.late_results(job_id),
+        retried={
+            (r, ph): engine.store.retried_generations(job_id, r, ph)
+            for r in range(job.round + 1)
+            for ph in ("train", "reduce")
+        },
         plans={
             r: [shard for shard, _ in engine.store.planned_tasks(job, r, "train")]
             for r in range(job.round + 1)
@@ -125,15 +135,26 @@ def _closed_early(h: History, r: int) -> bool:
     return h.job.request.quorum is not None and h.job.closed_round is not None and h.job.closed_round >= r
 
 
+def _stale(h: History, result: Any) -> bool:
+    """True for a failure older than its shard's retry (late by design, beside the retried outcome)."""
+    mark = h.retried.get((result.round, result.task_type), {}).get(result.shard_id, 0)
+    return bool(result.status == "failed" and result.generation < mark)
+
+
 def _quorum_problems(h: History, phases: list[tuple[int, str, list[int]]]) -> list[str]:
     """Invariant 9 for rounds that closed early, and for every late item."""
     p: list[str] = []
     request = h.job.request
     counted = {(o.result.round, o.result.task_type, o.result.shard_id) for o in h.outcomes}
     planned = {(r, ph, s) for r, ph, shards in phases for s in shards}
+    for o in h.outcomes:
+        r = o.result
+        mark = h.retried.get((r.round, r.task_type), {}).get(r.shard_id, 0)
+        if r.status == "failed" and r.generation < mark:
+            p.append(f"{r.key} failed by a stale copy (generation {r.generation}) after its retry {mark}")
     for o in h.late:
         k = (o.result.round, o.result.task_type, o.result.shard_id)
-        if k in counted:
+        if k in counted and not _stale(h, o.result):
             p.append(f"{k} is both counted and late")
         if k not in planned:
             p.append(f"late item for a task that was never planned: {k}")

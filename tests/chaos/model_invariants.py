@@ -4,7 +4,9 @@ After every step (``step_problems``), over a consistent scan of the whole job ta
 
 1. **counted at most once**: each (round, phase) counter equals the outcome items it counts
    (``ok`` the succeeded ones, every other outcome counter the rest), ``failed_total`` equals
-   the failed train items, and no task is both counted and late;
+   the failed train items, and no task is both counted and late (but for a stale failure: an
+   older copy's failure of a shard a retry sent again is late beside the retried outcome, and a
+   counted failure is never older than its shard's retry mark);
 2. **only planned tasks**: every outcome item (counted or late) names a task its round planned
    (its participants, a rung's promoted trials, the reduce of a ``data_parallel`` round);
 3. **no item over 400 KB**, sized by DynamoDB's rules (attribute names + values).
@@ -28,6 +30,7 @@ one runs only once its fix has landed (each predicate looks for the fix's featur
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +42,7 @@ from tests.chaos.model_world import ITEM_LIMIT, World, item_size, scan_items
 
 _COUNTER = re.compile(r"^([a-z]+)_r(\d+)_(train|reduce)$")
 _RESULT = re.compile(r"^(RES|LATE)#r(\d+)#(train|reduce)#(\d+)$")
+_RETRIED = re.compile(r"^RETRIED#r(\d+)#(train|reduce)#")
 # Counters that count something other than outcomes.
 _NOT_OUTCOMES = ("ok", "enq", "plan", "part")
 
@@ -120,11 +124,27 @@ def _job_problems(world: World, job: JobRecord, items: list[dict[str, Any]]) -> 
     problems: list[str] = []
     counted: dict[tuple[int, str], list[str]] = {}
     keys: dict[str, set[tuple[int, str, int]]] = {"RES": set(), "LATE": set()}
+    marks: dict[tuple[int, str, int], int] = {}
+    for item in items:
+        m = _RETRIED.match(item["sk"]["S"])
+        if m:
+            for shard in item["shards"]["NS"]:
+                key = (int(m.group(1)), m.group(2), int(shard))
+                marks[key] = max(marks.get(key, 0), int(item["generation"]["N"]))
+    stale: set[tuple[int, str, int]] = set()
     for item in items:
         m = _RESULT.match(item["sk"]["S"])
         if not m:
             continue
         where, r, phase, shard = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+        generation = int(json.loads(item["result"]["S"]).get("generation", 0))
+        older = item["outcome"]["S"] == "failed" and generation < marks.get((r, phase, shard), 0)
+        if older and where == "RES":
+            problems.append(
+                f"round {r} {phase} shard {shard} failed by a stale copy (generation {generation})"
+            )
+        if older and where == "LATE":
+            stale.add((r, phase, shard))
         keys[where].add((r, phase, shard))
         if where == "RES":
             counted.setdefault((r, phase), []).append(item["outcome"]["S"])
@@ -132,7 +152,7 @@ def _job_problems(world: World, job: JobRecord, items: list[dict[str, Any]]) -> 
             problems.append(
                 f"{where} item for round {r} {phase} shard {shard}, a task its round never planned"
             )
-    for both in sorted(keys["RES"] & keys["LATE"]):
+    for both in sorted((keys["RES"] & keys["LATE"]) - stale):
         problems.append(f"{both} is both counted and late")
     outcome_counters: dict[tuple[int, str], int] = {}
     raw = next(i for i in items if i["sk"]["S"] == "JOB")

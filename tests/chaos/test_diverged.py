@@ -116,7 +116,27 @@ def test_sweep_with_diverged_trial_ends(rig: Callable[..., Rig]) -> None:
     assert m["best"]["trial"] in (0, 2) and m["diverged_count"] == 1
     assert m["failed"] == [] and m["rounds"][0]["shards_diverged"] == 1
     (row,) = [o for o in r.engine.store.all_results("sw") if o.result.shard_id == 1]
-    assert row.result.status == "diverged" and "trial diverged: non-finite metric" in (row.result.error or "")
+    assert row.result.status == "diverged" and "trial diverged: non-finite objective loss=" in (
+        row.result.error or ""
+    )
+
+
+def test_a_sweep_whose_every_trial_diverged_fails_naming_the_fix(rig: Callable[..., Rig]) -> None:
+    # GIVEN a sweep of learning rates that all overflow to NaN
+    r = rig()
+    r.engine.submit(sweep("all-nan", [100.0, 200.0], max_failed_shards=0))
+    w = worker(r)
+    # WHEN every trial is trained and recorded
+    job = run_until(
+        r.engine, "all-nan", r.pump, chaos=lambda: [None for _ in iter(w.poll_once, False)], timeout=60
+    )
+    # THEN the sweep ends FAILED (there is no trial to use), saying why and what to change
+    assert job.status == "FAILED"
+    assert "every trial diverged" in (job.error or "") and "search space" in (job.error or "")
+    view = job.view()
+    assert (view.done, view.failed, view.diverged) == (2, 0, 2)
+    m = manifest(r, "all-nan")
+    assert m["best"] is None and m["diverged_count"] == 2
 
 
 def test_a_diverged_trial_is_never_promoted_and_ranks_last() -> None:
@@ -142,6 +162,7 @@ def test_a_diverged_trial_is_never_promoted_and_ranks_last() -> None:
                 metrics={"loss": loss},
             ),
             "sweep",
+            "loss",
         )
 
     rung = [trial(0, float("nan")), trial(1, 0.5), trial(2, float("-inf")), trial(3, 0.7)]
@@ -188,8 +209,9 @@ def test_a_worker_checks_its_result_with_the_aggregators_parser() -> None:
     ShardResult.from_json(posted.to_json())  # what it posts, the aggregator accepts
     nan = checked(ShardResult.for_task(task, "succeeded", metrics={"loss": math.nan}), "data_parallel")
     assert nan.status == "failed" and "loss=nan" in (nan.error or "") and "average" in (nan.error or "")
+    # A sweep trial's verdict needs its objective, which a worker does not know: the aggregator's
     inf = checked(ShardResult.for_task(task, "succeeded", metrics={"acc": math.inf}), "sweep")
-    assert inf.status == "diverged"
+    assert inf.status == "succeeded" and inf.to_dict()["metrics"] == {"acc": "inf"}
     assert (
         checked(ShardResult.for_task(task, "succeeded", metrics={"loss": 0.1}), "map").status == "succeeded"
     )
@@ -229,6 +251,59 @@ def test_inf_metric_manifest_is_standard_json(rig: Callable[..., Rig]) -> None:
     # AND the recorded result (what `shardq result` and the dashboard read) is standard JSON too
     (row,) = [o for o in r.engine.store.all_results("inf-sweep") if o.result.shard_id == 1]
     strict_json(row.result.to_json())
+
+
+def test_only_the_objective_decides_that_a_trial_diverged() -> None:
+    trial = ShardResult(
+        job_id="s", round=0, shard_id=0, task_type="train", status="succeeded",
+        metrics={"loss": 0.4, "grad_norm": math.inf},
+    )  # fmt: skip
+    # A finite objective beside a non-finite metric: an ordinary trial
+    assert vet(trial, "sweep", "loss") is trial
+    # A non-finite objective: diverged, naming it (and the others)
+    diverged = vet(trial, "sweep", "grad_norm")
+    assert diverged.status == "diverged" and "non-finite objective grad_norm=inf" in (diverged.error or "")
+    # data_parallel and map keep the rule: any non-finite metric fails the shard, naming it
+    for kind in ("data_parallel", "map"):
+        failed = vet(trial, kind, None)
+        assert failed.status == "failed" and "non-finite metric grad_norm=inf" in (failed.error or "")
+
+
+@pytest.mark.local_cloud
+def test_a_trial_with_a_finite_objective_and_a_nonfinite_metric_succeeds(rig: Callable[..., Rig]) -> None:
+    # GIVEN a 3-trial sweep: trial 1's objective overflows; trial 2's objective is finite but its
+    # val_loss is NaN
+    r = rig()
+    r.engine.submit(sweep("half-nan", [0.1, 0.2, 0.3], max_failed_shards=0))
+    tasks = {t.shard_id: t for t in tasks_of(receive_all(r.clients["sqs"], r.settings.task_queue_url))}
+    bodies = [
+        result_body(tasks[0], metrics={"loss": 0.25, "val_loss": 0.3}),
+        result_body(tasks[1], metrics={"loss": math.inf, "val_loss": 0.1}),
+        result_body(tasks[2], metrics={"loss": 0.4, "val_loss": math.nan}),
+    ]
+    # WHEN the aggregator takes them
+    assert aggregator.aggregate(body_event(bodies), LambdaContext()) == {"batchItemFailures": []}
+    # THEN only trial 1 diverged; trial 2 is an ordinary trial ranked by its objective
+    job = r.engine.store.get_job("half-nan")
+    assert job.status == "SUCCEEDED" and (job.view().done, job.view().diverged) == (3, 1)
+    raw = (
+        r.clients["s3"]
+        .get_object(Bucket=r.settings.artifact_bucket, Key=job.result_uri.split("/", 3)[3])["Body"]
+        .read()
+    )
+    m = strict_json(raw)  # standard JSON throughout
+    board = m["leaderboard"]
+    assert [(row["trial"], row["outcome"], row["objective"]) for row in board] == [
+        (0, "succeeded", 0.25),
+        (2, "succeeded", 0.4),
+        (1, "diverged", None),
+    ]
+    assert board[1]["metrics"] == {"loss": 0.4, "val_loss": "nan"}
+    # and the round's means leave the NaN out (the diverged trial is not in them either)
+    summary = m["rounds"][0]
+    assert (summary["shards_succeeded"], summary["shards_diverged"]) == (2, 1)
+    assert summary["metrics"]["val_loss"]["mean"] == 0.3 and summary["metrics"]["val_loss"]["count"] == 1
+    assert summary["metrics"]["loss"]["count"] == 2
 
 
 @pytest.mark.local_cloud

@@ -6,7 +6,8 @@ handler over the local cloud (``tests/chaos/model_world.py``) through random int
 what happens to jobs in the field: submits of every kind (quorum and deadline, sampled
 participation, successive halving), a splitter dying mid fan-out, workers that report ok,
 failed, diverged, twice, late or malformed, workers that die holding a task until SQS
-dead-letters it, round deadlines passing, cancels, retries and redrives. After every step it
+dead-letters it (or post a failure and die, leaving an older copy of the task to outlive a
+retry), round deadlines passing, cancels, retries and redrives. After every step it
 checks the invariants of ``tests/chaos/model_invariants.py``; at the end of every run it lets
 every job run to its end and checks each job's whole history (``tests/chaos/history.py``).
 
@@ -205,6 +206,17 @@ class ShardqModel(RuleBasedStateMachine):
 
     @precondition(lambda self: self.world.held)
     @rule(index=st.integers(0, 99))
+    def fail_then_die(self, index: int) -> None:
+        # The worker posts a failure and dies before it deletes the task: the task comes back, so
+        # a retry may send the shard again while this older copy still runs or is dead-lettered.
+        held = self.pick(index)
+        body = self.world.result_body(held.task, "failed")
+        self.world.sqs.send_message(QueueUrl=self.world.settings.results_queue_url, MessageBody=body)
+        self.world.posted.append(body)
+        self.world.crash(held)
+
+    @precondition(lambda self: self.world.held)
+    @rule(index=st.integers(0, 99))
     def crash(self, index: int) -> None:
         self.world.crash(self.pick(index))
 
@@ -357,6 +369,14 @@ class ShardqModel(RuleBasedStateMachine):
             h = collect(w.engine, job_id)
             self.seen[f"ended {h.job.status}"] += 1
             self.seen["late results"] += len(h.late)
+            marks = h.retried
+            self.seen["stale failure kept late"] += sum(
+                1
+                for o in h.late
+                if o.result.status == "failed"
+                and o.result.generation
+                < marks.get((o.result.round, o.result.task_type), {}).get(o.result.shard_id, 0)
+            )
             for o in h.outcomes:
                 self.seen[f"{o.result.status} outcome from {o.source}"] += 1
             problems = check(h, status=h.job.status, allow_results_dlq=h.queues["results_dlq"])
@@ -423,6 +443,7 @@ SOAK_MUST_SEE = (
     "diverged outcome from worker",
     "late results",
     "retried a FAILED job",
+    "stale failure kept late",
 )
 
 

@@ -162,3 +162,25 @@ def test_status_and_env_of_a_running_local_cloud(
     assert "export AWS_DEFAULT_REGION=us-east-1\n" in out and "export SHARDQ_STACK=mystack\n" in out
     assert out in env_file.read_text()
     assert env_file.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("pid", [0, -1, "0", None, True, "not-a-pid"])
+def test_a_run_file_pid_that_names_no_single_process_is_never_signalled(
+    pid: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a hand-edited or corrupt run file whose PIDs are 0 or -1 (to kill(2), "my process
+    # group" and "every process I may signal"), on a machine where the command line cannot be
+    # checked (macOS has no /proc: liveness is all process_is can check there)
+    from shardq.local import run
+
+    monkeypatch.setattr(run, "_cmdline", lambda p: "shardq local up ministack")
+    sent: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(run.os, "kill", lambda p, s: sent.append(("kill", p, s)))
+    monkeypatch.setattr(run.os, "killpg", lambda p, s: sent.append(("killpg", p, s)))
+    run_file = tmp_path / "local.json"
+    run_file.write_text(json.dumps({"endpoint_url": "http://127.0.0.1:9", "pid": pid, "up_pid": pid}))
+    # WHEN down reads it THEN no signal at all is sent (not even the liveness probe), nothing is
+    # reported stopped, and the stale run file is gone
+    assert run.process_is(pid, "shardq") is False
+    assert run.stop(run_file, json.loads(run_file.read_text()), timeout=0.1) == []
+    assert sent == [] and not run_file.exists()

@@ -224,6 +224,27 @@ def field(out: str, name: str) -> str:
     return found.group(1)
 
 
+def per_round(f: Finished) -> dict[tuple[int, str], tuple[int, int, int]]:
+    """(round, phase) → (done, failed, diverged), counted from the records themselves; a diverged
+    trial is among ``done`` (it ended), as every view counts it."""
+    counts: dict[tuple[int, str], list[int]] = {}
+    for r in f.records:
+        c = counts.setdefault((r.result.round, r.result.task_type), [0, 0, 0])
+        c[0] += r.result.status != "failed"
+        c[1] += r.result.status == "failed"
+        c[2] += r.result.status == "diverged"
+    return {key: (c[0], c[1], c[2]) for key, c in counts.items()}
+
+
+def progress_counts(rows: list[dict[str, Any]]) -> dict[tuple[int, str], tuple[int, int, int]]:
+    """The same mapping, as a view's progress rows state it (rows without an outcome left out)."""
+    return {
+        (p["round"], p["phase"]): (p["done"], p["failed"], p["diverged"])
+        for p in rows
+        if p["done"] or p["failed"]
+    }
+
+
 def expected_total(f: Finished) -> int:
     """Tasks the finished job ran, from its request: rungs, participants and reduces included."""
     request = f.job.request
@@ -246,6 +267,8 @@ def test_status_json_counts_every_recorded_task(world: World, shardq: Any, kind:
     assert data["tasks_diverged"] == f.diverged == sum(p["diverged"] for p in data["progress"])
     assert sum(p["done"] + p["failed"] for p in data["progress"]) == len(f.records)
     assert all(p["done"] + p["failed"] <= p["total"] for p in data["progress"])
+    # Round by round and phase by phase, the counts are the records' own (not just their sum).
+    assert progress_counts(data["progress"]) == per_round(f)
     assert data["plan"] == plan_text(f.job)
 
 
@@ -334,7 +357,10 @@ def test_watch_of_a_finished_job_draws_one_frame_with_its_totals(
     assert any(ln.startswith(f"{f.job_id} SUCCEEDED") for ln in lines)
     last = f.job.rounds - 1
     phase = "reduce" if kind.startswith("data_parallel") else "train"
-    assert any(ln.startswith(f"round {last + 1}/{f.job.rounds} {phase}: ") for ln in lines), run.out
+    done, failed, diverged = per_round(f)[(last, phase)]
+    total = next(p["total"] for p in strict(shardq("status", f.job_id, "--json").out)["progress"][-1:])
+    counted = f"{failed} failed" + (f", {diverged} diverged" if diverged else "")
+    assert f"round {last + 1}/{f.job.rounds} {phase}: {done}/{total} done, {counted}" in lines, run.out
     assert (f"  {f.diverged} trial(s) diverged" in run.out) == bool(f.diverged)
     if f.diverged:
         assert f"done, {f.counts}" in run.out
@@ -397,6 +423,17 @@ def test_result_human_shows_what_matters_for_the_kind(world: World, shardq: Any,
     version = fingerprint(f.job.request.entrypoint)
     assert version is not None and m["code_versions"] == [version]
     assert field(out, "code") == version
+    if kind != "sweep_halving":
+        # The rounds table's outcome columns are the records' training outcomes, round by round.
+        lines = out.splitlines()
+        at = next(i for i, ln in enumerate(lines) if ln.startswith("ROUND"))
+        heads = lines[at].split()
+        shown = {}
+        for ln in lines[at + 1 : at + 1 + len(m["rounds"])]:
+            row = dict(zip(heads, ln.split(), strict=False))
+            shown[int(row["ROUND"]) - 1] = (int(row["OK"]), int(row["FAILED"]), int(row.get("DIVERGED", 0)))
+        counts = {r: c for (r, phase), c in per_round(f).items() if phase == "train"}
+        assert shown == {r: (done - div, failed, div) for r, (done, failed, div) in counts.items()}, out
     if kind.startswith("data_parallel"):
         # The global model's metric is a column of its own, ahead of the shards' means.
         header = next(ln for ln in out.splitlines() if ln.startswith("ROUND"))
@@ -415,8 +452,16 @@ def test_result_human_shows_what_matters_for_the_kind(world: World, shardq: Any,
         assert f"at rung {len(es['budgets'])} (epochs {es['budgets'][-1]})" in out
         header = next(ln for ln in out.splitlines() if ln.startswith("RANK"))
         assert "RUNG" in header and "EPOCHS" in header
-        rungs = next(ln for ln in out.splitlines() if ln.startswith("RUNG"))
-        assert rungs.split()[:3] == ["RUNG", "EPOCHS", "TRIALS"]
+        lines = out.splitlines()
+        at = next(i for i, ln in enumerate(lines) if ln.startswith("RUNG"))
+        assert lines[at].split()[:5] == ["RUNG", "EPOCHS", "TRIALS", "OK", "FAILED"]
+        # Each rung's row: its budget, and the trials it trained and their outcomes, per the records.
+        rows = [[int(v) for v in ln.split()[:5]] for ln in lines[at + 1 : at + 1 + len(es["budgets"])]]
+        counts = per_round(f)
+        assert rows == [
+            [k + 1, budget, sum(counts[(k, "train")][:2]), counts[(k, "train")][0], counts[(k, "train")][1]]
+            for k, budget in enumerate(es["budgets"])
+        ], out
     if kind == "map":
         count = m["outputs_count"]
         assert count == len(f.records) == 4
@@ -486,6 +531,7 @@ def test_dashboard_job_api_and_page_agree_with_the_records(world: World, kind: s
     assert (job["tasks_completed"], job["tasks_total"], job["progress_pct"]) == (n, n, 100.0)
     assert all(0 <= r["progress_pct"] <= 100 for r in rows)
     assert len(detail["timeline"]["entries"]) == n
+    assert progress_counts(detail["progress"]) == per_round(f)
     assert len(detail["failures"]) == f.failed
     assert job["tasks_diverged"] == f.diverged
     assert sum(p["diverged"] for p in detail["progress"]) == f.diverged

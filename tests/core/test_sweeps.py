@@ -168,6 +168,38 @@ def test_a_rung_where_every_trial_failed_fails_the_job(engine: Engine, clients: 
     assert job.status == "FAILED" and "no trial of rung 0 succeeded" in (job.error or "")
 
 
+def test_a_later_rung_where_every_trial_diverged_ends_with_the_best_finite_trial(
+    engine: Engine, clients: dict[str, Any]
+) -> None:
+    # GIVEN a 9-trial halving sweep whose rung 0 trains finitely (trials 5, 4, 6 go on) ...
+    engine.submit(sweep("div", early_stopping={"eta": 3, "min_budget": 1, "max_budget": 9}))
+    run_rung(engine, clients, {i: abs(i - 5) + 0.5 for i in range(9)})
+    # WHEN every promoted trial diverges at the longer budget (a common end of a high-lr trial)
+    run_rung(engine, clients, {5: math.nan, 4: math.inf, 6: math.nan})
+    # THEN the sweep ends SUCCEEDED (divergence is an outcome, not a failure: nothing to retry),
+    # its best the best trial that stayed finite; the diverged ones rank last, never best
+    job = engine.store.get_job("div")
+    assert (job.status, job.error, job.failed_total) == ("SUCCEEDED", None, 0)
+    manifest = load_manifest(clients, job.result_uri)
+    assert manifest["status"] == "SUCCEEDED" and manifest["best"]["trial"] == 3
+    assert [row["trial"] for row in manifest["leaderboard"][-3:]] == [4, 5, 6]
+    assert manifest["diverged_count"] == 3
+
+
+def test_a_later_rung_with_a_failed_trial_and_no_finite_one_fails_retryably(
+    engine: Engine, clients: dict[str, Any]
+) -> None:
+    # GIVEN the same sweep, where at rung 1 two trials diverge and one fails (within the budget)
+    engine.submit(
+        sweep("df", max_failed_shards=1, early_stopping={"eta": 3, "min_budget": 1, "max_budget": 9})
+    )
+    run_rung(engine, clients, {i: abs(i - 5) + 0.5 for i in range(9)})
+    run_rung(engine, clients, {5: math.nan, 6: math.nan}, fail={4})
+    # THEN the job fails (a retry of trial 4 may still train finitely), naming the rung
+    job = engine.store.get_job("df")
+    assert job.status == "FAILED" and "no trial of rung 1 succeeded" in (job.error or "")
+
+
 def test_random_search_runs_its_sampled_trials(engine: Engine, clients: dict[str, Any]) -> None:
     engine.submit(sweep("rnd", search_space=SPACE, search={"method": "random", "num_trials": 6, "seed": 3}))
     tasks = tasks_of(receive_all(clients["sqs"], engine.settings.task_queue_url))

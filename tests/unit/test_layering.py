@@ -75,6 +75,7 @@ STORE_FAMILY = frozenset(
         "store/keys.py",
         "store/records.py",
         "store/results.py",
+        "store/retried.py",  # retry marks: which shards a retry sent again, under which generation
         "store/update.py",
     )
 )

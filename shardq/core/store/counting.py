@@ -9,7 +9,6 @@ from typing import Any
 
 from shardq.core.batchcalls import JobStoreError
 from shardq.core.batchcalls import pause as _pause
-from shardq.core.store.base import StoreBase
 from shardq.core.store.keys import (
     DEADLINE_MARGIN_S,
     MAX_PUTS_PER_TRANSACTION,
@@ -23,10 +22,11 @@ from shardq.core.store.records import (
     Outcome,
     RecordOutcome,
 )
+from shardq.core.store.retried import RetryMarks
 from shardq.core.store.update import _ref, _Update
 
 
-class Counting(StoreBase):
+class Counting(RetryMarks):
     """``record``: result items and the counter increments that count them, in one transaction."""
 
     def record(self, outcomes: Iterable[Outcome], *, deadline: float | None = None) -> RecordOutcome:
@@ -34,7 +34,9 @@ class Counting(StoreBase):
 
         An outcome counts only while its job runs, and a train outcome only while its round is
         open; outcomes of an ended job or of a round whose training closed (quorum, deadline) are
-        recorded as late, uncounted.
+        recorded as late, uncounted. So is a failure of a task older than its shard's retry (its
+        ``generation`` below the shard's retry mark, ``store.retried``): a stale copy's failure
+        must not fail the retried shard.
         Duplicates (already recorded, or twice in this call) are returned, not raised.
         Raises JobNotFound for an unknown job and JobStoreError when a conflict outlasts the
         attempts or the ``deadline`` (seconds since the epoch) comes too close.
@@ -59,9 +61,10 @@ class Counting(StoreBase):
                 total.late.extend(late)
         return total
 
-    def _counting_update(self, job_id: str, chunk: list[Outcome]) -> dict[str, Any]:
+    def _counting_update(self, job_id: str, chunk: list[Outcome], verified: int) -> dict[str, Any]:
         """The counter increments of a chunk of one (round, type); training counts only while its
-        round is open (``closed_round`` below it).
+        round is open (``closed_round`` below it), and failures only while no retry came after
+        their generation (or after ``verified``, the retry generation whose marks were checked).
 
         Not "the job is at this round": the next round's tasks go on the queue *before* the job
         moves to it (action before transition), so their results may arrive first and count.
@@ -77,6 +80,16 @@ class Counting(StoreBase):
             update.condition(
                 f"(attribute_not_exists({closed}) OR {closed} < :open_round)", open_round=first.round
             )
+        failures = [o.result.generation for o in chunk if o.result.status == "failed"]
+        if failures:
+            # Cheap in the common case (no retry since these tasks were sent): one condition on
+            # the job record. When it fails, ``_cancelled`` reads the retry marks and sorts out the
+            # stale failures, and the rest is recorded with ``verified`` raised.
+            generation = _ref(update, "retry_generation")
+            update.condition(
+                f"(attribute_not_exists({generation}) OR {generation} <= :fresh)",
+                fresh=max(min(failures), verified),
+            )
         counts: dict[str, int] = {}
         for o in chunk:
             counts[o.phase_counter] = counts.get(o.phase_counter, 0) + 1
@@ -91,9 +104,11 @@ class Counting(StoreBase):
         self, job_id: str, chunk: list[Outcome], deadline: float | None
     ) -> tuple[list[Outcome], list[Outcome], list[Outcome]]:
         duplicates: list[Outcome] = []
+        stale: list[Outcome] = []
+        verified = 0
         for attempt in range(MAX_RECORD_ATTEMPTS):
             if not chunk:
-                return [], duplicates, []
+                return [], duplicates, stale
             recorded_at = now_iso()
             puts = [
                 {
@@ -107,16 +122,19 @@ class Counting(StoreBase):
             ]
             try:
                 self.ddb.transact_write_items(
-                    TransactItems=[*puts, {"Update": self._counting_update(job_id, chunk)}]
+                    TransactItems=[*puts, {"Update": self._counting_update(job_id, chunk, verified)}]
                 )
-                return chunk, duplicates, []
+                return chunk, duplicates, stale
             except self.ddb.exceptions.TransactionCanceledException as exc:
-                dup_idx, late = self._cancelled(job_id, chunk, exc)
+                dup_idx, late, stale_idx, generation = self._cancelled(job_id, chunk, exc)
             if late:
-                return [], duplicates, self._record_late(chunk)
+                return [], duplicates, stale + self._record_late(chunk)
             duplicates.extend(o for i, o in enumerate(chunk) if i in dup_idx)
-            chunk = [o for i, o in enumerate(chunk) if i not in dup_idx]
-            if not dup_idx:
+            stale.extend(self._record_late([o for i, o in enumerate(chunk) if i in stale_idx]))
+            chunk = [o for i, o in enumerate(chunk) if i not in dup_idx and i not in stale_idx]
+            progressed = bool(dup_idx or stale_idx) or generation > verified
+            verified = max(verified, generation)
+            if not progressed:
                 # A conflict (another writer on the same item): back off, within the deadline.
                 pause = _pause(attempt)
                 if deadline is not None and self.clock() + pause > deadline - DEADLINE_MARGIN_S:
@@ -126,12 +144,15 @@ class Counting(StoreBase):
             f"could not record {len(chunk)} results for job {job_id}: transactions kept conflicting"
         )
 
-    def _cancelled(self, job_id: str, chunk: list[Outcome], exc: Exception) -> tuple[set[int], bool]:
-        """Why a recording transaction was cancelled: ``(duplicate indexes, late)``.
+    def _cancelled(
+        self, job_id: str, chunk: list[Outcome], exc: Exception
+    ) -> tuple[set[int], bool, set[int], int]:
+        """Why a recording transaction was cancelled: ``(duplicate indexes, late, stale indexes,
+        the job's retry generation)``.
 
         Duplicates first (they are dropped and the rest retried); with none, the job's own
         condition: a missing job raises JobNotFound, an ended job or a closed round makes the
-        chunk late;
+        chunk late; failures older than their shard's retry are stale (late, the rest retried);
         otherwise it was a conflict, to retry.
         """
         reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
@@ -142,7 +163,7 @@ class Counting(StoreBase):
             # No per-item reasons (an endpoint that omits them): ask the table.
             dup_idx = self._existing(chunk)
         if dup_idx:
-            return dup_idx, False
+            return dup_idx, False, set(), 0
         state = self._job_state(job_id)
         if state is None:
             raise JobNotFound(job_id) from exc
@@ -150,21 +171,35 @@ class Counting(StoreBase):
         closed = state.get("closed_round")
         ended = state.get("status") != "RUNNING"
         late = ended or (r.task_type == "train" and closed is not None and closed >= r.round)
-        return set(), late
+        generation = int(state.get("retry_generation") or 0)
+        if late or not generation:
+            return set(), late, set(), generation
+        return set(), False, self._stale(job_id, chunk, generation), generation
+
+    def _stale(self, job_id: str, chunk: list[Outcome], generation: int) -> set[int]:
+        """Indexes of the chunk's failures that a later retry of their shard made stale."""
+        older = [
+            i for i, o in enumerate(chunk) if o.result.status == "failed" and o.result.generation < generation
+        ]
+        if not older:
+            return set()
+        r = chunk[0].result
+        marks = self.retried_generations(job_id, r.round, r.task_type)
+        return {i for i in older if marks.get(chunk[i].result.shard_id, 0) > chunk[i].result.generation}
 
     def _job_state(self, job_id: str) -> dict[str, Any] | None:
-        """The job's status and closed round, if any (None when there is no job)."""
+        """The job's status, closed round and retry generation, if any (None when there is no job)."""
         resp = self.ddb.get_item(
             TableName=self.table,
             Key=_job_key(job_id),
-            ProjectionExpression="pk, closed_round, #s",
+            ProjectionExpression="pk, closed_round, retry_generation, #s",
             ExpressionAttributeNames={"#s": "status"},
             ConsistentRead=True,
         )
         return _from_item(resp["Item"]) if "Item" in resp else None
 
     def _record_late(self, chunk: list[Outcome]) -> list[Outcome]:
-        """Keep outcomes of a closed round apart (``LATE#``), uncounted; idempotent."""
+        """Keep outcomes of a closed round (or stale failures) apart (``LATE#``), uncounted; idempotent."""
         recorded_at = now_iso()
         for o in chunk:
             item = o.item(recorded_at)

@@ -12,9 +12,9 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 # TransactWriteItems takes up to 100 actions: 99 result puts (or deletes) + the job's update.
 MAX_PUTS_PER_TRANSACTION = 99
-# Failed outcomes a retry forgets per transaction: their deletes, the chunk's pending item and the
-# job's counters fill DynamoDB's 100 items.
-MAX_RETRY_CHUNK = MAX_PUTS_PER_TRANSACTION - 1
+# Failed outcomes a retry forgets per transaction: their deletes, the chunk's pending item, its
+# retry mark (``store.retried``) and the job's counters fill DynamoDB's 100 items.
+MAX_RETRY_CHUNK = MAX_PUTS_PER_TRANSACTION - 2
 # Attempts of one recording transaction that was cancelled for a conflict (no deadline given); a
 # batch call that leaves keys or items unprocessed has ``MAX_BATCH_ATTEMPTS``.
 MAX_RECORD_ATTEMPTS = 8
