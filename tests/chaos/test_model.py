@@ -83,6 +83,8 @@ class ShardqModel(RuleBasedStateMachine):
         self.payloads: dict[str, dict[str, Any]] = {}
         # Each job's status as of the last invariant check.
         self.statuses: dict[str, str] = {}
+        # Failures posted for shards a retry has since sent again: stale if delivered now.
+        self.stale: list[str] = []
 
     # -- submit -----------------------------------------------------------------------------
 
@@ -233,6 +235,14 @@ class ShardqModel(RuleBasedStateMachine):
         body = self.world.posted[index % len(self.world.posted)]
         self.world.sqs.send_message(QueueUrl=self.world.settings.results_queue_url, MessageBody=body)
 
+    @precondition(lambda self: self.stale)
+    @rule(index=st.integers(0, 99))
+    def stale_failure(self, index: int) -> None:
+        # An older attempt's failure delivered after a retry sent its shard again: late, never
+        # the shard's failure (the step check says so: no counted failure older than its retry).
+        body = self.stale[index % len(self.stale)]
+        self.world.sqs.send_message(QueueUrl=self.world.settings.results_queue_url, MessageBody=body)
+
     @rule(kind=st.sampled_from(["garbage", "no job", "foreign shard", "no round"]))
     def noise(self, kind: str) -> None:
         # Messages no worker of these jobs sent: rejected, never counted, parked in the DLQ.
@@ -296,12 +306,18 @@ class ShardqModel(RuleBasedStateMachine):
     def retry(self, job_id: str) -> None:
         before = self.world.engine.store.get_job(job_id)
         try:
-            retry_failed(self.world.engine, job_id)
+            report = retry_failed(self.world.engine, job_id)
         except OperationError as exc:
             assert job_id in str(exc)  # refused, saying why
             self.seen["retry refused"] += 1
             return
         self.seen[f"retried a {before.status} job"] += 1
+        retried = {(job_id, report.round, report.phase, shard) for shard in report.retried}
+        for body in self.world.posted:
+            data = json.loads(body)
+            key = (data["job_id"], data["round"], data["task_type"], data["shard_id"])
+            if key in retried and data["status"] == "failed" and body not in self.stale:
+                self.stale.append(body)
         after = self.world.engine.store.get_job(job_id)
         deadline_failure = "reached its deadline" in (before.error or "")
         if before.status == "FAILED" and (fixed("deadline_retry") or not deadline_failure):

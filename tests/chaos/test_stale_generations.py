@@ -151,3 +151,20 @@ def test_a_failure_of_a_shard_no_retry_sent_again_still_counts(world: World) -> 
     assert job.failed_total == 1 and world.engine.store.late_results("not-stale") == []
     (row,) = [o for o in world.engine.store.all_results("not-stale") if o.result.shard_id == 0]
     assert (row.result.status, row.result.generation) == ("failed", 0)
+
+
+def test_a_stale_failure_and_the_retried_success_in_one_batch_count_the_success(world: World) -> None:
+    # GIVEN shard 1 retried as generation 1, its old attempt's failure still to be delivered again
+    first = fail_and_retry(world, "one-batch")
+    (failure,) = [b for b in world.posted if '"status":"failed"' in b]
+    new = held_shard(world, 1, generation=1)
+    # WHEN the stale failure and the retried task's success reach the aggregator in one batch
+    world.sqs.send_message(QueueUrl=world.settings.results_queue_url, MessageBody=failure)
+    world.finish(new, [world.result_body(new.task, "ok")])
+    world.settle()
+    # THEN the success counts (the failure is not kept in its place, to be found stale and lost)
+    (row,) = [o for o in world.engine.store.all_results("one-batch") if o.result.shard_id == 1]
+    assert (row.result.status, row.result.generation) == ("succeeded", 1)
+    world.finish(first, [world.result_body(first.task, "ok")])
+    finish_ok(world, "one-batch")
+    assert world.engine.store.get_job("one-batch").status == "SUCCEEDED"

@@ -110,7 +110,7 @@ REQUEST = {
 
 
 def test_estimate_matches_a_hand_computation(shardq: Shardq, write_request: Any) -> None:
-    # GIVEN 100 map tasks on 10 workers, 250 s each, visibility 300 s (a heartbeat every 100 s: 2 per task)
+    # GIVEN 100 map tasks on 10 workers, 250 s each, the default 30 s lease (a heartbeat every 10 s: 25 per task)
     path = write_request(REQUEST)
     job_bytes = len(TrainingRequest.from_dict(REQUEST).to_json()) + 700 + 20 * 3
     assert math.ceil(job_bytes / 1024) == 1  # the job record is charged as 1 KB per write
@@ -118,8 +118,8 @@ def test_estimate_matches_a_hand_computation(shardq: Shardq, write_request: Any)
     run = shardq("estimate", path, "--workers", "10", "--task-seconds", "250", "--json")
     e = run.json()
     # THEN, by hand:
-    # task queue: 10 send batches + 100 receives + 100 deletes + 200 heartbeats (10 full waves: no idle polls)
-    assert e["sqs"]["task_queue_requests"] == 10 + 100 + 100 + 200
+    # task queue: 10 send batches + 100 receives + 100 deletes + 2,500 heartbeats (10 full waves: no idle polls)
+    assert e["sqs"]["task_queue_requests"] == 10 + 100 + 100 + 2500
     assert e["sqs"]["worker_idle_polls"] == 0
     # results: 100 sends; 10 waves of 10 results → 10 aggregator batches: 10 receives + 10 deletes
     assert e["sqs"]["results_queue_requests"] == 100 + 10 + 10
@@ -134,7 +134,7 @@ def test_estimate_matches_a_hand_computation(shardq: Shardq, write_request: Any)
     # S3: one artifact per task + the manifest
     assert e["s3"] == {"put_requests": 101, "get_requests": 0}
     expected = (
-        410 * 0.50e-6
+        2710 * 0.50e-6
         + 120 * 0.40e-6
         + 11 * 0.20e-6
         + 1.1666667 * 0.0000133334

@@ -91,16 +91,18 @@ REQUESTS: dict[str, dict[str, Any]] = {
         "max_parallel": 9,
         "entrypoint": TRAIN,
     },
-    # lr 100 overflows to NaN (as in tests/chaos/test_diverged.py): that trial is *diverged*.
+    # lr 100 overflows to NaN (as in tests/chaos/test_diverged.py): that trial is *diverged*. At
+    # lr 0.2 only the secondary metric grad_norm overflows: an ordinary trial, ranked by its
+    # finite objective (only the objective decides "diverged").
     "sweep_diverged": {
         "kind": "sweep",
         "dataset": {"uri": DATA, "num_samples": 600},
-        "search_space": {"lr": [0.05, 100.0, 0.01]},
+        "search_space": {"lr": [0.05, 100.0, 0.01, 0.2]},
         "hyperparameters": {"epochs": 20, "batch_size": 32},
         "objective": OBJECTIVE,
         "max_failed_shards": 0,
-        "max_parallel": 3,
-        "entrypoint": TRAIN,
+        "max_parallel": 4,
+        "entrypoint": "tests.dashboard.training:train_reporting_grad_norm",
     },
     "map": {
         "kind": "map",
@@ -576,13 +578,36 @@ def test_a_diverged_trial_reads_as_diverged_in_every_view(world: World, shardq: 
     at = next(i for i, ln in enumerate(lines) if ln.startswith("ROUND"))
     assert dict(zip(lines[at].split(), lines[at + 1].split(), strict=True))["DIVERGED"] == "1"
     start = next(i for i, ln in enumerate(lines) if ln.startswith("RANK"))
-    board = [ln.split() for ln in lines[start + 1 : start + 4]]
-    assert board[-1][:3] == ["3", "1", "diverged"], out
+    board = [ln.split() for ln in lines[start + 1 : start + 5]]
+    assert board[-1][:3] == ["4", "1", "diverged"], out
     # result --json and the dashboard: the manifest's row, with its outcome and no objective
     manifest = strict(shardq("result", f.job_id, "--json").out)
     last = manifest["leaderboard"][-1]
     assert (last["trial"], last["outcome"], last["objective"]) == (1, "diverged", None)
     assert manifest["diverged_count"] == 1 and manifest["rounds"][0]["shards_diverged"] == 1
+
+
+def test_a_trial_with_a_finite_objective_and_a_nonfinite_metric_reads_as_succeeded(
+    world: World, shardq: Any
+) -> None:
+    # GIVEN the lr sweep whose lr 0.2 trial (trial 3) reported grad_norm=inf and a finite val_loss
+    f = world.jobs["sweep_diverged"]
+    (trial,) = [r.result for r in f.records if r.result.shard_id == 3]
+    assert trial.status == "succeeded" and trial.metrics["grad_norm"] == float("inf")
+    # WHEN result --json shows the sweep
+    manifest = strict(shardq("result", f.job_id, "--json").out)
+    # THEN the trial ranks by its objective, its row keeps grad_norm as the standard-JSON "inf"
+    (row,) = [r for r in manifest["leaderboard"] if r["trial"] == 3]
+    assert row["outcome"] == "succeeded" and row["objective"] == trial.metrics["val_loss"]
+    assert row["metrics"]["grad_norm"] == "inf"
+    # and the round's means leave it out: grad_norm's mean is over the finite trials (0 and 2)
+    finite = [r.result for r in f.records if r.result.shard_id in (0, 2)]
+    summary = manifest["rounds"][0]["metrics"]["grad_norm"]
+    assert summary["count"] == 2 and summary["max"] == max(r.metrics["grad_norm"] for r in finite)
+    # status shows the job done with one diverged trial, none failed
+    out = shardq("status", f.job_id).out
+    assert "0 failed, 1 diverged" in out, out
+    # (the dashboard's API serves this job as strict JSON: test_dashboard_job_api_and_page_agree...)
 
 
 def test_watch_live_view_shows_the_global_model_on_each_reduce_row(

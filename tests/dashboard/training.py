@@ -6,6 +6,7 @@ so these tests depend on the training contract alone, not on the built-in reduce
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,15 @@ from examples.linear import train as linear_train
 def train(task: Any, ctx: Any) -> dict[str, Any]:
     """Train as examples.linear does."""
     return linear_train(task, ctx)
+
+
+def train_reporting_grad_norm(task: Any, ctx: Any) -> dict[str, Any]:
+    """Train as examples.linear does and report a ``grad_norm`` that overflows to inf from lr 0.2 up:
+    a trial whose secondary metric is non-finite while its objective may stay finite."""
+    out = linear_train(task, ctx)
+    lr = float(task.hyperparameters.get("lr", 0.05))
+    out["metrics"]["grad_norm"] = math.inf if lr >= 0.2 else lr * 10
+    return out
 
 
 def train_except_shard_2(task: Any, ctx: Any) -> dict[str, Any]:

@@ -26,6 +26,14 @@ from shardq.core.store.retried import RetryMarks
 from shardq.core.store.update import _ref, _Update
 
 
+def _preferred(outcome: Outcome) -> tuple[bool, int]:
+    """Which of two outcomes of one task in one call to keep (their order in a batch is chance):
+    one that is not a failure (it can never be stale), else the newer retry generation. Keeping
+    an older copy's failure would drop the retried task's result as its duplicate, and then be
+    found stale: the task would end with no counted outcome at all."""
+    return (outcome.result.status != "failed", outcome.result.generation)
+
+
 class Counting(RetryMarks):
     """``record``: result items and the counter increments that count them, in one transaction."""
 
@@ -37,7 +45,8 @@ class Counting(RetryMarks):
         recorded as late, uncounted. So is a failure of a task older than its shard's retry (its
         ``generation`` below the shard's retry mark, ``store.retried``): a stale copy's failure
         must not fail the retried shard.
-        Duplicates (already recorded, or twice in this call) are returned, not raised.
+        Duplicates (already recorded, or twice in this call: ``_preferred`` keeps one) are
+        returned, not raised.
         Raises JobNotFound for an unknown job and JobStoreError when a conflict outlasts the
         attempts or the ``deadline`` (seconds since the epoch) comes too close.
         """
@@ -46,10 +55,14 @@ class Counting(RetryMarks):
         for o in outcomes:
             r = o.result
             seen = groups.setdefault((r.job_id, r.round, r.task_type), {})
-            if r.key in seen:
-                duplicates.append(o)
-            else:
+            kept = seen.get(r.key)
+            if kept is None:
                 seen[r.key] = o
+            elif _preferred(o) > _preferred(kept):
+                duplicates.append(kept)
+                seen[r.key] = o
+            else:
+                duplicates.append(o)
         total = RecordOutcome(recorded=[], duplicates=duplicates)
         for (job_id, _, _), unique in groups.items():
             pending = list(unique.values())
