@@ -308,6 +308,22 @@ def _quorum(request: Any, job: JobShape, result: dict[str, Any]) -> None:
     result["request"]["quorum_fraction"] = request.quorum.fraction
 
 
+def _checkpoints_priced_here(args: argparse.Namespace, halving: bool) -> None:
+    """Refuse ``--checkpoint-every`` where it would be silently left out of the figures."""
+    if args.checkpoint_every <= 0:
+        return
+    if args.compare:
+        raise CliError(
+            "--checkpoint-every is not priced with --compare: checkpoints cost the same whichever "
+            "service coordinates the shards. Estimate them without --compare"
+        )
+    if halving:
+        raise CliError(
+            "--checkpoint-every prices tasks of one length; a successive-halving sweep's rungs "
+            "differ. Price one rung with --rounds 1 and that rung's --task-seconds"
+        )
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Estimate a request's coordination cost (or compare it with the alternatives); nothing is created."""
     request = _request(args)
@@ -320,10 +336,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             "--compare prices rounds of equal size; a successive-halving sweep's rungs shrink. "
             "Estimate it without --compare, or compare one rung with --rounds 1"
         )
+    _checkpoints_priced_here(args, halving)
     if args.compare:
         result = compare(job, assumptions)
     elif halving:
         result = _rung_estimate(request, job, assumptions)
+        result["heartbeats_at_scale"] = heartbeat_at_scale(assumptions.visibility_seconds)
     else:
         result = estimate(job, assumptions)
         _preemption(args, job, assumptions, result)
@@ -365,7 +383,7 @@ def _job_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="what if the request had this many shards (tasks) per round; nothing is submitted, so "
-        "the 100,000-shard cap of a real request does not apply",
+        "a real request's cap (1,000,000 for map, 10,000 for data_parallel and sweep) does not apply",
     )
     p.add_argument("--rounds", type=int, default=None, help="what if the request had this many rounds")
     p.add_argument(

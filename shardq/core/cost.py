@@ -20,7 +20,8 @@ Per job of R rounds of T train tasks on W workers, each task taking S seconds:
 * DynamoDB: each aggregator batch is recorded in transactions of up to 99 results plus the job's
   counter update (2 WRU per item per KB; the update is charged on the job record's size), and
   one write per result to the ``by_recorded`` index that watch and the dashboard read; cursor
-  checkpoints, phase transitions, round summaries, finalize; reads of the job record.
+  checkpoints, phase transitions, round summaries, finalize; each write of the job record again
+  in the ``by_status`` index (it projects the whole record); reads of the job record.
 * S3: one artifact PUT per train task, the reduce's inputs and output, the manifest; model GETs.
 """
 
@@ -291,7 +292,13 @@ def dynamodb_units(job: JobShape, batch_sizes: list[int]) -> dict[str, float]:
     wru_results += tasks
     cursor_updates = r * math.ceil(t / CURSOR_CHUNK) + reduces
     transitions = (2 * r if reduces else 0) + 3  # phase/round moves; finalize + event claim + clear
+    # The job record carries ``status`` and ``created_at``, the keys of the ``by_status`` index
+    # (projection ALL): each write of the record is written to that index too (a standard write of
+    # the record's size), and the one status change (RUNNING to its end) moves the entry (+1).
+    record_writes = 1 + transactions + cursor_updates + transitions
+    wru_status_index = (record_writes + 1) * job_kb
     wru = job_kb + wru_results + (cursor_updates + transitions) * job_kb + r  # + round summaries
+    wru += wru_status_index
     rru = (
         tasks * 0.5 * job_4kb  # workers' cancellation check (eventually consistent)
         + (len(batch_sizes) + phases) * job_4kb  # aggregator reads the record (consistent)
@@ -300,6 +307,7 @@ def dynamodb_units(job: JobShape, batch_sizes: list[int]) -> dict[str, float]:
     return {
         "job_record_bytes": job_bytes,
         "counter_transactions": transactions,
+        "status_index_write_units": wru_status_index,
         "write_request_units": wru,
         "read_request_units": rru,
     }

@@ -24,6 +24,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from shardq.core.cost import Assumptions
+
+# The workers' default task lease (shardq.worker.lease.DEFAULT_LEASE_S; the cost model's
+# ``visibility_seconds`` default, which tests/unit/test_cost.py keeps equal to it).
+WORKER_LEASE_S = Assumptions().visibility_seconds
+
 if TYPE_CHECKING:
     from shardq.core.jobstore import JobRecord
 
@@ -120,13 +126,13 @@ def explain(idle_s: float, *, tasks: QueueState | None, results_dlq: int, tasks_
     if dead:
         return replace(counts, reason="dlq", message=f"{idle}; " + "; ".join(dead))
     if in_flight:
-        lease = (
-            f"visibility timeout {tasks.visibility_timeout_s} s"
-            if tasks and tasks.visibility_timeout_s
-            else ""
+        # Not the queue's visibility timeout: workers receive with their own short lease and renew
+        # it while they train, so a task in flight is either still training or held by a worker
+        # that died, which comes back within one lease.
+        message = (
+            f"{idle}; {_plural(in_flight, 'task')} in flight (still training, or held by a worker "
+            f"that stopped: its task comes back within the workers' lease, {WORKER_LEASE_S} s by default)"
         )
-        message = f"{idle}; {_plural(in_flight, 'task')} in flight (a lease may be running out"
-        message += f": {lease})" if lease else ")"
         return replace(counts, reason="in_flight", message=message)
     if queued:
         waiting = _plural(queued, "task")

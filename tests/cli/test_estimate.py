@@ -120,3 +120,28 @@ def test_halving_counts_every_rung_at_its_budget_and_participation_its_sample(
     code, out, _ = run(capsys, "estimate", "examples/requests/data_parallel_quorum.json", *argv)
     e = json.loads(out)
     assert e["request"]["tasks_per_round"] == 8 and e["request"]["tasks"] == 5 * (8 + 1)
+
+
+def test_checkpoints_are_refused_where_they_would_be_left_out(
+    capsys: pytest.CaptureFixture[str], request_file: str
+) -> None:
+    # GIVEN --checkpoint-every with --compare, and with a halving sweep's rungs of different lengths
+    compare = run(capsys, "estimate", request_file, "--checkpoint-every", "60", "--compare")
+    halving = run(capsys, "estimate", "examples/requests/sweep_halving.json", "--checkpoint-every", "60")
+    # THEN each is a usage error naming the option and the fix, and prints no figures
+    assert compare[0] == 2 and "--checkpoint-every" in compare[2] and "without --compare" in compare[2]
+    assert halving[0] == 2 and "--checkpoint-every" in halving[2] and "--rounds 1" in halving[2]
+    assert compare[1] == halving[1] == ""
+    # AND one halving rung priced with --rounds 1 takes them; the halving estimate keeps its heartbeat line
+    code, out, _ = run(
+        capsys,
+        "estimate",
+        "examples/requests/sweep_halving.json",
+        "--rounds",
+        "1",
+        "--checkpoint-every",
+        "20",
+    )
+    assert code == 0 and "checkpoints: 3 per task" in out
+    code, out, _ = run(capsys, "estimate", "examples/requests/sweep_halving.json")
+    assert code == 0 and "heartbeats: a 30 s lease renewed every third of it" in out

@@ -110,7 +110,8 @@ REQUEST = {
 
 
 def test_estimate_matches_a_hand_computation(shardq: Shardq, write_request: Any) -> None:
-    # GIVEN 100 map tasks on 10 workers, 250 s each, the default 30 s lease (a heartbeat every 10 s: 25 per task)
+    # GIVEN 100 map tasks on 10 workers, 250 s each, the default 30 s lease
+    # (a heartbeat every 10 s: 25 per task)
     path = write_request(REQUEST)
     job_bytes = len(TrainingRequest.from_dict(REQUEST).to_json()) + 700 + 20 * 3
     assert math.ceil(job_bytes / 1024) == 1  # the job record is charged as 1 KB per write
@@ -118,7 +119,8 @@ def test_estimate_matches_a_hand_computation(shardq: Shardq, write_request: Any)
     run = shardq("estimate", path, "--workers", "10", "--task-seconds", "250", "--json")
     e = run.json()
     # THEN, by hand:
-    # task queue: 10 send batches + 100 receives + 100 deletes + 2,500 heartbeats (10 full waves: no idle polls)
+    # task queue: 10 send batches + 100 receives + 100 deletes + 2,500 heartbeats
+    # (10 full waves: no idle polls)
     assert e["sqs"]["task_queue_requests"] == 10 + 100 + 100 + 2500
     assert e["sqs"]["worker_idle_polls"] == 0
     # results: 100 sends; 10 waves of 10 results → 10 aggregator batches: 10 receives + 10 deletes
@@ -128,7 +130,8 @@ def test_estimate_matches_a_hand_computation(shardq: Shardq, write_request: Any)
     assert e["lambda"]["gb_seconds"] == pytest.approx((0.3 + 100 / 3000 + 2.0) * 0.5)
     # DynamoDB: create 1 + transactions 2 x (100 results + 10 counter updates x 1 KB)
     #           + 100 by_recorded index writes + (1 cursor + 3 finalize updates) x 1 + 1 round summary
-    assert e["dynamodb"]["write_request_units"] == 1 + 2 * (100 + 10 * 1) + 100 + 4 * 1 + 1 == 326
+    #           + the job record's 15 writes again in the by_status index, + 1 as its status changes
+    assert e["dynamodb"]["write_request_units"] == 1 + 2 * (100 + 10 * 1) + 100 + 4 * 1 + 1 + 16 == 342
     # reads: 100 worker checks x 0.5 + 11 consistent job reads + 2 queries of 100 x 1 KB / 4 KB
     assert e["dynamodb"]["read_request_units"] == 50 + 11 + 50
     # S3: one artifact per task + the manifest
@@ -138,7 +141,7 @@ def test_estimate_matches_a_hand_computation(shardq: Shardq, write_request: Any)
         + 120 * 0.40e-6
         + 11 * 0.20e-6
         + 1.1666667 * 0.0000133334
-        + 326 * 0.625e-6
+        + 342 * 0.625e-6
         + 111 * 0.125e-6
         + 101 * 0.005e-3
         + 1e-6

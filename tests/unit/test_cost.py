@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ast
+import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from shardq.core import cost
+from shardq.core.contracts import TrainingRequest
 from shardq.core.cost import Assumptions, JobShape, compare, estimate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +94,30 @@ def test_aggregator_batches_are_recorded_in_transactions_of_99() -> None:
     assert cost.dynamodb_units(job, cost.aggregator_batches(job, Assumptions(workers=100)))[
         "counter_transactions"
     ] == math.ceil(100 / 99)
+
+
+def test_every_write_of_the_job_record_is_written_again_to_the_by_status_index() -> None:
+    # GIVEN the stack's by_status index keyed on what the job record carries, projecting all of it
+    store = (ROOT / "stacks" / "components" / "job_store.py").read_text()
+    status_index = store[store.index("index_name=STATUS_INDEX") : store.index("index_name=RECORDED_INDEX")]
+    assert '"status"' in status_index and '"created_at"' in status_index
+    assert "ProjectionType.ALL" in status_index
+    record = (ROOT / "shardq" / "core" / "store" / "records.py").read_text()
+    assert '"status": self.status' in record and '"created_at": self.created_at' in record
+    # WHEN 100 map results are recorded from 10 waves of 10: a job record of 1 KB, then one of 3 KB
+    a = Assumptions(workers=10, task_seconds=250)
+    small = JobShape(kind="map", tasks_per_round=100, max_parallel=10, request_bytes=200)
+    large = JobShape(kind="map", tasks_per_round=100, max_parallel=10, request_bytes=2_000)
+    units = {
+        job.request_bytes: cost.dynamodb_units(job, cost.aggregator_batches(job, a)) for job in (small, large)
+    }
+    # THEN the record's writes (create, 10 counter transactions, 1 cursor, 3 finalize updates)
+    # are each written to the index at the record's size, plus one as its status leaves RUNNING
+    assert units[200]["status_index_write_units"] == (1 + 10 + 1 + 3 + 1) * 1
+    assert units[2_000]["status_index_write_units"] == (1 + 10 + 1 + 3 + 1) * 3
+    # AND they are in the total
+    without = units[200]["write_request_units"] - units[200]["status_index_write_units"]
+    assert without == 1 + 2 * (100 + 10) + 100 + 4 + 1
 
 
 def test_enqueue_time_follows_the_queue_mode() -> None:
@@ -182,3 +209,29 @@ def test_a_cpu_bound_splitter_is_named_as_the_bound() -> None:
         Assumptions(splitter_cpu_ms_per_call=1.0, high_throughput=True, splitter_mb=10240)
     )
     assert big["splitter CPU (1.00 vCPU)"] == pytest.approx(1000)
+
+
+def test_the_cost_figures_in_the_readme_and_benchmarks_are_the_models() -> None:
+    # A figure in the docs is the model's on the code as it is: change the model, re-run the
+    # commands BENCHMARKS.md section 7 and the README's Cost section show, and update them.
+    payload = json.loads((ROOT / "examples" / "requests" / "data_parallel.json").read_text())
+    shape = JobShape.from_request(TrainingRequest.from_dict(payload))
+    readme = (ROOT / "README.md").read_text()
+    bench = (ROOT / "BENCHMARKS.md").read_text()
+    # GIVEN the README's round: 10,000 shards of 600 s on 100 workers in 100 lanes
+    job = replace(shape, tasks_per_round=10_000, rounds=1, max_parallel=100)
+    e = estimate(job, Assumptions(workers=100, task_seconds=600))
+    fifo = (
+        f"| {e['sqs']['task_queue_requests']:,} | ${e['costs_usd']['SQS FIFO requests (task queue)']:.2f} |"
+    )
+    assert fifo in readme and f"| **total** | | **${e['total_usd']:.2f}** |" in readme
+    # AND section 7's rows: 1,000 workers in 1,000 lanes
+    a = Assumptions(workers=1000, task_seconds=600)
+    for shards in (1_000, 100_000, 1_000_000):
+        job = replace(shape, tasks_per_round=shards, rounds=1, max_parallel=1000)
+        sqs = estimate(job, a)["sqs"]
+        counts = (sqs["task_queue_requests"], sqs["heartbeats"], sqs["results_queue_requests"])
+        assert f"| {shards:,} | " + " | ".join(f"{n:,}" for n in counts) + " |" in bench, shards
+        usd = compare(job, a)["options"][0]["coordination_usd"]
+        total = f"${usd:.3f}" if usd < 1 else f"${usd:,.2f}"
+        assert f"| {shards:,} | shardq | {total} | ${usd / shards * 1000:.3f} |" in bench, shards
