@@ -119,10 +119,12 @@ def serve(
             log.warning("second signal: exiting now")
             os._exit(EXIT_SECOND_SIGNAL)
         log.info("%s: stopping; running tasks get %.0f s to finish", signal.Signals(signum).name, grace_s)
-        # Running training functions see it as ctx.should_stop: they checkpoint and return early.
+        # The stop first: the watch loop must see a signal as the reason, not the per-worker stop
+        # requests below (those alone mean a Spot notice). Running training functions see the
+        # request as ctx.should_stop: they checkpoint and return early.
+        stop.set()
         for w in workers:
             w.stop_signal.request(signal.Signals(signum).name)
-        stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     slots = [_Slot(w) for w in workers]

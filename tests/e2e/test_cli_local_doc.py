@@ -2,7 +2,8 @@
 
 The fenced ``sh`` blocks of the section "On the local cloud" are executed by bash, one after
 another, against a real ``shardq local up --detach``: the first starts the local cloud, sets the
-environment and reaches it with ``shardq`` and the AWS CLI; the last stops it.
+environment, reaches it with ``shardq`` and the AWS CLI and leaves a worker in the background; the
+last stops it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from shardq.local.run import process_is
@@ -44,25 +46,44 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def bash(script: str, cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` with ``set -euo pipefail`` in its own process group, which is ended afterwards."""
-    proc = subprocess.Popen(
-        ["bash", "-c", "set -euo pipefail\n" + script],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+def bash(script: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[subprocess.Popen[bytes], Path]:
+    """Run ``script`` with ``set -euo pipefail`` in its own process group, its output in a file.
+
+    Returns when bash exits, not when its output ends: a command the script leaves running in the
+    background (the guide's ``shardq worker … &``) holds the output open until it exits, which with
+    the guide's ``--idle-exit 120`` is two minutes later. The caller ends the group.
+    """
+    out = cwd / f"bash-{len(list(cwd.glob('bash-*.out')))}.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            ["bash", "-c", "set -euo pipefail\n" + script],
+            cwd=cwd,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        # What the script left in the background (the worker) is in this group; `local up --detach`
-        # made its own session and is stopped by `shardq local down`.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        end_group(proc)
+        raise
+    return proc, out
+
+
+def end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM what is left of ``proc``'s process group (`local up --detach` made its own session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+
+
+def wait_for_text(path: Path, text: str, timeout: float) -> str:
+    """``path``'s contents once they contain ``text`` (a background process writes it)."""
+    deadline = time.monotonic() + timeout
+    while text not in (content := path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert text in content, f"no {text!r} in {path} after {timeout} s:\n{content}"
+    return content
 
 
 def test_the_local_cloud_steps_in_the_cli_guide_run_as_written(tmp_path: Path) -> None:
@@ -73,25 +94,34 @@ def test_the_local_cloud_steps_in_the_cli_guide_run_as_written(tmp_path: Path) -
     assert "shardq local up" in start and "shardq local down" in stop
     env = clean_env(tmp_path)
     run_file = tmp_path / ".shardq" / "local.json"
+    first: subprocess.Popen[bytes] | None = None
     try:
         # WHEN the first block runs
-        first = bash(start, tmp_path, env, timeout=900)
+        first, first_out = bash(start, tmp_path, env, timeout=900)
         # THEN every step succeeded: outputs came from the local CloudFormation
-        assert first.returncode == 0, f"stdout:\n{first.stdout}\nstderr:\n{first.stderr}"
-        assert "TaskQueueUrl" in first.stdout and "running" in first.stdout
+        output = first_out.read_text()
+        assert first.returncode == 0, output
+        assert "TaskQueueUrl" in output and "running" in output
         info = json.loads(run_file.read_text())
         assert process_is(info["pid"], "ministack")
         env_file = (tmp_path / ".shardq" / "local.env").read_text()
         for name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "SHARDQ_STACK"):
             assert f"export {name}=" in env_file
+        # and the worker it left in the background serves the stack's task queue
+        queue_url = re.search(r"TaskQueueUrl\s+(\S+)", output)
+        assert queue_url, output
+        started = wait_for_text(first_out, '"worker started"', timeout=120)
+        assert f'"task_queue_url": "{queue_url[1]}"' in started, started
         # WHEN the last block runs
-        last = bash(stop, tmp_path, env, timeout=120)
+        last, last_out = bash(stop, tmp_path, env, timeout=120)
         # THEN the local cloud is gone, and so is the run file
-        assert last.returncode == 0, last.stderr
+        assert last.returncode == 0, last_out.read_text()
         assert not process_is(info["pid"], "ministack")
         assert not process_is(info["up_pid"], "shardq")
         assert not run_file.exists()
     finally:
+        if first is not None:
+            end_group(first)  # the guide's background worker
         subprocess.run(
             [sys.executable, "-m", "shardq.cli", "local", "down", "--run-file", str(run_file)],
             cwd=tmp_path,

@@ -22,6 +22,7 @@ from aws_cdk.assertions import Template  # noqa: E402
 from stacks.application import build_app  # noqa: E402
 from stacks.config import load_cdk_json_context  # noqa: E402
 from stacks.shardq_stack import ShardqStack  # noqa: E402
+from tests.infra.rulepacks import RulePackRun, run_rule_packs  # noqa: E402
 
 
 @dataclass
@@ -59,3 +60,30 @@ def default_synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     """The stack with cdk.json's defaults, synthesized once for every module that reads it (they
     run on one xdist worker: tests/conftest.py's groups)."""
     return synthesize(tmp_path_factory.mktemp("cdk-default"))
+
+
+# The two other variants the rule packs check, each owned by its module (its context is defined
+# there). Each is synthesized once per session, like the default, so cfn-lint and checkov each run
+# once over all three templates (``rule_packs``).
+@pytest.fixture(scope="session")
+def gpu_fleet_synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    """The stack with a GPU fleet (tests/infra/test_fleet.py's ``GPU_FLEET``)."""
+    from tests.infra.test_fleet import GPU_FLEET
+
+    return synthesize(tmp_path_factory.mktemp("cdk-fleet-gpu"), **GPU_FLEET)
+
+
+@pytest.fixture(scope="session")
+def variants_synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    """The stack with the customer key and other opt-ins (tests/infra/test_variants.py's ``VARIANTS``)."""
+    from tests.infra.test_variants import VARIANTS
+
+    return synthesize(tmp_path_factory.mktemp("cdk-variants"), **VARIANTS)
+
+
+@pytest.fixture(scope="session")
+def rule_packs(default_synth: Synth, gpu_fleet_synth: Synth, variants_synth: Synth) -> RulePackRun:
+    """cfn-lint's and checkov's findings over the three variants (tests/infra/rulepacks.py)."""
+    return run_rule_packs(
+        {"default": default_synth.outdir, "gpu": gpu_fleet_synth.outdir, "kms": variants_synth.outdir}
+    )

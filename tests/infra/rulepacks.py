@@ -1,14 +1,19 @@
 """Third-party rule packs over a synthesized template: cfn-lint and checkov.
 
-Each infra module that synthesizes a variant (default, ``fleet=gpu``, ``queue_encryption=kms``)
-runs both packs on its own template (:func:`assert_cfn_lint_passes`, :func:`assert_checkov_passes`),
-so no variant is synthesized twice. Every finding the stack accepts is listed here once, with the
-reason; a listed one that no longer fires is reported as stale, so the lists only shrink.
+The three variants (default, ``fleet=gpu``, ``queue_encryption=kms``) are synthesized once per
+session (tests/infra/conftest.py), and each pack runs once over all three templates, both packs at
+the same time (:func:`run_rule_packs`): one cfn-lint and one checkov start instead of three each
+(≈ 11 s of CPU less, BENCHMARKS.md §11). Each infra module that owns a variant asserts on its
+template's findings (:func:`assert_cfn_lint_passes`, :func:`assert_checkov_passes`). Every finding
+the stack accepts is listed here once, with the reason; a listed one that no longer fires is
+reported as stale, so the lists only shrink.
 
 cfn-lint comes from the project venv (requirements-dev.txt). checkov pins boto3/botocore 1.35,
 which the project's venv cannot take (ministack pins botocore 1.43.106), so it has its own venv,
 ``.venv/rulepacks`` (``make rulepacks``, which ``make test`` runs); without it the checkov half
-skips, saying how to get it.
+skips, saying how to get it. checkov runs with ``--skip-download``: it would otherwise fetch its
+guideline mappings from the Prisma Cloud API on every run (the tests make no network calls; the
+checks and their results are the same).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,15 +102,57 @@ def template_of(outdir: Path) -> Path:
     return path
 
 
-def cfn_lint_findings(template: Path) -> tuple[list[str], set[str]]:
-    """cfn-lint's findings not ignored above, and the ignored rules that fired."""
-    out = subprocess.run(
-        [str(CFN_LINT), "--format", "json", str(template)],
-        capture_output=True, text=True, timeout=600, check=False,
+@dataclass(frozen=True)
+class RulePackRun:
+    """Both packs' raw findings over the variants' templates, by variant."""
+
+    cfn_lint: dict[str, list[dict[str, Any]]]
+    checkov: dict[str, list[dict[str, Any]]] | None  # None: checkov is not installed
+
+
+def run_rule_packs(outdirs: dict[str, Path]) -> RulePackRun:
+    """Run cfn-lint once and checkov once over every variant's template, both at the same time."""
+    templates = {variant: template_of(outdir) for variant, outdir in outdirs.items()}
+    lint = subprocess.Popen(
+        [str(CFN_LINT), "--format", "json", *map(str, templates.values())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    check = None
+    if CHECKOV.exists():
+        files = [arg for path in templates.values() for arg in ("-f", str(path))]
+        check = subprocess.Popen(
+            [str(CHECKOV), "--quiet", "--compact", "--skip-download", "--framework", "cloudformation",
+             "-o", "json", *files],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    try:
+        lint_out, lint_err = lint.communicate(timeout=600)
+        check_out, check_err = check.communicate(timeout=600) if check else ("", "")
+    finally:
+        for proc in (lint, check):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
     # Exit codes are a bit mask of levels (2 error, 4 warning, 8 info); anything else is a crash.
-    assert out.returncode in range(16), out.stderr
-    matches = json.loads(out.stdout or "[]")
+    assert lint.returncode in range(16), lint_err
+    by_file = {str(path): variant for variant, path in templates.items()}
+    matches: dict[str, list[dict[str, Any]]] = {variant: [] for variant in templates}
+    for m in json.loads(lint_out or "[]"):
+        matches[by_file[m["Filename"]]].append(m)
+    if check is None:
+        return RulePackRun(cfn_lint=matches, checkov=None)
+    # 1 means failed checks, which the JSON lists; anything else is a crash.
+    assert check.returncode in (0, 1), check_err
+    report = json.loads(check_out)
+    assert report["summary"]["parsing_errors"] == 0, report["summary"]
+    failed: dict[str, list[dict[str, Any]]] = {variant: [] for variant in templates}
+    for f in report["results"]["failed_checks"]:
+        failed[by_file[f["file_abs_path"]]].append(f)
+    return RulePackRun(cfn_lint=matches, checkov=failed)
+
+
+def cfn_lint_findings(run: RulePackRun, variant: str) -> tuple[list[str], set[str]]:
+    """cfn-lint's findings on ``variant`` not ignored above, and the ignored rules that fired."""
+    matches = run.cfn_lint[variant]
     fired = {m["Rule"]["Id"] for m in matches}
     open_ = [
         f"{m['Rule']['Id']} {m['Level']} {m['Location']['Path']}: {m['Message']}"
@@ -114,20 +162,11 @@ def cfn_lint_findings(template: Path) -> tuple[list[str], set[str]]:
     return open_, fired & set(CFN_LINT_IGNORED)
 
 
-def checkov_findings(template: Path, variant: str) -> tuple[list[str], set[str]]:
+def checkov_findings(run: RulePackRun, variant: str) -> tuple[list[str], set[str]]:
     """checkov's failed checks not skipped for ``variant``, and the skipped checks that failed."""
-    if not CHECKOV.exists():
+    if run.checkov is None:
         pytest.skip(f"checkov is not installed at {CHECKOV}: run `make rulepacks` (make test does)")
-    out = subprocess.run(
-        [str(CHECKOV), "--quiet", "--compact", "--framework", "cloudformation", "-o", "json",
-         "-f", str(template)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    # 1 means failed checks, which the JSON lists; anything else is a crash.
-    assert out.returncode in (0, 1), out.stderr
-    report = json.loads(out.stdout)
-    assert report["summary"]["parsing_errors"] == 0, report["summary"]
-    failed = report["results"]["failed_checks"]
+    failed = run.checkov[variant]
     skipped = {c for c, s in CHECKOV_SKIPPED.items() if variant in s.variants}
     open_ = [
         f"{f['check_id']} {f['resource']}: {f['check_name']}" for f in failed if f["check_id"] not in skipped
@@ -135,18 +174,19 @@ def checkov_findings(template: Path, variant: str) -> tuple[list[str], set[str]]
     return open_, {f["check_id"] for f in failed} & skipped
 
 
-def assert_cfn_lint_passes(outdir: Path) -> None:
-    """cfn-lint finds nothing beyond ``CFN_LINT_IGNORED``, and each ignored rule still fires."""
-    lint_open, lint_fired = cfn_lint_findings(template_of(outdir))
+def assert_cfn_lint_passes(run: RulePackRun, variant: str) -> None:
+    """cfn-lint finds nothing beyond ``CFN_LINT_IGNORED`` on ``variant``, and each ignored rule still
+    fires there."""
+    lint_open, lint_fired = cfn_lint_findings(run, variant)
     assert lint_open == [], "cfn-lint findings: fix them in stacks/, or list the rule with its reason"
     stale = set(CFN_LINT_IGNORED) - lint_fired
     assert not stale, f"stale cfn-lint ignores: {stale}"
 
 
-def assert_checkov_passes(outdir: Path, variant: str) -> None:
+def assert_checkov_passes(run: RulePackRun, variant: str) -> None:
     """checkov fails nothing beyond ``CHECKOV_SKIPPED`` for ``variant``, and each skip listed for
     ``variant`` still fires (a stale one is deleted, not kept)."""
-    checkov_open, checkov_fired = checkov_findings(template_of(outdir), variant)
+    checkov_open, checkov_fired = checkov_findings(run, variant)
     assert checkov_open == [], "checkov findings: fix them in stacks/, or list the check with its reason"
     expected = {c for c, s in CHECKOV_SKIPPED.items() if variant in s.variants}
     stale = expected - checkov_fired

@@ -16,7 +16,7 @@ from stacks.components.fleet import STOP_TIMEOUT_SECONDS
 from stacks.components.fleet.scaling import closure, scaling_rule
 from stacks.config import BUNDLED_IMAGE_ALLOW, REPO_ROOT, ConfigError, ShardqConfig
 from tests.infra.conftest import Synth, synthesize
-from tests.infra.rulepacks import assert_cfn_lint_passes, assert_checkov_passes
+from tests.infra.rulepacks import RulePackRun, assert_cfn_lint_passes, assert_checkov_passes
 
 ECR_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/shardq-worker:1.4"
 FLEET_TYPES = (
@@ -31,20 +31,24 @@ FLEET_TYPES = (
 )
 
 
+# The GPU fleet these tests read (synthesized once per session: conftest's ``gpu_fleet_synth``,
+# which the rule packs check too).
+GPU_FLEET: dict[str, Any] = {
+    "fleet": "gpu",
+    "fleet_instance_types": ["g6.xlarge", "g5.xlarge"],
+    "fleet_on_demand_base_capacity": 1,
+    "fleet_on_demand_percentage": 25,
+    "fleet_max_workers": 12,
+    "fleet_backlog_per_worker": 2,
+    "fleet_scale_to_zero_after_minutes": 20,
+    "fleet_root_volume_gib": 150,
+    "log_retention_days": 14,
+}
+
+
 @pytest.fixture(scope="module")
-def gpu(tmp_path_factory: pytest.TempPathFactory) -> Synth:
-    return synthesize(
-        tmp_path_factory.mktemp("cdk-fleet-gpu"),
-        fleet="gpu",
-        fleet_instance_types=["g6.xlarge", "g5.xlarge"],
-        fleet_on_demand_base_capacity=1,
-        fleet_on_demand_percentage=25,
-        fleet_max_workers=12,
-        fleet_backlog_per_worker=2,
-        fleet_scale_to_zero_after_minutes=20,
-        fleet_root_volume_gib=150,
-        log_retention_days=14,
-    )
+def gpu(gpu_fleet_synth: Synth) -> Synth:
+    return gpu_fleet_synth
 
 
 @pytest.fixture(scope="module")
@@ -638,9 +642,9 @@ def test_fleet_context_from_the_command_line_is_parsed() -> None:
 # -- third-party rule packs (tests/infra/rulepacks.py) on the GPU fleet's template ----------------
 
 
-def test_cfn_lint_gpu_fleet(gpu: Synth) -> None:
-    assert_cfn_lint_passes(gpu.outdir)
+def test_cfn_lint_gpu_fleet(rule_packs: RulePackRun) -> None:
+    assert_cfn_lint_passes(rule_packs, "gpu")
 
 
-def test_checkov_gpu_fleet(gpu: Synth) -> None:
-    assert_checkov_passes(gpu.outdir, "gpu")
+def test_checkov_gpu_fleet(rule_packs: RulePackRun) -> None:
+    assert_checkov_passes(rule_packs, "gpu")

@@ -9,28 +9,32 @@ import pytest
 from aws_cdk.assertions import Annotations, Match
 
 from stacks.components.task_queues import MAX_RECEIVE_COUNT_WARNING_ID
-from tests.infra.conftest import Synth, synthesize
-from tests.infra.rulepacks import assert_cfn_lint_passes, assert_checkov_passes
+from tests.infra.conftest import Synth
+from tests.infra.rulepacks import RulePackRun, assert_cfn_lint_passes, assert_checkov_passes
 
 DATASETS = "arn:aws:s3:::shardq-example-datasets"
 
 
+# Every opt-in at once (synthesized once per session: conftest's ``variants_synth``, which the
+# rule packs check too).
+VARIANTS: dict[str, Any] = {
+    "queue_encryption": "kms",
+    "fifo_high_throughput": True,
+    "max_receive_count": 3,
+    "dataset_bucket_arns": [DATASETS],
+    "alarm_email": "ml-oncall@example.com",
+    "artifact_expiry_days": 30,
+    "powertools_layer": False,
+    "aggregator_reserved_concurrency": 10,
+    "log_retention_days": 90,
+    "stack_name": "shardq-dev",
+    "tags": {"team": "ml"},
+}
+
+
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
-    return synthesize(
-        tmp_path_factory.mktemp("cdk-variants"),
-        queue_encryption="kms",
-        fifo_high_throughput=True,
-        max_receive_count=3,
-        dataset_bucket_arns=[DATASETS],
-        alarm_email="ml-oncall@example.com",
-        artifact_expiry_days=30,
-        powertools_layer=False,
-        aggregator_reserved_concurrency=10,
-        log_retention_days=90,
-        stack_name="shardq-dev",
-        tags={"team": "ml"},
-    )
+def synth(variants_synth: Synth) -> Synth:
+    return variants_synth
 
 
 def _queue_key(synth: Synth) -> str:
@@ -183,9 +187,9 @@ def test_nag_passes_and_the_dataset_acknowledgment_is_used(synth: Synth) -> None
 # -- third-party rule packs (tests/infra/rulepacks.py) on the customer-key template ---------------
 
 
-def test_cfn_lint_kms(synth: Synth) -> None:
-    assert_cfn_lint_passes(synth.outdir)
+def test_cfn_lint_kms(rule_packs: RulePackRun) -> None:
+    assert_cfn_lint_passes(rule_packs, "kms")
 
 
-def test_checkov_kms(synth: Synth) -> None:
-    assert_checkov_passes(synth.outdir, "kms")
+def test_checkov_kms(rule_packs: RulePackRun) -> None:
+    assert_checkov_passes(rule_packs, "kms")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.infra.conftest import Synth
-from tests.infra.rulepacks import assert_cfn_lint_passes, assert_checkov_passes
+from tests.infra.rulepacks import RulePackRun, assert_cfn_lint_passes, assert_checkov_passes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,9 +123,9 @@ def test_the_job_store_reads_a_worker_makes_are_gets(synth: Synth) -> None:
         assert "self.ddb.get_item(" in body and "self.ddb.query(" not in body, method
 
 
-def test_cfn_lint_default(synth: Synth) -> None:
-    assert_cfn_lint_passes(synth.outdir)
+def test_cfn_lint_default(rule_packs: RulePackRun) -> None:
+    assert_cfn_lint_passes(rule_packs, "default")
 
 
-def test_checkov_default(synth: Synth) -> None:
-    assert_checkov_passes(synth.outdir, "default")
+def test_checkov_default(rule_packs: RulePackRun) -> None:
+    assert_checkov_passes(rule_packs, "default")
