@@ -35,10 +35,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.scale_sizes import ddb_item_size as item_size
 from shardq.core import contracts, operations, rounds
 from shardq.core.engine import Engine
 from shardq.core.jobstore import JobRecord
-from tests.chaos.model_world import ITEM_LIMIT, World, item_size, scan_items
+from tests.chaos.model_world import ITEM_LIMIT, World, scan_items
 
 _COUNTER = re.compile(r"^([a-z]+)_r(\d+)_(train|reduce)$")
 _RESULT = re.compile(r"^(RES|LATE)#r(\d+)#(train|reduce)#(\d+)$")

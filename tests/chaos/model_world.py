@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from shardq.core.contracts import ShardTask
@@ -278,42 +277,7 @@ class World:
         return queue_arn(self.sqs, url)
 
 
-# -- DynamoDB item sizes ---------------------------------------------------------------------
-
-
-def _number_size(text: str) -> int:
-    """A number's size: about one byte per two significant digits, plus one (DynamoDB's rule)."""
-    digits = Decimal(text).normalize().as_tuple().digits
-    return (len(digits) + 1) // 2 + 1
-
-
-def value_size(value: dict[str, Any]) -> int:
-    """The size DynamoDB charges an attribute value (low-level ``{"S": ...}`` form)."""
-    ((kind, v),) = value.items()
-    if kind == "S":
-        return len(v.encode())
-    if kind == "N":
-        return _number_size(v)
-    if kind == "B":
-        return len(v)
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "SS":
-        return sum(len(s.encode()) for s in v)
-    if kind == "NS":
-        return sum(_number_size(n) for n in v)
-    if kind == "BS":
-        return sum(len(b) for b in v)
-    if kind == "L":
-        return 3 + sum(1 + value_size(x) for x in v)
-    if kind == "M":
-        return 3 + sum(1 + len(k.encode()) + value_size(x) for k, x in v.items())
-    raise ValueError(f"unknown DynamoDB type {kind}")
-
-
-def item_size(item: dict[str, Any]) -> int:
-    """An item's size by DynamoDB's rules: every attribute's name (UTF-8) plus its value."""
-    return sum(len(name.encode()) + value_size(value) for name, value in item.items())
+# -- DynamoDB item sizes: DynamoDB's rules, defined once in benchmarks/scale_sizes.py -----------
 
 
 def scan_items(ddb: Any, table: str) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from benchmarks.scale_sizes import ddb_item_size as item_size
 from shardq.core import enqueue as enqueue_module
 from shardq.core.contracts import TERMINAL_STATUSES
 from shardq.core.fanout import FanOutError
@@ -52,7 +53,7 @@ from tests.chaos.model_invariants import (
     step_problems,
     world_jobs,
 )
-from tests.chaos.model_world import World, item_size
+from tests.chaos.model_world import World
 from tests.helpers import FlakySQS
 from tests.requests import make_request
 
