@@ -31,7 +31,7 @@ install: $(STAMP) $(NODE_STAMP)  ## create .venv and node_modules from the pinne
 run: install  ## the main job: a real training job end to end on the embedded local cloud (prints the dashboard address; RUN_ARGS=--keep-open)
 	$(PY) -m shardq.demo $(RUN_ARGS)
 
-test: install torch dashboard rulepacks  ## lint, type-check and the whole test suite, PyTorch and browser tests included (what CI runs)
+test: install torch dashboard rulepacks optuna mlflow  ## lint, type-check and the whole test suite, PyTorch and browser tests included (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -96,6 +96,18 @@ $(RULEPACKS_STAMP): requirements-rulepacks.txt
 
 rulepacks: $(RULEPACKS_STAMP)  ## checkov in its own venv (.venv/rulepacks: its boto3 pins clash with ours) for tests/infra
 
+.PHONY: mlflow
+MLFLOW_VENV := $(VENV)/mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+
+$(MLFLOW_STAMP): requirements-mlflow-server.txt
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-mlflow-server.txt
+	touch $@
+
+mlflow: install $(MLFLOW_STAMP)  ## optional: the MLflow client for `shardq track` / `watch --mlflow` (into .venv); an MLflow server for the tests in .venv/mlflow
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-mlflow.txt
+
 .PHONY: flower bench-flower
 FLOWER_VENV := $(VENV)/flower
 
@@ -106,10 +118,15 @@ flower: torch  ## optional: Flower (flwr + Ray) in its own venv, .venv/flower, f
 bench-flower: flower  ## FedAvg on MNIST: shardq vs Flower vs centralized; table to BENCHMARKS.md (BENCH_ARGS=--arch cnn)
 	$(PY) -m benchmarks.flower_compare --write $(BENCH_ARGS)
 
-.PHONY: bench-rounds
-bench-rounds: install  ## rounds and sweeps: one straggler vs quorum, halving vs full budget vs Optuna's pruner (BENCH_ARGS=...)
+.PHONY: optuna bench-rounds bench-optuna
+optuna: install  ## optional: Optuna's samplers (search.method "optuna") for workers, the tests and the benchmarks
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-optuna.txt
+
+bench-rounds: optuna  ## rounds and sweeps: one straggler vs quorum, halving vs full budget vs Optuna's pruner (BENCH_ARGS=...)
 	$(PY) -m benchmarks.rounds $(BENCH_ARGS)
+
+bench-optuna: optuna torch  ## TPE vs random vs grid on the MNIST CNN, through shardq and in-process; plot to docs/img/optuna_tpe.png
+	$(PY) -m benchmarks.optuna_tpe --plot docs/img/optuna_tpe.png $(BENCH_ARGS)
 
 soak: install  ## the chaos soak runs: many jobs with random worker kills (a SOAK {...} line), and the long model-based run (a MODEL {...} line; MODEL_EXAMPLES, MODEL_STEPS)
 	$(BIN)/pytest tests/chaos/test_soak.py tests/chaos/test_model.py -m soak -s -q

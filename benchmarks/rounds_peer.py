@@ -52,7 +52,11 @@ def train_rung(
         round=rung,
         shard_id=trial,
     )
-    ctx = SimpleNamespace(init_model_path=init, output_dir=out, progress=lambda fraction: None)
+    # A fresh attempt that is never told to stop: what examples.linear's checkpointing reads.
+    ctx = SimpleNamespace(
+        init_model_path=init, output_dir=out, progress=lambda fraction: None,
+        resume_path=None, resume_step=None, should_stop=False,
+    )  # fmt: skip
     return float(linear.train(task, ctx)["metrics"]["val_loss"])
 
 

@@ -183,3 +183,20 @@ def evaluate(task: Any, ctx: Any) -> dict[str, Any]:
     }
     (ctx.output_dir / "stats.json").write_text(json.dumps(stats))
     return {"metrics": stats, "num_samples": len(y)}
+
+
+def score(task: Any, ctx: Any) -> dict[str, Any]:
+    """A ``map`` job that evaluates a trained model (``model.init_uri``, e.g. a pipeline's
+    ``after: {"use": "final_model"}``) on each shard: its mean squared error, and ``score.json``."""
+    if ctx.init_model_path is None:
+        raise ValueError(
+            "score needs a model: set model.init_uri, or follow a job with after.use final_model"
+        )
+    x, y = load_range(
+        task.data.get("uri"), int(task.data["start"]), int(task.data["end"]), getattr(ctx, "fetch", None)
+    )
+    with np.load(ctx.init_model_path) as m:
+        w, b = m["w"].astype(np.float64), float(m["b"])
+    metrics = {"mse": _mse(w, b, x, y)}
+    (ctx.output_dir / "score.json").write_text(json.dumps(metrics))
+    return {"metrics": metrics, "num_samples": len(y)}

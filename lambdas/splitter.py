@@ -26,6 +26,7 @@ from lambdas.common import (
 from shardq.core.advance import CLOSE_KEY
 from shardq.core.contracts import JOB_ID_RE, ValidationError
 from shardq.core.engine import CloseRangeIncomplete, EnqueueIncomplete, JobConflict
+from shardq.core.tenancy import invoked_tenant
 
 
 @logger.inject_lambda_context(log_event=False)
@@ -61,7 +62,10 @@ def split(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.set_correlation_id(event["job_id"])
         # A payload that is not an object (a list, a string) is rejected by the validator with
         # "request must be a JSON object", rather than as an empty request missing every field.
-        answer = engine().submit(event, deadline=deadline(context))
+        # On AWS a tenant's principals invoke the splitter through their own alias: its name, not
+        # the request, says whose job this is (shardq.core.tenancy.invoked_tenant).
+        tenant = invoked_tenant(getattr(context, "invoked_function_arn", None))
+        answer = engine().submit(event, deadline=deadline(context), invoked_as=tenant)
         logger.set_correlation_id(answer["job_id"])
         logger.info("job submitted", extra={"job": answer})
         return {"ok": True, **answer}

@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from stacks.tenancy_config import scheduling_context
 from stacks.worker_trust import trust
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +84,17 @@ def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return None if raw is None or raw in {"", "null"} else parse(raw)
 
     return wrapped
+
+
+def _scheduling(raw: Any) -> str | None:
+    """The ``scheduling`` key, checked as the Lambdas parse it (``stacks/tenancy_config.py``), as
+    normalized JSON."""
+    if raw is None or raw in ("", "null"):
+        return None
+    try:
+        return str(scheduling_context(raw).to_json())
+    except ValueError as err:
+        raise _BadValue(str(err)) from err
 
 
 def _as_bool(raw: Any) -> bool:
@@ -317,6 +329,15 @@ class ShardqConfig:
         doc=(
             "S3 bucket ARNs workers may read datasets from (the artifact bucket is always readable); "
             "the splitter refuses s3:// data elsewhere. Default []."
+        ),
+    )
+    scheduling: str | None = _key(
+        default=_scheduling({}),
+        parse=_scheduling,
+        doc=(
+            "Tenants, weights, quotas, priority aging and task windows (shardq/core/tenancy.py documents "
+            "the shape; docs/DEPLOYING.md). null: rounds go on the queue whole and any tenant name is "
+            "accepted. Default: windows of 2 per lane, one open tenant space."
         ),
     )
     alarm_email: str | None = _key(

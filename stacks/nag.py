@@ -124,6 +124,8 @@ SCOPES: dict[str, Selector] = {
     "alarm topic with an email": _alarm_topic_with_email,
     "dead-letter queues": _dead_letter_queues,
     "splitter failure queue": _one(lambda s: s.functions.splitter_failure_queue),
+    "pipeline function": _one(lambda s: s.functions.pipeline),
+    "pipeline failure queue": _one(lambda s: s.functions.pipeline_failure_queue),
     "parked results queue": _one(lambda s: s.results.parked_queue),
     "fleet execution role": _fleet_execution_role,
     "fleet task role": _fleet_task_role,
@@ -186,6 +188,12 @@ RULES: tuple[NagRule, ...] = (
         "legacy DeadLetterConfig and records the request and the error.",
     ),
     NagRule(
+        "Serverless::Serverless-LambdaDLQ",
+        "pipeline function",
+        "Async failures go to an on-failure destination (PipelineFailureQueue), which supersedes the "
+        "legacy DeadLetterConfig; the Job Finished rule's DLQ is the same queue.",
+    ),
+    NagRule(
         "Serverless::Serverless-LambdaEventSourceMappingDestination",
         "stack",
         "SQS event source mappings support no on-failure destination (only streams and Kafka do); each "
@@ -236,6 +244,17 @@ RULES: tuple[NagRule, ...] = (
         "Serverless::Serverless-SQSRedrivePolicy",
         "splitter failure queue",
         "On-failure destination queue: it is itself the dead-letter store for async splitter invocations.",
+    ),
+    NagRule(
+        "AwsSolutions::AwsSolutions-SQS3",
+        "pipeline failure queue",
+        "This queue is the pipeline function's on-failure destination and its rule's DLQ: the end of "
+        "the line like a DLQ.",
+    ),
+    NagRule(
+        "Serverless::Serverless-SQSRedrivePolicy",
+        "pipeline failure queue",
+        "On-failure destination and rule DLQ: it is itself the dead-letter store of pipeline triggers.",
     ),
     NagRule(
         "AwsSolutions::AwsSolutions-SQS3",

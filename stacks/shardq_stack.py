@@ -24,9 +24,12 @@ from stacks.components import (
 from stacks.components._props import VISIBILITY_PER_CONSUMER_TIMEOUT, ComponentPropsError, retention, seconds
 from stacks.components.fleet import FleetSizing, WorkerFleet
 from stacks.components.monitoring import MonitoredFleet, MonitoredFunctions, MonitoredQueues
+from stacks.components.pipeline_trigger import PipelineTrigger
+from stacks.components.tenant_access import TenantAliases
 from stacks.components.worker_image import worker_image
 from stacks.config import ShardqConfig
 from stacks.nag import acknowledge_findings
+from stacks.tenancy_config import scheduling_context, tenant_principals
 
 STACK_DESCRIPTION = (
     "shardq: coordinates distributed ML training through Amazon SQS "
@@ -36,6 +39,9 @@ POWERTOOLS_LAYER_ARN = (
     "arn:aws:lambda:${AWS::Region}:017000801446:layer:AWSLambdaPowertoolsPythonV3-python314-arm64:"
 )
 RESULTS_BATCH_SIZE = 100  # standard queue: one Lambda call and one counter write cover many results
+# The fast results queue (shardq.core.result_routes): round-closing messages reach the aggregator with
+# no batching window; AWS allows a window of 0 only with batches of at most 10.
+FAST_RESULTS_BATCH_SIZE = 10
 DLQ_BATCH_SIZE = 10
 DLQ_HANDLER_MAX_CONCURRENCY = 2  # the Lambda minimum; dead tasks are rare and each one writes a job item
 EVENT_BUS_NAME = "default"
@@ -49,7 +55,9 @@ PINNED_LOGICAL_IDS = {
     "ResultsQueue": ("results", "queue"),
     "ResultsDlq": ("results", "dead_letter_queue"),
     "ParkedResults": ("results", "parked_queue"),
+    "FastResultsQueue": ("results", "fast_queue"),
     "SplitterFailureQueue": ("functions", "splitter_failure_queue"),
+    "PipelineFailureQueue": ("functions", "pipeline_failure_queue"),
 }
 
 
@@ -78,8 +86,15 @@ class ShardqStack(Stack):
         # One code asset for every function (the fleet's lanes publisher too).
         self.lambda_code = lambda_.Code.from_asset(str(lambda_source))
         self.functions = self._functions(config, sizing)
+        self.tenant_access = TenantAliases(
+            self,
+            "TenantAccess",
+            splitter=self.functions.splitter,
+            principals=tenant_principals(config.scheduling),
+        )
         self._wire_data_plane()
         self._wire_event_sources(sizing)
+        self.pipeline_trigger = self._pipeline_trigger()
         self.worker_access = self._worker_access(config)
         self.fleet = self._fleet(config, worker_image_dir) if config.fleet_enabled else None
         self.monitoring = self._monitoring(config)
@@ -149,6 +164,12 @@ class ShardqStack(Stack):
             "POWERTOOLS_SERVICE_NAME": "shardq",
             "POWERTOOLS_METRICS_NAMESPACE": "shardq",
             "LOG_LEVEL": config.log_level,
+            # Tenants, weights, quotas and windows (shardq.core.tenancy); absent: rounds go out whole.
+            **(
+                {"SHARDQ_SCHEDULING": scheduling_context(config.scheduling).to_json(principals=False)}
+                if config.scheduling is not None
+                else {}
+            ),
         }
 
     def _functions(self, config: ShardqConfig, sizing: FunctionSizing) -> ShardqFunctions:
@@ -178,6 +199,7 @@ class ShardqStack(Stack):
             "WorkerAccess",
             task_queue=self.task_queues.queue,
             results_queue=self.results.queue,
+            fast_results_queue=self.results.fast_queue,
             job_table=self.job_store.table,
             artifact_bucket=self.job_store.artifact_bucket,
             dataset_bucket_arns=config.dataset_bucket_arns,
@@ -195,6 +217,7 @@ class ShardqStack(Stack):
                 results_queue=self.results.queue,
                 results_dlq=self.results.dead_letter_queue,
                 parked_results=self.results.parked_queue,
+                fast_results=self.results.fast_queue,
                 splitter_failure_queue=self.functions.splitter_failure_queue,
             ),
             functions=MonitoredFunctions(
@@ -276,6 +299,7 @@ class ShardqStack(Stack):
             environment={
                 "SHARDQ_TASK_QUEUE_URL": self.task_queues.queue.queue_url,
                 "SHARDQ_RESULTS_QUEUE_URL": self.results.queue.queue_url,
+                "SHARDQ_FAST_RESULTS_QUEUE_URL": self.results.fast_queue.queue_url,
                 "SHARDQ_JOB_TABLE": self.job_store.table.table_name,
                 "LOG_LEVEL": config.log_level,
             },
@@ -319,6 +343,22 @@ class ShardqStack(Stack):
             "SHARDQ_PARKED_RESULTS_QUEUE_URL", self.results.parked_queue.queue_url
         )
 
+    def _pipeline_trigger(self) -> PipelineTrigger:
+        """Job Finished → the pipeline Lambda: jobs submitted with ``after`` start (or end) then."""
+        fns = self.functions
+        # A big round 0 of a follower is handed on to the splitter's continuation, as the aggregator does.
+        fns.pipeline.add_environment("SHARDQ_SPLITTER_FUNCTION", fns.splitter.function_name)
+        fns.pipeline.add_to_role_policy(
+            iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[fns.splitter.function_arn])
+        )
+        return PipelineTrigger(
+            self,
+            "PipelineTrigger",
+            function=fns.pipeline,
+            event_bus=events.EventBus.from_event_bus_name(self, "PipelineEventBus", EVENT_BUS_NAME),
+            dead_letter_queue=fns.pipeline_failure_queue,
+        )
+
     def _wire_event_sources(self, sizing: FunctionSizing) -> None:
         self._consume(
             self.functions.aggregator,
@@ -326,6 +366,19 @@ class ShardqStack(Stack):
                 self.results.queue,
                 batch_size=RESULTS_BATCH_SIZE,
                 max_batching_window=Duration.seconds(self.config.results_batch_window_seconds),
+                report_batch_item_failures=True,
+                max_concurrency=self.config.aggregator_max_concurrency,
+            ),
+            queue_visibility=self.results.visibility_timeout,
+        )
+        # Round-closing results (reduce results, small rounds' train results): no batching window, so
+        # a round does not wait results_batch_window_seconds twice (shardq.core.result_routes).
+        self._consume(
+            self.functions.aggregator,
+            sources.SqsEventSource(
+                self.results.fast_queue,
+                batch_size=FAST_RESULTS_BATCH_SIZE,
+                max_batching_window=Duration.seconds(0),
                 report_batch_item_failures=True,
                 max_concurrency=self.config.aggregator_max_concurrency,
             ),
@@ -393,6 +446,11 @@ class ShardqStack(Stack):
                 res.queue.queue_url,
                 "Queue workers send ShardResults to (SHARDQ_RESULTS_QUEUE_URL)",
             ),
+            "FastResultsQueueUrl": (
+                res.fast_queue.queue_url,
+                "Queue workers send round-closing results to: reduce results and rounds of at most 100 "
+                "tasks, read with no batching window (SHARDQ_FAST_RESULTS_QUEUE_URL)",
+            ),
             "ResultsDlqUrl": (
                 res.dead_letter_queue.queue_url,
                 "Dead-letter queue of results the aggregator could not record (consumed by the results "
@@ -448,6 +506,8 @@ class ShardqStack(Stack):
                 "DataBuckets": (env["SHARDQ_DATA_BUCKETS"], "Buckets workers can read; requests are checked"),
             }
         )
+        if "SHARDQ_SCHEDULING" in env:
+            outputs["Scheduling"] = (env["SHARDQ_SCHEDULING"], "Tenants, weights, quotas and task windows")
         if self.fleet is not None:
             outputs.update(self._fleet_output_table(self.fleet))
         return outputs

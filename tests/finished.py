@@ -11,15 +11,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shardq.core.contracts import ShardResult
+from shardq.core.advance import results_message
 from shardq.core.engine import Engine
-from shardq.core.jobstore import JobRecord, Outcome
+from shardq.core.jobstore import JobRecord
 from shardq.worker.runtime import Worker
 from tests.helpers import TRUSTED, receive_all
 
 
-def workers(engine: Engine, count: int = 2) -> list[Worker]:
-    """Real shardq workers (in this process, one lane each) on the engine's queues."""
+def workers(engine: Engine, count: int = 2, price_per_hour: float = 0.0) -> list[Worker]:
+    """Real shardq workers (in this process, one lane each) on the engine's queues, each at
+    ``price_per_hour`` (``shardq worker --price-per-hour``; 0: unpriced)."""
     return [
         Worker(
             sqs=engine.sqs,
@@ -31,6 +32,7 @@ def workers(engine: Engine, count: int = 2) -> list[Worker]:
             worker_id=f"worker-{i}",
             wait_s=0,
             allow=TRUSTED,
+            price_per_hour=price_per_hour,
         )
         for i in range(count)
     ]
@@ -39,7 +41,8 @@ def workers(engine: Engine, count: int = 2) -> list[Worker]:
 def aggregate(engine: Engine) -> int:
     """What the aggregator Lambda does behind its event source: record every queued result."""
     messages = receive_all(engine.sqs, engine.settings.results_queue_url)
-    outcomes = [Outcome(ShardResult.from_json(m["Body"])) for m in messages]
+    # The aggregator's own parser: results, and the notices of tasks dropped after a budget stop.
+    outcomes = [results_message(m["Body"]) for m in messages]
     failed = engine.ingest(outcomes)
     assert not failed, failed
     return len(outcomes)
@@ -51,6 +54,7 @@ def run_job(
     *,
     timeout: float = 300.0,
     each: Callable[[JobRecord], None] | None = None,
+    price_per_hour: float = 0.0,
 ) -> JobRecord:
     """Submit ``request`` and drive it to its end with two real workers; the final job record.
 
@@ -58,7 +62,7 @@ def run_job(
     what a reader polling the running job, such as ``shardq watch``, would see.
     """
     job_id = engine.submit(request)["job_id"]
-    crew = workers(engine)
+    crew = workers(engine, price_per_hour=price_per_hour)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for w in crew:

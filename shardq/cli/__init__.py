@@ -24,10 +24,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from shardq.cli import dashboard, dlq, estimate, jobs, local, outputs, worker
+from shardq.cli import dashboard, dlq, estimate, jobs, local, outputs, track, worker
 from shardq.cli.common import CliError, common_options, translate_aws_error
 
-COMMAND_MODULES = (jobs, dlq, estimate, outputs, worker, local, dashboard)
+COMMAND_MODULES = (jobs, dlq, estimate, outputs, worker, local, dashboard, track)
 # 128 + SIGPIPE: what a shell reports for a program whose reader closed the pipe.
 EXIT_BROKEN_PIPE = 141
 

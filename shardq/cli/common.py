@@ -261,7 +261,13 @@ def add_command(
 # -- output ---------------------------------------------------------------------------------
 
 COLOURS = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "dim": "2", "bold": "1"}
-STATUS_COLOURS = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "blue"}
+STATUS_COLOURS = {
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "CANCELLED": "yellow",
+    "RUNNING": "blue",
+    "WAITING": "dim",  # a pipeline job waiting for the job it follows
+}
 
 
 @dataclass(frozen=True)

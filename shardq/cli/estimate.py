@@ -22,6 +22,8 @@ from dataclasses import replace
 from typing import Any
 
 from shardq.cli.common import EXIT_OK, CliError, add_command, print_json, table
+from shardq.cli.latency import add_options as add_latency_options
+from shardq.cli.latency import cmd_latency
 from shardq.core.cost import Assumptions, JobShape, compare, estimate, limit, shardq_prices
 from shardq.core.preemption_cost import CheckpointPlan, checkpoint_costs, checkpoint_lines, heartbeat_at_scale
 
@@ -326,6 +328,10 @@ def _checkpoints_priced_here(args: argparse.Namespace, halving: bool) -> None:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Estimate a request's coordination cost (or compare it with the alternatives); nothing is created."""
+    if args.latency:  # a round's coordination latency on AWS (shardq.cli.latency); the request is optional
+        return cmd_latency(args)
+    if args.request is None:
+        raise CliError("a request file is required (shardq estimate req.json), except with --latency")
     request = _request(args)
     job = _what_if(args, _shape(request))
     workers, fleet = _fleet_workers(args, job)
@@ -366,18 +372,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         example=(
             "  shardq estimate req.json --workers 64 --task-seconds 600\n"
-            "  shardq estimate req.json --workers 64 --task-seconds 600 --compare"
+            "  shardq estimate req.json --workers 64 --task-seconds 600 --compare\n"
+            "  shardq estimate --latency                       # a FedAvg round's p50/p99 on AWS"
         ),
     )
     _job_options(p)
     _model_options(p)
+    add_latency_options(p)
     p.add_argument("--json", action="store_true", help="every count and price as JSON")
     p.set_defaults(func=cmd_estimate)
 
 
 def _job_options(p: argparse.ArgumentParser) -> None:
     """The job: the request, what-ifs over it, the workers and the durations."""
-    p.add_argument("request", help="TrainingRequest JSON file ('-' for stdin)")
+    p.add_argument("request", nargs="?", default=None, help="TrainingRequest JSON file ('-' for stdin)")
     p.add_argument(
         "--shards",
         type=int,

@@ -28,7 +28,9 @@ from shardq.cli.common import (
 from shardq.cli.result import cmd_result
 from shardq.cli.status import STATUSES, attempts_data, cmd_list, late_count, render_status, status_data
 from shardq.cli.submit import cmd_submit
+from shardq.cli.track import add_mlflow_options
 from shardq.cli.watch import cmd_watch, watch
+from shardq.core import fedbuff_view
 from shardq.core.stall import DEFAULT_STALL_AFTER_S
 
 # -- status, cancel and retry ----------------------------------------------------------------
@@ -46,7 +48,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         # The current round's tasks that took several attempts, and where each resumed (issue #24).
         attempts = attempts_data(engine, job)
         if args.json:
-            print_json({**status_data(job), "attempts": attempts})
+            fedbuff = fedbuff_view.progress(engine.store, job)
+            extra = {"fedbuff": fedbuff} if fedbuff else {}
+            print_json({**status_data(job), "attempts": attempts, **extra})
         else:
             late = late_count(engine, job)
             summaries = engine.store.round_summaries(job.job_id) if job.kind == "data_parallel" else []
@@ -58,7 +62,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 summaries=summaries,
                 attempts=attempts,
             )
-            print(text)
+            print(text + fedbuff_view.text(fedbuff_view.progress(engine.store, job)))
     return EXIT_OK if not args.wait or job.status == "SUCCEEDED" else EXIT_JOB_FAILED
 
 
@@ -219,6 +223,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="warn (and withhold the ETA) when no result came for this long while tasks are in flight "
         f"or results sit in a DLQ (default {DEFAULT_STALL_AFTER_S:g})",
     )
+    add_mlflow_options(p, env_default=False)
     p.set_defaults(func=cmd_watch)
 
     p = add_command(

@@ -20,6 +20,7 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from shardq.cli.common import duration, terminal_console
+from shardq.core.budgets import cost_of
 
 if TYPE_CHECKING:
     from shardq.cli.watch import Snapshot
@@ -145,6 +146,10 @@ class LiveView:
         )
         if stall is not None:
             self.footer.append(Text(f"stalled: {stall}", style="yellow"))
+        # What the job's counted outcomes cost so far, against its budget (shardq.core.spend).
+        cost = cost_of(job.view().to_dict())
+        if cost is not None:
+            self.footer.append(Text(f"cost: {cost}", style="yellow" if job.budget_stop else ""))
         due = rounds.due_at(job) if job.phase == "train" and not job.terminal else None
         self.deadline = due
         self.live.refresh()

@@ -23,6 +23,7 @@ from shardq.cli.common import (
     table,
 )
 from shardq.cli.status import global_metrics, late_text, number_text, policy_fields
+from shardq.core.budgets import cost_text, manifest_cost
 from shardq.core.planning import split_s3
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ def render_manifest(m: dict[str, Any], out: IO[str], *, late: int = 0) -> str:
                 ("finished", m.get("finished_at")),
                 ("late", paint(late_text(late, ended=True) or "", "yellow", out)),
                 ("code", ", ".join(m.get("code_versions") or [])),
+                ("cost", manifest_cost(m)),
                 ("error", m.get("error")),
                 ("final model", m.get("final_model_uri")),
             ],
@@ -163,6 +165,8 @@ def _sweep_section(m: dict[str, Any], out: IO[str]) -> list[str]:
         saved = f", {100 * (1 - spent / whole):.3g}% saved" if spent is not None and whole else ""
         parts.append(f"budget spent: {spent} of {whole} {param} without early stopping{saved}")
     if board:
+        # Each trial's cost over its rungs, when its workers were priced (shardq.core.spend).
+        priced = any(b.get("cost_usd") for b in board)
         rows = [
             (
                 i + 1,
@@ -171,6 +175,7 @@ def _sweep_section(m: dict[str, Any], out: IO[str]) -> list[str]:
                 # A diverged trial (a non-finite metric) has no objective: it ranks last (issue #22).
                 "diverged" if b.get("outcome") == "diverged" else b["objective"],
                 json.dumps(b["hyperparameters"], sort_keys=True),
+                *((cost_text(b.get("cost_usd") or 0.0),) if priced else ()),
                 b.get("artifact_uri"),
             )
             for i, b in enumerate(board[:10])
@@ -181,6 +186,7 @@ def _sweep_section(m: dict[str, Any], out: IO[str]) -> list[str]:
             *(("RUNG", param.upper()) if halving else ()),
             objective.get("metric", "objective").upper(),
             "HYPERPARAMETERS",
+            *(("COST",) if priced else ()),
             "ARTIFACT",
         )
         title = f"leaderboard (top {min(10, len(board))} of {len(board)})"

@@ -19,8 +19,11 @@ from shardq.cli.common import (
     status_cell,
     table,
 )
+from shardq.cli.scheduling_view import scheduling_text
+from shardq.core.budgets import cost_of, cost_text
 from shardq.core.contracts import JOB_STATUSES
 from shardq.core.tally import plan_text, tally
+from shardq.core.tenancy import DEFAULT_PRIORITY
 
 if TYPE_CHECKING:
     from shardq.core.jobstore import JobRecord
@@ -31,18 +34,33 @@ STATUSES = JOB_STATUSES
 def status_data(job: JobRecord) -> dict[str, Any]:
     """``JobView`` fields plus per-(round, phase) progress: what ``status --json`` prints."""
     from shardq.core.operations import progress
+    from shardq.core.pipeline import after_view
 
+    after = after_view(job)  # a pipeline job: what it follows, and whether it still waits
     return {
         **job.view().to_dict(),
         **tally(job).to_dict(),
         "plan": plan_text(job),
         "progress": [p.to_dict() for p in progress(job)],
+        **({"after": after} if after else {}),
     }
 
 
 def tasks_cell(data: dict[str, Any]) -> str:
     """A job's tasks recorded of its total, over every round, rung and reduce: ``39/39 (100%)``."""
     return f"{data['tasks_completed']}/{data['tasks_total']} ({data['progress_pct']:g}%)"
+
+
+def tasks_text(data: dict[str, Any], diverged: int) -> str:
+    """The tasks line: ``39/39 (100%) recorded, 0 failed in all``; an asynchronous sweep's total is
+    open-ended: ``27 tasks done, 4 in flight, up to 40, 1 failed`` (``async_sweep.AsyncProgress``)."""
+    counts = outcome_counts(data["failed"], diverged)
+    if "tasks_in_flight" in data:
+        return (
+            f"{data['tasks_completed']} tasks done, {data['tasks_in_flight']} in flight, "
+            f"up to {data['tasks_total']}, {counts}"
+        )
+    return f"{tasks_cell(data)} recorded, {counts} in all"
 
 
 def planned_text(data: dict[str, Any], request: dict[str, Any]) -> str | None:
@@ -90,7 +108,12 @@ def policy_fields(request: dict[str, Any]) -> list[tuple[str, str | None]]:
             f", or at its deadline {duration(deadline)} after it starts" if deadline else ""
         )
     if strategy:
-        params = ", ".join(f"{k}={v:g}" for k, v in sorted(strategy.items()) if k != "name")
+        # Numbers to 6 significant digits; a name (fedbuff's staleness function) as it is.
+        params = ", ".join(
+            f"{k}={number_text(v) if isinstance(v, int | float) else v}"
+            for k, v in sorted(strategy.items())
+            if k != "name"
+        )
         strategy = strategy.get("name", "fedavg") + (f" ({params})" if params else "")
     return [
         ("participation", part),
@@ -228,13 +251,16 @@ def render_status(
         [
             ("job", data["job_id"]),
             ("status", paint_status(data["status"], out)),
+            ("after", (data.get("after") or {}).get("text")),
             # A fan-out under way, or one that died midway (the same request submitted again ends it).
             ("enqueuing", paint(data["enqueuing"], "yellow", out) if data.get("enqueuing") else None),
             ("kind", data["kind"]),
+            ("tenant", scheduling_text(data)),
             ("round", f"{data['round'] + 1}/{data['rounds']} ({data['phase']})"),
             ("plan", data["plan"]),
-            ("tasks", f"{tasks_cell(data)} recorded, {outcome_counts(data['failed'], diverged)} in all"),
-            ("planned", planned_text(data, request or {})),
+            ("tasks", tasks_text(data, diverged)),
+            ("cost", cost_of(data)),
+            ("planned", None if "tasks_in_flight" in data else planned_text(data, request or {})),
             *global_fields(summaries or []),
             *policy_fields(request or {}),
             ("late", paint(late_text(late, ended=data["status"] != "RUNNING") or "", "yellow", out)),
@@ -251,6 +277,8 @@ def render_status(
         (Painted(str(p["diverged"]), "yellow") if p["diverged"] else 0,) if diverged else ()
         for p in data["progress"]
     ]
+    # Priced outcomes get a column for what each phase cost (shardq.core.spend).
+    priced = any(p.get("cost_usd") for p in data["progress"])
     rows = [
         (
             p["round"] + 1,
@@ -260,10 +288,20 @@ def render_status(
             *extra,
             p["total"],
             f"{p['enqueued']}/{p['total']}",
+            *((cost_text(p.get("cost_usd") or 0.0),) if priced else ()),
         )
         for p, extra in zip(data["progress"], div, strict=True)
     ]
-    headers = ("ROUND", "PHASE", "DONE", "FAILED", *(("DIVERGED",) if diverged else ()), "TOTAL", "ENQUEUED")
+    headers = (
+        "ROUND",
+        "PHASE",
+        "DONE",
+        "FAILED",
+        *(("DIVERGED",) if diverged else ()),
+        "TOTAL",
+        "ENQUEUED",
+        *(("COST",) if priced else ()),
+    )
     return head + "\n\n" + table(rows, headers, out)
 
 
@@ -310,6 +348,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             v["job_id"],
             status_cell(v["status"]),
             v["kind"],
+            v.get("tenant") or "default",
+            v.get("priority") if v.get("priority") is not None else DEFAULT_PRIORITY,
             f"{v['round'] + 1}/{v['rounds']}",
             tasks_cell(v),
             v["failed"],
@@ -322,6 +362,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         "JOB",
         "STATUS",
         "KIND",
+        "TENANT",
+        "PRIORITY",
         "ROUND",
         "TASKS",
         "FAILED",

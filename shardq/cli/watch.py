@@ -23,7 +23,10 @@ from shardq.cli.common import (
     stack_outputs,
     use_colour,
 )
+from shardq.cli.scheduling_view import snapshot_fields, watch_suffix
 from shardq.cli.status import global_metrics, late_text, metric_text, outcome_counts, policy_line, status_data
+from shardq.core.async_sweep import async_progress
+from shardq.core.budgets import cost_of
 from shardq.core.stall import DEFAULT_STALL_AFTER_S
 from shardq.core.tally import plan_text, tally, tasks_left
 
@@ -54,6 +57,17 @@ class Snapshot:
     # ``ENQUEUING n/N sent`` while the phase's tasks are not all on the queue (a fan-out under way,
     # or one that died: then nothing moves until the same request is submitted again).
     enqueuing: str | None = None
+    # An asynchronous sweep's progress over all its rungs (``27 tasks done, 4 in flight, up to 40``).
+    sweep: str | None = None
+    # What its counted outcomes cost so far, and its budget (``shardq.core.spend``).
+    cost_usd: float = 0.0
+    budget_usd: float | None = None
+    budget_stopped_at: str | None = None
+    # Whose job, how urgent, and its window (``shardq.cli.scheduling_view``).
+    tenant: str | None = None
+    priority: int | None = None
+    queued: int | None = None
+    window: int | None = None
 
     def line(self) -> str:
         """The progress line without colours or bar."""
@@ -61,13 +75,33 @@ class Snapshot:
             f"round {self.round + 1}/{self.rounds} {self.phase}: "
             f"{self.done}/{self.total} done, {outcome_counts(self.failed, self.diverged)}"
         )
+        if self.sweep is not None:
+            text = f"{self.sweep}, {outcome_counts(self.failed, self.diverged)}"
         if self.enqueuing is not None:
             text += f" · {self.enqueuing}"
+        cost = cost_of(self.__dict__)
+        if cost is not None:
+            text += f" · {cost}"
+        text += watch_suffix(self.__dict__)
         if self.stall is not None:
             text += " · ETA —"
         elif self.rate is not None:
             text += f" · {self.rate:.1f} tasks/s · ETA {duration(self.eta_s)}"
         return text
+
+
+def _sweep_fields(job: Any) -> dict[str, Any]:
+    """An asynchronous sweep's snapshot fields: every rung's counts at once, not the last rung's."""
+    if not job.request.asynchronous:
+        return {}
+    sweep = async_progress(job)
+    return {
+        "sweep": sweep.text(),
+        "done": sweep.done - sweep.failed,
+        "failed": sweep.failed,
+        "diverged": sweep.diverged,
+        "total": sweep.up_to,
+    }
 
 
 @dataclass
@@ -105,6 +139,8 @@ class Watch:
     stall_watch: Any = None
     # A failure's error as recorded (with the worker's traceback), not just its first line.
     tracebacks: bool = False
+    # ``watch --mlflow``: called with the job record after every poll (``shardq.cli.track``).
+    tracker: Any = None
     hinted: bool = False
     enqueuing_hinted: bool = False
 
@@ -135,19 +171,23 @@ class Watch:
         if now > t0 and completed > c0 and self.stall is None:
             rate = (completed - c0) / (now - t0)
             eta = tasks_left(job, current) / rate
+        counts: dict[str, Any] = {"total": current.total, "done": current.done, "failed": current.failed}
+        counts["diverged"] = current.diverged
+        counts.update(_sweep_fields(job))  # an asynchronous sweep: every rung's, not the last one's
         return Snapshot(
             status=job.status,
             round=current.round,
             rounds=job.rounds,
             phase=current.phase,
-            total=current.total,
-            done=current.done,
-            failed=current.failed,
             rate=rate,
             eta_s=eta,
             stall=self.stall.message if self.stall is not None else None,
-            diverged=current.diverged,
             enqueuing=job.enqueuing(),
+            **counts,
+            cost_usd=job.cost_micro_usd / 1_000_000,
+            budget_usd=job.request.budget_usd,
+            budget_stopped_at=None if job.budget_stop is None else job.budget_stop.get("at"),
+            **snapshot_fields(job.view().to_dict()),
         )
 
     def emit(self, text: str, colour: str | None = None) -> None:
@@ -246,6 +286,11 @@ class Watch:
         policy = policy_line(job.request.to_dict())
         if policy:
             self.emit(policy)
+        from shardq.core.pipeline import after_view
+
+        after = after_view(job)
+        if after is not None and after["waiting"]:
+            self.emit(after["text"])
         if self.live:
             from shardq.cli.live import LiveView
 
@@ -274,6 +319,8 @@ class Watch:
         self.failures(job)
         self.late_results(job)
         self.round_headlines(job)
+        if self.tracker is not None:
+            self.tracker(job)
         if self.view is not None:
             from shardq.core.operations import progress
 
@@ -291,12 +338,13 @@ class Watch:
         try:
             while True:
                 self.observe(job)
-                if job.status != "RUNNING":
+                if job.status not in ("RUNNING", "WAITING"):  # WAITING: a pipeline job, not started yet
                     return self.finish(job, self.clock() - started)
                 if timeout is not None and self.clock() - started > timeout:
                     self.stop_view()
                     note = (
-                        f"{self.job_id} is still RUNNING after {duration(timeout)}; watch again to follow it"
+                        f"{self.job_id} is still {job.status} after {duration(timeout)}; "
+                        "watch again to follow it"
                     )
                     if self.json_lines:  # stdout carries JSON lines only
                         print(note, file=sys.stderr)
@@ -325,6 +373,9 @@ class Watch:
             if job.error:
                 text += f": {job.error}"
             self.emit(text)
+            cost = cost_of(job.view().to_dict())
+            if cost is not None:
+                self.emit(f"  cost: {cost}")
             diverged = tally(job).diverged
             if diverged:
                 self.emit(
@@ -363,6 +414,10 @@ def watch(
         stall_after=stall_after,
         tracebacks=getattr(args, "traceback", False),
     )
+    if getattr(args, "mlflow", None) and getattr(args, "command", "") == "watch":
+        from shardq.cli.track import new_tracker
+
+        w.tracker = new_tracker(args, engine)
     with aws_errors(args):
         return w.run(timeout=getattr(args, "timeout", None))
 

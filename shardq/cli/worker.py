@@ -38,6 +38,9 @@ def _resources(args: argparse.Namespace) -> tuple[str, str, str | None]:
     task_url = args.task_queue_url or outputs.get("TaskQueueUrl")
     results_url = args.results_queue_url or outputs.get("ResultsQueueUrl")
     table = args.job_table or outputs.get("JobTableName")
+    # The fast results queue (shardq.core.result_routes): flag or variable, else the stack's output;
+    # none (a stack deployed before it) sends every result to the results queue.
+    args.fast_results_queue_url = args.fast_results_queue_url or outputs.get("FastResultsQueueUrl")
     if not task_url or not results_url:
         raise CliError("no task/results queue: pass --task-queue-url and --results-queue-url, or --stack")
     if args.job_id and not table:
@@ -106,6 +109,7 @@ def build_workers(args: argparse.Namespace, task_url: str, results_url: str, tab
     activity = Activity()
     # One stop for every slot: SIGTERM or a Spot notice reaches each running task's ctx.should_stop.
     stop = StopSignal()
+    price = worker_price(args)
     return [
         Worker(
             sqs=client("sqs"),
@@ -114,6 +118,7 @@ def build_workers(args: argparse.Namespace, task_url: str, results_url: str, tab
             job_table=table,
             task_queue_url=task_url,
             results_queue_url=results_url,
+            fast_results_queue_url=getattr(args, "fast_results_queue_url", None),
             entrypoint=args.entrypoint,
             allow=allow,
             wait_s=args.wait_seconds,
@@ -126,9 +131,28 @@ def build_workers(args: argparse.Namespace, task_url: str, results_url: str, tab
             device=device,
             activity=activity,
             stop_signal=stop,
+            price_per_hour=price.per_hour,
         )
         for i, device in enumerate(assign(concurrency, devices))
     ]
+
+
+def worker_price(args: argparse.Namespace) -> Any:
+    """The price the worker's results carry (``shardq.worker.pricing``), logged once: the flag,
+    else the instance type from the metadata (not asked with ``--spot-notice off``), else unpriced."""
+    from shardq.worker.pricing import resolve
+
+    try:
+        imds = None if args.spot_notice == "off" else imds_endpoint(args.imds_endpoint)
+        price = resolve(args.price_per_hour, imds)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    logging.getLogger("shardq.worker").info(
+        "worker price %s/h (%s)" if price.priced else "worker unpriced (%s%s)",
+        *((f"${price.per_hour:g}", price.source) if price.priced else ("", price.source)),
+        extra={"price_per_hour": price.per_hour, "price_source": price.source},
+    )
+    return price
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -189,6 +213,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     w.add_argument("--task-queue-url", default=env("SHARDQ_TASK_QUEUE_URL"))
     w.add_argument("--results-queue-url", default=env("SHARDQ_RESULTS_QUEUE_URL"))
+    w.add_argument(
+        "--fast-results-queue-url",
+        default=env("SHARDQ_FAST_RESULTS_QUEUE_URL"),
+        help="zero-window queue for reduce results and small rounds' results (default: the stack's "
+        "FastResultsQueueUrl); 'off' sends every result to --results-queue-url",
+    )
     w.add_argument("--job-table", default=env("SHARDQ_JOB_TABLE"), help="for skipping cancelled jobs' tasks")
     w.add_argument(
         "--entrypoint", default=env("SHARDQ_ENTRYPOINT"), help="module:function, overriding each task's own"
@@ -242,6 +272,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         default=env("SHARDQ_STOP_ON_REBALANCE", "") in ("1", "true"),
         help="treat an EC2 rebalance recommendation (an earlier, less certain warning) as a stop too",
+    )
+    w.add_argument(
+        "--price-per-hour",
+        type=float,
+        default=float(env("SHARDQ_PRICE_PER_HOUR")) if env("SHARDQ_PRICE_PER_HOUR") else None,
+        metavar="USD",
+        help="what an hour of this worker costs; its results carry it and jobs count their cost "
+        "(budget_usd). Default: the instance type's price from the instance metadata and "
+        "shardq/core/instance_prices.json, else 0 (unpriced)",
     )
     w.add_argument("--max-tasks", type=int, default=None, help="exit 0 after this many tasks per slot")
     w.add_argument(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shardq.core import planning, rounds, search, verdicts
+from shardq.core import async_sweep, fedbuff, planning, rounds, search, spend, verdicts
 from shardq.core.artifacts import put_json
 from shardq.core.contracts import MAX_GATHERED_TASKS, ShardResult, TrainingRequest, ValidationError
 from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
@@ -110,6 +110,9 @@ def results_message(body: str) -> Outcome | rounds.Tick:
         data = json.loads(body)
         if isinstance(data, dict) and rounds.TICK_KEY in data:
             return rounds.Tick.parse(data)
+    notice = spend.parse_notice(body)
+    if notice is not None:
+        return notice
     try:
         return Outcome(result=ShardResult.from_json(body))
     except ValidationError as exc:
@@ -159,8 +162,10 @@ class Advancer:
     _participants: dict[tuple[str, int], frozenset[int]] = field(init=False, default_factory=dict, repr=False)
 
     def record(self, outcomes: list[Outcome], *, deadline: float | None = None) -> RecordOutcome:
-        """Record outcomes exactly once; see ``JobStore.record``."""
-        result = self.store.record(outcomes, deadline=deadline)
+        """Record outcomes exactly once; see ``JobStore.record`` (a priced outcome's cost reaches
+        its job and its tenant's month in the same transaction: ``spend.tenants_of``)."""
+        tenants = spend.tenants_of(outcomes, self._request)
+        result = self.store.record(outcomes, deadline=deadline, tenants=tenants)
         self.metric("ResultsRecorded", len(result.recorded), "Count")
         if result.duplicates:
             self.metric("DuplicateResults", len(result.duplicates), "Count")
@@ -179,6 +184,7 @@ class Advancer:
                 if job.event_pending:
                     self.finisher.publish_finished(job)
                 return job.status
+            job = spend.stop_if_spent(self.store, job, spend.monthly_budget(self.enqueuer.admission, job))
             ending = self._cut_short(job)
             if ending is not None:
                 if not self._ranged(job):
@@ -187,6 +193,16 @@ class Advancer:
                 if not self._train_done(job, deadline, ending):
                     return self.store.get_job(job_id).status
                 continue
+            if async_sweep.is_async(job.request):
+                # An asynchronous sweep (ASHA) has no rounds to close: each result frees a slot.
+                return self.sweeps().advance(job, deadline=deadline)
+            if fedbuff.applies(job.request):
+                # FedBuff has no round barrier: a full buffer closes its version (shardq.core.fedbuff).
+                if not fedbuff.Driver(self).step(job, deadline):
+                    return self.store.get_job(job_id).status
+                continue
+            # Refill the job's window as its results are counted (shardq.core.admission).
+            self.enqueuer.top_up(job, deadline=deadline)
             decision = rounds.verdict(job, self.clock())
             if isinstance(decision, rounds.RoundFailed):
                 return self.finisher.finalize(job, "FAILED", decision.message)
@@ -198,14 +214,19 @@ class Advancer:
             if not moved:
                 return self.store.get_job(job_id).status
 
+    def sweeps(self) -> async_sweep.AsyncSweep:
+        """The driver of asynchronous sweeps, over this advancer's store, sender and finisher."""
+        return async_sweep.AsyncSweep(self.store, self.enqueuer, self.finisher, self.bucket, self.metric)
+
     def _cut_short(self, job: JobRecord) -> tuple[str, str] | None:
-        """How a running job ends before its rounds do, if it does: cancelled by an operator, or
-        failed over its failure budget (None: it goes on)."""
+        """How a running job ends before its rounds do, if it does: cancelled by an operator,
+        failed over its failure budget, or stopped by its spend budget once its running tasks
+        finished (``spend.ending``); None: it goes on."""
         if job.cancel_requested_at is not None:
             return "CANCELLED", CANCELLED_BY_OPERATOR
         if job.failed_total > job.max_failed_shards:
             return "FAILED", self._over_budget(job)
-        return None
+        return spend.ending(job)
 
     def _over_budget(self, job: JobRecord) -> str:
         """Why the job failed: its failure count, and the first failure's own words."""
@@ -428,7 +449,15 @@ class Advancer:
             foreign: list[tuple[Outcome, Exception]] = []
             try:
                 planned, foreign = self._planned(job_id, outcomes)
+                if fedbuff.applies(self._requests.get(job_id)):
+                    # FedBuff's train outcomes are client updates, recorded with their versions.
+                    planned, unsent = fedbuff.Driver(self).ingest(
+                        job_id, self._requests[job_id], planned, deadline=deadline
+                    )
+                    foreign += unsent
                 self.record(planned, deadline=deadline)
+                for drop in (t for t in ticks if isinstance(t, spend.Dropped)):
+                    self.store.record_drop(drop.job_id, drop.round, drop.task_type, drop.shard_id)
                 try:
                     self.advance(job_id, deadline=deadline)
                 except EnqueueIncomplete:
@@ -448,6 +477,15 @@ class Advancer:
         job = self.store.get_job(tick.job_id)
         if not job.terminal and job.round == tick.round and job.phase == "train" and tick.due > self.clock():
             self.ticker.arm(tick)
+
+    def _request(self, job_id: str) -> TrainingRequest:
+        """A job's request (read once per warm container, like ``_planned``'s)."""
+        if job_id not in self._requests:
+            if len(self._requests) >= SHAPE_CACHE_SIZE:
+                self._requests.clear()
+                self._participants.clear()
+            self._requests[job_id] = self.store.get_job(job_id).request
+        return self._requests[job_id]
 
     def _planned(
         self, job_id: str, outcomes: list[Outcome]
@@ -481,8 +519,12 @@ class Advancer:
 
     def _foreign(self, job_id: str, outcome: Outcome) -> str | None:
         request = self._requests[job_id]
-        problem = foreign_outcome((request.task_count, request.round_count, request.kind), job_id, outcome)
         r = outcome.result
+        if r.task_type == "train" and fedbuff.applies(request):
+            return fedbuff.foreign(request, job_id, outcome)  # its n-th update is "round" n
+        problem = foreign_outcome((request.task_count, request.round_count, request.kind), job_id, outcome)
+        if problem is None and r.task_type == "train" and async_sweep.is_async(request):
+            return self._undecided(job_id, r)
         sampled = request.participation is not None or (request.early_stopping is not None and r.round > 0)
         if problem is None and r.task_type == "train" and sampled:
             key = (job_id, r.round)
@@ -492,6 +534,16 @@ class Advancer:
             if r.shard_id not in takers:
                 problem = f"shard {r.shard_id} does not take part in round {r.round} of job {job_id}"
         return problem
+
+    def _undecided(self, job_id: str, r: ShardResult) -> str | None:
+        """Why an asynchronous sweep's result is foreign: no decision ran that trial at that rung.
+        Its rungs' takers only grow, so a remembered set is read again only on a miss."""
+        key = (job_id, r.round)
+        if r.shard_id not in self._participants.get(key, frozenset()):
+            self._participants[key] = async_sweep.takers(self.store, job_id, r.round)
+        if r.shard_id not in self._participants[key]:
+            return f"shard {r.shard_id} does not take part in round {r.round} of job {job_id}"
+        return None
 
     def _takers(self, job_id: str, request: TrainingRequest, round_no: int) -> frozenset[int]:
         """The shards (or promoted trials) that train in ``round_no``."""

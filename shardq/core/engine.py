@@ -19,10 +19,12 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from shardq.core import async_sweep, pipeline
+from shardq.core.admission import Admission
 from shardq.core.advance import Advancer, CloseRangeIncomplete, RangeDispatch
 from shardq.core.contracts import JobView, TrainingRequest, ValidationError
 from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
@@ -31,6 +33,8 @@ from shardq.core.finalize import Finisher
 from shardq.core.jobstore import JobNotFound, JobRecord, JobStore, Outcome, RecordOutcome
 from shardq.core.rounds import Tick, Ticker
 from shardq.core.settings import Settings
+from shardq.core.tenancy import ENV as SCHEDULING_ENV
+from shardq.core.tenancy import Scheduling
 
 MetricSink = Callable[[str, float, str], None]
 
@@ -91,6 +95,7 @@ class Engine:
     finisher: Finisher = field(init=False)
     advancer: Advancer = field(init=False)
     ticker: Ticker = field(init=False)
+    admission: Admission = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -98,7 +103,15 @@ class Engine:
         self.fanout = FanOut(
             self.sqs, s.task_queue_url, max_in_flight=self.max_in_flight or s.fanout_in_flight
         )
-        self.enqueuer = Enqueuer(self.store, self.fanout, self.s3, s.artifact_bucket, self.metric, self.clock)
+        self.admission = Admission(
+            self.store,
+            Scheduling.from_env({SCHEDULING_ENV: s.scheduling or ""}),
+            self.clock,
+            backlog=self._backlog,
+        )
+        self.enqueuer = Enqueuer(
+            self.store, self.fanout, self.s3, s.artifact_bucket, self.metric, self.clock, self.admission
+        )
         self.finisher = Finisher(
             self.store,
             self.s3,
@@ -123,7 +136,9 @@ class Engine:
 
     # -- submit ------------------------------------------------------------------------------
 
-    def submit(self, payload: dict[str, Any], *, deadline: float | None = None) -> dict[str, Any]:
+    def submit(
+        self, payload: dict[str, Any], *, deadline: float | None = None, invoked_as: str | None = None
+    ) -> dict[str, Any]:
         """Validate a request, create its job (idempotent on job_id) and enqueue round 0.
 
         Raises ``ValidationError`` (nothing created), ``JobConflict`` (nothing changed) or
@@ -134,7 +149,10 @@ class Engine:
         """
         request = TrainingRequest.from_dict(payload)
         self._check_buckets(request)
+        request = self._admit(request, invoked_as)
         record = JobRecord.new(request, request.job_id or new_job_id(), request_hash(request))
+        if request.after is not None:  # a pipeline job: created WAITING (shardq.core.pipeline)
+            record = pipeline.waiting_record(self, request, record)
         job, created = self.store.create_job(record)
         if not created and job.request_hash != record.request_hash:
             raise JobConflict(
@@ -145,6 +163,9 @@ class Engine:
             # A resubmit of a job whose fan-out died midway finishes it from the cursor.
             self._enqueue_and_arm(job, deadline)
         status = job.status if created else self.store.get_job(job.job_id).status
+        if status == "WAITING":
+            # Linked to the job it follows; started (or ended) at once if that one already ended.
+            status = pipeline.follow(self, job)
         return {
             "job_id": job.job_id,
             "status": status,
@@ -162,6 +183,22 @@ class Engine:
             return {"ok": True, **self.submit(payload, deadline=deadline)}
         except (ValidationError, JobConflict) as exc:
             return rejection(exc)
+
+    def _admit(self, request: TrainingRequest, invoked_as: str | None) -> TrainingRequest:
+        """The request with its tenant settled (``invoked_as``: the caller's own tenant, on AWS
+        the splitter alias it invoked); raises ``ValidationError`` for an unknown or foreign
+        tenant and ``QuotaExceeded`` over a quota. A resubmit of an existing job is not counted
+        against the quotas again."""
+        exists = request.job_id is not None and self.store.status_of(request.job_id) is not None
+        tenant = self.admission.check_submit(request, invoked_as=invoked_as, quotas=not exists)
+        return request if request.tenant == tenant else replace(request, tenant=tenant)
+
+    def _backlog(self) -> int:
+        """Visible tasks on the task queue (admission's saturation signal)."""
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=self.settings.task_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+        return int(attrs.get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
 
     def _check_buckets(self, request: TrainingRequest) -> None:
         """Refuse s3:// URIs outside the buckets the workers may read (when the stack says which)."""
@@ -207,6 +244,10 @@ class Engine:
 
     def enqueue_current(self, job: JobRecord, *, deadline: float | None = None) -> FanOutStats:
         """Enqueue the tasks of the job's current (round, phase)."""
+        if async_sweep.is_async(job.request):
+            # An asynchronous sweep sends what its free slots take, decided exactly once.
+            self.advancer.advance(job.job_id, deadline=deadline)
+            return FanOutStats()
         return self.enqueuer.enqueue(job, job.round, job.phase, job.model_uri, deadline=deadline)
 
     def record(self, outcomes: list[Outcome], *, deadline: float | None = None) -> RecordOutcome:
@@ -260,6 +301,11 @@ class Engine:
     def status(self, job_id: str) -> JobView:
         """The job's current view; raises JobNotFound."""
         return self.store.get_job(job_id).view()
+
+    def upstream_finished(self, job_id: str) -> dict[str, str]:
+        """``job_id`` ended (its Job Finished event): start or end the jobs that follow it, once
+        (``shardq.core.pipeline``); returns each follower's status."""
+        return pipeline.release_followers(self, job_id)
 
 
 __all__ = [

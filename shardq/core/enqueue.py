@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from shardq.core import planning
+from shardq.core import planning, spend
+from shardq.core.admission import Admission
 from shardq.core.contracts import ShardTask
 from shardq.core.fanout import FanOut, FanOutStats, Message
 from shardq.core.jobstore import JobRecord, JobStore
@@ -76,6 +77,9 @@ class Enqueuer:
         The artifact bucket (task claim checks live under the job's prefix).
     metric, clock:
         Business-metric sink and wall clock (seconds since the epoch).
+    admission:
+        The gate of every send and each job's window (``shardq.core.admission``); None sends a
+        round whole, as before windows.
     """
 
     store: JobStore
@@ -84,6 +88,7 @@ class Enqueuer:
     bucket: str
     metric: MetricSink
     clock: Callable[[], float]
+    admission: Admission | None = None
 
     def message(self, task: ShardTask, max_parallel: int, generation: int = 0) -> Message:
         """``task_message``, with the body moved to S3 when it is too big to travel inline."""
@@ -119,25 +124,53 @@ class Enqueuer:
         *,
         deadline: float | None = None,
     ) -> FanOutStats:
-        """Send the tasks of (round, phase) from the job's cursor on, checkpointing as it goes."""
+        """Send the tasks of (round, phase) from the job's cursor on, checkpointing as it goes,
+        as far as admission lets it (the job's window: ``Admission.limit``)."""
         lanes = job.request.max_parallel
+        stats = FanOutStats()
+        total = job.expected(round_no, phase)
+        stop = total
+        # Without admission (no windows) the spend guard still holds: a spent budget sends nothing.
+        held = self.admission.may_send(job) if self.admission is not None else spend.admission_refusal(job)
+        if held is not None:
+            self.metric("TasksHeld", 1, "Count")
+            return stats
+        if self.admission is not None:
+            stop = self.admission.limit(job, round_no, phase, total)
+        window = stop - job.done(round_no, phase) if stop < total or job.window is not None else None
+        if job.enqueued(round_no, phase) >= stop:
+            return stats
         # The cursor counts tasks sent, in the order of the round's planned tasks; a promoted
         # trial starts from its own model instead of the round's.
         planned = self.store.planned_tasks(job, round_no, phase)
-        total = len(planned)
-        stats = FanOutStats()
-        for lo in range(job.enqueued(round_no, phase), total, CHUNK):
-            hi = min(total, lo + CHUNK)
+        stop = min(stop, len(planned))
+        for lo in range(job.enqueued(round_no, phase), stop, CHUNK):
+            hi = min(stop, lo + CHUNK)
             messages = (
                 self.message(self.plan(job, round_no, phase, shard, own or model_uri), lanes)
                 for shard, own in planned[lo:hi]
             )
             self.fanout.send(messages, stats=stats, deadline=deadline)
-            self.store.advance_cursor(job.job_id, round_no, phase, hi)
+            self.store.advance_cursor(job.job_id, round_no, phase, hi, window=window)
             self.metric("TasksEnqueued", hi - lo, "Count")
-            if hi < total and deadline is not None and deadline - self.clock() < HANDOFF_MARGIN_S:
+            if hi < stop and deadline is not None and deadline - self.clock() < HANDOFF_MARGIN_S:
                 raise EnqueueIncomplete(job.job_id, hi, total)
         return stats
+
+    def top_up(self, job: JobRecord, *, deadline: float | None = None) -> FanOutStats | None:
+        """Refill the job's window from its cursor (the aggregator, as results are counted).
+
+        Idempotent and safe to race: the cursor moves only forward and every message keeps its
+        deduplication id. None when there is nothing to do (no windows, not training, round
+        frozen, or every task sent).
+        """
+        if self.admission is None or not self.admission.windowed:
+            return None
+        if job.terminal or job.phase != "train" or job.closed_round == job.round:
+            return None
+        if job.enqueued(job.round, "train") >= job.expected(job.round, "train"):
+            return None
+        return self.enqueue(job, job.round, "train", job.model_uri, deadline=deadline)
 
     def resend(self, job: JobRecord, bodies: dict[int, str | None], generation: int) -> None:
         """Send tasks of the job's current (round, phase) again under a fresh ``generation``.

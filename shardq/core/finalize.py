@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shardq.core import planning
+from shardq.core import planning, spend
 from shardq.core.artifacts import put_json
 from shardq.core.contracts import ShardResult
 from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
@@ -266,6 +266,8 @@ def _assemble(
         "rounds": rounds,
         **failed,
         "request": job.request.to_dict(),
+        # What its counted outcomes cost, per round, and its budget stop (shardq.core.spend).
+        "cost": spend.cost_summary(job),
         **section,
     }
 

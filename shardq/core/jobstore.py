@@ -18,6 +18,8 @@ Items (partition ``pk = JOB#<job_id>``, built in ``store.keys``):
                           (``rungplan``: parts of ≤ 300 KB, each naming how many there are)
 ``RETRIED#r0003#train#g000002#000042`` shards a retry sent again under generation 2
                           (``store.retried``): older copies' failures of them are late
+``ASYNC#r0002#000042``     an asynchronous sweep's decision that trial 42 trains rung 2
+                          (``store.sweeps``, ``shardq.core.async_sweep``), written once
 ========================  ===========================================================
 
 Result items (``RES#``, ``LATE#``) carry ``recorded_at``: the sparse GSI ``by_recorded`` (``pk``,
@@ -70,10 +72,12 @@ from shardq.core.store.records import (
 )
 from shardq.core.store.results import ResultReads
 from shardq.core.store.retried import retried_item
+from shardq.core.store.spending import BUDGET_STOP_ATTRIBUTE, FORGOTTEN_COST_ATTRIBUTE
+from shardq.core.store.sweeps import SweepDecision, SweepDecisions
 from shardq.core.store.update import _ref, _Update
 
 
-class JobStore(Counting, ResultReads):
+class JobStore(Counting, ResultReads, SweepDecisions):
     """Typed access to the job table: records out, named writes in.
 
     Parameters
@@ -119,7 +123,7 @@ class JobStore(Counting, ResultReads):
         item = self.ddb.get_item(
             TableName=self.table,
             Key=_job_key(job_id),
-            ProjectionExpression="#s, #r, #p, closed_round, cancel_requested_at",
+            ProjectionExpression=f"#s, #r, #p, closed_round, cancel_requested_at, {BUDGET_STOP_ATTRIBUTE}",
             ExpressionAttributeNames={"#s": "status", "#r": "round", "#p": "phase"},
         ).get("Item")
         if item is None:
@@ -131,6 +135,7 @@ class JobStore(Counting, ResultReads):
             phase=raw.get("phase", "train"),
             closed_round=raw.get("closed_round"),
             cancelling=raw.get("cancel_requested_at") is not None,
+            budget_spent=raw.get(BUDGET_STOP_ATTRIBUTE) is not None,
         )
 
     def list_jobs(self, status: str, limit: int = 20) -> list[JobRecord]:
@@ -148,10 +153,14 @@ class JobStore(Counting, ResultReads):
 
     # -- jobs: named writes ---------------------------------------------------------------------
 
-    def advance_cursor(self, job_id: str, round_no: int, phase: str, value: int) -> None:
-        """Move the enqueue cursor of (round, phase) forward (never back: a stale writer cannot rewind it)."""
+    def advance_cursor(
+        self, job_id: str, round_no: int, phase: str, value: int, *, window: int | None = None
+    ) -> None:
+        """Move the enqueue cursor of (round, phase) forward (never back: a stale writer cannot rewind it);
+        with ``window``, record the window the send was held to (``shardq.core.admission``)."""
         name = _counter("enq", round_no, phase)
-        update = _Update().set(**{name: value})
+        values: dict[str, Any] = {name: value} if window is None else {name: value, "window": window}
+        update = _Update().set(**values)
         update.condition(
             f"(attribute_not_exists({_ref(update, name)}) OR {_ref(update, name)} < :cur)", cur=value
         )
@@ -410,7 +419,9 @@ class JobStore(Counting, ResultReads):
             raise JobChanged(f"job {job_id} is no longer {status}") from exc
         return int(resp["Attributes"]["retry_generation"]["N"])
 
-    def forget_failures(self, job: JobRecord, shards: Sequence[int], generation: int) -> None:
+    def forget_failures(
+        self, job: JobRecord, shards: Sequence[int], generation: int, cost_micro_usd: int = 0
+    ) -> None:
         """Delete failed outcomes of the job's current (round, phase) and un-count them, in one
         transaction (at most ``MAX_RETRY_CHUNK`` shards); the shards wait in a pending item of
         retry ``generation`` until ``retry_sent``, and a retry mark (``store.retried``) says they
@@ -418,6 +429,9 @@ class JobStore(Counting, ResultReads):
 
         One pending item per chunk, not one set on the job record: a retry of 100,000 failed
         shards would overflow the record's 400 KB at ≈ 95,000 ids.
+
+        ``cost_micro_usd``: what the forgotten outcomes cost; the job's cost keeps it (the time was
+        spent) and ``FORGOTTEN_COST_ATTRIBUTE`` says how much of it no outcome item holds now.
 
         Raises ``JobChanged`` when the job moved (status, round or phase) or an outcome changed.
         """
@@ -430,6 +444,8 @@ class JobStore(Counting, ResultReads):
             update.add(_counter("fail", round_no, phase), -len(shards))
             if phase == "train":
                 update.add("failed_total", -len(shards))
+            if cost_micro_usd:
+                update.add(FORGOTTEN_COST_ATTRIBUTE, cost_micro_usd)
             item = {
                 "pk": _pk(job.job_id),
                 "sk": {"S": f"RETRY#g{generation:06d}#{min(shards):06d}"},
@@ -486,5 +502,6 @@ __all__ = [
     "Outcome",
     "RecordOutcome",
     "ResultRecord",
+    "SweepDecision",
     "now_iso",
 ]

@@ -23,6 +23,8 @@ from shardq.core.validation import (
 
 # Earlier attempts a result carries at most (a task interrupted more often keeps the latest).
 MAX_ATTEMPT_HISTORY = 20
+# The highest worker price a result may carry (USD per hour): a p5.48xlarge is ≈ 55-100.
+MAX_PRICE_PER_HOUR = 10_000
 
 
 class _Message(_Value):
@@ -147,6 +149,20 @@ class ShardResult(_Message):
     # of an older generation than the shard's retry is stale, kept apart and never counted
     # (``shardq.core.store.counting``). Optional; left out of the body at 0, like the task's.
     generation: int = 0
+    # What the worker's time costs, in USD per hour (``shardq worker --price-per-hour``, or its
+    # instance type's price from ``shardq/worker/instance_prices.json``); 0: unpriced (a laptop).
+    # The aggregator counts ``cost_micro_usd`` once, with the outcome (``shardq.core.spend``).
+    # Optional; left out of the body at 0.
+    price_per_hour: float = 0.0
+    # The hyperparameters a sampler asked for this trial on the worker (an Optuna sweep's trial:
+    # ``shardq.worker.optuna_sampler``), so every reader sees them. Optional; left out when None.
+    params: dict[str, Any] | None = None
+
+    @property
+    def cost_micro_usd(self) -> int:
+        """What this task's measured seconds cost at its worker's price, in millionths of a USD
+        (integers: a job's cost is an exact sum of its results' costs)."""
+        return round(self.duration_s * self.price_per_hour * 1_000_000 / 3600)
 
     @property
     def model(self) -> str | None:
@@ -208,6 +224,16 @@ class ShardResult(_Message):
             c.integer(data, "resume_step", "resume_step", 0, 10**15)
         if "generation" in data:
             c.integer(data, "generation", "generation", 0, 1_000_000)
+        price = data.get("price_per_hour", 0.0)
+        if (
+            isinstance(price, bool)
+            or not isinstance(price, int | float)
+            or not math.isfinite(price)
+            or not 0 <= price <= MAX_PRICE_PER_HOUR
+        ):
+            c.add(f"price_per_hour must be a number of USD from 0 to {MAX_PRICE_PER_HOUR}, got {price!r:.40}")
+        if data.get("params") is not None and not isinstance(data["params"], dict):
+            c.add(f"params must be an object of the trial's params or null, got {data['params']!r:.50}")
         history = data.get("attempts", [])
         if not isinstance(history, list) or len(history) > MAX_ATTEMPT_HISTORY:
             c.add(f"attempts must be a list of at most {MAX_ATTEMPT_HISTORY} objects, got {history!r:.80}")
@@ -224,6 +250,7 @@ class ShardResult(_Message):
         values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         values["metrics"] = values_of
         values["generation"] = int(data.get("generation") or 0)
+        values["price_per_hour"] = float(data.get("price_per_hour") or 0.0)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,6 +266,10 @@ class ShardResult(_Message):
             del data["attempts"]
         if not data["generation"]:
             del data["generation"]
+        if not data["price_per_hour"]:
+            del data["price_per_hour"]
+        if data["params"] is None:
+            del data["params"]
         return data
 
 
@@ -290,6 +321,18 @@ class JobView(_Value):
     # Set while the current phase's tasks are not all on the queue: "ENQUEUING 500/700 sent" (a
     # fan-out under way, or one that died midway: submit the same request again to finish it).
     enqueuing: str | None = None
+    # What its counted outcomes cost so far (USD; 0 with unpriced workers), its ``budget_usd``, and
+    # the budget stop's time once its budget is spent (``shardq.core.spend``).
+    cost_usd: float = 0.0
+    budget_usd: float | None = None
+    budget_stopped_at: str | None = None
+    # Whose job it is and how urgent (shardq.core.tenancy), and, with windows
+    # (shardq.core.admission), the current round's tasks sent but not counted and the window they
+    # are held to.
+    tenant: str | None = None
+    priority: int | None = None
+    queued: int | None = None
+    window: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shardq.core import pipeline
 from shardq.core.advance import close_ranges
+from shardq.core.async_sweep import AsyncSweepError, rung_bounds
 from shardq.core.engine import Engine
 from shardq.core.jobstore import MAX_RETRY_CHUNK, JobChanged, JobRecord, ResultRecord
 
@@ -38,6 +40,8 @@ class PhaseProgress:
     done: int
     failed: int
     diverged: int = 0
+    # What the phase's counted outcomes cost (USD; ``shardq.core.spend``).
+    cost_usd: float = 0.0
 
     @property
     def outstanding(self) -> int:
@@ -54,12 +58,29 @@ class PhaseProgress:
             "done": self.done,
             "failed": self.failed,
             "diverged": self.diverged,
+            "cost_usd": self.cost_usd,
         }
 
 
 def progress(job: JobRecord) -> list[PhaseProgress]:
     """Per (round, phase) counters from round 0 to the job's current phase, in order."""
     rows: list[PhaseProgress] = []
+    if job.request.asynchronous:
+        # Every rung runs at once: one row each; its total the most it may run (once the job
+        # ended, what it ran).
+        return [
+            PhaseProgress(
+                round=r,
+                phase="train",
+                total=job.done(r, "train") if job.terminal else size,
+                enqueued=job.enqueued(r, "train"),
+                done=job.ok(r, "train") + job.diverged(r, "train"),
+                failed=job.failed(r, "train"),
+                diverged=job.diverged(r, "train"),
+                cost_usd=job.counters.get(("usd", r, "train"), 0) / 1_000_000,
+            )
+            for r, size in enumerate(rung_bounds(job.request))
+        ]
     for r in range(job.round + 1):
         phases = ["train"]
         if job.kind == "data_parallel" and (r < job.round or job.phase == "reduce"):
@@ -73,6 +94,7 @@ def progress(job: JobRecord) -> list[PhaseProgress]:
                 done=job.ok(r, phase) + job.diverged(r, phase),
                 failed=job.failed(r, phase),
                 diverged=job.diverged(r, phase),
+                cost_usd=job.counters.get(("usd", r, phase), 0) / 1_000_000,
             )
             for phase in phases
         )
@@ -123,6 +145,9 @@ def cancel(engine: Engine, job_id: str) -> CancelReport:
     job = engine.store.get_job(job_id)
     cancelled = False
     closing = 0
+    if job.status == "WAITING":  # a pipeline job that never started (shardq.core.pipeline)
+        cancelled = pipeline.cancel_waiting(engine, job)
+        job = engine.store.get_job(job_id)
     if job.status == "RUNNING":
         engine.store.request_cancel(job_id)
         status = engine.advance(job_id)
@@ -200,12 +225,16 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
     Raises ``JobNotFound`` or ``OperationError``.
     """
     job = engine.store.get_job(job_id)
+    if job.request.asynchronous and job.status in ("RUNNING", "FAILED"):
+        return _retry_async(engine, job)
     rows = _check_retryable(engine, job)
     try:
         generation = engine.store.next_retry_generation(job_id, job.status)
         shards = [r.result.shard_id for r in rows]
         for i in range(0, len(shards), RETRY_CHUNK):
-            engine.store.forget_failures(job, shards[i : i + RETRY_CHUNK], generation)
+            # The forgotten failures' cost stays the job's (the time was spent): say how much.
+            spent = sum(r.result.cost_micro_usd for r in rows[i : i + RETRY_CHUNK])
+            engine.store.forget_failures(job, shards[i : i + RETRY_CHUNK], generation, spent)
     except JobChanged as exc:
         raise OperationError(f"{exc}; run `shardq status` and retry again") from exc
     bodies = _retry_bodies(engine, job, rows)
@@ -226,6 +255,26 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
         generation=generation,
         retried=sorted(bodies),
         status=engine.advance(job_id),
+    )
+
+
+def _retry_async(engine: Engine, job: JobRecord) -> RetryReport:
+    """Retry an asynchronous sweep's failed tasks, of every rung (``AsyncSweep.retry``): decided
+    again under a fresh generation, the job reopened, then advanced, which sends them."""
+    try:
+        retried = engine.advancer.sweeps().retry(job)
+    except (AsyncSweepError, JobChanged) as exc:
+        reason = f" ({job.error})" if job.error else ""
+        raise OperationError(f"{exc}{reason}; see `shardq status` and the result manifest") from exc
+    if job.status == "FAILED":
+        engine.reopen(job.job_id)
+    return RetryReport(
+        job_id=job.job_id,
+        round=job.round,
+        phase=job.phase,
+        generation=engine.store.get_job(job.job_id).retry_generation,
+        retried=sorted({trial for _, trial in retried}),
+        status=engine.advance(job.job_id),
     )
 
 

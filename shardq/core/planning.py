@@ -146,8 +146,12 @@ def train_task(
     round_no: int,
     index: int,
     init_model_uri: str | None,
+    params: dict[str, Any] | None = None,
 ) -> ShardTask:
-    """Task ``index`` of round ``round_no``: a data shard, or a trial for a sweep."""
+    """Task ``index`` of round ``round_no``: a data shard, or a trial for a sweep.
+
+    ``params``: a sweep trial's hyperparameters when something other than the request decided them
+    (an asynchronous sweep's trial source, ``shardq.core.async_sweep``); else ``trial_params``."""
     total = request.task_count
     if not 0 <= index < total:
         raise IndexError(f"task index {index} outside 0..{total - 1}")
@@ -155,7 +159,7 @@ def train_task(
     hyper = dict(request.hyperparameters)
     data: dict[str, Any] = {"uri": ds.uri} if ds.uri else {}
     if request.kind == "sweep":
-        hyper.update(trial_params(request, index))
+        hyper.update(trial_params(request, index) if params is None else params)
         if request.early_stopping is not None:
             # What this rung adds: a promoted trial resumes from its model (init_model_uri), so
             # training the increment brings it to the rung's total budget.

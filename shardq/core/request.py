@@ -5,8 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from shardq.core import optuna_search
+from shardq.core.budgets import budget_field
 from shardq.core.evaluation import Evaluation, check_evaluation
+from shardq.core.fedbuff_params import NAME as FEDBUFF
+from shardq.core.fedbuff_params import parse_params as parse_fedbuff
+from shardq.core.fedbuff_params import request_problems as fedbuff_problems
+from shardq.core.pipeline_fields import After, after_field
 from shardq.core.request_fields import (
+    ASYNC_SEARCH_METHODS,
     EARLY_STOPPING_METHODS,
     MAX_ROUND_DEADLINE_S,
     MAX_TASK_TIMEOUT_S,
@@ -25,6 +32,7 @@ from shardq.core.request_fields import (
     count_trials,
     max_round_tasks,
 )
+from shardq.core.tenancy import tenancy_fields
 from shardq.core.validation import (
     DEFAULT_ENTRYPOINT,
     DEFAULT_MAX_PARALLEL,
@@ -74,6 +82,13 @@ class TrainingRequest(_Value):
     search: Search | None = None
     early_stopping: EarlyStopping | None = None
     evaluation: Evaluation | None = None
+    # Who runs it and how urgently (shardq.core.tenancy); None: the default tenant / priority.
+    tenant: str | None = None
+    priority: int | None = None
+    # USD the job may spend on workers' time (shardq.core.spend); None: no limit.
+    budget_usd: float | None = None
+    # The job this one follows in a pipeline (``shardq.core.pipeline``).
+    after: After | None = None
     schema_version: int = SCHEMA_VERSION
 
     FIELDS = (
@@ -97,13 +112,27 @@ class TrainingRequest(_Value):
         "search",
         "early_stopping",
         "evaluation",
+        "tenant",
+        "priority",
+        "budget_usd",
+        "after",
     )
+
+    @property
+    def asynchronous(self) -> bool:
+        """True for a sweep decided result by result (``shardq.core.async_sweep``): ASHA, or a
+        search method listed in ``ASYNC_SEARCH_METHODS``."""
+        if self.kind != "sweep":
+            return False
+        if self.early_stopping is not None and self.early_stopping.method == "asha":
+            return True
+        return self.search is not None and self.search.method in ASYNC_SEARCH_METHODS
 
     @property
     def task_count(self) -> int:
         """Train tasks per round: shards, or trials for a sweep."""
         if self.kind == "sweep":
-            if self.search is not None and self.search.method == "random":
+            if self.search is not None and self.search.method in ("random", "optuna"):
                 return self.search.num_trials or 0
             return count_trials(self.search_space)
         if self.shard_count is not None:
@@ -140,6 +169,9 @@ class TrainingRequest(_Value):
         participation, quorum, strategy = cls._rounds_policy(c, data, kind, shard_count)
         timeout = c.integer(data, "task_timeout_seconds", "task_timeout_seconds", 1, MAX_TASK_TIMEOUT_S)
         evaluation = check_evaluation(c, data, kind, MAX_NUM_SAMPLES)
+        tenant, priority = tenancy_fields(c, data)
+        budget = budget_field(c, data)
+        after = after_field(c, data, job_id)
         for name in ("model", "hyperparameters", "search_space"):
             if _nesting(data.get(name)) > MAX_NESTING:
                 c.add(f"{name} nests more than {MAX_NESTING} levels deep; flatten it or pass a URI to it")
@@ -166,6 +198,10 @@ class TrainingRequest(_Value):
             search=search,
             early_stopping=early_stopping,
             evaluation=evaluation,
+            tenant=tenant,
+            priority=priority,
+            budget_usd=budget,
+            after=after,
         )
         request._check_totals()
         return request
@@ -228,17 +264,24 @@ class TrainingRequest(_Value):
         raw = c.obj(data, "search", "search")
         if raw is None:
             return None
-        c.unknown_keys(raw, ("method", "num_trials", "seed"), prefix="search.")
+        c.unknown_keys(raw, ("method", "num_trials", "seed", "sampler"), prefix="search.")
         method = raw.get("method", "grid")
         if not c.choice("search.method", method, SEARCH_METHODS):
             return None
+        sampler = None
+        if method == "optuna":
+            for problem in optuna_search.problems(data, raw):
+                c.add(problem)
+            sampler = raw.get("sampler", optuna_search.DEFAULT_SAMPLER)
+        elif "sampler" in raw:
+            c.add('search.sampler applies to method "optuna" only; remove it or set method "optuna"')
         num_trials = c.integer(raw, "num_trials", "search.num_trials", 1, MAX_GATHERED_TASKS)
         if method == "random" and num_trials is None and "num_trials" not in raw:
             c.add('search.num_trials is required for method "random": how many trials to sample')
         if method == "grid" and "num_trials" in raw:
             c.add('search.num_trials applies to method "random" only; remove it')
         seed = c.integer(raw, "seed", "search.seed", 0, 2**63 - 1, default=0) or 0
-        return Search(method=method, num_trials=num_trials, seed=seed)
+        return Search(method=method, num_trials=num_trials, seed=seed, sampler=sampler)
 
     @staticmethod
     def _early_stopping(c: _Checker, data: dict[str, Any]) -> EarlyStopping | None:
@@ -308,6 +351,11 @@ class TrainingRequest(_Value):
         name = raw.get("name", "fedavg")
         if not c.choice("strategy.name", name, STRATEGIES):
             return None
+        if name == FEDBUFF:
+            fedbuff_params, problems = parse_fedbuff(raw)
+            for problem in problems:
+                c.add(problem)
+            return Strategy(name=name, params=fedbuff_params)
         defaults = STRATEGIES[name]
         c.unknown_keys(raw, ("name", *defaults), prefix="strategy.")
         params = {}
@@ -342,6 +390,8 @@ class TrainingRequest(_Value):
                     "use strategy fedavg or fedprox"
                 ],
             )
+        if self.strategy is not None and self.strategy.name == FEDBUFF and fedbuff_problems(self):
+            raise ValidationError("TrainingRequest", fedbuff_problems(self))
         if self.participation is not None and self.participation.min_shards > tasks:
             raise ValidationError(
                 "TrainingRequest",
@@ -444,7 +494,7 @@ class TrainingRequest(_Value):
                 'or a list of trials [{"lr": 0.1}, ...]'
             )
             return None
-        random = search is not None and search.method == "random"
+        random = search is not None and search.method in ("random", "optuna")  # distributions allowed
         if isinstance(raw, dict):
             if not raw:
                 c.add("search_space grid is empty: give at least one parameter with a list of values")
@@ -457,7 +507,8 @@ class TrainingRequest(_Value):
         elif isinstance(raw, list):
             if random:
                 c.add(
-                    'search.method "random" needs a search_space object of parameters, not a list of trials'
+                    f'search.method "{search.method if search else "random"}" needs a search_space object '
+                    "of parameters, not a list of trials"
                 )
                 return None
             if not raw:
@@ -531,6 +582,14 @@ class TrainingRequest(_Value):
             out["early_stopping"] = asdict(self.early_stopping)
         if self.evaluation is not None:
             out["evaluation"] = self.evaluation.to_dict()
+        if self.tenant is not None:
+            out["tenant"] = self.tenant
+        if self.priority is not None:
+            out["priority"] = self.priority
+        if self.budget_usd is not None:
+            out["budget_usd"] = self.budget_usd
+        if self.after is not None:
+            out["after"] = self.after.to_dict()
         return out
 
     def to_json(self) -> str:

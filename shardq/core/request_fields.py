@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from shardq.core.fedbuff_params import DEFAULTS as FEDBUFF_DEFAULTS
+from shardq.core.fedbuff_params import RANGES as FEDBUFF_RANGES
 from shardq.core.validation import (
     MAX_GATHERED_TASKS,
     MAX_SHARDS,
@@ -82,17 +84,25 @@ class Objective(_Value):
 
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform")
-SEARCH_METHODS = ("grid", "random")
-EARLY_STOPPING_METHODS = ("successive_halving",)
+# "optuna": Optuna's samplers ask each trial (shardq.core.optuna_search).
+SEARCH_METHODS = ("grid", "random", "optuna")
+# Search methods whose sweeps run asynchronously even without ASHA: each recorded result frees a
+# slot that the next trial takes (``shardq.core.async_sweep``'s trial sources).
+ASYNC_SEARCH_METHODS: tuple[str, ...] = ("optuna",)
+# "successive_halving": a rung closes, then promotes; "asha": a trial is promoted as soon as it
+# ranks in the top 1/eta of its rung's results so far (``shardq.core.async_sweep``).
+EARLY_STOPPING_METHODS = ("successive_halving", "asha")
 
 
 @dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
 class Search(_Value):
-    """How a sweep's trials are chosen: every grid point / listed trial, or a seeded random sample."""
+    """How a sweep's trials are chosen: every grid point / listed trial, a seeded random sample, or
+    what an Optuna ``sampler`` asks (``shardq.core.optuna_search``; None for the other methods)."""
 
     method: str = "grid"
     num_trials: int | None = None
     seed: int = 0
+    sampler: str | None = None
 
 
 @dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
@@ -103,6 +113,9 @@ class EarlyStopping(_Value):
     A promoted trial starts from its previous rung's model (``init_model_uri``), and
     ``hyperparameters[budget_param]`` (e.g. epochs) is what the rung adds to it: the rung's
     budget minus the previous rung's, so the trial reaches the rung's total.
+
+    ``method "asha"`` promotes asynchronously over the same rungs and budgets
+    (``shardq.core.async_sweep``): no rung waits for its slowest trial.
     """
 
     method: str = "successive_halving"
@@ -161,6 +174,9 @@ STRATEGIES: dict[str, dict[str, float]] = {
     "fedyogi": {"server_lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
     # FedProx: proximal_mu, applied by the worker's training function; the reduce is FedAvg.
     "fedprox": {"mu": 0.01},
+    # FedBuff (buffered asynchronous FedAvg, shardq.core.fedbuff): its numeric parameters; its
+    # "staleness" function is a string (fedbuff_params.STALENESS_FUNCTIONS).
+    "fedbuff": dict(FEDBUFF_DEFAULTS),
 }
 # Strategies whose reduce steps from the round's global model (so round 0 needs model.init_uri).
 SERVER_STEP_STRATEGIES = ("fedavgm", "fedadam", "fedyogi")
@@ -172,6 +188,7 @@ STRATEGY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "beta2": (0.0, 1.0, False, True),
     "tau": (0.0, 1.0, True, False),
     "mu": (0.0, 1e3, False, False),
+    **FEDBUFF_RANGES,
 }
 
 
@@ -180,7 +197,7 @@ class Strategy(_Value):
     """The server strategy of a ``data_parallel`` job's reduce step, with every parameter filled in."""
 
     name: str = "fedavg"
-    params: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # numbers; fedbuff's "staleness" a name
 
     def to_dict(self) -> dict[str, Any]:
         """``{"name": ..., **params}``, as requests and tasks carry it."""

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from shardq.core import contracts as c
-from shardq.core import evaluation
+from shardq.core import evaluation, fedbuff_params, pipeline_fields, tenancy
 
 
 def _distributions() -> list[dict[str, Any]]:
@@ -37,6 +37,11 @@ def _strategy_schema() -> dict[str, Any]:
                 "exclusiveMaximum" if high_open else "maximum": high,
                 "default": default,
             }
+        if name == "fedbuff":  # its staleness function is a name, not a number
+            functions = list(fedbuff_params.STALENESS_FUNCTIONS)
+            properties["staleness"] = {"enum": functions, "default": "polynomial"}
+            for key in fedbuff_params.INTEGERS:
+                properties[key]["type"] = "integer"
         branches.append(
             {"type": "object", "additionalProperties": False, "required": ["name"], "properties": properties}
         )
@@ -160,6 +165,8 @@ def training_request_schema() -> dict[str, Any]:
                 "pattern": c.ENTRYPOINT_RE.pattern,
                 "default": c.DEFAULT_ENTRYPOINT,
             },
+            **tenancy.request_schema(),
+            **pipeline_fields.request_schema(),
         },
         "allOf": [
             {

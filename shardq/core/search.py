@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from shardq.core.budgets import trial_costs
 from shardq.core.contracts import Objective, ShardResult, TrainingRequest
 
 
@@ -113,7 +114,18 @@ def trial_params(request: TrainingRequest, index: int) -> dict[str, Any]:
     if request.search is not None and request.search.method == "random":
         assert isinstance(space, dict)
         return sample(space, request.search.seed, index)
+    if request.search is not None and request.search.method == "optuna":
+        raise ValueError("an Optuna trial's params are asked on its worker: read its result's params")
     return trial(space, index)
+
+
+def trial_table(request: TrainingRequest, results: Sequence[ShardResult]) -> list[dict[str, Any]]:
+    """Every trial's hyperparameters, by trial id: planned, or (an Optuna sweep) as the sampler asked
+    them on the trial's worker, which reported them (``ShardResult.params``; {} before any result)."""
+    if request.search is not None and request.search.method == "optuna":
+        asked = {r.shard_id: r.params for r in results if r.params}
+        return [dict(asked.get(i) or {}) for i in range(request.task_count)]
+    return [trial_params(request, i) for i in range(request.task_count)]
 
 
 def trial(search_space: dict[str, Any] | list[dict[str, Any]], index: int) -> dict[str, Any]:
@@ -143,16 +155,19 @@ def sweep_section(request: TrainingRequest, results: Sequence[ShardResult]) -> d
     for r in sorted(results, key=lambda r: r.round):
         if r.status != "failed" or r.shard_id not in last:
             last[r.shard_id] = r
-    trials = [trial_params(request, i) for i in range(request.task_count)]
+    trials = trial_table(request, results)
     history = rung_history(results, request)
     by_rung: dict[int, list[ShardResult]] = {}
     for r in last.values():
         by_rung.setdefault(r.round, []).append(r)
     board: list[dict[str, Any]] = []
     diverged: list[dict[str, Any]] = []
+    costs = trial_costs(results)  # what each trial's counted results cost, every rung (budgets)
     for rung in sorted(by_rung, reverse=True):
         for ranked in leaderboard(by_rung[rung], request.objective, trials):
             row = {**ranked, "rung": rung, "rungs": history.get(ranked["trial"], [])}
+            if ranked["trial"] in costs:
+                row["cost_usd"] = costs[ranked["trial"]]
             (diverged if row["outcome"] == "diverged" else board).append(row)
     best = board[0] if board else None
     board.extend(sorted(diverged, key=lambda row: row["trial"]))

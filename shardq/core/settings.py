@@ -44,6 +44,12 @@ class Settings:
     # Where the results DLQ handler parks dead results no job can record (shardq.core.parking);
     # None: a stack deployed before the parked queue existed (they stay in the DLQ).
     parked_results_queue_url: str | None = None
+    # The zero-window results queue for messages that close or move a round
+    # (shardq.core.result_routes); None: a stack deployed before it (every result takes the bulk one).
+    fast_results_queue_url: str | None = None
+    # The ``scheduling`` configuration (tenants, weights, quotas, windows) as JSON
+    # (shardq.core.tenancy); None: a stack deployed before it (the defaults: one open tenant space).
+    scheduling: str | None = None
 
     ENV: ClassVar[dict[str, str]] = {
         "job_table": "SHARDQ_JOB_TABLE",
@@ -57,6 +63,8 @@ class Settings:
         "fanout_in_flight": "SHARDQ_FANOUT_IN_FLIGHT",
         "data_buckets": "SHARDQ_DATA_BUCKETS",
         "parked_results_queue_url": "SHARDQ_PARKED_RESULTS_QUEUE_URL",
+        "fast_results_queue_url": "SHARDQ_FAST_RESULTS_QUEUE_URL",
+        "scheduling": "SHARDQ_SCHEDULING",
     }
     # The stack's CfnOutput ids. Outputs a stack deployed before they existed lacks fall back to
     # the field's default (the optional fields only), as the Lambdas' environment does.
@@ -72,6 +80,8 @@ class Settings:
         "fanout_in_flight": "FanoutInFlight",
         "data_buckets": "DataBuckets",
         "parked_results_queue_url": "ParkedResultsQueueUrl",
+        "fast_results_queue_url": "FastResultsQueueUrl",
+        "scheduling": "Scheduling",
     }
     REQUIRED: ClassVar[tuple[str, ...]] = (
         "job_table",
@@ -132,6 +142,8 @@ class Settings:
         values["splitter_function"] = source.get(names["splitter_function"]) or None
         values["data_buckets"] = _names(source.get(names["data_buckets"]))
         values["parked_results_queue_url"] = source.get(names["parked_results_queue_url"]) or None
+        values["fast_results_queue_url"] = source.get(names["fast_results_queue_url"]) or None
+        values["scheduling"] = source.get(names["scheduling"]) or None
         return cls(**values)
 
     def as_env(self) -> dict[str, str]:

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from shardq.core.async_sweep import async_progress, max_tasks
 from shardq.core.contracts import TrainingRequest
 from shardq.core.jobstore import JobRecord
 from shardq.core.operations import PhaseProgress, progress
@@ -87,6 +88,9 @@ def tasks_left(job: JobRecord, current: PhaseProgress | None = None) -> int:
     """
     if job.status == "SUCCEEDED":
         return 0
+    if job.request.asynchronous:  # open-ended: at most what the sweep can still run
+        sweep = async_progress(job)
+        return max(0, sweep.up_to - sweep.done)
     current = current or progress(job)[-1]
     outstanding = current.total - current.done - current.failed
     to_quorum = needed(job, current.round, current.phase) - current.done
@@ -111,6 +115,8 @@ class Tally:
     diverged: int = 0
     # With a quorum: the tasks the plan may run (``planned_total``), which ``total`` may stay under.
     planned: int | None = None
+    # An asynchronous sweep (ASHA): tasks decided without an outcome yet (queued or running).
+    in_flight: int | None = None
 
     @property
     def total(self) -> int:
@@ -131,11 +137,23 @@ class Tally:
             "tasks_total": self.total,
             "progress_pct": self.percent,
             **({"tasks_planned": self.planned} if self.planned is not None else {}),
+            **({"tasks_in_flight": self.in_flight} if self.in_flight is not None else {}),
         }
 
 
 def tally(job: JobRecord) -> Tally:
     """The job's tasks recorded and still to come, over every round, rung and reduce."""
+    if job.request.asynchronous:
+        # Open-ended: ``total`` is what the sweep may still run at most (``async_sweep.max_tasks``).
+        sweep = async_progress(job)
+        return Tally(
+            completed=sweep.done,
+            failed=sweep.failed,
+            diverged=sweep.diverged,
+            left=tasks_left(job),
+            planned=sweep.up_to,
+            in_flight=sweep.in_flight,
+        )
     rows = progress(job)
     return Tally(
         completed=sum(p.done + p.failed for p in rows),
@@ -158,6 +176,13 @@ def request_plan_text(request: TrainingRequest) -> str:
         es = request.early_stopping
         if es is None:
             return f"{n} trial(s)"
+        if es.method == "asha":
+            budgets = ", ".join(str(b) for b in es.budgets)
+            return (
+                f"{n} trial(s), ASHA over {len(es.budgets)} rungs "
+                f"(eta {es.eta}; {es.budget_param} {budgets}), "
+                f"up to {request.max_parallel} in flight, up to {max_tasks(request)} tasks"
+            )
         sizes = ", ".join(str(s) for s in rung_sizes(request))
         budgets = ", ".join(str(b) for b in es.budgets)
         return (

@@ -21,7 +21,8 @@ TASK_TYPES = ("train", "reduce")
 RESULT_STATUSES = ("succeeded", "failed", "diverged")
 DIRECTIONS = ("minimize", "maximize")
 TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "CANCELLED")
-JOB_STATUSES = ("RUNNING", *TERMINAL_STATUSES)
+# ``WAITING``: a pipeline job waiting for the job it follows (``shardq.core.pipeline``).
+JOB_STATUSES = ("WAITING", "RUNNING", *TERMINAL_STATUSES)
 
 # Tasks per round of a map job. A round of more than advance.CLOSE_RANGE_SHARDS closes in ranges, so
 # no item, payload or manifest grows past a service limit up to here (BENCHMARKS.md section 10).

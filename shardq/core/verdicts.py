@@ -33,6 +33,7 @@ import math
 from typing import Any
 
 from shardq.core.contracts import ShardResult, ValidationError, finite_or_name
+from shardq.core.messages import MAX_PRICE_PER_HOUR
 
 # The ``source`` of an outcome recorded from a body the parser rejected.
 REJECTED_SOURCE = "rejected"
@@ -114,6 +115,8 @@ def checked(result: ShardResult, kind: str) -> ShardResult:
             attempt=max(1, min(result.attempt, 10_000)),
             error=f"the worker's result failed the aggregator's checks: {'; '.join(exc.problems)}",
             generation=result.generation,
+            # The time was spent all the same: keep its price when that one is valid.
+            price_per_hour=result.price_per_hour if 0 <= result.price_per_hour <= MAX_PRICE_PER_HOUR else 0.0,
         )
     return vet(parsed, kind)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from shardq.core.budgets import cost_of
 from shardq.core.contracts import JOB_STATUSES, ShardResult
 from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
 from shardq.core.metrics import summarize_round
@@ -89,6 +90,8 @@ def job_row(job: JobRecord, now: float) -> dict[str, Any]:
         # Every round, rung and reduce the job runs (shardq.core.tally, as the CLI counts them).
         **tally(job).to_dict(),
         "plan": plan_text(job),
+        # The CLI's wording of its cost (shardq.core.budgets.cost_text); None: unpriced and no budget.
+        "cost_text": cost_of(view),
         "age_s": None if created is None else round(now - created, 1),
         "elapsed_s": None if created is None else round((finished or now) - created, 1),
         "updated_at": job.updated_at,

@@ -9,12 +9,14 @@ import logging
 
 from shardq.core.contracts import ShardTask
 from shardq.core.jobstore import JobStore
+from shardq.core.spend import BUDGET_DROP
 from shardq.worker.aws import describe, is_fatal
 
 
 def drop_reason(store: JobStore | None, task: ShardTask, tlog: logging.LoggerAdapter) -> str | None:
-    """Why the task need not run, or None: its job is cancelled (or being cancelled) or finished, or (a
-    ``data_parallel`` train task) its round already closed, so its result would only be late.
+    """Why the task need not run, or None: its job is cancelled (or being cancelled) or finished, or
+    its budget is spent (``BUDGET_DROP``), or (a ``data_parallel`` train task) its round already
+    closed, so its result would only be late.
 
     Unknown after a transient error: run the task (the aggregator ignores results of a finished
     job and records late ones), rather than drop or stall it.
@@ -35,8 +37,12 @@ def drop_reason(store: JobStore | None, task: ShardTask, tlog: logging.LoggerAda
         return f"job is {job.status}"
     if job.cancelling:
         return "job is being cancelled"
+    if job.budget_spent:
+        return BUDGET_DROP  # the worker says so on the results queue (spend.Dropped)
     if task.task_type != "train" or task.kind != "data_parallel":
         return None
+    if task.strategy.get("name") == "fedbuff":
+        return None  # a FedBuff update's "round" is its client's update number: no round closes it
     if job.round > task.round:
         return f"job moved on to round {job.round}"
     if job.closed_round is not None and job.closed_round >= task.round:

@@ -22,6 +22,7 @@ from shardq.worker.artifacts import TaskFiles, uri_name
 from shardq.worker.aws import error_code
 from shardq.worker.context import TaskContext
 from shardq.worker.entrypoints import resolve
+from shardq.worker.fedbuff import server_step as fedbuff_step
 from shardq.worker.reduce import InputModel, ModelError, average_stream, evaluate_model
 from shardq.worker.strategies import SERVER_STATE_NAME, apply_strategy, needs_server_step
 
@@ -81,13 +82,23 @@ class ReduceTasks(TaskFiles):
                 path = self._download(uri, tmp / "inputs" / str(i) / uri_name(uri))
                 ctx.input_models.append(InputModel(path, weight))
             return self._call(self.entrypoint or task.entrypoint, fn, task, ctx, abandoned)
-        ctx.model_path = average_stream(
-            self._one_at_a_time(models, tmp / "inputs"),
-            [w for _, w in models],
-            ctx.output_dir,
-            name=uri_name(models[0][0]) if models else None,
-        )
-        if stepping and ctx.init_model_path is not None:
+        if task.strategy.get("name") == "fedbuff" and ctx.init_model_path is not None:
+            # FedBuff: the global model moves by the buffer's staleness-weighted deltas.
+            ctx.model_path = fedbuff_step(
+                ctx.init_model_path,
+                inputs["fedbuff"],
+                lambda uri, name: self._download(uri, tmp / "fedbuff" / name),
+                ctx.output_dir / uri_name(str(task.init_model_uri)),
+                server_lr=float(task.strategy.get("server_lr", 1.0)),
+            )
+        else:
+            ctx.model_path = average_stream(
+                self._one_at_a_time(models, tmp / "inputs"),
+                [w for _, w in models],
+                ctx.output_dir,
+                name=uri_name(models[0][0]) if models else None,
+            )
+        if stepping and ctx.init_model_path is not None and "fedbuff" not in inputs:
             state = self._server_state(task, tmp)
             apply_strategy(task.strategy, ctx.model_path, ctx.init_model_path, state, round_no=task.round)
         outcome: dict[str, Any] = {"num_samples": inputs["total_samples"]}

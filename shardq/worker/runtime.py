@@ -67,6 +67,9 @@ from shardq.core.evaluation import DEPRECATION as EVAL_DEPRECATION
 from shardq.core.evaluation import eval_dataset_of
 from shardq.core.jobstore import JobStore
 from shardq.core.planning import split_s3  # re-exported: tests.chaos.harness imports it here
+from shardq.core.result_routes import results_queue_for
+from shardq.core.spend import BUDGET_DROP, Dropped
+from shardq.worker import optuna_sampler
 from shardq.worker.activity import Activity  # re-exported, like the names below: callers import them here
 from shardq.worker.artifacts import model_file
 from shardq.worker.aws import Backoff, FatalAwsError, describe, is_fatal
@@ -125,6 +128,9 @@ class Worker(ReduceTasks, TaskRelease):
         boto3 clients (``shardq.worker.aws.worker_client`` gives them botocore's retry modes).
     task_queue_url, results_queue_url:
         The stack's queues.
+    fast_results_queue_url:
+        The stack's zero-window results queue: reduce results and small rounds' results go there
+        (``shardq.core.result_routes``); ``None`` or ``"off"`` sends every result to ``results_queue_url``.
     ddb, job_table:
         For the cancellation and closed-round checks, through ``JobStore.get_job`` (optional:
         without them every task runs).
@@ -155,6 +161,7 @@ class Worker(ReduceTasks, TaskRelease):
     s3: Any
     task_queue_url: str
     results_queue_url: str
+    fast_results_queue_url: str | None = None
     ddb: Any = None
     job_table: str | None = None
     entrypoint: str | None = None
@@ -173,6 +180,8 @@ class Worker(ReduceTasks, TaskRelease):
     fatal: BaseException | None = None
     errors: int = 0
     stop_signal: StopSignal = field(default_factory=StopSignal)
+    # USD per hour of this worker's time, carried by its results (0: unpriced; shardq.worker.pricing).
+    price_per_hour: float = 0.0
 
     def __post_init__(self) -> None:
         if self.allow is None:
@@ -280,6 +289,10 @@ class Worker(ReduceTasks, TaskRelease):
         reason = drop_reason(self.store, task, tlog)
         if reason is not None:
             tlog.info("%s; dropping task %s unrun", reason, task.key)
+            if reason == BUDGET_DROP:
+                # Notice first, then delete (as a result): the job waits for every task it sent.
+                notice = Dropped.of(task.job_id, task.round, task.shard_id, task.task_type)
+                self.sqs.send_message(QueueUrl=self.results_queue_url, MessageBody=notice.body())
             self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
             return
         # Hooks around the whole lease (run, post, delete): on ECS they hold the task's scale-in
@@ -296,7 +309,7 @@ class Worker(ReduceTasks, TaskRelease):
             # Result first, then delete: a crash (or an AWS error) between the two duplicates a
             # result, which the aggregator drops, never loses one. An error in either leaves the
             # task to its visibility timeout.
-            self.sqs.send_message(QueueUrl=self.results_queue_url, MessageBody=result.to_json())
+            self.sqs.send_message(QueueUrl=self._results_url(task), MessageBody=result.to_json())
             self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
             tlog.info(
                 "task %s %s in %.2f s (attempt %d)",
@@ -345,6 +358,7 @@ class Worker(ReduceTasks, TaskRelease):
         attempt = {
             "worker_id": self.worker_id,
             "attempt": lease.attempt,
+            "price_per_hour": self.price_per_hour,
             # Only for code this worker may run: finding a module's file imports its parent packages,
             # and a refused module has no version worth recording.
             "code_version": None if self.trusted.refusal(entrypoint) else code_fingerprint(entrypoint),
@@ -361,6 +375,7 @@ class Worker(ReduceTasks, TaskRelease):
                 artifact_uri=outcome.get("artifact_uri"),
                 model_uri=outcome.get("model_uri"),
                 duration_s=round(time.monotonic() - started, 3),
+                params=outcome.get("params"),
                 **attempt,
             )
         except Stopped:
@@ -390,7 +405,7 @@ class Worker(ReduceTasks, TaskRelease):
             # A training function that cannot even be loaded, or a model the reduce cannot read,
             # fails every attempt the same way: report it now instead of cycling through receives.
             permanent = isinstance(exc, EntrypointError | ModelError | TaskTimeout) or (
-                isinstance(exc, IsolatedTaskError) and exc.permanent
+                isinstance(exc, IsolatedTaskError | optuna_sampler.SamplerError) and exc.permanent
             )
             if not permanent and lease.receives < (self.max_receive_count or DEFAULT_MAX_RECEIVE_COUNT):
                 lease.abandoned.set()
@@ -457,12 +472,17 @@ class Worker(ReduceTasks, TaskRelease):
             attempt=lease.attempt,
             duration_s=round(held, 3),
             error=error,
+            price_per_hour=self.price_per_hour,
         )
         try:
-            self.sqs.send_message(QueueUrl=self.results_queue_url, MessageBody=result.to_json())
+            self.sqs.send_message(QueueUrl=self._results_url(task), MessageBody=result.to_json())
             self.sqs.delete_message(QueueUrl=self.task_queue_url, ReceiptHandle=lease.receipt)
         except Exception:
             tlog.warning("could not report the ceiling; SQS redelivers the task", exc_info=True)
+
+    def _results_url(self, task: ShardTask) -> str:
+        """The results queue this task's result takes (the fast one where it may move its round)."""
+        return results_queue_for(task, self.results_queue_url, self.fast_results_queue_url)
 
     def _context(self, task: ShardTask, tmp: Path, tlog: logging.LoggerAdapter) -> TaskContext:
         out_dir = tmp / "output"
@@ -547,6 +567,7 @@ class Worker(ReduceTasks, TaskRelease):
         # A task too big for its message travels by claim check (shardq.core.enqueue): fetch the
         # body inside the attempt, so an S3 error counts as one failed attempt like any other.
         task = load_task(task, self.s3)
+        task, asked = optuna_sampler.resolve_task(task)  # an Optuna trial: the sampler asks its params
         entrypoint = self.entrypoint or task.entrypoint
         # Before anything is downloaded: a task naming code this worker may not run fails at once,
         # and so does a module's own reduce on a job whose server strategy it would silently drop.
@@ -560,7 +581,8 @@ class Worker(ReduceTasks, TaskRelease):
             if fn is None:
                 raise AttributeError(f"entrypoint {task.entrypoint!r} has no train function")
             outcome = self._call(entrypoint, fn, task, ctx, abandoned)
-        return self._publish(task, ctx, outcome, tlog)
+        published = self._publish(task, ctx, outcome, tlog)
+        return published if asked is None else {**published, "params": asked}
 
     @property
     def trusted(self) -> AllowList:

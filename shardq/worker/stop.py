@@ -179,6 +179,11 @@ class SpotNotice:
                 return
             self._halt.wait(self.every_s)
 
+    def metadata(self, path: str) -> str | None:
+        """GET any metadata path with this poller's session token (``shardq.worker.pricing`` reads
+        the instance type so): its body, None on 404; ``OSError`` when no metadata service answers."""
+        return self._get(path)
+
     def _get(self, path: str) -> str | None:
         """GET a metadata path with a session token: its body, or None on 404 (no notice)."""
         for fresh in (False, True):

@@ -55,8 +55,9 @@ Arrays = dict[str, np.ndarray]
 
 
 def needs_server_step(strategy: Mapping[str, Any]) -> bool:
-    """True when the reduce applies a server optimizer after averaging (FedAvgM, FedAdam, FedYogi)."""
-    return strategy.get("name") in SERVER_OPTIMIZERS
+    """True when the reduce applies a server step (FedAvgM, FedAdam, FedYogi after averaging; FedBuff)."""
+    # FedBuff steps too (its own step, ``shardq.worker.fedbuff``): a module's reduce() would drop it.
+    return strategy.get("name") in (*SERVER_OPTIMIZERS, "fedbuff")
 
 
 def adam_rate(server_lr: float, beta1: float, beta2: float, round_no: int) -> float:

@@ -23,6 +23,7 @@ SPLITTER_HANDLER = "lambdas.splitter.handler"
 AGGREGATOR_HANDLER = "lambdas.aggregator.handler"
 DLQ_HANDLER_HANDLER = "lambdas.dlq_handler.handler"
 RESULTS_DLQ_HANDLER_HANDLER = "lambdas.results_dlq_handler.handler"
+PIPELINE_HANDLER = "lambdas.pipeline.handler"
 LAMBDA_MAX_TIMEOUT_SECONDS = 900
 
 
@@ -58,6 +59,9 @@ class FunctionSizing:
     results_dlq_handler: FunctionSize = field(
         default_factory=lambda: FunctionSize(memory_mb=512, timeout_seconds=60)
     )
+    # One Job Finished event: starts (enqueues round 0 of) or ends each job that follows the one
+    # that ended (shardq.core.pipeline); a big round 0 is handed on to the splitter's continuation.
+    pipeline: FunctionSize = field(default_factory=lambda: FunctionSize(memory_mb=512, timeout_seconds=120))
 
     @classmethod
     def for_queue(cls, *, high_throughput: bool) -> FunctionSizing:
@@ -160,6 +164,21 @@ class ShardqFunctions(Construct):
             environment=environment,
             description="shardq results DLQ handler: records dead results (a rejected one as a failure)",
         )
+        # Async only (the Job Finished rule); failures after Lambda's retries, and events the rule
+        # could not deliver (its DLQ, stacks.components.pipeline_trigger), land in this queue.
+        self.pipeline_failure_queue: sqs.Queue = secure_queue(
+            self, "PipelineFailureQueue", encryption_key=None, retention=DLQ_RETENTION
+        )
+        self.pipeline = self._function(
+            "Pipeline",
+            handler=PIPELINE_HANDLER,
+            size=sizing.pipeline,
+            environment=environment,
+            description="shardq pipeline: a job ended, so the jobs that follow it start (or end) now",
+            on_failure=destinations.SqsDestination(self.pipeline_failure_queue),
+            retry_attempts=2,
+            max_event_age=Duration.hours(6),
+        )
 
     def _splitter(
         self, size: FunctionSize, environment: Mapping[str, str], retry_attempts: int
@@ -193,8 +212,8 @@ class ShardqFunctions(Construct):
 
     @property
     def all_functions(self) -> list[lambda_.Function]:
-        """Splitter, aggregator and the two DLQ handlers."""
-        return [self.splitter, self.aggregator, self.dlq_handler, self.results_dlq_handler]
+        """Splitter, aggregator, the two DLQ handlers and the pipeline trigger."""
+        return [self.splitter, self.aggregator, self.dlq_handler, self.results_dlq_handler, self.pipeline]
 
     def _function(
         self,
@@ -249,6 +268,7 @@ def _validate(
         ("aggregator", sizing.aggregator),
         ("dlq_handler", sizing.dlq_handler),
         ("results_dlq_handler", sizing.results_dlq_handler),
+        ("pipeline", sizing.pipeline),
     ):
         problems.require(
             128 <= size.memory_mb <= 10240,

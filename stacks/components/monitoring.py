@@ -21,6 +21,8 @@ from stacks.components._props import Problems
 METRICS_NAMESPACE = "shardq"
 # Powertools Metrics adds the `service` dimension (POWERTOOLS_SERVICE_NAME) to every metric.
 METRICS_SERVICE = "shardq"
+# Past one visibility timeout of the results queues (6 x the aggregator's 60 s) plus a margin.
+FAST_RESULTS_MAX_AGE_SECONDS = 600
 CUSTOM_METRICS = ("TasksEnqueued", "ResultsRecorded", "DuplicateResults", "JobsFinished", "RoundDuration")
 _ONE_MINUTE = Duration.minutes(1)
 
@@ -36,6 +38,8 @@ class MonitoredQueues:
     splitter_failure_queue: sqs.IQueue
     # Dead results no job can record (shardq.core.parking); None in stacks built before it.
     parked_results: sqs.IQueue | None = None
+    # The zero-window results queue (shardq.core.result_routes); None in stacks built before it.
+    fast_results: sqs.IQueue | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,6 +171,26 @@ class Monitoring(Construct):
                     )
                 ]
                 if queues.parked_results is not None
+                else []
+            ),
+            *(
+                [
+                    self._alarm(
+                        "FastResultsNotDrained",
+                        queues.fast_results.metric_approximate_age_of_oldest_message(
+                            period=_ONE_MINUTE, statistic="Maximum"
+                        ),
+                        # Past one visibility timeout (6 x the aggregator's 60 s) a failed batch has
+                        # had its retry: still waiting means the fast event source is not draining it.
+                        threshold=FAST_RESULTS_MAX_AGE_SECONDS,
+                        description="A round-closing result has waited more than "
+                        f"{FAST_RESULTS_MAX_AGE_SECONDS} s in the fast results queue: its event source "
+                        "mapping is disabled or the aggregator is failing or throttled; rounds are not "
+                        "advancing.",
+                        periods=3,
+                    )
+                ]
+                if queues.fast_results is not None
                 else []
             ),
             self._alarm(
@@ -339,6 +363,7 @@ def _queue_row(queues: MonitoredQueues) -> list[cloudwatch.IWidget]:
                 for label, q in (
                     ("tasks", queues.task_queue),
                     ("results", queues.results_queue),
+                    *([("fast results", queues.fast_results)] if queues.fast_results else []),
                     ("task DLQ", queues.task_dlq),
                     ("results DLQ", queues.results_dlq),
                     ("splitter failures", queues.splitter_failure_queue),
@@ -367,6 +392,15 @@ def _queue_row(queues: MonitoredQueues) -> list[cloudwatch.IWidget]:
                 ),
                 queues.results_queue.metric_approximate_age_of_oldest_message(
                     label="result", period=_ONE_MINUTE, statistic="Maximum"
+                ),
+                *(
+                    [
+                        queues.fast_results.metric_approximate_age_of_oldest_message(
+                            label="round-closing result", period=_ONE_MINUTE, statistic="Maximum"
+                        )
+                    ]
+                    if queues.fast_results
+                    else []
                 ),
             ],
             width=8,

@@ -18,7 +18,11 @@ from stacks.components._queues import DEFAULT_QUEUE_RETENTION, DLQ_RETENTION, se
 
 
 class ResultsQueue(Construct):
-    """Standard results queue (SSE, TLS only) with a standard DLQ, and the parked-results queue.
+    """Standard results queues (SSE, TLS only) with a standard DLQ, and the parked-results queue.
+
+    Two results queues share the DLQ (so its handler, alarm and ``shardq dlq`` cover both): the bulk
+    ``queue``, read in batches of 100 with a batching window, and the ``fast_queue``, read in batches
+    of 10 with none, for the messages that close or move a round (``shardq.core.result_routes``).
 
     The parked-results queue holds dead results no job can record (they name no planned task),
     each with the reason as a message attribute: no consumer reads it, so they stay visible to
@@ -86,6 +90,16 @@ class ResultsQueue(Construct):
         )
         self.parked_queue = secure_queue(
             self, "ParkedQueue", encryption_key=encryption_key, retention=DLQ_RETENTION
+        )
+        self.fast_queue = secure_queue(
+            self,
+            "FastQueue",
+            encryption_key=encryption_key,
+            retention=retention,
+            visibility_timeout=self.visibility_timeout,
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.dead_letter_queue, max_receive_count=max_receive_count
+            ),
         )
         self.queue = secure_queue(
             self,

@@ -27,7 +27,8 @@ TASK_QUEUE_ACTIONS = (
     "sqs:GetQueueAttributes",
     "sqs:SendMessage",
 )
-# Results queue: post outcomes only (its attributes are never read).
+# Results queues (the bulk one and the fast one for round-closing results, shardq.core.result_routes):
+# post outcomes only (their attributes are never read).
 RESULTS_QUEUE_ACTIONS = ("sqs:SendMessage",)
 # Job table: the cancellation/closed-round check and --job-id read one item by key; nothing queries.
 JOB_TABLE_ACTIONS = ("dynamodb:GetItem",)
@@ -58,6 +59,8 @@ class WorkerAccess(Construct):
     ----------
     task_queue, results_queue, job_table, artifact_bucket
         The resources a worker touches.
+    fast_results_queue
+        The zero-window results queue workers send round-closing results to, if the stack has one.
     dataset_bucket_arns
         Extra buckets (ARNs) workers read training data from.
     queue_encryption_key
@@ -78,13 +81,14 @@ class WorkerAccess(Construct):
         dataset_bucket_arns: Sequence[str] = (),
         queue_encryption_key: kms.IKey | None = None,
         artifact_prefix: str = "jobs/",
+        fast_results_queue: sqs.IQueue | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         _validate(artifact_prefix, dataset_bucket_arns)
 
         statements = _statements(
             task_queue=task_queue,
-            results_queue=results_queue,
+            results_queues=[results_queue, *([fast_results_queue] if fast_results_queue else [])],
             job_table=job_table,
             artifact_bucket=artifact_bucket,
             dataset_bucket_arns=dataset_bucket_arns,
@@ -117,7 +121,7 @@ def _validate(artifact_prefix: str, dataset_bucket_arns: Sequence[str]) -> None:
 def _statements(
     *,
     task_queue: sqs.IQueue,
-    results_queue: sqs.IQueue,
+    results_queues: Sequence[sqs.IQueue],
     job_table: dynamodb.ITable,
     artifact_bucket: s3.IBucket,
     dataset_bucket_arns: Sequence[str],
@@ -131,7 +135,9 @@ def _statements(
             sid="ConsumeTasks", actions=list(TASK_QUEUE_ACTIONS), resources=[task_queue.queue_arn]
         ),
         iam.PolicyStatement(
-            sid="PostResults", actions=list(RESULTS_QUEUE_ACTIONS), resources=[results_queue.queue_arn]
+            sid="PostResults",
+            actions=list(RESULTS_QUEUE_ACTIONS),
+            resources=[q.queue_arn for q in results_queues],
         ),
         iam.PolicyStatement(
             sid="ReadJobRecords", actions=list(JOB_TABLE_ACTIONS), resources=[job_table.table_arn]

@@ -102,13 +102,10 @@ def collect(
         late=engine.store.late_results(job_id),
         retried={
             (r, ph): engine.store.retried_generations(job_id, r, ph)
-            for r in range(job.round + 1)
+            for r in range(_last_round(job) + 1)
             for ph in ("train", "reduce")
         },
-        plans={
-            r: [shard for shard, _ in engine.store.planned_tasks(job, r, "train")]
-            for r in range(job.round + 1)
-        },
+        plans={r: _planned(engine, job, r) for r in range(_last_round(job) + 1)},
         summaries=engine.store.round_summaries(job_id),
         manifest=manifest,
         queues=queues,
@@ -118,10 +115,22 @@ def collect(
     )
 
 
+def _last_round(job: Any) -> int:
+    """The last round the job reached: an asynchronous sweep runs every rung at once."""
+    return int(job.rounds) - 1 if job.request.asynchronous else int(job.round)
+
+
+def _planned(engine: Engine, job: Any, r: int) -> list[int]:
+    """Round ``r``'s planned shards: the stored plan, or an asynchronous sweep's decisions."""
+    if job.request.asynchronous:
+        return sorted(d.trial for d in engine.store.sweep_decisions(job.job_id, r))
+    return [shard for shard, _ in engine.store.planned_tasks(job, r, "train")]
+
+
 def _phases(h: History) -> list[tuple[int, str, list[int]]]:
     """(round, phase, planned shards) of every phase the job reached, in order."""
     job = h.job
-    last_round, last_phase = int(job.round), job.phase
+    last_round, last_phase = _last_round(job), job.phase
     out = []
     for r in range(last_round + 1):
         out.append((r, "train", h.plans.get(r, list(range(job.task_count)))))

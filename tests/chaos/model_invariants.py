@@ -19,6 +19,9 @@ tick waiting on the results queue — (``quiet_problems``):
 5. **no RUNNING job without outstanding work**: with nothing in flight, a RUNNING job must
    have a round deadline's tick held for its current round (the only thing still to come).
 
+And after every step, **cost counted once** (invariant 10, ``cost_problems``): a job's
+``cost_uusd`` is its counted outcome items' costs plus those of failures a retry forgot.
+
 A retry resumes the round that failed (``retry_problems``, checked by the retry rule). And at
 the end, when every job ran to its end, each job's whole history passes
 ``tests.chaos.history.check``.
@@ -39,13 +42,15 @@ from benchmarks.scale_sizes import ddb_item_size as item_size
 from shardq.core import contracts, operations, rounds
 from shardq.core.engine import Engine
 from shardq.core.jobstore import JobRecord
+from tests.chaos.model_asha import asha_problems, asha_quiet_problem, decided
+from tests.chaos.model_windows import window_problems
 from tests.chaos.model_world import ITEM_LIMIT, World, scan_items
 
 _COUNTER = re.compile(r"^([a-z]+)_r(\d+)_(train|reduce)$")
 _RESULT = re.compile(r"^(RES|LATE)#r(\d+)#(train|reduce)#(\d+)$")
 _RETRIED = re.compile(r"^RETRIED#r(\d+)#(train|reduce)#")
 # Counters that count something other than outcomes.
-_NOT_OUTCOMES = ("ok", "enq", "plan", "part")
+_NOT_OUTCOMES = ("ok", "enq", "plan", "part", "usd", "drop")
 
 
 def _source(obj: Any) -> str:
@@ -92,6 +97,8 @@ def planned(world: World, job: JobRecord, round_no: int, phase: str) -> set[int]
         return {0} if job.kind == "data_parallel" else set()
     if round_no >= job.rounds:
         return set()
+    if job.request.asynchronous:  # an asynchronous sweep plans a rung's tasks one result at a time
+        return decided(world.engine.store, job.job_id, round_no)
     if job.request.early_stopping is not None and round_no > 0:
         return {shard for shard, _ in world.engine.store.round_plan(job.job_id, round_no)}
     return set(job.planned(round_no, "train"))
@@ -182,6 +189,40 @@ def _job_problems(world: World, job: JobRecord, items: list[dict[str, Any]]) -> 
     )
     if job.failed_total != failed_train:
         problems.append(f"failed_total is {job.failed_total}, {failed_train} failed train outcome items")
+    problems += cost_problems(job, items, raw)  # invariant 10
+    problems += asha_problems(job, items)  # invariants 8-9: tests/chaos/model_asha.py
+    if job.request.asynchronous:
+        return problems  # no fan-out window: it decides each task as a slot frees (invariant 8)
+    if job.phase == "train" and job.round < job.rounds:  # invariants 6-7: tests/chaos/model_windows.py
+        order = [shard for shard, _ in world.engine.store.planned_tasks(job, job.round, "train")]
+        shards = {k[2] for k in keys["RES"] | keys["LATE"] if k[:2] == (job.round, "train")}
+        problems += window_problems(world, job, order, shards)
+    return problems
+
+
+def cost_problems(job: JobRecord, items: list[dict[str, Any]], raw: dict[str, Any]) -> list[str]:
+    """Invariant 10, **cost counted once**: the job's cost is the sum of its counted outcome items'
+    costs (plus those of failures a retry forgot, kept by ``forgotten_uusd``), and each (round,
+    phase)'s ``usd`` counter the sum of its own; a duplicate or late copy never adds its cost."""
+    problems: list[str] = []
+    per_phase: dict[tuple[int, str], int] = {}
+    for item in items:
+        m = _RESULT.match(item["sk"]["S"])
+        if m and m.group(1) == "RES":
+            cost = contracts.ShardResult.from_json(item["result"]["S"]).cost_micro_usd
+            key = (int(m.group(2)), m.group(3))
+            per_phase[key] = per_phase.get(key, 0) + cost
+    forgotten = int(raw.get("forgotten_uusd", {}).get("N", 0))
+    if job.cost_micro_usd != sum(per_phase.values()) + forgotten:
+        problems.append(
+            f"cost is {job.cost_micro_usd} micro-USD, its counted outcome items' {sum(per_phase.values())}"
+            f" + {forgotten} forgotten by retries: a cost counted twice or lost"
+        )
+    for key in sorted(set(per_phase) | {(k[1], k[2]) for k in job.counters if k[0] == "usd"}):
+        counter = job.counters.get(("usd", *key), 0)
+        if counter > per_phase.get(key, 0) + forgotten or counter < per_phase.get(key, 0):
+            held = per_phase.get(key, 0)
+            problems.append(f"usd counter of round {key[0]} {key[1]} is {counter}, its items hold {held}")
     return problems
 
 
@@ -195,6 +236,9 @@ def quiet_problems(world: World) -> list[str]:
             continue
         if job.cancel_requested_at is not None:
             problems.append(f"{job_id}: cancelled at {job.cancel_requested_at}, still RUNNING")
+            continue
+        if job.request.asynchronous:
+            problems.append(asha_quiet_problem(job))
             continue
         verdict = rounds.verdict(job, world.clock())
         if verdict != rounds.WAIT:

@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shardq.core.contracts import ShardTask
 from shardq.core.engine import Engine
 from shardq.core.settings import Settings
 from shardq.local.resources import dlq_urls, provision
+from tests.chaos import model_windows
 from tests.chaos.harness import Pump
 from tests.helpers import LambdaContext, count_messages, queue_arn, result_for, sqs_event
+
+# The workers' price: a 0.5 s train task costs 5,000 micro-USD (the cost invariant, model_invariants).
+PRICE_PER_HOUR = 36.0
 
 # A task a worker holds stays invisible this long (the model hands it back explicitly).
 HOLD_S = 900
@@ -163,6 +167,8 @@ class World:
 
         sqs = clients["sqs"]
         settings = provision(sqs, clients["dynamodb"], clients["s3"], max_receive_count=max_receive_count)
+        # Windows, tenants and priorities (issue #25): tests/chaos/model_windows.py.
+        settings = replace(settings, scheduling=json.dumps(model_windows.SCHEDULING))
         clock = ModelClock()
         engine = Engine(
             settings=settings,
@@ -239,13 +245,14 @@ class World:
     def result_body(self, task: ShardTask, outcome: str, value: float | None = None) -> str:
         """The result a worker posts for ``task``: ``ok``, ``failed``, or ``diverged`` (a train
         result whose objective is ``value``, not finite)."""
+        # Every result carries its worker's price (issue #25), so the cost invariant has costs to count.
         if outcome == "failed":
-            return result_for(task, status="failed").to_json()
+            return replace(result_for(task, status="failed"), price_per_hour=PRICE_PER_HOUR).to_json()
         if outcome == "diverged":
-            data = result_for(task).to_dict()
+            data = replace(result_for(task), price_per_hour=PRICE_PER_HOUR).to_dict()
             data["metrics"] = {"loss": value, "accuracy": 0.0}
             return json.dumps(data)  # NaN and ±Infinity as Python's json writes them
-        return result_for(task).to_json()
+        return replace(result_for(task), price_per_hour=PRICE_PER_HOUR).to_json()
 
     def quiet(self) -> bool:
         """No task queued, held or dead, no result or tick waiting to be aggregated."""

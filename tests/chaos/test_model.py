@@ -43,6 +43,7 @@ from shardq.core.contracts import TERMINAL_STATUSES
 from shardq.core.fanout import FanOutError
 from shardq.core.operations import OperationError, cancel, retry_failed
 from shardq.core.redrive import redrive
+from tests.chaos import model_asha, model_windows
 from tests.chaos.history import check, collect
 from tests.chaos.model_invariants import (
     fixed,
@@ -106,6 +107,9 @@ class ShardqModel(RuleBasedStateMachine):
             fields["max_parallel"] = shards
             if "halving" in policy:
                 fields["early_stopping"] = {"eta": 2, "min_budget": 1, "max_budget": 2}
+            if policy == "asha":
+                fields.update(model_asha.asha_fields(shards))
+        fields.update(model_windows.tenancy_fields(kind, seed + self.count))
         return make_request(kind, job_id=job_id, shards=shards, **fields)
 
     @rule(
@@ -113,7 +117,7 @@ class ShardqModel(RuleBasedStateMachine):
         kind=st.sampled_from(["data_parallel", "data_parallel", "sweep", "map"]),
         shards=st.integers(2, 4),
         policy=st.sampled_from(
-            ["", "quorum", "deadline", "quorum+deadline", "participation+deadline", "halving"]
+            ["", "quorum", "deadline", "quorum+deadline", "participation+deadline", "halving", "asha"]
         ),
         max_failed=st.integers(0, 1),
         seed=st.integers(0, 3),
@@ -124,7 +128,14 @@ class ShardqModel(RuleBasedStateMachine):
         assert answer["created"] and answer["status"] == "RUNNING", answer
         self.payloads[answer["job_id"]] = payload
         self.seen[f"submitted {kind}"] += 1
+        if policy == "asha" and kind == "sweep":
+            self.seen["submitted asha sweep"] += 1
         return str(answer["job_id"])
+
+    @rule(target=jobs, shards=st.integers(2, 4), max_failed=st.integers(0, 1), seed=st.integers(0, 3))
+    def submit_asha(self, shards: int, max_failed: int, seed: int) -> str:
+        # An asynchronous sweep (issue #27): its own rule, so every run drives some.
+        return self.submit("sweep", shards, "asha", max_failed, seed)
 
     @rule(target=jobs, shards=st.integers(3, 4), policy=st.sampled_from(["", "participation+deadline"]))
     def submit_cut_short(self, shards: int, policy: str) -> str:
@@ -150,7 +161,8 @@ class ShardqModel(RuleBasedStateMachine):
         for held in self.world.take(limit):
             t = held.task
             job = self.world.engine.store.get_job(t.job_id)
-            halving_rung = job.request.early_stopping is not None and t.round > 0
+            halving = job.request.early_stopping is not None and not job.request.asynchronous
+            halving_rung = halving and t.round > 0
             if halving_rung and not fixed("halving_retry"):
                 continue  # a halving retry resends unpromoted trials until that fix lands
             assert t.shard_id in planned(self.world, job, t.round, t.task_type), (
@@ -446,6 +458,7 @@ def handlers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 MUST_SEE = (
     "submitted data_parallel",
     "submitted sweep",
+    "submitted asha sweep",
     "submitted map",
     "ended SUCCEEDED",
     "ended CANCELLED",
@@ -513,6 +526,18 @@ def test_the_checker_sees_a_double_count_a_hung_job_and_sizes_items_as_dynamodb_
     )
     # THEN the step check names it
     assert "lost: ok counter of round 0 train is 1, 0 succeeded outcome items" in step_problems(world)
+    # WHEN a cost is counted that no outcome item holds (a duplicate's cost added twice, issue #25)
+    world.clients["dynamodb"].update_item(
+        TableName=world.settings.job_table,
+        Key={"pk": {"S": "JOB#lost"}, "sk": {"S": "JOB"}},
+        UpdateExpression="ADD cost_uusd :c",
+        ExpressionAttributeValues={":c": {"N": "5000"}},
+    )
+    # THEN the step check names that too
+    assert any(
+        p.startswith("lost: cost is 5000 micro-USD, its counted outcome items' 0")
+        for p in step_problems(world)
+    )
     # and item sizes follow DynamoDB's rules: names + values, numbers by significant digits
     assert item_size({"a": {"S": "abc"}}) == 4
     assert item_size({"n": {"N": "12345"}, "z": {"N": "100.00"}}) == (1 + 4) + (1 + 2)

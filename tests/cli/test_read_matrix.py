@@ -9,6 +9,7 @@ model's metrics are shown first where a reduce reported them.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import re
@@ -91,6 +92,36 @@ REQUESTS: dict[str, dict[str, Any]] = {
         "max_parallel": 9,
         "entrypoint": TRAIN,
     },
+    # Asynchronous successive halving (issue #27): the same rungs, each trial promoted as soon as it
+    # ranks in the top third of its rung's results so far; 3 in flight, so the rungs overlap.
+    "sweep_asha": {
+        "kind": "sweep",
+        "dataset": {"uri": DATA, "num_samples": 600},
+        "search_space": {"lr": {"log_uniform": [0.005, 0.2]}},
+        "search": {"method": "random", "num_trials": 9, "seed": 7},
+        "early_stopping": {"method": "asha", "eta": 3, "min_budget": 1, "max_budget": 9},
+        "objective": OBJECTIVE,
+        "max_parallel": 3,
+        "entrypoint": TRAIN,
+    },
+    # Optuna's TPE (issue #26): each trial asked on its worker by replaying the job's log, 3 in flight.
+    # Optuna is optional (make optuna, which make test runs): without it, the kind is left out.
+    **(
+        {
+            "sweep_optuna": {
+                "kind": "sweep",
+                "dataset": {"uri": DATA, "num_samples": 600},
+                "search_space": {"lr": {"log_uniform": [0.005, 0.2]}},
+                "search": {"method": "optuna", "sampler": "tpe", "num_trials": 6, "seed": 3},
+                "hyperparameters": {"epochs": 1},
+                "objective": OBJECTIVE,
+                "max_parallel": 3,
+                "entrypoint": TRAIN,
+            }
+        }
+        if importlib.util.find_spec("optuna")
+        else {}
+    ),
     # lr 100 overflows to NaN (as in tests/chaos/test_diverged.py): that trial is *diverged*. At
     # lr 0.2 only the secondary metric grad_norm overflows: an ordinary trial, ranked by its
     # finite objective (only the objective decides "diverged").
@@ -112,6 +143,8 @@ REQUESTS: dict[str, dict[str, Any]] = {
     },
 }
 KINDS = list(REQUESTS)
+# The workers' price (``shardq worker --price-per-hour``): every job's tasks carry a cost (issue #25).
+PRICE_PER_HOUR = 3600.0
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -165,7 +198,9 @@ def world(cloud: LocalCloud, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     jobs = {}
     for name, request in REQUESTS.items():
-        job = run_job(engine, {"job_id": f"matrix-{name.replace('_', '-')}", **request})
+        job = run_job(
+            engine, {"job_id": f"matrix-{name.replace('_', '-')}", **request}, price_per_hour=PRICE_PER_HOUR
+        )
         assert job.status == "SUCCEEDED", (name, job.error)
         assert job.result_uri is not None
         bucket, key = split_s3(job.result_uri)
@@ -250,9 +285,26 @@ def progress_counts(rows: list[dict[str, Any]]) -> dict[tuple[int, str], tuple[i
 def expected_total(f: Finished) -> int:
     """Tasks the finished job ran, from its request: rungs, participants and reduces included."""
     request = f.job.request
+    if request.asynchronous:  # open-ended: every task it decided ran (each decision once)
+        decided = world_decisions(f)
+        assert len(decided) == len(set(decided))
+        return len(decided)
     if request.early_stopping is not None:
         return sum(rung_sizes(request))
     return len(f.records)
+
+
+def world_decisions(f: Finished) -> list[tuple[int, int]]:
+    """An asynchronous sweep's decided tasks ``(rung, trial)``, from the manifest's rung histories."""
+    return [(h["rung"], row["trial"]) for row in f.manifest["leaderboard"] for h in row["rungs"]]
+
+
+def tasks_line(f: Finished) -> str:
+    """What ``status`` says of a finished job's tasks: an asynchronous sweep's count is open-ended."""
+    n = len(f.records)
+    if f.job.request.asynchronous:
+        return f"{n} tasks done, 0 in flight, up to {n}, {f.counts}"
+    return f"{n}/{n} (100%) recorded, {f.counts} in all"
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -280,9 +332,8 @@ def test_status_human_shows_the_plan_the_totals_and_the_global_model(
 ) -> None:
     f = world.jobs[kind]
     run = shardq("status", f.job_id)
-    n = len(f.records)
     assert run.code == 0
-    assert f"{n}/{n} (100%) recorded, {f.counts} in all" in run.out
+    assert field(run.out, "tasks") == tasks_line(f)
     header = next(ln for ln in run.out.splitlines() if ln.startswith("ROUND"))
     assert ("DIVERGED" in header) == bool(f.diverged)
     assert field(run.out, "plan") == plan_text(f.job)
@@ -362,7 +413,12 @@ def test_watch_of_a_finished_job_draws_one_frame_with_its_totals(
     done, failed, diverged = per_round(f)[(last, phase)]
     total = next(p["total"] for p in strict(shardq("status", f.job_id, "--json").out)["progress"][-1:])
     counted = f"{failed} failed" + (f", {diverged} diverged" if diverged else "")
-    assert f"round {last + 1}/{f.job.rounds} {phase}: {done}/{total} done, {counted}" in lines, run.out
+    # The counters first; what follows " · " (the job's cost, a rate) varies.
+    heads = [ln.split(" · ")[0] for ln in lines]
+    if f.job.request.asynchronous:  # every rung at once: the sweep's tasks, not the last rung's
+        assert f"{tasks_line(f).rsplit(',', 1)[0]}, {f.counts}" in heads, run.out
+    else:
+        assert f"round {last + 1}/{f.job.rounds} {phase}: {done}/{total} done, {counted}" in heads, run.out
     assert (f"  {f.diverged} trial(s) diverged" in run.out) == bool(f.diverged)
     if f.diverged:
         assert f"done, {f.counts}" in run.out
@@ -378,7 +434,9 @@ def test_watch_of_a_finished_job_draws_one_frame_with_its_totals(
     assert done["tasks_completed"] == done["tasks_total"] == len(f.records) and done["progress_pct"] == 100
     assert done["tasks_diverged"] == f.diverged
     assert events[0]["diverged"] == sum(
-        1 for r in f.records if r.result.status == "diverged" and r.result.round == last
+        1
+        for r in f.records
+        if r.result.status == "diverged" and (r.result.round == last or f.job.request.asynchronous)
     )
 
 
@@ -425,7 +483,7 @@ def test_result_human_shows_what_matters_for_the_kind(world: World, shardq: Any,
     version = fingerprint(f.job.request.entrypoint)
     assert version is not None and m["code_versions"] == [version]
     assert field(out, "code") == version
-    if kind != "sweep_halving":
+    if kind not in ("sweep_halving", "sweep_asha"):
         # The rounds table's outcome columns are the records' training outcomes, round by round.
         lines = out.splitlines()
         at = next(i for i, ln in enumerate(lines) if ln.startswith("ROUND"))
@@ -448,7 +506,7 @@ def test_result_human_shows_what_matters_for_the_kind(world: World, shardq: Any,
         lines = out.splitlines()
         first = lines[next(i for i, ln in enumerate(lines) if ln.startswith("RANK")) + 1]
         assert first.split()[:2] == ["1", str(best["trial"])]
-    if kind == "sweep_halving":
+    if kind in ("sweep_halving", "sweep_asha"):
         es = m["early_stopping"]
         assert f"budget spent: {es['budget_spent']} of {es['budget_without_stopping']} epochs" in out
         assert f"at rung {len(es['budgets'])} (epochs {es['budgets'][-1]})" in out
@@ -550,12 +608,60 @@ def test_dashboard_job_api_and_page_agree_with_the_records(world: World, kind: s
         assert [r["reduce"]["metrics"] for r in detail["rounds"]] == [
             r["reduce"]["metrics"] for r in f.manifest["rounds"]
         ]
-    if kind == "sweep_halving":
+    if kind in ("sweep_halving", "sweep_asha"):
         trials = detail["trial_curves"]
         assert trials["budget_param"] == "epochs" and trials["x"] == [1, 3, 9]
         assert len(trials["trials"]) == 9
         best = next(t for t in trials["trials"] if t["trial"] == f.manifest["best"]["trial"])
         assert [p["budget"] for p in best["points"]] == [1, 3, 9]
+
+
+# -- cost (issue #25) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cost_reads_alike_in_every_view_and_equals_the_counted_results(
+    world: World, shardq: Any, kind: str
+) -> None:
+    from shardq.core.budgets import money
+
+    f = world.jobs[kind]
+    micro = sum(r.result.cost_micro_usd for r in f.records)
+    assert micro > 0 and f.job.cost_micro_usd == micro
+    per_phase: dict[tuple[int, str], int] = {}
+    for r in f.records:
+        key = (r.result.round, r.result.task_type)
+        per_phase[key] = per_phase.get(key, 0) + r.result.cost_micro_usd
+    # status --json: the job's total and each (round, phase)'s
+    data = strict(shardq("status", f.job_id, "--json").out)
+    assert data["cost_usd"] == pytest.approx(micro / 1e6) and data["budget_usd"] is None
+    assert {
+        (p["round"], p["phase"]): round(p["cost_usd"] * 1e6) for p in data["progress"] if p["cost_usd"]
+    } == {k: v for k, v in per_phase.items() if v}
+    # status, result and watch (human): one wording of the same figure
+    assert field(shardq("status", f.job_id).out, "cost") == money(micro)
+    assert field(shardq("result", f.job_id).out, "cost") == money(micro)
+    assert f"cost: {money(micro)}" in shardq("watch", f.job_id).out
+    # the manifest (result --json)
+    assert f.manifest["cost"]["cost_usd"] == pytest.approx(micro / 1e6)
+    assert sum(p["cost_usd"] for p in f.manifest["cost"]["per_round"]) == pytest.approx(micro / 1e6)
+    if kind.startswith("sweep"):
+        # Per trial: its results over every rung.
+        trials: dict[int, int] = {}
+        for r in f.records:
+            trials[r.result.shard_id] = trials.get(r.result.shard_id, 0) + r.result.cost_micro_usd
+        board = f.manifest["leaderboard"]
+        assert {row["trial"]: round(row["cost_usd"] * 1e6) for row in board} == {
+            t: trials[t] for t in (row["trial"] for row in board)
+        }
+    if world.data is not None:
+        detail = world.data.job(f.job_id)
+        assert detail["job"]["cost_usd"] == pytest.approx(micro / 1e6)
+        assert detail["job"]["cost_text"] == money(micro)
+        if kind.startswith("sweep"):
+            assert [r.get("cost_usd") for r in detail["leaderboard"]["rows"]] == [
+                r.get("cost_usd") for r in f.manifest["leaderboard"]
+            ]
 
 
 # -- a sweep with a diverged trial (issue #22) ------------------------------------------------
@@ -585,6 +691,28 @@ def test_a_diverged_trial_reads_as_diverged_in_every_view(world: World, shardq: 
     last = manifest["leaderboard"][-1]
     assert (last["trial"], last["outcome"], last["objective"]) == (1, "diverged", None)
     assert manifest["diverged_count"] == 1 and manifest["rounds"][0]["shards_diverged"] == 1
+
+
+def test_an_optuna_sweep_reads_the_params_its_sampler_asked_in_every_view(world: World, shardq: Any) -> None:
+    if "sweep_optuna" not in world.jobs:
+        pytest.skip("optuna is optional: make optuna installs it")
+    # GIVEN the finished TPE sweep: each trial's params exist only as its worker asked and reported them
+    f = world.jobs["sweep_optuna"]
+    asked = {r.result.shard_id: r.result.params for r in f.records}
+    assert sorted(asked) == list(range(6)) and all(p and set(p) == {"lr"} for p in asked.values())
+    assert all(0.005 <= p["lr"] <= 0.2 for p in asked.values() if p)
+    # THEN result --json ranks them with those params, the best among them
+    manifest = strict(shardq("result", f.job_id, "--json").out)
+    assert {row["trial"]: row["hyperparameters"] for row in manifest["leaderboard"]} == asked
+    objective = {r.result.shard_id: r.result.metrics["val_loss"] for r in f.records}
+    assert manifest["best"]["trial"] == min(objective, key=objective.__getitem__)
+    # result (human) names the best trial's asked params; status counts an open-ended sweep
+    out = shardq("result", f.job_id).out
+    assert json.dumps(asked[manifest["best"]["trial"]], sort_keys=True) in out
+    assert field(shardq("status", f.job_id).out, "tasks") == tasks_line(f)
+    if world.data is not None:  # the dashboard's job API: the same rows
+        board = world.data.job(f.job_id)["leaderboard"]["rows"]
+        assert {row["trial"]: row["hyperparameters"] for row in board} == asked
 
 
 def test_a_trial_with_a_finite_objective_and_a_nonfinite_metric_reads_as_succeeded(
@@ -634,7 +762,7 @@ def test_watch_live_view_shows_the_global_model_on_each_reduce_row(
         assert f"global val_loss {value:.6g}" in row, frame
 
 
-@pytest.mark.parametrize("kind", ["sweep_halving", "data_parallel_sampled"])
+@pytest.mark.parametrize("kind", ["sweep_halving", "sweep_asha", "data_parallel_sampled"])
 def test_submit_says_the_plan_status_and_watch_show(
     world: World, shardq: Any, kind: str, tmp_path: Path
 ) -> None:
@@ -648,3 +776,48 @@ def test_submit_says_the_plan_status_and_watch_show(
     assert run.code == 0, run.err
     assert f"already submitted (same request, same id): {plan_text(f.job)}; " in run.err
     assert "tasks per round" not in run.err
+
+
+# -- a pipeline job waiting for the job it follows (issue #26) --------------------------------
+
+
+def test_a_waiting_pipeline_job_reads_as_waiting_in_every_view(world: World, shardq: Any) -> None:
+    # GIVEN an upstream sweep still running (nothing drives it) and a job that follows it
+    upstream, follower = "matrix-pipe-upstream", "matrix-pipe-follower"
+    world.engine.submit({"job_id": upstream, **REQUESTS["sweep_random"]})
+    answer = world.engine.submit(
+        {"job_id": follower, **REQUESTS["data_parallel"], "after": {"job_id": upstream, "use": "best"}}
+    )
+    assert answer["status"] == "WAITING"
+    try:
+        waits = f"waiting for job {upstream} to succeed, then takes its best trial's hyperparameters"
+        # status, human and JSON: WAITING, what it waits for, no task recorded
+        human = shardq("status", follower)
+        assert human.code == 0, human.err
+        assert field(human.out, "status") == "WAITING"
+        assert field(human.out, "after") == waits
+        data = shardq("status", follower, "--json").json()
+        assert data["status"] == "WAITING"
+        assert data["after"] == {"job_id": upstream, "use": "best", "waiting": True, "text": waits}
+        assert (data["tasks_completed"], data["progress_pct"]) == (0, 0.0)
+        # list: under its own status, and among all jobs
+        listed = shardq("list", "--status", "WAITING", "--json").json()
+        assert [j["job_id"] for j in listed] == [follower]
+        assert follower in shardq("list").out
+        # watch: it keeps waiting (not an ended job), says for what, and times out as for a running job
+        watched = shardq("watch", follower, "--timeout", "0", "--interval", "0")
+        assert watched.code == 1
+        assert waits in watched.out
+        assert f"{follower} is still" in watched.out
+        # result: none yet, and says how to follow it
+        result = shardq("result", follower)
+        assert result.code == 3
+        assert f"job {follower} is WAITING and has no result yet" in result.err
+        if world.data is not None:  # the dashboard's job API
+            job = world.data.job(follower)["job"]
+            assert job["status"] == "WAITING"
+    finally:
+        # cancel both: the follower ends CANCELLED at once, the upstream's queued tasks are dropped
+        assert shardq("cancel", follower).code == 0
+        assert world.engine.store.get_job(follower).status == "CANCELLED"
+        shardq("cancel", upstream)

@@ -81,6 +81,43 @@ def test_every_job_kind_end_to_end_through_the_deployed_stack(
     assert all(o["artifact_uri"].endswith("stats.json") for o in mapped["outputs"])
 
 
+def test_a_pipeline_runs_through_the_deployed_job_finished_rule(
+    cloud: LocalCloud, stack: dict[str, str], workers: list[Any]
+) -> None:
+    # GIVEN a sweep, a training after it (best) and an evaluation after that (final_model), submitted
+    # through the splitter at once
+    sweep = {**JOBS["sweep"], "job_id": "e2e-pipe-sweep"}
+    train = {
+        **JOBS["data_parallel"],
+        "job_id": "e2e-pipe-train",
+        "rounds": 1,
+        "hyperparameters": {"epochs": 2},
+        "after": {"job_id": "e2e-pipe-sweep", "use": "best"},
+    }
+    score = {
+        "job_id": "e2e-pipe-eval",
+        "kind": "map",
+        "dataset": {"uri": SYNTH, "num_samples": 1_000},
+        "sharding": {"shard_count": 2},
+        "entrypoint": "examples.linear:score",
+        "after": {"job_id": "e2e-pipe-train", "use": "final_model"},
+    }
+    answers = [invoke(cloud, stack, r) for r in (sweep, train, score)]
+    assert [a["status"] for a in answers] == ["RUNNING", "WAITING", "WAITING"], answers
+    # WHEN the sweep ends, its Job Finished event reaches the pipeline Lambda through the deployed
+    # EventBridge rule (nothing in this test calls the handler), and so on down the chain
+    jobs = {
+        r["job_id"]: wait_for_status(cloud, stack, r["job_id"], timeout=240) for r in (sweep, train, score)
+    }
+    # THEN all three succeed, each with what it took from the one before
+    assert [j.status for j in jobs.values()] == ["SUCCEEDED"] * 3, [j.error for j in jobs.values()]
+    best = manifest(cloud, jobs["e2e-pipe-sweep"])["best"]
+    assert jobs["e2e-pipe-train"].request.hyperparameters == {"epochs": 2, **best["hyperparameters"]}
+    final = manifest(cloud, jobs["e2e-pipe-train"])["final_model_uri"]
+    assert jobs["e2e-pipe-eval"].request.model["init_uri"] == final
+    assert manifest(cloud, jobs["e2e-pipe-eval"])["metrics"]["mse"]["mean"] < 1.0
+
+
 def aws(cloud: LocalCloud, *args: str) -> Any:
     env = {**os.environ, **cloud.env()}
     out = subprocess.run(

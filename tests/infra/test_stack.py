@@ -40,6 +40,7 @@ OUTPUTS = {
     "TaskQueueArn",
     "TaskDlqUrl",
     "ResultsQueueUrl",
+    "FastResultsQueueUrl",
     "ResultsDlqUrl",
     "ParkedResultsQueueUrl",
     "SplitterFunctionName",
@@ -97,7 +98,11 @@ def test_task_queue_is_fifo_with_content_based_deduplication(synth: Synth) -> No
 
 
 def test_each_redrive_policy_targets_its_own_dlq_and_the_task_dlq_is_fifo(synth: Synth) -> None:
-    for source, dlq in (("TaskQueue", "TaskDlq"), ("ResultsQueue", "ResultsDlq")):
+    for source, dlq in (
+        ("TaskQueue", "TaskDlq"),
+        ("ResultsQueue", "ResultsDlq"),
+        ("FastResultsQueue", "ResultsDlq"),
+    ):
         target = Capture()
         synth.template.has_resource_properties(
             "AWS::SQS::Queue",
@@ -121,9 +126,10 @@ def test_each_redrive_policy_targets_its_own_dlq_and_the_task_dlq_is_fifo(synth:
         )
     assert synth.resources["TaskDlq"]["Properties"]["FifoQueue"] is True
     assert "FifoQueue" not in synth.resources["ResultsDlq"]["Properties"]
-    # Exactly the two source queues redrive, and no DLQ redrives anywhere.
+    # Exactly the three source queues redrive (both results queues into the results DLQ), and no DLQ
+    # redrives anywhere.
     redriving = {k for k, q in synth.of_type("AWS::SQS::Queue").items() if "RedrivePolicy" in q["Properties"]}
-    assert redriving == {"TaskQueue", "ResultsQueue"}
+    assert redriving == {"TaskQueue", "ResultsQueue", "FastResultsQueue"}
 
 
 def test_dlqs_keep_messages_14_days(synth: Synth) -> None:
@@ -133,7 +139,7 @@ def test_dlqs_keep_messages_14_days(synth: Synth) -> None:
 
 def test_every_queue_is_encrypted_and_denies_non_tls_access(synth: Synth) -> None:
     queues = synth.of_type("AWS::SQS::Queue")
-    assert len(queues) == 6
+    assert len(queues) == 8
     tls_denied: set[str] = set()
     for policy in synth.of_type("AWS::SQS::QueuePolicy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
@@ -153,7 +159,7 @@ def test_every_sqs_event_source_reports_batch_item_failures_and_visibility_cover
     synth: Synth,
 ) -> None:
     mappings = synth.of_type("AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == 3
+    assert len(mappings) == 4
     for logical_id, mapping in mappings.items():
         props = mapping["Properties"]
         queue = synth.resources[_getatt_target(props["EventSourceArn"])]
@@ -342,7 +348,7 @@ def test_every_bucket_blocks_public_access_and_requires_tls(synth: Synth) -> Non
 
 def test_every_function_is_python314_arm64_traced_with_its_own_log_group(synth: Synth) -> None:
     functions = synth.of_type("AWS::Lambda::Function")
-    assert len(functions) == 4
+    assert len(functions) == 5
     log_groups = synth.of_type("AWS::Logs::LogGroup")
     handlers = set()
     for logical_id, fn in functions.items():
@@ -366,8 +372,9 @@ def test_every_function_is_python314_arm64_traced_with_its_own_log_group(synth: 
         "lambdas.aggregator.handler",
         "lambdas.dlq_handler.handler",
         "lambdas.results_dlq_handler.handler",
+        "lambdas.pipeline.handler",
     }
-    assert len(log_groups) == 4
+    assert len(log_groups) == 5
 
 
 def test_environment_values(synth: Synth) -> None:
@@ -417,7 +424,7 @@ def test_splitter_may_invoke_itself_without_a_dependency_cycle(synth: Synth) -> 
     fns = stack.functions
     may_invoke = {policy_id} | {
         stack.get_logical_id(fn.role.node.try_find_child("DefaultPolicy").node.default_child)  # type: ignore[union-attr, arg-type]
-        for fn in (fns.aggregator, fns.dlq_handler, fns.results_dlq_handler)
+        for fn in (fns.aggregator, fns.dlq_handler, fns.results_dlq_handler, fns.pipeline)
     }
     invokers = set()
     for logical_id, _, st in _statements(synth):
@@ -608,6 +615,8 @@ def test_stateful_logical_ids_are_pinned(synth: Synth) -> None:
         "ResultsDlq": "AWS::SQS::Queue",
         "SplitterFailureQueue": "AWS::SQS::Queue",
         "ParkedResults": "AWS::SQS::Queue",
+        "FastResultsQueue": "AWS::SQS::Queue",
+        "PipelineFailureQueue": "AWS::SQS::Queue",
     }
     assert {k: synth.resources[k]["Type"] for k in expected} == expected
     stateful = {"AWS::DynamoDB::Table", "AWS::S3::Bucket", "AWS::SQS::Queue"}

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 TASK_QUEUE = repr({"Fn::GetAtt": ["TaskQueue", "Arn"]})
 RESULTS_QUEUE = repr({"Fn::GetAtt": ["ResultsQueue", "Arn"]})
+FAST_RESULTS_QUEUE = repr({"Fn::GetAtt": ["FastResultsQueue", "Arn"]})
 JOB_TABLE = repr({"Fn::GetAtt": ["JobTable", "Arn"]})
 BUCKET = repr({"Fn::GetAtt": ["ArtifactBucket", "Arn"]})
 BUCKET_OBJECTS = repr({"Fn::Join": ["", [{"Fn::GetAtt": ["ArtifactBucket", "Arn"]}, "/*"]]})
@@ -39,6 +40,8 @@ WORKER_POLICY = {
         "sqs:SendMessage",
     },
     RESULTS_QUEUE: {"sqs:SendMessage"},
+    # round-closing results (shardq.core.result_routes): the zero-window queue, send only
+    FAST_RESULTS_QUEUE: {"sqs:SendMessage"},
     JOB_TABLE: {"dynamodb:GetItem"},
     BUCKET: {"s3:ListBucket"},
     BUCKET_OBJECTS: {"s3:GetObject"},

@@ -72,10 +72,15 @@ STORE_FAMILY = frozenset(
         "store/__init__.py",
         "store/base.py",
         "store/counting.py",
+        "store/fedbuff.py",  # FedBuff: each client update once, with its base version and version
         "store/keys.py",
+        "store/pipelines.py",  # pipelines: follower links, a WAITING job's start or end (once)
         "store/records.py",
         "store/results.py",
         "store/retried.py",  # retry marks: which shards a retry sent again, under which generation
+        "store/running.py",
+        "store/spending.py",  # the spend guard: the budget stop's mark, tasks dropped unrun after it  # the running jobs (by_status), for admission: quotas, windows, shares
+        "store/sweeps.py",  # an asynchronous sweep's decisions (ASHA): each promotion once
         "store/update.py",
     )
 )

@@ -53,6 +53,8 @@ EVERY_FIELD = Settings(
     fanout_in_flight=32,
     data_buckets=("artifacts", "datasets"),
     parked_results_queue_url="https://sqs/parked-results",
+    fast_results_queue_url="https://sqs/fast-results",
+    scheduling='{"tenants": {"vision": {"weight": 2}}, "default_tenant": null}',
 )
 
 

@@ -22,6 +22,7 @@ class FakeImds:
     def __init__(self) -> None:
         self.token = secrets.token_hex(16)
         self.notices: dict[str, dict[str, Any]] = {}
+        self.values: dict[str, str] = {}
         self.requests: list[tuple[str, str, int]] = []
         fake = self
 
@@ -36,6 +37,8 @@ class FakeImds:
             def do_GET(self) -> None:
                 if self.headers.get("X-aws-ec2-metadata-token") != fake.token:
                     return self._answer(401, "")
+                if self.path in fake.values:  # plain metadata (instance-type...): shardq.worker.pricing
+                    return self._answer(200, fake.values[self.path])
                 notice = fake.notices.get(self.path)
                 self._answer(200, json.dumps(notice)) if notice else self._answer(404, "")
 

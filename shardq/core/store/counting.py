@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shardq.core.batchcalls import JobStoreError
@@ -13,6 +13,7 @@ from shardq.core.store.keys import (
     DEADLINE_MARGIN_S,
     MAX_PUTS_PER_TRANSACTION,
     MAX_RECORD_ATTEMPTS,
+    _counter,
     _from_item,
     _job_key,
     now_iso,
@@ -23,6 +24,7 @@ from shardq.core.store.records import (
     RecordOutcome,
 )
 from shardq.core.store.retried import RetryMarks
+from shardq.core.store.spending import COST_ATTRIBUTE, Spending
 from shardq.core.store.update import _ref, _Update
 
 
@@ -34,10 +36,16 @@ def _preferred(outcome: Outcome) -> tuple[bool, int]:
     return (outcome.result.status != "failed", outcome.result.generation)
 
 
-class Counting(RetryMarks):
+class Counting(RetryMarks, Spending):
     """``record``: result items and the counter increments that count them, in one transaction."""
 
-    def record(self, outcomes: Iterable[Outcome], *, deadline: float | None = None) -> RecordOutcome:
+    def record(
+        self,
+        outcomes: Iterable[Outcome],
+        *,
+        deadline: float | None = None,
+        tenants: Mapping[str, str] | None = None,
+    ) -> RecordOutcome:
         """Record outcomes exactly once and count them, one transaction per (job, round, type) chunk.
 
         An outcome counts only while its job runs, and a train outcome only while its round is
@@ -49,6 +57,8 @@ class Counting(RetryMarks):
         returned, not raised.
         Raises JobNotFound for an unknown job and JobStoreError when a conflict outlasts the
         attempts or the ``deadline`` (seconds since the epoch) comes too close.
+        ``tenants`` maps job ids to their tenant: a priced chunk adds its cost to the tenant's
+        month too, in the same transaction (``store.spending``).
         """
         groups: dict[tuple[str, int, str], dict[str, Outcome]] = {}
         duplicates: list[Outcome] = []
@@ -66,9 +76,12 @@ class Counting(RetryMarks):
         total = RecordOutcome(recorded=[], duplicates=duplicates)
         for (job_id, _, _), unique in groups.items():
             pending = list(unique.values())
-            for i in range(0, len(pending), MAX_PUTS_PER_TRANSACTION):
-                chunk = pending[i : i + MAX_PUTS_PER_TRANSACTION]
-                recorded, dups, late = self._record_chunk(job_id, chunk, deadline)
+            tenant = (tenants or {}).get(job_id)
+            # A tenant's month item takes one of the transaction's 100 items.
+            size = MAX_PUTS_PER_TRANSACTION - (1 if tenant else 0)
+            for i in range(0, len(pending), size):
+                chunk = pending[i : i + size]
+                recorded, dups, late = self._record_chunk(job_id, chunk, deadline, tenant)
                 total.recorded.extend(recorded)
                 total.duplicates.extend(dups)
                 total.late.extend(late)
@@ -111,10 +124,16 @@ class Counting(RetryMarks):
             counts["failed_total"] = failed
         for name, value in counts.items():
             update.add(name, value)
+        # The outcomes' cost, counted with them and only with them (``shardq.core.spend``): a
+        # duplicate or late copy fails this transaction, so it never adds its cost twice.
+        cost = sum(o.result.cost_micro_usd for o in chunk)
+        if cost:
+            update.add(COST_ATTRIBUTE, cost)
+            update.add(_counter("usd", first.round, first.task_type), cost)
         return update.request(self.table, job_id, stamp=False)
 
     def _record_chunk(
-        self, job_id: str, chunk: list[Outcome], deadline: float | None
+        self, job_id: str, chunk: list[Outcome], deadline: float | None, tenant: str | None = None
     ) -> tuple[list[Outcome], list[Outcome], list[Outcome]]:
         duplicates: list[Outcome] = []
         stale: list[Outcome] = []
@@ -133,9 +152,11 @@ class Counting(RetryMarks):
                 }
                 for o in chunk
             ]
+            cost = sum(o.result.cost_micro_usd for o in chunk)
+            month = [{"Update": self.tenant_month_update(tenant, cost)}] if tenant and cost else []
             try:
                 self.ddb.transact_write_items(
-                    TransactItems=[*puts, {"Update": self._counting_update(job_id, chunk, verified)}]
+                    TransactItems=[*puts, {"Update": self._counting_update(job_id, chunk, verified)}, *month]
                 )
                 return chunk, duplicates, stale
             except self.ddb.exceptions.TransactionCanceledException as exc:
@@ -170,8 +191,8 @@ class Counting(RetryMarks):
         """
         reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
         codes = [r.get("Code", "None") for r in reasons]
-        if len(codes) == len(chunk) + 1:
-            dup_idx = {i for i, c in enumerate(codes[:-1]) if c == "ConditionalCheckFailed"}
+        if len(codes) > len(chunk):  # the puts, the job's update (and a tenant's month)
+            dup_idx = {i for i, c in enumerate(codes[: len(chunk)]) if c == "ConditionalCheckFailed"}
         else:
             # No per-item reasons (an endpoint that omits them): ask the table.
             dup_idx = self._existing(chunk)

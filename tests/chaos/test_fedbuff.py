@@ -1,0 +1,105 @@
+"""FedBuff under chaos: clients of unequal speed, results duplicated, replayed long after, delivered
+out of order, a worker killed mid-update (its task redelivered and trained again), aggregator
+batches of any size. The checker follows versions (``tests.chaos.versions``)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from shardq.core.contracts import ShardResult, ShardTask
+from shardq.core.engine import Engine
+from shardq.core.jobstore import Outcome
+from tests.chaos.versions import follows_versions
+from tests.helpers import receive_all, result_for, tasks_of
+from tests.requests import make_request
+
+
+def _run(engine: Engine, seed: int, **strategy: Any) -> tuple[str, int]:
+    """Drive a 4-client FedBuff job to its end with a seeded, hostile schedule; (status, replays)."""
+    rng = random.Random(seed)
+    job_id = f"chaos-fb-{seed}"
+    engine.submit(
+        make_request(
+            job_id=job_id,
+            shards=4,
+            rounds=4,
+            max_parallel=4,
+            model={"init_uri": "s3://models/init.npz"},
+            strategy={"name": "fedbuff", **strategy},
+        )
+    )
+    # Client 3 is 10× slower: it finishes a task with probability 0.05 a step, the others 0.5.
+    speed = {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.05}
+    running: list[ShardTask] = []
+    sent: list[ShardResult] = []
+    replays = 0
+    for _ in range(400):
+        running += tasks_of(receive_all(engine.sqs, engine.settings.task_queue_url))
+        done, still = [], []
+        for t in running:
+            p = 0.9 if t.task_type == "reduce" else speed[t.shard_id]
+            (done if rng.random() < p else still).append(t)
+        running = still
+        batch: list[ShardResult] = []
+        for t in done:
+            if t.task_type == "train" and rng.random() < 0.1:
+                running.append(t)  # its worker was killed mid-update: the task comes back, trains again
+                continue
+            r = result_for(t)
+            batch.append(r)
+            if rng.random() < 0.2:
+                batch.append(r)  # delivered twice
+        if sent and rng.random() < 0.3:
+            batch.append(rng.choice(sent))  # an old result replayed long after
+            replays += 1
+        sent += batch
+        rng.shuffle(batch)
+        if batch:
+            cut = rng.randint(0, len(batch))
+            for part in (batch[:cut], batch[cut:]):  # two aggregator batches in any order
+                if part:
+                    assert not engine.ingest([Outcome(r) for r in part])
+        job = engine.store.get_job(job_id)
+        if job.status != "RUNNING":
+            # Every result delivered once more after the end: duplicates, never counted again.
+            assert not engine.ingest([Outcome(r) for r in sent])
+            return job.status, replays + len(sent)
+    raise AssertionError(f"{job_id} did not finish")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_no_update_is_applied_twice_nor_staler_than_allowed(engine: Engine, seed: int) -> None:
+    status, replays = _run(engine, seed, buffer_size=2, max_staleness=2)
+    assert status == "SUCCEEDED" and replays > 0
+    problems = follows_versions(engine, f"chaos-fb-{seed}")
+    assert not problems, "\n".join(problems)
+
+
+def test_constant_and_hinge_weights_follow_versions_too(engine: Engine) -> None:
+    for seed, staleness in ((4, "constant"), (5, "hinge")):
+        status, _ = _run(engine, seed, buffer_size=3, staleness=staleness, max_staleness=3, hinge_b=1)
+        assert status == "SUCCEEDED"
+        problems = follows_versions(engine, f"chaos-fb-{seed}")
+        assert not problems, "\n".join(problems)
+
+
+def test_the_checker_sees_an_update_applied_to_two_versions(engine: Engine) -> None:
+    # The check must be able to fail: plant a second listing of an applied update under another
+    # version (what applying it twice would leave behind).
+    status, _ = _run(engine, 6, buffer_size=2, max_staleness=2)
+    assert status == "SUCCEEDED"
+    table, ddb = engine.settings.job_table, engine.ddb
+    items = ddb.query(
+        TableName=table,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :p)",
+        ExpressionAttributeValues={":pk": {"S": "JOB#chaos-fb-6"}, ":p": {"S": "BUF#v000000#"}},
+    )["Items"]
+    copy = dict(items[0])
+    copy["sk"] = {"S": copy["sk"]["S"].replace("BUF#v000000#", "BUF#v000001#")}
+    ddb.put_item(TableName=table, Item=copy)
+    problems = follows_versions(engine, "chaos-fb-6")
+    assert any("listed under 2 versions" in p for p in problems), problems
+    assert any("version 1 closed with 3 applied updates" in p for p in problems), problems

@@ -1,0 +1,92 @@
+"""The history checker's FedBuff part: it follows versions.
+
+After a FedBuff job, read every update it recorded, the reduce inputs of every version and the
+job's counts, and check:
+
+1. each update (client, n) was recorded once, and listed under at most one version (its own);
+2. each update's base is the version its client's previous update fixed for it (0 for n = 0),
+   and never above the version it went into; τ = version − base;
+3. no applied update has τ > max_staleness, and its weight is s(τ); a late one has τ > S;
+4. every closed version's buffer holds exactly K applied updates, and its reduce applied exactly
+   those (its inputs list each once, with its base's model) — never twice, never a late one;
+5. the job's counts equal its items (nothing counted twice), and ``failed_total`` counts the
+   failed updates.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shardq.core.engine import Engine
+from shardq.core.fedbuff_params import staleness_weight
+from shardq.core.planning import Layout
+from shardq.core.store.fedbuff import FedBuffStore
+
+
+def follows_versions(engine: Engine, job_id: str) -> list[str]:
+    """Every violation of the rules above (empty when the history is sound)."""
+    p: list[str] = []
+    fb = FedBuffStore(engine.store)
+    job = engine.store.get_job(job_id)
+    assert job.request.strategy is not None
+    params = job.request.strategy.params
+    k, most = int(params["buffer_size"]), int(params["max_staleness"])
+    updates = {(u.client, u.seq): u for u in fb.all_updates(job_id)}
+    # 1, 2, 3: each update on its own
+    for (c, n), u in updates.items():
+        expected_base = 0 if n == 0 else (updates.get((c, n - 1)) and updates[(c, n - 1)].next_base)
+        if expected_base is None:
+            p.append(f"update {c}:{n} exists but update {c}:{n - 1} never fixed its next base")
+        elif u.base != expected_base:
+            p.append(f"update {c}:{n} has base {u.base}, its task was sent from version {expected_base}")
+        if u.state in ("applied", "late", "surplus") and u.version < u.base:
+            p.append(f"update {c}:{n} went into version {u.version} below its base {u.base}")
+        if u.state == "applied":
+            if u.tau != u.version - u.base or u.tau > most:
+                p.append(
+                    f"update {c}:{n} applied with τ {u.tau} (version {u.version}, base {u.base}, S {most})"
+                )
+            if abs(u.weight - staleness_weight(params, u.tau)) > 1e-12:
+                p.append(f"update {c}:{n} weight {u.weight} is not s({u.tau})")
+        if u.state == "late" and u.tau <= most:
+            p.append(f"update {c}:{n} recorded late with τ {u.tau} ≤ max_staleness {most}")
+    # 4: buffers and the reduces that applied them
+    listed: dict[tuple[int, int], int] = {}
+    layout = Layout(engine.settings.artifact_bucket, job_id)
+    closed = job.round + (1 if job.phase == "reduce" or job.status == "SUCCEEDED" else 0)
+    for v in range(job.rounds):
+        buffer = fb.buffer(job_id, v)
+        for u in buffer:
+            listed[(u.client, u.seq)] = listed.get((u.client, u.seq), 0) + 1
+            if updates.get((u.client, u.seq)) is None or updates[(u.client, u.seq)].version != v:
+                p.append(f"update {u.client}:{u.seq} listed under version {v} but recorded elsewhere")
+        applied = sorted((u.client, u.seq) for u in buffer if u.state == "applied")
+        if v < closed:
+            if len(applied) != k:
+                p.append(f"version {v} closed with {len(applied)} applied updates, buffer_size is {k}")
+            inputs = _json(engine, layout.reduce_inputs_key(v))
+            if inputs is None:
+                p.append(f"version {v} closed but its reduce has no inputs")
+                continue
+            rows = [(r["client"], r["seq"]) for r in inputs["fedbuff"]]
+            if sorted(rows) != applied or len(set(rows)) != len(rows):
+                p.append(f"version {v}'s reduce applied {sorted(rows)}, its buffer holds {applied}")
+    p += [f"update {key} listed under {n} versions" for key, n in listed.items() if n > 1]
+    # 5: counts
+    counts = fb.counts(job_id)
+    states = [u.state for u in updates.values()]
+    for name, state in (("applied", "applied"), ("late", "late"), ("failed", "failed")):
+        if getattr(counts, name) != states.count(state):
+            p.append(f"fb_{name} is {getattr(counts, name)}, {states.count(state)} updates are {state}")
+    if job.failed_total != states.count("failed"):
+        p.append(f"failed_total {job.failed_total} != {states.count('failed')} failed updates")
+    return p
+
+
+def _json(engine: Engine, key: str) -> Any:
+    try:
+        body = engine.s3.get_object(Bucket=engine.settings.artifact_bucket, Key=key)["Body"].read()
+    except engine.s3.exceptions.NoSuchKey:
+        return None
+    return json.loads(body)

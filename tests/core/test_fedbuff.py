@@ -1,0 +1,324 @@
+"""FedBuff (buffered asynchronous FedAvg) on the local cloud: every update recorded once with its base
+version and the version it went into; each client's next task from the latest version; a full
+buffer closes its version; late, duplicate, replayed, failed and foreign updates never applied."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shardq.core.contracts import ShardResult, ShardTask, TrainingRequest, ValidationError
+from shardq.core.engine import Engine
+from shardq.core.fedbuff_params import staleness_weight
+from shardq.core.jobstore import Outcome
+from shardq.core.planning import split_s3
+from shardq.core.store.fedbuff import FedBuffStore
+from tests.finished import aggregate, workers
+from tests.helpers import receive_all, result_for, tasks_of
+from tests.requests import make_request
+
+INIT = "s3://models/init.npz"
+
+
+def fb(job_id: str, *, clients: int = 3, rounds: int = 2, **strategy: Any) -> dict[str, Any]:
+    """A FedBuff request: ``clients`` shards, a lane each, ``rounds`` versions to make."""
+    return make_request(
+        job_id=job_id,
+        shards=clients,
+        rounds=rounds,
+        max_parallel=clients,
+        model={"init_uri": INIT},
+        strategy={"name": "fedbuff", **strategy},
+    )
+
+
+def take(engine: Engine) -> list[ShardTask]:
+    """Every queued task (received and deleted)."""
+    return tasks_of(receive_all(engine.sqs, engine.settings.task_queue_url))
+
+
+def updates(engine: Engine, job_id: str) -> dict[tuple[int, int], Any]:
+    return {(u.client, u.seq): u for u in FedBuffStore(engine.store).all_updates(job_id)}
+
+
+# -- the contract --------------------------------------------------------------------------------
+
+
+def test_the_strategy_fills_flsim_defaults_and_round_trips() -> None:
+    request = TrainingRequest.from_dict(fb("d"))
+    assert request.strategy is not None
+    assert request.strategy.to_dict() == {
+        "name": "fedbuff",
+        "staleness": "polynomial",
+        "buffer_size": 10,
+        "staleness_exponent": 0.5,
+        "max_staleness": 100,
+        "server_lr": 1.0,
+        "hinge_a": 10.0,
+        "hinge_b": 4,
+    }
+    assert TrainingRequest.from_dict(request.to_dict()) == request
+
+
+def test_bad_fedbuff_requests_name_every_field_and_the_fix() -> None:
+    with pytest.raises(ValidationError) as info:
+        TrainingRequest.from_dict(fb("b", buffer_size=0, staleness="cubic", max_staleness=1.5, lr=1))
+    text = str(info.value)
+    for fragment in (
+        "strategy.buffer_size must be in [1, 100000], got 0",
+        "strategy.staleness must be one of polynomial, constant, hinge, got 'cubic'",
+        "strategy.max_staleness must be a whole number, got 1.5",
+        "strategy.lr is not a fedbuff parameter",
+    ):
+        assert fragment in text
+    with pytest.raises(ValidationError, match=r"give model\.init_uri"):
+        TrainingRequest.from_dict({**fb("m"), "model": {}})
+    with pytest.raises(ValidationError, match="remove quorum"):
+        TrainingRequest.from_dict({**fb("q"), "quorum": {"fraction": 0.5}})
+
+
+def test_staleness_weights_are_flsims_and_fedasyncs() -> None:
+    poly = {"staleness": "polynomial", "staleness_exponent": 0.5}
+    assert [staleness_weight(poly, t) for t in (0, 3)] == [1.0, 0.5]
+    assert staleness_weight({"staleness": "constant"}, 9) == 1.0
+    hinge = {"staleness": "hinge", "hinge_a": 10.0, "hinge_b": 4}
+    assert [staleness_weight(hinge, t) for t in (4, 5)] == [1.0, 1.0 / 11.0]
+
+
+# -- accounting ----------------------------------------------------------------------------------
+
+
+def test_updates_fill_buffers_and_clients_train_from_the_latest_version(engine: Engine) -> None:
+    # GIVEN 3 clients, K = 2, 2 versions
+    engine.submit(fb("acc", buffer_size=2, max_staleness=1))
+    first = {t.shard_id: t for t in take(engine)}
+    assert sorted(first) == [0, 1, 2] and {t.round for t in first.values()} == {0}
+    # WHEN client 0's update arrives: buffer 0 is not full, client 0 trains again from version 0
+    engine.ingest([Outcome(result_for(first[0]))])
+    (again,) = take(engine)
+    assert (again.round, again.shard_id, again.init_model_uri) == (1, 0, INIT)
+    # a replayed update is a duplicate: nothing applied twice, no second next task
+    engine.ingest([Outcome(result_for(first[0]))])
+    assert take(engine) == []
+    # WHEN client 1's update fills the buffer: version 0's reduce goes out, client 1 waits for v1
+    engine.ingest([Outcome(result_for(first[1]))])
+    (reduce,) = take(engine)
+    assert (reduce.task_type, reduce.round) == ("reduce", 0)
+    inputs = json.loads(_get(engine, str(reduce.inputs_uri)))
+    assert [(u["client"], u["seq"], u["tau"], u["base_model_uri"]) for u in inputs["fedbuff"]] == [
+        (0, 0, 0, INIT),
+        (1, 0, 0, INIT),
+    ]
+    # WHEN the reduce makes version 1: client 1's next task trains from it
+    engine.ingest([Outcome(result_for(reduce))])
+    job = engine.store.get_job("acc")
+    assert (job.round, job.phase) == (1, "train") and job.model_uri == reduce.output_prefix + "model.npz"
+    (waited,) = take(engine)
+    assert (waited.round, waited.shard_id, waited.init_model_uri) == (1, 1, job.model_uri)
+    # WHEN client 2's first update (base 0) arrives: τ = 1 ≤ max_staleness, applied to version 1
+    engine.ingest([Outcome(result_for(first[2]))])
+    (next2,) = take(engine)
+    assert (next2.round, next2.init_model_uri) == (1, job.model_uri)
+    seen = updates(engine, "acc")
+    assert [
+        (seen[k].state, seen[k].base, seen[k].version, seen[k].tau) for k in [(0, 0), (1, 0), (2, 0)]
+    ] == [
+        ("applied", 0, 0, 0),
+        ("applied", 0, 0, 0),
+        ("applied", 0, 1, 1),
+    ]
+    assert seen[(2, 0)].weight == pytest.approx(1 / 2**0.5)
+    # client 0's second update (base 0, τ = 1) fills buffer 1: the last version's reduce
+    engine.ingest([Outcome(result_for(again))])
+    assert [t.task_type for t in take(engine)] == ["reduce"]
+    (summary0, summary1) = engine.store.round_summaries("acc")
+    assert summary1["fedbuff"]["staleness_histogram"] == {"1": 2}
+    assert summary1["fedbuff"]["mean_staleness"] == 1.0 and summary0["fedbuff"]["applied"] == 2
+
+
+def test_a_stale_update_steps_from_the_model_it_trained_from(engine: Engine) -> None:
+    # GIVEN K = 1: every update makes a version
+    engine.submit(fb("base", clients=2, rounds=3, buffer_size=1, max_staleness=5))
+    first = {t.shard_id: t for t in take(engine)}
+    engine.ingest([Outcome(result_for(first[0]))])
+    (reduce0,) = take(engine)
+    engine.ingest([Outcome(result_for(reduce0))])
+    (from_v1,) = take(engine)  # client 0 waited for version 1
+    v1 = reduce0.output_prefix + "model.npz"
+    assert (from_v1.round, from_v1.shard_id, from_v1.init_model_uri) == (1, 0, v1)
+    engine.ingest([Outcome(result_for(first[1]))])  # client 1, base 0, into version 1
+    (reduce1,) = take(engine)
+    engine.ingest([Outcome(result_for(reduce1))])
+    take(engine)  # client 1's next task, from version 2
+    # WHEN client 0's update from version 1 goes into version 2 (τ = 1)
+    engine.ingest([Outcome(result_for(from_v1))])
+    (reduce2,) = take(engine)
+    # THEN its reduce steps from its own base: version 1's model, not version 2's
+    (row,) = json.loads(_get(engine, str(reduce2.inputs_uri)))["fedbuff"]
+    assert (row["client"], row["seq"], row["base"], row["tau"], row["base_model_uri"]) == (0, 1, 1, 1, v1)
+    assert row["staleness_weight"] == pytest.approx(2**-0.5)
+    engine.ingest([Outcome(result_for(reduce2))])
+    job = engine.store.get_job("base")
+    assert job.status == "SUCCEEDED" and job.model_uri == reduce2.output_prefix + "model.npz"
+
+
+def test_an_update_staler_than_max_staleness_is_late_and_never_applied(engine: Engine) -> None:
+    engine.submit(fb("late", buffer_size=2, max_staleness=0))
+    first = {t.shard_id: t for t in take(engine)}
+    engine.ingest([Outcome(result_for(first[0])), Outcome(result_for(first[1]))])
+    (reduce,) = take(engine)
+    engine.ingest([Outcome(result_for(reduce))])
+    # WHEN client 2's update from version 0 arrives into version 1's buffer (τ = 1 > 0)
+    engine.ingest([Outcome(result_for(first[2]))])
+    u = updates(engine, "late")[(2, 0)]
+    assert (u.state, u.base, u.version, u.tau, u.weight) == ("late", 0, 1, 1, 0.0)
+    # THEN it is not counted toward the buffer, and its client trains again from version 1
+    counts = FedBuffStore(engine.store).counts("late")
+    assert (counts.open, counts.fill, counts.late) == (1, 0, 1)
+    next_tasks = {(t.round, t.shard_id): t for t in take(engine)}
+    assert next_tasks[(1, 2)].init_model_uri == engine.store.get_job("late").model_uri
+
+
+def test_an_update_never_sent_is_rejected_and_not_counted(engine: Engine) -> None:
+    engine.submit(fb("forged", buffer_size=2))
+    (task, *_) = take(engine)
+    forged = replace(result_for(task), round=5)
+    failed = engine.ingest([Outcome(forged)])
+    assert len(failed) == 1 and "never sent update 5" in str(failed[0][1])
+    assert FedBuffStore(engine.store).counts("forged").seq == 0
+
+
+def test_a_nan_metric_fails_the_update_which_never_enters_a_buffer(engine: Engine) -> None:
+    engine.submit({**fb("nan", buffer_size=2), "max_failed_shards": 1})
+    first = {t.shard_id: t for t in take(engine)}
+    engine.ingest([Outcome(replace(result_for(first[0]), metrics={"loss": float("nan")}))])
+    u = updates(engine, "nan")[(0, 0)]
+    assert u.state == "failed" and "loss" in (u.error or "")
+    assert FedBuffStore(engine.store).counts("nan").fill == 0
+    assert engine.store.get_job("nan").failed_total == 1
+    # the client gets its next task (a failure is its budget's, not the end of the client)
+    assert [(t.round, t.shard_id) for t in take(engine)] == [(1, 0)]
+    # a second failure goes over max_failed_shards=1: the job fails
+    engine.ingest([Outcome(result_for(first[1], status="failed"))])
+    assert engine.store.get_job("nan").status == "FAILED"
+
+
+def test_a_failed_reduce_fails_the_job_naming_the_version(engine: Engine) -> None:
+    engine.submit(fb("rf", clients=2, buffer_size=2))
+    engine.ingest([Outcome(result_for(t)) for t in take(engine)])
+    (reduce,) = take(engine)
+    engine.ingest([Outcome(result_for(reduce, status="failed"))])
+    job = engine.store.get_job("rf")
+    assert job.status == "FAILED" and "reduce of version 0 failed: reduce blew up" in (job.error or "")
+
+
+def test_cancel_ends_the_job_and_stops_next_tasks(engine: Engine) -> None:
+    engine.submit(fb("cx", buffer_size=3))
+    first = take(engine)
+    assert engine.store.request_cancel("cx")
+    engine.ingest([Outcome(result_for(first[0]))])
+    assert engine.store.get_job("cx").status == "CANCELLED"
+    assert take(engine) == []
+    # an update that arrives after the end is kept apart, uncounted
+    engine.ingest([Outcome(result_for(first[1]))])
+    assert updates(engine, "cx")[(1, 0)].state == "after_end"
+
+
+def test_a_redelivered_update_after_a_crash_sends_the_same_next_task(engine: Engine) -> None:
+    # GIVEN an update recorded and its next base fixed, but the aggregator died before the send
+    engine.submit(fb("crash", buffer_size=3))
+    first = {t.shard_id: t for t in take(engine)}
+    store = FedBuffStore(engine.store)
+    engine.ingest([Outcome(result_for(first[0]))])
+    (sent,) = take(engine)
+    store.ddb.update_item(  # undo the "sent" mark, as if the crash came before it
+        TableName=store.table,
+        Key={"pk": {"S": "JOB#crash"}, "sk": {"S": "UPD#c000000#n000000"}},
+        UpdateExpression="REMOVE next_sent",
+    )
+    # WHEN the result is redelivered: THEN its next task is sent again from the base fixed the first
+    # time (the same body and deduplication id: SQS drops the copy within its 5-minute window, and
+    # a copy past it trains an update whose result is a duplicate), and nothing is counted twice
+    engine.ingest([Outcome(result_for(first[0]))])
+    again = updates(engine, "crash")[(0, 0)]
+    assert again.next_sent and again.next_base == 0
+    assert store.fix_next_base("crash", 0, 0, 7) == 0  # a later version never rewrites it
+    assert store.counts("crash").applied == 1
+    assert sent.init_model_uri == INIT
+
+
+# -- equivalence with synchronous FedAvg ----------------------------------------------------------
+
+
+def _put_init(engine: Engine, dim: int = 8) -> str:
+    buf = io.BytesIO()
+    np.savez(buf, w=np.zeros(dim), b=np.array(0.0))
+    key = "init/model.npz"
+    engine.s3.put_object(Bucket=engine.settings.artifact_bucket, Key=key, Body=buf.getvalue())
+    return f"s3://{engine.settings.artifact_bucket}/{key}"
+
+
+def _get(engine: Engine, uri: str) -> bytes:
+    bucket, key = split_s3(uri)
+    return bytes(engine.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def _lockstep(engine: Engine, request: dict[str, Any], crew: int) -> str:
+    """Run a job with ``crew`` real workers that each take one task per step (equal speeds), the
+    aggregator recording each step's results together; the final model's URI."""
+    job_id = engine.submit(request)["job_id"]
+    team = workers(engine, crew)
+    for _ in range(200):
+        for w in team:
+            w.poll_once()
+        aggregate(engine)
+        job = engine.store.get_job(job_id)
+        if job.status != "RUNNING":
+            assert job.status == "SUCCEEDED", job.error
+            return str(job.model_uri)
+    raise AssertionError(f"{job_id} did not finish")
+
+
+def test_fedbuff_with_k_clients_and_no_staleness_is_synchronous_fedavg(engine: Engine) -> None:
+    # GIVEN the same data, seeds and starting model; 3 equally fast clients; K = 3
+    init = _put_init(engine)
+    common = {
+        "shards": 3,
+        "rounds": 3,
+        "max_parallel": 3,
+        "uri": "synthetic://linear?dim=8&seed=3",
+        "num_samples": 3 * 256,
+        "entrypoint": "examples.linear:train",
+        "hyperparameters": {"lr": 0.05, "epochs": 1, "batch_size": 32},
+        "model": {"init_uri": init},
+    }
+    sync = _lockstep(engine, make_request(job_id="sync", **common), 3)
+    buff = _lockstep(
+        engine,
+        make_request(
+            job_id="buff", **common, strategy={"name": "fedbuff", "buffer_size": 3, "max_staleness": 0}
+        ),
+        3,
+    )
+    # THEN every update was applied fresh (τ = 0), one per client per version ...
+    seen = updates(engine, "buff")
+    applied = [u for u in seen.values() if u.state == "applied"]
+    assert len(applied) == 9 and {u.tau for u in applied} == {0}
+    assert {(u.version, u.client) for u in applied} == {(v, c) for v in range(3) for c in range(3)}
+    # ... and the final models agree to float64 rounding
+    a, b = np.load(io.BytesIO(_get(engine, sync))), np.load(io.BytesIO(_get(engine, buff)))
+    assert not np.allclose(a["w"], 0.0)
+    np.testing.assert_allclose(b["w"], a["w"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b["b"], a["b"], rtol=1e-9, atol=1e-12)
+
+
+def test_a_result_names_its_update(engine: Engine) -> None:
+    # the identity the aggregator counts once: (job, update number, client, "train")
+    engine.submit(fb("id", buffer_size=2))
+    (task, *_) = take(engine)
+    assert ShardResult.for_task(task, "succeeded").key == f"id:0:{task.shard_id}:train"
