@@ -71,7 +71,9 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def start_workers(cloud: LocalCloud, count: int, logs: Path) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    cloud: LocalCloud, count: int, logs: Path, *, stack: str = "shardq", allow: str = "benchmarks.e2e"
+) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, **cloud.env(), "PYTHONPATH": str(ROOT), "POWERTOOLS_TRACE_DISABLED": "true"}
     procs = []
     for i in range(count):
@@ -83,14 +85,14 @@ def start_workers(cloud: LocalCloud, count: int, logs: Path) -> list[subprocess.
                         "-m",
                         "shardq.cli",
                         "--stack",
-                        "shardq",
+                        stack,
                         "worker",
                         "--concurrency",
                         "1",
                         "--worker-id",
                         f"bench-{i}",
                         "--allow",
-                        "benchmarks.e2e",
+                        allow,
                     ],
                     cwd=ROOT,
                     env=env,

@@ -108,6 +108,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         note = "submitted" if answer.get("created", True) else "already submitted (same request, same id)"
         # The plan as status and watch word it: rungs of a halving sweep, a round's sample.
         plan = request_plan_text(TrainingRequest.from_dict(payload))
+        if answer.get("status") == "WAITING":  # a pipeline job (shardq.core.pipeline)
+            plan += f"; WAITING until job {payload['after']['job_id']} succeeds"
         print(f"{note}: {plan}; follow it with: shardq watch {job_id}", file=sys.stderr)
     if args.wait:
         return watch(args, job_id, out=sys.stderr if args.json else sys.stdout)

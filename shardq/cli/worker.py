@@ -276,7 +276,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument(
         "--price-per-hour",
         type=float,
-        default=float(env("SHARDQ_PRICE_PER_HOUR")) if env("SHARDQ_PRICE_PER_HOUR") else None,
+        default=float(env("SHARDQ_PRICE_PER_HOUR") or 0) or None,
         metavar="USD",
         help="what an hour of this worker costs; its results carry it and jobs count their cost "
         "(budget_usd). Default: the instance type's price from the instance metadata and "

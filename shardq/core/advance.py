@@ -231,6 +231,8 @@ class Advancer:
     def _over_budget(self, job: JobRecord) -> str:
         """Why the job failed: its failure count, and the first failure's own words."""
         message = f"{job.failed_total} shards failed, over max_failed_shards={job.max_failed_shards}"
+        if fedbuff.applies(job.request):  # its failures are updates, of any client and number
+            return message + fedbuff.first_failure_text(self.store, job.job_id)
         first = self.store.first_failure(job.job_id, job.round, "train")
         if first is not None and first.result.error:
             reason = first.result.error.strip().splitlines()[0][:300]

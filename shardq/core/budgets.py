@@ -43,6 +43,18 @@ def budget_field(c: _Checker, data: dict[str, Any]) -> float | None:
     return float(value)
 
 
+def schema() -> dict[str, Any]:
+    """``budget_usd`` in the request's JSON Schema (``shardq.core.schema``)."""
+    return {
+        "type": ["number", "null"],
+        "exclusiveMinimum": 0,
+        "maximum": MAX_BUDGET_USD,
+        "description": "USD the job may spend on workers' time (each result's seconds at its worker's "
+        "price): once its counted cost reaches it, no new task is sent, queued ones are dropped, running "
+        "ones finish, and the job ends FAILED saying so. Absent or null: no limit.",
+    }
+
+
 def to_micro(usd: float) -> int:
     """USD → micro-USD (rounded)."""
     return round(usd * MICRO)

@@ -90,8 +90,17 @@ def placer(request: TrainingRequest) -> Placer:
                 fill += 1
                 if fill == k:
                     open_, fill = open_ + 1, 0
-        after = Counts(counts.seq + len(new), open_, fill, applied, late, failed, True, counts.waiting)
-        return out, after
+        after = replace(
+            counts,
+            seq=counts.seq + len(new),
+            open=open_,
+            fill=fill,
+            applied=applied,
+            late=late,
+            failed=failed,
+        )
+        # Each update's place in the job's recording order (a retry forgives failures below one).
+        return [replace(u, order=counts.seq + i) for i, u in enumerate(out)], after
 
     return place
 
@@ -209,7 +218,7 @@ class Driver:
             if kept is None or (kept.state == FAILED and u.state != FAILED):
                 unique[(u.client, u.seq)] = u
         recorded, duplicates = self.fb.record(
-            job_id, list(unique.values()), placer(request), deadline=deadline
+            job_id, list(unique.values()), placer(request), deadline=deadline, tenant=request.tenant
         )
         self.adv.metric("FedBuffUpdatesRecorded", len(recorded), "Count")
         if duplicates:
@@ -262,7 +271,7 @@ class Driver:
         for u in updates:
             base = self.fb.fix_next_base(job.job_id, u.client, u.seq, job.round)
             if base not in models:
-                models[base] = self._model_of(job, base)
+                models[base] = self.model_of(job, base)
             tasks.append(planning.train_task(request, job.job_id, layout, u.seq + 1, u.client, models[base]))
         lanes = request.max_parallel
         self.adv.enqueuer.fanout.send((self.adv.enqueuer.message(t, lanes) for t in tasks), deadline=deadline)
@@ -270,7 +279,7 @@ class Driver:
         for u in updates:
             self.fb.mark_sent(job.job_id, u.client, u.seq)
 
-    def _model_of(self, job: JobRecord, version: int) -> str | None:
+    def model_of(self, job: JobRecord, version: int) -> str | None:
         """Version ``version``'s global model: the starting model, or the reduce that made it."""
         if version == 0:
             return job.request.model.get("init_uri")
@@ -302,7 +311,7 @@ class Driver:
             job.job_id, v, version_summary(job.job_id, v, updates, job.round_started_at)
         )
         bases = {u.base for u in updates if u.state == APPLIED}
-        model_of = {b: (job.model_uri if b == v else self._model_of(job, b)) for b in bases}
+        model_of = {b: (job.model_uri if b == v else self.model_of(job, b)) for b in bases}
         missing = [b for b, uri in model_of.items() if not uri]
         if missing:
             self.adv.finisher.finalize(
@@ -354,4 +363,15 @@ def _update(r: ShardResult, base: int) -> Update:
         metrics={k: v for k, v in r.metrics.items() if math.isfinite(v)},
         duration_s=r.duration_s,
         error=r.error,
+        cost_micro_usd=r.cost_micro_usd,
     )
+
+
+def first_failure_text(store: Any, job_id: str) -> str:
+    """``; first: update n of client c: <its error's first line>`` for the over-budget message
+    (empty when no counted failure says why)."""
+    first = FedBuffStore(store).first_failure(job_id)
+    if first is None or not first.error:
+        return ""
+    reason = first.error.strip().splitlines()[0][:300]
+    return f"; first: update {first.seq} of client {first.client}: {reason}"

@@ -14,6 +14,64 @@ from shardq.core.jobstore import JobRecord, JobStore
 from shardq.core.store.fedbuff import FedBuffStore
 
 
+def closed(job: JobRecord) -> int:
+    """Versions whose buffer closed (their reduce sent or done)."""
+    return job.round + (1 if job.phase == "reduce" or job.status == "SUCCEEDED" else 0)
+
+
+def phase_rows(job: JobRecord) -> list[dict[str, Any]]:
+    """``operations.progress``'s rows of a FedBuff job, one (version, phase) each: a version's
+    ``train`` row counts the updates that went into it (``done``: trained, applied or late) and
+    failed while it was open; its total is what it ended with, or, while it fills, what it has
+    plus the applied updates its buffer still needs. Its ``reduce`` row is the server step."""
+    k = int(job.request.strategy.params["buffer_size"]) if job.request.strategy else 1
+    rows: list[dict[str, Any]] = []
+    for v in range(job.round + 1):
+        done, failed = job.counters.get(("upd", v, "train"), 0), job.counters.get(("ufail", v, "train"), 0)
+        applied = done - job.counters.get(("ulate", v, "train"), 0)
+        still = 0 if v < closed(job) or job.terminal else max(0, k - applied)
+        rows.append(
+            {
+                "round": v,
+                "phase": "train",
+                "total": done + failed + still,
+                "enqueued": done + failed + still,
+                "done": done,
+                "failed": failed,
+                "diverged": 0,
+                "cost_usd": job.counters.get(("usd", v, "train"), 0) / 1_000_000,
+            }
+        )
+        if v < job.round or job.phase == "reduce":
+            rows.append(
+                {
+                    "round": v,
+                    "phase": "reduce",
+                    "total": 1,
+                    "enqueued": job.enqueued(v, "reduce"),
+                    "done": job.ok(v, "reduce"),
+                    "failed": job.failed(v, "reduce"),
+                    "diverged": 0,
+                    "cost_usd": job.counters.get(("usd", v, "reduce"), 0) / 1_000_000,
+                }
+            )
+    return rows
+
+
+def tasks_left(job: JobRecord) -> int:
+    """Outcomes still to come at least: the open buffer's missing applied updates, its reduce,
+    and K updates and a reduce per version still to make (late or failed updates add to it)."""
+    if job.terminal:
+        return 0
+    k = int(job.request.strategy.params["buffer_size"]) if job.request.strategy else 1
+    rows = phase_rows(job)
+    current = rows[-1]
+    left = current["total"] - current["done"] - current["failed"]
+    if current["phase"] == "train":
+        left += 1  # its reduce
+    return left + (job.rounds - job.round - 1) * (k + 1)
+
+
 def progress(store: JobStore, job: JobRecord) -> dict[str, Any] | None:
     """The job's FedBuff progress (None for any other job)."""
     if not fedbuff.applies(job.request):

@@ -488,6 +488,8 @@ class Finisher:
             "status": job.status,
             "result_uri": job.result_uri,
             "error": job.error,
+            # What its counted outcomes cost (shardq.core.spend); a budget stop's error says why it ended.
+            "cost_usd": job.cost_micro_usd / 1_000_000,
         }
         try:
             resp = self.events.put_events(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardq.core import pipeline
+from shardq.core import fedbuff_retry, fedbuff_view, pipeline
 from shardq.core.advance import close_ranges
 from shardq.core.async_sweep import AsyncSweepError, rung_bounds
 from shardq.core.engine import Engine
@@ -65,6 +65,8 @@ class PhaseProgress:
 def progress(job: JobRecord) -> list[PhaseProgress]:
     """Per (round, phase) counters from round 0 to the job's current phase, in order."""
     rows: list[PhaseProgress] = []
+    if fedbuff_view.fedbuff.applies(job.request):  # one row per version (its updates) and reduce
+        return [PhaseProgress(**row) for row in fedbuff_view.phase_rows(job)]
     if job.request.asynchronous:
         # Every rung runs at once: one row each; its total the most it may run (once the job
         # ended, what it ran).
@@ -225,8 +227,15 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
     Raises ``JobNotFound`` or ``OperationError``.
     """
     job = engine.store.get_job(job_id)
+    if pipeline.never_started(job):  # its request was never resolved from the job it follows
+        raise OperationError(
+            f"job {job_id} never started: {job.error or 'it waited for the job it follows'}; nothing of it "
+            "ran to retry. Retry or rerun the upstream job, then submit this request under a new job_id"
+        )
     if job.request.asynchronous and job.status in ("RUNNING", "FAILED"):
         return _retry_async(engine, job)
+    if fedbuff_view.fedbuff.applies(job.request) and job.status in ("RUNNING", "FAILED"):
+        return _retry_fedbuff(engine, job)
     rows = _check_retryable(engine, job)
     try:
         generation = engine.store.next_retry_generation(job_id, job.status)
@@ -274,6 +283,24 @@ def _retry_async(engine: Engine, job: JobRecord) -> RetryReport:
         phase=job.phase,
         generation=engine.store.get_job(job.job_id).retry_generation,
         retried=sorted({trial for _, trial in retried}),
+        status=engine.advance(job.job_id),
+    )
+
+
+def _retry_fedbuff(engine: Engine, job: JobRecord) -> RetryReport:
+    """Retry a FedBuff job: its failed updates forgiven, each client's cut-off task sent again
+    (``shardq.core.fedbuff_retry``); ``retried`` lists the clients."""
+    try:
+        generation, clients = fedbuff_retry.retry(engine, job)
+    except (fedbuff_retry.NothingToRetry, JobChanged) as exc:
+        reason = f" ({job.error})" if job.error else ""
+        raise OperationError(f"{exc}{reason}; run `shardq status` and retry again") from exc
+    return RetryReport(
+        job_id=job.job_id,
+        round=job.round,
+        phase=job.phase,
+        generation=generation,
+        retried=clients,
         status=engine.advance(job.job_id),
     )
 

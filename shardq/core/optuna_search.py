@@ -179,14 +179,20 @@ def new_events(
 
 def _pruning_cut(request: TrainingRequest, results: Sequence[ShardResult]) -> dict[int, set[int]]:
     """Per rung, the trials in the top ``n // eta`` of its ``n`` results so far (ASHA's promotable
-    set; a trial outside it is pruned for the sampler)."""
-    from shardq.core.async_sweep import by_rung, ranked
+    set, ranked as ``async_sweep.ranked`` does: finite objectives, best first, ties by trial; a
+    trial outside it is pruned for the sampler)."""
+    from shardq.core.search import rank_key
 
-    es = request.early_stopping
-    assert es is not None
+    es, objective = request.early_stopping, request.objective
+    assert es is not None and objective is not None
+    rungs: dict[int, list[ShardResult]] = {}
+    for r in results:
+        if r.task_type == "train":
+            rungs.setdefault(r.round, []).append(r)
     out: dict[int, set[int]] = {}
-    for rung, rung_results in by_rung(results).items():
-        best = ranked(rung_results, request)
+    for rung, rung_results in rungs.items():
+        finite = [r for r in rung_results if _objective(r, objective.metric) is not None]
+        best = sorted(finite, key=rank_key(objective))
         out[rung] = {r.shard_id for r in best[: len(rung_results) // es.eta]}
     return out
 
@@ -211,18 +217,12 @@ def task_log(request: TrainingRequest, trial: int, drawn: Mapping[int, Mapping[s
     }
 
 
-def asked_params(result: ShardResult) -> dict[str, Any] | None:
-    """The params the sampler asked for the result's trial, as its worker reported them."""
-    return getattr(result, "params", None)
-
-
 __all__ = [
     "DEFAULT_SAMPLER",
     "MAX_OPTUNA_TRIALS",
     "SAMPLERS",
     "TRIAL_KEY",
     "OptunaSource",
-    "asked_params",
     "new_events",
     "problems",
     "task_log",

@@ -159,6 +159,11 @@ def release(engine: Engine, job_id: str) -> str:
     return WAITING
 
 
+def never_started(job: JobRecord) -> bool:
+    """A pipeline job that ended (or waits) without ever starting: nothing of it was enqueued."""
+    return job.request.after is not None and job.round == 0 and job.enqueued(0, "train") == 0
+
+
 def cancel_waiting(engine: Engine, job: JobRecord) -> bool:
     """An operator's cancel of a WAITING job: it ends CANCELLED (False if it had left WAITING)."""
     return _end(engine, job, "CANCELLED", "cancelled while waiting for its upstream job") == "CANCELLED"

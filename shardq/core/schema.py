@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from shardq.core import budgets, evaluation, fedbuff_params, pipeline_fields, tenancy
 from shardq.core import contracts as c
-from shardq.core import evaluation, fedbuff_params, pipeline_fields, tenancy
+from shardq.core.optuna_search import DEFAULT_SAMPLER, MAX_OPTUNA_TRIALS, SAMPLERS
 
 
 def _distributions() -> list[dict[str, Any]]:
@@ -103,7 +104,7 @@ def training_request_schema() -> dict[str, Any]:
                     },
                     {"type": "array", "minItems": 1, "items": {"type": "object"}},
                 ],
-                "description": "A grid (name → list of values; with search.method 'random' also "
+                "description": "A grid (name → list of values; with search.method 'random' or 'optuna' also "
                 "name → {uniform|log_uniform|int_uniform: [low, high]}) or a list of trials.",
             },
             "search": {
@@ -113,6 +114,12 @@ def training_request_schema() -> dict[str, Any]:
                     "method": {"enum": list(c.SEARCH_METHODS), "default": "grid"},
                     "num_trials": {**positive, "maximum": c.MAX_GATHERED_TASKS},
                     "seed": {"type": "integer", "minimum": 0, "default": 0},
+                    "sampler": {
+                        "enum": list(SAMPLERS),
+                        "default": DEFAULT_SAMPLER,
+                        "description": "method 'optuna' only: the Optuna sampler that asks each trial "
+                        f"(at most {MAX_OPTUNA_TRIALS} trials).",
+                    },
                 },
             },
             "early_stopping": {
@@ -167,6 +174,7 @@ def training_request_schema() -> dict[str, Any]:
             },
             **tenancy.request_schema(),
             **pipeline_fields.request_schema(),
+            "budget_usd": budgets.schema(),
         },
         "allOf": [
             {

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from shardq.core import fedbuff_view
 from shardq.core.async_sweep import async_progress, max_tasks
 from shardq.core.contracts import TrainingRequest
 from shardq.core.jobstore import JobRecord
@@ -88,6 +89,8 @@ def tasks_left(job: JobRecord, current: PhaseProgress | None = None) -> int:
     """
     if job.status == "SUCCEEDED":
         return 0
+    if fedbuff_view.fedbuff.applies(job.request):
+        return fedbuff_view.tasks_left(job)
     if job.request.asynchronous:  # open-ended: at most what the sweep can still run
         sweep = async_progress(job)
         return max(0, sweep.up_to - sweep.done)

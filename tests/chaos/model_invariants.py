@@ -22,6 +22,8 @@ tick waiting on the results queue — (``quiet_problems``):
 And after every step, **cost counted once** (invariant 10, ``cost_problems``): a job's
 ``cost_uusd`` is its counted outcome items' costs plus those of failures a retry forgot.
 
+A FedBuff job's updates and versions: invariants 11–12 of ``tests/chaos/model_fedbuff.py``.
+
 A retry resumes the round that failed (``retry_problems``, checked by the retry rule). And at
 the end, when every job ran to its end, each job's whole history passes
 ``tests.chaos.history.check``.
@@ -35,6 +37,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +46,7 @@ from shardq.core import contracts, operations, rounds
 from shardq.core.engine import Engine
 from shardq.core.jobstore import JobRecord
 from tests.chaos.model_asha import asha_problems, asha_quiet_problem, decided
+from tests.chaos.model_fedbuff import fedbuff_problems, fedbuff_quiet_problem, is_fedbuff, planned_updates
 from tests.chaos.model_windows import window_problems
 from tests.chaos.model_world import ITEM_LIMIT, World, scan_items
 
@@ -95,6 +99,8 @@ def planned(world: World, job: JobRecord, round_no: int, phase: str) -> set[int]
     """The tasks (round, phase) of ``job`` plans: participants, promoted trials, or the reduce."""
     if phase == "reduce":
         return {0} if job.kind == "data_parallel" else set()
+    if is_fedbuff(job):  # a train task's "round" is its client's update number (model_fedbuff)
+        return planned_updates(world.engine.store, job, round_no)
     if round_no >= job.rounds:
         return set()
     if job.request.asynchronous:  # an asynchronous sweep plans a rung's tasks one result at a time
@@ -109,12 +115,19 @@ def step_problems(world: World, statuses: dict[str, str] | None = None) -> list[
     → status) from the same scan."""
     problems: list[str] = []
     by_job: dict[str, list[dict[str, Any]]] = {}
+    month_cost: Counter[str] = Counter()
+    tenant_cost: Counter[str] = Counter()
     for item in scan_items(world.clients["dynamodb"], world.settings.job_table):
         size = item_size(item)
         if size > ITEM_LIMIT:
             problems.append(
                 f"item {item['pk']['S']} {item['sk']['S']} is {size} bytes, over DynamoDB's 400 KB"
             )
+        if item["pk"]["S"].startswith("TENANT#"):  # a tenant's spend per month (invariant 10)
+            month_cost[item["pk"]["S"].removeprefix("TENANT#")] += int(item["cost_uusd"]["N"])
+            continue
+        if not item["pk"]["S"].startswith("JOB#"):
+            continue  # a tenant's items (TENANT#: its month's spend), not a job's
         by_job.setdefault(item["pk"]["S"].removeprefix("JOB#"), []).append(item)
     for job_id, items in sorted(by_job.items()):
         head = next((i for i in items if i["sk"]["S"] == "JOB"), None)
@@ -125,10 +138,21 @@ def step_problems(world: World, statuses: dict[str, str] | None = None) -> list[
         if statuses is not None:
             statuses[job_id] = job.status
         problems += [f"{job_id}: {p}" for p in _job_problems(world, job, items)]
+        if job.request.tenant:
+            tenant_cost[job.request.tenant] += job.cost_micro_usd
+    for tenant in sorted(set(month_cost) | set(tenant_cost)):
+        # A tenant's months hold every counted outcome's cost of its jobs, once (the same transaction).
+        if month_cost[tenant] != tenant_cost[tenant]:
+            problems.append(
+                f"tenant {tenant}: its months hold {month_cost[tenant]} micro-USD, its jobs counted "
+                f"{tenant_cost[tenant]}: a cost counted twice or lost"
+            )
     return problems
 
 
 def _job_problems(world: World, job: JobRecord, items: list[dict[str, Any]]) -> list[str]:
+    if is_fedbuff(job):  # invariants 11-12: tests/chaos/model_fedbuff.py
+        return fedbuff_problems(world.engine, job, items)
     problems: list[str] = []
     counted: dict[tuple[int, str], list[str]] = {}
     keys: dict[str, set[tuple[int, str, int]]] = {"RES": set(), "LATE": set()}
@@ -239,6 +263,9 @@ def quiet_problems(world: World) -> list[str]:
             continue
         if job.request.asynchronous:
             problems.append(asha_quiet_problem(job))
+            continue
+        if is_fedbuff(job):
+            problems.append(fedbuff_quiet_problem(job))
             continue
         verdict = rounds.verdict(job, world.clock())
         if verdict != rounds.WAIT:

@@ -219,6 +219,8 @@ class World:
         if job.terminal or job.cancelling:
             return job.status
         closed = job.round > task.round or (job.closed_round is not None and job.closed_round >= task.round)
+        if task.strategy.get("name") == "fedbuff":
+            return None  # an update's "round" is its client's update number: no round closes it
         if task.task_type == "train" and task.kind == "data_parallel" and closed:
             return "round closed"
         return None

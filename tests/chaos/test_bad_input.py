@@ -166,6 +166,11 @@ REQUESTS: list[tuple[str, Any, str]] = [
         with_(kind="map", rounds=1, evaluation={"uri": "s3://d/t.npz"}),
         "evaluation applies to kind 'data_parallel' only",
     ),
+    ("tenant-uppercase", with_(tenant="Vision"), "tenant must be lowercase letters"),
+    ("tenant-not-a-string", with_(tenant=7), "tenant must be lowercase letters"),
+    ("priority-over-range", with_(priority=1001), "priority must be an integer from 0 to 1000"),
+    ("priority-negative", with_(priority=-5), "priority must be an integer from 0 to 1000"),
+    ("priority-float", with_(priority=2.5), "priority must be an integer from 0 to 1000"),
     ("continue-malformed", {"shardq_continue": "job-1"}, "shardq_continue.job_id"),
     ("continue-traversal", {"shardq_continue": {"job_id": "../x"}}, "shardq_continue.job_id"),
 ]

@@ -43,7 +43,8 @@ from shardq.core.contracts import TERMINAL_STATUSES
 from shardq.core.fanout import FanOutError
 from shardq.core.operations import OperationError, cancel, retry_failed
 from shardq.core.redrive import redrive
-from tests.chaos import model_asha, model_windows
+from shardq.core.store.fedbuff import FedBuffStore
+from tests.chaos import model_asha, model_fedbuff, model_windows
 from tests.chaos.history import check, collect
 from tests.chaos.model_invariants import (
     fixed,
@@ -55,6 +56,7 @@ from tests.chaos.model_invariants import (
     world_jobs,
 )
 from tests.chaos.model_world import World
+from tests.chaos.versions import follows_versions
 from tests.helpers import FlakySQS
 from tests.requests import make_request
 
@@ -102,6 +104,8 @@ class ShardqModel(RuleBasedStateMachine):
                 fields["quorum"] = {"fraction": 0.5}
             if "deadline" in policy:
                 fields["quorum"] = {**fields.get("quorum", {}), "deadline_seconds": 60}
+            if policy == "fedbuff":
+                fields.update(model_fedbuff.fedbuff_fields(shards, seed))
         elif kind == "sweep":
             fields["search_space"] = {"lr": [0.3, 0.1, 0.03, 0.01][:shards]}
             fields["max_parallel"] = shards
@@ -136,6 +140,13 @@ class ShardqModel(RuleBasedStateMachine):
     def submit_asha(self, shards: int, max_failed: int, seed: int) -> str:
         # An asynchronous sweep (issue #27): its own rule, so every run drives some.
         return self.submit("sweep", shards, "asha", max_failed, seed)
+
+    @rule(target=jobs, shards=st.integers(2, 4), max_failed=st.integers(0, 1), seed=st.integers(0, 3))
+    def submit_fedbuff(self, shards: int, max_failed: int, seed: int) -> str:
+        # Buffered asynchronous FedAvg (issue #27): its own rule, so every run drives some.
+        job_id = self.submit("data_parallel", shards, "fedbuff", max_failed, seed)
+        self.seen["submitted fedbuff"] += 1
+        return job_id
 
     @rule(target=jobs, shards=st.integers(3, 4), policy=st.sampled_from(["", "participation+deadline"]))
     def submit_cut_short(self, shards: int, policy: str) -> str:
@@ -395,6 +406,9 @@ class ShardqModel(RuleBasedStateMachine):
         ]
         assert not strays, f"valid results in the results DLQ: {strays}"
         for job_id in world_jobs(w):
+            if model_fedbuff.is_fedbuff(w.engine.store.get_job(job_id)):
+                self.check_fedbuff_history(job_id)
+                continue
             h = collect(w.engine, job_id)
             self.seen[f"ended {h.job.status}"] += 1
             self.seen["late results"] += len(h.late)
@@ -408,8 +422,29 @@ class ShardqModel(RuleBasedStateMachine):
             )
             for o in h.outcomes:
                 self.seen[f"{o.result.status} outcome from {o.source}"] += 1
+            if h.job.request.asynchronous:
+                promoted = w.engine.store.sweep_decisions(job_id, 1)
+                self.seen["asha promotion"] += len(promoted)
             problems = check(h, status=h.job.status, allow_results_dlq=h.queues["results_dlq"])
             assert not problems, f"{job_id}: " + "\n".join(problems)
+
+    def check_fedbuff_history(self, job_id: str) -> None:
+        """A FedBuff job's whole history: it ended, its versions hold (``follows_versions``), and
+        its manifest says how it ended."""
+        w = self.world
+        job = w.engine.store.get_job(job_id)
+        self.seen[f"ended {job.status}"] += 1
+        self.seen[f"fedbuff ended {job.status}"] += 1
+        updates = FedBuffStore(w.engine.store).all_updates(job_id)
+        for u in updates:
+            self.seen[f"fedbuff update {u.state}"] += 1
+            self.seen["fedbuff stale update applied"] += u.state == "applied" and u.tau > 0
+        problems = follows_versions(w.engine, job_id)
+        if job.status not in TERMINAL_STATUSES or job.event_pending:
+            problems.append(f"FedBuff job {job.status}, event pending {job.event_pending}")
+        if job.status == "SUCCEEDED" and job.round != job.rounds - 1:
+            problems.append(f"SUCCEEDED at version {job.round} of {job.rounds}")
+        assert not problems, f"{job_id}: " + "\n".join(problems)
 
     def unplanned(self, body: str) -> bool:
         """True for a result the halving-retry defect sent for a trial its rung never planned."""
@@ -459,6 +494,10 @@ MUST_SEE = (
     "submitted data_parallel",
     "submitted sweep",
     "submitted asha sweep",
+    "asha promotion",
+    "submitted fedbuff",
+    "fedbuff update applied",
+    "fedbuff ended SUCCEEDED",
     "submitted map",
     "ended SUCCEEDED",
     "ended CANCELLED",
@@ -474,6 +513,10 @@ SOAK_MUST_SEE = (
     "late results",
     "retried a FAILED job",
     "stale failure kept late",
+    "fedbuff update failed",
+    "fedbuff update late",
+    "fedbuff stale update applied",
+    "fedbuff ended FAILED",
 )
 
 

@@ -112,8 +112,15 @@ def world(
         events=clients["events"],
     )
     jobs = {}
-    for name in ("data_parallel", "sweep_halving", "sweep_diverged", "map"):
-        job = run_job(engine, {"job_id": f"mlf-{name.replace('_', '-')}", **REQUESTS[name]})
+    asha = {
+        **REQUESTS["sweep_halving"],
+        "early_stopping": {**REQUESTS["sweep_halving"]["early_stopping"], "method": "asha"},
+    }
+    for name, request in [
+        *((n, REQUESTS[n]) for n in ("data_parallel", "sweep_halving", "sweep_diverged", "map")),
+        ("sweep_asha", asha),
+    ]:
+        job = run_job(engine, {"job_id": f"mlf-{name.replace('_', '-')}", **request})
         assert job.status == "SUCCEEDED", (name, job.error)
         jobs[name] = job
     path = tmp_path_factory.mktemp("mlflow-outputs") / "outputs.json"
@@ -244,6 +251,28 @@ def test_a_halving_sweep_is_a_parent_run_with_a_child_per_trial_and_rungs_as_ste
     again = shardq(capsys, "track", job.job_id, "--mlflow", tracking_uri, "--experiment", "sweeps")
     assert "0 run(s) created, 0 metric step(s), 0 param(s), 0 artifact(s) logged" in again.out
     assert len(runs_of(tracking_uri, "sweeps", job.job_id)) == 10
+
+
+def test_an_asha_sweep_writes_each_trial_with_the_rungs_it_reached(
+    world: dict[str, Any], tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN an asynchronous (ASHA) halving sweep: trials are promoted result by result
+    job = world["jobs"]["sweep_asha"]
+    bucket = world["engine"].settings.artifact_bucket
+    manifest = json.loads(
+        world["engine"].s3.get_object(Bucket=bucket, Key=f"jobs/{job.job_id}/result.json")["Body"].read()
+    )
+    r = shardq(capsys, "track", job.job_id, "--mlflow", tracking_uri, "--experiment", "asha")
+    assert r.code == 0, r.err
+    runs = runs_of(tracking_uri, "asha", job.job_id)
+    children = {int(x.data.tags[TRIAL_TAG]): x for x in runs if TRIAL_TAG in x.data.tags}
+    assert sorted(children) == sorted(row["trial"] for row in manifest["leaderboard"])
+    # THEN every trial's rungs are its steps, a promoted trial has more than one
+    for row in manifest["leaderboard"]:
+        steps = history(tracking_uri, children[row["trial"]].info.run_id, "budget")
+        assert steps == {p["rung"]: p["budget"] for p in row["rungs"]}
+    assert max(len(row["rungs"]) for row in manifest["leaderboard"]) > 1
+    assert children[manifest["best"]["trial"]].data.tags["shardq.best"] == "true"
 
 
 def test_a_diverged_trial_is_tagged_and_keeps_its_nan_objective(

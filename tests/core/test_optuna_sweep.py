@@ -240,11 +240,59 @@ def test_bad_optuna_requests_are_refused_naming_the_field_and_nothing_is_created
         engine.store.get_job("bad1")
 
 
-def test_cmaes_with_a_categorical_only_space_is_refused(engine: Engine) -> None:
-    request = optuna_sweep("bad2", sampler="cmaes")
-    request["search_space"] = {"act": ["relu", "tanh"]}
-    with pytest.raises(ValidationError, match='"cmaes" needs at least one numeric parameter'):
+@pytest.mark.parametrize(
+    ("change", "fix"),
+    [
+        (
+            {"search_space": {"act": ["relu", "tanh"]}, "sampler": "cmaes"},
+            '"cmaes" needs at least one numeric parameter',
+        ),
+        (
+            {"search_space": {"layers": [[64, 64], [128]]}},
+            "Optuna's categorical choices are strings, numbers",
+        ),
+        ({"search_space": [{"lr": 0.1}, {"lr": 0.01}]}, 'search.method "optuna" needs a search_space object'),
+        ({"hyperparameters": {TRIAL_KEY: 1}}, f"hyperparameters.{TRIAL_KEY} is reserved"),
+        ({"early_stopping": {"method": "successive_halving"}}, 'early_stopping.method must be "asha"'),
+    ],
+)
+def test_spaces_and_combinations_optuna_cannot_ask_are_refused(
+    engine: Engine, clients: dict[str, Any], change: dict[str, Any], fix: str
+) -> None:
+    request = optuna_sweep("bad2", sampler=change.pop("sampler", "tpe"))
+    request.update(change)
+    with pytest.raises(ValidationError, match=fix):
         engine.submit(request)
+    assert take(engine, clients) == []
+
+
+def test_a_worker_without_optuna_hands_the_trial_on_instead_of_failing_it(
+    engine: Engine, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a worker whose environment has no Optuna (another worker of the fleet may have it)
+    from shardq.worker.runtime import Worker
+    from tests.helpers import TRUSTED
+
+    def missing() -> Any:
+        raise optuna_sampler.SamplerError("optuna is not installed here", permanent=False)
+
+    monkeypatch.setattr(optuna_sampler, "_optuna", missing)
+    engine.submit(optuna_sweep("op6", trials=2, max_parallel=1))
+    worker = Worker(
+        allow=TRUSTED,
+        sqs=clients["sqs"],
+        s3=clients["s3"],
+        task_queue_url=engine.settings.task_queue_url,
+        results_queue_url=engine.settings.results_queue_url,
+        wait_s=1,
+    )
+    # WHEN it takes the trial: no result on an early attempt, the task goes back to the queue
+    assert worker.poll_once()
+    assert receive_all(clients["sqs"], engine.settings.results_queue_url, max_empty=1) == []
+    monkeypatch.undo()
+    (task,) = take(engine, clients)
+    # THEN a worker with Optuna asks it as usual
+    assert task.shard_id == 0 and ask(task)[1]
 
 
 def test_with_asha_the_sampler_asks_rung_0_and_promotions_keep_their_params(

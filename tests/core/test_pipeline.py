@@ -19,7 +19,7 @@ import pytest
 from shardq.core.contracts import ValidationError
 from shardq.core.engine import Engine, JobConflict
 from shardq.core.jobstore import JobNotFound
-from shardq.core.operations import cancel
+from shardq.core.operations import OperationError, cancel, retry_failed
 from shardq.core.pipeline import release
 from shardq.core.settings import Settings
 from tests.finished import aggregate, workers
@@ -193,6 +193,10 @@ def test_an_upstream_failure_ends_the_chain_naming_each_upstream_job(
     assert jobs[b].enqueued(0, "train") == jobs[c].enqueued(0, "train") == 0
     assert manifest(engine, b)["status"] == "FAILED"
     assert manifest(engine, b)["error"] == jobs[b].error
+    # AND a retry of a follower that never started is refused (its request was never resolved)
+    with pytest.raises(OperationError, match=f"job {b} never started: upstream job '{a}' ended FAILED"):
+        retry_failed(engine, b)
+    assert engine.store.get_job(b).status == "FAILED"
 
 
 def test_a_cancelled_upstream_ends_its_follower_and_a_cancelled_follower_never_starts(
@@ -266,3 +270,14 @@ def test_bad_pipelines_are_refused_at_submit_and_nothing_is_created(engine: Engi
         engine.submit(data_parallel(a, rounds=1, after={"job_id": b, "use": "final_model"}))
     with pytest.raises(JobConflict):  # the same id with another request, as for any job
         engine.submit(data_parallel(b, after={"job_id": a, "use": "final_model"}, rounds=3))
+
+
+def test_the_handler_refuses_an_event_that_is_not_a_job_finished_event(lambda_env: Settings) -> None:
+    from lambdas.pipeline import followers_of
+
+    with pytest.raises(ValueError, match="not a shardq 'Job Finished' event"):
+        followers_of({"detail-type": "Object Created", "detail": {"job_id": "x"}})
+    with pytest.raises(ValueError, match="not a shardq 'Job Finished' event"):
+        followers_of({"detail-type": "Job Finished", "detail": {}})
+    # a job nothing follows (or one this table never saw): nothing to do
+    assert followers_of({"detail-type": "Job Finished", "detail": {"job_id": "no-followers"}}) == {}

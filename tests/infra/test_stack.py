@@ -245,7 +245,7 @@ def test_task_queue_has_no_lambda_consumer(synth: Synth) -> None:
         _getatt_target(m["Properties"]["EventSourceArn"])
         for m in synth.of_type("AWS::Lambda::EventSourceMapping").values()
     }
-    assert sources == {"ResultsQueue", "TaskDlq", "ResultsDlq"}
+    assert sources == {"ResultsQueue", "FastResultsQueue", "TaskDlq", "ResultsDlq"}
 
 
 # -- job store ----------------------------------------------------------------------------------

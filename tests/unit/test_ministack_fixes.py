@@ -22,6 +22,7 @@ def test_the_fixes_patch_the_modules_ministack_waits_in() -> None:
         "assert sqs.asyncio is asyncio and lambda_svc._ESM_IDLE_WAKE_GAP_SECONDS == 0.05\n"
         "f.patch()\n"
         "assert lambda_svc._ESM_IDLE_WAKE_GAP_SECONDS == f.ESM_IDLE_GAP_S\n"
+        "assert sqs._dispatch.__name__ == 'dispatch_and_wake'\n"
         "assert sqs.asyncio.iscoroutine is asyncio.iscoroutine\n"
         "print('patched')\n"
     )
@@ -32,14 +33,23 @@ def test_the_fixes_patch_the_modules_ministack_waits_in() -> None:
     assert out.returncode == 0 and out.stdout.strip() == "patched", out.stderr
 
 
-def test_the_quicker_sleep_caps_a_long_wait_at_the_recheck_interval() -> None:
-    async def timed() -> float:
+def test_a_waiting_receive_sleeps_until_woken_or_its_recheck_interval() -> None:
+    async def scenario() -> tuple[float, float]:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await ministack_fixes._QuickerSleep.sleep(30.0)
-        return loop.time() - t0
+        await ministack_fixes._WakeableSleep.sleep(0.05)  # nothing wakes it: its own interval
+        timed_out = loop.time() - t0
+        sleeper = asyncio.ensure_future(ministack_fixes._WakeableSleep.sleep(30.0))
+        await asyncio.sleep(0.05)
+        t1 = loop.time()
+        ministack_fixes._wake_waiters()  # what a SendMessage does
+        await sleeper
+        return timed_out, loop.time() - t1
 
-    assert asyncio.run(timed()) < 5.0  # capped: the real call would block for 30 s
+    timed_out, woken_after = asyncio.run(scenario())
+    assert timed_out >= 0.04
+    assert woken_after < 5.0  # woken: the 30 s sleep did not run out
+    assert not ministack_fixes._waiters
 
 
 def test_the_local_cloud_runs_the_fixed_ministack_and_a_long_poll_still_answers() -> None:

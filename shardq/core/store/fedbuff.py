@@ -21,7 +21,12 @@ The job record carries ``fb_seq`` (updates recorded: the optimistic lock every r
 transaction checks and moves), ``fb_open`` (the buffer filling now: the version it will be
 applied to), ``fb_fill`` (updates accepted into it), ``fb_applied``/``fb_late``/``fb_failed``
 totals, ``failed_total`` (the failure budget, shared with every kind) and ``fb_waiting`` (clients
-whose next task waits for the next version).
+whose next task waits for the next version). Per version ``v``, in the job record's counter scheme
+(``JobRecord.counters``, so every read view counts them as it counts rounds): ``upd_rv_train``
+(updates that trained and went into v: applied, late or surplus), ``ulate_rv_train`` (of them
+late), ``ufail_rv_train`` (failed updates while v was open) and ``usd_rv_train`` (their cost,
+also added to the job's ``cost_uusd``). A retry (``forgive``) sets ``fb_forgive_seq``: failed
+updates recorded before it (``order`` below it) no longer count against the failure budget.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from typing import Any
 from shardq.core.batchcalls import JobStoreError
 from shardq.core.batchcalls import pause as _pause
 from shardq.core.store.keys import MAX_RECORD_ATTEMPTS, _from_item, _job_key, _pk, _to_item, now_iso
-from shardq.core.store.records import JobNotFound
+from shardq.core.store.records import JobChanged, JobNotFound
+from shardq.core.store.spending import COST_ATTRIBUTE
 from shardq.core.store.update import _ref, _Update
 
 # Two puts an update (UPD and BUF) and the job's update: within TransactWriteItems' 100 items.
@@ -56,6 +62,8 @@ class Counts:
     failed: int = 0
     running: bool = True
     waiting: frozenset[str] = frozenset()
+    # Failed updates whose ``order`` is below this were forgiven by a retry (``forgive``).
+    forgive_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,9 @@ class Update:
     error: str | None = None
     next_base: int | None = None
     next_sent: bool = False
+    cost_micro_usd: int = 0
+    # Its place in the job's recording order (``Counts.seq`` before it); -1 until placed.
+    order: int = -1
 
     @property
     def name(self) -> str:
@@ -96,6 +107,8 @@ class Update:
             "metrics": json.dumps(self.metrics, allow_nan=True),
             "duration_s": self.duration_s,
             "error": self.error,
+            "cost_micro_usd": self.cost_micro_usd,
+            "order": self.order,
         }
 
     @classmethod
@@ -116,7 +129,24 @@ class Update:
             error=raw.get("error"),
             next_base=None if raw.get("next_base") is None else int(raw["next_base"]),
             next_sent=bool(raw.get("next_sent", False)),
+            cost_micro_usd=int(raw.get("cost_micro_usd", 0)),
+            order=int(raw.get("order", -1)),
         )
+
+
+def _version_counters(placed: Sequence[Update]) -> dict[str, int]:
+    """What ``placed`` adds to the per-version counters and the job's cost (module docstring)."""
+    out: dict[str, int] = {}
+    for u in placed:
+        names = [f"ufail_r{u.version}_train"] if u.state == FAILED else [f"upd_r{u.version}_train"]
+        if u.state == LATE:
+            names.append(f"ulate_r{u.version}_train")
+        for name in names:
+            out[name] = out.get(name, 0) + 1
+        if u.cost_micro_usd:
+            for name in (f"usd_r{u.version}_train", COST_ATTRIBUTE):
+                out[name] = out.get(name, 0) + u.cost_micro_usd
+    return out
 
 
 def _upd_key(job_id: str, client: int, seq: int) -> dict[str, Any]:
@@ -147,7 +177,7 @@ class FedBuffStore:
             TableName=self.table,
             Key=_job_key(job_id),
             ProjectionExpression=(
-                "pk, #s, fb_seq, fb_open, fb_fill, fb_applied, fb_late, fb_failed, fb_waiting"
+                "pk, #s, fb_seq, fb_open, fb_fill, fb_applied, fb_late, fb_failed, fb_waiting, fb_forgive_seq"
             ),
             ExpressionAttributeNames={"#s": "status"},
             ConsistentRead=True,
@@ -164,6 +194,7 @@ class FedBuffStore:
             failed=int(raw.get("fb_failed", 0)),
             running=raw.get("status") == "RUNNING",
             waiting=frozenset(str(s) for s in raw.get("fb_waiting") or ()),
+            forgive_seq=int(raw.get("fb_forgive_seq", 0)),
         )
 
     def updates(self, job_id: str, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], Update]:
@@ -189,6 +220,7 @@ class FedBuffStore:
         place: Placer,
         *,
         deadline: float | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[Update], list[Update]]:
         """Record ``new`` updates once each, placed by ``place`` under the job's current counts, in
         one transaction with the counts they move; returns ``(recorded, duplicates)``.
@@ -196,19 +228,20 @@ class FedBuffStore:
         The transaction checks the job's ``fb_seq`` (the count of recorded updates) against the one
         its placement read: two aggregators racing re-read and re-place, so buffer positions are
         handed out once. An update already recorded is a duplicate (never placed twice). Outcomes
-        of a job that no longer runs are kept as ``after_end``, uncounted.
+        of a job that no longer runs are kept as ``after_end``, uncounted. With a ``tenant``, the
+        updates' cost joins its month's spend in the same transaction (as ``store.counting`` does).
         """
         recorded: list[Update] = []
         duplicates: list[Update] = []
         for i in range(0, len(new), UPDATES_PER_TRANSACTION):
             chunk = list(new[i : i + UPDATES_PER_TRANSACTION])
-            got, dups = self._record_chunk(job_id, chunk, place, deadline)
+            got, dups = self._record_chunk(job_id, chunk, place, deadline, tenant)
             recorded.extend(got)
             duplicates.extend(dups)
         return recorded, duplicates
 
     def _record_chunk(
-        self, job_id: str, chunk: list[Update], place: Placer, deadline: float | None
+        self, job_id: str, chunk: list[Update], place: Placer, deadline: float | None, tenant: str | None
     ) -> tuple[list[Update], list[Update]]:
         duplicates: list[Update] = []
         for attempt in range(MAX_RECORD_ATTEMPTS):
@@ -221,8 +254,12 @@ class FedBuffStore:
             if not counts.running:
                 return self._after_end(job_id, chunk), duplicates
             placed, after = place(counts, chunk)
+            writes = self._writes(job_id, placed, counts, after)
+            cost = sum(u.cost_micro_usd for u in placed)
+            if tenant and cost:
+                writes.append({"Update": self.store.tenant_month_update(tenant, cost)})
             try:
-                self.ddb.transact_write_items(TransactItems=self._writes(job_id, placed, counts, after))
+                self.ddb.transact_write_items(TransactItems=writes)
                 return placed, duplicates
             except self.ddb.exceptions.TransactionCanceledException:
                 pass  # a duplicate or another writer: read again and place again
@@ -270,6 +307,7 @@ class FedBuffStore:
             ("fb_late", after.late - before.late),
             ("fb_failed", after.failed - before.failed),
             ("failed_total", after.failed - before.failed),
+            *_version_counters(placed).items(),
         ):
             if value:
                 update.add(name, value)
@@ -341,3 +379,63 @@ class FedBuffStore:
                 UpdateExpression="DELETE fb_waiting :w",
                 ExpressionAttributeValues={":w": {"SS": names}},
             )
+
+    # -- retry ---------------------------------------------------------------------------------
+
+    def forgive(self, job_id: str, status: str) -> int:
+        """A retry: the failed updates recorded so far no longer count against the failure budget
+        (``failed_total`` back to 0, ``fb_forgive_seq`` = the updates recorded so far), if the job
+        is still ``status`` and recorded nothing meanwhile; returns how many it forgave.
+
+        Raises ``JobChanged`` when the job moved (its status, or a new update recorded)."""
+        counts = self.counts(job_id)
+        update = _Update().set(failed_total=0, fb_forgive_seq=counts.seq).expect(status=status)
+        seq = _ref(update, "fb_seq")
+        if counts.seq:
+            update.condition(f"{seq} = :seq", seq=counts.seq)
+        else:
+            update.condition(f"attribute_not_exists({seq})")
+        before = self.store.get_job(job_id).failed_total
+        try:
+            self.ddb.update_item(**update.request(self.table, job_id, stamp=False))
+        except self.ddb.exceptions.ConditionalCheckFailedException as exc:
+            raise JobChanged(f"job {job_id} changed while retrying (status, or an update recorded)") from exc
+        return before
+
+    def first_failure(self, job_id: str) -> Update | None:
+        """The first failed update the failure budget counts (recorded since the last retry)."""
+        forgiven = self.counts(job_id).forgive_seq
+        failed = [u for u in self.all_updates(job_id) if u.state == FAILED and u.order >= forgiven]
+        return min(failed, key=lambda u: (u.order, u.client, u.seq), default=None)
+
+    def drop_after_end(self, job_id: str, client: int, seq: int) -> bool:
+        """Forget an update kept ``after_end`` (never counted) so a retry can train it again."""
+        try:
+            self.ddb.delete_item(
+                TableName=self.table,
+                Key=_upd_key(job_id, client, seq),
+                ConditionExpression="#s = :after",
+                ExpressionAttributeNames={"#s": "state"},
+                ExpressionAttributeValues={":after": {"S": AFTER_END}},
+            )
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def retrying(self, job_id: str) -> bool:
+        """True while a retry of the job has not sent its tasks yet (it died midway)."""
+        item = self.ddb.get_item(
+            TableName=self.table,
+            Key=_job_key(job_id),
+            ProjectionExpression="fb_retrying",
+            ConsistentRead=True,
+        ).get("Item", {})
+        return "fb_retrying" in item
+
+    def mark_retrying(self, job_id: str, generation: int | None) -> None:
+        """Set (a retry of ``generation`` began) or clear (its tasks went out) ``fb_retrying``."""
+        update = _Update()
+        update = (
+            update.set(fb_retrying=generation) if generation is not None else update.remove("fb_retrying")
+        )
+        self.ddb.update_item(**update.request(self.table, job_id, stamp=False))

@@ -1,0 +1,289 @@
+"""No job waits behind another's backlog: windows, priorities and weights (issue #25, items 6.1-6.3).
+
+The real stack deployed into the local cloud (as ``benchmarks.e2e``), W ``shardq worker``
+processes, jobs submitted by invoking the deployed splitter. Scenarios, one after another on one
+stack (each flood is cancelled and the queue drained before the next):
+
+1. **small alone**: a 4-shard no-op job, submit → SUCCEEDED;
+2. **small beside a flood**: a 4-shard job submitted ``--gap`` s after a flood of 3,000 and of
+   30,000 no-op shards; its submit → SUCCEEDED, against 1. The goal: within 2×;
+3. **priority**: a flood at priority 0, then a 4-shard job at priority 1000: its submit → first
+   task start (the goal: within 5 s);
+4. **weights 2:1**: tenants ``heavy`` (weight 2) and ``light`` (weight 1) each run a job far
+   bigger than a minute's work, of tasks that sleep ``--task-s``; their results recorded over
+   ``--window-s`` seconds once both run. The goal: a ratio within 10 % of 2:1.
+
+``--baseline`` also deploys a second stack with ``scheduling`` null (rounds sent whole, FIFO as
+before #25) and runs scenario 2 with the 3,000-shard flood there: the same machine, the same run.
+
+    .venv/bin/python -m benchmarks.fair_share [--workers 3] [--baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import WORKER_START_TIMEOUT_S, describe, emit_json, machine, table, wait_for_workers
+from benchmarks.e2e import start_workers, stop_workers
+from shardq.core.contracts import TERMINAL_STATUSES
+from shardq.core.engine import Engine
+from shardq.core.jobstore import JobStore
+from shardq.core.operations import cancel
+from shardq.core.settings import Settings
+from shardq.local.cloud import LocalCloud
+from shardq.local.deploy import deploy_stack
+
+DATA = "synthetic://linear?dim=8&noise=0.05&seed=7"
+SCHEDULING = {
+    "window_per_lane": 2,
+    "priority_aging_seconds": 60,
+    "tenants": {"default": {}, "heavy": {"weight": 2}, "light": {"weight": 1}},
+}
+
+
+def noop(task: Any, ctx: Any) -> dict[str, Any]:
+    """A task that notes when it started and does nothing."""
+    return {"metrics": {"started_at": time.time()}, "num_samples": 1}
+
+
+def sleepy(task: Any, ctx: Any) -> dict[str, Any]:
+    """A task that notes when it started and sleeps ``hyperparameters.sleep_s`` (a busy GPU)."""
+    started = time.time()
+    time.sleep(float(task.hyperparameters.get("sleep_s", 0.2)))
+    return {"metrics": {"started_at": started}, "num_samples": 1}
+
+
+def request(job_id: str, shards: int, *, entrypoint: str = "noop", **fields: Any) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "kind": "map",
+        "dataset": {"uri": DATA, "num_samples": shards},
+        "sharding": {"shard_count": shards},
+        "max_parallel": 8,
+        "entrypoint": f"benchmarks.fair_share:{entrypoint}",
+        **fields,
+    }
+
+
+class Bench:
+    """One deployed stack and the engine over it."""
+
+    def __init__(self, cloud: LocalCloud, outputs: dict[str, str]) -> None:
+        self.cloud = cloud
+        self.outputs = outputs
+        self.lam = cloud.client("lambda")
+        settings = Settings.from_outputs(outputs)
+        clients = {n: cloud.client(n) for n in ("dynamodb", "sqs", "s3", "events")}
+        self.engine = Engine(
+            settings=settings,
+            ddb=clients["dynamodb"],
+            sqs=clients["sqs"],
+            s3=clients["s3"],
+            events=clients["events"],
+        )
+        self.store: JobStore = self.engine.store
+
+    def submit(self, payload: dict[str, Any]) -> float:
+        """Invoke the splitter; returns the time just before the invoke."""
+        at = time.time()
+        raw = self.lam.invoke(
+            FunctionName=self.outputs["SplitterFunctionName"], Payload=json.dumps(payload).encode()
+        )
+        answer = json.loads(raw["Payload"].read())
+        if not answer.get("ok"):
+            raise RuntimeError(f"splitter rejected {payload['job_id']}: {answer}")
+        return at
+
+    def wait_done(self, job_id: str, timeout: float) -> float:
+        """Poll every 0.1 s until the job ends; returns when it was first seen ended."""
+        end_by = time.monotonic() + timeout
+        while time.monotonic() < end_by:
+            job = self.store.get_job(job_id)
+            if job.status in TERMINAL_STATUSES:
+                if job.status != "SUCCEEDED":
+                    raise RuntimeError(f"{job_id} ended {job.status}: {job.error}")
+                return time.time()
+            time.sleep(0.1)
+        raise TimeoutError(f"{job_id} not finished in {timeout:.0f} s")
+
+    def first_start(self, job_id: str, timeout: float) -> float:
+        """When the job's first task started (its earliest recorded ``started_at``)."""
+        end_by = time.monotonic() + timeout
+        while time.monotonic() < end_by:
+            rows = self.store.results(job_id, 0)
+            if rows:
+                return min(float(r.result.metrics["started_at"]) for r in rows)
+            time.sleep(0.1)
+        raise TimeoutError(f"no task of {job_id} started in {timeout:.0f} s")
+
+    def counted(self, job_id: str) -> int:
+        return self.store.get_job(job_id).done(0, "train")
+
+    def stop(self, *job_ids: str) -> None:
+        """Cancel floods, then wait for the task queue to drain (workers drop a cancelled job's tasks)."""
+        for job_id in job_ids:
+            cancel(self.engine, job_id)
+        url = self.outputs["TaskQueueUrl"]
+        end_by = time.monotonic() + 600
+        while time.monotonic() < end_by:
+            attrs = self.engine.sqs.get_queue_attributes(
+                QueueUrl=url,
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            )["Attributes"]
+            if sum(int(v) for v in attrs.values()) == 0:
+                return
+            time.sleep(0.5)
+
+    def small_beside(self, tag: str, flood: int, gap: float, **flood_fields: Any) -> dict[str, Any]:
+        """A 4-shard job ``gap`` s after a flood: its submit → done, and its first task start."""
+        self.submit(request(f"flood-{tag}", flood, **flood_fields))
+        time.sleep(gap)
+        submitted = self.submit(request(f"small-{tag}", 4, priority=flood_fields.get("priority_small", 500)))
+        done = self.wait_done(f"small-{tag}", timeout=900)
+        first = self.first_start(f"small-{tag}", timeout=10)
+        flood_done = self.counted(f"flood-{tag}")
+        self.stop(f"flood-{tag}")
+        return {
+            "submit_to_done_s": round(done - submitted, 2),
+            "submit_to_first_start_s": round(first - submitted, 2),
+            "flood_tasks_done_meanwhile": flood_done,
+        }
+
+
+def scenario_weights(bench: Bench, shards: int, task_s: float, window_s: float) -> dict[str, Any]:
+    """Tenants weighted 2:1 both saturating the fleet: results counted over ``window_s``."""
+    hp = {"sleep_s": task_s}
+    bench.submit(request("heavy-job", shards, entrypoint="sleepy", tenant="heavy", hyperparameters=hp))
+    bench.submit(request("light-job", shards, entrypoint="sleepy", tenant="light", hyperparameters=hp))
+    time.sleep(10.0)  # both running; the first windows went out together
+    h0, l0, t0 = bench.counted("heavy-job"), bench.counted("light-job"), time.time()
+    time.sleep(window_s)
+    h1, l1, t1 = bench.counted("heavy-job"), bench.counted("light-job"), time.time()
+    bench.stop("heavy-job", "light-job")
+    heavy, light = h1 - h0, l1 - l0
+    ratio = heavy / light if light else float("inf")
+    return {
+        "seconds": round(t1 - t0, 1),
+        "heavy_tasks": heavy,
+        "light_tasks": light,
+        "ratio": round(ratio, 3),
+        "off_by_pct": round(abs(ratio - 2.0) / 2.0 * 100, 1),
+    }
+
+
+def run(
+    workers: int, gap: float, floods: list[int], task_s: float, window_s: float, baseline: bool
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"workers": workers, "gap_s": gap, "floods": floods}
+    with LocalCloud() as cloud:
+        assert cloud.state_dir is not None
+        stacks = {"shardq": SCHEDULING}
+        if baseline:
+            stacks["shardqfifo"] = None  # type: ignore[assignment]
+        deployed = {}
+        for name, scheduling in stacks.items():
+            ctx = {"scheduling": json.dumps(scheduling) if scheduling is not None else "null"}
+            deployed[name] = deploy_stack(cloud, stack_name=name, context=ctx)
+        for name, outputs in deployed.items():
+            bench = Bench(cloud, outputs)
+            logs = Path(cloud.state_dir) / f"workers-{name}"
+            logs.mkdir()
+            procs = start_workers(cloud, workers, logs, stack=name, allow="benchmarks.fair_share")
+            try:
+                wait_for_workers(
+                    procs, [logs / f"worker-{i}.log" for i in range(workers)], WORKER_START_TIMEOUT_S
+                )
+                time.sleep(2.0)
+                if name == "shardq":
+                    alone_at = bench.submit(request("small-alone", 4))
+                    out["small_alone_s"] = round(bench.wait_done("small-alone", 120) - alone_at, 2)
+                    for n in floods:
+                        out[f"beside_{n}"] = bench.small_beside(f"w{n}", n, gap)
+                    low = request("flood-prio", 3000, priority=0)
+                    bench.submit(low)
+                    time.sleep(gap)
+                    high_at = bench.submit(request("high", 4, priority=1000))
+                    out["priority_first_start_s"] = round(bench.first_start("high", 60) - high_at, 2)
+                    out["priority_done_s"] = round(bench.wait_done("high", 300) - high_at, 2)
+                    bench.stop("flood-prio")
+                    out["weights"] = scenario_weights(bench, 20_000, task_s, window_s)
+                else:
+                    alone_at = bench.submit(request("small-alone", 4))
+                    out["fifo_small_alone_s"] = round(bench.wait_done("small-alone", 120) - alone_at, 2)
+                    out["fifo_beside_3000"] = bench.small_beside("fifo", 3000, gap)
+            finally:
+                stop_workers(procs)
+    for n in floods:
+        out[f"beside_{n}"]["x_alone"] = round(
+            out[f"beside_{n}"]["submit_to_done_s"] / out["small_alone_s"], 2
+        )
+    if baseline:
+        fifo = out["fifo_beside_3000"]
+        fifo["x_alone"] = round(fifo["submit_to_done_s"] / out["fifo_small_alone_s"], 2)
+    return out
+
+
+def report(r: dict[str, Any]) -> None:
+    rows = [["4-shard job alone (windows)", f"{r['small_alone_s']} s", ""]]
+    for n in r["floods"]:
+        b = r[f"beside_{n}"]
+        rows.append(
+            [
+                f"4-shard job {r['gap_s']:g} s after a {n:,}-shard flood",
+                f"{b['submit_to_done_s']} s",
+                f"{b['x_alone']}× alone",
+            ]
+        )
+    if "fifo_beside_3000" in r:
+        rows.append(["4-shard job alone, FIFO (no windows)", f"{r['fifo_small_alone_s']} s", ""])
+        f = r["fifo_beside_3000"]
+        rows.append(
+            ["  beside a 3,000-shard flood, FIFO", f"{f['submit_to_done_s']} s", f"{f['x_alone']}× alone"]
+        )
+    rows.append(
+        [
+            "priority 1000 job's first task start beside a priority-0 flood",
+            f"{r['priority_first_start_s']} s",
+            "goal ≤ 5 s",
+        ]
+    )
+    w = r["weights"]
+    rows.append(
+        [
+            f"weights 2:1 over {w['seconds']} s: heavy/light tasks",
+            f"{w['heavy_tasks']}/{w['light_tasks']} = {w['ratio']}",
+            f"{w['off_by_pct']} % off 2:1",
+        ]
+    )
+    print(table(["scenario", "figure", "vs goal"], rows))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument(
+        "--gap", type=float, default=3.0, help="seconds between a flood's submit and the small job's"
+    )
+    parser.add_argument("--floods", type=int, nargs="+", default=[3000, 30000])
+    parser.add_argument(
+        "--task-s", type=float, default=0.2, help="seconds each task sleeps in the weights run"
+    )
+    parser.add_argument("--window-s", type=float, default=60.0, help="seconds the weights run counts over")
+    parser.add_argument(
+        "--baseline", action="store_true", help="also measure FIFO without windows (a second stack)"
+    )
+    args = parser.parse_args(argv)
+    m = machine()
+    result = run(args.workers, args.gap, args.floods, args.task_s, args.window_s, args.baseline)
+    print(describe(m))
+    report(result)
+    emit_json("fair_share", {**result, "machine": m})
+    return result
+
+
+if __name__ == "__main__":
+    main()
