@@ -8,7 +8,7 @@ from tests.chaos.test_model import ShardqModel, handlers  # noqa: F401
 pytestmark = pytest.mark.local_cloud
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("seed", list(range(6, 18)))
 def test_drive(clients: dict[str, Any], handlers: None, seed: int) -> None:
     ShardqModel.clients = clients
     m = ShardqModel()

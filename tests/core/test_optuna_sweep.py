@@ -328,17 +328,20 @@ def test_with_asha_the_sampler_asks_rung_0_and_promotions_keep_their_params(
 def test_the_example_request_trains_real_models_through_the_worker_runtime(
     engine: Engine, clients: dict[str, Any]
 ) -> None:
-    # GIVEN the README's example (examples.linear, TPE), made small, and real worker runtimes
-    from tests.e2e.test_examples import run_job
+    # GIVEN the README's example (examples.linear, TPE), made small, and two real worker runtimes
+    from tests.finished import run_job
 
     request = json.loads((ROOT / "examples/requests/sweep_optuna.json").read_text())
     request["search"]["num_trials"] = 6
     request["job_id"] = "op-example"
-    manifest = run_job(engine, engine.settings, clients, request)
+    job = run_job(engine, request)
     # THEN it succeeds; every trial reports the params Optuna asked, inside the request's space
-    assert manifest["status"] == "SUCCEEDED"
+    assert job.status == "SUCCEEDED", job.error
+    manifest = manifest_of(engine, clients, "op-example")
     assert len(manifest["leaderboard"]) == 6
+    asked = {r.result.shard_id: r.result.params for r in engine.store.all_results("op-example")}
     for row in manifest["leaderboard"]:
         hp = row["hyperparameters"]
+        assert hp == asked[row["trial"]]
         assert 5e-4 <= hp["lr"] <= 0.2 and 0.0 <= hp["l2"] <= 0.1
     assert manifest["best"]["objective"] == min(row["objective"] for row in manifest["leaderboard"])
