@@ -276,11 +276,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument(
         "--price-per-hour",
         type=float,
-        default=float(env("SHARDQ_PRICE_PER_HOUR") or 0) or None,
+        # A string default goes through type=float, so a bad $SHARDQ_PRICE_PER_HOUR is a usage
+        # error naming the flag rather than a traceback when the parser is built.
+        default=env("SHARDQ_PRICE_PER_HOUR") or None,
         metavar="USD",
-        help="what an hour of this worker costs; its results carry it and jobs count their cost "
-        "(budget_usd). Default: the instance type's price from the instance metadata and "
-        "shardq/core/instance_prices.json, else 0 (unpriced)",
+        help="what an hour of this worker costs ($SHARDQ_PRICE_PER_HOUR); its results carry it and "
+        "jobs count their cost (budget_usd). Default: the instance type's on-demand price from the "
+        "instance metadata and shardq/core/instance_prices.json (a Spot instance too: an upper "
+        "bound), else 0 (unpriced)",
     )
     w.add_argument("--max-tasks", type=int, default=None, help="exit 0 after this many tasks per slot")
     w.add_argument(

@@ -8,7 +8,8 @@ then it is created WAITING, with nothing enqueued, and linked to its upstream jo
 * the upstream job SUCCEEDED → its request is resolved (the best trial's hyperparameters laid
   over its own, or the upstream job's final model as ``model.init_uri``), checked again, and
   the job moves WAITING → RUNNING in one conditional write; then round 0 is enqueued (resumably,
-  so a retried trigger finishes a fan-out that was cut short and sends nothing twice);
+  so a retried trigger finishes a fan-out that was cut short and sends nothing twice; a fan-out
+  too big for one invocation is handed to the splitter's continuation at a checkpoint);
 * the upstream job FAILED or was CANCELLED (or its result cannot be used) → the job ends FAILED
   with an error naming the upstream job, and its own ``Job Finished`` event goes out, so a chain
   a → b → c ends down the line;
@@ -26,10 +27,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shardq.core import planning
 from shardq.core.artifacts import put_json
+from shardq.core.enqueue import EnqueueIncomplete
 from shardq.core.jobstore import JobNotFound, JobRecord
 from shardq.core.pipeline_fields import USE_KINDS, After
 from shardq.core.store.keys import now_iso
@@ -112,16 +115,38 @@ def follow(engine: Engine, job: JobRecord) -> str:
     return release(engine, job.job_id)
 
 
-def release_followers(engine: Engine, upstream_id: str) -> dict[str, str]:
-    """The upstream job ended: act on each job that follows it; ``{follower: its status}``."""
-    return {follower: release(engine, follower) for follower in links(engine).followers(upstream_id)}
+def release_followers(
+    engine: Engine,
+    upstream_id: str,
+    *,
+    deadline: float | None = None,
+    hand_on: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """The upstream job ended: act on each job that follows it; ``{follower: its status}``.
+
+    ``deadline`` and ``hand_on`` as for ``release``: a follower's round 0 too big for this
+    invocation is handed on, and the next follower is still acted on.
+    """
+    return {
+        follower: release(engine, follower, deadline=deadline, hand_on=hand_on)
+        for follower in links(engine).followers(upstream_id)
+    }
 
 
-def release(engine: Engine, job_id: str) -> str:
+def release(
+    engine: Engine,
+    job_id: str,
+    *,
+    deadline: float | None = None,
+    hand_on: Callable[[str], None] | None = None,
+) -> str:
     """Start, end or leave a following job, as its upstream job's status says; its status after.
 
     Idempotent: a job that left WAITING is only brought forward (a started job's fan-out is
-    finished from its cursor; an ended job's pending event is sent).
+    finished from its cursor; an ended job's pending event is sent). A round-0 fan-out that
+    nears ``deadline`` (wall-clock seconds) stops at a checkpoint and is handed to
+    ``hand_on(job_id)`` (the splitter's asynchronous continuation on AWS), as the splitter and
+    the aggregator hand on theirs; without ``hand_on``, ``EnqueueIncomplete`` propagates.
     """
     try:
         job = engine.store.get_job(job_id)
@@ -129,7 +154,7 @@ def release(engine: Engine, job_id: str) -> str:
         return "UNKNOWN"  # expired, or never created (a submit refused after writing the link)
     after = job.request.after
     if job.status == "RUNNING":
-        engine.resume(job_id)
+        _resume(engine, job_id, deadline, hand_on)
     elif job.terminal and job.event_pending:
         engine.finisher.publish_finished(job)
     if job.status != WAITING or after is None:
@@ -145,7 +170,7 @@ def release(engine: Engine, job_id: str) -> str:
             return _end(engine, job, "FAILED", f"upstream job '{after.job_id}' SUCCEEDED but {exc}")
         if links(engine).start(job_id, request_json=request_json, model_uri=model_uri):
             engine.metric("PipelineJobsStarted", 1, "Count")
-        engine.resume(job_id)  # enqueues round 0 from its cursor and arms its deadline
+        _resume(engine, job_id, deadline, hand_on)  # round 0 from its cursor; arms its deadline
         return engine.store.get_job(job_id).status
     if upstream.terminal:
         reason = f": {upstream.error}" if upstream.error else ""
@@ -157,6 +182,20 @@ def release(engine: Engine, job_id: str) -> str:
             ended=upstream.finished_at,
         )
     return WAITING
+
+
+def _resume(
+    engine: Engine, job_id: str, deadline: float | None, hand_on: Callable[[str], None] | None
+) -> None:
+    """``Engine.resume`` (enqueue from the cursor, then advance), handing a fan-out cut short by
+    ``deadline`` on: its cursor is stored, so the continuation sends the rest and nothing twice."""
+    try:
+        engine.resume(job_id, deadline=deadline)
+    except EnqueueIncomplete:
+        if hand_on is None:
+            raise
+        hand_on(job_id)
+        engine.metric("PipelineFanOutsHandedOn", 1, "Count")
 
 
 def never_started(job: JobRecord) -> bool:

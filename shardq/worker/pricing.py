@@ -62,16 +62,18 @@ def lookup(instance_type: str, life_cycle: str) -> Price:
     ``on-demand``); unpriced when the file does not list the type."""
     book = price_file()
     entry = book["instances"].get(instance_type)
-    where = f"{book['region']} list price as of {book['as_of']}"
     if entry is None:
         return Price(0.0, f"{instance_type} is not in {PRICES_FILE.name}: unpriced; pass --price-per-hour")
+    where = f"{book['region']} list price checked {entry['checked']}" + (
+        "" if entry.get("confirmed") else ", not confirmed from a linkable source"
+    )
     if life_cycle == "spot":
         if "spot" in entry:
             return Price(float(entry["spot"]), f"{instance_type} Spot, {where}")
         return Price(
             float(entry["on_demand"]),
             f"{instance_type} Spot, priced at on-demand ({where}) as an upper bound; "
-            "pass --price-per-hour for your Spot price",
+            "set SHARDQ_PRICE_PER_HOUR or --price-per-hour to your Spot price",
         )
     return Price(float(entry["on_demand"]), f"{instance_type} on-demand, {where}")
 

@@ -187,6 +187,28 @@ def test_cancel_sends_no_new_trial(engine: Engine, clients: dict[str, Any]) -> N
     assert len(engine.store.sweep_decisions("op3")) == 3
 
 
+def test_a_retried_trial_trains_the_params_it_was_asked_and_the_sweep_goes_on(
+    engine: Engine, clients: dict[str, Any]
+) -> None:
+    # GIVEN a sweep with no failure budget whose trial 0 fails: the job FAILS
+    engine.submit(optuna_sweep("op7", trials=4, max_parallel=1))
+    (first,) = take(engine, clients)
+    task, params = ask(first)
+    report(engine, task, params, None, "failed")
+    assert engine.store.get_job("op7").status == "FAILED"
+    # WHEN the operator retries it
+    assert operations.retry_failed(engine, "op7").retried == [0]
+    (again,) = take(engine, clients)
+    # THEN its task, under a new generation, replays to the very params the first attempt trained
+    assert again.generation == 1 and ask(again)[1] == params
+    report(engine, ask(again)[0], params, loss_of(params))
+    run_to_end(engine, clients)
+    assert engine.store.get_job("op7").status == "SUCCEEDED"
+    # and the sampler was told trial 0 once: its retried outcome (the failure was forgotten by the retry)
+    events = [e for d in engine.store.sweep_decisions("op7") for e in d.params[TRIAL_KEY]["events"]]
+    assert [e[2] for e in events if e[0] == "tell" and e[1] == 0] == ["complete"]
+
+
 def test_a_sampler_failure_ends_the_job_naming_it(
     engine: Engine, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

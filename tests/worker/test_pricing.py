@@ -59,3 +59,53 @@ def test_every_price_in_the_file_is_a_positive_number() -> None:
     for name, entry in book["instances"].items():
         assert entry["on_demand"] > 0, name
         assert entry.get("spot", 1) > 0, name
+
+
+def test_every_price_names_its_source_and_when_it_was_checked() -> None:
+    book = price_file()
+    for name, entry in book["instances"].items():
+        assert entry["checked"] and isinstance(entry["confirmed"], bool), name
+        for key in entry["source"].split("; "):
+            assert key in book["sources"], f"{name}: source {key!r} is not described under 'sources'"
+        assert "spot" not in entry, f"{name}: Spot has no list price; the file must not pretend it does"
+
+
+def test_an_unconfirmed_figure_says_so_in_the_workers_log_line() -> None:
+    book = price_file()
+    unconfirmed = next(n for n, e in book["instances"].items() if not e["confirmed"])
+    confirmed = next(n for n, e in book["instances"].items() if e["confirmed"])
+    with FakeImds() as imds:
+        imds.values[INSTANCE_TYPE] = unconfirmed
+        weak = resolve(None, imds.endpoint)
+        imds.values[INSTANCE_TYPE] = confirmed
+        firm = resolve(None, imds.endpoint)
+    assert "not confirmed" in weak.source and "not confirmed" not in firm.source
+    assert f"checked {book['instances'][confirmed]['checked']}" in firm.source
+
+
+def test_the_fleet_sets_a_spot_price_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Spot fleet's launch template exports SHARDQ_PRICE_PER_HOUR: the worker then carries that
+    figure and never asks the metadata, so a Spot worker is not billed at on-demand."""
+    from shardq.cli import build_parser
+
+    monkeypatch.setenv("SHARDQ_PRICE_PER_HOUR", "0.45")
+    args = build_parser().parse_args(["worker"])
+    assert args.price_per_hour == 0.45
+    with FakeImds() as imds:
+        imds.values[INSTANCE_TYPE] = "g5.xlarge"
+        imds.values[LIFE_CYCLE] = "spot"
+        price = resolve(args.price_per_hour, imds.endpoint)
+    assert (price.per_hour, price.source) == (0.45, "--price-per-hour") and imds.requests == []
+    # The command line still wins over the environment.
+    assert build_parser().parse_args(["worker", "--price-per-hour", "1.5"]).price_per_hour == 1.5
+
+
+def test_a_bad_price_in_the_environment_is_a_usage_error_naming_the_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shardq.cli import build_parser
+
+    monkeypatch.setenv("SHARDQ_PRICE_PER_HOUR", "cheap")
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["worker"])
+    assert exit_.value.code == 2 and "--price-per-hour" in capsys.readouterr().err
