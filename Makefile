@@ -128,6 +128,25 @@ bench-rounds: optuna  ## rounds and sweeps: one straggler vs quorum, halving vs 
 bench-optuna: optuna torch  ## TPE vs random vs grid on the MNIST CNN, through shardq and in-process; plot to docs/img/optuna_tpe.png
 	$(PY) -m benchmarks.optuna_tpe --plot docs/img/optuna_tpe.png $(BENCH_ARGS)
 
+.PHONY: raytune bench-async bench-async-sweep bench-async-fl
+RAYTUNE_VENV := $(VENV)/raytune
+RAYTUNE_STAMP := $(RAYTUNE_VENV)/.installed
+
+$(RAYTUNE_STAMP): requirements-raytune.txt
+	test -x $(RAYTUNE_VENV)/bin/python || $(PYTHON) -m venv $(RAYTUNE_VENV)
+	$(RAYTUNE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-raytune.txt
+	touch $@
+
+raytune: $(RAYTUNE_STAMP)  ## optional: Ray Tune (ray[tune]) in its own venv, .venv/raytune, the ASHAScheduler peer of make bench-async
+
+bench-async: flower bench-async-sweep bench-async-fl  ## issue 27's unequal-worker benchmarks: both below (make torch brings matplotlib for the plots)
+
+bench-async-sweep: optuna raytune  ## ASHA vs synchronous halving vs Optuna's SHA pruner vs Ray Tune's ASHA, 4 unequal workers; BENCHMARKS.md + docs/img/async_sweep.png
+	$(PY) -m benchmarks.async_sweep --write $(BENCH_ARGS)
+
+bench-async-fl: flower  ## FedBuff vs synchronous FedAvg vs Flower's FedAvg, MNIST CNN, one 10x slower client; BENCHMARKS.md + docs/img/async_fl.png
+	$(PY) -m benchmarks.async_fl --write $(BENCH_ARGS)
+
 soak: install  ## the chaos soak runs: many jobs with random worker kills (a SOAK {...} line), and the long model-based run (a MODEL {...} line; MODEL_EXAMPLES, MODEL_STEPS)
 	$(BIN)/pytest tests/chaos/test_soak.py tests/chaos/test_model.py -m soak -s -q
 

@@ -214,12 +214,19 @@ def run_flower(args: argparse.Namespace, partition: str, delays: list[float], da
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise RuntimeError(f"the Flower run failed (exit {proc.returncode}):\n{tail}")
     history = json.loads((out / "history.json").read_text())
-    curve, t = [], 0.0
-    for row in history:
-        t += row["round_s"]
+    clients = [json.loads(line) for line in (out / "clients.jsonl").read_text().splitlines() if line]
+    # The clock starts when the first client starts training (Ray's actor start-up before it is
+    # left out, as shardq's workers are started before its clock); round 1 ends with its last
+    # client update, later rounds add their wall times (aggregation and evaluation included).
+    t0 = min(c["start"] for c in clients)
+    t = max(c["end"] for c in clients if c["round"] == 1) - t0
+    curve = []
+    for i, row in enumerate(history):
+        t += row["round_s"] if i else 0.0
         curve.append({"t": round(t, 3), "version": row["round"], "accuracy": row["test_accuracy"]})
     res = summarize("Flower FedAvg", partition, target_of(args, partition), curve, args.clients, time.time() - began)
     res["server_steps"] = len(history)
+    res["startup_s"] = round(t0 - began, 1)
     return res
 
 

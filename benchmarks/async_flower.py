@@ -10,7 +10,10 @@ on shardq's workers. Each client is a Ray actor with one logical CPU and the sim
 per client, so all clients train at once, as shardq's one worker per client does.
 
 ``OUT/history.json`` (from ``flower_app``'s server) holds each round's test accuracy and wall time
-(``round_s``: from the end of the previous round's evaluation, round 1 from the initial model's).
+(``round_s``: from the end of the previous round's evaluation, round 1 from the initial model's,
+so round 1 includes Ray's start-up of the client actors); ``OUT/clients.jsonl`` each client
+update's start and end (``time.time()``), from which ``benchmarks.async_fl`` starts Flower's clock
+when the first client starts training, as shardq's starts with its workers already polling.
 """
 
 from __future__ import annotations
@@ -30,16 +33,21 @@ from flwr.simulation import run_simulation
 from examples.mnist import flower_app
 
 client_app = ClientApp()
-DELAYS_ENV = "SHARDQ_BENCH_DELAYS"
+DELAYS_ENV, OUT_ENV = "SHARDQ_BENCH_DELAYS", "SHARDQ_BENCH_OUT"
 
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
-    """``flower_app``'s client update, then this client's slowdown (``SHARDQ_BENCH_DELAYS``)."""
+    """``flower_app``'s client update, then this client's slowdown (``SHARDQ_BENCH_DELAYS``); its
+    start and end go to ``clients.jsonl`` in the output folder (``SHARDQ_BENCH_OUT``)."""
+    began = time.time()
     reply = flower_app.train(msg, context)
     client = int(context.node_config["partition-id"])
     delays = [float(d) for d in os.environ[DELAYS_ENV].split(",")]
     time.sleep(delays[client] * int(msg.content["config"]["epochs"]))
+    row = {"client": client, "round": int(msg.content["config"]["server-round"]), "start": began, "end": time.time()}
+    with (Path(os.environ[OUT_ENV]) / "clients.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
     return reply
 
 
@@ -57,17 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    # The Ray actors that run the clients read the delays from their environment (flower_app's
-    # server fixes the clients' config).
-    os.environ[DELAYS_ENV] = args.delays
+    # The Ray actors that run the clients read the delays from their environment, inherited from
+    # this process (flower_app's server fixes the clients' config; Flower sets Ray's runtime_env).
+    os.environ[DELAYS_ENV], os.environ[OUT_ENV] = args.delays, str(Path(args.out).resolve())
     server_args = SimpleNamespace(**vars(args), wire_dtype="float64")
     backend: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": args.clients,
-            "log_to_driver": False,
-            "runtime_env": {"env_vars": {DELAYS_ENV: args.delays}},
-        },
+        "init_args": {"num_cpus": args.clients, "log_to_driver": False},
     }
     started = time.time()
     run_simulation(

@@ -175,6 +175,7 @@ def run_shardq(cloud: LocalCloud, s: dict[str, Any], method: str, timeout: float
     for row in line.manifest.get("leaderboard", []):
         values[row["trial"]] = [h["objective"] for h in row.get("rungs", [])]
     trial, best = best_full(values, s["budgets"])
+    out["values"] = values
     manifest_best = line.manifest.get("best") or {}
     out.update(
         system=f"shardq {method.replace('_', ' ')}",
@@ -249,6 +250,7 @@ def run_optuna(s: dict[str, Any]) -> dict[str, Any]:
         study.optimize(objective, n_trials=len(s["points"]), n_jobs=s["workers"])
     out = figures(s, busy.intervals, t0)
     trial, best = best_full(values, s["budgets"])
+    out["values"] = values
     out.update(system=f"Optuna {optuna.__version__} SuccessiveHalvingPruner", best_trial=trial,
                best_objective=best, threads=len(threads))  # fmt: skip
     return out
@@ -290,6 +292,7 @@ def run_raytune(s: dict[str, Any], timeout: float) -> dict[str, Any]:
     out = figures(s, intervals, t0)
     values = {int(t): v for t, v in meta["values"].items()}
     trial, best = best_full(values, s["budgets"])
+    out["values"] = values
     out.update(system=f"Ray Tune {meta['ray']} ASHAScheduler", best_trial=trial, best_objective=best,
                startup_s=round(meta["ray_init_s"] + t0 - meta["t0"], 1))  # fmt: skip
     return out

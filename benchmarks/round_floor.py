@@ -36,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from datetime import datetime
@@ -154,6 +155,38 @@ def run_job(
     }
 
 
+def pickup_latency(cloud: LocalCloud, samples: int) -> list[float]:
+    """Seconds from a SendMessage's answer to a waiting long poll's answer, on a FIFO queue.
+
+    What each task pickup waits for beyond the worker's own work: a receive is waiting (as an idle
+    worker's is) when the message is sent, after an irregular pause so the send falls anywhere in
+    the emulator's re-check interval.
+    """
+    sender, receiver = cloud.client("sqs"), cloud.client("sqs")
+    url = sender.create_queue(
+        QueueName=f"pickup-{time.time_ns()}.fifo",
+        Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+    )["QueueUrl"]
+    waits = []
+    for i in range(samples):
+        got: dict[str, Any] = {}
+
+        def receive(into: dict[str, Any]) -> None:
+            answer = receiver.receive_message(QueueUrl=url, WaitTimeSeconds=10, MaxNumberOfMessages=1)
+            into["at"], into["message"] = time.perf_counter(), answer["Messages"][0]
+
+        waiting = threading.Thread(target=receive, args=(got,))
+        waiting.start()
+        time.sleep(0.15 + (i % 7) * 0.013)
+        sender.send_message(QueueUrl=url, MessageBody=f"m{i}", MessageGroupId="g")
+        sent = time.perf_counter()
+        waiting.join(timeout=30)
+        waits.append(got["at"] - sent)
+        sender.delete_message(QueueUrl=url, ReceiptHandle=got["message"]["ReceiptHandle"])
+    sender.delete_queue(QueueUrl=url)
+    return waits
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         p.terminate()
@@ -183,6 +216,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 logs = [cloud.state_dir / f"{variant}-{i}.log" for i in range(2)]
                 wait_for_workers(started, logs, WORKER_START_TIMEOUT_S)
             time.sleep(1.0)
+            pickups: dict[str, list[float]] = {v: [] for v in VARIANT_SETUP}
+            for r in range(2):  # the probe first, alternating, before any job runs
+                for variant in list(VARIANT_SETUP) if r == 0 else list(reversed(VARIANT_SETUP)):
+                    pickups[variant] += pickup_latency(setups[variant][0], args.pickup_samples // 2)
             for r in range(args.repeats):
                 order = list(VARIANT_SETUP) if r % 2 == 0 else list(reversed(VARIANT_SETUP))
                 for variant in order:
@@ -196,6 +233,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats,
         "context": dict(args.context),
         "runs": runs,
+        "pickup_ms": {
+            v: {
+                "median": round(statistics.median(w) * 1000, 1),
+                "mean": round(statistics.mean(w) * 1000, 1),
+                "p90": round(sorted(w)[int(0.9 * len(w))] * 1000, 1),
+            }
+            for v, w in pickups.items()
+        },
         "s_per_round_median": {
             v: round(statistics.median(r["s_per_round"] for r in runs[v]), 4) for v in runs
         },
@@ -215,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--pickup-samples", type=int, default=60, help="send → waiting receive samples per cloud"
+    )
     parser.add_argument(
         "--context", action="append", default=[], type=lambda kv: tuple(kv.split("=", 1)),
         help="cdk context KEY=VALUE for the deploy (e.g. results_batch_window_seconds=20)",
@@ -236,6 +284,16 @@ def main(argv: list[str] | None = None) -> int:
                     *(f"{result['legs_ms_median'][v][leg]:.0f} ms" for leg in LEGS),
                 ]
                 for v in result["runs"]
+            ],
+        )
+    )
+    print()
+    print(
+        table(
+            ["variant", "send → waiting receive: median", "mean", "p90"],
+            [
+                [v, f"{p['median']} ms", f"{p['mean']} ms", f"{p['p90']} ms"]
+                for v, p in result["pickup_ms"].items()
             ],
         )
     )

@@ -219,6 +219,7 @@ class ShardqStack(Stack):
                 parked_results=self.results.parked_queue,
                 fast_results=self.results.fast_queue,
                 splitter_failure_queue=self.functions.splitter_failure_queue,
+                pipeline_failure_queue=self.functions.pipeline_failure_queue,
             ),
             functions=MonitoredFunctions(
                 splitter=self.functions.splitter,

@@ -42,12 +42,29 @@ def render(e: dict[str, Any]) -> str:
     rows.append(("total", "", f"${e['total_usd']:.6f}"))
     if req.get("rungs"):
         rungs = req["rungs"]
+        # ASHA promotes as results arrive: the counts are what it can run at most (status's bound).
+        method, up_to = (
+            ("ASHA (asynchronous successive halving)", "up to ")
+            if req.get("early_stopping") == "asha"
+            else ("successive halving", "")
+        )
+        typical = f" (usually about {req['tasks_typical']}, as halving's)" if "tasks_typical" in req else ""
         head = (
-            f"{req['kind']}: successive halving, {' + '.join(str(r['trials']) for r in rungs)} trials over "
+            f"{req['kind']}: {method}, {up_to}{' + '.join(str(r['trials']) for r in rungs)} trials over "
             f"{len(rungs)} rungs ({req['budget_param']} {', '.join(str(r['budget']) for r in rungs)}) = "
-            f"{req['tasks']} tasks on {a['workers']} workers at {a['task_seconds']:g} s per first-rung task, "
-            f"longer as the budget grows; budget {req['budget_spent']} of {req['budget_without_stopping']} "
-            f"{req['budget_param']} without stopping (us-east-1 list prices, no free tier)"
+            f"{up_to}{req['tasks']} tasks{typical} on {a['workers']} workers at {a['task_seconds']:g} s per "
+            f"first-rung task, longer as the budget grows; budget {up_to}{req['budget_spent']} of "
+            f"{req['budget_without_stopping']} {req['budget_param']} without stopping (us-east-1 list "
+            "prices, no free tier)"
+        )
+    elif "fedbuff" in req:
+        f = req["fedbuff"]
+        head = (
+            f"{req['kind']}: FedBuff, {req['rounds']} versions x {f['buffer_size']} updates + "
+            f"{req['rounds']} reduces = {req['tasks']} tasks (and up to {f['surplus_at_most']} updates "
+            f"finishing after the last buffer fills, plus any staler than max_staleness "
+            f"{f['max_staleness']}) from {f['clients']} clients on {a['workers']} workers at "
+            f"{a['task_seconds']:g} s per task (us-east-1 list prices, no free tier)"
         )
     else:
         # With a quorum, the count is what may run (every participant); a round may close early.
@@ -152,9 +169,33 @@ def _shape(request: Any) -> JobShape:
     from shardq.core.planning import participant_count
 
     job = JobShape.from_request(request)
+    if fedbuff_buffer(request) is not None:
+        # FedBuff: each version applies one buffer of K updates, then one reduce makes it.
+        return replace(job, tasks_per_round=fedbuff_buffer(request))
     if request.kind == "data_parallel":
         job = replace(job, tasks_per_round=participant_count(request, 0))
     return job
+
+
+def fedbuff_buffer(request: Any) -> int | None:
+    """A FedBuff request's ``buffer_size`` (K); None for any other request."""
+    strategy = request.strategy
+    if strategy is None or strategy.name != "fedbuff":
+        return None
+    return int(strategy.params["buffer_size"])
+
+
+def _fedbuff_note(request: Any, job: JobShape, result: dict[str, Any]) -> None:
+    """Say what a FedBuff estimate counts: K updates a version; clients still training when the
+    last buffer fills finish too (``surplus``, at most one each but the last one's)."""
+    params = request.strategy.params
+    clients = request.task_count
+    result["request"]["fedbuff"] = {
+        "buffer_size": job.tasks_per_round,
+        "clients": clients,
+        "max_staleness": int(params["max_staleness"]),
+        "surplus_at_most": min(clients, job.max_parallel) - 1,
+    }
 
 
 # Keys of an estimate that add up over a halving sweep's rungs (each rung priced as a one-round
@@ -176,10 +217,13 @@ def _rung_estimate(request: Any, job: JobShape, assumptions: Assumptions) -> dic
     takes proportionally longer. Per-job requests (the splitter's call, the manifest) are
     counted once per rung: an upper bound by a few requests.
     """
+    from shardq.core.async_sweep import rung_bounds
     from shardq.core.tally import rung_sizes
 
     es = request.early_stopping
-    sizes, budgets = rung_sizes(request, job.tasks_per_round), es.budgets
+    # ASHA's counts are the most it can run (a trial promoted early may drop out of the top later).
+    sizes = (rung_bounds if es.method == "asha" else rung_sizes)(request, job.tasks_per_round)
+    budgets = es.budgets
     parts, rungs = [], []
     for k, (trials, budget) in enumerate(zip(sizes, budgets, strict=True)):
         increment = budget - (budgets[k - 1] if k else 0)
@@ -216,6 +260,7 @@ def _rung_estimate(request: Any, job: JobShape, assumptions: Assumptions) -> dic
         "rounds": len(sizes),
         "tasks": sum(sizes),
         "rungs": rungs,
+        "early_stopping": es.method,
         "budget_param": es.budget_param,
         "budget_spent": sum(
             n * (b - (budgets[k - 1] if k else 0))
@@ -223,6 +268,8 @@ def _rung_estimate(request: Any, job: JobShape, assumptions: Assumptions) -> dic
         ),
         "budget_without_stopping": sizes[0] * budgets[-1],
     }
+    if es.method == "asha":  # what it usually runs: about halving's counts (arrivals in random order)
+        total["request"]["tasks_typical"] = sum(rung_sizes(request, job.tasks_per_round))
     return total
 
 
@@ -352,6 +399,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         result = estimate(job, assumptions)
         _preemption(args, job, assumptions, result)
         _quorum(request, job, result)
+        if fedbuff_buffer(request) is not None and not args.shards:
+            _fedbuff_note(request, job, result)
     if fleet is not None:
         result["fleet"] = fleet
     if args.json:

@@ -25,6 +25,7 @@ from shardq.cli.common import (
 )
 from shardq.cli.scheduling_view import snapshot_fields, watch_suffix
 from shardq.cli.status import global_metrics, late_text, metric_text, outcome_counts, policy_line, status_data
+from shardq.core import fedbuff_view
 from shardq.core.async_sweep import async_progress
 from shardq.core.budgets import cost_of
 from shardq.core.stall import DEFAULT_STALL_AFTER_S
@@ -59,6 +60,8 @@ class Snapshot:
     enqueuing: str | None = None
     # An asynchronous sweep's progress over all its rungs (``27 tasks done, 4 in flight, up to 40``).
     sweep: str | None = None
+    # A FedBuff job's versions, open buffer, late updates and staleness (``fedbuff_view.line``).
+    fedbuff: str | None = None
     # What its counted outcomes cost so far, and its budget (``shardq.core.spend``).
     cost_usd: float = 0.0
     budget_usd: float | None = None
@@ -77,6 +80,8 @@ class Snapshot:
         )
         if self.sweep is not None:
             text = f"{self.sweep}, {outcome_counts(self.failed, self.diverged)}"
+        if self.fedbuff is not None:
+            text = f"{self.fedbuff}, {outcome_counts(self.failed, self.diverged)}"
         if self.enqueuing is not None:
             text += f" · {self.enqueuing}"
         cost = cost_of(self.__dict__)
@@ -143,6 +148,8 @@ class Watch:
     tracker: Any = None
     hinted: bool = False
     enqueuing_hinted: bool = False
+    # A FedBuff job's failed updates printed so far (``failed_updates``).
+    fb_failed: int = 0
 
     def __post_init__(self) -> None:
         from shardq.core.progress_reads import FailureFollower
@@ -174,6 +181,9 @@ class Watch:
         counts: dict[str, Any] = {"total": current.total, "done": current.done, "failed": current.failed}
         counts["diverged"] = current.diverged
         counts.update(_sweep_fields(job))  # an asynchronous sweep: every rung's, not the last one's
+        fb = fedbuff_view.live(job)  # a FedBuff job: its versions and buffer; failures of every version
+        if fb is not None:
+            counts.update(fedbuff=fedbuff_view.line(fb), failed=fb["updates_failed"])
         return Snapshot(
             status=job.status,
             round=current.round,
@@ -233,6 +243,7 @@ class Watch:
         (``shardq.core.progress_reads.FailureFollower``), and only when a fail counter moved."""
         if self.quiet:
             return
+        self.failed_updates(job)
         for row in self.follower.poll(job):
             r = row.result
             if self.json_lines:
@@ -249,6 +260,20 @@ class Watch:
                     # Once per watch: a traceback per failed shard buries the progress lines.
                     self.emit("  (tracebacks not shown: add --traceback, or see `shardq result JOB --json`)")
                     self.hinted = True
+
+    def failed_updates(self, job: JobRecord) -> None:
+        """A FedBuff job's failed updates not printed yet (read only when its failure count grew)."""
+        fb = fedbuff_view.live(job)
+        if fb is None or fb["updates_failed"] <= self.fb_failed:
+            return
+        for f in fedbuff_view.failed_updates(self.engine.store, job.job_id)[self.fb_failed :]:
+            if self.json_lines:
+                print(json.dumps({"event": "failure", "task_type": "train", **f}), file=self.out)
+            else:
+                error = f["error"] if self.tracebacks else (f["error"].splitlines() or [""])[0]
+                where = f"update {f['update']} of client {f['client']} (version {f['version']})"
+                self.emit(f"  failed: {where}: {error}", "red")
+        self.fb_failed = fb["updates_failed"]
 
     def round_headlines(self, job: JobRecord) -> None:
         """A line per closed round whose reduce scored the global model: its metrics first, then

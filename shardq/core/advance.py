@@ -23,6 +23,7 @@ from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
 from shardq.core.finalize import Finisher, merge_ranges
 from shardq.core.jobstore import JobRecord, JobStore, Outcome, RecordOutcome
 from shardq.core.metrics import reduce_inputs, summarize_round
+from shardq.core.sweep_cache import SweepCache
 
 # Jobs whose shape (task count, rounds, kind) an advancer remembers before starting over.
 SHAPE_CACHE_SIZE = 1024
@@ -160,6 +161,8 @@ class Advancer:
     # A job's request never changes: read once per warm container, not per batch.
     _requests: dict[str, TrainingRequest] = field(init=False, default_factory=dict, repr=False)
     _participants: dict[tuple[str, int], frozenset[int]] = field(init=False, default_factory=dict, repr=False)
+    # Asynchronous sweeps' decisions and results read so far (each pass reads what changed).
+    _sweep_cache: SweepCache | None = field(init=False, default=None, repr=False)
 
     def record(self, outcomes: list[Outcome], *, deadline: float | None = None) -> RecordOutcome:
         """Record outcomes exactly once; see ``JobStore.record`` (a priced outcome's cost reaches
@@ -215,8 +218,17 @@ class Advancer:
                 return self.store.get_job(job_id).status
 
     def sweeps(self) -> async_sweep.AsyncSweep:
-        """The driver of asynchronous sweeps, over this advancer's store, sender and finisher."""
-        return async_sweep.AsyncSweep(self.store, self.enqueuer, self.finisher, self.bucket, self.metric)
+        """The driver of asynchronous sweeps, over this advancer's store, sender and finisher, and
+        what this container read of them before (``shardq.core.sweep_cache``)."""
+        return async_sweep.AsyncSweep(
+            self.store, self.enqueuer, self.finisher, self.bucket, self.metric, self.sweep_cache()
+        )
+
+    def sweep_cache(self) -> SweepCache:
+        """This container's cache of asynchronous sweeps (made on first use)."""
+        if self._sweep_cache is None:
+            self._sweep_cache = SweepCache(self.store)
+        return self._sweep_cache
 
     def _cut_short(self, job: JobRecord) -> tuple[str, str] | None:
         """How a running job ends before its rounds do, if it does: cancelled by an operator,
@@ -457,7 +469,10 @@ class Advancer:
                         job_id, self._requests[job_id], planned, deadline=deadline
                     )
                     foreign += unsent
-                self.record(planned, deadline=deadline)
+                recorded = self.record(planned, deadline=deadline)
+                request = self._requests.get(job_id)
+                if request is not None and async_sweep.is_async(request):
+                    self.sweep_cache().note(job_id, (o.result for o in recorded.recorded))
                 for drop in (t for t in ticks if isinstance(t, spend.Dropped)):
                     self.store.record_drop(drop.job_id, drop.round, drop.task_type, drop.shard_id)
                 try:
@@ -538,12 +553,9 @@ class Advancer:
         return problem
 
     def _undecided(self, job_id: str, r: ShardResult) -> str | None:
-        """Why an asynchronous sweep's result is foreign: no decision ran that trial at that rung.
-        Its rungs' takers only grow, so a remembered set is read again only on a miss."""
-        key = (job_id, r.round)
-        if r.shard_id not in self._participants.get(key, frozenset()):
-            self._participants[key] = async_sweep.takers(self.store, job_id, r.round)
-        if r.shard_id not in self._participants[key]:
+        """Why an asynchronous sweep's result is foreign: no decision ran that trial at that rung
+        (the container's cache, else the one decision item)."""
+        if not self.sweep_cache().is_decided(job_id, r.round, r.shard_id):
             return f"shard {r.shard_id} does not take part in round {r.round} of job {job_id}"
         return None
 

@@ -64,6 +64,7 @@ from shardq.core.finalize import Finisher
 from shardq.core.jobstore import MAX_RETRY_CHUNK, JobRecord, JobStore, SweepDecision
 from shardq.core.metrics import summarize_round
 from shardq.core.store.sweeps import MAX_DECISIONS
+from shardq.core.sweep_cache import SweepCache
 
 MetricSink = Callable[[str, float, str], None]
 # Passes a call makes before it gives up on a contended job (another invocation kept deciding
@@ -335,6 +336,8 @@ class AsyncSweep:
     finisher: Finisher
     bucket: str
     metric: MetricSink
+    # What the warm container read before (``shardq.core.sweep_cache``); None reads all each pass.
+    cache: SweepCache | None = None
 
     def advance(self, job: JobRecord, *, deadline: float | None = None) -> str:
         """Decide and send what the freed slots take, or end the sweep; returns the job's status.
@@ -345,11 +348,10 @@ class AsyncSweep:
         source = trial_source(request)
         for _ in range(MAX_PASSES):
             seen, sent = self.store.sweep_cursor(job.job_id)
-            decisions = self.store.sweep_decisions(job.job_id)
-            results = [row.result for row in self.store.iter_results(job.job_id, task_type=None)]
+            decisions, results = self._read(job, seen)
             view = Pass(request, decisions, [r for r in results if r.task_type == "train"])
             # The one gate of every send (a spent budget, a cancel): no new task, the running ones finish.
-            new = [] if self._held(job) else plan_pass(view, source, seen + 1)
+            new = [] if self.enqueuer.refusal(job) else plan_pass(view, source, seen + 1)
             if new or not view.in_flight:
                 if not self.store.decide(job.job_id, seen, new):
                     job = self.store.get_job(job.job_id)
@@ -357,6 +359,8 @@ class AsyncSweep:
                         return job.status  # the advancer ends a cancelled job
                     continue  # another pass decided first: look again
                 seen += 1
+                if self.cache is not None:
+                    self.cache.decided(job.job_id, seen, [replace(d, seq=seen) for d in new])
                 if new:
                     self.metric("SweepDecisions", len(new), "Count")
                     promoted = sum(1 for d in new if d.rung > 0)
@@ -369,6 +373,14 @@ class AsyncSweep:
         raise AsyncSweepError(
             f"job {job.job_id}: {MAX_PASSES} sweep passes lost their race; retried on redelivery"
         )
+
+    def _read(self, job: JobRecord, seen: int) -> tuple[list[SweepDecision], list[ShardResult]]:
+        """The job's decisions (up to pass ``seen`` at least) and its recorded results: what
+        changed since the last pass, with a cache, else all of them."""
+        if self.cache is not None:
+            return self.cache.view(job, seen)
+        decisions = self.store.sweep_decisions(job.job_id)
+        return decisions, [row.result for row in self.store.iter_results(job.job_id, task_type=None)]
 
     def _send(
         self, job: JobRecord, decisions: list[SweepDecision], sent: int, seen: int, deadline: float | None
@@ -456,12 +468,6 @@ class AsyncSweep:
                 raise AsyncSweepError(f"job {job_id}: the retry lost every race; run it again")
         return sorted(d.key for d in again)
 
-    def _held(self, job: JobRecord) -> str | None:
-        """Why no new task may go out (the enqueuer's gate: ``Admission.may_send``, or the spend
-        guard alone without windows); None when it may."""
-        admission = getattr(self.enqueuer, "admission", None)
-        return admission.may_send(job) if admission is not None else spend.admission_refusal(job)
-
     def _end(self, job: JobRecord, view: Pass) -> str:
         """Nothing in flight, nothing to run: summarize each rung and finish the job."""
         rungs = by_rung(view.results)
@@ -531,16 +537,16 @@ def async_progress(job: JobRecord) -> AsyncProgress:
     )
 
 
-def rung_bounds(request: TrainingRequest) -> list[int]:
-    """The most tasks each rung can run: every trial at rung 0, then at most ``max(1, n - eta + 1)``
-    of rung ``k``'s ``n`` go on.
+def rung_bounds(request: TrainingRequest, first: int | None = None) -> list[int]:
+    """The most tasks each rung can run: every trial at rung 0 (``first``: another count, e.g.
+    ``shardq estimate --shards``), then at most ``max(1, n - eta + 1)`` of rung ``k``'s ``n`` go on.
 
     Not ``n // eta``: ASHA promotes a trial that ranks in the top ``n // eta`` *when it is
     promoted*, and a trial promoted early may drop out of the top later (the paper's
     "mispromotions"): with results arriving from worst to best, every result from the
     ``eta``-th on is a new best and is promoted. The sweep usually runs about halving's
     ``n // eta``; this is the bound a status can promise."""
-    sizes = [request.task_count]
+    sizes = [request.task_count if first is None else first]
     es = request.early_stopping
     if es is None:
         return sizes

@@ -302,10 +302,17 @@ class Engine:
         """The job's current view; raises JobNotFound."""
         return self.store.get_job(job_id).view()
 
-    def upstream_finished(self, job_id: str) -> dict[str, str]:
+    def upstream_finished(
+        self,
+        job_id: str,
+        *,
+        deadline: float | None = None,
+        hand_on: Callable[[str], None] | None = None,
+    ) -> dict[str, str]:
         """``job_id`` ended (its Job Finished event): start or end the jobs that follow it, once
-        (``shardq.core.pipeline``); returns each follower's status."""
-        return pipeline.release_followers(self, job_id)
+        (``shardq.core.pipeline``); returns each follower's status. A follower's round 0 cut short
+        by ``deadline`` goes to ``hand_on(follower)`` (``pipeline.release``)."""
+        return pipeline.release_followers(self, job_id, deadline=deadline, hand_on=hand_on)
 
 
 __all__ = [

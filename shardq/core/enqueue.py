@@ -115,6 +115,13 @@ class Enqueuer:
             return planning.train_task(job.request, job.job_id, layout, round_no, shard, model_uri)
         return planning.reduce_task(job.request, job.job_id, layout, round_no, model_uri)
 
+    def refusal(self, job: JobRecord) -> str | None:
+        """Why no new task of ``job`` may go on the queue now (None: it may): the one gate of
+        every send, ``enqueue``'s and the drivers' that send their own tasks (asynchronous
+        sweeps, FedBuff). ``Admission.may_send``; without admission (no windows) the spend guard
+        still holds: a spent budget sends nothing."""
+        return self.admission.may_send(job) if self.admission is not None else spend.admission_refusal(job)
+
     def enqueue(
         self,
         job: JobRecord,
@@ -130,8 +137,7 @@ class Enqueuer:
         stats = FanOutStats()
         total = job.expected(round_no, phase)
         stop = total
-        # Without admission (no windows) the spend guard still holds: a spent budget sends nothing.
-        held = self.admission.may_send(job) if self.admission is not None else spend.admission_refusal(job)
+        held = self.refusal(job)
         if held is not None:
             self.metric("TasksHeld", 1, "Count")
             return stats

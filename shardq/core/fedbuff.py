@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from shardq.core import planning, spend
+from shardq.core import planning
 from shardq.core.artifacts import put_json
 from shardq.core.contracts import ShardResult, TrainingRequest, ValidationError
 from shardq.core.fedbuff_params import NAME, staleness_weight
@@ -235,7 +235,7 @@ class Driver:
         if not pending:
             return
         job = self.adv.store.get_job(job_id)
-        if job.terminal or job.cancel_requested_at is not None or spend.admission_refusal(job) is not None:
+        if job.terminal or self.adv.enqueuer.refusal(job) is not None:
             return
         counts = self.fb.counts(job_id)
         if counts.open >= job.rounds:
@@ -252,9 +252,10 @@ class Driver:
         self._send(job, pending, deadline=deadline)
 
     def send_waiting(self, job: JobRecord, *, deadline: float | None = None) -> None:
-        """Send the next tasks of the clients that waited for the job's current version."""
+        """Send the next tasks of the clients that waited for the job's current version (none
+        once the job may send nothing: a spent budget, a cancel)."""
         waiting = self.fb.counts(job.job_id).waiting
-        if not waiting:
+        if not waiting or self.adv.enqueuer.refusal(job) is not None:
             return
         keys = [(int(c), int(n)) for c, n in (name.split(":") for name in waiting)]
         updates = list(self.fb.updates(job.job_id, keys).values())

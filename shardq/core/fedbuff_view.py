@@ -7,11 +7,15 @@ Read from the job's FedBuff counts and its versions' round summaries (``fedbuff.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from shardq.core import fedbuff
 from shardq.core.jobstore import JobRecord, JobStore
-from shardq.core.store.fedbuff import FedBuffStore
+from shardq.core.store.fedbuff import FAILED, FedBuffStore
+
+# Failed updates ``progress`` lists (the first ones, in recording order); the count is in full.
+FAILED_SHOWN = 20
 
 
 def closed(job: JobRecord) -> int:
@@ -72,12 +76,54 @@ def tasks_left(job: JobRecord) -> int:
     return left + (job.rounds - job.round - 1) * (k + 1)
 
 
-def progress(store: JobStore, job: JobRecord) -> dict[str, Any] | None:
-    """The job's FedBuff progress (None for any other job)."""
+def live(job: JobRecord) -> dict[str, Any] | None:
+    """The job's FedBuff progress from its record alone (what ``watch`` and the dashboard's job list
+    poll): versions made of R, the open buffer's applied updates of K, updates applied, late and
+    failed in all, and the applied updates' mean staleness. None for any other job."""
     if not fedbuff.applies(job.request):
         return None
-    assert job.request.strategy is not None
-    counts = FedBuffStore(store).counts(job.job_id)
+    k = int(job.request.strategy.params["buffer_size"]) if job.request.strategy else 1
+
+    def total(kind: str) -> int:  # over the versions (surplus updates, past the last one, left out)
+        return sum(n for (name, v, phase), n in job.counters.items() if name == kind and v < job.rounds)
+
+    made = closed(job) if job.status == "SUCCEEDED" else job.round
+    open_ = job.round if job.phase == "train" and not job.terminal else None
+    fill = 0
+    if open_ is not None:
+        fill = job.counters.get(("upd", open_, "train"), 0) - job.counters.get(("ulate", open_, "train"), 0)
+    applied = total("upd") - total("ulate")
+    return {
+        "versions_made": made,
+        "versions": job.rounds,
+        "buffer_fill": min(fill, k),
+        "buffer_size": k,
+        "updates_applied": applied,
+        "updates_late": total("ulate"),
+        "updates_failed": total("ufail"),
+        "mean_staleness": round(total("utau") / applied, 3) if applied else 0.0,
+    }
+
+
+def line(data: dict[str, Any] | None) -> str | None:
+    """``live``'s numbers in words (``watch``'s progress line, the dashboard's job page)."""
+    if data is None:
+        return None
+    return (
+        f"version {data['versions_made']}/{data['versions']} · buffer {data['buffer_fill']}/"
+        f"{data['buffer_size']} · {data['updates_applied']} applied, {data['updates_late']} late "
+        f"· mean staleness {data['mean_staleness']:.2f}"
+    )
+
+
+def progress(store: JobStore, job: JobRecord) -> dict[str, Any] | None:
+    """``live``, plus the clients waiting for the next version, each version's accounting (its round
+    summary: applied, late, staleness histogram and mean, the global model's metrics) and the
+    failed updates with their errors (None for any other job)."""
+    data = live(job)
+    if data is None:
+        return None
+    fb = FedBuffStore(store)
     versions = []
     for summary in store.round_summaries(job.job_id):
         part = summary.get("fedbuff")
@@ -93,18 +139,24 @@ def progress(store: JobStore, job: JobRecord) -> dict[str, Any] | None:
                 "global_metrics": (summary.get("reduce") or {}).get("metrics", {}),
             }
         )
-    made = job.round + (1 if job.status == "SUCCEEDED" else 0)
     return {
-        "versions_made": made,
-        "versions": job.rounds,
-        "buffer_size": int(job.request.strategy.params["buffer_size"]),
-        "buffer_fill": counts.fill if counts.open < job.rounds else 0,
-        "updates_applied": counts.applied,
-        "updates_late": counts.late,
-        "updates_failed": counts.failed,
-        "clients_waiting": len(counts.waiting),
+        **data,
+        "clients_waiting": len(fb.counts(job.job_id).waiting),
         "per_version": versions,
+        "failed_updates": failed_updates(store, job.job_id)[:FAILED_SHOWN] if data["updates_failed"] else [],
     }
+
+
+def failed_updates(store: JobStore, job_id: str) -> list[dict[str, Any]]:
+    """The job's failed updates in the order they were recorded: client, update number, the version
+    open then, and the error (``status``, ``watch`` and the dashboard list them)."""
+    failed = sorted(
+        (u for u in FedBuffStore(store).all_updates(job_id) if u.state == FAILED), key=lambda u: u.order
+    )
+    return [
+        {"client": u.client, "update": u.seq, "version": u.version, "error": u.error or "(no error text)"}
+        for u in failed
+    ]
 
 
 def text(data: dict[str, Any] | None) -> str:
@@ -125,4 +177,19 @@ def text(data: dict[str, Any] | None) -> str:
         lines.append(
             f"{v['version']:>7}  {v['applied']:>7}  {v['late']:>4}  {v['mean_staleness']:>6.2f}  {histogram}"
         )
+    for f in data["failed_updates"]:
+        reason = f["error"].strip().splitlines()[0][:200] if f["error"].strip() else "(no error text)"
+        lines.append(
+            f"failed: update {f['update']} of client {f['client']} (version {f['version']}): {reason}"
+        )
     return "\n".join(lines)
+
+
+def manifest_section(store: JobStore, job: JobRecord, status: str) -> dict[str, Any]:
+    """The result manifest's ``fedbuff`` section as the job ends with ``status`` (``progress`` of the
+    ended job: every version's accounting and every failed update); empty for any other job."""
+    data = progress(store, replace(job, status=status))
+    if data is None:
+        return {}
+    failed = failed_updates(store, job.job_id) if data["updates_failed"] else []
+    return {"fedbuff": {**data, "failed_updates": failed}}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shardq.core import planning, spend
+from shardq.core import fedbuff_view, planning, spend
 from shardq.core.artifacts import put_json
 from shardq.core.contracts import ShardResult
 from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
@@ -322,9 +322,11 @@ class Finisher:
         layout = planning.Layout(self.bucket, job.job_id)
         if job.kind == "data_parallel":
             rows, last, versions = data_parallel_rows(self.store, job)
-            return render_manifest(
+            manifest = render_manifest(
                 job, status, error, rows, summaries, self._put_part, layout, last, code_versions=versions
             )
+            # A FedBuff job: versions, updates applied/late/failed and staleness (shardq.core.fedbuff_view).
+            return {**manifest, **fedbuff_view.manifest_section(self.store, job, status)}
         rows = self.store.iter_results(job.job_id)  # one query page (≤ 1 MB) in memory at a time
         return render_manifest(job, status, error, rows, summaries, self._put_part, layout)
 

@@ -15,7 +15,9 @@ The stop, in the order it happens:
 3. Workers drop the job's queued tasks unrun (``shardq.worker.drops``) and say so on the results
    queue (``Dropped``); the aggregator counts each drop once (``JobStore.record_drop``).
    Tasks already running finish, and their outcomes (and cost) are counted as usual.
-4. ``ending``: once every task sent in the current phase is counted or dropped, the job ends
+4. ``ending``: once every task sent is counted or dropped (``shardq.core.outstanding``: the
+   current phase of a job with rounds, every rung of an asynchronous sweep, every client update
+   of a FedBuff job), the job ends
    FAILED with ``stopped_message``: the budget, the cost when new tasks stopped, the cost after
    the tasks running then finished, and how many queued tasks were dropped. A phase that
    completed on its own (its last task spent the budget) closes as usual; a job whose last
@@ -36,6 +38,8 @@ from typing import Any
 from shardq.core.budgets import budget_text, money, to_micro, usd
 from shardq.core.contracts import TrainingRequest, ValidationError
 from shardq.core.jobstore import JobNotFound, JobRecord, JobStore, Outcome
+from shardq.core.outstanding import closes_on_its_own, tasks_out
+from shardq.core.outstanding import counted as counted_outcomes
 from shardq.core.rounds import Tick
 from shardq.core.store.spending import month_now
 
@@ -117,8 +121,8 @@ def budget_micro(job: JobRecord) -> int | None:
 
 
 def counted(job: JobRecord) -> int:
-    """Outcomes the job has counted, over every round and phase."""
-    return sum(v for (kind, _, _), v in job.counters.items() if kind in ("ok", "fail", "div"))
+    """Outcomes the job has counted, over every round and phase (``outstanding.counted``)."""
+    return counted_outcomes(job)
 
 
 def dropped(job: JobRecord) -> int:
@@ -179,20 +183,19 @@ def admission_refusal(job: JobRecord) -> str | None:
 
 
 def outstanding(job: JobRecord) -> int:
-    """Tasks of the current phase sent and neither counted nor dropped: those still running (or
-    queued, until a worker drops them)."""
-    r, phase = job.round, job.phase
-    drops = job.counters.get(("drop", r, phase), 0)
-    return max(0, job.enqueued(r, phase) - job.done(r, phase) - drops)
+    """Tasks sent and neither counted nor dropped: those still running (or queued, until a worker
+    drops them); every rung of an asynchronous sweep, every client of a FedBuff job
+    (``shardq.core.outstanding``)."""
+    return tasks_out(job)
 
 
 def ending(job: JobRecord) -> tuple[str, str] | None:
-    """How a budget-stopped job ends, once nothing it sent in the current phase still runs; None
-    while something does, or when the phase completed on its own (it closes as usual, and the
-    next phase, given no task, ends it here)."""
+    """How a budget-stopped job ends, once nothing it sent still runs; None while something does,
+    or when its current step completed on its own (it closes as usual, and the next step, given
+    no task, ends it here: ``outstanding.closes_on_its_own``)."""
     if job.budget_stop is None or outstanding(job) > 0:
         return None
-    if job.done(job.round, job.phase) >= job.expected(job.round, job.phase):
+    if closes_on_its_own(job):
         return None
     return "FAILED", stopped_message(job)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from shardq.core import fedbuff_view
 from shardq.core.budgets import cost_of
 from shardq.core.contracts import JOB_STATUSES, ShardResult
 from shardq.core.jobstore import JobRecord, JobStore, ResultRecord
@@ -90,6 +91,9 @@ def job_row(job: JobRecord, now: float) -> dict[str, Any]:
         # Every round, rung and reduce the job runs (shardq.core.tally, as the CLI counts them).
         **tally(job).to_dict(),
         "plan": plan_text(job),
+        # A FedBuff job's versions, open buffer, late updates and staleness (None for other jobs).
+        "fedbuff": fedbuff_view.live(job),
+        "fedbuff_text": fedbuff_view.line(fedbuff_view.live(job)),
         # The CLI's wording of its cost (shardq.core.budgets.cost_text); None: unpriced and no budget.
         "cost_text": cost_of(view),
         "age_s": None if created is None else round(now - created, 1),
@@ -138,6 +142,21 @@ def failure_entry(row: ResultRecord) -> dict[str, Any]:
         "receive_count": row.receive_count,
         "recorded_at": row.recorded_at,
     }
+
+
+def fedbuff_failures(store: JobStore, job: JobRecord) -> list[dict[str, Any]]:
+    """A FedBuff job's failed updates as failure entries (``round``: the client's update number)."""
+    return [
+        {
+            "round": f["update"],
+            "shard_id": f["client"],
+            "task_type": "train",
+            "error": f["error"],
+            "source": "worker",
+            "version": f["version"],
+        }
+        for f in fedbuff_view.failed_updates(store, job.job_id)
+    ]
 
 
 def round_rows(
@@ -302,7 +321,11 @@ class DashboardData:
             },
             "failures": [failure_entry(row) for row in rows if row.result.status == "failed"],
             "leaderboard": sweep_board(job, results),
+            # A FedBuff job: each version's applied and late updates and staleness (as `status`).
+            "fedbuff": fedbuff_view.progress(self.store, job),
         }
+        if detail["fedbuff"] is not None:  # its failed updates are no round's outcomes
+            detail["failures"] = [*fedbuff_failures(self.store, job), *detail["failures"]]
         with self._lock:
             self._cache[job.job_id] = (key, detail)
             self._cache.move_to_end(job.job_id)

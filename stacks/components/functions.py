@@ -167,7 +167,7 @@ class ShardqFunctions(Construct):
         # Async only (the Job Finished rule); failures after Lambda's retries, and events the rule
         # could not deliver (its DLQ, stacks.components.pipeline_trigger), land in this queue.
         self.pipeline_failure_queue: sqs.Queue = secure_queue(
-            self, "PipelineFailureQueue", encryption_key=None, retention=DLQ_RETENTION
+            self, "PipelineFailureQueue", encryption_key=encryption_key, retention=DLQ_RETENTION
         )
         self.pipeline = self._function(
             "Pipeline",

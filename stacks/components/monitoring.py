@@ -40,6 +40,9 @@ class MonitoredQueues:
     parked_results: sqs.IQueue | None = None
     # The zero-window results queue (shardq.core.result_routes); None in stacks built before it.
     fast_results: sqs.IQueue | None = None
+    # The pipeline trigger's failures: the Job Finished rule's DLQ and the pipeline function's
+    # on-failure destination (stacks.components.pipeline_trigger); None in stacks built before it.
+    pipeline_failure_queue: sqs.IQueue | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +79,7 @@ class Monitoring(Construct):
     The topic uses its own customer-managed key because CloudWatch alarms cannot publish to a topic
     encrypted with the AWS-managed ``aws/sns`` key (its key policy cannot grant CloudWatch).
 
-    Alarms: a message in the task DLQ, results DLQ or splitter failure queue; oldest task older
+    Alarms: a message in the task DLQ, results DLQ, splitter or pipeline failure queue; oldest task older
     than ``oldest_task_age``; aggregator errors or throttles; splitter or DLQ handler errors.
 
     Parameters
@@ -161,6 +164,18 @@ class Monitoring(Construct):
             self._depth_alarm("ResultsDlqNotEmpty", queues.results_dlq, "results could not be aggregated"),
             self._depth_alarm(
                 "SplitterFailuresNotEmpty", queues.splitter_failure_queue, "async splitter invocations failed"
+            ),
+            *(
+                [
+                    self._depth_alarm(
+                        "PipelineFailuresNotEmpty",
+                        queues.pipeline_failure_queue,
+                        "a Job Finished event never reached the pipeline function, or it failed past its "
+                        "retries: the jobs that follow that job may still be WAITING",
+                    )
+                ]
+                if queues.pipeline_failure_queue is not None
+                else []
             ),
             *(
                 [
@@ -368,6 +383,11 @@ def _queue_row(queues: MonitoredQueues) -> list[cloudwatch.IWidget]:
                     ("results DLQ", queues.results_dlq),
                     ("splitter failures", queues.splitter_failure_queue),
                     *([("parked results", queues.parked_results)] if queues.parked_results else []),
+                    *(
+                        [("pipeline failures", queues.pipeline_failure_queue)]
+                        if queues.pipeline_failure_queue
+                        else []
+                    ),
                 )
             ],
             width=8,

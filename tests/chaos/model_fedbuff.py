@@ -1,6 +1,6 @@
 """The model-based test's FedBuff jobs (buffered asynchronous FedAvg, issue #27).
 
-Submits may draw a FedBuff job (``fedbuff_fields``): 2–4 clients, K = 2, S = 1, 2–3 versions, so
+Submits may draw a FedBuff job (``fedbuff_fields``): 2–4 clients, K = 2, S = 0–1, 2–3 versions, so
 buffers close while slow clients still train (stale and late updates) and clients outnumber K.
 The shared rules drive it: updates reported ok, failed, non-finite (a failed update), twice, or
 replayed long after; workers killed mid-update, tasks dead-lettered (a failed update); reduces
@@ -12,10 +12,10 @@ ok or failed; cancels and retries. After every step, over the same consistent sc
     recorded once with its base and version, listed under at most its own version, τ ≤ S for an
     applied one, each closed buffer exactly K applied updates and its reduce applied exactly
     those, ``failed_total`` the failures since the last retry);
-12. **the job's counts are its recorded updates**: each version's ``upd``/``ulate``/``ufail``
-    counters equal its UPD items, the reduce counters its reduce outcome items, the job's cost
-    the updates' and reduces' costs (plus those a retry forgot), and no train outcome item exists
-    (a FedBuff update is never a round's result);
+12. **the job's counts are its recorded updates**: each version's ``upd``/``ulate``/``ufail``/
+    ``utau`` counters equal its UPD items (``utau``: the applied ones' τ summed), the reduce
+    counters its reduce outcome items, the job's cost the updates' and reduces' costs (plus those
+    a retry forgot), and no train outcome item exists (a FedBuff update is never a round's result);
 
 and ``fedbuff_quiet_problem``: a RUNNING FedBuff job in a quiet world (no task, result or tick in
 flight) can never end, since each of its steps is driven by an update or a reduce.
@@ -39,12 +39,12 @@ _RESULT = re.compile(r"^(RES|LATE)#r(\d+)#(train|reduce)#(\d+)$")
 
 
 def fedbuff_fields(shards: int, seed: int) -> dict[str, Any]:
-    """A submit's FedBuff fields: one lane per client, K = 2, S = 1, 2 or 3 versions."""
+    """A submit's FedBuff fields: one lane per client, K = 2, S = 0 or 1, 2 or 3 versions."""
     return {
         "rounds": 2 + seed % 2,
         "max_parallel": shards,
         "model": {"init_uri": INIT},
-        "strategy": {"name": "fedbuff", "buffer_size": 2, "max_staleness": 1},
+        "strategy": {"name": "fedbuff", "buffer_size": 2, "max_staleness": (seed // 2) % 2},
     }
 
 
@@ -75,6 +75,8 @@ def fedbuff_problems(engine: Any, job: JobRecord, items: list[dict[str, Any]]) -
         kinds = ["ufail"] if u.state == FAILED else ["upd", *(["ulate"] if u.state == LATE else [])]
         for kind in kinds:
             want[(kind, u.version, "train")] = want.get((kind, u.version, "train"), 0) + 1
+        if u.state == "applied" and u.tau:
+            want[("utau", u.version, "train")] = want.get(("utau", u.version, "train"), 0) + u.tau
     reduce_cost = 0
     for item in items:
         m = _RESULT.match(item["sk"]["S"])
@@ -92,7 +94,7 @@ def fedbuff_problems(engine: Any, job: JobRecord, items: list[dict[str, Any]]) -
     have = {
         (m.group(1), int(m.group(2)), m.group(3)): int(value["N"])
         for name, value in head.items()
-        if (m := _COUNTER.match(name)) and m.group(1) in ("upd", "ulate", "ufail", "ok", "fail")
+        if (m := _COUNTER.match(name)) and m.group(1) in ("upd", "ulate", "ufail", "utau", "ok", "fail")
     }
     for key in sorted(set(want) | {k for k, n in have.items() if n}):
         if have.get(key, 0) != want.get(key, 0):

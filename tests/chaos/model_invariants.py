@@ -256,7 +256,7 @@ def quiet_problems(world: World) -> list[str]:
     store = world.engine.store
     for job_id in world_jobs(world):
         job = store.get_job(job_id)
-        if job.terminal:
+        if job.terminal or job.status == "WAITING":  # a follower waits for an event: model_pipeline.py
             continue
         if job.cancel_requested_at is not None:
             problems.append(f"{job_id}: cancelled at {job.cancel_requested_at}, still RUNNING")

@@ -30,6 +30,7 @@ from typing import Any
 from shardq.core.contracts import ShardTask
 from shardq.core.engine import Engine
 from shardq.core.settings import Settings
+from shardq.core.spend import BUDGET_DROP, Dropped
 from shardq.local.resources import dlq_urls, provision
 from tests.chaos import model_windows
 from tests.chaos.harness import Pump
@@ -218,12 +219,21 @@ class World:
             return None
         if job.terminal or job.cancelling:
             return job.status
+        if job.budget_spent:
+            return BUDGET_DROP
         closed = job.round > task.round or (job.closed_round is not None and job.closed_round >= task.round)
         if task.strategy.get("name") == "fedbuff":
             return None  # an update's "round" is its client's update number: no round closes it
         if task.task_type == "train" and task.kind == "data_parallel" and closed:
             return "round closed"
         return None
+
+    def drop_bodies(self, task: ShardTask, reason: str | None) -> list[str]:
+        """What a worker posts for a task it drops for ``reason``: the drop notice of a
+        budget-stopped job's task (``spend.Dropped``, as ``shardq worker`` posts it), else nothing."""
+        if reason != BUDGET_DROP:
+            return []
+        return [Dropped.of(task.job_id, task.round, task.shard_id, task.task_type).body()]
 
     def crash(self, held: Held) -> None:
         """The worker died holding the task: it comes back (its receive count grows)."""

@@ -32,6 +32,7 @@ from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
     invariant,
+    multiple,
     precondition,
     rule,
     run_state_machine_as_test,
@@ -44,7 +45,7 @@ from shardq.core.fanout import FanOutError
 from shardq.core.operations import OperationError, cancel, retry_failed
 from shardq.core.redrive import redrive
 from shardq.core.store.fedbuff import FedBuffStore
-from tests.chaos import model_asha, model_fedbuff, model_windows
+from tests.chaos import model_asha, model_budget, model_fedbuff, model_windows
 from tests.chaos.history import check, collect
 from tests.chaos.model_invariants import (
     fixed,
@@ -55,6 +56,7 @@ from tests.chaos.model_invariants import (
     step_problems,
     world_jobs,
 )
+from tests.chaos.model_pipeline import Pipelines
 from tests.chaos.model_world import World
 from tests.chaos.versions import follows_versions
 from tests.helpers import FlakySQS
@@ -89,6 +91,11 @@ class ShardqModel(RuleBasedStateMachine):
         self.statuses: dict[str, str] = {}
         # Failures posted for shards a retry has since sent again: stale if delivered now.
         self.stale: list[str] = []
+        # Jobs with budget_usd, and each one's sent-task count when its budget stop was first seen.
+        self.budgeted: list[str] = []
+        self.sent_at_mark: dict[str, int] = {}
+        # Jobs that follow another, and the Job Finished events (issue #26): model_pipeline.py.
+        self.pipes = Pipelines.attach(self.world)
 
     # -- submit -----------------------------------------------------------------------------
 
@@ -156,13 +163,60 @@ class ShardqModel(RuleBasedStateMachine):
         real = fanout.sqs
         fanout.sqs = FlakySQS(real, die_after=1)
         try:
-            with pytest.raises(FanOutError):
-                self.world.engine.submit(payload)
+            self.world.engine.submit(payload)
+        except FanOutError:
+            self.seen["submit cut short"] += 1
+        else:
+            # Its window (tests/chaos/model_windows.py) fit in the first batch: nothing was left
+            # to cut short, and nothing past the window went out.
+            sent = self.world.engine.store.get_job(payload["job_id"]).enqueued(0, "train")
+            assert sent <= enqueue_module.CHUNK, f"{sent} tasks sent past a first batch that died"
+            self.seen["submit cut short within one window"] += 1
         finally:
             fanout.sqs = real
         answer = self.world.engine.submit(payload)
         assert answer["created"] is False and answer["status"] == "RUNNING", answer
         self.payloads[answer["job_id"]] = payload
+        return str(answer["job_id"])
+
+    @rule(
+        target=jobs,
+        upstream=jobs,
+        kind=st.sampled_from(["map", "data_parallel"]),
+        use=st.sampled_from(["best", "final_model"]),
+    )
+    def submit_follower(self, upstream: str, kind: str, use: str) -> Any:
+        # A job that follows another (issue #26): WAITING until that one's Job Finished event.
+        payload = self.payload(kind, 2, "", 0, 0)
+        job_id = self.pipes.submit(upstream, payload, use)
+        if job_id is None:
+            self.seen["follower refused"] += 1
+            return multiple()
+        self.payloads[job_id] = payload
+        self.seen["submitted follower"] += 1
+        return job_id
+
+    @precondition(lambda self: self.pipes.tap.published)
+    @rule(index=st.integers(0, 99))
+    def job_finished(self, index: int) -> None:
+        # A job's Job Finished event reaches the pipeline function: any one, late, or again.
+        self.pipes.deliver(index)
+        self.seen["job finished event delivered"] += 1
+
+    @rule(
+        target=jobs,
+        kind=st.sampled_from(["data_parallel", "sweep", "map"]),
+        shards=st.integers(2, 4),
+        budget=st.sampled_from(model_budget.BUDGETS_USD),
+    )
+    def submit_budgeted(self, kind: str, shards: int, budget: float) -> str:
+        # A job with budget_usd (issue #25): spent part-way, it stops sending and ends saying so.
+        payload = {**self.payload(kind, shards, "", 0, 0), "budget_usd": budget}
+        answer = self.world.engine.submit(payload)
+        assert answer["created"] and answer["status"] == "RUNNING", answer
+        self.payloads[answer["job_id"]] = payload
+        self.budgeted.append(str(answer["job_id"]))
+        self.seen["submitted with a budget"] += 1
         return str(answer["job_id"])
 
     # -- workers ----------------------------------------------------------------------------
@@ -195,8 +249,9 @@ class ShardqModel(RuleBasedStateMachine):
         # worker does (False: a stale read, or a task already running when its round closed).
         for _ in range(min(n, len(self.world.held))):
             held = self.pick(index)
-            if checks_job and self.world.drop_reason(held.task):
-                self.world.finish(held, [])  # dropped unrun
+            reason = self.world.drop_reason(held.task) if checks_job else None
+            if reason:  # dropped unrun (a budget-stopped job's task: with its drop notice)
+                self.world.finish(held, self.world.drop_bodies(held.task, reason))
                 continue
             body = self.world.result_body(held.task, "ok" if outcome == "duplicate" else outcome)
             self.world.finish(held, [body, body] if outcome == "duplicate" else [body])
@@ -315,7 +370,7 @@ class ShardqModel(RuleBasedStateMachine):
     def cancel(self, job_id: str) -> None:
         before = self.world.engine.store.get_job(job_id)
         report = cancel(self.world.engine, job_id)
-        if before.status == "RUNNING":
+        if before.status in ("RUNNING", "WAITING"):
             assert report.status in TERMINAL_STATUSES, report
         else:
             assert (report.cancelled, report.status) == (False, before.status), report
@@ -336,9 +391,13 @@ class ShardqModel(RuleBasedStateMachine):
             self.seen["retry refused"] += 1
             return
         self.seen[f"retried a {before.status} job"] += 1
+        if model_fedbuff.is_fedbuff(before):
+            self.seen[f"retried a {before.status} fedbuff job"] += 1
         retried = {(job_id, report.round, report.phase, shard) for shard in report.retried}
         for body in self.world.posted:
             data = json.loads(body)
+            if "status" not in data:
+                continue  # a drop notice (model_budget), not a result
             key = (data["job_id"], data["round"], data["task_type"], data["shard_id"])
             if key in retried and data["status"] == "failed" and body not in self.stale:
                 self.stale.append(body)
@@ -358,8 +417,14 @@ class ShardqModel(RuleBasedStateMachine):
     # -- the promises -----------------------------------------------------------------------
 
     @invariant()
+    def budgets(self) -> None:
+        # Invariants 13-15: tests/chaos/model_budget.py.
+        problems = model_budget.budget_problems(self.world, self.budgeted, self.sent_at_mark)
+        assert not problems, "\n".join(problems)
+
+    @invariant()
     def promises(self) -> None:
-        problems = step_problems(self.world, self.statuses)
+        problems = step_problems(self.world, self.statuses) + self.pipes.problems()
         if self.world.quiet():
             problems += self.hang_problems()
         assert not problems, "\n".join(problems)
@@ -384,10 +449,14 @@ class ShardqModel(RuleBasedStateMachine):
             while w.take(10):
                 pass
             for held in list(w.held):
-                w.finish(held, [] if w.drop_reason(held.task) else [w.result_body(held.task, "ok")])
+                reason = w.drop_reason(held.task)
+                bodies = w.drop_bodies(held.task, reason) if reason else [w.result_body(held.task, "ok")]
+                w.finish(held, bodies)
             self.pump()
             if w.quiet():
-                problems = step_problems(w) + self.hang_problems()
+                if self.pipes.deliver_owed():  # the Job Finished events EventBridge still owes
+                    continue
+                problems = step_problems(w) + self.hang_problems() + self.pipes.problems()
                 assert not problems, "\n".join(problems)
                 running = [j for j in world_jobs(w) if w.engine.store.get_job(j).status == "RUNNING"]
                 if not running:
@@ -397,6 +466,8 @@ class ShardqModel(RuleBasedStateMachine):
         else:
             raise AssertionError("the jobs did not end in 200 passes")
         self.check_histories()
+        model_budget.seen_budget(self.seen, self.budgeted, w)
+        self.pipes.tally(self.seen)
 
     def check_histories(self) -> None:
         w = self.world
@@ -476,13 +547,14 @@ def _run(clients: dict[str, Any], examples: int, steps: int, *, derandomize: boo
 @pytest.fixture
 def handlers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The Lambda handlers, bound to the engine of the example that runs (its model clock)."""
-    from lambdas import common, dlq_handler
+    from lambdas import common, dlq_handler, pipeline
 
     def engine() -> Any:
         return ShardqModel.current[0].engine
 
     monkeypatch.setattr(common, "engine", engine)
     monkeypatch.setattr(dlq_handler, "engine", engine)
+    monkeypatch.setattr(pipeline, "engine", engine)
     # Small enqueue chunks: every fan-out checkpoints as it goes, so a cut one resumes midway.
     monkeypatch.setattr(enqueue_module, "CHUNK", 2)
     yield
@@ -517,6 +589,7 @@ SOAK_MUST_SEE = (
     "fedbuff update late",
     "fedbuff stale update applied",
     "fedbuff ended FAILED",
+    "retried a FAILED fedbuff job",
 )
 
 

@@ -145,3 +145,46 @@ def test_checkpoints_are_refused_where_they_would_be_left_out(
     assert code == 0 and "checkpoints: 3 per task" in out
     code, out, _ = run(capsys, "estimate", "examples/requests/sweep_halving.json")
     assert code == 0 and "heartbeats: a 30 s lease renewed every third of it" in out
+
+
+def test_an_asha_sweep_is_called_asha_and_counts_what_it_can_run(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN the project's ASHA sweep: 27 random trials, eta 3, epochs 1 → 3 → 9
+    argv = ("--workers", "8", "--task-seconds", "60")
+    code, out, _ = run(capsys, "estimate", "examples/requests/sweep_asha.json", *argv, "--json")
+    e = json.loads(out)
+    # THEN its rungs are priced at the bound status shows (n - eta + 1 of a rung's n go on), not
+    # halving's 27 + 9 + 3: a trial promoted early may drop out of the top later
+    assert code == 0 and [r["trials"] for r in e["request"]["rungs"]] == [27, 25, 23]
+    assert e["request"]["tasks"] == 75 and e["request"]["early_stopping"] == "asha"
+    assert e["request"]["tasks_typical"] == 39
+    assert e["request"]["budget_spent"] == 27 * 1 + 25 * 2 + 23 * 6
+    assert e["total_usd"] == pytest.approx(sum(line["usd"] for line in e["lines"]))
+    # AND the table says ASHA and "up to"
+    code, out, _ = run(capsys, "estimate", "examples/requests/sweep_asha.json", *argv)
+    head = out.splitlines()[0]
+    assert code == 0 and "ASHA (asynchronous successive halving), up to 27 + 25 + 23 trials" in head
+    assert "= up to 75 tasks (usually about 39, as halving's)" in head
+    assert "successive halving, 27" not in head
+
+
+def test_a_fedbuff_job_counts_k_updates_a_version_and_its_reduces(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN the project's FedBuff job: 8 clients, buffer 4, 20 versions
+    argv = ("--workers", "8", "--task-seconds", "60")
+    code, out, _ = run(capsys, "estimate", "examples/requests/data_parallel_fedbuff.json", *argv, "--json")
+    e = json.loads(out)
+    # THEN it runs 20 x 4 updates + 20 reduces, not 20 rounds of every client
+    assert code == 0 and e["request"]["tasks_per_round"] == 4 and e["request"]["tasks"] == 20 * 4 + 20
+    assert e["request"]["fedbuff"] == {
+        "buffer_size": 4,
+        "clients": 8,
+        "max_staleness": 8,
+        "surplus_at_most": 7,
+    }
+    code, out, _ = run(capsys, "estimate", "examples/requests/data_parallel_fedbuff.json", *argv)
+    assert code == 0 and out.startswith(
+        "data_parallel: FedBuff, 20 versions x 4 updates + 20 reduces = 100 tasks"
+    )
+    # AND an Optuna sweep (asynchronous, no early stopping) runs num_trials tasks, one each
+    code, out, _ = run(capsys, "estimate", "examples/requests/sweep_optuna.json", *argv, "--json")
+    e = json.loads(out)
+    assert code == 0 and e["request"]["tasks"] == 30 and e["request"]["rounds"] == 1

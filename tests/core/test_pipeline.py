@@ -23,6 +23,7 @@ from shardq.core.operations import OperationError, cancel, retry_failed
 from shardq.core.pipeline import release
 from shardq.core.settings import Settings
 from tests.finished import aggregate, workers
+from tests.helpers import LambdaContext, receive_all, tasks_of
 
 pytestmark = pytest.mark.local_cloud
 
@@ -281,3 +282,56 @@ def test_the_handler_refuses_an_event_that_is_not_a_job_finished_event(lambda_en
         followers_of({"detail-type": "Job Finished", "detail": {}})
     # a job nothing follows (or one this table never saw): nothing to do
     assert followers_of({"detail-type": "Job Finished", "detail": {"job_id": "no-followers"}}) == {}
+
+
+def test_a_follower_too_big_for_one_invocation_is_handed_to_the_splitter_and_sent_once(
+    engine: Engine, lambda_env: Settings, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lambdas import pipeline, splitter
+    from lambdas.common import CONTINUE_KEY
+
+    # GIVEN a training job, and two map evaluations waiting for it: one of 1,100 shards (more
+    # than one 500-task chunk) and one of 2
+    a, big, small = f"{prefix}-a", f"{prefix}-big", f"{prefix}-small"
+    engine.submit(data_parallel(a, rounds=1))
+    after = {"job_id": a, "use": "final_model"}
+    wide = {"dataset": {"uri": DATA, "num_samples": 1_100}, "sharding": {"shard_count": 1_100}}
+    assert engine.submit(evaluation(big, after=after, **wide))["status"] == "WAITING"
+    assert engine.submit(evaluation(small, after=after))["status"] == "WAITING"
+    crew = workers(engine)
+    while not engine.store.get_job(a).terminal:  # the training runs; its event is not handled yet
+        for w in crew:
+            w.poll_once()
+        aggregate(engine)
+    assert engine.store.get_job(a).status == "SUCCEEDED"
+    # The splitter's asynchronous continuation, as ``continue_job`` invokes it (Lambda runs it
+    # after this invocation returned): kept here, then run below.
+    handed: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        pipeline, "continue_job", lambda job_id: handed.append({CONTINUE_KEY: {"job_id": job_id}})
+    )
+    event = {"detail-type": "Job Finished", "source": "shardq", "detail": {"job_id": a}}
+    # WHEN the pipeline Lambda handles its Job Finished event with 1 s left in its invocation
+    answer = pipeline.handler(event, LambdaContext(remaining_ms=1_000))
+    # THEN both start; the big one stops at its first checkpoint and is handed on, the small one
+    # (after it, in id order) is still enqueued whole by the same invocation
+    assert answer == {"upstream": a, "followers": {big: "RUNNING", small: "RUNNING"}}
+    assert handed == [{CONTINUE_KEY: {"job_id": big}}]
+    assert engine.store.get_job(big).enqueued(0, "train") == 500
+    assert engine.store.get_job(small).enqueued(0, "train") == 2
+    # WHEN the continuation runs, and then the event is delivered again (EventBridge: at least once)
+    view = splitter.split(handed[0], LambdaContext())
+    assert view["ok"] and view["continued"] and view["status"] == "RUNNING"
+    assert pipeline.handler(event, LambdaContext())["followers"] == {big: "RUNNING", small: "RUNNING"}
+    # THEN every task of both is on the queue exactly once, from the training's final model
+    tasks = tasks_of(receive_all(engine.sqs, engine.settings.task_queue_url))
+    by_job: dict[str, list[int]] = {}
+    for t in tasks:
+        by_job.setdefault(t.job_id, []).append(t.shard_id)
+    assert sorted(by_job[big]) == list(range(1_100))
+    assert sorted(by_job[small]) == [0, 1]
+    assert len(tasks) == 1_102
+    final = manifest(engine, a)["final_model_uri"]
+    assert {t.init_model_uri for t in tasks} == {final}
+    assert engine.store.get_job(big).model_uri == final
+    assert len(handed) == 1

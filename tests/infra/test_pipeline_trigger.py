@@ -108,3 +108,122 @@ def test_bad_retry_attempts_are_refused_with_the_range() -> None:
             retry_attempts=200,
             max_event_age=Duration.hours(1),
         )
+
+
+def test_a_message_in_the_pipeline_failure_queue_raises_an_alarm(synth: Synth) -> None:
+    queue = "PipelineFailureQueue"
+    (alarm,) = [
+        a["Properties"]
+        for a in synth.of_type("AWS::CloudWatch::Alarm").values()
+        if a["Properties"]["Dimensions"]
+        == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}]
+    ]
+    topic = _logical_id(synth, synth.stack.monitoring.topic)
+    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "Maximum",
+        0,
+        "GreaterThanThreshold",
+    )
+    assert alarm["AlarmActions"] == [{"Ref": topic}]
+    assert "may still be WAITING" in alarm["AlarmDescription"]
+    (dashboard,) = synth.of_type("AWS::CloudWatch::Dashboard").values()
+    assert "pipeline failures" in str(dashboard["Properties"]["DashboardBody"])
+
+
+# -- the customer-key variant (tests/infra/test_variants.py's VARIANTS: queue_encryption "kms") -----
+
+
+def test_under_a_customer_key_eventbridge_may_use_the_key_for_this_rule_only(variants_synth: Synth) -> None:
+    from stacks.components.pipeline_trigger import DLQ_KEY_ACTIONS
+
+    synth = variants_synth
+    queue = synth.resources["PipelineFailureQueue"]["Properties"]
+    (key_id,) = [
+        k
+        for k, r in synth.of_type("AWS::KMS::Key").items()
+        if r["Properties"].get("Description", "").startswith("Encrypts the shardq queues")
+    ]
+    # the queue is under the customer key, not SQS-managed SSE
+    assert queue["KmsMasterKeyId"] == {"Fn::GetAtt": [key_id, "Arn"]}
+    assert "SqsManagedSseEnabled" not in queue
+    # the rule is named (generated from the stack name), so its ARN is written without a reference
+    rule_id = _logical_id(synth, synth.stack.pipeline_trigger.rule)
+    name = synth.resources[rule_id]["Properties"]["Name"]
+    assert name.startswith("shardq-dev-pipelines-") and len(name) <= 64
+    arn = {
+        "Fn::Join": [
+            "",
+            [
+                "arn:",
+                {"Ref": "AWS::Partition"},
+                ":events:",
+                {"Ref": "AWS::Region"},
+                ":",
+                {"Ref": "AWS::AccountId"},
+                f":rule/{name}",
+            ],
+        ]
+    }
+    statements = synth.resources[key_id]["Properties"]["KeyPolicy"]["Statement"]
+    mine = [s for s in statements if s.get("Principal") == {"Service": "events.amazonaws.com"}]
+    assert mine == [
+        {
+            "Sid": "PipelineRuleDeadLetters",
+            "Effect": "Allow",
+            "Principal": {"Service": "events.amazonaws.com"},
+            "Action": sorted(DLQ_KEY_ACTIONS),
+            "Resource": "*",
+            "Condition": {"ArnEquals": {"aws:SourceArn": arn}},
+        }
+    ]
+    # and that ARN is the rule's own (the queue policy CDK writes for the DLQ names it by reference)
+    (policy,) = [
+        p["Properties"]
+        for p in synth.of_type("AWS::SQS::QueuePolicy").values()
+        if p["Properties"]["Queues"] == [{"Ref": "PipelineFailureQueue"}]
+    ]
+    sends = [
+        s
+        for s in policy["PolicyDocument"]["Statement"]
+        if s.get("Principal") == {"Service": "events.amazonaws.com"}
+    ]
+    assert sends and all(
+        s["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": [rule_id, "Arn"]}}} for s in sends
+    )
+    (rule,) = [r for k, r in synth.of_type("AWS::Events::Rule").items() if k == rule_id]
+    assert rule["Properties"]["Targets"][0]["DeadLetterConfig"] == {
+        "Arn": {"Fn::GetAtt": ["PipelineFailureQueue", "Arn"]}
+    }
+
+
+def test_an_imported_queue_key_warns_with_the_statement_to_add() -> None:
+    from aws_cdk import App, Stack
+    from aws_cdk import aws_events as events
+    from aws_cdk import aws_kms as kms
+    from aws_cdk import aws_lambda as lambda_
+    from aws_cdk import aws_sqs as sqs
+    from aws_cdk.assertions import Annotations
+
+    from stacks.components.pipeline_trigger import PipelineTrigger
+
+    stack = Stack(App(), "T")
+    key = kms.Key.from_key_arn(
+        stack, "K", "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    )
+    PipelineTrigger(
+        stack,
+        "P",
+        function=lambda_.Function.from_function_name(stack, "F", "f"),
+        event_bus=events.EventBus.from_event_bus_name(stack, "B", "default"),
+        dead_letter_queue=sqs.Queue(
+            stack, "Q", encryption=sqs.QueueEncryption.KMS, encryption_master_key=key
+        ),
+    )
+    Annotations.from_stack(stack).has_warning(
+        "/T/P",
+        Match.string_like_regexp(
+            r".*cannot let EventBridge .*events\.amazonaws\.com.*kms:GenerateDataKey.*kms:Decrypt.*"
+            r"aws:SourceArn arn:<partition>:events:<region>:<account>:rule/T-pipelines-[0-9a-f]{8} .*"
+        ),
+    )

@@ -24,13 +24,16 @@ totals, ``failed_total`` (the failure budget, shared with every kind) and ``fb_w
 whose next task waits for the next version). Per version ``v``, in the job record's counter scheme
 (``JobRecord.counters``, so every read view counts them as it counts rounds): ``upd_rv_train``
 (updates that trained and went into v: applied, late or surplus), ``ulate_rv_train`` (of them
-late), ``ufail_rv_train`` (failed updates while v was open) and ``usd_rv_train`` (their cost,
-also added to the job's ``cost_uusd``). A retry (``forgive``) sets ``fb_forgive_seq``: failed
+late), ``utau_rv_train`` (the applied ones' staleness τ summed), ``ufail_rv_train`` (failed updates
+while v was open) and ``usd_rv_train`` (their cost, also added to the job's ``cost_uusd``); per
+update number ``n``, ``usent_rn_train``: next tasks sent after an update ``n - 1`` (``mark_sent``;
+with round 0's fan-out, the tasks sent). A retry (``forgive``) sets ``fb_forgive_seq``: failed
 updates recorded before it (``order`` below it) no longer count against the failure budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,7 +42,15 @@ from typing import Any
 
 from shardq.core.batchcalls import JobStoreError
 from shardq.core.batchcalls import pause as _pause
-from shardq.core.store.keys import MAX_RECORD_ATTEMPTS, _from_item, _job_key, _pk, _to_item, now_iso
+from shardq.core.store.keys import (
+    MAX_RECORD_ATTEMPTS,
+    _counter,
+    _from_item,
+    _job_key,
+    _pk,
+    _to_item,
+    now_iso,
+)
 from shardq.core.store.records import JobChanged, JobNotFound
 from shardq.core.store.spending import COST_ATTRIBUTE
 from shardq.core.store.update import _ref, _Update
@@ -143,6 +154,8 @@ def _version_counters(placed: Sequence[Update]) -> dict[str, int]:
             names.append(f"ulate_r{u.version}_train")
         for name in names:
             out[name] = out.get(name, 0) + 1
+        if u.state == APPLIED and u.tau:
+            out[f"utau_r{u.version}_train"] = out.get(f"utau_r{u.version}_train", 0) + u.tau
         if u.cost_micro_usd:
             for name in (f"usd_r{u.version}_train", COST_ATTRIBUTE):
                 out[name] = out.get(name, 0) + u.cost_micro_usd
@@ -350,13 +363,22 @@ class FedBuffStore:
             return int(item["next_base"]["N"])
 
     def mark_sent(self, job_id: str, client: int, seq: int) -> None:
-        """The client's next task (after update ``seq``) is on the queue."""
-        self.ddb.update_item(
-            TableName=self.table,
-            Key=_upd_key(job_id, client, seq),
-            UpdateExpression="SET next_sent = :t",
-            ExpressionAttributeValues={":t": {"BOOL": True}},
-        )
+        """The client's next task (after update ``seq``) is on the queue: ``next_sent``, and the
+        job's ``usent_r<seq + 1>_train`` counted once with it (the tasks out:
+        ``shardq.core.outstanding``); a second mark (a redelivery's) changes nothing."""
+        update = _Update().add(_counter("usent", seq + 1, "train"), 1)
+        mark = {
+            "TableName": self.table,
+            "Key": _upd_key(job_id, client, seq),
+            "UpdateExpression": "SET next_sent = :t",
+            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(next_sent)",
+            "ExpressionAttributeValues": {":t": {"BOOL": True}},
+        }
+        # Cancelled: marked (and counted) before.
+        with contextlib.suppress(self.ddb.exceptions.TransactionCanceledException):
+            self.ddb.transact_write_items(
+                TransactItems=[{"Update": mark}, {"Update": update.request(self.table, job_id, stamp=False)}]
+            )
 
     def wait(self, job_id: str, names: Iterable[str]) -> None:
         """Clients (``c:n``) whose next task waits for the next version."""

@@ -29,8 +29,11 @@ _de = TypeDeserializer()
 # successive-halving rung planned, when a closed rung decided them); usd (the counted outcomes'
 # cost in micro-USD) and drop (tasks workers dropped unrun once the budget was spent), both
 # ``shardq.core.spend``'s.
-# upd/ulate/ufail: a FedBuff job's updates per version (``shardq.core.store.fedbuff``).
-_COUNTER_RE = re.compile(r"^(ok|fail|div|enq|plan|part|usd|drop|upd|ulate|ufail)_r(\d+)_(train|reduce)$")
+# upd/ulate/ufail/utau: a FedBuff job's updates (and the applied ones' staleness) per version
+# (``shardq.core.store.fedbuff``); usent: its next tasks sent after an update (``mark_sent``).
+_COUNTER_RE = re.compile(
+    r"^(ok|fail|div|enq|plan|part|usd|drop|upd|ulate|ufail|utau|usent)_r(\d+)_(train|reduce)$"
+)
 # What ``finish`` sets and ``reopen`` removes.
 _FINISH_ATTRIBUTES = ("finished_at", "result_uri", "error", "event_pending", "event_claim", "expires_at")
 

@@ -9,6 +9,9 @@ Items (partition ``JOB#<job_id>``):
                             decision's sequence number, the trial's hyperparameters,
                             the model it starts from, and why (the rung's results known
                             then and the trial's rank among them); written once
+``ASYNCLOG#000000017``      pass 17's decisions, all in one item (written once, by the
+                            pass): a reader that knows the decisions up to pass 16 reads
+                            this item alone, not the job's every decision
 ==========================  =========================================================
 
 and on the job record: ``async_seq`` (decisions made so far, one number a pass) and
@@ -45,8 +48,9 @@ from shardq.core.store.records import JobChanged
 from shardq.core.store.retried import retried_item
 from shardq.core.store.update import _ref, _Update
 
-# Decisions one pass writes at most: one transaction's puts beside the job's update.
-MAX_DECISIONS = MAX_PUTS_PER_TRANSACTION
+# Decisions one pass writes at most: one transaction's puts beside the pass's log item and the
+# job's update.
+MAX_DECISIONS = MAX_PUTS_PER_TRANSACTION - 1
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,44 @@ def _decision_key(job_id: str, rung: int, trial: int) -> dict[str, Any]:
     return {"pk": _pk(job_id), "sk": {"S": f"ASYNC#r{rung:04d}#{trial:06d}"}}
 
 
+def _log_sk(seq: int) -> str:
+    return f"ASYNCLOG#{seq:09d}"
+
+
+def _fields(d: SweepDecision, seq: int, now: str) -> dict[str, Any]:
+    """A decision's attributes as pass ``seq`` writes them (its item, and its log entry)."""
+    return {
+        "rung": d.rung,
+        "trial": d.trial,
+        "lane": d.lane,
+        "seq": seq,
+        "params": json.dumps(d.params, sort_keys=True),
+        "init_model": d.init_model,
+        "known": d.known,
+        "rank": d.rank,
+        "rule": d.rule,
+        "decided_at": d.decided_at or now,
+        "generation": d.generation or None,
+    }
+
+
+def _decision(raw: dict[str, Any]) -> SweepDecision:
+    """A decision from its attributes (an item's, or a log entry's)."""
+    return SweepDecision(
+        rung=int(raw["rung"]),
+        trial=int(raw["trial"]),
+        lane=int(raw["lane"]),
+        seq=int(raw["seq"]),
+        params=json.loads(raw["params"]),
+        init_model=raw.get("init_model"),
+        known=int(raw.get("known", 0)),
+        rank=int(raw.get("rank", 0)),
+        rule=raw.get("rule", "draw"),
+        decided_at=raw.get("decided_at", ""),
+        generation=int(raw.get("generation") or 0),
+    )
+
+
 class SweepDecisions(StoreBase):
     """Reads and conditional writes of an asynchronous sweep's decisions (see the module docstring)."""
 
@@ -101,66 +143,61 @@ class SweepDecisions(StoreBase):
     def sweep_decisions(self, job_id: str, rung: int | None = None) -> list[SweepDecision]:
         """Every decision of the job (or of one rung), in (rung, trial) order."""
         prefix = "ASYNC#" if rung is None else f"ASYNC#r{rung:04d}#"
-        out = []
-        for item in self._query(job_id, prefix):
-            raw = _from_item(item)
-            out.append(
-                SweepDecision(
-                    rung=int(raw["rung"]),
-                    trial=int(raw["trial"]),
-                    lane=int(raw["lane"]),
-                    seq=int(raw["seq"]),
-                    params=json.loads(raw["params"]),
-                    init_model=raw.get("init_model"),
-                    known=int(raw.get("known", 0)),
-                    rank=int(raw.get("rank", 0)),
-                    rule=raw.get("rule", "draw"),
-                    decided_at=raw.get("decided_at", ""),
-                    generation=int(raw.get("generation", 0)),
-                )
-            )
+        return [_decision(_from_item(item)) for item in self._query(job_id, prefix)]
+
+    def sweep_log(self, job_id: str, after: int, upto: int) -> list[SweepDecision] | None:
+        """The decisions of passes ``after + 1 … upto``, in pass order (a later pass's decision of
+        the same task, a retry's, comes after); None when a pass's log item is missing (a job
+        decided before the log existed: read ``sweep_decisions`` instead)."""
+        if upto <= after:
+            return []
+        items = list(self._query(job_id, "", between=(_log_sk(after + 1), _log_sk(upto))))
+        if len(items) != upto - after:
+            return None
+        out: list[SweepDecision] = []
+        for item in items:
+            out.extend(_decision(entry) for entry in json.loads(_from_item(item)["decisions"]))
         return out
+
+    def sweep_decided(self, job_id: str, rung: int, trial: int) -> bool:
+        """True when a decision ran ``trial`` at ``rung`` (one item read)."""
+        item = self.ddb.get_item(
+            TableName=self.table,
+            Key=_decision_key(job_id, rung, trial),
+            ProjectionExpression="sk",
+            ConsistentRead=True,
+        ).get("Item")
+        return item is not None
 
     def decide(
         self, job_id: str, seen: int, decisions: Sequence[SweepDecision], *, again: str | None = None
     ) -> bool:
-        """Write one pass's decisions (each with ``seq = seen + 1``) and move ``async_seq`` to
-        ``seen + 1``, in one transaction; False when another pass decided first, the job is no
-        longer RUNNING or a cancel was asked for (nothing is written). An empty pass claims the
-        state alone (the sweep's end: nobody decided since ``seen``).
+        """Write one pass's decisions (each with ``seq = seen + 1``) and its log item, and move
+        ``async_seq`` to ``seen + 1``, in one transaction; False when another pass decided first,
+        the job is no longer RUNNING or a cancel was asked for (nothing is written). An empty
+        pass claims the state alone (the sweep's end: nobody decided since ``seen``).
 
         ``again`` (a retry, with the job's status then): the decisions exist and are written anew
         under the new ``seq`` (and their new ``generation``), so the next pass sends them again."""
         if len(decisions) > MAX_DECISIONS:
             raise ValueError(f"decide: at most {MAX_DECISIONS} decisions a pass, got {len(decisions)}")
         now = now_iso()
+        entries = [_fields(d, seen + 1, now) for d in decisions]
         puts = [
             {
                 "Put": {
                     "TableName": self.table,
-                    "Item": {
-                        **_decision_key(job_id, d.rung, d.trial),
-                        **_to_item(
-                            {
-                                "rung": d.rung,
-                                "trial": d.trial,
-                                "lane": d.lane,
-                                "seq": seen + 1,
-                                "params": json.dumps(d.params, sort_keys=True),
-                                "init_model": d.init_model,
-                                "known": d.known,
-                                "rank": d.rank,
-                                "rule": d.rule,
-                                "decided_at": d.decided_at or now,
-                                "generation": d.generation or None,
-                            }
-                        ),
-                    },
+                    "Item": {**_decision_key(job_id, d.rung, d.trial), **_to_item(entry)},
                     "ConditionExpression": "attribute_exists(sk)" if again else "attribute_not_exists(sk)",
                 }
             }
-            for d in decisions
+            for d, entry in zip(decisions, entries, strict=True)
         ]
+        # The pass's log item: what a reader that knows the passes before reads of this one.
+        log = {"pk": _pk(job_id), "sk": {"S": _log_sk(seen + 1)}, "decisions": {"S": json.dumps(entries)}}
+        puts.append(
+            {"Put": {"TableName": self.table, "Item": log, "ConditionExpression": "attribute_not_exists(sk)"}}
+        )
         update = _Update().set(async_seq=seen + 1)
         update.condition(f"{_ref(update, 'status')} = :running", running=again or "RUNNING")
         update.condition(f"attribute_not_exists({_ref(update, 'cancel_requested_at')})")

