@@ -70,7 +70,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-lr", type=float, default=1.0)
     parser.add_argument("--target-iid", type=float, default=0.95)
     parser.add_argument("--target-noniid", type=float, default=0.85)
-    parser.add_argument("--epoch-s", type=float, default=None, help="a nominal epoch's seconds (default: timed)")
+    parser.add_argument(
+        "--epoch-s", type=float, default=None, help="a nominal epoch's seconds (default: timed)"
+    )
     parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=PARTITIONS)
     parser.add_argument(
         "--systems", nargs="+", default=["fedbuff", "sync", "flower"], choices=["fedbuff", "sync", "flower"]
@@ -113,7 +115,9 @@ def time_epoch(args: argparse.Namespace, data: dict[str, Any]) -> float:
     return min(times)
 
 
-def request(args: argparse.Namespace, partition: str, delays: list[float], uri: str, init: str, fedbuff: bool) -> dict[str, Any]:
+def request(
+    args: argparse.Namespace, partition: str, delays: list[float], uri: str, init: str, fedbuff: bool
+) -> dict[str, Any]:
     """The data_parallel request: synchronous FedAvg, or FedBuff with the same client updates."""
     rounds = rounds_of(args, partition)
     out: dict[str, Any] = {
@@ -174,13 +178,16 @@ def run_shardq(cloud: LocalCloud, args: argparse.Namespace, partition: str, dela
         evals = sorted(wl.EVALS, key=lambda e: e["t"])
     if line.status != "SUCCEEDED":
         raise RuntimeError(f"{payload['job_id']} ended {line.status}: {line.error}")
-    curve = [{"t": round(e["t"] - t0, 3), "version": e["version"], "accuracy": e["test_accuracy"]} for e in evals]
+    curve = [
+        {"t": round(e["t"] - t0, 3), "version": e["version"], "accuracy": e["test_accuracy"]} for e in evals
+    ]
     system = "shardq FedBuff" if fedbuff else "shardq FedAvg (sync)"
     per_step = args.buffer_size if fedbuff else args.clients
     out = summarize(system, partition, target_of(args, partition), curve, per_step, time.time() - t0)
     out["server_steps"] = payload["rounds"]
     out["updates"] = [
-        {k: r[k] for k in ("client", "round")} | {"start": round(r["start"] - t0, 3), "end": round(r["end"] - t0, 3)}
+        {k: r[k] for k in ("client", "round")}
+        | {"start": round(r["start"] - t0, 3), "end": round(r["end"] - t0, 3)}
         for r in wl.BUSY.intervals
     ]
     return out
@@ -190,8 +197,12 @@ def flower_available() -> str | None:
     """None when the Flower venv imports flwr and torch, else why not."""
     if not FLOWER_PY.exists():
         return f"{FLOWER_PY.relative_to(ROOT)} not found: run `make flower`"
-    check = subprocess.run([str(FLOWER_PY), "-c", "import flwr, torch"], check=False, capture_output=True, text=True)
-    return None if check.returncode == 0 else f"flwr/torch do not import in .venv/flower: {check.stderr[-300:]}"
+    check = subprocess.run(
+        [str(FLOWER_PY), "-c", "import flwr, torch"], check=False, capture_output=True, text=True
+    )
+    return (
+        None if check.returncode == 0 else f"flwr/torch do not import in .venv/flower: {check.stderr[-300:]}"
+    )
 
 
 def run_flower(args: argparse.Namespace, partition: str, delays: list[float], dataset: Path, init: Path,
@@ -224,7 +235,9 @@ def run_flower(args: argparse.Namespace, partition: str, delays: list[float], da
     for i, row in enumerate(history):
         t += row["round_s"] if i else 0.0
         curve.append({"t": round(t, 3), "version": row["round"], "accuracy": row["test_accuracy"]})
-    res = summarize("Flower FedAvg", partition, target_of(args, partition), curve, args.clients, time.time() - began)
+    res = summarize(
+        "Flower FedAvg", partition, target_of(args, partition), curve, args.clients, time.time() - began
+    )
     res["server_steps"] = len(history)
     res["startup_s"] = round(t0 - began, 1)
     return res

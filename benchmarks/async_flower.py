@@ -45,7 +45,12 @@ def train(msg: Message, context: Context) -> Message:
     client = int(context.node_config["partition-id"])
     delays = [float(d) for d in os.environ[DELAYS_ENV].split(",")]
     time.sleep(delays[client] * int(msg.content["config"]["epochs"]))
-    row = {"client": client, "round": int(msg.content["config"]["server-round"]), "start": began, "end": time.time()}
+    row = {
+        "client": client,
+        "round": int(msg.content["config"]["server-round"]),
+        "start": began,
+        "end": time.time(),
+    }
     with (Path(os.environ[OUT_ENV]) / "clients.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
     return reply
@@ -53,7 +58,9 @@ def train(msg: Message, context: Context) -> Message:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the simulation; ``history.json`` and ``run.json`` land in ``--out``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for name in ("--data", "--init", "--out", "--partition", "--delays"):
         parser.add_argument(name, required=True)
     parser.add_argument("--arch", default="cnn")

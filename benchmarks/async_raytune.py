@@ -123,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_config=tune.TuneConfig(
             scheduler=scheduler, max_concurrent_trials=s["workers"], reuse_actors=True
         ),
-        run_config=tune.RunConfig(
-            storage_path=str(work / "ray_results"), verbose=0, callbacks=[FreeSlot()]
-        ),
+        run_config=tune.RunConfig(storage_path=str(work / "ray_results"), verbose=0, callbacks=[FreeSlot()]),
     )
     t0 = time.time()
     grid = tuner.fit()

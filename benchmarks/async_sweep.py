@@ -127,7 +127,9 @@ def figures(s: dict[str, Any], intervals: list[dict[str, Any]], t0: float) -> di
         "trials_at_budget": {
             b: len({r["trial"] for r in intervals if r["rung"] >= k}) for k, b in enumerate(s["budgets"])
         },
-        "intervals": [{**r, "start": round(r["start"] - t0, 3), "end": round(r["end"] - t0, 3)} for r in intervals],
+        "intervals": [
+            {**r, "start": round(r["start"] - t0, 3), "end": round(r["end"] - t0, 3)} for r in intervals
+        ],
     }
 
 
@@ -266,7 +268,9 @@ def raytune_available() -> str | None:
     check = subprocess.run(
         [str(RAYTUNE_PY), "-c", "import ray.tune, numpy"], check=False, capture_output=True, text=True
     )
-    return None if check.returncode == 0 else f"ray.tune does not import in .venv/raytune: {check.stderr[-300:]}"
+    return (
+        None if check.returncode == 0 else f"ray.tune does not import in .venv/raytune: {check.stderr[-300:]}"
+    )
 
 
 def run_raytune(s: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -342,7 +346,9 @@ def run_all(args: argparse.Namespace, cloud: LocalCloud | None = None) -> dict[s
             skipped["raytune"] = why
     for row in runs:
         if row["trials_at_budget"].get(s["budgets"][0]) != len(s["points"]):
-            problems.append(f"{row['system']}: {row['trials_at_budget']} — not every trial trained its first rung")
+            problems.append(
+                f"{row['system']}: {row['trials_at_budget']} — not every trial trained its first rung"
+            )
     for name, why in skipped.items():
         print(f"{name} skipped: {why}", flush=True)
     return {
@@ -365,7 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(m))
     load_before = load()
     out = run_all(args)
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": m, "load_before": load_before, **out}
+    result = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "machine": m,
+        "load_before": load_before,
+        **out,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     print(async_report.sweep_table(result))

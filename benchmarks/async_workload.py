@@ -157,7 +157,8 @@ EVALS: list[dict[str, Any]] = []
 
 
 def evaluate_global(task: Any, model_path: Path, ctx: Any) -> dict[str, float]:
-    """The reduce hook of ``fl_train``'s jobs: ``examples.mnist.fedavg.evaluate_global``, logged in ``EVALS``."""
+    """The reduce hook of ``fl_train``'s jobs: ``examples.mnist.fedavg.evaluate_global``, logged
+    in ``EVALS``."""
     from examples.mnist import fedavg
 
     metrics = fedavg.evaluate_global(task, model_path, ctx)

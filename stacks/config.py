@@ -270,7 +270,8 @@ class ShardqConfig:
     results_batch_window_seconds: int = _key(
         default=5,
         parse=_as_int(1, 300, "; Lambda needs a window of at least 1 s for batches above 10"),
-        doc="Aggregator event source MaximumBatchingWindow, seconds (1..300). Default 5.",
+        doc="MaximumBatchingWindow of the aggregator's event source on the bulk results queue, seconds "
+        "(1..300); round-closing results take the fast results queue, which has none. Default 5.",
     )
     aggregator_max_concurrency: int = _key(
         default=5,

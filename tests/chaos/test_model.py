@@ -571,6 +571,9 @@ MUST_SEE = (
     "fedbuff update applied",
     "fedbuff ended SUCCEEDED",
     "submitted map",
+    "submitted follower",
+    "follower started",
+    "job finished event delivered",
     "ended SUCCEEDED",
     "ended CANCELLED",
     "tick delivered",
@@ -589,6 +592,9 @@ SOAK_MUST_SEE = (
     "fedbuff update late",
     "fedbuff stale update applied",
     "fedbuff ended FAILED",
+    "follower refused",
+    "follower ended FAILED unstarted",
+    "follower ended CANCELLED unstarted",
     "retried a FAILED fedbuff job",
 )
 
