@@ -32,6 +32,7 @@ from shardq.core import async_sweep
 from shardq.core.contracts import ShardResult, TrainingRequest
 from shardq.core.engine import Engine
 from shardq.core.jobstore import JobRecord, Outcome, SweepDecision
+from shardq.core.progress_reads import OVERLAP_S, SKEW_S
 from shardq.core.store.sweeps import MAX_DECISIONS
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import provision
@@ -136,6 +137,9 @@ def run_size(cloud: LocalCloud, trials: int) -> dict[str, Any]:
     started = time.perf_counter()
     running = fill(engine, request, job_id, trials)
     fill_s = time.perf_counter() - started
+    # The sweep has been running a while: its results so far were recorded longer ago than a
+    # read's overlap reaches (shardq.core.progress_reads), as they are after its first minute.
+    time.sleep(OVERLAP_S + SKEW_S + 1)
     # A fresh container (its caches empty) meets the job's results from here on.
     engine = Engine(
         settings=settings, ddb=meter, sqs=clients["sqs"], s3=clients["s3"], events=clients["events"]

@@ -90,7 +90,9 @@ def idle_fraction(intervals: Sequence[dict[str, Any]], workers: int, t0: float, 
 
 # --- shardq's side: the worker's index comes from its thread (benchmarks.rounds_local names them) --
 
-BUSY = Busy()
+# Module state survives a worker's reload of this module (shardq.worker.code reloads an entrypoint
+# whose file changed, re-running it in the same namespace): a harness keeps reading the same objects.
+BUSY: Busy = globals().get("BUSY") or Busy()
 _WORKER_THREAD = re.compile(r"bench-worker-(\d+)$")
 
 
@@ -130,7 +132,7 @@ def client_delays(factors: Sequence[float], epoch_s: float) -> list[float]:
 
 # Set by a harness once its job ended: a client still sleeping gives its task back at once
 # (``Stopped``) instead of holding the worker thread, which the harness joins, for its full delay.
-ABORT = threading.Event()
+ABORT: threading.Event = globals().get("ABORT") or threading.Event()
 
 
 def slow_down(seconds: float) -> None:
@@ -153,7 +155,7 @@ def fl_train(task: Any, ctx: Any) -> dict[str, Any]:
 
 
 # Each new global model's test accuracy, when the reduce scored it (``time.time``).
-EVALS: list[dict[str, Any]] = []
+EVALS: list[dict[str, Any]] = globals().get("EVALS", [])
 
 
 def evaluate_global(task: Any, model_path: Path, ctx: Any) -> dict[str, float]:

@@ -91,7 +91,9 @@ def shardq_run(
         row = board.get(r["shard_id"], {})
         points.append((r["ingested_s"], row.get("objective")))
     best = line.manifest["best"]
+    by_trial = sorted(line.manifest["leaderboard"], key=lambda row: row["trial"])
     return {
+        "params": [row["hyperparameters"] for row in by_trial],
         "name": name,
         "curve": curve(points),
         "best": best["objective"],
@@ -131,6 +133,7 @@ def optuna_in_process(trials: int, seed: int) -> dict[str, Any]:
         "best_params": study.best_params,
         "wall_s": round(time.monotonic() - started, 3),
         "diverged": sum(1 for t in study.trials if t.state == optuna.trial.TrialState.FAIL),
+        "params": [t.params for t in study.trials],
     }
 
 
@@ -226,6 +229,26 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     print(f"plot: {path}")
 
 
+def sequential_check(trials: int, seed: int, timeout: float) -> int:
+    """shardq's TPE sweep with one trial in flight against Optuna's own loop: the same trials,
+    param for param (exit 1 if not), and both curves."""
+    from shardq.local.cloud import LocalCloud
+
+    search = {"method": "optuna", "sampler": "tpe", "num_trials": trials, "seed": seed}
+    with LocalCloud() as cloud:
+        ours = shardq_run(
+            cloud, "shardq, Optuna TPE, 1 in flight", request(f"seq{seed}", search, SPACE, 1), 1, timeout
+        )
+    theirs = optuna_in_process(trials, seed)
+    same = sum(a == b for a, b in zip(ours["params"], theirs["params"], strict=True))
+    print(
+        f"seed {seed}: {same} of {trials} trials asked alike; best {ours['best']:.4f} (shardq, "
+        f"{ours['wall_s']} s) vs {theirs['best']:.4f} (in-process, {theirs['wall_s']} s)"
+    )
+    emit_json("optuna_tpe_check", {"seed": seed, "trials": trials, "same": same, "runs": [ours, theirs]})
+    return 0 if same == trials else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -235,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800.0, help="per sweep, seconds")
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument(
+        "--check-seed",
+        type=int,
+        default=None,
+        help="only check: shardq's TPE with one trial in flight asks what Optuna asks in-process",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from shardq.local.cloud import LocalCloud
@@ -242,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     m = machine()
     print(describe(m))
     evaluate_params({"lr": 0.01, "weight_decay": 1e-4, "batch_size": 64})  # load the data once, untimed
+    if args.check_seed is not None:
+        return sequential_check(args.trials, args.check_seed, args.timeout)
     w, n, seeds = args.workers, args.trials, [int(x) for x in args.seeds.split(",")]
     runs: list[dict[str, Any]] = []
 

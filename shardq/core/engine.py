@@ -188,9 +188,17 @@ class Engine:
         """The request with its tenant settled (``invoked_as``: the caller's own tenant, on AWS
         the splitter alias it invoked); raises ``ValidationError`` for an unknown or foreign
         tenant and ``QuotaExceeded`` over a quota. A resubmit of an existing job is not counted
-        against the quotas again."""
-        exists = request.job_id is not None and self.store.status_of(request.job_id) is not None
-        tenant = self.admission.check_submit(request, invoked_as=invoked_as, quotas=not exists)
+        against the quotas again; one submitted before tenants existed keeps its request as it was
+        (the same request hashes the same)."""
+        existing = None
+        if request.job_id is not None:
+            try:
+                existing = self.store.get_job(request.job_id)
+            except JobNotFound:
+                existing = None
+        tenant = self.admission.check_submit(request, invoked_as=invoked_as, quotas=existing is None)
+        if existing is not None and existing.request.tenant is None and request.tenant is None:
+            return request
         return request if request.tenant == tenant else replace(request, tenant=tenant)
 
     def _backlog(self) -> int:

@@ -10,6 +10,7 @@ FedBuff and synchronous FedAvg score every server step they make. Optuna, Ray Tu
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
@@ -44,6 +45,14 @@ def test_idle_fraction_counts_worker_seconds_outside_busy_intervals() -> None:
 def test_the_workload_refuses_to_run_outside_a_bench_worker_thread() -> None:
     with pytest.raises(RuntimeError, match="bench-worker-N"):
         wl.thread_worker()
+
+
+def test_the_harness_state_survives_a_workers_reload_of_the_module() -> None:
+    # GIVEN the objects a harness reads; WHEN a worker reloads the edited entrypoint module
+    # (shardq.worker.code re-runs it in the same namespace); THEN they are still the same objects
+    busy, evals, abort = wl.BUSY, wl.EVALS, wl.ABORT
+    importlib.reload(wl)
+    assert wl.BUSY is busy and wl.EVALS is evals and wl.ABORT is abort
 
 
 @pytest.fixture(scope="module")

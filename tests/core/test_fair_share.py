@@ -182,3 +182,20 @@ def test_a_caller_cannot_claim_another_tenants_name(settings: Settings, clients:
     assert engine.store.status_of("claim") is None
     engine.submit(job("mine"), invoked_as="speech")
     assert engine.store.get_job("mine").request.tenant == "speech"
+
+
+def test_a_job_submitted_before_tenants_existed_resubmits_as_the_same_job(
+    settings: Settings, clients: dict[str, Any]
+) -> None:
+    from shardq.core.contracts import TrainingRequest
+    from shardq.core.engine import request_hash
+    from shardq.core.jobstore import JobRecord
+
+    # GIVEN a job an earlier version created: its request names no tenant
+    engine = make(settings, clients)
+    payload = job("old", 10)
+    request = TrainingRequest.from_dict(payload)
+    engine.store.create_job(JobRecord.new(request, "old", request_hash(request)))
+    # WHEN the same request is submitted again THEN it is the same job, not a conflict
+    assert engine.submit(payload)["created"] is False
+    assert engine.store.get_job("old").request.tenant is None

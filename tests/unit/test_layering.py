@@ -78,8 +78,8 @@ STORE_FAMILY = frozenset(
         "store/records.py",
         "store/results.py",
         "store/retried.py",  # retry marks: which shards a retry sent again, under which generation
-        "store/running.py",
-        "store/spending.py",  # the spend guard: the budget stop's mark, tasks dropped unrun after it  # the running jobs (by_status), for admission: quotas, windows, shares
+        "store/running.py",  # the running jobs (by_status), for admission: quotas, windows, shares
+        "store/spending.py",  # the spend guard: the budget stop's mark, tasks dropped unrun after it
         "store/sweeps.py",  # an asynchronous sweep's decisions (ASHA): each promotion once
         "store/update.py",
     )
