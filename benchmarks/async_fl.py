@@ -14,8 +14,9 @@ nominal client's local epoch is timed once in this process (``epoch_s``); client
   (``benchmarks.rounds_local``) with one worker thread per client; the reduce scores each new
   global model (``benchmarks.async_workload.evaluate_global``). FedBuff: ``strategy.name
   "fedbuff"``, ``buffer_size`` ``--buffer-size``, polynomial staleness (FLSim's exponent 0.5),
-  as many server steps as give the synchronous run's number of client updates
-  (``rounds × clients / buffer_size``).
+  ``--fedbuff-updates`` (2) times the synchronous run's client updates
+  (``2 × rounds × clients / buffer_size`` server steps): it makes them in a fraction of the time,
+  and a buffer of K < clients updates moves the model less per step than a full round.
 * **Flower FedAvg**: ``benchmarks.async_flower`` in ``.venv/flower`` (``make flower``), the same
   clients, Ray actors, one per client.
 
@@ -67,6 +68,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds-iid", type=int, default=8, help="synchronous rounds (IID)")
     parser.add_argument("--rounds-noniid", type=int, default=12, help="synchronous rounds (non-IID)")
     parser.add_argument("--buffer-size", type=int, default=3, help="FedBuff's K")
+    parser.add_argument(
+        "--fedbuff-updates", type=float, default=2.0,
+        help="FedBuff's client updates as a multiple of the synchronous run's (its server steps follow)",
+    )  # fmt: skip
     parser.add_argument("--server-lr", type=float, default=1.0)
     parser.add_argument("--target-iid", type=float, default=0.95)
     parser.add_argument("--target-noniid", type=float, default=0.85)
@@ -136,7 +141,7 @@ def request(
         "entrypoint": "benchmarks.async_workload:fl_train",
     }  # fmt: skip
     if fedbuff:
-        out["rounds"] = math.ceil(rounds * args.clients / args.buffer_size)
+        out["rounds"] = math.ceil(args.fedbuff_updates * rounds * args.clients / args.buffer_size)
         out["strategy"] = {"name": "fedbuff", "buffer_size": args.buffer_size, "server_lr": args.server_lr}
     return out
 

@@ -73,6 +73,7 @@ def sweep_table(result: dict[str, Any]) -> str:
 def sweep_checks(result: dict[str, Any]) -> list[tuple[bool, str]]:
     """The issue's targets for shardq's ASHA, judged on this run."""
     asha = next((r for r in result["runs"] if r["system"] == "shardq asha"), None)
+    wide = next((r for r in result["runs"] if r["system"].startswith("shardq asha, max_parallel")), None)
     if asha is None:
         return [(False, "shardq ASHA did not run: " + result.get("skipped", {}).get("asha", "not selected"))]
     return [
@@ -86,7 +87,17 @@ def sweep_checks(result: dict[str, Any]) -> list[tuple[bool, str]]:
             f"ASHA's workers idle {_pct(asha['idle_while_work'])} of the time while work remained "
             f"(target ≤ {100 * IDLE_TARGET:.0f} %)",
         ),
-    ]
+    ] + (
+        []
+        if wide is None
+        else [
+            (
+                (wide["idle_while_work"] if wide["idle_while_work"] is not None else 1.0) <= IDLE_TARGET,
+                f"{wide['system']}: idle {_pct(wide['idle_while_work'])} while work remained, first full "
+                f"configuration after {_fmt(wide['first_full_ratio'])}×",
+            )
+        ]
+    )
 
 
 def sweep_plot(result: dict[str, Any], path: Path = SWEEP_PLOT) -> Path | None:

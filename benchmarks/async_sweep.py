@@ -67,6 +67,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--systems", nargs="+", default=["asha", "halving", "optuna", "raytune"],
         choices=["asha", "halving", "optuna", "raytune"],
     )  # fmt: skip
+    parser.add_argument(
+        "--asha-parallel", type=int, default=8,
+        help="also run ASHA with this max_parallel (a task waiting per worker; 0: only one per worker)",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=600.0, help="per system, seconds")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md and the PNG")
@@ -154,14 +158,21 @@ def asha_available() -> bool:
     return "asha" in EARLY_STOPPING_METHODS
 
 
-def run_shardq(cloud: LocalCloud, s: dict[str, Any], method: str, timeout: float) -> dict[str, Any]:
-    """One sweep through the engine with ``method``; its figures, from the workload's busy intervals."""
+def run_shardq(
+    cloud: LocalCloud, s: dict[str, Any], method: str, timeout: float, parallel: int | None = None
+) -> dict[str, Any]:
+    """One sweep through the engine with ``method``; its figures, from the workload's busy intervals.
+
+    ``parallel``: the request's ``max_parallel``. ASHA keeps that many tasks in flight; by default
+    one per worker, so a free worker takes the next promotion or trial (more keep a task waiting in
+    the queue, hiding the result's round trip, at the cost of drawing trials before promotions are
+    known). Synchronous halving defaults to one FIFO lane per trial (its best case: no task waits in
+    a message group behind the straggler's).
+    """
     req = json.loads(json.dumps(s["request"]))
     req["early_stopping"]["method"] = method
-    # ASHA keeps max_parallel tasks in flight: one per worker, so a free worker always takes the
-    # next promotion or trial. Synchronous halving gets one FIFO lane per trial (its best case: no
-    # task waits in a message group behind the straggler's).
-    req["max_parallel"] = s["workers"] if method == "asha" else max(s["workers"], len(s["points"]))
+    default = s["workers"] if method == "asha" else max(s["workers"], len(s["points"]))
+    req["max_parallel"] = parallel or default
     req["job_id"] = f"async-sweep-{method}-{os.getpid()}-{int(time.time())}"
     with LocalRun(cloud, workers=s["workers"]) as run:
         wl.BUSY.intervals.clear()
@@ -180,7 +191,7 @@ def run_shardq(cloud: LocalCloud, s: dict[str, Any], method: str, timeout: float
     out["values"] = values
     manifest_best = line.manifest.get("best") or {}
     out.update(
-        system=f"shardq {method.replace('_', ' ')}",
+        system=f"shardq {method.replace('_', ' ')}" + (f", max_parallel {parallel}" if parallel else ""),
         status=line.status,
         error=line.error,
         job_done_s=line.finished_s,
@@ -320,11 +331,13 @@ def run_all(args: argparse.Namespace, cloud: LocalCloud | None = None) -> dict[s
             if method == "asha" and not asha_available():
                 skipped[name] = 'this shardq has no early_stopping.method "asha" yet'
                 continue
-            row = run_shardq(c, s, method, args.timeout)
-            if row["status"] != "SUCCEEDED":
-                problems.append(f"{row['system']} ended {row['status']}: {row['error']}")
-            runs.append(row)
-            print(f"{row['system']}: first full {row['first_full_s']} s", flush=True)
+            extra = [args.asha_parallel] if method == "asha" and args.asha_parallel else []
+            for parallel in [None, *extra]:
+                row = run_shardq(c, s, method, args.timeout, parallel)
+                if row["status"] != "SUCCEEDED":
+                    problems.append(f"{row['system']} ended {row['status']}: {row['error']}")
+                runs.append(row)
+                print(f"{row['system']}: first full {row['first_full_s']} s", flush=True)
 
     if cloud is not None:
         shardq(cloud)

@@ -24,6 +24,7 @@ Usage: ``make bench-optuna`` (installs Optuna and PyTorch), or
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -222,6 +223,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     left.set(xlabel="trials completed", ylabel="best held-out cross-entropy so far", yscale="log")
     right.set(xlabel="wall time from submission (s), each run")
     left.legend(fontsize=7)
+    right.legend(fontsize=7)
     fig.suptitle("MNIST CNN on 1,000 digits: lr × weight decay × batch size (lower is better)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,12 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="per sweep, seconds")
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument(
+        "--replot", type=Path, default=None, help="draw --plot from a saved run's BENCH_JSON line instead"
+    )
+    parser.add_argument(
         "--check-seed",
         type=int,
         default=None,
         help="only check: shardq's TPE with one trial in flight asks what Optuna asks in-process",
     )
     args = parser.parse_args(argv)
+    if args.replot is not None and args.plot is not None:
+        line = next(ln for ln in args.replot.read_text().splitlines() if ln.startswith("BENCH_JSON "))
+        plot(json.loads(line.removeprefix("BENCH_JSON "))["runs"], args.plot)
+        return 0
     sys.path.insert(0, str(ROOT))
     from shardq.local.cloud import LocalCloud
 

@@ -169,9 +169,10 @@ def _shape(request: Any) -> JobShape:
     from shardq.core.planning import participant_count
 
     job = JobShape.from_request(request)
-    if fedbuff_buffer(request) is not None:
+    buffer = fedbuff_buffer(request)
+    if buffer is not None:
         # FedBuff: each version applies one buffer of K updates, then one reduce makes it.
-        return replace(job, tasks_per_round=fedbuff_buffer(request))
+        return replace(job, tasks_per_round=buffer)
     if request.kind == "data_parallel":
         job = replace(job, tasks_per_round=participant_count(request, 0))
     return job

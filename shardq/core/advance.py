@@ -21,8 +21,9 @@ from shardq.core.artifacts import put_json
 from shardq.core.contracts import MAX_GATHERED_TASKS, ShardResult, TrainingRequest, ValidationError
 from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
 from shardq.core.finalize import Finisher, merge_ranges
-from shardq.core.jobstore import JobRecord, JobStore, Outcome, RecordOutcome
+from shardq.core.jobstore import Cursor, JobRecord, JobStore, Outcome, RecordOutcome
 from shardq.core.metrics import reduce_inputs, summarize_round
+from shardq.core.side_by_side import both
 from shardq.core.sweep_cache import SweepCache
 
 # Jobs whose shape (task count, rounds, kind) an advancer remembers before starting over.
@@ -163,12 +164,19 @@ class Advancer:
     _participants: dict[tuple[str, int], frozenset[int]] = field(init=False, default_factory=dict, repr=False)
     # Asynchronous sweeps' decisions and results read so far (each pass reads what changed).
     _sweep_cache: SweepCache | None = field(init=False, default=None, repr=False)
+    # Fewer calls on a round's critical path (BENCHMARKS.md §14): the job as this call's last move
+    # left it (the move's ALL_NEW image, read instead of the job), and the reduce outcomes the
+    # last ``record`` wrote (a reduce result is written once: what a query would read back).
+    _moved: dict[str, JobRecord] = field(init=False, default_factory=dict, repr=False)
+    _reduced: dict[tuple[str, int], ShardResult] = field(init=False, default_factory=dict, repr=False)
 
     def record(self, outcomes: list[Outcome], *, deadline: float | None = None) -> RecordOutcome:
         """Record outcomes exactly once; see ``JobStore.record`` (a priced outcome's cost reaches
         its job and its tenant's month in the same transaction: ``spend.tenants_of``)."""
         tenants = spend.tenants_of(outcomes, self._request)
         result = self.store.record(outcomes, deadline=deadline, tenants=tenants)
+        reduces = (o.result for o in result.recorded if o.result.task_type == "reduce")
+        self._reduced = {(r.job_id, r.round): r for r in reduces}
         self.metric("ResultsRecorded", len(result.recorded), "Count")
         if result.duplicates:
             self.metric("DuplicateResults", len(result.duplicates), "Count")
@@ -181,8 +189,9 @@ class Advancer:
 
         Safe to call any number of times from any number of invocations.
         """
+        self._moved.pop(job_id, None)  # only a move of this call stands in for a read
         while True:
-            job = self.store.get_job(job_id)
+            job = self._moved.pop(job_id, None) or self.store.get_job(job_id)
             if job.terminal:
                 if job.event_pending:
                     self.finisher.publish_finished(job)
@@ -270,7 +279,8 @@ class Advancer:
         if not self.store.claim_close(job.job_id, job.round, now, until):
             return False  # another invocation is closing it (or the job moved): its work, not ours
         try:
-            return self._close(job, deadline, ending)
+            # The claim froze the round (``claim_close``): no separate close_round call.
+            return self._close(replace(job, closed_round=job.round), deadline, ending)
         except BaseException:
             self.store.release_close(job.job_id, job.round)
             raise
@@ -289,9 +299,10 @@ class Advancer:
             self.finisher.finalize(job, "SUCCEEDED")
             return False
         results = [row.result for row in self.store.results(job.job_id, round_no)]
-        self.store.put_round_summary(
-            job.job_id, round_no, summarize_round(round_no, results, job.round_started_at)
-        )
+        summary = summarize_round(round_no, results, job.round_started_at)
+        if job.kind == "data_parallel":
+            return self._reduce_next(job, results, deadline, summary)
+        self.store.put_round_summary(job.job_id, round_no, summary)
         if job.kind == "sweep" and round_no + 1 < job.rounds:
             return self._next_rung(job, results, deadline)
         if job.kind == "sweep" and job.rounds == 1 and ending[0] == "SUCCEEDED" and _all_diverged(results):
@@ -306,18 +317,36 @@ class Advancer:
                 "(e.g. lower learning rates) and submit again",
             )
             return False
-        if job.kind != "data_parallel":
-            self.finisher.finalize(job, "SUCCEEDED")
-            return False
+        self.finisher.finalize(job, "SUCCEEDED")
+        return False
+
+    def _reduce_next(
+        self, job: JobRecord, results: list[ShardResult], deadline: float | None, summary: dict[str, Any]
+    ) -> bool:
+        """A data_parallel round's training closed: store its summary and, side by side with it,
+        the reduce's inputs (claim check) and then its task; then move the job to its reduce."""
+        round_no = job.round
         inputs = reduce_inputs(results)
         if not inputs["models"]:
+            self.store.put_round_summary(job.job_id, round_no, summary)
             self.finisher.finalize(job, "FAILED", f"round {round_no} produced no shard model to reduce")
             return False
         layout = planning.Layout(self.bucket, job.job_id)
-        put_json(self.enqueuer.s3, self.bucket, layout.reduce_inputs_key(round_no), inputs)
-        self.enqueuer.enqueue(job, round_no, "reduce", job.model_uri, deadline=deadline)
-        self.store.start_reduce(job.job_id, round_no)
+
+        sent: list[Cursor] = []  # the send's cursor, written by the move
+
+        def send_reduce() -> None:
+            put_json(self.enqueuer.s3, self.bucket, layout.reduce_inputs_key(round_no), inputs)
+            self.enqueuer.enqueue(job, round_no, "reduce", job.model_uri, deadline=deadline, defer=sent)
+
+        both(send_reduce, lambda: self.store.put_round_summary(job.job_id, round_no, summary))
+        self._remember(self.store.start_reduce(job.job_id, round_no, sent[0] if sent else None))
         return True
+
+    def _remember(self, moved: JobRecord | None) -> None:
+        """Keep the job as this call's move left it, for the next pass of ``advance``'s loop."""
+        if moved is not None:
+            self._moved[moved.job_id] = moved
 
     def _close_in_ranges(self, job: JobRecord, ending: tuple[str, str | None]) -> bool:
         """Close a big map round in ranges: hand them out, or put their digests together and end
@@ -409,31 +438,49 @@ class Advancer:
             self.store.put_round_plan(job, round_no + 1, promoted)
             job = self.store.get_job(job.job_id)
         self.enqueuer.enqueue(job, round_no + 1, "train", None, deadline=deadline)
-        self.store.start_round(job.job_id, round_no + 1, None, after="train")
+        self._remember(self.store.start_round(job.job_id, round_no + 1, None, after="train"))
         return True
 
     def _reduce_done(self, job: JobRecord, deadline: float | None) -> bool:
         """The round's reduce has its outcome: finish, or enqueue the next round from its model."""
         round_no = job.round
-        reduced = [row.result for row in self.store.results(job.job_id, round_no, "reduce")]
+        fresh = self._reduced.pop((job.job_id, round_no), None)  # recorded by this call: no query
+        reduced = (
+            [fresh]
+            if fresh is not None
+            else [row.result for row in self.store.results(job.job_id, round_no, "reduce")]
+        )
         if not reduced or reduced[0].status != "succeeded":
             error = reduced[0].error if reduced else "no reduce result"
             self.finisher.finalize(job, "FAILED", f"reduce of round {round_no} failed: {error}")
             return False
         model_uri = reduced[0].model
+
         # What the reduce reported (e.g. the global model's held-out accuracy) joins the round's
-        # summary, so the manifest and the dashboard show it per round. Idempotent.
-        self.store.add_to_round_summary(
-            job.job_id, round_no, {"reduce": {"metrics": reduced[0].metrics, "model_uri": model_uri}}
-        )
+        # summary, so the manifest and the dashboard show it per round. Idempotent; side by side
+        # with the next round's send, both before the move that records them.
+        def summarize() -> None:
+            self.store.add_to_round_summary(
+                job.job_id, round_no, {"reduce": {"metrics": reduced[0].metrics, "model_uri": model_uri}}
+            )
+
         self.finisher.round_finished(job)
         if round_no + 1 >= job.rounds:
+            summarize()
             self.store.set_final_model(job.job_id, round_no, model_uri)
             self.finisher.finalize(self.store.get_job(job.job_id), "SUCCEEDED")
             return False
-        self.enqueuer.enqueue(job, round_no + 1, "train", model_uri, deadline=deadline)
-        if self.store.start_round(job.job_id, round_no + 1, model_uri):
-            self.ticker.arm_round(self.store.get_job(job.job_id))
+        sent: list[Cursor] = []  # the send's cursor, written by the move
+        both(
+            lambda: self.enqueuer.enqueue(
+                job, round_no + 1, "train", model_uri, deadline=deadline, defer=sent
+            ),
+            summarize,
+        )
+        moved = self.store.start_round(job.job_id, round_no + 1, model_uri, cursor=sent[0] if sent else None)
+        self._remember(moved)
+        if moved is not None:
+            self.ticker.arm_round(moved)  # reads nothing: the move returned the job
         return True
 
     def ingest(

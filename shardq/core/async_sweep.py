@@ -200,13 +200,15 @@ def next_promotion(
     decided: set[tuple[int, int]],
     *,
     drain: bool = False,
+    order: Mapping[int, Sequence[ShardResult]] | None = None,
 ) -> Promotion | None:
     """ASHA's next promotion (the highest rung first), or None.
 
     ``decided``: ``(rung, trial)`` of every task already decided. A trial of rung ``k`` is
     promotable when it ranks in the top ``len(results of rung k) // eta`` finite results and is
     not decided at rung ``k + 1``. With ``drain`` (the sweep would end otherwise), a rung that
-    promoted nobody promotes its best finite trial instead.
+    promoted nobody promotes its best finite trial instead. ``order``: each rung's ``ranked``
+    results, when the caller ranked them already (a pass ranks once, whatever lanes it fills).
     """
     es = request.early_stopping
     if es is None or es.method != "asha":
@@ -214,7 +216,7 @@ def next_promotion(
     top = len(es.budgets) - 1
     for k in reversed(range(top)):
         results = by_rung.get(k, [])
-        best = ranked(results, request)
+        best = order[k] if order is not None and k in order else ranked(results, request)
         if drain:
             promoted_any = any(rung == k + 1 for rung, _ in decided)
             if best and not promoted_any:
@@ -275,16 +277,17 @@ def plan_pass(view: Pass, source: TrialSource, seq: int, limit: int = MAX_DECISI
     busy = {d.lane for d in view.in_flight}
     free = [lane for lane in range(request.max_parallel) if lane not in busy]
     rungs = by_rung(view.results)
+    order = {k: ranked(results, request) for k, results in rungs.items()} if request.early_stopping else {}
     params = view.drawn()
     while free and len(view.new) < limit:
-        promo = next_promotion(request, rungs, view.decided())
+        promo = next_promotion(request, rungs, view.decided(), order=order)
         if promo is None:
             draw = _draw(view, source)
             if draw is not None:
                 view.new.append(replace(draw, lane=free.pop(0), seq=seq))
                 continue
             if not view.in_flight:  # nothing runs and nothing is left to draw: the sweep's end
-                promo = next_promotion(request, rungs, view.decided(), drain=True)
+                promo = next_promotion(request, rungs, view.decided(), drain=True, order=order)
             if promo is None:
                 break
         view.new.append(
@@ -431,14 +434,16 @@ class AsyncSweep:
             if row.result.task_type == "train"
         ]
         generation = store.next_retry_generation(job_id, job.status)
-        by: dict[int, list[int]] = {}
+        by: dict[int, list[ShardResult]] = {}
         for r in failed:
-            by.setdefault(r.round, []).append(r.shard_id)
-        for rung, trials in sorted(by.items()):
-            for i in range(0, len(trials), MAX_RETRY_CHUNK):
-                store.forget_trial_failures(
-                    job_id, job.status, rung, trials[i : i + MAX_RETRY_CHUNK], generation
-                )
+            by.setdefault(r.round, []).append(r)
+        for rung, rows in sorted(by.items()):
+            for i in range(0, len(rows), MAX_RETRY_CHUNK):
+                chunk = rows[i : i + MAX_RETRY_CHUNK]
+                # The forgotten failures' cost stays the job's (the time was spent): say how much.
+                spent = sum(r.cost_micro_usd for r in chunk)
+                trials = [r.shard_id for r in chunk]
+                store.forget_trial_failures(job_id, job.status, rung, trials, generation, spent)
         if job.status == "FAILED":
             counted = {
                 (r.result.round, r.result.shard_id) for r in store.iter_results(job_id, task_type=None)

@@ -19,7 +19,7 @@ from shardq.core import planning, spend
 from shardq.core.admission import Admission
 from shardq.core.contracts import ShardTask
 from shardq.core.fanout import FanOut, FanOutStats, Message
-from shardq.core.jobstore import JobRecord, JobStore
+from shardq.core.jobstore import Cursor, JobRecord, JobStore
 
 # Cursor checkpoint every this many tasks (50 SendMessageBatch calls).
 CHUNK = 500
@@ -130,9 +130,13 @@ class Enqueuer:
         model_uri: str | None,
         *,
         deadline: float | None = None,
+        defer: list[Cursor] | None = None,
     ) -> FanOutStats:
         """Send the tasks of (round, phase) from the job's cursor on, checkpointing as it goes,
-        as far as admission lets it (the job's window: ``Admission.limit``)."""
+        as far as admission lets it (the job's window: ``Admission.limit``).
+
+        With ``defer``, the last checkpoint is not written but appended there: the caller's move
+        (``JobStore.start_reduce``/``start_round``) writes it, one call less on a round's path."""
         lanes = job.request.max_parallel
         stats = FanOutStats()
         total = job.expected(round_no, phase)
@@ -157,7 +161,10 @@ class Enqueuer:
                 for shard, own in planned[lo:hi]
             )
             self.fanout.send(messages, stats=stats, deadline=deadline)
-            self.store.advance_cursor(job.job_id, round_no, phase, hi, window=window)
+            if defer is not None and hi == stop:
+                defer.append(Cursor(hi, window))
+            else:
+                self.store.advance_cursor(job.job_id, round_no, phase, hi, window=window)
             self.metric("TasksEnqueued", hi - lo, "Count")
             if hi < stop and deadline is not None and deadline - self.clock() < HANDOFF_MARGIN_S:
                 raise EnqueueIncomplete(job.job_id, hi, total)

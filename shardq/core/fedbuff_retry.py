@@ -70,9 +70,9 @@ def _restart_clients(engine: Engine, job: JobRecord, generation: int) -> list[in
     """Send each client's cut-off task again (step 3); the clients sent to."""
     fb, driver = FedBuffStore(engine.store), Driver(engine.advancer)
     latest: dict[int, Update] = {}
-    for u in fb.all_updates(job.job_id):
-        if u.client not in latest or u.seq > latest[u.client].seq:
-            latest[u.client] = u
+    for update in fb.all_updates(job.job_id):
+        if update.client not in latest or update.seq > latest[update.client].seq:
+            latest[update.client] = update
     first_sent = {
         shard for shard, _ in engine.store.planned_tasks(job, 0, "train")[: job.enqueued(0, "train")]
     }

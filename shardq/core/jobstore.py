@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from shardq.core import rungplan
@@ -75,6 +76,26 @@ from shardq.core.store.retried import retried_item
 from shardq.core.store.spending import BUDGET_STOP_ATTRIBUTE, FORGOTTEN_COST_ATTRIBUTE
 from shardq.core.store.sweeps import SweepDecision, SweepDecisions
 from shardq.core.store.update import _ref, _Update
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a send left a (round, phase)'s enqueue cursor, and the window it was held to."""
+
+    value: int
+    window: int | None = None
+
+
+def _cursor_update(update: _Update, round_no: int, phase: str, cursor: Cursor, op: str) -> _Update:
+    """``update`` moving the enqueue cursor of (round, phase) to ``cursor`` — only forward (``op``
+    ``<``: a stale writer cannot rewind it; ``<=``: a move may record a value it holds already)."""
+    name = _counter("enq", round_no, phase)
+    values: dict[str, Any] = {name: cursor.value}
+    if cursor.window is not None:
+        values["window"] = cursor.window
+    update.set(**values)
+    ref = _ref(update, name)
+    return update.condition(f"(attribute_not_exists({ref}) OR {ref} {op} :cur)", cur=cursor.value)
 
 
 class JobStore(Counting, ResultReads, SweepDecisions):
@@ -158,20 +179,18 @@ class JobStore(Counting, ResultReads, SweepDecisions):
     ) -> None:
         """Move the enqueue cursor of (round, phase) forward (never back: a stale writer cannot rewind it);
         with ``window``, record the window the send was held to (``shardq.core.admission``)."""
-        name = _counter("enq", round_no, phase)
-        values: dict[str, Any] = {name: value} if window is None else {name: value, "window": window}
-        update = _Update().set(**values)
-        update.condition(
-            f"(attribute_not_exists({_ref(update, name)}) OR {_ref(update, name)} < :cur)", cur=value
-        )
-        self._update(job_id, update)
+        self._update(job_id, _cursor_update(_Update(), round_no, phase, Cursor(value, window), "<"))
 
     def claim_close(self, job_id: str, round_no: int, now: float, until: float) -> bool:
         """Claim the work of closing round ``round_no`` (summary, reduce inputs, next fan-out) until
         ``until`` — the claimant's own deadline, after which it is surely dead. One invocation does
-        the work while the claim holds; a claim past its time is taken over."""
+        the work while the claim holds; a claim past its time is taken over.
+
+        The claim freezes the round too (``close_round``'s write, in the same update: the claimant
+        always closes it, and one call is one less on a round's critical path)."""
         name = f"close_claim_r{round_no}"
-        update = _Update().set(**{name: until}).expect(status="RUNNING", round=round_no, phase="train")
+        update = _Update().set(**{name: until, "closed_round": round_no})
+        update.expect(status="RUNNING", round=round_no, phase="train")
         claim = _ref(update, name)
         update.condition(f"(attribute_not_exists({claim}) OR {claim} < :now)", now=now)
         return self._update(job_id, update, stamp=False)
@@ -268,23 +287,49 @@ class JobStore(Counting, ResultReads, SweepDecisions):
         """The stored digests of round ``round_no``'s close ranges, in range order."""
         return [json.loads(_from_item(i)["digest"]) for i in self._query(job_id, f"CLOSE#r{round_no:04d}#")]
 
-    def start_reduce(self, job_id: str, round_no: int) -> bool:
-        """Round ``round_no`` trained: move the job to its reduce phase (once)."""
+    def start_reduce(self, job_id: str, round_no: int, cursor: Cursor | None = None) -> JobRecord | None:
+        """Round ``round_no`` trained: move the job to its reduce phase (once). Returns the job as
+        the move left it (the advancer goes on from it without reading it again), None when the
+        job was not training that round. ``cursor``: the reduce's send, recorded by the same write
+        (``Enqueuer.enqueue``'s ``defer``)."""
         update = _Update().set(phase="reduce").remove(f"close_claim_r{round_no}")
-        return self._update(job_id, update.expect(status="RUNNING", round=round_no, phase="train"))
+        update.expect(status="RUNNING", round=round_no, phase="train")
+        return self._moved(job_id, update, (round_no, "reduce", cursor))
+
+    def _moved(
+        self, job_id: str, update: _Update, cursor: tuple[int, str, Cursor | None]
+    ) -> JobRecord | None:
+        """Apply a move, with the send before it recorded in the same write when given; the job as
+        the move left it. Should that cursor be past already (a racing send got further: its
+        condition fails), the cursor is left as it is and the move is made alone."""
+        round_no, phase, at = cursor
+        if at is not None:
+            item = self._update_returning(job_id, _cursor_update(update.copy(), round_no, phase, at, "<="))
+            if item is not None:
+                return JobRecord.from_item(item)
+        item = self._update_returning(job_id, update)
+        return None if item is None else JobRecord.from_item(item)
 
     def start_round(
-        self, job_id: str, round_no: int, model_uri: str | None, *, after: str = "reduce"
-    ) -> bool:
+        self,
+        job_id: str,
+        round_no: int,
+        model_uri: str | None,
+        *,
+        after: str = "reduce",
+        cursor: Cursor | None = None,
+    ) -> JobRecord | None:
         """Round ``round_no - 1`` ended its ``after`` phase (a reduce, or a sweep rung's training):
-        move the job to train round ``round_no`` from ``model_uri``."""
+        move the job to train round ``round_no`` from ``model_uri``. Returns the job as the move left
+        it, None when the job was not in that phase (another call moved it). ``cursor``: the new
+        round's send, recorded by the same write (``Enqueuer.enqueue``'s ``defer``)."""
         # The round's clock is the store's (the engine's): a deadline and the clock it is read by agree.
         started = _iso(self.clock())
         update = _Update().set(round=round_no, phase="train", model_uri=model_uri, round_started_at=started)
         update.remove(f"close_claim_r{round_no - 1}").expect(
             status="RUNNING", round=round_no - 1, phase=after
         )
-        return self._update(job_id, update)
+        return self._moved(job_id, update, (round_no, "train", cursor))
 
     def put_round_plan(self, job: JobRecord, round_no: int, plan: Sequence[tuple[int, str | None]]) -> None:
         """Store the trials (and each one's model) a closed rung promoted to ``round_no``, then

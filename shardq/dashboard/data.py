@@ -305,7 +305,7 @@ class DashboardData:
         rounds = round_rows(self._round_summaries(job), results, job)
         entries = sorted((timeline_entry(row, t0) for row in rows), key=lambda e: e["end_s"])
         cut = max(0, len(entries) - self.timeline_limit)
-        detail = {
+        detail: dict[str, Any] = {
             "rounds": rounds,
             "metric_names": sorted({name for r in rounds for name in r.get("metrics", {})}),
             # What each round's reduce reported of the global model: the round's headline.

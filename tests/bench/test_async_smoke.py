@@ -100,7 +100,8 @@ def test_fedbuff_and_sync_fedavg_score_every_server_step(cloud: LocalCloud) -> N
     )
     args = async_fl.parse(
         ["--num-train", "200", "--clients", "2", "--rounds-iid", "2", "--buffer-size", "1",
-         "--partitions", "iid", "--systems", "fedbuff", "sync", "--epoch-s", "0.05", "--timeout", "240"]
+         "--partitions", "iid", "--systems", "fedbuff", "sync", "--epoch-s", "0.05", "--timeout", "240",
+         "--fedbuff-updates", "1"]
     )  # fmt: skip
     out = async_fl.run_all(args, cloud=cloud)
     runs = {r["system"]: r for r in out["runs"]}

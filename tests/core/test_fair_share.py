@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from shardq.core.admission import QuotaExceeded
-from shardq.core.contracts import ValidationError
-from shardq.core.engine import Engine
-from shardq.core.jobstore import Outcome
+from shardq.core.contracts import TrainingRequest, ValidationError
+from shardq.core.engine import Engine, request_hash
+from shardq.core.jobstore import JobRecord, Outcome
 from shardq.core.settings import Settings
 from tests.helpers import count_messages, receive_all, result_for, tasks_of
 
@@ -187,10 +187,6 @@ def test_a_caller_cannot_claim_another_tenants_name(settings: Settings, clients:
 def test_a_job_submitted_before_tenants_existed_resubmits_as_the_same_job(
     settings: Settings, clients: dict[str, Any]
 ) -> None:
-    from shardq.core.contracts import TrainingRequest
-    from shardq.core.engine import request_hash
-    from shardq.core.jobstore import JobRecord
-
     # GIVEN a job an earlier version created: its request names no tenant
     engine = make(settings, clients)
     payload = job("old", 10)

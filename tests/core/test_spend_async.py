@@ -9,16 +9,19 @@ task is counted, and only then ends FAILED saying what ran and what was dropped
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from shardq.core import spend
+from shardq.core import operations, spend
 from shardq.core.contracts import ShardTask
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
 from shardq.core.outstanding import tasks_out
+from shardq.core.store.spending import FORGOTTEN_COST_ATTRIBUTE
 from tests.core.test_asha import asha_sweep, loss_of
 from tests.core.test_fedbuff import fb
-from tests.core.test_spend import TASK_COST, drain, ingest, priced, worker
+from tests.core.test_spend import PRICE, TASK_COST, drain, ingest, priced, worker
+from tests.helpers import result_for
 
 
 def in_flight(engine: Engine) -> list[tuple[ShardTask, dict[str, Any]]]:
@@ -146,3 +149,49 @@ def test_a_fedbuff_clients_next_task_is_counted_out_once_whatever_redeliveries(e
     # THEN its client's next task is counted out once: 3 tasks out, one per client
     job = engine.store.get_job("fb-twice")
     assert job.counters[("usent", 1, "train")] == 1 and tasks_out(job) == 3
+
+
+def forgotten_cost(engine: Engine, job_id: str) -> int:
+    """The job record's ``forgotten_uusd``: retried failures' cost that no outcome item holds now."""
+    item = engine.ddb.get_item(
+        TableName=engine.settings.job_table,
+        Key={"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "JOB"}},
+        ConsistentRead=True,
+    )["Item"]
+    return int(item.get(FORGOTTEN_COST_ATTRIBUTE, {}).get("N", 0))
+
+
+def test_a_retried_asha_failure_keeps_its_cost_and_says_how_much_no_outcome_holds(engine: Engine) -> None:
+    # GIVEN an ASHA sweep with no failure budget whose trial 0 fails after one priced second
+    engine.submit(asha_sweep("asha-retry-cost", max_failed_shards=0))
+    sent = dict((key(t), (t, m)) for t, m in in_flight(engine))
+    failed, message = sent.pop((0, 0))
+    engine.sqs.delete_message(QueueUrl=engine.settings.task_queue_url, ReceiptHandle=message["ReceiptHandle"])
+    ingest(
+        engine,
+        [
+            Outcome(
+                dataclasses.replace(result_for(failed, status="failed"), duration_s=1.0, price_per_hour=PRICE)
+            )
+        ],
+    )
+    assert engine.store.get_job("asha-retry-cost").status == "FAILED"
+    # WHEN the operator retries it (its failed outcome is deleted: the trial runs again)
+    operations.retry_failed(engine, "asha-retry-cost")
+    # THEN the job keeps what the failure cost (the time was spent), and says that no outcome
+    # item holds it now: cost = the counted outcome items' costs + the forgotten ones'
+    job = engine.store.get_job("asha-retry-cost")
+    counted = sum(row.result.cost_micro_usd for row in engine.store.all_results("asha-retry-cost"))
+    assert (job.cost_micro_usd, counted, forgotten_cost(engine, "asha-retry-cost")) == (
+        TASK_COST,
+        0,
+        TASK_COST,
+    )
+    # AND when the trial's new task succeeds, its cost counts on top of the forgotten one
+    again = {key(t): (t, m) for t, m in in_flight(engine)}
+    run(engine, *again.pop((0, 0)))
+    job = engine.store.get_job("asha-retry-cost")
+    counted = sum(row.result.cost_micro_usd for row in engine.store.all_results("asha-retry-cost"))
+    assert (job.cost_micro_usd, counted) == (2 * TASK_COST, TASK_COST)
+    assert job.cost_micro_usd == counted + forgotten_cost(engine, "asha-retry-cost")
+    assert job.counters[("usd", 0, "train")] == 2 * TASK_COST

@@ -33,6 +33,16 @@ class StoreBase:
         except self.ddb.exceptions.ConditionalCheckFailedException:
             return False
 
+    def _update_returning(self, job_id: str, update: _Update) -> dict[str, Any] | None:
+        """Apply a conditional update and return the job item as the update left it (DynamoDB's
+        ``ALL_NEW`` image: what a consistent read right after the write returns, without a second
+        call); None when its condition did not hold."""
+        try:
+            answer = self.ddb.update_item(**update.request(self.table, job_id), ReturnValues="ALL_NEW")
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return None
+        return dict(answer["Attributes"])
+
     # -- jobs: reads ----------------------------------------------------------------------------
 
     def _delete(self, keys: list[dict[str, Any]]) -> None:

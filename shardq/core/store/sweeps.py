@@ -46,6 +46,7 @@ from shardq.core.store.keys import (
 )
 from shardq.core.store.records import JobChanged
 from shardq.core.store.retried import retried_item
+from shardq.core.store.spending import FORGOTTEN_COST_ATTRIBUTE
 from shardq.core.store.update import _ref, _Update
 
 # Decisions one pass writes at most: one transaction's puts beside the pass's log item and the
@@ -220,11 +221,21 @@ class SweepDecisions(StoreBase):
             return False
 
     def forget_trial_failures(
-        self, job_id: str, status: str, rung: int, trials: Sequence[int], generation: int
+        self,
+        job_id: str,
+        status: str,
+        rung: int,
+        trials: Sequence[int],
+        generation: int,
+        cost_micro_usd: int = 0,
     ) -> None:
         """Delete the failed outcomes of ``trials`` at ``rung`` and un-count them, with their retry
         mark of ``generation`` (``store.retried``), in one transaction (at most ``MAX_RETRY_CHUNK``
-        trials); raises ``JobChanged`` when the job left ``status`` or an outcome changed."""
+        trials); raises ``JobChanged`` when the job left ``status`` or an outcome changed.
+
+        ``cost_micro_usd``: what the forgotten outcomes cost; the job keeps it (the time was spent)
+        and ``FORGOTTEN_COST_ATTRIBUTE`` says how much no outcome item holds now, as
+        ``JobStore.forget_failures`` does."""
         if not trials:
             return
         if len(trials) > MAX_RETRY_CHUNK:
@@ -233,6 +244,8 @@ class SweepDecisions(StoreBase):
             )
         update = _Update().expect(status=status)
         update.add(_counter("fail", rung, "train"), -len(trials)).add("failed_total", -len(trials))
+        if cost_micro_usd:
+            update.add(FORGOTTEN_COST_ATTRIBUTE, cost_micro_usd)
         deletes = [
             {
                 "Delete": {

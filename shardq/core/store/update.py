@@ -20,6 +20,14 @@ class _Update:
         self.clauses: dict[str, list[str]] = {"SET": [], "ADD": [], "REMOVE": [], "DELETE": []}
         self.conditions: list[str] = ["attribute_exists(pk)"]
 
+    def copy(self) -> _Update:
+        """An independent copy (``request`` stamps the update it builds: build each request once)."""
+        out = _Update()
+        out.names, out.values = dict(self.names), dict(self.values)
+        out.clauses = {verb: list(parts) for verb, parts in self.clauses.items()}
+        out.conditions = list(self.conditions)
+        return out
+
     def _name(self, attr: str) -> str:
         ref = f"#n{len(self.names)}"
         self.names[ref] = attr
