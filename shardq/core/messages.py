@@ -150,7 +150,7 @@ class ShardResult(_Message):
     # (``shardq.core.store.counting``). Optional; left out of the body at 0, like the task's.
     generation: int = 0
     # What the worker's time costs, in USD per hour (``shardq worker --price-per-hour``, or its
-    # instance type's price from ``shardq/worker/instance_prices.json``); 0: unpriced (a laptop).
+    # instance type's price from ``shardq/core/instance_prices.json``); 0: unpriced (a laptop).
     # The aggregator counts ``cost_micro_usd`` once, with the outcome (``shardq.core.spend``).
     # Optional; left out of the body at 0.
     price_per_hour: float = 0.0

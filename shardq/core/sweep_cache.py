@@ -2,9 +2,9 @@
 reads what changed since the previous one, not the job's every decision and result.
 
 A pass (``shardq.core.async_sweep``) decides on the job's decisions and recorded results. Read in
-full, both grow with the trial count: at 10,000 trials a pass read about 14,000 items (several
-MB) and ranked them, on every result (BENCHMARKS.md, "ASHA: one pass"). This cache, one per
-``Advancer`` (a warm Lambda container), keeps both per job and brings them up to date:
+full, both grow with the trial count: at 10,000 trials a pass read about 29,000 items (8.6 MB,
+2,200 read units) on every result (BENCHMARKS.md §20). This cache, one per ``Advancer`` (a warm
+Lambda container), keeps both per job and brings them up to date:
 
 * **decisions**: every pass writes its decisions in one log item (``ASYNCLOG#<seq>``, in the
   deciding transaction: ``store.sweeps``). The cache knows the decisions up to pass ``seq``; a pass
@@ -39,6 +39,9 @@ from shardq.core.jobstore import JobRecord, JobStore, SweepDecision
 from shardq.core.progress_reads import NoRecordedIndex, OutcomeFeed
 
 Key = tuple[int, int]  # (rung, trial)
+# Sweeps a container keeps at most (the least recently used is dropped, then read in full again):
+# a 10,000-trial sweep's view is tens of MB of a Lambda's memory.
+MAX_JOBS = 8
 
 
 @dataclass
@@ -63,7 +66,11 @@ class SweepCache:
     full_reads: int = 0
 
     def _job(self, job_id: str) -> _Job:
-        return self._jobs.setdefault(job_id, _Job())
+        entry = self._jobs.pop(job_id, None) or _Job()
+        self._jobs[job_id] = entry  # the most recently used last
+        while len(self._jobs) > MAX_JOBS:
+            del self._jobs[next(iter(self._jobs))]
+        return entry
 
     # -- what the aggregator tells it ---------------------------------------------------------
 
@@ -153,4 +160,4 @@ class SweepCache:
             entry.feed = feed
 
 
-__all__ = ["SweepCache"]
+__all__ = ["MAX_JOBS", "SweepCache"]

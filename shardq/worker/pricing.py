@@ -57,6 +57,24 @@ def check_flag(value: float) -> float:
     return value
 
 
+def spot_reference(entry: dict[str, Any]) -> str:
+    """The price file's Spot reference for an entry, for a Spot worker's log line ('' without one).
+
+    A snapshot of the catalog's Spot prices, never the price a Spot worker records: Spot changes
+    by zone and by the hour, and a figure below what the instance is billed would let the spend
+    guard stop late. On-demand is the upper bound a Spot instance with the default maximum price
+    is never billed above, so that stays the recorded price; the range says how far above the
+    Spot price it probably is, and what to export as ``SHARDQ_PRICE_PER_HOUR``.
+    """
+    ref = entry.get("spot_reference")
+    if not ref:
+        return ""
+    return (
+        f" (the catalog's Spot reference: ${ref['min']:g} to ${ref['max']:g}/h across "
+        f"{len(ref['zones'])} zones, a snapshot)"
+    )
+
+
 def lookup(instance_type: str, life_cycle: str) -> Price:
     """The price file's figure for ``instance_type`` bought as ``life_cycle`` (``spot`` or
     ``on-demand``); unpriced when the file does not list the type."""
@@ -72,7 +90,7 @@ def lookup(instance_type: str, life_cycle: str) -> Price:
             return Price(float(entry["spot"]), f"{instance_type} Spot, {where}")
         return Price(
             float(entry["on_demand"]),
-            f"{instance_type} Spot, priced at on-demand ({where}) as an upper bound; "
+            f"{instance_type} Spot, priced at on-demand ({where}) as an upper bound{spot_reference(entry)}; "
             "set SHARDQ_PRICE_PER_HOUR or --price-per-hour to your Spot price",
         )
     return Price(float(entry["on_demand"]), f"{instance_type} on-demand, {where}")

@@ -195,3 +195,30 @@ def test_a_retried_asha_failure_keeps_its_cost_and_says_how_much_no_outcome_hold
     assert (job.cost_micro_usd, counted) == (2 * TASK_COST, TASK_COST)
     assert job.cost_micro_usd == counted + forgotten_cost(engine, "asha-retry-cost")
     assert job.counters[("usd", 0, "train")] == 2 * TASK_COST
+
+
+def test_a_fedbuff_reduce_running_at_the_stop_closes_its_version_then_the_job_fails(engine: Engine) -> None:
+    # GIVEN a FedBuff job of 2 clients (buffer 2, 3 versions) with a budget of 2.5 updates, whose
+    # version 0 buffer filled (its reduce is running) while client 0 trains its second update
+    engine.submit({**fb("fb-red", clients=2, buffer_size=2, rounds=3), "budget_usd": 0.05})
+    sent = {(t.task_type, *key(t)): (t, m) for t, m in in_flight(engine)}
+    run(engine, *sent.pop(("train", 0, 0)))
+    run(engine, *sent.pop(("train", 0, 1)))
+    sent.update(((t.task_type, *key(t)), (t, m)) for t, m in in_flight(engine))
+    assert sorted(sent) == [("reduce", 0, 0), ("train", 1, 0)]
+    # WHEN client 0's second update spends the budget (0.06 ≥ 0.05)
+    run(engine, *sent.pop(("train", 1, 0)))
+    job = engine.store.get_job("fb-red")
+    assert job.budget_stop is not None
+    # THEN the reduce is still out: the job runs on
+    assert job.status == "RUNNING" and tasks_out(job) == 1
+    # WHEN the reduce comes back, version 1 is made, but no waiting client is sent anything, and
+    # with nothing out the job ends FAILED, saying so
+    run(engine, *sent.pop(("reduce", 0, 0)))
+    job = engine.store.get_job("fb-red")
+    assert job.status == "FAILED" and job.round == 1 and tasks_out(job) == 0
+    assert in_flight(engine) == []
+    assert job.error is not None and job.error.startswith(
+        "budget_usd 0.05 spent: $0.06 when new tasks stopped, $0.08 after the 1 task running then "
+        "finished; 0 queued tasks dropped unrun"
+    )
