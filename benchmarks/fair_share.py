@@ -150,8 +150,10 @@ class Bench:
         return round(sorted(times)[len(times) // 2], 2)
 
     def small_beside(self, tag: str, flood: int, gap: float, **flood_fields: Any) -> dict[str, Any]:
-        """A 4-shard job ``gap`` s after a flood: its submit → done, and its first task start."""
-        self.submit(request(f"flood-{tag}", flood, **flood_fields))
+        """A 4-shard job ``gap`` s after a flood: its submit → done and first task start, against a
+        4-shard job alone measured just before (the machine's load moves: compare neighbours)."""
+        alone = self.small_alone(f"{tag}-before", runs=1)
+        flood_at = self.submit(request(f"flood-{tag}", flood, **flood_fields))
         time.sleep(gap)
         submitted = self.submit(request(f"small-{tag}", 4, priority=flood_fields.get("priority_small", 500)))
         done = self.wait_done(f"small-{tag}", timeout=900)
@@ -159,9 +161,12 @@ class Bench:
         flood_done = self.counted(f"flood-{tag}")
         self.stop(f"flood-{tag}")
         return {
+            "alone_before_s": alone,
             "submit_to_done_s": round(done - submitted, 2),
+            "x_alone": round((done - submitted) / alone, 2),
             "submit_to_first_start_s": round(first - submitted, 2),
             "flood_tasks_done_meanwhile": flood_done,
+            "flood_tasks_per_s": round(flood_done / (done - flood_at), 2),
         }
 
 
@@ -226,13 +231,6 @@ def run(
                     out["fifo_beside_3000"] = bench.small_beside("fifo", 3000, gap)
             finally:
                 stop_workers(procs)
-    for n in floods:
-        out[f"beside_{n}"]["x_alone"] = round(
-            out[f"beside_{n}"]["submit_to_done_s"] / out["small_alone_s"], 2
-        )
-    if baseline:
-        fifo = out["fifo_beside_3000"]
-        fifo["x_alone"] = round(fifo["submit_to_done_s"] / out["fifo_small_alone_s"], 2)
     return out
 
 
@@ -242,16 +240,20 @@ def report(r: dict[str, Any]) -> None:
         b = r[f"beside_{n}"]
         rows.append(
             [
-                f"4-shard job {r['gap_s']:g} s after a {n:,}-shard flood",
+                f"4-shard job {r['gap_s']:g} s after {n:,} shards (alone before: {b['alone_before_s']} s)",
                 f"{b['submit_to_done_s']} s",
-                f"{b['x_alone']}× alone",
+                f"{b['x_alone']}× alone; flood {b['flood_tasks_per_s']} tasks/s",
             ]
         )
     if "fifo_beside_3000" in r:
         rows.append(["4-shard job alone, FIFO (no windows)", f"{r['fifo_small_alone_s']} s", ""])
         f = r["fifo_beside_3000"]
         rows.append(
-            ["  beside a 3,000-shard flood, FIFO", f"{f['submit_to_done_s']} s", f"{f['x_alone']}× alone"]
+            [
+                f"  beside a 3,000-shard flood, FIFO (alone just before: {f['alone_before_s']} s)",
+                f"{f['submit_to_done_s']} s",
+                f"{f['x_alone']}× alone; flood {f['flood_tasks_per_s']} tasks/s",
+            ]
         )
     rows.append(
         [

@@ -202,12 +202,13 @@ VARIANT_SETUP = {  # variant: (ministack fixes, workers' fast route)
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Both clouds up at once, each with its stack and its two workers; jobs alternate between them."""
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANT_SETUP}
+    variants = {v: VARIANT_SETUP[v] for v in args.variants}
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with ExitStack() as clouds:
         setups: dict[str, tuple[LocalCloud, dict[str, str]]] = {}
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            for variant, (fixes, route) in VARIANT_SETUP.items():
+            for variant, (fixes, route) in variants.items():
                 cloud = clouds.enter_context(LocalCloud(fixes=fixes))
                 assert cloud.state_dir is not None
                 setups[variant] = (cloud, deploy_stack(cloud, context=dict(args.context)))
@@ -216,12 +217,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 logs = [cloud.state_dir / f"{variant}-{i}.log" for i in range(2)]
                 wait_for_workers(started, logs, WORKER_START_TIMEOUT_S)
             time.sleep(1.0)
-            pickups: dict[str, list[float]] = {v: [] for v in VARIANT_SETUP}
+            pickups: dict[str, list[float]] = {v: [] for v in variants}
             for r in range(2):  # the probe first, alternating, before any job runs
-                for variant in list(VARIANT_SETUP) if r == 0 else list(reversed(VARIANT_SETUP)):
+                for variant in list(variants) if r == 0 else list(reversed(variants)):
                     pickups[variant] += pickup_latency(setups[variant][0], args.pickup_samples // 2)
             for r in range(args.repeats):
-                order = list(VARIANT_SETUP) if r % 2 == 0 else list(reversed(VARIANT_SETUP))
+                order = list(variants) if r % 2 == 0 else list(reversed(variants))
                 for variant in order:
                     cloud, stack = setups[variant]
                     runs[variant].append(run_job(cloud, stack, f"floor-{variant}-{r}", args))
@@ -266,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--context", action="append", default=[], type=lambda kv: tuple(kv.split("=", 1)),
         help="cdk context KEY=VALUE for the deploy (e.g. results_batch_window_seconds=20)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--variants", default="before,after", type=lambda text: text.split(","),
+        help="which of before,after to run (one alone: e.g. to compare two checkouts, run in turn)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     args.context = [(k, json.loads(v)) for k, v in args.context]

@@ -91,7 +91,16 @@ def test_submit_prints_the_job_id_and_status_json_matches_the_model(
     assert view == engine.status(job_id)
     assert view.status == "RUNNING" and view.done == 1 and view.shard_count == 4
     assert data["progress"] == [
-        {"round": 0, "phase": "train", "total": 4, "enqueued": 4, "done": 1, "failed": 0, "diverged": 0}
+        {
+            "round": 0,
+            "phase": "train",
+            "total": 4,
+            "enqueued": 4,
+            "done": 1,
+            "failed": 0,
+            "diverged": 0,
+            "cost_usd": 0.0,
+        }
     ]
     # AND the human view says the same
     human = shardq("status", job_id)

@@ -97,7 +97,7 @@ def test_a_submit_over_quota_exits_2_naming_the_quota_and_creates_nothing(
     run = shardq("submit", "--direct", write_request(request("q2", tenant="vision"), "second.json"))
     assert run.code == 2
     assert "quota running_jobs of tenant 'vision' is 1: 1 job(s) running now" in run.err
-    assert shardq("status", "q2").code != 0
+    assert shardq("status", "q2").code == 3  # not found: nothing was created
 
 
 def test_a_priority_out_of_range_is_refused_before_anything_is_sent(

@@ -63,8 +63,9 @@ def window(engine: Engine, job_id: str) -> int:
 
 
 def test_weights_split_a_saturated_fleet_two_to_one(settings: Settings, clients: dict[str, Any]) -> None:
-    # GIVEN tenants weighted 2:1, each with a job bigger than its window (the fleet is saturated)
-    engine = make(settings, clients)
+    # GIVEN tenants weighted 2:1, each with a job bigger than its window (the fleet is saturated);
+    # the clock stands still, so no job ages past another while the test runs
+    engine = make(settings, clients, clock=Clock(1_000_000.0))
     engine.submit(job("v", tenant="vision"))
     engine.submit(job("s", tenant="speech"))
     # THEN their windows — and so their shares of the queue's service — stand 2:1
