@@ -165,8 +165,8 @@ class Advancer:
     # Asynchronous sweeps' decisions and results read so far (each pass reads what changed).
     _sweep_cache: SweepCache | None = field(init=False, default=None, repr=False)
     # Fewer calls on a round's critical path (BENCHMARKS.md §14): the job as this call's last move
-    # left it (the move's ALL_NEW image, read instead of the job), and the reduce outcomes the
-    # last ``record`` wrote (a reduce result is written once: what a query would read back).
+    # left it (the move's ALL_NEW image, read instead of the job), and the reduce outcomes ``ingest``
+    # recorded just before it advances their job (written once: what a query would read back).
     _moved: dict[str, JobRecord] = field(init=False, default_factory=dict, repr=False)
     _reduced: dict[tuple[str, int], ShardResult] = field(init=False, default_factory=dict, repr=False)
 
@@ -175,8 +175,6 @@ class Advancer:
         its job and its tenant's month in the same transaction: ``spend.tenants_of``)."""
         tenants = spend.tenants_of(outcomes, self._request)
         result = self.store.record(outcomes, deadline=deadline, tenants=tenants)
-        reduces = (o.result for o in result.recorded if o.result.task_type == "reduce")
-        self._reduced = {(r.job_id, r.round): r for r in reduces}
         self.metric("ResultsRecorded", len(result.recorded), "Count")
         if result.duplicates:
             self.metric("DuplicateResults", len(result.duplicates), "Count")
@@ -199,6 +197,8 @@ class Advancer:
             job = spend.stop_if_spent(self.store, job, spend.monthly_budget(self.enqueuer.admission, job))
             ending = self._cut_short(job)
             if ending is not None:
+                if async_sweep.is_async(job.request):
+                    self.sweeps().summarize_rungs(job)  # its rung history, as a sweep run to its end
                 if not self._ranged(job):
                     return self.finisher.finalize(job, *ending)
                 # A big map round's manifest needs its ranges: freeze the round, close it so.
@@ -517,11 +517,14 @@ class Advancer:
                     )
                     foreign += unsent
                 recorded = self.record(planned, deadline=deadline)
+                # The reduce results just written (once): this job's advance below need not read them.
+                reduces = (o.result for o in recorded.recorded if o.result.task_type == "reduce")
+                self._reduced = {(r.job_id, r.round): r for r in reduces}
                 request = self._requests.get(job_id)
                 if request is not None and async_sweep.is_async(request):
                     self.sweep_cache().note(job_id, (o.result for o in recorded.recorded))
                 for drop in (t for t in ticks if isinstance(t, spend.Dropped)):
-                    self.store.record_drop(drop.job_id, drop.round, drop.task_type, drop.shard_id)
+                    spend.count_drop(self.store, self._request(job_id), drop)
                 try:
                     self.advance(job_id, deadline=deadline)
                 except EnqueueIncomplete:
@@ -533,6 +536,8 @@ class Advancer:
             except Exception as exc:
                 rejected = {id(o) for o, _ in foreign}
                 failed.extend((o, exc) for o in group if id(o) not in rejected)
+            finally:
+                self._reduced = {}  # stands in for a read only in the advance right after its record
             failed.extend(foreign)
         return failed
 

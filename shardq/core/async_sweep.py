@@ -473,13 +473,23 @@ class AsyncSweep:
                 raise AsyncSweepError(f"job {job_id}: the retry lost every race; run it again")
         return sorted(d.key for d in again)
 
-    def _end(self, job: JobRecord, view: Pass) -> str:
-        """Nothing in flight, nothing to run: summarize each rung and finish the job."""
-        rungs = by_rung(view.results)
+    def summarize_rungs(self, job: JobRecord, results: Sequence[ShardResult] | None = None) -> None:
+        """Write each rung's round summary (what ``result``, ``watch`` and the dashboard read as
+        the sweep's rung history) from its recorded outcomes (``results``, else read): at the
+        sweep's end, and when it ends early (a cancel, the failure budget, a spent budget:
+        ``Advancer.advance``), so every view shows the rungs that ran."""
+        if results is None:
+            results = [row.result for row in self.store.iter_results(job.job_id, task_type=None)]
+        rungs = by_rung(results)
         for rung in sorted(rungs):
             self.store.put_round_summary(
                 job.job_id, rung, summarize_round(rung, rungs[rung], job.round_started_at)
             )
+
+    def _end(self, job: JobRecord, view: Pass) -> str:
+        """Nothing in flight, nothing to run: summarize each rung and finish the job."""
+        self.summarize_rungs(job, view.results)
+        rungs = by_rung(view.results)
         if job.budget_stop is not None:  # stopped by its spend budget: FAILED, saying what it spent
             return self.finisher.finalize(job, "FAILED", spend.stopped_message(job))
         if any(ranked(results, job.request) for results in rungs.values()):

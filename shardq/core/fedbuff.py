@@ -235,7 +235,14 @@ class Driver:
         if not pending:
             return
         job = self.adv.store.get_job(job_id)
-        if job.terminal or self.adv.enqueuer.refusal(job) is not None:
+        if job.terminal:
+            return
+        # A next task counted out before a crash (its base fixed) may or may not be on the queue:
+        # send it (again; SQS drops a copy within its window) whatever the gate, so the count it
+        # holds is answered by an outcome or a drop, never left waiting for a task that was not sent.
+        self._send(job, [u for u in pending if u.next_base is not None], deadline=deadline)
+        pending = [u for u in pending if u.next_base is None]
+        if not pending or self.adv.enqueuer.refusal(job) is not None:
             return
         counts = self.fb.counts(job_id)
         if counts.open >= job.rounds:
@@ -255,15 +262,19 @@ class Driver:
         """Send the next tasks of the clients that waited for the job's current version (none
         once the job may send nothing: a spent budget, a cancel)."""
         waiting = self.fb.counts(job.job_id).waiting
-        if not waiting or self.adv.enqueuer.refusal(job) is not None:
+        if not waiting:
             return
         keys = [(int(c), int(n)) for c, n in (name.split(":") for name in waiting)]
-        updates = list(self.fb.updates(job.job_id, keys).values())
-        self._send(job, [u for u in updates if not u.next_sent], deadline=deadline)
-        self.fb.unwait(job.job_id, waiting)
+        updates = [u for u in self.fb.updates(job.job_id, keys).values() if not u.next_sent]
+        refused = self.adv.enqueuer.refusal(job) is not None
+        # Counted out before a crash: sent whatever the gate (``follow_up``); the rest as it allows.
+        self._send(job, [u for u in updates if u.next_base is not None or not refused], deadline=deadline)
+        if not refused:
+            self.fb.unwait(job.job_id, waiting)
 
     def _send(self, job: JobRecord, updates: Sequence[Update], *, deadline: float | None) -> None:
-        """Fix each client's next base version (once), send the tasks, then mark them sent."""
+        """Fix each client's next base version (once, counting its task out), send the tasks, then
+        mark them sent: a crash between any two steps leaves the count right (``fix_next_base``)."""
         if not updates:
             return
         request, layout = job.request, planning.Layout(self.adv.bucket, job.job_id)
@@ -297,7 +308,10 @@ class Driver:
             # may hold some back: send them as the window allows (idempotent, from the cursor).
             self.adv.enqueuer.enqueue(job, 0, "train", job.request.model.get("init_uri"), deadline=deadline)
         if job.phase == "train":
-            if self.fb.counts(job.job_id).open <= job.round:
+            counts = self.fb.counts(job.job_id)
+            if counts.open <= job.round:
+                if counts.waiting:  # a crash between making this version and sending its waiters
+                    self.send_waiting(job, deadline=deadline)
                 return False
             return self._close(job, deadline)
         if job.done(job.round, "reduce") < 1:

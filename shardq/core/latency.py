@@ -22,11 +22,12 @@ charges the full window: the round's p50 is what an operator sees, not a best ca
 Per-hop figures: SQS standard → Lambda p50 16 ms / p99 105 ms and SQS FIFO → Lambda p50 28 ms /
 p99 645 ms (Bite-Sized Serverless, 2022, as issue #27 cites them). The FIFO figure stands in for a
 long-polling worker's receive, the closest measured figure for a FIFO message reaching a waiting
-consumer. The aggregator's step is an assumption, printed as one: a warm invocation making its
-step's sequential DynamoDB, S3 and SQS calls (10–11 counted for a 2-shard round's close, 10 for the
-step after a reduce). Each hop is a lognormal through its p50 and p99; the
-round's p50 and p99 come from ``SAMPLES`` seeded draws of their sum (deterministic output), and
-``p99_bound`` is the plain sum of the p99s (every hop at its worst at once).
+consumer. The aggregator's steps are an assumption, printed as one: a warm invocation making its
+step's sequential DynamoDB, S3 and SQS calls at p50 6 / p99 25 ms each (7 in a row counted for a
+2-shard round's close, 5 for the step after a reduce: ``benchmarks/round_calls.py``). Each hop is
+a lognormal through its p50 and p99; the round's p50 and p99 come from ``SAMPLES`` seeded draws of
+their sum (deterministic output), and ``p99_bound`` is the plain sum of the p99s (every hop at its
+worst at once).
 
 Pure standard library: the core ships in the Lambda asset, which carries no numpy.
 """
@@ -73,12 +74,30 @@ SQS_STANDARD_TO_LAMBDA = Hop("SQS standard → Lambda event source", 0.016, 0.10
 SQS_FIFO_TO_WORKER = Hop(
     "task (FIFO) → long-polling worker", 0.028, 0.645, CITED + ", FIFO → Lambda as proxy"
 )
-AGGREGATOR_STEP = Hop(
-    "aggregator step (record, decide, send)",
-    0.060,
-    0.250,
-    "assumption: a warm invocation's ~10 sequential DynamoDB/S3/SQS calls (counted: BENCHMARKS.md §14)",
-)
+# One DynamoDB, S3 or SQS call of a warm invocation in its region: p50 6 ms / p99 25 ms (an
+# assumption, printed as one). An aggregator step is its sequential calls (calls side by side count
+# once), counted on a 2-shard round by benchmarks/round_calls.py (BENCHMARKS.md §14): the close
+# (record, read the job, claim+freeze, read the results, summary ∥ reduce inputs → send, move) and
+# the step after the reduce (record, read the job, send ∥ summary read+write, move). Before the
+# calls were cut they were 11 and 10 in a row.
+CALL_P50_S, CALL_P99_S = 0.006, 0.025
+CLOSE_STEP_CALLS, REDUCE_STEP_CALLS = 7, 5
+
+
+def aggregator_step(what: str, calls: int) -> Hop:
+    """An aggregator step of ``calls`` sequential calls: the per-call p50 and p99 times ``calls``
+    (the p99 as if every call were at its worst at once: an upper bound)."""
+    return Hop(
+        f"aggregator step: {what}",
+        round(calls * CALL_P50_S, 6),
+        round(calls * CALL_P99_S, 6),
+        f"assumption: {calls} sequential DynamoDB/S3/SQS calls of a warm invocation at p50 "
+        f"{CALL_P50_S * 1000:.0f} / p99 {CALL_P99_S * 1000:.0f} ms each (counted: BENCHMARKS.md §14)",
+    )
+
+
+CLOSE_STEP = aggregator_step("record, close the round, send the reduce", CLOSE_STEP_CALLS)
+REDUCE_STEP = aggregator_step("record the reduce, send the next round", REDUCE_STEP_CALLS)
 
 
 @dataclass(frozen=True)
@@ -163,10 +182,10 @@ def critical_path(paths: StackPaths, shards: int) -> list[Hop]:
     """The hops of one round of ``shards`` train tasks and one reduce, in order."""
     return [
         *_result_hop(paths, "round's last train result", route(paths, "train", shards)),
-        AGGREGATOR_STEP,
+        CLOSE_STEP,
         SQS_FIFO_TO_WORKER,
         *_result_hop(paths, "reduce result", route(paths, "reduce", shards)),
-        AGGREGATOR_STEP,
+        REDUCE_STEP,
         SQS_FIFO_TO_WORKER,
     ]
 

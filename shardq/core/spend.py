@@ -40,7 +40,9 @@ from shardq.core.contracts import TrainingRequest, ValidationError
 from shardq.core.jobstore import JobNotFound, JobRecord, JobStore, Outcome
 from shardq.core.outstanding import closes_on_its_own, tasks_out
 from shardq.core.outstanding import counted as counted_outcomes
+from shardq.core.fedbuff_params import NAME as FEDBUFF
 from shardq.core.rounds import Tick
+from shardq.core.store.fedbuff import _upd_key
 from shardq.core.store.spending import month_now
 
 # The results-queue body of a drop notice: ``{"shardq_dropped": {job_id, round, shard_id, task_type}}``.
@@ -97,6 +99,17 @@ def parse_notice(body: str) -> Dropped | None:
         return None
     data = json.loads(body)
     return Dropped.parse(data) if isinstance(data, dict) and DROP_KEY in data else None
+
+
+def count_drop(store: JobStore, request: TrainingRequest, drop: Dropped) -> bool:
+    """Count a drop notice once (``JobStore.record_drop``), unless an outcome of its task is
+    recorded (a copy that ran): a FedBuff train task's outcome is its client's update ``round``
+    (its ``UPD#`` item), any other task's its result item. False when it was not counted."""
+    strategy = request.strategy
+    outcome_key = None
+    if drop.task_type == "train" and strategy is not None and strategy.name == FEDBUFF:
+        outcome_key = _upd_key(drop.job_id, drop.shard_id, drop.round)
+    return store.record_drop(drop.job_id, drop.round, drop.task_type, drop.shard_id, outcome_key)
 
 
 def tenants_of(outcomes: Iterable[Outcome], request_of: Callable[[str], TrainingRequest]) -> dict[str, str]:
@@ -229,6 +242,34 @@ def stopped_message(job: JobRecord) -> str:
     return (
         f"budget_usd {budget_text(budget)} spent: {what}. Submit again with a higher budget_usd "
         "(the manifest lists what finished)"
+    )
+
+
+def retry_refusal(job: JobRecord) -> str | None:
+    """Why ``shardq retry`` refuses a job its budget stopped (None: not stopped), whatever its kind.
+
+    A retry never runs a budget-stopped job again: ``budget_usd`` is part of the request (which
+    no one changes after submit) and stays spent, so a retry could send nothing and would end
+    the job again; it would also have to forget the drops counted against the tasks it sends
+    again. Refused before anything is touched: the job, its counters and its manifest stay as
+    they are. The fix is a new job (a new ``job_id``) with a higher budget."""
+    stop = job.budget_stop
+    if stop is None:
+        return None
+    spent = f"{money(job.cost_micro_usd)} spent"
+    if "tenant" in stop:
+        tenant, monthly = stop["tenant"], usd(int(stop["monthly_uusd"]))
+        return (
+            f"job {job.job_id} was stopped by tenant '{tenant}''s monthly_budget_usd "
+            f"{budget_text(monthly)} ({spent} by this job): a budget-stopped job is never retried. "
+            f"Submit the request again under a new job_id once the month allows it (raise cdk.json "
+            f"scheduling.tenants.{tenant}.monthly_budget_usd or wait for next month)"
+        )
+    budget = job.request.budget_usd or 0.0
+    return (
+        f"job {job.job_id} was stopped by its budget_usd {budget_text(budget)} ({spent}): a "
+        "budget-stopped job is never retried (its budget stays spent). Submit the request again "
+        "under a new job_id with a higher budget_usd (the manifest lists what finished)"
     )
 
 

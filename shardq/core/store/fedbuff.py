@@ -26,14 +26,14 @@ whose next task waits for the next version). Per version ``v``, in the job recor
 (updates that trained and went into v: applied, late or surplus), ``ulate_rv_train`` (of them
 late), ``utau_rv_train`` (the applied ones' staleness τ summed), ``ufail_rv_train`` (failed updates
 while v was open) and ``usd_rv_train`` (their cost, also added to the job's ``cost_uusd``); per
-update number ``n``, ``usent_rn_train``: next tasks sent after an update ``n - 1`` (``mark_sent``;
-with round 0's fan-out, the tasks sent). A retry (``forgive``) sets ``fb_forgive_seq``: failed
+update number ``n``, ``usent_rn_train``: next tasks sent after an update ``n - 1`` (counted once,
+when its base is fixed, before it is sent: ``fix_next_base``; with round 0's fan-out, the tasks
+sent). A retry (``forgive``) sets ``fb_forgive_seq``: failed
 updates recorded before it (``order`` below it) no longer count against the failure budget.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -345,40 +345,45 @@ class FedBuffStore:
 
     def fix_next_base(self, job_id: str, client: int, seq: int, version: int) -> int:
         """The version update ``(client, seq)``'s client trains from next: ``version``, unless one was
-        fixed before (a redelivery after a crash), which stands, so the task sent again is the same."""
+        fixed before (a redelivery after a crash), which stands, so the task sent again is the same.
+
+        Fixed once, in one transaction with the job's ``usent_r<seq + 1>_train``: the next task
+        counts as out (``shardq.core.outstanding``) *before* it is sent, so a crash anywhere after
+        this leaves it counted, never missing; an update whose next base is fixed but not
+        ``next_sent`` has its task sent again by whoever sees it next (``Driver.follow_up``), even
+        once the job may send nothing new, so a count is never left without its task."""
         key = _upd_key(job_id, client, seq)
-        try:
-            self.ddb.update_item(
-                TableName=self.table,
-                Key=key,
-                UpdateExpression="SET next_base = :v",
-                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(next_base)",
-                ExpressionAttributeValues={":v": {"N": str(version)}},
-            )
-            return version
-        except self.ddb.exceptions.ConditionalCheckFailedException:
-            item = self.ddb.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
-            if item is None or "next_base" not in item:
-                raise JobStoreError(f"job {job_id}: update {client}:{seq} is not recorded") from None
-            return int(item["next_base"]["N"])
+        fix = {
+            "TableName": self.table,
+            "Key": key,
+            "UpdateExpression": "SET next_base = :v",
+            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(next_base)",
+            "ExpressionAttributeValues": {":v": {"N": str(version)}},
+        }
+        count = _Update().add(_counter("usent", seq + 1, "train"), 1).request(self.table, job_id, stamp=False)
+        for attempt in range(MAX_RECORD_ATTEMPTS):
+            try:
+                self.ddb.transact_write_items(TransactItems=[{"Update": fix}, {"Update": count}])
+                return version
+            except self.ddb.exceptions.TransactionCanceledException:
+                item = self.ddb.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
+            if item is None:
+                raise JobStoreError(f"job {job_id}: update {client}:{seq} is not recorded")
+            if "next_base" in item:
+                return int(item["next_base"]["N"])
+            time.sleep(_pause(attempt))  # a conflict on the job record: try again
+        raise JobStoreError(f"job {job_id}: could not fix update {client}:{seq}'s next base: conflicts")
 
     def mark_sent(self, job_id: str, client: int, seq: int) -> None:
-        """The client's next task (after update ``seq``) is on the queue: ``next_sent``, and the
-        job's ``usent_r<seq + 1>_train`` counted once with it (the tasks out:
-        ``shardq.core.outstanding``); a second mark (a redelivery's) changes nothing."""
-        update = _Update().add(_counter("usent", seq + 1, "train"), 1)
-        mark = {
-            "TableName": self.table,
-            "Key": _upd_key(job_id, client, seq),
-            "UpdateExpression": "SET next_sent = :t",
-            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(next_sent)",
-            "ExpressionAttributeValues": {":t": {"BOOL": True}},
-        }
-        # Cancelled: marked (and counted) before.
-        with contextlib.suppress(self.ddb.exceptions.TransactionCanceledException):
-            self.ddb.transact_write_items(
-                TransactItems=[{"Update": mark}, {"Update": update.request(self.table, job_id, stamp=False)}]
-            )
+        """The client's next task (after update ``seq``) is on the queue: ``next_sent`` (it was
+        counted out when its base was fixed: ``fix_next_base``); marking twice changes nothing."""
+        self.ddb.update_item(
+            TableName=self.table,
+            Key=_upd_key(job_id, client, seq),
+            UpdateExpression="SET next_sent = :t",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":t": {"BOOL": True}},
+        )
 
     def wait(self, job_id: str, names: Iterable[str]) -> None:
         """Clients (``c:n``) whose next task waits for the next version."""

@@ -59,11 +59,21 @@ class Spending(StoreBase):
         update.condition(f"attribute_not_exists({_ref(update, BUDGET_STOP_ATTRIBUTE)})")
         return self._update(job_id, update)
 
-    def record_drop(self, job_id: str, round_no: int, task_type: str, shard_id: int) -> bool:
+    def record_drop(
+        self,
+        job_id: str,
+        round_no: int,
+        task_type: str,
+        shard_id: int,
+        outcome_key: dict[str, Any] | None = None,
+    ) -> bool:
         """Count a task dropped unrun after the budget stop, once: its ``DROP#`` item, the
         ``drop_*`` counter of its (round, phase), while the job runs and no outcome of that task
         is recorded (a copy that ran and was counted is not outstanding either). False when it
-        was counted already, or the job ended, or the task's outcome is recorded."""
+        was counted already, or the job ended, or the task's outcome is recorded.
+
+        ``outcome_key``: the item that holds the task's outcome when it is not its result item
+        (a FedBuff train task's is its client update, ``UPD#``: ``spend.count_drop`` says which)."""
         update = _Update().expect(status="RUNNING")
         update.add(_counter("drop", round_no, task_type), 1)
         item = {**_drop_key(job_id, round_no, task_type, shard_id), **_to_item({"dropped_at": now_iso()})}
@@ -80,7 +90,7 @@ class Spending(StoreBase):
                     {
                         "ConditionCheck": {
                             "TableName": self.table,
-                            "Key": _result_key(job_id, round_no, task_type, shard_id),
+                            "Key": outcome_key or _result_key(job_id, round_no, task_type, shard_id),
                             "ConditionExpression": "attribute_not_exists(pk)",
                         }
                     },
