@@ -41,6 +41,8 @@ PARENT_TAG = "mlflow.parentRunId"
 # MLflow's own limits: a param value's length, and what one log_batch call may carry.
 PARAM_VALUE_MAX = 6000
 BATCH_METRICS, BATCH_PARAMS = 1000, 100
+# Runs read per search_runs page when finding a job's runs (MLflow's server caps a page at 50,000).
+SEARCH_PAGE = 1000
 RUN_STATUS = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELLED": "KILLED"}
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -320,13 +322,24 @@ class MlflowWriter:
         return stats
 
     def find_run(self, experiment_id: str, job_id: str, trial: str | None) -> Any:
-        """The run tagged with this job (and trial), or None."""
+        """The run tagged with this job (and trial), or None.
+
+        A sweep's parent run is the one without a trial tag, and MLflow's filter cannot ask for a
+        missing tag: every run of the job is read, page by page (a first page of trials alone must
+        not pass for "no parent", or each ``track`` of a sweep over a page of trials adds one)."""
         cond = f"tags.`{JOB_TAG}` = '{job_id}'"
         cond += f" and tags.`{TRIAL_TAG}` = '{trial}'" if trial is not None else ""
-        runs = self.client.search_runs([experiment_id], filter_string=cond, max_results=10)
-        if trial is None:
-            runs = [r for r in runs if TRIAL_TAG not in r.data.tags]
-        return runs[0] if runs else None
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id], filter_string=cond, max_results=SEARCH_PAGE, page_token=token
+            )
+            for run in page:
+                if trial is not None or TRIAL_TAG not in run.data.tags:
+                    return run
+            token = getattr(page, "token", None)
+            if not token:
+                return None
 
     def sync_run(self, experiment_id: str, plan: RunPlan, stats: SyncStats, *, trial: str | None) -> str:
         e = self._entities

@@ -288,7 +288,7 @@ def render_status(
             *extra,
             p["total"],
             f"{p['enqueued']}/{p['total']}",
-            *((cost_text(p.get("cost_usd") or 0.0),) if priced else ()),
+            *((phase_cost(p),) if priced else ()),
         )
         for p, extra in zip(data["progress"], div, strict=True)
     ]
@@ -303,6 +303,14 @@ def render_status(
         *(("COST",) if priced else ()),
     )
     return head + "\n\n" + table(rows, headers, out)
+
+
+def phase_cost(p: dict[str, Any]) -> str:
+    """A progress row's COST cell: ``-`` for a phase nothing was recorded in yet (an ASHA rung not
+    reached, a round not started), not ``unpriced``, which says its workers named no price."""
+    if not p.get("cost_usd") and not p["done"] and not p["failed"]:
+        return "-"
+    return cost_text(p.get("cost_usd") or 0.0)
 
 
 def cancel_fields(data: dict[str, Any]) -> list[tuple[str, str | None]]:

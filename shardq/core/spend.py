@@ -42,7 +42,7 @@ from shardq.core.outstanding import closes_on_its_own, tasks_out
 from shardq.core.outstanding import counted as counted_outcomes
 from shardq.core.fedbuff_params import NAME as FEDBUFF
 from shardq.core.rounds import Tick
-from shardq.core.store.fedbuff import _upd_key
+from shardq.core.store.fedbuff import FedBuffStore
 from shardq.core.store.spending import month_now
 
 # The results-queue body of a drop notice: ``{"shardq_dropped": {job_id, round, shard_id, task_type}}``.
@@ -106,10 +106,9 @@ def count_drop(store: JobStore, request: TrainingRequest, drop: Dropped) -> bool
     recorded (a copy that ran): a FedBuff train task's outcome is its client's update ``round``
     (its ``UPD#`` item), any other task's its result item. False when it was not counted."""
     strategy = request.strategy
-    outcome_key = None
     if drop.task_type == "train" and strategy is not None and strategy.name == FEDBUFF:
-        outcome_key = _upd_key(drop.job_id, drop.shard_id, drop.round)
-    return store.record_drop(drop.job_id, drop.round, drop.task_type, drop.shard_id, outcome_key)
+        return FedBuffStore(store).record_drop(drop.job_id, drop.shard_id, drop.round)
+    return store.record_drop(drop.job_id, drop.round, drop.task_type, drop.shard_id)
 
 
 def tenants_of(outcomes: Iterable[Outcome], request_of: Callable[[str], TrainingRequest]) -> dict[str, str]:

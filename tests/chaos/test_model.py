@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -541,8 +541,11 @@ class ShardqModel(RuleBasedStateMachine):
 
 def _run(clients: dict[str, Any], examples: int, steps: int, *, derandomize: bool = True) -> None:
     ShardqModel.clients = clients
+    machine: type[ShardqModel] = ShardqModel
+    if os.environ.get("MODEL_SEED"):  # other interleavings, the same ones again for the same seed
+        machine = seed(int(os.environ["MODEL_SEED"]))(type("SeededShardqModel", (ShardqModel,), {}))
     run_state_machine_as_test(
-        ShardqModel,
+        machine,
         settings=settings(
             max_examples=examples,
             stateful_step_count=steps,

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from shardq.cli import main
+from shardq.cli import mlflow_writer
 from shardq.cli.mlflow_writer import JOB_TAG, TRIAL_TAG
 from shardq.core.engine import Engine
 from shardq.local.cloud import LocalCloud, free_port
@@ -251,6 +252,39 @@ def test_a_halving_sweep_is_a_parent_run_with_a_child_per_trial_and_rungs_as_ste
     again = shardq(capsys, "track", job.job_id, "--mlflow", tracking_uri, "--experiment", "sweeps")
     assert "0 run(s) created, 0 metric step(s), 0 param(s), 0 artifact(s) logged" in again.out
     assert len(runs_of(tracking_uri, "sweeps", job.job_id)) == 10
+
+
+def test_tracking_a_sweep_of_more_trials_than_a_search_page_twice_keeps_one_parent_run(
+    world: dict[str, Any],
+    tracking_uri: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a finished grid sweep of 12 trials, and the writer reading MLflow's runs 5 to a page
+    # (found on the local cloud: a second `track` of a 27-trial sweep added a second parent run,
+    # its search read 10 runs, all trials, and took that for "no parent yet")
+    monkeypatch.setattr(mlflow_writer, "SEARCH_PAGE", 5)
+    request = {
+        **REQUESTS["sweep_halving"],
+        "job_id": "mlf-sweep-12",
+        "search_space": {"lr": [0.01 * (k + 1) for k in range(12)]},
+    }
+    del request["search"], request["early_stopping"]
+    job = run_job(world["engine"], request)
+    assert job.status == "SUCCEEDED", job.error
+    # WHEN it is tracked twice
+    first = shardq(capsys, "track", job.job_id, "--mlflow", tracking_uri, "--experiment", "paged")
+    assert first.code == 0, first.err
+    assert "13 run(s) created" in first.out
+    again = shardq(capsys, "track", job.job_id, "--mlflow", tracking_uri, "--experiment", "paged")
+    # THEN the second adds nothing: one parent, one child per trial, each child under that parent
+    assert again.code == 0, again.err
+    assert "0 run(s) created, 0 metric step(s), 0 param(s), 0 artifact(s) logged" in again.out
+    runs = runs_of(tracking_uri, "paged", job.job_id)
+    (parent,) = [x for x in runs if TRIAL_TAG not in x.data.tags]
+    children = [x for x in runs if TRIAL_TAG in x.data.tags]
+    assert sorted(int(x.data.tags[TRIAL_TAG]) for x in children) == list(range(12))
+    assert {x.data.tags["mlflow.parentRunId"] for x in children} == {parent.info.run_id}
 
 
 def test_an_asha_sweep_writes_each_trial_with_the_rungs_it_reached(

@@ -385,6 +385,11 @@ class FedBuffStore:
             ExpressionAttributeValues={":t": {"BOOL": True}},
         )
 
+    def record_drop(self, job_id: str, client: int, seq: int) -> bool:
+        """Count the drop of update ``(client, seq)``'s task (``Spending.record_drop``) unless that
+        update is recorded: a copy of its task ran, so it is not out."""
+        return bool(self.store.record_drop(job_id, seq, "train", client, _upd_key(job_id, client, seq)))
+
     def wait(self, job_id: str, names: Iterable[str]) -> None:
         """Clients (``c:n``) whose next task waits for the next version."""
         names = sorted(set(names))
