@@ -9,6 +9,7 @@ be recorded, is reported alone and comes back (then to the results DLQ).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from lambdas.batch import STANDARD_QUEUE, process_batch
@@ -21,7 +22,19 @@ from shardq.core.rounds import Tick
 def parse(record: Any) -> Outcome | Tick:
     """A results-queue record → the outcome it reports, or a round deadline's tick (raises
     ValidationError if malformed)."""
-    return results_message(record.body)
+    item = results_message(record.body)
+    if isinstance(item, Outcome):
+        # When the result was sent: the aggregator sizes the job's window from it (shardq.core.depth).
+        item = sent(item, record.raw_event.get("attributes", {}).get("SentTimestamp"))
+    return item
+
+
+def sent(outcome: Outcome, stamp: str | None) -> Outcome:
+    """``outcome`` with ``sent_at`` from a record's ``SentTimestamp`` (milliseconds; absent: as is)."""
+    try:
+        return replace(outcome, sent_at=int(stamp) / 1000) if stamp else outcome
+    except ValueError:
+        return outcome
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -37,13 +37,14 @@ check can overrun a quota by at most the submits in flight at that moment (docum
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from shardq.core import spend
 from shardq.core.contracts import TrainingRequest, ValidationError
-from shardq.core.jobstore import JobRecord, JobStore
+from shardq.core.depth import Pace
+from shardq.core.jobstore import JobRecord, JobStore, Outcome
 from shardq.core.store.running import running_jobs
 from shardq.core.tenancy import AGING_STEP, DEFAULT_PRIORITY, Scheduling
 
@@ -117,12 +118,20 @@ class Admission:
         Seconds since the epoch.
     backlog:
         Visible tasks on the task queue now (the saturation signal); None: always saturated.
+    in_flight:
+        Tasks taken by workers and not yet finished (the fleet busy now); None: the fleet's size
+        is unknown and a saturated fleet's windows are not shrunk toward it.
     """
 
     store: JobStore
     scheduling: Scheduling
     clock: Callable[[], float]
     backlog: Callable[[], int] | None = None
+    in_flight: Callable[[], int] | None = None
+    # Each job's task cycle and top-up round trip, measured from its counted results.
+    pace: Pace = field(default_factory=Pace)
+    _in_flight_seen: int = field(init=False, default=0, repr=False)
+    _in_flight_read_at: float = field(init=False, default=-math.inf, repr=False)
     _snapshot: list[Running] = field(init=False, default_factory=list, repr=False)
     _snapshot_at: float = field(init=False, default=-math.inf, repr=False)
     _backlog_seen_at: float = field(init=False, default=-math.inf, repr=False)
@@ -156,6 +165,11 @@ class Admission:
             return total
         return min(total, job.done(round_no, phase) + self.window(job))
 
+    def observe(self, outcomes: list[Outcome]) -> None:
+        """Measure the pace of the jobs whose outcomes were just counted (``shardq.core.depth``)."""
+        if self.windowed:
+            self.pace.observe(outcomes, self.clock())
+
     def window(self, job: JobRecord) -> int:
         """Tasks ``job`` may have sent but not counted (queued or running) now; at least 1
         (its whole round's tasks when windows are off)."""
@@ -163,27 +177,41 @@ class Admission:
         if sched.window_per_lane is None:
             return job.expected(job.round, "train")
         me = Running.of(job, sched)
-        cap = max(1, sched.window_per_lane * me.lanes)
+        # Each lane's depth is its bandwidth-delay product (at least window_per_lane).
+        cap = max(1, self.pace.depth(me.job_id, sched.window_per_lane) * me.lanes)
         active = {r.job_id: r for r in self.running()}
         active[me.job_id] = me
         mine = [r for r in active.values() if r.tenant == me.tenant]
         share = float(cap)
         if self.saturated():
-            weights = {r.tenant: sched.tenant(r.tenant).weight for r in active.values()}
-            now = self.clock()
-            aged = {r.job_id: sched.effective_priority(r.priority, now - r.started) for r in active.values()}
-            top = max(aged.values())
-            # Whole priority points: jobs a fraction of a point apart (aged a moment apart) are equal.
-            urgency = {job_id: 2.0 ** (-math.floor(top - p) / AGING_STEP) for job_id, p in aged.items()}
-            # The tenant's share goes to its jobs by urgency; a tenant whose jobs all lie below the
-            # top priority (the sum under 1) gets that much less of its share.
-            split = max(1.0, sum(urgency[r.job_id] for r in mine))
-            share *= weights[me.tenant] / max(weights.values()) * urgency[me.job_id] / split
+            shares = self.shares(list(active.values()))
+            share *= shares[me.job_id] * self.fleet_factor(active.values(), shares)
         window = max(1, min(cap, math.ceil(share)))
         quota = sched.tenant(me.tenant).quotas.running_tasks
         if quota is not None:
             window = max(1, min(window, quota // len(mine)))
         return window
+
+    def shares(self, active: list[Running]) -> dict[str, float]:
+        """Each running job's share of its full window on a saturated fleet (0 < share <= 1): its
+        tenant's weight over the largest, times its urgency over its tenant's jobs' urgencies."""
+        sched = self.scheduling
+        weights = {r.tenant: sched.tenant(r.tenant).weight for r in active}
+        now = self.clock()
+        aged = {r.job_id: sched.effective_priority(r.priority, now - r.started) for r in active}
+        top = max(aged.values())
+        # Whole priority points: jobs a fraction of a point apart (aged a moment apart) are equal.
+        urgency = {job_id: 2.0 ** (-math.floor(top - p) / AGING_STEP) for job_id, p in aged.items()}
+        # The tenant's share goes to its jobs by urgency; a tenant whose jobs all lie below the
+        # top priority (the sum under 1) gets that much less of its share.
+        split: dict[str, float] = {}
+        for r in active:
+            split[r.tenant] = split.get(r.tenant, 0.0) + urgency[r.job_id]
+        heaviest = max(weights.values())
+        return {
+            r.job_id: weights[r.tenant] / heaviest * urgency[r.job_id] / max(1.0, split[r.tenant])
+            for r in active
+        }
 
     # -- submit ---------------------------------------------------------------------------------
 
@@ -237,7 +265,26 @@ class Admission:
 
     def refresh(self) -> None:
         """Forget the snapshots: the next question reads the running jobs and the backlog anew."""
-        self._snapshot_at = self._backlog_read_at = -math.inf
+        self._snapshot_at = self._backlog_read_at = self._in_flight_read_at = -math.inf
+
+    def fleet_factor(self, active: Iterable[Running], shares: dict[str, float]) -> float:
+        """How much of each job's share a saturated fleet needs queued: the workers busy now over
+        the lanes the running jobs' shares would keep busy (at most 1; 1 when no task runs, or
+        the fleet's size is unknown).
+
+        Each busy worker needs one task running and one round trip's worth queued behind it, no
+        more: what is queued in all then drains in about one round trip, so a newcomer's tasks sit
+        that near the head of the queue. Shares keep their ratios (weights, priorities)."""
+        if self.in_flight is None:
+            return 1.0
+        now = self.clock()
+        if now - self._in_flight_read_at >= SNAPSHOT_TTL_S:
+            self._in_flight_read_at = now
+            self._in_flight_seen = self.in_flight()
+        lanes = sum(max(1, min(r.lanes, r.remaining)) * shares[r.job_id] for r in active)
+        if self._in_flight_seen <= 0 or lanes <= 0:
+            return 1.0
+        return min(1.0, self._in_flight_seen / lanes)
 
     def saturated(self) -> bool:
         """True when a backlog of visible tasks was seen within ``SATURATION_HOLD_S``."""

@@ -175,6 +175,8 @@ class Advancer:
         its job and its tenant's month in the same transaction: ``spend.tenants_of``)."""
         tenants = spend.tenants_of(outcomes, self._request)
         result = self.store.record(outcomes, deadline=deadline, tenants=tenants)
+        if self.enqueuer.admission is not None:
+            self.enqueuer.admission.observe(result.recorded)  # each window's depth (core.depth)
         self.metric("ResultsRecorded", len(result.recorded), "Count")
         if result.duplicates:
             self.metric("DuplicateResults", len(result.duplicates), "Count")

@@ -108,6 +108,7 @@ class Engine:
             Scheduling.from_env({SCHEDULING_ENV: s.scheduling or ""}),
             self.clock,
             backlog=self._backlog,
+            in_flight=self._in_flight,
         )
         self.enqueuer = Enqueuer(
             self.store, self.fanout, self.s3, s.artifact_bucket, self.metric, self.clock, self.admission
@@ -207,6 +208,13 @@ class Engine:
             QueueUrl=self.settings.task_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
         )
         return int(attrs.get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
+
+    def _in_flight(self) -> int:
+        """Tasks workers hold now (admission sizes a saturated fleet's windows by it)."""
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=self.settings.task_queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+        )
+        return int(attrs.get("Attributes", {}).get("ApproximateNumberOfMessagesNotVisible", 0))
 
     def _check_buckets(self, request: TrainingRequest) -> None:
         """Refuse s3:// URIs outside the buckets the workers may read (when the stack says which)."""

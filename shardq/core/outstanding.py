@@ -12,9 +12,13 @@ ends a budget-stopped job exactly when its last task came back, however its task
 * A FedBuff job's ``round`` is its model version, and its clients' tasks span versions: a client
   update ``n`` is the task ``(round n, shard client)``. Its sent tasks are the round-0 fan-out
   (``enq_r0_train``) plus every next task sent after an update (``usent_r<n>_train``, counted once
-  when the update's ``next_sent`` is set: ``FedBuffStore.mark_sent``); its counted ones are the
-  recorded updates (``upd_r<version>_train`` applied, late or surplus, plus ``ufail_r<version>``);
-  drops count by the task's own round. The current version's reduce is out as a round's is.
+  when its base version is fixed, *before* it is sent: ``FedBuffStore.fix_next_base``, so a crash
+  between the send and its mark never leaves a task out uncounted; one counted but not marked sent
+  is sent again by the next follow-up, even once the budget is spent, so no count waits for a task
+  never sent); its counted ones are the recorded updates (``upd_r<version>_train`` applied, late or
+  surplus, plus ``ufail_r<version>``); drops count by the task's own round, never for an update
+  already recorded (a copy of its task ran: ``FedBuffStore.record_drop``). The current version's
+  reduce is out as a round's is.
 
 Why counters and not a read of the tasks: the guard runs on every ``advance`` of a stopped job,
 and a read of every decision or update would cost what the job holds; the counters are on the

@@ -13,7 +13,8 @@ The stop, in the order it happens:
 2. No new task is sent (``admission_refusal``, checked by the Enqueuer before any send): no next
    round, no reduce, no rest of a fan-out.
 3. Workers drop the job's queued tasks unrun (``shardq.worker.drops``) and say so on the results
-   queue (``Dropped``); the aggregator counts each drop once (``JobStore.record_drop``).
+   queue (``Dropped``); the aggregator counts each drop once, and not at all when an outcome of
+   that task is recorded (a copy of it ran: ``count_drop``).
    Tasks already running finish, and their outcomes (and cost) are counted as usual.
 4. ``ending``: once every task sent is counted or dropped (``shardq.core.outstanding``: the
    current phase of a job with rounds, every rung of an asynchronous sweep, every client update
@@ -37,10 +38,10 @@ from typing import Any
 
 from shardq.core.budgets import budget_text, money, to_micro, usd
 from shardq.core.contracts import TrainingRequest, ValidationError
+from shardq.core.fedbuff_params import NAME as FEDBUFF
 from shardq.core.jobstore import JobNotFound, JobRecord, JobStore, Outcome
 from shardq.core.outstanding import closes_on_its_own, tasks_out
 from shardq.core.outstanding import counted as counted_outcomes
-from shardq.core.fedbuff_params import NAME as FEDBUFF
 from shardq.core.rounds import Tick
 from shardq.core.store.fedbuff import FedBuffStore
 from shardq.core.store.spending import month_now

@@ -587,6 +587,7 @@ MUST_SEE = (
     "fedbuff update applied",
     "fedbuff ended SUCCEEDED",
     "submitted map",
+    "submitted with a budget",
     "submitted follower",
     "follower started",
     "ended SUCCEEDED",
@@ -619,8 +620,8 @@ def test_the_promises_hold_under_random_interleavings(clients: dict[str, Any], h
     ShardqModel.seen.clear()
     _run(
         clients,
-        examples=int(os.environ.get("MODEL_EXAMPLES", "8")),
-        steps=int(os.environ.get("MODEL_STEPS", "25")),
+        examples=int(os.environ.get("MODEL_EXAMPLES", "12")),
+        steps=int(os.environ.get("MODEL_STEPS", "20")),
     )
     print("MODEL", json.dumps(dict(sorted(ShardqModel.seen.items()))))
     assert not [p for p in MUST_SEE if not ShardqModel.seen[p]], dict(ShardqModel.seen)

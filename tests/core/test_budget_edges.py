@@ -243,7 +243,7 @@ def _stopped(engine: Engine, job_id: str) -> None:
 REQUESTS = {
     "data_parallel": lambda job_id: make_request(job_id=job_id, shards=3, rounds=2),
     "sweep": lambda job_id: make_request("sweep", job_id=job_id, search_space={"lr": [0.1, 0.2, 0.3]}),
-    "asha": lambda job_id: asha_sweep(job_id),
+    "asha": asha_sweep,
     "fedbuff": lambda job_id: fb(job_id, buffer_size=3),
 }
 

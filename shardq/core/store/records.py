@@ -308,6 +308,9 @@ class Outcome:
     source: str = "worker"
     task_body: str | None = None
     receive_count: int | None = None
+    # When the results queue took it (its ``SentTimestamp``, seconds since the epoch): the
+    # aggregator measures each job's top-up round trip from it (``shardq.core.depth``). Never stored.
+    sent_at: float | None = None
 
     @property
     def phase_counter(self) -> str:

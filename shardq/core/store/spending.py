@@ -73,7 +73,7 @@ class Spending(StoreBase):
         was counted already, or the job ended, or the task's outcome is recorded.
 
         ``outcome_key``: the item that holds the task's outcome when it is not its result item
-        (a FedBuff train task's is its client update, ``UPD#``: ``spend.count_drop`` says which)."""
+        (a FedBuff train task's is its client update, ``UPD#``: ``FedBuffStore.record_drop``)."""
         update = _Update().expect(status="RUNNING")
         update.add(_counter("drop", round_no, task_type), 1)
         item = {**_drop_key(job_id, round_no, task_type, shard_id), **_to_item({"dropped_at": now_iso()})}

@@ -1,0 +1,109 @@
+"""Lane depth: how many tasks a lane keeps queued so it never runs dry (issue #25 item 1).
+
+A job's window is topped up by the aggregator as its results are counted, so a lane's next task
+reaches the queue one *top-up round trip* after the result that freed it was sent (the worker's
+send, the results queue and its batching window, the aggregator's record, its send). A lane that
+keeps only the task running plus ``q`` queued runs dry whenever ``q`` tasks finish faster than
+that round trip: a fixed window of 2 per lane throttled a flood of short tasks to
+``window / round trip`` (3.75 tasks/s against 11.1 unwindowed, BENCHMARKS §20). So a lane's depth
+is its bandwidth-delay product::
+
+    depth = 1 (running) + ceil(round trip / task cycle)       clamped to [floor, DEPTH_CAP]
+
+both measured from the job's own results as the aggregator counts them (``Pace.observe``):
+
+* **round trip**: the time from a result's send (the results queue's ``SentTimestamp``, carried
+  on ``Outcome.sent_at``) to the count that tops its lane up, an exponentially weighted mean;
+* **task cycle**: how often one worker hands in a result of the job when busy: the smallest gap
+  between consecutive results of one worker in a batch (the task's ``duration_s`` plus the
+  worker's own receive/upload/send), never less than the largest ``duration_s`` seen in the
+  batch; with one result per worker, ``duration_s`` alone. A starved worker's gaps are longer
+  than its busy ones, so taking the smallest keeps starvation from shrinking the depth further.
+
+Without a measurement (a fresh container, results without ``sent_at``), the depth is the floor
+(``window_per_lane``). The estimate lives in the aggregator container: a cold one starts at the
+floor and has its first measurement with its first batch. ``DEPTH_CAP`` bounds what one job may
+queue per lane whatever the measurement (a clock skew, a stalled batch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shardq.core.store.records import Outcome
+
+# The most tasks a lane may keep queued or running, whatever the measurement.
+DEPTH_CAP = 64
+# Weight of a new measurement in the moving means (about the last 4 batches count).
+EWMA = 0.25
+# Shortest task cycle believed (a clock's resolution; a no-op task still costs a receive).
+MIN_CYCLE_S = 0.005
+# Jobs whose pace one container keeps (the oldest are forgotten past this).
+MAX_JOBS = 1000
+
+
+def lane_depth(cycle_s: float, round_trip_s: float, floor: int, cap: int = DEPTH_CAP) -> int:
+    """1 running + ``ceil(round_trip / cycle)`` queued behind it, within ``[floor, cap]``."""
+    if not (math.isfinite(cycle_s) and math.isfinite(round_trip_s)):
+        return floor
+    queued = math.ceil(max(0.0, round_trip_s) / max(cycle_s, MIN_CYCLE_S))
+    return max(floor, min(max(cap, floor), 1 + queued))
+
+
+@dataclass
+class _Estimate:
+    cycle_s: float
+    round_trip_s: float
+
+
+def _mean(old: float | None, new: float) -> float:
+    return new if old is None else old + EWMA * (new - old)
+
+
+class Pace:
+    """Each job's task cycle and top-up round trip, as its counted results show them."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, _Estimate] = {}
+
+    def observe(self, outcomes: Iterable[Outcome], now: float) -> None:
+        """Take the measurements of freshly counted train outcomes (``now``: their count)."""
+        by_job: dict[str, list[Outcome]] = {}
+        for o in outcomes:
+            if o.result.task_type == "train" and o.source == "worker" and o.sent_at is not None:
+                by_job.setdefault(o.result.job_id, []).append(o)
+        for job_id, group in by_job.items():
+            cycle = self._cycle(group)
+            trip = sum(max(0.0, now - o.sent_at) for o in group if o.sent_at is not None) / len(group)
+            old = self._jobs.get(job_id)
+            if old is None and len(self._jobs) >= MAX_JOBS:
+                self._jobs.pop(next(iter(self._jobs)))
+            self._jobs[job_id] = _Estimate(
+                cycle_s=_mean(old and old.cycle_s, cycle),
+                round_trip_s=_mean(old and old.round_trip_s, trip),
+            )
+
+    @staticmethod
+    def _cycle(group: list[Outcome]) -> float:
+        """The batch's task cycle: the smallest busy gap of one worker, at least the task itself."""
+        longest = max(o.result.duration_s for o in group)
+        sent: dict[str, list[float]] = {}
+        for o in group:
+            if o.result.worker_id and o.sent_at is not None:
+                sent.setdefault(o.result.worker_id, []).append(o.sent_at)
+        gaps = [b - a for times in sent.values() for a, b in zip(sorted(times), sorted(times)[1:]) if b > a]
+        return max(longest, min(gaps) if gaps else longest, MIN_CYCLE_S)
+
+    def depth(self, job_id: str, floor: int) -> int:
+        """The job's lane depth (``lane_depth``), or ``floor`` before any measurement."""
+        est = self._jobs.get(job_id)
+        if est is None:
+            return floor
+        return lane_depth(est.cycle_s, est.round_trip_s, floor)
+
+    def measured(self, job_id: str) -> tuple[float, float] | None:
+        """(task cycle s, round trip s) as measured for ``job_id``; None before any."""
+        est = self._jobs.get(job_id)
+        return None if est is None else (est.cycle_s, est.round_trip_s)
