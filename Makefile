@@ -36,7 +36,10 @@ test: install torch dashboard rulepacks optuna mlflow  ## lint, type-check and t
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 # Four workers on 2 cores: one worker's waits (leases, real worker processes) overlap the others' CPU (BENCHMARKS.md §11).
-	$(BIN)/pytest -n 4 --dist loadfile
+# The suite writes bytecode (the Makefile's export above stops it elsewhere): without it each xdist worker
+# re-rewrote every test module's asserts at collection (≈ 5 s of CPU each) and every subprocess
+# (workers, Lambda runners, benchmarks) recompiled shardq (BENCHMARKS.md §11, round 4).
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n 4 --dist loadfile
 
 test-fast: install  ## the tests without lint, for the edit loop
 	$(BIN)/pytest -x -q

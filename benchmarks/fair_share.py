@@ -170,6 +170,18 @@ class Bench:
         }
 
 
+def flood_rate(bench: Bench, tag: str, shards: int, seconds: float) -> dict[str, Any]:
+    """A flood alone: its tasks counted per second over ``seconds``, from 3 s after its submit
+    (the windowed and the FIFO stack's figures side by side say what windows cost a big job)."""
+    bench.submit(request(f"rate-{tag}", shards))
+    time.sleep(3.0)
+    c0, t0 = bench.counted(f"rate-{tag}"), time.time()
+    time.sleep(seconds)
+    c1, t1 = bench.counted(f"rate-{tag}"), time.time()
+    bench.stop(f"rate-{tag}")
+    return {"seconds": round(t1 - t0, 1), "tasks": c1 - c0, "tasks_per_s": round((c1 - c0) / (t1 - t0), 2)}
+
+
 def scenario_weights(bench: Bench, shards: int, task_s: float, window_s: float) -> dict[str, Any]:
     """Tenants weighted 2:1 both saturating the fleet: results counted over ``window_s``."""
     hp = {"sleep_s": task_s}
@@ -192,7 +204,13 @@ def scenario_weights(bench: Bench, shards: int, task_s: float, window_s: float) 
 
 
 def run(
-    workers: int, gap: float, floods: list[int], task_s: float, window_s: float, baseline: bool
+    workers: int,
+    gap: float,
+    floods: list[int],
+    task_s: float,
+    window_s: float,
+    baseline: bool,
+    rate_s: float = 20.0,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"workers": workers, "gap_s": gap, "floods": floods}
     with LocalCloud() as cloud:
@@ -216,6 +234,7 @@ def run(
                 time.sleep(2.0)
                 if name == "shardq":
                     out["small_alone_s"] = bench.small_alone("w")
+                    out["flood_rate"] = flood_rate(bench, "w", 30_000, rate_s)
                     for n in floods:
                         out[f"beside_{n}"] = bench.small_beside(f"w{n}", n, gap)
                     low = request("flood-prio", 3000, priority=0)
@@ -228,6 +247,7 @@ def run(
                     out["weights"] = scenario_weights(bench, 20_000, task_s, window_s)
                 else:
                     out["fifo_small_alone_s"] = bench.small_alone("fifo")
+                    out["fifo_flood_rate"] = flood_rate(bench, "fifo", 30_000, rate_s)
                     out["fifo_beside_3000"] = bench.small_beside("fifo", 3000, gap)
             finally:
                 stop_workers(procs)
@@ -236,6 +256,16 @@ def run(
 
 def report(r: dict[str, Any]) -> None:
     rows = [["4-shard job alone (windows)", f"{r['small_alone_s']} s", ""]]
+    for key, name in (("flood_rate", "windows"), ("fifo_flood_rate", "FIFO, no windows")):
+        if key in r:
+            f = r[key]
+            rows.append(
+                [
+                    f"a 30,000-shard flood alone, {name}: over {f['seconds']} s",
+                    f"{f['tasks_per_s']} tasks/s",
+                    "",
+                ]
+            )
     for n in r["floods"]:
         b = r[f"beside_{n}"]
         rows.append(
@@ -284,12 +314,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--task-s", type=float, default=0.2, help="seconds each task sleeps in the weights run"
     )
     parser.add_argument("--window-s", type=float, default=60.0, help="seconds the weights run counts over")
+    parser.add_argument("--rate-s", type=float, default=20.0, help="seconds a flood's rate is counted over")
     parser.add_argument(
         "--baseline", action="store_true", help="also measure FIFO without windows (a second stack)"
     )
     args = parser.parse_args(argv)
     m = machine()
-    result = run(args.workers, args.gap, args.floods, args.task_s, args.window_s, args.baseline)
+    result = run(args.workers, args.gap, args.floods, args.task_s, args.window_s, args.baseline, args.rate_s)
     print(describe(m))
     report(result)
     emit_json("fair_share", {**result, "machine": m})

@@ -256,7 +256,7 @@ def render_status(
             ("enqueuing", paint(data["enqueuing"], "yellow", out) if data.get("enqueuing") else None),
             ("kind", data["kind"]),
             ("tenant", scheduling_text(data)),
-            ("round", f"{data['round'] + 1}/{data['rounds']} ({data['phase']})"),
+            ("round", round_text(data)),
             ("plan", data["plan"]),
             ("tasks", tasks_text(data, diverged)),
             ("cost", cost_of(data)),
@@ -305,6 +305,24 @@ def render_status(
     return head + "\n\n" + table(rows, headers, out)
 
 
+def round_text(data: dict[str, Any], *, cell: bool = False) -> str:
+    """``2/5 (train)`` (``2/5`` as a ``list`` cell). An asynchronous sweep (ASHA, Optuna) runs its
+    rungs at once and its ``round`` stays 0: it shows the furthest rung a task was sent to,
+    ``rung 3/3 reached`` (``3/3``), from its ``progress`` rows, so a sweep that ran its top rung never
+    reads ``1/3``."""
+    if "tasks_in_flight" in data and data.get("progress"):
+        furthest = max((p["round"] for p in data["progress"] if p["enqueued"]), default=0)
+        return f"{furthest + 1}/{data['rounds']}" if cell else f"rung {furthest + 1}/{data['rounds']} reached"
+    return f"{data['round'] + 1}/{data['rounds']}" + ("" if cell else f" ({data['phase']})")
+
+
+def sent_rungs(job: JobRecord) -> list[dict[str, Any]]:
+    """An asynchronous sweep's rungs as ``progress`` rows for ``round_text`` (none for other jobs)."""
+    if not job.request.asynchronous:
+        return []
+    return [{"round": r, "enqueued": job.enqueued(r, "train")} for r in range(job.rounds)]
+
+
 def phase_cost(p: dict[str, Any]) -> str:
     """A progress row's COST cell: ``-`` for a phase nothing was recorded in yet (an ASHA rung not
     reached, a round not started), not ``unpriced``, which says its workers named no price."""
@@ -336,9 +354,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     engine = engine_for(args)
     statuses = (args.status,) if args.status else STATUSES
     with aws_errors(args):
-        views = [
-            {**j.view().to_dict(), **tally(j).to_dict()} for j in list_jobs(engine, statuses, args.limit)
-        ]
+        jobs = list_jobs(engine, statuses, args.limit)
+        views = [{**j.view().to_dict(), **tally(j).to_dict()} for j in jobs]
     if args.json:
         print_json(views)
         return EXIT_OK
@@ -358,13 +375,13 @@ def cmd_list(args: argparse.Namespace) -> int:
             v["kind"],
             v.get("tenant") or "default",
             v.get("priority") if v.get("priority") is not None else DEFAULT_PRIORITY,
-            f"{v['round'] + 1}/{v['rounds']}",
+            round_text({**v, "progress": rungs}, cell=True),
             tasks_cell(v),
             v["failed"],
             *((v["tasks_diverged"],) if diverged else ()),
             v["created_at"],
         )
-        for v in views
+        for v, rungs in zip(views, (sent_rungs(j) for j in jobs), strict=True)
     ]
     headers = (
         "JOB",

@@ -178,7 +178,8 @@ class Admission:
             return job.expected(job.round, "train")
         me = Running.of(job, sched)
         # Each lane's depth is its bandwidth-delay product (at least window_per_lane).
-        cap = max(1, self.pace.depth(me.job_id, sched.window_per_lane) * me.lanes)
+        depth = self.pace.depth(me.job_id, sched.window_per_lane, last=job.window, lanes=me.lanes)
+        cap = max(1, depth * me.lanes)
         active = {r.job_id: r for r in self.running()}
         active[me.job_id] = me
         mine = [r for r in active.values() if r.tenant == me.tenant]

@@ -1,5 +1,5 @@
 """Open-ended sweeps: on each recorded result decide the next tasks, exactly once, up to
-``max_parallel`` in flight.
+``max_parallel`` running (and a measured prefetch queued: ``shardq.core.async_prefetch``).
 
 A synchronous sweep plans its trials up front and (with successive halving) closes a rung before
 it promotes. An asynchronous sweep plans nothing up front: every recorded result frees a slot,
@@ -30,9 +30,11 @@ candidate; a cancelled job gets no new task. The tasks go on the queue *after* t
 repaired by the redelivered result's pass, and the FIFO deduplication id (``job:rung:trial:train``)
 drops a second send.
 
-Lanes. Each task in flight holds its own FIFO message group (``<job>:async:<lane>``, ``lane`` one
-of ``max_parallel`` numbers not held by a task in flight), so tasks of different rungs never wait
-behind each other in a group.
+Lanes. A task holds one of ``max_parallel`` FIFO message groups (``<job>:async:<lane>``), so
+at most ``max_parallel`` run at once. Beside its running task a lane may hold up to a prefetch
+depth of decided tasks, so a freed worker need not wait the round trip to the aggregator and
+back (``shardq.core.async_prefetch``: the depth is measured from the job's records, 0 without a
+measurement; a lane with nothing in flight is filled first).
 
 Plugging in a trial source
 --------------------------
@@ -57,11 +59,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from shardq.core import async_prefetch as prefetch
 from shardq.core import planning, search, spend
 from shardq.core.contracts import ShardResult, TrainingRequest
 from shardq.core.enqueue import Enqueuer
 from shardq.core.finalize import Finisher
-from shardq.core.jobstore import MAX_RETRY_CHUNK, JobRecord, JobStore, SweepDecision
+from shardq.core.jobstore import MAX_RETRY_CHUNK, JobRecord, JobStore, SweepDecision, now_iso
 from shardq.core.metrics import summarize_round
 from shardq.core.store.sweeps import MAX_DECISIONS
 from shardq.core.sweep_cache import SweepCache
@@ -270,13 +273,24 @@ class Pass:
         }
 
 
-def plan_pass(view: Pass, source: TrialSource, seq: int, limit: int = MAX_DECISIONS) -> list[SweepDecision]:
-    """Fill every free lane: a due promotion first, else a new trial; when nothing is in flight and
-    nothing else can run, the drain promotion. Returns the new decisions (also on ``view.new``)."""
+def plan_pass(
+    view: Pass,
+    source: TrialSource,
+    seq: int,
+    limit: int = MAX_DECISIONS,
+    *,
+    depth: int = 0,
+    now: float | None = None,
+) -> list[SweepDecision]:
+    """Fill every free slot, the best lane first: a due promotion first, else a new trial; when
+    nothing is in flight and nothing else can run, the drain promotion. Each lane holds its running
+    task and up to ``depth`` decided ones (``shardq.core.async_prefetch``; ``now``: the pass's
+    clock). Returns the new decisions (also on ``view.new``)."""
     request = view.request
-    busy = {d.lane for d in view.in_flight}
-    free = [lane for lane in range(request.max_parallel) if lane not in busy]
     rungs = by_rung(view.results)
+    free = prefetch.lane_slots(
+        view.in_flight, request.max_parallel, depth, now, prefetch.median_task_s(view.results)
+    )
     order = {k: ranked(results, request) for k, results in rungs.items()} if request.early_stopping else {}
     params = view.drawn()
     while free and len(view.new) < limit:
@@ -351,10 +365,19 @@ class AsyncSweep:
         source = trial_source(request)
         for _ in range(MAX_PASSES):
             seen, sent = self.store.sweep_cursor(job.job_id)
-            decisions, results = self._read(job, seen)
+            decisions, results, recorded = self._read(job, seen)
             view = Pass(request, decisions, [r for r in results if r.task_type == "train"])
+            depth = prefetch.depth(decisions, view.results, recorded, request.max_parallel)
+            now = now_iso()  # the decisions' stamp (the store keeps it), from which overheads are measured
             # The one gate of every send (a spent budget, a cancel): no new task, the running ones finish.
-            new = [] if self.enqueuer.refusal(job) else plan_pass(view, source, seen + 1)
+            new = (
+                []
+                if self.enqueuer.refusal(job)
+                else [
+                    replace(d, decided_at=now)
+                    for d in plan_pass(view, source, seen + 1, depth=depth, now=prefetch.epoch(now))
+                ]
+            )
             if new or not view.in_flight:
                 if not self.store.decide(job.job_id, seen, new):
                     job = self.store.get_job(job.job_id)
@@ -377,13 +400,18 @@ class AsyncSweep:
             f"job {job.job_id}: {MAX_PASSES} sweep passes lost their race; retried on redelivery"
         )
 
-    def _read(self, job: JobRecord, seen: int) -> tuple[list[SweepDecision], list[ShardResult]]:
-        """The job's decisions (up to pass ``seen`` at least) and its recorded results: what
-        changed since the last pass, with a cache, else all of them."""
+    def _read(
+        self, job: JobRecord, seen: int
+    ) -> tuple[list[SweepDecision], list[ShardResult], dict[tuple[int, int], str]]:
+        """The job's decisions (up to pass ``seen`` at least), its recorded results and when each
+        was recorded: what changed since the last pass, with a cache, else all of them."""
         if self.cache is not None:
-            return self.cache.view(job, seen)
+            decisions, results = self.cache.view(job, seen)
+            return decisions, results, self.cache.recorded(job.job_id)
         decisions = self.store.sweep_decisions(job.job_id)
-        return decisions, [row.result for row in self.store.iter_results(job.job_id, task_type=None)]
+        rows = list(self.store.iter_results(job.job_id, task_type=None))
+        recorded = {(row.result.round, row.result.shard_id): row.recorded_at for row in rows}
+        return decisions, [row.result for row in rows], recorded
 
     def _send(
         self, job: JobRecord, decisions: list[SweepDecision], sent: int, seen: int, deadline: float | None
@@ -398,7 +426,9 @@ class AsyncSweep:
         # A source may give a task more than its draw (Optuna's: the job's log up to the trial's ask).
         task_params = getattr(trial_source(job.request), "task_params", None)
         drawn = {d.trial: d.params for d in decisions if d.rung == 0}
-        for d in sorted(unsent, key=lambda d: (d.seq, d.rung, d.trial)):
+        # Promotions first: a queue serves the older messages first, and a promotion is what a
+        # sweep's first fully trained configuration waits for.
+        for d in sorted(unsent, key=lambda d: (d.seq, -d.rung, d.trial)):
             params = d.params if task_params is None else task_params(d.trial, drawn)
             task = planning.train_task(
                 job.request, job.job_id, layout, d.rung, d.trial, d.init_model, params=params

@@ -20,9 +20,10 @@ both measured from the job's own results as the aggregator counts them (``Pace.o
   batch; with one result per worker, ``duration_s`` alone. A starved worker's gaps are longer
   than its busy ones, so taking the smallest keeps starvation from shrinking the depth further.
 
-Without a measurement (a fresh container, results without ``sent_at``), the depth is the floor
-(``window_per_lane``). The estimate lives in the aggregator container: a cold one starts at the
-floor and has its first measurement with its first batch. ``DEPTH_CAP`` bounds what one job may
+Without a measurement (a fresh container, results without ``sent_at``), the depth is that of the
+window the job's last send was held to (the job record keeps it: a top-up handed on to a fresh
+container goes on as deep), else the floor (``window_per_lane``). The estimate lives in the
+aggregator container and is measured anew with each batch. ``DEPTH_CAP`` bounds what one job may
 queue per lane whatever the measurement (a clock skew, a stalled batch).
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 
 from shardq.core.store.records import Outcome
 
@@ -81,8 +83,8 @@ class Pace:
             if old is None and len(self._jobs) >= MAX_JOBS:
                 self._jobs.pop(next(iter(self._jobs)))
             self._jobs[job_id] = _Estimate(
-                cycle_s=_mean(old and old.cycle_s, cycle),
-                round_trip_s=_mean(old and old.round_trip_s, trip),
+                cycle_s=_mean(None if old is None else old.cycle_s, cycle),
+                round_trip_s=_mean(None if old is None else old.round_trip_s, trip),
             )
 
     @staticmethod
@@ -93,14 +95,21 @@ class Pace:
         for o in group:
             if o.result.worker_id and o.sent_at is not None:
                 sent.setdefault(o.result.worker_id, []).append(o.sent_at)
-        gaps = [b - a for times in sent.values() for a, b in zip(sorted(times), sorted(times)[1:]) if b > a]
+        gaps = []
+        for times in sent.values():
+            times.sort()
+            gaps += [b - a for a, b in pairwise(times) if b > a]
         return max(longest, min(gaps) if gaps else longest, MIN_CYCLE_S)
 
-    def depth(self, job_id: str, floor: int) -> int:
-        """The job's lane depth (``lane_depth``), or ``floor`` before any measurement."""
+    def depth(self, job_id: str, floor: int, *, last: int | None = None, lanes: int = 1) -> int:
+        """The job's lane depth (``lane_depth``). Before any measurement in this container: the
+        depth of the window its last send was held to (``last`` tasks over ``lanes``, as the job
+        record keeps it), so a continuation handed to a fresh container goes on as deep; else
+        ``floor``."""
         est = self._jobs.get(job_id)
         if est is None:
-            return floor
+            prior = math.ceil(last / max(1, lanes)) if last else 0
+            return max(floor, min(DEPTH_CAP, prior))
         return lane_depth(est.cycle_s, est.round_trip_s, floor)
 
     def measured(self, job_id: str) -> tuple[float, float] | None:

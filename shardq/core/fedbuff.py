@@ -11,15 +11,21 @@ A ``data_parallel`` job whose ``strategy.name`` is ``fedbuff`` has no round barr
   update with τ > ``max_staleness`` is recorded ``late`` and not applied; one that arrives after
   the last version's buffer filled is ``surplus``; a failed or non-finite one is ``failed``
   (counted against ``max_failed_shards``) and never enters a buffer.
-* As soon as an update is recorded its client gets its next task, from the latest version; while
-  that version's buffer is already full (its reduce is running), the next task waits for the
-  version the reduce makes instead of training from one it would be stale against.
+* As soon as an update is recorded its client gets its next task, from the latest version that
+  exists (the job record's ``round``), as FLSim and the paper do: a reduce in progress does not
+  hold it back. Updates that arrive while version v's reduce runs go into buffer v + 1 (or later),
+  stale by ≥ 1 and weighted by s(τ). The one exception: a task whose update is certain to be late
+  (the open buffer is already more than ``max_staleness`` versions past the latest model, so its
+  τ would exceed S) is not sent; its client waits for the next version (``fb_waiting``), which
+  only happens when S < 1 + the versions filled ahead of the reduces.
 * Every ``buffer_size`` (K) applied updates the buffer of version v closes: one reduce task steps
-  the server model with the staleness-weighted deltas (``shardq.worker.fedbuff``) into v + 1.
-  ``rounds`` is the number of server steps. The job record's ``round`` is the current version.
+  the server model with exactly those K staleness-weighted deltas (``shardq.worker.fedbuff``) into
+  v + 1. ``rounds`` is the number of server steps. The job record's ``round`` is the current version.
 
-With K = the number of clients and every client equally fast (τ = 0 everywhere) each buffer holds
-one update per client from the same version, and the step is synchronous FedAvg's.
+With K = the number of clients, ``max_staleness`` 0 and every client equally fast, each buffer
+holds one update per client from the same version (a client that finished waits: any task from v
+would be late against buffer v + 1), and the step is synchronous FedAvg's. With S ≥ 1 the clients
+train on while the reduce runs, and the buffers overlap versions (that is FedBuff, not FedAvg).
 """
 
 from __future__ import annotations
@@ -103,6 +109,15 @@ def placer(request: TrainingRequest) -> Placer:
         return [replace(u, order=counts.seq + i) for i, u in enumerate(out)], after
 
     return place
+
+
+def must_wait(job: JobRecord, open_version: int) -> bool:
+    """True when a next task sent now (from version ``job.round``, the latest that exists) would
+    certainly be late: its update goes into buffer ``open_version`` or a later one, so its τ is at
+    least ``open_version − job.round``, and that is already over ``max_staleness``. Otherwise the
+    task goes out at once, whatever reduce is running (FLSim's and the paper's semantics)."""
+    assert job.request.strategy is not None
+    return open_version - job.round > int(job.request.strategy.params["max_staleness"])
 
 
 def foreign(request: TrainingRequest, job_id: str, outcome: Outcome) -> str | None:
@@ -229,8 +244,9 @@ class Driver:
     # -- next tasks -----------------------------------------------------------------------------
 
     def follow_up(self, job_id: str, updates: Sequence[Update], *, deadline: float | None = None) -> None:
-        """Send each update's client its next task from the latest version, or make it wait for
-        the next version while the latest one's buffer is full (its reduce is running)."""
+        """Send each update's client its next task from the latest version that exists, at once,
+        even while reduces run; it waits for the next version only when that task's update would
+        certainly be late (``must_wait``)."""
         pending = [u for u in updates if not u.next_sent and u.state != AFTER_END]
         if not pending:
             return
@@ -247,12 +263,12 @@ class Driver:
         counts = self.fb.counts(job_id)
         if counts.open >= job.rounds:
             return  # every version's buffer is full: no more updates are needed
-        if counts.open > job.round:
+        if must_wait(job, counts.open):
             self.fb.wait(job_id, [u.name for u in pending])
             # The reduce may have made the next version meanwhile (and read the waiting set before
             # these joined it): look again, and send them ourselves if so.
             job = self.adv.store.get_job(job_id)
-            if job.terminal or self.fb.counts(job_id).open > job.round:
+            if job.terminal or must_wait(job, self.fb.counts(job_id).open):
                 return
             self.send_waiting(job, deadline=deadline)
             return
@@ -309,9 +325,10 @@ class Driver:
             self.adv.enqueuer.enqueue(job, 0, "train", job.request.model.get("init_uri"), deadline=deadline)
         if job.phase == "train":
             counts = self.fb.counts(job.job_id)
+            if counts.waiting and not must_wait(job, counts.open):
+                # a crash between making this version and sending its waiters
+                self.send_waiting(job, deadline=deadline)
             if counts.open <= job.round:
-                if counts.waiting:  # a crash between making this version and sending its waiters
-                    self.send_waiting(job, deadline=deadline)
                 return False
             return self._close(job, deadline)
         if job.done(job.round, "reduce") < 1:

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from shardq.core.contracts import ShardResult
-from shardq.core.jobstore import JobRecord, JobStore, SweepDecision
+from shardq.core.jobstore import JobRecord, JobStore, SweepDecision, now_iso
 from shardq.core.progress_reads import NoRecordedIndex, OutcomeFeed
 
 Key = tuple[int, int]  # (rung, trial)
@@ -51,6 +51,8 @@ class _Job:
     seq: int = -1
     decisions: dict[Key, SweepDecision] = field(default_factory=dict)
     results: dict[Key, ShardResult] = field(default_factory=dict)
+    # When each result was recorded (``recorded_at``): the prefetch's overheads (``async_prefetch``).
+    recorded: dict[Key, str] = field(default_factory=dict)
     feed: OutcomeFeed | None = None
     generation: int | None = None
     indexed: bool = True
@@ -80,9 +82,11 @@ class SweepCache:
         entry = self._jobs.get(job_id)
         if entry is None or entry.feed is None:
             return  # the first view reads everything anyway
+        now = now_iso()  # recorded a moment ago, by this invocation
         for r in results:
             if r.task_type == "train":
                 entry.results[(r.round, r.shard_id)] = r
+                entry.recorded.setdefault((r.round, r.shard_id), now)
 
     def decided(self, job_id: str, seq: int, decisions: Iterable[SweepDecision]) -> None:
         """Pass ``seq`` committed ``decisions`` (this container's own pass)."""
@@ -98,6 +102,11 @@ class SweepCache:
         if entry is not None and (rung, trial) in entry.decisions:
             return True
         return self.store.sweep_decided(job_id, rung, trial)
+
+    def recorded(self, job_id: str) -> dict[Key, str]:
+        """When each train result in the job's last view was recorded (``recorded_at``)."""
+        entry = self._jobs.get(job_id)
+        return dict(entry.recorded) if entry is not None else {}
 
     # -- the view -----------------------------------------------------------------------------
 
@@ -136,6 +145,7 @@ class SweepCache:
             r = item.record.result
             if not item.late and r.task_type == "train":
                 entry.results[(r.round, r.shard_id)] = r
+                entry.recorded[(r.round, r.shard_id)] = item.record.recorded_at
         per_rung: dict[int, int] = {}
         for rung, _ in entry.results:
             per_rung[rung] = per_rung.get(rung, 0) + 1
@@ -152,6 +162,7 @@ class SweepCache:
             for row in rows
             if row.result.task_type == "train"
         }
+        entry.recorded = {(row.result.round, row.result.shard_id): row.recorded_at for row in rows}
         entry.generation = job.retry_generation
         if entry.indexed:
             feed = OutcomeFeed(self.store, job.job_id)

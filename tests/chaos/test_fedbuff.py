@@ -12,7 +12,7 @@ import pytest
 from shardq.core.contracts import ShardResult, ShardTask
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
-from tests.chaos.versions import follows_versions
+from tests.chaos.versions import follows_versions, trained_during_reduces
 from tests.helpers import receive_all, result_for, tasks_of
 from tests.requests import make_request
 
@@ -76,6 +76,18 @@ def test_no_update_is_applied_twice_nor_staler_than_allowed(engine: Engine, seed
     assert status == "SUCCEEDED" and replays > 0
     problems = follows_versions(engine, f"chaos-fb-{seed}")
     assert not problems, "\n".join(problems)
+    # and clients trained on while reduces ran (no barrier): those updates went in stale, once
+    assert trained_during_reduces(engine, f"chaos-fb-{seed}") > 0
+
+
+def test_with_max_staleness_0_no_client_trains_from_a_full_buffers_version(engine: Engine) -> None:
+    # Such a task's update would certainly be late (τ ≥ 1 > 0): the client waits for the next
+    # version instead; and the count above can tell the two apart.
+    status, _ = _run(engine, 7, buffer_size=2, max_staleness=0)
+    assert status == "SUCCEEDED"
+    problems = follows_versions(engine, "chaos-fb-7")
+    assert not problems, "\n".join(problems)
+    assert trained_during_reduces(engine, "chaos-fb-7") == 0
 
 
 def test_constant_and_hinge_weights_follow_versions_too(engine: Engine) -> None:

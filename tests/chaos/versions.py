@@ -89,6 +89,29 @@ def follows_versions(engine: Engine, job_id: str) -> list[str]:
     return p
 
 
+def trained_during_reduces(engine: Engine, job_id: str) -> int:
+    """How many next tasks went out from a version whose buffer was already full (its reduce
+    pending or running): the update that earned the task left the open buffer above the task's
+    base. FedBuff sends them at once (``shardq.core.fedbuff``); a barrier would have held them."""
+    fb = FedBuffStore(engine.store)
+    strategy = engine.store.get_job(job_id).request.strategy
+    assert strategy is not None
+    k = int(strategy.params["buffer_size"])
+    updates = fb.all_updates(job_id)
+    fillers = set()
+    for v in {u.version for u in updates if u.state == "applied"}:
+        applied = [u for u in fb.buffer(job_id, v) if u.state == "applied"]
+        if len(applied) == k:
+            last = max(applied, key=lambda u: u.order)
+            fillers.add((last.client, last.seq))
+    count = 0
+    for u in updates:
+        open_after = u.version + (1 if (u.client, u.seq) in fillers else 0)
+        if u.next_base is not None and u.state != "after_end" and u.next_base < open_after:
+            count += 1
+    return count
+
+
 def _json(engine: Engine, key: str) -> Any:
     try:
         body = engine.s3.get_object(Bucket=engine.settings.artifact_bucket, Key=key)["Body"].read()

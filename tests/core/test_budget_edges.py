@@ -191,9 +191,10 @@ def test_a_crash_at_the_send_of_a_fedbuff_next_task_sends_it_on_redelivery_even_
 def test_a_crash_between_making_a_version_and_sending_its_waiting_clients_is_repaired(
     engine: Engine,
 ) -> None:
-    # GIVEN a FedBuff job of 2 clients (buffer 2, 3 versions) whose version 0 buffer filled: its
-    # reduce runs, and client 1 waits for version 1 to train its second update
-    engine.submit(fb("fb-waiters", clients=2, buffer_size=2, rounds=3))
+    # GIVEN a FedBuff job of 2 clients (buffer 2, 3 versions, no staleness allowed) whose version 0
+    # buffer filled: its reduce runs, and client 1 waits for version 1 (an update trained from
+    # version 0 now would certainly be late) to train its second update
+    engine.submit(fb("fb-waiters", clients=2, buffer_size=2, rounds=3, max_staleness=0))
     sent = {(t.task_type, *key(t)): (t, m) for t, m in in_flight(engine)}
     run(engine, *sent.pop(("train", 0, 0)))
     run(engine, *sent.pop(("train", 0, 1)))

@@ -55,9 +55,7 @@ def test_pace_takes_a_busy_workers_cycle_and_the_mean_round_trip() -> None:
     pace = Pace()
     # GIVEN worker w1 handing in results every 0.5 s (0.4 s of work each), and a starved worker
     # w2 whose one long gap must not count, all counted at NOW
-    outcomes = [
-        Outcome(result("j", i, duration=0.4), sent_at=NOW - 2.0 + 0.5 * i) for i in range(3)
-    ] + [
+    outcomes = [Outcome(result("j", i, duration=0.4), sent_at=NOW - 2.0 + 0.5 * i) for i in range(3)] + [
         Outcome(result("j", 10, worker="w2", duration=0.4), sent_at=NOW - 9.0),
         Outcome(result("j", 11, worker="w2", duration=0.4), sent_at=NOW - 1.5),
         # a DLQ outcome and one without a send stamp measure nothing
@@ -77,7 +75,9 @@ def test_the_aggregator_reads_when_a_result_was_sent() -> None:
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
     body = result("j", 0).to_json()
-    stamped = parse(SQSRecord({"messageId": "m", "body": body, "attributes": {"SentTimestamp": "1700000000250"}}))
+    stamped = parse(
+        SQSRecord({"messageId": "m", "body": body, "attributes": {"SentTimestamp": "1700000000250"}})
+    )
     assert isinstance(stamped, Outcome) and stamped.sent_at == 1_700_000_000.25
     bare = parse(SQSRecord({"messageId": "m", "body": body}))
     assert isinstance(bare, Outcome) and bare.sent_at is None
@@ -115,9 +115,7 @@ def test_a_measured_round_trip_deepens_the_window_and_every_shard_still_goes_onc
     first = tasks_of(receive_all(sqs, url))
     assert len(first) == 2 * LANES
     # WHEN their results say: one worker hands one in every 0.25 s, each sent 2 s before its count
-    outcomes = [
-        Outcome(result_for(t), sent_at=NOW - 2.0 - 0.25 * i) for i, t in enumerate(first)
-    ]
+    outcomes = [Outcome(result_for(t), sent_at=NOW - 2.0 - 0.25 * i) for i, t in enumerate(first)]
     outcomes = [replace(o, result=replace(o.result, worker_id="w1", duration_s=0.1)) for o in outcomes]
     assert not engine.ingest(outcomes)
     assert not engine.ingest(outcomes)  # a redelivered batch: counted once, topped up once
@@ -170,6 +168,7 @@ def test_a_saturated_fleet_keeps_only_what_its_busy_workers_need_queued(
     gate = admission()
     assert gate.window(flood) == math.ceil(depth * LANES * 2 / (LANES + 4))
     assert gate.window(engine.store.get_job("small")) == 2  # the floor, unmeasured
-    # AND a fleet of unknown size (nothing in flight) keeps the full depth
+    # AND a fleet of unknown size (nothing in flight) keeps its share of the full depth (its
+    # tenant's two jobs split it, as before depths)
     fleet["busy"] = 0
-    assert admission().window(flood) == depth * LANES
+    assert admission().window(flood) == depth * LANES // 2

@@ -105,25 +105,30 @@ def test_updates_fill_buffers_and_clients_train_from_the_latest_version(engine: 
     # a replayed update is a duplicate: nothing applied twice, no second next task
     engine.ingest([Outcome(result_for(first[0]))])
     assert take(engine) == []
-    # WHEN client 1's update fills the buffer: version 0's reduce goes out, client 1 waits for v1
+    # WHEN client 1's update fills the buffer: version 0's reduce goes out, and client 1 trains on
+    # at once from version 0, the latest that exists (the reduce running does not hold it back)
     engine.ingest([Outcome(result_for(first[1]))])
-    (reduce,) = take(engine)
-    assert (reduce.task_type, reduce.round) == ("reduce", 0)
+    sent = {(t.task_type, t.round, t.shard_id): t for t in take(engine)}
+    assert sorted(sent) == [("reduce", 0, 0), ("train", 1, 1)]
+    reduce, next1 = sent[("reduce", 0, 0)], sent[("train", 1, 1)]
+    assert next1.init_model_uri == INIT
     inputs = json.loads(_get(engine, str(reduce.inputs_uri)))
     assert [(u["client"], u["seq"], u["tau"], u["base_model_uri"]) for u in inputs["fedbuff"]] == [
         (0, 0, 0, INIT),
         (1, 0, 0, INIT),
     ]
-    # WHEN the reduce makes version 1: client 1's next task trains from it
+    # WHEN client 2's first update (base 0) arrives while that reduce runs: it goes into the next
+    # buffer (version 1, τ = 1 ≤ max_staleness), never into the one being reduced
+    engine.ingest([Outcome(result_for(first[2]))])
+    (next2,) = take(engine)
+    assert (next2.round, next2.shard_id, next2.init_model_uri) == (1, 2, INIT)
+    assert json.loads(_get(engine, str(reduce.inputs_uri))) == inputs
+    # WHEN the reduce makes version 1: nobody waited, so nothing is sent
     engine.ingest([Outcome(result_for(reduce))])
     job = engine.store.get_job("acc")
     assert (job.round, job.phase) == (1, "train") and job.model_uri == reduce.output_prefix + "model.npz"
-    (waited,) = take(engine)
-    assert (waited.round, waited.shard_id, waited.init_model_uri) == (1, 1, job.model_uri)
-    # WHEN client 2's first update (base 0) arrives: τ = 1 ≤ max_staleness, applied to version 1
-    engine.ingest([Outcome(result_for(first[2]))])
-    (next2,) = take(engine)
-    assert (next2.round, next2.init_model_uri) == (1, job.model_uri)
+    assert take(engine) == []
+    assert FedBuffStore(engine.store).counts("acc").waiting == frozenset()
     seen = updates(engine, "acc")
     assert [
         (seen[k].state, seen[k].base, seen[k].version, seen[k].tau) for k in [(0, 0), (1, 0), (2, 0)]
@@ -133,7 +138,8 @@ def test_updates_fill_buffers_and_clients_train_from_the_latest_version(engine: 
         ("applied", 0, 1, 1),
     ]
     assert seen[(2, 0)].weight == pytest.approx(1 / 2**0.5)
-    # client 0's second update (base 0, τ = 1) fills buffer 1: the last version's reduce
+    # client 0's second update (base 0, τ = 1) fills buffer 1: the last version's reduce, and no
+    # next task (every version's buffer is full)
     engine.ingest([Outcome(result_for(again))])
     assert [t.task_type for t in take(engine)] == ["reduce"]
     (summary0, summary1) = engine.store.round_summaries("acc")
@@ -141,30 +147,53 @@ def test_updates_fill_buffers_and_clients_train_from_the_latest_version(engine: 
     assert summary1["fedbuff"]["mean_staleness"] == 1.0 and summary0["fedbuff"]["applied"] == 2
 
 
+def test_a_client_waits_only_when_its_next_update_would_certainly_be_late(engine: Engine) -> None:
+    # GIVEN K = 2 of 3 clients and max_staleness 0: a task from version 0 sent once buffer 0 is
+    # full would train an update of τ ≥ 1 > 0, certain to be late
+    engine.submit(fb("certain", buffer_size=2, max_staleness=0))
+    first = {t.shard_id: t for t in take(engine)}
+    engine.ingest([Outcome(result_for(first[0])), Outcome(result_for(first[1]))])
+    # THEN only the reduce goes out; clients 0 and 1 wait for version 1
+    (reduce,) = take(engine)
+    assert (reduce.task_type, reduce.round) == ("reduce", 0)
+    assert FedBuffStore(engine.store).counts("certain").waiting == {"0:0", "1:0"}
+    # WHEN the reduce makes version 1: both train from it
+    engine.ingest([Outcome(result_for(reduce))])
+    job = engine.store.get_job("certain")
+    sent = {(t.round, t.shard_id): t.init_model_uri for t in take(engine)}
+    assert sent == {(1, 0): job.model_uri, (1, 1): job.model_uri}
+    assert FedBuffStore(engine.store).counts("certain").waiting == frozenset()
+
+
 def test_a_stale_update_steps_from_the_model_it_trained_from(engine: Engine) -> None:
     # GIVEN K = 1: every update makes a version
     engine.submit(fb("base", clients=2, rounds=3, buffer_size=1, max_staleness=5))
     first = {t.shard_id: t for t in take(engine)}
     engine.ingest([Outcome(result_for(first[0]))])
-    (reduce0,) = take(engine)
+    sent = {t.task_type: t for t in take(engine)}
+    reduce0, again0 = sent["reduce"], sent["train"]
+    assert (again0.round, again0.shard_id, again0.init_model_uri) == (1, 0, INIT)  # v1 is not made yet
     engine.ingest([Outcome(result_for(reduce0))])
-    (from_v1,) = take(engine)  # client 0 waited for version 1
+    assert take(engine) == []
     v1 = reduce0.output_prefix + "model.npz"
-    assert (from_v1.round, from_v1.shard_id, from_v1.init_model_uri) == (1, 0, v1)
     engine.ingest([Outcome(result_for(first[1]))])  # client 1, base 0, into version 1
-    (reduce1,) = take(engine)
+    sent = {t.task_type: t for t in take(engine)}
+    reduce1, from_v1 = sent["reduce"], sent["train"]
+    assert (from_v1.round, from_v1.shard_id, from_v1.init_model_uri) == (1, 1, v1)
     engine.ingest([Outcome(result_for(reduce1))])
-    take(engine)  # client 1's next task, from version 2
-    # WHEN client 0's update from version 1 goes into version 2 (τ = 1)
+    # WHEN client 1's update from version 1 goes into version 2 (τ = 1)
     engine.ingest([Outcome(result_for(from_v1))])
-    (reduce2,) = take(engine)
+    (reduce2,) = take(engine)  # and no next task: every version's buffer is full
     # THEN its reduce steps from its own base: version 1's model, not version 2's
     (row,) = json.loads(_get(engine, str(reduce2.inputs_uri)))["fedbuff"]
-    assert (row["client"], row["seq"], row["base"], row["tau"], row["base_model_uri"]) == (0, 1, 1, 1, v1)
+    assert (row["client"], row["seq"], row["base"], row["tau"], row["base_model_uri"]) == (1, 1, 1, 1, v1)
     assert row["staleness_weight"] == pytest.approx(2**-0.5)
     engine.ingest([Outcome(result_for(reduce2))])
     job = engine.store.get_job("base")
     assert job.status == "SUCCEEDED" and job.model_uri == reduce2.output_prefix + "model.npz"
+    # client 0's update from version 0, trained while the reduces ran, comes after the end
+    engine.ingest([Outcome(result_for(again0))])
+    assert updates(engine, "base")[(0, 1)].state == "after_end"
 
 
 def test_an_update_staler_than_max_staleness_is_late_and_never_applied(engine: Engine) -> None:
@@ -211,7 +240,7 @@ def test_a_nan_metric_fails_the_update_which_never_enters_a_buffer(engine: Engin
 def test_a_failed_reduce_fails_the_job_naming_the_version(engine: Engine) -> None:
     engine.submit(fb("rf", clients=2, buffer_size=2))
     engine.ingest([Outcome(result_for(t)) for t in take(engine)])
-    (reduce,) = take(engine)
+    (reduce,) = [t for t in take(engine) if t.task_type == "reduce"]  # the clients train on meanwhile
     engine.ingest([Outcome(result_for(reduce, status="failed"))])
     job = engine.store.get_job("rf")
     assert job.status == "FAILED" and "reduce of version 0 failed: reduce blew up" in (job.error or "")

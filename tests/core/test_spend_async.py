@@ -200,7 +200,8 @@ def test_a_retried_asha_failure_keeps_its_cost_and_says_how_much_no_outcome_hold
 def test_a_fedbuff_reduce_running_at_the_stop_closes_its_version_then_the_job_fails(engine: Engine) -> None:
     # GIVEN a FedBuff job of 2 clients (buffer 2, 3 versions) with a budget of 2.5 updates, whose
     # version 0 buffer filled (its reduce is running) while client 0 trains its second update
-    engine.submit({**fb("fb-red", clients=2, buffer_size=2, rounds=3), "budget_usd": 0.05})
+    # (max_staleness 0: client 1's next task would certainly be late, so it waits for version 1)
+    engine.submit({**fb("fb-red", clients=2, buffer_size=2, rounds=3, max_staleness=0), "budget_usd": 0.05})
     sent = {(t.task_type, *key(t)): (t, m) for t, m in in_flight(engine)}
     run(engine, *sent.pop(("train", 0, 0)))
     run(engine, *sent.pop(("train", 0, 1)))

@@ -239,3 +239,37 @@ def test_a_running_job_refreshes_live(engine: Engine, dashboard: Any, browser: A
         "return Chart.getChart(document.querySelector('.curve[data-metric=val_loss] canvas')).data.labels"
     )
     assert labels == ["1*"]
+
+
+def test_the_job_page_shows_tenant_priority_and_window(engine: Engine, dashboard: Any, browser: Any) -> None:
+    from dataclasses import replace
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # GIVEN windows of 2 per lane (issue #25) and a 40-shard job of tenant "vision" at priority 900
+    windowed = Engine(
+        settings=replace(engine.settings, scheduling=json.dumps({"window_per_lane": 2})),
+        ddb=engine.ddb,
+        sqs=engine.sqs,
+        s3=engine.s3,
+        events=engine.events,
+    )
+    windowed.submit(
+        {
+            **DATA_PARALLEL,
+            "job_id": "dash-windowed",
+            "kind": "map",
+            "rounds": 1,
+            "sharding": {"shard_count": 40},
+            "tenant": "vision",
+            "priority": 900,
+        }
+    )
+    # WHEN its page is opened
+    open_page(browser, dashboard.url + "#/job/dash-windowed")
+    read = (
+        "const d = document.querySelector('#job-fields dd[data-field=scheduling]'); return d && d.textContent"
+    )
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script(read))
+    # THEN it says whose job it is, how urgent, and what its window holds, as `shardq status` does
+    assert browser.execute_script(read) == "vision · priority 900 · 4 queued or running of a window of 4"

@@ -121,12 +121,22 @@ function versionsText(fedbuff) {
   return fedbuff.per_version.map((v) => `v${v.version}: ${v.applied} applied, ${v.late} late, mean τ ${v.mean_staleness.toFixed(2)}`).join(" · ") || null;
 }
 
+// Whose job it is, how urgent, and its window: the CLI's `status` wording
+// (shardq/cli/scheduling_view.py scheduling_text): "vision · priority 900 · 6 queued or running of a window of 8".
+function schedulingText(job) {
+  const parts = [job.tenant || "default", job.priority === null || job.priority === undefined ? "priority 500 (default)" : `priority ${job.priority}`];
+  if (job.window !== null && job.window !== undefined) parts.push(`${job.queued || 0} queued or running of a window of ${job.window}`);
+  return parts.join(" · ");
+}
+
 function renderFields(job, stall, fedbuff) {
   const pairs = [
     ["status", badge(job.status)],
     // Why a running job stands still (no result for a while): the queue that holds it.
     ["stalled", stall ? el("span", { class: "error", dataset: { reason: stall.reason } }, stall.message) : null],
     ["kind", job.kind],
+    // Tenant, priority and window (shardq.core.admission), as `shardq status` shows them.
+    ["scheduling", schedulingText(job)],
     ["round", `${job.round + 1}/${job.rounds} (${job.phase})`],
     // FedBuff: version v of R, the open buffer k/K, late updates, mean staleness; then per version.
     ["fedbuff", job.fedbuff_text],

@@ -1,0 +1,144 @@
+"""ASHA's prefetch (``shardq.core.async_prefetch``): decided tasks waiting in each lane so a freed
+worker does not wait a coordination round trip, never more than the cap, a due promotion first.
+
+The pure rules on constructed records, then the real engine on the local cloud, where the overheads
+are measured from the job's own ``decided_at`` and ``recorded_at`` stamps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from shardq.core import async_prefetch, async_sweep
+from shardq.core.async_prefetch import PREFETCH_CAP
+from shardq.core.contracts import ShardResult, TrainingRequest
+from shardq.core.engine import Engine
+from shardq.core.jobstore import Outcome, SweepDecision
+from tests.core.test_asha import asha_sweep, loss_of, take
+from tests.helpers import result_for
+
+T0 = "2026-01-01T00:00:00.000Z"
+
+
+def at(seconds: float) -> str:
+    """``T0`` plus ``seconds``, as ``now_iso`` stamps."""
+    return f"2026-01-01T00:00:{seconds:06.3f}Z"
+
+
+def decision(rung: int, trial: int, lane: int, decided: float = 0.0, rule: str = "draw") -> SweepDecision:
+    return SweepDecision(
+        rung=rung, trial=trial, lane=lane, seq=1, params={}, decided_at=at(decided), rule=rule
+    )
+
+
+def outcome(rung: int, trial: int, loss: float, duration: float = 0.5) -> ShardResult:
+    return ShardResult(
+        job_id="p",
+        round=rung,
+        shard_id=trial,
+        task_type="train",
+        status="succeeded",
+        metrics={"loss": loss},
+        duration_s=duration,
+    )
+
+
+def test_depth_is_the_round_trip_over_the_median_task_capped_and_zero_without_a_measurement() -> None:
+    # GIVEN four tasks decided at 0 s, each worked 0.5 s, recorded 1.3–2.0 s after their decision
+    decisions = [decision(0, t, t % 2) for t in range(4)]
+    results = [outcome(0, t, 1.0) for t in range(4)]
+    recorded = {(0, t): at(1.3 + 0.2 * t) for t in range(4)}
+    # THEN the overheads are 0.8–1.5 s, the round trip their minimum (0.8 s: the task that did not
+    # wait), and each lane holds ceil(0.8 / 0.5) = 2 tasks beyond its running one
+    overheads = async_prefetch.overheads(decisions, results, recorded)
+    assert [round(x, 3) for x in overheads] == [0.8, 1.0, 1.2, 1.4]
+    assert async_prefetch.depth(decisions, results, recorded, lanes=2) == 2
+    # capped, however slow the round trip
+    slow = {(0, t): at(30.0) for t in range(4)}
+    assert async_prefetch.depth(decisions, results, slow, lanes=2) == PREFETCH_CAP
+    # none before MIN_SAMPLES (or every lane) reported: the first wave keeps max_parallel
+    assert async_prefetch.depth(decisions[:3], results[:3], recorded, lanes=2) == 0
+    assert async_prefetch.depth(decisions, results, recorded, lanes=6) == 0
+    # none when results come back sooner than the time they claim (no positive round trip) ...
+    quick = {(0, t): at(0.4) for t in range(4)}
+    assert async_prefetch.depth(decisions, results, quick, lanes=2) == 0
+    # ... when no result reports its time, or when the stamps are missing
+    untimed = [replace(r, duration_s=0.0) for r in results]
+    assert async_prefetch.depth(decisions, untimed, recorded, lanes=2) == 0
+    unstamped = [replace(d, decided_at="") for d in decisions]
+    assert async_prefetch.depth(unstamped, results, recorded, lanes=2) == 0
+
+
+def test_lane_slots_fill_the_emptiest_lanes_first_and_a_straggling_lane_last() -> None:
+    # GIVEN 3 lanes: lane 0 runs a task started 0.4 s ago, lane 1 one started 3 s ago (over twice
+    # the median task time of 0.5 s: a straggler), lane 2 nothing
+    in_flight = [decision(0, 0, 0, decided=9.6), decision(0, 1, 1, decided=7.0)]
+    now = async_prefetch.epoch(at(10.0))
+    # THEN without prefetch only the empty lane is free; with depth 1, lane 2 takes two (its
+    # running task and one queued), lane 0 one, and the straggling lane 1 comes last
+    assert async_prefetch.lane_slots(in_flight, 3, 0, now, 0.5) == [2]
+    assert async_prefetch.lane_slots(in_flight, 3, 1, now, 0.5) == [2, 0, 2, 1]
+    # a lane already at 1 + depth gets nothing more
+    full = [*in_flight, decision(0, 2, 0, decided=9.7), decision(0, 3, 1, decided=9.8)]
+    assert async_prefetch.lane_slots(full, 3, 1, now, 0.5) == [2, 2]
+
+
+def test_a_due_promotion_takes_the_freed_slot_not_a_prefetched_new_trial() -> None:
+    # GIVEN 2 lanes holding 2 tasks each (depth 1: full), and rung 0 with 3 results, the best
+    # (trial 0) not promoted yet
+    request = TrainingRequest.from_dict(asha_sweep("p", trials=20, max_parallel=2))
+    done = [outcome(0, 0, 1.0), outcome(0, 1, 3.0), outcome(0, 2, 2.0)]
+    decided = [decision(0, t, t % 2) for t in range(7)]
+    source = async_sweep.trial_source(request)
+    # WHEN a pass runs with every lane full: it decides nothing (never more than the cap out)
+    view = async_sweep.Pass(request, decided, done)
+    assert async_sweep.plan_pass(view, source, 2, depth=1) == []
+    # WHEN trial 3 (lane 1) reports: one slot frees
+    view = async_sweep.Pass(request, decided, [*done, outcome(0, 3, 4.0)])
+    new = async_sweep.plan_pass(view, source, 2, depth=1)
+    # THEN the slot takes the due promotion, in the lane that freed, and no new trial
+    assert [(d.rung, d.trial, d.lane, d.rule) for d in new] == [(1, 0, 1, "asha")]
+    # AND with two slots free, the promotion takes the emptiest lane, the new trial the next
+    view = async_sweep.Pass(request, decided, [*done, outcome(0, 3, 4.0), outcome(0, 4, 5.0)])
+    new = async_sweep.plan_pass(view, source, 2, depth=1)
+    assert [(d.rung, d.trial, d.lane) for d in new] == [(1, 0, 0), (0, 7, 1)]
+
+
+def report_after(engine: Engine, task: Any, wait_s: float) -> None:
+    """Report ``task`` as having worked 10 ms, ``wait_s`` after it was taken (the round trip)."""
+    time.sleep(wait_s)
+    result = replace(result_for(task, loss=loss_of(task)), duration_s=0.01)
+    assert engine.ingest([Outcome(result)]) == []
+
+
+def test_the_engine_prefetches_up_to_the_cap_and_runs_the_sweep_to_the_end(
+    engine: Engine, clients: dict[str, Any]
+) -> None:
+    # GIVEN an 18-trial ASHA sweep with 2 lanes, whose tasks take 10 ms and come back after 50 ms
+    engine.submit(asha_sweep("pf", trials=18, max_parallel=2))
+    running = take(engine, clients)
+    assert len(running) == 2  # the first wave: nothing measured yet
+    cap = 2 * (1 + PREFETCH_CAP)
+    most, ran = 0, []
+    while running:
+        task = running.pop(0)
+        report_after(engine, task, 0.05)
+        ran.append((task.round, task.shard_id))
+        running.extend(take(engine, clients))
+        # THEN never more than the cap is out, and no lane holds more than 1 + PREFETCH_CAP
+        decisions = engine.store.sweep_decisions("pf")
+        done = set(ran)
+        out = [d for d in decisions if d.key not in done]
+        assert len(out) == len(running) <= cap
+        assert all(sum(1 for d in out if d.lane == lane) <= 1 + PREFETCH_CAP for lane in range(2))
+        assert {d.lane for d in decisions} <= {0, 1}  # max_parallel lanes: the concurrency cap kept
+        most = max(most, len(out))
+    # AND it did prefetch (the round trip is 5× the task), and ended as ASHA does: every trial once
+    # at rung 0, each decision once, the best trial at the full budget
+    assert most == cap
+    job = engine.store.get_job("pf")
+    assert job.status == "SUCCEEDED", job.error
+    assert len(ran) == len(set(ran)) and sum(1 for r, _ in ran if r == 0) == 18
+    assert any(r == 2 for r, _ in ran)
