@@ -98,7 +98,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not answer.get("ok"):
         problems = answer.get("problems") or [answer.get("message", "rejected")]
         lines = "\n".join(f"  - {p}" for p in problems)
-        raise CliError(f"the splitter rejected the request ({answer.get('error')}):\n{lines}")
+        # The id went to stdout before the answer (for $(...)): say that it names nothing new.
+        raise CliError(
+            f"the splitter rejected the request ({answer.get('error')}):\n{lines}\n"
+            f"nothing was created by this submit (the id {job_id} printed above names no new job); "
+            "fix the request and submit again"
+        )
     if args.json:
         print_json(answer)
     else:

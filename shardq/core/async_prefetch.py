@@ -23,13 +23,19 @@ With no measurement (the first wave, a fake clock, results faster than their cla
 the unit tests) the depth is 0 and the sweep keeps exactly ``max_parallel`` in flight, as the
 paper's algorithm does.
 
+The job holds at most ``max(max_parallel, workers × (1 + depth))`` tasks in flight, ``workers``
+being the fleet its results came from: with more lanes than workers, the spare lanes already
+queue a task each, and a deeper prefetch would only decide tasks earlier than it must.
+
 Lanes stay ``max_parallel`` FIFO message groups: ``max_parallel`` is also the job's concurrency
 cap (at most one task of a group runs at a time), whatever the fleet's size. A prefetched task
 waits behind its lane's running task, so the pass chooses lanes (``lane_slots``): a lane with
 nothing in flight first, then the lanes with the fewest in flight; among equals, the lane whose
-running task is due to end soonest (started longest ago), except one that has run over twice the
-median task time (probably on a straggler: a task queued behind it could wait ten times as long),
-which goes last.
+running task is due to end soonest (started longest ago). A **straggling** lane — the worker that
+freed it last runs over twice the typical time of its rungs (``paces``: in a FIFO queue whose other
+groups are busy, a freed worker takes its own lane's next task), or its running task has run over
+twice the median task time — goes last and gets no prefetched task: one queued behind a 10×
+worker would wait ten tasks' time while the others idle at the sweep's end.
 """
 
 from __future__ import annotations
@@ -101,31 +107,77 @@ def depth(
     return min(cap, math.ceil(round_trip / task))
 
 
+def paces(results: Sequence[ShardResult]) -> dict[str, float]:
+    """Each worker's pace: the median of its tasks' times over their rung's median (1: typical)."""
+    by_rung: dict[int, list[float]] = {}
+    for r in results:
+        if r.duration_s > 0:
+            by_rung.setdefault(r.round, []).append(r.duration_s)
+    typical = {rung: statistics.median(times) for rung, times in by_rung.items()}
+    ratios: dict[str, list[float]] = {}
+    for r in results:
+        if r.worker_id and r.duration_s > 0:
+            ratios.setdefault(r.worker_id, []).append(r.duration_s / typical[r.round])
+    return {worker: statistics.median(x) for worker, x in ratios.items()}
+
+
 def lane_slots(
-    in_flight: Sequence[SweepDecision], lanes: int, depth: int, now: float | None, median_s: float = 0.0
+    decisions: Sequence[SweepDecision],
+    results: Sequence[ShardResult],
+    lanes: int,
+    depth: int,
+    now: float | None,
 ) -> list[int]:
     """The lanes a pass may still fill, best first, one entry per free slot: each lane holds at
-    most ``1 + depth`` tasks in flight (the module doc says which lane is best)."""
+    most ``1 + depth`` tasks in flight, a straggling lane only its running one, and the job at
+    most ``max(lanes, workers × (1 + depth))`` where ``workers`` is the fleet its results came
+    from (lanes beyond the fleet already queue a task each). The module doc says which lane is
+    best."""
+    done = {(r.round, r.shard_id) for r in results}
+    in_flight = [d for d in decisions if d.key not in done]
+    median_s = median_task_s(results)
+    pace = paces(results)
+    worker = {(r.round, r.shard_id): r.worker_id for r in results}
     count = {lane: 0 for lane in range(lanes)}
     oldest: dict[int, float] = {}
-    for d in in_flight:
-        if d.lane in count:
-            count[d.lane] += 1
-            at = epoch(d.decided_at)
-            if at is not None:
-                oldest[d.lane] = min(oldest.get(d.lane, at), at)
+    last: dict[int, tuple[str, str | None]] = {}  # lane -> (decided_at, worker) of its latest outcome
+    for d in decisions:
+        if d.lane not in count:
+            continue
+        if d.key in done:
+            if d.decided_at >= last.get(d.lane, ("", None))[0]:
+                last[d.lane] = (d.decided_at, worker.get(d.key))
+            continue
+        count[d.lane] += 1
+        at = epoch(d.decided_at)
+        if at is not None:
+            oldest[d.lane] = min(oldest.get(d.lane, at), at)
 
     def age(lane: int) -> float:
         return (now - oldest[lane]) if now is not None and lane in oldest else 0.0
 
     def straggling(lane: int) -> bool:
-        return median_s > 0 and age(lane) > STRAGGLING * median_s
+        # The worker that freed the lane last is the one likely to take its next task; or its
+        # running task has run far longer than a typical one.
+        slow = pace.get(last.get(lane, ("", None))[1] or "", 1.0) > STRAGGLING
+        return slow or (median_s > 0 and age(lane) > STRAGGLING * median_s)
 
     order = sorted(count, key=lambda lane: (straggling(lane), -age(lane), lane))
     slots: list[int] = []
     for level in range(1 + depth):  # fill the emptiest lanes first, one level at a time
-        slots.extend(lane for lane in order if count[lane] <= level)
-    return slots
+        slots.extend(lane for lane in order if count[lane] <= level and not (level and straggling(lane)))
+    workers = len({r.worker_id for r in results if r.worker_id})
+    cap = max(lanes, workers * (1 + depth)) if workers else lanes * (1 + depth)
+    return slots[: max(0, cap - len(in_flight))]
 
 
-__all__ = ["MIN_SAMPLES", "PREFETCH_CAP", "depth", "epoch", "lane_slots", "median_task_s", "overheads"]
+__all__ = [
+    "MIN_SAMPLES",
+    "PREFETCH_CAP",
+    "depth",
+    "epoch",
+    "lane_slots",
+    "median_task_s",
+    "overheads",
+    "paces",
+]

@@ -288,9 +288,7 @@ def plan_pass(
     clock). Returns the new decisions (also on ``view.new``)."""
     request = view.request
     rungs = by_rung(view.results)
-    free = prefetch.lane_slots(
-        view.in_flight, request.max_parallel, depth, now, prefetch.median_task_s(view.results)
-    )
+    free = prefetch.lane_slots(view.decisions, view.results, request.max_parallel, depth, now)
     order = {k: ranked(results, request) for k, results in rungs.items()} if request.early_stopping else {}
     params = view.drawn()
     while free and len(view.new) < limit:

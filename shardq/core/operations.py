@@ -375,6 +375,10 @@ def _unrun(engine: Engine, job: JobRecord) -> list[int]:
     trials the closed rung before promoted (its stored plan), not every trial of the sweep."""
     recorded = {r.result.shard_id for r in engine.store.results(job.job_id, job.round, job.phase)}
     planned = engine.store.planned_tasks(job, job.round, job.phase)
+    if job.window is not None:
+        # A windowed job sent only up to its cursor: the tasks past it were never sent (nor
+        # dropped), and its window sends them once the job runs again, each once.
+        planned = planned[: job.enqueued(job.round, job.phase)]
     return [shard for shard, _ in planned if shard not in recorded]
 
 

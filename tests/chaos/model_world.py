@@ -179,6 +179,8 @@ class World:
             events=clients["events"],
             clock=clock,
         )
+        # The lane depth from the counted results, not the wall clock: tests/chaos/model_windows.py.
+        engine.admission.pace = model_windows.ModelPace()
         ticks = TickDelay(sqs, clock)
         engine.ticker.sqs = ticks  # the advancer shares this ticker
         pump = ModelPump(sqs, settings, aggregator.aggregate, dlq_handler.handle_dead_tasks)

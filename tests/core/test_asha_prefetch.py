@@ -71,18 +71,50 @@ def test_depth_is_the_round_trip_over_the_median_task_capped_and_zero_without_a_
     assert async_prefetch.depth(unstamped, results, recorded, lanes=2) == 0
 
 
-def test_lane_slots_fill_the_emptiest_lanes_first_and_a_straggling_lane_last() -> None:
+def test_lane_slots_fill_the_emptiest_lanes_first_and_never_a_straggling_one() -> None:
     # GIVEN 3 lanes: lane 0 runs a task started 0.4 s ago, lane 1 one started 3 s ago (over twice
     # the median task time of 0.5 s: a straggler), lane 2 nothing
     in_flight = [decision(0, 0, 0, decided=9.6), decision(0, 1, 1, decided=7.0)]
     now = async_prefetch.epoch(at(10.0))
+    results = [replace(outcome(0, t, 1.0), worker_id=f"w{t % 3}") for t in range(10, 13)]  # 3 workers
     # THEN without prefetch only the empty lane is free; with depth 1, lane 2 takes two (its
-    # running task and one queued), lane 0 one, and the straggling lane 1 comes last
-    assert async_prefetch.lane_slots(in_flight, 3, 0, now, 0.5) == [2]
-    assert async_prefetch.lane_slots(in_flight, 3, 1, now, 0.5) == [2, 0, 2, 1]
+    # running task and one queued), lane 0 one, and the straggling lane 1 none
+    assert async_prefetch.lane_slots(in_flight, results, 3, 0, now) == [2]
+    assert async_prefetch.lane_slots(in_flight, results, 3, 1, now) == [2, 0, 2]
     # a lane already at 1 + depth gets nothing more
     full = [*in_flight, decision(0, 2, 0, decided=9.7), decision(0, 3, 1, decided=9.8)]
-    assert async_prefetch.lane_slots(full, 3, 1, now, 0.5) == [2, 2]
+    assert async_prefetch.lane_slots(full, results, 3, 1, now) == [2, 2]
+    # with more lanes than workers, the spare lanes are the prefetch: 6 lanes, 2 workers, depth 1
+    # hold max(6, 2 × 2) = 6 in flight, so 2 in flight leave 4 slots, all in empty lanes
+    two = results[:2]
+    assert async_prefetch.lane_slots(in_flight, two, 6, 1, now) == [2, 3, 4, 5]
+    # (unknown workers: the lanes alone bound it: 2 per lane, less the 2 in flight, less the
+    # straggling lane 1's queued one)
+    anonymous = [replace(r, worker_id=None) for r in results]
+    assert len(async_prefetch.lane_slots(in_flight, anonymous, 6, 1, now)) == 12 - 2 - 1
+
+
+def test_no_task_is_prefetched_behind_a_straggling_worker() -> None:
+    # GIVEN 2 lanes whose last outcomes came from worker "fast" (lane 0: 0.5 s) and worker "slow"
+    # (lane 1: 5 s for the same rung), each lane running a task decided just now
+    decisions = [
+        decision(0, 0, 0, decided=1.0),
+        decision(0, 1, 1, decided=1.0),
+        decision(0, 2, 0, decided=9.9),
+        decision(0, 3, 1, decided=9.9),
+    ]
+    results = [
+        replace(outcome(0, 0, 1.0, duration=0.5), worker_id="fast"),
+        replace(outcome(0, 1, 1.0, duration=5.0), worker_id="slow"),
+        replace(outcome(0, 9, 1.0, duration=0.5), worker_id="other"),
+    ]
+    assert async_prefetch.paces(results) == {"fast": 1.0, "slow": 10.0, "other": 1.0}
+    now = async_prefetch.epoch(at(10.0))
+    # THEN prefetch (depth 2) fills only lane 0: a task queued behind the slow worker's lane would
+    # wait its 10× task while the fast workers idle
+    assert async_prefetch.lane_slots(decisions, results, 2, 2, now) == [0, 0]
+    # AND when the slow worker's lane is empty it still gets its one task (the worker is free)
+    assert async_prefetch.lane_slots(decisions[:3], results, 2, 2, now) == [1, 0, 0]
 
 
 def test_a_due_promotion_takes_the_freed_slot_not_a_prefetched_new_trial() -> None:
@@ -107,9 +139,10 @@ def test_a_due_promotion_takes_the_freed_slot_not_a_prefetched_new_trial() -> No
 
 
 def report_after(engine: Engine, task: Any, wait_s: float) -> None:
-    """Report ``task`` as having worked 10 ms, ``wait_s`` after it was taken (the round trip)."""
+    """Report ``task`` as having worked 10 ms, ``wait_s`` after it was taken (the round trip), from
+    one of two workers (lane ``trial % 2``'s)."""
     time.sleep(wait_s)
-    result = replace(result_for(task, loss=loss_of(task)), duration_s=0.01)
+    result = replace(result_for(task, loss=loss_of(task)), duration_s=0.01, worker_id=f"w{task.shard_id % 2}")
     assert engine.ingest([Outcome(result)]) == []
 
 

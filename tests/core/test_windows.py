@@ -203,3 +203,28 @@ def test_a_bad_scheduling_config_names_the_key_and_the_fix(config: dict[str, Any
     with pytest.raises(ValueError, match="scheduling is invalid") as caught:
         parse(config)
     assert expected in str(caught.value)
+
+
+def test_a_retry_of_a_failed_windowed_job_sends_only_what_was_sent_and_the_window_the_rest(
+    settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a 3-shard job on one lane with a window of 1, failed by its first shard (found by
+    # the model-based test: the retry sent the shards past the cursor too, outside the window,
+    # and the window sent them again later)
+    s = windowed(settings, window_per_lane=1)
+    engine = make(s, clients)
+    engine.submit(map_job("rw", 3, max_parallel=1))
+    sqs, url = clients["sqs"], s.task_queue_url
+    (first,) = tasks_of(receive_all(sqs, url))
+    assert not engine.ingest([Outcome(result_for(first, status="failed"))])
+    assert engine.store.get_job("rw").status == "FAILED"
+    # WHEN it is retried
+    retry_failed(engine, "rw")
+    # THEN only the failed shard goes out again; the window sends the others one by one, once each
+    sent: list[int] = []
+    while tasks := tasks_of(receive_all(sqs, url)):
+        assert len(tasks) == 1, [t.shard_id for t in tasks]
+        sent += [t.shard_id for t in tasks]
+        assert not engine.ingest([Outcome(result_for(t)) for t in tasks])
+    assert sent == [0, 1, 2]
+    assert engine.store.get_job("rw").status == "SUCCEEDED"
