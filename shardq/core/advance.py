@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shardq.core import async_sweep, fedbuff, planning, rounds, search, spend, verdicts
+from shardq.core import async_sweep, fedbuff, over_budget, planning, rounds, search, spend, verdicts
 from shardq.core.artifacts import put_json
 from shardq.core.contracts import MAX_GATHERED_TASKS, ShardResult, TrainingRequest, ValidationError
 from shardq.core.enqueue import EnqueueIncomplete, Enqueuer
@@ -197,8 +197,14 @@ class Advancer:
                     self.finisher.publish_finished(job)
                 return job.status
             job = spend.stop_if_spent(self.store, job, spend.monthly_budget(self.enqueuer.admission, job))
-            ending = self._cut_short(job)
+            ending = self._cut_short(job) or job.frozen_as()
             if ending is not None:
+                # Freeze first (nothing counts from here on), then read, then end: the manifest and
+                # the record `status` reads hold the same outcomes (``JobStore.freeze_ending``).
+                frozen = job if job.ending is not None else self.store.freeze_ending(job_id, *ending)
+                if frozen is None:
+                    continue  # it ended meanwhile: look again
+                job, ending = frozen, self._cut_short(frozen) or ending
                 if async_sweep.is_async(job.request):
                     self.sweeps().summarize_rungs(job)  # its rung history, as a sweep run to its end
                 if not self._ranged(job):
@@ -219,7 +225,8 @@ class Advancer:
             self.enqueuer.top_up(job, deadline=deadline)
             decision = rounds.verdict(job, self.clock())
             if isinstance(decision, rounds.RoundFailed):
-                return self.finisher.finalize(job, "FAILED", decision.message)
+                frozen = self.store.freeze_ending(job_id, "FAILED", decision.message)
+                return self.finisher.finalize(frozen or job, "FAILED", decision.message)
             if decision == rounds.WAIT:
                 return job.status
             moved = (
@@ -253,14 +260,7 @@ class Advancer:
 
     def _over_budget(self, job: JobRecord) -> str:
         """Why the job failed: its failure count, and the first failure's own words."""
-        message = f"{job.failed_total} shards failed, over max_failed_shards={job.max_failed_shards}"
-        if fedbuff.applies(job.request):  # its failures are updates, of any client and number
-            return message + fedbuff.first_failure_text(self.store, job.job_id)
-        first = self.store.first_failure(job.job_id, job.round, "train")
-        if first is not None and first.result.error:
-            reason = first.result.error.strip().splitlines()[0][:300]
-            message += f"; first: round {first.result.round} shard {first.result.shard_id}: {reason}"
-        return message
+        return over_budget.message(self.store, job)
 
     def _ranged(self, job: JobRecord) -> bool:
         """True when the job's round closes in ranges (a map round of more than ``range_shards``)."""

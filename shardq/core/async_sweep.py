@@ -288,15 +288,15 @@ def plan_pass(
     clock). Returns the new decisions (also on ``view.new``)."""
     request = view.request
     rungs = by_rung(view.results)
-    free = prefetch.lane_slots(view.decisions, view.results, request.max_parallel, depth, now)
+    slots = prefetch.lane_slots(view.decisions, view.results, request.max_parallel, depth, now)
     order = {k: ranked(results, request) for k, results in rungs.items()} if request.early_stopping else {}
     params = view.drawn()
-    while free and len(view.new) < limit:
+    while slots.free and len(view.new) < limit:
         promo = next_promotion(request, rungs, view.decided(), order=order)
         if promo is None:
             draw = _draw(view, source)
             if draw is not None:
-                view.new.append(replace(draw, lane=free.pop(0), seq=seq))
+                view.new.append(replace(draw, lane=slots.take(promotion=False), seq=seq))
                 continue
             if not view.in_flight:  # nothing runs and nothing is left to draw: the sweep's end
                 promo = next_promotion(request, rungs, view.decided(), drain=True, order=order)
@@ -306,7 +306,7 @@ def plan_pass(
             SweepDecision(
                 rung=promo.rung,
                 trial=promo.trial,
-                lane=free.pop(0),
+                lane=slots.take(promotion=True),
                 seq=seq,
                 params=dict(params.get(promo.trial) or promo.reported or {}),
                 init_model=promo.model,

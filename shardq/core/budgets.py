@@ -33,12 +33,13 @@ def budget_field(c: _Checker, data: dict[str, Any]) -> float | None:
     value = data.get("budget_usd")
     if value is None:
         return None
-    hint = "a positive number of USD (e.g. 25 or 12.5), or leave it out for no limit"
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        c.add(f"budget_usd must be {hint}; got {value!r:.60}")
-        return None
-    if not 0 < value <= MAX_BUDGET_USD:
-        c.add(f"budget_usd must be {hint} up to {MAX_BUDGET_USD:,.0f}; got {value!r}")
+    bad = isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value)
+    if bad or not 0 < value <= MAX_BUDGET_USD:
+        c.add(
+            f"budget_usd must be a positive number of USD no greater than {MAX_BUDGET_USD:,.0f} "
+            f"(e.g. 25 or 12.5); got {value!r:.60}; "
+            "set one in that range, or leave budget_usd out for no limit"
+        )
         return None
     return float(value)
 

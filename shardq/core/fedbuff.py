@@ -400,10 +400,10 @@ def _update(r: ShardResult, base: int) -> Update:
 
 
 def first_failure_text(store: Any, job_id: str) -> str:
-    """``; first: update n of client c: <its error's first line>`` for the over-budget message
-    (empty when no counted failure says why)."""
+    """``; first: update n of client c (version v): <its error's first line>`` for the over-budget
+    message, the update named as ``watch`` names it (empty when no counted failure says why)."""
     first = FedBuffStore(store).first_failure(job_id)
     if first is None or not first.error:
         return ""
     reason = first.error.strip().splitlines()[0][:300]
-    return f"; first: update {first.seq} of client {first.client}: {reason}"
+    return f"; first: update {first.seq} of client {first.client} (version {first.version}): {reason}"

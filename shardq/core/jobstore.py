@@ -49,6 +49,7 @@ from shardq.core.batchcalls import JobStoreError
 from shardq.core.store.counting import Counting
 from shardq.core.store.keys import (
     _FINISH_ATTRIBUTES,
+    ENDING_ATTRIBUTE,
     MAX_PUTS_PER_TRANSACTION,
     MAX_RETRY_CHUNK,
     _checkpoint_key,
@@ -398,6 +399,18 @@ class JobStore(Counting, ResultReads, SweepDecisions):
             expires_at=expires_at,
         )
         return self._update(job_id, update.expect(status="RUNNING"))
+
+    def freeze_ending(self, job_id: str, status: str, error: str | None) -> JobRecord | None:
+        """Mark a RUNNING job as ending with ``status``/``error`` and return it as the mark left it
+        (``ALL_NEW``): from then on no outcome counts (``update.not_ending``), so that record and the
+        outcomes read after it are all the manifest and ``finish`` will ever see. Idempotent (a
+        mark already there stands); None when the job no longer runs."""
+        update = _Update().expect(status="RUNNING")
+        ref = _ref(update, ENDING_ATTRIBUTE)
+        mark = {"status": status, "error": error}
+        update.clauses["SET"].append(f"{ref} = if_not_exists({ref}, {update._value(mark)})")
+        item = self._update_returning(job_id, update)
+        return None if item is None else JobRecord.from_item(item)
 
     def reopen(self, job: JobRecord) -> bool:
         """FAILED → RUNNING for a retry, clearing what ``finish`` set; False if it was not FAILED.

@@ -68,14 +68,17 @@ def progress(job: JobRecord) -> list[PhaseProgress]:
     if fedbuff_view.fedbuff.applies(job.request):  # one row per version (its updates) and reduce
         return [PhaseProgress(**row) for row in fedbuff_view.phase_rows(job)]
     if job.request.asynchronous:
-        # Every rung runs at once: one row each; its total the most it may run (once the job
-        # ended, what it ran).
+        # Every rung runs at once: one row each; its total the most it may run. Once the job
+        # ended, what it ran, sent included: a task the end cut short has no outcome and none will
+        # count (``JobStore.freeze_ending``), so sent ≤ total and nothing is outstanding.
         return [
             PhaseProgress(
                 round=r,
                 phase="train",
                 total=job.done(r, "train") if job.terminal else size,
-                enqueued=job.enqueued(r, "train"),
+                enqueued=min(job.enqueued(r, "train"), job.done(r, "train"))
+                if job.terminal
+                else job.enqueued(r, "train"),
                 done=job.ok(r, "train") + job.diverged(r, "train"),
                 failed=job.failed(r, "train"),
                 diverged=job.diverged(r, "train"),

@@ -34,7 +34,7 @@ from shardq.core import planning
 from shardq.core.artifacts import put_json
 from shardq.core.enqueue import EnqueueIncomplete
 from shardq.core.jobstore import JobNotFound, JobRecord
-from shardq.core.pipeline_fields import USE_KINDS, After
+from shardq.core.pipeline_fields import USE_KINDS, After, wrong_kind_fix
 from shardq.core.store.keys import now_iso
 from shardq.core.store.pipelines import WAITING, PipelineLinks
 from shardq.core.validation import ValidationError
@@ -76,12 +76,7 @@ def waiting_record(engine: Engine, request: TrainingRequest, record: JobRecord) 
     if upstream.kind not in kinds:
         problems.append(
             f"after.use '{after.use}' needs an upstream job of kind {' or '.join(kinds)}, but "
-            f"'{after.job_id}' is a {upstream.kind} job; "
-            + (
-                "use final_model"
-                if upstream.kind == "data_parallel"
-                else "follow a sweep or a data_parallel job"
-            )
+            f"'{after.job_id}' is a {upstream.kind} job; {wrong_kind_fix(after.use, upstream.kind)}"
         )
     chain = [record.job_id, upstream.job_id]
     cursor: JobRecord | None = upstream

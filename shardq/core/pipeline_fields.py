@@ -24,6 +24,16 @@ USES = ("best", "final_model")
 USE_KINDS = {"best": ("sweep",), "final_model": ("data_parallel", "sweep")}
 
 
+def wrong_kind_fix(use: str, kind: str) -> str:
+    """The fix for ``after.use`` naming an upstream job of a ``kind`` that use does not take:
+    the other use when that one takes it, else which kinds each use accepts."""
+    others = [u for u, kinds in USE_KINDS.items() if u != use and kind in kinds]
+    if others:
+        return f"use {others[0]} instead (use {use} takes only a {' or '.join(USE_KINDS[use])} job)"
+    accepted = "; ".join(f"use {u} takes a {' or '.join(kinds)} job" for u, kinds in USE_KINDS.items())
+    return f"a {kind} job offers neither; follow a job of a kind that offers one ({accepted})"
+
+
 @dataclass(frozen=True)
 class After:
     """The job this one follows (``job_id``) and what it takes from it (``use``)."""

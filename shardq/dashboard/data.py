@@ -288,7 +288,10 @@ class DashboardData:
             },
             # Why a running job stands still, or null: the page shows it and withholds its ETA.
             "stall": stall.to_dict() if stall is not None else None,
-            "progress": [{**p.to_dict(), "outstanding": p.outstanding} for p in progress(job)],
+            # An ended job has nothing outstanding: a result that still arrives is late, uncounted.
+            "progress": [
+                {**p.to_dict(), "outstanding": 0 if job.terminal else p.outstanding} for p in progress(job)
+            ],
             **detail,
         }
 

@@ -79,19 +79,19 @@ def test_lane_slots_fill_the_emptiest_lanes_first_and_never_a_straggling_one() -
     results = [replace(outcome(0, t, 1.0), worker_id=f"w{t % 3}") for t in range(10, 13)]  # 3 workers
     # THEN without prefetch only the empty lane is free; with depth 1, lane 2 takes two (its
     # running task and one queued), lane 0 one, and the straggling lane 1 none
-    assert async_prefetch.lane_slots(in_flight, results, 3, 0, now) == [2]
-    assert async_prefetch.lane_slots(in_flight, results, 3, 1, now) == [2, 0, 2]
+    assert async_prefetch.lane_slots(in_flight, results, 3, 0, now).free == [2]
+    assert async_prefetch.lane_slots(in_flight, results, 3, 1, now).free == [2, 0, 2]
     # a lane already at 1 + depth gets nothing more
     full = [*in_flight, decision(0, 2, 0, decided=9.7), decision(0, 3, 1, decided=9.8)]
-    assert async_prefetch.lane_slots(full, results, 3, 1, now) == [2, 2]
+    assert async_prefetch.lane_slots(full, results, 3, 1, now).free == [2, 2]
     # with more lanes than workers, the spare lanes are the prefetch: 6 lanes, 2 workers, depth 1
     # hold max(6, 2 × 2) = 6 in flight, so 2 in flight leave 4 slots, all in empty lanes
     two = results[:2]
-    assert async_prefetch.lane_slots(in_flight, two, 6, 1, now) == [2, 3, 4, 5]
+    assert async_prefetch.lane_slots(in_flight, two, 6, 1, now).free == [2, 3, 4, 5]
     # (unknown workers: the lanes alone bound it: 2 per lane, less the 2 in flight, less the
     # straggling lane 1's queued one)
     anonymous = [replace(r, worker_id=None) for r in results]
-    assert len(async_prefetch.lane_slots(in_flight, anonymous, 6, 1, now)) == 12 - 2 - 1
+    assert len(async_prefetch.lane_slots(in_flight, anonymous, 6, 1, now).free) == 12 - 2 - 1
 
 
 def test_no_task_is_prefetched_behind_a_straggling_worker() -> None:
@@ -112,9 +112,12 @@ def test_no_task_is_prefetched_behind_a_straggling_worker() -> None:
     now = async_prefetch.epoch(at(10.0))
     # THEN prefetch (depth 2) fills only lane 0: a task queued behind the slow worker's lane would
     # wait its 10× task while the fast workers idle
-    assert async_prefetch.lane_slots(decisions, results, 2, 2, now) == [0, 0]
-    # AND when the slow worker's lane is empty it still gets its one task (the worker is free)
-    assert async_prefetch.lane_slots(decisions[:3], results, 2, 2, now) == [1, 0, 0]
+    assert async_prefetch.lane_slots(decisions, results, 2, 2, now).free == [0, 0]
+    # AND when the slow worker's lane is empty it still gets its one task (the worker is free),
+    # but a promotion goes to the best other slot, behind the fast lane's running task
+    slots = async_prefetch.lane_slots(decisions[:3], results, 2, 2, now)
+    assert (slots.free, slots.slow) == ([1, 0, 0], {1})
+    assert slots.take(promotion=True) == 0 and slots.take(promotion=False) == 1
 
 
 def test_a_due_promotion_takes_the_freed_slot_not_a_prefetched_new_trial() -> None:

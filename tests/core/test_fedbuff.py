@@ -147,6 +147,24 @@ def test_updates_fill_buffers_and_clients_train_from_the_latest_version(engine: 
     assert summary1["fedbuff"]["mean_staleness"] == 1.0 and summary0["fedbuff"]["applied"] == 2
 
 
+def test_a_healthy_fedbuff_run_shows_no_enqueuing_line_but_a_broken_first_fan_out_does(
+    engine: Engine,
+) -> None:
+    # GIVEN a FedBuff job whose clients have sent updates and a version was made
+    engine.submit(fb("fq", buffer_size=2, max_staleness=1))
+    first = take(engine)
+    engine.ingest([Outcome(result_for(t)) for t in first[:2]])
+    (reduce,) = [t for t in take(engine) if t.task_type == "reduce"]
+    engine.ingest([Outcome(result_for(reduce))])
+    job = engine.store.get_job("fq")
+    assert (job.status, job.round, job.phase) == ("RUNNING", 1, "train")
+    # THEN neither the record nor the view (status/watch read it) says the job is still enqueuing
+    assert job.enqueuing() is None and job.view().enqueuing is None
+    # ... but round 0's first fan-out cut short (1 of 3 clients sent) is still reported to repair
+    cut = replace(job, counters={**job.counters, ("enq", 0, "train"): 1})
+    assert cut.enqueuing() == "ENQUEUING 1/3 sent"
+
+
 def test_a_client_waits_only_when_its_next_update_would_certainly_be_late(engine: Engine) -> None:
     # GIVEN K = 2 of 3 clients and max_staleness 0: a task from version 0 sent once buffer 0 is
     # full would train an update of τ ≥ 1 > 0, certain to be late

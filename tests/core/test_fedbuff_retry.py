@@ -40,7 +40,9 @@ def test_a_job_failed_over_its_budget_resumes_and_ends(engine: Engine) -> None:
     # THEN the job failed, and its error names the update and why (not "round 0 shard 1")
     assert job.status == "FAILED"
     error = job.error or ""
-    assert error.startswith("1 shards failed, over max_failed_shards=0; first: update 0 of client 1: ")
+    assert error.startswith(
+        "1 shards failed, over max_failed_shards=0; first: update 0 of client 1 (version 0): "
+    )
     assert "loss" in error, error
     take(engine)  # the tasks sent before it failed: their workers drop them (the job is FAILED)
     # a client's update arriving while the job is FAILED is kept apart, uncounted

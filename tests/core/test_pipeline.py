@@ -273,6 +273,32 @@ def test_bad_pipelines_are_refused_at_submit_and_nothing_is_created(engine: Engi
         engine.submit(data_parallel(b, after={"job_id": a, "use": "final_model"}, rounds=3))
 
 
+@pytest.mark.parametrize(
+    ("up_kind", "use", "fix"),
+    [
+        ("data_parallel", "best", "use final_model instead (use best takes only a sweep job)"),
+        (
+            "map",
+            "best",
+            "a map job offers neither; follow a job of a kind that offers one (use best takes a sweep job; "
+            "use final_model takes a data_parallel or sweep job)",
+        ),
+        ("map", "final_model", "a map job offers neither"),
+    ],
+)
+def test_following_a_job_of_the_wrong_kind_names_the_kinds_each_use_takes(
+    engine: Engine, prefix: str, up_kind: str, use: str, fix: str
+) -> None:
+    a, b = f"{prefix}-a", f"{prefix}-b"
+    engine.submit(data_parallel(a, rounds=1) if up_kind == "data_parallel" else evaluation(a))
+    with pytest.raises(ValidationError) as err:
+        engine.submit(data_parallel(b, after={"job_id": a, "use": use}))
+    assert f"'{a}' is a {up_kind} job; {fix}" in str(err.value)
+    assert "follow a sweep or a data_parallel job" not in str(err.value)
+    with pytest.raises(JobNotFound):
+        engine.store.get_job(b)
+
+
 def test_the_handler_refuses_an_event_that_is_not_a_job_finished_event(lambda_env: Settings) -> None:
     from lambdas.pipeline import followers_of
 

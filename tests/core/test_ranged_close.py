@@ -212,7 +212,7 @@ def test_a_big_map_job_over_its_failure_budget_fails_through_its_ranges(
     job = engine.store.get_job("overbudget")
     assert job.status == "FAILED" and job.closed_round == 0
     assert job.error == (
-        "3 shards failed, over max_failed_shards=1; first: round 0 shard 2: CUDA out of memory"
+        "3 shards failed, over max_failed_shards=1; first: round 1 shard 2: CUDA out of memory"
     )
     assert len(engine.store.late_results("overbudget")) == SHARDS - 10
     m = read_manifest(clients["s3"], settings, "overbudget")

@@ -176,7 +176,12 @@ def test_a_bad_budget_is_refused_naming_the_field_and_creates_nothing(
 ) -> None:
     with pytest.raises(ValidationError) as exc:
         TrainingRequest.from_dict(make_request("map", job_id="bad", budget_usd=budget))
-    assert "budget_usd must be a positive number of USD" in str(exc.value)
+    message = str(exc.value)
+    assert (
+        "budget_usd must be a positive number of USD no greater than 10,000,000 (e.g. 25 or 12.5); "
+        f"got {budget!r}; set one in that range, or leave budget_usd out for no limit"
+    ) in message
+    assert "no limit up to" not in message
     answer = engine.answer(make_request("map", job_id="bad", budget_usd=budget))
     assert "budget_usd" in str(answer)
     with pytest.raises(JobNotFound):

@@ -71,7 +71,7 @@ def test_a_task_past_its_time_limit_is_stopped_reported_failed_and_deleted_and_t
     assert engine.ingest([Outcome(failed)]) == []
     job = engine.store.get_job("late")
     assert job.status == "FAILED"
-    assert (job.error or "").startswith("1 shards failed, over max_failed_shards=0; first: round 0 shard 0: ")
+    assert (job.error or "").startswith("1 shards failed, over max_failed_shards=0; first: round 1 shard 0: ")
     assert "task_timeout_seconds=2" in (job.error or "")
     # AND the same slot runs the next task, isolated too, to success: its model chosen in the child
     submit(engine, "next", "tests.worker.workloads:explicit_model", task_timeout_seconds=60)

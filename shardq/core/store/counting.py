@@ -11,6 +11,7 @@ from shardq.core.batchcalls import JobStoreError
 from shardq.core.batchcalls import pause as _pause
 from shardq.core.store.keys import (
     DEADLINE_MARGIN_S,
+    ENDING_ATTRIBUTE,
     MAX_PUTS_PER_TRANSACTION,
     MAX_RECORD_ATTEMPTS,
     _counter,
@@ -25,7 +26,7 @@ from shardq.core.store.records import (
 )
 from shardq.core.store.retried import RetryMarks
 from shardq.core.store.spending import COST_ATTRIBUTE, Spending
-from shardq.core.store.update import _ref, _Update
+from shardq.core.store.update import _ref, _Update, not_ending
 
 
 def _preferred(outcome: Outcome) -> tuple[bool, int]:
@@ -101,6 +102,7 @@ class Counting(RetryMarks, Spending):
         # ran out, or a cancel) is late: the manifest was written from the counted outcomes, and a
         # later count would make status and manifest disagree.
         update.condition(f"{_ref(update, 'status')} = :running", running="RUNNING")
+        not_ending(update)  # nor once it is frozen to end (its manifest is being read)
         if first.task_type == "train":
             closed = _ref(update, "closed_round")
             update.condition(
@@ -203,7 +205,7 @@ class Counting(RetryMarks, Spending):
             raise JobNotFound(job_id) from exc
         r = chunk[0].result
         closed = state.get("closed_round")
-        ended = state.get("status") != "RUNNING"
+        ended = state.get("status") != "RUNNING" or state.get(ENDING_ATTRIBUTE) is not None
         late = ended or (r.task_type == "train" and closed is not None and closed >= r.round)
         generation = int(state.get("retry_generation") or 0)
         if late or not generation:
@@ -222,12 +224,12 @@ class Counting(RetryMarks, Spending):
         return {i for i in older if marks.get(chunk[i].result.shard_id, 0) > chunk[i].result.generation}
 
     def _job_state(self, job_id: str) -> dict[str, Any] | None:
-        """The job's status, closed round and retry generation, if any (None when there is no job)."""
+        """The job's status, ending mark, closed round and retry generation (None: no job)."""
         resp = self.ddb.get_item(
             TableName=self.table,
             Key=_job_key(job_id),
-            ProjectionExpression="pk, closed_round, retry_generation, #s",
-            ExpressionAttributeNames={"#s": "status"},
+            ProjectionExpression="pk, closed_round, retry_generation, #s, #e",
+            ExpressionAttributeNames={"#s": "status", "#e": ENDING_ATTRIBUTE},
             ConsistentRead=True,
         )
         return _from_item(resp["Item"]) if "Item" in resp else None

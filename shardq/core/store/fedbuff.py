@@ -43,6 +43,7 @@ from typing import Any
 from shardq.core.batchcalls import JobStoreError
 from shardq.core.batchcalls import pause as _pause
 from shardq.core.store.keys import (
+    ENDING_ATTRIBUTE,
     MAX_RECORD_ATTEMPTS,
     _counter,
     _from_item,
@@ -53,7 +54,7 @@ from shardq.core.store.keys import (
 )
 from shardq.core.store.records import JobChanged, JobNotFound
 from shardq.core.store.spending import COST_ATTRIBUTE
-from shardq.core.store.update import _ref, _Update
+from shardq.core.store.update import _ref, _Update, not_ending
 
 # Two puts an update (UPD and BUF) and the job's update: within TransactWriteItems' 100 items.
 UPDATES_PER_TRANSACTION = 48
@@ -190,9 +191,10 @@ class FedBuffStore:
             TableName=self.table,
             Key=_job_key(job_id),
             ProjectionExpression=(
-                "pk, #s, fb_seq, fb_open, fb_fill, fb_applied, fb_late, fb_failed, fb_waiting, fb_forgive_seq"
+                "pk, #s, #e, fb_seq, fb_open, fb_fill, fb_applied, fb_late, fb_failed, fb_waiting, "
+                "fb_forgive_seq"
             ),
-            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeNames={"#s": "status", "#e": ENDING_ATTRIBUTE},
             ConsistentRead=True,
         )
         if "Item" not in resp:
@@ -205,7 +207,8 @@ class FedBuffStore:
             applied=int(raw.get("fb_applied", 0)),
             late=int(raw.get("fb_late", 0)),
             failed=int(raw.get("fb_failed", 0)),
-            running=raw.get("status") == "RUNNING",
+            # a job frozen to end (``JobStore.freeze_ending``) counts no update: as if it ended
+            running=raw.get("status") == "RUNNING" and raw.get(ENDING_ATTRIBUTE) is None,
             waiting=frozenset(str(s) for s in raw.get("fb_waiting") or ()),
             forgive_seq=int(raw.get("fb_forgive_seq", 0)),
         )
@@ -310,6 +313,7 @@ class FedBuffStore:
                 )
         update = _Update().set(fb_seq=after.seq, fb_open=after.open, fb_fill=after.fill)
         update.condition(f"{_ref(update, 'status')} = :running", running="RUNNING")
+        not_ending(update)
         seq = _ref(update, "fb_seq")
         if before.seq:
             update.condition(f"{seq} = :seq", seq=before.seq)

@@ -34,8 +34,18 @@ _de = TypeDeserializer()
 _COUNTER_RE = re.compile(
     r"^(ok|fail|div|enq|plan|part|usd|drop|upd|ulate|ufail|utau|usent)_r(\d+)_(train|reduce)$"
 )
-# What ``finish`` sets and ``reopen`` removes.
-_FINISH_ATTRIBUTES = ("finished_at", "result_uri", "error", "event_pending", "event_claim", "expires_at")
+# Set on a RUNNING job about to end (``JobStore.freeze_ending``): no outcome counts from then on.
+ENDING_ATTRIBUTE = "ending"
+# What ``finish`` (and ``freeze_ending`` before it) sets and ``reopen`` removes.
+_FINISH_ATTRIBUTES = (
+    "finished_at",
+    "result_uri",
+    "error",
+    "event_pending",
+    "event_claim",
+    "expires_at",
+    ENDING_ATTRIBUTE,
+)
 
 
 def now_iso() -> str:

@@ -9,9 +9,11 @@ from types import MappingProxyType
 from typing import Any
 
 from shardq.core.contracts import TERMINAL_STATUSES, JobView, ShardResult, TrainingRequest
+from shardq.core.fedbuff_params import NAME as FEDBUFF
 from shardq.core.planning import participant_count, participants
 from shardq.core.store.keys import (
     _COUNTER_RE,
+    ENDING_ATTRIBUTE,
     _counter,
     _from_item,
     _result_key,
@@ -75,6 +77,8 @@ class JobRecord:
     budget_stop: Mapping[str, Any] | None = None
     # The window its last top-up was held to (shardq.core.admission); None: sent whole.
     window: int | None = None
+    # ``{"status", "error"}`` once it is frozen to end (``JobStore.freeze_ending``): nothing counts.
+    ending: Mapping[str, Any] | None = None
 
     @classmethod
     def new(cls, request: TrainingRequest, job_id: str, request_hash: str) -> JobRecord:
@@ -171,6 +175,13 @@ class JobRecord:
             window=self.window,
         )
 
+    def frozen_as(self) -> tuple[str, str | None] | None:
+        """The ending it was frozen with (``JobStore.freeze_ending``), if any: an invocation that
+        froze it and stopped before the end leaves it to the next to finish the same way."""
+        if self.ending is None or self.terminal:
+            return None
+        return str(self.ending["status"]), self.ending.get("error")
+
     def in_window(self) -> int:
         """The current round's tasks sent but not counted (queued or running)."""
         if self.phase != "train" or self.terminal:
@@ -183,7 +194,15 @@ class JobRecord:
             return None  # an asynchronous sweep decides its tasks one result at a time: no fan-out
         if self.window is not None and self.phase == "train":
             return None  # windowed: the rest waits by design (``queued``/``window`` say where it is)
-        sent, total = self.enqueued(self.round, self.phase), self.expected(self.round, self.phase)
+        round_no, phase = self.round, self.phase
+        strategy = self.request.strategy
+        if strategy is not None and strategy.name == FEDBUFF:
+            if self.window is not None:
+                return None  # windowed: round 0's first updates go out as the window allows
+            # FedBuff's only fan-out is round 0's first update per client; later tasks go out one
+            # recorded update at a time (``shardq.core.fedbuff``), never as a fan-out to repair.
+            round_no, phase = 0, "train"
+        sent, total = self.enqueued(round_no, phase), self.expected(round_no, phase)
         return f"ENQUEUING {sent}/{total} sent" if self.status == "RUNNING" and sent < total else None
 
     @classmethod
@@ -224,6 +243,7 @@ class JobRecord:
             counters=MappingProxyType(counters),
             cost_micro_usd=int(raw.get(COST_ATTRIBUTE, 0)),
             budget_stop=raw.get(BUDGET_STOP_ATTRIBUTE),
+            ending=raw.get(ENDING_ATTRIBUTE),
         )
 
     def item(self) -> dict[str, Any]:

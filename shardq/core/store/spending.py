@@ -21,7 +21,7 @@ from typing import Any
 
 from shardq.core.store.base import StoreBase
 from shardq.core.store.keys import _counter, _pk, _result_key, _to_item, now_iso
-from shardq.core.store.update import _ref, _Update
+from shardq.core.store.update import _ref, _Update, not_ending
 
 # The job's cost so far, in micro-USD (an integer: ADD keeps it an exact sum).
 COST_ATTRIBUTE = "cost_uusd"
@@ -57,7 +57,7 @@ class Spending(StoreBase):
         stop = {"at": now_iso(), "cost_uusd": cost_micro_usd, "counted": counted, **tenant}
         update = _Update().set(**{BUDGET_STOP_ATTRIBUTE: stop}).expect(status="RUNNING")
         update.condition(f"attribute_not_exists({_ref(update, BUDGET_STOP_ATTRIBUTE)})")
-        return self._update(job_id, update)
+        return self._update(job_id, not_ending(update))
 
     def record_drop(
         self,
@@ -74,7 +74,7 @@ class Spending(StoreBase):
 
         ``outcome_key``: the item that holds the task's outcome when it is not its result item
         (a FedBuff train task's is its client update, ``UPD#``: ``FedBuffStore.record_drop``)."""
-        update = _Update().expect(status="RUNNING")
+        update = not_ending(_Update().expect(status="RUNNING"))
         update.add(_counter("drop", round_no, task_type), 1)
         item = {**_drop_key(job_id, round_no, task_type, shard_id), **_to_item({"dropped_at": now_iso()})}
         try:

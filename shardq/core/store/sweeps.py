@@ -47,7 +47,7 @@ from shardq.core.store.keys import (
 from shardq.core.store.records import JobChanged
 from shardq.core.store.retried import retried_item
 from shardq.core.store.spending import FORGOTTEN_COST_ATTRIBUTE
-from shardq.core.store.update import _ref, _Update
+from shardq.core.store.update import _ref, _Update, not_ending
 
 # Decisions one pass writes at most: one transaction's puts beside the pass's log item and the
 # job's update.
@@ -202,6 +202,8 @@ class SweepDecisions(StoreBase):
         update = _Update().set(async_seq=seen + 1)
         update.condition(f"{_ref(update, 'status')} = :running", running=again or "RUNNING")
         update.condition(f"attribute_not_exists({_ref(update, 'cancel_requested_at')})")
+        if not again:  # no new trial once the sweep is frozen to end (a retry's reopen lifts it)
+            not_ending(update)
         seq = _ref(update, "async_seq")
         if seen == 0:
             update.condition(f"attribute_not_exists({seq})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shardq.core.store.keys import (
+    ENDING_ATTRIBUTE,
     _job_key,
     _to_item,
     now_iso,
@@ -91,3 +92,10 @@ def _ref(update: _Update, attr: str) -> str:
         if name == attr:
             return ref
     return update._name(attr)
+
+
+def not_ending(update: _Update) -> _Update:
+    """Condition ``update`` on its job not being frozen to end (``JobStore.freeze_ending``): every
+    write that counts an outcome (or sends, drops or stops on its behalf) carries it, so nothing
+    counts after the manifest's read and status and manifest agree."""
+    return update.condition(f"attribute_not_exists({_ref(update, ENDING_ATTRIBUTE)})")
