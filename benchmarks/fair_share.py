@@ -178,8 +178,14 @@ def flood_rate(bench: Bench, tag: str, shards: int, seconds: float) -> dict[str,
     c0, t0 = bench.counted(f"rate-{tag}"), time.time()
     time.sleep(seconds)
     c1, t1 = bench.counted(f"rate-{tag}"), time.time()
+    window = bench.store.get_job(f"rate-{tag}").window  # the depth its last top-up was held to
     bench.stop(f"rate-{tag}")
-    return {"seconds": round(t1 - t0, 1), "tasks": c1 - c0, "tasks_per_s": round((c1 - c0) / (t1 - t0), 2)}
+    return {
+        "seconds": round(t1 - t0, 1),
+        "tasks": c1 - c0,
+        "tasks_per_s": round((c1 - c0) / (t1 - t0), 2),
+        "window": window,
+    }
 
 
 def scenario_weights(bench: Bench, shards: int, task_s: float, window_s: float) -> dict[str, Any]:

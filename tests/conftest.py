@@ -89,7 +89,7 @@ def lambda_env(cloud: LocalCloud, settings: Settings, monkeypatch: pytest.Monkey
 # shared), so the module does not run its six benchmarks one after another on one worker.
 # (A custom scheduler rather than `xdist_group` marks: pytest 9.2 ignores the node id suffix
 # `--dist loadgroup` relies on, pytest-dev/pytest-xdist#1386.)
-DEPLOYED = ("tests/e2e/test_local_stack.py", "tests/e2e/test_mnist_example.py")
+DEPLOYED = ("tests/e2e/test_fast_path.py", "tests/e2e/test_local_stack.py", "tests/e2e/test_mnist_example.py")
 SPREAD = ("tests/bench/test_smoke.py",)
 
 

@@ -235,8 +235,6 @@ def retry_failed(engine: Engine, job_id: str) -> RetryReport:
             f"job {job_id} never started: {job.error or 'it waited for the job it follows'}; nothing of it "
             "ran to retry. Retry or rerun the upstream job, then submit this request under a new job_id"
         )
-    if job.budget_stop is not None and job.status in ("RUNNING", "FAILED"):
-        raise OperationError(_budget_refusal(job))
     refused = spend.retry_refusal(job)  # every kind alike: a spent budget stays spent
     if refused is not None:
         raise OperationError(refused)
@@ -310,22 +308,6 @@ def _retry_fedbuff(engine: Engine, job: JobRecord) -> RetryReport:
         generation=generation,
         retried=clients,
         status=engine.advance(job.job_id),
-    )
-
-
-def _budget_refusal(job: JobRecord) -> str:
-    """Why a job stopped by its spend guard cannot be retried: its budget is still spent, so the
-    retried tasks would be dropped unrun and the job would stop again at once."""
-    stop = job.budget_stop or {}
-    way_on = (
-        f"raise cdk.json scheduling.tenants.{stop['tenant']}.monthly_budget_usd (or wait for next month)"
-        " and submit the request again under a new job_id"
-        if "tenant" in stop
-        else "submit the request again with a higher budget_usd under a new job_id"
-    )
-    return (
-        f"job {job.job_id} stopped at its budget ({job.error or 'new tasks stopped'}); a retry would stop "
-        f"again at once, its budget is still spent: {way_on}"
     )
 
 

@@ -56,7 +56,8 @@ def test_bad_requests_get_one_clear_error(dashboard: Any) -> None:
     status, _, body = fetch(dashboard.url + "api/jobs/nope")
     assert status == 404 and "no job 'nope' in table" in json.loads(body)["error"]
     status, _, body = fetch(dashboard.url + "api/jobs?status=DONE")
-    assert status == 400 and json.loads(body)["error"].startswith("status must be one of WAITING, RUNNING, SUCCEEDED")
+    error = json.loads(body)["error"]
+    assert status == 400 and error.startswith("status must be one of WAITING, RUNNING, SUCCEEDED")
     status, _, body = fetch(dashboard.url + "api/jobs?limit=0")
     assert status == 400 and "limit must be an integer from 1 to 500" in json.loads(body)["error"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,31 @@ import pytest
 from tests.conftest import DEPLOYED, SPREAD, suite_group
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def parameters(path: Path) -> list[set[str]]:
+    """The parameter names of each function (tests and fixtures) defined in ``path``."""
+    tree = ast.parse(path.read_text())
+    return [{a.arg for a in node.args.args} for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)]
+
+
+def deploying_modules() -> set[str]:
+    """tests/e2e modules whose tests or fixtures take the deployed stack (``stack``, or a fixture of
+    tests/e2e/conftest.py built on it), read from the source: a targeted run collects only itself."""
+    conftest = ROOT / "tests" / "e2e" / "conftest.py"
+    fixtures = {
+        node.name: {a.arg for a in node.args.args}
+        for node in ast.walk(ast.parse(conftest.read_text()))
+        if isinstance(node, ast.FunctionDef)
+    }
+    needs = {"stack"}
+    while grown := {name for name, args in fixtures.items() if args & needs} - needs:
+        needs |= grown
+    return {
+        f"tests/e2e/{path.name}"
+        for path in sorted(conftest.parent.glob("test_*.py"))
+        if any(args & needs for args in parameters(path))
+    }
 
 
 def test_modules_share_a_worker_only_where_they_share_a_cost(request: pytest.FixtureRequest) -> None:
@@ -21,6 +47,8 @@ def test_modules_share_a_worker_only_where_they_share_a_cost(request: pytest.Fix
         if item.nodeid.startswith("tests/e2e/") and "stack" in getattr(item, "fixturenames", ())
     }
     assert deploying <= set(DEPLOYED), "add the module to tests/conftest.py's DEPLOYED"
+    assert deploying_modules() <= set(DEPLOYED), "add the module to tests/conftest.py's DEPLOYED"
+    assert {"tests/e2e/test_local_stack.py", "tests/e2e/test_fast_path.py"} <= deploying_modules()
     assert all((ROOT / m).is_file() for m in (*DEPLOYED, *SPREAD))
     # AND the infra modules are one group, a benchmark smoke run is its own, any other module whole
     assert suite_group("tests/infra/test_nag.py::test_x") == suite_group("tests/infra/test_stack.py::t")
