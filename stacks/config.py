@@ -2,7 +2,7 @@
 
 Everything below ``app.py`` receives plain values from :class:`ShardqConfig`; no construct reads
 context itself. An unknown key or a bad value fails synth with ONE :class:`ConfigError` that names
-every offending key and how to fix it.
+every offending key and how to fix it. Each key's value parser lives in ``stacks.config_parsers``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from stacks.tenancy_config import scheduling_context
-from stacks.worker_trust import trust
+from stacks import config_parsers as parsers
+from stacks.config_parsers import BadValue
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CDK_JSON = REPO_ROOT / "cdk.json"
@@ -42,10 +42,7 @@ FARGATE_MEMORY = {
 
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$")
-_S3_BUCKET_ARN = re.compile(r"^arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_TAG_KEY = re.compile(r"^[\w .:/=+\-@]{1,128}$")
-_INSTANCE_TYPE = re.compile(r"^([a-z][a-z0-9-]*)\.([a-z0-9]+)$")
 # registry/repository[:tag][@digest], e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/shardq-worker:1.4
 _IMAGE_REF = re.compile(
     r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9._-]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
@@ -57,151 +54,6 @@ BUNDLED_IMAGE_ALLOW = "examples.*"
 
 class ConfigError(ValueError):
     """One or more context values are unknown or invalid; the message lists each with its fix."""
-
-
-class _BadValue(ValueError):
-    pass
-
-
-def _as_int(lo: int, hi: int, fix: str = "") -> Callable[[Any], int]:
-    def parse(raw: Any) -> int:
-        # -c key=value passes strings; cdk.json passes JSON numbers. bool is an int in Python: refuse it.
-        if isinstance(raw, bool):
-            raise _BadValue(f"must be an integer between {lo} and {hi}{fix}")
-        try:
-            value = int(raw) if isinstance(raw, int | str) else None
-        except ValueError:
-            value = None
-        if value is None or not lo <= value <= hi:
-            raise _BadValue(f"must be an integer between {lo} and {hi}{fix}")
-        return value
-
-    return parse
-
-
-def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def wrapped(raw: Any) -> Any:
-        return None if raw is None or raw in {"", "null"} else parse(raw)
-
-    return wrapped
-
-
-def _scheduling(raw: Any) -> str | None:
-    """The ``scheduling`` key, checked as the Lambdas parse it (``stacks/tenancy_config.py``), as
-    normalized JSON."""
-    if raw is None or raw in ("", "null"):
-        return None
-    try:
-        return str(scheduling_context(raw).to_json())
-    except ValueError as err:
-        raise _BadValue(str(err)) from err
-
-
-def _as_bool(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    raise _BadValue("must be true or false")
-
-
-def _one_of(choices: tuple[Any, ...], fix: str = "") -> Callable[[Any], Any]:
-    def parse(raw: Any) -> Any:
-        value = int(raw) if isinstance(raw, str) and raw.isdigit() else raw
-        if isinstance(value, bool) or value not in choices:
-            raise _BadValue(f"must be one of {', '.join(map(str, choices))}{fix}")
-        return value
-
-    return parse
-
-
-def _matching(pattern: re.Pattern[str], what: str) -> Callable[[Any], str]:
-    def parse(raw: Any) -> str:
-        if not isinstance(raw, str) or not pattern.match(raw):
-            raise _BadValue(f"must be {what}")
-        return raw
-
-    return parse
-
-
-def _bucket_arns(raw: Any) -> tuple[str, ...]:
-    if isinstance(raw, str):  # -c dataset_bucket_arns='["arn:aws:s3:::a"]'
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise _BadValue("must be a JSON list of S3 bucket ARNs like arn:aws:s3:::my-datasets") from err
-    if not isinstance(raw, list) or not all(isinstance(a, str) and _S3_BUCKET_ARN.match(a) for a in raw):
-        raise _BadValue(
-            "must be a list of S3 bucket ARNs like arn:aws:s3:::my-datasets (bucket, not object, ARNs)"
-        )
-    return tuple(dict.fromkeys(raw))
-
-
-def _tags(raw: Any) -> dict[str, str]:
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise _BadValue('must be a JSON object of string tags like {"team": "ml"}') from err
-    if not isinstance(raw, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and _TAG_KEY.match(k) and len(v) <= 256
-        for k, v in raw.items()
-    ):
-        raise _BadValue(
-            'must be an object of string tags like {"team": "ml"} (keys ≤ 128, values ≤ 256 chars)'
-        )
-    return dict(raw)
-
-
-def _instance_types(raw: Any) -> tuple[str, ...]:
-    if isinstance(raw, str):  # -c fleet_instance_types='["g5.xlarge"]' or g5.xlarge,g6.xlarge
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            raw = [t.strip() for t in raw.split(",") if t.strip()]
-    fix = ' like ["g5.xlarge", "g6.xlarge"]'
-    if not isinstance(raw, list) or not raw or len(raw) > 20 or not all(isinstance(t, str) for t in raw):
-        raise _BadValue(f"must be a list of 1 to 20 EC2 instance types{fix}")
-    bad = [t for t in raw if not _INSTANCE_TYPE.match(t)]
-    if bad:
-        raise _BadValue(f"{', '.join(bad)} is not an EC2 instance type; fix: use names{fix}")
-    return tuple(dict.fromkeys(raw))
-
-
-def _is_pattern(pattern: str) -> bool:
-    try:
-        trust().AllowList.parse(pattern)
-    except trust().AllowListError:
-        return False
-    return True
-
-
-def _allow_list(raw: Any) -> str | None:
-    """``fleet_allow``: module patterns as one comma-separated string or a list, normalized to the
-    SHARDQ_ALLOW value; null keeps the default. Unlike other keys, "" is an error, not null: an
-    empty allow-list is a worker that may run nothing, which refuses to start."""
-    if raw is None or raw == "null":
-        return None
-    if isinstance(raw, str) and raw.strip().startswith("["):  # -c fleet_allow='["examples.*"]'
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise _BadValue('must be a JSON list of module patterns like ["mypkg.*"]') from err
-    items = [raw] if isinstance(raw, str) else raw
-    fix = '; fix: list the packages the image ships, like "mypkg.*" or "examples.*,mypkg.train"'
-    if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
-        raise _BadValue(f"must be module patterns, comma-separated or a list{fix}")
-    # The worker's own parser (read by path), one pattern at a time so the error names each.
-    bad = [p for p in (q.strip() for v in items for q in v.split(",")) if p and not _is_pattern(p)]
-    if bad:
-        raise _BadValue(
-            f"{', '.join(repr(p) for p in bad)} is not a module pattern: 'pkg.*' (a package and "
-            f"everything under it), 'pkg.mod' (one module) or '*' (any module), no spaces{fix}"
-        )
-    allow = trust().AllowList.parse(*items)
-    if not allow.patterns:
-        raise _BadValue(f"must name at least one module pattern (with none, workers run nothing){fix}")
-    return str(allow)
 
 
 def _key(
@@ -221,12 +73,14 @@ class ShardqConfig:
 
     stack_name: str = _key(
         default="shardq",
-        parse=_matching(_STACK_NAME, "a CloudFormation stack name: a letter, then letters, digits or -"),
+        parse=parsers.matching(
+            _STACK_NAME, "a CloudFormation stack name: a letter, then letters, digits or -"
+        ),
         doc='CloudFormation stack name. Default "shardq".',
     )
     max_receive_count: int = _key(
         default=5,
-        parse=_as_int(1, 1000, "; 5 or more is recommended"),
+        parse=parsers.as_int(1, 1000, "; 5 or more is recommended"),
         doc=(
             "Receives before a task or result moves to its DLQ (1..1000). Default 5; below 5 "
             "synthesizes with a warning."
@@ -234,7 +88,7 @@ class ShardqConfig:
     )
     task_visibility_timeout_seconds: int = _key(
         default=300,
-        parse=_as_int(
+        parse=parsers.as_int(
             30,
             43200,
             "; workers extend it while they train, so it only needs to cover one heartbeat interval",
@@ -246,7 +100,7 @@ class ShardqConfig:
     )
     fifo_high_throughput: bool = _key(
         default=False,
-        parse=_as_bool,
+        parse=parsers.as_bool,
         doc=(
             "High-throughput FIFO on the task queue (DeduplicationScope=messageGroup, "
             "FifoThroughputLimit=perMessageGroupId). Default false."
@@ -254,7 +108,7 @@ class ShardqConfig:
     )
     queue_encryption: str = _key(
         default="sqs-managed",
-        parse=_one_of(QUEUE_ENCRYPTIONS),
+        parse=parsers.one_of(QUEUE_ENCRYPTIONS),
         doc=(
             '"sqs-managed" (SSE-SQS) or "kms" (SSE-KMS with a customer key; grants follow). Default '
             '"sqs-managed".'
@@ -262,32 +116,32 @@ class ShardqConfig:
     )
     queue_kms_key_arn: str | None = _key(
         default=None,
-        parse=_optional(
-            _matching(_KMS_KEY_ARN, "a KMS key ARN like arn:aws:kms:eu-west-1:123456789012:key/<id>")
+        parse=parsers.optional(
+            parsers.matching(_KMS_KEY_ARN, "a KMS key ARN like arn:aws:kms:eu-west-1:123456789012:key/<id>")
         ),
         doc='With queue_encryption "kms": use this existing key instead of creating one. Default null.',
     )
     results_batch_window_seconds: int = _key(
         default=5,
-        parse=_as_int(1, 300, "; Lambda needs a window of at least 1 s for batches above 10"),
+        parse=parsers.as_int(1, 300, "; Lambda needs a window of at least 1 s for batches above 10"),
         doc="MaximumBatchingWindow of the aggregator's event source on the bulk results queue, seconds "
         "(1..300); round-closing results take the fast results queue, which has none. Default 5.",
     )
     aggregator_max_concurrency: int = _key(
         default=5,
-        parse=_as_int(2, 1000, " (Lambda's MaximumConcurrency range)"),
+        parse=parsers.as_int(2, 1000, " (Lambda's MaximumConcurrency range)"),
         doc=(
             "Aggregator event source MaximumConcurrency (2..1000): caps DynamoDB write pressure. Default 5."
         ),
     )
     aggregator_reserved_concurrency: int | None = _key(
         default=None,
-        parse=_optional(_as_int(1, 1000)),
+        parse=parsers.optional(parsers.as_int(1, 1000)),
         doc="Reserved concurrency of the aggregator (>= aggregator_max_concurrency) or null. Default null.",
     )
     job_ttl_days: int = _key(
         default=90,
-        parse=_as_int(1, 3650),
+        parse=parsers.as_int(1, 3650),
         doc=(
             "Days a finished job record is kept before DynamoDB TTL deletes it (SHARDQ_JOB_TTL_DAYS)."
             " Default 90."
@@ -295,12 +149,12 @@ class ShardqConfig:
     )
     log_level: str = _key(
         default="INFO",
-        parse=_one_of(LOG_LEVELS),
+        parse=parsers.one_of(LOG_LEVELS),
         doc="LOG_LEVEL of the Lambdas: DEBUG, INFO, WARNING, ERROR, CRITICAL. Default INFO.",
     )
     log_retention_days: int = _key(
         default=30,
-        parse=_one_of(LOG_RETENTION_DAYS, " (the periods CloudWatch Logs accepts)"),
+        parse=parsers.one_of(LOG_RETENTION_DAYS, " (the periods CloudWatch Logs accepts)"),
         doc=(
             "Retention of the Lambda log groups, a CloudWatch Logs period (1, 3, 5, 7, 14, 30, 60, "
             "90, ...). Default 30."
@@ -308,7 +162,7 @@ class ShardqConfig:
     )
     artifact_expiry_days: int | None = _key(
         default=None,
-        parse=_optional(_as_int(1, 3650)),
+        parse=parsers.optional(parsers.as_int(1, 3650)),
         doc=(
             "Expire objects under jobs/ in the artifact bucket after N days, or null to keep them. "
             "Default null."
@@ -316,25 +170,25 @@ class ShardqConfig:
     )
     noncurrent_version_expiry_days: int = _key(
         default=30,
-        parse=_as_int(1, 3650),
+        parse=parsers.as_int(1, 3650),
         doc="Days overwritten/deleted artifact versions are kept. Default 30.",
     )
     access_log_retention_days: int = _key(
         default=365,
-        parse=_as_int(1, 3650),
+        parse=parsers.as_int(1, 3650),
         doc="Days S3 server access logs are kept. Default 365.",
     )
     dataset_bucket_arns: tuple[str, ...] = _key(
         default=(),
-        parse=_bucket_arns,
+        parse=parsers.bucket_arns,
         doc=(
             "S3 bucket ARNs workers may read datasets from (the artifact bucket is always readable); "
             "the splitter refuses s3:// data elsewhere. Default []."
         ),
     )
     scheduling: str | None = _key(
-        default=_scheduling({}),
-        parse=_scheduling,
+        default=parsers.scheduling({}),
+        parse=parsers.scheduling,
         doc=(
             "Tenants, weights, quotas, priority aging and task windows (shardq/core/tenancy.py documents "
             "the shape; docs/DEPLOYING.md). null: rounds go on the queue whole and any tenant name is "
@@ -343,33 +197,33 @@ class ShardqConfig:
     )
     alarm_email: str | None = _key(
         default=None,
-        parse=_optional(_matching(_EMAIL, "an email address")),
+        parse=parsers.optional(parsers.matching(_EMAIL, "an email address")),
         doc="Email address subscribed to the alarm topic (must confirm), or null. Default null.",
     )
     oldest_task_age_alarm_seconds: int = _key(
         default=3600,
-        parse=_as_int(60, 1_209_600),
+        parse=parsers.as_int(60, 1_209_600),
         doc="Alarm when the oldest task has waited longer than this many seconds. Default 3600.",
     )
     powertools_layer: bool = _key(
         default=True,
-        parse=_as_bool,
+        parse=parsers.as_bool,
         doc="Attach the public Powertools for AWS Lambda layer. Default true.",
     )
     powertools_layer_version: int = _key(
         default=38,
-        parse=_as_int(1, 10_000),
+        parse=parsers.as_int(1, 10_000),
         doc="Version of the layer AWSLambdaPowertoolsPythonV3-python314-arm64. Default 38.",
     )
     tags: Mapping[str, str] = _key(
         default_factory=dict,
-        parse=_tags,
+        parse=parsers.tags,
         doc='Extra tags for every resource, e.g. {"team": "ml"}. Default {}.',
     )
     # -- optional worker fleet (stacks/components/fleet/; docs/OPERATIONS.md) ---------------------
     fleet: str = _key(
         default="off",
-        parse=_one_of(FLEET_KINDS, ' ("gpu": ECS on EC2 GPU instances; "fargate": CPU only)'),
+        parse=parsers.one_of(FLEET_KINDS, ' ("gpu": ECS on EC2 GPU instances; "fargate": CPU only)'),
         doc=(
             'Optional ECS worker fleet: "off", "gpu" (EC2 GPU instances, one GPU per task) or '
             '"fargate" (CPU only). Default "off".'
@@ -377,7 +231,7 @@ class ShardqConfig:
     )
     fleet_instance_types: tuple[str, ...] = _key(
         default=("g5.xlarge", "g6.xlarge"),
-        parse=_instance_types,
+        parse=parsers.instance_types,
         doc=(
             "GPU fleet: EC2 instance types of the Auto Scaling group (NVIDIA families g4dn, g5, g6, "
             'g6e, p4d, p5, ...). Default ["g5.xlarge", "g6.xlarge"].'
@@ -385,7 +239,7 @@ class ShardqConfig:
     )
     fleet_on_demand_base_capacity: int = _key(
         default=0,
-        parse=_as_int(0, 1000, " (workers always on On-Demand before the percentage applies)"),
+        parse=parsers.as_int(0, 1000, " (workers always on On-Demand before the percentage applies)"),
         doc=(
             "Workers (GPU: instances; Fargate: tasks) always On-Demand before the percentage applies."
             " Default 0."
@@ -393,17 +247,17 @@ class ShardqConfig:
     )
     fleet_on_demand_percentage: int = _key(
         default=0,
-        parse=_as_int(0, 100, " (percent On-Demand above the base; the rest is Spot)"),
+        parse=parsers.as_int(0, 100, " (percent On-Demand above the base; the rest is Spot)"),
         doc="Percent On-Demand above the base, 0..100; the rest is Spot. Default 0 (all Spot).",
     )
     fleet_max_workers: int = _key(
         default=8,
-        parse=_as_int(1, 1000),
+        parse=parsers.as_int(1, 1000),
         doc="Most worker tasks (and GPU instances) the fleet scales to, 1..1000. Default 8.",
     )
     fleet_backlog_per_worker: int = _key(
         default=1,
-        parse=_as_int(1, 1000, " (tasks queued or in flight per worker the fleet aims for)"),
+        parse=parsers.as_int(1, 1000, " (tasks queued or in flight per worker the fleet aims for)"),
         doc=(
             "Scaling target: runnable tasks per worker, where runnable = visible + in-flight tasks capped "
             "at the lanes RUNNING jobs can keep busy; 1..1000. Default 1."
@@ -411,19 +265,19 @@ class ShardqConfig:
     )
     fleet_scale_to_zero_after_minutes: int = _key(
         default=15,
-        parse=_as_int(1, 1440),
+        parse=parsers.as_int(1, 1440),
         doc=(
             "Minutes with no task queued or in flight before the fleet scales to zero, 1..1440. Default 15."
         ),
     )
     fleet_task_cpu: int = _key(
         default=2048,
-        parse=_as_int(256, 196_608, " (CPU units; 1024 = 1 vCPU)"),
+        parse=parsers.as_int(256, 196_608, " (CPU units; 1024 = 1 vCPU)"),
         doc="CPU units per worker task (1024 = 1 vCPU); on Fargate a Fargate size. Default 2048.",
     )
     fleet_task_memory_mib: int = _key(
         default=12288,
-        parse=_as_int(512, 2_000_000),
+        parse=parsers.as_int(512, 2_000_000),
         doc=(
             "Memory per worker task, MiB (EC2: soft reservation; Fargate: must fit the CPU size). "
             "Default 12288."
@@ -431,12 +285,12 @@ class ShardqConfig:
     )
     fleet_root_volume_gib: int = _key(
         default=100,
-        parse=_as_int(30, 16_384, " (the GPU AMI needs 30; CUDA images need room)"),
+        parse=parsers.as_int(30, 16_384, " (the GPU AMI needs 30; CUDA images need room)"),
         doc="GPU fleet: encrypted gp3 root volume per instance, GiB (30..16384). Default 100.",
     )
     fleet_nat_gateways: int = _key(
         default=0,
-        parse=_as_int(0, 3, " (0: public subnets, no inbound; 1-3: private subnets behind NAT)"),
+        parse=parsers.as_int(0, 3, " (0: public subnets, no inbound; 1-3: private subnets behind NAT)"),
         doc=(
             "0: workers in public subnets (public IP, no inbound rule, no idle cost); 1..3: private "
             "subnets behind NAT gateways. Default 0."
@@ -444,8 +298,8 @@ class ShardqConfig:
     )
     fleet_image_uri: str | None = _key(
         default=None,
-        parse=_optional(
-            _matching(
+        parse=parsers.optional(
+            parsers.matching(
                 _IMAGE_REF, "an image reference like 123456789012.dkr.ecr.eu-west-1.amazonaws.com/worker:1.0"
             )
         ),
@@ -456,8 +310,8 @@ class ShardqConfig:
     )
     fleet_base_image: str | None = _key(
         default=None,
-        parse=_optional(
-            _matching(
+        parse=parsers.optional(
+            parsers.matching(
                 _DOCKER_IMAGE, "a Docker image reference like pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
             )
         ),
@@ -468,7 +322,7 @@ class ShardqConfig:
     )
     fleet_allow: str | None = _key(
         default=None,
-        parse=_allow_list,
+        parse=parsers.allow_list,
         doc=(
             'Modules the fleet\'s workers may run (SHARDQ_ALLOW): patterns like "mypkg.*", '
             'comma-separated or a list; "*" runs any module a task names. null: "examples.*" '
@@ -516,7 +370,7 @@ class ShardqConfig:
                 continue
             try:
                 values[key] = parsers[key](raw)
-            except _BadValue as err:
+            except BadValue as err:
                 problems.append(f"{key}: {err} (got {raw!r})")
                 failed.add(key)
         # Checks across keys run on the keys that parsed; one naming a key that failed would only

@@ -38,7 +38,7 @@ Guarantees, in the order a task meets them:
   (``shardq.worker.reduce_task``) streams the shard models into a running average.
 
 The parts live beside this loop, each owning one concern: ``entrypoints`` (which function runs),
-``artifacts`` and ``reduce_task`` (mixins of ``Worker``), ``release``, ``drops``, ``lease``,
+``artifacts``, ``reduce_task`` and ``task_setup`` (mixins of ``Worker``), ``release``, ``drops``, ``lease``,
 ``activity``. The names callers import from here are re-exported (``__all__``).
 """
 
@@ -56,15 +56,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shardq.core import verdicts
 from shardq.core.contracts import ShardResult, ShardTask, ValidationError
 from shardq.core.enqueue import load_task
-from shardq.core.evaluation import DEPRECATION as EVAL_DEPRECATION
-from shardq.core.evaluation import eval_dataset_of
 from shardq.core.jobstore import JobStore
 from shardq.core.planning import split_s3  # re-exported: tests.chaos.harness imports it here
 from shardq.core.result_routes import results_queue_for
@@ -73,7 +70,6 @@ from shardq.worker import optuna_sampler
 from shardq.worker.activity import Activity  # re-exported, like the names below: callers import them here
 from shardq.worker.artifacts import model_file
 from shardq.worker.aws import Backoff, FatalAwsError, describe, is_fatal
-from shardq.worker.checkpoints import TaskCheckpoints, context_fields
 from shardq.worker.code import fingerprint as code_fingerprint
 from shardq.worker.context import TaskContext, TaskLogAdapter
 from shardq.worker.devices import CPU, SlotDevice
@@ -84,8 +80,9 @@ from shardq.worker.lease import CEILING, DEFAULT_LEASE_S, LOST, Lease, TaskAband
 from shardq.worker.reduce import ModelError, custom_reduce_conflict
 from shardq.worker.reduce_task import ReduceTasks
 from shardq.worker.release import RECEIVE_ATTRIBUTES, TaskRelease
-from shardq.worker.stop import StopFlags, Stopped, StopSignal
+from shardq.worker.stop import Stopped, StopSignal
 from shardq.worker.strategies import needs_server_step
+from shardq.worker.task_setup import TaskSetup
 from shardq.worker.trust import AllowList
 
 __all__ = [
@@ -119,7 +116,7 @@ def max_receive_count_of(queue_attributes: dict[str, str]) -> int:
 
 
 @dataclass
-class Worker(ReduceTasks, TaskRelease):
+class Worker(ReduceTasks, TaskSetup, TaskRelease):
     """Polls one task queue and posts to one results queue; one per slot (GPU).
 
     Parameters
@@ -484,78 +481,10 @@ class Worker(ReduceTasks, TaskRelease):
         """The results queue this task's result takes (the fast one where it may move its round)."""
         return results_queue_for(task, self.results_queue_url, self.fast_results_queue_url)
 
-    def _context(self, task: ShardTask, tmp: Path, tlog: logging.LoggerAdapter) -> TaskContext:
-        out_dir = tmp / "output"
-        out_dir.mkdir()
-        init = None
-        if task.init_model_uri:
-            init = self._download(
-                task.init_model_uri, tmp / "init" / Path(urlparse(task.init_model_uri).path).name
-            )
-        last = [-1.0]
-
-        def progress(fraction: float) -> None:
-            if fraction - last[0] >= 0.1 or fraction >= 1.0 > last[0]:
-                last[0] = fraction
-                tlog.info("progress %.0f%%", fraction * 100, extra={"progress": fraction})
-
-        resume = self._checkpoints(task, tmp, tlog)
-        return TaskContext(
-            **resume,
-            data=dict(task.data),
-            work_dir=tmp,
-            output_dir=out_dir,
-            init_model_path=init,
-            logger=tlog,
-            fetch=self._fetcher(tmp),
-            progress_sink=progress,
-            device=self.device.device,
-            proximal_mu=float(task.strategy.get("mu", 0.0) or 0.0),
-            strategy=dict(task.strategy),
-            eval_dataset=self._eval_dataset(task, tlog),
-        )
-
-    def _checkpoints(self, task: ShardTask, tmp: Path, tlog: logging.LoggerAdapter) -> dict[str, Any]:
-        """The context's checkpoint and stop half (``shardq.worker.checkpoints``): the task's latest
-        good checkpoint restored, the store ``save_checkpoint`` writes to, the flags of
-        ``should_stop`` (the worker's stop and this lease's)."""
-        lease = self.current
-        store = TaskCheckpoints(
-            self.s3,
-            split_s3(task.output_prefix)[0],
-            task,
-            attempt=lease.attempt if lease is not None else 1,
-            worker_id=self.worker_id,
-            logger=tlog,
-        )
-        events = (self.stop_signal.event,) if lease is None else (self.stop_signal.event, lease.lost)
-        if lease is not None:
-            lease.checkpoints = store
-        return context_fields(store, tmp, StopFlags(events))
-
-    @staticmethod
-    def _resume_fields(lease: Lease) -> dict[str, Any]:
-        """Where this attempt started and the task's earlier attempts, for its result."""
-        store = lease.checkpoints
-        if store is None:
-            return {}
-        return {"resume_step": store.resume_step, "attempts": store.earlier_attempts()}
-
     def _stop_reason(self, lease: Lease) -> str:
         if lease.lost.is_set():
             return "its lease was lost"
         return self.stop_signal.reason or "stop requested"
-
-    @staticmethod
-    def _eval_dataset(task: ShardTask, tlog: logging.LoggerAdapter) -> dict[str, Any] | None:
-        """A reduce task's evaluation dataset (None for a train task): its ``eval_dataset``, else the
-        deprecated ``hyperparameters.test_uri``, with a warning naming the field that replaces it."""
-        if task.task_type != "reduce":
-            return None
-        dataset, deprecated = eval_dataset_of(task.eval_dataset, task.hyperparameters)
-        if deprecated:
-            tlog.warning(EVAL_DEPRECATION)
-        return dataset
 
     def _run(
         self,
