@@ -215,11 +215,11 @@ def test_splitter_killed_half_way_reinvoked_and_the_request_sent_twice(
     save = r.engine.store.advance_cursor
     died = []
 
-    def crash_before_checkpoint(job: str, round_no: int, phase: str, value: int) -> None:
+    def crash_before_checkpoint(job: str, round_no: int, phase: str, value: int, **kwargs: Any) -> None:
         if value == 6 and not died:
             died.append(value)
             raise InjectedCrash("killed before the checkpoint")
-        save(job, round_no, phase, value)
+        save(job, round_no, phase, value, **kwargs)
 
     monkeypatch.setattr(r.engine.store, "advance_cursor", crash_before_checkpoint)
     with pytest.raises(InjectedCrash):

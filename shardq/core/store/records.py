@@ -329,8 +329,9 @@ class Outcome:
     task_body: str | None = None
     receive_count: int | None = None
     # When the results queue took it (its ``SentTimestamp``, seconds since the epoch): the
-    # aggregator measures each job's top-up round trip from it (``shardq.core.depth``). Never stored.
-    sent_at: float | None = None
+    # aggregator measures each job's top-up round trip from it (``shardq.core.depth``). Never stored,
+    # never compared (a redelivered result is the same outcome).
+    sent_at: float | None = field(default=None, compare=False)
 
     @property
     def phase_counter(self) -> str:
