@@ -5,7 +5,7 @@ reaches the queue one *top-up round trip* after the result that freed it was sen
 send, the results queue and its batching window, the aggregator's record, its send). A lane that
 keeps only the task running plus ``q`` queued runs dry whenever ``q`` tasks finish faster than
 that round trip: a fixed window of 2 per lane throttled a flood of short tasks to
-``window / round trip`` (3.75 tasks/s against 11.1 unwindowed, BENCHMARKS §20). So a lane's depth
+``window / round trip`` (3.75 tasks/s against 11.1 unwindowed, BENCHMARKS §15). So a lane's depth
 is its bandwidth-delay product::
 
     depth = 1 (running) + ceil(round trip / task cycle)       clamped to [floor, DEPTH_CAP]

@@ -3,7 +3,7 @@ reads what changed since the previous one, not the job's every decision and resu
 
 A pass (``shardq.core.async_sweep``) decides on the job's decisions and recorded results. Read in
 full, both grow with the trial count: at 10,000 trials a pass read about 29,000 items (8.6 MB,
-2,200 read units) on every result (BENCHMARKS.md §20). This cache, one per ``Advancer`` (a warm
+2,200 read units) on every result (BENCHMARKS.md §17). This cache, one per ``Advancer`` (a warm
 Lambda container), keeps both per job and brings them up to date:
 
 * **decisions**: every pass writes its decisions in one log item (``ASYNCLOG#<seq>``, in the
