@@ -8,27 +8,20 @@ package (tests/unit/test_layering.py keeps stacks free of ``shardq`` imports).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from functools import cache
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-TENANCY_FILE = Path(__file__).resolve().parent.parent / "shardq" / "core" / "tenancy.py"
+from stacks import by_path
+
 _NAME = "_shardq_core_tenancy_by_path"
 
 
 @cache
 def tenancy() -> ModuleType:
     """``shardq/core/tenancy.py`` as a module of its own (parse, Scheduling, SchedulingConfigError)."""
-    spec = importlib.util.spec_from_file_location(_NAME, TENANCY_FILE)
-    assert spec is not None and spec.loader is not None, f"{TENANCY_FILE} is missing"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_NAME] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return by_path.load("core/tenancy.py", _NAME)
 
 
 def scheduling_context(raw: Any) -> Any:

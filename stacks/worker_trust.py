@@ -9,22 +9,15 @@ boto3 or Lambda code (tests/unit/test_layering.py keeps stacks free of ``shardq`
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from functools import cache
-from pathlib import Path
 from types import ModuleType
 
-TRUST_FILE = Path(__file__).resolve().parent.parent / "shardq" / "worker" / "trust.py"
+from stacks import by_path
+
 _NAME = "_shardq_worker_trust_by_path"
 
 
 @cache
 def trust() -> ModuleType:
     """``shardq/worker/trust.py`` as a module of its own (AllowList, AllowListError, ENV)."""
-    spec = importlib.util.spec_from_file_location(_NAME, TRUST_FILE)
-    assert spec is not None and spec.loader is not None, f"{TRUST_FILE} is missing"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_NAME] = module  # dataclasses look the module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return by_path.load("worker/trust.py", _NAME)
