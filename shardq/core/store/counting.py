@@ -88,7 +88,7 @@ class Counting(RetryMarks, Spending):
                 total.late.extend(late)
         return total
 
-    def _counting_update(self, job_id: str, chunk: list[Outcome], verified: int) -> dict[str, Any]:
+    def _counting_update(self, job_id: str, chunk: list[Outcome], verified: int, cost: int) -> dict[str, Any]:
         """The counter increments of a chunk of one (round, type); training counts only while its
         round is open (``closed_round`` below it), and failures only while no retry came after
         their generation (or after ``verified``, the retry generation whose marks were checked).
@@ -128,7 +128,6 @@ class Counting(RetryMarks, Spending):
             update.add(name, value)
         # The outcomes' cost, counted with them and only with them (``shardq.core.spend``): a
         # duplicate or late copy fails this transaction, so it never adds its cost twice.
-        cost = sum(o.result.cost_micro_usd for o in chunk)
         if cost:
             update.add(COST_ATTRIBUTE, cost)
             update.add(_counter("usd", first.round, first.task_type), cost)
@@ -158,7 +157,11 @@ class Counting(RetryMarks, Spending):
             month = [{"Update": self.tenant_month_update(tenant, cost)}] if tenant and cost else []
             try:
                 self.ddb.transact_write_items(
-                    TransactItems=[*puts, {"Update": self._counting_update(job_id, chunk, verified)}, *month]
+                    TransactItems=[
+                        *puts,
+                        {"Update": self._counting_update(job_id, chunk, verified, cost)},
+                        *month,
+                    ]
                 )
                 return chunk, duplicates, stale
             except self.ddb.exceptions.TransactionCanceledException as exc:
