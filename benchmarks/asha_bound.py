@@ -1,6 +1,7 @@
-"""What ASHA's rule allows on ``benchmarks/async_sweep.py``'s workers: the paper's promotion rule
-(shardq's own ``next_promotion``) simulated with no coordination cost, or a fixed one, on the same
-speeds, budgets and measured val_loss values (issue 27, item 4; BENCHMARKS.md §19).
+"""What ASHA's rules allow on ``benchmarks/async_sweep.py``'s workers: the paper's promotion rule
+and the eager one (``early_stopping.promotion``, ``shardq.core.asha_rules``), each shardq's own
+``next_promotion``, simulated with no coordination cost, or a fixed one, on the same speeds,
+budgets and measured val_loss values (issue 27, item 4; BENCHMARKS.md §19).
 
 Each worker runs a rung for ``unit_s × epochs the rung adds × its speed factor`` (the benchmark's
 sleep; the real training on top is left out) and, ``--round-trip`` seconds after it finishes, starts
@@ -9,6 +10,10 @@ rung 0. With round trip 0 this is the floor any implementation of the rule reach
 workers; the figures are the benchmark's (``benchmarks.async_sweep.figures``).
 
     .venv/bin/python -m benchmarks.asha_bound [--json benchmarks/results/async_sweep.json]
+        [--round-trip 0 0.05 0.2] [--promotion paper eager]
+
+The val_loss of trial ``t`` at rung ``k`` is the one any system of the run measured (every system
+trains trial ``t`` bit for bit alike; the eager rule takes trials further than the paper's run did).
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ from shardq.core import async_sweep
 from shardq.core.contracts import ShardResult, TrainingRequest
 
 
-def simulate(spec: dict[str, Any], values: dict[int, list[float]], round_trip: float) -> list[dict[str, Any]]:
-    """Busy intervals of the paper's ASHA on ``spec``'s workers, each next task ``round_trip`` late."""
+def simulate(
+    spec: dict[str, Any], values: dict[int, list[float]], round_trip: float, promotion: str = "paper"
+) -> list[dict[str, Any]]:
+    """Busy intervals of ASHA with ``promotion``'s rule on ``spec``'s workers, each next task
+    ``round_trip`` late."""
     req = base_request(SimpleNamespace(trials=len(spec["points"]), unit_s=spec["unit_s"]), spec["speeds"])
-    req["early_stopping"] = {**req["early_stopping"], "method": "asha"}
+    req["early_stopping"] = {**req["early_stopping"], "method": "asha", "promotion": promotion}
     request = TrainingRequest.from_dict(req)
     budgets, speeds, unit = spec["budgets"], spec["speeds"], spec["unit_s"]
     metric = request.objective.metric if request.objective else "val_loss"
@@ -84,24 +92,36 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--json", type=Path, default=RESULTS, help="a benchmarks.async_sweep result")
-    parser.add_argument("--round-trip", type=float, nargs="+", default=[0.0, 0.2, 1.3])
+    parser.add_argument("--round-trip", type=float, nargs="+", default=[0.0, 0.05, 0.2, 1.3])
+    parser.add_argument("--promotion", nargs="+", default=["paper", "eager"], choices=["paper", "eager"])
     args = parser.parse_args(argv)
     data = json.loads(args.json.read_text())
     spec = data["spec"]
-    run = next(r for r in data["runs"] if r["system"] == "shardq asha")
-    values = {int(t): v for t, v in run["values"].items()}
-    # Trials the run never took past rung k have no value there: the rule never promotes them
-    # (they ranked below), so a missing value is the worst.
-    for v in values.values():
-        v.extend([float("inf")] * (len(spec["budgets"]) - len(v)))
+    values = measured_values(data["runs"], len(spec["budgets"]))
     print(f"one configuration trained fully on the median worker: {spec['one_full_s']:.2f} s")
-    for rt in args.round_trip:
-        f = figures(spec, simulate(spec, values, rt), 0.0)
-        print(
-            f"round trip {rt:.2f} s: first full config {f['first_full_s']} s ({f['first_full_ratio']}×), "
-            f"idle while work remained {100 * f['idle_while_work']:.1f} %, makespan {f['makespan_s']} s, "
-            f"trials reaching budgets {f['trials_at_budget']}"
-        )
+    for promotion in args.promotion:
+        for rt in args.round_trip:
+            f = figures(spec, simulate(spec, values, rt, promotion), 0.0)
+            print(
+                f"{promotion}, round trip {rt:.2f} s: first full config {f['first_full_s']} s "
+                f"({f['first_full_ratio']}×), idle while work remained {100 * f['idle_while_work']:.1f} %, "
+                f"makespan {f['makespan_s']} s, trial-epochs {f['trial_epochs']}, "
+                f"trials reaching budgets {f['trials_at_budget']}"
+            )
+
+
+def measured_values(runs: list[dict[str, Any]], rungs: int) -> dict[int, list[float]]:
+    """Each trial's val_loss per rung, as far as any run of the benchmark took it (every system
+    trains trial ``t`` alike). A rung no run reached is ``inf``: the worst, never promoted (the
+    rules ranked it below the rest wherever it ran)."""
+    values: dict[int, list[float]] = {}
+    for run in runs:
+        for t, v in run.get("values", {}).items():
+            if len(v) > len(values.get(int(t), [])):
+                values[int(t)] = list(v)
+    for v in values.values():
+        v.extend([float("inf")] * (rungs - len(v)))
+    return values
 
 
 if __name__ == "__main__":

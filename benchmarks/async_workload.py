@@ -2,10 +2,15 @@
 
 Speeds: ``speed_factors`` draws each worker's slowdown from a seeded lognormal and makes the last
 one ``straggler``× slower than the median of the others (one slow or throttled box among four).
-A sweep's task then sleeps ``unit_s × budget × factor`` on top of its real, cheap work; a federated
-client sleeps ``(factor - 1) ×`` a nominal client's measured epoch after its real local SGD. The
-sleep holds no CPU, so four emulated GPUs fit on this machine's two cores and every system
-(shardq, Optuna, Ray Tune, Flower) sees the same speeds.
+A sweep's task then sleeps ``unit_s × budget × factor`` on top of its real, cheap work. A federated
+client's local epoch is *paced*: it lasts ``factor ×`` a nominal epoch (``client_paces``), its real
+local SGD and then a sleep for the rest. Padding to a pace, not sleeping a fixed time after the
+real SGD, keeps each client's speed what its factor says while the real SGD shares this machine's
+two cores: with a fixed sleep, the fast clients' SGD, slowed 2-3× whenever several train at once
+(FedBuff's clients always do), made them slower than designed and the straggler relatively faster
+(issue #27 item 4: only ~4× the fast clients instead of 10×). An update whose real SGD alone
+outlasts its pace is recorded (``real_s`` > ``pace_s``). The sleep holds no CPU, so four emulated
+GPUs fit on two cores and every system (shardq, Optuna, Ray Tune, Flower) sees the same speeds.
 
 Who is slow: in a sweep, the *worker* (a GPU box runs whatever trial it is handed); in federated
 learning, the *client* (its data and device are one: whoever trains client ``k`` is as slow as
@@ -59,13 +64,15 @@ class Busy:
         self.intervals: list[dict[str, Any]] = []
 
     @contextmanager
-    def task(self, worker: int, **label: Any) -> Iterator[None]:
-        """Time the block as ``worker``'s busy interval, labelled ``label`` (trial, rung, client...)."""
+    def task(self, worker: int, **label: Any) -> Iterator[dict[str, Any]]:
+        """Time the block as ``worker``'s busy interval, labelled ``label`` (trial, rung, client...);
+        it yields a dict whose entries the block adds to the row."""
         start = time.time()
+        extra: dict[str, Any] = {}
         try:
-            yield
+            yield extra
         finally:
-            row = {"worker": worker, "start": start, "end": time.time(), **label}
+            row = {"worker": worker, "start": start, "end": time.time(), **label, **extra}
             with self.lock:
                 self.intervals.append(row)
                 if self.path is not None:
@@ -124,10 +131,18 @@ def sweep_train(task: Any, ctx: Any) -> dict[str, Any]:
         return linear.train(task, ctx)
 
 
-def client_delays(factors: Sequence[float], epoch_s: float) -> list[float]:
-    """Seconds each client sleeps per local epoch after its real one: ``(factor - 1) × epoch_s``
-    (none below 1), so client ``k`` takes about ``factor_k`` times a nominal client's ``epoch_s``."""
-    return [round(max(0.0, f - 1.0) * epoch_s, 3) for f in factors]
+def client_paces(factors: Sequence[float], epoch_s: float) -> list[float]:
+    """Seconds each client's local epoch lasts: ``factor_k × epoch_s`` (its real SGD, then a sleep
+    for the rest: ``paced``)."""
+    return [round(f * epoch_s, 3) for f in factors]
+
+
+def paced(pace_s: float, began: float, row: dict[str, Any]) -> None:
+    """Sleep until ``pace_s`` seconds after ``began`` (``time.monotonic``); note the real work's
+    seconds and the pace in ``row`` (a busy interval's extra entries)."""
+    real = time.monotonic() - began
+    row.update(real_s=round(real, 3), pace_s=round(pace_s, 3))
+    slow_down(pace_s - real)
 
 
 # Set by a harness once its job ended: a client still sleeping gives its task back at once
@@ -142,15 +157,16 @@ def slow_down(seconds: float) -> None:
 
 
 def fl_train(task: Any, ctx: Any) -> dict[str, Any]:
-    """One client's local SGD (``examples.mnist.fedavg.train``), then its slowdown: it sleeps
-    ``hyperparameters.delays[client] × epochs`` seconds."""
+    """One client's local SGD (``examples.mnist.fedavg.train``), paced: the update lasts
+    ``hyperparameters.paces[client] × epochs`` seconds (longer only if the real SGD does)."""
     from examples.mnist import fedavg
 
     worker = thread_worker()
-    with BUSY.task(worker, client=task.shard_id, round=task.round):
+    with BUSY.task(worker, client=task.shard_id, round=task.round) as row:
+        began = time.monotonic()
         out = fedavg.train(task, ctx)
-        delays = task.hyperparameters["delays"]
-        slow_down(float(delays[task.shard_id]) * int(task.hyperparameters.get("epochs", 1)))
+        hp = task.hyperparameters
+        paced(float(hp["paces"][task.shard_id]) * int(hp.get("epochs", 1)), began, row)
     return out
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,11 @@ class Bench:
             events=clients["events"],
         )
         self.store: JobStore = self.engine.store
+        self.submitted: dict[str, float] = {}  # job id → just before its submit
 
     def submit(self, payload: dict[str, Any]) -> float:
         """Invoke the splitter; returns the time just before the invoke."""
-        at = time.time()
+        at = self.submitted[payload["job_id"]] = time.time()
         raw = self.lam.invoke(
             FunctionName=self.outputs["SplitterFunctionName"], Payload=json.dumps(payload).encode()
         )
@@ -99,14 +101,15 @@ class Bench:
         return at
 
     def wait_done(self, job_id: str, timeout: float) -> float:
-        """Poll every 0.1 s until the job ends; returns when it was first seen ended."""
+        """Poll every 0.1 s until the job ends; returns when it ended (the record's ``finished_at``,
+        this machine's clock: the poll's 0.1 s would blur a job of 0.2 s; else when seen ended)."""
         end_by = time.monotonic() + timeout
         while time.monotonic() < end_by:
             job = self.store.get_job(job_id)
             if job.status in TERMINAL_STATUSES:
                 if job.status != "SUCCEEDED":
                     raise RuntimeError(f"{job_id} ended {job.status}: {job.error}")
-                return time.time()
+                return _epoch(job.finished_at) if job.finished_at else time.time()
             time.sleep(0.1)
         raise TimeoutError(f"{job_id} not finished in {timeout:.0f} s")
 
@@ -119,6 +122,23 @@ class Bench:
                 return min(float(r.result.metrics["started_at"]) for r in rows)
             time.sleep(0.1)
         raise TimeoutError(f"no task of {job_id} started in {timeout:.0f} s")
+
+    def timeline(self, job_id: str) -> dict[str, float]:
+        """Where a finished job's time went, from its submit (s): the splitter's invoke until the job
+        was created, then until its first task started (its wait in the task queue), until its
+        last result was recorded (its runs, the results queue, the aggregator), until it ended."""
+        job = self.store.get_job(job_id)
+        rows = self.store.results(job_id, 0)
+        created, submitted = _epoch(job.created_at), self.submitted[job_id]
+        starts = [float(r.result.metrics["started_at"]) for r in rows]
+        recorded = max(_epoch(r.recorded_at) for r in rows)
+        ended = _epoch(job.finished_at or job.updated_at)
+        return {
+            "invoke_s": round(created - submitted, 3),
+            "queue_wait_s": round(min(starts) - created, 3),
+            "run_and_count_s": round(recorded - min(starts), 3),
+            "finish_s": round(ended - recorded, 3),
+        }
 
     def counted(self, job_id: str) -> int:
         return self.store.get_job(job_id).done(0, "train")
@@ -151,23 +171,33 @@ class Bench:
 
     def small_beside(self, tag: str, flood: int, gap: float, **flood_fields: Any) -> dict[str, Any]:
         """A 4-shard job ``gap`` s after a flood: its submit → done and first task start, against a
-        4-shard job alone measured just before (the machine's load moves: compare neighbours)."""
+        4-shard job alone measured just before (the machine's load moves: compare neighbours), and
+        where each one's time went (``timeline``)."""
         alone = self.small_alone(f"{tag}-before", runs=1)
+        alone_timeline = self.timeline(f"alone-{tag}-before-1")
         flood_at = self.submit(request(f"flood-{tag}", flood, **flood_fields))
         time.sleep(gap)
         submitted = self.submit(request(f"small-{tag}", 4, priority=flood_fields.get("priority_small", 500)))
         done = self.wait_done(f"small-{tag}", timeout=900)
         first = self.first_start(f"small-{tag}", timeout=10)
         flood_done = self.counted(f"flood-{tag}")
+        flood_window = self.store.get_job(f"flood-{tag}").window
         self.stop(f"flood-{tag}")
         return {
             "alone_before_s": alone,
+            "alone_timeline": alone_timeline,
+            "timeline": self.timeline(f"small-{tag}"),
+            "flood_window": flood_window,
             "submit_to_done_s": round(done - submitted, 2),
             "x_alone": round((done - submitted) / alone, 2),
             "submit_to_first_start_s": round(first - submitted, 2),
             "flood_tasks_done_meanwhile": flood_done,
             "flood_tasks_per_s": round(flood_done / (done - flood_at), 2),
         }
+
+
+def _epoch(iso: str | None) -> float:
+    return datetime.fromisoformat((iso or "").replace("Z", "+00:00")).timestamp()
 
 
 def flood_rate(bench: Bench, tag: str, shards: int, seconds: float) -> dict[str, Any]:
@@ -263,6 +293,14 @@ def run(
     return out
 
 
+def _steps(t: dict[str, float]) -> str:
+    """A timeline (``Bench.timeline``) in one line."""
+    return (
+        f"invoke {t['invoke_s']} + queue {t['queue_wait_s']} + run/count {t['run_and_count_s']} "
+        f"+ end {t['finish_s']}"
+    )
+
+
 def report(r: dict[str, Any]) -> None:
     rows = [["4-shard job alone (windows)", f"{r['small_alone_s']} s", ""]]
     for key, name in (("flood_rate", "windows"), ("fifo_flood_rate", "FIFO, no windows")):
@@ -284,6 +322,10 @@ def report(r: dict[str, Any]) -> None:
                 f"{b['x_alone']}× alone; flood {b['flood_tasks_per_s']} tasks/s",
             ]
         )
+        if "timeline" in b:
+            rows.append(
+                [f"  where it went (alone: {_steps(b['alone_timeline'])})", _steps(b["timeline"]), ""]
+            )
     if "fifo_beside_3000" in r:
         rows.append(["4-shard job alone, FIFO (no windows)", f"{r['fifo_small_alone_s']} s", ""])
         f = r["fifo_beside_3000"]

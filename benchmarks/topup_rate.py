@@ -6,8 +6,11 @@ On one ``LocalCloud`` (fresh queues, table and bucket per measurement, as ``benc
 1. **top-up**: a ``map`` job of ``--shards`` over ``--lanes`` lanes with windows on; its first
    window (2 per lane, unmeasured) is taken off the queue and its results counted by
    ``Engine.ingest``, stamped as no-op tasks answered 5 s after their send (AWS's batching
-   window): the measured depth hits its cap (``shardq.core.depth.DEPTH_CAP`` per lane), so that
-   one ``ingest`` records the results and sends ``cap × lanes`` tasks. Timed: the ``ingest``.
+   window): the measured depth hits its cap (``shardq.core.depth.DEPTH_CAP`` per lane). Slow
+   start (``Admission.slow_start``) lets a window only double per round trip, so the job's
+   recorded window is first set to half of ``cap × lanes``, where its doublings would have
+   brought it; that one ``ingest`` then records the results and sends ``cap × lanes`` tasks.
+   Timed: the ``ingest``.
 2. **fan-out**: the same job shape with windows off (``scheduling`` null): ``Engine.submit``
    sends ``cap × lanes`` tasks; the §2/§3 path, timed the same way, in the same run.
 3. **hand-off**: as 1, with a deadline that cuts the top-up after its first chunk: the aggregator
@@ -31,6 +34,7 @@ from shardq.core.engine import Engine
 from shardq.core.enqueue import HANDOFF_MARGIN_S
 from shardq.core.jobstore import Outcome
 from shardq.core.settings import Settings
+from shardq.core.store.keys import _job_key
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import dlq_urls, provision
 from tests.helpers import receive_all, result_for, tasks_of
@@ -73,6 +77,15 @@ class Bench:
         """Take the job's first window off the queue; its outcomes, stamped as no-op tasks of one
         worker answered ``ROUND_TRIP_S`` after their send."""
         tasks = tasks_of(receive_all(self.clients["sqs"], settings.task_queue_url, attributes=False))
+        lanes = engine.store.get_job(job_id).request.max_parallel
+        # As after slow start's doublings: the next top-up may send the depth's cap on every lane.
+        self.clients["dynamodb"].update_item(
+            TableName=settings.job_table,
+            Key=_job_key(job_id),
+            UpdateExpression="SET #w = :w",
+            ExpressionAttributeNames={"#w": "window"},
+            ExpressionAttributeValues={":w": {"N": str(DEPTH_CAP * lanes // 2)}},
+        )
         now = time.time()
         return [
             Outcome(

@@ -163,7 +163,9 @@ def _sweep_section(m: dict[str, Any], out: IO[str]) -> list[str]:
     if halving:
         spent, whole = halving.get("budget_spent"), halving.get("budget_without_stopping")
         saved = f", {100 * (1 - spent / whole):.3g}% saved" if spent is not None and whole else ""
-        parts.append(f"budget spent: {spent} of {whole} {param} without early stopping{saved}")
+        # Which ASHA rule promoted (``shardq.core.asha_rules``), for an asynchronous sweep.
+        rule = f" (ASHA, {halving['promotion']} promotion)" if halving.get("promotion") else ""
+        parts.append(f"budget spent: {spent} of {whole} {param} without early stopping{saved}{rule}")
     if board:
         # Each trial's cost over its rungs, when its workers were priced (shardq.core.spend).
         priced = any(b.get("cost_usd") for b in board)

@@ -53,6 +53,8 @@ SNAPSHOT_TTL_S = 5.0
 # A backlog seen within this long counts as a saturated fleet (hysteresis: windows that shrink
 # under saturation must not grow back the moment the backlog drains).
 SATURATION_HOLD_S = 60.0
+# How soon a fleet seen without a backlog is looked at again: windows grow only while it stays so.
+IDLE_RECHECK_S = 0.5
 
 
 def _epoch(iso: str | None) -> float:
@@ -130,7 +132,8 @@ class Admission:
     in_flight: Callable[[], int] | None = None
     # Each job's task cycle and top-up round trip, measured from its counted results.
     pace: Pace = field(default_factory=Pace)
-    _in_flight_seen: int = field(init=False, default=0, repr=False)
+    # The task queue's in-flight counts read within SATURATION_HOLD_S: (when, count).
+    _in_flight_reads: list[tuple[float, int]] = field(init=False, default_factory=list, repr=False)
     _in_flight_read_at: float = field(init=False, default=-math.inf, repr=False)
     _snapshot: list[Running] = field(init=False, default_factory=list, repr=False)
     _snapshot_at: float = field(init=False, default=-math.inf, repr=False)
@@ -177,21 +180,37 @@ class Admission:
         if sched.window_per_lane is None:
             return job.expected(job.round, "train")
         me = Running.of(job, sched)
-        # Each lane's depth is its bandwidth-delay product (at least window_per_lane).
-        depth = self.pace.depth(me.job_id, sched.window_per_lane, last=job.window, lanes=me.lanes)
+        saturated = self.saturated()
+        # Each lane's depth is its bandwidth-delay product (at least window_per_lane), by the task
+        # cycle that counts on a saturated fleet or one with idle workers (core.depth).
+        depth = self.pace.depth(
+            me.job_id, sched.window_per_lane, saturated=saturated, last=job.window, lanes=me.lanes
+        )
         cap = max(1, depth * me.lanes)
         active = {r.job_id: r for r in self.running()}
         active[me.job_id] = me
         mine = [r for r in active.values() if r.tenant == me.tenant]
         share = float(cap)
-        if self.saturated():
+        if saturated:
             shares = self.shares(list(active.values()))
             share *= shares[me.job_id] * self.fleet_factor(active.values(), shares)
+        else:
+            share = min(share, self.slow_start(job, sched.window_per_lane * me.lanes))
         window = max(1, min(cap, math.ceil(share)))
         quota = sched.tenant(me.tenant).quotas.running_tasks
         if quota is not None:
             window = max(1, min(window, quota // len(mine)))
         return window
+
+    @staticmethod
+    def slow_start(job: JobRecord, floor: int) -> int:
+        """The most tasks ``job``'s window may grow to now with idle workers: its last window
+        (``floor`` before any) plus the results counted since that send. So a window at most
+        doubles per round trip (TCP's slow start), a redelivered batch grows nothing, and a
+        backlog shows, shrinking the windows, before a burst of depth × lanes is queued."""
+        last = job.window or floor
+        since = job.done(job.round, "train") - (job.enqueued(job.round, "train") - last)
+        return last + max(0, since)
 
     def shares(self, active: list[Running]) -> dict[str, float]:
         """Each running job's share of its full window on a saturated fleet (0 < share <= 1): its
@@ -269,30 +288,39 @@ class Admission:
         self._snapshot_at = self._backlog_read_at = self._in_flight_read_at = -math.inf
 
     def fleet_factor(self, active: Iterable[Running], shares: dict[str, float]) -> float:
-        """How much of each job's share a saturated fleet needs queued: the workers busy now over
-        the lanes the running jobs' shares would keep busy (at most 1; 1 when no task runs, or
+        """How much of each job's share a saturated fleet needs queued: the busy workers over the
+        lanes the running jobs' shares would keep busy (at most 1; 1 when no task ran lately, or
         the fleet's size is unknown).
 
         Each busy worker needs one task running and one round trip's worth queued behind it, no
         more: what is queued in all then drains in about one round trip, so a newcomer's tasks sit
-        that near the head of the queue. Shares keep their ratios (weights, priorities)."""
+        that near the head of the queue. Shares keep their ratios (weights, priorities).
+
+        The busy workers are the most tasks seen in flight within ``SATURATION_HOLD_S`` (a read
+        every ``SNAPSHOT_TTL_S``), not the last read: one read is an instant, and workers of short
+        tasks spend part of each cycle between a delete and the next receive, so a read of 0 or 1
+        of 3 busy workers is common. A fleet's size moves slowly; a lone low read must neither
+        throttle the windows (the flood starved) nor unshrink them (a read of 0 gave the full depth)."""
         if self.in_flight is None:
             return 1.0
         now = self.clock()
         if now - self._in_flight_read_at >= SNAPSHOT_TTL_S:
             self._in_flight_read_at = now
-            self._in_flight_seen = self.in_flight()
+            reads = [(at, n) for at, n in self._in_flight_reads if now - at < SATURATION_HOLD_S]
+            self._in_flight_reads = [*reads, (now, self.in_flight())]
+        busy = max((n for _, n in self._in_flight_reads), default=0)
         lanes = sum(max(1, min(r.lanes, r.remaining)) * shares[r.job_id] for r in active)
-        if self._in_flight_seen <= 0 or lanes <= 0:
+        if busy <= 0 or lanes <= 0:
             return 1.0
-        return min(1.0, self._in_flight_seen / lanes)
+        return min(1.0, busy / lanes)
 
     def saturated(self) -> bool:
         """True when a backlog of visible tasks was seen within ``SATURATION_HOLD_S``."""
         if self.backlog is None:
             return True
         now = self.clock()
-        if now - self._backlog_read_at >= SNAPSHOT_TTL_S:
+        held = now - self._backlog_seen_at < SATURATION_HOLD_S
+        if now - self._backlog_read_at >= (SNAPSHOT_TTL_S if held else IDLE_RECHECK_S):
             self._backlog_read_at = now
             if self.backlog() > 0:
                 self._backlog_seen_at = now

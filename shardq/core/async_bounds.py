@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardq.core import asha_rules
 from shardq.core.contracts import TrainingRequest
 from shardq.core.jobstore import JobRecord
 
@@ -59,13 +60,14 @@ def rung_bounds(request: TrainingRequest, first: int | None = None) -> list[int]
     promoted*, and a trial promoted early may drop out of the top later (the paper's
     "mispromotions"): with results arriving from worst to best, every result from the
     ``eta``-th on is a new best and is promoted. The sweep usually runs about halving's
-    ``n // eta``; this is the bound a status can promise."""
+    ``n // eta``; this is the bound a status can promise. With ``promotion "eager"`` every trial
+    may go on (``shardq.core.asha_rules.rung_bound``)."""
     sizes = [request.task_count if first is None else first]
     es = request.early_stopping
     if es is None:
         return sizes
     for _ in es.budgets[1:]:
-        sizes.append(max(1, sizes[-1] - es.eta + 1) if sizes[-1] else 0)
+        sizes.append(asha_rules.rung_bound(es, sizes[-1]))
     return sizes
 
 

@@ -62,8 +62,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from shardq.core import asha_rules, planning, search, spend
 from shardq.core import async_prefetch as prefetch
-from shardq.core import planning, search, spend
 from shardq.core.async_bounds import AsyncProgress, async_progress, max_tasks, rung_bounds
 from shardq.core.contracts import ShardResult, TrainingRequest
 from shardq.core.enqueue import Enqueuer
@@ -212,7 +212,8 @@ def next_promotion(
     """ASHA's next promotion (the highest rung first), or None.
 
     ``decided``: ``(rung, trial)`` of every task already decided. A trial of rung ``k`` is
-    promotable when it ranks in the top ``len(results of rung k) // eta`` finite results and is
+    promotable when it ranks in the top ``len(results of rung k) // eta`` finite results (with
+    ``early_stopping.promotion "eager"``, the top ``max(1, …)``: ``shardq.core.asha_rules``) and is
     not decided at rung ``k + 1``. With ``drain`` (the sweep would end otherwise), a rung that
     promoted nobody promotes its best finite trial instead. ``order``: each rung's ``ranked``
     results, when the caller ranked them already (a pass ranks once, whatever lanes it fills).
@@ -230,9 +231,10 @@ def next_promotion(
                 r = best[0]
                 return Promotion(k + 1, r.shard_id, r.model, len(results), 0, "drain", _reported(r))
             continue
-        for rank, r in enumerate(best[: len(results) // es.eta]):
+        n = len(results)
+        for rank, r in enumerate(best[: asha_rules.promotable(es, n)]):
             if (k + 1, r.shard_id) not in decided:
-                return Promotion(k + 1, r.shard_id, r.model, len(results), rank, "asha", _reported(r))
+                return Promotion(k + 1, r.shard_id, r.model, n, rank, asha_rules.rule_of(es, n), _reported(r))
     return None
 
 
@@ -285,14 +287,24 @@ def plan_pass(
     *,
     depth: int = 0,
     now: float | None = None,
+    recorded: Mapping[tuple[int, int], str] | None = None,
 ) -> list[SweepDecision]:
     """Fill every free slot, the best lane first: a due promotion first, else a new trial; when
     nothing is in flight and nothing else can run, the drain promotion. Each lane holds its running
     task and up to ``depth`` decided ones (``shardq.core.async_prefetch``; ``now``: the pass's
-    clock). Returns the new decisions (also on ``view.new``)."""
+    clock; ``recorded``: the outcomes' ``recorded_at``, from which it estimates when each lane
+    frees). Returns the new decisions (also on ``view.new``)."""
     request = view.request
     rungs = by_rung(view.results)
-    slots = prefetch.lane_slots(view.decisions, view.results, request.max_parallel, depth, now)
+    slots = prefetch.lane_slots(
+        view.decisions,
+        view.results,
+        request.max_parallel,
+        depth,
+        now,
+        recorded=recorded,
+        added=search.rung_increments(request),
+    )
     order = {k: ranked(results, request) for k, results in rungs.items()} if request.early_stopping else {}
     params = view.drawn()
     while slots.free and len(view.new) < limit:
@@ -377,7 +389,9 @@ class AsyncSweep:
                 if self.enqueuer.refusal(job)
                 else [
                     replace(d, decided_at=now)
-                    for d in plan_pass(view, source, seen + 1, depth=depth, now=prefetch.epoch(now))
+                    for d in plan_pass(
+                        view, source, seen + 1, depth=depth, now=prefetch.epoch(now), recorded=recorded
+                    )
                 ]
             )
             if new or not view.in_flight:

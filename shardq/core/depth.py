@@ -14,11 +14,29 @@ both measured from the job's own results as the aggregator counts them (``Pace.o
 
 * **round trip**: the time from a result's send (the results queue's ``SentTimestamp``, carried
   on ``Outcome.sent_at``) to the count that tops its lane up, an exponentially weighted mean;
-* **task cycle**: how often one worker hands in a result of the job when busy: the smallest gap
-  between consecutive results of one worker in a batch (the task's ``duration_s`` plus the
-  worker's own receive/upload/send), never less than the largest ``duration_s`` seen in the
-  batch; with one result per worker, ``duration_s`` alone. A starved worker's gaps are longer
-  than its busy ones, so taking the smallest keeps starvation from shrinking the depth further.
+* **task cycle**: how long one worker takes per task of the job, measured two ways:
+
+  - *busy*: the mean of the results' ``busy_s`` (the worker's receive → result send: its checks,
+    the run, the upload; each at least its ``duration_s``). It leaves out the receive and the
+    delete around the task, so it is a lower bound on the cycle, and it leaves out any time the
+    worker waited for work;
+  - *gaps*: the smallest gap between one worker's consecutive results in a batch (never less
+    than the largest ``duration_s``; with one result per worker, ``duration_s`` alone). When the
+    worker found its next task at once, that is the whole cycle; when its lanes ran dry, the
+    gap holds the wait too.
+
+  Which one counts follows from who could be waiting. **On a saturated fleet** (a backlog of
+  visible tasks: ``Admission.saturated``) workers find work at once, so the gaps are the true
+  cycle, and the windows (scaled to the busy workers, ``Admission.fleet_factor``) hold just
+  one round trip of the fleet's work: a newcomer's tasks sit one round trip from the head.
+  **With idle workers** nobody waits behind a deep window, and the gaps of a starved job are
+  long: a lane that ran dry made every gap long, so the job measured a long cycle, kept a
+  shallow depth and stayed starved (a windowed flood ran 2.71 tasks/s against 12.08
+  unwindowed, BENCHMARKS §15; the estimate grew out of its own throttle only by a few per cent
+  a batch). So there the busy time counts: it does not depend on the window, and it errs deep,
+  the side that fills idle workers; ``Admission.slow_start`` paces the growth there (at most
+  twofold per round trip), so a deep estimate does not queue a burst before the backlog shows.
+  Results of older workers (no ``busy_s``) have the gaps only.
 
 Without a measurement (a fresh container, results without ``sent_at``), the depth is that of the
 window the job's last send was held to (the job record keeps it: a top-up handed on to a fresh
@@ -56,16 +74,27 @@ def lane_depth(cycle_s: float, round_trip_s: float, floor: int, cap: int = DEPTH
 
 @dataclass
 class _Estimate:
-    cycle_s: float
     round_trip_s: float
+    # The two task cycles (module docstring); None until a batch measured it.
+    busy_s: float | None
+    gap_s: float | None
+
+    def cycle(self, saturated: bool) -> float:
+        """The gaps on a saturated fleet, the busy time with idle workers (each the other's
+        stand-in until it is measured)."""
+        first, second = (self.gap_s, self.busy_s) if saturated else (self.busy_s, self.gap_s)
+        chosen = first if first is not None else second
+        return MIN_CYCLE_S if chosen is None else chosen
 
 
-def _mean(old: float | None, new: float) -> float:
+def _mean(old: float | None, new: float | None) -> float | None:
+    if new is None:
+        return old
     return new if old is None else old + EWMA * (new - old)
 
 
 class Pace:
-    """Each job's task cycle and top-up round trip, as its counted results show them."""
+    """Each job's task cycles and top-up round trip, as its counted results show them."""
 
     def __init__(self) -> None:
         self._jobs: dict[str, _Estimate] = {}
@@ -77,19 +106,25 @@ class Pace:
             if o.result.task_type == "train" and o.source == "worker" and o.sent_at is not None:
                 by_job.setdefault(o.result.job_id, []).append(o)
         for job_id, group in by_job.items():
-            cycle = self._cycle(group)
             trip = sum(max(0.0, now - o.sent_at) for o in group if o.sent_at is not None) / len(group)
             old = self._jobs.get(job_id)
             if old is None and len(self._jobs) >= MAX_JOBS:
                 self._jobs.pop(next(iter(self._jobs)))
             self._jobs[job_id] = _Estimate(
-                cycle_s=_mean(None if old is None else old.cycle_s, cycle),
-                round_trip_s=_mean(None if old is None else old.round_trip_s, trip),
+                round_trip_s=_mean(None if old is None else old.round_trip_s, trip) or 0.0,
+                busy_s=_mean(None if old is None else old.busy_s, self._busy(group)),
+                gap_s=_mean(None if old is None else old.gap_s, self._gaps(group)),
             )
 
     @staticmethod
-    def _cycle(group: list[Outcome]) -> float:
-        """The batch's task cycle: the smallest busy gap of one worker, at least the task itself."""
+    def _busy(group: list[Outcome]) -> float | None:
+        """The batch's mean busy time per task (each at least its run); None without ``busy_s``."""
+        busy = [max(o.result.busy_s, o.result.duration_s) for o in group if o.result.busy_s is not None]
+        return max(math.fsum(busy) / len(busy), MIN_CYCLE_S) if busy else None
+
+    @staticmethod
+    def _gaps(group: list[Outcome]) -> float:
+        """The batch's smallest gap between one worker's results, at least the task itself."""
         longest = max(o.result.duration_s for o in group)
         sent: dict[str, list[float]] = {}
         for o in group:
@@ -101,18 +136,21 @@ class Pace:
             gaps += [b - a for a, b in pairwise(times) if b > a]
         return max(longest, min(gaps) if gaps else longest, MIN_CYCLE_S)
 
-    def depth(self, job_id: str, floor: int, *, last: int | None = None, lanes: int = 1) -> int:
-        """The job's lane depth (``lane_depth``). Before any measurement in this container: the
-        depth of the window its last send was held to (``last`` tasks over ``lanes``, as the job
-        record keeps it), so a continuation handed to a fresh container goes on as deep; else
-        ``floor``."""
+    def depth(
+        self, job_id: str, floor: int, *, saturated: bool = False, last: int | None = None, lanes: int = 1
+    ) -> int:
+        """The job's lane depth (``lane_depth``), by the cycle that counts on a ``saturated`` fleet
+        or one with idle workers. Before any measurement in this container: the depth of the
+        window its last send was held to (``last`` tasks over ``lanes``, as the job record keeps
+        it), so a continuation handed to a fresh container goes on as deep; else ``floor``."""
         est = self._jobs.get(job_id)
         if est is None:
             prior = math.ceil(last / max(1, lanes)) if last else 0
             return max(floor, min(DEPTH_CAP, prior))
-        return lane_depth(est.cycle_s, est.round_trip_s, floor)
+        return lane_depth(est.cycle(saturated), est.round_trip_s, floor)
 
-    def measured(self, job_id: str) -> tuple[float, float] | None:
-        """(task cycle s, round trip s) as measured for ``job_id``; None before any."""
+    def measured(self, job_id: str, *, saturated: bool = False) -> tuple[float, float] | None:
+        """(task cycle s, round trip s) as measured for ``job_id`` (the cycle that counts on a
+        ``saturated`` fleet or one with idle workers); None before any."""
         est = self._jobs.get(job_id)
-        return None if est is None else (est.cycle_s, est.round_trip_s)
+        return None if est is None else (est.cycle(saturated), est.round_trip_s)

@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 from shardq.core import planning
 from shardq.core.artifacts import put_json
 from shardq.core.contracts import ShardResult, TrainingRequest, ValidationError
-from shardq.core.fedbuff_params import NAME, staleness_weight
+from shardq.core.fedbuff_calibration import calibrate_inputs
+from shardq.core.fedbuff_params import NAME, cached_calibration, staleness_weight
 from shardq.core.jobstore import JobRecord, Outcome
 from shardq.core.metrics import summarize_round
 from shardq.core.store.fedbuff import (
@@ -352,6 +353,15 @@ class Driver:
             return False
         layout = planning.Layout(self.adv.bucket, job.job_id)
         inputs = reduce_inputs(updates, {b: str(uri) for b, uri in model_of.items()})
+        if cached_calibration(job.request.strategy.params if job.request.strategy else {}):
+            try:  # CA2FL: name each client's cached update (shardq.core.fedbuff_calibration)
+                inputs = calibrate_inputs(
+                    inputs, self.fb, job.job_id, v, job.task_count, layout,
+                    lambda b: model_of[b] if b in model_of else self.model_of(job, b),
+                )  # fmt: skip
+            except LookupError as exc:
+                self.adv.finisher.finalize(job, "FAILED", str(exc))
+                return False
         put_json(self.adv.enqueuer.s3, self.adv.bucket, layout.reduce_inputs_key(v), inputs)
         self.adv.enqueuer.enqueue(job, v, "reduce", job.model_uri, deadline=deadline)
         self.adv.store.start_reduce(job.job_id, v)

@@ -11,6 +11,14 @@ from typing import Any
 
 NAME = "fedbuff"
 STALENESS_FUNCTIONS = ("polynomial", "constant", "hinge")
+# The server step's calibration: "none" is FedBuff as the paper states it; "cached" is CA2FL's
+# cached update calibration (Wang et al., ICLR 2024; ``shardq.worker.fedbuff_cached``).
+CALIBRATIONS = ("none", "cached")
+# The request's string parameters and their defaults (the numeric ones are DEFAULTS below).
+CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
+    "staleness": (STALENESS_FUNCTIONS, "polynomial"),
+    "calibration": (CALIBRATIONS, "none"),
+}
 # Numeric parameters and their defaults. FLSim's FedBuff: polynomial staleness weight with exponent
 # 0.5 (``PolynomialStalenessWeightConfig.exponent``; the paper's s(τ) = 1/(1+τ)^0.5), a plain
 # server step (FedAvg's, rate 1). Hinge: FedAsync's s(τ) = 1 for τ ≤ b, 1/(a(τ − b) + 1) after,
@@ -39,17 +47,21 @@ def parse_params(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     (each naming the field and the fix)."""
     problems: list[str] = []
     params: dict[str, Any] = {}
-    unknown = sorted(set(raw) - {"name", "staleness", *DEFAULTS})
+    unknown = sorted(set(raw) - {"name", *CHOICES, *DEFAULTS})
     if unknown:
         problems.append(
-            f"strategy.{unknown[0]} is not a fedbuff parameter; use {', '.join(['staleness', *DEFAULTS])}"
+            f"strategy.{unknown[0]} is not a fedbuff parameter; use {', '.join([*CHOICES, *DEFAULTS])}"
         )
-    staleness = raw.get("staleness", "polynomial")
-    if staleness not in STALENESS_FUNCTIONS:
-        problems.append(
-            f"strategy.staleness must be one of {', '.join(STALENESS_FUNCTIONS)}, got {staleness!r}"
-        )
-    params["staleness"] = staleness
+    for key, (allowed, default_choice) in CHOICES.items():
+        chosen = raw.get(key, default_choice)
+        if chosen not in allowed:
+            fix = (
+                ' ("cached": CA2FL\'s cached update calibration for non-IID clients; "none": FedBuff)'
+                if key == "calibration"
+                else ""
+            )
+            problems.append(f"strategy.{key} must be one of {', '.join(allowed)}, got {chosen!r}{fix}")
+        params[key] = chosen
     for key, default in DEFAULTS.items():
         value = raw.get(key, default)
         lo, hi, lo_open, hi_open = RANGES[key]
@@ -94,3 +106,9 @@ def request_problems(request: Any) -> list[str]:
                 f"max_staleness play that part): remove {name}"
             )
     return problems
+
+
+def cached_calibration(params: Mapping[str, Any]) -> bool:
+    """True when the job's server step uses CA2FL's cached update calibration
+    (``strategy.calibration: "cached"``; a job recorded before the field existed has none)."""
+    return params.get("calibration", "none") == "cached"

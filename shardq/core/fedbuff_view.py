@@ -117,9 +117,9 @@ def line(data: dict[str, Any] | None) -> str | None:
 
 
 def progress(store: JobStore, job: JobRecord) -> dict[str, Any] | None:
-    """``live``, plus the clients waiting for the next version, each version's accounting (its round
-    summary: applied, late, staleness histogram and mean, the global model's metrics) and the
-    failed updates with their errors (None for any other job)."""
+    """``live``, plus the server step's calibration, the clients waiting for the next version, each
+    version's accounting (its round summary: applied, late, staleness histogram and mean, the global
+    model's metrics) and the failed updates with their errors (None for any other job)."""
     data = live(job)
     if data is None:
         return None
@@ -139,8 +139,11 @@ def progress(store: JobStore, job: JobRecord) -> dict[str, Any] | None:
                 "global_metrics": (summary.get("reduce") or {}).get("metrics", {}),
             }
         )
+    params = job.request.strategy.params if job.request.strategy else {}
     return {
         **data,
+        # the server step's calibration: "none" (FedBuff) or "cached" (CA2FL, fedbuff_calibration)
+        "calibration": params.get("calibration", "none"),
         "clients_waiting": len(fb.counts(job.job_id).waiting),
         "per_version": versions,
         "failed_updates": failed_updates(store, job.job_id)[:FAILED_SHOWN] if data["updates_failed"] else [],
@@ -167,7 +170,8 @@ def text(data: dict[str, Any] | None) -> str:
         "",
         f"FedBuff: {data['versions_made']}/{data['versions']} versions made; buffer "
         f"{data['buffer_fill']}/{data['buffer_size']}; updates {data['updates_applied']} applied, "
-        f"{data['updates_late']} late, {data['updates_failed']} failed",
+        f"{data['updates_late']} late, {data['updates_failed']} failed"
+        + ("; cached update calibration (CA2FL)" if data.get("calibration") == "cached" else ""),
         f"{'VERSION':>7}  {'APPLIED':>7}  {'LATE':>4}  {'MEAN τ':>6}  STALENESS (τ: updates)",
     ]
     for v in data["per_version"]:

@@ -157,6 +157,11 @@ class ShardResult(_Message):
     # The hyperparameters a sampler asked for this trial on the worker (an Optuna sweep's trial:
     # ``shardq.worker.optuna_sampler``), so every reader sees them. Optional; left out when None.
     params: dict[str, Any] | None = None
+    # Seconds the worker was busy with this task: from receiving it to sending this result (its
+    # checks, the run, the upload), on the worker's own monotonic clock. The aggregator sizes the
+    # job's window from it (``shardq.core.depth``): unlike the gaps between results, it leaves out
+    # the time a starved worker waited for work. Optional; left out when None (older workers).
+    busy_s: float | None = None
 
     @property
     def cost_micro_usd(self) -> int:
@@ -232,6 +237,11 @@ class ShardResult(_Message):
             or not 0 <= price <= MAX_PRICE_PER_HOUR
         ):
             c.add(f"price_per_hour must be a number of USD from 0 to {MAX_PRICE_PER_HOUR}, got {price!r:.40}")
+        busy = data.get("busy_s")
+        if busy is not None and (
+            isinstance(busy, bool) or not isinstance(busy, int | float) or not 0 <= busy < math.inf
+        ):
+            c.add(f"busy_s must be a finite number of seconds >= 0 or null, got {busy!r:.40}")
         if data.get("params") is not None and not isinstance(data["params"], dict):
             c.add(f"params must be an object of the trial's params or null, got {data['params']!r:.50}")
         history = data.get("attempts", [])
@@ -251,6 +261,7 @@ class ShardResult(_Message):
         values["metrics"] = values_of
         values["generation"] = int(data.get("generation") or 0)
         values["price_per_hour"] = float(data.get("price_per_hour") or 0.0)
+        values["busy_s"] = None if busy is None else float(busy)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,6 +281,8 @@ class ShardResult(_Message):
             del data["price_per_hour"]
         if data["params"] is None:
             del data["params"]
+        if data["busy_s"] is None:
+            del data["busy_s"]
         return data
 
 

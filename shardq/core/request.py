@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shardq.core import optuna_search
+from shardq.core import asha_rules, optuna_search
 from shardq.core.budgets import budget_field
 from shardq.core.evaluation import Evaluation, check_evaluation
 from shardq.core.fedbuff_params import NAME as FEDBUFF
@@ -289,10 +289,14 @@ class TrainingRequest(_Value):
         if raw is None:
             return None
         c.unknown_keys(
-            raw, ("method", "eta", "min_budget", "max_budget", "budget_param"), prefix="early_stopping."
+            raw,
+            ("method", "eta", "min_budget", "max_budget", "budget_param", "promotion"),
+            prefix="early_stopping.",
         )
         method = raw.get("method", "successive_halving")
         c.choice("early_stopping.method", method, EARLY_STOPPING_METHODS)
+        for problem in asha_rules.problems(raw, method):  # ASHA's promotion rule (asha_rules)
+            c.add(problem)
         eta = c.integer(raw, "eta", "early_stopping.eta", 2, 100, default=3) or 3
         low = c.integer(raw, "min_budget", "early_stopping.min_budget", 1, 10**6, default=1) or 1
         high = c.integer(raw, "max_budget", "early_stopping.max_budget", 1, 10**6, default=9) or 9
@@ -302,7 +306,11 @@ class TrainingRequest(_Value):
                 "for a second rung; raise max_budget or lower eta"
             )
         param = c.string(raw, "budget_param", "early_stopping.budget_param") or "epochs"
-        return EarlyStopping(method=method, eta=eta, min_budget=low, max_budget=high, budget_param=param)
+        promotion = raw.get("promotion", "paper")
+        return EarlyStopping(
+            method=method, eta=eta, min_budget=low, max_budget=high, budget_param=param,
+            promotion=promotion if isinstance(promotion, str) else "paper",
+        )  # fmt: skip
 
     @staticmethod
     def _execution(c: _Checker, data: dict[str, Any]) -> tuple[int, int, str]:
@@ -580,6 +588,8 @@ class TrainingRequest(_Value):
             out["search"] = {k: v for k, v in asdict(self.search).items() if v is not None}
         if self.early_stopping is not None:
             out["early_stopping"] = asdict(self.early_stopping)
+            if self.early_stopping.promotion == "paper":  # the default: earlier requests keep their hash
+                del out["early_stopping"]["promotion"]
         if self.evaluation is not None:
             out["evaluation"] = self.evaluation.to_dict()
         if self.tenant is not None:

@@ -92,6 +92,10 @@ ASYNC_SEARCH_METHODS: tuple[str, ...] = ("optuna",)
 # "successive_halving": a rung closes, then promotes; "asha": a trial is promoted as soon as it
 # ranks in the top 1/eta of its rung's results so far (``shardq.core.async_sweep``).
 EARLY_STOPPING_METHODS = ("successive_halving", "asha")
+# ASHA's promotion rule (``shardq.core.asha_rules``): "paper" promotes the top ``n // eta`` of a
+# rung's ``n`` results so far; "eager" also promotes the best so far while ``n < eta`` (Optuna's
+# ``SuccessiveHalvingPruner``; Ray Tune's ``ASHAScheduler`` lets such a trial continue likewise).
+PROMOTION_RULES = ("paper", "eager")
 
 
 @dataclass(frozen=True, eq=False, repr=False)  # _Value's eq, hash and repr
@@ -115,7 +119,8 @@ class EarlyStopping(_Value):
     budget minus the previous rung's, so the trial reaches the rung's total.
 
     ``method "asha"`` promotes asynchronously over the same rungs and budgets
-    (``shardq.core.async_sweep``): no rung waits for its slowest trial.
+    (``shardq.core.async_sweep``): no rung waits for its slowest trial. ``promotion`` (ASHA
+    only) is its rule: ``"paper"`` or ``"eager"`` (``shardq.core.asha_rules``).
     """
 
     method: str = "successive_halving"
@@ -123,6 +128,7 @@ class EarlyStopping(_Value):
     min_budget: int = 1
     max_budget: int = 9
     budget_param: str = "epochs"
+    promotion: str = "paper"
 
     @property
     def budgets(self) -> list[int]:

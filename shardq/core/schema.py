@@ -15,6 +15,7 @@ from typing import Any
 from shardq.core import budgets, evaluation, fedbuff_params, pipeline_fields, tenancy
 from shardq.core import contracts as c
 from shardq.core.optuna_search import DEFAULT_SAMPLER, MAX_OPTUNA_TRIALS, SAMPLERS
+from shardq.core.request_fields import PROMOTION_RULES
 
 
 def _distributions() -> list[dict[str, Any]]:
@@ -38,9 +39,9 @@ def _strategy_schema() -> dict[str, Any]:
                 "exclusiveMaximum" if high_open else "maximum": high,
                 "default": default,
             }
-        if name == "fedbuff":  # its staleness function is a name, not a number
-            functions = list(fedbuff_params.STALENESS_FUNCTIONS)
-            properties["staleness"] = {"enum": functions, "default": "polynomial"}
+        if name == "fedbuff":  # its staleness function and calibration are names, not numbers
+            for key, (allowed, default) in fedbuff_params.CHOICES.items():
+                properties[key] = {"enum": list(allowed), "default": default}
             for key in fedbuff_params.INTEGERS:
                 properties[key]["type"] = "integer"
         branches.append(
@@ -132,6 +133,13 @@ def training_request_schema() -> dict[str, Any]:
                     "min_budget": {**positive, "default": 1},
                     "max_budget": {**positive, "default": 9},
                     "budget_param": {"type": "string", "minLength": 1, "default": "epochs"},
+                    "promotion": {
+                        "enum": list(PROMOTION_RULES),
+                        "default": "paper",
+                        "description": "method 'asha' only: 'paper' promotes the top 1/eta of a rung's "
+                        "results so far; 'eager' also its best while it has fewer than eta "
+                        "(as Optuna's SuccessiveHalvingPruner and Ray Tune's ASHAScheduler).",
+                    },
                 },
             },
             "participation": {

@@ -75,6 +75,15 @@ def rung_budget(request: TrainingRequest, rung: int) -> int | None:
     return request.early_stopping.budgets[rung]
 
 
+def rung_increments(request: TrainingRequest) -> list[int] | None:
+    """The budget each rung's task trains: its rung's budget less the rung's before (a promoted
+    trial resumes from its model); None without early stopping."""
+    if request.early_stopping is None:
+        return None
+    budgets = request.early_stopping.budgets
+    return [b - (budgets[k - 1] if k else 0) for k, b in enumerate(budgets)]
+
+
 def rung_history(results: Sequence[ShardResult], request: TrainingRequest) -> dict[int, list[dict[str, Any]]]:
     """Per trial, what each rung it ran reported: ``{"rung", "budget", "status", "objective"}``."""
     assert request.objective is not None
@@ -99,11 +108,10 @@ def _finite(value: float | None) -> float | None:
 def budget_spent(request: TrainingRequest, results: Sequence[ShardResult]) -> int:
     """Budget units (e.g. epochs) the sweep trained: each task adds its rung's increment over the
     rung before (a promoted trial resumes from its model); without early stopping, one a task."""
-    es = request.early_stopping
-    if es is None:
+    increments = rung_increments(request)
+    if increments is None:
         return len(results)
-    budgets = es.budgets
-    return sum(budgets[r.round] - (budgets[r.round - 1] if r.round else 0) for r in results)
+    return sum(increments[r.round] for r in results)
 
 
 def trial_params(request: TrainingRequest, index: int) -> dict[str, Any]:
@@ -185,4 +193,6 @@ def sweep_section(request: TrainingRequest, results: Sequence[ShardResult]) -> d
             "budget_spent": budget_spent(request, results),
             "budget_without_stopping": request.task_count * es.budgets[-1],
         }
+        if es.method == "asha":  # which rule promoted (``shardq.core.asha_rules``): views say it
+            section["early_stopping"].update(method="asha", promotion=es.promotion)
     return section

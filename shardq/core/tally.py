@@ -183,7 +183,8 @@ def request_plan_text(request: TrainingRequest) -> str:
             budgets = ", ".join(str(b) for b in es.budgets)
             return (
                 f"{n} trial(s), ASHA over {len(es.budgets)} rungs "
-                f"(eta {es.eta}; {es.budget_param} {budgets}), "
+                f"(eta {es.eta}; {es.budget_param} {budgets}"
+                f"{'; eager promotion' if es.promotion == 'eager' else ''}), "
                 f"up to {request.max_parallel} in flight, up to {max_tasks(request)} tasks"
             )
         sizes = ", ".join(str(s) for s in rung_sizes(request))

@@ -20,6 +20,13 @@ from shardq.worker.aws import FatalAwsError, describe, is_fatal
 from shardq.worker.context import TaskContext
 from shardq.worker.reduce import MODEL_SUFFIXES, ModelError, nonfinite_array
 
+# Objects up to this size move in one request (GetObject / PutObject). boto3's managed transfer
+# (``download_file`` / ``upload_file``) starts a thread pool per call and asks HeadObject before it
+# downloads: about 20-40 ms a call on the local cloud, which a sweep's worker paid twice per task
+# between its tasks (issue #27: ASHA's idle target). Above this size the managed transfer's
+# multipart and concurrent ranged parts win, as boto3's own 8 MiB multipart threshold says.
+SINGLE_REQUEST_MAX = 8 * 1024 * 1024
+
 
 def model_file(output_dir: Path, chosen: Path | None) -> Path | None:
     """The model among a task's outputs: ``chosen`` (``ctx.model_path``), else the one top-level
@@ -61,8 +68,30 @@ class TaskFiles:
     def _download(self, uri: str, dest: Path) -> Path:
         bucket, key = split_s3(uri)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self._s3(f"download {uri}", self.s3.download_file, bucket, key, str(dest))
+        self._s3(f"download {uri}", self._get_file, bucket, key, dest)
         return dest
+
+    def _get_file(self, bucket: str, key: str, dest: Path) -> None:
+        """One GetObject streamed to ``dest`` for an object up to ``SINGLE_REQUEST_MAX``; a larger
+        one is left unread and fetched by the managed, concurrent download.
+
+        The body goes to a temporary name first and is renamed once complete (as the managed
+        download does): a stream cut short (botocore checks ``ContentLength``) leaves no partial
+        file under ``dest``."""
+        response = self.s3.get_object(Bucket=bucket, Key=key)
+        body = response["Body"]
+        if int(response.get("ContentLength") or 0) > SINGLE_REQUEST_MAX:
+            body.close()
+            self.s3.download_file(bucket, key, str(dest))
+            return
+        part = dest.with_name(dest.name + ".part")
+        try:
+            with body, part.open("wb") as out:
+                for chunk in body.iter_chunks(1024 * 1024):
+                    out.write(chunk)
+            part.replace(dest)
+        finally:
+            part.unlink(missing_ok=True)
 
     def _fetcher(self, tmp: Path) -> Callable[[str], Path]:
         def fetch(uri: str) -> Path:
@@ -114,8 +143,11 @@ class TaskFiles:
     def _upload(self, path: Path, out_dir: Path, prefix: str) -> str:
         bucket, key_prefix = split_s3(prefix)
         key = key_prefix + path.relative_to(out_dir).as_posix()
-        # boto3 switches to multipart above 8 MiB
-        self._s3(f"upload {path.name}", self.s3.upload_file, str(path), bucket, key)
+        if path.stat().st_size <= SINGLE_REQUEST_MAX:  # one PutObject (see SINGLE_REQUEST_MAX)
+            with path.open("rb") as body:
+                self._s3(f"upload {path.name}", self.s3.put_object, Bucket=bucket, Key=key, Body=body)
+        else:  # boto3's managed transfer: multipart above 8 MiB
+            self._s3(f"upload {path.name}", self.s3.upload_file, str(path), bucket, key)
         return f"s3://{bucket}/{key}"
 
 

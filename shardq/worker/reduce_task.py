@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -23,6 +24,7 @@ from shardq.worker.aws import error_code
 from shardq.worker.context import TaskContext
 from shardq.worker.entrypoints import resolve
 from shardq.worker.fedbuff import server_step as fedbuff_step
+from shardq.worker.fedbuff_cached import cached_step
 from shardq.worker.reduce import InputModel, ModelError, average_stream, evaluate_model
 from shardq.worker.strategies import SERVER_STATE_NAME, apply_strategy, needs_server_step
 
@@ -83,8 +85,14 @@ class ReduceTasks(TaskFiles):
                 ctx.input_models.append(InputModel(path, weight))
             return self._call(self.entrypoint or task.entrypoint, fn, task, ctx, abandoned)
         if task.strategy.get("name") == "fedbuff" and ctx.init_model_path is not None:
-            # FedBuff: the global model moves by the buffer's staleness-weighted deltas.
-            ctx.model_path = fedbuff_step(
+            # FedBuff: the global model moves by the buffer's staleness-weighted deltas (calibrated
+            # by the clients' cached updates when the aggregator sent a ``calibration`` section).
+            step = (
+                partial(cached_step, calibration=inputs["calibration"])
+                if "calibration" in inputs
+                else fedbuff_step
+            )
+            ctx.model_path = step(
                 ctx.init_model_path,
                 inputs["fedbuff"],
                 lambda uri, name: self._download(uri, tmp / "fedbuff" / name),

@@ -48,12 +48,11 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,7 @@ from shardq.core.jobstore import JobStore
 from shardq.core.planning import split_s3  # re-exported: tests.chaos.harness imports it here
 from shardq.core.result_routes import results_queue_for
 from shardq.core.spend import BUDGET_DROP, Dropped
-from shardq.worker import optuna_sampler
+from shardq.worker import optuna_sampler, scratch
 from shardq.worker.activity import Activity  # re-exported, like the names below: callers import them here
 from shardq.worker.artifacts import model_file
 from shardq.worker.aws import Backoff, FatalAwsError, describe, is_fatal
@@ -201,9 +200,10 @@ class Worker(ReduceTasks, TaskSetup, TaskRelease):
 
         An error that botocore's retries did not absorb is logged and backed off from; the slot
         goes on polling. A fatal one (``shardq.worker.aws.is_fatal``) is kept in ``self.fatal``
-        and ends the loop.
+        and ends the loop. The worker's own ``stop_signal`` (a Spot notice) ends it too, without
+        waiting for the supervisor to turn it into ``stop`` (``_stopping``).
         """
-        while not stop.is_set() and (max_tasks is None or self.tasks_done < max_tasks):
+        while not self._stopping(stop) and (max_tasks is None or self.tasks_done < max_tasks):
             try:
                 self.poll_once(stop)
             except Exception as exc:
@@ -249,7 +249,7 @@ class Worker(ReduceTasks, TaskSetup, TaskRelease):
             MessageSystemAttributeNames=RECEIVE_ATTRIBUTES,
         )
         for message in resp.get("Messages", []):
-            if stop is not None and stop.is_set():
+            if self._stopping(stop):
                 # Shutting down: give it straight back rather than start it (a graceful release).
                 self._hand_back(Lease.of(message))
                 return False
@@ -262,6 +262,18 @@ class Worker(ReduceTasks, TaskSetup, TaskRelease):
             return True
         self.activity.polled_empty()
         return False
+
+    def _stopping(self, stop: threading.Event | None) -> bool:
+        """True once this worker takes no new task: the supervisor's ``stop``, or the worker-wide
+        ``stop_signal`` the moment it is set.
+
+        The supervisor sets ``stop`` itself on SIGTERM, but learns of a Spot notice (which sets
+        only ``stop_signal``, from the poller's thread) on its next tick. A slot that handed its
+        stopped task back before that tick used to poll again, receive its own re-send and run it
+        once more (an extra attempt, a checkpoint reloaded for nothing), as often as the tick was
+        late: a loaded machine turned one release into several.
+        """
+        return (stop is not None and stop.is_set()) or self.stop_signal.is_set()
 
     def handle(self, message: dict[str, Any]) -> None:
         """Run one task message to its outcome."""
@@ -303,6 +315,8 @@ class Worker(ReduceTasks, TaskSetup, TaskRelease):
             # becomes this shard's failure naming why, a non-finite metric a diverged trial or a
             # failed shard, instead of a result thrown away while the job waits for it.
             result = verdicts.checked(result, task.kind)
+            # Its receive → send, idle time left out: the aggregator sizes windows by it (core.depth).
+            result = replace(result, busy_s=round(time.monotonic() - lease.received_at, 3))
             # Result first, then delete: a crash (or an AWS error) between the two duplicates a
             # result, which the aggregator drops, never loses one. An error in either leaves the
             # task to its visibility timeout.
@@ -361,8 +375,8 @@ class Worker(ReduceTasks, TaskSetup, TaskRelease):
             "code_version": None if self.trusted.refusal(entrypoint) else code_fingerprint(entrypoint),
         }
         try:
-            with tempfile.TemporaryDirectory(prefix="shardq-task-") as tmp:
-                outcome = self._run(task, Path(tmp), tlog, lease.abandoned)
+            with scratch.task_dir() as tmp:  # removed in the background (shardq.worker.scratch)
+                outcome = self._run(task, tmp, tlog, lease.abandoned)
             attempt.update(self._resume_fields(lease))
             return ShardResult.for_task(
                 task,

@@ -39,7 +39,7 @@ def test_idle_fraction_counts_worker_seconds_outside_busy_intervals() -> None:
     assert wl.idle_fraction(busy, 2, 0.0, 10.0) == pytest.approx(0.25)
     assert wl.idle_fraction(busy, 4, 0.0, 10.0) == pytest.approx(1 - 15 / 40)
     assert wl.idle_fraction(busy, 2, 5.0, 5.0) is None
-    assert wl.client_delays([0.5, 1.0, 3.0], 2.0) == [0.0, 0.0, 4.0]
+    assert wl.client_paces([0.5, 1.0, 3.0], 2.0) == [1.0, 2.0, 6.0]
 
 
 def test_the_workload_refuses_to_run_outside_a_bench_worker_thread() -> None:
@@ -65,7 +65,8 @@ def sweep(cloud: LocalCloud) -> dict[str, Any]:
 def test_every_sweep_system_trains_every_trial_and_the_same_models(sweep: dict[str, Any]) -> None:
     assert sweep["problems"] == []
     runs = {r["system"]: r for r in sweep["runs"]}
-    assert {"shardq asha", "shardq successive halving"} <= set(runs)
+    asha = ("shardq asha", "shardq asha, eager promotion")  # a row per promotion rule
+    assert {*asha, "shardq successive halving"} <= set(runs)
     for name, r in runs.items():
         assert r["trials_at_budget"][1] == 3, name
         assert r["first_full_s"] is not None and r["first_full_s"] > 0, name
@@ -73,7 +74,7 @@ def test_every_sweep_system_trains_every_trial_and_the_same_models(sweep: dict[s
         # one busy interval per rung a trial trained, each worker one of the four
         assert r["tasks"] == sum(len(v) for v in r["values"].values()), name
         assert {iv["worker"] for iv in r["intervals"]} <= {0, 1, 2, 3}, name
-    for name in ("shardq asha", "shardq successive halving"):
+    for name in (*asha, "shardq successive halving"):
         assert runs[name]["status"] == "SUCCEEDED"
         assert runs[name]["budget_spent"] == runs[name]["trial_epochs"]
     # trial i's first rung is the same model everywhere: the val_loss agrees to the last bit
@@ -82,7 +83,11 @@ def test_every_sweep_system_trains_every_trial_and_the_same_models(sweep: dict[s
     for name, r in runs.items():
         assert {t: v[0] for t, v in r["values"].items()} == reference, name
     text = async_report.sweep_table(sweep)
-    assert "| shardq asha " in text and "speed factors" in text
+    assert "| shardq asha " in text and "| shardq asha, eager promotion " in text and "speed factors" in text
+    # both targets are judged for every ASHA row (each rule, each max_parallel)
+    checks = [text for _, text in async_report.sweep_checks(sweep)]
+    for name in (r for r in runs if r.startswith("shardq asha")):
+        assert sum(c.startswith(f"{name}: ") for c in checks) == 2, (name, checks)
 
 
 def test_optuna_and_ray_tune_ran_or_say_why_not(sweep: dict[str, Any]) -> None:
@@ -113,8 +118,10 @@ def test_fedbuff_and_sync_fedavg_score_every_server_step(cloud: LocalCloud) -> N
         times = [pt["t"] for pt in r["curve"]]
         assert times == sorted(times) and all(0.0 <= pt["accuracy"] <= 1.0 for pt in r["curve"])
         assert r["final_accuracy"] == r["curve"][-1]["accuracy"]
-    # the slow client (the second) slept 9 × 0.05 s per update; the first did not sleep
-    assert out["delays"][0] == 0.0 and out["delays"][1] == pytest.approx(
-        0.05 * (out["speeds"][1] - 1), abs=1e-3
-    )
+    # each client's epoch is paced to its factor × 0.05 s: every update lasted at least its pace, and
+    # says how long its real SGD took
+    assert out["paces"] == [pytest.approx(0.05 * f, abs=1e-3) for f in out["speeds"]]
+    for r in (sync, buff):
+        assert r["updates"] and all(u["end"] - u["start"] >= u["pace_s"] - 1e-3 for u in r["updates"])
+        assert r["over_pace"] == [sum(u["real_s"] > u["pace_s"] for u in r["updates"]), len(r["updates"])]
     assert "| shardq FedBuff " in async_report.fl_table(out | {"machine": {}, "load_before": ""})

@@ -27,13 +27,15 @@ def sweeps(cloud: LocalCloud) -> dict[str, Any]:
 def test_a_straggler_is_counted_without_quorum_and_late_with_it(
     cloud: LocalCloud, sweeps: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The deadline leaves the two 0.1 s shards 2 s (a loaded CI machine took > 1 s to post one) and
+    # the straggler (30 × 0.1 s) a second past it.
     args = rounds.parse(
-        ["--shards", "3", "--delay", "0.1", "--slow-factor", "20", "--quorum", "0.6", "--deadline", "1"]
+        ["--shards", "3", "--delay", "0.1", "--slow-factor", "30", "--quorum", "0.6", "--deadline", "2"]
     )
     rows, problems = rounds.straggler_rows(cloud, args)
     assert problems == []
     by_label = {r["quorum"]: r for r in rows}
-    assert list(by_label) == ["off", "fraction 0.6", "deadline 1 s", "fraction 0.6, straggler = shard 0"]
+    assert list(by_label) == ["off", "fraction 0.6", "deadline 2 s", "fraction 0.6, straggler = shard 0"]
     off = by_label.pop("off")
     assert (off["status"], off["counted"], off["late"], off["straggler"]) == ("SUCCEEDED", [3], 0, 2)
     for row in by_label.values():

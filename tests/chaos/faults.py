@@ -37,14 +37,15 @@ from pathlib import Path
 from typing import Any
 
 # Every AWS call a worker makes: the poll, the cancellation check, the result, the delete, the
-# heartbeat/release, and the bucket (download_file = HeadObject + GetObject, upload_file = PutObject).
+# heartbeat/release, and the bucket: a task's model and artifacts up to 8 MiB move in one GetObject /
+# PutObject (``shardq.worker.artifacts.SINGLE_REQUEST_MAX``); only larger ones, a data fetch and a
+# checkpoint use boto3's managed transfer, which asks HeadObject too (not on these tests' paths).
 WORKER_OPERATIONS = (
     "ReceiveMessage",
     "GetItem",
     "SendMessage",
     "DeleteMessage",
     "ChangeMessageVisibility",
-    "HeadObject",
     "GetObject",
     "PutObject",
 )

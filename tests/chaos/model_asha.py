@@ -11,7 +11,9 @@ After every step, over the same consistent scan of the table, ``asha_problems`` 
 9. **a promotion follows the paper's rule**: a trial decided at rung ``r > 0`` has a counted,
    succeeded, finite rung ``r - 1`` outcome (never a diverged or failed one), and among the first
    ``known`` rung ``r - 1`` outcomes the job recorded (the ones its pass read) it ranked in the top
-   ``known // eta`` (``rule "asha"``), or first where nothing could go on (``rule "drain"``);
+   ``known // eta`` (``rule "asha"``), or first where nothing could go on (``rule "drain"``); with
+   ``early_stopping.promotion "eager"``, the top ``max(1, known // eta)``, ``rule "eager"`` only
+   where ``known < eta`` and only in an eager sweep (``shardq.core.asha_rules``);
 
 and ``asha_quiet_problem``: a RUNNING asynchronous sweep in a quiet world (no task, result or tick
 in flight) can never end, since each of its steps is driven by a result.
@@ -26,12 +28,13 @@ from typing import Any
 from shardq.core.jobstore import JobRecord
 
 
-def asha_fields(shards: int) -> dict[str, Any]:
-    """A submit's ASHA fields: two rungs (budgets 1, 2) and one slot fewer than trials."""
-    return {
-        "early_stopping": {"method": "asha", "eta": 2, "min_budget": 1, "max_budget": 2},
-        "max_parallel": max(1, shards - 1),
-    }
+def asha_fields(shards: int, seed: int = 0) -> dict[str, Any]:
+    """A submit's ASHA fields: two rungs (budgets 1, 2) and one slot fewer than trials; an odd
+    ``seed`` takes the eager promotion rule."""
+    es: dict[str, Any] = {"method": "asha", "eta": 2, "min_budget": 1, "max_budget": 2}
+    if seed % 2:
+        es["promotion"] = "eager"
+    return {"early_stopping": es, "max_parallel": max(1, shards - 1)}
 
 
 def decided(store: Any, job_id: str, rung: int) -> set[int]:
@@ -79,6 +82,12 @@ def asha_problems(job: JobRecord, items: list[dict[str, Any]]) -> list[str]:
         if job.retry_generation:
             continue  # a retry re-records failures: the order the pass read is gone
         known, rule = int(d["known"]["N"]), d["rule"]["S"]
+        if rule == "eager" and (es.promotion != "eager" or known >= es.eta):
+            problems.append(
+                f"trial {trial} promoted to rung {rung} by the eager rule on {known} results "
+                f"(promotion {es.promotion!r}, eta {es.eta})"
+            )
+            continue
         rung_results = sorted(
             (r for (k, _), r in counted.items() if k == rung - 1),
             key=lambda r: (r["recorded_at"], r["shard_id"]),
@@ -97,6 +106,8 @@ def asha_problems(job: JobRecord, items: list[dict[str, Any]]) -> list[str]:
         order = sorted(finite, key=lambda r: (sign * r["metrics"][objective.metric], r["shard_id"]))
         rank = next(i for i, r in enumerate(order) if r["shard_id"] == trial)
         allowed = 1 if rule == "drain" else known // es.eta
+        if es.promotion == "eager":
+            allowed = max(1, allowed)
         if rank >= allowed:
             problems.append(
                 f"trial {trial} promoted to rung {rung} ranked {rank + 1} of {known} results "

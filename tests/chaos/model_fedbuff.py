@@ -39,12 +39,20 @@ _RESULT = re.compile(r"^(RES|LATE)#r(\d+)#(train|reduce)#(\d+)$")
 
 
 def fedbuff_fields(shards: int, seed: int) -> dict[str, Any]:
-    """A submit's FedBuff fields: one lane per client, K = 2, S = 0 or 1, 2 or 3 versions."""
+    """A submit's FedBuff fields: one lane per client, K = 2, S = 0 or 1, 2 or 3 versions, calibration
+    none or cached."""
     return {
         "rounds": 2 + seed % 2,
         "max_parallel": shards,
         "model": {"init_uri": INIT},
-        "strategy": {"name": "fedbuff", "buffer_size": 2, "max_staleness": (seed // 2) % 2},
+        "strategy": {
+            "name": "fedbuff",
+            "buffer_size": 2,
+            "max_staleness": (seed // 2) % 2,
+            # seeds 1 and 2 with CA2FL's cached calibration: rule 11 then also checks that each
+            # reduce names each client's latest applied update (tests.chaos.versions, rule 6)
+            "calibration": "cached" if seed % 2 != (seed // 2) % 2 else "none",
+        },
     }
 
 

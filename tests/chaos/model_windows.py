@@ -51,10 +51,12 @@ class ModelPace(Pace):
             if o.result.task_type == "train" and o.source == "worker":
                 self.counted[o.result.job_id] += 1
 
-    def depth(self, job_id: str, floor: int, *, last: int | None = None, lanes: int = 1) -> int:
+    def depth(
+        self, job_id: str, floor: int, *, saturated: bool = False, last: int | None = None, lanes: int = 1
+    ) -> int:
         n = self.counted.get(job_id, 0)
         if n == 0:
-            return super().depth(job_id, floor, last=last, lanes=lanes)
+            return super().depth(job_id, floor, saturated=saturated, last=last, lanes=lanes)
         return max(floor, 1 + n % MODEL_MAX_DEPTH)
 
 

@@ -4,6 +4,7 @@ batches of any size. The checker follows versions (``tests.chaos.versions``)."""
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 from shardq.core.contracts import ShardResult, ShardTask
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
+from shardq.core.planning import Layout
+from shardq.core.store.fedbuff import FedBuffStore
 from tests.chaos.versions import follows_versions, trained_during_reduces
 from tests.helpers import receive_all, result_for, tasks_of
 from tests.requests import make_request
@@ -115,3 +118,36 @@ def test_the_checker_sees_an_update_applied_to_two_versions(engine: Engine) -> N
     problems = follows_versions(engine, "chaos-fb-6")
     assert any("listed under 2 versions" in p for p in problems), problems
     assert any("version 1 closed with 3 applied updates" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("seed", [8, 9])
+def test_with_cached_calibration_no_update_is_cached_twice(engine: Engine, seed: int) -> None:
+    # CA2FL (strategy.calibration "cached"): duplicates, replays, kills and late updates; every
+    # reduce names each client's latest applied update as its cached one, each at most once.
+    status, replays = _run(engine, seed, buffer_size=2, max_staleness=1, calibration="cached")
+    assert status == "SUCCEEDED" and replays > 0
+    problems = follows_versions(engine, f"chaos-fb-{seed}")
+    assert not problems, "\n".join(problems)
+    late = [u for u in FedBuffStore(engine.store).all_updates(f"chaos-fb-{seed}") if u.state == "late"]
+    assert late, "the schedule should make some update late (τ > 1)"
+
+
+def test_the_checker_sees_an_update_cached_twice(engine: Engine) -> None:
+    # The check must be able to fail: rewrite a reduce's inputs so a row calibrates with an older
+    # update of its client than its latest applied one (that older one is then cached twice).
+    status, _ = _run(engine, 10, buffer_size=2, max_staleness=1, calibration="cached")
+    assert status == "SUCCEEDED"
+    layout = Layout(engine.settings.artifact_bucket, "chaos-fb-10")
+    bucket = engine.settings.artifact_bucket
+    for v in range(1, 4):
+        key = layout.reduce_inputs_key(v)
+        inputs = json.loads(engine.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        row = next((r for r in inputs["fedbuff"] if r["previous"] and r["previous"]["seq"] > 0), None)
+        if row is not None:
+            row["previous"]["seq"] -= 1
+            engine.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(inputs).encode())
+            break
+    else:
+        raise AssertionError("no row to tamper with")
+    problems = follows_versions(engine, "chaos-fb-10")
+    assert any("calibrates with update" in p for p in problems), problems

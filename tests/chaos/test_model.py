@@ -119,7 +119,7 @@ class ShardqModel(RuleBasedStateMachine):
             if "halving" in policy:
                 fields["early_stopping"] = {"eta": 2, "min_budget": 1, "max_budget": 2}
             if policy == "asha":
-                fields.update(model_asha.asha_fields(shards))
+                fields.update(model_asha.asha_fields(shards, seed))
         fields.update(model_windows.tenancy_fields(kind, seed + self.count))
         return make_request(kind, job_id=job_id, shards=shards, **fields)
 
@@ -509,6 +509,7 @@ class ShardqModel(RuleBasedStateMachine):
             if h.job.request.asynchronous:
                 promoted = w.engine.store.sweep_decisions(job_id, 1)
                 self.seen["asha promotion"] += len(promoted)
+                self.seen["asha eager promotion"] += sum(d.rule == "eager" for d in promoted)
             problems = check(h, status=h.job.status, allow_results_dlq=h.queues["results_dlq"])
             assert not problems, f"{job_id}: " + "\n".join(problems)
 
@@ -519,6 +520,8 @@ class ShardqModel(RuleBasedStateMachine):
         job = w.engine.store.get_job(job_id)
         self.seen[f"ended {job.status}"] += 1
         self.seen[f"fedbuff ended {job.status}"] += 1
+        if job.request.strategy is not None and job.request.strategy.params.get("calibration") == "cached":
+            self.seen[f"fedbuff cached calibration ended {job.status}"] += 1
         updates = FedBuffStore(w.engine.store).all_updates(job_id)
         for u in updates:
             self.seen[f"fedbuff update {u.state}"] += 1
@@ -583,6 +586,7 @@ MUST_SEE = (
     "submitted sweep",
     "submitted asha sweep",
     "asha promotion",
+    "asha eager promotion",
     "submitted fedbuff",
     "fedbuff update applied",
     "fedbuff ended SUCCEEDED",
@@ -613,6 +617,7 @@ SOAK_MUST_SEE = (
     "follower ended FAILED unstarted",
     "follower ended CANCELLED unstarted",
     "retried a FAILED fedbuff job",
+    "fedbuff cached calibration ended SUCCEEDED",
 )
 
 

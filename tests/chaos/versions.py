@@ -10,7 +10,12 @@ job's counts, and check:
 4. every closed version's buffer holds exactly K applied updates, and its reduce applied exactly
    those (its inputs list each once, with its base's model) — never twice, never a late one;
 5. the job's counts equal its items (nothing counted twice), each update has its own place in the
-   recording order, and ``failed_total`` counts the failed updates since the last retry.
+   recording order, and ``failed_total`` counts the failed updates since the last retry;
+6. with ``calibration: "cached"`` (CA2FL), each reduce names as an applied update's cached one
+   (``previous``) exactly its client's latest earlier applied update, with the model and base
+   that update was applied with; so each applied update is cached at most once (replaced by
+   the client's next one), a late or failed one never; and each version reads the running sum
+   the reduce before it wrote.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import json
 from typing import Any
 
 from shardq.core.engine import Engine
-from shardq.core.fedbuff_params import staleness_weight
+from shardq.core.fedbuff_calibration import CALIBRATION_NAME
+from shardq.core.fedbuff_params import cached_calibration, staleness_weight
 from shardq.core.planning import Layout
 from shardq.core.store.fedbuff import FedBuffStore
 
@@ -53,6 +59,7 @@ def follows_versions(engine: Engine, job_id: str) -> list[str]:
             p.append(f"update {c}:{n} recorded late with τ {u.tau} ≤ max_staleness {most}")
     # 4: buffers and the reduces that applied them
     listed: dict[tuple[int, int], int] = {}
+    reduced: dict[int, dict[str, Any]] = {}
     layout = Layout(engine.settings.artifact_bucket, job_id)
     closed = job.round + (1 if job.phase == "reduce" or job.status == "SUCCEEDED" else 0)
     for v in range(job.rounds):
@@ -72,7 +79,10 @@ def follows_versions(engine: Engine, job_id: str) -> list[str]:
             rows = [(r["client"], r["seq"]) for r in inputs["fedbuff"]]
             if sorted(rows) != applied or len(set(rows)) != len(rows):
                 p.append(f"version {v}'s reduce applied {sorted(rows)}, its buffer holds {applied}")
+            reduced[v] = inputs
     p += [f"update {key} listed under {n} versions" for key, n in listed.items() if n > 1]
+    if cached_calibration(params):
+        p += calibration_problems(job_id, job.task_count, layout, updates, reduced)
     # 5: counts
     counts = fb.counts(job_id)
     states = [u.state for u in updates.values()]
@@ -86,6 +96,41 @@ def follows_versions(engine: Engine, job_id: str) -> list[str]:
     orders = sorted(u.order for u in updates.values() if u.state != "after_end")
     if orders != list(range(len(orders))) or counts.seq != len(orders):
         p.append(f"updates recorded in order {orders}, fb_seq {counts.seq}: one placed twice or lost")
+    return p
+
+
+def calibration_problems(
+    job_id: str, clients: int, layout: Layout, updates: dict[tuple[int, int], Any], reduced: dict[int, Any]
+) -> list[str]:
+    """Rule 6 over the closed versions' reduce inputs (``reduced``) and the recorded updates."""
+    p: list[str] = []
+    applied_rows = {(r["client"], r["seq"]): r for ins in reduced.values() for r in ins["fedbuff"]}
+    cached: dict[tuple[int, int], int] = {}
+    for v, inputs in sorted(reduced.items()):
+        cal = inputs.get("calibration")
+        state = layout.reduce_output(v - 1) + CALIBRATION_NAME if v else None
+        if cal is None or cal.get("state_uri") != state or cal.get("clients") != clients:
+            p.append(f"version {v}'s calibration is {cal}, expected state {state} of {clients} clients")
+            continue
+        for r in inputs["fedbuff"]:
+            c, n = r["client"], r["seq"]
+            earlier = [m for (cc, m), u in updates.items() if cc == c and m < n and u.state == "applied"]
+            want = max(earlier, default=None)
+            prev = r.get("previous")
+            got = None if prev is None else prev["seq"]
+            if got != want:
+                p.append(
+                    f"update {c}:{n} of version {v} calibrates with update {got}, its latest applied: {want}"
+                )
+                continue
+            if prev is not None:
+                cached[(c, got)] = cached.get((c, got), 0) + 1
+                row = applied_rows.get((c, got))
+                if row is None or (prev["model_uri"], prev["base_model_uri"]) != (
+                    row["model_uri"], row["base_model_uri"]
+                ):  # fmt: skip
+                    p.append(f"update {c}:{n}'s cached update {c}:{got} is not the one its version applied")
+    p += [f"update {key} cached {k} times" for key, k in cached.items() if k > 1]
     return p
 
 

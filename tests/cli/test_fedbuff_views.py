@@ -43,6 +43,7 @@ def test_status_and_result_show_versions_and_staleness(engine: Engine, shardq: S
     data = shardq("status", "fb-views", "--json").json()["fedbuff"]
     # THEN its numbers are the recorded updates'
     assert data["versions_made"] == 3 and data["versions"] == 3 and data["buffer_size"] == 2
+    assert data["calibration"] == "none"  # FedBuff as the paper (no CA2FL calibration)
     assert data["updates_applied"] == len(applied) == 6
     assert data["updates_late"] == sum(u.state == "late" for u in recorded)
     assert [v["applied"] for v in data["per_version"]] == [2, 2, 2]
@@ -56,6 +57,32 @@ def test_status_and_result_show_versions_and_staleness(engine: Engine, shardq: S
     assert human.code == 0, human.err
     assert f"FedBuff: 3/3 versions made; buffer 0/2; updates {len(applied)} applied" in out
     assert "VERSION  APPLIED  LATE  MEAN τ" in out
+    assert "cached update calibration" not in out
     # result --json (the manifest) carries each version's accounting in its rounds
     manifest = shardq("result", "fb-views", "--json").json()
     assert [r["fedbuff"]["applied"] for r in manifest["rounds"]] == [2, 2, 2]
+
+
+def test_a_calibrated_job_says_so_in_status_and_result(engine: Engine, shardq: Shardq) -> None:
+    # GIVEN a FedBuff job with CA2FL's cached calibration, run to its end by two real workers
+    request: dict[str, Any] = {
+        "job_id": "fb-cached",
+        "kind": "data_parallel",
+        "dataset": {"uri": "synthetic://linear?dim=8&seed=5", "num_samples": 600},
+        "sharding": {"shard_count": 3},
+        "rounds": 3,
+        "max_parallel": 3,
+        "hyperparameters": {"lr": 0.05, "epochs": 1, "batch_size": 64},
+        "model": {"init_uri": _init(engine)},
+        "entrypoint": "examples.linear:train",
+        "strategy": {"name": "fedbuff", "buffer_size": 2, "max_staleness": 3, "calibration": "cached"},
+    }
+    job = run_job(engine, request)
+    assert job.status == "SUCCEEDED", job.error
+    # THEN status --json, the human status and the manifest name the calibration
+    assert shardq("status", "fb-cached", "--json").json()["fedbuff"]["calibration"] == "cached"
+    human = shardq("status", "fb-cached")
+    assert human.code == 0, human.err
+    assert "failed; cached update calibration (CA2FL)" in human.out
+    manifest = shardq("result", "fb-cached", "--json").json()
+    assert manifest["fedbuff"]["calibration"] == "cached"

@@ -104,6 +104,24 @@ REQUESTS: dict[str, dict[str, Any]] = {
         "max_parallel": 3,
         "entrypoint": TRAIN,
     },
+    # The same ASHA sweep with the eager rule (``early_stopping.promotion``): a rung's best result
+    # so far goes on while it has fewer than eta, as Optuna's and Ray Tune's (issue #27).
+    "sweep_asha_eager": {
+        "kind": "sweep",
+        "dataset": {"uri": DATA, "num_samples": 600},
+        "search_space": {"lr": {"log_uniform": [0.005, 0.2]}},
+        "search": {"method": "random", "num_trials": 9, "seed": 7},
+        "early_stopping": {
+            "method": "asha",
+            "eta": 3,
+            "min_budget": 1,
+            "max_budget": 9,
+            "promotion": "eager",
+        },
+        "objective": OBJECTIVE,
+        "max_parallel": 3,
+        "entrypoint": TRAIN,
+    },
     # Optuna's TPE (issue #26): each trial asked on its worker by replaying the job's log, 3 in flight.
     # Optuna is optional (make optuna, which make test runs): without it, the kind is left out.
     **(
@@ -143,6 +161,8 @@ REQUESTS: dict[str, dict[str, Any]] = {
     },
 }
 KINDS = list(REQUESTS)
+# The kinds whose views show rungs (successive halving and ASHA, both promotion rules).
+RUNG_KINDS = ("sweep_halving", "sweep_asha", "sweep_asha_eager")
 # The workers' price (``shardq worker --price-per-hour``): every job's tasks carry a cost (issue #25).
 PRICE_PER_HOUR = 3600.0
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -483,7 +503,7 @@ def test_result_human_shows_what_matters_for_the_kind(world: World, shardq: Any,
     version = fingerprint(f.job.request.entrypoint)
     assert version is not None and m["code_versions"] == [version]
     assert field(out, "code") == version
-    if kind not in ("sweep_halving", "sweep_asha"):
+    if kind not in RUNG_KINDS:
         # The rounds table's outcome columns are the records' training outcomes, round by round.
         lines = out.splitlines()
         at = next(i for i, ln in enumerate(lines) if ln.startswith("ROUND"))
@@ -506,9 +526,14 @@ def test_result_human_shows_what_matters_for_the_kind(world: World, shardq: Any,
         lines = out.splitlines()
         first = lines[next(i for i, ln in enumerate(lines) if ln.startswith("RANK")) + 1]
         assert first.split()[:2] == ["1", str(best["trial"])]
-    if kind in ("sweep_halving", "sweep_asha"):
+    if kind in RUNG_KINDS:
         es = m["early_stopping"]
         assert f"budget spent: {es['budget_spent']} of {es['budget_without_stopping']} epochs" in out
+        # An asynchronous sweep says which promotion rule ran it (shardq.core.asha_rules).
+        if kind.startswith("sweep_asha"):
+            assert f"(ASHA, {es['promotion']} promotion)" in out, out
+        else:
+            assert "promotion" not in es and "ASHA" not in out, out
         assert f"at rung {len(es['budgets'])} (epochs {es['budgets'][-1]})" in out
         header = next(ln for ln in out.splitlines() if ln.startswith("RANK"))
         assert "RUNG" in header and "EPOCHS" in header
@@ -608,7 +633,7 @@ def test_dashboard_job_api_and_page_agree_with_the_records(world: World, kind: s
         assert [r["reduce"]["metrics"] for r in detail["rounds"]] == [
             r["reduce"]["metrics"] for r in f.manifest["rounds"]
         ]
-    if kind in ("sweep_halving", "sweep_asha"):
+    if kind in RUNG_KINDS:
         trials = detail["trial_curves"]
         assert trials["budget_param"] == "epochs" and trials["x"] == [1, 3, 9]
         assert len(trials["trials"]) == 9
@@ -762,7 +787,7 @@ def test_watch_live_view_shows_the_global_model_on_each_reduce_row(
         assert f"global val_loss {value:.6g}" in row, frame
 
 
-@pytest.mark.parametrize("kind", ["sweep_halving", "sweep_asha", "data_parallel_sampled"])
+@pytest.mark.parametrize("kind", ["sweep_halving", "sweep_asha", "sweep_asha_eager", "data_parallel_sampled"])
 def test_submit_says_the_plan_status_and_watch_show(
     world: World, shardq: Any, kind: str, tmp_path: Path
 ) -> None:

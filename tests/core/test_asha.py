@@ -134,13 +134,20 @@ def load_manifest(clients: dict[str, Any], uri: str | None) -> dict[str, Any]:
 
 
 def reference_asha(
-    finish_order: list[int], trials: int, eta: int, rungs: int, slots: int, value: Any
+    finish_order: list[int],
+    trials: int,
+    eta: int,
+    rungs: int,
+    slots: int,
+    value: Any,
+    eager: bool = False,
 ) -> list[tuple[int, int]]:
     """The paper's ASHA (Li et al. 2020, Algorithm 2), written plainly: each free worker calls
     ``get_job``: the highest rung with a top-``n // eta`` trial not yet promoted gives a promotion,
     else a new trial is drawn; when nothing runs and nothing is left to draw, a rung that promoted
     nobody promotes its best (the finite sweep's end). ``finish_order[i]`` picks which running job
-    (by dispatch order) finishes at step ``i``. Returns the jobs ``(rung, trial)`` in dispatch order."""
+    (by dispatch order) finishes at step ``i``. Returns the jobs ``(rung, trial)`` in dispatch order.
+    ``eager``: Optuna's variant, the top ``max(1, n // eta)`` of a rung with results."""
     results: dict[int, dict[int, float]] = {k: {} for k in range(rungs)}
     promoted: dict[int, set[int]] = {k: set() for k in range(rungs)}
     dispatched: list[tuple[int, int]] = []
@@ -154,7 +161,8 @@ def reference_asha(
                     promoted[k].add(ranked[0])
                     return (k + 1, ranked[0])
                 continue
-            for t in ranked[: len(results[k]) // eta]:
+            top = len(results[k]) // eta
+            for t in ranked[: max(1, top) if eager and results[k] else top]:
                 if t not in promoted[k]:
                     promoted[k].add(t)
                     return (k + 1, t)

@@ -58,9 +58,16 @@ def test_depth_is_the_round_trip_over_the_median_task_capped_and_zero_without_a_
     # capped, however slow the round trip
     slow = {(0, t): at(30.0) for t in range(4)}
     assert async_prefetch.depth(decisions, results, slow, lanes=2) == PREFETCH_CAP
-    # none before MIN_SAMPLES (or every lane) reported: the first wave keeps max_parallel
-    assert async_prefetch.depth(decisions[:3], results[:3], recorded, lanes=2) == 0
-    assert async_prefetch.depth(decisions, results, recorded, lanes=6) == 0
+    # at most 1 before MIN_SAMPLES (or every lane) reported: a minimum over few samples may
+    # overstate the round trip; none below EARLY_SAMPLES (the first wave keeps max_parallel)
+    assert async_prefetch.depth(decisions[:3], results[:3], recorded, lanes=2) == 1
+    assert async_prefetch.depth(decisions, results, recorded, lanes=6) == 1
+    assert async_prefetch.depth(decisions[:2], results[:2], recorded, lanes=2) == 1
+    assert async_prefetch.depth(decisions[:1], results[:1], recorded, lanes=2) == 0
+    # a redelivered task's outcome is no sample (its time includes its first worker's lease)
+    redelivered = [replace(r, attempt=2) for r in results]
+    assert async_prefetch.overheads(decisions, redelivered, recorded) == []
+    assert async_prefetch.depth(decisions, redelivered, recorded, lanes=2) == 0
     # none when results come back sooner than the time they claim (no positive round trip) ...
     quick = {(0, t): at(0.4) for t in range(4)}
     assert async_prefetch.depth(decisions, results, quick, lanes=2) == 0
@@ -118,6 +125,41 @@ def test_no_task_is_prefetched_behind_a_straggling_worker() -> None:
     slots = async_prefetch.lane_slots(decisions[:3], results, 2, 2, now)
     assert (slots.free, slots.slow) == ([1, 0, 0], {1})
     assert slots.take(promotion=True) == 0 and slots.take(promotion=False) == 1
+
+
+def test_a_slot_goes_to_the_lane_expected_to_free_soonest_by_its_running_tasks_rung() -> None:
+    # GIVEN typical times of 0.5 s at rung 0 and 1.0 s at rung 1 (budgets 1/3/9: rungs add 1, 2, 6
+    # epochs), and 2 lanes at 10 s: lane 0's rung-2 task was decided at 5 s but waited behind the
+    # lane's rung-1 task, recorded at 9.8 s (so it started then: 6 × 0.5 s = 3 s to run, 2.8 s
+    # left); lane 1's rung-1 task was decided at 9.2 s (0.2 s left)
+    decisions = [
+        decision(1, 0, 0, decided=4.0),
+        decision(2, 1, 0, decided=5.0),
+        decision(1, 2, 1, decided=9.2),
+    ]
+    results = [replace(outcome(0, t, 1.0, duration=0.5), worker_id=f"w{t % 2}") for t in range(3, 7)] + [
+        replace(outcome(1, 0, 1.0, duration=1.0), worker_id="w0")
+    ]
+    recorded = {(1, 0): at(9.8)}
+    now = async_prefetch.epoch(at(10.0))
+    expected = async_prefetch.expected_times(results, [1, 2, 6])
+    assert (expected(0), expected(1), expected(2)) == (0.5, 1.0, 3.0)
+    # THEN the slot behind lane 1 comes first, though lane 0's task was decided longest ago, and
+    # lane 0's rung-2 task, 0.2 s into its 3 s, is not straggling
+    slots = async_prefetch.lane_slots(decisions, results, 2, 1, now, recorded=recorded, added=[1, 2, 6])
+    assert (slots.free, slots.slow) == ([1, 0], frozenset())
+    # (without the stamps it is taken to have run since its decision, 5 s of its 3 s, so due to
+    # end now: the mistake the stamps correct)
+    blind = async_prefetch.lane_slots(decisions, results, 2, 1, now, added=[1, 2, 6])
+    assert (blind.free, blind.slow) == ([0, 1], frozenset())
+    # AND a rung-1 task marks its lane straggling once it has run over twice its rung's typical
+    # time (2 s), not the median task's (1 s): at 1.5 s it is a rung-1 task running its course
+    late = [decision(1, 3, 0, decided=7.9), decision(0, 1, 1, decided=9.8)]
+    slots = async_prefetch.lane_slots(late, results, 2, 1, now)
+    assert (slots.free, slots.slow) == ([1], {0})
+    running = [decision(1, 3, 0, decided=8.5), decision(0, 1, 1, decided=9.8)]
+    slots = async_prefetch.lane_slots(running, results, 2, 1, now)
+    assert (slots.free, slots.slow) == ([1, 0], frozenset())
 
 
 def test_a_due_promotion_takes_the_freed_slot_not_a_prefetched_new_trial() -> None:

@@ -55,6 +55,7 @@ def test_the_strategy_fills_flsim_defaults_and_round_trips() -> None:
     assert request.strategy.to_dict() == {
         "name": "fedbuff",
         "staleness": "polynomial",
+        "calibration": "none",
         "buffer_size": 10,
         "staleness_exponent": 0.5,
         "max_staleness": 100,
@@ -331,8 +332,12 @@ def _lockstep(engine: Engine, request: dict[str, Any], crew: int) -> str:
     raise AssertionError(f"{job_id} did not finish")
 
 
-def test_fedbuff_with_k_clients_and_no_staleness_is_synchronous_fedavg(engine: Engine) -> None:
-    # GIVEN the same data, seeds and starting model; 3 equally fast clients; K = 3
+@pytest.mark.parametrize("calibration", ["none", "cached"])
+def test_fedbuff_with_k_clients_and_no_staleness_is_synchronous_fedavg(
+    engine: Engine, calibration: str
+) -> None:
+    # GIVEN the same data, seeds and starting model; 3 equally fast clients; K = 3; with CA2FL's
+    # cached calibration too (every client in every buffer: h̄ and the cached updates cancel)
     init = _put_init(engine)
     common = {
         "shards": 3,
@@ -348,12 +353,14 @@ def test_fedbuff_with_k_clients_and_no_staleness_is_synchronous_fedavg(engine: E
     buff = _lockstep(
         engine,
         make_request(
-            job_id="buff", **common, strategy={"name": "fedbuff", "buffer_size": 3, "max_staleness": 0}
+            job_id=f"buff-{calibration}",
+            **common,
+            strategy={"name": "fedbuff", "buffer_size": 3, "max_staleness": 0, "calibration": calibration},
         ),
         3,
     )
     # THEN every update was applied fresh (τ = 0), one per client per version ...
-    seen = updates(engine, "buff")
+    seen = updates(engine, f"buff-{calibration}")
     applied = [u for u in seen.values() if u.state == "applied"]
     assert len(applied) == 9 and {u.tau for u in applied} == {0}
     assert {(u.version, u.client) for u in applied} == {(v, c) for v in range(3) for c in range(3)}

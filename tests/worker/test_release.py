@@ -129,6 +129,33 @@ def test_a_task_past_the_release_cap_is_released_the_counted_way(
     assert json.loads(again["Body"])["releases"] == MAX_RELEASES
 
 
+def test_a_spot_noticed_slot_hands_its_task_back_once_before_the_supervisor_notices(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a worker slot polling in its loop, as the supervisor runs it
+    submit(engine, "late-tick", steps=40, pause=0.1)
+    worker = in_process_worker(settings, clients)
+    stop = threading.Event()
+    slot = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    slot.start()
+    # WHEN a Spot notice sets the worker's stop signal mid-task, and the supervisor turns it into
+    # the slots' stop 2 s late (its tick starved on a loaded machine)
+    wait_for_step(clients["s3"], settings.artifact_bucket, "late-tick", 2)
+    worker.stop_signal.request("Spot interruption notice")
+    slot.join(timeout=2.0)
+    stop.set()
+    slot.join()
+    # THEN the slot ran the task once and received nothing more after handing it back...
+    saved = pointer_step(clients["s3"], settings.artifact_bucket, "late-tick")
+    assert worker.tasks_done == 1 and saved is not None
+    # AND the next worker's run is attempt 2 (one re-send, received once), resuming where it stopped
+    assert in_process_worker(settings, clients).poll_once() is True
+    assert aggregate(engine) == 1
+    (row,) = engine.store.results("late-tick", 0)
+    assert (row.result.attempt, row.result.resume_step) == (2, saved)
+    assert [a["attempt"] for a in row.result.attempts] == [1]
+
+
 def test_release_dedup_ids_are_named_after_the_splitters_and_fit_sqs() -> None:
     assert release_dedup_id("j:0:3:train", 1) == "j:0:3:train:rel1"
     assert release_dedup_id("j:0:3:train:rel1", 2) == "j:0:3:train:rel2"

@@ -105,6 +105,24 @@ def test_worker_runs_tasks_uploads_artifacts_and_posts_results(
     assert visible_and_in_flight(clients["sqs"], settings.task_queue_url) == (0, 0)
 
 
+def test_a_result_reports_the_workers_busy_time_without_the_wait_before_the_task(
+    engine: Engine, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a worker long-polling an empty queue for a second before a 0.3 s task arrives
+    w = worker(settings, clients, wait_s=5)
+    runner = threading.Thread(target=w.run, args=(threading.Event(),), kwargs={"max_tasks": 1})
+    runner.start()
+    time.sleep(1.0)
+    submitted = time.monotonic()
+    job(engine, shards=1, entrypoint="tests.workloads:slow", hyperparameters={"sleep": 0.3})
+    runner.join(60)
+    posted_by = time.monotonic()
+    (posted,) = results(clients, settings)
+    # THEN its busy time (receive → result send, what the aggregator sizes windows by) covers the
+    # task and leaves out the wait: it cannot have started before the task was sent
+    assert 0.3 <= posted["duration_s"] <= posted["busy_s"] <= posted_by - submitted
+
+
 def test_raising_task_is_retried_then_reported_failed_on_last_attempt(
     short_engine: Engine, short: Settings, clients: dict[str, Any]
 ) -> None:
