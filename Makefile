@@ -147,8 +147,11 @@ bench-async: flower bench-async-sweep bench-async-fl  ## issue 27's unequal-work
 bench-async-sweep: optuna raytune  ## ASHA vs synchronous halving vs Optuna's SHA pruner vs Ray Tune's ASHA, 4 unequal workers; BENCHMARKS.md + docs/img/async_sweep.png
 	$(PY) -m benchmarks.async_sweep --write $(BENCH_ARGS)
 
-bench-async-fl: flower  ## FedBuff vs synchronous FedAvg vs Flower's FedAvg, MNIST CNN, one 10x slower client; BENCHMARKS.md + docs/img/async_fl.png
-	$(PY) -m benchmarks.async_fl --write $(BENCH_ARGS)
+FL_RESULTS := benchmarks/results/async_fl
+bench-async-fl: flower  ## FedBuff (+ CA2FL) vs synchronous FedAvg vs Flower's FedAvg, MNIST CNN, one 10x slower client: one run per partition; BENCHMARKS.md + docs/img/async_fl.png
+	$(PY) -m benchmarks.async_fl --partitions iid --fedbuff iid:3:1:3 --fedbuff iid:3:1:3:cached --out $(FL_RESULTS)-iid.json $(BENCH_ARGS)
+	$(PY) -m benchmarks.async_fl --partitions noniid --fedbuff noniid:3:1:3 --fedbuff noniid:4:1.25:3 --fedbuff noniid:3:1:3:cached --fedbuff noniid:4:1:3:cached --out $(FL_RESULTS)-noniid.json $(BENCH_ARGS)
+	$(PY) -m benchmarks.async_fl --merge $(FL_RESULTS)-iid.json $(FL_RESULTS)-noniid.json --write
 
 soak: install  ## the chaos soak runs: many jobs with random worker kills (a SOAK {...} line), and the long model-based run (a MODEL {...} line; MODEL_EXAMPLES, MODEL_STEPS)
 	$(BIN)/pytest tests/chaos/test_soak.py tests/chaos/test_model.py -m soak -s -q

@@ -40,8 +40,8 @@ def _strategy_schema() -> dict[str, Any]:
                 "default": default,
             }
         if name == "fedbuff":  # its staleness function and calibration are names, not numbers
-            for key, (allowed, default) in fedbuff_params.CHOICES.items():
-                properties[key] = {"enum": list(allowed), "default": default}
+            for key, (allowed, chosen) in fedbuff_params.CHOICES.items():
+                properties[key] = {"enum": list(allowed), "default": chosen}
             for key in fedbuff_params.INTEGERS:
                 properties[key]["type"] = "integer"
         branches.append(

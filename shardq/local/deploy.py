@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from shardq.local import once
 from shardq.local.cloud import REGION, LocalCloud
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,9 +114,12 @@ def synthesize(env: dict[str, str], context: list[str], root: Path, timeout: flo
     out = _cache_dir() / f"shardq-assembly-{assembly_key(context, root)}"
     if (out / "manifest.json").is_file():
         return out
-    return _keep(
-        out, lambda path: _cdk(["synth", "--quiet", "--output", str(path), *context], env, root, timeout)
-    )
+    with once.building(out):  # one synth per content however many processes ask at once
+        if (out / "manifest.json").is_file():
+            return out
+        return _keep(
+            out, lambda path: _cdk(["synth", "--quiet", "--output", str(path), *context], env, root, timeout)
+        )
 
 
 def _cache_dir() -> Path:
@@ -150,7 +154,12 @@ def bootstrap_template(env: dict[str, str], root: Path, timeout: float) -> str:
     """The pinned CLI's bootstrap template, kept by CLI version."""
     out = _cache_dir() / f"shardq-bootstrap-{cli_version(root)}.yaml"
     if not out.is_file():
-        _keep(out, lambda path: path.write_text(_cdk(["bootstrap", "--show-template"], env, root, timeout)))
+        with once.building(out):
+            if not out.is_file():
+                _keep(
+                    out,
+                    lambda path: path.write_text(_cdk(["bootstrap", "--show-template"], env, root, timeout)),
+                )
     return out.read_text()
 
 

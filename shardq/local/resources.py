@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from shardq.core.settings import Settings
+from shardq.local import once
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = ROOT / ".shardq" / "template-cache"
@@ -116,20 +117,24 @@ def stack_template(root: Path = ROOT) -> dict[str, Any]:
     if path.is_file():
         cached: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         return cached
-    try:
-        template = _synthesize(root)
-    except (TemplateError, subprocess.TimeoutExpired) as err:
-        earlier = sorted(cache.glob("template-*.json"), key=lambda p: p.stat().st_mtime)
-        if not earlier:
-            raise TemplateError(str(err)) from err
-        warnings.warn(f"{err}\nusing the last synthesized template instead", stacklevel=2)
-        fallback: dict[str, Any] = json.loads(earlier[-1].read_text(encoding="utf-8"))
-        return fallback
-    cache.mkdir(parents=True, exist_ok=True)
-    staged = path.with_suffix(f".{os.getpid()}.tmp")
-    staged.write_text(json.dumps(template), encoding="utf-8")
-    os.replace(staged, path)  # atomic: concurrent sessions never read half a file
-    return template
+    # One synth per content however many processes ask at once (shardq.local.once): the rest wait.
+    with once.building(path):
+        if path.is_file():
+            kept: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            return kept
+        try:
+            template = _synthesize(root)
+        except (TemplateError, subprocess.TimeoutExpired) as err:
+            earlier = sorted(cache.glob("template-*.json"), key=lambda p: p.stat().st_mtime)
+            if not earlier:
+                raise TemplateError(str(err)) from err
+            warnings.warn(f"{err}\nusing the last synthesized template instead", stacklevel=2)
+            fallback: dict[str, Any] = json.loads(earlier[-1].read_text(encoding="utf-8"))
+            return fallback
+        staged = path.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_text(json.dumps(template), encoding="utf-8")
+        os.replace(staged, path)  # atomic: concurrent sessions never read half a file
+        return template
 
 
 def _properties(template: Mapping[str, Any], logical_id: str) -> dict[str, Any]:

@@ -121,3 +121,14 @@ def test_a_state_that_disagrees_with_the_inputs_fails_naming_both(tmp_path: Path
     with pytest.raises(ModelError, match="calibration state"):
         _step(tmp_path, "bad3", other, [_row(0, 1, _save(tmp_path / "p.npz", [1.0, 1.0]), other, 1, 1.0,
                                               (u0, x0))], state, 1.0)  # fmt: skip
+
+
+def test_a_non_finite_update_fails_the_step_naming_it_and_writes_nothing(tmp_path: Path) -> None:
+    # a diverged client (NaN in its model): the reduce fails naming the client and update, and
+    # leaves neither a model nor a calibration state for the next version to read
+    x0 = _save(tmp_path / "x0.npz", [0.0, 0.0])
+    bad = _save(tmp_path / "bad.npz", [1.0, float("nan")])
+    with pytest.raises(ModelError, match=r"client 1 update 0: entry 'w' of its delta is not finite"):
+        _step(tmp_path, "v0", x0, [_row(1, 0, bad, x0, 5, 1.0, None)], None, 1.0)
+    assert not (tmp_path / "v0" / "model.npz").exists()
+    assert not (tmp_path / "v0" / CALIBRATION_NAME).exists()
