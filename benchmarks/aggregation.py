@@ -41,7 +41,7 @@ from shardq.core.engine import Engine
 # The naive baseline writes the table itself, on purpose: it needs the store's private key builder.
 from shardq.core.jobstore import Outcome, now_iso
 from shardq.core.settings import Settings
-from shardq.core.store.keys import _job_key
+from shardq.core.store.keys import job_key
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import provision
 from tests.helpers import (
@@ -133,7 +133,7 @@ def naive_handler(engine: Engine) -> Any:
                 continue  # a duplicate: already counted
             ddb.update_item(
                 TableName=table_name,
-                Key=_job_key(outcome.result.job_id),
+                Key=job_key(outcome.result.job_id),
                 UpdateExpression="ADD #c :one",
                 ExpressionAttributeNames={"#c": outcome.phase_counter},
                 ExpressionAttributeValues={":one": {"N": "1"}},
@@ -202,7 +202,7 @@ class Bench:
         stored = len(engine.store.results(job_id, 0))
         if recorded != results or stored != results:
             raise RuntimeError(f"{variant}: counter {recorded}, result items {stored}, expected {results}")
-        raw = self.ddb.get_item(TableName=settings.job_table, Key=_job_key(job_id))["Item"]
+        raw = self.ddb.get_item(TableName=settings.job_table, Key=job_key(job_id))["Item"]
         job_bytes = item_bytes(raw)
         writes = {k: v for k, v in ddb.counts.items() if k in WRITE_OPS}
         reads = {k: v for k, v in ddb.counts.items() if k not in WRITE_OPS}

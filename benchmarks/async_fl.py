@@ -16,9 +16,12 @@ they do in the runs (``epoch_s``: ``time_epoch``); client ``k``'s local epoch is
   (``benchmarks.rounds_local``) with one worker thread per client; the reduce scores each new
   global model (``benchmarks.async_workload.evaluate_global``). FedBuff: ``strategy.name
   "fedbuff"``, ``buffer_size`` ``--buffer-size``, polynomial staleness (FLSim's exponent 0.5),
-  ``--fedbuff-updates`` (2) times the synchronous run's client updates
-  (``2 × rounds × clients / buffer_size`` server steps): it makes them in a fraction of the time,
-  and a buffer of K < clients updates moves the model less per step than a full round.
+  ``--fedbuff-updates`` (1) times the synchronous run's client updates
+  (``updates × rounds × clients / buffer_size`` server steps). **Equal budgets:** at 1× FedBuff
+  and the synchronous runs train the same number of client updates (IID: 24 rounds × 4 = 96,
+  non-IID: 36 × 4 = 144), so their final accuracies compare like for like; FedBuff makes its
+  updates in a fraction of the time, and the synchronous runs pass the target at the same round
+  however many rounds follow it, so the time to target does not depend on the budget.
 * **Flower FedAvg**: ``benchmarks.async_flower`` in ``.venv/flower`` (``make flower``), the same
   clients, Ray actors, one per client.
 
@@ -27,7 +30,7 @@ after Ray's start-up), seconds and client updates to ``--target-iid`` (95 %) and
 ``--target-noniid`` (85 %), final and best accuracy. Results: ``benchmarks/results/async_fl.json``;
 ``--write`` renders BENCHMARKS.md's section and ``docs/img/async_fl.png``.
 
-    .venv/bin/python -m benchmarks.async_fl [--rounds-iid 8] [--rounds-noniid 12] [--quick] [--write]
+    .venv/bin/python -m benchmarks.async_fl [--rounds-iid 24] [--rounds-noniid 36] [--quick] [--write]
 """
 
 from __future__ import annotations
@@ -67,12 +70,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sigma", type=float, default=wl.SIGMA)
     parser.add_argument("--straggler", type=float, default=wl.STRAGGLER)
-    parser.add_argument("--rounds-iid", type=int, default=8, help="synchronous rounds (IID)")
-    parser.add_argument("--rounds-noniid", type=int, default=12, help="synchronous rounds (non-IID)")
+    parser.add_argument(
+        "--rounds-iid", type=int, default=24,
+        help="synchronous rounds (IID); FedBuff's client-update budget is a multiple of rounds × clients",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rounds-noniid", type=int, default=36,
+        help="synchronous rounds (non-IID); FedBuff's client-update budget is a multiple of rounds × clients",
+    )  # fmt: skip
     parser.add_argument("--buffer-size", type=int, default=3, help="FedBuff's K")
     parser.add_argument(
-        "--fedbuff-updates", type=float, default=2.0,
-        help="FedBuff's client updates as a multiple of the synchronous run's (its server steps follow)",
+        "--fedbuff-updates", type=float, default=1.0,
+        help="FedBuff's client updates as a multiple of the synchronous run's (1: the same budget; its "
+        "server steps follow)",
     )  # fmt: skip
     parser.add_argument("--server-lr", type=float, default=1.0)
     parser.add_argument(
@@ -151,7 +161,7 @@ def fedbuff_label(row: dict[str, Any]) -> str:
 
 
 def fedbuff_settings(row: dict[str, Any]) -> str:
-    """``K 3, server lr 1, 3× updates``."""
+    """``K 3, server lr 1, 1× updates`` (its client updates as a multiple of the synchronous run's)."""
     return f"K {row['buffer_size']}, server lr {row['server_lr']:g}, {row['updates']:g}× updates"
 
 
@@ -272,6 +282,7 @@ def run_shardq(cloud: LocalCloud, args: argparse.Namespace, partition: str, pace
     per_step = fedbuff["buffer_size"] if fedbuff else args.clients
     out = summarize(system, partition, target_of(args, partition), curve, per_step, time.time() - t0)
     out["server_steps"] = payload["rounds"]
+    out["budget_updates"] = payload["rounds"] * per_step  # client updates that make its versions
     out["settings"] = fedbuff_settings(fedbuff) if fedbuff else ""
     if fedbuff:
         out["fedbuff"] = dict(fedbuff)
@@ -336,6 +347,7 @@ def run_flower(args: argparse.Namespace, partition: str, paces: list[float], dat
         "Flower FedAvg", partition, target_of(args, partition), curve, args.clients, time.time() - began
     )
     res["server_steps"] = len(history)
+    res["budget_updates"] = len(history) * args.clients
     res["startup_s"] = round(t0 - began, 1)
     res["over_pace"] = over_pace(clients)
     return res

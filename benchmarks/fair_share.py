@@ -4,19 +4,27 @@ The real stack deployed into the local cloud (as ``benchmarks.e2e``), W ``shardq
 processes, jobs submitted by invoking the deployed splitter. Scenarios, one after another on one
 stack (each flood is cancelled and the queue drained before the next):
 
-1. **small alone**: a 4-shard no-op job, submit → SUCCEEDED (after a warm-up job, the median of 3);
+1. **small alone**: a 4-shard job, submit → SUCCEEDED (after a warm-up job, the median of 3);
 2. **small beside a flood**: a 4-shard job submitted ``--gap`` s after a flood of 3,000 and of
-   30,000 no-op shards; its submit → SUCCEEDED, against 1. The goal: within 2×;
+   30,000 shards; its submit → SUCCEEDED, against 1. The goal: within 2×;
 3. **priority**: a flood at priority 0, then a 4-shard job at priority 1000: its submit → first
    task start (the goal: within 5 s);
 4. **weights 2:1**: tenants ``heavy`` (weight 2) and ``light`` (weight 1) each run a job far
    bigger than a minute's work, of tasks that sleep ``--task-s``; their results recorded over
    ``--window-s`` seconds once both run. The goal: a ratio within 10 % of 2:1.
 
+The small jobs, the floods and the priority job run training-length tasks: each sleeps
+``--train-s`` (default 1 s, a busy GPU; the ``sleepy`` entrypoint), so "alone" is about two task
+times (4 tasks on 3 workers) and a flood's queued work is measured in tasks, not in round trips of
+the local cloud. ``--train-s 0`` runs no-op tasks (BENCHMARKS §15's runs up to C).
+
 ``--baseline`` also deploys a second stack with ``scheduling`` null (rounds sent whole, FIFO as
 before #25) and runs scenario 2 with the 3,000-shard flood there: the same machine, the same run.
+A small job behind a FIFO flood of training-length tasks waits for the whole flood (3,000 s of
+GPU time over the workers), so its wait there is cut at ``--fifo-wait-s`` and reported as a lower
+bound.
 
-    .venv/bin/python -m benchmarks.fair_share [--workers 3] [--baseline]
+    .venv/bin/python -m benchmarks.fair_share [--workers 3] [--train-s 1] [--baseline]
 """
 
 from __future__ import annotations
@@ -73,9 +81,10 @@ def request(job_id: str, shards: int, *, entrypoint: str = "noop", **fields: Any
 class Bench:
     """One deployed stack and the engine over it."""
 
-    def __init__(self, cloud: LocalCloud, outputs: dict[str, str]) -> None:
+    def __init__(self, cloud: LocalCloud, outputs: dict[str, str], train_s: float = 0.0) -> None:
         self.cloud = cloud
         self.outputs = outputs
+        self.train_s = train_s  # each task's sleep in the scenarios 1-3 (0: no-op tasks)
         self.lam = cloud.client("lambda")
         settings = Settings.from_outputs(outputs)
         clients = {n: cloud.client(n) for n in ("dynamodb", "sqs", "s3", "events")}
@@ -88,6 +97,12 @@ class Bench:
         )
         self.store: JobStore = self.engine.store
         self.submitted: dict[str, float] = {}  # job id → just before its submit
+
+    def job(self, job_id: str, shards: int, **fields: Any) -> dict[str, Any]:
+        """A request whose tasks take ``train_s`` each (``sleepy``), or no-op tasks at 0."""
+        if self.train_s > 0:
+            fields = {"entrypoint": "sleepy", "hyperparameters": {"sleep_s": self.train_s}, **fields}
+        return request(job_id, shards, **fields)
 
     def submit(self, payload: dict[str, Any]) -> float:
         """Invoke the splitter; returns the time just before the invoke."""
@@ -122,6 +137,11 @@ class Bench:
                 return min(float(r.result.metrics["started_at"]) for r in rows)
             time.sleep(0.1)
         raise TimeoutError(f"no task of {job_id} started in {timeout:.0f} s")
+
+    def starts(self, job_id: str) -> list[float]:
+        """When each of the job's tasks started, in seconds after its submit (sorted)."""
+        at, rows = self.submitted[job_id], self.store.results(job_id, 0)
+        return sorted(round(float(r.result.metrics["started_at"]) - at, 3) for r in rows)
 
     def timeline(self, job_id: str) -> dict[str, float]:
         """Where a finished job's time went, from its submit (s): the splitter's invoke until the job
@@ -163,30 +183,49 @@ class Bench:
         warm-up job, so no figure includes a Lambda's cold start)."""
         times = []
         for i in range(runs + 1):
-            at = self.submit(request(f"alone-{tag}-{i}", 4))
+            at = self.submit(self.job(f"alone-{tag}-{i}", 4))
             took = self.wait_done(f"alone-{tag}-{i}", 300) - at
             if i:
                 times.append(took)
         return round(sorted(times)[len(times) // 2], 2)
 
-    def small_beside(self, tag: str, flood: int, gap: float, **flood_fields: Any) -> dict[str, Any]:
+    def small_beside(self, tag: str, flood: int, gap: float, timeout: float = 900) -> dict[str, Any]:
         """A 4-shard job ``gap`` s after a flood: its submit → done and first task start, against a
         4-shard job alone measured just before (the machine's load moves: compare neighbours), and
-        where each one's time went (``timeline``)."""
+        where each one's time went (``timeline``, each task's start). Not done within ``timeout``:
+        the flood and the job are cancelled and the wait is reported as a lower bound."""
         alone = self.small_alone(f"{tag}-before", runs=1)
-        alone_timeline = self.timeline(f"alone-{tag}-before-1")
-        flood_at = self.submit(request(f"flood-{tag}", flood, **flood_fields))
+        out: dict[str, Any] = {
+            "alone_before_s": alone,
+            "alone_timeline": self.timeline(f"alone-{tag}-before-1"),
+            "alone_task_starts_s": self.starts(f"alone-{tag}-before-1"),
+        }
+        flood_at = self.submit(self.job(f"flood-{tag}", flood))
         time.sleep(gap)
-        submitted = self.submit(request(f"small-{tag}", 4, priority=flood_fields.get("priority_small", 500)))
-        done = self.wait_done(f"small-{tag}", timeout=900)
-        first = self.first_start(f"small-{tag}", timeout=10)
+        small = f"small-{tag}"
+        submitted = self.submit(self.job(small, 4, priority=500))
+        try:
+            done = self.wait_done(small, timeout=timeout)
+        except TimeoutError:
+            flood_done = self.counted(f"flood-{tag}")
+            self.stop(f"flood-{tag}", small)
+            return {
+                **out,
+                "submit_to_done_s": None,
+                "not_done_after_s": timeout,
+                "x_alone_at_least": round(timeout / alone, 1),
+                "small_tasks_started": len(self.starts(small)),
+                "flood_tasks_done_meanwhile": flood_done,
+                "flood_tasks_per_s": round(flood_done / (time.time() - flood_at), 2),
+            }
+        first = self.first_start(small, timeout=10)
         flood_done = self.counted(f"flood-{tag}")
         flood_window = self.store.get_job(f"flood-{tag}").window
         self.stop(f"flood-{tag}")
         return {
-            "alone_before_s": alone,
-            "alone_timeline": alone_timeline,
-            "timeline": self.timeline(f"small-{tag}"),
+            **out,
+            "timeline": self.timeline(small),
+            "task_starts_s": self.starts(small),
             "flood_window": flood_window,
             "submit_to_done_s": round(done - submitted, 2),
             "x_alone": round((done - submitted) / alone, 2),
@@ -203,7 +242,7 @@ def _epoch(iso: str | None) -> float:
 def flood_rate(bench: Bench, tag: str, shards: int, seconds: float) -> dict[str, Any]:
     """A flood alone: its tasks counted per second over ``seconds``, from 3 s after its submit
     (the windowed and the FIFO stack's figures side by side say what windows cost a big job)."""
-    bench.submit(request(f"rate-{tag}", shards))
+    bench.submit(bench.job(f"rate-{tag}", shards))
     time.sleep(3.0)
     c0, t0 = bench.counted(f"rate-{tag}"), time.time()
     time.sleep(seconds)
@@ -247,8 +286,10 @@ def run(
     window_s: float,
     baseline: bool,
     rate_s: float = 20.0,
+    train_s: float = 0.0,
+    fifo_wait_s: float = 900.0,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"workers": workers, "gap_s": gap, "floods": floods}
+    out: dict[str, Any] = {"workers": workers, "gap_s": gap, "floods": floods, "train_s": train_s}
     with LocalCloud() as cloud:
         assert cloud.state_dir is not None
         stacks = {"shardq": SCHEDULING}
@@ -259,7 +300,7 @@ def run(
             ctx = {"scheduling": json.dumps(scheduling) if scheduling is not None else "null"}
             deployed[name] = deploy_stack(cloud, stack_name=name, context=ctx)
         for name, outputs in deployed.items():
-            bench = Bench(cloud, outputs)
+            bench = Bench(cloud, outputs, train_s)
             logs = Path(cloud.state_dir) / f"workers-{name}"
             logs.mkdir()
             procs = start_workers(cloud, workers, logs, stack=name, allow="benchmarks.fair_share")
@@ -273,10 +314,9 @@ def run(
                     out["flood_rate"] = flood_rate(bench, "w", 3000, rate_s)
                     for n in floods:
                         out[f"beside_{n}"] = bench.small_beside(f"w{n}", n, gap)
-                    low = request("flood-prio", 3000, priority=0)
-                    bench.submit(low)
+                    bench.submit(bench.job("flood-prio", 3000, priority=0))
                     time.sleep(gap)
-                    high_at = bench.submit(request("high", 4, priority=1000))
+                    high_at = bench.submit(bench.job("high", 4, priority=1000))
                     out["priority_first_start_s"] = round(bench.first_start("high", 60) - high_at, 2)
                     out["priority_done_s"] = round(bench.wait_done("high", 300) - high_at, 2)
                     bench.stop("flood-prio")
@@ -284,7 +324,7 @@ def run(
                 else:
                     out["fifo_small_alone_s"] = bench.small_alone("fifo")
                     out["fifo_flood_rate"] = flood_rate(bench, "fifo", 3000, rate_s)
-                    out["fifo_beside_3000"] = bench.small_beside("fifo", 3000, gap)
+                    out["fifo_beside_3000"] = bench.small_beside("fifo", 3000, gap, timeout=fifo_wait_s)
             except Exception:
                 print("PARTIAL", json.dumps(out), flush=True)  # what was measured before the failure
                 raise
@@ -301,8 +341,14 @@ def _steps(t: dict[str, float]) -> str:
     )
 
 
+def _starts(starts: list[float]) -> str:
+    return ", ".join(f"{s:.2f}" for s in starts) + " s"
+
+
 def report(r: dict[str, Any]) -> None:
-    rows = [["4-shard job alone (windows)", f"{r['small_alone_s']} s", ""]]
+    train_s = r.get("train_s", 0.0)
+    tasks = f"tasks of {train_s:g} s" if train_s else "no-op tasks"
+    rows = [[f"4-shard job alone (windows), {tasks}", f"{r['small_alone_s']} s", ""]]
     for key, name in (("flood_rate", "windows"), ("fifo_flood_rate", "FIFO, no windows")):
         if key in r:
             f = r[key]
@@ -326,14 +372,26 @@ def report(r: dict[str, Any]) -> None:
             rows.append(
                 [f"  where it went (alone: {_steps(b['alone_timeline'])})", _steps(b["timeline"]), ""]
             )
+            rows.append(
+                [
+                    f"  its tasks' starts after submit (alone: {_starts(b['alone_task_starts_s'])})",
+                    _starts(b["task_starts_s"]),
+                    f"flood window {b['flood_window']}",
+                ]
+            )
     if "fifo_beside_3000" in r:
         rows.append(["4-shard job alone, FIFO (no windows)", f"{r['fifo_small_alone_s']} s", ""])
         f = r["fifo_beside_3000"]
+        done, ratio = (
+            (f"{f['submit_to_done_s']} s", f"{f['x_alone']}×")
+            if f["submit_to_done_s"] is not None
+            else (f"> {f['not_done_after_s']:g} s (cut)", f"> {f['x_alone_at_least']}×")
+        )
         rows.append(
             [
                 f"  beside a 3,000-shard flood, FIFO (alone just before: {f['alone_before_s']} s)",
-                f"{f['submit_to_done_s']} s",
-                f"{f['x_alone']}× alone; flood {f['flood_tasks_per_s']} tasks/s",
+                done,
+                f"{ratio} alone; flood {f['flood_tasks_per_s']} tasks/s",
             ]
         )
     rows.append(
@@ -367,11 +425,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--window-s", type=float, default=60.0, help="seconds the weights run counts over")
     parser.add_argument("--rate-s", type=float, default=20.0, help="seconds a flood's rate is counted over")
     parser.add_argument(
+        "--train-s",
+        type=float,
+        default=1.0,
+        help="seconds each task of the small jobs and the floods sleeps (a busy GPU); 0: no-op tasks",
+    )
+    parser.add_argument(
+        "--fifo-wait-s",
+        type=float,
+        default=None,
+        help="longest wait for the small job beside the FIFO flood (--baseline; default 120 s with "
+        "training-length tasks, 900 s with no-op ones); a longer wait is reported as a lower bound",
+    )
+    parser.add_argument(
         "--baseline", action="store_true", help="also measure FIFO without windows (a second stack)"
     )
     args = parser.parse_args(argv)
     m = machine()
-    result = run(args.workers, args.gap, args.floods, args.task_s, args.window_s, args.baseline, args.rate_s)
+    if args.train_s < 0:
+        parser.error(f"--train-s must be 0 (no-op tasks) or more, got {args.train_s}")
+    fifo_wait_s = args.fifo_wait_s if args.fifo_wait_s is not None else (120.0 if args.train_s else 900.0)
+    if fifo_wait_s <= 0:
+        parser.error(f"--fifo-wait-s must be more than 0, got {fifo_wait_s}")
+    result = run(
+        args.workers,
+        args.gap,
+        args.floods,
+        args.task_s,
+        args.window_s,
+        args.baseline,
+        args.rate_s,
+        train_s=args.train_s,
+        fifo_wait_s=fifo_wait_s,
+    )
     print(describe(m))
     report(result)
     emit_json("fair_share", {**result, "machine": m})

@@ -34,7 +34,7 @@ from shardq.core.engine import Engine
 from shardq.core.enqueue import HANDOFF_MARGIN_S
 from shardq.core.jobstore import Outcome
 from shardq.core.settings import Settings
-from shardq.core.store.keys import _job_key
+from shardq.core.store.keys import job_key
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import dlq_urls, provision
 from tests.helpers import receive_all, result_for, tasks_of
@@ -81,7 +81,7 @@ class Bench:
         # As after slow start's doublings: the next top-up may send the depth's cap on every lane.
         self.clients["dynamodb"].update_item(
             TableName=settings.job_table,
-            Key=_job_key(job_id),
+            Key=job_key(job_id),
             UpdateExpression="SET #w = :w",
             ExpressionAttributeNames={"#w": "window"},
             ExpressionAttributeValues={":w": {"N": str(DEPTH_CAP * lanes // 2)}},

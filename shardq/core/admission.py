@@ -195,7 +195,8 @@ class Admission:
             shares = self.shares(list(active.values()))
             share *= shares[me.job_id] * self.fleet_factor(active.values(), shares)
         else:
-            share = min(share, self.slow_start(job, sched.window_per_lane * me.lanes))
+            # A job's first window is one task per lane (``first_window``), then slow start.
+            share = min(share, self.slow_start(job, self.first_window(me)))
         window = max(1, min(cap, math.ceil(share)))
         quota = sched.tenant(me.tenant).quotas.running_tasks
         if quota is not None:
@@ -203,12 +204,29 @@ class Admission:
         return window
 
     @staticmethod
+    def first_window(job: Running) -> int:
+        """A job's first window with idle workers: one task per lane, what it can run at once.
+
+        Before its first results a job knows neither its pace nor how many workers are idle, and
+        a task sent cannot be called back: whatever it queues beyond the idle workers sits in
+        front of every job submitted after it until the fleet has worked through it. The floor of
+        ``window_per_lane`` per lane queued a second task on every lane (16 for 8 lanes) before
+        any backlog showed; on 3 workers busy with 1 s tasks a job submitted 3 s later still waited
+        2.3 s for its first task (BENCHMARKS §15, run D). One per lane queues at most the lanes
+        beyond the idle workers; slow start then doubles the window per round trip while no
+        backlog shows, and the lanes' depth (at least ``window_per_lane``) bounds it as before."""
+        return max(1, job.lanes)
+
+    @staticmethod
     def slow_start(job: JobRecord, floor: int) -> int:
         """The most tasks ``job``'s window may grow to now with idle workers: its last window
-        (``floor`` before any) plus the results counted since that send. So a window at most
-        doubles per round trip (TCP's slow start), a redelivered batch grows nothing, and a
-        backlog shows, shrinking the windows, before a burst of depth × lanes is queued."""
-        last = job.window or floor
+        plus the results counted since that send (``floor`` before any send was held to one).
+        So a window at most doubles per round trip (TCP's slow start), a redelivered batch grows
+        nothing, and a backlog shows, shrinking the windows, before a burst of depth × lanes is
+        queued."""
+        last = job.window
+        if last is None:
+            return floor
         since = job.done(job.round, "train") - (job.enqueued(job.round, "train") - last)
         return last + max(0, since)
 

@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from shardq.core.contracts import ShardResult
@@ -69,6 +69,8 @@ MIN_SAMPLES = 4
 EARLY_SAMPLES = 2
 # A lane's running task that has run this many typical times of its rung is presumed straggling.
 STRAGGLING = 2.0
+# How long before its outcome is recorded a freed worker may already be polling for a task.
+SETTLE_S = 0.25
 
 
 def epoch(iso: str) -> float | None:
@@ -129,17 +131,41 @@ def depth(
 
 @dataclass
 class Slots:
-    """A pass's free slots (``free``: a lane per slot, best first) and its straggling lanes."""
+    """A pass's free slots (``free``: a lane per slot, best first) and what the lane of each
+    decision depends on: the straggling lanes (``slow``), whether a lane outside them has a task in
+    flight (``fast_busy``: its outcome brings a later pass), the lanes empty at the pass's start,
+    how many slow workers are presumed idle (``idle_slow``: polling, they take the next tasks sent
+    to empty lanes) and the lanes a promotion may wait behind meanwhile (``behind``)."""
 
     free: list[int]
     slow: frozenset[int] = frozenset()
+    fast_busy: bool = False
+    empty: frozenset[int] = frozenset()
+    idle_slow: int = 0
+    behind: list[int] = field(default_factory=list)
 
-    def take(self, *, promotion: bool) -> int:
-        """The lane of the next decision: the best slot; for a promotion the best outside a
-        straggling lane when there is one (queued behind a typical task it still starts and ends
-        far sooner than on a worker ten times slower)."""
-        at = next((i for i, lane in enumerate(self.free) if lane not in self.slow), 0) if promotion else 0
-        return self.free.pop(at)
+    def promotion(self) -> int | None:
+        """The lane of a due promotion, or None when it should wait for a later pass: the best
+        slot outside a straggling lane (on a worker ten times slower it would end far later); while
+        a slow worker idles, one behind a fast lane's running task. With no fast lane in flight
+        (no later pass would come) the best slot whatever it is: the sweep must go on."""
+        fast = [i for i, lane in enumerate(self.free) if lane not in self.slow]
+        if self.idle_slow:
+            queued = [i for i in fast if self.free[i] not in self.empty]
+            if queued:
+                return self.free.pop(queued[0])
+            if self.behind:
+                return self.behind.pop(0)
+        if self.fast_busy and (self.idle_slow or not fast):
+            return None
+        return self.free.pop(fast[0] if fast else 0)
+
+    def trial(self) -> int:
+        """The lane of a new trial: the best slot (an idle slow worker takes it when it is empty)."""
+        lane = self.free.pop(0)
+        if lane in self.empty and self.idle_slow:
+            self.idle_slow -= 1
+        return lane
 
 
 def rung_times(results: Sequence[ShardResult]) -> dict[int, float]:
@@ -227,15 +253,16 @@ def lane_slots(
     for tasks in queue.values():
         tasks.sort(key=lambda d: (d.seq, d.decided_at))
 
+    def started_at(lane: int) -> float:
+        """When the lane's running task became available to a worker: its decision, or the
+        lane's previous outcome when that came later (it waited in the queue until then)."""
+        started = epoch(queue[lane][0].decided_at) if lane in queue else None
+        return -math.inf if started is None else max(started, freed.get(lane, started))
+
     def running_s(lane: int) -> float:
-        """How long the lane's running task has run: since its decision, or since the lane's
-        previous task was recorded when that came later (it waited in the queue until then)."""
-        if now is None or lane not in queue:
-            return 0.0
-        started = epoch(queue[lane][0].decided_at)
-        if started is None:
-            return 0.0
-        return max(0.0, now - max(started, freed.get(lane, started)))
+        """How long the lane's running task has run (``started_at``; 0 without a clock)."""
+        started = started_at(lane)
+        return 0.0 if now is None or started == -math.inf else max(0.0, now - started)
 
     def free_in(lane: int, level: int) -> float:
         """Seconds until a task decided now in the lane at ``level`` starts: what its running task
@@ -245,21 +272,88 @@ def lane_slots(
         left += sum(expected(d.rung) for d in tasks[1:])
         return left + max(0, level - count[lane]) * expected(0)
 
+    # A running task's time includes the trips to its worker and back (the smallest overhead seen).
+    trip = min(overheads(decisions, results, recorded), default=0.0) if recorded else 0.0
+
     def straggling(lane: int) -> bool:
         # The worker that freed the lane last is the one likely to take its next task; or its
         # running task has run far longer than a typical one of its rung.
         slow = pace.get(last.get(lane, ("", None))[1] or "", 1.0) > STRAGGLING
         tasks = queue.get(lane, [])
-        return slow or (bool(tasks) and running_s(lane) > STRAGGLING * expected(tasks[0].rung) > 0)
+        typical = expected(tasks[0].rung) if tasks else 0.0
+        return slow or (typical > 0 and running_s(lane) > STRAGGLING * typical + trip)
 
     stragglers = frozenset(filter(straggling, count))
-    slots: list[int] = []
-    for level in range(1 + depth):  # fill the emptiest lanes first, one level at a time
-        open_ = [lane for lane in count if count[lane] <= level and not (level and lane in stragglers)]
-        slots.extend(sorted(open_, key=lambda lane: (lane in stragglers, free_in(lane, level), lane)))
+    # A freed straggler takes the first task that becomes available after its outcome (any lane's:
+    # a worker receives whichever group is free): nothing is queued behind that task either.
+    taken, idle_slow = set(stragglers), 0
+    heads = sorted((started_at(lane), lane) for lane in queue)
+    for w in (w for w, ratio in pace.items() if ratio > STRAGGLING):
+        stamps = [epoch((recorded or {}).get((r.round, r.shard_id), "")) for r in results if r.worker_id == w]
+        since = max((x for x in stamps if x is not None), default=None)
+        if since is None:
+            continue
+        # It took one of the tasks available since (which one shows once it runs long: a
+        # straggling lane); until then none of them gets a task behind it, and it may still be
+        # polling: the next task sent to an empty lane would be its.
+        after = [lane for at, lane in heads if at >= since - SETTLE_S]
+        if not stragglers.intersection(after):
+            taken.update(after)
+            idle_slow += 1
     workers = len({r.worker_id for r in results if r.worker_id})
+    busy = sum(1 for lane in count if count[lane])
+    # The fleet: the workers seen, and one more for each busy lane that never reported (its task
+    # runs on a worker not seen yet, e.g. a straggler's first); unknown without results.
+    unseen = sum(1 for lane in count if count[lane] and lane not in last)
+    fleet = min(lanes, workers + unseen) if workers else lanes
+    # An empty lane is a free worker's while the fleet has free workers; beyond that it is a spare
+    # lane (``max_parallel`` above the fleet), whose task waits in the queue as a prefetched one.
+    empty = sorted((lane for lane in count if not count[lane]), key=lambda lane: (lane in stragglers, lane))
+    free_workers = max(0, fleet - busy)
+    at_once, spare = empty[:free_workers], empty[free_workers:]
+    # With more busy lanes than workers, the newest heads wait in the queue (it serves the older
+    # messages first): a task behind one of them would wait its whole time, whoever takes it.
+    running = {lane for _, lane in heads[:fleet]}
+    # A prefetched task waits behind a running one that ends within the horizon (a measured depth
+    # of round trips' worth of tasks): queued behind a longer one it would be decided early for
+    # nothing, and a promotion due meanwhile could no longer take the slot that frees first.
+    horizon = depth * median_task_s(results) if now is not None else math.inf
+    ahead: list[int] = []
+    for level in range(1, 1 + depth):  # the emptiest lanes first, one level at a time
+        open_ = [
+            lane
+            for lane in count
+            if 0 < count[lane] <= level
+            and lane in running
+            and lane not in taken
+            and free_in(lane, level) <= horizon
+        ]
+        ahead.extend(sorted(open_, key=lambda lane: (free_in(lane, level), lane)))
+    if depth:
+        # A spare lane's queued task is taken by whichever worker frees first: it stands in for a
+        # slot behind a lane ending soon, and the spare lanes holding a task already count.
+        prefetch = max(0, len(ahead) - max(0, busy - fleet))
+        ahead = (spare + ahead)[:prefetch]
+    else:
+        ahead = spare  # unmeasured: every lane holds a task (``max_parallel`` in flight)
     cap = max(lanes, workers * (1 + depth)) if workers else lanes * (1 + depth)
-    return Slots(slots[: max(0, cap - len(in_flight))], stragglers)
+    room = max(0, cap - len(in_flight))
+    slots = (at_once + ahead)[:room]
+    # Where a promotion may wait while a slow worker idles, beyond the horizon: behind the fast
+    # lane that frees first (its own worker, polling at once, takes it; an idle straggler would
+    # take a task sent to an empty lane).
+    behind = sorted(
+        (lane for lane in running if count[lane] <= depth and lane not in taken and lane not in slots),
+        key=lambda lane: (free_in(lane, count[lane]), lane),
+    )
+    return Slots(
+        slots,
+        stragglers,
+        fast_busy=any(count[lane] and lane not in taken for lane in count),
+        empty=frozenset(empty),
+        idle_slow=idle_slow,
+        behind=behind[: room - len(slots)],
+    )
 
 
 __all__ = [

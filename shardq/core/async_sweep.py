@@ -309,20 +309,23 @@ def plan_pass(
     params = view.drawn()
     while slots.free and len(view.new) < limit:
         promo = next_promotion(request, rungs, view.decided(), order=order)
-        if promo is None:
+        lane = None if promo is None else slots.promotion()  # None: it waits for a better slot
+        if lane is None:
             draw = _draw(view, source)
             if draw is not None:
-                view.new.append(replace(draw, lane=slots.take(promotion=False), seq=seq))
+                view.new.append(replace(draw, lane=slots.trial(), seq=seq))
                 continue
             if not view.in_flight:  # nothing runs and nothing is left to draw: the sweep's end
                 promo = next_promotion(request, rungs, view.decided(), drain=True, order=order)
-            if promo is None:
+                lane = None if promo is None else slots.promotion()
+            if promo is None or lane is None:
                 break
+        assert promo is not None
         view.new.append(
             SweepDecision(
                 rung=promo.rung,
                 trial=promo.trial,
-                lane=slots.take(promotion=True),
+                lane=lane,
                 seq=seq,
                 params=dict(params.get(promo.trial) or promo.reported or {}),
                 init_model=promo.model,

@@ -57,10 +57,10 @@ from shardq.core.store.keys import (
     _counter,
     _from_item,
     _iso,
-    _job_key,
     _pk,
     _result_key,
     _to_item,
+    job_key,
     now_iso,
 )
 from shardq.core.store.records import (
@@ -124,7 +124,7 @@ class JobStore(Counting, ResultReads, SweepDecisions):
 
     def get_job(self, job_id: str, *, consistent: bool = True) -> JobRecord:
         """The job record; raises JobNotFound."""
-        resp = self.ddb.get_item(TableName=self.table, Key=_job_key(job_id), ConsistentRead=consistent)
+        resp = self.ddb.get_item(TableName=self.table, Key=job_key(job_id), ConsistentRead=consistent)
         if "Item" not in resp:
             raise JobNotFound(job_id)
         return JobRecord.from_item(resp["Item"])
@@ -133,7 +133,7 @@ class JobStore(Counting, ResultReads, SweepDecisions):
         """The job's status alone (an eventually consistent, one-attribute read); None if unknown."""
         item = self.ddb.get_item(
             TableName=self.table,
-            Key=_job_key(job_id),
+            Key=job_key(job_id),
             ProjectionExpression="#s",
             ExpressionAttributeNames={"#s": "status"},
         ).get("Item")
@@ -144,7 +144,7 @@ class JobStore(Counting, ResultReads, SweepDecisions):
         read: what a worker checks before each task); None if unknown."""
         item = self.ddb.get_item(
             TableName=self.table,
-            Key=_job_key(job_id),
+            Key=job_key(job_id),
             ProjectionExpression=f"#s, #r, #p, closed_round, cancel_requested_at, {BUDGET_STOP_ATTRIBUTE}",
             ExpressionAttributeNames={"#s": "status", "#r": "round", "#p": "phase"},
         ).get("Item")

@@ -75,7 +75,16 @@ from shardq.worker.devices import CPU, SlotDevice
 from shardq.worker.drops import drop_reason
 from shardq.worker.entrypoints import EntrypointError, resolve
 from shardq.worker.isolation import IsolatedTaskError, TaskAbandonedInChild, TaskTimeout, run_isolated
-from shardq.worker.lease import CEILING, DEFAULT_LEASE_S, LOST, Lease, TaskAbandoned, keep_leased
+from shardq.worker.lease import (
+    CEILING,
+    CEILING_MARGIN_S,
+    DEFAULT_LEASE_S,
+    LOST,
+    VISIBILITY_CEILING_S,
+    Lease,
+    TaskAbandoned,
+    keep_leased,
+)
 from shardq.worker.reduce import ModelError, custom_reduce_conflict
 from shardq.worker.reduce_task import ReduceTasks
 from shardq.worker.release import RECEIVE_ATTRIBUTES, TaskRelease
@@ -100,10 +109,6 @@ __all__ = [
 
 log = logging.getLogger("shardq.worker")
 DEFAULT_MAX_RECEIVE_COUNT = 5
-# SQS keeps a received message invisible for at most 12 hours in total.
-VISIBILITY_CEILING_S = 12 * 3600
-# Stop extending this long before the ceiling, so the failure is reported while we hold the task.
-CEILING_MARGIN_S = 120
 # AWS errors are logged as one line; anything else (a bug) with its traceback.
 BotoErrors = (BotoCoreError, ClientError)
 

@@ -55,6 +55,26 @@ def test_the_harness_state_survives_a_workers_reload_of_the_module() -> None:
     assert wl.BUSY is busy and wl.EVALS is evals and wl.ABORT is abort
 
 
+def test_fedbuff_final_accuracy_is_judged_within_1_point_either_way_and_budgets_are_named() -> None:
+    def row(system: str, final: float, budget: int) -> dict[str, Any]:
+        return {"system": system, "partition": "noniid", "target": 0.85, "time_to_target_s": 10.0,
+                "final_accuracy": final, "budget_updates": budget, "settings": "K 3"}  # fmt: skip
+
+    def accuracy_checks(final: float, budget: int = 144) -> list[tuple[bool, str]]:
+        runs = [row("shardq FedAvg (sync)", 0.876, 144), row("shardq FedBuff", final, budget)]
+        return [c for c in async_report.fl_checks({"runs": runs}) if "final accuracy" in c[1]]
+
+    assert [ok for ok, _ in accuracy_checks(0.870)] == [True]  # 0.6 below
+    assert [ok for ok, _ in accuracy_checks(0.886)] == [True]  # 1.0 above: the edge is within
+    assert [ok for ok, _ in accuracy_checks(0.910)] == [False]  # 3.4 above: not within, read two-sided
+    assert [ok for ok, _ in accuracy_checks(0.860)] == [False]
+    assert "the same client-update budgets, 144 vs 144" in accuracy_checks(0.88)[0][1]
+    assert "UNEQUAL client-update budgets, 48 vs 144" in accuracy_checks(0.88, budget=48)[0][1]
+    old = {"runs": [row("shardq FedAvg (sync)", 0.876, 144), row("shardq FedBuff", 0.88, 144)]}
+    del old["runs"][0]["budget_updates"]  # a result written before budgets were recorded
+    assert "budgets not recorded" in async_report.fl_checks(old)[1][1]
+
+
 @pytest.fixture(scope="module")
 def sweep(cloud: LocalCloud) -> dict[str, Any]:
     """Three trials (eta 3, budgets 1/3/9) on 4 unequal workers, every system installed here."""
@@ -114,6 +134,8 @@ def test_fedbuff_and_sync_fedavg_score_every_server_step(cloud: LocalCloud) -> N
     assert [pt["version"] for pt in sync["curve"]] == [0, 1]
     # K = 1 with 2 clients: as many server steps as the synchronous run's client updates
     assert buff["server_steps"] == 4 and [pt["version"] for pt in buff["curve"]] == [0, 1, 2, 3]
+    # 1× updates is the synchronous run's budget: both models are made of 2 rounds × 2 client updates
+    assert buff["budget_updates"] == sync["budget_updates"] == 4
     for r in (sync, buff):
         times = [pt["t"] for pt in r["curve"]]
         assert times == sorted(times) and all(0.0 <= pt["accuracy"] <= 1.0 for pt in r["curve"])
@@ -125,3 +147,7 @@ def test_fedbuff_and_sync_fedavg_score_every_server_step(cloud: LocalCloud) -> N
         assert r["updates"] and all(u["end"] - u["start"] >= u["pace_s"] - 1e-3 for u in r["updates"])
         assert r["over_pace"] == [sum(u["real_s"] > u["pace_s"] for u in r["updates"]), len(r["updates"])]
     assert "| shardq FedBuff " in async_report.fl_table(out | {"machine": {}, "load_before": ""})
+    # "within 1 point" is judged both ways, at the budgets the runs had
+    accuracy = [text for _, text in async_report.fl_checks(out) if "final accuracy" in text]
+    assert accuracy and all("within 1 point either way; the same client-update budgets, 4 vs 4" in t
+                            for t in accuracy)  # fmt: skip

@@ -51,13 +51,13 @@ def test_every_view_shows_tenant_priority_and_window(
     # GIVEN a windowed job of tenant vision at priority 900, submitted through the CLI
     run = shardq("submit", "--direct", write_request(request("v1", tenant="vision", priority=900)))
     assert run.code == 0, run.err
-    # THEN status --json carries the fields, with the window (8 = 2 per lane × 4 lanes) full
+    # THEN status --json carries the fields, with the window (its first: 1 per lane × 4 lanes) full
     data = shardq("status", "v1", "--json").json()
-    assert (data["tenant"], data["priority"], data["queued"], data["window"]) == ("vision", 900, 8, 8)
-    assert data["enqueuing"] is None  # the unsent 32 wait by design, not a fan-out that died
+    assert (data["tenant"], data["priority"], data["queued"], data["window"]) == ("vision", 900, 4, 4)
+    assert data["enqueuing"] is None  # the unsent 36 wait by design, not a fan-out that died
     # AND the human status says it in one line
     human = shardq("status", "v1").out
-    assert "vision · priority 900 · 8 queued or running of a window of 8" in human
+    assert "vision · priority 900 · 4 queued or running of a window of 4" in human
     assert scheduling_text(data) in human
     # AND list shows tenant and priority columns
     listed = shardq("list").out
@@ -66,13 +66,13 @@ def test_every_view_shows_tenant_priority_and_window(
     assert "vision" in row and "900" in row
     listed_json = shardq("list", "--json").json()
     assert {(v["job_id"], v["tenant"], v["priority"], v["window"]) for v in listed_json} == {
-        ("v1", "vision", 900, 8)
+        ("v1", "vision", 900, 4)
     }
     # AND a watch frame carries them too
     frame = shardq("watch", "v1", "--json", "--timeout", "1")
     event = json.loads(frame.out.splitlines()[0])
-    assert (event["tenant"], event["priority"], event["queued"], event["window"]) == ("vision", 900, 8, 8)
-    assert watch_suffix(event) == " · window 8/8"
+    assert (event["tenant"], event["priority"], event["queued"], event["window"]) == ("vision", 900, 4, 4)
+    assert watch_suffix(event) == " · window 4/4"
     # AND the dashboard's job row (its API) serves the same fields
     engine = Engine(
         settings=scheduled,
@@ -85,8 +85,8 @@ def test_every_view_shows_tenant_priority_and_window(
     assert (row_api["tenant"], row_api["priority"], row_api["queued"], row_api["window"]) == (
         "vision",
         900,
-        8,
-        8,
+        4,
+        4,
     )
 
 

@@ -23,6 +23,8 @@ from tests.helpers import FlakySQS, receive_all, result_for, tasks_of
 
 LANES = 4
 WINDOW = 2 * LANES
+# A job's first window with idle workers: one task per lane (``Admission.first_window``).
+FIRST = LANES
 
 
 def windowed(settings: Settings, **config: Any) -> Settings:
@@ -69,18 +71,18 @@ def test_a_round_goes_out_one_window_at_a_time_each_task_exactly_once(
     engine = make(s, clients)
     engine.submit(map_job("w", 40))
     sqs, url = clients["sqs"], s.task_queue_url
-    # WHEN it is submitted THEN only its window is on the queue
+    # WHEN it is submitted THEN only its first window is on the queue: one task per lane
     first = tasks_of(receive_all(sqs, url))
-    assert len(first) == WINDOW
-    assert engine.store.get_job("w").enqueued(0, "train") == WINDOW
+    assert len(first) == FIRST
+    assert engine.store.get_job("w").enqueued(0, "train") == FIRST
     # WHEN their results are counted, twice over (a redelivered batch) and by a second aggregator
     outcomes = [Outcome(result_for(t)) for t in first]
     assert not engine.ingest(outcomes)
     assert not engine.ingest(outcomes)
     assert not make(s, clients).ingest(outcomes)
-    # THEN the window was topped up once: the next 8 shards, no more
+    # THEN the window was topped up once, slow start doubling it to 2 per lane: the next 8 shards
     second = tasks_of(receive_all(sqs, url))
-    assert sorted(t.shard_id for t in second) == list(range(WINDOW, 2 * WINDOW))
+    assert sorted(t.shard_id for t in second) == list(range(FIRST, FIRST + WINDOW))
     seen = Counter(t.shard_id for t in first + second)
     engine.ingest([Outcome(result_for(t)) for t in second])
     while tasks := drain(engine, sqs, url):
@@ -106,7 +108,7 @@ def test_a_killed_top_up_resumes_from_the_cursor_without_repeats_or_gaps(
     failed = dying.ingest(outcomes)
     # THEN its batch is failed back to the event source, with the results already counted
     assert len(failed) == len(outcomes) and isinstance(failed[0][1], FanOutError | RuntimeError)
-    assert engine.store.get_job("k").done(0, "train") == WINDOW
+    assert engine.store.get_job("k").done(0, "train") == FIRST
     # WHEN the event source redelivers the batch to a healthy aggregator
     assert not engine.ingest(outcomes)
     seen = Counter(t.shard_id for t in first)
@@ -132,7 +134,7 @@ def test_a_cancel_with_a_partial_window_sends_nothing_more(
     # THEN no task was sent after the cancel, and the cursor never passed the window
     assert receive_all(sqs, url) == []
     job = engine.store.get_job("c")
-    assert job.status == "CANCELLED" and job.enqueued(0, "train") == WINDOW
+    assert job.status == "CANCELLED" and job.enqueued(0, "train") == FIRST
 
 
 def test_a_retry_with_a_partial_window_finishes_the_round(
@@ -163,16 +165,19 @@ def test_a_retry_with_a_partial_window_finishes_the_round(
 def test_a_small_job_beside_a_flood_is_served_near_the_head(
     settings: Settings, clients: dict[str, Any]
 ) -> None:
-    # GIVEN a 3,000-shard flood submitted first, then a 4-shard job
+    # GIVEN a 3,000-shard flood submitted first to an idle fleet, then a 4-shard job
     s = windowed(settings)
     engine = make(s, clients)
     engine.submit(map_job("flood", 3000))
     engine.submit(map_job("small", 4))
     # WHEN workers take tasks in the queue's order
     order = [t.job_id for t in tasks_of(receive_all(clients["sqs"], s.task_queue_url))]
-    # THEN the small job's tasks sit right behind the flood's window, not behind its 3,000 shards
-    assert order.count("flood") == WINDOW and order.count("small") == 4
-    assert max(i for i, job in enumerate(order) if job == "small") < WINDOW + 4
+    # THEN the small job's tasks sit right behind the flood's first window, not behind its 3,000
+    # shards; and that window is one task per lane, what the flood can run at once: a task sent
+    # cannot be called back, so nothing more waits in front of the small job before the flood's
+    # first results show how many workers it keeps busy (2 per lane queued 4 more here)
+    assert order.count("flood") == FIRST == LANES and order.count("small") == 4
+    assert max(i for i, job in enumerate(order) if job == "small") < FIRST + 4
 
 
 def test_without_scheduling_a_round_goes_out_whole(settings: Settings, clients: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from shardq.core.store.keys import (
     MAX_RECORD_ATTEMPTS,
     _counter,
     _from_item,
-    _job_key,
+    job_key,
     now_iso,
 )
 from shardq.core.store.records import (
@@ -230,7 +230,7 @@ class Counting(RetryMarks, Spending):
         """The job's status, ending mark, closed round and retry generation (None: no job)."""
         resp = self.ddb.get_item(
             TableName=self.table,
-            Key=_job_key(job_id),
+            Key=job_key(job_id),
             ProjectionExpression="pk, closed_round, retry_generation, #s, #e",
             ExpressionAttributeNames={"#s": "status", "#e": ENDING_ATTRIBUTE},
             ConsistentRead=True,

@@ -47,9 +47,9 @@ from shardq.core.store.keys import (
     MAX_RECORD_ATTEMPTS,
     _counter,
     _from_item,
-    _job_key,
     _pk,
     _to_item,
+    job_key,
     now_iso,
 )
 from shardq.core.store.records import JobChanged, JobNotFound
@@ -189,7 +189,7 @@ class FedBuffStore:
         """The job's FedBuff counts (consistent read); raises JobNotFound."""
         resp = self.ddb.get_item(
             TableName=self.table,
-            Key=_job_key(job_id),
+            Key=job_key(job_id),
             ProjectionExpression=(
                 "pk, #s, #e, fb_seq, fb_open, fb_fill, fb_applied, fb_late, fb_failed, fb_waiting, "
                 "fb_forgive_seq"
@@ -400,7 +400,7 @@ class FedBuffStore:
         if names:
             self.ddb.update_item(
                 TableName=self.table,
-                Key=_job_key(job_id),
+                Key=job_key(job_id),
                 UpdateExpression="ADD fb_waiting :w",
                 ExpressionAttributeValues={":w": {"SS": names}},
             )
@@ -411,7 +411,7 @@ class FedBuffStore:
         if names:
             self.ddb.update_item(
                 TableName=self.table,
-                Key=_job_key(job_id),
+                Key=job_key(job_id),
                 UpdateExpression="DELETE fb_waiting :w",
                 ExpressionAttributeValues={":w": {"SS": names}},
             )
@@ -462,7 +462,7 @@ class FedBuffStore:
         """True while a retry of the job has not sent its tasks yet (it died midway)."""
         item = self.ddb.get_item(
             TableName=self.table,
-            Key=_job_key(job_id),
+            Key=job_key(job_id),
             ProjectionExpression="fb_retrying",
             ConsistentRead=True,
         ).get("Item", {})

@@ -62,7 +62,7 @@ def _pk(job_id: str) -> dict[str, Any]:
     return {"S": f"JOB#{job_id}"}
 
 
-def _job_key(job_id: str) -> dict[str, Any]:
+def job_key(job_id: str) -> dict[str, Any]:
     return {"pk": _pk(job_id), "sk": {"S": "JOB"}}
 
 

@@ -38,10 +38,10 @@ from shardq.core.store.keys import (
     MAX_RETRY_CHUNK,
     _counter,
     _from_item,
-    _job_key,
     _pk,
     _result_key,
     _to_item,
+    job_key,
     now_iso,
 )
 from shardq.core.store.records import JobChanged
@@ -134,7 +134,7 @@ class SweepDecisions(StoreBase):
         """``(async_seq, async_sent)``: passes decided and passes sent (0, 0 before the first)."""
         resp = self.ddb.get_item(
             TableName=self.table,
-            Key=_job_key(job_id),
+            Key=job_key(job_id),
             ProjectionExpression="async_seq, async_sent",
             ConsistentRead=True,
         )

@@ -6,8 +6,8 @@ from typing import Any
 
 from shardq.core.store.keys import (
     ENDING_ATTRIBUTE,
-    _job_key,
     _to_item,
+    job_key,
     now_iso,
 )
 
@@ -76,7 +76,7 @@ class _Update:
         expression = " ".join(f"{verb} {', '.join(parts)}" for verb, parts in self.clauses.items() if parts)
         out: dict[str, Any] = {
             "TableName": table,
-            "Key": _job_key(job_id),
+            "Key": job_key(job_id),
             "UpdateExpression": expression,
             "ConditionExpression": " AND ".join(self.conditions),
             "ExpressionAttributeNames": self.names,
