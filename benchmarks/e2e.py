@@ -196,7 +196,7 @@ def run(
     starts = {r.result.shard_id: float(r.result.metrics["started_at"]) for r in results}
     by_worker: dict[str, list[int]] = {}
     for r in results:
-        by_worker.setdefault(r.result.worker_id, []).append(r.result.shard_id)
+        by_worker.setdefault(r.result.worker_id or "?", []).append(r.result.shard_id)
     pickup = [starts[s] - created for s in range(shards)]
     gaps: list[float] = []
     busy = 0.0

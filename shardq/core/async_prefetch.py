@@ -28,26 +28,43 @@ the unit tests) the depth is 0 and the sweep keeps exactly ``max_parallel`` in f
 paper's algorithm does.
 
 The job holds at most ``max(max_parallel, workers × (1 + depth))`` tasks in flight, ``workers``
-being the fleet its results came from: with more lanes than workers, the spare lanes already
-queue a task each, and a deeper prefetch would only decide tasks earlier than it must.
+being the fleet its results came from.
 
 Lanes stay ``max_parallel`` FIFO message groups: ``max_parallel`` is also the job's concurrency
-cap (at most one task of a group runs at a time), whatever the fleet's size. A prefetched task
-waits behind its lane's running task, so the pass chooses lanes (``lane_slots``): a lane with
-nothing in flight first, then the lanes with the fewest in flight; among equals, the lane expected
-to free soonest (``expected_times``): what its running task has left of its rung's typical time
-(before that rung's first outcome, the budget the rung adds at the median time per budget unit)
-since it started — its decision, or its lane's previous outcome when that was recorded later —
-plus its queued tasks. (Ordered by how long ago the running task was *decided*, a lane whose
-rung-2 task had waited in the queue and only just started looked the best: in the benchmark's
-eager run a rung-2 promotion waited 3.2 s behind such a task while two workers idled.) A **straggling** lane — the worker that freed it
-last runs over twice the typical time of its rungs (``paces``: in a FIFO queue whose other groups
-are busy, a freed worker takes its own lane's next task), or its running task has run over twice
-the typical time of its rung — goes last and gets no prefetched task: one queued behind a 10×
-worker would wait ten tasks' time while the others idle at the sweep's end. When such a lane is
-empty (its worker is free) it takes a new trial, but a promotion goes to the best other slot,
-even behind a running task: a rung-2 task on a 10× worker ran 31 s and ended the sweep 30 s after
-everything else in the benchmark.
+cap (at most one task of a group runs at a time), whatever the fleet's size. Any worker receives
+any free group's next message, the oldest first, so the pass chooses lanes (``lane_slots``):
+
+* an **empty lane** is a free worker's, as many as the fleet has free workers (the workers seen,
+  plus one per busy lane that never reported: a straggler's first task is still running);
+* a **prefetched** task waits behind a running task that is expected to end within the
+  **horizon**, ``depth`` median tasks (at least the round trip): queued behind a longer one it
+  would be decided early for nothing, and a promotion that becomes due meanwhile could no longer
+  take the slot that frees first (the benchmark's eager run: a rung-2 promotion queued behind a
+  3 s rung-2 task while two workers idled 2 s). Among such lanes the one expected to free soonest
+  comes first (``expected_times``: what its running task has left of its rung's typical time,
+  before that rung's first outcome the budget the rung adds at the median time per budget unit,
+  since it became available — its decision, or its lane's previous outcome when that was recorded
+  later — plus its queued tasks). Nothing is queued behind a task this pass sends (any worker may
+  take it), behind a head that still waits in the queue (more busy lanes than workers: the newest
+  heads), or behind a straggling lane;
+* a **spare lane** (``max_parallel`` above the fleet) holds a task for whichever worker frees
+  first: it is a prefetched task, one per lane ending within the horizon, less the spare lanes
+  already holding one. (Filled unconditionally, ``max_parallel`` 8 on four workers kept four new
+  trials queued ahead of every promotion.) Unmeasured (depth 0), every lane holds a task.
+
+A **straggling** lane — the worker that freed it last runs over twice the typical time of its
+rungs (``paces``), or its running task has run over twice the typical time of its rung plus the
+round trip — goes last and gets nothing queued: a task behind a 10× worker waits ten tasks' time.
+A freed straggler polls and takes the *next task that becomes available*, whatever its lane, so
+the pass also tracks it: until one of the tasks available since its last outcome runs long
+enough to show it took that one, none of them gets a task behind it, and it is presumed idle
+(``Slots.idle_slow``). Meanwhile a due promotion goes behind a fast lane's running task (its own
+worker, polling at once when it ends, takes it; a task sent to an empty lane would wake the
+straggler's poll first) and a new trial takes the empty lane; with no fast lane in flight the
+promotion takes any slot (no later pass would come). A promotion never takes a straggling lane's
+slot while a fast lane runs: that slot takes a new trial. (Three runs of the benchmark gave the
+10× worker a rung-1 promotion at the sweep's end, 10.5 s where the others take 1.3 s; one a rung-2
+one, 31 s.)
 """
 
 from __future__ import annotations
@@ -220,11 +237,11 @@ def lane_slots(
     recorded: Mapping[tuple[int, int], str] | None = None,
     added: Sequence[int] | None = None,
 ) -> Slots:
-    """The lanes a pass may still fill, best first, one entry per free slot: each lane holds at
-    most ``1 + depth`` tasks in flight, a straggling lane only its running one, and the job at
-    most ``max(lanes, workers × (1 + depth))`` where ``workers`` is the fleet its results came
-    from (lanes beyond the fleet already queue a task each). The module doc says which lane is
-    best.
+    """The lanes a pass may still fill, best first, one entry per free slot (an empty lane per
+    free worker, then the prefetched tasks within the horizon), and where a promotion may wait
+    while a slow worker idles: each lane holds at most ``1 + depth`` tasks in flight, a straggling
+    lane only its running one, and the job at most ``max(lanes, workers × (1 + depth))`` where
+    ``workers`` is the fleet its results came from. The module doc says which lane is best.
 
     ``recorded``: the outcomes' ``recorded_at`` stamps (a lane's running task started no earlier
     than its previous task was recorded); ``added``: the budget each rung adds (the expected time of

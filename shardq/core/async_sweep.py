@@ -293,7 +293,8 @@ def plan_pass(
     nothing is in flight and nothing else can run, the drain promotion. Each lane holds its running
     task and up to ``depth`` decided ones (``shardq.core.async_prefetch``; ``now``: the pass's
     clock; ``recorded``: the outcomes' ``recorded_at``, from which it estimates when each lane
-    frees). Returns the new decisions (also on ``view.new``)."""
+    frees). A promotion for which only a straggler's slot is free (``Slots.promotion``) waits for a
+    later pass, and the slot takes a new trial. Returns the new decisions (also on ``view.new``)."""
     request = view.request
     rungs = by_rung(view.results)
     slots = prefetch.lane_slots(
