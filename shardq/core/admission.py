@@ -45,6 +45,7 @@ from shardq.core import spend
 from shardq.core.contracts import TrainingRequest, ValidationError
 from shardq.core.depth import Pace
 from shardq.core.jobstore import JobRecord, JobStore, Outcome
+from shardq.core.outstanding import is_fedbuff
 from shardq.core.store.running import running_jobs
 from shardq.core.tenancy import AGING_STEP, DEFAULT_PRIORITY, Scheduling
 
@@ -90,6 +91,20 @@ class Running:
             lanes=request.max_parallel,
             remaining=remaining,
         )
+
+
+def counted(job: JobRecord, round_no: int) -> int:
+    """Round ``round_no``'s train tasks counted, as the window sees them: its recorded outcomes.
+
+    A FedBuff job's one windowed send is round 0's fan-out, each client's first update; its
+    updates are counted per model version (``shardq.core.store.fedbuff``), never as round 0's
+    outcomes, so its round 0 counts the clients whose first update came back and whose next
+    task was counted out (``usent_r1_train``; a client that waits for the next version counts
+    once it is sent). Counting none held the fan-out at its first window while version 0 was
+    open, and the clients past it got no first task (only the first ``max_parallel`` trained)."""
+    if is_fedbuff(job):
+        return job.counters.get(("usent", round_no + 1, "train"), 0)
+    return job.done(round_no, "train")
 
 
 def tenant_of(request: TrainingRequest, scheduling: Scheduling) -> str:
@@ -166,19 +181,28 @@ class Admission:
         """
         if phase != "train" or self.scheduling.window_per_lane is None:
             return total
-        return min(total, job.done(round_no, phase) + self.window(job))
+        return min(total, counted(job, round_no) + self.window(job, round_no))
+
+    @staticmethod
+    def held_to(job: JobRecord, round_no: int, phase: str, stop: int, total: int) -> int | None:
+        """The window a send of (round, phase) up to ``stop`` was held to, for the job record
+        (``JobRecord.window``); None when there is none to record: a reduce (it keeps the train
+        window slow start goes on from), or a round sent whole by a job never windowed."""
+        if phase != "train" or (stop >= total and job.window is None):
+            return None
+        return stop - counted(job, round_no)
 
     def observe(self, outcomes: list[Outcome]) -> None:
         """Measure the pace of the jobs whose outcomes were just counted (``shardq.core.depth``)."""
         if self.windowed:
             self.pace.observe(outcomes, self.clock())
 
-    def window(self, job: JobRecord) -> int:
-        """Tasks ``job`` may have sent but not counted (queued or running) now; at least 1
-        (its whole round's tasks when windows are off)."""
+    def window(self, job: JobRecord, round_no: int) -> int:
+        """Tasks of ``job``'s round ``round_no`` it may have sent but not counted (queued or
+        running) now; at least 1 (its whole round's tasks when windows are off)."""
         sched = self.scheduling
         if sched.window_per_lane is None:
-            return job.expected(job.round, "train")
+            return job.expected(round_no, "train")
         me = Running.of(job, sched)
         saturated = self.saturated()
         # Each lane's depth is its bandwidth-delay product (at least window_per_lane), by the task
@@ -196,7 +220,7 @@ class Admission:
             share *= shares[me.job_id] * self.fleet_factor(active.values(), shares)
         else:
             # A job's first window is one task per lane (``first_window``), then slow start.
-            share = min(share, self.slow_start(job, self.first_window(me)))
+            share = min(share, self.slow_start(job, round_no, self.first_window(me)))
         window = max(1, min(cap, math.ceil(share)))
         quota = sched.tenant(me.tenant).quotas.running_tasks
         if quota is not None:
@@ -218,16 +242,18 @@ class Admission:
         return max(1, job.lanes)
 
     @staticmethod
-    def slow_start(job: JobRecord, floor: int) -> int:
+    def slow_start(job: JobRecord, round_no: int, floor: int) -> int:
         """The most tasks ``job``'s window may grow to now with idle workers: its last window
-        plus the results counted since that send (``floor`` before any send was held to one).
-        So a window at most doubles per round trip (TCP's slow start), a redelivered batch grows
-        nothing, and a backlog shows, shrinking the windows, before a burst of depth × lanes is
-        queued."""
+        plus the results of round ``round_no`` (the round being sent) counted since that send
+        (``floor`` before any send was held to one). So a window at most doubles per round trip
+        (TCP's slow start), a redelivered batch grows nothing, and a backlog shows, shrinking the
+        windows, before a burst of depth × lanes is queued. A new round's send counts the last
+        round's results since its last send (its whole window: nothing of the new round is sent
+        or counted yet), so slow start goes on from where the last round left it."""
         last = job.window
         if last is None:
             return floor
-        since = job.done(job.round, "train") - (job.enqueued(job.round, "train") - last)
+        since = counted(job, round_no) - (job.enqueued(round_no, "train") - last)
         return last + max(0, since)
 
     def shares(self, active: list[Running]) -> dict[str, float]:

@@ -302,7 +302,7 @@ def lane_slots(
 
     stragglers = frozenset(filter(straggling, count))
     # A freed straggler takes the first task that becomes available after its outcome (any lane's:
-    # a worker receives whichever group is free): nothing is queued behind that task either.
+    # a worker receives whichever group is free), so the pass tracks it (the module doc).
     taken, idle_slow = set(stragglers), 0
     heads = sorted((started_at(lane), lane) for lane in queue)
     for w in (w for w, ratio in pace.items() if ratio > STRAGGLING):

@@ -145,9 +145,10 @@ class Enqueuer:
         if held is not None:
             self.metric("TasksHeld", 1, "Count")
             return stats
+        window = None
         if self.admission is not None:
             stop = self.admission.limit(job, round_no, phase, total)
-        window = stop - job.done(round_no, phase) if stop < total or job.window is not None else None
+            window = self.admission.held_to(job, round_no, phase, stop, total)
         if job.enqueued(round_no, phase) >= stop:
             return stats
         # The cursor counts tasks sent, in the order of the round's planned tasks; a promoted

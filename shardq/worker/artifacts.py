@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
+
 from shardq.core.contracts import ShardTask
 from shardq.core.planning import split_s3
 from shardq.worker.aws import FatalAwsError, describe, is_fatal
@@ -26,6 +28,11 @@ from shardq.worker.reduce import MODEL_SUFFIXES, ModelError, nonfinite_array
 # between its tasks (issue #27: ASHA's idle target). Above this size the managed transfer's
 # multipart and concurrent ranged parts win, as boto3's own 8 MiB multipart threshold says.
 SINGLE_REQUEST_MAX = 8 * 1024 * 1024
+# A stream cut short mid-body (a dropped connection, a read timeout) is read again from the start,
+# as the managed download does: its errors and its default number of attempts (s3transfer's
+# ``S3_RETRYABLE_DOWNLOAD_ERRORS``, ``TransferConfig.num_download_attempts``). A network blip must
+# not fail a shard and throw its training away.
+DOWNLOAD_ATTEMPTS = 5
 
 
 def model_file(output_dir: Path, chosen: Path | None) -> Path | None:
@@ -77,7 +84,16 @@ class TaskFiles:
 
         The body goes to a temporary name first and is renamed once complete (as the managed
         download does): a stream cut short (botocore checks ``ContentLength``) leaves no partial
-        file under ``dest``."""
+        file under ``dest`` and is read again, up to ``DOWNLOAD_ATTEMPTS`` times in all."""
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                self._get_once(bucket, key, dest)
+                return
+            except S3_RETRYABLE_DOWNLOAD_ERRORS:
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise
+
+    def _get_once(self, bucket: str, key: str, dest: Path) -> None:
         response = self.s3.get_object(Bucket=bucket, Key=key)
         body = response["Body"]
         if int(response.get("ContentLength") or 0) > SINGLE_REQUEST_MAX:

@@ -72,13 +72,19 @@ def test_a_missing_object_raises_the_error_callers_test_for(
 
 
 class CutShort(CountingClient):
-    """The real client, whose GetObject bodies claim one byte more than they hold (a connection
-    dropped mid-object): botocore's own length check raises at the end of the stream."""
+    """The real client, whose first ``cuts`` GetObject bodies claim one byte more than they hold (a
+    connection dropped mid-object): botocore's own length check raises at the end of the stream."""
+
+    def __init__(self, real: Any, cuts: int = 10**6) -> None:
+        super().__init__(real)
+        self.cuts = cuts
 
     def get_object(self, **kwargs: Any) -> Any:
         response = self.real.get_object(**kwargs)
-        body = response["Body"]
-        body._content_length = int(response["ContentLength"]) + 1
+        self.counts["get_object"] = self.counts.get("get_object", 0) + 1
+        if self.counts["get_object"] <= self.cuts:
+            body = response["Body"]
+            body._content_length = int(response["ContentLength"]) + 1
         return response
 
 
@@ -90,11 +96,13 @@ def test_a_download_cut_short_raises_and_leaves_no_partial_file(
     s3.put_object(Bucket=settings.artifact_bucket, Key="jobs/t/cut/model.npz", Body=b"x" * 5000)
     files = Files(CutShort(s3))
     dest = tmp_path / "init" / "model.npz"
-    # WHEN the worker downloads it, THEN the error surfaces (the task fails, it is not trained from
-    # half a model) and neither the file nor its temporary part is left behind
+    # WHEN the worker downloads it and every attempt is cut short, THEN the error surfaces after
+    # the last attempt (the task fails, it is not trained from half a model) and neither the file
+    # nor its temporary part is left behind
     with pytest.raises(IncompleteReadError):
         files._download(f"s3://{settings.artifact_bucket}/jobs/t/cut/model.npz", dest)
     assert list(dest.parent.iterdir()) == []
+    assert files.s3.counts["get_object"] == artifacts.DOWNLOAD_ATTEMPTS
     # AND a download that completes leaves exactly the file
     Files(s3)._download(f"s3://{settings.artifact_bucket}/jobs/t/cut/model.npz", dest)
     assert [p.name for p in dest.parent.iterdir()] == ["model.npz"] and dest.read_bytes() == b"x" * 5000
@@ -121,3 +129,17 @@ def test_scratch_directories_are_removed_in_the_background_and_the_remover_resta
         raise RuntimeError("the training function failed")
     remover.drain()
     assert not tmp.exists()
+
+
+def test_a_download_cut_short_once_is_read_again_and_the_task_goes_on(
+    settings: Settings, clients: dict[str, Any], tmp_path: Path
+) -> None:
+    # GIVEN a model on S3 and a connection that drops in the middle of the first download only
+    s3 = clients["s3"]
+    s3.put_object(Bucket=settings.artifact_bucket, Key="jobs/t/blip/model.npz", Body=b"y" * 5000)
+    files = Files(CutShort(s3, cuts=1))
+    dest = tmp_path / "init" / "model.npz"
+    # WHEN the worker downloads it, THEN the second GetObject brings the whole model (no failed shard)
+    files._download(f"s3://{settings.artifact_bucket}/jobs/t/blip/model.npz", dest)
+    assert dest.read_bytes() == b"y" * 5000 and [p.name for p in dest.parent.iterdir()] == ["model.npz"]
+    assert files.s3.counts["get_object"] == 2
