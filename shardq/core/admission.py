@@ -197,9 +197,11 @@ class Admission:
         if self.windowed:
             self.pace.observe(outcomes, self.clock())
 
-    def window(self, job: JobRecord, round_no: int) -> int:
-        """Tasks of ``job``'s round ``round_no`` it may have sent but not counted (queued or
-        running) now; at least 1 (its whole round's tasks when windows are off)."""
+    def window(self, job: JobRecord, round_no: int | None = None) -> int:
+        """Tasks of ``job``'s round ``round_no`` (default: its current round) it may have sent but
+        not counted (queued or running) now; at least 1 (its whole round's tasks when windows are
+        off)."""
+        round_no = job.round if round_no is None else round_no
         sched = self.scheduling
         if sched.window_per_lane is None:
             return job.expected(round_no, "train")
