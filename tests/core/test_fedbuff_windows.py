@@ -14,8 +14,8 @@ from typing import Any
 from shardq.core.engine import Engine
 from shardq.core.jobstore import JobRecord
 from shardq.core.outstanding import tasks_out
-from shardq.core.store.fedbuff import FedBuffStore
 from shardq.core.settings import Settings
+from shardq.core.store.fedbuff import FedBuffStore
 from tests.core.test_fedbuff import _put_init
 from tests.core.test_windows import make, windowed
 from tests.finished import aggregate, workers

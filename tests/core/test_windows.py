@@ -20,6 +20,7 @@ from shardq.core.operations import cancel, retry_failed
 from shardq.core.settings import Settings
 from shardq.core.tenancy import Scheduling, parse
 from tests.helpers import FlakySQS, receive_all, result_for, tasks_of
+from tests.requests import make_request
 
 LANES = 4
 WINDOW = 2 * LANES
@@ -233,3 +234,23 @@ def test_a_retry_of_a_failed_windowed_job_sends_only_what_was_sent_and_the_windo
         assert not engine.ingest([Outcome(result_for(t)) for t in tasks])
     assert sent == [0, 1, 2]
     assert engine.store.get_job("rw").status == "SUCCEEDED"
+
+
+def test_a_new_round_goes_on_from_the_last_rounds_window_not_from_its_reduce(
+    settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a windowed 2-round data_parallel job of 16 shards over 4 lanes (found in review: the
+    # reduce's send recorded a window of 1, so each later round started at 2 tasks, fewer than
+    # one per lane, and slow-started again)
+    s = windowed(settings)
+    engine = make(s, clients)
+    engine.submit(make_request(job_id="nr", shards=16, rounds=2, max_parallel=LANES))
+    sqs, url = clients["sqs"], s.task_queue_url
+    sends: list[list[tuple[str, int]]] = []
+    while tasks := drain(engine, sqs, url):
+        sends.append([(t.task_type, t.round) for t in tasks])
+    # THEN the reduce sent alone and round 1's first send was as deep as round 0's last window
+    firsts = [i for i, b in enumerate(sends) if b[0] == ("train", 1)]
+    assert firsts and sends[firsts[0] - 1] == [("reduce", 0)]
+    assert len(sends[firsts[0]]) == WINDOW
+    assert engine.store.get_job("nr").status == "SUCCEEDED"
