@@ -58,9 +58,12 @@ round trip — goes last and gets nothing queued: a task behind a 10× worker wa
 A freed straggler polls and takes the *next task that becomes available*, whatever its lane, so
 the pass also tracks it: until one of the tasks available since its last outcome runs long
 enough to show it took that one, none of them gets a task behind it, and it is presumed idle
-(``Slots.idle_slow``). Meanwhile a due promotion goes behind a fast lane's running task (its own
-worker, polling at once when it ends, takes it; a task sent to an empty lane would wake the
-straggler's poll first) and a new trial takes the empty lane; with no fast lane in flight the
+(``Slots.idle_slow``) — for at most ``STRAGGLING`` × its own longest task (its pace × the longest
+typical rung time) plus the round trip after its outcome: a task it took would show as a straggling
+lane by then, so a straggler silent that long is presumed gone (a Spot reclaim, a scale-in), and
+the prefetch no longer holds back for it. Meanwhile a due promotion goes behind a fast lane's
+running task (its own worker, polling at once when it ends, takes it; a task sent to an empty lane
+would wake the straggler's poll first) and a new trial takes the empty lane; with no fast lane in flight the
 promotion takes any slot (no later pass would come). A promotion never takes a straggling lane's
 slot while a fast lane runs: that slot takes a new trial. (Three runs of the benchmark gave the
 10× worker a rung-1 promotion at the sweep's end, 10.5 s where the others take 1.3 s; one a rung-2
@@ -305,11 +308,14 @@ def lane_slots(
     # a worker receives whichever group is free), so the pass tracks it (the module doc).
     taken, idle_slow = set(stragglers), 0
     heads = sorted((started_at(lane), lane) for lane in queue)
+    longest = max((expected(d.rung) for d in decisions), default=0.0)
     for w in (w for w, ratio in pace.items() if ratio > STRAGGLING):
         stamps = [epoch((recorded or {}).get((r.round, r.shard_id), "")) for r in results if r.worker_id == w]
         since = max((x for x in stamps if x is not None), default=None)
         if since is None:
             continue
+        if now is not None and now - since > STRAGGLING * pace[w] * longest + trip:
+            continue  # silent past any task it could have taken: gone, not polling (module doc)
         # It took one of the tasks available since (which one shows once it runs long: a
         # straggling lane); until then none of them gets a task behind it, and it may still be
         # polling: the next task sent to an empty lane would be its.

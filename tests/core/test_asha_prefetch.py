@@ -219,6 +219,30 @@ def test_while_a_slow_worker_idles_a_promotion_waits_behind_a_fast_lane_not_in_a
     assert [(d.rung, d.trial, d.lane) for d in new] == [(1, 0, 0)]
 
 
+def test_a_slow_worker_silent_past_twice_its_longest_task_is_presumed_gone_not_idle() -> None:
+    # GIVEN the slow worker's last outcome (its pace 10: 5 s tasks where the others take 0.5 s) at
+    # 10.0 s, and the same lanes as above
+    decisions = [decision(0, 0, 0), decision(0, 1, 1), decision(0, 2, 2), decision(0, 3, 0, decided=9.5)]
+    results = [
+        replace(outcome(0, 0, 1.0), worker_id="a"),
+        replace(outcome(0, 1, 3.0), worker_id="b"),
+        replace(outcome(0, 2, 2.0, duration=5.0), worker_id="slow"),
+    ]
+    recorded = {(0, 0): at(9.5), (0, 1): at(9.9), (0, 2): at(10.0)}
+
+    def idle_slow(now: float) -> int:
+        slots = async_prefetch.lane_slots(
+            decisions, results, 3, 1, async_prefetch.epoch(at(now)), recorded=recorded, added=[1, 3, 9]
+        )
+        return slots.idle_slow
+
+    # WHEN nothing was heard from it for 9 s (under twice its 5 s task): presumed polling, as above
+    assert idle_slow(19.0) == 1
+    # THEN after 30 s of silence (a task it took would be a straggling lane by now) it is presumed
+    # gone (a Spot reclaim): the prefetch no longer holds lanes back for it
+    assert idle_slow(40.0) == 0
+
+
 def test_a_promotion_leaves_a_straggling_lanes_slot_to_a_new_trial() -> None:
     # GIVEN lane 1 last freed by a worker ten times slower, lane 0 busy on a fast one, and a
     # promotion due (trial 0, the best of rung 0's three) with trials left to draw
