@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,9 @@ def cached_step(
     # h̄ as the buffer opens: S / (N × the mean n of the clients seen)
     scale = len(seen) / (clients * sum(seen.values())) if seen else 0.0
     step: Arrays = {k: scale * sums[k] for k in x}
-    models = _Models(fetch, x)
+    uses = Counter(str(u["base_model_uri"]) for u in updates)
+    uses.update(str(u["previous"]["base_model_uri"]) for u in updates if u.get("previous") is not None)
+    models = _Models(fetch, x, uses)
     for u in updates:
         client, where = int(u["client"]), f"client {u.get('client')} update {u.get('seq')}"
         delta = models.delta(str(u["model_uri"]), str(u["base_model_uri"]), where)
@@ -151,17 +154,21 @@ def cached_step(
 
 
 class _Models:
-    """Deltas of downloaded models; base models kept by URI (a buffer names few versions)."""
+    """Deltas of downloaded models; a base model kept by URI until its last use (``uses``: how many
+    deltas the reduce takes from each base), so a reduce holds the bases still to be used, not every
+    version its cached updates trained from."""
 
-    def __init__(self, fetch: Callable[[str, str], Path], like: Arrays) -> None:
-        self.fetch, self.like = fetch, like
+    def __init__(self, fetch: Callable[[str, str], Path], like: Arrays, uses: Counter[str]) -> None:
+        self.fetch, self.like, self.uses = fetch, like, uses
         self.bases: dict[str, Arrays] = {}
         self.count = 0
 
     def delta(self, model_uri: str, base_uri: str, where: str) -> Arrays:
         if base_uri not in self.bases:
-            path = self.fetch(base_uri, f"base-{len(self.bases):04d}{Path(base_uri).suffix}")
+            self.count += 1
+            path = self.fetch(base_uri, f"base-{self.count:06d}{Path(base_uri).suffix}")
             self.bases[base_uri], _ = _read(path)
+            path.unlink(missing_ok=True)
         self.count += 1
         path = self.fetch(model_uri, f"update-{self.count:06d}{Path(model_uri).suffix}")
         model, _ = _read(path)
@@ -169,6 +176,9 @@ class _Models:
         _check_entries(self.like, model, where)
         base = self.bases[base_uri]
         out = {k: model[k] - base[k] for k in self.like}
+        self.uses[base_uri] -= 1
+        if self.uses[base_uri] <= 0:
+            del self.bases[base_uri]
         for k, d in out.items():
             if not np.isfinite(d).all():
                 raise ModelError(f"{where}: entry {k!r} of its delta is not finite (NaN or inf)")
