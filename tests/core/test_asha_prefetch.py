@@ -189,18 +189,25 @@ def test_a_due_promotion_takes_the_freed_slot_not_a_prefetched_new_trial() -> No
     assert [(d.rung, d.trial, d.lane) for d in new] == [(1, 0, 0), (0, 7, 1)]
 
 
-def test_while_a_slow_worker_idles_a_promotion_waits_behind_a_fast_lane_not_in_an_empty_one() -> None:
-    # GIVEN 3 lanes and 3 workers, "slow" ten times slower than "a" and "b": trial 2's outcome
-    # (the slow worker's, lane 2) was recorded at 10.0 s and no task became available since, so
-    # the slow worker is polling; lane 0 runs trial 3 (since 9.5 s, due now), lane 1 is empty
-    request = TrainingRequest.from_dict(asha_sweep("p", trials=4, max_parallel=3))
+def slow_worker_scene() -> tuple[list[SweepDecision], list[ShardResult], dict[tuple[int, int], str]]:
+    """3 lanes, 3 workers, "slow" ten times slower than "a" and "b" (5 s tasks against 0.5 s): trial 2's
+    outcome (the slow worker's, lane 2) recorded at 10.0 s; lane 0 runs trial 3 (since 9.5 s), lane 1
+    is empty. Returns the decisions, the outcomes and their ``recorded_at`` stamps."""
     decisions = [decision(0, 0, 0), decision(0, 1, 1), decision(0, 2, 2), decision(0, 3, 0, decided=9.5)]
     results = [
         replace(outcome(0, 0, 1.0), worker_id="a"),
         replace(outcome(0, 1, 3.0), worker_id="b"),
         replace(outcome(0, 2, 2.0, duration=5.0), worker_id="slow"),
     ]
-    recorded = {(0, 0): at(9.5), (0, 1): at(9.9), (0, 2): at(10.0)}
+    return decisions, results, {(0, 0): at(9.5), (0, 1): at(9.9), (0, 2): at(10.0)}
+
+
+def test_while_a_slow_worker_idles_a_promotion_waits_behind_a_fast_lane_not_in_an_empty_one() -> None:
+    # GIVEN 3 lanes and 3 workers, "slow" ten times slower than "a" and "b": trial 2's outcome
+    # (the slow worker's, lane 2) was recorded at 10.0 s and no task became available since, so
+    # the slow worker is polling; lane 0 runs trial 3 (since 9.5 s, due now), lane 1 is empty
+    request = TrainingRequest.from_dict(asha_sweep("p", trials=4, max_parallel=3))
+    decisions, results, recorded = slow_worker_scene()
     now = async_prefetch.epoch(at(10.05))
     slots = async_prefetch.lane_slots(decisions, results, 3, 1, now, recorded=recorded, added=[1, 3, 9])
     assert (slots.free, slots.slow, slots.idle_slow) == ([1, 2, 0], {2}, 1)
@@ -222,13 +229,7 @@ def test_while_a_slow_worker_idles_a_promotion_waits_behind_a_fast_lane_not_in_a
 def test_a_slow_worker_silent_past_twice_its_longest_task_is_presumed_gone_not_idle() -> None:
     # GIVEN the slow worker's last outcome (its pace 10: 5 s tasks where the others take 0.5 s) at
     # 10.0 s, and the same lanes as above
-    decisions = [decision(0, 0, 0), decision(0, 1, 1), decision(0, 2, 2), decision(0, 3, 0, decided=9.5)]
-    results = [
-        replace(outcome(0, 0, 1.0), worker_id="a"),
-        replace(outcome(0, 1, 3.0), worker_id="b"),
-        replace(outcome(0, 2, 2.0, duration=5.0), worker_id="slow"),
-    ]
-    recorded = {(0, 0): at(9.5), (0, 1): at(9.9), (0, 2): at(10.0)}
+    decisions, results, recorded = slow_worker_scene()
 
     def idle_slow(now: float) -> int:
         slots = async_prefetch.lane_slots(
