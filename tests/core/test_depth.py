@@ -268,12 +268,9 @@ def test_a_starved_job_deepens_through_the_engine_and_every_shard_still_goes_onc
     assert engine.store.get_job("starved").status == "SUCCEEDED"
 
 
-def test_a_saturated_fleet_queues_one_round_trip_of_its_busy_workers_cycles(
-    settings: Settings, clients: dict[str, Any]
-) -> None:
-    # GIVEN a flood whose 3 workers each handed in results 0.5 s apart (0.125 s of it busy with
-    # the task, the rest the receive and the delete), sent 2 s before their count
-    engine = make(settings, clients)
+def measured_flood(engine: Engine) -> None:
+    """A 400-shard flood whose 3 workers each handed in results 0.5 s apart (0.125 s of it busy
+    with the task, the rest the receive and the delete), sent 2 s before their count."""
     engine.submit(map_job("flood", 400))
     engine.admission.pace.observe(
         [
@@ -286,6 +283,15 @@ def test_a_saturated_fleet_queues_one_round_trip_of_its_busy_workers_cycles(
         ],
         NOW,
     )
+
+
+def test_a_saturated_fleet_queues_one_round_trip_of_its_busy_workers_cycles(
+    settings: Settings, clients: dict[str, Any]
+) -> None:
+    # GIVEN a flood whose 3 workers each handed in results 0.5 s apart (0.125 s of it busy with
+    # the task, the rest the receive and the delete), sent 2 s before their count
+    engine = make(settings, clients)
+    measured_flood(engine)
     trip = (engine.admission.pace.measured("flood") or (0.0, 0.0))[1]
     idle_depth = 1 + math.ceil(trip / 0.125)  # with idle workers: the busy time, deep
     busy_depth = 1 + math.ceil(trip / 0.5)  # on a saturated fleet: the whole cycle
@@ -333,18 +339,7 @@ def test_an_idle_fleet_is_looked_at_again_soon_so_a_backlog_stops_slow_start_at_
     # GIVEN a flood measured as in the test above (idle depth 17 per lane, 5 on a saturated
     # fleet), its first window of 4 (one per lane) sent and none of it counted yet
     engine = make(settings, clients)
-    engine.submit(map_job("flood", 400))
-    engine.admission.pace.observe(
-        [
-            Outcome(
-                result("flood", 2 * w + k, worker=f"w{w}", duration=0.0625, busy=0.125),
-                sent_at=NOW - 2.25 + 0.5 * k,
-            )
-            for w in range(3)
-            for k in range(2)
-        ],
-        NOW,
-    )
+    measured_flood(engine)
     now, fleet, reads = [NOW], {"backlog": 0}, []
 
     def backlog() -> int:
