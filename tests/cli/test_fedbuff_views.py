@@ -21,10 +21,10 @@ def _init(engine: Engine) -> str:
     return f"s3://{engine.settings.artifact_bucket}/init/model.npz"
 
 
-def test_status_and_result_show_versions_and_staleness(engine: Engine, shardq: Shardq) -> None:
-    # GIVEN a FedBuff job run to its end by two real workers (3 clients, K = 2, 3 versions)
-    request: dict[str, Any] = {
-        "job_id": "fb-views",
+def fedbuff_request(engine: Engine, job_id: str, **strategy: Any) -> dict[str, Any]:
+    """A FedBuff job of 3 clients, K = 2, 3 versions (``strategy``: more of its fields)."""
+    return {
+        "job_id": job_id,
         "kind": "data_parallel",
         "dataset": {"uri": "synthetic://linear?dim=8&seed=5", "num_samples": 600},
         "sharding": {"shard_count": 3},
@@ -33,8 +33,13 @@ def test_status_and_result_show_versions_and_staleness(engine: Engine, shardq: S
         "hyperparameters": {"lr": 0.05, "epochs": 1, "batch_size": 64},
         "model": {"init_uri": _init(engine)},
         "entrypoint": "examples.linear:train",
-        "strategy": {"name": "fedbuff", "buffer_size": 2, "max_staleness": 3},
+        "strategy": {"name": "fedbuff", "buffer_size": 2, "max_staleness": 3, **strategy},
     }
+
+
+def test_status_and_result_show_versions_and_staleness(engine: Engine, shardq: Shardq) -> None:
+    # GIVEN a FedBuff job run to its end by two real workers (3 clients, K = 2, 3 versions)
+    request = fedbuff_request(engine, "fb-views")
     job = run_job(engine, request)
     assert job.status == "SUCCEEDED", job.error
     recorded = FedBuffStore(engine.store).all_updates("fb-views")
@@ -65,18 +70,7 @@ def test_status_and_result_show_versions_and_staleness(engine: Engine, shardq: S
 
 def test_a_calibrated_job_says_so_in_status_and_result(engine: Engine, shardq: Shardq) -> None:
     # GIVEN a FedBuff job with CA2FL's cached calibration, run to its end by two real workers
-    request: dict[str, Any] = {
-        "job_id": "fb-cached",
-        "kind": "data_parallel",
-        "dataset": {"uri": "synthetic://linear?dim=8&seed=5", "num_samples": 600},
-        "sharding": {"shard_count": 3},
-        "rounds": 3,
-        "max_parallel": 3,
-        "hyperparameters": {"lr": 0.05, "epochs": 1, "batch_size": 64},
-        "model": {"init_uri": _init(engine)},
-        "entrypoint": "examples.linear:train",
-        "strategy": {"name": "fedbuff", "buffer_size": 2, "max_staleness": 3, "calibration": "cached"},
-    }
+    request = fedbuff_request(engine, "fb-cached", calibration="cached")
     job = run_job(engine, request)
     assert job.status == "SUCCEEDED", job.error
     # THEN status --json, the human status and the manifest name the calibration
