@@ -194,6 +194,24 @@ def scripted_value(rung: int, trial: int) -> float:
     return int.from_bytes(hashlib.sha256(f"{rung}:{trial}".encode()).digest()[:4], "big") / 2**32
 
 
+def finish_in_order(engine: Engine, clients: dict[str, Any], order: list[int]) -> list[tuple[int, int]]:
+    """Run a submitted sweep to its end, finishing its running tasks in ``order`` (each entry picks
+    one of those running, modulo their number) with ``scripted_value``; the (rung, trial) of every
+    task it sent, in the order sent."""
+    running: list[ShardTask] = []
+    sent: list[tuple[int, int]] = []
+    step = 0
+    while True:
+        new = sorted(take(engine, clients), key=lambda t: (t.shard_id, t.round))
+        running.extend(new)
+        sent.extend((t.round, t.shard_id) for t in new)
+        if not running:
+            return sent
+        task = running.pop(order[step] % len(running))
+        step += 1
+        report(engine, task, scripted_value(task.round, task.shard_id))
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_asha_equals_the_papers_rule_on_a_scripted_arrival_order(
     engine: Engine, clients: dict[str, Any], seed: int
@@ -207,18 +225,7 @@ def test_asha_equals_the_papers_rule_on_a_scripted_arrival_order(
     expected = reference_asha(order, trials=12, eta=3, rungs=3, slots=4, value=scripted_value)
     # WHEN shardq runs the sweep and the tasks finish in that order
     engine.submit(asha_sweep(f"ref{seed}", trials=12, max_parallel=4))
-    running: list[ShardTask] = []
-    sent: list[tuple[int, int]] = []
-    step = 0
-    while True:
-        new = sorted(take(engine, clients), key=lambda t: (t.shard_id, t.round))
-        running.extend(new)
-        sent.extend((t.round, t.shard_id) for t in new)
-        if not running:
-            break
-        task = running.pop(order[step] % len(running))
-        step += 1
-        report(engine, task, scripted_value(task.round, task.shard_id))
+    sent = finish_in_order(engine, clients, order)
     # THEN it dispatched exactly the reference's jobs, in the same order
     assert sent == expected
     assert engine.store.get_job(f"ref{seed}").status == "SUCCEEDED"

@@ -21,6 +21,7 @@ from shardq.core.tally import request_plan_text
 from tests.core.test_asha import (
     ASHA,
     asha_sweep,
+    finish_in_order,
     load_manifest,
     loss_of,
     reference_asha,
@@ -109,18 +110,7 @@ def test_eager_equals_optunas_rule_on_a_scripted_arrival_order(
     expected = reference_asha(order, trials=12, eta=3, rungs=3, slots=4, value=scripted_value, eager=True)
     job_id = f"eref{seed}"
     engine.submit(eager_sweep(job_id, trials=12, max_parallel=4))
-    running: list[Any] = []
-    sent: list[tuple[int, int]] = []
-    step = 0
-    while True:
-        new = sorted(take(engine, clients), key=lambda t: (t.shard_id, t.round))
-        running.extend(new)
-        sent.extend((t.round, t.shard_id) for t in new)
-        if not running:
-            break
-        task = running.pop(order[step] % len(running))
-        step += 1
-        report(engine, task, scripted_value(task.round, task.shard_id))
+    sent = finish_in_order(engine, clients, order)
     # THEN it dispatched exactly the reference's jobs, in order, and more than the paper's rule
     assert sent == expected
     paper = reference_asha(order, trials=12, eta=3, rungs=3, slots=4, value=scripted_value)
