@@ -308,7 +308,7 @@ def lane_slots(
     # a worker receives whichever group is free), so the pass tracks it (the module doc).
     taken, idle_slow = set(stragglers), 0
     heads = sorted((started_at(lane), lane) for lane in queue)
-    longest = max((expected(d.rung) for d in decisions), default=0.0)
+    longest = max((expected(rung) for rung in {d.rung for d in decisions}), default=0.0)
     for w in (w for w, ratio in pace.items() if ratio > STRAGGLING):
         stamps = [epoch((recorded or {}).get((r.round, r.shard_id), "")) for r in results if r.worker_id == w]
         since = max((x for x in stamps if x is not None), default=None)
