@@ -7,15 +7,20 @@ are measured from the job's own ``decided_at`` and ``recorded_at`` stamps.
 
 from __future__ import annotations
 
-import time
+import sys
+from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from shardq.core import async_prefetch, async_sweep
 from shardq.core.async_prefetch import PREFETCH_CAP
 from shardq.core.contracts import ShardResult, TrainingRequest
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome, SweepDecision
+from shardq.core.store import keys
 from tests.core.test_asha import asha_sweep, loss_of, take
 from tests.helpers import result_for
 
@@ -260,18 +265,43 @@ def test_a_promotion_leaves_a_straggling_lanes_slot_to_a_new_trial() -> None:
     assert [(d.rung, d.trial, d.lane) for d in new] == [(0, 4, 1)]
 
 
-def report_after(engine: Engine, task: Any, wait_s: float) -> None:
-    """Report ``task`` as having worked 10 ms, ``wait_s`` after it was taken (the round trip), from
-    one of two workers (lane ``trial % 2``'s)."""
-    time.sleep(wait_s)
+class Clock:
+    """A controlled ``now_iso``: time moves only when the test says (the decisions' and outcomes'
+    stamps, from which the prefetch measures its round trip, stop depending on the machine's load)."""
+
+    def __init__(self) -> None:
+        self.at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now_iso(self) -> str:
+        return self.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def advance(self, seconds: float) -> None:
+        self.at += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+    """Every shardq module's ``now_iso`` (each imported it by name) replaced by one ``Clock``'s."""
+    fake = Clock()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("shardq.") and getattr(module, "now_iso", None) is keys.now_iso:
+            monkeypatch.setattr(module, "now_iso", fake.now_iso)
+    yield fake
+
+
+def report_after(engine: Engine, clock: Clock, task: Any, wait_s: float) -> None:
+    """Report ``task`` as having worked 10 ms, ``wait_s`` after it was taken (the round trip, on
+    ``clock``), from one of two workers (lane ``trial % 2``'s)."""
+    clock.advance(wait_s)
     result = replace(result_for(task, loss=loss_of(task)), duration_s=0.01, worker_id=f"w{task.shard_id % 2}")
     assert engine.ingest([Outcome(result)]) == []
 
 
 def test_the_engine_prefetches_up_to_the_cap_and_runs_the_sweep_to_the_end(
-    engine: Engine, clients: dict[str, Any]
+    engine: Engine, clients: dict[str, Any], clock: Clock
 ) -> None:
-    # GIVEN an 18-trial ASHA sweep with 2 lanes, whose tasks take 10 ms and come back after 50 ms
+    # GIVEN an 18-trial ASHA sweep with 2 lanes, whose tasks take 10 ms and come back 50 ms (on the
+    # controlled clock) after they were taken
     engine.submit(asha_sweep("pf", trials=18, max_parallel=2))
     running = take(engine, clients)
     assert len(running) == 2  # the first wave: nothing measured yet
@@ -279,7 +309,7 @@ def test_the_engine_prefetches_up_to_the_cap_and_runs_the_sweep_to_the_end(
     most, ran = 0, []
     while running:
         task = running.pop(0)
-        report_after(engine, task, 0.05)
+        report_after(engine, clock, task, 0.05)
         ran.append((task.round, task.shard_id))
         running.extend(take(engine, clients))
         # THEN never more than the cap is out, and no lane holds more than 1 + PREFETCH_CAP
@@ -290,10 +320,10 @@ def test_the_engine_prefetches_up_to_the_cap_and_runs_the_sweep_to_the_end(
         assert all(sum(1 for d in out if d.lane == lane) <= 1 + PREFETCH_CAP for lane in range(2))
         assert {d.lane for d in decisions} <= {0, 1}  # max_parallel lanes: the concurrency cap kept
         most = max(most, len(out))
-    # AND it did prefetch (the round trip is 5× the task; how deep depends on the clock: a task is
-    # queued only behind one ending within the horizon), and ended as ASHA does: every trial once
-    # at rung 0, each decision once, the best trial at the full budget
-    assert 2 < most <= cap
+    # AND it prefetched to the cap (on the controlled clock the round trip is 40 ms beyond the
+    # 10 ms task: 4 tasks' worth, capped), and ended as ASHA does: every trial once at rung 0, each
+    # decision once, the best trial at the full budget
+    assert most == cap
     job = engine.store.get_job("pf")
     assert job.status == "SUCCEEDED", job.error
     assert len(ran) == len(set(ran)) and sum(1 for r, _ in ran if r == 0) == 18
