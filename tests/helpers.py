@@ -180,11 +180,11 @@ class FlakySQS:
         return getattr(self.real, name)
 
     def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
-
         self.calls += 1
         if self.die_after is not None and self.calls > self.die_after:
             raise RuntimeError("injected crash: the splitter died here")
-        keep, drop = [], []
+        keep: list[dict[str, Any]] = []
+        drop: list[dict[str, Any]] = []
         for i, e in enumerate(Entries):
             (drop if self.drop_every and (self.calls + i) % self.drop_every == 0 else keep).append(e)
         response: dict[str, Any] = {"Successful": [], "Failed": []}
@@ -335,7 +335,7 @@ def run_event_source(
     Returns the handler's responses (one per non-empty batch) until the queue is empty.
     """
     arn = queue_arn(sqs, url)
-    responses = []
+    responses: list[dict[str, Any]] = []
     while True:
         msgs = gather_batch(sqs, url, batch)
         if not msgs:
