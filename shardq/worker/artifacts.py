@@ -9,9 +9,10 @@ the result's ``model_uri``; the rest of the outputs are uploaded beside it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
@@ -31,8 +32,38 @@ SINGLE_REQUEST_MAX = 8 * 1024 * 1024
 # A stream cut short mid-body (a dropped connection, a read timeout) is read again from the start,
 # as the managed download does: its errors and its default number of attempts (s3transfer's
 # ``S3_RETRYABLE_DOWNLOAD_ERRORS``, ``TransferConfig.num_download_attempts``). A network blip must
-# not fail a shard and throw its training away.
+# not fail a shard and throw its training away. Only the body's read is retried here: botocore's
+# own retries already cover the request (its status and headers).
 DOWNLOAD_ATTEMPTS = 5
+DOWNLOAD_BACKOFF_S = 0.2  # doubled after each cut stream, at most 2 s
+
+log = logging.getLogger("shardq.worker")
+T = TypeVar("T")
+
+
+def read_object(s3: Any, bucket: str, key: str, consume: Callable[[dict[str, Any]], T]) -> T:
+    """``consume`` a GetObject response (its ``Body`` a stream): on a stream cut short (a
+    retryable read error) the object is requested and consumed again, after a short backoff,
+    ``DOWNLOAD_ATTEMPTS`` times in all, each cut logged. Errors of the request itself (a missing
+    key, a denied call, botocore's exhausted retries) are raised at once."""
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        response = s3.get_object(Bucket=bucket, Key=key)
+        try:
+            return consume(response)
+        except S3_RETRYABLE_DOWNLOAD_ERRORS as exc:
+            response["Body"].close()
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise
+            log.warning(
+                "reading s3://%s/%s was cut short (%s); reading it again (attempt %d of %d)",
+                bucket,
+                key,
+                exc,
+                attempt + 1,
+                DOWNLOAD_ATTEMPTS,
+            )
+            time.sleep(min(DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1), 2.0))
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def model_file(output_dir: Path, chosen: Path | None) -> Path | None:
@@ -80,34 +111,29 @@ class TaskFiles:
 
     def _get_file(self, bucket: str, key: str, dest: Path) -> None:
         """One GetObject streamed to ``dest`` for an object up to ``SINGLE_REQUEST_MAX``; a larger
-        one is left unread and fetched by the managed, concurrent download.
+        one is left unread and fetched by the managed, concurrent download (which retries its own
+        streams).
 
         The body goes to a temporary name first and is renamed once complete (as the managed
         download does): a stream cut short (botocore checks ``ContentLength``) leaves no partial
-        file under ``dest`` and is read again, up to ``DOWNLOAD_ATTEMPTS`` times in all."""
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                self._get_once(bucket, key, dest)
-                return
-            except S3_RETRYABLE_DOWNLOAD_ERRORS:
-                if attempt == DOWNLOAD_ATTEMPTS:
-                    raise
+        file under ``dest`` and is read again (``read_object``)."""
 
-    def _get_once(self, bucket: str, key: str, dest: Path) -> None:
-        response = self.s3.get_object(Bucket=bucket, Key=key)
-        body = response["Body"]
-        if int(response.get("ContentLength") or 0) > SINGLE_REQUEST_MAX:
-            body.close()
-            self.s3.download_file(bucket, key, str(dest))
-            return
-        part = dest.with_name(dest.name + ".part")
-        try:
-            with body, part.open("wb") as out:
-                for chunk in body.iter_chunks(1024 * 1024):
-                    out.write(chunk)
-            part.replace(dest)
-        finally:
-            part.unlink(missing_ok=True)
+        def stream(response: dict[str, Any]) -> None:
+            body = response["Body"]
+            if int(response.get("ContentLength") or 0) > SINGLE_REQUEST_MAX:
+                body.close()
+                self.s3.download_file(bucket, key, str(dest))
+                return
+            part = dest.with_name(dest.name + ".part")
+            try:
+                with body, part.open("wb") as out:
+                    for chunk in body.iter_chunks(1024 * 1024):
+                        out.write(chunk)
+                part.replace(dest)
+            finally:
+                part.unlink(missing_ok=True)
+
+        read_object(self.s3, bucket, key, stream)
 
     def _fetcher(self, tmp: Path) -> Callable[[str], Path]:
         def fetch(uri: str) -> Path:

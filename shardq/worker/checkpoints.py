@@ -37,6 +37,7 @@ from boto3.s3.transfer import TransferConfig
 from shardq.core import checkpoint_keys
 from shardq.core.contracts import ShardTask
 from shardq.core.messages import MAX_ATTEMPT_HISTORY
+from shardq.worker.artifacts import read_object
 
 log = logging.getLogger("shardq.worker")
 
@@ -51,6 +52,11 @@ MULTIPART_CHUNK = 16 * 1024 * 1024
 
 class BadCheckpoint(ValueError):
     """A checkpoint that cannot be used: truncated, foreign, unreadable or unsafe to unpack."""
+
+
+class CheckpointUnreadable(RuntimeError):
+    """The checkpoint pointer exists but cannot be read now (after the request's and the stream's
+    retries): the attempt fails and is retried, instead of training again from step 0."""
 
 
 @dataclass(frozen=True)
@@ -182,12 +188,17 @@ class TaskCheckpoints:
     def _read_pointer(self) -> dict[str, Any] | None:
         key = self.prefix + POINTER
         try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            body = read_object(self.s3, self.bucket, key, lambda response: response["Body"].read())
         except Exception as exc:
             if _missing(exc):
                 return None
-            self.logger.warning("cannot read checkpoint pointer %s (%s); starting fresh", self.uri(key), exc)
-            return None
+            # Not "start fresh": this attempt would redo the training the checkpoint holds, and its
+            # first save would replace the pointer to it. The attempt fails as a failed model
+            # download does, and the next one reads the pointer again.
+            raise CheckpointUnreadable(
+                f"cannot read checkpoint pointer {self.uri(key)} ({exc}); the task is retried "
+                "rather than restarted from step 0, which would discard its checkpoints"
+            ) from exc
         try:
             pointer = json.loads(body)
             if not isinstance(pointer, dict):

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from shardq.core import checkpoint_keys
 from shardq.core.contracts import ShardResult, ShardTask
 from shardq.core.settings import Settings
-from shardq.worker.checkpoints import TaskCheckpoints
+from shardq.worker import artifacts
+from shardq.worker.checkpoints import POINTER, CheckpointUnreadable, TaskCheckpoints
+from tests.worker.test_transfers import CutShort
 
 
 def a_task(shard: int = 0, generation: int = 0, job_id: str = "ckpt") -> ShardTask:
@@ -204,6 +207,41 @@ def test_the_pointer_moves_only_after_the_upload_completed(
     assert f"{checkpoint_keys.step_name(2)}.tar" in keys(s3, bucket, cp.prefix)
     restored = checkpoints(s3, bucket, task, attempt=2).restore(tmp_path / "r")
     assert restored is not None and restored.step == 1
+
+
+class RefusedPointer:
+    """A real S3 client whose GetObject of the pointer is refused (a throttle or a denied call that
+    outlived botocore's retries); everything else goes through."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def get_object(self, **kw: Any) -> Any:
+        if kw["Key"].endswith(POINTER):
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "injected"}}, "GetObject")
+        return self.real.get_object(**kw)
+
+
+def test_an_unreadable_pointer_fails_the_attempt_instead_of_discarding_the_checkpoints(
+    clients: dict[str, Any], bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a task with a checkpoint at step 2
+    monkeypatch.setattr(artifacts, "DOWNLOAD_BACKOFF_S", 0.0)
+    s3, task = clients["s3"], a_task(shard=3)
+    cp = checkpoints(s3, bucket, task)
+    assert save(cp, tmp_path, 1) and save(cp, tmp_path, 2)
+    # WHEN the next attempt's read of the pointer is cut short once, THEN it is read again and the
+    # attempt resumes from step 2
+    restored = checkpoints(CutShort(s3, cuts=1), bucket, task, attempt=2).restore(tmp_path / "r1")
+    assert restored is not None and restored.step == 2
+    # AND WHEN the pointer cannot be read at all, THEN the attempt fails (the worker hands the task
+    # back for a retry) rather than start from step 0, whose first save would replace the pointer
+    with pytest.raises(CheckpointUnreadable, match=r"latest\.json"):
+        checkpoints(RefusedPointer(s3), bucket, task, attempt=3).restore(tmp_path / "r2")
+    assert checkpoints(s3, bucket, task, attempt=4).restore(tmp_path / "r3").step == 2  # type: ignore[union-attr]
 
 
 def test_a_large_checkpoint_uploads_multipart(clients: dict[str, Any], bucket: str, tmp_path: Path) -> None:

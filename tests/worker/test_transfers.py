@@ -88,6 +88,11 @@ class CutShort(CountingClient):
         return response
 
 
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(artifacts, "DOWNLOAD_BACKOFF_S", 0.0)
+
+
 def test_a_download_cut_short_raises_and_leaves_no_partial_file(
     settings: Settings, clients: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -106,6 +111,26 @@ def test_a_download_cut_short_raises_and_leaves_no_partial_file(
     # AND a download that completes leaves exactly the file
     Files(s3)._download(f"s3://{settings.artifact_bucket}/jobs/t/cut/model.npz", dest)
     assert [p.name for p in dest.parent.iterdir()] == ["model.npz"] and dest.read_bytes() == b"x" * 5000
+
+
+def test_a_cut_stream_is_read_again_and_a_refused_request_is_not(
+    settings: Settings, clients: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a model whose first two downloads are cut short
+    s3 = clients["s3"]
+    s3.put_object(Bucket=settings.artifact_bucket, Key="jobs/t/cut2/model.npz", Body=b"y" * 5000)
+    files = Files(CutShort(s3, cuts=2))
+    dest = tmp_path / "init" / "model.npz"
+    # WHEN the worker downloads it, THEN the third read completes, whole, and each cut is logged
+    files._download(f"s3://{settings.artifact_bucket}/jobs/t/cut2/model.npz", dest)
+    assert dest.read_bytes() == b"y" * 5000 and files.s3.counts["get_object"] == 3
+    assert sum("cut short" in r.getMessage() for r in caplog.records) == 2
+    # AND an error of the request itself (botocore has already retried it as its policy says) is
+    # raised at once, not requested DOWNLOAD_ATTEMPTS times more
+    missing = Files(CountingClient(s3))
+    with pytest.raises(ClientError):
+        missing._download(f"s3://{settings.artifact_bucket}/jobs/t/none/model.npz", dest)
+    assert missing.s3.counts["get_object"] == 1
 
 
 def test_scratch_directories_are_removed_in_the_background_and_the_remover_restarts(
