@@ -27,8 +27,12 @@ job record the advance read anyway.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from shardq.core.fedbuff_params import NAME as FEDBUFF
-from shardq.core.jobstore import JobRecord
+
+if TYPE_CHECKING:  # the job record's own module reads ``train_out`` (its windowed view)
+    from shardq.core.jobstore import JobRecord
 
 
 def is_fedbuff(job: JobRecord) -> bool:
@@ -59,13 +63,22 @@ def counted(job: JobRecord) -> int:
 
 def tasks_out(job: JobRecord) -> int:
     """Tasks of ``job`` sent and neither counted nor dropped (the module docstring)."""
+    if is_fedbuff(job):
+        return train_out(job) + _phase_out(job, job.round, "reduce")
+    if job.request.asynchronous:
+        return train_out(job)
+    return _phase_out(job, job.round, job.phase)
+
+
+def train_out(job: JobRecord) -> int:
+    """Train tasks of ``job`` sent and neither counted nor dropped: what its admission window
+    holds (``queued`` in its views). A FedBuff job's and an asynchronous sweep's over every round
+    (their tasks span rounds), any other job's in its current round's train phase."""
     if job.request.asynchronous:
         return max(0, _total(job, ("enq",)) - _total(job, ("ok", "fail", "div", "drop")))
     if is_fedbuff(job):
-        sent = _total(job, ("enq", "usent"))
-        back = _total(job, ("upd", "ufail", "drop"))
-        return max(0, sent - back) + _phase_out(job, job.round, "reduce")
-    return _phase_out(job, job.round, job.phase)
+        return max(0, _total(job, ("enq", "usent")) - _total(job, ("upd", "ufail", "drop")))
+    return _phase_out(job, job.round, "train") if job.phase == "train" else 0
 
 
 def closes_on_its_own(job: JobRecord) -> bool:
@@ -81,4 +94,4 @@ def closes_on_its_own(job: JobRecord) -> bool:
     return job.done(job.round, job.phase) >= job.expected(job.round, job.phase)
 
 
-__all__ = ["COUNTED", "closes_on_its_own", "counted", "is_fedbuff", "tasks_out"]
+__all__ = ["COUNTED", "closes_on_its_own", "counted", "is_fedbuff", "tasks_out", "train_out"]

@@ -43,6 +43,7 @@ def test_every_client_of_a_windowed_fedbuff_job_trains_when_clients_outnumber_la
         strategy={"name": "fedbuff", "buffer_size": 4},
     )
     fb = FedBuffStore(engine.store)
+    most_queued: list[int] = []
 
     def each(job: JobRecord) -> None:
         if job.terminal:
@@ -54,6 +55,16 @@ def test_every_client_of_a_windowed_fedbuff_job_trains_when_clients_outnumber_la
         assert job.enqueued(0, "train") - len(back) <= job.window
         # ... and a client has one task out at a time (plus the version's reduce)
         assert tasks_out(job) <= CLIENTS + 1
+        # AND the view's "queued" is every client task on the queue, whichever version it follows
+        # (the workers have finished their polls: every task out is a message on the queue)
+        attrs = clients["sqs"].get_queue_attributes(
+            QueueUrl=settings.task_queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        on_queue = sum(int(v) for v in attrs.values())
+        reduces = job.enqueued(job.round, "reduce") - job.done(job.round, "reduce")
+        assert job.view().queued == on_queue - reduces
+        most_queued.append(on_queue - reduces)
 
     # WHEN it is submitted THEN its first window is one task per lane, as any job's
     engine.submit(request)
@@ -65,6 +76,7 @@ def test_every_client_of_a_windowed_fedbuff_job_trains_when_clients_outnumber_la
     assert job.enqueued(0, "train") == CLIENTS
     trained = {u.client for u in fb.all_updates("fbw") if u.state != "failed"}
     assert trained == set(range(CLIENTS))
+    assert max(most_queued) > LANES  # (the follow-ups of version 0's clients were counted too)
 
 
 def drive(engine: Engine, job_id: str, each: Callable[[JobRecord], None], steps: int = 400) -> JobRecord:

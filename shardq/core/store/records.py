@@ -10,6 +10,7 @@ from typing import Any
 
 from shardq.core.contracts import TERMINAL_STATUSES, JobView, ShardResult, TrainingRequest
 from shardq.core.fedbuff_params import NAME as FEDBUFF
+from shardq.core.outstanding import train_out
 from shardq.core.planning import participant_count, participants
 from shardq.core.store.keys import (
     _COUNTER_RE,
@@ -183,10 +184,8 @@ class JobRecord:
         return str(self.ending["status"]), self.ending.get("error")
 
     def in_window(self) -> int:
-        """The current round's tasks sent but not counted (queued or running)."""
-        if self.phase != "train" or self.terminal:
-            return 0
-        return max(0, self.enqueued(self.round, "train") - self.done(self.round, "train"))
+        """Train tasks sent and not counted (queued or running): ``outstanding.train_out``."""
+        return 0 if self.terminal else train_out(self)
 
     def enqueuing(self) -> str | None:
         """``ENQUEUING n/N sent`` while the current phase's fan-out is incomplete (None once done)."""
