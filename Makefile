@@ -148,10 +148,11 @@ bench-async-sweep: optuna raytune  ## ASHA vs synchronous halving vs Optuna's SH
 	$(PY) -m benchmarks.async_sweep --write $(BENCH_ARGS)
 
 FL_RESULTS := benchmarks/results/async_fl
-bench-async-fl: flower  ## FedBuff (+ CA2FL) vs synchronous FedAvg vs Flower's FedAvg, MNIST CNN, one 10x slower client, equal client-update budgets: one run per partition; BENCHMARKS.md + docs/img/async_fl.png
+bench-async-fl: flower  ## FedBuff (+ CA2FL) vs synchronous FedAvg vs Flower's FedAvg, MNIST CNN, one 10x slower client, equal client-update budgets: IID in one run, non-IID in two (Flower and the 4x-updates row in the second, at the first's epoch); BENCHMARKS.md + docs/img/async_fl.png
 	$(PY) -m benchmarks.async_fl --partitions iid --rounds-iid 24 --fedbuff iid:3:1:1 --fedbuff iid:3:1:1:cached --out $(FL_RESULTS)-iid.json $(BENCH_ARGS)
-	$(PY) -m benchmarks.async_fl --partitions noniid --rounds-noniid 36 --fedbuff noniid:3:1:1 --fedbuff noniid:4:1.25:1 --fedbuff noniid:3:1:1:cached --fedbuff noniid:4:1:1:cached --out $(FL_RESULTS)-noniid.json $(BENCH_ARGS)
-	$(PY) -m benchmarks.async_fl --merge $(FL_RESULTS)-iid.json $(FL_RESULTS)-noniid.json --write
+	$(PY) -m benchmarks.async_fl --partitions noniid --rounds-noniid 36 --systems fedbuff sync --fedbuff noniid:3:1:1 --fedbuff noniid:3:1:1:cached-full --fedbuff noniid:3:1:1:cached --fedbuff noniid:3:0.75:1:cached --fedbuff noniid:3:0.5:1:cached --out $(FL_RESULTS)-noniid.json $(BENCH_ARGS)
+	$(PY) -m benchmarks.async_fl --partitions noniid --rounds-noniid 36 --systems fedbuff flower --epoch-s $$($(PY) -c "import json; print(json.load(open('$(FL_RESULTS)-noniid.json'))['config']['epoch_s'])") --fedbuff noniid:3:0.5:4:cached --out $(FL_RESULTS)-noniid-long.json $(BENCH_ARGS)
+	$(PY) -m benchmarks.async_fl --merge $(FL_RESULTS)-iid.json $(FL_RESULTS)-noniid.json $(FL_RESULTS)-noniid-long.json --write
 
 soak: install  ## the chaos soak runs: many jobs with random worker kills (a SOAK {...} line), and the long model-based run (a MODEL {...} line; MODEL_EXAMPLES, MODEL_STEPS)
 	$(BIN)/pytest tests/chaos/test_soak.py tests/chaos/test_model.py -m soak -s -q

@@ -55,6 +55,9 @@ from shardq.local.cloud import LocalCloud
 FLOWER_PY = ROOT / ".venv" / "flower" / "bin" / "python"
 RESULTS = ROOT / "benchmarks" / "results" / "async_fl.json"
 PARTITIONS = ("iid", "noniid")
+# --fedbuff / --calibration tokens: none; cached (cache_weight "staleness": the cached mean h̄ weighted
+# as the buffer's updates are); cached-full (cache_weight "full": h̄ at weight 1, the rule before)
+CALIBRATION_TOKENS = ("none", "cached", "cached-full")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -86,12 +89,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--server-lr", type=float, default=1.0)
     parser.add_argument(
-        "--calibration", default="none", choices=("none", "cached"),
-        help="FedBuff's strategy.calibration (cached: CA2FL's cached update calibration)",
+        "--calibration", default="none", choices=CALIBRATION_TOKENS,
+        help="FedBuff's strategy.calibration (cached: CA2FL's cached update calibration, its cached mean "
+        "weighted by the buffer's staleness, cache_weight staleness; cached-full: at weight 1, cache_weight "
+        "full)",
     )  # fmt: skip
     parser.add_argument(
         "--fedbuff", action="append", default=None, metavar="PART:K:LR:UPDATES[:CALIBRATION]",
-        help="one FedBuff row (repeatable), e.g. iid:3:1:3 or noniid:4:1:3:cached; default: one per "
+        help="one FedBuff row (repeatable), e.g. iid:3:1:3 or noniid:4:1:3:cached (CALIBRATION: none, "
+        "cached or cached-full, as --calibration); default: one per "
         "partition from --buffer-size, --server-lr, --fedbuff-updates and --calibration",
     )  # fmt: skip
     parser.add_argument(
@@ -134,7 +140,7 @@ def fedbuff_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> l
     if not args.fedbuff:
         return [
             {"partition": p, "buffer_size": args.buffer_size, "server_lr": args.server_lr,
-             "updates": args.fedbuff_updates, "calibration": args.calibration}
+             "updates": args.fedbuff_updates, **calibration_of(args.calibration)}
             for p in args.partitions
         ]  # fmt: skip
     rows = []
@@ -144,15 +150,23 @@ def fedbuff_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> l
             if len(parts) not in (4, 5) or parts[0] not in PARTITIONS:
                 raise ValueError(spec)
             cal = parts[4] if len(parts) == 5 else "none"
-            if cal not in ("none", "cached"):
+            if cal not in CALIBRATION_TOKENS:
                 raise ValueError(spec)
             rows.append({"partition": parts[0], "buffer_size": int(parts[1]), "server_lr": float(parts[2]),
-                         "updates": float(parts[3]), "calibration": cal})  # fmt: skip
+                         "updates": float(parts[3]), **calibration_of(cal)})  # fmt: skip
         except ValueError:
             parser.error(
-                f"--fedbuff {spec!r}: give PARTITION:K:SERVER_LR:UPDATES[:none|cached], e.g. iid:3:1:3"
+                f"--fedbuff {spec!r}: give PARTITION:K:SERVER_LR:UPDATES[:none|cached|cached-full], e.g. "
+                "iid:3:1:3"
             )
     return [r for r in rows if r["partition"] in args.partitions]
+
+
+def calibration_of(token: str) -> dict[str, str]:
+    """A row's ``strategy.calibration`` and ``cache_weight`` from its token (``CALIBRATION_TOKENS``)."""
+    if token == "none":
+        return {"calibration": "none"}
+    return {"calibration": "cached", "cache_weight": "full" if token == "cached-full" else "staleness"}
 
 
 def fedbuff_label(row: dict[str, Any]) -> str:
@@ -162,7 +176,8 @@ def fedbuff_label(row: dict[str, Any]) -> str:
 
 def fedbuff_settings(row: dict[str, Any]) -> str:
     """``K 3, server lr 1, 1× updates`` (its client updates as a multiple of the synchronous run's)."""
-    return f"K {row['buffer_size']}, server lr {row['server_lr']:g}, {row['updates']:g}× updates"
+    cache = {"staleness": ", h̄ × s(τ)", "full": ", h̄ × 1"}.get(row.get("cache_weight", ""), "")
+    return f"K {row['buffer_size']}, server lr {row['server_lr']:g}, {row['updates']:g}× updates{cache}"
 
 
 def rounds_of(args: argparse.Namespace, partition: str) -> int:
@@ -232,8 +247,8 @@ def request(
     }  # fmt: skip
     if fedbuff:
         out["rounds"] = math.ceil(fedbuff["updates"] * rounds * args.clients / fedbuff["buffer_size"])
-        keys = ("buffer_size", "server_lr", "calibration")
-        out["strategy"] = {"name": "fedbuff", **{k: fedbuff[k] for k in keys}}
+        keys = ("buffer_size", "server_lr", "calibration", "cache_weight")
+        out["strategy"] = {"name": "fedbuff", **{k: fedbuff[k] for k in keys if k in fedbuff}}
     return out
 
 

@@ -122,6 +122,7 @@ def figures(s: dict[str, Any], intervals: list[dict[str, Any]], t0: float) -> di
     first_full = min((r["end"] for r in full), default=None)
     last_start = max((r["start"] for r in intervals), default=t0)
     end = max((r["end"] for r in intervals), default=t0)
+    duplicates = _duplicates(intervals)
     first_s = None if first_full is None else first_full - t0
     return {
         "first_full_s": None if first_s is None else round(first_s, 2),
@@ -130,8 +131,12 @@ def figures(s: dict[str, Any], intervals: list[dict[str, Any]], t0: float) -> di
         "idle_total": _round(wl.idle_fraction(intervals, s["workers"], t0, end)),
         "makespan_s": round(end - t0, 2),
         "first_task_s": round(min((r["start"] for r in intervals), default=t0) - t0, 2),
-        "trial_epochs": sum(r["epochs"] for r in intervals),
+        # Each trial's rungs once: a task run twice (a backup copy, ``shardq.core.async_backup``)
+        # trained one rung; the copies that ended later and their worker-seconds are apart.
+        "trial_epochs": sum(r["epochs"] for r in intervals) - sum(r["epochs"] for r in duplicates),
         "tasks": len(intervals),
+        "duplicate_copies": len(duplicates),
+        "duplicate_s": round(sum(r["end"] - r["start"] for r in duplicates), 2),
         "trials_at_budget": {
             b: len({r["trial"] for r in intervals if r["rung"] >= k}) for k, b in enumerate(s["budgets"])
         },
@@ -139,6 +144,14 @@ def figures(s: dict[str, Any], intervals: list[dict[str, Any]], t0: float) -> di
             {**r, "start": round(r["start"] - t0, 3), "end": round(r["end"] - t0, 3)} for r in intervals
         ],
     }
+
+
+def _duplicates(intervals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The busy intervals of a task's copies beyond the one that ended first."""
+    by_task: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for r in intervals:
+        by_task.setdefault((r["trial"], r["rung"]), []).append(r)
+    return [r for rows in by_task.values() for r in sorted(rows, key=lambda r: r["end"])[1:]]
 
 
 def _round(value: float | None) -> float | None:
@@ -194,8 +207,13 @@ def run_shardq(
         try:
             line = run.run(req, timeout=timeout)
         finally:
+            ended = time.time()
             wl.ABORT.set()
-        intervals = list(wl.BUSY.intervals)
+    # Read once the workers are joined: a task cut short when the job ended (a backup's losing
+    # copy, still running on the slow worker) kept that worker busy until then, and its interval
+    # is written as it stops; clipped at the job's end, and none that a worker began after it
+    # (a cut-short task handed back and received again before its worker stopped).
+    intervals = [{**r, "end": min(r["end"], ended)} for r in wl.BUSY.intervals if r["start"] < ended]
     out = figures(s, intervals, t0)
     values: dict[int, list[float]] = {}
     for row in line.manifest.get("leaderboard", []):

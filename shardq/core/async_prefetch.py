@@ -68,6 +68,14 @@ promotion takes any slot (no later pass would come). A promotion never takes a s
 slot while a fast lane runs: that slot takes a new trial. (Three runs of the benchmark gave the
 10× worker a rung-1 promotion at the sweep's end, 10.5 s where the others take 1.3 s; one a rung-2
 one, 31 s.)
+
+For **backup tasks** (``shardq.core.async_backup``) ``lane_slots`` also names the free lanes a free
+worker takes now (``Slots.idle``) and the **suspects**: the tasks of each lane whose running task is
+presumed on a slow worker (a straggling lane, or one a slow worker presumed idle may have taken),
+its running task and those queued behind it, each with what it has left at the slowest measured
+pace. A backed-up task's losing copy (the one whose outcome came second) keeps its lane busy and
+straggling until presumed ended (the slowest pace × its rung's typical time after its decision,
+plus the round trip): a task decided into that FIFO group would wait behind it.
 """
 
 from __future__ import annotations
@@ -78,6 +86,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from shardq.core import async_backup as backup
 from shardq.core.contracts import ShardResult
 from shardq.core.jobstore import SweepDecision
 
@@ -109,11 +118,13 @@ def overheads(
     recorded: Mapping[tuple[int, int], str],
 ) -> list[float]:
     """Each recorded task's decision-to-record time less its worker's time, in seconds (a
-    redelivered task's, ``attempt`` > 1, left out: it includes the lease its first worker held)."""
-    decided = {d.key: epoch(d.decided_at) for d in decisions}
+    redelivered task's, ``attempt`` > 1, left out: it includes the lease its first worker held; so
+    is a backed-up task's: which copy's decision it answers is no round trip)."""
+    copies = backup.backed_up(decisions)
+    decided = {d.key: epoch(d.decided_at) for d in decisions if not d.backup}
     out: list[float] = []
     for r in results:
-        if r.attempt > 1:
+        if r.attempt > 1 or (r.round, r.shard_id) in copies:
             continue
         key = (r.round, r.shard_id)
         start, end = decided.get(key), epoch(recorded.get(key, ""))
@@ -163,6 +174,14 @@ class Slots:
     empty: frozenset[int] = frozenset()
     idle_slow: int = 0
     behind: list[int] = field(default_factory=list)
+    # For backup tasks (``shardq.core.async_backup``): the free lanes a free worker takes now, and
+    # the tasks presumed on a slow worker (running there, or queued behind one that is).
+    idle: frozenset[int] = frozenset()
+    suspects: list[backup.Suspect] = field(default_factory=list)
+
+    def backup_lanes(self) -> list[int]:
+        """The free lanes a backup copy may take, best first: empty, a free worker's, not straggling."""
+        return [lane for lane in self.free if lane in self.idle and lane not in self.slow]
 
     def promotion(self) -> int | None:
         """The lane of a due promotion, or None when it should wait for a later pass: the best
@@ -250,18 +269,34 @@ def lane_slots(
     than its previous task was recorded); ``added``: the budget each rung adds (the expected time of
     a rung no outcome has reported yet, ``expected_times``)."""
     done = {(r.round, r.shard_id) for r in results}
-    in_flight = [d for d in decisions if d.key not in done]
     expected = expected_times(results, added)
     pace = paces(results)
+    # The slowest measured pace: where a task presumed on a slow worker is expected to run.
+    slowest = max(STRAGGLING, *pace.values()) if pace else STRAGGLING
+    # A running task's time includes the trips to its worker and back (the smallest overhead seen).
+    trip = min(overheads(decisions, results, recorded), default=0.0) if recorded else 0.0
+    # A backed-up task's losing copy still holds its lane until presumed ended (``async_backup``).
+    losing = backup.losing_copies(decisions, results)
+    held = {
+        d.ident
+        for d in losing
+        if now is not None
+        and (at := epoch(d.decided_at)) is not None
+        and now - at < slowest * expected(d.rung) + trip
+    }
+    in_flight = [d for d in decisions if d.key not in done or d.ident in held]
     worker = {(r.round, r.shard_id): r.worker_id for r in results}
     count = {lane: 0 for lane in range(lanes)}
     queue: dict[int, list[SweepDecision]] = {}  # lane -> its tasks in flight, in the order they went out
     freed: dict[int, float] = {}  # lane -> when its latest outcome was recorded
     last: dict[int, tuple[str, str | None]] = {}  # lane -> (decided_at, worker) of its latest outcome
+    losers = {d.ident for d in losing}
     for d in decisions:
         if d.lane not in count:
             continue
-        if d.key in done:
+        if d.key in done and d.ident in losers and d.ident not in held:
+            continue  # its lane's last outcome is not this copy's (another worker reported it)
+        if d.key in done and d.ident not in held:
             if d.decided_at >= last.get(d.lane, ("", None))[0]:
                 last[d.lane] = (d.decided_at, worker.get(d.key))
             at = epoch((recorded or {}).get(d.key, ""))
@@ -292,9 +327,6 @@ def lane_slots(
         left += sum(expected(d.rung) for d in tasks[1:])
         return left + max(0, level - count[lane]) * expected(0)
 
-    # A running task's time includes the trips to its worker and back (the smallest overhead seen).
-    trip = min(overheads(decisions, results, recorded), default=0.0) if recorded else 0.0
-
     def straggling(lane: int) -> bool:
         # The worker that freed the lane last is the one likely to take its next task; or its
         # running task has run far longer than a typical one of its rung.
@@ -303,7 +335,7 @@ def lane_slots(
         typical = expected(tasks[0].rung) if tasks else 0.0
         return slow or (typical > 0 and running_s(lane) > STRAGGLING * typical + trip)
 
-    stragglers = frozenset(filter(straggling, count))
+    stragglers = frozenset(filter(straggling, count)) | {d.lane for d in decisions if d.ident in held}
     # A freed straggler takes the first task that becomes available after its outcome (any lane's:
     # a worker receives whichever group is free), so the pass tracks it (the module doc).
     taken, idle_slow = set(stragglers), 0
@@ -369,6 +401,28 @@ def lane_slots(
         (lane for lane in running if count[lane] <= depth and lane not in taken and lane not in slots),
         key=lambda lane: (free_in(lane, count[lane]), lane),
     )
+
+    def suspects_in(lane: int) -> list[backup.Suspect]:
+        """The lane's tasks, its running one and those queued behind it (a FIFO group hands them
+        out only after it), each with what it has left to its end and what a copy would take."""
+        tasks = queue[lane]
+        left = backup.left_s(slowest, expected(tasks[0].rung), running_s(lane))
+        out = []
+        for i, d in enumerate(tasks):
+            left += expected(d.rung) if i else 0.0
+            if d.key not in done:  # not a losing copy (``held``): its task is answered
+                out.append(backup.Suspect(lane, d, left, expected(d.rung) + trip))
+        return out
+
+    # The tasks of the lanes whose running task is presumed on a slow worker (a straggling lane's,
+    # a losing copy's, or one an idle slow worker may have taken), for backups (``async_backup``):
+    # only once a worker measured slow (a task merely running long on an unmeasured fleet is noise,
+    # or a dead worker, whose lease brings the task back).
+    suspects = (
+        [s for lane in sorted(running & (stragglers | taken)) for s in suspects_in(lane)]
+        if now is not None and slowest > STRAGGLING
+        else []
+    )
     return Slots(
         slots,
         stragglers,
@@ -376,6 +430,8 @@ def lane_slots(
         empty=frozenset(empty),
         idle_slow=idle_slow,
         behind=behind[: room - len(slots)],
+        idle=frozenset(at_once),
+        suspects=suspects,
     )
 
 

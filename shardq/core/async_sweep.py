@@ -11,7 +11,9 @@ and the slot takes
    so far, and that was not promoted from it yet, trains rung ``k + 1`` from its own model
    (``init_model_uri``), with the budget the rung adds; else
 2. a **new rung-0 trial** from the job's *trial source* (``TrialSource``: the next grid point,
-   a new random sample while ``num_trials`` remains, or what a sampler such as Optuna asks).
+   a new random sample while ``num_trials`` remains, or what a sampler such as Optuna asks);
+3. with neither, a **backup** copy of a task running on a slow worker, when a fast free worker
+   would end it sooner (``shardq.core.async_backup``: the first copy's outcome counts).
 
 The sweep ends when nothing is in flight and nothing is promotable or drawable. At that point a
 rung that promoted nobody (fewer than ``eta`` results) promotes its best trial (``rule "drain"``),
@@ -63,6 +65,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from shardq.core import asha_rules, planning, search, spend
+from shardq.core import async_backup as backup
 from shardq.core import async_prefetch as prefetch
 from shardq.core.async_bounds import AsyncProgress, async_progress, max_tasks, rung_bounds
 from shardq.core.contracts import ShardResult, TrainingRequest
@@ -319,6 +322,10 @@ def plan_pass(
             if not view.in_flight:  # nothing runs and nothing is left to draw: the sweep's end
                 promo = next_promotion(request, rungs, view.decided(), drain=True, order=order)
                 lane = None if promo is None else slots.promotion()
+            elif promo is None:  # nothing else to run: copy a straggler's task (``async_backup``)
+                lanes = slots.backup_lanes()
+                copies = backup.choose(slots.suspects, [*view.decisions, *view.new], lanes, seq)
+                view.new.extend(copies[: limit - len(view.new)])
             if promo is None or lane is None:
                 break
         assert promo is not None
@@ -409,7 +416,9 @@ class AsyncSweep:
                     self.cache.decided(job.job_id, seen, [replace(d, seq=seen) for d in new])
                 if new:
                     self.metric("SweepDecisions", len(new), "Count")
-                    promoted = sum(1 for d in new if d.rung > 0)
+                    if any(d.backup for d in new):
+                        self.metric("BackupTasks", sum(1 for d in new if d.backup), "Count")
+                    promoted = sum(1 for d in new if d.rung > 0 and not d.backup)
                     if promoted:
                         self.metric("TrialsPromoted", promoted, "Count")
             if not new and not view.in_flight:
@@ -451,7 +460,7 @@ class AsyncSweep:
         for d in sorted(unsent, key=lambda d: (d.seq, -d.rung, d.trial)):
             params = d.params if task_params is None else task_params(d.trial, drawn)
             task = planning.train_task(
-                job.request, job.job_id, layout, d.rung, d.trial, d.init_model, params=params
+                job.request, job.job_id, layout, d.rung, d.trial, d.init_model, params=params, backup=d.backup
             )
             # A retried task carries its generation (fresh checkpoints, a fresh deduplication id).
             task = replace(task, generation=d.generation)
@@ -500,17 +509,17 @@ class AsyncSweep:
             }
             unrun: dict[int, list[int]] = {}
             for d in decisions:
-                if d.key not in counted:
+                if d.key not in counted and not d.backup:
                     unrun.setdefault(d.rung, []).append(d.trial)
             for rung, trials in sorted(unrun.items()):
                 store.mark_retried(job_id, rung, "train", trials, generation)
         again: list[SweepDecision] = []
         for rung in sorted({d.rung for d in decisions}):
             marks = store.retried_generations(job_id, rung, "train")
-            again.extend(
+            again.extend(  # the task alone: a retry sends no backup copy
                 replace(d, generation=marks[d.trial])
                 for d in decisions
-                if d.rung == rung and marks.get(d.trial, 0) > d.generation
+                if d.rung == rung and not d.backup and marks.get(d.trial, 0) > d.generation
             )
         if not again:
             raise AsyncSweepError(f"job {job_id} has no failed or unfinished trials to retry")

@@ -10,7 +10,10 @@ counts it).
 A checkpoint belongs to the *task*, not to the worker that wrote it: whichever worker receives the
 task next finds it under the task's own key. The key names everything that makes two tasks
 different (job, round, task type, shard, retry generation), so a checkpoint from another job,
-round or retry of the shard is never picked up::
+round or retry of the shard is never picked up. An asynchronous sweep's backup copy of a task
+(``shardq.core.async_backup``) runs at the same time as the task: it keeps its own checkpoints
+beside the task's (``g{generation}-b1/``), so neither copy's "keep the last two" deletes what the
+other's pointer names::
 
     checkpoints/{job_id}/r{round}/{task_type}/s{shard_id}/g{generation}/{step:012d}.tar
     checkpoints/{job_id}/r{round}/{task_type}/s{shard_id}/g{generation}/{step:012d}.json  (manifest)
@@ -31,9 +34,13 @@ def job_prefix(job_id: str) -> str:
     return f"{ROOT}{job_id}/"
 
 
-def task_prefix(job_id: str, round_no: int, task_type: str, shard_id: int, generation: int) -> str:
-    """One task's checkpoints: ``checkpoints/{job_id}/r{round}/{task_type}/s{shard}/g{generation}/``."""
-    return f"{job_prefix(job_id)}r{round_no}/{task_type}/s{shard_id}/g{generation}/"
+def task_prefix(
+    job_id: str, round_no: int, task_type: str, shard_id: int, generation: int, backup: int = 0
+) -> str:
+    """One task's checkpoints: ``checkpoints/{job_id}/r{round}/{task_type}/s{shard}/g{generation}/``
+    (a backup copy's: ``…/g{generation}-b{backup}/``)."""
+    copy = f"-b{backup}" if backup else ""
+    return f"{job_prefix(job_id)}r{round_no}/{task_type}/s{shard_id}/g{generation}{copy}/"
 
 
 def step_name(step: int) -> str:

@@ -96,7 +96,7 @@ class Enqueuer:
         if len(body.encode()) <= INLINE_TASK_MAX_BYTES:
             return task_message(task, max_parallel, generation)
         layout = planning.Layout(self.bucket, task.job_id)
-        key = layout.task_payload_key(task.round, task.task_type, task.shard_id)
+        key = layout.task_payload_key(task.round, task.task_type, task.shard_id, task.backup)
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=body.encode(), ContentType="application/json")
         envelope = replace(
             task, data={}, hyperparameters={}, model={}, payload_uri=f"s3://{self.bucket}/{key}"

@@ -14,10 +14,24 @@ STALENESS_FUNCTIONS = ("polynomial", "constant", "hinge")
 # The server step's calibration: "none" is FedBuff as the paper states it; "cached" is CA2FL's
 # cached update calibration (Wang et al., ICLR 2024; ``shardq.worker.fedbuff_cached``).
 CALIBRATIONS = ("none", "cached")
+# How a calibrated step weights the clients' cached mean h̄: "staleness" weights each update's whole
+# calibrated estimate h̄ + Δ_i − h_{c(i)} by n_i·s(τ_i)/Σn, as FedBuff weights the update itself (h̄
+# counts the buffer's mean staleness weight; ``shardq.worker.fedbuff_cached``); "full" applies h̄ at
+# weight 1 whatever the buffer's staleness (the rule before; CA2FL's paper has no staleness weights).
+CACHE_WEIGHTS = ("staleness", "full")
 # The request's string parameters and their defaults (the numeric ones are DEFAULTS below).
 CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
     "staleness": (STALENESS_FUNCTIONS, "polynomial"),
     "calibration": (CALIBRATIONS, "none"),
+    "cache_weight": (CACHE_WEIGHTS, "staleness"),
+}
+# What a choice means, appended to the problem when a request names another.
+CHOICE_HELP = {
+    "calibration": ' ("cached": CA2FL\'s cached update calibration for non-IID clients; "none": FedBuff)',
+    "cache_weight": (
+        ' (with calibration "cached": "staleness" weights the clients\' cached mean like the buffer\'s '
+        'updates, by s(τ), stable when updates are stale; "full": the cached mean at weight 1)'
+    ),
 }
 # Numeric parameters and their defaults. FLSim's FedBuff: polynomial staleness weight with exponent
 # 0.5 (``PolynomialStalenessWeightConfig.exponent``; the paper's s(τ) = 1/(1+τ)^0.5), a plain
@@ -55,11 +69,7 @@ def parse_params(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     for key, (allowed, default_choice) in CHOICES.items():
         chosen = raw.get(key, default_choice)
         if chosen not in allowed:
-            fix = (
-                ' ("cached": CA2FL\'s cached update calibration for non-IID clients; "none": FedBuff)'
-                if key == "calibration"
-                else ""
-            )
+            fix = CHOICE_HELP.get(key, "")
             problems.append(f"strategy.{key} must be one of {', '.join(allowed)}, got {chosen!r}{fix}")
         params[key] = chosen
     for key, default in DEFAULTS.items():
@@ -112,3 +122,10 @@ def cached_calibration(params: Mapping[str, Any]) -> bool:
     """True when the job's server step uses CA2FL's cached update calibration
     (``strategy.calibration: "cached"``; a job recorded before the field existed has none)."""
     return params.get("calibration", "none") == "cached"
+
+
+def weighs_cache(params: Mapping[str, Any]) -> bool:
+    """True when a calibrated step weights each update's whole calibrated estimate by s(τ), h̄
+    included (``cache_weight: "staleness"``); False: h̄ at weight 1 (``"full"``, and a job recorded
+    before the field existed)."""
+    return params.get("cache_weight", "full") == "staleness"

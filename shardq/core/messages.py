@@ -84,14 +84,17 @@ class ShardTask(_Message):
     # How often a worker handed this task back gracefully (SIGTERM, a Spot notice) by re-sending it
     # (``shardq.worker.release``): such a release costs no receive toward the DLQ. Left out at 0.
     releases: int = 0
+    # 1 for an asynchronous sweep's backup copy of a straggling task (``shardq.core.async_backup``):
+    # its own deduplication id, output prefix and checkpoints. Left out at 0.
+    backup: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data (without ``eval_dataset`` when the task has none, nor ``generation`` or
-        ``releases`` at 0)."""
+        """JSON-ready data (without ``eval_dataset`` when the task has none, nor ``generation``,
+        ``releases`` or ``backup`` at 0)."""
         out = asdict(self)
         if out["eval_dataset"] is None:
             del out["eval_dataset"]
-        for counter in ("generation", "releases"):
+        for counter in ("generation", "releases", "backup"):
             if not out[counter]:
                 del out[counter]
         return out
@@ -105,6 +108,8 @@ class ShardTask(_Message):
         for counter in ("generation", "releases"):
             if counter in data:
                 c.integer(data, counter, counter, 0, 1_000_000)
+        if "backup" in data:
+            c.integer(data, "backup", "backup", 0, 1)
         if data.get("kind") not in KINDS:
             c.add(f"kind must be one of {', '.join(KINDS)}, got {data.get('kind')!r}")
         for key in ("shard_count", "entrypoint", "data", "output_prefix"):
@@ -162,6 +167,9 @@ class ShardResult(_Message):
     # job's window from it (``shardq.core.depth``): unlike the gaps between results, it leaves out
     # the time a starved worker waited for work. Optional; left out when None (older workers).
     busy_s: float | None = None
+    # The copy of the task this result answers (``ShardTask.backup``: 1 for a sweep's backup copy),
+    # so the sweep knows which copy's lane is still busy. Optional; left out at 0.
+    backup: int = 0
 
     @property
     def cost_micro_usd(self) -> int:
@@ -185,7 +193,7 @@ class ShardResult(_Message):
             shard_id=task.shard_id,
             task_type=task.task_type,
             status=status,
-            **{"generation": task.generation, **fields},
+            **{"generation": task.generation, "backup": task.backup, **fields},
         )
 
     @classmethod
@@ -229,6 +237,8 @@ class ShardResult(_Message):
             c.integer(data, "resume_step", "resume_step", 0, 10**15)
         if "generation" in data:
             c.integer(data, "generation", "generation", 0, 1_000_000)
+        if "backup" in data:
+            c.integer(data, "backup", "backup", 0, 1)
         price = data.get("price_per_hour", 0.0)
         if (
             isinstance(price, bool)
@@ -260,6 +270,7 @@ class ShardResult(_Message):
         values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         values["metrics"] = values_of
         values["generation"] = int(data.get("generation") or 0)
+        values["backup"] = int(data.get("backup") or 0)
         values["price_per_hour"] = float(data.get("price_per_hour") or 0.0)
         values["busy_s"] = None if busy is None else float(busy)
         return cls(**values)
@@ -283,6 +294,8 @@ class ShardResult(_Message):
             del data["params"]
         if data["busy_s"] is None:
             del data["busy_s"]
+        if not data["backup"]:
+            del data["backup"]
         return data
 
 

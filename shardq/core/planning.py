@@ -91,8 +91,11 @@ def group_id(task: ShardTask, max_parallel: int) -> str:
 
 
 def dedup_id(task: ShardTask, generation: int = 0) -> str:
-    """``MessageDeduplicationId``; a retry of a failed shard uses a new generation."""
-    return task.key if generation == 0 else f"{task.key}:g{generation}"
+    """``MessageDeduplicationId``; a retry of a failed shard uses a new generation, a sweep's backup
+    copy of a straggling task (``ShardTask.backup``) its own suffix, so neither is dropped as the
+    first send's duplicate within the queue's 5-minute window."""
+    base = task.key if generation == 0 else f"{task.key}:g{generation}"
+    return f"{base}:b{task.backup}" if task.backup else base
 
 
 class Layout(NamedTuple):
@@ -118,9 +121,11 @@ class Layout(NamedTuple):
         """An ``s3://`` URI under the job's prefix."""
         return f"s3://{self.bucket}/{self.key(*parts)}"
 
-    def shard_output(self, round_no: int, shard_id: int) -> str:
-        """Output prefix of one train task."""
-        return self.uri(f"round-{round_no:04d}", f"shard-{shard_id:06d}") + "/"
+    def shard_output(self, round_no: int, shard_id: int, backup: int = 0) -> str:
+        """Output prefix of one train task (a backup copy's beside it, ``shard-…-b1/``: the copy
+        that loses never overwrites the model a promotion continues from)."""
+        name = f"shard-{shard_id:06d}" + (f"-b{backup}" if backup else "")
+        return self.uri(f"round-{round_no:04d}", name) + "/"
 
     def reduce_output(self, round_no: int) -> str:
         """Output prefix of a round's reduce task (the round's global model)."""
@@ -130,9 +135,10 @@ class Layout(NamedTuple):
         """Claim check with the round's shard models and weights."""
         return self.key(f"round-{round_no:04d}", "reduce-inputs.json")
 
-    def task_payload_key(self, round_no: int, task_type: str, shard_id: int) -> str:
-        """Claim check holding a task body too big to travel in its message."""
-        return self.key(f"round-{round_no:04d}", "tasks", f"{task_type}-{shard_id:06d}.json")
+    def task_payload_key(self, round_no: int, task_type: str, shard_id: int, backup: int = 0) -> str:
+        """Claim check holding a task body too big to travel in its message (a backup copy's its own)."""
+        name = f"{task_type}-{shard_id:06d}" + (f"-b{backup}" if backup else "")
+        return self.key(f"round-{round_no:04d}", "tasks", f"{name}.json")
 
     def manifest_key(self) -> str:
         """The job's result manifest."""
@@ -147,11 +153,13 @@ def train_task(
     index: int,
     init_model_uri: str | None,
     params: dict[str, Any] | None = None,
+    backup: int = 0,
 ) -> ShardTask:
     """Task ``index`` of round ``round_no``: a data shard, or a trial for a sweep.
 
     ``params``: a sweep trial's hyperparameters when something other than the request decided them
-    (an asynchronous sweep's trial source, ``shardq.core.async_sweep``); else ``trial_params``."""
+    (an asynchronous sweep's trial source, ``shardq.core.async_sweep``); else ``trial_params``.
+    ``backup``: 1 for a sweep's backup copy of the task (``shardq.core.async_backup``)."""
     total = request.task_count
     if not 0 <= index < total:
         raise IndexError(f"task index {index} outside 0..{total - 1}")
@@ -188,11 +196,12 @@ def train_task(
         entrypoint=request.entrypoint,
         data=data,
         hyperparameters=hyper,
-        output_prefix=layout.shard_output(round_no, index),
+        output_prefix=layout.shard_output(round_no, index, backup),
         init_model_uri=init_model_uri,
         model=request.model,
         timeout_s=request.task_timeout_seconds,
         strategy=request.strategy.to_dict() if request.strategy else {},
+        backup=backup,
     )
 
 

@@ -49,7 +49,8 @@ class _Job:
     """One job's cached decisions (up to pass ``seq``) and train results."""
 
     seq: int = -1
-    decisions: dict[Key, SweepDecision] = field(default_factory=dict)
+    # By ``SweepDecision.ident`` (a task and its backup copy are two decisions).
+    decisions: dict[tuple[int, int, int], SweepDecision] = field(default_factory=dict)
     results: dict[Key, ShardResult] = field(default_factory=dict)
     # When each result was recorded (``recorded_at``): the prefetch's overheads (``async_prefetch``).
     recorded: dict[Key, str] = field(default_factory=dict)
@@ -92,14 +93,14 @@ class SweepCache:
         """Pass ``seq`` committed ``decisions`` (this container's own pass)."""
         entry = self._job(job_id)
         if entry.seq == seq - 1:
-            entry.decisions.update((d.key, d) for d in decisions)
+            entry.decisions.update((d.ident, d) for d in decisions)
             entry.seq = seq
 
     def is_decided(self, job_id: str, rung: int, trial: int) -> bool:
         """True when a decision ran ``trial`` at ``rung`` (the foreign-result check): from the
         cache, else one item read."""
         entry = self._jobs.get(job_id)
-        if entry is not None and (rung, trial) in entry.decisions:
+        if entry is not None and (rung, trial, 0) in entry.decisions:
             return True
         return self.store.sweep_decided(job_id, rung, trial)
 
@@ -116,7 +117,7 @@ class SweepCache:
         entry = self._job(job.job_id)
         self._decisions(entry, job.job_id, seen)
         self._results(entry, job)
-        decisions = sorted(entry.decisions.values(), key=lambda d: d.key)
+        decisions = sorted(entry.decisions.values(), key=lambda d: d.ident)
         # In key order (rung, trial), as a full read returns them: a trial source sees one history.
         return decisions, [entry.results[k] for k in sorted(entry.results)]
 
@@ -126,9 +127,9 @@ class SweepCache:
         newer = self.store.sweep_log(job_id, entry.seq, seen) if entry.seq >= 0 else None
         if newer is None:
             self.full_reads += 1
-            entry.decisions = {d.key: d for d in self.store.sweep_decisions(job_id)}
+            entry.decisions = {d.ident: d for d in self.store.sweep_decisions(job_id)}
         else:
-            entry.decisions.update((d.key, d) for d in newer)
+            entry.decisions.update((d.ident, d) for d in newer)
         entry.seq = seen
 
     def _results(self, entry: _Job, job: JobRecord) -> None:

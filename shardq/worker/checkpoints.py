@@ -143,7 +143,7 @@ class TaskCheckpoints:
     def prefix(self) -> str:
         """The task's key prefix (``checkpoint_keys.task_prefix``)."""
         t = self.task
-        return checkpoint_keys.task_prefix(t.job_id, t.round, t.task_type, t.shard_id, t.generation)
+        return checkpoint_keys.task_prefix(t.job_id, t.round, t.task_type, t.shard_id, t.generation, t.backup)
 
     def uri(self, key: str) -> str:
         """``s3://bucket/key``, for log lines."""

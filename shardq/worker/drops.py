@@ -1,6 +1,8 @@
-"""Tasks a worker deletes unrun: their job was cancelled or finished, or their round closed.
+"""Tasks a worker deletes unrun: their job was cancelled or finished, or their round closed, or (an
+asynchronous sweep's backup copy of a straggling task) the task's outcome is already recorded.
 
-Read through ``JobStore.state_of`` (one GetItem) before a task runs; see ``drop_reason``.
+Read through ``JobStore.state_of`` (one GetItem) before a task runs, and for a backup copy one more
+(``JobStore.outcome_recorded``); see ``drop_reason``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def drop_reason(store: JobStore | None, task: ShardTask, tlog: logging.LoggerAda
         return "job is being cancelled"
     if job.budget_spent:
         return BUDGET_DROP  # the worker says so on the results queue (spend.Dropped)
+    if task.backup and _recorded(store, task, tlog):
+        return "its outcome is already recorded (the other copy reported first)"
     if task.task_type != "train" or task.kind != "data_parallel":
         return None
     if task.strategy.get("name") == "fedbuff":
@@ -48,3 +52,14 @@ def drop_reason(store: JobStore | None, task: ShardTask, tlog: logging.LoggerAda
     if job.closed_round is not None and job.closed_round >= task.round:
         return f"round {task.round} already closed"
     return None
+
+
+def _recorded(store: JobStore, task: ShardTask, tlog: logging.LoggerAdapter) -> bool:
+    """Whether a backup copy's task already has its outcome (False when unknown: run it)."""
+    try:
+        return store.outcome_recorded(task.job_id, task.round, task.shard_id)
+    except Exception as exc:
+        if is_fatal(exc):
+            raise
+        tlog.warning("outcome of %s unknown (%s); running the backup copy", task.key, describe(exc))
+        return False

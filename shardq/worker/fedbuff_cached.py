@@ -82,6 +82,7 @@ def cached_step(
     *,
     server_lr: float,
     calibration: Mapping[str, Any],
+    weigh_cache: bool = False,
 ) -> Path:
     """Write x_{v+1} to ``out`` and the new calibration state beside it (``CALIBRATION_NAME``);
     returns ``out``.
@@ -103,6 +104,9 @@ def cached_step(
     calibration:
         The inputs' ``calibration``: ``clients`` (N) and ``state_uri`` (the previous reduce's
         ``calibration.npz``; None for version 0).
+    weigh_cache:
+        Weight each update's whole calibrated estimate h̄ + Δ_i − h_{c(i)} by w_i, so h̄ counts
+        Σ_i w_i (``cache_weight: "staleness"``); False: h̄ at weight 1 (``"full"``).
 
     Raises
     ------
@@ -120,8 +124,10 @@ def cached_step(
     state_uri = calibration.get("state_uri")
     state = fetch(str(state_uri), CALIBRATION_NAME) if state_uri else None
     sums, seen = read_state(state, x)
-    # h̄ as the buffer opens: S / (N × the mean n of the clients seen)
+    # h̄ as the buffer opens: S / (N × the mean n of the clients seen), times Σ_i w_i when weighed
     scale = len(seen) / (clients * sum(seen.values())) if seen else 0.0
+    if weigh_cache:
+        scale *= sum(int(u["num_samples"]) * float(u["staleness_weight"]) for u in updates) / total
     step: Arrays = {k: scale * sums[k] for k in x}
     uses = Counter(str(u["base_model_uri"]) for u in updates)
     uses.update(str(u["previous"]["base_model_uri"]) for u in updates if u.get("previous") is not None)

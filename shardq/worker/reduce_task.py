@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from botocore.exceptions import ClientError
 
 from shardq.core.contracts import ShardTask
+from shardq.core.fedbuff_params import weighs_cache
 from shardq.core.planning import split_s3
 from shardq.worker.artifacts import TaskFiles, uri_name
 from shardq.worker.aws import error_code
@@ -88,7 +89,9 @@ class ReduceTasks(TaskFiles):
             # FedBuff: the global model moves by the buffer's staleness-weighted deltas (calibrated
             # by the clients' cached updates when the aggregator sent a ``calibration`` section).
             step = (
-                partial(cached_step, calibration=inputs["calibration"])
+                partial(
+                    cached_step, calibration=inputs["calibration"], weigh_cache=weighs_cache(task.strategy)
+                )
                 if "calibration" in inputs
                 else fedbuff_step
             )

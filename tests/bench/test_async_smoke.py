@@ -73,6 +73,15 @@ def test_fedbuff_final_accuracy_is_judged_within_1_point_either_way_and_budgets_
     old = {"runs": [row("shardq FedAvg (sync)", 0.876, 144), row("shardq FedBuff", 0.88, 144)]}
     del old["runs"][0]["budget_updates"]  # a result written before budgets were recorded
     assert "budgets not recorded" in async_report.fl_checks(old)[1][1]
+    # a split run: its second part (Flower, a longer FedBuff row) is judged against the first's sync
+    sync = {**row("shardq FedAvg (sync)", 0.876, 144), "time_to_target_s": 30.0}
+    second = {"runs": [row("Flower FedAvg", 0.876, 144), row("shardq FedBuff", 0.95, 576)]}
+    checks = async_report.fl_checks(second, [sync])
+    assert [ok for ok, _ in checks] == [
+        True,
+        False,
+    ] and "UNEQUAL client-update budgets, 576 vs 144" in checks[1][1]
+    assert async_report.fl_checks({"runs": [row("Flower FedAvg", 0.876, 144)]}, [sync]) == []
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +100,8 @@ def test_every_sweep_system_trains_every_trial_and_the_same_models(sweep: dict[s
         assert r["trials_at_budget"][1] == 3, name
         assert r["first_full_s"] is not None and r["first_full_s"] > 0, name
         assert 0.0 <= r["idle_while_work"] <= 1.0 and 0.0 <= r["idle_total"] <= 1.0, name
-        # one busy interval per rung a trial trained, each worker one of the four
-        assert r["tasks"] == sum(len(v) for v in r["values"].values()), name
+        # one busy interval per rung a trial trained (and per backup copy), each worker one of the four
+        assert r["tasks"] - r["duplicate_copies"] == sum(len(v) for v in r["values"].values()), name
         assert {iv["worker"] for iv in r["intervals"]} <= {0, 1, 2, 3}, name
     for name in (*asha, "shardq successive halving"):
         assert runs[name]["status"] == "SUCCEEDED"

@@ -52,7 +52,8 @@ def asha_problems(job: JobRecord, items: list[dict[str, Any]]) -> list[str]:
     decisions = [i for i in items if i["sk"]["S"].startswith("ASYNC#")]
     per_rung: dict[int, int] = {}
     for d in decisions:
-        per_rung[int(d["rung"]["N"])] = per_rung.get(int(d["rung"]["N"]), 0) + 1
+        if "backup" not in d:  # a backup copy answers its task's count (``core/async_backup.py``)
+            per_rung[int(d["rung"]["N"])] = per_rung.get(int(d["rung"]["N"]), 0) + 1
     for rung in range(job.rounds):
         if job.enqueued(rung, "train") != per_rung.get(rung, 0):
             problems.append(

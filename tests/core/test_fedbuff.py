@@ -56,6 +56,7 @@ def test_the_strategy_fills_flsim_defaults_and_round_trips() -> None:
         "name": "fedbuff",
         "staleness": "polynomial",
         "calibration": "none",
+        "cache_weight": "staleness",
         "buffer_size": 10,
         "staleness_exponent": 0.5,
         "max_staleness": 100,
@@ -332,12 +333,13 @@ def _lockstep(engine: Engine, request: dict[str, Any], crew: int) -> str:
     raise AssertionError(f"{job_id} did not finish")
 
 
-@pytest.mark.parametrize("calibration", ["none", "cached"])
+@pytest.mark.parametrize("calibration", ["none", "cached", "cached-full"])
 def test_fedbuff_with_k_clients_and_no_staleness_is_synchronous_fedavg(
     engine: Engine, calibration: str
 ) -> None:
     # GIVEN the same data, seeds and starting model; 3 equally fast clients; K = 3; with CA2FL's
-    # cached calibration too (every client in every buffer: h̄ and the cached updates cancel)
+    # cached calibration too (every client in every buffer: h̄ and the cached updates cancel), its
+    # cached mean weighted as the buffer (τ = 0: by 1) or at weight 1 ("cached-full")
     init = _put_init(engine)
     common = {
         "shards": 3,
@@ -355,7 +357,13 @@ def test_fedbuff_with_k_clients_and_no_staleness_is_synchronous_fedavg(
         make_request(
             job_id=f"buff-{calibration}",
             **common,
-            strategy={"name": "fedbuff", "buffer_size": 3, "max_staleness": 0, "calibration": calibration},
+            strategy={
+                "name": "fedbuff",
+                "buffer_size": 3,
+                "max_staleness": 0,
+                "calibration": calibration.removesuffix("-full"),
+                "cache_weight": "full" if calibration.endswith("-full") else "staleness",
+            },
         ),
         3,
     )

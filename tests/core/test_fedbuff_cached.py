@@ -44,6 +44,23 @@ def test_a_bad_calibration_names_the_field_and_the_choices(value: Any) -> None:
     assert "CA2FL" in text  # what "cached" means: the fix names it
 
 
+def test_cache_weight_defaults_to_staleness_and_round_trips() -> None:
+    cached = TrainingRequest.from_dict(fb("cw", calibration="cached"))
+    assert cached.strategy is not None and cached.strategy.params["cache_weight"] == "staleness"
+    full = TrainingRequest.from_dict(fb("cw-full", calibration="cached", cache_weight="full"))
+    assert full.strategy is not None and full.strategy.to_dict()["cache_weight"] == "full"
+    assert TrainingRequest.from_dict(full.to_dict()) == full
+
+
+@pytest.mark.parametrize("value", ["aged", "", 1, None])
+def test_a_bad_cache_weight_names_the_field_and_the_choices(value: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        TrainingRequest.from_dict(fb("bad-cw", calibration="cached", cache_weight=value))
+    text = str(info.value)
+    assert f"strategy.cache_weight must be one of staleness, full, got {value!r}" in text
+    assert "cached mean" in text  # what each choice does: the fix says it
+
+
 def test_a_bad_calibration_leaves_nothing_behind(engine: Engine) -> None:
     with pytest.raises(ValidationError):
         engine.submit(fb("gone", calibration="sometimes"))
@@ -101,13 +118,17 @@ def _array(engine: Engine, uri: str) -> dict[str, np.ndarray]:
         return {k: m[k].astype(np.float64) for k in m.files}
 
 
-def test_real_workers_with_late_duplicate_and_replayed_updates_step_as_ca2fl(engine: Engine) -> None:
-    # GIVEN 3 real workers, K = 2, S = 2, cached calibration; client 2's results held back 3 steps
-    # (a slow client: stale, sometimes late), some results delivered twice, old ones replayed
+@pytest.mark.parametrize("cache_weight", ["staleness", "full"])
+def test_real_workers_with_late_duplicate_and_replayed_updates_step_as_ca2fl(
+    engine: Engine, cache_weight: str
+) -> None:
+    # GIVEN 3 real workers, K = 2, S = 2, cached calibration (the cached mean weighted as the buffer,
+    # or at weight 1); client 2's results held back 3 steps (a slow client: stale, sometimes late),
+    # some results delivered twice, old ones replayed
     init = _put_init(engine)
     job_id = engine.submit(
         make_request(
-            job_id="ca2fl",
+            job_id=f"ca2fl-{cache_weight}",
             shards=3,
             rounds=6,
             max_parallel=3,
@@ -122,6 +143,7 @@ def test_real_workers_with_late_duplicate_and_replayed_updates_step_as_ca2fl(eng
                 "max_staleness": 1,
                 "server_lr": 0.8,
                 "calibration": "cached",
+                "cache_weight": cache_weight,
             },
         )
     )["job_id"]
@@ -169,8 +191,10 @@ def test_real_workers_with_late_duplicate_and_replayed_updates_step_as_ca2fl(eng
         )
         assert len(buffer) == 2
         scale = len(seen) / (clients * sum(seen.values())) if seen else 0.0
-        step_ = {k: scale * sums[k] for k in x}
         total = sum(u.num_samples for u in buffer)
+        if cache_weight == "staleness":  # h̄ counts Σ_i w_i, the buffer's mean staleness weight
+            scale *= sum(u.num_samples * u.weight for u in buffer) / total
+        step_ = {k: scale * sums[k] for k in x}
         for u in buffer:
             stale += u.tau > 0
             model, base = _array(engine, str(u.model_uri)), _array(engine, model_of[u.base])

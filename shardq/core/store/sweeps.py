@@ -9,6 +9,11 @@ Items (partition ``JOB#<job_id>``):
                             decision's sequence number, the trial's hyperparameters,
                             the model it starts from, and why (the rung's results known
                             then and the trial's rank among them); written once
+``ASYNC#r0002#000042#b1``   its backup copy (``shardq.core.async_backup``): the same task
+                            sent again to a fast worker while a straggler runs it; at
+                            most one a task (written once, like every decision), not
+                            counted in ``enq_r<rung>_train`` (the task's outcome counts
+                            once, whichever copy reports first)
 ``ASYNCLOG#000000017``      pass 17's decisions, all in one item (written once, by the
                             pass): a reader that knows the decisions up to pass 16 reads
                             this item alone, not the job's every decision
@@ -78,15 +83,23 @@ class SweepDecision:
     decided_at: str = ""
     # The retry generation its task is sent under (``shardq retry`` decides a failed task again).
     generation: int = 0
+    # 1: the backup copy of the task (``shardq.core.async_backup``), decided beside the task's own.
+    backup: int = 0
 
     @property
     def key(self) -> tuple[int, int]:
-        """``(rung, trial)``: the task's identity, as its result names it."""
+        """``(rung, trial)``: the task's identity, as its result names it (both copies' alike)."""
         return (self.rung, self.trial)
 
+    @property
+    def ident(self) -> tuple[int, int, int]:
+        """``(rung, trial, backup)``: the decision's own identity (its item)."""
+        return (self.rung, self.trial, self.backup)
 
-def _decision_key(job_id: str, rung: int, trial: int) -> dict[str, Any]:
-    return {"pk": _pk(job_id), "sk": {"S": f"ASYNC#r{rung:04d}#{trial:06d}"}}
+
+def _decision_key(job_id: str, rung: int, trial: int, backup: int = 0) -> dict[str, Any]:
+    copy = f"#b{backup}" if backup else ""
+    return {"pk": _pk(job_id), "sk": {"S": f"ASYNC#r{rung:04d}#{trial:06d}{copy}"}}
 
 
 def _log_sk(seq: int) -> str:
@@ -107,6 +120,7 @@ def _fields(d: SweepDecision, seq: int, now: str) -> dict[str, Any]:
         "rule": d.rule,
         "decided_at": d.decided_at or now,
         "generation": d.generation or None,
+        "backup": d.backup or None,
     }
 
 
@@ -124,6 +138,7 @@ def _decision(raw: dict[str, Any]) -> SweepDecision:
         rule=raw.get("rule", "draw"),
         decided_at=raw.get("decided_at", ""),
         generation=int(raw.get("generation") or 0),
+        backup=int(raw.get("backup") or 0),
     )
 
 
@@ -170,6 +185,17 @@ class SweepDecisions(StoreBase):
         ).get("Item")
         return item is not None
 
+    def outcome_recorded(self, job_id: str, rung: int, trial: int) -> bool:
+        """True when trial ``trial``'s rung-``rung`` outcome is recorded (one item read): a backup
+        copy received after it is dropped unrun (``shardq.worker.drops``)."""
+        item = self.ddb.get_item(
+            TableName=self.table,
+            Key=_result_key(job_id, rung, "train", trial),
+            ProjectionExpression="sk",
+            ConsistentRead=True,
+        ).get("Item")
+        return item is not None
+
     def decide(
         self, job_id: str, seen: int, decisions: Sequence[SweepDecision], *, again: str | None = None
     ) -> bool:
@@ -188,7 +214,7 @@ class SweepDecisions(StoreBase):
             {
                 "Put": {
                     "TableName": self.table,
-                    "Item": {**_decision_key(job_id, d.rung, d.trial), **_to_item(entry)},
+                    "Item": {**_decision_key(job_id, d.rung, d.trial, d.backup), **_to_item(entry)},
                     "ConditionExpression": "attribute_exists(sk)" if again else "attribute_not_exists(sk)",
                 }
             }
@@ -211,7 +237,8 @@ class SweepDecisions(StoreBase):
             update.condition(f"{seq} = :seen", seen=seen)
         per_rung: dict[int, int] = {}
         for d in decisions:
-            per_rung[d.rung] = per_rung.get(d.rung, 0) + 1
+            if not d.backup:  # a backup copy is no task of its own: its outcome is the task's
+                per_rung[d.rung] = per_rung.get(d.rung, 0) + 1
         for rung, n in sorted(per_rung.items()) if not again else ():
             update.add(_counter("enq", rung, "train"), n)
         try:

@@ -1,0 +1,114 @@
+"""Backup tasks for asynchronous sweeps: a straggler's running task copied onto a free fast worker,
+as MapReduce (Dean & Ghemawat, OSDI 2004, §3.6) and Spark's ``spark.speculation`` do.
+
+Why. At a sweep's end nothing is left to draw, and what remains may be one task on a slow worker:
+the benchmark's best trial, drawn last by the 10× worker, ran its rung 0 for 5 s while the three
+other workers had nothing to run, and its promotions could only start after it: that tail
+decided each row's idle figure and its spread between runs (4.6-10.6 %, BENCHMARKS.md §19). A copy
+on a fast worker ends after about one typical task.
+
+The rule (``choose``; ``shardq.core.async_sweep.plan_pass`` asks it only when a pass has a free
+slot and nothing else to give it: no promotion due, no trial left to draw or none allowed). A
+lane's running task is a **suspect** when it is presumed to run on a slow worker: its lane is
+straggling, it is a backed-up task's losing copy, or a slow worker presumed idle may have taken it
+(``async_prefetch.lane_slots`` measures all three); so is every task queued behind it, which the
+FIFO group hands out only after it. The running task's expected end is the slowest measured pace ×
+its rung's typical time (``async_prefetch.expected_times``) after it became available, a queued
+task's that plus its own typical time; a copy's is one typical time plus the round trip. Only
+once some worker was measured slow (pace over ``STRAGGLING``): on a fleet of even workers a task
+that merely runs long is noise, or a dead worker, whose lease (30 s) brings the task back. A
+suspect whose expected end is later than a copy's gets a **backup**: the same rung, trial,
+hyperparameters, model and seed (the trial's task, sent again), in a lane a free worker takes now,
+never a straggling one; the suspects that would gain most first. A task overdue even for
+the slowest pace (a worker that died under its lease, or slower than any measured) is backed up
+too: its end is unknown.
+
+Exactly once. A backup is a decision like any other (``SweepDecision.backup = 1``, its own item
+``ASYNC#r<rung>#<trial>#b1`` written once under the pass's conditional write): at most one per
+task, and never a backup of a backup. Both copies answer the same task (``(rung, trial)``): the
+store records the first outcome and counts it; the other is a duplicate (``JobStore.record``'s
+conditional put returns it as such, the ``DuplicateResults`` metric counts it) and never promotes
+twice (a promotion is a decision on ``(rung + 1, trial)``, written once). The copy has its own
+deduplication id (``…:b1``: the FIFO queue's 5-minute window would otherwise drop it as the first
+send), its own output prefix (``shard-…-b1/``: the loser never overwrites the model a promotion
+continues from) and its own checkpoints (``checkpoint_keys.task_prefix``). A backup copy received
+after the task's outcome is recorded is dropped unrun (``shardq.worker.drops``); a copy already
+running is not stopped (the heartbeat beats every 10 s, longer than the tasks it would save here).
+
+The losing copy's lane. The outcome frees the task's key, but the copy that lost still runs, and a
+FIFO group hands out nothing while its message is in flight: a task decided into that lane would
+wait behind it. ``losing_copies`` names the copies that lost; the prefetch keeps their lanes busy
+and straggling until they are presumed ended (the slowest pace × their rung's time, plus the round
+trip, after they became available).
+
+Limit: backups are decided by passes, which results trigger. A task becomes a suspect at once
+when its lane's last worker was measured slow, or while that worker is presumed idle; otherwise
+only once it runs long, and if no result arrives meanwhile nothing decides its copy.
+
+Rejected: keeping the slow worker's task and letting the fast workers idle (the sweep's tail, which
+decides the idle figure and its spread between runs); giving a straggler no last task at all
+(the last trial drawn goes to whoever polls, so a lane cannot keep it from the slow worker); and
+backing up every task that runs longer than typical (copies while promotions or trials could run
+take their slots: the rule runs only when nothing else can).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from shardq.core.contracts import ShardResult
+from shardq.core.jobstore import SweepDecision
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A lane's running task presumed on a slow worker: ``left_s``, what it is expected to run
+    still (``math.inf`` when overdue even for the slowest pace), and ``copy_s``, what a copy on a
+    fast worker would take (its rung's typical time plus the round trip)."""
+
+    lane: int
+    task: SweepDecision
+    left_s: float
+    copy_s: float
+
+
+def backed_up(decisions: Sequence[SweepDecision]) -> frozenset[tuple[int, int]]:
+    """The tasks (``(rung, trial)``) that have a backup copy."""
+    return frozenset(d.key for d in decisions if d.backup)
+
+
+def losing_copies(decisions: Sequence[SweepDecision], results: Sequence[ShardResult]) -> list[SweepDecision]:
+    """Of each backed-up task whose outcome is recorded, the copy that did not report it (its
+    result names its copy: ``ShardResult.backup``)."""
+    copies = backed_up(decisions)
+    won = {(r.round, r.shard_id): r.backup for r in results if (r.round, r.shard_id) in copies}
+    return [d for d in decisions if d.key in won and d.backup != won[d.key]]
+
+
+def choose(
+    suspects: Sequence[Suspect], decisions: Sequence[SweepDecision], lanes: Sequence[int], seq: int
+) -> list[SweepDecision]:
+    """The backups a pass decides: each suspect that would end later than its copy, the greatest
+    gain first, into ``lanes`` (free lanes a fast worker takes now, best first) while they last.
+    A task is backed up at most once, and a backup never is."""
+    done = backed_up(decisions)
+    worth = [s for s in suspects if not s.task.backup and s.task.key not in done and s.left_s > s.copy_s]
+    worth.sort(key=lambda s: (-(s.left_s - s.copy_s), s.task.key))
+    out: list[SweepDecision] = []
+    for suspect, lane in zip(worth, lanes, strict=False):
+        if suspect.task.key in {d.key for d in out}:
+            continue
+        out.append(replace(suspect.task, lane=lane, seq=seq, backup=1, decided_at=""))
+    return out
+
+
+def left_s(slowest: float, typical: float, running: float) -> float:
+    """What a suspect is expected to run still: the slowest pace × its rung's typical time, less
+    what it ran; ``math.inf`` once it ran past even that (its end is unknown)."""
+    left = slowest * typical - running
+    return left if left > 0 else math.inf
+
+
+__all__ = ["Suspect", "backed_up", "choose", "left_s", "losing_copies"]

@@ -1,0 +1,236 @@
+"""Backup tasks (``shardq.core.async_backup``): a slow worker's running task copied onto a free fast
+worker when nothing else can run, the first copy's outcome counted once.
+
+The pure rules on constructed records (as ``test_asha_prefetch`` builds them), then the real engine
+on the local cloud on a controlled clock: the copy's message survives the FIFO queue's
+deduplication, both copies' outcomes count once, the promotion is decided once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from shardq.core import async_backup, async_prefetch, async_sweep, checkpoint_keys, planning
+from shardq.core.contracts import ShardResult, ShardTask, TrainingRequest
+from shardq.core.engine import Engine
+from shardq.core.jobstore import Outcome, SweepDecision
+from shardq.core.planning import dedup_id
+from shardq.core.validation import ValidationError
+from shardq.worker.drops import drop_reason
+from tests.core.test_asha import asha_sweep, loss_of, take
+from tests.core.test_asha_prefetch import Clock, at, clock, decision, outcome  # noqa: F401 (fixture)
+from tests.helpers import result_for
+
+TLOG = logging.LoggerAdapter(logging.getLogger("test"), {})
+REQUEST = TrainingRequest.from_dict(asha_sweep("p", trials=5, max_parallel=2))
+
+
+def straggler_scene() -> tuple[list[SweepDecision], list[ShardResult], dict[tuple[int, int], str]]:
+    """4 lanes, workers "a", "b" (0.5 s tasks) and "slow" (5 s: pace 10). Trials 0-2 ran at rung 0
+    (trial 2 on the slow worker, in lane 3, recorded at 9.7 s), trial 0 went on to rung 1 and
+    reported; lane 3 runs trial 3 since 9.8 s, on the slow worker (its lane's last worker)."""
+    decisions = [
+        decision(0, 0, 0),
+        decision(0, 1, 1),
+        decision(0, 2, 3),
+        decision(1, 0, 0, decided=5.0, rule="asha"),
+        decision(0, 3, 3, decided=9.8),
+    ]
+    results = [
+        replace(outcome(0, 0, 1.0), worker_id="a"),
+        replace(outcome(0, 1, 3.0), worker_id="b"),
+        replace(outcome(0, 2, 2.0, duration=5.0), worker_id="slow"),
+        replace(outcome(1, 0, 0.5, duration=1.5), worker_id="a"),
+    ]
+    recorded = {(0, 0): at(0.6), (0, 1): at(0.7), (0, 2): at(9.7), (1, 0): at(6.6)}
+    return decisions, results, recorded
+
+
+def plan(
+    trials: int,
+    decisions: list[SweepDecision],
+    results: list[ShardResult],
+    recorded: dict[Any, str],
+    now: float,
+) -> list[tuple[int, int, int, int]]:
+    """A pass's new decisions, as ``(rung, trial, lane, backup)``, on a 4-lane ASHA sweep of ``trials``."""
+    request = TrainingRequest.from_dict(asha_sweep("p", trials=trials, max_parallel=4))
+    view = async_sweep.Pass(request, decisions, results)
+    new = async_sweep.plan_pass(
+        view, async_sweep.trial_source(request), 7, now=async_prefetch.epoch(at(now)), recorded=recorded
+    )
+    return [(d.rung, d.trial, d.lane, d.backup) for d in new]
+
+
+def test_a_slow_workers_task_is_backed_up_when_a_free_slot_has_nothing_else() -> None:
+    # GIVEN every trial drawn, no promotion due (rung 0's best went on; rung 1 has one result), and
+    # trial 3 0.2 s into its rung 0 on the slow worker (about 5 s to go; a copy takes 0.5 s)
+    decisions, results, recorded = straggler_scene()
+    slots = async_prefetch.lane_slots(
+        decisions, results, 4, 0, async_prefetch.epoch(at(10.0)), recorded=recorded
+    )
+    assert [(s.lane, s.task.key) for s in slots.suspects] == [(3, (0, 3))]
+    assert round(slots.suspects[0].left_s, 3) == 4.8 and slots.suspects[0].copy_s < 1.0
+    # WHEN a pass runs
+    new = plan(4, decisions, results, recorded, now=10.0)
+    # THEN it decides one backup copy of trial 3's rung 0, in the best free lane, never lane 3
+    assert new == [(0, 3, 0, 1)]
+
+
+def test_no_backup_while_a_promotion_or_a_new_trial_can_run() -> None:
+    decisions, results, recorded = straggler_scene()
+    # GIVEN trials left to draw: the free slots take them (two free workers: two new trials), and
+    # no backup is decided
+    assert plan(6, decisions, results, recorded, now=10.0) == [(0, 4, 0, 0), (0, 5, 1, 0)]
+    # AND with one trial left, the first slot takes it, and only the slot left over the backup
+    assert plan(5, decisions, results, recorded, now=10.0) == [(0, 4, 0, 0), (0, 3, 1, 1)]
+    # GIVEN a promotion due instead (rung 1 reaches three results, trial 0's the best)
+    more = [
+        *decisions,
+        decision(1, 1, 1, decided=6.0, rule="asha"),
+        decision(1, 2, 2, decided=6.0, rule="asha"),
+    ]
+    done = [
+        *results,
+        replace(outcome(1, 1, 2.0, duration=1.5), worker_id="b"),
+        replace(outcome(1, 2, 3.0, duration=1.5), worker_id="a"),
+    ]
+    stamps = {**recorded, (1, 1): at(7.6), (1, 2): at(7.7)}
+    # THEN the promotion takes the first slot; the backup only a slot left over
+    assert plan(4, more, done, stamps, now=10.0) == [(2, 0, 0, 0), (0, 3, 1, 1)]
+
+
+def test_a_task_is_backed_up_once_and_a_fast_workers_task_never() -> None:
+    decisions, results, recorded = straggler_scene()
+    # GIVEN trial 3's backup already decided (lane 0): no second one, whatever slots are free
+    backed = [*decisions, replace(decision(0, 3, 0, decided=10.0), backup=1)]
+    assert plan(4, backed, results, recorded, now=10.5) == []
+    # GIVEN trial 3 on lane 1 since 9.0 s, last freed by fast worker "b" (not straggling), and the
+    # slow worker polling only since 9.9 s (it cannot have taken trial 3): nothing is copied
+    fast = [*decisions[:4], decision(0, 3, 1, decided=9.0)]
+    stamps = {**recorded, (0, 2): at(9.9)}
+    assert plan(4, fast, results, stamps, now=10.0) == []
+    # AND a suspect that would end sooner than its copy (the slow worker nearly done) is left alone
+    suspect = async_backup.Suspect(3, decisions[-1], left_s=0.3, copy_s=0.6)
+    assert async_backup.choose([suspect], decisions, [0, 1], 7) == []
+
+
+def test_a_task_queued_behind_a_slow_workers_task_is_backed_up_too() -> None:
+    # GIVEN trial 4 queued in lane 3 behind the slow worker's trial 3 (a FIFO group hands it out
+    # only after trial 3), every trial drawn
+    decisions, results, recorded = straggler_scene()
+    queued = [*decisions, decision(0, 4, 3, decided=9.9)]
+    # THEN both are copied, the one that would end last first (trial 4: after trial 3's 4.8 s)
+    assert plan(5, queued, results, recorded, now=10.0) == [(0, 4, 0, 1), (0, 3, 1, 1)]
+    # AND once trial 3's backup won, trial 4, still queued behind the losing copy, gets its own
+    backed = [*queued, replace(decision(0, 3, 0, decided=10.0), backup=1)]
+    won = [*results, replace(outcome(0, 3, 4.0), worker_id="a", backup=1)]
+    stamps = {**recorded, (0, 3): at(10.6)}
+    assert plan(5, backed, won, stamps, now=10.7) == [(0, 4, 0, 1)]
+
+
+def test_the_copy_number_travels_in_task_and_result_bodies_and_is_validated() -> None:
+    task = planning.train_task(REQUEST, "p", planning.Layout("b", "p"), 1, 4, "s3://b/m", backup=1)
+    # GIVEN a backup copy: its body says so, its result too, and a retry's generation stays apart
+    assert ShardTask.from_json(task.to_json()).backup == 1
+    assert ShardResult.from_json(ShardResult.for_task(task, "succeeded").to_json()).backup == 1
+    assert dedup_id(replace(task, generation=2), 2) == f"{task.key}:g2:b1"
+    # (its checkpoints beside the task's, not under them: neither copy prunes the other's)
+    assert (
+        checkpoint_keys.task_prefix("p", 1, "train", 4, 0, task.backup) == "checkpoints/p/r1/train/s4/g0-b1/"
+    )
+    assert checkpoint_keys.task_prefix("p", 1, "train", 4, 0) == "checkpoints/p/r1/train/s4/g0/"
+    # THEN the task's own copy keeps the bodies it had (the field left out at 0)
+    plain = replace(task, backup=0)
+    assert "backup" not in plain.to_json() and "backup" not in ShardResult.for_task(plain, "failed").to_json()
+    # AND a copy number other than 0 or 1 is refused, naming the field
+    with pytest.raises(ValidationError, match="backup must be between 0 and 1"):
+        ShardTask.from_json({**task.to_dict(), "backup": 2})
+
+
+def test_the_losing_copys_lane_stays_busy_until_its_copy_is_presumed_ended() -> None:
+    # GIVEN trial 3's backup (lane 0, decided at 10.0 s) reported first, at 10.6 s, from worker "a"
+    decisions, results, recorded = straggler_scene()
+    backed = [*decisions, replace(decision(0, 3, 0, decided=10.0), backup=1)]
+    won = [*results, replace(outcome(0, 3, 4.0), worker_id="a", backup=1)]
+    stamps = {**recorded, (0, 3): at(10.6)}
+    assert async_backup.losing_copies(backed, won) == [decisions[-1]]
+
+    def slots(now: float) -> async_prefetch.Slots:
+        return async_prefetch.lane_slots(backed, won, 4, 0, async_prefetch.epoch(at(now)), recorded=stamps)
+
+    # THEN lane 3, where the slow worker still runs the other copy, is busy and straggling: no task
+    # decided now would wait behind it (a FIFO group hands out nothing while its message is out)
+    early = slots(11.0)
+    assert 3 not in early.free and 3 in early.slow and early.suspects == []
+    # AND once that copy is presumed ended (the slowest pace × the rung's typical time after its
+    # decision at 9.8 s) the lane is free again
+    assert 3 in slots(16.0).free
+    # AND the round trip is not measured from a backed-up task (which copy answered is unknown)
+    before = async_prefetch.overheads(decisions, results, recorded)
+    assert len(async_prefetch.overheads(backed, won, stamps)) == len(before)
+
+
+def test_the_backup_copy_has_its_own_dedup_id_output_and_checkpoints_and_is_dropped_once_answered(
+    engine: Engine,
+    clients: dict[str, Any],
+    clock: Clock,  # noqa: F811 (the fixture imported above)
+) -> None:
+    # GIVEN a 5-trial ASHA sweep on 2 lanes: fast workers report trials 0, 2, 3 (0.5 s each) and
+    # trial 0's promotion; the slow worker reports trial 1 after 5 s, then takes trial 4 (drawn
+    # into its lane: the last trial)
+    engine.submit(asha_sweep("bk", trials=5, max_parallel=2))
+
+    def finish(task: ShardTask, worker: str, seconds: float, wait: float) -> None:
+        clock.advance(wait)
+        result = replace(result_for(task, loss=loss_of(task)), duration_s=seconds, worker_id=worker)
+        assert engine.ingest([Outcome(replace(result, backup=task.backup))]) == []
+
+    t0, t1 = take(engine, clients)
+    finish(t0, "fast", 0.5, 0.6)
+    (t2,) = take(engine, clients)
+    finish(t2, "fast", 0.5, 0.6)
+    (t3,) = take(engine, clients)
+    finish(t3, "fast", 0.5, 0.6)
+    (p0,) = take(engine, clients)
+    assert (p0.round, p0.shard_id) == (1, 0)
+    finish(t1, "slow", 5.0, 3.5)
+    (t4,) = take(engine, clients)
+    assert (t4.round, t4.shard_id, t4.backup) == (0, 4, 0)
+    # WHEN trial 0's promotion reports (fast): nothing is left to draw or promote
+    finish(p0, "fast", 1.5, 0.6)
+    # THEN the pass backs up trial 4: its message arrives (not dropped as the first send's
+    # duplicate: its own deduplication id), the same trial, params and model, its own outputs
+    (copy,) = take(engine, clients)
+    assert (copy.round, copy.shard_id, copy.backup) == (0, 4, 1)
+    assert copy.hyperparameters == t4.hyperparameters and copy.init_model_uri == t4.init_model_uri
+    assert dedup_id(copy) == f"{t4.key}:b1" and dedup_id(t4) == t4.key
+    assert copy.output_prefix != t4.output_prefix and copy.output_prefix.rstrip("/").endswith("-b1")
+    decisions = engine.store.sweep_decisions("bk")
+    assert [(d.key, d.backup) for d in decisions if d.key == (0, 4)] == [((0, 4), 0), ((0, 4), 1)]
+    # WHEN the copy reports first, then the slow worker's own copy
+    finish(copy, "fast", 0.5, 0.6)
+    dup = replace(result_for(t4, loss=loss_of(t4)), duration_s=5.0, worker_id="slow")
+    recorded = engine.advancer.record([Outcome(dup)])
+    # THEN the second outcome is a duplicate, counted once, the first copy's kept
+    assert [o.result.worker_id for o in recorded.duplicates] == ["slow"] and not recorded.recorded
+    rung0 = engine.store.results("bk", 0)
+    assert [(r.result.shard_id, r.result.backup) for r in rung0 if r.result.shard_id == 4] == [(4, 1)]
+    job = engine.store.get_job("bk")
+    assert job.done(0, "train") == 5 and job.enqueued(0, "train") == 5
+    # AND a backup copy received once its task is answered is dropped unrun by the worker
+    assert drop_reason(engine.store, copy, TLOG) is not None
+    assert drop_reason(engine.store, replace(copy, shard_id=3, round=1), TLOG) is None
+    # AND the sweep ends with every decision once: no second promotion of any trial
+    engine.advancer.advance("bk")
+    while running := take(engine, clients):
+        for task in running:
+            finish(task, "fast", 1.0, 0.6)
+    final = engine.store.sweep_decisions("bk")
+    assert len({d.ident for d in final}) == len(final)
+    assert sum(1 for d in final if d.backup) == 1
+    assert engine.store.get_job("bk").status == "SUCCEEDED"
