@@ -445,9 +445,10 @@ def main(argv: list[str] | None = None) -> int:
         merged = {"parts": [json.loads(path.read_text()) for path in args.merge]}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(merged, indent=1, default=str))
+        syncs = [r for part in merged["parts"] for r in part["runs"] if r["system"] == "shardq FedAvg (sync)"]
         for part in merged["parts"]:
             print(async_report.fl_table(part))
-            for ok, text in async_report.fl_checks(part):
+            for ok, text in async_report.fl_checks(part, syncs):
                 print(f"{'met' if ok else 'NOT met'}: {text}")
         if args.write:
             async_report.write_fl(merged)

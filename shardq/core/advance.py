@@ -129,6 +129,8 @@ class Advancer(RangedClose):
     _participants: dict[tuple[str, int], frozenset[int]] = field(init=False, default_factory=dict, repr=False)
     # Asynchronous sweeps' decisions and results read so far (each pass reads what changed).
     _sweep_cache: SweepCache | None = field(init=False, default=None, repr=False)
+    # Each sweep's latest wake-up tick armed by this container (``_wake``).
+    _wakes: dict[str, float] = field(init=False, default_factory=dict, repr=False)
     # Fewer calls on a round's critical path (BENCHMARKS.md §14): the job as this call's last move
     # left it (the move's ALL_NEW image, read instead of the job), and the reduce outcomes ``ingest``
     # recorded just before it advances their job (written once: what a query would read back).
@@ -204,8 +206,17 @@ class Advancer(RangedClose):
         """The driver of asynchronous sweeps, over this advancer's store, sender and finisher, and
         what this container read of them before (``shardq.core.sweep_cache``)."""
         return async_sweep.AsyncSweep(
-            self.store, self.enqueuer, self.finisher, self.bucket, self.metric, self.sweep_cache()
+            self.store, self.enqueuer, self.finisher, self.bucket, self.metric, self.sweep_cache(), self._wake
         )
+
+    def _wake(self, job_id: str, at: float) -> None:
+        """Deliver a tick to an asynchronous sweep at ``at`` (``AsyncSweep.wake``): its pass then
+        sees a straggler no result would show. Once per container while an earlier one is due."""
+        armed = self._wakes.get(job_id)
+        if armed is not None and self.clock() < armed <= at + 1.0:
+            return
+        self._wakes[job_id] = at
+        self.ticker.arm(rounds.Tick(job_id, 0, at))
 
     def sweep_cache(self) -> SweepCache:
         """This container's cache of asynchronous sweeps (made on first use)."""

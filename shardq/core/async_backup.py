@@ -41,9 +41,14 @@ wait behind it. ``losing_copies`` names the copies that lost; the prefetch keeps
 and straggling until they are presumed ended (the slowest pace × their rung's time, plus the round
 trip, after they became available).
 
-Limit: backups are decided by passes, which results trigger. A task becomes a suspect at once
-when its lane's last worker was measured slow, or while that worker is presumed idle; otherwise
-only once it runs long, and if no result arrives meanwhile nothing decides its copy.
+When a pass runs. Passes follow results; a task becomes a suspect at once when its lane's last
+worker was measured slow, or while that worker is presumed idle, otherwise only once it has run
+twice its rung's typical time, and no result may come meanwhile (in a dev run every other task
+waited behind a slow worker's rung-2 task that looked fast: 26 s with three workers idle). So a
+pass that leaves slots free names when the earliest running task would turn straggling
+(``Slots.wake_at``, once a worker was measured slow), and the driver asks for a pass then
+(``AsyncSweep.wake``: the advancer's delayed tick on the results queue, one per container while an
+earlier one is due; SQS delays are whole seconds).
 
 Rejected: keeping the slow worker's task and letting the fast workers idle (the sweep's tail, which
 decides the idle figure and its spread between runs); giving a straggler no last task at all

@@ -75,7 +75,9 @@ presumed on a slow worker (a straggling lane, or one a slow worker presumed idle
 its running task and those queued behind it, each with what it has left at the slowest measured
 pace. A backed-up task's losing copy (the one whose outcome came second) keeps its lane busy and
 straggling until presumed ended (the slowest pace × its rung's typical time after its decision,
-plus the round trip): a task decided into that FIFO group would wait behind it.
+plus the round trip): a task decided into that FIFO group would wait behind it. ``Slots.wake_at``
+is when the earliest running task not straggling yet would turn straggling: a pass that leaves
+slots free asks to run again then, though no result may come before.
 """
 
 from __future__ import annotations
@@ -178,6 +180,9 @@ class Slots:
     # the tasks presumed on a slow worker (running there, or queued behind one that is).
     idle: frozenset[int] = frozenset()
     suspects: list[backup.Suspect] = field(default_factory=list)
+    # When the earliest running task not straggling yet would turn straggling (a pass then may copy
+    # it; results may not come before): only once a worker was measured slow.
+    wake_at: float | None = None
 
     def backup_lanes(self) -> list[int]:
         """The free lanes a backup copy may take, best first: empty, a free worker's, not straggling."""
@@ -423,6 +428,11 @@ def lane_slots(
         if now is not None and slowest > STRAGGLING
         else []
     )
+    turns = [
+        started_at(lane) + STRAGGLING * expected(queue[lane][0].rung) + trip
+        for lane in running
+        if lane not in stragglers and started_at(lane) > -math.inf
+    ]
     return Slots(
         slots,
         stragglers,
@@ -432,6 +442,7 @@ def lane_slots(
         behind=behind[: room - len(slots)],
         idle=frozenset(at_once),
         suspects=suspects,
+        wake_at=min(turns) if turns and now is not None and slowest > STRAGGLING else None,
     )
 
 

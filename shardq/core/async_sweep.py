@@ -264,6 +264,8 @@ class Pass:
     decisions: list[SweepDecision]
     results: list[ShardResult]
     new: list[SweepDecision] = field(default_factory=list)
+    # When a pass that left slots free should run again though no result came (``Slots.wake_at``).
+    wake_at: float | None = None
 
     @property
     def in_flight(self) -> list[SweepDecision]:
@@ -326,6 +328,7 @@ def plan_pass(
                 lanes = slots.backup_lanes()
                 copies = backup.choose(slots.suspects, [*view.decisions, *view.new], lanes, seq)
                 view.new.extend(copies[: limit - len(view.new)])
+                slots.free = [lane for lane in slots.free if lane not in {c.lane for c in copies}]
             if promo is None or lane is None:
                 break
         assert promo is not None
@@ -342,6 +345,7 @@ def plan_pass(
                 rule=promo.rule,
             )
         )
+    view.wake_at = slots.wake_at if slots.free and view.in_flight else None
     return view.new
 
 
@@ -380,6 +384,8 @@ class AsyncSweep:
     metric: MetricSink
     # What the warm container read before (``shardq.core.sweep_cache``); None reads all each pass.
     cache: SweepCache | None = None
+    # ``wake(job_id, at)``: run a pass at ``at`` though no result comes (the advancer's tick).
+    wake: Callable[[str, float], None] | None = None
 
     def advance(self, job: JobRecord, *, deadline: float | None = None) -> str:
         """Decide and send what the freed slots take, or end the sweep; returns the job's status.
@@ -424,6 +430,8 @@ class AsyncSweep:
             if not new and not view.in_flight:
                 return self._end(job, view)
             self._send(job, [*decisions, *new], sent, seen, deadline)
+            if view.wake_at is not None and self.wake is not None:
+                self.wake(job.job_id, view.wake_at)  # a straggler shows then: a backup may be due
             return job.status
         raise AsyncSweepError(
             f"job {job.job_id}: {MAX_PASSES} sweep passes lost their race; retried on redelivery"

@@ -13,6 +13,10 @@ with w_i = n_i · s(τ_i) / Σ_i n_i (FedBuff's weights, ``shardq.worker.fedbuff
 (FedAvg's sample weights; until every client was seen, each unseen one counts as the mean of
 those seen, so with equal shards p_j = 1/N, the paper's). A client twice in one buffer subtracts its
 first update from its second, as the paper's server does (it updates the cache on arrival).
+With ``cache_weight: "staleness"`` (``weigh_cache``) the first term is s̄·h̄, s̄ = Σ_i w_i: each
+update's whole calibrated estimate h̄ + Δ_i − h_{c(i)} is weighted by w_i, as FedBuff weights the
+update itself (the paper has no staleness weights; with every s = 1 the two forms agree); it keeps
+the step's fixed point and lowers its gain when the buffer is stale (docs/ARCHITECTURE.md).
 With K = N, τ = 0 and server_lr 1 every client is in every buffer once and v = Σ_i n_i Δ_i / Σ n_i:
 synchronous FedAvg.
 

@@ -119,6 +119,26 @@ def test_a_task_is_backed_up_once_and_a_fast_workers_task_never() -> None:
     assert async_backup.choose([suspect], decisions, [0, 1], 7) == []
 
 
+def test_a_pass_that_leaves_slots_free_asks_to_run_again_when_a_task_would_turn_straggling() -> None:
+    # GIVEN trial 3 on lane 1 since 9.0 s, not straggling yet (its lane last freed by a fast
+    # worker), a slow worker measured, nothing else to run: the pass decides nothing
+    decisions, results, recorded = straggler_scene()
+    quiet = [*decisions[:4], decision(0, 3, 1, decided=9.0)]
+    stamps = {**recorded, (0, 2): at(9.9)}
+    request = TrainingRequest.from_dict(asha_sweep("p", trials=4, max_parallel=4))
+    view = async_sweep.Pass(request, quiet, results)
+    now = async_prefetch.epoch(at(10.0))
+    assert async_sweep.plan_pass(view, async_sweep.trial_source(request), 7, now=now, recorded=stamps) == []
+    # THEN it names when trial 3 turns straggling (twice its rung's 0.5 s, plus the 0.1 s round
+    # trip, after 9.0 s): no result may come before, so the driver arms a tick for then
+    assert view.wake_at is not None and round(view.wake_at - now, 3) == 0.1
+    # AND on an even fleet (no worker measured slow) it asks nothing
+    even = [replace(r, duration_s=0.5) for r in results]
+    view = async_sweep.Pass(request, quiet, even)
+    async_sweep.plan_pass(view, async_sweep.trial_source(request), 7, now=now, recorded=stamps)
+    assert view.wake_at is None
+
+
 def test_a_task_queued_behind_a_slow_workers_task_is_backed_up_too() -> None:
     # GIVEN trial 4 queued in lane 3 behind the slow worker's trial 3 (a FIFO group hands it out
     # only after trial 3), every trial drawn
