@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from shardq.core import fedbuff
+from shardq.core.fedbuff_params import cached_calibration, weighs_cache
 from shardq.core.jobstore import JobRecord, JobStore
 from shardq.core.store.fedbuff import FAILED, FedBuffStore
 
@@ -142,8 +143,12 @@ def progress(store: JobStore, job: JobRecord) -> dict[str, Any] | None:
     params = job.request.strategy.params if job.request.strategy else {}
     return {
         **data,
-        # the server step's calibration: "none" (FedBuff) or "cached" (CA2FL, fedbuff_calibration)
+        # the server step's calibration: "none" (FedBuff) or "cached" (CA2FL, fedbuff_calibration),
+        # and how a calibrated step weighs the cached mean: "staleness" (by s(τ)) or "full" (1)
         "calibration": params.get("calibration", "none"),
+        "cache_weight": ("staleness" if weighs_cache(params) else "full")
+        if cached_calibration(params)
+        else None,
         "clients_waiting": len(fb.counts(job.job_id).waiting),
         "per_version": versions,
         "failed_updates": failed_updates(store, job.job_id)[:FAILED_SHOWN] if data["updates_failed"] else [],
@@ -171,7 +176,12 @@ def text(data: dict[str, Any] | None) -> str:
         f"FedBuff: {data['versions_made']}/{data['versions']} versions made; buffer "
         f"{data['buffer_fill']}/{data['buffer_size']}; updates {data['updates_applied']} applied, "
         f"{data['updates_late']} late, {data['updates_failed']} failed"
-        + ("; cached update calibration (CA2FL)" if data.get("calibration") == "cached" else ""),
+        + (
+            f"; cached update calibration (CA2FL, cached mean weighted "
+            f"{'by s(τ)' if data.get('cache_weight') == 'staleness' else 'fully'})"
+            if data.get("calibration") == "cached"
+            else ""
+        ),
         f"{'VERSION':>7}  {'APPLIED':>7}  {'LATE':>4}  {'MEAN τ':>6}  STALENESS (τ: updates)",
     ]
     for v in data["per_version"]:

@@ -49,6 +49,7 @@ def test_status_and_result_show_versions_and_staleness(engine: Engine, shardq: S
     # THEN its numbers are the recorded updates'
     assert data["versions_made"] == 3 and data["versions"] == 3 and data["buffer_size"] == 2
     assert data["calibration"] == "none"  # FedBuff as the paper (no CA2FL calibration)
+    assert data["cache_weight"] is None
     assert data["updates_applied"] == len(applied) == 6
     assert data["updates_late"] == sum(u.state == "late" for u in recorded)
     assert [v["applied"] for v in data["per_version"]] == [2, 2, 2]
@@ -74,9 +75,13 @@ def test_a_calibrated_job_says_so_in_status_and_result(engine: Engine, shardq: S
     job = run_job(engine, request)
     assert job.status == "SUCCEEDED", job.error
     # THEN status --json, the human status and the manifest name the calibration
-    assert shardq("status", "fb-cached", "--json").json()["fedbuff"]["calibration"] == "cached"
+    data = shardq("status", "fb-cached", "--json").json()["fedbuff"]
+    assert (data["calibration"], data["cache_weight"]) == ("cached", "staleness")  # the default weight
     human = shardq("status", "fb-cached")
     assert human.code == 0, human.err
-    assert "failed; cached update calibration (CA2FL)" in human.out
+    assert "failed; cached update calibration (CA2FL, cached mean weighted by s(τ))" in human.out
     manifest = shardq("result", "fb-cached", "--json").json()
-    assert manifest["fedbuff"]["calibration"] == "cached"
+    assert (manifest["fedbuff"]["calibration"], manifest["fedbuff"]["cache_weight"]) == (
+        "cached",
+        "staleness",
+    )
