@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from shardq.core.contracts import ShardTask
 from shardq.worker.protection import ENDPOINT_PATH, TaskProtection
@@ -192,6 +193,14 @@ class RecordingSqs:
         return {}
 
 
+class EmptyBucket:
+    """The worker's bucket as a fresh task sees it: no checkpoint yet (these tests are about the
+    protection hooks; S3 itself is exercised on the local cloud elsewhere)."""
+
+    def get_object(self, **kw: Any) -> dict[str, Any]:
+        raise ClientError({"Error": {"Code": "NoSuchKey", "Message": kw["Key"]}}, "GetObject")
+
+
 def test_worker_holds_protection_from_receive_to_delete(agent: FakeAgent) -> None:
     # GIVEN a worker on "ECS" with its protection hooks, and one map task
     task = ShardTask(
@@ -213,7 +222,7 @@ def test_worker_holds_protection_from_receive_to_delete(agent: FakeAgent) -> Non
     worker = Worker(
         allow=TRUSTED,
         sqs=sqs,
-        s3=None,
+        s3=EmptyBucket(),
         task_queue_url="https://sqs.local/q.fifo",
         results_queue_url="https://sqs.local/r",
         max_receive_count=5,
@@ -251,7 +260,7 @@ def test_a_failing_hook_does_not_fail_the_task(agent: FakeAgent) -> None:
     worker = Worker(
         allow=TRUSTED,
         sqs=sqs,
-        s3=None,
+        s3=EmptyBucket(),
         task_queue_url="https://sqs.local/q.fifo",
         results_queue_url="https://sqs.local/r",
         max_receive_count=5,
