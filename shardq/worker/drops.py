@@ -40,6 +40,11 @@ def drop_reason(store: JobStore | None, task: ShardTask, tlog: logging.LoggerAda
     if job.cancelling:
         return "job is being cancelled"
     if job.budget_spent:
+        if task.backup:
+            # A backup copy is no task of its own (never counted out, ``async_backup``): its drop
+            # must count nothing, or the spend guard would take its task for answered while the
+            # original still runs, and end the job before that outcome comes back.
+            return "the budget is spent (a backup copy: nothing to count)"
         return BUDGET_DROP  # the worker says so on the results queue (spend.Dropped)
     if task.backup and _recorded(store, task, tlog):
         return "its outcome is already recorded (the other copy reported first)"

@@ -19,6 +19,7 @@ from shardq.core.contracts import ShardResult, ShardTask, TrainingRequest
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome, SweepDecision
 from shardq.core.planning import dedup_id
+from shardq.core.spend import BUDGET_DROP
 from shardq.core.validation import ValidationError
 from shardq.worker.drops import drop_reason
 from tests.core.test_asha import asha_sweep, loss_of, take
@@ -254,3 +255,18 @@ def test_the_backup_copy_has_its_own_dedup_id_output_and_checkpoints_and_is_drop
     assert len({d.ident for d in final}) == len(final)
     assert sum(1 for d in final if d.backup) == 1
     assert engine.store.get_job("bk").status == "SUCCEEDED"
+
+
+def test_once_the_budget_is_spent_a_backup_copy_is_dropped_without_a_count(
+    engine: Engine, clients: dict[str, Any]
+) -> None:
+    # GIVEN a running ASHA sweep whose budget is spent, and a task of it and its backup copy
+    engine.submit(asha_sweep("bkb", trials=4, max_parallel=2))
+    task = take(engine, clients)[0]
+    assert engine.store.mark_budget_stop("bkb", 1, 0) is True
+    # THEN the worker drops the task with a count (spend.Dropped: the guard ends the job once every
+    # task out is answered) and the copy without one: it is no task of its own, and a counted drop
+    # would take its task for answered while the original still runs
+    assert drop_reason(engine.store, task, TLOG) == BUDGET_DROP
+    copy = replace(task, backup=1)
+    assert drop_reason(engine.store, copy, TLOG) == "the budget is spent (a backup copy: nothing to count)"
