@@ -27,23 +27,14 @@ job record the advance read anyway.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from shardq.core.fedbuff_params import NAME as FEDBUFF
-
-if TYPE_CHECKING:  # the job record's own module reads ``train_out`` (its windowed view)
-    from shardq.core.jobstore import JobRecord
+from shardq.core.jobstore import JobRecord
 
 
 def is_fedbuff(job: JobRecord) -> bool:
     """True for a FedBuff job (``strategy.name`` ``fedbuff``)."""
     strategy = job.request.strategy
     return strategy is not None and strategy.name == FEDBUFF
-
-
-def _total(job: JobRecord, kinds: tuple[str, ...], phase: str = "train") -> int:
-    """The sum of the job's ``kinds`` counters of ``phase`` over every round."""
-    return sum(v for (kind, _, p), v in job.counters.items() if kind in kinds and p == phase)
 
 
 def _phase_out(job: JobRecord, round_no: int, phase: str) -> int:
@@ -63,22 +54,11 @@ def counted(job: JobRecord) -> int:
 
 def tasks_out(job: JobRecord) -> int:
     """Tasks of ``job`` sent and neither counted nor dropped (the module docstring)."""
-    if is_fedbuff(job):
-        return train_out(job) + _phase_out(job, job.round, "reduce")
+    if is_fedbuff(job):  # its clients' tasks (``JobRecord.train_out``) and the version's reduce
+        return job.train_out() + _phase_out(job, job.round, "reduce")
     if job.request.asynchronous:
-        return train_out(job)
+        return job.train_out()
     return _phase_out(job, job.round, job.phase)
-
-
-def train_out(job: JobRecord) -> int:
-    """Train tasks of ``job`` sent and neither counted nor dropped: what its admission window
-    holds (``queued`` in its views). A FedBuff job's and an asynchronous sweep's over every round
-    (their tasks span rounds), any other job's in its current round's train phase."""
-    if job.request.asynchronous:
-        return max(0, _total(job, ("enq",)) - _total(job, ("ok", "fail", "div", "drop")))
-    if is_fedbuff(job):
-        return max(0, _total(job, ("enq", "usent")) - _total(job, ("upd", "ufail", "drop")))
-    return _phase_out(job, job.round, "train") if job.phase == "train" else 0
 
 
 def closes_on_its_own(job: JobRecord) -> bool:
@@ -94,4 +74,4 @@ def closes_on_its_own(job: JobRecord) -> bool:
     return job.done(job.round, job.phase) >= job.expected(job.round, job.phase)
 
 
-__all__ = ["COUNTED", "closes_on_its_own", "counted", "is_fedbuff", "tasks_out", "train_out"]
+__all__ = ["COUNTED", "closes_on_its_own", "counted", "is_fedbuff", "tasks_out"]

@@ -10,7 +10,6 @@ from typing import Any
 
 from shardq.core.contracts import TERMINAL_STATUSES, JobView, ShardResult, TrainingRequest
 from shardq.core.fedbuff_params import NAME as FEDBUFF
-from shardq.core.outstanding import train_out
 from shardq.core.planning import participant_count, participants
 from shardq.core.store.keys import (
     _COUNTER_RE,
@@ -184,8 +183,29 @@ class JobRecord:
         return str(self.ending["status"]), self.ending.get("error")
 
     def in_window(self) -> int:
-        """Train tasks sent and not counted (queued or running): ``outstanding.train_out``."""
-        return 0 if self.terminal else train_out(self)
+        """Train tasks sent and not counted (queued or running; 0 once the job ended)."""
+        return 0 if self.terminal else self.train_out()
+
+    def train_out(self) -> int:
+        """Train tasks sent and neither counted nor dropped (``shardq.core.outstanding``): a FedBuff
+        job's and an asynchronous sweep's over every round (their tasks span rounds: the round-0
+        fan-out plus each client's next tasks, ``usent``; each rung's decided tasks), any other
+        job's in its current round's train phase."""
+
+        def total(kinds: tuple[str, ...]) -> int:
+            return sum(
+                v for (kind, _, phase), v in self.counters.items() if kind in kinds and phase == "train"
+            )
+
+        if self.request.asynchronous:
+            return max(0, total(("enq",)) - total(("ok", "fail", "div", "drop")))
+        strategy = self.request.strategy
+        if strategy is not None and strategy.name == FEDBUFF:
+            return max(0, total(("enq", "usent")) - total(("upd", "ufail", "drop")))
+        if self.phase != "train":
+            return 0
+        drops = self.counters.get(("drop", self.round, "train"), 0)
+        return max(0, self.enqueued(self.round, "train") - self.done(self.round, "train") - drops)
 
     def enqueuing(self) -> str | None:
         """``ENQUEUING n/N sent`` while the current phase's fan-out is incomplete (None once done)."""
