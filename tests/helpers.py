@@ -282,6 +282,23 @@ class CountingClient:
         return call
 
 
+class CutShort(CountingClient):
+    """The real client, whose first ``cuts`` GetObject bodies claim one byte more than they hold (a
+    connection dropped mid-object): botocore's own length check raises at the end of the stream."""
+
+    def __init__(self, real: Any, cuts: int = 10**6) -> None:
+        super().__init__(real)
+        self.cuts = cuts
+
+    def get_object(self, **kwargs: Any) -> Any:
+        response = self.real.get_object(**kwargs)
+        self.counts["get_object"] = self.counts.get("get_object", 0) + 1
+        if self.counts["get_object"] <= self.cuts:
+            body = response["Body"]
+            body._content_length = int(response["ContentLength"]) + 1
+        return response
+
+
 def result_body(task: ShardTask, **fields: Any) -> str:
     """The JSON body ``result_for(task)`` posts, with ``fields`` replaced, written as an older worker
     (or a hand-rolled poster) would: ``json.dumps`` with its non-standard ``NaN``/``Infinity``.

@@ -17,6 +17,7 @@ from typing import Any
 
 from shardq.core import planning, spend
 from shardq.core.admission import Admission
+from shardq.core.artifacts import read_bytes
 from shardq.core.contracts import ShardTask
 from shardq.core.fanout import FanOut, FanOutStats, Message
 from shardq.core.jobstore import Cursor, JobRecord, JobStore
@@ -59,7 +60,7 @@ def load_task(task: ShardTask, s3: Any) -> ShardTask:
     if task.payload_uri is None:
         return task
     bucket, key = planning.split_s3(task.payload_uri)
-    full = ShardTask.from_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    full = ShardTask.from_json(read_bytes(s3, bucket, key))
     if full.key != task.key:
         raise ValueError(f"claim check {task.payload_uri} holds task {full.key}, not {task.key}")
     return full

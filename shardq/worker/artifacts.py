@@ -9,14 +9,12 @@ the result's ``model_uri``; the rest of the outputs are uploaded beside it.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlparse
 
-from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
-
+from shardq.core.artifacts import read_object
 from shardq.core.contracts import ShardTask
 from shardq.core.planning import split_s3
 from shardq.worker.aws import FatalAwsError, describe, is_fatal
@@ -29,41 +27,6 @@ from shardq.worker.reduce import MODEL_SUFFIXES, ModelError, nonfinite_array
 # between its tasks (issue #27: ASHA's idle target). Above this size the managed transfer's
 # multipart and concurrent ranged parts win, as boto3's own 8 MiB multipart threshold says.
 SINGLE_REQUEST_MAX = 8 * 1024 * 1024
-# A stream cut short mid-body (a dropped connection, a read timeout) is read again from the start,
-# as the managed download does: its errors and its default number of attempts (s3transfer's
-# ``S3_RETRYABLE_DOWNLOAD_ERRORS``, ``TransferConfig.num_download_attempts``). A network blip must
-# not fail a shard and throw its training away. Only the body's read is retried here: botocore's
-# own retries already cover the request (its status and headers).
-DOWNLOAD_ATTEMPTS = 5
-DOWNLOAD_BACKOFF_S = 0.2  # doubled after each cut stream, at most 2 s
-
-log = logging.getLogger("shardq.worker")
-T = TypeVar("T")
-
-
-def read_object(s3: Any, bucket: str, key: str, consume: Callable[[dict[str, Any]], T]) -> T:
-    """``consume`` a GetObject response (its ``Body`` a stream): on a stream cut short (a
-    retryable read error) the object is requested and consumed again, after a short backoff,
-    ``DOWNLOAD_ATTEMPTS`` times in all, each cut logged. Errors of the request itself (a missing
-    key, a denied call, botocore's exhausted retries) are raised at once."""
-    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-        response = s3.get_object(Bucket=bucket, Key=key)
-        try:
-            return consume(response)
-        except S3_RETRYABLE_DOWNLOAD_ERRORS as exc:
-            response["Body"].close()
-            if attempt == DOWNLOAD_ATTEMPTS:
-                raise
-            log.warning(
-                "reading s3://%s/%s was cut short (%s); reading it again (attempt %d of %d)",
-                bucket,
-                key,
-                exc,
-                attempt + 1,
-                DOWNLOAD_ATTEMPTS,
-            )
-            time.sleep(min(DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1), 2.0))
-    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def model_file(output_dir: Path, chosen: Path | None) -> Path | None:

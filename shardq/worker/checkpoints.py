@@ -35,9 +35,9 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 
 from shardq.core import checkpoint_keys
+from shardq.core.artifacts import read_bytes
 from shardq.core.contracts import ShardTask
 from shardq.core.messages import MAX_ATTEMPT_HISTORY
-from shardq.worker.artifacts import read_object
 
 log = logging.getLogger("shardq.worker")
 
@@ -188,7 +188,7 @@ class TaskCheckpoints:
     def _read_pointer(self) -> dict[str, Any] | None:
         key = self.prefix + POINTER
         try:
-            body = read_object(self.s3, self.bucket, key, lambda response: response["Body"].read())
+            body = read_bytes(self.s3, self.bucket, key)
         except Exception as exc:
             if _missing(exc):
                 return None
@@ -213,7 +213,7 @@ class TaskCheckpoints:
     def _fetch(self, step: int, dest: Path) -> None:
         tar_key, manifest_key = self._keys(step)
         try:
-            manifest = json.loads(self.s3.get_object(Bucket=self.bucket, Key=manifest_key)["Body"].read())
+            manifest = json.loads(read_bytes(self.s3, self.bucket, manifest_key))
         except Exception as exc:
             raise BadCheckpoint(f"manifest {self.uri(manifest_key)} unreadable: {exc}") from exc
         if not isinstance(manifest, dict):

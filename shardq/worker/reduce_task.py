@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
+from shardq.core.artifacts import read_bytes
 from shardq.core.contracts import ShardTask
 from shardq.core.fedbuff_params import weighs_cache
 from shardq.core.planning import split_s3
@@ -74,8 +75,8 @@ class ReduceTasks(TaskFiles):
                 f"{task.key} has no init_model_uri: give the job a starting model (model.init_uri)"
             )
         bucket, key = split_s3(task.inputs_uri)
-        body = self._s3(f"read {task.inputs_uri}", self.s3.get_object, Bucket=bucket, Key=key)["Body"]
-        inputs = json.loads(body.read())
+        raw = self._s3(f"read {task.inputs_uri}", read_bytes, self.s3, bucket, key)
+        inputs = json.loads(raw)
         # model_uri since the model became explicit; artifact_uri in inputs written before.
         models = [
             (str(m.get("model_uri") or m["artifact_uri"]), int(m["num_samples"])) for m in inputs["models"]

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shardq.core import planning
+import pytest
+
+from shardq.core import artifacts, planning
 from shardq.core.contracts import ShardResult, ShardTask
 from shardq.core.engine import Engine
 from shardq.core.enqueue import INLINE_TASK_MAX_BYTES, load_task
 from shardq.core.jobstore import Outcome
 from shardq.core.settings import Settings
 from shardq.worker.runtime import Worker
-from tests.helpers import TRUSTED, receive_all
+from tests.helpers import TRUSTED, CutShort, receive_all
 
 FILES_PER_SHARD = 1_200
 
@@ -53,6 +55,21 @@ def test_big_tasks_travel_as_small_envelopes_with_the_body_in_s3(
         assert full == planning.train_task(request, "big-tasks", layout, 0, envelope.shard_id, None)
         assert len(full.to_json().encode()) > INLINE_TASK_MAX_BYTES
         assert m["Attributes"]["MessageDeduplicationId"] == full.key
+
+
+def test_a_claim_check_body_cut_short_is_read_again(
+    engine: Engine, settings: Settings, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a claim-checked task, and a client whose first two GetObject streams end early
+    monkeypatch.setattr(artifacts, "DOWNLOAD_BACKOFF_S", 0.0)
+    engine.submit(big_request("big-cut"))
+    envelope = ShardTask.from_json(receive_all(clients["sqs"], settings.task_queue_url)[0]["Body"])
+    cut = CutShort(clients["s3"], cuts=2)
+    # WHEN the worker loads its body, THEN it is read a third time and is the whole task (a network
+    # blip costs no attempt of the task)
+    full = load_task(envelope, cut)
+    assert cut.counts["get_object"] == 3
+    assert len(full.data["files"]) == FILES_PER_SHARD and full.key == envelope.key
 
 
 def test_a_worker_runs_a_claim_checked_task_and_the_job_finishes(

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from shardq.core import artifacts as core_artifacts
 from shardq.core import checkpoint_keys
 from shardq.core.contracts import ShardResult, ShardTask
 from shardq.core.settings import Settings
-from shardq.worker import artifacts
 from shardq.worker.checkpoints import POINTER, CheckpointUnreadable, TaskCheckpoints
-from tests.worker.test_transfers import CutShort
+from tests.helpers import CutShort
 
 
 def a_task(shard: int = 0, generation: int = 0, job_id: str = "ckpt") -> ShardTask:
@@ -229,7 +229,7 @@ def test_an_unreadable_pointer_fails_the_attempt_instead_of_discarding_the_check
     clients: dict[str, Any], bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a task with a checkpoint at step 2
-    monkeypatch.setattr(artifacts, "DOWNLOAD_BACKOFF_S", 0.0)
+    monkeypatch.setattr(core_artifacts, "DOWNLOAD_BACKOFF_S", 0.0)
     s3, task = clients["s3"], a_task(shard=3)
     cp = checkpoints(s3, bucket, task)
     assert save(cp, tmp_path, 1) and save(cp, tmp_path, 2)

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, IncompleteReadError
 
+from shardq.core import artifacts as core_artifacts
 from shardq.core.settings import Settings
 from shardq.worker import artifacts, scratch
 from shardq.worker.artifacts import TaskFiles
-from tests.helpers import CountingClient
+from tests.helpers import CountingClient, CutShort
 
 pytestmark = pytest.mark.local_cloud
 
@@ -74,26 +75,9 @@ def test_a_missing_object_raises_the_error_callers_test_for(
     assert files.s3.counts["get_object"] == 1
 
 
-class CutShort(CountingClient):
-    """The real client, whose first ``cuts`` GetObject bodies claim one byte more than they hold (a
-    connection dropped mid-object): botocore's own length check raises at the end of the stream."""
-
-    def __init__(self, real: Any, cuts: int = 10**6) -> None:
-        super().__init__(real)
-        self.cuts = cuts
-
-    def get_object(self, **kwargs: Any) -> Any:
-        response = self.real.get_object(**kwargs)
-        self.counts["get_object"] = self.counts.get("get_object", 0) + 1
-        if self.counts["get_object"] <= self.cuts:
-            body = response["Body"]
-            body._content_length = int(response["ContentLength"]) + 1
-        return response
-
-
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(artifacts, "DOWNLOAD_BACKOFF_S", 0.0)
+    monkeypatch.setattr(core_artifacts, "DOWNLOAD_BACKOFF_S", 0.0)
 
 
 def test_a_download_cut_short_raises_and_leaves_no_partial_file(
@@ -110,7 +94,7 @@ def test_a_download_cut_short_raises_and_leaves_no_partial_file(
     with pytest.raises(IncompleteReadError):
         files._download(f"s3://{settings.artifact_bucket}/jobs/t/cut/model.npz", dest)
     assert list(dest.parent.iterdir()) == []
-    assert files.s3.counts["get_object"] == artifacts.DOWNLOAD_ATTEMPTS
+    assert files.s3.counts["get_object"] == core_artifacts.DOWNLOAD_ATTEMPTS
     # AND a download that completes leaves exactly the file
     Files(s3)._download(f"s3://{settings.artifact_bucket}/jobs/t/cut/model.npz", dest)
     assert [p.name for p in dest.parent.iterdir()] == ["model.npz"] and dest.read_bytes() == b"x" * 5000
