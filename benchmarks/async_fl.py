@@ -50,6 +50,7 @@ from typing import Any
 from benchmarks import async_workload as wl
 from benchmarks._common import ROOT, describe, load, machine
 from benchmarks.rounds_local import LocalRun
+from shardq.core.fedbuff_params import DEFAULTS as FEDBUFF_DEFAULTS
 from shardq.local.cloud import LocalCloud
 
 FLOWER_PY = ROOT / ".venv" / "flower" / "bin" / "python"
@@ -58,6 +59,11 @@ PARTITIONS = ("iid", "noniid")
 # --fedbuff / --calibration tokens: none; cached (cache_weight "staleness": the cached mean h̄ weighted
 # as the buffer's updates are); cached-full (cache_weight "full": h̄ at weight 1, the rule before)
 CALIBRATION_TOKENS = ("none", "cached", "cached-full")
+# --fedbuff's OPTION tokens: strategy.server_lr_schedule, optionally /server_lr_floor (cosine/0.2);
+# ema, optionally /ema_decay (ema/0.7): strategy.model_average "ema"
+SCHEDULES = ("constant", "cosine", "linear")
+DEFAULT_FLOOR = FEDBUFF_DEFAULTS["server_lr_floor"]
+DEFAULT_DECAY = FEDBUFF_DEFAULTS["ema_decay"]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -95,9 +101,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "full)",
     )  # fmt: skip
     parser.add_argument(
-        "--fedbuff", action="append", default=None, metavar="PART:K:LR:UPDATES[:CALIBRATION]",
+        "--fedbuff", action="append", default=None, metavar="PART:K:LR:UPDATES[:CALIBRATION[:OPTION…]]",
         help="one FedBuff row (repeatable), e.g. iid:3:1:3 or noniid:4:1:3:cached (CALIBRATION: none, "
-        "cached or cached-full, as --calibration); default: one per "
+        "cached or cached-full, as --calibration; OPTION: strategy.server_lr_schedule constant, cosine "
+        "or linear, optionally /server_lr_floor, e.g. noniid:3:1:1:cached:cosine/0.2; ema, optionally "
+        "/ema_decay: model_average ema, e.g. noniid:3:1:1:cached:ema); default: one per "
         "partition from --buffer-size, --server-lr, --fedbuff-updates and --calibration",
     )  # fmt: skip
     parser.add_argument(
@@ -147,17 +155,18 @@ def fedbuff_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> l
     for spec in args.fedbuff:
         parts = spec.split(":")
         try:
-            if len(parts) not in (4, 5) or parts[0] not in PARTITIONS:
+            if len(parts) < 4 or parts[0] not in PARTITIONS:
                 raise ValueError(spec)
-            cal = parts[4] if len(parts) == 5 else "none"
+            cal = parts[4] if len(parts) >= 5 else "none"
             if cal not in CALIBRATION_TOKENS:
                 raise ValueError(spec)
             rows.append({"partition": parts[0], "buffer_size": int(parts[1]), "server_lr": float(parts[2]),
-                         "updates": float(parts[3]), **calibration_of(cal)})  # fmt: skip
+                         "updates": float(parts[3]), **calibration_of(cal),
+                         **options_of(parts[5:])})  # fmt: skip
         except ValueError:
             parser.error(
-                f"--fedbuff {spec!r}: give PARTITION:K:SERVER_LR:UPDATES[:none|cached|cached-full], e.g. "
-                "iid:3:1:3"
+                f"--fedbuff {spec!r}: give PARTITION:K:SERVER_LR:UPDATES[:none|cached|cached-full"
+                "[:constant|cosine|linear[/FLOOR]][:ema[/DECAY]]], e.g. iid:3:1:3 or noniid:3:1:1:cached:ema"
             )
     return [r for r in rows if r["partition"] in args.partitions]
 
@@ -169,6 +178,23 @@ def calibration_of(token: str) -> dict[str, str]:
     return {"calibration": "cached", "cache_weight": "full" if token == "cached-full" else "staleness"}
 
 
+def options_of(tokens: list[str]) -> dict[str, Any]:
+    """A row's ``strategy.server_lr_schedule`` (and ``server_lr_floor``) and ``model_average`` (and
+    ``ema_decay``) from its option tokens: ``cosine``, ``cosine/0.2``, ``ema``, ``ema/0.7``; nothing
+    for ``constant`` (the default, so the request is as before)."""
+    out: dict[str, Any] = {}
+    for token in tokens:
+        kind, _, value = token.partition("/")
+        if kind == "ema":
+            out.update(model_average="ema", **({"ema_decay": float(value)} if value else {}))
+        elif kind in SCHEDULES and not (kind == "constant" and value):
+            if kind != "constant":
+                out.update(server_lr_schedule=kind, **({"server_lr_floor": float(value)} if value else {}))
+        else:
+            raise ValueError(token)
+    return out
+
+
 def fedbuff_label(row: dict[str, Any]) -> str:
     """A FedBuff row's system name: ``shardq FedBuff`` (+ CA2FL when calibrated)."""
     return "shardq FedBuff" + (" + CA2FL" if row["calibration"] == "cached" else "")
@@ -177,7 +203,12 @@ def fedbuff_label(row: dict[str, Any]) -> str:
 def fedbuff_settings(row: dict[str, Any]) -> str:
     """``K 3, server lr 1, 1× updates`` (its client updates as a multiple of the synchronous run's)."""
     cache = {"staleness": ", h̄ × s(τ)", "full": ", h̄ × 1"}.get(row.get("cache_weight", ""), "")
-    return f"K {row['buffer_size']}, server lr {row['server_lr']:g}, {row['updates']:g}× updates{cache}"
+    lr = f"server lr {row['server_lr']:g}"
+    if row.get("server_lr_schedule", "constant") != "constant":
+        floor = float(row.get("server_lr_floor", DEFAULT_FLOOR))
+        lr += f" → {row['server_lr'] * floor:g} {row['server_lr_schedule']}"
+    ema = f", EMA {float(row.get('ema_decay', DEFAULT_DECAY)):g}" if row.get("model_average") == "ema" else ""
+    return f"K {row['buffer_size']}, {lr}, {row['updates']:g}× updates{cache}{ema}"
 
 
 def rounds_of(args: argparse.Namespace, partition: str) -> int:
@@ -247,7 +278,16 @@ def request(
     }  # fmt: skip
     if fedbuff:
         out["rounds"] = math.ceil(fedbuff["updates"] * rounds * args.clients / fedbuff["buffer_size"])
-        keys = ("buffer_size", "server_lr", "calibration", "cache_weight")
+        keys = (
+            "model_average",
+            "ema_decay",
+            "buffer_size",
+            "server_lr",
+            "calibration",
+            "cache_weight",
+            "server_lr_schedule",
+            "server_lr_floor",
+        )
         out["strategy"] = {"name": "fedbuff", **{k: fedbuff[k] for k in keys if k in fedbuff}}
     return out
 

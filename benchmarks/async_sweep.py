@@ -23,12 +23,17 @@ work remained (until the last task started) and over the whole run; trial-epochs
 val_loss at full budget. Results: ``benchmarks/results/async_sweep.json``; ``--write`` renders
 BENCHMARKS.md's section and ``docs/img/async_sweep.png`` (``benchmarks.async_report``).
 
-    .venv/bin/python -m benchmarks.async_sweep [--trials 27] [--unit-s 0.5] [--workers 4] [--write]
+    .venv/bin/python -m benchmarks.async_sweep [--trials 27] [--unit-s 0.5] [--workers 4] [--repeat N]
+        [--write]
+
+``--repeat N`` runs every system N times on the same seeds (speeds, points): each row then shows its
+figures' median and range, and the verdicts judge the median and say how many runs met each target.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -75,10 +80,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--promotion", nargs="+", default=["paper", "eager"], choices=["paper", "eager"],
         help="ASHA's promotion rules to run (early_stopping.promotion), a row each",
     )  # fmt: skip
+    parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="run every system this many times (same seeds); a row shows each figure's median and range",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=600.0, help="per system, seconds")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md and the PNG")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1 (runs of every system), got {args.repeat}")
+    return args
 
 
 def base_request(args: argparse.Namespace, speeds: list[float]) -> dict[str, Any]:
@@ -351,13 +363,76 @@ def run_raytune(s: dict[str, Any], timeout: float) -> dict[str, Any]:
 # --- the run -------------------------------------------------------------------------------------
 
 
+# The figures a repeated row gives as the median of its runs (with their range, ``ranges``).
+REPEATED = ("first_full_s", "first_full_ratio", "idle_while_work", "idle_total", "makespan_s", "trial_epochs")
+
+
+def combine(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per system from its ``--repeat`` runs: the run whose idle fraction while work remained
+    is the median (its intervals, values and counts: the plot's), with each of ``REPEATED`` the
+    median over the runs, ``ranges`` their min and max, and ``repeats`` every run's figures and
+    busy intervals."""
+    by_system: dict[str, list[dict[str, Any]]] = {}
+    for runs in repeats:
+        for r in runs:
+            by_system.setdefault(r["system"], []).append(r)
+    rows = []
+    for rs in by_system.values():
+        ordered = sorted(rs, key=lambda r: (r["idle_while_work"] is None, r["idle_while_work"] or 0.0))
+        row = dict(ordered[(len(ordered) - 1) // 2])
+        # Every run's figures and busy intervals (a run's idle time is located from its intervals).
+        row["repeats"] = [
+            {k: r[k] for k in (*REPEATED, "duplicate_copies", "duplicate_s", "intervals")} for r in rs
+        ]
+        row["plotted"] = {k: row[k] for k in REPEATED}  # the figures of the run whose intervals these are
+        row["ranges"] = {}
+        for key in REPEATED:
+            known = [r[key] for r in rs if r[key] is not None]
+            row[key] = round(statistics.median(known), 4) if known else None
+            row["ranges"][key] = [min(known), max(known)] if known else None
+        rows.append(row)
+    return rows
+
+
 def run_all(args: argparse.Namespace, cloud: LocalCloud | None = None) -> dict[str, Any]:
-    """Every system in ``args.systems`` (the unavailable ones skipped, with why) on the same spec."""
+    """Every system in ``args.systems`` (the unavailable ones skipped, with why) on the same spec,
+    ``args.repeat`` times; one row per system (``combine``)."""
+    started = time.time()
+    repeats: list[list[dict[str, Any]]] = []
+    skipped: dict[str, str] = {}
+    problems: list[str] = []
+    once: dict[str, Any] = {}
+    for n in range(args.repeat):
+        if args.repeat > 1:
+            print(f"-- repeat {n + 1} of {args.repeat}", flush=True)
+        with contextlib.ExitStack() as stack:
+            # A fresh local cloud each repeat (the given one, a test's, is shared): every repeat
+            # starts from the same empty emulator, not one holding the earlier repeats' resources.
+            here = cloud
+            if here is None and {"asha", "halving"} & set(args.systems):
+                here = stack.enter_context(LocalCloud())
+            once = run_once(args, here)
+        repeats.append(once["runs"])
+        skipped.update(once["skipped"])
+        problems += [p if args.repeat == 1 else f"repeat {n + 1}: {p}" for p in once["problems"]]
+    return {
+        **once,
+        "runs": combine(repeats),
+        "repeat": args.repeat,
+        "skipped": skipped,
+        "problems": problems,
+        "seconds": round(time.time() - started, 1),
+        "load_after": load(),
+    }
+
+
+def run_once(args: argparse.Namespace, cloud: LocalCloud | None) -> dict[str, Any]:
+    """Every system in ``args.systems`` once (the unavailable ones skipped, with why) on the same
+    spec; shardq's on ``cloud`` (None: none of shardq's systems selected)."""
     s = spec(args)
     runs: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     problems: list[str] = []
-    started = time.time()
 
     def shardq(c: LocalCloud) -> None:
         for name, method in (("asha", "asha"), ("halving", "successive_halving")):
@@ -378,9 +453,6 @@ def run_all(args: argparse.Namespace, cloud: LocalCloud | None = None) -> dict[s
 
     if cloud is not None:
         shardq(cloud)
-    elif {"asha", "halving"} & set(args.systems):
-        with LocalCloud() as c:
-            shardq(c)
     if "optuna" in args.systems:
         if optuna_available():
             runs.append(run_optuna(s))
@@ -406,8 +478,6 @@ def run_all(args: argparse.Namespace, cloud: LocalCloud | None = None) -> dict[s
         "runs": runs,
         "skipped": skipped,
         "problems": problems,
-        "seconds": round(time.time() - started, 1),
-        "load_after": load(),
     }
 
 

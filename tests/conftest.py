@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -91,6 +91,30 @@ def lambda_env(cloud: LocalCloud, settings: Settings, monkeypatch: pytest.Monkey
 # `--dist loadgroup` relies on, pytest-dev/pytest-xdist#1386.)
 DEPLOYED = ("tests/e2e/test_fast_path.py", "tests/e2e/test_local_stack.py", "tests/e2e/test_mnist_example.py")
 SPREAD = ("tests/bench/test_smoke.py",)
+# The longest units (``suite_group`` names), dispatched before the rest, longest first (measured:
+# BENCHMARKS.md §11, round 6). xdist's own order puts the units with the most tests first, and most
+# of these are one to five long tests (real worker processes, a deploy, a benchmark run, the model
+# test), so they came last and the suite ended on one or two busy workers. A unit missing here
+# only loses its place in the queue, nothing runs differently.
+FIRST = (
+    "tests/chaos/test_workers.py",
+    "tests/chaos/test_model.py",
+    "deployed stack",
+    "tests/chaos/test_pipeline.py",
+    "tests/cli/test_mlflow_track.py",
+    "tests/bench/test_smoke.py::test_benchmark_runs_and_reports[import_time]",
+    "tests/infra/",
+    "tests/bench/test_scale_smoke.py",
+    "tests/worker/test_release.py",
+    "tests/bench/test_async_smoke.py",
+    "tests/cli/test_terminal.py",
+    "tests/bench/test_smoke.py::test_benchmark_runs_and_reports[e2e]",
+    "tests/e2e/test_resume_exact.py",
+    "tests/chaos/test_fedbuff.py",
+    "tests/e2e/test_demo.py",
+    "tests/worker/test_lease.py",
+    "tests/worker/test_mnist_strategies.py",
+)
 
 
 def suite_group(nodeid: str) -> str:
@@ -103,8 +127,15 @@ def suite_group(nodeid: str) -> str:
     return nodeid if module in SPREAD else module
 
 
+def first_queued(queued: Iterable[str]) -> str | None:
+    """The unit to dispatch next: the first of ``FIRST`` still queued, else None (the queue's order)."""
+    waiting = set(queued)
+    return next((unit for unit in FIRST if unit in waiting), None)
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadfile`` with the groups of ``suite_group`` (xdist's own modes otherwise)."""
+    """``--dist loadfile`` with the groups of ``suite_group``, the ``FIRST`` units dispatched first
+    (xdist's own modes otherwise)."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadScopeScheduling
@@ -112,6 +143,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class SuiteGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return suite_group(nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            unit = first_queued(self.workqueue)
+            if unit is not None:
+                self.workqueue.move_to_end(unit, last=False)
+            super()._assign_work_unit(node)
+
+        def _reschedule(self, node: Any) -> None:
+            # A worker gets its next unit when it holds its unit's last test (xdist runs a test only
+            # once it knows the next), not two tests ahead as xdist does: a long unit queued behind
+            # two long tests waited there while another worker went idle.
+            if not node.shutting_down and self.workqueue and self._pending_of(self.assigned_work[node]) > 1:
+                return
+            super()._reschedule(node)
 
     return SuiteGroups(config, log)
 

@@ -96,14 +96,15 @@ class Running:
 def counted(job: JobRecord, round_no: int) -> int:
     """Round ``round_no``'s train tasks counted, as the window sees them: its recorded outcomes.
 
-    A FedBuff job's one windowed send is round 0's fan-out, each client's first update; its
-    updates are counted per model version (``shardq.core.store.fedbuff``), never as round 0's
-    outcomes, so its round 0 counts the clients whose first update came back and whose next
-    task was counted out (``usent_r1_train``; a client that waits for the next version counts
-    once it is sent). Counting none held the fan-out at its first window while version 0 was
-    open, and the clients past it got no first task (only the first ``max_parallel`` trained)."""
+    A FedBuff job's one windowed send is round 0's fan-out, the first task of each client slot
+    (``JobRecord.fan_out``); its updates are counted per model version (``shardq.core.store.fedbuff``),
+    never as round 0's outcomes, so its round 0 counts its updates recorded, whoever's, up to the
+    tasks the fan-out sent: each frees a slot, handed on at once (``shardq.core.fedbuff``), so the
+    window paces the first wave and the slots cap the tasks out. Counting none held the fan-out at
+    its first window while version 0 was open."""
     if is_fedbuff(job):
-        return job.counters.get(("usent", round_no + 1, "train"), 0)
+        recorded = sum(v for (kind, _, _), v in job.counters.items() if kind in ("upd", "ufail"))
+        return min(job.enqueued(round_no, "train"), recorded)
     return job.done(round_no, "train")
 
 
@@ -183,12 +184,15 @@ class Admission:
             return total
         return min(total, counted(job, round_no) + self.window(job, round_no))
 
-    @staticmethod
-    def held_to(job: JobRecord, round_no: int, phase: str, stop: int, total: int) -> int | None:
+    def held_to(self, job: JobRecord, round_no: int, phase: str, stop: int, total: int) -> int | None:
         """The window a send of (round, phase) up to ``stop`` was held to, for the job record
         (``JobRecord.window``); None when there is none to record: a reduce (it keeps the train
-        window slow start goes on from), or a round sent whole by a job never windowed."""
-        if phase != "train" or (stop >= total and job.window is None):
+        window slow start goes on from), or a round sent whole by a job never windowed. A windowed
+        FedBuff job records its first send's window even when its fan-out (one task per client
+        slot) fits in it: its other tasks go out one freed slot at a time, never from the cursor,
+        and the window recorded is what shows its tasks out as ``queued`` (``JobRecord.view``)."""
+        fits = stop >= total and job.window is None and not (self.windowed and is_fedbuff(job))
+        if phase != "train" or fits:
             return None
         return stop - counted(job, round_no)
 

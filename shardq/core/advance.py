@@ -147,9 +147,21 @@ class Advancer(RangedClose):
         self.metric("ResultsRecorded", len(result.recorded), "Count")
         if result.duplicates:
             self.metric("DuplicateResults", len(result.duplicates), "Count")
+            self._count_copies(result.duplicates, tenants)
         if result.late:
             self.metric("LateResults", len(result.late), "Count")
         return result
+
+    def _count_copies(self, duplicates: list[Outcome], tenants: dict[str, str]) -> None:
+        """A sweep's backup copy that ran and lost (its outcome a duplicate of the other copy's,
+        ``async_backup``): its cost reaches the job and its tenant's month once per copy
+        (``JobStore.count_copy_cost``), so the spend guard sees every priced run."""
+        for o in duplicates:
+            r = o.result
+            priced = r.task_type == "train" and r.cost_micro_usd > 0
+            copy = priced and async_sweep.is_async(self._request(r.job_id))
+            if copy and self.store.count_copy_cost(r, tenants.get(r.job_id)):
+                self.metric("BackupCopiesCosted", 1, "Count")
 
     def advance(self, job_id: str, *, deadline: float | None = None) -> str:
         """Move a job as far as its recorded results and its round policy allow; returns its status.

@@ -11,17 +11,23 @@ The rule (``choose``; ``shardq.core.async_sweep.plan_pass`` asks it only when a 
 slot and nothing else to give it: no promotion due, no trial left to draw or none allowed). A
 lane's running task is a **suspect** when it is presumed to run on a slow worker: its lane is
 straggling, it is a backed-up task's losing copy, or a slow worker presumed idle may have taken it
-(``async_prefetch.lane_slots`` measures all three); so is every task queued behind it, which the
-FIFO group hands out only after it. The running task's expected end is the slowest measured pace ×
-its rung's typical time (``async_prefetch.expected_times``) after it became available, a queued
-task's that plus its own typical time; a copy's is one typical time plus the round trip. Only
-once some worker was measured slow (pace over ``STRAGGLING``): on a fleet of even workers a task
-that merely runs long is noise, or a dead worker, whose lease (30 s) brings the task back. A
-suspect whose expected end is later than a copy's gets a **backup**: the same rung, trial,
+and it has run past its rung's typical time at the fast workers' pace (before that it may be
+visibly running on a fast worker: a benchmark run copied such a task, and the copy ended 0.12 s
+before the original) (``async_prefetch.lane_slots`` measures all three); so is every task queued
+behind it, which the FIFO group hands out only after it. The running task's expected end is the
+slowest measured pace × its rung's typical time (``async_prefetch.expected_times``) after it became
+available, a queued task's that plus its own typical time; a copy's is one typical time plus the
+round trip. Only once some worker was measured slow (pace over ``STRAGGLING``): on a fleet of even
+workers a task that merely runs long is noise, or a dead worker, whose lease (30 s) brings the task
+back. A suspect whose expected end is later than a copy's gets a **backup**: the same rung, trial,
 hyperparameters, model and seed (the trial's task, sent again), in a lane a free worker takes now,
-never a straggling one; the suspects that would gain most first. A task overdue even for
-the slowest pace (a worker that died under its lease, or slower than any measured) is backed up
-too: its end is unknown.
+never a straggling one; the suspects that would gain most first. A task overdue even for the
+slowest pace (a worker that died under its lease, or slower than any measured) is backed up too:
+its end is unknown.
+
+Cost. The losing copy's run is the job's too: its outcome is a duplicate, never counted, but the
+aggregator adds its priced time to the job's cost (and its ``budget_usd`` guard) once per copy
+(``JobStore.count_copy_cost``, its ``COPY#`` item written once, while the job runs).
 
 Exactly once. A backup is a decision like any other (``SweepDecision.backup = 1``, its own item
 ``ASYNC#r<rung>#<trial>#b1`` written once under the pass's conditional write): at most one per

@@ -55,11 +55,12 @@ any free group's next message, the oldest first, so the pass chooses lanes (``la
 A **straggling** lane — the worker that freed it last runs over twice the typical time of its
 rungs (``paces``), or its running task has run over twice the typical time of its rung plus the
 round trip — goes last and gets nothing queued: a task behind a 10× worker waits ten tasks' time.
-A freed straggler polls and takes the *next task that becomes available*, whatever its lane, so
-the pass also tracks it: until one of the tasks available since its last outcome runs long
-enough to show it took that one, none of them gets a task behind it, and it is presumed idle
-(``Slots.idle_slow``) — for at most ``STRAGGLING`` × its own longest task (its pace × the longest
-typical rung time) plus the round trip after its outcome: a task it took would show as a straggling
+A freed straggler polls and takes the *next task that becomes available*, whatever its lane, or
+one already waiting when it freed, so the pass also tracks it: until one of the tasks available
+to it (``available_to``) runs long enough to show it took that one, none of them gets a task
+behind it, and it is presumed idle (``Slots.idle_slow``) — for at most ``STRAGGLING`` × its own
+longest task (its pace × the longest typical rung time) plus the round trip after the first task
+available to it (with none, it is polling, not gone): a task it took would show as a straggling
 lane by then, so a straggler silent that long is presumed gone (a Spot reclaim, a scale-in), and
 the prefetch no longer holds back for it. Meanwhile a due promotion goes behind a fast lane's
 running task (its own worker, polling at once when it ends, takes it; a task sent to an empty lane
@@ -71,13 +72,15 @@ one, 31 s.)
 
 For **backup tasks** (``shardq.core.async_backup``) ``lane_slots`` also names the free lanes a free
 worker takes now (``Slots.idle``) and the **suspects**: the tasks of each lane whose running task is
-presumed on a slow worker (a straggling lane, or one a slow worker presumed idle may have taken),
-its running task and those queued behind it, each with what it has left at the slowest measured
-pace. A backed-up task's losing copy (the one whose outcome came second) keeps its lane busy and
-straggling until presumed ended (the slowest pace × its rung's typical time after its decision,
-plus the round trip): a task decided into that FIFO group would wait behind it. ``Slots.wake_at``
-is when the earliest running task not straggling yet would turn straggling: a pass that leaves
-slots free asks to run again then, though no result may come before.
+presumed on a slow worker (a straggling lane, or one a slow worker presumed idle may have taken
+once it has run past its rung's typical time at the slowest fast pace, plus the round trip:
+before that it may be visibly running on a fast worker), its running task and those queued
+behind it, each with what it has left at the slowest measured pace. A backed-up task's losing copy
+(the one whose outcome came second) keeps its lane busy and straggling until presumed ended (the
+slowest pace × its rung's typical time after its decision, plus the round trip): a task decided
+into that FIFO group would wait behind it. ``Slots.wake_at`` is when the earliest running task not
+straggling yet would turn straggling (or a presumed-taken one a suspect): a pass that leaves slots
+free asks to run again then, though no result may come before.
 """
 
 from __future__ import annotations
@@ -254,6 +257,20 @@ def expected_times(results: Sequence[ShardResult], added: Sequence[int] | None) 
     return expected
 
 
+def available_to(
+    heads: Sequence[tuple[float, int]], since: float, fleet: int, stragglers: frozenset[int]
+) -> list[int]:
+    """The lanes whose running task a worker freed at ``since`` may have taken: each head that
+    became available after (less ``SETTLE_S``: it may poll before its outcome is recorded), and
+    those already waiting then (``heads``: ``(available since, lane)``, the oldest first): the
+    heads available before beyond what the fleet's other workers could run (one worker is the
+    freed one; a straggling lane's head holds its own)."""
+    before = [(at, lane) for at, lane in heads if at < since - SETTLE_S]
+    others = max(0, fleet - 1 - sum(1 for _, lane in before if lane in stragglers))
+    waiting = [lane for _, lane in before if lane not in stragglers][others:]
+    return waiting + [lane for at, lane in heads if at >= since - SETTLE_S]
+
+
 def lane_slots(
     decisions: Sequence[SweepDecision],
     results: Sequence[ShardResult],
@@ -341,8 +358,15 @@ def lane_slots(
         return slow or (typical > 0 and running_s(lane) > STRAGGLING * typical + trip)
 
     stragglers = frozenset(filter(straggling, count)) | {d.lane for d in decisions if d.ident in held}
+    workers = len({r.worker_id for r in results if r.worker_id})
+    busy = sum(1 for lane in count if count[lane])
+    # The fleet: the workers seen, and one more for each busy lane that never reported (its task
+    # runs on a worker not seen yet, e.g. a straggler's first); unknown without results.
+    unseen = sum(1 for lane in count if count[lane] and lane not in last)
+    fleet = min(lanes, workers + unseen) if workers else lanes
     # A freed straggler takes the first task that becomes available after its outcome (any lane's:
-    # a worker receives whichever group is free), so the pass tracks it (the module doc).
+    # a worker receives whichever group is free), or one already waiting then, so the pass tracks
+    # it (the module doc).
     taken, idle_slow = set(stragglers), 0
     heads = sorted((started_at(lane), lane) for lane in queue)
     longest = max((expected(rung) for rung in {d.rung for d in decisions}), default=0.0)
@@ -351,21 +375,18 @@ def lane_slots(
         since = max((x for x in stamps if x is not None), default=None)
         if since is None:
             continue
-        if now is not None and now - since > STRAGGLING * pace[w] * longest + trip:
-            continue  # silent past any task it could have taken: gone, not polling (module doc)
-        # It took one of the tasks available since (which one shows once it runs long: a
+        after = [lane for lane in available_to(heads, since, fleet, stragglers)]
+        # Presumed gone (not polling) once silent past any task it could have taken since the
+        # first one was available to it (module doc); with none available yet, it is waiting.
+        first = min((max(started_at(lane), since) for lane in after), default=None)
+        if now is not None and first is not None and now - first > STRAGGLING * pace[w] * longest + trip:
+            continue
+        # It took one of the tasks available to it (which one shows once it runs long: a
         # straggling lane); until then none of them gets a task behind it, and it may still be
         # polling: the next task sent to an empty lane would be its.
-        after = [lane for at, lane in heads if at >= since - SETTLE_S]
         if not stragglers.intersection(after):
             taken.update(after)
             idle_slow += 1
-    workers = len({r.worker_id for r in results if r.worker_id})
-    busy = sum(1 for lane in count if count[lane])
-    # The fleet: the workers seen, and one more for each busy lane that never reported (its task
-    # runs on a worker not seen yet, e.g. a straggler's first); unknown without results.
-    unseen = sum(1 for lane in count if count[lane] and lane not in last)
-    fleet = min(lanes, workers + unseen) if workers else lanes
     # An empty lane is a free worker's while the fleet has free workers; beyond that it is a spare
     # lane (``max_parallel`` above the fleet), whose task waits in the queue as a prefetched one.
     empty = sorted((lane for lane in count if not count[lane]), key=lambda lane: (lane in stragglers, lane))
@@ -423,8 +444,19 @@ def lane_slots(
     # a losing copy's, or one an idle slow worker may have taken), for backups (``async_backup``):
     # only once a worker measured slow (a task merely running long on an unmeasured fleet is noise,
     # or a dead worker, whose lease brings the task back).
+    # A lane only presumed taken by an idle slow worker is one once its running task has run past
+    # its rung's typical time at the slowest fast pace (plus the round trip): until then it may
+    # be visibly running on a fast worker, and a copy would be a duplicate for nothing (a
+    # benchmark run copied such a task; its copy ended 0.12 s before the original).
+    fast = max((ratio for ratio in pace.values() if ratio <= STRAGGLING), default=1.0)
+
+    def visible(lane: int) -> float:
+        """When the lane's running task, were it on a fast worker, would have ended."""
+        return started_at(lane) + fast * expected(queue[lane][0].rung) + trip
+
+    presumed = {lane for lane in running & taken - stragglers if now is not None and now > visible(lane)}
     suspects = (
-        [s for lane in sorted(running & (stragglers | taken)) for s in suspects_in(lane)]
+        [s for lane in sorted(running & (stragglers | presumed)) for s in suspects_in(lane)]
         if now is not None and slowest > STRAGGLING
         else []
     )
@@ -432,7 +464,7 @@ def lane_slots(
         started_at(lane) + STRAGGLING * expected(queue[lane][0].rung) + trip
         for lane in running
         if lane not in stragglers and started_at(lane) > -math.inf
-    ]
+    ] + [visible(lane) for lane in running & taken - stragglers - presumed if started_at(lane) > -math.inf]
     return Slots(
         slots,
         stragglers,
@@ -451,6 +483,7 @@ __all__ = [
     "MIN_SAMPLES",
     "PREFETCH_CAP",
     "Slots",
+    "available_to",
     "depth",
     "epoch",
     "expected_times",

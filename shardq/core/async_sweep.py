@@ -41,33 +41,30 @@ measurement; a lane with nothing in flight is filled first).
 What a sweep can run at most and how far it went (``rung_bounds``, ``max_tasks``,
 ``async_progress``) live in ``shardq.core.async_bounds`` and are re-exported here.
 
-Plugging in a trial source
---------------------------
-``register_trial_source(method, factory)`` maps a ``search.method`` to a factory
-``factory(request) -> TrialSource``; listing the method in ``request_fields.ASYNC_SEARCH_METHODS``
-makes its sweeps run here without early stopping too (every trial one task, up to
-``max_parallel`` in flight). A source
-gets ``SweepRecords`` (the request, the trials drawn so far with their hyperparameters, which of
-them are still pending, and every recorded outcome) and returns the next trial's hyperparameters,
-or None when it has no more. It must be deterministic given the records (a pass that loses a race
-asks again on newer records); the driver caps the draws at ``request.task_count``. A source may
-also define ``task_params(trial, drawn) -> dict``: what the trial's tasks carry when that differs
-from its draw (Optuna's source draws a small record of when the trial was asked, and its tasks
-carry the job's log up to that ask, from which the worker asks the sampler:
-``shardq.core.optuna_search``).
+Parts (each re-exported here): the trial sources (``shardq.core.async_sources``: grid, list,
+random, Optuna; ``register_trial_source`` plugs in another), the promotion rule over the recorded
+results (``shardq.core.async_promotion``), where decided tasks wait (``async_prefetch``) and
+backup copies (``async_backup``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
-from shardq.core import asha_rules, planning, search, spend
 from shardq.core import async_backup as backup
 from shardq.core import async_prefetch as prefetch
+from shardq.core import planning, search, spend
 from shardq.core.async_bounds import AsyncProgress, async_progress, max_tasks, rung_bounds
+from shardq.core.async_promotion import Promotion, by_rung, next_promotion, ranked
+from shardq.core.async_sources import (
+    EnumeratedSource,
+    SweepRecords,
+    TrialSource,
+    register_trial_source,
+    trial_source,
+)
 from shardq.core.contracts import ShardResult, TrainingRequest
 from shardq.core.enqueue import Enqueuer
 from shardq.core.finalize import Finisher
@@ -86,174 +83,13 @@ class AsyncSweepError(RuntimeError):
     """A pass lost every race it ran (the job kept changing); the result's redelivery retries it."""
 
 
-# -- the trial source interface -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SweepRecords:
-    """What a trial source may read to choose the next rung-0 trial.
-
-    ``drawn``: trial index → hyperparameters, of every rung-0 trial decided so far (indexes
-    ``0 … len(drawn) - 1``; the next draw is trial ``len(drawn)``); ``results``: every recorded
-    train outcome, any rung (``round`` is the rung, ``shard_id`` the trial; ``status``
-    ``succeeded``, ``diverged`` (non-finite objective) or ``failed``).
-    """
-
-    request: TrainingRequest
-    drawn: Mapping[int, Mapping[str, Any]]
-    results: Sequence[ShardResult]
-
-    @property
-    def pending(self) -> frozenset[int]:
-        """Trials drawn whose rung-0 outcome is not recorded yet (queued or running)."""
-        done = {r.shard_id for r in self.results if r.round == 0}
-        return frozenset(t for t in self.drawn if t not in done)
-
-    def latest(self) -> dict[int, ShardResult]:
-        """Each trial's outcome at the furthest rung it reached (a failure only where nothing else)."""
-        out: dict[int, ShardResult] = {}
-        for r in sorted(self.results, key=lambda r: r.round):
-            if r.status != "failed" or r.shard_id not in out:
-                out[r.shard_id] = r
-        return out
-
-
-class TrialSource(Protocol):
-    """Yields the next rung-0 trial's hyperparameters given the job's records (see the module doc)."""
-
-    def next_trial(self, records: SweepRecords) -> dict[str, Any] | None:
-        """Hyperparameters of trial ``len(records.drawn)``, or None when the source has no more."""
-        ...
-
-
-@dataclass(frozen=True)
-class EnumeratedSource:
-    """Grid, list and random search: trial ``i`` is ``search.trial_params(request, i)`` (a grid
-    point in order, a listed trial, or the seeded sample ``i``), whatever the results say."""
-
-    request: TrainingRequest
-
-    def next_trial(self, records: SweepRecords) -> dict[str, Any] | None:
-        index = len(records.drawn)
-        return search.trial_params(self.request, index) if index < self.request.task_count else None
-
-
-SourceFactory = Callable[[TrainingRequest], TrialSource]
-
-
-def _optuna_source(request: TrainingRequest) -> TrialSource:
-    """Optuna's samplers (``shardq.core.optuna_search``): imported only by the sweeps that use it."""
-    from shardq.core.optuna_search import OptunaSource
-
-    return OptunaSource(request)
-
-
-_SOURCES: dict[str, SourceFactory] = {
-    "grid": EnumeratedSource,
-    "random": EnumeratedSource,
-    "optuna": _optuna_source,
-}
-
-
-def register_trial_source(method: str, factory: SourceFactory) -> None:
-    """Make ``search.method == method`` draw its asynchronous sweeps' trials from ``factory(request)``
-    (list the method in ``request_fields.ASYNC_SEARCH_METHODS`` too when its sweeps run here
-    without early stopping)."""
-    _SOURCES[method] = factory
-
-
-def trial_source(request: TrainingRequest) -> TrialSource:
-    """The trial source of the request's ``search.method`` (grid when it has none)."""
-    method = request.search.method if request.search is not None else "grid"
-    return _SOURCES[method](request)
+# -- the kind of sweep ----------------------------------------------------------------------------
 
 
 def is_async(request: TrainingRequest) -> bool:
     """True for a sweep this module runs (``TrainingRequest.asynchronous``): ASHA, or a search
     method in ``ASYNC_SEARCH_METHODS``."""
     return request.asynchronous
-
-
-# -- the rule (pure) ----------------------------------------------------------------------------
-
-
-def ranked(rung_results: Sequence[ShardResult], request: TrainingRequest) -> list[ShardResult]:
-    """A rung's succeeded results with a finite objective, best first (ties by trial id)."""
-    assert request.objective is not None
-    metric = request.objective.metric
-    finite = [
-        r
-        for r in rung_results
-        if r.status == "succeeded" and r.metrics.get(metric) is not None and math.isfinite(r.metrics[metric])
-    ]
-    return sorted(finite, key=search.rank_key(request.objective))
-
-
-@dataclass(frozen=True)
-class Promotion:
-    """Trial ``trial`` goes on to rung ``rung`` from ``model``: it ranked ``rank`` (0-based) of the
-    ``known`` results its previous rung had, by ``rule`` (``"asha"`` or ``"drain"``)."""
-
-    rung: int
-    trial: int
-    model: str | None
-    known: int
-    rank: int
-    rule: str
-    # What the trial reported as its hyperparameters (a sampler that asks on the worker), if anything.
-    reported: dict[str, Any] | None = None
-
-
-def next_promotion(
-    request: TrainingRequest,
-    by_rung: Mapping[int, Sequence[ShardResult]],
-    decided: set[tuple[int, int]],
-    *,
-    drain: bool = False,
-    order: Mapping[int, Sequence[ShardResult]] | None = None,
-) -> Promotion | None:
-    """ASHA's next promotion (the highest rung first), or None.
-
-    ``decided``: ``(rung, trial)`` of every task already decided. A trial of rung ``k`` is
-    promotable when it ranks in the top ``len(results of rung k) // eta`` finite results (with
-    ``early_stopping.promotion "eager"``, the top ``max(1, …)``: ``shardq.core.asha_rules``) and is
-    not decided at rung ``k + 1``. With ``drain`` (the sweep would end otherwise), a rung that
-    promoted nobody promotes its best finite trial instead. ``order``: each rung's ``ranked``
-    results, when the caller ranked them already (a pass ranks once, whatever lanes it fills).
-    """
-    es = request.early_stopping
-    if es is None or es.method != "asha":
-        return None
-    top = len(es.budgets) - 1
-    for k in reversed(range(top)):
-        results = by_rung.get(k, [])
-        best = order[k] if order is not None and k in order else ranked(results, request)
-        if drain:
-            promoted_any = any(rung == k + 1 for rung, _ in decided)
-            if best and not promoted_any:
-                r = best[0]
-                return Promotion(k + 1, r.shard_id, r.model, len(results), 0, "drain", _reported(r))
-            continue
-        n = len(results)
-        for rank, r in enumerate(best[: asha_rules.promotable(es, n)]):
-            if (k + 1, r.shard_id) not in decided:
-                return Promotion(k + 1, r.shard_id, r.model, n, rank, asha_rules.rule_of(es, n), _reported(r))
-    return None
-
-
-def _reported(r: ShardResult) -> dict[str, Any] | None:
-    """The hyperparameters a result reports for its trial, when its worker asked them itself."""
-    params = getattr(r, "params", None)
-    return dict(params) if isinstance(params, dict) and params else None
-
-
-def by_rung(results: Sequence[ShardResult]) -> dict[int, list[ShardResult]]:
-    """Train outcomes grouped by rung."""
-    out: dict[int, list[ShardResult]] = {}
-    for r in results:
-        if r.task_type == "train":
-            out.setdefault(r.round, []).append(r)
-    return out
 
 
 @dataclass

@@ -251,7 +251,7 @@ class Engine:
     def _enqueue_and_arm(self, job: JobRecord, deadline: float | None) -> None:
         """Enqueue the job's current (round, phase) from its cursor; the call that completes the
         fan-out arms the round's deadline (a fan-out cut short armed none)."""
-        unsent = job.enqueued(job.round, job.phase) < job.expected(job.round, job.phase)
+        unsent = job.enqueued(job.round, job.phase) < job.fan_out(job.round, job.phase)
         self.enqueue_current(job, deadline=deadline)
         if unsent:
             self.ticker.arm_round(job)

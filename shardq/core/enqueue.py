@@ -140,7 +140,7 @@ class Enqueuer:
         (``JobStore.start_reduce``/``start_round``) writes it, one call less on a round's path."""
         lanes = job.request.max_parallel
         stats = FanOutStats()
-        total = job.expected(round_no, phase)
+        total = job.fan_out(round_no, phase)
         stop = total
         held = self.refusal(job)
         if held is not None:
@@ -183,7 +183,7 @@ class Enqueuer:
             return None
         if job.terminal or job.phase != "train" or job.closed_round == job.round:
             return None
-        if job.enqueued(job.round, "train") >= job.expected(job.round, "train"):
+        if job.enqueued(job.round, "train") >= job.fan_out(job.round, "train"):
             return None
         return self.enqueue(job, job.round, "train", job.model_uri, deadline=deadline)
 

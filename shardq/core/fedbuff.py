@@ -13,11 +13,14 @@ A ``data_parallel`` job whose ``strategy.name`` is ``fedbuff`` has no round barr
   (counted against ``max_failed_shards``) and never enters a buffer.
 * As soon as an update is recorded its client gets its next task, from the latest version that
   exists (the job record's ``round``), as FLSim and the paper do: a reduce in progress does not
-  hold it back. Updates that arrive while version v's reduce runs go into buffer v + 1 (or later),
-  stale by ≥ 1 and weighted by s(τ). The one exception: a task whose update is certain to be late
-  (the open buffer is already more than ``max_staleness`` versions past the latest model, so its
-  τ would exceed S) is not sent; its client waits for the next version (``fb_waiting``), which
-  only happens when S < 1 + the versions filled ahead of the reduces.
+  hold it back. With fewer client slots (``max_parallel``) than clients, the freed slot goes to
+  the client that waited longest instead (never trained first, then the oldest last update:
+  ``Driver._hand``), so at most ``max_parallel`` client tasks are ever out. Updates that arrive
+  while version v's reduce runs go into buffer v + 1 (or later), stale by ≥ 1 and weighted by
+  s(τ). The one exception: a task whose update is certain to be late (the open buffer is already
+  more than ``max_staleness`` versions past the latest model, so its τ would exceed S) is not
+  sent; its slot waits for the next version (``fb_waiting``), which only happens when S < 1 + the
+  versions filled ahead of the reduces.
 * Every ``buffer_size`` (K) applied updates the buffer of version v closes: one reduce task steps
   the server model with exactly those K staleness-weighted deltas (``shardq.worker.fedbuff``) into
   v + 1. ``rounds`` is the number of server steps. The job record's ``round`` is the current version.
@@ -31,15 +34,24 @@ train on while the reduce runs, and the buffers overlap versions (that is FedBuf
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from shardq.core import planning
 from shardq.core.artifacts import put_json
+from shardq.core.batchcalls import JobStoreError, pause
 from shardq.core.contracts import ShardResult, TrainingRequest, ValidationError
 from shardq.core.fedbuff_calibration import calibrate_inputs
-from shardq.core.fedbuff_params import NAME, cached_calibration, staleness_weight
+from shardq.core.fedbuff_params import (
+    NAME,
+    average_section,
+    cached_calibration,
+    final_model_uri,
+    server_lr_at,
+    staleness_weight,
+)
 from shardq.core.jobstore import JobRecord, Outcome
 from shardq.core.metrics import summarize_round
 from shardq.core.store.fedbuff import (
@@ -51,8 +63,10 @@ from shardq.core.store.fedbuff import (
     Counts,
     FedBuffStore,
     Placer,
+    Receiver,
     Update,
 )
+from shardq.core.store.keys import MAX_RECORD_ATTEMPTS
 
 if TYPE_CHECKING:
     from shardq.core.advance import Advancer
@@ -110,6 +124,12 @@ def placer(request: TrainingRequest) -> Placer:
         return [replace(u, order=counts.seq + i) for i, u in enumerate(out)], after
 
     return place
+
+
+def rotates(request: TrainingRequest) -> bool:
+    """True when the job has fewer client slots than clients (``max_parallel`` below them): a freed
+    slot goes to the client that waited longest (``Driver._hand``), not back to its own client."""
+    return request.max_parallel < request.task_count
 
 
 def must_wait(job: JobRecord, open_version: int) -> bool:
@@ -213,12 +233,25 @@ class Driver:
         previous = self.fb.updates(
             job_id, [(o.result.shard_id, o.result.round - 1) for o in train if o.result.round]
         )
+        # A first update trains from version 0 (round 0's fan-out, one task per client slot) or from
+        # the version its slot was handed at (``FIRST#``).
+        firsts: dict[int, int] = {}
+        wave = set(planning.participants(request, 0))
+        zero = [o.result.shard_id for o in train if not o.result.round]
+        if zero and rotates(request):
+            firsts = self.fb.first_bases(job_id, zero)
+            job = self.adv.store.get_job(job_id)
+            wave = set(job.planned(0, "train")[: job.first_wave()])
         new: list[Update] = []
         bad: list[tuple[Outcome, Exception]] = []
         for o in train:
             r = o.result
             if r.round == 0:
-                base = 0
+                if r.shard_id not in wave and r.shard_id not in firsts:
+                    problem = f"job {job_id} never sent update 0 of client {r.shard_id}"
+                    bad.append((o, ValidationError("ShardResult", [problem])))
+                    continue
+                base = firsts.get(r.shard_id, 0)
             else:
                 before = previous.get((r.shard_id, r.round - 1))
                 if before is None or before.next_base is None:
@@ -234,7 +267,12 @@ class Driver:
             if kept is None or (kept.state == FAILED and u.state != FAILED):
                 unique[(u.client, u.seq)] = u
         recorded, duplicates = self.fb.record(
-            job_id, list(unique.values()), placer(request), deadline=deadline, tenant=request.tenant
+            job_id,
+            list(unique.values()),
+            placer(request),
+            deadline=deadline,
+            tenant=request.tenant,
+            idle=rotates(request),  # its client waits for a slot (``Driver._hand``)
         )
         self.adv.metric("FedBuffUpdatesRecorded", len(recorded), "Count")
         if duplicates:
@@ -245,20 +283,20 @@ class Driver:
     # -- next tasks -----------------------------------------------------------------------------
 
     def follow_up(self, job_id: str, updates: Sequence[Update], *, deadline: float | None = None) -> None:
-        """Send each update's client its next task from the latest version that exists, at once,
-        even while reduces run; it waits for the next version only when that task's update would
-        certainly be late (``must_wait``)."""
+        """Hand each update's freed slot on (``_hand``) and send its task, from the latest version that
+        exists, at once, even while reduces run; a slot waits for the next version only when its
+        task's update would certainly be late (``must_wait``)."""
         pending = [u for u in updates if not u.next_sent and u.state != AFTER_END]
         if not pending:
             return
         job = self.adv.store.get_job(job_id)
         if job.terminal:
             return
-        # A next task counted out before a crash (its base fixed) may or may not be on the queue:
-        # send it (again; SQS drops a copy within its window) whatever the gate, so the count it
+        # A slot handed before a crash (its task counted out) may or may not be on the queue: send
+        # its task (again; SQS drops a copy within its window) whatever the gate, so the count it
         # holds is answered by an outcome or a drop, never left waiting for a task that was not sent.
-        self._send(job, [u for u in pending if u.next_base is not None], deadline=deadline)
-        pending = [u for u in pending if u.next_base is None]
+        self._send(job, [u for u in pending if u.slot is not None], deadline=deadline)
+        pending = [u for u in pending if u.slot is None]
         if not pending or self.adv.enqueuer.refusal(job) is not None:
             return
         counts = self.fb.counts(job_id)
@@ -273,39 +311,99 @@ class Driver:
                 return
             self.send_waiting(job, deadline=deadline)
             return
-        self._send(job, pending, deadline=deadline)
+        self._hand(job, pending, deadline=deadline)
 
     def send_waiting(self, job: JobRecord, *, deadline: float | None = None) -> None:
-        """Send the next tasks of the clients that waited for the job's current version (none
-        once the job may send nothing: a spent budget, a cancel)."""
+        """Hand on the slots that waited for the job's current version (none once the job may send
+        nothing: a spent budget, a cancel)."""
         waiting = self.fb.counts(job.job_id).waiting
         if not waiting:
             return
         keys = [(int(c), int(n)) for c, n in (name.split(":") for name in waiting)]
         updates = [u for u in self.fb.updates(job.job_id, keys).values() if not u.next_sent]
-        refused = self.adv.enqueuer.refusal(job) is not None
-        # Counted out before a crash: sent whatever the gate (``follow_up``); the rest as it allows.
-        self._send(job, [u for u in updates if u.next_base is not None or not refused], deadline=deadline)
-        if not refused:
+        # Handed before a crash: sent whatever the gate (``follow_up``); the rest as it allows.
+        self._send(job, [u for u in updates if u.slot is not None], deadline=deadline)
+        if self.adv.enqueuer.refusal(job) is None:
+            self._hand(job, [u for u in updates if u.slot is None], deadline=deadline)
             self.fb.unwait(job.job_id, waiting)
 
-    def _send(self, job: JobRecord, updates: Sequence[Update], *, deadline: float | None) -> None:
-        """Fix each client's next base version (once, counting its task out), send the tasks, then
-        mark them sent: a crash between any two steps leaves the count right (``fix_next_base``)."""
-        if not updates:
+    def _hand(self, job: JobRecord, givers: Sequence[Update], *, deadline: float | None) -> None:
+        """Give each freed slot (in recording order) to the task it goes to, once (``FedBuffStore.hand``),
+        then send those tasks. With as many slots as clients, a client's slot goes to its own next
+        task (FedBuff as the paper runs it); with fewer (``JobRecord.client_slots``), to the client
+        that waited longest since its last task: a client never trained first (in shard order),
+        then the oldest last update (``Receiver``, the ``IDLE#`` items)."""
+        rotate = rotates(job.request)
+        clients = job.planned(0, "train")
+        first = job.counters.get(("usent", 0, "train"), 0)
+        beyond = job.first_wave()  # the first wave's clients got their first tasks from the cursor
+        idle: list[Receiver] = []
+        handed, bases = [], {}  # the bases of the tasks handed here (the others are read)
+        for giver in sorted(givers, key=lambda u: (u.order, u.client, u.seq)):
+            got = None
+            for attempt in range(MAX_RECORD_ATTEMPTS):
+                if not rotate:
+                    to = Receiver(giver.client, giver.seq + 1)
+                elif beyond + first < len(clients):
+                    to = Receiver(clients[beyond + first], 0, first=first)
+                else:
+                    idle = idle or self.fb.idle(job.job_id, len(givers))
+                    if not idle:
+                        break  # every client has a task out: the slot stays free (not reached: below)
+                    to = idle[0]
+                got = self.fb.hand(job.job_id, giver, to, job.round)
+                if got is not None and got[0] == to.name:  # to is taken, by this hand or another
+                    first, idle = (first + 1, idle) if to.seq == 0 else (first, idle[1:])
+                if got is not None:
+                    break
+                # taken meanwhile (another aggregator's hand): look again
+                first = self.adv.store.get_job(job.job_id).counters.get(("usent", 0, "train"), 0)
+                idle = []
+                time.sleep(pause(attempt))
+            else:
+                raise JobStoreError(f"job {job.job_id}: could not hand update {giver.name}'s slot: conflicts")
+            if got is not None:
+                handed.append(replace(giver, slot=got[0]))
+                if got[1]:
+                    bases[got[0]] = job.round
+        # Each giver left an IDLE# item as it was recorded, so a rotating hand always finds a client.
+        self._send(job, handed, bases, deadline=deadline)
+
+    def _send(
+        self,
+        job: JobRecord,
+        givers: Sequence[Update],
+        bases: Mapping[str, int] | None = None,
+        *,
+        deadline: float | None,
+    ) -> None:
+        """Send the tasks the givers' slots went to (each counted out when handed), each from the
+        version fixed for it (``bases`` by slot, else read), then mark them sent: a crash between any
+        two steps leaves the count right (``FedBuffStore.hand``)."""
+        if not givers:
             return
         request, layout = job.request, planning.Layout(self.adv.bucket, job.job_id)
+        known = dict(bases or {})
+        targets = [t for t in (u.slot_task for u in givers) if t is not None]
+        unknown = [(client, seq) for client, seq in targets if f"{client}:{seq}" not in known]
+        before = self.fb.updates(job.job_id, [(client, seq - 1) for client, seq in unknown if seq])
+        firsts = self.fb.first_bases(job.job_id, [client for client, seq in unknown if not seq])
         models: dict[int, str | None] = {job.round: job.model_uri}
         tasks = []
-        for u in updates:
-            base = self.fb.fix_next_base(job.job_id, u.client, u.seq, job.round)
+        for client, seq in targets:
+            if f"{client}:{seq}" in known:
+                base: int | None = known[f"{client}:{seq}"]
+            else:
+                base = before[(client, seq - 1)].next_base if seq else firsts.get(client, 0)
+            if base is None:
+                raise JobStoreError(f"job {job.job_id}: update {client}:{seq - 1} has no next base")
             if base not in models:
                 models[base] = self.model_of(job, base)
-            tasks.append(planning.train_task(request, job.job_id, layout, u.seq + 1, u.client, models[base]))
+            tasks.append(planning.train_task(request, job.job_id, layout, seq, client, models[base]))
         lanes = request.max_parallel
         self.adv.enqueuer.fanout.send((self.adv.enqueuer.message(t, lanes) for t in tasks), deadline=deadline)
         self.adv.metric("TasksEnqueued", len(tasks), "Count")
-        for u in updates:
+        for u in givers:
             self.fb.mark_sent(job.job_id, u.client, u.seq)
 
     def model_of(self, job: JobRecord, version: int) -> str | None:
@@ -320,9 +418,10 @@ class Driver:
     def step(self, job: JobRecord, deadline: float | None) -> bool:
         """One move of a running FedBuff job: close a full buffer into its reduce, or turn a finished
         reduce into the next version (or the end). False when it must wait."""
-        if job.enqueued(0, "train") < job.expected(0, "train"):
-            # The first updates go out as a round 0 fan-out; a task window (shardq.core.admission)
-            # may hold some back: send them as the window allows (idempotent, from the cursor).
+        if job.enqueued(0, "train") < job.fan_out(0, "train"):
+            # The first updates of the first wave (one per client slot) go out as a round 0 fan-out;
+            # a task window (shardq.core.admission) may hold some back: send them as the window
+            # allows (idempotent, from the cursor).
             self.adv.enqueuer.enqueue(job, 0, "train", job.request.model.get("init_uri"), deadline=deadline)
         if job.phase == "train":
             counts = self.fb.counts(job.job_id)
@@ -353,7 +452,12 @@ class Driver:
             return False
         layout = planning.Layout(self.adv.bucket, job.job_id)
         inputs = reduce_inputs(updates, {b: str(uri) for b, uri in model_of.items()})
-        if cached_calibration(job.request.strategy.params if job.request.strategy else {}):
+        params = job.request.strategy.params if job.request.strategy else {}
+        inputs["server_lr"] = server_lr_at(params, v, job.rounds)  # v's step (server_lr_schedule)
+        average = average_section(params, v, str(job.model_uri))  # model_average "ema": the average so far
+        if average is not None:
+            inputs["average"] = average
+        if cached_calibration(params):
             try:  # CA2FL: name each client's cached update (shardq.core.fedbuff_calibration)
                 inputs = calibrate_inputs(
                     inputs, self.fb, job.job_id, v, job.task_count, layout,
@@ -382,7 +486,9 @@ class Driver:
         )
         self.adv.finisher.round_finished(job)
         if v + 1 >= job.rounds:
-            self.adv.store.set_final_model(job.job_id, v, model_uri)
+            # the job's model: this version, or the average beside it (model_average "ema")
+            params = job.request.strategy.params if job.request.strategy else {}
+            self.adv.store.set_final_model(job.job_id, v, final_model_uri(params, str(model_uri)))
             self.adv.finisher.finalize(self.adv.store.get_job(job.job_id), "SUCCEEDED")
             return False
         if self.adv.store.start_round(job.job_id, v + 1, model_uri):

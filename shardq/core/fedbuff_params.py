@@ -1,4 +1,6 @@
-"""FedBuff's request parameters: names, defaults, ranges and the staleness weight s(τ).
+"""FedBuff's request parameters: names, defaults, ranges, the staleness weight s(τ), each version's
+server step size (``server_lr_schedule``) and where the versions' moving average lives
+(``model_average``).
 
 Dependency-free (the request parser imports it); ``shardq.core.fedbuff`` runs the jobs.
 """
@@ -19,11 +21,27 @@ CALIBRATIONS = ("none", "cached")
 # counts the buffer's mean staleness weight; ``shardq.worker.fedbuff_cached``); "full" applies h̄ at
 # weight 1 whatever the buffer's staleness (the rule before; CA2FL's paper has no staleness weights).
 CACHE_WEIGHTS = ("staleness", "full")
+# The server step size over the job: "constant" is ``server_lr`` at every version (FedBuff's); "cosine"
+# and "linear" decay it from ``server_lr`` at version 0 to ``server_lr × server_lr_floor`` at the last
+# version (``rounds`` − 1), as SGD's learning rate is annealed over a known budget: the last versions
+# move by a fraction of a buffer, so the job's model averages the last clients' directions instead of
+# following the last buffer (``server_lr_at``).
+SERVER_LR_SCHEDULES = ("constant", "cosine", "linear")
+# The model the job returns and each version's reduce scores: "none" is the last version; "ema" is
+# an exponential moving average of the versions (x̄_{v+1} = d·x̄_v + (1 − d)·x_{v+1}, x̄_1 = x_1,
+# d = ``ema_decay``), model EMA / FedAvg + SWA's server-side average: with non-IID clients each
+# version leans toward the clients of its last buffers, the average of the recent versions does
+# not. Kept as its own artifact (``AVERAGE_DIR`` beside each version's model); the versions, and
+# so the clients' next tasks, are the server steps as before (``average_section``).
+MODEL_AVERAGES = ("none", "ema")
+AVERAGE_DIR = "average/"
 # The request's string parameters and their defaults (the numeric ones are DEFAULTS below).
 CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
     "staleness": (STALENESS_FUNCTIONS, "polynomial"),
     "calibration": (CALIBRATIONS, "none"),
     "cache_weight": (CACHE_WEIGHTS, "staleness"),
+    "server_lr_schedule": (SERVER_LR_SCHEDULES, "constant"),
+    "model_average": (MODEL_AVERAGES, "none"),
 }
 # What a choice means, appended to the problem when a request names another.
 CHOICE_HELP = {
@@ -32,11 +50,20 @@ CHOICE_HELP = {
         ' (with calibration "cached": "staleness" weights the clients\' cached mean like the buffer\'s '
         'updates, by s(τ), stable when updates are stale; "full": the cached mean at weight 1)'
     ),
+    "server_lr_schedule": (
+        ' ("constant": server_lr at every version; "cosine" or "linear": from server_lr down to '
+        "server_lr × server_lr_floor at the job's last version)"
+    ),
+    "model_average": (
+        ' ("none": the job returns its last version; "ema": a moving average of its versions, weight '
+        "ema_decay on the average so far, which each version's reduce scores and the job returns)"
+    ),
 }
 # Numeric parameters and their defaults. FLSim's FedBuff: polynomial staleness weight with exponent
 # 0.5 (``PolynomialStalenessWeightConfig.exponent``; the paper's s(τ) = 1/(1+τ)^0.5), a plain
 # server step (FedAvg's, rate 1). Hinge: FedAsync's s(τ) = 1 for τ ≤ b, 1/(a(τ − b) + 1) after,
-# with the paper's a = 10, b = 4. ``buffer_size`` 10 is the paper's K.
+# with the paper's a = 10, b = 4. ``buffer_size`` 10 is the paper's K. ``server_lr_floor``: the last
+# version's step size as a fraction of ``server_lr`` under a decaying ``server_lr_schedule``.
 DEFAULTS: dict[str, float] = {
     "buffer_size": 10,
     "staleness_exponent": 0.5,
@@ -44,6 +71,8 @@ DEFAULTS: dict[str, float] = {
     "server_lr": 1.0,
     "hinge_a": 10.0,
     "hinge_b": 4,
+    "server_lr_floor": 0.5,
+    "ema_decay": 0.8,
 }
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "buffer_size": (1, 100_000, False, False),
@@ -52,8 +81,16 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "server_lr": (0.0, 1e3, True, False),
     "hinge_a": (0.0, 1e6, False, False),
     "hinge_b": (0, 1_000_000, False, False),
+    "server_lr_floor": (0.0, 1.0, False, False),
+    "ema_decay": (0.0, 1.0, False, True),
 }
 INTEGERS = ("buffer_size", "max_staleness", "hinge_b")
+# Numeric parameters only a choice uses: (that choice, the values that use it). A request naming one
+# without them is refused (it would be ignored), and a job's parameters hold it only with them.
+NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "server_lr_floor": ("server_lr_schedule", tuple(s for s in SERVER_LR_SCHEDULES if s != "constant")),
+    "ema_decay": ("model_average", ("ema",)),
+}
 
 
 def parse_params(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -86,6 +123,13 @@ def parse_params(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
             problems.append(f"strategy.{key} must be in {interval}, got {value!r}")
             continue
         params[key] = int(value) if key in INTEGERS else float(value)
+    for key, (choice, using) in NEEDS.items():
+        if params.get(choice) in using:
+            continue
+        params.pop(key, None)
+        if key in raw:
+            needed = " or ".join(f'"{value}"' for value in using)
+            problems.append(f"strategy.{key} needs strategy.{choice} {needed}; set it or remove {key}")
     return params, problems
 
 
@@ -98,6 +142,52 @@ def staleness_weight(params: Mapping[str, Any], tau: int) -> float:
         a, b = float(params.get("hinge_a", 10.0)), int(params.get("hinge_b", 4))
         return 1.0 if tau <= b else 1.0 / (a * (tau - b) + 1.0)
     return 1.0 / (1.0 + tau) ** float(params.get("staleness_exponent", 0.5))
+
+
+def server_lr_at(params: Mapping[str, Any], version: int, versions: int) -> float:
+    """The server step size that makes ``version`` + 1 of a job of ``versions`` (its ``rounds``).
+
+    constant: server_lr. With r = version / (versions − 1) (0 at the first step, 1 at the last;
+    a job of one version has only its first) and f = ``server_lr_floor``:
+    cosine: server_lr × (f + (1 − f) × (1 + cos πr) / 2); linear: server_lr × (1 − (1 − f) × r).
+    A job recorded before the field existed is constant."""
+    lr = float(params.get("server_lr", 1.0))
+    kind = params.get("server_lr_schedule", "constant")
+    if kind == "constant" or versions <= 1:
+        return lr
+    r = min(max(version, 0), versions - 1) / (versions - 1)
+    floor = float(params.get("server_lr_floor", 0.5))
+    decay = (1.0 + math.cos(math.pi * r)) / 2.0 if kind == "cosine" else 1.0 - r
+    return lr * (floor + (1.0 - floor) * decay)
+
+
+def averages(params: Mapping[str, Any]) -> bool:
+    """True when the job returns (and scores) the moving average of its versions
+    (``model_average: "ema"``; a job recorded before the field existed returns its last version)."""
+    return params.get("model_average", "none") == "ema"
+
+
+def average_uri(model_uri: str) -> str:
+    """Where a version's reduce keeps the average beside ``model_uri``, the version's model:
+    ``…/reduce/v/model.pt`` → ``…/reduce/v/average/model.pt``."""
+    head, _, name = model_uri.rpartition("/")
+    return f"{head}/{AVERAGE_DIR}{name}"
+
+
+def average_section(params: Mapping[str, Any], version: int, model_uri: str) -> dict[str, Any] | None:
+    """The reduce inputs' ``average`` for the reduce that makes ``version`` + 1 from ``model_uri``
+    (version ``version``'s model): the decay, and the average so far (None for the first version,
+    whose average is itself). None when the job does not average."""
+    if not averages(params):
+        return None
+    previous = average_uri(model_uri) if version > 0 else None
+    return {"method": "ema", "decay": float(params.get("ema_decay", 0.8)), "previous_uri": previous}
+
+
+def final_model_uri(params: Mapping[str, Any], model_uri: str) -> str:
+    """The model the job returns when its last version's reduce made ``model_uri``: the average
+    beside it (``model_average: "ema"``), else the version itself."""
+    return average_uri(model_uri) if averages(params) else model_uri
 
 
 def request_problems(request: Any) -> list[str]:

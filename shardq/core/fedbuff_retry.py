@@ -13,11 +13,13 @@ failure budget (or by a failed reduce) must do is
 3. send each client's task that the failure cut off, under a fresh retry generation (a new
    deduplication id: the first copy was dropped unrun by its worker once the job failed, or may
    still be queued; then its second result is a duplicate, recorded once): the task after the
-   client's latest update (from the base version fixed for it), its first task when it has no
-   update yet, or the update that arrived while the job was FAILED (kept ``after_end``, never
-   counted: forgotten and trained again). A client whose next task was never sent gets it now
-   (or waits for the next version, as usual); the reduce of a version whose reduce failed or was
-   cut off goes out again;
+   client's latest update (from the base version fixed for it when a slot went to it), its first
+   task when it got one (the fan-out's or a slot's) and has no update yet, or the update that
+   arrived while the job was FAILED (kept ``after_end``, never counted: forgotten and trained
+   again). A slot handed before a crash, its task never marked sent, is marked sent with this
+   copy (a redelivery of its giver's outcome then sends nothing). An update whose freed slot was
+   never handed on hands it now (or waits for the next version, as usual), so the job keeps its
+   slots; the reduce of a version whose reduce failed or was cut off goes out again;
 4. advance the job.
 
 Each step is safe to repeat: a retry that died midway (the job RUNNING again, some tasks unsent)
@@ -70,27 +72,31 @@ def _restart_clients(engine: Engine, job: JobRecord, generation: int) -> list[in
     """Send each client's cut-off task again (step 3); the clients sent to."""
     fb, driver = FedBuffStore(engine.store), Driver(engine.advancer)
     latest: dict[int, Update] = {}
-    for update in fb.all_updates(job.job_id):
+    every = fb.all_updates(job.job_id)
+    for update in every:
         if update.client not in latest or update.seq > latest[update.client].seq:
             latest[update.client] = update
+    planned = [shard for shard, _ in engine.store.planned_tasks(job, 0, "train")]
+    wave = job.first_wave()  # the fan-out's clients, then the first tasks slots went to
     first_sent = {
-        shard for shard, _ in engine.store.planned_tasks(job, 0, "train")[: job.enqueued(0, "train")]
+        *planned[: job.enqueued(0, "train")],
+        *planned[wave : wave + job.counters.get(("usent", 0, "train"), 0)],
     }
+    firsts = fb.first_bases(job.job_id, first_sent)
     waiting = fb.counts(job.job_id).waiting
     again: dict[int, tuple[int, int]] = {}  # client → (update number, base version)
-    unsent: list[Update] = []
     for client in range(job.task_count):
         u = latest.get(client)
         if u is None:
             if client in first_sent:
-                again[client] = (0, 0)
+                again[client] = (0, firsts.get(client, 0))
         elif u.state == AFTER_END:
             fb.drop_after_end(job.job_id, client, u.seq)
             again[client] = (u.seq, u.base)
-        elif u.next_sent and u.next_base is not None:
+        elif u.next_base is not None:
             again[client] = (u.seq + 1, u.next_base)
-        elif u.name not in waiting:
-            unsent.append(u)
+    # the slots freed and not handed on (nor waiting for the next version): handed now
+    unsent = [u for u in every if u.slot is None and u.state != AFTER_END and u.name not in waiting]
     layout = planning.Layout(engine.advancer.bucket, job.job_id)
     models: dict[int, str | None] = {}
     tasks = []
@@ -101,5 +107,12 @@ def _restart_clients(engine: Engine, job: JobRecord, generation: int) -> list[in
         tasks.append(replace(task, generation=generation))
     enqueuer = engine.enqueuer
     enqueuer.fanout.send(enqueuer.message(t, job.request.max_parallel, generation) for t in tasks)
+    # A slot handed before a crash and its task never marked sent: that task just went out (under
+    # this generation), so mark it, or a redelivery of the giver's outcome would send it again.
+    givers = {u.slot: u for u in every if u.slot is not None and not u.next_sent}
+    for client, (seq, _) in again.items():
+        giver = givers.get(f"{client}:{seq}")
+        if giver is not None:
+            fb.mark_sent(job.job_id, giver.client, giver.seq)
     driver.follow_up(job.job_id, unsent)
     return sorted({*again, *(u.client for u in unsent)})

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from shardq.core import fedbuff
-from shardq.core.fedbuff_params import cached_calibration, weighs_cache
+from shardq.core.fedbuff_params import averages, cached_calibration, server_lr_at, weighs_cache
 from shardq.core.jobstore import JobRecord, JobStore
 from shardq.core.store.fedbuff import FAILED, FedBuffStore
 
@@ -125,6 +125,7 @@ def progress(store: JobStore, job: JobRecord) -> dict[str, Any] | None:
     if data is None:
         return None
     fb = FedBuffStore(store)
+    params = job.request.strategy.params if job.request.strategy else {}
     versions = []
     for summary in store.round_summaries(job.job_id):
         part = summary.get("fedbuff")
@@ -137,10 +138,11 @@ def progress(store: JobStore, job: JobRecord) -> dict[str, Any] | None:
                 "late": part["late"],
                 "mean_staleness": part["mean_staleness"],
                 "staleness_histogram": part["staleness_histogram"],
+                # the step size that made version + 1 (server_lr_schedule; what its reduce got)
+                "server_lr": server_lr_at(params, int(summary["version"]), job.rounds),
                 "global_metrics": (summary.get("reduce") or {}).get("metrics", {}),
             }
         )
-    params = job.request.strategy.params if job.request.strategy else {}
     return {
         **data,
         # the server step's calibration: "none" (FedBuff) or "cached" (CA2FL, fedbuff_calibration),
@@ -149,6 +151,17 @@ def progress(store: JobStore, job: JobRecord) -> dict[str, Any] | None:
         "cache_weight": ("staleness" if weighs_cache(params) else "full")
         if cached_calibration(params)
         else None,
+        # the server step size over the job: "constant", or decaying from server_lr to
+        # server_lr × server_lr_floor at the last version ("cosine", "linear")
+        "server_lr": float(params.get("server_lr", 1.0)),
+        "server_lr_schedule": params.get("server_lr_schedule", "constant"),
+        "server_lr_floor": float(params["server_lr_floor"])
+        if params.get("server_lr_schedule", "constant") != "constant"
+        else None,
+        # the model the job returns and each version's metrics score: "none" (the last version) or
+        # "ema" (the moving average of the versions, kept beside each: fedbuff_params.average_uri)
+        "model_average": "ema" if averages(params) else "none",
+        "ema_decay": float(params["ema_decay"]) if averages(params) else None,
         "clients_waiting": len(fb.counts(job.job_id).waiting),
         "per_version": versions,
         "failed_updates": failed_updates(store, job.job_id)[:FAILED_SHOWN] if data["updates_failed"] else [],
@@ -181,6 +194,18 @@ def text(data: dict[str, Any] | None) -> str:
             f"{'by s(τ)' if data.get('cache_weight') == 'staleness' else 'fully'})"
             if data.get("calibration") == "cached"
             else ""
+        )
+        + (
+            f"; server lr {data['server_lr']:g} → {data['server_lr'] * data['server_lr_floor']:g} "
+            f"({data['server_lr_schedule']} over {data['versions']} versions)"
+            if data.get("server_lr_schedule", "constant") != "constant"
+            else ""
+        )
+        + (
+            f"; the job's model: the versions' moving average (decay {data['ema_decay']:g}), which "
+            "each version's metrics score"
+            if data.get("model_average") == "ema"
+            else ""
         ),
         f"{'VERSION':>7}  {'APPLIED':>7}  {'LATE':>4}  {'MEAN τ':>6}  STALENESS (τ: updates)",
     ]
@@ -206,4 +231,10 @@ def manifest_section(store: JobStore, job: JobRecord, status: str) -> dict[str, 
     if data is None:
         return {}
     failed = failed_updates(store, job.job_id) if data["updates_failed"] else []
-    return {"fedbuff": {**data, "failed_updates": failed}}
+    section = {**data, "failed_updates": failed}
+    if data["model_average"] == "ema":  # the job's model is the average; the last version's own model
+        last = store.round_summaries(job.job_id)[-1:] if data["versions_made"] else []
+        section["last_version_model_uri"] = next(
+            ((s.get("reduce") or {}).get("model_uri") for s in last), None
+        )
+    return {"fedbuff": section}

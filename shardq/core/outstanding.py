@@ -11,8 +11,8 @@ ends a budget-stopped job exactly when its last task came back, however its task
   or drop to its rung's, so the tasks out are the sums over every rung.
 * A FedBuff job's ``round`` is its model version, and its clients' tasks span versions: a client
   update ``n`` is the task ``(round n, shard client)``. Its sent tasks are the round-0 fan-out
-  (``enq_r0_train``) plus every next task sent after an update (``usent_r<n>_train``, counted once
-  when its base version is fixed, *before* it is sent: ``FedBuffStore.fix_next_base``, so a crash
+  (``enq_r0_train``) plus every task a freed slot went to (``usent_r<n>_train``, counted once
+  when the slot is handed, *before* the task is sent: ``FedBuffStore.hand``, so a crash
   between the send and its mark never leaves a task out uncounted; one counted but not marked sent
   is sent again by the next follow-up, even once the budget is spent, so no count waits for a task
   never sent); its counted ones are the recorded updates (``upd_r<version>_train`` applied, late or

@@ -44,9 +44,21 @@ def _strategy_schema() -> dict[str, Any]:
                 properties[key] = {"enum": list(allowed), "default": chosen}
             for key in fedbuff_params.INTEGERS:
                 properties[key]["type"] = "integer"
-        branches.append(
-            {"type": "object", "additionalProperties": False, "required": ["name"], "properties": properties}
-        )
+        branch: dict[str, Any] = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name"],
+            "properties": properties,
+        }
+        if name == "fedbuff":  # a parameter only a choice uses needs that choice
+            branch["allOf"] = [
+                {
+                    "if": {"required": [key]},
+                    "then": {"required": [choice], "properties": {choice: {"enum": list(using)}}},
+                }
+                for key, (choice, using) in fedbuff_params.NEEDS.items()
+            ]
+        branches.append(branch)
     return {"description": "data_parallel: the reduce step's server strategy.", "oneOf": branches}
 
 

@@ -11,6 +11,9 @@ Algorithm 1 of the FedBuff paper (Nguyen et al., AISTATS 2022) with FedAvg's sam
 τ = 0 everywhere and server_lr 1 it is x_v + Σ n_i (x_i − x_v) / Σ n_i = Σ n_i x_i / Σ n_i, FedAvg.
 FLSim divides s(τ) by s(1) (its ``avg_staleness``); that constant folds into ``server_lr``.
 
+With ``model_average: "ema"`` the reduce also keeps the moving average of the versions
+(``average_step``), which it scores and the job returns; the version itself stays the clients' base.
+
 Streams: one client model and its base model at a time (bases are cached per version, and a buffer
 names at most ``max_staleness`` + 1 of them); floating entries in float64, saved in their own dtype.
 """
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from shardq.core.fedbuff_params import AVERAGE_DIR
 from shardq.worker.reduce import ModelError
 from shardq.worker.strategies import _read, _write
 
@@ -95,3 +99,26 @@ def _check_entries(x: Arrays, model: Arrays, where: str) -> None:
             f"{where} has entries { {k: v.shape for k, v in model.items()} }, the global model "
             f"{ {k: v.shape for k, v in x.items()} }: every client must save the model's entries"
         )
+
+
+def average_step(model: Path, average: Mapping[str, Any], fetch: Callable[[str, str], Path]) -> Path:
+    """Write the moving average of the versions beside ``model`` (x_{v+1}, just made), in
+    ``AVERAGE_DIR`` under the same name; returns its path (``model_average: "ema"``).
+
+    x̄_{v+1} = d·x̄_v + (1 − d)·x_{v+1} with d = ``average["decay"]`` and x̄_v downloaded from
+    ``average["previous_uri"]``; x̄_1 = x_1 (no previous). Floating entries in float64, saved in
+    the model's dtype; the others (counters) are x_{v+1}'s. Raises ``ModelError`` when the previous
+    average's entries differ from the model's."""
+    x, raw = _read(model)
+    out = model.parent / AVERAGE_DIR / model.name
+    previous = average.get("previous_uri")
+    if previous:
+        decay = float(average["decay"])
+        path = fetch(str(previous), f"average-previous{model.suffix}")
+        before, _ = _read(path)
+        path.unlink(missing_ok=True)
+        _check_entries(x, before, f"the previous average {previous}")
+        x = {k: decay * before[k] + (1.0 - decay) * x[k] for k in x}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write(out, x, raw)
+    return out

@@ -25,6 +25,7 @@ from shardq.worker.artifacts import TaskFiles, uri_name
 from shardq.worker.aws import error_code
 from shardq.worker.context import TaskContext
 from shardq.worker.entrypoints import resolve
+from shardq.worker.fedbuff import average_step
 from shardq.worker.fedbuff import server_step as fedbuff_step
 from shardq.worker.fedbuff_cached import cached_step
 from shardq.worker.reduce import InputModel, ModelError, average_stream, evaluate_model
@@ -86,6 +87,7 @@ class ReduceTasks(TaskFiles):
                 path = self._download(uri, tmp / "inputs" / str(i) / uri_name(uri))
                 ctx.input_models.append(InputModel(path, weight))
             return self._call(self.entrypoint or task.entrypoint, fn, task, ctx, abandoned)
+        scored: Path | None = None  # a model other than ctx.model_path the job returns (its average)
         if task.strategy.get("name") == "fedbuff" and ctx.init_model_path is not None:
             # FedBuff: the global model moves by the buffer's staleness-weighted deltas (calibrated
             # by the clients' cached updates when the aggregator sent a ``calibration`` section).
@@ -101,8 +103,16 @@ class ReduceTasks(TaskFiles):
                 inputs["fedbuff"],
                 lambda uri, name: self._download(uri, tmp / "fedbuff" / name),
                 ctx.output_dir / uri_name(str(task.init_model_uri)),
-                server_lr=float(task.strategy.get("server_lr", 1.0)),
+                # the aggregator's step size for this version (server_lr_schedule); inputs written
+                # before it named one: the strategy's constant server_lr
+                server_lr=float(inputs.get("server_lr", task.strategy.get("server_lr", 1.0))),
             )
+            if "average" in inputs:  # model_average "ema": the job's model is the versions' average
+                scored = average_step(
+                    ctx.model_path,
+                    inputs["average"],
+                    lambda uri, name: self._download(uri, tmp / "fedbuff" / name),
+                )
         else:
             ctx.model_path = average_stream(
                 self._one_at_a_time(models, tmp / "inputs"),
@@ -115,8 +125,8 @@ class ReduceTasks(TaskFiles):
             apply_strategy(task.strategy, ctx.model_path, ctx.init_model_path, state, round_no=task.round)
         outcome: dict[str, Any] = {"num_samples": inputs["total_samples"]}
         evaluate = resolve(self.entrypoint or task.entrypoint, "evaluate_global", self.trusted)
-        if evaluate is not None:  # the module's hook scores the new global model
-            outcome["metrics"] = evaluate_model(evaluate, task, ctx.model_path, ctx)
+        if evaluate is not None:  # the module's hook scores the new global model (what the job returns)
+            outcome["metrics"] = evaluate_model(evaluate, task, scored or ctx.model_path, ctx)
         return outcome
 
     def _server_state(self, task: ShardTask, tmp: Path) -> Path | None:

@@ -16,6 +16,8 @@ ok or failed; cancels and retries. After every step, over the same consistent sc
     ``utau`` counters equal its UPD items (``utau``: the applied ones' τ summed), the reduce
     counters its reduce outcome items, the job's cost the updates' and reduces' costs (plus those
     a retry forgot), and no train outcome item exists (a FedBuff update is never a round's result);
+13. **at most ``max_parallel`` client tasks out** (``tasks_out`` less the version's reduce): every
+    task after the first wave goes out only on a slot a recorded update freed, once;
 
 and ``fedbuff_quiet_problem``: a RUNNING FedBuff job in a quiet world (no task, result or tick in
 flight) can never end, since each of its steps is driven by an update or a reduce.
@@ -30,6 +32,7 @@ from typing import Any
 from shardq.core import fedbuff
 from shardq.core.contracts import ShardResult
 from shardq.core.jobstore import JobRecord
+from shardq.core.outstanding import tasks_out
 from shardq.core.store.fedbuff import FAILED, LATE, FedBuffStore, Update
 from tests.chaos.versions import follows_versions
 
@@ -39,11 +42,11 @@ _RESULT = re.compile(r"^(RES|LATE)#r(\d+)#(train|reduce)#(\d+)$")
 
 
 def fedbuff_fields(shards: int, seed: int) -> dict[str, Any]:
-    """A submit's FedBuff fields: one lane per client, K = 2, S = 0 or 1, 2 or 3 versions, calibration
-    none or cached."""
+    """A submit's FedBuff fields: one lane per client or one fewer (client slots rotate:
+    ``Driver._hand``), K = 2, S = 0 or 1, 2 or 3 versions, calibration none or cached."""
     return {
         "rounds": 2 + seed % 2,
-        "max_parallel": shards,
+        "max_parallel": shards - (seed + 1) % 2,  # seeds 0 and 2: one slot fewer than clients
         "model": {"init_uri": INIT},
         "strategy": {
             "name": "fedbuff",
@@ -72,8 +75,11 @@ def planned_updates(store: Any, job: JobRecord, seq: int) -> set[int]:
 
 
 def fedbuff_problems(engine: Any, job: JobRecord, items: list[dict[str, Any]]) -> list[str]:
-    """Invariants 11–12 over one FedBuff job's items (see the module docstring)."""
+    """Invariants 11–13 over one FedBuff job's items (see the module docstring)."""
     problems = follows_versions(engine, job.job_id)
+    clients_out = tasks_out(job) - max(0, job.enqueued(job.round, "reduce") - job.done(job.round, "reduce"))
+    if job.status == "RUNNING" and clients_out > job.client_slots():
+        problems.append(f"{clients_out} client tasks out, over max_parallel={job.request.max_parallel}")
     updates = [Update.from_item(i) for i in items if i["sk"]["S"].startswith("UPD#")]
     head = next(i for i in items if i["sk"]["S"] == "JOB")
     want: dict[tuple[str, int, str], int] = {}

@@ -22,7 +22,7 @@ tick waiting on the results queue — (``quiet_problems``):
 And after every step, **cost counted once** (invariant 10, ``cost_problems``): a job's
 ``cost_uusd`` is its counted outcome items' costs plus those of failures a retry forgot.
 
-A FedBuff job's updates and versions: invariants 11–12 of ``tests/chaos/model_fedbuff.py``.
+A FedBuff job's updates and versions: invariants 11–13 of ``tests/chaos/model_fedbuff.py``.
 
 A retry resumes the round that failed (``retry_problems``, checked by the retry rule). And at
 the end, when every job ran to its end, each job's whole history passes
@@ -151,7 +151,7 @@ def step_problems(world: World, statuses: dict[str, str] | None = None) -> list[
 
 
 def _job_problems(world: World, job: JobRecord, items: list[dict[str, Any]]) -> list[str]:
-    if is_fedbuff(job):  # invariants 11-12: tests/chaos/model_fedbuff.py
+    if is_fedbuff(job):  # invariants 11-13: tests/chaos/model_fedbuff.py
         return fedbuff_problems(world.engine, job, items)
     problems: list[str] = []
     counted: dict[tuple[int, str], list[str]] = {}

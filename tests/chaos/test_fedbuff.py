@@ -13,6 +13,7 @@ import pytest
 from shardq.core.contracts import ShardResult, ShardTask
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
+from shardq.core.outstanding import tasks_out
 from shardq.core.planning import Layout
 from shardq.core.store.fedbuff import FedBuffStore
 from tests.chaos.versions import follows_versions, trained_during_reduces
@@ -20,8 +21,9 @@ from tests.helpers import receive_all, result_for, tasks_of
 from tests.requests import make_request
 
 
-def _run(engine: Engine, seed: int, **strategy: Any) -> tuple[str, int]:
-    """Drive a 4-client FedBuff job to its end with a seeded, hostile schedule; (status, replays)."""
+def _run(engine: Engine, seed: int, lanes: int = 4, **strategy: Any) -> tuple[str, int]:
+    """Drive a 4-client FedBuff job over ``lanes`` client slots to its end with a seeded, hostile
+    schedule; (status, replays). After every step at most ``lanes`` client tasks are out."""
     rng = random.Random(seed)
     job_id = f"chaos-fb-{seed}"
     engine.submit(
@@ -29,7 +31,7 @@ def _run(engine: Engine, seed: int, **strategy: Any) -> tuple[str, int]:
             job_id=job_id,
             shards=4,
             rounds=4,
-            max_parallel=4,
+            max_parallel=lanes,
             model={"init_uri": "s3://models/init.npz"},
             strategy={"name": "fedbuff", **strategy},
         )
@@ -66,6 +68,7 @@ def _run(engine: Engine, seed: int, **strategy: Any) -> tuple[str, int]:
                 if part:
                     assert not engine.ingest([Outcome(r) for r in part])
         job = engine.store.get_job(job_id)
+        assert tasks_out(job) - (job.enqueued(job.round, "reduce") - job.done(job.round, "reduce")) <= lanes
         if job.status != "RUNNING":
             # Every result delivered once more after the end: duplicates, never counted again.
             assert not engine.ingest([Outcome(r) for r in sent])
@@ -81,6 +84,20 @@ def test_no_update_is_applied_twice_nor_staler_than_allowed(engine: Engine, seed
     assert not problems, "\n".join(problems)
     # and clients trained on while reduces ran (no barrier): those updates went in stale, once
     assert trained_during_reduces(engine, f"chaos-fb-{seed}") > 0
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_with_fewer_slots_than_clients_slots_rotate_and_nothing_is_applied_twice(
+    engine: Engine, seed: int
+) -> None:
+    # 2 slots for 4 clients: each freed slot goes to the client that waited longest, once, whatever
+    # the duplicates, replays and kills; never more than 2 client tasks out (checked every step)
+    status, replays = _run(engine, seed, lanes=2, buffer_size=2, max_staleness=2)
+    assert status == "SUCCEEDED" and replays > 0
+    problems = follows_versions(engine, f"chaos-fb-{seed}")
+    assert not problems, "\n".join(problems)
+    trained = {u.client for u in FedBuffStore(engine.store).all_updates(f"chaos-fb-{seed}")}
+    assert trained == {0, 1, 2, 3}
 
 
 def test_with_max_staleness_0_no_client_trains_from_a_full_buffers_version(engine: Engine) -> None:

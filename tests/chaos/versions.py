@@ -4,8 +4,9 @@ After a FedBuff job, read every update it recorded, the reduce inputs of every v
 job's counts, and check:
 
 1. each update (client, n) was recorded once, and listed under at most one version (its own);
-2. each update's base is the version its client's previous update fixed for it (0 for n = 0),
-   and never above the version it went into; τ = version − base;
+2. each update's base is the version its client's previous update fixed for it (for n = 0: 0,
+   or the version a freed slot handed the client its first task at), and never above the
+   version it went into; τ = version − base;
 3. no applied update has τ > max_staleness, and its weight is s(τ); a late one has τ > S;
 4. every closed version's buffer holds exactly K applied updates, and its reduce applied exactly
    those (its inputs list each once, with its base's model) — never twice, never a late one;
@@ -39,9 +40,14 @@ def follows_versions(engine: Engine, job_id: str) -> list[str]:
     params = job.request.strategy.params
     k, most = int(params["buffer_size"]), int(params["max_staleness"])
     updates = {(u.client, u.seq): u for u in fb.all_updates(job_id)}
+    # a first update trains from version 0, or the version a freed slot handed it at (fewer slots)
+    firsts = fb.first_bases(job_id, range(job.task_count))
     # 1, 2, 3: each update on its own
     for (c, n), u in updates.items():
-        expected_base = 0 if n == 0 else (updates.get((c, n - 1)) and updates[(c, n - 1)].next_base)
+        if n == 0:
+            expected_base: int | None = firsts.get(c, 0)
+        else:
+            expected_base = updates.get((c, n - 1)) and updates[(c, n - 1)].next_base
         if expected_base is None:
             p.append(f"update {c}:{n} exists but update {c}:{n - 1} never fixed its next base")
         elif u.base != expected_base:

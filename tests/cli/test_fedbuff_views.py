@@ -7,6 +7,7 @@ import io
 from typing import Any
 
 import numpy as np
+import pytest
 
 from shardq.core.engine import Engine
 from shardq.core.store.fedbuff import FedBuffStore
@@ -50,6 +51,8 @@ def test_status_and_result_show_versions_and_staleness(engine: Engine, shardq: S
     assert data["versions_made"] == 3 and data["versions"] == 3 and data["buffer_size"] == 2
     assert data["calibration"] == "none"  # FedBuff as the paper (no CA2FL calibration)
     assert data["cache_weight"] is None
+    assert (data["server_lr_schedule"], data["server_lr_floor"]) == ("constant", None)  # the default
+    assert (data["model_average"], data["ema_decay"]) == ("none", None)  # returns its last version
     assert data["updates_applied"] == len(applied) == 6
     assert data["updates_late"] == sum(u.state == "late" for u in recorded)
     assert [v["applied"] for v in data["per_version"]] == [2, 2, 2]
@@ -63,7 +66,7 @@ def test_status_and_result_show_versions_and_staleness(engine: Engine, shardq: S
     assert human.code == 0, human.err
     assert f"FedBuff: 3/3 versions made; buffer 0/2; updates {len(applied)} applied" in out
     assert "VERSION  APPLIED  LATE  MEAN τ" in out
-    assert "cached update calibration" not in out
+    assert "cached update calibration" not in out and "server lr" not in out and "moving average" not in out
     # result --json (the manifest) carries each version's accounting in its rounds
     manifest = shardq("result", "fb-views", "--json").json()
     assert [r["fedbuff"]["applied"] for r in manifest["rounds"]] == [2, 2, 2]
@@ -85,3 +88,39 @@ def test_a_calibrated_job_says_so_in_status_and_result(engine: Engine, shardq: S
         "cached",
         "staleness",
     )
+
+
+def test_a_scheduled_server_lr_shows_in_status_and_result(engine: Engine, shardq: Shardq) -> None:
+    # GIVEN a FedBuff job whose server step size decays by cosine from 1 to 0.2 over its 3 versions
+    request = fedbuff_request(engine, "fb-cos", server_lr_schedule="cosine", server_lr_floor=0.2)
+    job = run_job(engine, request)
+    assert job.status == "SUCCEEDED", job.error
+    # THEN status --json names the schedule and each version's step size: 0.2 + 0.8 (1 + cos πr) / 2
+    data = shardq("status", "fb-cos", "--json").json()["fedbuff"]
+    assert (data["server_lr"], data["server_lr_schedule"], data["server_lr_floor"]) == (1.0, "cosine", 0.2)
+    assert [v["server_lr"] for v in data["per_version"]] == pytest.approx([1.0, 0.6, 0.2])
+    human = shardq("status", "fb-cos")
+    assert human.code == 0, human.err
+    assert "; server lr 1 → 0.2 (cosine over 3 versions)" in human.out
+    manifest = shardq("result", "fb-cos", "--json").json()["fedbuff"]
+    assert (manifest["server_lr_schedule"], manifest["server_lr_floor"]) == ("cosine", 0.2)
+    assert [v["server_lr"] for v in manifest["per_version"]] == pytest.approx([1.0, 0.6, 0.2])
+
+
+def test_an_averaged_job_says_which_model_it_returns(engine: Engine, shardq: Shardq) -> None:
+    # GIVEN a FedBuff job that returns the moving average of its versions (decay 0.5)
+    request = fedbuff_request(engine, "fb-ema", model_average="ema", ema_decay=0.5)
+    job = run_job(engine, request)
+    assert job.status == "SUCCEEDED", job.error
+    # THEN status --json and the human status name the average and its decay
+    data = shardq("status", "fb-ema", "--json").json()["fedbuff"]
+    assert (data["model_average"], data["ema_decay"]) == ("ema", 0.5)
+    human = shardq("status", "fb-ema")
+    assert human.code == 0, human.err
+    assert "the job's model: the versions' moving average (decay 0.5)" in human.out
+    # ... and the manifest returns the average, naming the last version's own model beside it
+    manifest = shardq("result", "fb-ema", "--json").json()
+    last = manifest["fedbuff"]["last_version_model_uri"]
+    assert last.endswith("/model.npz") and "/average/" not in last
+    assert manifest["fedbuff"]["model_average"] == "ema"
+    assert manifest["final_model_uri"] == last.rsplit("/", 1)[0] + "/average/model.npz"

@@ -95,7 +95,12 @@ def mlflow_server(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))},
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))},
+            # MLflow's job runner (8 huey consumer processes for its GenAI jobs) is off: shardq
+            # starts no job, and the runner cost ≈ 15 s of CPU per start (BENCHMARKS.md §11, round 6).
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
     )
     try:
         yield proc, f"http://127.0.0.1:{port}", log_path

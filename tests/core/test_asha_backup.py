@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from shardq.core import async_backup, async_prefetch, async_sweep, checkpoint_keys, planning
+from shardq.core import async_backup, async_prefetch, async_sweep, checkpoint_keys, planning, spend
 from shardq.core.contracts import ShardResult, ShardTask, TrainingRequest
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome, SweepDecision
@@ -118,6 +118,33 @@ def test_a_task_is_backed_up_once_and_a_fast_workers_task_never() -> None:
     # AND a suspect that would end sooner than its copy (the slow worker nearly done) is left alone
     suspect = async_backup.Suspect(3, decisions[-1], left_s=0.3, copy_s=0.6)
     assert async_backup.choose([suspect], decisions, [0, 1], 7) == []
+
+
+def test_a_task_an_idle_slow_worker_may_have_taken_is_copied_only_once_past_a_fast_workers_time() -> None:
+    # GIVEN the slow worker freed at 9.7 s (lane 3) and presumed idle, and trial 3 available in
+    # lane 1 from 9.75 s (it may have taken it, or a fast worker did), nothing else to run
+    decisions, results, recorded = straggler_scene()
+    scene = [*decisions[:4], decision(0, 3, 1, decided=9.75)]
+
+    def suspects(now: float) -> list[tuple[int, int]]:
+        slots = async_prefetch.lane_slots(
+            scene, results, 4, 0, async_prefetch.epoch(at(now)), recorded=recorded
+        )
+        return [s.task.key for s in slots.suspects]
+
+    # THEN while it could still be running on a fast worker (0.5 s at pace 1, plus the round
+    # trip) it is no suspect, and a pass copies nothing (a copy of a fast worker's task would be a
+    # duplicate for nothing), but asks to run again when that time is past
+    assert suspects(10.1) == []
+    assert plan(4, scene, results, recorded, now=10.1) == []
+    request = TrainingRequest.from_dict(asha_sweep("p", trials=4, max_parallel=4))
+    view = async_sweep.Pass(request, scene, results)
+    now = async_prefetch.epoch(at(10.1))
+    async_sweep.plan_pass(view, async_sweep.trial_source(request), 7, now=now, recorded=recorded)
+    assert view.wake_at is not None and view.wake_at - now < 0.5
+    # AND once it has run past that, it is presumed on the slow worker and copied
+    assert suspects(10.5) == [(0, 3)]
+    assert plan(4, scene, results, recorded, now=10.5) == [(0, 3, 0, 1)]
 
 
 def test_a_pass_that_leaves_slots_free_asks_to_run_again_when_a_task_would_turn_straggling() -> None:
@@ -270,3 +297,36 @@ def test_once_the_budget_is_spent_a_backup_copy_is_dropped_without_a_count(
     assert drop_reason(engine.store, task, TLOG) == BUDGET_DROP
     copy = replace(task, backup=1)
     assert drop_reason(engine.store, copy, TLOG) == "the budget is spent (a backup copy: nothing to count)"
+
+
+def test_a_losing_backup_copys_cost_counts_once_in_the_job_and_its_spend_guard(
+    engine: Engine, clients: dict[str, Any]
+) -> None:
+    # GIVEN an ASHA sweep with a 0.05 USD budget on workers priced at 36 USD an hour (10,000
+    # micro-USD a second), and its first task
+    engine.submit({**asha_sweep("bkc", trials=4, max_parallel=2), "budget_usd": 0.05})
+    task = take(engine, clients)[0]
+
+    def run(backup: int, seconds: float, worker: str) -> Outcome:
+        result = replace(result_for(task, loss=loss_of(task)), duration_s=seconds, worker_id=worker)
+        return Outcome(replace(result, price_per_hour=36.0, backup=backup))
+
+    def cost() -> int:
+        return engine.store.get_job("bkc").cost_micro_usd
+
+    # WHEN its backup copy reports first (0.5 s on a fast worker) and is counted
+    assert engine.advancer.record([run(1, 0.5, "fast")]).recorded
+    assert cost() == 5_000
+    # AND the original's outcome (5 s on the slow worker) arrives as its duplicate
+    recorded = engine.advancer.record([run(0, 5.0, "slow")])
+    # THEN it is not counted as an outcome, but its run's cost reaches the job
+    assert len(recorded.duplicates) == 1 and not recorded.recorded
+    assert cost() == 55_000 and engine.store.get_job("bkc").done(0, "train") == 1
+    # AND once per copy: the same duplicate redelivered adds nothing, nor does a redelivery of the
+    # counted copy's own outcome (its cost is in already)
+    engine.advancer.record([run(0, 5.0, "slow")])
+    engine.advancer.record([run(1, 0.5, "fast")])
+    assert cost() == 55_000
+    # AND the spend guard sees it: 0.055 USD spent of 0.05, the budget stop is marked
+    job = spend.stop_if_spent(engine.store, engine.store.get_job("bkc"))
+    assert job.budget_stop is not None and job.budget_stop["cost_uusd"] == 55_000

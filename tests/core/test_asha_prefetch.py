@@ -231,22 +231,40 @@ def test_while_a_slow_worker_idles_a_promotion_waits_behind_a_fast_lane_not_in_a
     assert [(d.rung, d.trial, d.lane) for d in new] == [(1, 0, 0)]
 
 
-def test_a_slow_worker_silent_past_twice_its_longest_task_is_presumed_gone_not_idle() -> None:
+def test_a_slow_worker_is_presumed_gone_only_once_silent_past_a_task_it_could_have_taken() -> None:
     # GIVEN the slow worker's last outcome (its pace 10: 5 s tasks where the others take 0.5 s) at
-    # 10.0 s, and the same lanes as above
+    # 10.0 s, and the same lanes as above: no task became available to it since
     decisions, results, recorded = slow_worker_scene()
 
-    def idle_slow(now: float) -> int:
+    def idle_slow(decided: list[SweepDecision], now: float) -> int:
         slots = async_prefetch.lane_slots(
-            decisions, results, 3, 1, async_prefetch.epoch(at(now)), recorded=recorded, added=[1, 3, 9]
+            decided, results, 3, 1, async_prefetch.epoch(at(now)), recorded=recorded, added=[1, 3, 9]
         )
         return slots.idle_slow
 
-    # WHEN nothing was heard from it for 9 s (under twice its 5 s task): presumed polling, as above
-    assert idle_slow(19.0) == 1
-    # THEN after 30 s of silence (a task it took would be a straggling lane by now) it is presumed
-    # gone (a Spot reclaim): the prefetch no longer holds lanes back for it
-    assert idle_slow(40.0) == 0
+    # THEN however long nothing was available to take, it is presumed polling, not gone (the
+    # timer counts from the first task available to it, not from its last outcome)
+    assert idle_slow(decisions, 19.0) == idle_slow(decisions, 40.0) == 1
+    # GIVEN trial 4 available in lane 1 from 25.0 s: 5 s later (under twice its longest task, 10 s)
+    # it may have taken it and is presumed idle until that shows ...
+    later = [*decisions, decision(0, 4, 1, decided=25.0)]
+    assert idle_slow(later, 30.0) == 1
+    # ... and 15 s later, silent past any task it could have taken: presumed gone (a Spot
+    # reclaim), the prefetch no longer holds lanes back for it
+    assert idle_slow(later, 40.0) == 0
+
+
+def test_a_task_already_waiting_when_a_slow_worker_frees_is_one_it_may_have_taken() -> None:
+    # GIVEN a fleet of 3 and heads available at 1.0, 2.0 and 3.0 s (lanes 0-2), a worker freed at
+    # 5.0 s: its two peers run two of them at most, so the newest (lane 2) was still waiting, and
+    # the freed worker may have taken it, as any head available from 5.0 s on (less SETTLE_S)
+    heads = [(1.0, 0), (2.0, 1), (3.0, 2), (4.9, 3), (6.0, 4)]
+    assert async_prefetch.available_to(heads, 5.0, 3, frozenset()) == [2, 3, 4]
+    # a straggling lane's head (lane 2) holds a worker of its own: one peer runs lane 0, lane 1
+    # waits, and no straggling lane's task is one a freed worker takes
+    assert async_prefetch.available_to(heads, 5.0, 3, frozenset({2})) == [1, 3, 4]
+    # with a fleet that could run all of them, none was waiting
+    assert async_prefetch.available_to(heads, 5.0, 4, frozenset()) == [3, 4]
 
 
 def test_a_promotion_leaves_a_straggling_lanes_slot_to_a_new_trial() -> None:

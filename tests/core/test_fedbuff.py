@@ -17,7 +17,7 @@ from shardq.core.engine import Engine
 from shardq.core.fedbuff_params import staleness_weight
 from shardq.core.jobstore import Outcome
 from shardq.core.planning import split_s3
-from shardq.core.store.fedbuff import FedBuffStore
+from shardq.core.store.fedbuff import FedBuffStore, Receiver
 from tests.finished import aggregate, workers
 from tests.helpers import receive_all, result_for, tasks_of
 from tests.requests import make_request
@@ -57,13 +57,15 @@ def test_the_strategy_fills_flsim_defaults_and_round_trips() -> None:
         "staleness": "polynomial",
         "calibration": "none",
         "cache_weight": "staleness",
+        "server_lr_schedule": "constant",
+        "model_average": "none",
         "buffer_size": 10,
         "staleness_exponent": 0.5,
         "max_staleness": 100,
         "server_lr": 1.0,
         "hinge_a": 10.0,
         "hinge_b": 4,
-    }
+    }  # (no server_lr_floor nor ema_decay: only a decaying schedule, an "ema" average use them)
     assert TrainingRequest.from_dict(request.to_dict()) == request
 
 
@@ -296,7 +298,8 @@ def test_a_redelivered_update_after_a_crash_sends_the_same_next_task(engine: Eng
     engine.ingest([Outcome(result_for(first[0]))])
     again = updates(engine, "crash")[(0, 0)]
     assert again.next_sent and again.next_base == 0
-    assert store.fix_next_base("crash", 0, 0, 7) == 0  # a later version never rewrites it
+    assert store.hand("crash", again, Receiver(0, 1), 7) == ("0:1", False)  # handed once: never again ...
+    assert updates(engine, "crash")[(0, 0)].next_base == 0  # ... nor its base rewritten by a later version
     assert store.counts("crash").applied == 1
     assert sent.init_model_uri == INIT
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEPLOYED, SPREAD, suite_group
+from tests.bench.test_smoke import SMOKE
+from tests.conftest import DEPLOYED, FIRST, SPREAD, first_queued, suite_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,3 +57,19 @@ def test_modules_share_a_worker_only_where_they_share_a_cost(request: pytest.Fix
     assert suite_group(f"{smoke}[e2e]") != suite_group(f"{smoke}[idle]")
     assert suite_group("tests/unit/test_cost.py::a") == suite_group("tests/unit/test_cost.py::b")
     assert suite_group("tests/unit/test_cost.py::a") != suite_group("tests/unit/test_docs.py::a")
+
+
+def test_the_longest_units_go_first_and_each_names_a_unit_that_exists() -> None:
+    # GIVEN the units dispatched first (tests/conftest.py's FIRST), each named as suite_group names it
+    smoke = "tests/bench/test_smoke.py::test_benchmark_runs_and_reports"
+    for unit in FIRST:
+        if unit.startswith(f"{smoke}["):
+            assert unit.removeprefix(f"{smoke}[").removesuffix("]") in SMOKE, unit
+        elif unit not in ("deployed stack", "tests/infra/"):
+            assert (ROOT / unit).is_file() and suite_group(f"{unit}::t") == unit, unit
+    assert len(set(FIRST)) == len(FIRST)
+    assert suite_group(f"{DEPLOYED[0]}::t") in FIRST and suite_group("tests/infra/test_nag.py::t") in FIRST
+    # THEN of what is queued, the first listed goes next; with none listed, the queue's own order
+    queued = ["tests/unit/test_cost.py", FIRST[3], FIRST[1]]
+    assert first_queued(queued) == FIRST[1]
+    assert first_queued(["tests/unit/test_cost.py", "tests/unit/test_docs.py"]) is None

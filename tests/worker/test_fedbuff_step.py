@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardq.worker.fedbuff import server_step
+from shardq.worker.fedbuff import average_step, server_step
 from shardq.worker.reduce import ModelError
 
 
@@ -78,3 +78,29 @@ def test_mismatched_entries_fail_saying_which(tmp_path: Path) -> None:
     rows = [{"model_uri": other, "base_model_uri": x_v, "num_samples": 1, "staleness_weight": 1}]
     with pytest.raises(ModelError, match="every client must save the model's entries"):
         server_step(Path(x_v), rows, _fetch, tmp_path / "out" / "model.npz", server_lr=1.0)
+
+
+def test_the_average_moves_toward_each_new_version_by_one_minus_the_decay(tmp_path: Path) -> None:
+    # GIVEN version v + 1 = [2, 4] (float32, a counter 7) and the average so far [0, 8], decay 0.75
+    (tmp_path / "v").mkdir()
+    model = Path(_save(tmp_path / "v" / "model.npz", [2.0, 4.0], step=7))
+    before = _save(tmp_path / "before.npz", [0.0, 8.0])
+    out = average_step(model, {"decay": 0.75, "previous_uri": before}, _fetch)
+    # THEN x̄ = 0.75·[0, 8] + 0.25·[2, 4] = [0.5, 7], beside the model under average/, same name
+    assert out == tmp_path / "v" / "average" / "model.npz"
+    with np.load(out) as m:
+        np.testing.assert_allclose(m["w"], [0.5, 7.0])
+        assert m["w"].dtype == np.float32 and int(m["step"]) == 7  # dtype kept, integers the model's
+    # ... and the version itself is untouched (it stays the clients' base)
+    with np.load(model) as m:
+        np.testing.assert_allclose(m["w"], [2.0, 4.0])
+
+
+def test_the_first_average_is_the_first_version_and_a_mismatch_fails(tmp_path: Path) -> None:
+    model = Path(_save(tmp_path / "model.npz", [3.0, -1.0]))
+    first = average_step(model, {"decay": 0.9, "previous_uri": None}, _fetch)  # x̄_1 = x_1
+    with np.load(first) as m:
+        np.testing.assert_allclose(m["w"], [3.0, -1.0])
+    other = _save(tmp_path / "other.npz", [1.0])
+    with pytest.raises(ModelError, match=r"the previous average .*other\.npz.*every client must save"):
+        average_step(model, {"decay": 0.5, "previous_uri": other}, _fetch)

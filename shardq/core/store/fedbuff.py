@@ -9,12 +9,21 @@ Items (partition ``pk = JOB#<job_id>``):
 ``UPD#c000003#n000007``             client (shard) 3's update number 7: its outcome (``state``
                                     ``applied`` | ``late`` | ``surplus`` | ``failed`` |
                                     ``after_end``), ``base`` and ``version``, τ, weight, model;
-                                    later ``next_base`` (the version its client's next task
-                                    trains from, fixed before that task is sent) and
-                                    ``next_sent``. Written once: a replay is a duplicate.
+                                    later ``slot`` (``c:n``: the task its freed slot went to, set
+                                    once: ``hand``) and ``next_sent`` (that task is on the
+                                    queue), and ``next_base`` (the version its client's *own* next
+                                    task trains from, fixed once when a slot goes to that task).
+                                    Written once: a replay is a duplicate.
 ``BUF#v000002#c000003#n000007``     the same update listed under the version it went into
                                     (applied, late or surplus), for that version's reduce and
                                     its summary
+``FIRST#c000040``                   a job with fewer slots than clients: client 40's first task,
+                                    handed a slot beyond round 0's fan-out, trains from
+                                    version ``next_base`` (the latest when it was handed)
+``IDLE#o000000012#c000003#n000007`` a job with fewer slots than clients: client 3 waits for a
+                                    slot since its update 7, the 12th recorded (sort order:
+                                    oldest first); written with the update, deleted by the
+                                    ``hand`` that gives the client a slot
 ==================================  ===========================================================
 
 The job record carries ``fb_seq`` (updates recorded: the optimistic lock every recording
@@ -26,10 +35,11 @@ whose next task waits for the next version). Per version ``v``, in the job recor
 (updates that trained and went into v: applied, late or surplus), ``ulate_rv_train`` (of them
 late), ``utau_rv_train`` (the applied ones' staleness τ summed), ``ufail_rv_train`` (failed updates
 while v was open) and ``usd_rv_train`` (their cost, also added to the job's ``cost_uusd``); per
-update number ``n``, ``usent_rn_train``: next tasks sent after an update ``n - 1`` (counted once,
-when its base is fixed, before it is sent: ``fix_next_base``; with round 0's fan-out, the tasks
-sent). A retry (``forgive``) sets ``fb_forgive_seq``: failed
-updates recorded before it (``order`` below it) no longer count against the failure budget.
+update number ``n``, ``usent_rn_train``: tasks sent after a client's update ``n - 1`` (counted
+once, when a slot is handed to it, before it is sent: ``hand``; ``usent_r0_train``: first tasks
+handed to the clients beyond round 0's fan-out, in shard order). A retry (``forgive``) sets
+``fb_forgive_seq``: failed updates recorded before it (``order`` below it) no longer count against
+the failure budget.
 """
 
 from __future__ import annotations
@@ -56,8 +66,10 @@ from shardq.core.store.records import JobChanged, JobNotFound
 from shardq.core.store.spending import COST_ATTRIBUTE
 from shardq.core.store.update import _ref, _Update, not_ending
 
-# Two puts an update (UPD and BUF) and the job's update: within TransactWriteItems' 100 items.
+# Two puts an update (UPD and BUF; three with IDLE) and the job's update: within TransactWriteItems'
+# 100 items.
 UPDATES_PER_TRANSACTION = 48
+UPDATES_PER_TRANSACTION_IDLE = 32
 # Update states; the buffer's (BUF#) items are the succeeded ones.
 APPLIED, LATE, SURPLUS, FAILED, AFTER_END = "applied", "late", "surplus", "failed", "after_end"
 
@@ -96,6 +108,8 @@ class Update:
     error: str | None = None
     next_base: int | None = None
     next_sent: bool = False
+    # ``c:n``: the task (update n of client c) its freed slot went to (``FedBuffStore.hand``).
+    slot: str | None = None
     cost_micro_usd: int = 0
     # Its place in the job's recording order (``Counts.seq`` before it); -1 until placed.
     order: int = -1
@@ -104,6 +118,14 @@ class Update:
     def name(self) -> str:
         """``c:n``: how the waiting set names it."""
         return f"{self.client}:{self.seq}"
+
+    @property
+    def slot_task(self) -> tuple[int, int] | None:
+        """``(client, update number)`` of the task its freed slot went to (None: not handed yet)."""
+        if self.slot is None:
+            return None
+        client, seq = self.slot.split(":")
+        return int(client), int(seq)
 
     def attributes(self) -> dict[str, Any]:
         return {
@@ -141,6 +163,9 @@ class Update:
             error=raw.get("error"),
             next_base=None if raw.get("next_base") is None else int(raw["next_base"]),
             next_sent=bool(raw.get("next_sent", False)),
+            # an update recorded before slots were handed (``slot``) whose own next task was sent
+            slot=raw.get("slot")
+            or (f"{raw['client']}:{int(raw['seq']) + 1}" if raw.get("next_sent") else None),
             cost_micro_usd=int(raw.get("cost_micro_usd", 0)),
             order=int(raw.get("order", -1)),
         )
@@ -169,6 +194,33 @@ def _upd_key(job_id: str, client: int, seq: int) -> dict[str, Any]:
 
 def _buf_key(job_id: str, version: int, client: int, seq: int) -> dict[str, Any]:
     return {"pk": _pk(job_id), "sk": {"S": f"BUF#v{version:06d}#c{client:06d}#n{seq:06d}"}}
+
+
+def _first_key(job_id: str, client: int) -> dict[str, Any]:
+    return {"pk": _pk(job_id), "sk": {"S": f"FIRST#c{client:06d}"}}
+
+
+def _idle_sk(u: Update) -> str:
+    return f"IDLE#o{u.order:09d}#c{u.client:06d}#n{u.seq:06d}"
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """Who a freed slot goes to: the task ``(seq, client)``, the client's update ``seq``.
+
+    ``idle``: the sort key of the client's ``IDLE#`` item (a client waiting since its update
+    ``seq - 1``), deleted with the hand; None for a client's own next task without rotation, or a
+    first task (``seq`` 0), handed to the clients beyond round 0's fan-out in shard order, the
+    ``first``-th of them (the job's ``usent_r0_train`` before the hand)."""
+
+    client: int
+    seq: int
+    idle: str | None = None
+    first: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.client}:{self.seq}"
 
 
 # Decides where each new update goes, given the counts: (updates with state/version set, new counts).
@@ -237,6 +289,7 @@ class FedBuffStore:
         *,
         deadline: float | None = None,
         tenant: str | None = None,
+        idle: bool = False,
     ) -> tuple[list[Update], list[Update]]:
         """Record ``new`` updates once each, placed by ``place`` under the job's current counts, in
         one transaction with the counts they move; returns ``(recorded, duplicates)``.
@@ -246,18 +299,27 @@ class FedBuffStore:
         handed out once. An update already recorded is a duplicate (never placed twice). Outcomes
         of a job that no longer runs are kept as ``after_end``, uncounted. With a ``tenant``, the
         updates' cost joins its month's spend in the same transaction (as ``store.counting`` does).
+        With ``idle`` (a job with fewer slots than clients), each update's client joins the ones
+        waiting for a slot (its ``IDLE#`` item), in the same transaction.
         """
         recorded: list[Update] = []
         duplicates: list[Update] = []
-        for i in range(0, len(new), UPDATES_PER_TRANSACTION):
-            chunk = list(new[i : i + UPDATES_PER_TRANSACTION])
-            got, dups = self._record_chunk(job_id, chunk, place, deadline, tenant)
+        per = UPDATES_PER_TRANSACTION_IDLE if idle else UPDATES_PER_TRANSACTION
+        for i in range(0, len(new), per):
+            chunk = list(new[i : i + per])
+            got, dups = self._record_chunk(job_id, chunk, place, deadline, tenant, idle)
             recorded.extend(got)
             duplicates.extend(dups)
         return recorded, duplicates
 
     def _record_chunk(
-        self, job_id: str, chunk: list[Update], place: Placer, deadline: float | None, tenant: str | None
+        self,
+        job_id: str,
+        chunk: list[Update],
+        place: Placer,
+        deadline: float | None,
+        tenant: str | None,
+        idle: bool,
     ) -> tuple[list[Update], list[Update]]:
         duplicates: list[Update] = []
         for attempt in range(MAX_RECORD_ATTEMPTS):
@@ -270,7 +332,7 @@ class FedBuffStore:
             if not counts.running:
                 return self._after_end(job_id, chunk), duplicates
             placed, after = place(counts, chunk)
-            writes = self._writes(job_id, placed, counts, after)
+            writes = self._writes(job_id, placed, counts, after, idle)
             cost = sum(u.cost_micro_usd for u in placed)
             if tenant and cost:
                 writes.append({"Update": self.store.tenant_month_update(tenant, cost)})
@@ -286,7 +348,7 @@ class FedBuffStore:
         raise JobStoreError(f"could not record {len(chunk)} FedBuff updates for job {job_id}: conflicts")
 
     def _writes(
-        self, job_id: str, placed: list[Update], before: Counts, after: Counts
+        self, job_id: str, placed: list[Update], before: Counts, after: Counts, idle: bool
     ) -> list[dict[str, Any]]:
         at = now_iso()
         writes: list[dict[str, Any]] = []
@@ -311,6 +373,13 @@ class FedBuffStore:
                         }
                     }
                 )
+            if idle:
+                item = {
+                    "pk": _pk(job_id),
+                    "sk": {"S": _idle_sk(u)},
+                    **_to_item({"client": u.client, "seq": u.seq}),
+                }
+                writes.append({"Put": {"TableName": self.table, "Item": item}})
         update = _Update().set(fb_seq=after.seq, fb_open=after.open, fb_fill=after.fill)
         update.condition(f"{_ref(update, 'status')} = :running", running="RUNNING")
         not_ending(update)
@@ -347,40 +416,94 @@ class FedBuffStore:
             kept.append(late)
         return kept
 
-    def fix_next_base(self, job_id: str, client: int, seq: int, version: int) -> int:
-        """The version update ``(client, seq)``'s client trains from next: ``version``, unless one was
-        fixed before (a redelivery after a crash), which stands, so the task sent again is the same.
+    def first_bases(self, job_id: str, clients: Iterable[int]) -> dict[int, int]:
+        """The version each of ``clients`` trains its first update from, where a slot handed it its
+        first task (``FIRST#``); a client absent got it from round 0's fan-out (version 0) or not
+        at all."""
+        items = self.store._batch_get([_first_key(job_id, c) for c in set(clients)])
+        return {int(raw["client"]): int(raw["next_base"]) for raw in map(_from_item, items)}
 
-        Fixed once, in one transaction with the job's ``usent_r<seq + 1>_train``: the next task
-        counts as out (``shardq.core.outstanding``) *before* it is sent, so a crash anywhere after
-        this leaves it counted, never missing; an update whose next base is fixed but not
-        ``next_sent`` has its task sent again by whoever sees it next (``Driver.follow_up``), even
-        once the job may send nothing new, so a count is never left without its task."""
-        key = _upd_key(job_id, client, seq)
-        fix = {
+    def idle(self, job_id: str, limit: int) -> list[Receiver]:
+        """Up to ``limit`` clients waiting for a slot, the longest waiting first (their ``IDLE#``
+        items in key order: their last update's recording order), each as the task it would get."""
+        resp = self.ddb.query(
+            TableName=self.table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :p)",
+            ExpressionAttributeValues={":pk": _pk(job_id), ":p": {"S": "IDLE#"}},
+            ConsistentRead=True,
+            Limit=max(1, limit),
+        )
+        out = []
+        for item in resp.get("Items", []):
+            raw = _from_item(item)
+            out.append(Receiver(int(raw["client"]), int(raw["seq"]) + 1, idle=str(raw["sk"])))
+        return out
+
+    def hand(self, job_id: str, giver: Update, to: Receiver, version: int) -> tuple[str, bool] | None:
+        """Hand the slot update ``giver`` freed to the task ``to``, once; returns the giver's ``slot``
+        (``c:n``) and whether this call handed it: ``(to.name, True)``, or the one another writer
+        handed first (a redelivery), ``False``: its base is on the table. None when ``to`` was
+        taken meanwhile (or a conflict): pick again.
+
+        One transaction: the giver's ``slot`` (set once), the receiving client's ``next_base`` =
+        ``version`` on its last update (set once: a client gets one slot at a time; ``to``'s first
+        task instead moves ``usent_r0_train`` from ``to.first``, so each client beyond the fan-out
+        gets one, in shard order, and puts its ``FIRST#`` item with that base), its ``IDLE#`` item
+        deleted, and ``usent_r<n>_train`` counting the task out *before* it is sent
+        (``shardq.core.outstanding``): a crash after this leaves it counted, never missing, and a
+        giver whose slot is set but not ``next_sent`` has its task sent again by whoever sees it
+        next (``Driver.follow_up``), even once the job may send nothing new."""
+        key = _upd_key(job_id, giver.client, giver.seq)
+        own = (to.client, to.seq) == (giver.client, giver.seq + 1)
+        values: dict[str, Any] = {":s": {"S": to.name}}
+        give = {
             "TableName": self.table,
             "Key": key,
-            "UpdateExpression": "SET next_base = :v",
-            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(next_base)",
-            "ExpressionAttributeValues": {":v": {"N": str(version)}},
+            "UpdateExpression": "SET slot = :s",
+            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(slot)",
+            "ExpressionAttributeValues": values,
         }
-        count = _Update().add(_counter("usent", seq + 1, "train"), 1).request(self.table, job_id, stamp=False)
-        for attempt in range(MAX_RECORD_ATTEMPTS):
-            try:
-                self.ddb.transact_write_items(TransactItems=[{"Update": fix}, {"Update": count}])
-                return version
-            except self.ddb.exceptions.TransactionCanceledException:
-                item = self.ddb.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
-            if item is None:
-                raise JobStoreError(f"job {job_id}: update {client}:{seq} is not recorded")
-            if "next_base" in item:
-                return int(item["next_base"]["N"])
-            time.sleep(_pause(attempt))  # a conflict on the job record: try again
-        raise JobStoreError(f"job {job_id}: could not fix update {client}:{seq}'s next base: conflicts")
+        writes: list[dict[str, Any]] = [{"Update": give}]
+        count = _Update().add(_counter("usent", to.seq, "train"), 1)
+        if to.seq == 0:
+            first = _ref(count, _counter("usent", 0, "train"))
+            if to.first:
+                count.condition(f"{first} = :first", first=to.first)
+            else:
+                count.condition(f"attribute_not_exists({first})")
+            item = {**_first_key(job_id, to.client), **_to_item({"client": to.client, "next_base": version})}
+            put = {"TableName": self.table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
+            writes.append({"Put": put})
+        elif own:
+            give["UpdateExpression"] += ", next_base = :v"
+            give["ConditionExpression"] += " AND attribute_not_exists(next_base)"
+            values[":v"] = {"N": str(version)}
+        else:
+            receiver = {
+                "TableName": self.table,
+                "Key": _upd_key(job_id, to.client, to.seq - 1),
+                "UpdateExpression": "SET next_base = :v",
+                "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(next_base)",
+                "ExpressionAttributeValues": {":v": {"N": str(version)}},
+            }
+            writes.append({"Update": receiver})
+        if to.idle is not None:
+            idle_key = {"pk": _pk(job_id), "sk": {"S": to.idle}}
+            delete = {"TableName": self.table, "Key": idle_key, "ConditionExpression": "attribute_exists(pk)"}
+            writes.append({"Delete": delete})
+        writes.append({"Update": count.request(self.table, job_id, stamp=False)})
+        try:
+            self.ddb.transact_write_items(TransactItems=writes)
+            return to.name, True
+        except self.ddb.exceptions.TransactionCanceledException:
+            item = self.ddb.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
+        if item is None:
+            raise JobStoreError(f"job {job_id}: update {giver.name} is not recorded")
+        return (str(item["slot"]["S"]), False) if "slot" in item else None
 
     def mark_sent(self, job_id: str, client: int, seq: int) -> None:
-        """The client's next task (after update ``seq``) is on the queue: ``next_sent`` (it was
-        counted out when its base was fixed: ``fix_next_base``); marking twice changes nothing."""
+        """The task update ``seq``'s freed slot went to is on the queue: ``next_sent`` (it was
+        counted out when the slot was handed: ``hand``); marking twice changes nothing."""
         self.ddb.update_item(
             TableName=self.table,
             Key=_upd_key(job_id, client, seq),

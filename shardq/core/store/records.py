@@ -114,6 +114,29 @@ class JobRecord:
             return 1
         return self.counters.get(("plan", round_no, phase), participant_count(self.request, round_no))
 
+    def client_slots(self) -> int:
+        """A FedBuff job's client task slots: the most client tasks it has out at once,
+        ``min(max_parallel, clients)``. Round 0's fan-out sends the first task of that many clients
+        (``fan_out``); each recorded update then frees its slot for the client that waited longest
+        (``shardq.core.fedbuff``)."""
+        return max(1, min(self.request.max_parallel, self.task_count))
+
+    def fan_out(self, round_no: int, phase: str) -> int:
+        """Tasks the fan-out of (round, phase) sends from its cursor: every task it expects, except a
+        FedBuff job's round 0, one first task per client slot (``client_slots``): its other clients
+        get their first tasks as slots free, never from the cursor."""
+        strategy = self.request.strategy
+        if round_no == 0 and phase == "train" and strategy is not None and strategy.name == FEDBUFF:
+            return min(self.expected(0, "train"), self.client_slots())
+        return self.expected(round_no, phase)
+
+    def first_wave(self) -> int:
+        """How many of round 0's planned clients get their first task from its fan-out's cursor (the
+        rest of a FedBuff job's get theirs as client slots free): the fan-out (``fan_out``), or the
+        cursor where it went further, as for a job in flight from before client slots, whose
+        fan-out sent every client's first task whatever its ``max_parallel``."""
+        return max(self.enqueued(0, "train"), self.fan_out(0, "train"))
+
     def planned(self, round_no: int, phase: str) -> Sequence[int]:
         """The shard ids (round, phase) runs, ascending, when the request decides them (a rung that
         a closed rung decided has a stored plan instead: ``JobStore.planned_tasks``)."""
@@ -189,7 +212,7 @@ class JobRecord:
     def train_out(self) -> int:
         """Train tasks sent and neither counted nor dropped (``shardq.core.outstanding``): a FedBuff
         job's and an asynchronous sweep's over every round (their tasks span rounds: the round-0
-        fan-out plus each client's next tasks, ``usent``; each rung's decided tasks), any other
+        fan-out plus each task a freed slot sent, ``usent``; each rung's decided tasks), any other
         job's in its current round's train phase."""
 
         def total(kinds: tuple[str, ...]) -> int:
@@ -218,10 +241,10 @@ class JobRecord:
         if strategy is not None and strategy.name == FEDBUFF:
             if self.window is not None:
                 return None  # windowed: round 0's first updates go out as the window allows
-            # FedBuff's only fan-out is round 0's first update per client; later tasks go out one
-            # recorded update at a time (``shardq.core.fedbuff``), never as a fan-out to repair.
+            # FedBuff's only fan-out is round 0's first update per client slot; later tasks go out
+            # one recorded update at a time (``shardq.core.fedbuff``), never as a fan-out to repair.
             round_no, phase = 0, "train"
-        sent, total = self.enqueued(round_no, phase), self.expected(round_no, phase)
+        sent, total = self.enqueued(round_no, phase), self.fan_out(round_no, phase)
         return f"ENQUEUING {sent}/{total} sent" if self.status == "RUNNING" and sent < total else None
 
     @classmethod
