@@ -52,6 +52,7 @@ from tests.chaos.model_world import ITEM_LIMIT, World, scan_items
 
 _COUNTER = re.compile(r"^([a-z]+)_r(\d+)_(train|reduce)$")
 _RESULT = re.compile(r"^(RES|LATE)#r(\d+)#(train|reduce)#(\d+)$")
+_COPY = re.compile(r"^COPY#r(\d+)#(train|reduce)#(\d+)#b\d+$")  # a losing backup copy's cost (async_backup)
 _RETRIED = re.compile(r"^RETRIED#r(\d+)#(train|reduce)#")
 # Counters that count something other than outcomes.
 _NOT_OUTCOMES = ("ok", "enq", "plan", "part", "usd", "drop")
@@ -226,16 +227,21 @@ def _job_problems(world: World, job: JobRecord, items: list[dict[str, Any]]) -> 
 
 def cost_problems(job: JobRecord, items: list[dict[str, Any]], raw: dict[str, Any]) -> list[str]:
     """Invariant 10, **cost counted once**: the job's cost is the sum of its counted outcome items'
-    costs (plus those of failures a retry forgot, kept by ``forgotten_uusd``), and each (round,
-    phase)'s ``usd`` counter the sum of its own; a duplicate or late copy never adds its cost."""
+    costs and its losing backup copies' (``COPY#`` items, one per copy), plus those of failures a
+    retry forgot (``forgotten_uusd``), and each (round, phase)'s ``usd`` counter the sum of its own;
+    a duplicate or late outcome never adds its cost otherwise."""
     problems: list[str] = []
     per_phase: dict[tuple[int, str], int] = {}
     for item in items:
         m = _RESULT.match(item["sk"]["S"])
+        c = _COPY.match(item["sk"]["S"])
         if m and m.group(1) == "RES":
             cost = contracts.ShardResult.from_json(item["result"]["S"]).cost_micro_usd
             key = (int(m.group(2)), m.group(3))
             per_phase[key] = per_phase.get(key, 0) + cost
+        elif c:
+            key = (int(c.group(1)), c.group(2))
+            per_phase[key] = per_phase.get(key, 0) + int(item["cost_uusd"]["N"])
     forgotten = int(raw.get("forgotten_uusd", {}).get("N", 0))
     if job.cost_micro_usd != sum(per_phase.values()) + forgotten:
         problems.append(

@@ -22,6 +22,8 @@ from shardq.core.planning import dedup_id
 from shardq.core.spend import BUDGET_DROP
 from shardq.core.validation import ValidationError
 from shardq.worker.drops import drop_reason
+from tests.chaos.model_invariants import cost_problems
+from tests.chaos.model_world import scan_items
 from tests.core.test_asha import asha_sweep, loss_of, take
 from tests.core.test_asha_prefetch import Clock, at, clock, decision, outcome  # noqa: F401 (fixture)
 from tests.helpers import result_for
@@ -327,6 +329,10 @@ def test_a_losing_backup_copys_cost_counts_once_in_the_job_and_its_spend_guard(
     engine.advancer.record([run(0, 5.0, "slow")])
     engine.advancer.record([run(1, 0.5, "fast")])
     assert cost() == 55_000
+    # AND the model test's cost invariant (counted outcomes + COPY# items) holds on the table
+    items = [i for i in scan_items(clients["dynamodb"], engine.store.table) if i["pk"]["S"] == "JOB#bkc"]
+    raw = next(i for i in items if i["sk"]["S"] == "JOB")
+    assert cost_problems(engine.store.get_job("bkc"), items, raw) == []
     # AND the spend guard sees it: 0.055 USD spent of 0.05, the budget stop is marked
     job = spend.stop_if_spent(engine.store, engine.store.get_job("bkc"))
     assert job.budget_stop is not None and job.budget_stop["cost_uusd"] == 55_000
