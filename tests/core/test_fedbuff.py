@@ -320,6 +320,25 @@ def _get(engine: Engine, uri: str) -> bytes:
     return bytes(engine.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
+def arrays(engine: Engine, uri: str) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` model at ``uri``, in float64."""
+    with np.load(io.BytesIO(_get(engine, uri))) as m:
+        return {k: m[k].astype(np.float64) for k in m.files}
+
+
+# Three equally fast clients, 3 versions of a small linear model: the K = N, τ = 0 jobs that must
+# equal synchronous FedAvg (``_lockstep`` runs them).
+LOCKSTEP: dict[str, Any] = {
+    "shards": 3,
+    "rounds": 3,
+    "max_parallel": 3,
+    "uri": "synthetic://linear?dim=8&seed=3",
+    "num_samples": 3 * 256,
+    "entrypoint": "examples.linear:train",
+    "hyperparameters": {"lr": 0.05, "epochs": 1, "batch_size": 32},
+}
+
+
 def _lockstep(engine: Engine, request: dict[str, Any], crew: int) -> str:
     """Run a job with ``crew`` real workers that each take one task per step (equal speeds), the
     aggregator recording each step's results together; the final model's URI."""
@@ -344,16 +363,7 @@ def test_fedbuff_with_k_clients_and_no_staleness_is_synchronous_fedavg(
     # cached calibration too (every client in every buffer: h̄ and the cached updates cancel), its
     # cached mean weighted as the buffer (τ = 0: by 1) or at weight 1 ("cached-full")
     init = _put_init(engine)
-    common = {
-        "shards": 3,
-        "rounds": 3,
-        "max_parallel": 3,
-        "uri": "synthetic://linear?dim=8&seed=3",
-        "num_samples": 3 * 256,
-        "entrypoint": "examples.linear:train",
-        "hyperparameters": {"lr": 0.05, "epochs": 1, "batch_size": 32},
-        "model": {"init_uri": init},
-    }
+    common = {**LOCKSTEP, "model": {"init_uri": init}}
     sync = _lockstep(engine, make_request(job_id="sync", **common), 3)
     buff = _lockstep(
         engine,

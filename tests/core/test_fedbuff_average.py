@@ -5,7 +5,6 @@ it is synchronous FedAvg again)."""
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -18,7 +17,7 @@ from shardq.core.engine import Engine
 from shardq.core.fedbuff_params import average_uri
 from shardq.core.planning import Layout
 from shardq.core.schema import training_request_schema
-from tests.core.test_fedbuff import _get, _lockstep, _put_init, fb
+from tests.core.test_fedbuff import LOCKSTEP, _get, _lockstep, _put_init, arrays, fb
 from tests.requests import make_request
 
 # -- the request fields ----------------------------------------------------------------------------
@@ -80,39 +79,23 @@ def test_the_average_sits_beside_its_version() -> None:
 # -- real workers, checked from the artifacts --------------------------------------------------------
 
 
-def _arrays(engine: Engine, uri: str) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(_get(engine, uri))) as m:
-        return {k: m[k].astype(np.float64) for k in m.files}
-
-
-COMMON: dict[str, Any] = {
-    "shards": 3,
-    "rounds": 3,
-    "max_parallel": 3,
-    "uri": "synthetic://linear?dim=8&seed=3",
-    "num_samples": 3 * 256,
-    "entrypoint": "examples.linear:train",
-    "hyperparameters": {"lr": 0.05, "epochs": 1, "batch_size": 32},
-}
-
-
 @pytest.mark.parametrize("calibration", ["none", "cached"])
 def test_at_decay_zero_the_average_is_the_last_version_and_synchronous_fedavg(
     engine: Engine, calibration: str
 ) -> None:
     # GIVEN K = N, τ = 0, server lr 1 and the average at its neutral decay (0: each version itself)
     init = _put_init(engine)
-    sync = _lockstep(engine, make_request(job_id="sync", **COMMON, model={"init_uri": init}), 3)
+    sync = _lockstep(engine, make_request(job_id="sync", **LOCKSTEP, model={"init_uri": init}), 3)
     strategy = {"name": "fedbuff", "buffer_size": 3, "max_staleness": 0, "calibration": calibration,
                 "model_average": "ema", "ema_decay": 0.0}  # fmt: skip
     buff = _lockstep(
-        engine, make_request(job_id=f"ema0-{calibration}", **COMMON, model={"init_uri": init},
+        engine, make_request(job_id=f"ema0-{calibration}", **LOCKSTEP, model={"init_uri": init},
                              strategy=strategy), 3,
     )  # fmt: skip
     # THEN the job returns the average (beside the last version), equal to synchronous FedAvg's model
     layout = Layout(engine.settings.artifact_bucket, f"ema0-{calibration}")
     assert buff == average_uri(layout.reduce_output(2) + "model.npz")
-    a, b = _arrays(engine, sync), _arrays(engine, buff)
+    a, b = arrays(engine, sync), arrays(engine, buff)
     assert not np.allclose(a["w"], 0.0)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-12)
@@ -124,10 +107,10 @@ def test_real_workers_keep_the_versions_moving_average_and_return_it(engine: Eng
     strategy = {"name": "fedbuff", "buffer_size": 3, "max_staleness": 0, "model_average": "ema",
                 "ema_decay": 0.5}  # fmt: skip
     final = _lockstep(
-        engine, make_request(job_id="ema", **COMMON, model={"init_uri": init}, strategy=strategy), 3
+        engine, make_request(job_id="ema", **LOCKSTEP, model={"init_uri": init}, strategy=strategy), 3
     )
     layout = Layout(engine.settings.artifact_bucket, "ema")
-    versions = [_arrays(engine, layout.reduce_output(v) + "model.npz") for v in range(3)]  # x_1, x_2, x_3
+    versions = [arrays(engine, layout.reduce_output(v) + "model.npz") for v in range(3)]  # x_1, x_2, x_3
     # THEN each reduce was sent the decay and the average so far (none for the first version) ...
     previous = [json.loads(_get(engine, f"s3://{layout.bucket}/{layout.reduce_inputs_key(v)}"))["average"]
                 for v in range(3)]  # fmt: skip
@@ -141,7 +124,7 @@ def test_real_workers_keep_the_versions_moving_average_and_return_it(engine: Eng
     for v in range(3):
         if v:
             expected = {k: 0.5 * expected[k] + 0.5 * versions[v][k] for k in expected}
-        kept = _arrays(engine, average_uri(layout.reduce_output(v) + "model.npz"))
+        kept = arrays(engine, average_uri(layout.reduce_output(v) + "model.npz"))
         for k in expected:
             np.testing.assert_allclose(kept[k], expected[k], rtol=1e-6, atol=1e-7)
     assert not np.allclose(expected["w"], versions[2]["w"])  # the average is not the last version

@@ -4,7 +4,6 @@ setting is synchronous FedAvg again)."""
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -18,7 +17,7 @@ from shardq.core.fedbuff_params import server_lr_at
 from shardq.core.jobstore import Outcome
 from shardq.core.planning import Layout
 from shardq.core.schema import training_request_schema
-from tests.core.test_fedbuff import _get, _lockstep, _put_init, fb, take
+from tests.core.test_fedbuff import LOCKSTEP, _get, _lockstep, _put_init, arrays, fb, take
 from tests.helpers import result_for
 from tests.requests import make_request
 
@@ -128,35 +127,19 @@ def test_each_reduce_is_sent_its_versions_step_size(engine: Engine) -> None:
     assert sizes == pytest.approx([2.0, 1.2, 0.4])
 
 
-def _arrays(engine: Engine, uri: str) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(_get(engine, uri))) as m:
-        return {k: m[k].astype(np.float64) for k in m.files}
-
-
-COMMON: dict[str, Any] = {
-    "shards": 3,
-    "rounds": 3,
-    "max_parallel": 3,
-    "uri": "synthetic://linear?dim=8&seed=3",
-    "num_samples": 3 * 256,
-    "entrypoint": "examples.linear:train",
-    "hyperparameters": {"lr": 0.05, "epochs": 1, "batch_size": 32},
-}
-
-
 @pytest.mark.parametrize("calibration", ["none", "cached"])
 def test_at_floor_one_a_schedule_is_still_synchronous_fedavg(engine: Engine, calibration: str) -> None:
     # GIVEN K = N, τ = 0, server lr 1 and a cosine schedule at its neutral floor (1: no decay)
     init = _put_init(engine)
-    sync = _lockstep(engine, make_request(job_id="sync", **COMMON, model={"init_uri": init}), 3)
+    sync = _lockstep(engine, make_request(job_id="sync", **LOCKSTEP, model={"init_uri": init}), 3)
     strategy = {"name": "fedbuff", "buffer_size": 3, "max_staleness": 0, "calibration": calibration,
                 "server_lr_schedule": "cosine", "server_lr_floor": 1.0}  # fmt: skip
     buff = _lockstep(
-        engine, make_request(job_id=f"neutral-{calibration}", **COMMON, model={"init_uri": init},
+        engine, make_request(job_id=f"neutral-{calibration}", **LOCKSTEP, model={"init_uri": init},
                              strategy=strategy), 3,
     )  # fmt: skip
     # THEN the final models agree to float64 rounding
-    a, b = _arrays(engine, sync), _arrays(engine, buff)
+    a, b = arrays(engine, sync), arrays(engine, buff)
     assert not np.allclose(a["w"], 0.0)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-12)
@@ -169,23 +152,21 @@ def test_real_workers_step_each_version_by_its_scheduled_size(engine: Engine, ca
     strategy = {"name": "fedbuff", "buffer_size": 3, "max_staleness": 0, "calibration": calibration,
                 "server_lr": 1.5, "server_lr_schedule": "linear", "server_lr_floor": 0.2}  # fmt: skip
     final = _lockstep(
-        engine, make_request(job_id=f"decay-{calibration}", **COMMON, model={"init_uri": init},
+        engine, make_request(job_id=f"decay-{calibration}", **LOCKSTEP, model={"init_uri": init},
                              strategy=strategy), 3,
     )  # fmt: skip
     # THEN version v + 1 = x_v + lr_v × (the clients' sample-weighted mean − x_v), lr_v = 1.5, 0.9, 0.3
     # (every client in every buffer, fresh: the CA2FL terms cancel), read back from the artifacts
     layout = Layout(engine.settings.artifact_bucket, f"decay-{calibration}")
-    x = _arrays(engine, init)
+    x = arrays(engine, init)
     for v, lr in enumerate([1.5, 0.9, 0.3]):
         inputs = json.loads(_get(engine, f"s3://{layout.bucket}/{layout.reduce_inputs_key(v)}"))
         assert inputs["server_lr"] == pytest.approx(lr)
         rows = inputs["fedbuff"]
         assert sorted(r["client"] for r in rows) == [0, 1, 2] and {r["tau"] for r in rows} == {0}
         total = sum(r["num_samples"] for r in rows)
-        mean = {
-            k: sum(r["num_samples"] * _arrays(engine, r["model_uri"])[k] for r in rows) / total for k in x
-        }
-        made = _arrays(engine, layout.reduce_output(v) + "model.npz")
+        mean = {k: sum(r["num_samples"] * arrays(engine, r["model_uri"])[k] for r in rows) / total for k in x}
+        made = arrays(engine, layout.reduce_output(v) + "model.npz")
         for k in x:
             np.testing.assert_allclose(made[k], x[k] + lr * (mean[k] - x[k]), rtol=1e-6, atol=1e-7)
         x = made
