@@ -7,6 +7,7 @@ only once."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -76,17 +77,23 @@ def test_two_racing_aggregators_each_catch_up_from_the_log_and_the_index(
 def test_a_lagging_index_or_a_gap_in_the_log_falls_back_to_a_full_read(
     engine: Engine, make_engine: Any, clients: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN a warm aggregator past its first pass
+    # GIVEN a warm aggregator past its first pass, its three lanes run by three workers (with one
+    # worker seen, its two queued tasks fill the fleet and the free lane waits: async_prefetch)
     engine.submit(asha_sweep("lag", trials=9, max_parallel=3))
     first = take(engine, clients)
-    report(engine, first[0], scripted_value(0, first[0].shard_id))
+
+    def outcome(task: ShardTask) -> Outcome:
+        result = result_for(task, loss=scripted_value(0, task.shard_id))
+        return Outcome(replace(result, worker_id=f"w{task.shard_id}"))
+
+    assert engine.ingest([outcome(first[0])]) == []
     cache = engine.advancer.sweep_cache()
     assert cache.full_reads == 2
     # WHEN another aggregator records a result that the index does not return yet (it lags)
     other = make_engine()
-    assert other.ingest([Outcome(result_for(first[1], loss=scripted_value(0, first[1].shard_id)))]) == []
+    assert other.ingest([outcome(first[1])]) == []
     monkeypatch.setattr(OutcomeFeed, "read", lambda self: [])
-    report(engine, first[2], scripted_value(0, first[2].shard_id))
+    assert engine.ingest([outcome(first[2])]) == []
     # THEN the counters show a result missing from the view: the results are read in full, and
     # the pass sees all three (the rung's best is promoted: 3 results, top 1)
     assert cache.full_reads == 3
