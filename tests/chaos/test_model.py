@@ -593,13 +593,16 @@ MUST_SEE = (
     "submitted map",
     "submitted with a budget",
     "submitted follower",
-    "follower started",
     "ended SUCCEEDED",
     "ended CANCELLED",
     "tick delivered",
 )
 SOAK_MUST_SEE = (
     *MUST_SEE,
+    # In the bounded run the rule draws depend on timing: under CI's load it drew one follower, which
+    # was cancelled (twice this round); a follower starting is walked by tests/core/test_pipeline.py
+    # and tests/chaos/test_pipeline.py every run, and its invariants are checked whenever one runs.
+    "follower started",
     "ended FAILED",
     "task dead-lettered",
     "failed outcome from dlq",
