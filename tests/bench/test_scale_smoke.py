@@ -8,26 +8,14 @@ recorded results every way it measures and checks each round summary counted the
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.runner import run_benchmark
 
 
 def run(module: str, *args: str) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_JSON ")]
-    assert lines, proc.stdout[-2000:]
-    return dict(json.loads(lines[-1].removeprefix("BENCH_JSON ")))
+    env = {"JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20"}
+    return run_benchmark(module, *args, timeout=600, env=env)
 
 
 def test_scale_benchmark_runs_a_small_job_through_the_deployed_stack() -> None:
