@@ -150,12 +150,14 @@ bench-async-sweep: optuna raytune  ## ASHA vs synchronous halving vs Optuna's SH
 	$(PY) -m benchmarks.async_sweep --write --repeat $(ASYNC_SWEEP_REPEAT) $(BENCH_ARGS)
 
 FL_RESULTS := benchmarks/results/async_fl
-bench-async-fl: flower  ## FedBuff (+ CA2FL) vs synchronous FedAvg vs Flower's FedAvg, MNIST CNN, one 10x slower client, equal client-update budgets: IID in one run, non-IID in three (Flower and the 4x-updates EMA row in the second, the 4x cosine + EMA row in the third, at the first's epoch); BENCHMARKS.md + docs/img/async_fl.png
+bench-async-fl: flower  ## FedBuff (+ CA2FL) vs synchronous FedAvg vs Flower's FedAvg, MNIST CNN, one 10x slower client, equal client-update budgets: IID in one run, non-IID in five (Flower and the 4x-updates EMA row in the second, the 4x cosine + EMA row in the third, the polynomial average 5 times at 1x in the fourth and at 4x in the fifth, at the first's epoch); BENCHMARKS.md + docs/img/async_fl.png
 	$(PY) -m benchmarks.async_fl --partitions iid --rounds-iid 24 --fedbuff iid:3:1:1 --fedbuff iid:3:1:1:cached --out $(FL_RESULTS)-iid.json $(BENCH_ARGS)
 	$(PY) -m benchmarks.async_fl --partitions noniid --rounds-noniid 36 --systems fedbuff sync --fedbuff noniid:3:1:1 --fedbuff noniid:3:1:1:cached --fedbuff noniid:3:1:1:cached:ema --fedbuff noniid:3:1:1:cached:cosine:ema --out $(FL_RESULTS)-noniid.json $(BENCH_ARGS)
 	$(PY) -m benchmarks.async_fl --partitions noniid --rounds-noniid 36 --systems fedbuff flower --epoch-s $$($(PY) -c "import json; print(json.load(open('$(FL_RESULTS)-noniid.json'))['config']['epoch_s'])") --fedbuff noniid:3:1:4:cached:ema --out $(FL_RESULTS)-noniid-long.json $(BENCH_ARGS)
 	$(PY) -m benchmarks.async_fl --partitions noniid --rounds-noniid 36 --systems fedbuff --epoch-s $$($(PY) -c "import json; print(json.load(open('$(FL_RESULTS)-noniid.json'))['config']['epoch_s'])") --fedbuff noniid:3:1:4:cached:cosine:ema --out $(FL_RESULTS)-noniid-long-cosine.json $(BENCH_ARGS)
-	$(PY) -m benchmarks.async_fl --merge $(FL_RESULTS)-iid.json $(FL_RESULTS)-noniid.json $(FL_RESULTS)-noniid-long.json $(FL_RESULTS)-noniid-long-cosine.json --write
+	$(PY) -m benchmarks.async_fl --partitions noniid --rounds-noniid 36 --systems fedbuff --epoch-s $$($(PY) -c "import json; print(json.load(open('$(FL_RESULTS)-noniid.json'))['config']['epoch_s'])") $(foreach i,1 2 3 4 5,--fedbuff noniid:3:1:1:cached:poly) --out $(FL_RESULTS)-noniid-poly.json $(BENCH_ARGS)
+	$(PY) -m benchmarks.async_fl --partitions noniid --rounds-noniid 36 --systems fedbuff --epoch-s $$($(PY) -c "import json; print(json.load(open('$(FL_RESULTS)-noniid.json'))['config']['epoch_s'])") --fedbuff noniid:3:1:4:cached:poly --out $(FL_RESULTS)-noniid-long-poly.json $(BENCH_ARGS)
+	$(PY) -m benchmarks.async_fl --merge $(FL_RESULTS)-iid.json $(FL_RESULTS)-noniid.json $(FL_RESULTS)-noniid-long.json $(FL_RESULTS)-noniid-long-cosine.json $(FL_RESULTS)-noniid-poly.json $(FL_RESULTS)-noniid-long-poly.json --write
 
 soak: install  ## the chaos soak runs: many jobs with random worker kills (a SOAK {...} line), and the long model-based run (a MODEL {...} line; MODEL_EXAMPLES, MODEL_STEPS)
 	$(BIN)/pytest tests/chaos/test_soak.py tests/chaos/test_model.py -m soak -s -q

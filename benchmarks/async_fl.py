@@ -60,10 +60,12 @@ PARTITIONS = ("iid", "noniid")
 # as the buffer's updates are); cached-full (cache_weight "full": h̄ at weight 1, the rule before)
 CALIBRATION_TOKENS = ("none", "cached", "cached-full")
 # --fedbuff's OPTION tokens: strategy.server_lr_schedule, optionally /server_lr_floor (cosine/0.2);
-# ema, optionally /ema_decay (ema/0.7): strategy.model_average "ema"
+# ema, optionally /ema_decay (ema/0.7): strategy.model_average "ema"; poly, optionally /average_eta
+# (poly/3): strategy.model_average "polynomial"
 SCHEDULES = ("constant", "cosine", "linear")
 DEFAULT_FLOOR = FEDBUFF_DEFAULTS["server_lr_floor"]
 DEFAULT_DECAY = FEDBUFF_DEFAULTS["ema_decay"]
+DEFAULT_ETA = FEDBUFF_DEFAULTS["average_eta"]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -105,7 +107,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="one FedBuff row (repeatable), e.g. iid:3:1:3 or noniid:4:1:3:cached (CALIBRATION: none, "
         "cached or cached-full, as --calibration; OPTION: strategy.server_lr_schedule constant, cosine "
         "or linear, optionally /server_lr_floor, e.g. noniid:3:1:1:cached:cosine/0.2; ema, optionally "
-        "/ema_decay: model_average ema, e.g. noniid:3:1:1:cached:ema); default: one per "
+        "/ema_decay: model_average ema, e.g. noniid:3:1:1:cached:ema; poly, optionally /average_eta: "
+        "model_average polynomial, e.g. noniid:3:1:1:cached:poly/3); default: one per "
         "partition from --buffer-size, --server-lr, --fedbuff-updates and --calibration",
     )  # fmt: skip
     parser.add_argument(
@@ -166,7 +169,8 @@ def fedbuff_rows(args: argparse.Namespace, parser: argparse.ArgumentParser) -> l
         except ValueError:
             parser.error(
                 f"--fedbuff {spec!r}: give PARTITION:K:SERVER_LR:UPDATES[:none|cached|cached-full"
-                "[:constant|cosine|linear[/FLOOR]][:ema[/DECAY]]], e.g. iid:3:1:3 or noniid:3:1:1:cached:ema"
+                "[:constant|cosine|linear[/FLOOR]][:ema[/DECAY]|poly[/ETA]]], e.g. iid:3:1:3 or "
+                "noniid:3:1:1:cached:poly"
             )
     return [r for r in rows if r["partition"] in args.partitions]
 
@@ -180,13 +184,16 @@ def calibration_of(token: str) -> dict[str, str]:
 
 def options_of(tokens: list[str]) -> dict[str, Any]:
     """A row's ``strategy.server_lr_schedule`` (and ``server_lr_floor``) and ``model_average`` (and
-    ``ema_decay``) from its option tokens: ``cosine``, ``cosine/0.2``, ``ema``, ``ema/0.7``; nothing
-    for ``constant`` (the default, so the request is as before)."""
+    ``ema_decay`` or ``average_eta``) from its option tokens: ``cosine``, ``cosine/0.2``, ``ema``,
+    ``ema/0.7``, ``poly``, ``poly/3``; nothing for ``constant`` (the default, so the request is as
+    before)."""
     out: dict[str, Any] = {}
     for token in tokens:
         kind, _, value = token.partition("/")
         if kind == "ema":
             out.update(model_average="ema", **({"ema_decay": float(value)} if value else {}))
+        elif kind == "poly":
+            out.update(model_average="polynomial", **({"average_eta": float(value)} if value else {}))
         elif kind in SCHEDULES and not (kind == "constant" and value):
             if kind != "constant":
                 out.update(server_lr_schedule=kind, **({"server_lr_floor": float(value)} if value else {}))
@@ -208,6 +215,8 @@ def fedbuff_settings(row: dict[str, Any]) -> str:
         floor = float(row.get("server_lr_floor", DEFAULT_FLOOR))
         lr += f" → {row['server_lr'] * floor:g} {row['server_lr_schedule']}"
     ema = f", EMA {float(row.get('ema_decay', DEFAULT_DECAY)):g}" if row.get("model_average") == "ema" else ""
+    if row.get("model_average") == "polynomial":
+        ema = f", poly-avg η {float(row.get('average_eta', DEFAULT_ETA)):g}"
     return f"K {row['buffer_size']}, {lr}, {row['updates']:g}× updates{cache}{ema}"
 
 
@@ -281,6 +290,7 @@ def request(
         keys = (
             "model_average",
             "ema_decay",
+            "average_eta",
             "buffer_size",
             "server_lr",
             "calibration",

@@ -244,23 +244,29 @@ def fl_checks(result: dict[str, Any], syncs: Sequence[dict[str, Any]] = ()) -> l
 
 
 def fl_plot(result: dict[str, Any], path: Path = FL_PLOT) -> Path | None:
-    """Test accuracy against wall time, one panel per partition."""
+    """Test accuracy against wall time, one panel per partition; repeated runs of one setting share
+    a colour and one legend entry ("× n runs"), the legend below its panel."""
     plt = _pyplot()
     if plt is None:
         return None
     parts = sorted({r["partition"] for r in result["runs"]})
-    fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 3.6), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 6.0), dpi=110, squeeze=False)
     for ax, p in zip(axes[0], parts, strict=True):
-        for i, r in enumerate(x for x in result["runs"] if x["partition"] == p):
-            label = f"{r['system']} ({r['settings']})" if r.get("settings") else r["system"]
+        runs = [x for x in result["runs"] if x["partition"] == p]
+        labels = [f"{r['system']} ({r['settings']})" if r.get("settings") else r["system"] for r in runs]
+        colours = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(labels))}
+        for r, label in zip(runs, labels, strict=True):
+            n = labels.count(label)
+            first = labels.index(label) == runs.index(r)
             ax.plot([pt["t"] for pt in r["curve"]], [100 * pt["accuracy"] for pt in r["curve"]],
-                    color=f"C{i}", marker="o", markersize=2, label=label)  # fmt: skip
+                    color=colours[label], marker="o", markersize=2, linewidth=1 if n > 1 else 1.5,
+                    label=(f"{label} × {n} runs" if n > 1 else label) if first else None)  # fmt: skip
         target = next(r["target"] for r in result["runs"] if r["partition"] == p)
         ax.axhline(100 * target, color="k", linestyle=":", linewidth=1)
         ax.set(title=f"{p}, one client {result['config']['straggler']:.0f}× slower", xlabel="seconds",
                ylabel="test accuracy (%)")  # fmt: skip
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=7)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=7)
     return _save(fig, plt, path)
 
 

@@ -13,6 +13,7 @@ from shardq.core.settings import Settings
 from shardq.local.cloud import LocalCloud
 from shardq.local.resources import provision
 from tests import requests
+from tests.helpers import Clock
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +42,18 @@ def settings(clients: dict[str, object]) -> Settings:
 
 
 @pytest.fixture
-def make_engine(settings: Settings, clients: dict[str, object]) -> Callable[..., Engine]:
-    """Engines over this test's resources, with ``Engine`` options (``clock``, ``dispatch_ranges``…)."""
+def make_engine(
+    settings: Settings, clients: dict[str, object], request: pytest.FixtureRequest
+) -> Callable[..., Engine]:
+    """Engines over this test's resources, with ``Engine`` options (``clock``, ``dispatch_ranges``…).
+    In a test marked ``controlled_clock`` their clock is the test's ``clock`` unless one is given:
+    what the engine measures (an ASHA sweep's prefetch round trip) then does not follow the load."""
+    marked = request.node.get_closest_marker("controlled_clock") is not None
+    clock = request.getfixturevalue("clock") if marked else None
 
     def make(**options: Any) -> Engine:
+        if clock is not None:
+            options.setdefault("clock", clock)
         return Engine(
             settings=settings,
             ddb=clients["dynamodb"],
@@ -61,6 +70,12 @@ def make_engine(settings: Settings, clients: dict[str, object]) -> Callable[...,
 def engine(make_engine: Callable[..., Engine]) -> Engine:
     """The engine over this test's resources."""
     return make_engine()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A controlled clock at 2026-01-01 (``tests.helpers.Clock``): ``make_engine(clock=clock)``."""
+    return Clock()
 
 
 @pytest.fixture

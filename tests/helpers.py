@@ -28,6 +28,22 @@ class LambdaContext:
         return self.remaining_ms
 
 
+class Clock:
+    """Seconds since the epoch that move only when the test says (``clock.advance(0.5)``, or
+    ``clock.now = ...``). Given to an engine (``make_engine(clock=clock)``) it is the engine's one
+    time: its deadlines and every stamp it compares (``StoreBase.stamp``: ``recorded_at``,
+    ``decided_at``...), so what the engine measures does not depend on the machine's load."""
+
+    def __init__(self, now: float = 1_767_225_600.0) -> None:  # 2026-01-01T00:00:00Z
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def receive_all(
     sqs: Any, url: str, *, max_empty: int = 2, attributes: bool = True, delete: bool = True
 ) -> list[dict[str, Any]]:

@@ -213,7 +213,8 @@ def _plan_sweep(run: RunPlan, reader: JobReader, job: JobRecord, start: int) -> 
     results = [r.result for r in reader.engine.store.all_results(job.job_id) if r.result.task_type == "train"]
     if request.objective is None or not results:
         return []
-    section = sweep_section(request, results)
+    copies = reader.engine.store.copy_costs(job.job_id) if request.asynchronous else None
+    section = sweep_section(request, results, copies)
     objective = metric_key(request.objective.metric)
     best = section.get("best")
     if best is not None:

@@ -142,26 +142,36 @@ class Advancer(RangedClose):
         its job and its tenant's month in the same transaction: ``spend.tenants_of``)."""
         tenants = spend.tenants_of(outcomes, self._request)
         result = self.store.record(outcomes, deadline=deadline, tenants=tenants)
+        if result.duplicates:
+            replaced = {id(o) for o in self._settle_copies(result.duplicates, tenants)}
+            result.recorded.extend(o for o in result.duplicates if id(o) in replaced)
+            result.duplicates = [o for o in result.duplicates if id(o) not in replaced]
         if self.enqueuer.admission is not None:
             self.enqueuer.admission.observe(result.recorded)  # each window's depth (core.depth)
         self.metric("ResultsRecorded", len(result.recorded), "Count")
         if result.duplicates:
             self.metric("DuplicateResults", len(result.duplicates), "Count")
-            self._count_copies(result.duplicates, tenants)
         if result.late:
             self.metric("LateResults", len(result.late), "Count")
         return result
 
-    def _count_copies(self, duplicates: list[Outcome], tenants: dict[str, str]) -> None:
-        """A sweep's backup copy that ran and lost (its outcome a duplicate of the other copy's,
-        ``async_backup``): its cost reaches the job and its tenant's month once per copy
-        (``JobStore.count_copy_cost``), so the spend guard sees every priced run."""
+    def _settle_copies(self, duplicates: list[Outcome], tenants: dict[str, str]) -> list[Outcome]:
+        """What an asynchronous sweep's duplicate outcome still owes its job (``store.copies``): a
+        copy's success replaces the other copy's counted failure, once, while the job runs; else
+        a run that lost adds its cost to the job and its tenant's month once per run, also after
+        the job ended, so the job's cost is every priced run's. Returns the replacing outcomes."""
+        replaced: list[Outcome] = []
         for o in duplicates:
             r = o.result
-            priced = r.task_type == "train" and r.cost_micro_usd > 0
-            copy = priced and async_sweep.is_async(self._request(r.job_id))
-            if copy and self.store.count_copy_cost(r, tenants.get(r.job_id)):
+            if r.task_type != "train" or not async_sweep.is_async(self._request(r.job_id)):
+                continue
+            tenant = tenants.get(r.job_id)
+            if r.status != "failed" and self.store.replace_failed_copy(o, tenant):
+                replaced.append(o)
+                self.metric("BackupFailuresReplaced", 1, "Count")
+            elif r.cost_micro_usd > 0 and self.store.count_copy_cost(r, tenant):
                 self.metric("BackupCopiesCosted", 1, "Count")
+        return replaced
 
     def advance(self, job_id: str, *, deadline: float | None = None) -> str:
         """Move a job as far as its recorded results and its round policy allow; returns its status.

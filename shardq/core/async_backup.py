@@ -25,9 +25,18 @@ never a straggling one; the suspects that would gain most first. A task overdue 
 slowest pace (a worker that died under its lease, or slower than any measured) is backed up too:
 its end is unknown.
 
+Before the last trials (``due_now``, asked by ``async_sweep._copy_first`` before each new trial
+a pass would draw): a straggling lane's task is copied first when the copy would still end before
+it had the fast workers started every trial left beforehand; a task only presumed on a slow
+worker waits for the rule above (a mistaken copy holds its lane as a losing copy).
+
 Cost. The losing copy's run is the job's too: its outcome is a duplicate, never counted, but the
-aggregator adds its priced time to the job's cost (and its ``budget_usd`` guard) once per copy
-(``JobStore.count_copy_cost``, its ``COPY#`` item written once, while the job runs).
+aggregator adds its priced time to the job's cost (and its ``budget_usd`` guard) once per run
+(``JobStore.count_copy_cost``, its ``COPY#`` item written once per copy and retry generation),
+also when it reports after the job ended: backups happen at the sweep's tail, so the copy usually
+wins and ends the sweep while the slow original still runs (the budget guard cannot act on that
+cost any more; the job sends nothing). A copy's success reported after the other copy's failure
+was counted takes the failure's place, once (``JobStore.replace_failed_copy``), while the job runs.
 
 Exactly once. A backup is a decision like any other (``SweepDecision.backup = 1``, its own item
 ``ASYNC#r<rung>#<trial>#b1`` written once under the pass's conditional write): at most one per
@@ -39,7 +48,9 @@ deduplication id (``…:b1``: the FIFO queue's 5-minute window would otherwise d
 send), its own output prefix (``shard-…-b1/``: the loser never overwrites the model a promotion
 continues from) and its own checkpoints (``checkpoint_keys.task_prefix``). A backup copy received
 after the task's outcome is recorded is dropped unrun (``shardq.worker.drops``); a copy already
-running is not stopped (the heartbeat beats every 10 s, longer than the tasks it would save here).
+running is not stopped: a running task learns nothing from its job (the heartbeat only extends its
+lease; a cancel, too, is read only before a task starts), so the losing run goes on to its end and
+its cost is counted then.
 
 The losing copy's lane. The outcome frees the task's key, but the copy that lost still runs, and a
 FIFO group hands out nothing while its message is in flight: a task decided into that lane would
@@ -115,6 +126,19 @@ def choose(
     return out
 
 
+def due_now(suspects: Sequence[Suspect], draws_left: int, trial_s: float, fast_workers: int) -> list[Suspect]:
+    """The suspects to copy *before* the trials left to draw: those whose copy would still end
+    before the original if it started only once the fast workers had run the first rung of every
+    trial left (``draws_left`` × ``trial_s``, shared by ``fast_workers``). A new trial's first
+    result and the copy's are both one result at the suspect's rung or below, so the copy costs
+    the trials drawn after it one task's wait; its outcome, and the promotions it may make due
+    (with eager promotion a chain of them), come a slow task sooner. The benchmark's tails: a late
+    trial drawn by the 10× worker, then its promotions, while the fast workers had drawn every
+    other trial (BENCHMARKS.md §19)."""
+    ahead = draws_left * trial_s / max(1, fast_workers)
+    return [s for s in suspects if s.left_s > ahead + s.copy_s]
+
+
 def left_s(slowest: float, typical: float, running: float) -> float:
     """What a suspect is expected to run still: the slowest pace × its rung's typical time, less
     what it ran; ``math.inf`` once it ran past even that (its end is unknown)."""
@@ -122,4 +146,4 @@ def left_s(slowest: float, typical: float, running: float) -> float:
     return left if left > 0 else math.inf
 
 
-__all__ = ["Suspect", "backed_up", "choose", "left_s", "losing_copies"]
+__all__ = ["Suspect", "backed_up", "choose", "due_now", "left_s", "losing_copies"]

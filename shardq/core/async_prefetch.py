@@ -60,7 +60,9 @@ one already waiting when it freed, so the pass also tracks it: until one of the 
 to it (``available_to``) runs long enough to show it took that one, none of them gets a task
 behind it, and it is presumed idle (``Slots.idle_slow``) — for at most ``STRAGGLING`` × its own
 longest task (its pace × the longest typical rung time) plus the round trip after the first task
-available to it (with none, it is polling, not gone): a task it took would show as a straggling
+available to it (with none, it is polling, not gone; over every task that became available after
+its outcome, ended since or not: ``became_available``, a time that never moves later as fast tasks
+end): a task it took would show as a straggling
 lane by then, so a straggler silent that long is presumed gone (a Spot reclaim, a scale-in), and
 the prefetch no longer holds back for it. Meanwhile a due promotion goes behind a fast lane's
 running task (its own worker, polling at once when it ends, takes it; a task sent to an empty lane
@@ -186,6 +188,9 @@ class Slots:
     # When the earliest running task not straggling yet would turn straggling (a pass then may copy
     # it; results may not come before): only once a worker was measured slow.
     wake_at: float | None = None
+    # The workers measured at a typical pace (not slow): who would run the trials left to draw
+    # (``async_backup.due_now``).
+    fast_workers: int = 0
 
     def backup_lanes(self) -> list[int]:
         """The free lanes a backup copy may take, best first: empty, a free worker's, not straggling."""
@@ -269,6 +274,32 @@ def available_to(
     others = max(0, fleet - 1 - sum(1 for _, lane in before if lane in stragglers))
     waiting = [lane for _, lane in before if lane not in stragglers][others:]
     return waiting + [lane for at, lane in heads if at >= since - SETTLE_S]
+
+
+def became_available(
+    decisions: Sequence[SweepDecision],
+    done: set[tuple[int, int]],
+    held: set[tuple[int, int, int]],
+    recorded: Mapping[tuple[int, int], str] | None,
+) -> list[float]:
+    """When each decided task became available to a worker: its decision, or its lane's previous
+    outcome when that came later (a FIFO group hands out one at a time); a task still queued behind
+    a running one (or behind a losing copy in ``held``) is not available yet. A time once given
+    never changes as later tasks end."""
+    lanes: dict[int, list[SweepDecision]] = {}
+    for d in decisions:
+        lanes.setdefault(d.lane, []).append(d)
+    out: list[float] = []
+    for tasks in lanes.values():
+        previous: float | None = -math.inf
+        for d in sorted(tasks, key=lambda d: (d.seq, d.decided_at)):
+            decided = epoch(d.decided_at)
+            if previous is None or decided is None:
+                break
+            out.append(max(decided, previous))
+            ended = d.key in done and d.ident not in held
+            previous = epoch((recorded or {}).get(d.key, "")) if ended else None
+    return out
 
 
 def lane_slots(
@@ -369,6 +400,7 @@ def lane_slots(
     # it (the module doc).
     taken, idle_slow = set(stragglers), 0
     heads = sorted((started_at(lane), lane) for lane in queue)
+    offered = became_available(decisions, done, held, recorded)
     longest = max((expected(rung) for rung in {d.rung for d in decisions}), default=0.0)
     for w in (w for w, ratio in pace.items() if ratio > STRAGGLING):
         stamps = [epoch((recorded or {}).get((r.round, r.shard_id), "")) for r in results if r.worker_id == w]
@@ -378,7 +410,15 @@ def lane_slots(
         after = [lane for lane in available_to(heads, since, fleet, stragglers)]
         # Presumed gone (not polling) once silent past any task it could have taken since the
         # first one was available to it (module doc); with none available yet, it is waiting.
-        first = min((max(started_at(lane), since) for lane in after), default=None)
+        # The first task available to it: any that became available after its outcome, ended since
+        # or not (over the tasks in flight alone it would move later as each fast task ended).
+        first = min(
+            [
+                *(max(started_at(lane), since) for lane in after),
+                *(max(at, since) for at in offered if at >= since - SETTLE_S),
+            ],
+            default=None,
+        )
         if now is not None and first is not None and now - first > STRAGGLING * pace[w] * longest + trip:
             continue
         # It took one of the tasks available to it (which one shows once it runs long: a
@@ -469,6 +509,7 @@ def lane_slots(
         slots,
         stragglers,
         fast_busy=any(count[lane] and lane not in taken for lane in count),
+        fast_workers=sum(1 for ratio in pace.values() if ratio <= STRAGGLING),
         empty=frozenset(empty),
         idle_slow=idle_slow,
         behind=behind[: room - len(slots)],

@@ -68,7 +68,7 @@ from shardq.core.async_sources import (
 from shardq.core.contracts import ShardResult, TrainingRequest
 from shardq.core.enqueue import Enqueuer
 from shardq.core.finalize import Finisher
-from shardq.core.jobstore import MAX_RETRY_CHUNK, JobRecord, JobStore, SweepDecision, now_iso
+from shardq.core.jobstore import MAX_RETRY_CHUNK, JobRecord, JobStore, SweepDecision
 from shardq.core.metrics import summarize_round
 from shardq.core.store.sweeps import MAX_DECISIONS
 from shardq.core.sweep_cache import SweepCache
@@ -153,6 +153,11 @@ def plan_pass(
         promo = next_promotion(request, rungs, view.decided(), order=order)
         lane = None if promo is None else slots.promotion()  # None: it waits for a better slot
         if lane is None:
+            copy = _copy_first(view, slots, seq)
+            if copy is not None:  # a backup that is due anyway, before the trials left (``due_now``)
+                view.new.append(copy)
+                slots.free = [free for free in slots.free if free != copy.lane]
+                continue
             draw = _draw(view, source)
             if draw is not None:
                 view.new.append(replace(draw, lane=slots.trial(), seq=seq))
@@ -183,6 +188,27 @@ def plan_pass(
         )
     view.wake_at = slots.wake_at if slots.free and view.in_flight else None
     return view.new
+
+
+def _copy_first(view: Pass, slots: prefetch.Slots, seq: int) -> SweepDecision | None:
+    """A backup copy to decide before the next new trial (``async_backup.due_now``): with trials
+    left to draw, of a straggling lane's task only (a task a slow worker presumed idle *may* have
+    taken is copied only when nothing else can run: such a copy, mistaken mid-sweep, holds its
+    lane as a losing copy for a slow task's time), while no slow worker is presumed idle (it
+    might take the copy), into a slot outside a straggling lane. A lane a free worker takes now is
+    best; else the slot a new trial would take (behind a fast lane's running task, or an empty
+    spare lane), where the copy waits about one task, counted as one more trial ahead of it."""
+    request = view.request
+    left = request.task_count - len(view.drawn())
+    lanes = slots.backup_lanes() or [lane for lane in slots.free if lane not in slots.slow]
+    suspects = [s for s in slots.suspects if s.lane in slots.slow]
+    if left <= 0 or slots.idle_slow or not suspects or not lanes:
+        return None
+    waits = 0 if lanes[0] in slots.idle else 1
+    first_rung_s = prefetch.expected_times(view.results, search.rung_increments(request))(0)
+    due = backup.due_now(suspects, left + waits, first_rung_s, slots.fast_workers)
+    copies = backup.choose(due, [*view.decisions, *view.new], lanes[:1], seq)
+    return copies[0] if copies else None
 
 
 def _draw(view: Pass, source: TrialSource) -> SweepDecision | None:
@@ -235,7 +261,7 @@ class AsyncSweep:
             decisions, results, recorded = self._read(job, seen)
             view = Pass(request, decisions, [r for r in results if r.task_type == "train"])
             depth = prefetch.depth(decisions, view.results, recorded, request.max_parallel)
-            now = now_iso()  # the decisions' stamp (the store keeps it), from which overheads are measured
+            now = self.store.stamp()  # the decisions' stamp (kept by the store): overheads count from it
             # The one gate of every send (a spent budget, a cancel): no new task, the running ones finish.
             new = (
                 []

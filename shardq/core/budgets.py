@@ -18,7 +18,7 @@ unpriced shows no cost line at all (``--json`` still has ``cost_usd: 0``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shardq.core.validation import _Checker
@@ -79,10 +79,11 @@ def budget_text(budget: float) -> str:
     return f"{budget:,.2f}" if round(budget, 2) == budget else f"{budget:g}"
 
 
-def trial_costs(results: Iterable[Any]) -> dict[int, float]:
-    """USD per trial (shard id) over the counted ``ShardResult``s given, every rung included;
-    trials that cost nothing (unpriced workers) are left out."""
-    micro: dict[int, int] = {}
+def trial_costs(results: Iterable[Any], copies: Mapping[int, int] | None = None) -> dict[int, float]:
+    """USD per trial (shard id) over the counted ``ShardResult``s given, every rung included, and
+    ``copies``: the micro-USD its backup copies' losing runs cost (``JobStore.copy_costs``), so the
+    trials' costs add up to the job's; trials that cost nothing (unpriced workers) are left out."""
+    micro: dict[int, int] = {t: m for t, m in (copies or {}).items() if m}
     for r in results:
         if r.task_type == "train" and r.cost_micro_usd:
             micro[r.shard_id] = micro.get(r.shard_id, 0) + r.cost_micro_usd

@@ -151,7 +151,9 @@ class Engine:
         request = TrainingRequest.from_dict(payload)
         self._check_buckets(request)
         request = self._admit(request, invoked_as)
-        record = JobRecord.new(request, request.job_id or new_job_id(), request_hash(request))
+        record = JobRecord.new(
+            request, request.job_id or new_job_id(), request_hash(request), at=self.store.stamp()
+        )
         if request.after is not None:  # a pipeline job: created WAITING (shardq.core.pipeline)
             record = pipeline.waiting_record(self, request, record)
         job, created = self.store.create_job(record)

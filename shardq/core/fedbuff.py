@@ -454,7 +454,7 @@ class Driver:
         inputs = reduce_inputs(updates, {b: str(uri) for b, uri in model_of.items()})
         params = job.request.strategy.params if job.request.strategy else {}
         inputs["server_lr"] = server_lr_at(params, v, job.rounds)  # v's step (server_lr_schedule)
-        average = average_section(params, v, str(job.model_uri))  # model_average "ema": the average so far
+        average = average_section(params, v, str(job.model_uri))  # a model_average: the average so far
         if average is not None:
             inputs["average"] = average
         if cached_calibration(params):
@@ -486,7 +486,7 @@ class Driver:
         )
         self.adv.finisher.round_finished(job)
         if v + 1 >= job.rounds:
-            # the job's model: this version, or the average beside it (model_average "ema")
+            # the job's model: this version, or the average beside it (a model_average)
             params = job.request.strategy.params if job.request.strategy else {}
             self.adv.store.set_final_model(job.job_id, v, final_model_uri(params, str(model_uri)))
             self.adv.finisher.finalize(self.adv.store.get_job(job.job_id), "SUCCEEDED")

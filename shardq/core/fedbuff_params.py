@@ -33,7 +33,13 @@ SERVER_LR_SCHEDULES = ("constant", "cosine", "linear")
 # version leans toward the clients of its last buffers, the average of the recent versions does
 # not. Kept as its own artifact (``AVERAGE_DIR`` beside each version's model); the versions, and
 # so the clients' next tasks, are the server steps as before (``average_section``).
-MODEL_AVERAGES = ("none", "ema")
+# "polynomial": Shamir & Zhang's polynomial-decay averaging (ICML 2013), x̄_t = (1 − w_t)·x̄_{t−1} +
+# w_t·x_t with w_t = (η + 1)/(t + η) at the job's t-th version (η = ``average_eta``): version i
+# weighs ∝ i(i+1)…(i+η−1) ≈ (i/t)^η (whole η), so the average's mean age is ≈ t/(η + 2) versions: a
+# window that grows with the job (a few versions early, as an EMA; dozens in a long run, longer than
+# the swing an EMA follows). η = 0 is the uniform mean of every version (Polyak–Ruppert); η → ∞
+# the last version (``average_decay_at``).
+MODEL_AVERAGES = ("none", "ema", "polynomial")
 AVERAGE_DIR = "average/"
 # The request's string parameters and their defaults (the numeric ones are DEFAULTS below).
 CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -56,7 +62,9 @@ CHOICE_HELP = {
     ),
     "model_average": (
         ' ("none": the job returns its last version; "ema": a moving average of its versions, weight '
-        "ema_decay on the average so far, which each version's reduce scores and the job returns)"
+        'ema_decay on the average so far; "polynomial": the polynomial-decay average of its versions, '
+        "weighted toward the last ones (mean age 1/(average_eta + 2) of them); the average is what "
+        "each version's reduce scores and the job returns)"
     ),
 }
 # Numeric parameters and their defaults. FLSim's FedBuff: polynomial staleness weight with exponent
@@ -64,6 +72,8 @@ CHOICE_HELP = {
 # server step (FedAvg's, rate 1). Hinge: FedAsync's s(τ) = 1 for τ ≤ b, 1/(a(τ − b) + 1) after,
 # with the paper's a = 10, b = 4. ``buffer_size`` 10 is the paper's K. ``server_lr_floor``: the last
 # version's step size as a fraction of ``server_lr`` under a decaying ``server_lr_schedule``.
+# ``average_eta`` 2: the average's mean age is a quarter of the versions (12 of 48, 48 of 192);
+# measured against 1, 3, 5 and EMAs in BENCHMARKS §19 (docs/ARCHITECTURE.md, "The job's model").
 DEFAULTS: dict[str, float] = {
     "buffer_size": 10,
     "staleness_exponent": 0.5,
@@ -73,6 +83,7 @@ DEFAULTS: dict[str, float] = {
     "hinge_b": 4,
     "server_lr_floor": 0.5,
     "ema_decay": 0.8,
+    "average_eta": 2.0,
 }
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "buffer_size": (1, 100_000, False, False),
@@ -81,15 +92,24 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "server_lr": (0.0, 1e3, True, False),
     "hinge_a": (0.0, 1e6, False, False),
     "hinge_b": (0, 1_000_000, False, False),
-    "server_lr_floor": (0.0, 1.0, False, False),
+    "server_lr_floor": (0.0, 1.0, True, False),
     "ema_decay": (0.0, 1.0, False, True),
+    "average_eta": (0.0, 1e6, False, False),
 }
 INTEGERS = ("buffer_size", "max_staleness", "hinge_b")
+# Why a bound is open, said with the refusal (the fix).
+RANGE_HELP = {
+    "server_lr_floor": (
+        ": 0 would make the last version's step 0 and discard its buffer's paid updates; use a small "
+        'positive floor (e.g. 0.05) or server_lr_schedule "constant"'
+    ),
+}
 # Numeric parameters only a choice uses: (that choice, the values that use it). A request naming one
 # without them is refused (it would be ignored), and a job's parameters hold it only with them.
 NEEDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "server_lr_floor": ("server_lr_schedule", tuple(s for s in SERVER_LR_SCHEDULES if s != "constant")),
     "ema_decay": ("model_average", ("ema",)),
+    "average_eta": ("model_average", ("polynomial",)),
 }
 
 
@@ -120,7 +140,7 @@ def parse_params(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
             continue
         if (value <= lo if lo_open else value < lo) or (value >= hi if hi_open else value > hi):
             interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-            problems.append(f"strategy.{key} must be in {interval}, got {value!r}")
+            problems.append(f"strategy.{key} must be in {interval}, got {value!r}{RANGE_HELP.get(key, '')}")
             continue
         params[key] = int(value) if key in INTEGERS else float(value)
     for key, (choice, using) in NEEDS.items():
@@ -162,9 +182,20 @@ def server_lr_at(params: Mapping[str, Any], version: int, versions: int) -> floa
 
 
 def averages(params: Mapping[str, Any]) -> bool:
-    """True when the job returns (and scores) the moving average of its versions
-    (``model_average: "ema"``; a job recorded before the field existed returns its last version)."""
-    return params.get("model_average", "none") == "ema"
+    """True when the job returns (and scores) an average of its versions (``model_average`` "ema" or
+    "polynomial"; a job recorded before the field existed returns its last version)."""
+    return params.get("model_average", "none") != "none"
+
+
+def average_decay_at(params: Mapping[str, Any], version: int) -> float:
+    """The weight d on the average so far when the reduce that makes ``version`` + 1 averages it in:
+    x̄_{v+1} = d·x̄_v + (1 − d)·x_{v+1}. "ema": ``ema_decay`` at every version; "polynomial" (η =
+    ``average_eta``, t = version + 1 the versions made with this one): d = 1 − (η + 1)/(t + η), 0 at
+    the first (x̄_1 = x_1). A function of the version alone, so a retried reduce gets the same."""
+    if params.get("model_average", "none") == "polynomial":
+        eta, t = float(params.get("average_eta", DEFAULTS["average_eta"])), max(version, 0) + 1
+        return 1.0 - (eta + 1.0) / (t + eta)
+    return float(params.get("ema_decay", DEFAULTS["ema_decay"]))
 
 
 def average_uri(model_uri: str) -> str:
@@ -176,17 +207,19 @@ def average_uri(model_uri: str) -> str:
 
 def average_section(params: Mapping[str, Any], version: int, model_uri: str) -> dict[str, Any] | None:
     """The reduce inputs' ``average`` for the reduce that makes ``version`` + 1 from ``model_uri``
-    (version ``version``'s model): the decay, and the average so far (None for the first version,
-    whose average is itself). None when the job does not average."""
+    (version ``version``'s model): the method, this version's decay (``average_decay_at``), and the
+    average so far (None for the first version, whose average is itself). None when the job does not
+    average."""
     if not averages(params):
         return None
     previous = average_uri(model_uri) if version > 0 else None
-    return {"method": "ema", "decay": float(params.get("ema_decay", 0.8)), "previous_uri": previous}
+    method = str(params["model_average"])
+    return {"method": method, "decay": average_decay_at(params, version), "previous_uri": previous}
 
 
 def final_model_uri(params: Mapping[str, Any], model_uri: str) -> str:
     """The model the job returns when its last version's reduce made ``model_uri``: the average
-    beside it (``model_average: "ema"``), else the version itself."""
+    beside it (``model_average`` "ema" or "polynomial"), else the version itself."""
     return average_uri(model_uri) if averages(params) else model_uri
 
 

@@ -158,10 +158,11 @@ def progress(store: JobStore, job: JobRecord) -> dict[str, Any] | None:
         "server_lr_floor": float(params["server_lr_floor"])
         if params.get("server_lr_schedule", "constant") != "constant"
         else None,
-        # the model the job returns and each version's metrics score: "none" (the last version) or
-        # "ema" (the moving average of the versions, kept beside each: fedbuff_params.average_uri)
-        "model_average": "ema" if averages(params) else "none",
-        "ema_decay": float(params["ema_decay"]) if averages(params) else None,
+        # the model the job returns and each version's metrics score: "none" (the last version),
+        # "ema" or "polynomial" (an average of the versions, kept beside each: fedbuff_params.average_uri)
+        "model_average": str(params.get("model_average", "none")) if averages(params) else "none",
+        "ema_decay": float(params["ema_decay"]) if "ema_decay" in params and averages(params) else None,
+        "average_eta": float(params["average_eta"]) if "average_eta" in params and averages(params) else None,
         "clients_waiting": len(fb.counts(job.job_id).waiting),
         "per_version": versions,
         "failed_updates": failed_updates(store, job.job_id)[:FAILED_SHOWN] if data["updates_failed"] else [],
@@ -206,6 +207,12 @@ def text(data: dict[str, Any] | None) -> str:
             "each version's metrics score"
             if data.get("model_average") == "ema"
             else ""
+        )
+        + (
+            f"; the job's model: the versions' polynomial-decay average (η {data['average_eta']:g}: "
+            f"mean age 1/{data['average_eta'] + 2:g} of them), which each version's metrics score"
+            if data.get("model_average") == "polynomial"
+            else ""
         ),
         f"{'VERSION':>7}  {'APPLIED':>7}  {'LATE':>4}  {'MEAN τ':>6}  STALENESS (τ: updates)",
     ]
@@ -232,7 +239,7 @@ def manifest_section(store: JobStore, job: JobRecord, status: str) -> dict[str, 
         return {}
     failed = failed_updates(store, job.job_id) if data["updates_failed"] else []
     section = {**data, "failed_updates": failed}
-    if data["model_average"] == "ema":  # the job's model is the average; the last version's own model
+    if data["model_average"] != "none":  # the job's model is the average; the last version's own model
         last = store.round_summaries(job.job_id)[-1:] if data["versions_made"] else []
         section["last_version_model_uri"] = next(
             ((s.get("reduce") or {}).get("model_uri") for s in last), None

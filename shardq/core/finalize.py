@@ -17,7 +17,7 @@ manifest of a few KB, instead of one JSON document of ≈ 200 MB built in memory
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -190,6 +190,7 @@ def render_manifest(
     layout: planning.Layout,
     last_recorded: str | None = None,
     code_versions: Iterable[str] = (),
+    copies: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """The result manifest, in one pass over ``rows``: deterministic for a given set of outcomes.
 
@@ -197,7 +198,8 @@ def render_manifest(
     outputs (one round) are in shard order. Growing lists go to part files through ``put``.
     ``last_recorded``: the latest recording time of outcomes not among ``rows`` (a data-parallel
     job's rows are its failures alone: ``data_parallel_rows``); ``code_versions``: those of the
-    outcomes not among ``rows`` (the same case).
+    outcomes not among ``rows`` (the same case); ``copies``: a sweep's trials' losing backup copies'
+    costs (``JobStore.copy_costs``).
     """
     request = job.request
     failed = PartWriter("failed", put, layout)
@@ -223,7 +225,7 @@ def render_manifest(
     if request.kind == "data_parallel":
         section: dict[str, Any] = {"final_model_uri": job.model_uri if status == "SUCCEEDED" else None}
     elif request.kind == "sweep":
-        section = sweep_section(request, trials)
+        section = sweep_section(request, trials, copies)
     else:
         assert outputs is not None
         section = {**outputs.section(), "metrics": metrics.result()}
@@ -328,7 +330,8 @@ class Finisher:
             # A FedBuff job: versions, updates applied/late/failed and staleness (shardq.core.fedbuff_view).
             return {**manifest, **fedbuff_view.manifest_section(self.store, job, status)}
         rows = self.store.iter_results(job.job_id)  # one query page (≤ 1 MB) in memory at a time
-        return render_manifest(job, status, error, rows, summaries, self._put_part, layout)
+        copies = self.store.copy_costs(job.job_id) if job.request.asynchronous else None
+        return render_manifest(job, status, error, rows, summaries, self._put_part, layout, copies=copies)
 
     def digest_range(
         self,

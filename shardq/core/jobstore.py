@@ -56,7 +56,6 @@ from shardq.core.store.keys import (
     _close_key,
     _counter,
     _from_item,
-    _iso,
     _pk,
     _result_key,
     _to_item,
@@ -203,7 +202,7 @@ class JobStore(Counting, ResultReads, SweepDecisions):
     def request_cancel(self, job_id: str) -> bool:
         """Mark a RUNNING job to be cancelled (once: the first request's time stays); False if it
         is not running. ``advance`` then ends it CANCELLED."""
-        update = _Update().set(cancel_requested_at=now_iso()).expect(status="RUNNING")
+        update = _Update().set(cancel_requested_at=self.stamp()).expect(status="RUNNING")
         update.condition("attribute_not_exists(cancel_requested_at)")
         return self._update(job_id, update)
 
@@ -325,7 +324,7 @@ class JobStore(Counting, ResultReads, SweepDecisions):
         it, None when the job was not in that phase (another call moved it). ``cursor``: the new
         round's send, recorded by the same write (``Enqueuer.enqueue``'s ``defer``)."""
         # The round's clock is the store's (the engine's): a deadline and the clock it is read by agree.
-        started = _iso(self.clock())
+        started = self.stamp()
         update = _Update().set(round=round_no, phase="train", model_uri=model_uri, round_started_at=started)
         update.remove(f"close_claim_r{round_no - 1}").expect(
             status="RUNNING", round=round_no - 1, phase=after
@@ -428,7 +427,7 @@ class JobStore(Counting, ResultReads, SweepDecisions):
         if job.phase == "train":
             # The round resumes with a fresh clock: a round that failed at its deadline would
             # otherwise fail again at once (its deadline counts from ``round_started_at``).
-            update.set(round_started_at=_iso(self.clock()))
+            update.set(round_started_at=self.stamp())
         if job.phase == "train" and job.closed_round == job.round:
             update.remove(
                 "closed_round",

@@ -35,7 +35,6 @@ from shardq.core.artifacts import put_json
 from shardq.core.enqueue import EnqueueIncomplete
 from shardq.core.jobstore import JobNotFound, JobRecord
 from shardq.core.pipeline_fields import USE_KINDS, After, wrong_kind_fix
-from shardq.core.store.keys import now_iso
 from shardq.core.store.pipelines import WAITING, PipelineLinks
 from shardq.core.validation import ValidationError
 
@@ -251,7 +250,7 @@ def _end(engine: Engine, job: JobRecord, status: str, error: str, *, ended: str 
     """WAITING → ``status`` once: the manifest (no outcomes), the transition, the event."""
     finisher = engine.finisher
     layout = planning.Layout(finisher.bucket, job.job_id)
-    manifest = {**finisher.manifest(job, status, error), "finished_at": ended or now_iso()}
+    manifest = {**finisher.manifest(job, status, error), "finished_at": ended or engine.store.stamp()}
     put_json(engine.s3, finisher.bucket, layout.manifest_key(), manifest)
     expires = datetime.now(UTC) + timedelta(days=finisher.job_ttl_days)
     won = links(engine).end(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shardq.core.budgets import trial_costs
@@ -149,8 +149,12 @@ def trial(search_space: dict[str, Any] | list[dict[str, Any]], index: int) -> di
     return {name: params[name] for name in search_space}
 
 
-def sweep_section(request: TrainingRequest, results: Sequence[ShardResult]) -> dict[str, Any]:
+def sweep_section(
+    request: TrainingRequest, results: Sequence[ShardResult], copies: Mapping[int, int] | None = None
+) -> dict[str, Any]:
     """The manifest's sweep part: each trial's furthest rung, ranked; best; rung histories; budget.
+    ``copies``: what each trial's backup copies' losing runs cost (``JobStore.copy_costs``), in its
+    ``cost_usd``.
 
     A trial that reached a later rung ranks above every trial stopped earlier (it beat them at
     the rung where they stopped); within a rung, by the objective. A trial that diverged (at any
@@ -170,7 +174,7 @@ def sweep_section(request: TrainingRequest, results: Sequence[ShardResult]) -> d
         by_rung.setdefault(r.round, []).append(r)
     board: list[dict[str, Any]] = []
     diverged: list[dict[str, Any]] = []
-    costs = trial_costs(results)  # what each trial's counted results cost, every rung (budgets)
+    costs = trial_costs(results, copies)  # what each trial's runs cost, every rung (budgets)
     for rung in sorted(by_rung, reverse=True):
         for ranked in leaderboard(by_rung[rung], request.objective, trials):
             row = {**ranked, "rung": rung, "rungs": history.get(ranked["trial"], [])}

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from shardq.core.contracts import ShardResult
-from shardq.core.jobstore import JobRecord, JobStore, SweepDecision, now_iso
+from shardq.core.jobstore import JobRecord, JobStore, SweepDecision
 from shardq.core.progress_reads import NoRecordedIndex, OutcomeFeed
 
 Key = tuple[int, int]  # (rung, trial)
@@ -83,7 +83,7 @@ class SweepCache:
         entry = self._jobs.get(job_id)
         if entry is None or entry.feed is None:
             return  # the first view reads everything anyway
-        now = now_iso()  # recorded a moment ago, by this invocation
+        now = self.store.stamp()  # recorded a moment ago, by this invocation
         for r in results:
             if r.task_type == "train":
                 entry.results[(r.round, r.shard_id)] = r

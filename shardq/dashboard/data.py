@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -172,8 +172,11 @@ def round_rows(
     return sorted(rows, key=lambda s: s["round"])
 
 
-def sweep_board(job: JobRecord, results: Sequence[ShardResult]) -> dict[str, Any] | None:
-    """A sweep's leaderboard from its recorded trials (live: it grows as trials finish)."""
+def sweep_board(
+    job: JobRecord, results: Sequence[ShardResult], copies: Mapping[int, int] | None = None
+) -> dict[str, Any] | None:
+    """A sweep's leaderboard from its recorded trials (live: it grows as trials finish); ``copies``:
+    its trials' losing backup copies' costs (``JobStore.copy_costs``)."""
     if job.kind != "sweep":
         return None
     request = job.request
@@ -181,7 +184,7 @@ def sweep_board(job: JobRecord, results: Sequence[ShardResult]) -> dict[str, Any
         return None
     # The manifest's own ranking: grid, list or random trials; with successive halving, the
     # furthest rung first and each trial's rung history.
-    section = sweep_section(request, [r for r in results if r.task_type == "train"])
+    section = sweep_section(request, [r for r in results if r.task_type == "train"], copies)
     return {
         "objective": section["objective"],
         "trials": request.task_count,
@@ -323,7 +326,9 @@ class DashboardData:
                 "workers": sorted({e["worker_id"] for e in entries[cut:]}),
             },
             "failures": [failure_entry(row) for row in rows if row.result.status == "failed"],
-            "leaderboard": sweep_board(job, results),
+            "leaderboard": sweep_board(
+                job, results, self.store.copy_costs(job.job_id) if job.request.asynchronous else None
+            ),
             # A FedBuff job: each version's applied and late updates and staleness (as `status`).
             "fedbuff": fedbuff_view.progress(self.store, job),
         }

@@ -186,10 +186,23 @@ def table_definition(template: Mapping[str, Any], logical_id: str = JOB_TABLE) -
     return definition
 
 
-def _create_queue(sqs: Any, name: str, attributes: Mapping[str, str]) -> tuple[str, str]:
+def _redrive_targets(template: Mapping[str, Any]) -> set[str]:
+    """Logical ids of the queues another queue's redrive policy names (its DLQs)."""
+    targets: set[str] = set()
+    for resource in template.get("Resources", {}).values():
+        redrive = (resource.get("Properties") or {}).get("RedrivePolicy")
+        if resource.get("Type") == "AWS::SQS::Queue" and redrive:
+            targets.add(redrive["deadLetterTargetArn"]["Fn::GetAtt"][0])
+    return targets
+
+
+def _create_queue(sqs: Any, name: str, attributes: Mapping[str, str], *, arn: bool) -> tuple[str, str | None]:
+    """The new queue's URL, and its ARN when ``arn`` (one more call: only a DLQ's is needed, for the
+    redrive policies; every test provisions, so the calls add up)."""
     url = sqs.create_queue(QueueName=name, Attributes=dict(attributes))["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    return url, arn
+    if not arn:
+        return url, None
+    return url, sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 
 
 def _queue_overrides(
@@ -230,6 +243,7 @@ def provision(
     t = template if template is not None else stack_template()
     p = prefix or f"sq{uuid.uuid4().hex[:10]}"
     arns: dict[str, str] = {}
+    dlqs = _redrive_targets(t)
     urls: dict[str, str] = {}
     names = {
         TASK_DLQ: f"{p}-tasks-dlq.fifo",
@@ -246,7 +260,9 @@ def provision(
             visibility_s=visibility.get(logical_id),
             max_receive_count=max_receive_count,
         )
-        urls[logical_id], arns[logical_id] = _create_queue(sqs, name, attributes)
+        urls[logical_id], queue_arn = _create_queue(sqs, name, attributes, arn=logical_id in dlqs)
+        if queue_arn is not None:
+            arns[logical_id] = queue_arn
     table = f"{p}-jobs"
     ddb.create_table(TableName=table, **table_definition(t))
     ttl = _properties(t, JOB_TABLE).get("TimeToLiveSpecification")

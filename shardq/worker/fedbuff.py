@@ -11,7 +11,7 @@ Algorithm 1 of the FedBuff paper (Nguyen et al., AISTATS 2022) with FedAvg's sam
 τ = 0 everywhere and server_lr 1 it is x_v + Σ n_i (x_i − x_v) / Σ n_i = Σ n_i x_i / Σ n_i, FedAvg.
 FLSim divides s(τ) by s(1) (its ``avg_staleness``); that constant folds into ``server_lr``.
 
-With ``model_average: "ema"`` the reduce also keeps the moving average of the versions
+With a ``model_average`` ("ema", "polynomial") the reduce also keeps the average of the versions
 (``average_step``), which it scores and the job returns; the version itself stays the clients' base.
 
 Streams: one client model and its base model at a time (bases are cached per version, and a buffer
@@ -102,10 +102,11 @@ def _check_entries(x: Arrays, model: Arrays, where: str) -> None:
 
 
 def average_step(model: Path, average: Mapping[str, Any], fetch: Callable[[str, str], Path]) -> Path:
-    """Write the moving average of the versions beside ``model`` (x_{v+1}, just made), in
-    ``AVERAGE_DIR`` under the same name; returns its path (``model_average: "ema"``).
+    """Write the average of the versions beside ``model`` (x_{v+1}, just made), in ``AVERAGE_DIR``
+    under the same name; returns its path (``model_average`` "ema" or "polynomial").
 
-    x̄_{v+1} = d·x̄_v + (1 − d)·x_{v+1} with d = ``average["decay"]`` and x̄_v downloaded from
+    x̄_{v+1} = d·x̄_v + (1 − d)·x_{v+1} with d = ``average["decay"]`` (the aggregator's, per version:
+    ``fedbuff_params.average_decay_at``; constant for "ema") and x̄_v downloaded from
     ``average["previous_uri"]``; x̄_1 = x_1 (no previous). Floating entries in float64, saved in
     the model's dtype; the others (counters) are x_{v+1}'s. Raises ``ModelError`` when the previous
     average's entries differ from the model's."""

@@ -107,7 +107,7 @@ class ReduceTasks(TaskFiles):
                 # before it named one: the strategy's constant server_lr
                 server_lr=float(inputs.get("server_lr", task.strategy.get("server_lr", 1.0))),
             )
-            if "average" in inputs:  # model_average "ema": the job's model is the versions' average
+            if "average" in inputs:  # a model_average: the job's model is the versions' average
                 scored = average_step(
                     ctx.model_path,
                     inputs["average"],

@@ -10,8 +10,10 @@ attempt resumed and the task's earlier attempts go on its result (``_resume_fiel
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from shardq.core.contracts import ShardTask
@@ -24,6 +26,33 @@ from shardq.worker.context import TaskContext
 from shardq.worker.devices import SlotDevice
 from shardq.worker.lease import Lease
 from shardq.worker.stop import StopFlags, StopSignal
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def both(here: Callable[[], A], there: Callable[[], B]) -> tuple[A, B]:
+    """``here()`` in this thread while ``there()`` runs in another; both results. Either error is
+    raised only once both ended (neither writes into the task's directory after it is given up),
+    ``here``'s first."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append((True, there()))
+        except BaseException as exc:  # re-raised in the caller's thread
+            out.append((False, exc))
+
+    thread = threading.Thread(target=run, name=f"{threading.current_thread().name}-setup", daemon=True)
+    thread.start()
+    try:
+        first = here()
+    finally:
+        thread.join()
+    ok, second = out[0]
+    if not ok:
+        raise second
+    return first, second
 
 
 class TaskSetup(TaskFiles):
@@ -39,9 +68,15 @@ class TaskSetup(TaskFiles):
         out_dir.mkdir()
         init = None
         if task.init_model_uri:
-            init = self._download(
-                task.init_model_uri, tmp / "init" / Path(urlparse(task.init_model_uri).path).name
+            uri = task.init_model_uri
+            # Two independent reads: the checkpoint pointer's round trip overlaps the init model's
+            # download (a promoted trial's task waits for the longer one, not both in turn).
+            init, resume = both(
+                lambda: self._download(uri, tmp / "init" / Path(urlparse(uri).path).name),
+                lambda: self._checkpoints(task, tmp, tlog),
             )
+        else:
+            resume = self._checkpoints(task, tmp, tlog)
         last = [-1.0]
 
         def progress(fraction: float) -> None:
@@ -49,7 +84,6 @@ class TaskSetup(TaskFiles):
                 last[0] = fraction
                 tlog.info("progress %.0f%%", fraction * 100, extra={"progress": fraction})
 
-        resume = self._checkpoints(task, tmp, tlog)
         return TaskContext(
             **resume,
             data=dict(task.data),

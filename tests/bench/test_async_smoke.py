@@ -55,6 +55,23 @@ def test_the_harness_state_survives_a_workers_reload_of_the_module() -> None:
     assert wl.BUSY is busy and wl.EVALS is evals and wl.ABORT is abort
 
 
+def test_fedbuff_row_specs_name_the_average_and_its_parameter() -> None:
+    # --fedbuff's OPTION tokens: ema[/DECAY] and poly[/ETA] become the request's model_average fields
+    specs = ["noniid:3:1:1:cached:poly", "noniid:3:1:4:cached:poly/1", "noniid:3:1:1:cached:ema/0.7"]
+    args = async_fl.parse(["--partitions", "noniid", *(x for spec in specs for x in ("--fedbuff", spec))])
+    poly, poly1, ema = args.fedbuff_rows
+    assert (poly["model_average"], "average_eta" not in poly) == ("polynomial", True)
+    assert (poly1["model_average"], poly1["average_eta"], poly1["updates"]) == ("polynomial", 1.0, 4.0)
+    assert (ema["model_average"], ema["ema_decay"]) == ("ema", 0.7)
+    assert async_fl.fedbuff_settings(poly).endswith(", poly-avg η 2")
+    assert async_fl.request(args, "noniid", [1.0] * 4, "s3://b/d", "s3://b/i", poly1)["strategy"] == {
+        "name": "fedbuff", "model_average": "polynomial", "average_eta": 1.0, "buffer_size": 3,
+        "server_lr": 1.0, "calibration": "cached", "cache_weight": "staleness",
+    }  # fmt: skip
+    with pytest.raises(SystemExit):
+        async_fl.parse(["--fedbuff", "noniid:3:1:1:cached:polynomial"])
+
+
 def test_fedbuff_final_accuracy_is_judged_within_1_point_either_way_and_budgets_are_named() -> None:
     def row(system: str, final: float, budget: int) -> dict[str, Any]:
         return {"system": system, "partition": "noniid", "target": 0.85, "time_to_target_s": 10.0,

@@ -52,7 +52,8 @@ from tests.chaos.model_world import ITEM_LIMIT, World, scan_items
 
 _COUNTER = re.compile(r"^([a-z]+)_r(\d+)_(train|reduce)$")
 _RESULT = re.compile(r"^(RES|LATE)#r(\d+)#(train|reduce)#(\d+)$")
-_COPY = re.compile(r"^COPY#r(\d+)#(train|reduce)#(\d+)#b\d+$")  # a losing backup copy's cost (async_backup)
+# A losing run's cost (store.copies): one per (copy, retry generation) of a sweep's task.
+_COPY = re.compile(r"^COPY#r(\d+)#(train|reduce)#(\d+)#b\d+(#g\d+)?$")
 _RETRIED = re.compile(r"^RETRIED#r(\d+)#(train|reduce)#")
 # Counters that count something other than outcomes.
 _NOT_OUTCOMES = ("ok", "enq", "plan", "part", "usd", "drop")
@@ -227,7 +228,8 @@ def _job_problems(world: World, job: JobRecord, items: list[dict[str, Any]]) -> 
 
 def cost_problems(job: JobRecord, items: list[dict[str, Any]], raw: dict[str, Any]) -> list[str]:
     """Invariant 10, **cost counted once**: the job's cost is the sum of its counted outcome items'
-    costs and its losing backup copies' (``COPY#`` items, one per copy), plus those of failures a
+    costs and its losing backup copies' (``COPY#`` items, one per run: copy and retry generation;
+    a counted failure a copy's success replaced is one too), plus those of failures a
     retry forgot (``forgotten_uusd``), and each (round, phase)'s ``usd`` counter the sum of its own;
     a duplicate or late outcome never adds its cost otherwise."""
     problems: list[str] = []

@@ -149,6 +149,29 @@ def test_with_cached_calibration_no_update_is_cached_twice(engine: Engine, seed:
     assert late, "the schedule should make some update late (τ > 1)"
 
 
+@pytest.mark.parametrize(
+    ("seed", "average"), [(11, {"model_average": "ema"}), (12, {"model_average": "polynomial"})]
+)
+def test_with_a_model_average_each_version_averages_in_once(engine: Engine, seed: int, average: Any) -> None:
+    # the versions' average (strategy.model_average) under duplicates, replays, kills and late
+    # updates: each reduce is sent its version's decay and the average beside the version before
+    status, replays = _run(engine, seed, buffer_size=2, max_staleness=1, calibration="cached", **average)
+    assert status == "SUCCEEDED" and replays > 0
+    problems = follows_versions(engine, f"chaos-fb-{seed}")
+    assert not problems, "\n".join(problems)
+    # the check can fail: a version whose reduce names a skipped average
+    layout, bucket = (
+        Layout(engine.settings.artifact_bucket, f"chaos-fb-{seed}"),
+        engine.settings.artifact_bucket,
+    )
+    inputs = json.loads(engine.s3.get_object(Bucket=bucket, Key=layout.reduce_inputs_key(2))["Body"].read())
+    inputs["average"]["previous_uri"] = None
+    engine.s3.put_object(Bucket=bucket, Key=layout.reduce_inputs_key(2), Body=json.dumps(inputs).encode())
+    assert any(
+        "version 2's reduce was sent average" in p for p in follows_versions(engine, f"chaos-fb-{seed}")
+    )
+
+
 def test_the_checker_sees_an_update_cached_twice(engine: Engine) -> None:
     # The check must be able to fail: rewrite a reduce's inputs so a row calibrates with an older
     # update of its client than its latest applied one (that older one is then cached twice).

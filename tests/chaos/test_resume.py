@@ -4,7 +4,6 @@ fan-out that died midway, each task enqueued once."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -17,18 +16,8 @@ from shardq.core.fanout import FanOutError
 from shardq.core.jobstore import Outcome
 from shardq.core.operations import retry_failed
 from shardq.core.settings import Settings
-from tests.helpers import FlakySQS, receive_all, result_for, tasks_of
+from tests.helpers import Clock, FlakySQS, receive_all, result_for, tasks_of
 from tests.requests import make_request
-
-
-class Clock:
-    """Wall time plus the seconds a test lets pass (the engine's and the store's clock)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
 
 
 def take(engine: Engine) -> dict[int, Any]:
@@ -44,9 +33,8 @@ def delayed(engine: Engine) -> int:
     return int(attrs["ApproximateNumberOfMessagesDelayed"])
 
 
-def test_retry_after_deadline_resumes_failed_round(make_engine: Callable[..., Engine]) -> None:
+def test_retry_after_deadline_resumes_failed_round(make_engine: Callable[..., Engine], clock: Clock) -> None:
     # GIVEN a 3-round data-parallel job whose rounds close at a 60 s deadline with 3 of 4 shards
-    clock = Clock()
     engine = make_engine(clock=clock)
     engine.submit(
         make_request(
@@ -64,7 +52,7 @@ def test_retry_after_deadline_resumes_failed_round(make_engine: Callable[..., En
     # ... whose round 1 got one result before its deadline passed (shards 1-3 stalled)
     stalled = take(engine)
     engine.ingest([Outcome(result_for(stalled[0]))])
-    clock.offset = 120
+    clock.advance(120)
     engine.ingest([rounds.Tick("dl", 1, clock())])
     job = engine.store.get_job("dl")
     assert (job.status, job.round) == ("FAILED", 1) and "reached its deadline" in (job.error or "")

@@ -16,7 +16,11 @@ job's counts, and check:
    (``previous``) exactly its client's latest earlier applied update, with the model and base
    that update was applied with; so each applied update is cached at most once (replaced by
    the client's next one), a late or failed one never; and each version reads the running sum
-   the reduce before it wrote.
+   the reduce before it wrote;
+7. with a ``model_average`` ("ema", "polynomial"), each reduce is sent its version's decay
+   (``average_decay_at``: a function of the version, so a retried reduce gets the same) and, as the
+   average so far, the one beside the version it steps from (none for the first): the averages
+   chain version by version, none skipped or taken twice.
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ from typing import Any
 
 from shardq.core.engine import Engine
 from shardq.core.fedbuff_calibration import CALIBRATION_NAME
-from shardq.core.fedbuff_params import cached_calibration, staleness_weight
+from shardq.core.fedbuff_params import (
+    average_decay_at,
+    average_uri,
+    averages,
+    cached_calibration,
+    staleness_weight,
+)
 from shardq.core.planning import Layout
 from shardq.core.store.fedbuff import FedBuffStore
 
@@ -89,6 +99,17 @@ def follows_versions(engine: Engine, job_id: str) -> list[str]:
     p += [f"update {key} listed under {n} versions" for key, n in listed.items() if n > 1]
     if cached_calibration(params):
         p += calibration_problems(job_id, job.task_count, layout, updates, reduced)
+    if averages(params):  # 7: each reduce's average section
+        for v, inputs in sorted(reduced.items()):
+            stepped = engine.store.results(job_id, v - 1, "reduce") if v else []
+            before = average_uri(str(stepped[0].result.model)) if stepped else None
+            want = {
+                "method": params["model_average"],
+                "decay": average_decay_at(params, v),
+                "previous_uri": before,
+            }
+            if inputs.get("average") != want:
+                p.append(f"version {v}'s reduce was sent average {inputs.get('average')}, expected {want}")
     # 5: counts
     counts = fb.counts(job_id)
     states = [u.state for u in updates.values()]

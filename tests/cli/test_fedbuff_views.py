@@ -107,20 +107,36 @@ def test_a_scheduled_server_lr_shows_in_status_and_result(engine: Engine, shardq
     assert [v["server_lr"] for v in manifest["per_version"]] == pytest.approx([1.0, 0.6, 0.2])
 
 
-def test_an_averaged_job_says_which_model_it_returns(engine: Engine, shardq: Shardq) -> None:
-    # GIVEN a FedBuff job that returns the moving average of its versions (decay 0.5)
-    request = fedbuff_request(engine, "fb-ema", model_average="ema", ema_decay=0.5)
-    job = run_job(engine, request)
+@pytest.mark.parametrize(
+    ("average", "shown", "said"),
+    [
+        ({"model_average": "ema", "ema_decay": 0.5}, (0.5, None), "the versions' moving average (decay 0.5)"),
+        (
+            {"model_average": "polynomial", "average_eta": 2.0},
+            (None, 2.0),
+            "the versions' polynomial-decay average (η 2: mean age 1/4 of them)",
+        ),
+    ],
+)
+def test_an_averaged_job_says_which_model_it_returns(
+    engine: Engine, shardq: Shardq, average: dict[str, Any], shown: tuple[Any, Any], said: str
+) -> None:
+    # GIVEN a FedBuff job that returns an average of its versions (EMA at decay 0.5, or polynomial)
+    job_id = f"fb-{average['model_average']}"
+    job = run_job(engine, fedbuff_request(engine, job_id, **average))
     assert job.status == "SUCCEEDED", job.error
-    # THEN status --json and the human status name the average and its decay
-    data = shardq("status", "fb-ema", "--json").json()["fedbuff"]
-    assert (data["model_average"], data["ema_decay"]) == ("ema", 0.5)
-    human = shardq("status", "fb-ema")
+    # THEN status --json and the human status name the average and its parameter
+    data = shardq("status", job_id, "--json").json()["fedbuff"]
+    assert (data["model_average"], data["ema_decay"], data["average_eta"]) == (
+        average["model_average"],
+        *shown,
+    )
+    human = shardq("status", job_id)
     assert human.code == 0, human.err
-    assert "the job's model: the versions' moving average (decay 0.5)" in human.out
+    assert f"the job's model: {said}" in human.out
     # ... and the manifest returns the average, naming the last version's own model beside it
-    manifest = shardq("result", "fb-ema", "--json").json()
+    manifest = shardq("result", job_id, "--json").json()
     last = manifest["fedbuff"]["last_version_model_uri"]
     assert last.endswith("/model.npz") and "/average/" not in last
-    assert manifest["fedbuff"]["model_average"] == "ema"
+    assert manifest["fedbuff"]["model_average"] == average["model_average"]
     assert manifest["final_model_uri"] == last.rsplit("/", 1)[0] + "/average/model.npz"

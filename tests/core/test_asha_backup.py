@@ -9,6 +9,7 @@ deduplication, both copies' outcomes count once, the promotion is decided once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -25,8 +26,8 @@ from shardq.worker.drops import drop_reason
 from tests.chaos.model_invariants import cost_problems
 from tests.chaos.model_world import scan_items
 from tests.core.test_asha import asha_sweep, loss_of, take
-from tests.core.test_asha_prefetch import Clock, at, clock, decision, outcome  # noqa: F401 (fixture)
-from tests.helpers import result_for
+from tests.core.test_asha_prefetch import at, decision, outcome
+from tests.helpers import Clock, result_for
 
 TLOG = logging.LoggerAdapter(logging.getLogger("test"), {})
 REQUEST = TrainingRequest.from_dict(asha_sweep("p", trials=5, max_parallel=2))
@@ -86,11 +87,11 @@ def test_a_slow_workers_task_is_backed_up_when_a_free_slot_has_nothing_else() ->
 
 def test_no_backup_while_a_promotion_or_a_new_trial_can_run() -> None:
     decisions, results, recorded = straggler_scene()
-    # GIVEN trials left to draw: the free slots take them (two free workers: two new trials), and
-    # no backup is decided
-    assert plan(6, decisions, results, recorded, now=10.0) == [(0, 4, 0, 0), (0, 5, 1, 0)]
-    # AND with one trial left, the first slot takes it, and only the slot left over the backup
-    assert plan(5, decisions, results, recorded, now=10.0) == [(0, 4, 0, 0), (0, 3, 1, 1)]
+    # GIVEN twenty trials left to draw, more than the two fast workers start before the slow
+    # worker's trial 3 ends (20 × 0.5 s, shared by two, against its 4.8 s left): the free slots (two
+    # free workers and a spare lane) take new trials, and no backup is decided
+    # (``test_a_backup_that_still_gains_after_the_last_trials_goes_before_them`` for fewer)
+    assert plan(24, decisions, results, recorded, now=10.0) == [(0, 4, 0, 0), (0, 5, 1, 0), (0, 6, 2, 0)]
     # GIVEN a promotion due instead (rung 1 reaches three results, trial 0's the best)
     more = [
         *decisions,
@@ -105,6 +106,35 @@ def test_no_backup_while_a_promotion_or_a_new_trial_can_run() -> None:
     stamps = {**recorded, (1, 1): at(7.6), (1, 2): at(7.7)}
     # THEN the promotion takes the first slot; the backup only a slot left over
     assert plan(4, more, done, stamps, now=10.0) == [(2, 0, 0, 0), (0, 3, 1, 1)]
+
+
+def test_a_backup_that_still_gains_after_the_last_trials_goes_before_them() -> None:
+    decisions, results, recorded = straggler_scene()
+    # GIVEN two trials left to draw, fewer than the two fast workers start before the slow worker's
+    # trial 3 ends: a copy started after them would still end first
+    slots = async_prefetch.lane_slots(
+        decisions, results, 4, 0, async_prefetch.epoch(at(10.0)), recorded=recorded
+    )
+    assert slots.fast_workers == 2 and slots.idle_slow == 0
+    assert async_backup.due_now(slots.suspects, 2, 0.5, 2) == slots.suspects
+    assert async_backup.due_now(slots.suspects, 20, 0.5, 2) == []
+    # THEN it goes first, in the best free lane a fast worker takes now, and the trials after it
+    assert plan(6, decisions, results, recorded, now=10.0) == [(0, 3, 0, 1), (0, 4, 1, 0), (0, 5, 2, 0)]
+    assert plan(5, decisions, results, recorded, now=10.0) == [(0, 3, 0, 1), (0, 4, 1, 0)]
+    # AND with both fast workers' lanes busy, it takes the spare lane a new trial would (it waits
+    # there for the first fast worker to free)
+    busy = [*decisions, decision(0, 4, 0, decided=9.9), decision(0, 5, 1, decided=9.9)]
+    assert plan(8, busy, results, recorded, now=10.0) == [(0, 3, 2, 1)]
+    assert plan(30, busy, results, recorded, now=10.0) == [(0, 6, 2, 0)]
+    # AND a task only presumed on the slow worker (it freed at 9.7 s, trial 3 became available in
+    # lane 1 at 9.75 s, and has run past a fast worker's time) is not copied before new trials: a
+    # mistaken copy mid-sweep would hold its lane as a losing copy for a slow task's time (dev run,
+    # BENCHMARKS.md §19); it is copied once nothing else can run
+    # (``test_a_task_an_idle_slow_worker_may_have_taken_is_copied_only_once_past_a_fast_workers_time``)
+    idle = [*decisions[:4], decision(0, 3, 1, decided=9.75)]
+    late = async_prefetch.lane_slots(idle, results, 4, 0, async_prefetch.epoch(at(10.5)), recorded=recorded)
+    assert late.idle_slow == 1 and [s.task.key for s in late.suspects] == [(0, 3)]
+    assert plan(6, idle, results, recorded, now=10.5) == [(0, 4, 0, 0), (0, 5, 2, 0)]
 
 
 def test_a_task_is_backed_up_once_and_a_fast_workers_task_never() -> None:
@@ -226,13 +256,12 @@ def test_the_losing_copys_lane_stays_busy_until_its_copy_is_presumed_ended() -> 
 
 
 def test_the_backup_copy_has_its_own_dedup_id_output_and_checkpoints_and_is_dropped_once_answered(
-    engine: Engine,
-    clients: dict[str, Any],
-    clock: Clock,  # noqa: F811 (the fixture imported above)
+    make_engine: Callable[..., Engine], clients: dict[str, Any], clock: Clock
 ) -> None:
-    # GIVEN a 5-trial ASHA sweep on 2 lanes: fast workers report trials 0, 2, 3 (0.5 s each) and
-    # trial 0's promotion; the slow worker reports trial 1 after 5 s, then takes trial 4 (drawn
-    # into its lane: the last trial)
+    # GIVEN a 5-trial ASHA sweep on 2 lanes (on the engine's controlled clock): fast workers report
+    # trials 0, 2, 3 (0.5 s each) and trial 0's promotion; the slow worker reports trial 1 after
+    # 5 s, then takes trial 4 (drawn into its lane: the last trial)
+    engine = make_engine(clock=clock)
     engine.submit(asha_sweep("bk", trials=5, max_parallel=2))
 
     def finish(task: ShardTask, worker: str, seconds: float, wait: float) -> None:

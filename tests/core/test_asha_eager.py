@@ -32,6 +32,9 @@ from tests.core.test_asha import (
 )
 from tests.helpers import result_for
 
+# On the test's clock: no prefetch, whatever the load (see ``tests.core.test_asha``).
+pytestmark = pytest.mark.controlled_clock
+
 EAGER = {**ASHA, "promotion": "eager"}
 
 

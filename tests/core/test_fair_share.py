@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -14,7 +13,7 @@ from shardq.core.contracts import TrainingRequest, ValidationError
 from shardq.core.engine import Engine, request_hash
 from shardq.core.jobstore import JobRecord, Outcome
 from shardq.core.settings import Settings
-from tests.helpers import count_messages, receive_all, result_for, tasks_of
+from tests.helpers import Clock, count_messages, receive_all, result_for, tasks_of
 
 LANES = 4
 TENANTS = {
@@ -23,16 +22,6 @@ TENANTS = {
     "small": {"quotas": {"running_jobs": 1, "queued_shards": 50}},
     "capped": {"quotas": {"running_jobs": 2, "running_tasks": 3}},
 }
-
-
-class Clock:
-    """A wall clock the test moves (priority aging)."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make(settings: Settings, clients: dict[str, Any], **options: Any) -> Engine:
@@ -66,7 +55,7 @@ def window(engine: Engine, job_id: str) -> int:
 def test_weights_split_a_saturated_fleet_two_to_one(settings: Settings, clients: dict[str, Any]) -> None:
     # GIVEN tenants weighted 2:1, each with a job bigger than its window (the fleet is saturated);
     # the clock stands still, so no job ages past another while the test runs
-    engine = make(settings, clients, clock=Clock(1_000_000.0))
+    engine = make(settings, clients, clock=Clock())
     engine.submit(job("v", tenant="vision"))
     engine.submit(job("s", tenant="speech"))
     # THEN their windows — and so their shares of the queue's service — stand 2:1
@@ -88,8 +77,8 @@ def test_a_job_without_a_tenant_runs_as_the_default_one(settings: Settings, clie
 def test_high_priority_goes_first_and_aging_ends_the_wait(
     settings: Settings, clients: dict[str, Any]
 ) -> None:
-    # (the job record's created_at is the wall clock's: aging counts from there)
-    clock = Clock(time.time())
+    # (aging counts from the job record's created_at: a stamp of the engine's clock)
+    clock = Clock()
     engine = make(settings, clients, clock=clock)
     # GIVEN a low-priority flood running
     engine.submit(job("low", 3000, priority=0))

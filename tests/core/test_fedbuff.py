@@ -339,11 +339,11 @@ LOCKSTEP: dict[str, Any] = {
 }
 
 
-def _lockstep(engine: Engine, request: dict[str, Any], crew: int) -> str:
-    """Run a job with ``crew`` real workers that each take one task per step (equal speeds), the
-    aggregator recording each step's results together; the final model's URI."""
+def _lockstep(engine: Engine, request: dict[str, Any], crew: int, team: list[Any] | None = None) -> str:
+    """Run a job with ``crew`` real workers (or ``team``) that each take one task per step (equal
+    speeds), the aggregator recording each step's results together; the final model's URI."""
     job_id = engine.submit(request)["job_id"]
-    team = workers(engine, crew)
+    team = team or workers(engine, crew)
     for _ in range(200):
         for w in team:
             w.poll_once()

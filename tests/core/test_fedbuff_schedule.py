@@ -69,8 +69,11 @@ SCHEDULE = "strategy.server_lr_schedule"
     [
         ("server_lr_schedule", "step", f"{SCHEDULE} must be one of constant, cosine, linear, got 'step'"),
         ("server_lr_schedule", None, f"{SCHEDULE} must be one of constant, cosine, linear, got None"),
-        ("server_lr_floor", 1.5, "strategy.server_lr_floor must be in [0.0, 1.0], got 1.5"),
-        ("server_lr_floor", -0.1, "strategy.server_lr_floor must be in [0.0, 1.0], got -0.1"),
+        ("server_lr_floor", 1.5, "strategy.server_lr_floor must be in (0.0, 1.0], got 1.5"),
+        ("server_lr_floor", -0.1, "strategy.server_lr_floor must be in (0.0, 1.0], got -0.1"),
+        # 0: the last version's step would be 0, its buffer's paid updates discarded (as server_lr 0)
+        ("server_lr_floor", 0.0, "strategy.server_lr_floor must be in (0.0, 1.0], got 0.0: 0 would make the "
+         "last version's step 0 and discard its buffer's paid updates; use a small positive floor"),
         ("server_lr_floor", "low", "strategy.server_lr_floor must be a number, got 'low'"),
     ],
 )  # fmt: skip

@@ -19,7 +19,11 @@ import pytest
 optuna = pytest.importorskip(
     "optuna", reason="optuna is optional: make optuna installs it", exc_type=ImportError
 )
-pytestmark = pytest.mark.filterwarnings("ignore:The value nan is not acceptable")
+# On the test's clock: no prefetch, whatever the load (see ``tests.core.test_asha``).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The value nan is not acceptable"),
+    pytest.mark.controlled_clock,
+]
 
 from shardq.core import operations  # noqa: E402
 from shardq.core.contracts import ShardResult, ShardTask, ValidationError  # noqa: E402

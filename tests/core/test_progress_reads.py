@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from shardq.core.progress_reads import (
 )
 from shardq.core.settings import Settings
 from shardq.local.resources import provision, stack_template
-from tests.helpers import CountingClient, receive_all, result_for, tasks_of
+from tests.helpers import Clock, CountingClient, receive_all, result_for, tasks_of
 from tests.requests import make_request
 
 pytestmark = pytest.mark.local_cloud
@@ -200,9 +200,10 @@ def test_a_table_without_the_index_is_read_as_before(engine: Engine, clients: di
 
 
 def test_an_idle_jobs_last_outcomes_are_not_read_again_once_the_overlap_has_passed(
-    engine: Engine, settings: Settings, clients: dict[str, Any]
+    make_engine: Callable[..., Engine], settings: Settings, clients: dict[str, Any], clock: Clock
 ) -> None:
-    # GIVEN a feed that read a job's 3 outcomes
+    # GIVEN a feed that read a job's 3 outcomes (stamped, and read, on the engine's clock)
+    engine = make_engine(clock=clock)
     tasks = _job(engine, settings, clients)
     engine.store.record([Outcome(result_for(tasks[s])) for s in range(3)])
     feed = OutcomeFeed(engine.store, "feed")
@@ -210,8 +211,7 @@ def test_an_idle_jobs_last_outcomes_are_not_read_again_once_the_overlap_has_pass
     counting = CountingClient(engine.store.ddb)
     engine.store.ddb = counting
     # WHEN the reader's clock is past the overlap and the skew allowed (nothing new recorded)
-    later = time.time() + OVERLAP_S + SKEW_S + 1
-    engine.store.clock = lambda: later
+    clock.advance(OVERLAP_S + SKEW_S + 1)
     assert feed.read() == []
     assert feed.read() == []
     # THEN the last read reached back to no stored outcome at all

@@ -26,7 +26,7 @@ from shardq.core.operations import cancel, retry_failed
 from shardq.core.rounds import Tick
 from shardq.core.settings import Settings
 from tests.core.test_manifest_parts import FAILED, SHARDS, read_manifest, read_parts, report_map_job
-from tests.helpers import receive_all, result_for, tasks_of
+from tests.helpers import Clock, receive_all, result_for, tasks_of
 from tests.requests import make_request
 
 RANGE = 5
@@ -36,16 +36,6 @@ RANGES = 5  # ceil(23 / 5)
 def close(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> bool:
     """Per-metric figures equal to rounding (range sums are added in another order)."""
     return a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-12) for k in a)
-
-
-class Clock:
-    """A wall clock the test moves (the watchdog's lease)."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

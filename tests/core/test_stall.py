@@ -18,20 +18,10 @@ from shardq.core.jobstore import Outcome
 from shardq.core.settings import Settings
 from shardq.core.stall import StallWatch, explain, span
 from shardq.local.resources import dlq_urls
-from tests.helpers import result_for, tasks_of
+from tests.helpers import Clock, result_for, tasks_of
 from tests.requests import make_request
 
 pytestmark = pytest.mark.local_cloud
-
-
-class Clock:
-    """Seconds the test sets: ``clock.now = 312``."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _queues(clients: dict[str, Any], settings: Settings) -> dict[str, str]:
@@ -60,7 +50,7 @@ def test_a_task_received_and_never_answered_is_a_stall_once_the_threshold_passes
 ) -> None:
     # GIVEN a job whose only received task is held by a dead worker, watched with a 120 s threshold
     task = _submit_and_take_one(engine, settings, clients)
-    clock = Clock()
+    clock = Clock(0.0)
     watch = StallWatch(clients["sqs"], _queues(clients, settings), stall_after_s=120, clock=clock)
     job = engine.store.get_job("stuck")
     assert watch.observe(job) is None
@@ -91,7 +81,7 @@ def test_results_in_the_results_dlq_are_named_with_the_command_that_shows_them(
     queues = _queues(clients, settings)
     for _ in range(2):
         clients["sqs"].send_message(QueueUrl=queues["results-dlq"], MessageBody=result_for(task).to_json())
-    clock = Clock()
+    clock = Clock(0.0)
     watch = StallWatch(clients["sqs"], queues, stall_after_s=60, clock=clock)
     watch.observe(engine.store.get_job("stuck"))
     # WHEN the threshold passes, THEN the stall names the DLQ first (the results will not come)
@@ -119,7 +109,7 @@ def test_watch_prints_the_stall_withholds_the_eta_and_says_when_progress_resumes
 ) -> None:
     # GIVEN watch (plain text) and watch --json over a job whose received task was never answered
     task = _submit_and_take_one(engine, settings, clients)
-    clock = Clock()
+    clock = Clock(0.0)
     plain, lines = io.StringIO(), io.StringIO()
     kwargs = {"queues": _queues(clients, settings), "stall_after": 120, "clock": clock}
     watches = [
@@ -159,7 +149,7 @@ def test_the_dashboard_job_api_carries_the_stall(
 
     # GIVEN the dashboard over a job whose received task was never answered
     task = _submit_and_take_one(engine, settings, clients)
-    clock = Clock()
+    clock = Clock(0.0)
     clock.now = 1_000_000.0
     data = DashboardData(
         store=engine.store,

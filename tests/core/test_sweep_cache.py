@@ -19,6 +19,9 @@ from shardq.core.progress_reads import OutcomeFeed
 from tests.core.test_asha import asha_sweep, reference_asha, report, scripted_value, take
 from tests.helpers import result_for
 
+# On the test's clock: no prefetch, whatever the load (see ``tests.core.test_asha``).
+pytestmark = pytest.mark.controlled_clock
+
 
 def run_in_order(
     engines: list[Engine], clients: dict[str, Any], job_id: str, order: list[int]

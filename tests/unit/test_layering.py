@@ -71,6 +71,7 @@ STORE_FAMILY = frozenset(
         "progress_reads.py",  # progress reads over the by_recorded index, for watch and the dashboard
         "store/__init__.py",
         "store/base.py",
+        "store/copies.py",  # an asynchronous sweep's backup copies: each run's cost, a success over a failure
         "store/counting.py",
         "store/fedbuff.py",  # FedBuff: each client update once, with its base version and version
         "store/keys.py",

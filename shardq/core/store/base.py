@@ -5,13 +5,14 @@ and query calls with their retries of what DynamoDB left unprocessed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from shardq.core.batchcalls import until_processed
 from shardq.core.store.keys import (
     BATCH_GET_KEYS,
     BATCH_WRITE_ITEMS,
+    _iso,
     _pk,
 )
 from shardq.core.store.update import _Update
@@ -20,10 +21,19 @@ from shardq.core.store.update import _Update
 class StoreBase:
     """The table and client of a job store, and the calls its parts share (see ``JobStore``)."""
 
-    def __init__(self, table: str, client: Any, *, clock: Any = time.time) -> None:
+    def __init__(self, table: str, client: Any, *, clock: Callable[[], float] = time.time) -> None:
         self.table = table
         self.ddb = client
+        # The engine's one clock (seconds since the epoch): its deadlines and its stamps (``stamp``).
         self.clock = clock
+
+    def stamp(self) -> str:
+        """The store's clock now, as a ``now_iso`` stamp: every stamp the engine later compares with
+        a ``clock()`` reading or with another such stamp (``recorded_at``, ``decided_at``,
+        ``created_at``, ``round_started_at``, ``cancel_requested_at``), so that an incremental read's
+        "since", a prefetch's round trip and a round's deadline all read one time, which a test
+        drives by giving the engine its clock."""
+        return _iso(self.clock())
 
     def _update(self, job_id: str, update: _Update, *, stamp: bool = True) -> bool:
         """Apply a conditional update; False when its condition did not hold."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from shardq.core.batchcalls import JobStoreError
 from shardq.core.batchcalls import pause as _pause
+from shardq.core.store.copies import Copies
 from shardq.core.store.keys import (
     DEADLINE_MARGIN_S,
     ENDING_ATTRIBUTE,
@@ -17,7 +18,6 @@ from shardq.core.store.keys import (
     _counter,
     _from_item,
     job_key,
-    now_iso,
 )
 from shardq.core.store.records import (
     JobNotFound,
@@ -25,7 +25,7 @@ from shardq.core.store.records import (
     RecordOutcome,
 )
 from shardq.core.store.retried import RetryMarks
-from shardq.core.store.spending import COST_ATTRIBUTE, Spending
+from shardq.core.store.spending import COST_ATTRIBUTE
 from shardq.core.store.update import _ref, _Update, not_ending
 
 
@@ -37,7 +37,7 @@ def _preferred(outcome: Outcome) -> tuple[bool, int]:
     return (outcome.result.status != "failed", outcome.result.generation)
 
 
-class Counting(RetryMarks, Spending):
+class Counting(RetryMarks, Copies):
     """``record``: result items and the counter increments that count them, in one transaction."""
 
     def record(
@@ -142,7 +142,7 @@ class Counting(RetryMarks, Spending):
         for attempt in range(MAX_RECORD_ATTEMPTS):
             if not chunk:
                 return [], duplicates, stale
-            recorded_at = now_iso()
+            recorded_at = self.stamp()
             puts = [
                 {
                     "Put": {
@@ -239,7 +239,7 @@ class Counting(RetryMarks, Spending):
 
     def _record_late(self, chunk: list[Outcome]) -> list[Outcome]:
         """Keep outcomes of a closed round (or stale failures) apart (``LATE#``), uncounted; idempotent."""
-        recorded_at = now_iso()
+        recorded_at = self.stamp()
         for o in chunk:
             item = o.item(recorded_at)
             item["sk"] = {"S": "LATE#" + item["sk"]["S"].removeprefix("RES#")}

@@ -60,7 +60,6 @@ from shardq.core.store.keys import (
     _pk,
     _to_item,
     job_key,
-    now_iso,
 )
 from shardq.core.store.records import JobChanged, JobNotFound
 from shardq.core.store.spending import COST_ATTRIBUTE
@@ -350,7 +349,7 @@ class FedBuffStore:
     def _writes(
         self, job_id: str, placed: list[Update], before: Counts, after: Counts, idle: bool
     ) -> list[dict[str, Any]]:
-        at = now_iso()
+        at = self.store.stamp()
         writes: list[dict[str, Any]] = []
         for u in placed:
             body = {**_to_item({**u.attributes(), "recorded_at": at})}
@@ -402,7 +401,7 @@ class FedBuffStore:
 
     def _after_end(self, job_id: str, chunk: list[Update]) -> list[Update]:
         """Keep updates that arrived after the job ended, uncounted (idempotent)."""
-        at = now_iso()
+        at = self.store.stamp()
         kept = []
         for u in chunk:
             late = Update(**{**u.__dict__, "state": AFTER_END})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -49,12 +50,14 @@ _FINISH_ATTRIBUTES = (
 
 
 def now_iso() -> str:
-    """UTC timestamp with milliseconds, sortable as a string."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The wall clock's time as a stamp, for stamps that are only shown (``updated_at``, the spend
+    log's). A stamp the engine compares with a ``clock()`` reading, or with another such stamp, is
+    the store's clock's instead (``StoreBase.stamp``): the engine's time is that one source."""
+    return _iso(time.time())
 
 
 def _iso(seconds: float) -> str:
-    """``now_iso``'s format for a time in seconds since the epoch (the store's clock)."""
+    """UTC timestamp with milliseconds, sortable as a string, of seconds since the epoch."""
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -11,7 +11,7 @@ with the ``Job Finished`` event marked pending, as ``JobStore.finish`` does for 
 from __future__ import annotations
 
 from shardq.core.store.base import StoreBase
-from shardq.core.store.keys import _from_item, _iso, _pk, _to_item
+from shardq.core.store.keys import _from_item, _pk, _to_item
 from shardq.core.store.update import _Update
 
 WAITING = "WAITING"
@@ -37,7 +37,7 @@ class PipelineLinks(StoreBase):
             status="RUNNING",
             request=request_json,
             model_uri=model_uri,
-            round_started_at=_iso(self.clock()),
+            round_started_at=self.stamp(),
         )
         return self._update(job_id, update.expect(status=WAITING))
 

@@ -81,9 +81,12 @@ class JobRecord:
     ending: Mapping[str, Any] | None = None
 
     @classmethod
-    def new(cls, request: TrainingRequest, job_id: str, request_hash: str) -> JobRecord:
-        """The record of a job just submitted: RUNNING, round 0, training."""
-        now = now_iso()
+    def new(
+        cls, request: TrainingRequest, job_id: str, request_hash: str, *, at: str | None = None
+    ) -> JobRecord:
+        """The record of a job just submitted: RUNNING, round 0, training. ``at``: when (the
+        engine's clock, ``StoreBase.stamp``: round 0's deadline counts from it); else the wall clock."""
+        now = at or now_iso()
         return cls(
             job_id=job_id,
             kind=request.kind,

@@ -7,11 +7,10 @@ two writes of the spend guard (``shardq.core.spend``):
 * ``mark_budget_stop``: once, while the job runs, the cost and outcome count when new tasks stopped;
 * ``record_drop``: a task a worker dropped unrun because of that stop, once per task
   (``DROP#r0003#train#000042``), with the ``drop_*`` counter of its (round, phase), so the job
-  knows when nothing it sent is still running;
-* ``count_copy_cost``: an asynchronous sweep's backup copy that ran and lost (its outcome a
-  duplicate of the other copy's) adds its cost to the job, once per copy
-  (``COPY#r0003#train#000042#b1``), so the job's cost and its ``budget_usd`` guard count every
-  priced run.
+  knows when nothing it sent is still running.
+
+An asynchronous sweep's backup copy that ran and lost adds its cost to the job once per run
+(``COPY#`` items, ``store.copies``).
 
 A tenant's month-to-date cost lives in ``pk = TENANT#<name>``, ``sk = SPEND#2026-12``
 (``cost_uusd``): ``tenant_month_update`` is the recording transaction's third kind of item, so a
@@ -23,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardq.core.messages import ShardResult
 from shardq.core.store.base import StoreBase
 from shardq.core.store.keys import _counter, _pk, _result_key, _to_item, now_iso
 from shardq.core.store.update import _ref, _Update, not_ending
@@ -51,12 +49,8 @@ def _drop_key(job_id: str, round_no: int, task_type: str, shard_id: int) -> dict
     return {"pk": _pk(job_id), "sk": {"S": f"DROP#r{round_no:04d}#{task_type}#{shard_id:06d}"}}
 
 
-def _copy_key(job_id: str, round_no: int, task_type: str, shard_id: int, backup: int) -> dict[str, Any]:
-    return {"pk": _pk(job_id), "sk": {"S": f"COPY#r{round_no:04d}#{task_type}#{shard_id:06d}#b{backup}"}}
-
-
 class Spending(StoreBase):
-    """The spend guard's writes (``mark_budget_stop``, ``record_drop``, ``count_copy_cost``)."""
+    """The spend guard's writes (``mark_budget_stop``, ``record_drop``) and the tenant's month."""
 
     def mark_budget_stop(self, job_id: str, cost_micro_usd: int, counted: int, **tenant: Any) -> bool:
         """Record that the job's budget (or, with ``tenant``'s ``tenant``, ``monthly_uusd`` and
@@ -104,50 +98,6 @@ class Spending(StoreBase):
                         }
                     },
                     {"Update": update.request(self.table, job_id, stamp=False)},
-                ]
-            )
-            return True
-        except self.ddb.exceptions.TransactionCanceledException:
-            return False
-
-    def count_copy_cost(self, result: ShardResult, tenant: str | None = None) -> bool:
-        """Add what a backup copy's run cost to its job (and ``tenant``'s month), once per copy,
-        when ``result`` is the duplicate of a task whose *other* copy's outcome was counted
-        (``shardq.core.async_backup``): both copies ran on a priced worker, but the recording
-        transaction counts one outcome per task. Its ``COPY#`` item is written once (a redelivered
-        duplicate of the same copy adds nothing), while the job runs (as an outcome counts). False
-        when nothing was added: unpriced, no counted outcome of the task, the counted outcome is this
-        copy's own (a redelivery), counted already, or the job ended."""
-        cost = result.cost_micro_usd
-        if not cost:
-            return False
-        key = _result_key(result.job_id, result.round, result.task_type, result.shard_id)
-        item = self.ddb.get_item(
-            TableName=self.table, Key=key, ProjectionExpression="#r",
-            ExpressionAttributeNames={"#r": "result"}, ConsistentRead=True,
-        ).get("Item")  # fmt: skip
-        if item is None or ShardResult.from_json(item["result"]["S"]).backup == result.backup:
-            return False
-        update = not_ending(_Update().expect(status="RUNNING"))
-        update.add(COST_ATTRIBUTE, cost)
-        update.add(_counter("usd", result.round, result.task_type), cost)
-        marker = {
-            **_copy_key(result.job_id, result.round, result.task_type, result.shard_id, result.backup),
-            **_to_item({"counted_at": now_iso(), "cost_uusd": cost}),
-        }
-        month = [{"Update": self.tenant_month_update(tenant, cost)}] if tenant else []
-        try:
-            self.ddb.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.table,
-                            "Item": marker,
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                    {"Update": update.request(self.table, result.job_id, stamp=False)},
-                    *month,
                 ]
             )
             return True

@@ -47,7 +47,6 @@ from shardq.core.store.keys import (
     _result_key,
     _to_item,
     job_key,
-    now_iso,
 )
 from shardq.core.store.records import JobChanged
 from shardq.core.store.retried import retried_item
@@ -208,7 +207,7 @@ class SweepDecisions(StoreBase):
         under the new ``seq`` (and their new ``generation``), so the next pass sends them again."""
         if len(decisions) > MAX_DECISIONS:
             raise ValueError(f"decide: at most {MAX_DECISIONS} decisions a pass, got {len(decisions)}")
-        now = now_iso()
+        now = self.stamp()
         entries = [_fields(d, seen + 1, now) for d in decisions]
         puts = [
             {
