@@ -9,8 +9,9 @@ everywhere), eta 3 and budgets 1 → 3 → 9 epochs, and ``--workers`` workers w
 slower). Every rung sleeps ``--unit-s × epochs × its worker's factor`` on top of the real training.
 
 * shardq: the in-process engine over the local cloud (``benchmarks.rounds_local``) with
-  ``--workers`` real ``Worker`` threads; ``early_stopping.method`` ``asha`` and
-  ``successive_halving`` (ASHA is skipped with a message until this shardq has it);
+  ``--workers`` real ``Worker`` threads that read the job table before each task as ``shardq worker``
+  does (one GetItem a task; a backup copy whose task is answered is deleted unrun);
+  ``early_stopping.method`` ``asha`` and ``successive_halving``;
 * Optuna (``make bench-rounds`` / ``make bench-async`` installs it): ``study.optimize`` with
   ``n_jobs = --workers`` threads, worker ``k`` = the ``k``-th thread seen;
 * Ray Tune (``make raytune``: its own venv, ``.venv/raytune``), ``benchmarks.async_raytune`` in a
@@ -212,7 +213,9 @@ def run_shardq(
     default = s["workers"] if method == "asha" else max(s["workers"], len(s["points"]))
     req["max_parallel"] = parallel or default
     req["job_id"] = f"async-sweep-{method}-{os.getpid()}-{int(time.time())}"
-    with LocalRun(cloud, workers=s["workers"]) as run:
+    # The workers read the job table before each task, as deployed ones do (an answered backup copy
+    # is then deleted unrun): the per-task figures are a real worker's.
+    with LocalRun(cloud, workers=s["workers"], job_checks=True) as run:
         wl.BUSY.intervals.clear()
         wl.ABORT.clear()
         t0 = time.time()

@@ -50,8 +50,12 @@ class Timeline:
 class LocalRun:
     """One isolated set of local-cloud resources, its engine and ``workers`` worker threads."""
 
-    def __init__(self, cloud: LocalCloud, workers: int, *, wait_s: int = 1) -> None:
+    def __init__(self, cloud: LocalCloud, workers: int, *, wait_s: int = 1, job_checks: bool = False) -> None:
         self.cloud = cloud
+        # ``job_checks``: the workers read the job table before each task, as ``shardq worker`` does
+        # (``shardq.worker.drops``: a cancelled or finished job's task, or a backup copy whose task
+        # is answered, is deleted unrun), at one GetItem a task; off, they run whatever they receive.
+        self.job_checks = job_checks
         self.sqs, self.s3 = cloud.client("sqs"), cloud.client("s3")
         self.settings: Settings = provision(self.sqs, cloud.client("dynamodb"), self.s3)
         self.engine = Engine(
@@ -78,6 +82,8 @@ class LocalRun:
             results_queue_url=self.settings.results_queue_url,
             worker_id=f"bench-{index}",
             wait_s=wait_s,
+            ddb=self.cloud.client("dynamodb") if self.job_checks else None,
+            job_table=self.settings.job_table if self.job_checks else None,
         )
         self.ready.release()
         worker.run(self.stop)
