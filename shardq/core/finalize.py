@@ -330,7 +330,8 @@ class Finisher:
             # A FedBuff job: versions, updates applied/late/failed and staleness (shardq.core.fedbuff_view).
             return {**manifest, **fedbuff_view.manifest_section(self.store, job, status)}
         rows = self.store.iter_results(job.job_id)  # one query page (≤ 1 MB) in memory at a time
-        copies = self.store.copy_costs(job.job_id) if job.request.asynchronous else None
+        # The runs counted before the freeze: the frozen record's cost (the manifest's) holds those.
+        copies = self.store.copy_costs(job.job_id, at_end=True) if job.request.asynchronous else None
         return render_manifest(job, status, error, rows, summaries, self._put_part, layout, copies=copies)
 
     def digest_range(

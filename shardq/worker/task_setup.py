@@ -47,8 +47,12 @@ def both(here: Callable[[], A], there: Callable[[], B]) -> tuple[A, B]:
     thread.start()
     try:
         first = here()
-    finally:
+    except BaseException as exc:
         thread.join()
+        if not out[0][0]:  # both failed: the other's error goes with this one, not lost
+            exc.add_note(f"meanwhile, in {thread.name}: {out[0][1]!r}")
+        raise
+    thread.join()
     ok, second = out[0]
     if not ok:
         raise second

@@ -22,16 +22,24 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 CLEANUP_S = 30.0  # what an interrupted benchmark gets to stop its cloud and workers
+# ``python -m module`` with SIGINT raising KeyboardInterrupt whatever the parent's disposition: a
+# shell's background job (CI's) starts with SIGINT ignored, an ignored signal survives exec, and the
+# interpreter then installs no handler, so the interrupt would never reach the benchmark's
+# ``finally``. A handled SIGINT is reset to its default in the benchmark's own children.
+_INTERRUPTIBLE = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "del sys.argv[0]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+)
 
 
 def run_benchmark(
     module: str, *args: str, timeout: float, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """Run ``python -m module args`` from the repository root; assert it exited 0 and printed a
-    ``BENCH_JSON`` line, and return that line's figures."""
+    """Run ``python -m module args`` (``_INTERRUPTIBLE``) from the repository root; assert it
+    exited 0 and printed a ``BENCH_JSON`` line, and return that line's figures."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, text=True,
+        [sys.executable, "-c", _INTERRUPTIBLE, module, *args], cwd=ROOT, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     try:

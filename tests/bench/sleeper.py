@@ -10,13 +10,15 @@ import time
 from pathlib import Path
 
 if __name__ == "__main__":
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    child = None
     try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(120)"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
         Path(sys.argv[1]).write_text(str(child.pid))
         time.sleep(120)
     finally:
-        child.kill()
-        child.wait()
+        if child is not None:
+            child.kill()
+            child.wait()

@@ -24,7 +24,7 @@ def _alive(pid: int) -> bool:
 def test_a_benchmark_past_its_timeout_is_interrupted_and_stops_what_it_started(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     with pytest.raises(AssertionError, match="ran past"):
-        run_benchmark("tests.bench.sleeper", str(pid_file), timeout=3)
+        run_benchmark("tests.bench.sleeper", str(pid_file), timeout=10)  # its pid is written by then
     child = int(pid_file.read_text())
     # Killed outright (what ``subprocess.run(timeout=…)`` does), the benchmark could not stop its
     # own-session child: it would sleep on for two minutes.

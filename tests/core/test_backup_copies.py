@@ -13,7 +13,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from shardq.core import async_prefetch, search
+from shardq.core.batchcalls import JobStoreError
 from shardq.core.contracts import ShardTask
 from shardq.core.engine import Engine
 from shardq.core.jobstore import Outcome
@@ -124,6 +127,69 @@ class ConflictOnce:
         return self.real.transact_write_items(**kwargs)
 
 
+def test_the_manifests_trial_costs_add_up_to_its_cost_when_a_copy_reports_during_the_end(
+    engine: Engine, clients: dict[str, Any], monkeypatch: Any
+) -> None:
+    # GIVEN a sweep whose first task's backup copy won, and which is cancelled
+    engine.submit(asha_sweep("mf", trials=4, max_parallel=2))
+    task = take(engine, clients)[0]
+    assert engine.advancer.record([run(task, 1, 0.5, "fast")]).recorded
+    assert engine.store.request_cancel("mf")
+    real = engine.store.copy_costs
+
+    def copy_costs(job_id: str, **kw: Any) -> dict[int, int]:
+        # WHEN the slow original reports between the job's freeze and the manifest's read of the
+        # copies (found in review: the leaderboard then held a cost the manifest's total did not)
+        engine.advancer.record([run(task, 0, 5.0, "slow")])
+        return real(job_id, **kw)
+
+    monkeypatch.setattr(engine.store, "copy_costs", copy_costs)
+    engine.advance("mf")
+    monkeypatch.setattr(engine.store, "copy_costs", real)
+    # THEN the manifest's trial costs add up to its cost: the job's when it froze
+    job = engine.store.get_job("mf")
+    manifest = load_manifest(clients, job.result_uri)
+    board = manifest["leaderboard"]
+    assert (
+        round(sum(r.get("cost_usd", 0.0) for r in board) * 1e6)
+        == round(manifest["cost"]["cost_usd"] * 1e6)
+        == 5_000
+    )
+    # AND the late run still counts, once, in the job's cost and its live trial costs
+    assert job.cost_micro_usd == 55_000 and trials_cost(engine, "mf") == 55_000
+    assert_cost_invariant(engine, clients, "mf")
+
+
+def test_a_success_whose_counted_failure_a_retry_forgot_meanwhile_is_redelivered_not_dropped(
+    engine: Engine, clients: dict[str, Any], monkeypatch: Any
+) -> None:
+    # GIVEN a sweep whose first task's backup copy failed (counted)
+    engine.submit(asha_sweep("fg", trials=4, max_parallel=2, max_failed_shards=3))
+    task = take(engine, clients)[0]
+    assert engine.advancer.record(
+        [run(task, 1, 0.5, "fast", status="failed", error="oom", metrics={})]
+    ).recorded
+    real = engine.store.replace_failed_copy
+
+    def forget_first(outcome: Outcome, tenant: str | None = None) -> bool:
+        # WHEN ``shardq retry`` of the running sweep forgets that failure between the original's
+        # success being recorded as a duplicate and its replacement (found in review: its run's
+        # cost was then dropped with its message)
+        engine.store.forget_trial_failures("fg", "RUNNING", 0, [task.shard_id], 1, 5_000)
+        return real(outcome, tenant)
+
+    monkeypatch.setattr(engine.store, "replace_failed_copy", forget_first)
+    ok = run(task, 0, 5.0, "slow")
+    with pytest.raises(JobStoreError):
+        engine.advancer.record([ok])  # THEN the message is redelivered, not deleted
+    monkeypatch.setattr(engine.store, "replace_failed_copy", real)
+    # AND redelivered, the success is the trial's outcome, its run's cost counted once
+    assert engine.advancer.record([ok]).recorded == [ok]
+    job = engine.store.get_job("fg")
+    assert job.ok(0, "train") == 1 and job.failed_total == 0
+    assert job.cost_micro_usd == 5_000 + 50_000
+
+
 def test_a_write_conflict_on_the_copys_cost_is_retried_not_dropped(
     engine: Engine, clients: dict[str, Any]
 ) -> None:
@@ -175,6 +241,27 @@ def test_a_copys_success_replaces_the_other_copys_counted_failure_once(
     job = engine.store.get_job("fo")
     assert (job.failed_total, job.ok(0, "train"), job.cost_micro_usd) == (0, 1, 55_000)
     assert_cost_invariant(engine, clients, "fo")
+
+
+def test_a_failure_over_the_failure_budget_is_never_replaced(engine: Engine, clients: dict[str, Any]) -> None:
+    # GIVEN a sweep that allows no failure, and its first task's backup copy failed first: counted,
+    # over max_failed_shards, so an ``advance`` reading the job now ends it FAILED for that failure
+    engine.submit(asha_sweep("fb", trials=4, max_parallel=2, max_failed_shards=0))
+    task = take(engine, clients)[0]
+    failed = run(task, 1, 0.5, "fast", status="failed", error="CUDA out of memory", metrics={})
+    assert engine.advancer.record([failed]).recorded
+    assert engine.store.get_job("fb").failed_total == 1
+    # WHEN the original's success comes before that advance froze the job (found in review: the
+    # replacement un-counted the failure, and the job then ended FAILED with no failure counted)
+    ok = run(task, 0, 5.0, "slow")
+    recorded = engine.advancer.record([ok])
+    # THEN the failure stays the trial's outcome and the job's reason; the success's run is a copy
+    assert not recorded.recorded and recorded.duplicates == [ok]
+    assert engine.advance("fb") == "FAILED"
+    job = engine.store.get_job("fb")
+    assert job.failed_total == 1 and job.ok(0, "train") == 0
+    assert job.cost_micro_usd == 5_000 + 50_000
+    assert_cost_invariant(engine, clients, "fb")
 
 
 def test_a_plain_redelivery_or_an_ended_job_never_replaces_a_counted_failure(

@@ -117,6 +117,8 @@ def test_both_returns_both_results_and_raises_only_once_both_ended() -> None:
         raise ValueError("here")
 
     ended.clear()
-    with pytest.raises(ValueError, match="here"):
+    with pytest.raises(ValueError, match="here") as raised:
         both(here, slow_failure)
     assert ended.is_set()
+    # AND the other's error is not lost: it is noted on the one raised
+    assert any("KeyError('there')" in note for note in raised.value.__notes__)
