@@ -255,6 +255,31 @@ def test_the_losing_copys_lane_stays_busy_until_its_copy_is_presumed_ended() -> 
     assert len(async_prefetch.overheads(backed, won, stamps)) == len(before)
 
 
+def walk_to_a_copy(
+    engine: Engine, clients: dict[str, Any], finish: Callable[[ShardTask, str, float, float], None]
+) -> tuple[ShardTask, ShardTask]:
+    """A 5-trial, 2-lane ASHA sweep just submitted, walked to its backup copy: fast workers report
+    trials 0, 2, 3 (0.5 s each) and trial 0's promotion; the slow worker reports trial 1 after 5 s,
+    then takes trial 4 (drawn into its lane: the last trial), which the pass after the promotion's
+    result backs up. ``finish(task, worker, seconds, wait)`` reports a task after ``wait`` seconds
+    of the engine's clock. Returns trial 4's original (running on the slow worker) and its copy."""
+    t0, t1 = take(engine, clients)
+    finish(t0, "fast", 0.5, 0.6)
+    (t2,) = take(engine, clients)
+    finish(t2, "fast", 0.5, 0.6)
+    (t3,) = take(engine, clients)
+    finish(t3, "fast", 0.5, 0.6)
+    (p0,) = take(engine, clients)
+    assert (p0.round, p0.shard_id) == (1, 0)
+    finish(t1, "slow", 5.0, 3.5)
+    (t4,) = take(engine, clients)
+    assert (t4.round, t4.shard_id, t4.backup) == (0, 4, 0)
+    finish(p0, "fast", 1.5, 0.6)
+    (copy,) = take(engine, clients)
+    assert (copy.round, copy.shard_id, copy.backup) == (0, 4, 1)
+    return t4, copy
+
+
 def test_the_backup_copy_has_its_own_dedup_id_output_and_checkpoints_and_is_dropped_once_answered(
     make_engine: Callable[..., Engine], clients: dict[str, Any], clock: Clock
 ) -> None:
@@ -269,23 +294,10 @@ def test_the_backup_copy_has_its_own_dedup_id_output_and_checkpoints_and_is_drop
         result = replace(result_for(task, loss=loss_of(task)), duration_s=seconds, worker_id=worker)
         assert engine.ingest([Outcome(replace(result, backup=task.backup))]) == []
 
-    t0, t1 = take(engine, clients)
-    finish(t0, "fast", 0.5, 0.6)
-    (t2,) = take(engine, clients)
-    finish(t2, "fast", 0.5, 0.6)
-    (t3,) = take(engine, clients)
-    finish(t3, "fast", 0.5, 0.6)
-    (p0,) = take(engine, clients)
-    assert (p0.round, p0.shard_id) == (1, 0)
-    finish(t1, "slow", 5.0, 3.5)
-    (t4,) = take(engine, clients)
-    assert (t4.round, t4.shard_id, t4.backup) == (0, 4, 0)
     # WHEN trial 0's promotion reports (fast): nothing is left to draw or promote
-    finish(p0, "fast", 1.5, 0.6)
     # THEN the pass backs up trial 4: its message arrives (not dropped as the first send's
     # duplicate: its own deduplication id), the same trial, params and model, its own outputs
-    (copy,) = take(engine, clients)
-    assert (copy.round, copy.shard_id, copy.backup) == (0, 4, 1)
+    t4, copy = walk_to_a_copy(engine, clients, finish)
     assert copy.hyperparameters == t4.hyperparameters and copy.init_model_uri == t4.init_model_uri
     assert dedup_id(copy) == f"{t4.key}:b1" and dedup_id(t4) == t4.key
     assert copy.output_prefix != t4.output_prefix and copy.output_prefix.rstrip("/").endswith("-b1")

@@ -23,6 +23,7 @@ from shardq.core.jobstore import Outcome
 from tests.chaos.model_invariants import cost_problems
 from tests.chaos.model_world import scan_items
 from tests.core.test_asha import asha_sweep, load_manifest, loss_of, take
+from tests.core.test_asha_backup import walk_to_a_copy
 from tests.core.test_asha_prefetch import at, decision, outcome, slow_worker_scene
 from tests.helpers import Clock, result_for
 
@@ -66,18 +67,7 @@ def test_a_losing_copy_that_reports_after_the_sweep_ended_still_counts_once(
         clock.advance(wait)
         assert engine.ingest([run(task, task.backup, seconds, worker)]) == []
 
-    t0, t1 = take(engine, clients)
-    finish(t0, "fast", 0.5, 0.6)
-    (t2,) = take(engine, clients)
-    finish(t2, "fast", 0.5, 0.6)
-    (t3,) = take(engine, clients)
-    finish(t3, "fast", 0.5, 0.6)
-    (p0,) = take(engine, clients)
-    finish(t1, "slow", 5.0, 3.5)
-    (t4,) = take(engine, clients)
-    finish(p0, "fast", 1.5, 0.6)
-    (copy,) = take(engine, clients)
-    assert (copy.round, copy.shard_id, copy.backup) == (0, 4, 1)
+    t4, copy = walk_to_a_copy(engine, clients, finish)
     # WHEN the copy wins and the sweep runs to its end while the original still runs
     finish(copy, "fast", 0.5, 0.6)
     while running := take(engine, clients):
