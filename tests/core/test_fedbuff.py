@@ -355,6 +355,21 @@ def _lockstep(engine: Engine, request: dict[str, Any], crew: int, team: list[Any
     raise AssertionError(f"{job_id} did not finish")
 
 
+def against_sync(engine: Engine, job_id: str, strategy: dict[str, Any]) -> tuple[str, str]:
+    """The ``LOCKSTEP`` request from one fresh starting model run twice, as synchronous FedAvg
+    (job "sync") and as ``job_id`` with ``strategy``; asserts their final models agree to float64
+    rounding (and are not the zero model); returns both URIs (sync, strategy's)."""
+    init = _put_init(engine)
+    sync = _lockstep(engine, make_request(job_id="sync", **LOCKSTEP, model={"init_uri": init}), 3)
+    request = make_request(job_id=job_id, **LOCKSTEP, model={"init_uri": init}, strategy=strategy)
+    other = _lockstep(engine, request, 3)
+    a, b = arrays(engine, sync), arrays(engine, other)
+    assert not np.allclose(a["w"], 0.0)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-12)
+    return sync, other
+
+
 @pytest.mark.parametrize("calibration", ["none", "cached", "cached-full"])
 def test_fedbuff_with_k_clients_and_no_staleness_is_synchronous_fedavg(
     engine: Engine, calibration: str

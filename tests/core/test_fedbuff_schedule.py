@@ -17,7 +17,7 @@ from shardq.core.fedbuff_params import server_lr_at
 from shardq.core.jobstore import Outcome
 from shardq.core.planning import Layout
 from shardq.core.schema import training_request_schema
-from tests.core.test_fedbuff import LOCKSTEP, _get, _lockstep, _put_init, arrays, fb, take
+from tests.core.test_fedbuff import LOCKSTEP, _get, _lockstep, _put_init, against_sync, arrays, fb, take
 from tests.helpers import result_for
 from tests.requests import make_request
 
@@ -133,19 +133,10 @@ def test_each_reduce_is_sent_its_versions_step_size(engine: Engine) -> None:
 @pytest.mark.parametrize("calibration", ["none", "cached"])
 def test_at_floor_one_a_schedule_is_still_synchronous_fedavg(engine: Engine, calibration: str) -> None:
     # GIVEN K = N, τ = 0, server lr 1 and a cosine schedule at its neutral floor (1: no decay)
-    init = _put_init(engine)
-    sync = _lockstep(engine, make_request(job_id="sync", **LOCKSTEP, model={"init_uri": init}), 3)
     strategy = {"name": "fedbuff", "buffer_size": 3, "max_staleness": 0, "calibration": calibration,
                 "server_lr_schedule": "cosine", "server_lr_floor": 1.0}  # fmt: skip
-    buff = _lockstep(
-        engine, make_request(job_id=f"neutral-{calibration}", **LOCKSTEP, model={"init_uri": init},
-                             strategy=strategy), 3,
-    )  # fmt: skip
-    # THEN the final models agree to float64 rounding
-    a, b = arrays(engine, sync), arrays(engine, buff)
-    assert not np.allclose(a["w"], 0.0)
-    for k in a:
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-12)
+    # THEN the final models agree to float64 rounding (``against_sync`` asserts it)
+    against_sync(engine, f"neutral-{calibration}", strategy)
 
 
 @pytest.mark.parametrize("calibration", ["none", "cached"])
